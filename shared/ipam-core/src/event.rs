@@ -1,0 +1,762 @@
+//! The event contract: every message IPAM reads or writes, in a CloudEvents 1.0 envelope.
+//!
+//! Each event type is one Rust struct, named once in the [`events!`] table below together with its
+//! wire name (`ipam.<entity>.<verb>.v<N>`) and its topic. Everything else (decoding by type name,
+//! schemas, routing) is derived from that table, so a type cannot be half-registered.
+//!
+//! # Unknown fields
+//! Readers are tolerant: unknown `data` fields and unknown envelope attributes (CloudEvents
+//! extensions) are ignored. The contract says fields may be added to a `v1` type but never change
+//! meaning, so an engine one release ahead must not be refused. A field whose meaning changes gets a
+//! new type version instead.
+//!
+//! # Bad input
+//! [`Envelope::decode`] never panics. A record whose envelope is unreadable, or whose type is
+//! unknown, becomes a dead-letter record; a well-formed engine request with a bad field (say a
+//! multicast MAC) becomes an `ipam.request.rejected.v1` naming the field, see [`DecodeError`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
+use crate::mac::Mac;
+use crate::net::{Cidr, InterfaceName, IpRange};
+use crate::rejection::RejectionCode;
+use crate::time::Timestamp;
+
+/// A topic of the log. Each is partitioned by the key [`Event::key`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Topic {
+    /// Engine requests about networks, subnets and vNICs, and host agents' port requests. Key: network.
+    Networks,
+    /// Host inventory, heartbeats, DHCP server status and placement ticks. Key: host.
+    Hosts,
+    /// The allocator's decisions: subnet activation, reservations, rejections. Key: network.
+    Reservations,
+    /// Placement's decisions: which host serves DHCP for which network. Key: network.
+    DhcpServers,
+    /// Records that could not be decoded or validated, with the reason.
+    DeadLetter,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 5] = [
+        Topic::Networks,
+        Topic::Hosts,
+        Topic::Reservations,
+        Topic::DhcpServers,
+        Topic::DeadLetter,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Networks => "ipam.networks",
+            Topic::Hosts => "ipam.hosts",
+            Topic::Reservations => "ipam.reservations",
+            Topic::DhcpServers => "ipam.dhcp-servers",
+            Topic::DeadLetter => "ipam.dead-letter",
+        }
+    }
+}
+
+// ---- Engine → IPAM --------------------------------------------------------------------------
+
+/// A network was created or changed in the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkUpserted {
+    pub network_id: NetworkId,
+    pub name: String,
+    pub ipam_enabled: bool,
+    /// How many hosts should run a DHCP server for the network; the configured default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers_count: Option<u8>,
+}
+
+/// A network was deleted in the engine: its reservations are released and its servers stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkRemoved {
+    pub network_id: NetworkId,
+}
+
+/// A subnet was defined on a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubnetAdded {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub cidr: Cidr,
+    pub gateway: IpAddr,
+    #[serde(default)]
+    pub dns_servers: Vec<IpAddr>,
+    #[serde(default)]
+    pub ntp_servers: Vec<IpAddr>,
+    /// Ranges for dynamic allocation; the whole subnet when absent. Fixed IPs may lie outside them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_pools: Option<Vec<IpRange>>,
+}
+
+/// A subnet was deleted; refused while vNICs hold addresses in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubnetRemoved {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+}
+
+/// The engine's view of a host's state.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    Up,
+    Down,
+    Maintenance,
+}
+
+/// A network attached to a host, through the named interface (usually a bridge).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct HostNetwork {
+    pub network_id: NetworkId,
+    pub interface: InterfaceName,
+}
+
+/// A host was added or changed: its status and the networks attached to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostUpserted {
+    pub host_id: HostId,
+    pub name: String,
+    pub status: HostStatus,
+    #[serde(default)]
+    pub networks: Vec<HostNetwork>,
+}
+
+/// A host was deleted from the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostRemoved {
+    pub host_id: HostId,
+}
+
+/// A vNIC came up (VM start, hot-plug or link up): it should hold an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VnicUp {
+    pub vnic_id: VnicId,
+    pub vm_id: VmId,
+    pub network_id: NetworkId,
+    /// The subnet to reserve in; a vNIC without one gets no IPAM service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<SubnetId>,
+    pub mac: Mac,
+    /// A fixed IP to reserve instead of a dynamic one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_ip: Option<IpAddr>,
+}
+
+/// A vNIC went down (VM stop, unplug or link down): its address is released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VnicDown {
+    pub vnic_id: VnicId,
+    pub network_id: NetworkId,
+}
+
+// ---- Host agents → IPAM ---------------------------------------------------------------------
+
+/// A host agent asks for the address its DHCP server uses in a subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DhcpPortRequested {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub host_id: HostId,
+    pub mac: Mac,
+}
+
+/// A host agent gives back its DHCP server's address in a subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DhcpPortReleased {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub host_id: HostId,
+    pub mac: Mac,
+}
+
+/// A DHCP server a host runs, named by the epoch of its assignment.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub struct ServedNetwork {
+    pub network_id: NetworkId,
+    pub epoch: u64,
+}
+
+/// A host agent is alive, and serves these networks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostHeartbeat {
+    pub host_id: HostId,
+    #[serde(default)]
+    pub serving: Vec<ServedNetwork>,
+}
+
+/// What a DHCP server process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DhcpServerState {
+    Starting,
+    Running,
+    Restarting,
+    Failed,
+    Stopped,
+}
+
+/// A host agent reports on one of its DHCP servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DhcpServerStatus {
+    pub host_id: HostId,
+    pub network_id: NetworkId,
+    pub epoch: u64,
+    pub state: DhcpServerState,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Placement's clock: the shell appends one every tick interval, so time is part of the log and a
+/// replay sees exactly the instants the live run saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClockTicked {
+    pub now: Timestamp,
+}
+
+// ---- IPAM → everyone ------------------------------------------------------------------------
+
+/// A subnet is ready to serve, with its DHCP options and resolved allocation pools. Sent again when
+/// its DNS or NTP servers change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubnetActivated {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub cidr: Cidr,
+    pub gateway: IpAddr,
+    pub dns_servers: Vec<IpAddr>,
+    pub ntp_servers: Vec<IpAddr>,
+    pub allocation_pools: Vec<IpRange>,
+    pub cause: EventId,
+}
+
+/// A subnet is gone (removed, or its network removed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubnetDeactivated {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub cause: EventId,
+}
+
+/// Who holds a reservation.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Owner {
+    /// A VM's vNIC.
+    Vnic { vnic_id: VnicId, vm_id: VmId },
+    /// The DHCP server a host runs for the network (one address per subnet).
+    DhcpServer { host_id: HostId },
+}
+
+/// An address was reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReservationAdded {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub owner: Owner,
+    pub mac: Mac,
+    pub ip: IpAddr,
+    pub cause: EventId,
+}
+
+/// Why a reservation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// The vNIC stopped, was unplugged or lost its link.
+    VnicDown,
+    /// The host agent gave its DHCP port back.
+    PortReleased,
+    /// The DHCP port's subnet was removed.
+    SubnetRemoved,
+    /// The whole network was removed.
+    NetworkRemoved,
+}
+
+/// A reservation ended; the address is free again (and handed out last, by next-fit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReservationRemoved {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub owner: Owner,
+    pub mac: Mac,
+    pub ip: IpAddr,
+    pub reason: ReleaseReason,
+    pub cause: EventId,
+}
+
+/// A request was refused and changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RequestRejected {
+    pub network_id: NetworkId,
+    /// The `type` of the refused event.
+    pub request_type: String,
+    pub code: RejectionCode,
+    pub message: String,
+    pub cause: EventId,
+}
+
+/// Why placement gave a network a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignReason {
+    /// The network needs more servers than it has (new, re-enabled, count raised, host came back).
+    Placed,
+    /// Another host's server was taken away by the same decision.
+    Replacement,
+}
+
+/// Why placement took a server away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnassignReason {
+    HostDown,
+    HostMaintenance,
+    HostRemoved,
+    HeartbeatLost,
+    NetworkDetached,
+    IpamDisabled,
+    NoSubnet,
+    NetworkRemoved,
+    ServersCountReduced,
+}
+
+/// A host is to run a DHCP server for a network. `epoch` grows with every assignment of the network,
+/// so a server holding an older epoch knows it was superseded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DhcpServerAssigned {
+    pub network_id: NetworkId,
+    pub host_id: HostId,
+    pub interface: InterfaceName,
+    pub epoch: u64,
+    pub reason: AssignReason,
+    pub cause: EventId,
+}
+
+/// A host is to stop its DHCP server for a network (best effort: the host may be gone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DhcpServerUnassigned {
+    pub network_id: NetworkId,
+    pub host_id: HostId,
+    pub epoch: u64,
+    pub reason: UnassignReason,
+    pub cause: EventId,
+}
+
+macro_rules! events {
+    ($($variant:ident($data:ty) = $type_name:literal on $topic:ident;)*) => {
+        /// One event of the contract: the `type` and `data` of a CloudEvent.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Event {
+            $($variant($data),)*
+        }
+
+        impl Event {
+            /// Every type name of the contract, in table order.
+            pub const TYPES: &'static [&'static str] = &[$($type_name),*];
+
+            /// The CloudEvents `type`, such as `ipam.vnic.started.v1`.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(Event::$variant(_) => $type_name,)*
+                }
+            }
+
+            /// The topic this event type is written to.
+            pub fn topic(&self) -> Topic {
+                match self {
+                    $(Event::$variant(_) => Topic::$topic,)*
+                }
+            }
+
+            /// The topic events of `type_name` are written to, if the type is known.
+            pub fn topic_of(type_name: &str) -> Option<Topic> {
+                match type_name {
+                    $($type_name => Some(Topic::$topic),)*
+                    _ => None,
+                }
+            }
+
+            fn data_to_json(&self) -> Value {
+                let value = match self {
+                    $(Event::$variant(data) => serde_json::to_value(data),)*
+                };
+                value.expect("event data has string keys only, so it always serializes")
+            }
+
+            fn data_from_json(
+                type_name: &str,
+                data: Value,
+            ) -> Option<Result<Event, serde_path_to_error::Error<serde_json::Error>>> {
+                match type_name {
+                    $($type_name => Some(serde_path_to_error::deserialize(data).map(Event::$variant)),)*
+                    _ => None,
+                }
+            }
+
+            fn data_schema(type_name: &str, generator: &mut SchemaGenerator) -> Option<Schema> {
+                match type_name {
+                    $($type_name => Some(generator.root_schema_for::<$data>()),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+events! {
+    NetworkUpserted(NetworkUpserted) = "ipam.network.upserted.v1" on Networks;
+    NetworkRemoved(NetworkRemoved) = "ipam.network.removed.v1" on Networks;
+    SubnetAdded(SubnetAdded) = "ipam.subnet.added.v1" on Networks;
+    SubnetRemoved(SubnetRemoved) = "ipam.subnet.removed.v1" on Networks;
+    VnicStarted(VnicUp) = "ipam.vnic.started.v1" on Networks;
+    VnicPlugged(VnicUp) = "ipam.vnic.plugged.v1" on Networks;
+    VnicLinked(VnicUp) = "ipam.vnic.linked.v1" on Networks;
+    VnicStopped(VnicDown) = "ipam.vnic.stopped.v1" on Networks;
+    VnicUnplugged(VnicDown) = "ipam.vnic.unplugged.v1" on Networks;
+    VnicUnlinked(VnicDown) = "ipam.vnic.unlinked.v1" on Networks;
+    DhcpPortRequested(DhcpPortRequested) = "ipam.dhcp_port.requested.v1" on Networks;
+    DhcpPortReleased(DhcpPortReleased) = "ipam.dhcp_port.released.v1" on Networks;
+    HostUpserted(HostUpserted) = "ipam.host.upserted.v1" on Hosts;
+    HostRemoved(HostRemoved) = "ipam.host.removed.v1" on Hosts;
+    HostHeartbeat(HostHeartbeat) = "ipam.host.heartbeat.v1" on Hosts;
+    DhcpServerStatus(DhcpServerStatus) = "ipam.dhcp_server.status.v1" on Hosts;
+    ClockTicked(ClockTicked) = "ipam.clock.ticked.v1" on Hosts;
+    SubnetActivated(SubnetActivated) = "ipam.subnet.activated.v1" on Reservations;
+    SubnetDeactivated(SubnetDeactivated) = "ipam.subnet.deactivated.v1" on Reservations;
+    ReservationAdded(ReservationAdded) = "ipam.reservation.added.v1" on Reservations;
+    ReservationRemoved(ReservationRemoved) = "ipam.reservation.removed.v1" on Reservations;
+    RequestRejected(RequestRejected) = "ipam.request.rejected.v1" on Reservations;
+    DhcpServerAssigned(DhcpServerAssigned) = "ipam.dhcp_server.assigned.v1" on DhcpServers;
+    DhcpServerUnassigned(DhcpServerUnassigned) = "ipam.dhcp_server.unassigned.v1" on DhcpServers;
+}
+
+/// The partition key of the one placement clock (ticks are not about a host).
+pub const CLOCK_KEY: &str = "placement-clock";
+
+impl Event {
+    /// The network the event is about, if any.
+    pub fn network_id(&self) -> Option<NetworkId> {
+        Some(match self {
+            Event::NetworkUpserted(e) => e.network_id,
+            Event::NetworkRemoved(e) => e.network_id,
+            Event::SubnetAdded(e) => e.network_id,
+            Event::SubnetRemoved(e) => e.network_id,
+            Event::VnicStarted(e) | Event::VnicPlugged(e) | Event::VnicLinked(e) => e.network_id,
+            Event::VnicStopped(e) | Event::VnicUnplugged(e) | Event::VnicUnlinked(e) => {
+                e.network_id
+            }
+            Event::DhcpPortRequested(e) => e.network_id,
+            Event::DhcpPortReleased(e) => e.network_id,
+            Event::DhcpServerStatus(e) => e.network_id,
+            Event::SubnetActivated(e) => e.network_id,
+            Event::SubnetDeactivated(e) => e.network_id,
+            Event::ReservationAdded(e) => e.network_id,
+            Event::ReservationRemoved(e) => e.network_id,
+            Event::RequestRejected(e) => e.network_id,
+            Event::DhcpServerAssigned(e) => e.network_id,
+            Event::DhcpServerUnassigned(e) => e.network_id,
+            Event::HostUpserted(_)
+            | Event::HostRemoved(_)
+            | Event::HostHeartbeat(_)
+            | Event::ClockTicked(_) => {
+                return None;
+            }
+        })
+    }
+
+    /// The partition key: the network for network-keyed topics, the host for `ipam.hosts`.
+    pub fn key(&self) -> String {
+        match self {
+            Event::HostUpserted(e) => e.host_id.to_string(),
+            Event::HostRemoved(e) => e.host_id.to_string(),
+            Event::HostHeartbeat(e) => e.host_id.to_string(),
+            Event::DhcpServerStatus(e) => e.host_id.to_string(),
+            Event::ClockTicked(_) => CLOCK_KEY.to_owned(),
+            other => other
+                .network_id()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The only CloudEvents version IPAM speaks.
+pub const SPEC_VERSION: &str = "1.0";
+/// The only `datacontenttype` IPAM speaks.
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+
+/// An event with its CloudEvents attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub id: EventId,
+    /// Who produced the event, such as `ovirt-engine` or `ipam/allocator`.
+    pub source: String,
+    pub time: Timestamp,
+    pub subject: Option<String>,
+    pub event: Event,
+}
+
+/// The structured-mode JSON form; field order is fixed so equal envelopes give equal bytes.
+#[derive(Serialize)]
+struct WireEnvelope<'a> {
+    specversion: &'static str,
+    id: EventId,
+    source: &'a str,
+    #[serde(rename = "type")]
+    type_name: &'static str,
+    time: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    datacontenttype: &'static str,
+    data: Value,
+}
+
+#[derive(Deserialize)]
+struct IncomingEnvelope {
+    specversion: String,
+    id: EventId,
+    source: String,
+    #[serde(rename = "type")]
+    type_name: String,
+    time: Timestamp,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    datacontenttype: Option<String>,
+    data: Value,
+}
+
+/// Why a record is not a usable event, and what is known about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    /// The event's `id`, when the envelope was readable.
+    pub cause: Option<EventId>,
+    /// The event's `type`, when the envelope was readable.
+    pub event_type: Option<String>,
+    /// The network the event is about, when `data.network_id` was readable.
+    pub network_id: Option<NetworkId>,
+    /// The path of the offending field, such as `data.mac` or `time`.
+    pub field: Option<String>,
+    pub code: RejectionCode,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn envelope(field: Option<String>, message: String) -> DecodeError {
+        DecodeError {
+            cause: None,
+            event_type: None,
+            network_id: None,
+            field,
+            code: RejectionCode::InvalidRequest,
+            message,
+        }
+    }
+
+    /// What to do with the record: a rejection event when the record is a readable engine request
+    /// about a known network (so the engine hears back), otherwise `None`: dead-letter it.
+    pub fn rejection(&self) -> Option<Event> {
+        let (Some(cause), Some(event_type), Some(network_id)) =
+            (self.cause, &self.event_type, self.network_id)
+        else {
+            return None;
+        };
+        (Event::topic_of(event_type) == Some(Topic::Networks)).then(|| {
+            Event::RequestRejected(RequestRejected {
+                network_id,
+                request_type: event_type.clone(),
+                code: self.code,
+                message: self.message.clone(),
+                cause,
+            })
+        })
+    }
+}
+
+/// The rejection code for a bad value in the `data` field named `field`.
+fn code_for_field(field: &str) -> RejectionCode {
+    match field {
+        "mac" => RejectionCode::InvalidMac,
+        "cidr" => RejectionCode::InvalidCidr,
+        "gateway" | "requested_ip" | "dns_servers" | "ntp_servers" => RejectionCode::InvalidIp,
+        "allocation_pools" => RejectionCode::InvalidPool,
+        _ => RejectionCode::InvalidRequest,
+    }
+}
+
+impl Envelope {
+    /// The `index`-th output of the step that handled `cause`: its id is derived from the cause's id
+    /// and its time is the cause's time, so outputs are a pure function of inputs.
+    pub fn output(cause: &Envelope, index: u32, source: &str, event: Event) -> Envelope {
+        let subject = Some(event.key());
+        Envelope {
+            id: EventId::derived(cause.id, index),
+            source: source.to_owned(),
+            time: cause.time,
+            subject,
+            event,
+        }
+    }
+
+    /// The structured-mode CloudEvents JSON.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.wire())
+            .expect("envelopes have string keys only, so they always serialize")
+    }
+
+    /// The structured-mode CloudEvents JSON, as bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.wire())
+            .expect("envelopes have string keys only, so they always serialize")
+    }
+
+    fn wire(&self) -> WireEnvelope<'_> {
+        WireEnvelope {
+            specversion: SPEC_VERSION,
+            id: self.id,
+            source: &self.source,
+            type_name: self.event.type_name(),
+            time: self.time,
+            subject: self.subject.as_deref(),
+            datacontenttype: DATA_CONTENT_TYPE,
+            data: self.event.data_to_json(),
+        }
+    }
+
+    /// Reads one structured-mode CloudEvent.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::envelope(None, format!("the record is not JSON: {e}")))?;
+        Envelope::decode_value(value)
+    }
+
+    /// Reads one structured-mode CloudEvent that is already parsed as JSON.
+    pub fn decode_value(value: Value) -> Result<Envelope, DecodeError> {
+        let incoming: IncomingEnvelope = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            DecodeError::envelope(
+                Some(field.clone()),
+                format!("bad CloudEvents envelope at `{field}`: {}", e.inner()),
+            )
+        })?;
+        let known = |code, field: &str, message: String| DecodeError {
+            cause: Some(incoming.id),
+            event_type: Some(incoming.type_name.clone()),
+            network_id: incoming
+                .data
+                .get("network_id")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            field: Some(field.to_owned()),
+            code,
+            message,
+        };
+        if incoming.specversion != SPEC_VERSION {
+            let message = format!(
+                "specversion is `{}`; only `{SPEC_VERSION}` is supported",
+                incoming.specversion
+            );
+            return Err(known(RejectionCode::InvalidRequest, "specversion", message));
+        }
+        if let Some(content_type) = incoming
+            .datacontenttype
+            .as_deref()
+            .filter(|t| *t != DATA_CONTENT_TYPE)
+        {
+            let message = format!(
+                "datacontenttype is `{content_type}`; only `{DATA_CONTENT_TYPE}` is supported"
+            );
+            return Err(known(
+                RejectionCode::InvalidRequest,
+                "datacontenttype",
+                message,
+            ));
+        }
+        if incoming.source.is_empty() {
+            return Err(known(
+                RejectionCode::InvalidRequest,
+                "source",
+                "source is empty".to_owned(),
+            ));
+        }
+        let event = match Event::data_from_json(&incoming.type_name, incoming.data.clone()) {
+            None => {
+                let message = format!(
+                    "unknown event type `{}`",
+                    incoming.type_name.chars().take(100).collect::<String>()
+                );
+                return Err(known(RejectionCode::InvalidRequest, "type", message));
+            }
+            Some(Err(e)) => {
+                let path = e.path().to_string();
+                let field = e.path().iter().find_map(|segment| match segment {
+                    serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+                    _ => None,
+                });
+                let code = code_for_field(field.unwrap_or(""));
+                let message = format!("data.{path}: {}", e.inner());
+                return Err(known(code, &format!("data.{path}"), message));
+            }
+            Some(Ok(event)) => event,
+        };
+        Ok(Envelope {
+            id: incoming.id,
+            source: incoming.source,
+            time: incoming.time,
+            subject: incoming.subject,
+            event,
+        })
+    }
+}
+
+/// The JSON Schema (draft 2020-12) of every event type, keyed by type name: a CloudEvents envelope
+/// whose `type` is fixed and whose `data` is the type's struct.
+pub fn event_schemas() -> BTreeMap<&'static str, Value> {
+    let mut generator = SchemaSettings::draft2020_12().into_generator();
+    Event::TYPES
+        .iter()
+        .map(|&type_name| {
+            let data = Event::data_schema(type_name, &mut generator).expect("every listed type has a schema");
+            let mut data = data.to_value();
+            let object = data.as_object_mut().expect("a struct's schema is an object");
+            object.remove("$schema");
+            let defs = object.remove("$defs").unwrap_or_else(|| json!({}));
+            let schema = json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "$id": format!("https://ipam.dev/schemas/{type_name}.json"),
+                "title": type_name,
+                "description": "A CloudEvents 1.0 structured-mode event. Unknown data fields and extension attributes are ignored.",
+                "type": "object",
+                "required": ["specversion", "id", "source", "type", "time", "data"],
+                "properties": {
+                    "specversion": { "const": SPEC_VERSION },
+                    "id": { "type": "string", "format": "uuid" },
+                    "source": { "type": "string", "minLength": 1 },
+                    "type": { "const": type_name },
+                    "time": { "type": "string", "format": "date-time" },
+                    "subject": { "type": "string" },
+                    "datacontenttype": { "const": DATA_CONTENT_TYPE },
+                    "data": data,
+                },
+                "$defs": defs,
+            });
+            (type_name, schema)
+        })
+        .collect()
+}
