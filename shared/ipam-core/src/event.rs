@@ -44,13 +44,8 @@ pub enum Topic {
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] = [
-        Topic::Networks,
-        Topic::Hosts,
-        Topic::Reservations,
-        Topic::DhcpServers,
-        Topic::DeadLetter,
-    ];
+    pub const ALL: [Topic; 5] =
+        [Topic::Networks, Topic::Hosts, Topic::Reservations, Topic::DhcpServers, Topic::DeadLetter];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -106,9 +101,7 @@ pub struct SubnetRemoved {
 }
 
 /// The engine's view of a host's state.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HostStatus {
     Up,
@@ -182,9 +175,7 @@ pub struct DhcpPortReleased {
 }
 
 /// A DHCP server a host runs, named by the epoch of its assignment.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub struct ServedNetwork {
     pub network_id: NetworkId,
     pub epoch: u64,
@@ -252,9 +243,7 @@ pub struct SubnetDeactivated {
 }
 
 /// Who holds a reservation.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Owner {
     /// A VM's vNIC.
@@ -458,9 +447,7 @@ impl Event {
             Event::SubnetAdded(e) => e.network_id,
             Event::SubnetRemoved(e) => e.network_id,
             Event::VnicStarted(e) | Event::VnicPlugged(e) | Event::VnicLinked(e) => e.network_id,
-            Event::VnicStopped(e) | Event::VnicUnplugged(e) | Event::VnicUnlinked(e) => {
-                e.network_id
-            }
+            Event::VnicStopped(e) | Event::VnicUnplugged(e) | Event::VnicUnlinked(e) => e.network_id,
             Event::DhcpPortRequested(e) => e.network_id,
             Event::DhcpPortReleased(e) => e.network_id,
             Event::DhcpServerStatus(e) => e.network_id,
@@ -471,10 +458,7 @@ impl Event {
             Event::RequestRejected(e) => e.network_id,
             Event::DhcpServerAssigned(e) => e.network_id,
             Event::DhcpServerUnassigned(e) => e.network_id,
-            Event::HostUpserted(_)
-            | Event::HostRemoved(_)
-            | Event::HostHeartbeat(_)
-            | Event::ClockTicked(_) => {
+            Event::HostUpserted(_) | Event::HostRemoved(_) | Event::HostHeartbeat(_) | Event::ClockTicked(_) => {
                 return None;
             }
         })
@@ -488,10 +472,7 @@ impl Event {
             Event::HostHeartbeat(e) => e.host_id.to_string(),
             Event::DhcpServerStatus(e) => e.host_id.to_string(),
             Event::ClockTicked(_) => CLOCK_KEY.to_owned(),
-            other => other
-                .network_id()
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
+            other => other.network_id().map(|id| id.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -573,9 +554,7 @@ impl DecodeError {
     /// What to do with the record: a rejection event when the record is a readable engine request
     /// about a known network (so the engine hears back), otherwise `None`: dead-letter it.
     pub fn rejection(&self) -> Option<Event> {
-        let (Some(cause), Some(event_type), Some(network_id)) =
-            (self.cause, &self.event_type, self.network_id)
-        else {
+        let (Some(cause), Some(event_type), Some(network_id)) = (self.cause, &self.event_type, self.network_id) else {
             return None;
         };
         (Event::topic_of(event_type) == Some(Topic::Networks)).then(|| {
@@ -606,25 +585,17 @@ impl Envelope {
     /// and its time is the cause's time, so outputs are a pure function of inputs.
     pub fn output(cause: &Envelope, index: u32, source: &str, event: Event) -> Envelope {
         let subject = Some(event.key());
-        Envelope {
-            id: EventId::derived(cause.id, index),
-            source: source.to_owned(),
-            time: cause.time,
-            subject,
-            event,
-        }
+        Envelope { id: EventId::derived(cause.id, index), source: source.to_owned(), time: cause.time, subject, event }
     }
 
     /// The structured-mode CloudEvents JSON.
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(self.wire())
-            .expect("envelopes have string keys only, so they always serialize")
+        serde_json::to_value(self.wire()).expect("envelopes have string keys only, so they always serialize")
     }
 
     /// The structured-mode CloudEvents JSON, as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.wire())
-            .expect("envelopes have string keys only, so they always serialize")
+        serde_json::to_vec(&self.wire()).expect("envelopes have string keys only, so they always serialize")
     }
 
     fn wire(&self) -> WireEnvelope<'_> {
@@ -651,56 +622,31 @@ impl Envelope {
     pub fn decode_value(value: Value) -> Result<Envelope, DecodeError> {
         let incoming: IncomingEnvelope = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
-            DecodeError::envelope(
-                Some(field.clone()),
-                format!("bad CloudEvents envelope at `{field}`: {}", e.inner()),
-            )
+            DecodeError::envelope(Some(field.clone()), format!("bad CloudEvents envelope at `{field}`: {}", e.inner()))
         })?;
         let known = |code, field: &str, message: String| DecodeError {
             cause: Some(incoming.id),
             event_type: Some(incoming.type_name.clone()),
-            network_id: incoming
-                .data
-                .get("network_id")
-                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            network_id: incoming.data.get("network_id").and_then(|v| serde_json::from_value(v.clone()).ok()),
             field: Some(field.to_owned()),
             code,
             message,
         };
         if incoming.specversion != SPEC_VERSION {
-            let message = format!(
-                "specversion is `{}`; only `{SPEC_VERSION}` is supported",
-                incoming.specversion
-            );
+            let message = format!("specversion is `{}`; only `{SPEC_VERSION}` is supported", incoming.specversion);
             return Err(known(RejectionCode::InvalidRequest, "specversion", message));
         }
-        if let Some(content_type) = incoming
-            .datacontenttype
-            .as_deref()
-            .filter(|t| *t != DATA_CONTENT_TYPE)
-        {
-            let message = format!(
-                "datacontenttype is `{content_type}`; only `{DATA_CONTENT_TYPE}` is supported"
-            );
-            return Err(known(
-                RejectionCode::InvalidRequest,
-                "datacontenttype",
-                message,
-            ));
+        if let Some(content_type) = incoming.datacontenttype.as_deref().filter(|t| *t != DATA_CONTENT_TYPE) {
+            let message = format!("datacontenttype is `{content_type}`; only `{DATA_CONTENT_TYPE}` is supported");
+            return Err(known(RejectionCode::InvalidRequest, "datacontenttype", message));
         }
         if incoming.source.is_empty() {
-            return Err(known(
-                RejectionCode::InvalidRequest,
-                "source",
-                "source is empty".to_owned(),
-            ));
+            return Err(known(RejectionCode::InvalidRequest, "source", "source is empty".to_owned()));
         }
         let event = match Event::data_from_json(&incoming.type_name, incoming.data.clone()) {
             None => {
-                let message = format!(
-                    "unknown event type `{}`",
-                    incoming.type_name.chars().take(100).collect::<String>()
-                );
+                let message =
+                    format!("unknown event type `{}`", incoming.type_name.chars().take(100).collect::<String>());
                 return Err(known(RejectionCode::InvalidRequest, "type", message));
             }
             Some(Err(e)) => {
@@ -715,13 +661,7 @@ impl Envelope {
             }
             Some(Ok(event)) => event,
         };
-        Ok(Envelope {
-            id: incoming.id,
-            source: incoming.source,
-            time: incoming.time,
-            subject: incoming.subject,
-            event,
-        })
+        Ok(Envelope { id: incoming.id, source: incoming.source, time: incoming.time, subject: incoming.subject, event })
     }
 }
 

@@ -88,9 +88,6 @@ mod tests {
         let cause = EventId::from_u128(7);
         assert_eq!(EventId::derived(cause, 0), EventId::derived(cause, 0));
         assert_ne!(EventId::derived(cause, 0), EventId::derived(cause, 1));
-        assert_ne!(
-            EventId::derived(cause, 0),
-            EventId::derived(EventId::from_u128(8), 0)
-        );
+        assert_ne!(EventId::derived(cause, 0), EventId::derived(EventId::from_u128(8), 0));
     }
 }

@@ -135,10 +135,7 @@ mod tests {
     fn refuses_what_names_no_single_interface() {
         assert_eq!("00:00:00:00:00:00".parse::<Mac>(), Err(MacError::Zero));
         assert_eq!("ff:ff:ff:ff:ff:ff".parse::<Mac>(), Err(MacError::Broadcast));
-        assert!(matches!(
-            "01:00:5e:00:00:01".parse::<Mac>(),
-            Err(MacError::Multicast(_))
-        ));
+        assert!(matches!("01:00:5e:00:00:01".parse::<Mac>(), Err(MacError::Multicast(_))));
     }
 
     #[test]
@@ -153,10 +150,7 @@ mod tests {
             "52:54:00:ab:cd:+f",
             "52:54:00:ab:cd:0f\n",
         ] {
-            assert!(
-                matches!(bad.parse::<Mac>(), Err(MacError::Syntax(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(bad.parse::<Mac>(), Err(MacError::Syntax(_))), "{bad:?}");
         }
     }
 }

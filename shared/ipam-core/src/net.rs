@@ -74,14 +74,9 @@ impl FromStr for Cidr {
     type Err = CidrError;
 
     fn from_str(text: &str) -> Result<Cidr, CidrError> {
-        let net: IpNet = text
-            .parse()
-            .map_err(|_| CidrError::Syntax(text.chars().take(64).collect()))?;
+        let net: IpNet = text.parse().map_err(|_| CidrError::Syntax(text.chars().take(64).collect()))?;
         if net.trunc() != net {
-            return Err(CidrError::HostBits {
-                given: text.to_owned(),
-                network: net.trunc().to_string(),
-            });
+            return Err(CidrError::HostBits { given: text.to_owned(), network: net.trunc().to_string() });
         }
         Ok(Cidr(net))
     }
@@ -128,9 +123,7 @@ impl JsonSchema for Cidr {
 }
 
 /// An inclusive range of addresses, `start` to `end`, both of one family.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct IpRange {
     pub start: IpAddr,
     pub end: IpAddr,
@@ -164,9 +157,7 @@ impl FromStr for InterfaceName {
 
     fn from_str(text: &str) -> Result<InterfaceName, InterfaceNameError> {
         let valid = (1..=15).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
             && text != "."
             && text != "..";
         if valid {
@@ -248,22 +239,13 @@ impl SubnetSpec {
         let reject = |code, message: String| Err(Rejection::new(code, message));
         let host_bits = if cidr.is_ipv4() { 32 } else { 128 } - cidr.prefix_len();
         if cidr.is_ipv4() && host_bits > MAX_IPV4_PREFIX_WIDTH {
-            return reject(
-                RejectionCode::SubnetTooLarge,
-                format!("{cidr} is wider than /8"),
-            );
+            return reject(RejectionCode::SubnetTooLarge, format!("{cidr} is wider than /8"));
         }
         if host_bits < 2 {
-            return reject(
-                RejectionCode::SubnetTooSmall,
-                format!("{cidr} has no room for hosts besides the gateway"),
-            );
+            return reject(RejectionCode::SubnetTooSmall, format!("{cidr} has no room for hosts besides the gateway"));
         }
         if !cidr.contains(gateway) {
-            return reject(
-                RejectionCode::InvalidGateway,
-                format!("gateway {gateway} is outside {cidr}"),
-            );
+            return reject(RejectionCode::InvalidGateway, format!("gateway {gateway} is outside {cidr}"));
         }
         if cidr.is_reserved_address(gateway) {
             return reject(
@@ -275,31 +257,22 @@ impl SubnetSpec {
             if servers.len() > MAX_OPTION_SERVERS {
                 return reject(
                     RejectionCode::InvalidRequest,
-                    format!(
-                        "{what} has {} entries; at most {MAX_OPTION_SERVERS} are allowed",
-                        servers.len()
-                    ),
+                    format!("{what} has {} entries; at most {MAX_OPTION_SERVERS} are allowed", servers.len()),
                 );
             }
         }
         let allocation_pools = match allocation_pools {
             None => {
                 let start = next_address(cidr.network()).unwrap_or(cidr.network());
-                let end = if cidr.is_ipv4() {
-                    previous_address(cidr.last()).unwrap_or(cidr.last())
-                } else {
-                    cidr.last()
-                };
+                let end =
+                    if cidr.is_ipv4() { previous_address(cidr.last()).unwrap_or(cidr.last()) } else { cidr.last() };
                 vec![IpRange { start, end }]
             }
             Some(mut pools) => {
                 if pools.len() > MAX_POOLS {
                     return reject(
                         RejectionCode::InvalidPool,
-                        format!(
-                            "{} allocation pools given; at most {MAX_POOLS} are allowed",
-                            pools.len()
-                        ),
+                        format!("{} allocation pools given; at most {MAX_POOLS} are allowed", pools.len()),
                     );
                 }
                 pools.sort();
@@ -329,13 +302,7 @@ impl SubnetSpec {
                 pools
             }
         };
-        Ok(SubnetSpec {
-            cidr,
-            gateway,
-            dns_servers,
-            ntp_servers,
-            allocation_pools,
-        })
+        Ok(SubnetSpec { cidr, gateway, dns_servers, ntp_servers, allocation_pools })
     }
 
     /// Whether the allocator may hand out `ip` at all (pools aside): inside the subnet and not its
@@ -346,9 +313,7 @@ impl SubnetSpec {
 
     /// Whether two definitions of one subnet differ only in what can change under live reservations.
     pub fn differs_only_in_options(&self, other: &SubnetSpec) -> bool {
-        self.cidr == other.cidr
-            && self.gateway == other.gateway
-            && self.allocation_pools == other.allocation_pools
+        self.cidr == other.cidr && self.gateway == other.gateway && self.allocation_pools == other.allocation_pools
     }
 }
 
@@ -381,14 +346,7 @@ mod tests {
     }
 
     fn spec(c: &str, gw: &str, pools: Option<Vec<(&str, &str)>>) -> Result<SubnetSpec, Rejection> {
-        let pools = pools.map(|p| {
-            p.into_iter()
-                .map(|(s, e)| IpRange {
-                    start: ip(s),
-                    end: ip(e),
-                })
-                .collect()
-        });
+        let pools = pools.map(|p| p.into_iter().map(|(s, e)| IpRange { start: ip(s), end: ip(e) }).collect());
         SubnetSpec::new(cidr(c), ip(gw), vec![], vec![], pools)
     }
 
@@ -398,116 +356,51 @@ mod tests {
 
     #[test]
     fn cidr_refuses_host_bits_and_garbage() {
-        assert!(matches!(
-            "10.0.0.5/24".parse::<Cidr>(),
-            Err(CidrError::HostBits { .. })
-        ));
-        assert!(matches!(
-            "10.0.0.0".parse::<Cidr>(),
-            Err(CidrError::Syntax(_))
-        ));
-        assert!(matches!(
-            "10.0.0.0/33".parse::<Cidr>(),
-            Err(CidrError::Syntax(_))
-        ));
+        assert!(matches!("10.0.0.5/24".parse::<Cidr>(), Err(CidrError::HostBits { .. })));
+        assert!(matches!("10.0.0.0".parse::<Cidr>(), Err(CidrError::Syntax(_))));
+        assert!(matches!("10.0.0.0/33".parse::<Cidr>(), Err(CidrError::Syntax(_))));
         assert_eq!(cidr("2001:db8::/64").to_string(), "2001:db8::/64");
     }
 
     #[test]
     fn default_pool_is_the_subnet_less_network_and_broadcast() {
         let v4 = spec("10.0.0.0/24", "10.0.0.1", None).unwrap();
-        assert_eq!(
-            v4.allocation_pools,
-            vec![IpRange {
-                start: ip("10.0.0.1"),
-                end: ip("10.0.0.254")
-            }]
-        );
+        assert_eq!(v4.allocation_pools, vec![IpRange { start: ip("10.0.0.1"), end: ip("10.0.0.254") }]);
         let v6 = spec("2001:db8::/120", "2001:db8::1", None).unwrap();
-        assert_eq!(
-            v6.allocation_pools,
-            vec![IpRange {
-                start: ip("2001:db8::1"),
-                end: ip("2001:db8::ff")
-            }]
-        );
+        assert_eq!(v6.allocation_pools, vec![IpRange { start: ip("2001:db8::1"), end: ip("2001:db8::ff") }]);
     }
 
     #[test]
     fn gateway_must_be_a_host_address_of_the_subnet() {
-        assert_eq!(
-            code(spec("10.0.0.0/24", "10.0.1.1", None)),
-            RejectionCode::InvalidGateway
-        );
-        assert_eq!(
-            code(spec("10.0.0.0/24", "10.0.0.0", None)),
-            RejectionCode::InvalidGateway
-        );
-        assert_eq!(
-            code(spec("10.0.0.0/24", "10.0.0.255", None)),
-            RejectionCode::InvalidGateway
-        );
-        assert_eq!(
-            code(spec("10.0.0.0/24", "2001:db8::1", None)),
-            RejectionCode::InvalidGateway
-        );
+        assert_eq!(code(spec("10.0.0.0/24", "10.0.1.1", None)), RejectionCode::InvalidGateway);
+        assert_eq!(code(spec("10.0.0.0/24", "10.0.0.0", None)), RejectionCode::InvalidGateway);
+        assert_eq!(code(spec("10.0.0.0/24", "10.0.0.255", None)), RejectionCode::InvalidGateway);
+        assert_eq!(code(spec("10.0.0.0/24", "2001:db8::1", None)), RejectionCode::InvalidGateway);
     }
 
     #[test]
     fn size_limits() {
-        assert_eq!(
-            code(spec("10.0.0.0/7", "10.0.0.1", None)),
-            RejectionCode::SubnetTooLarge
-        );
+        assert_eq!(code(spec("10.0.0.0/7", "10.0.0.1", None)), RejectionCode::SubnetTooLarge);
         assert!(spec("10.0.0.0/8", "10.0.0.1", None).is_ok());
-        assert_eq!(
-            code(spec("10.0.0.0/31", "10.0.0.1", None)),
-            RejectionCode::SubnetTooSmall
-        );
-        assert_eq!(
-            code(spec("2001:db8::/127", "2001:db8::1", None)),
-            RejectionCode::SubnetTooSmall
-        );
+        assert_eq!(code(spec("10.0.0.0/31", "10.0.0.1", None)), RejectionCode::SubnetTooSmall);
+        assert_eq!(code(spec("2001:db8::/127", "2001:db8::1", None)), RejectionCode::SubnetTooSmall);
         assert!(spec("2001:db8::/48", "2001:db8::1", None).is_ok());
     }
 
     #[test]
     fn pools_must_be_inside_ordered_and_apart() {
-        let ok = spec(
-            "10.0.0.0/24",
-            "10.0.0.1",
-            Some(vec![
-                ("10.0.0.100", "10.0.0.200"),
-                ("10.0.0.10", "10.0.0.20"),
-            ]),
-        );
+        let ok = spec("10.0.0.0/24", "10.0.0.1", Some(vec![("10.0.0.100", "10.0.0.200"), ("10.0.0.10", "10.0.0.20")]));
+        assert_eq!(ok.unwrap().allocation_pools[0].start, ip("10.0.0.10"), "pools are sorted");
         assert_eq!(
-            ok.unwrap().allocation_pools[0].start,
-            ip("10.0.0.10"),
-            "pools are sorted"
-        );
-        assert_eq!(
-            code(spec(
-                "10.0.0.0/24",
-                "10.0.0.1",
-                Some(vec![("10.0.0.20", "10.0.0.10")])
-            )),
+            code(spec("10.0.0.0/24", "10.0.0.1", Some(vec![("10.0.0.20", "10.0.0.10")]))),
             RejectionCode::InvalidPool
         );
         assert_eq!(
-            code(spec(
-                "10.0.0.0/24",
-                "10.0.0.1",
-                Some(vec![("10.0.0.10", "10.0.1.10")])
-            )),
+            code(spec("10.0.0.0/24", "10.0.0.1", Some(vec![("10.0.0.10", "10.0.1.10")]))),
             RejectionCode::InvalidPool
         );
         assert_eq!(
-            code(spec(
-                "10.0.0.0/24",
-                "10.0.0.1",
-                Some(vec![("10.0.0.10", "10.0.0.20"), ("10.0.0.20", "10.0.0.30")])
-            )),
+            code(spec("10.0.0.0/24", "10.0.0.1", Some(vec![("10.0.0.10", "10.0.0.20"), ("10.0.0.20", "10.0.0.30")]))),
             RejectionCode::InvalidPool
         );
     }
@@ -516,16 +409,7 @@ mod tests {
     fn interface_names() {
         assert!("eth0".parse::<InterfaceName>().is_ok());
         assert!("br-ovirt.100".parse::<InterfaceName>().is_ok());
-        for bad in [
-            "",
-            "a-name-that-is-too-long",
-            "eth0\n",
-            "eth 0",
-            "../x",
-            "..",
-            "eth0,x",
-            "a=b",
-        ] {
+        for bad in ["", "a-name-that-is-too-long", "eth0\n", "eth 0", "../x", "..", "eth0,x", "a=b"] {
             assert!(bad.parse::<InterfaceName>().is_err(), "{bad:?}");
         }
     }
