@@ -7,12 +7,17 @@
 //! lets every decision be tested without a broker or a thread. The tidy test in `tests/it` keeps it
 //! so.
 
+pub mod allocator;
 pub mod event;
 pub mod ids;
 pub mod mac;
 pub mod net;
+pub mod pool;
 pub mod rejection;
 pub mod time;
+
+#[cfg(test)]
+mod testing;
 
 pub use event::{Envelope, Event, Topic};
 pub use ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
