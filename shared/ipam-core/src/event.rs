@@ -665,6 +665,22 @@ impl Envelope {
     }
 }
 
+/// schemars writes `std::net::IpAddr` as `format: ip`, which no validator knows; JSON Schema's own
+/// formats are `ipv4` and `ipv6`.
+fn assert_ip_formats(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            if object.get("format").and_then(Value::as_str) == Some("ip") {
+                object.remove("format");
+                object.insert("anyOf".to_owned(), json!([{ "format": "ipv4" }, { "format": "ipv6" }]));
+            }
+            object.values_mut().for_each(assert_ip_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(assert_ip_formats),
+        _ => {}
+    }
+}
+
 /// The JSON Schema (draft 2020-12) of every event type, keyed by type name: a CloudEvents envelope
 /// whose `type` is fixed and whose `data` is the type's struct.
 pub fn event_schemas() -> BTreeMap<&'static str, Value> {
@@ -674,6 +690,7 @@ pub fn event_schemas() -> BTreeMap<&'static str, Value> {
         .map(|&type_name| {
             let data = Event::data_schema(type_name, &mut generator).expect("every listed type has a schema");
             let mut data = data.to_value();
+            assert_ip_formats(&mut data);
             let object = data.as_object_mut().expect("a struct's schema is an object");
             object.remove("$schema");
             let defs = object.remove("$defs").unwrap_or_else(|| json!({}));

@@ -1,0 +1,129 @@
+//! One sample event of every type of the contract, for schema checks and round trips.
+
+use ipam_core::event::*;
+use ipam_core::{EventId, HostId, NetworkId, SubnetId, Timestamp, VmId, VnicId};
+
+fn at(n: u128, event: Event) -> Envelope {
+    Envelope {
+        id: EventId::from_u128(0x5a00 + n),
+        source: "ovirt-engine".to_owned(),
+        time: Timestamp::from_unix_ms(1_764_460_800_000 + n as i64),
+        subject: Some(event.key()),
+        event,
+    }
+}
+
+/// A sample of every event type, in table order.
+pub fn every_type() -> Vec<Envelope> {
+    let network_id = NetworkId::from_u128(1);
+    let subnet_id = SubnetId::from_u128(2);
+    let host_id = HostId::from_u128(3);
+    let cause = EventId::from_u128(4);
+    let mac = "52:54:00:12:34:56".parse().unwrap();
+    let interface: ipam_core::InterfaceName = "br-vm".parse().unwrap();
+    let up = VnicUp {
+        vnic_id: VnicId::from_u128(5),
+        vm_id: VmId::from_u128(6),
+        network_id,
+        subnet_id: Some(subnet_id),
+        mac,
+        requested_ip: Some("10.0.0.10".parse().unwrap()),
+    };
+    let down = VnicDown { vnic_id: VnicId::from_u128(5), network_id };
+    let owner = Owner::Vnic { vnic_id: VnicId::from_u128(5), vm_id: VmId::from_u128(6) };
+    let pools = vec![ipam_core::IpRange { start: "10.0.0.10".parse().unwrap(), end: "10.0.0.200".parse().unwrap() }];
+    let events = vec![
+        Event::NetworkUpserted(NetworkUpserted {
+            network_id,
+            name: "vm-net".to_owned(),
+            ipam_enabled: true,
+            servers_count: Some(2),
+        }),
+        Event::NetworkRemoved(NetworkRemoved { network_id }),
+        Event::SubnetAdded(SubnetAdded {
+            network_id,
+            subnet_id,
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            dns_servers: vec!["10.0.0.53".parse().unwrap()],
+            ntp_servers: vec!["2001:db8::123".parse().unwrap()],
+            allocation_pools: Some(pools.clone()),
+        }),
+        Event::SubnetRemoved(SubnetRemoved { network_id, subnet_id }),
+        Event::VnicStarted(up.clone()),
+        Event::VnicPlugged(up.clone()),
+        Event::VnicLinked(VnicUp { subnet_id: None, requested_ip: None, ..up }),
+        Event::VnicStopped(down.clone()),
+        Event::VnicUnplugged(down.clone()),
+        Event::VnicUnlinked(down),
+        Event::DhcpPortRequested(DhcpPortRequested { network_id, subnet_id, host_id, mac }),
+        Event::DhcpPortReleased(DhcpPortReleased { network_id, subnet_id, host_id, mac }),
+        Event::HostUpserted(HostUpserted {
+            host_id,
+            name: "host-a".to_owned(),
+            status: HostStatus::Up,
+            networks: vec![HostNetwork { network_id, interface: interface.clone() }],
+        }),
+        Event::HostRemoved(HostRemoved { host_id }),
+        Event::HostHeartbeat(HostHeartbeat { host_id, serving: vec![ServedNetwork { network_id, epoch: 3 }] }),
+        Event::DhcpServerStatus(DhcpServerStatus {
+            host_id,
+            network_id,
+            epoch: 3,
+            state: DhcpServerState::Running,
+            detail: "dnsmasq pid 4242".to_owned(),
+        }),
+        Event::ClockTicked(ClockTicked { now: Timestamp::from_unix_ms(1_764_460_800_000) }),
+        Event::SubnetActivated(SubnetActivated {
+            network_id,
+            subnet_id,
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            allocation_pools: pools,
+            cause,
+        }),
+        Event::SubnetDeactivated(SubnetDeactivated { network_id, subnet_id, cause }),
+        Event::ReservationAdded(ReservationAdded {
+            network_id,
+            subnet_id,
+            owner,
+            mac,
+            ip: "10.0.0.10".parse().unwrap(),
+            cause,
+        }),
+        Event::ReservationRemoved(ReservationRemoved {
+            network_id,
+            subnet_id,
+            owner: Owner::DhcpServer { host_id },
+            mac,
+            ip: "10.0.0.11".parse().unwrap(),
+            reason: ReleaseReason::PortReleased,
+            cause,
+        }),
+        Event::RequestRejected(RequestRejected {
+            network_id,
+            request_type: "ipam.vnic.started.v1".to_owned(),
+            code: ipam_core::RejectionCode::SubnetExhausted,
+            message: "no free address".to_owned(),
+            cause,
+        }),
+        Event::DhcpServerAssigned(DhcpServerAssigned {
+            network_id,
+            host_id,
+            interface,
+            epoch: 4,
+            reason: AssignReason::Replacement,
+            cause,
+        }),
+        Event::DhcpServerUnassigned(DhcpServerUnassigned {
+            network_id,
+            host_id,
+            epoch: 3,
+            reason: UnassignReason::HeartbeatLost,
+            cause,
+        }),
+    ];
+    events.into_iter().enumerate().map(|(n, event)| at(n as u128, event)).collect()
+}
