@@ -9,9 +9,18 @@ use std::process::Command;
 use serde_json::Value;
 
 const CORE: &str = "ipam-core";
-const FORBIDDEN_CRATES: &[&str] = &["actix", "actix-rt", "actix-web", "tokio", "rdkafka", "rusqlite", "rand", "getrandom"];
-const FORBIDDEN_SOURCE: &[&str] =
-    &["SystemTime", "Instant::now", "Utc::now", "Local::now", "thread_rng", "std::fs", "std::net::TcpStream", "std::env"];
+const FORBIDDEN_CRATES: &[&str] =
+    &["actix", "actix-rt", "actix-web", "tokio", "rdkafka", "rusqlite", "rand", "getrandom"];
+const FORBIDDEN_SOURCE: &[&str] = &[
+    "SystemTime",
+    "Instant::now",
+    "Utc::now",
+    "Local::now",
+    "thread_rng",
+    "std::fs",
+    "std::net::TcpStream",
+    "std::env",
+];
 
 fn metadata() -> Value {
     let output = Command::new(env!("CARGO"))
@@ -32,12 +41,8 @@ fn core_closure(metadata: &Value) -> BTreeSet<String> {
         .iter()
         .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
         .collect();
-    let nodes: BTreeMap<&str, &Value> = metadata["resolve"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let nodes: BTreeMap<&str, &Value> =
+        metadata["resolve"]["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_str().unwrap(), n)).collect();
     let root = names.iter().find(|(_, name)| **name == CORE).map(|(id, _)| *id).expect("ipam-core is in the workspace");
     let mut seen = BTreeSet::new();
     let mut stack = vec![root];

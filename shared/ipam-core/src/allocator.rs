@@ -79,7 +79,22 @@ pub struct NetworkAllocator {
     settings: Option<NetworkSettings>,
     subnets: BTreeMap<SubnetId, Subnet>,
     holdings: BTreeMap<OwnerKey, Holding>,
-    macs: BTreeMap<Mac, OwnerKey>,
+    macs: BTreeMap<Mac, MacUser>,
+}
+
+/// Who uses a MAC on the network. A vNIC's MAC is unique on its network; a host's DHCP server uses
+/// its interface's one MAC for its address in every subnet, so it may hold several reservations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MacUser {
+    Vnic(VnicId),
+    DhcpServer { host_id: HostId, reservations: u32 },
+}
+
+impl MacUser {
+    /// Whether `key` may reserve with a MAC this user already has.
+    fn admits(self, key: OwnerKey) -> bool {
+        matches!((self, key), (MacUser::DhcpServer { host_id, .. }, OwnerKey::DhcpPort(host, _)) if host_id == host)
+    }
 }
 
 /// The part of a request that says what to reserve.
@@ -293,8 +308,12 @@ impl NetworkAllocator {
             let message = format!("subnet {subnet_id} is not defined on network {network_id}");
             Rejection::new(RejectionCode::UnknownSubnet, message)
         })?;
-        if let Some(other) = self.macs.get(&mac) {
-            let message = format!("MAC {mac} is already used on network {network_id} by {}", describe(*other));
+        if let Some(user) = self.macs.get(&mac).filter(|user| !user.admits(key)) {
+            let who = match user {
+                MacUser::Vnic(vnic_id) => describe(OwnerKey::Vnic(*vnic_id)),
+                MacUser::DhcpServer { host_id, .. } => format!("the DHCP server of host {host_id}"),
+            };
+            let message = format!("MAC {mac} is already used on network {network_id} by {who}");
             return Err(Rejection::new(RejectionCode::DuplicateMac, message));
         }
         let ip = match requested_ip {
@@ -323,7 +342,7 @@ impl NetworkAllocator {
         }
         let holding = Holding { subnet_id, ip, mac, vm_id };
         self.holdings.insert(key, holding);
-        self.macs.insert(mac, key);
+        self.use_mac(mac, key);
         Ok(vec![Event::ReservationAdded(ReservationAdded {
             network_id,
             subnet_id,
@@ -344,6 +363,26 @@ impl NetworkAllocator {
             .collect()
     }
 
+    fn use_mac(&mut self, mac: Mac, key: OwnerKey) {
+        let user = self.macs.entry(mac).or_insert(match key {
+            OwnerKey::Vnic(vnic_id) => MacUser::Vnic(vnic_id),
+            OwnerKey::DhcpPort(host_id, _) => MacUser::DhcpServer { host_id, reservations: 0 },
+        });
+        if let MacUser::DhcpServer { reservations, .. } = user {
+            *reservations += 1;
+        }
+    }
+
+    fn unuse_mac(&mut self, mac: Mac) {
+        if let Some(MacUser::DhcpServer { reservations, .. }) = self.macs.get_mut(&mac) {
+            *reservations -= 1;
+            if *reservations > 0 {
+                return;
+            }
+        }
+        self.macs.remove(&mac);
+    }
+
     /// Ends `key`'s reservation, if it holds one.
     fn release(&mut self, key: OwnerKey, reason: ReleaseReason, cause: EventId) -> Option<Event> {
         let holding = self.holdings.remove(&key)?;
@@ -352,7 +391,7 @@ impl NetworkAllocator {
 
     /// Frees what `holding` took (it is already out of `holdings`) and describes it.
     fn removed(&mut self, key: OwnerKey, holding: Holding, reason: ReleaseReason, cause: EventId) -> Event {
-        self.macs.remove(&holding.mac);
+        self.unuse_mac(holding.mac);
         if let Some(subnet) = self.subnets.get_mut(&holding.subnet_id) {
             let was_used = subnet.pool.release(holding.ip);
             debug_assert!(was_used, "a held address must be marked used");
@@ -432,9 +471,10 @@ impl NetworkAllocator {
             if let OwnerKey::Vnic(_) = key {
                 subnet.vnic_holdings += 1;
             }
-            if allocator.macs.insert(mac, key).is_some() {
+            if allocator.macs.get(&mac).is_some_and(|user| !user.admits(key)) {
                 return Err(inconsistent(&format!("MAC {mac} held twice")));
             }
+            allocator.use_mac(mac, key);
             if allocator.holdings.insert(key, Holding { subnet_id, ip, mac, vm_id }).is_some() {
                 return Err(inconsistent("an owner holds two reservations"));
             }

@@ -266,6 +266,18 @@ fn dhcp_port_is_reserved_like_a_vnic_and_idempotent() {
 }
 
 #[test]
+fn dhcp_server_uses_one_mac_in_every_subnet() {
+    let held = history(small_network(), [add(S2, "10.0.1.0/24", "10.0.1.1"), port(S1)]);
+    check(
+        held,
+        port(S2),
+        expect![[r#"
+        reservation.added {ip:10.0.1.2,mac:52:54:00:00:00:aa,network_id:#1,owner:{host_id:#31,kind:dhcp_server},subnet_id:#12}
+    "#]],
+    );
+}
+
+#[test]
 fn dhcp_port_released() {
     let released = DhcpPortReleased { network_id: NET, subnet_id: S1, host_id: HOST, mac: mac(0xaa) };
     check(
@@ -528,6 +540,18 @@ fn rejects_duplicate_mac() {
         Event::VnicStarted(same_mac),
         expect![[r#"
         request.rejected {code:duplicate_mac,message:MAC 52:54:00:00:00:01 is already used on network #1 by vNIC #1,network_id:#1,request_type:ipam.vnic.started.v1}
+    "#]],
+    );
+}
+
+#[test]
+fn rejects_vnic_using_a_dhcp_servers_mac() {
+    let same_mac = VnicUp { mac: mac(0xaa), ..up(1, Some(S1), None) };
+    check(
+        history(small_network(), [port(S1)]),
+        Event::VnicStarted(same_mac),
+        expect![[r#"
+        request.rejected {code:duplicate_mac,message:MAC 52:54:00:00:00:aa is already used on network #1 by the DHCP server of host #31,network_id:#1,request_type:ipam.vnic.started.v1}
     "#]],
     );
 }

@@ -8,6 +8,7 @@
 //! so.
 
 pub mod allocator;
+pub mod dhcp_plan;
 pub mod event;
 pub mod ids;
 pub mod mac;

@@ -1,0 +1,1149 @@
+//! The DHCP configuration a host should run, decided from the events its agent reads.
+//!
+//! A host agent runs one DHCP server per network that placement assigns to it, answering only the
+//! MACs that hold a reservation (restricted mode). Which servers to run, with which options and
+//! which hosts, is a decision, so it lives here in the pure core rather than in the agent:
+//! [`HostDhcpView`] folds the agent's inputs (`ipam.dhcp-servers` and `ipam.reservations`) into
+//! ordered state, [`plan`] turns that state into the desired configuration as data (rendering a
+//! dnsmasq file is the backend's job), and [`port_requests`] / [`port_releases`] say which DHCP-port
+//! addresses the host must ask the allocator for or give back. The view keeps the reservations of
+//! every network, served or not, so a server that starts on this host has every reservation at
+//! once, without anyone asking again; and because the view is rebuilt by replay (or snapshot plus
+//! tail), a restarted agent plans exactly what the live one did.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{
+    DhcpPortReleased, DhcpPortRequested, DhcpServerAssigned, DhcpServerUnassigned, Owner, ReservationAdded,
+    ReservationRemoved, SubnetActivated, SubnetDeactivated,
+};
+use crate::ids::{HostId, NetworkId, SubnetId};
+use crate::mac::Mac;
+use crate::net::{Cidr, InterfaceName};
+use crate::{Envelope, Event};
+
+/// The lease time handed to clients when the configuration does not say otherwise (one hour).
+pub const DEFAULT_LEASE_SECS: u32 = 3600;
+
+/// The version written into every snapshot; a snapshot of another version is refused, and the
+/// shell rebuilds the view by replaying the log instead.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// What one host agent knows: its own DHCP server assignments, and the active subnets and
+/// reservations of every network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDhcpView {
+    host_id: HostId,
+    /// This host's assignments by network. An unassigned network keeps its entry (not serving) so
+    /// that a replayed or late assignment of the same or an older epoch cannot bring it back.
+    assignments: BTreeMap<NetworkId, Assignment>,
+    /// Every network that has an active subnet or a reservation; empty entries are removed, so equal
+    /// knowledge is equal state (and equal snapshot bytes), whatever history led to it.
+    networks: BTreeMap<NetworkId, NetworkView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Assignment {
+    epoch: u64,
+    interface: InterfaceName,
+    serving: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct NetworkView {
+    subnets: BTreeMap<SubnetId, SubnetOptions>,
+    /// Kept apart from `subnets`: a reservation is held even if its subnet is not (yet) active.
+    /// Keyed by IP then MAC, which is the order the plan lists hosts in.
+    reservations: BTreeMap<SubnetId, BTreeMap<(IpAddr, Mac), Owner>>,
+}
+
+impl NetworkView {
+    fn is_empty(&self) -> bool {
+        self.subnets.is_empty() && self.reservations.is_empty()
+    }
+}
+
+/// A subnet's DHCP options as its latest `SubnetActivated` gave them. Allocation pools are left
+/// out: in restricted mode the server hands out reserved addresses only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SubnetOptions {
+    cidr: Cidr,
+    gateway: IpAddr,
+    dns_servers: Vec<IpAddr>,
+    ntp_servers: Vec<IpAddr>,
+}
+
+impl HostDhcpView {
+    /// The view of a host that has seen no event yet.
+    pub fn new(host_id: HostId) -> HostDhcpView {
+        HostDhcpView { host_id, assignments: BTreeMap::new(), networks: BTreeMap::new() }
+    }
+
+    pub fn host_id(&self) -> HostId {
+        self.host_id
+    }
+
+    /// Folds one input into the view. Events a host agent does not act on are ignored, so the shell
+    /// may feed it whole topics.
+    pub fn apply(&mut self, input: &Envelope) {
+        match &input.event {
+            Event::DhcpServerAssigned(event) => self.assign(event),
+            Event::DhcpServerUnassigned(event) => self.unassign(event),
+            Event::SubnetActivated(event) => self.activate(event),
+            Event::SubnetDeactivated(event) => self.deactivate(event),
+            Event::ReservationAdded(event) => self.reserve(event),
+            Event::ReservationRemoved(event) => self.release(event),
+            // Requests, inventory and status change nothing here by themselves: their effects reach
+            // the host as the allocator's and placement's decisions above (a removed network, for
+            // one, arrives as subnet deactivations, reservation removals and an unassignment).
+            // Listed one by one so that a new event type is a compile error until someone decides.
+            Event::NetworkUpserted(_)
+            | Event::NetworkRemoved(_)
+            | Event::SubnetAdded(_)
+            | Event::SubnetRemoved(_)
+            | Event::VnicStarted(_)
+            | Event::VnicPlugged(_)
+            | Event::VnicLinked(_)
+            | Event::VnicStopped(_)
+            | Event::VnicUnplugged(_)
+            | Event::VnicUnlinked(_)
+            | Event::DhcpPortRequested(_)
+            | Event::DhcpPortReleased(_)
+            | Event::HostUpserted(_)
+            | Event::HostRemoved(_)
+            | Event::HostHeartbeat(_)
+            | Event::DhcpServerStatus(_)
+            | Event::ClockTicked(_)
+            | Event::RequestRejected(_) => {}
+        }
+    }
+
+    /// Placement's epochs only grow per network, so an assignment older than the one held is a
+    /// stale duplicate. An equal epoch refreshes a live assignment (a redelivery) but cannot revive
+    /// one that was unassigned: that epoch is over.
+    fn assign(&mut self, event: &DhcpServerAssigned) {
+        if event.host_id != self.host_id {
+            return;
+        }
+        let fresh = match self.assignments.get(&event.network_id) {
+            None => true,
+            Some(current) => event.epoch > current.epoch || (event.epoch == current.epoch && current.serving),
+        };
+        if fresh {
+            let assignment = Assignment { epoch: event.epoch, interface: event.interface.clone(), serving: true };
+            self.assignments.insert(event.network_id, assignment);
+        }
+    }
+
+    /// Only the epoch being served can be ended: an unassignment of another epoch is about a server
+    /// this host no longer (or never) ran under that epoch.
+    fn unassign(&mut self, event: &DhcpServerUnassigned) {
+        if event.host_id != self.host_id {
+            return;
+        }
+        if let Some(current) = self.assignments.get_mut(&event.network_id)
+            && current.epoch == event.epoch
+        {
+            current.serving = false;
+        }
+    }
+
+    fn activate(&mut self, event: &SubnetActivated) {
+        let options = SubnetOptions {
+            cidr: event.cidr,
+            gateway: event.gateway,
+            dns_servers: event.dns_servers.clone(),
+            ntp_servers: event.ntp_servers.clone(),
+        };
+        self.networks.entry(event.network_id).or_default().subnets.insert(event.subnet_id, options);
+    }
+
+    /// A deactivated subnet holds no addresses: the allocator refuses to remove a subnet that vNICs
+    /// use and releases its DHCP ports with it. Its reservations are dropped here as well, so the
+    /// view cannot keep a leftover that a later removal event would never clear.
+    fn deactivate(&mut self, event: &SubnetDeactivated) {
+        if let Some(network) = self.networks.get_mut(&event.network_id) {
+            network.subnets.remove(&event.subnet_id);
+            network.reservations.remove(&event.subnet_id);
+            if network.is_empty() {
+                self.networks.remove(&event.network_id);
+            }
+        }
+    }
+
+    fn reserve(&mut self, event: &ReservationAdded) {
+        let network = self.networks.entry(event.network_id).or_default();
+        network.reservations.entry(event.subnet_id).or_default().insert((event.ip, event.mac), event.owner);
+    }
+
+    /// Removes the reservation only if it is the one held (same IP, MAC and owner), so a removal
+    /// that does not match what the log added cannot take away someone else's address.
+    fn release(&mut self, event: &ReservationRemoved) {
+        let Some(network) = self.networks.get_mut(&event.network_id) else { return };
+        if let Some(subnet) = network.reservations.get_mut(&event.subnet_id) {
+            let key = (event.ip, event.mac);
+            if subnet.get(&key) == Some(&event.owner) {
+                subnet.remove(&key);
+            }
+            if subnet.is_empty() {
+                network.reservations.remove(&event.subnet_id);
+            }
+        }
+        if network.is_empty() {
+            self.networks.remove(&event.network_id);
+        }
+    }
+
+    /// The networks this host serves now, with their assignment.
+    fn served(&self) -> impl Iterator<Item = (NetworkId, &Assignment)> {
+        self.assignments.iter().filter(|(_, assignment)| assignment.serving).map(|(&id, assignment)| (id, assignment))
+    }
+
+    fn own_port(&self) -> Owner {
+        Owner::DhcpServer { host_id: self.host_id }
+    }
+
+    /// This host's DHCP-port address in a subnet: the lowest, should the allocator ever grant two.
+    fn own_port_in(&self, network: &NetworkView, subnet_id: SubnetId) -> Option<(IpAddr, Mac)> {
+        let own = self.own_port();
+        network.reservations.get(&subnet_id)?.iter().find(|(_, owner)| **owner == own).map(|(&key, _)| key)
+    }
+
+    /// The whole view in a canonical form: equal views give equal bytes, whatever history built them.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            host_id: self.host_id,
+            assignments: self
+                .assignments
+                .iter()
+                .map(|(&network_id, assignment)| AssignmentRecord {
+                    network_id,
+                    epoch: assignment.epoch,
+                    interface: assignment.interface.clone(),
+                    serving: assignment.serving,
+                })
+                .collect(),
+            subnets: self
+                .networks
+                .iter()
+                .flat_map(|(&network_id, network)| {
+                    network.subnets.iter().map(move |(&subnet_id, options)| SubnetRecord {
+                        network_id,
+                        subnet_id,
+                        cidr: options.cidr,
+                        gateway: options.gateway,
+                        dns_servers: options.dns_servers.clone(),
+                        ntp_servers: options.ntp_servers.clone(),
+                    })
+                })
+                .collect(),
+            reservations: self
+                .networks
+                .iter()
+                .flat_map(|(&network_id, network)| {
+                    network.reservations.iter().flat_map(move |(&subnet_id, held)| {
+                        held.iter().map(move |(&(ip, mac), &owner)| ReservationRecord {
+                            network_id,
+                            subnet_id,
+                            ip,
+                            mac,
+                            owner,
+                        })
+                    })
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&snapshot).expect("a snapshot has string keys only, so it always serializes")
+    }
+
+    /// The view a [`snapshot`](HostDhcpView::snapshot) was taken of. On an error the shell should
+    /// rebuild the view by replaying its topics from the start.
+    pub fn restore(bytes: &[u8]) -> Result<HostDhcpView, SnapshotError> {
+        let header: SnapshotHeader =
+            serde_json::from_slice(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        if header.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion(header.version));
+        }
+        let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        let mut view = HostDhcpView::new(snapshot.host_id);
+        for record in snapshot.assignments {
+            let assignment = Assignment { epoch: record.epoch, interface: record.interface, serving: record.serving };
+            if view.assignments.insert(record.network_id, assignment).is_some() {
+                return Err(SnapshotError::Duplicate(format!("assignment of network {}", record.network_id)));
+            }
+        }
+        for record in snapshot.subnets {
+            let network = view.networks.entry(record.network_id).or_default();
+            let options = SubnetOptions {
+                cidr: record.cidr,
+                gateway: record.gateway,
+                dns_servers: record.dns_servers,
+                ntp_servers: record.ntp_servers,
+            };
+            if network.subnets.insert(record.subnet_id, options).is_some() {
+                return Err(SnapshotError::Duplicate(format!("subnet {}", record.subnet_id)));
+            }
+        }
+        for record in snapshot.reservations {
+            let network = view.networks.entry(record.network_id).or_default();
+            let held = network.reservations.entry(record.subnet_id).or_default();
+            if held.insert((record.ip, record.mac), record.owner).is_some() {
+                let what = format!("reservation of {} by {} in subnet {}", record.ip, record.mac, record.subnet_id);
+                return Err(SnapshotError::Duplicate(what));
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// The stored form of a [`HostDhcpView`]: flat lists in key order, so the bytes are canonical.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    host_id: HostId,
+    assignments: Vec<AssignmentRecord>,
+    subnets: Vec<SubnetRecord>,
+    reservations: Vec<ReservationRecord>,
+}
+
+/// Read first, so a snapshot of another version is reported as such rather than as malformed.
+#[derive(Deserialize)]
+struct SnapshotHeader {
+    version: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AssignmentRecord {
+    network_id: NetworkId,
+    epoch: u64,
+    interface: InterfaceName,
+    serving: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SubnetRecord {
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    cidr: Cidr,
+    gateway: IpAddr,
+    dns_servers: Vec<IpAddr>,
+    ntp_servers: Vec<IpAddr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReservationRecord {
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    ip: IpAddr,
+    mac: Mac,
+    owner: Owner,
+}
+
+/// Why bytes could not be restored as a [`HostDhcpView`]. Whatever the variant, the view can be
+/// rebuilt by replaying the log, so the shell should do that rather than stop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes are not a snapshot of this view (truncated, corrupt, or another state machine's).
+    #[error("not a DHCP view snapshot: {0}")]
+    Malformed(String),
+    /// The snapshot was written in another format version, say by a newer agent.
+    #[error("DHCP view snapshot version {0} is not supported (this agent writes version {SNAPSHOT_VERSION})")]
+    UnsupportedVersion(u32),
+    /// An entry appears twice, which a snapshot never writes: the bytes are corrupt.
+    #[error("DHCP view snapshot is corrupt: {0} appears twice")]
+    Duplicate(String),
+}
+
+/// Settings of the plan that come from the agent's configuration rather than from events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    pub lease_secs: u32,
+}
+
+impl Default for PlanOptions {
+    fn default() -> PlanOptions {
+        PlanOptions { lease_secs: DEFAULT_LEASE_SECS }
+    }
+}
+
+/// Every DHCP server a host should run, and exactly what each should answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DhcpPlan {
+    pub host_id: HostId,
+    /// Sorted by network id.
+    pub networks: Vec<NetworkDhcpConfig>,
+}
+
+/// One DHCP server: a network this host serves, under the epoch of its assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkDhcpConfig {
+    pub network_id: NetworkId,
+    pub epoch: u64,
+    /// Where the server listens: the interface the host attaches the network through.
+    pub interface: InterfaceName,
+    /// The network's active subnets, sorted by subnet id; empty while none is active.
+    pub subnets: Vec<SubnetDhcpConfig>,
+}
+
+/// What a server answers in one subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubnetDhcpConfig {
+    pub subnet_id: SubnetId,
+    pub cidr: Cidr,
+    /// The subnet's gateway, given to clients as their router.
+    pub router: IpAddr,
+    pub dns_servers: Vec<IpAddr>,
+    pub ntp_servers: Vec<IpAddr>,
+    pub lease_secs: u32,
+    /// This host's own DHCP-port address in the subnet; `None` until the allocator grants it.
+    pub server_address: Option<IpAddr>,
+    /// The vNIC reservations of the subnet, sorted by IP then MAC. DHCP ports (this host's or
+    /// another server's) are not clients and are left out.
+    pub hosts: Vec<DhcpHost>,
+}
+
+/// One reserved client: the server answers this MAC with this IP, and no other MAC at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DhcpHost {
+    pub mac: Mac,
+    pub ip: IpAddr,
+}
+
+/// The DHCP configuration `view`'s host should run now: one server per network it serves, with
+/// every active subnet's options and reservations.
+pub fn plan(view: &HostDhcpView, options: &PlanOptions) -> DhcpPlan {
+    let networks = view
+        .served()
+        .map(|(network_id, assignment)| {
+            let subnets = match view.networks.get(&network_id) {
+                None => Vec::new(),
+                Some(network) => network
+                    .subnets
+                    .iter()
+                    .map(|(&subnet_id, subnet)| SubnetDhcpConfig {
+                        subnet_id,
+                        cidr: subnet.cidr,
+                        router: subnet.gateway,
+                        dns_servers: subnet.dns_servers.clone(),
+                        ntp_servers: subnet.ntp_servers.clone(),
+                        lease_secs: options.lease_secs,
+                        server_address: view.own_port_in(network, subnet_id).map(|(ip, _)| ip),
+                        hosts: network
+                            .reservations
+                            .get(&subnet_id)
+                            .into_iter()
+                            .flatten()
+                            .filter(|(_, owner)| matches!(owner, Owner::Vnic { .. }))
+                            .map(|(&(ip, mac), _)| DhcpHost { mac, ip })
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            NetworkDhcpConfig { network_id, epoch: assignment.epoch, interface: assignment.interface.clone(), subnets }
+        })
+        .collect();
+    DhcpPlan { host_id: view.host_id, networks }
+}
+
+/// The DHCP-port addresses this host still lacks: one request per active subnet of every network
+/// it serves where it holds no DHCP-port reservation yet, ordered by network then subnet.
+/// `port_mac` gives the MAC the server uses on a network; a network it gives no MAC for (the
+/// interface is not up yet, say) is skipped until it does.
+///
+/// The answer depends only on the view, so it repeats until the allocator's reservation arrives. The
+/// shell drops requests it already sent, and the allocator treats a repeated identical request (same
+/// network, subnet, host and MAC) as a no-op: it re-announces nothing and reserves no second
+/// address, so a request repeated after a crash is harmless.
+pub fn port_requests(view: &HostDhcpView, port_mac: impl Fn(NetworkId) -> Option<Mac>) -> Vec<Event> {
+    let mut requests = Vec::new();
+    for (network_id, _) in view.served() {
+        let Some(network) = view.networks.get(&network_id) else { continue };
+        let missing: Vec<SubnetId> = network
+            .subnets
+            .keys()
+            .copied()
+            .filter(|&subnet_id| view.own_port_in(network, subnet_id).is_none())
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let Some(mac) = port_mac(network_id) else { continue };
+        requests.extend(missing.into_iter().map(|subnet_id| {
+            Event::DhcpPortRequested(DhcpPortRequested { network_id, subnet_id, host_id: view.host_id, mac })
+        }));
+    }
+    requests
+}
+
+/// The DHCP-port addresses this host holds on networks it no longer serves, to be given back,
+/// ordered by network, subnet, then IP. Like requests, they repeat until the allocator's
+/// `ReservationRemoved` arrives; the shell drops the ones it already sent.
+///
+/// This scans the reservations of every unserved network, which is linear in the cluster's
+/// reservations; cheap next to the I/O around each call, and it keeps the view free of an index
+/// that would have to be kept in step.
+pub fn port_releases(view: &HostDhcpView) -> Vec<Event> {
+    let own = view.own_port();
+    let served = |network_id: &NetworkId| view.assignments.get(network_id).is_some_and(|a| a.serving);
+    view.networks
+        .iter()
+        .filter(|(network_id, _)| !served(network_id))
+        .flat_map(|(&network_id, network)| {
+            network.reservations.iter().flat_map(move |(&subnet_id, held)| {
+                held.iter().filter(move |(_, owner)| **owner == own).map(move |(&(_, mac), _)| {
+                    Event::DhcpPortReleased(DhcpPortReleased { network_id, subnet_id, host_id: view.host_id, mac })
+                })
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write;
+
+    use crate::event::{AssignReason, ReleaseReason, UnassignReason};
+    use crate::ids::{EventId, VmId, VnicId};
+    use crate::net::next_address;
+    use crate::time::Timestamp;
+    use expect_test::{Expect, expect};
+
+    use super::*;
+
+    const H1: HostId = HostId::from_u128(1);
+    const H2: HostId = HostId::from_u128(2);
+    const N1: NetworkId = NetworkId::from_u128(1);
+    const N2: NetworkId = NetworkId::from_u128(2);
+    const S1: SubnetId = SubnetId::from_u128(1);
+    const S2: SubnetId = SubnetId::from_u128(2);
+    const S3: SubnetId = SubnetId::from_u128(3);
+
+    // ---- Building inputs ---------------------------------------------------------------------
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("test IPs are valid")
+    }
+
+    fn ips(texts: &[&str]) -> Vec<IpAddr> {
+        texts.iter().map(|text| ip(text)).collect()
+    }
+
+    /// A vNIC's MAC, `02:00:00:00:00:nn`.
+    fn mac(n: u8) -> Mac {
+        Mac::from_octets([0x02, 0, 0, 0, 0, n]).expect("a locally administered unicast MAC")
+    }
+
+    /// A DHCP server's MAC, `02:00:00:00:dd:nn`.
+    fn port_mac(n: u8) -> Mac {
+        Mac::from_octets([0x02, 0, 0, 0, 0xdd, n]).expect("a locally administered unicast MAC")
+    }
+
+    fn cause() -> EventId {
+        EventId::from_u128(999)
+    }
+
+    fn assigned(network_id: NetworkId, host_id: HostId, epoch: u64, interface: &str) -> Event {
+        Event::DhcpServerAssigned(DhcpServerAssigned {
+            network_id,
+            host_id,
+            interface: interface.parse().expect("test interface names are valid"),
+            epoch,
+            reason: AssignReason::Placed,
+            cause: cause(),
+        })
+    }
+
+    fn unassigned(network_id: NetworkId, host_id: HostId, epoch: u64) -> Event {
+        Event::DhcpServerUnassigned(DhcpServerUnassigned {
+            network_id,
+            host_id,
+            epoch,
+            reason: UnassignReason::HostDown,
+            cause: cause(),
+        })
+    }
+
+    fn activated(network_id: NetworkId, subnet_id: SubnetId, cidr: &str, dns: &[&str], ntp: &[&str]) -> Event {
+        let cidr: Cidr = cidr.parse().expect("test CIDRs are valid");
+        let gateway = next_address(cidr.network()).expect("a subnet has a first host address");
+        Event::SubnetActivated(SubnetActivated {
+            network_id,
+            subnet_id,
+            cidr,
+            gateway,
+            dns_servers: ips(dns),
+            ntp_servers: ips(ntp),
+            allocation_pools: vec![],
+            cause: cause(),
+        })
+    }
+
+    fn deactivated(network_id: NetworkId, subnet_id: SubnetId) -> Event {
+        Event::SubnetDeactivated(SubnetDeactivated { network_id, subnet_id, cause: cause() })
+    }
+
+    fn vnic(n: u8) -> Owner {
+        Owner::Vnic { vnic_id: VnicId::from_u128(n.into()), vm_id: VmId::from_u128(n.into()) }
+    }
+
+    fn server(host_id: HostId) -> Owner {
+        Owner::DhcpServer { host_id }
+    }
+
+    fn added(network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip_text: &str) -> Event {
+        Event::ReservationAdded(ReservationAdded { network_id, subnet_id, owner, mac, ip: ip(ip_text), cause: cause() })
+    }
+
+    fn removed(network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip_text: &str) -> Event {
+        Event::ReservationRemoved(ReservationRemoved {
+            network_id,
+            subnet_id,
+            owner,
+            mac,
+            ip: ip(ip_text),
+            reason: ReleaseReason::VnicDown,
+            cause: cause(),
+        })
+    }
+
+    fn view_after(history: &[Event]) -> HostDhcpView {
+        let mut view = HostDhcpView::new(H1);
+        for (index, event) in history.iter().enumerate() {
+            let index = u128::try_from(index).expect("histories are short");
+            view.apply(&Envelope {
+                id: EventId::from_u128(1000 + index),
+                source: "test".to_owned(),
+                time: Timestamp::from_unix_ms(0),
+                subject: None,
+                event: event.clone(),
+            });
+        }
+        view
+    }
+
+    // ---- Rendering ---------------------------------------------------------------------------
+
+    /// `n1` for `NetworkId::from_u128(1)` and so on; anything else prints in full.
+    fn short(prefix: &str, uuid: &impl std::fmt::Display, value: u128) -> String {
+        if value < 1000 { format!("{prefix}{value}") } else { format!("{prefix}:{uuid}") }
+    }
+
+    fn net(id: NetworkId) -> String {
+        short("n", &id, id.0.as_u128())
+    }
+
+    fn sub(id: SubnetId) -> String {
+        short("s", &id, id.0.as_u128())
+    }
+
+    fn host(id: HostId) -> String {
+        short("h", &id, id.0.as_u128())
+    }
+
+    fn list(addresses: &[IpAddr]) -> String {
+        addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+
+    fn render_plan(plan: &DhcpPlan) -> String {
+        let mut out = format!("plan for {}\n", host(plan.host_id));
+        for network in &plan.networks {
+            let _ = writeln!(out, "  {} epoch {} on {}", net(network.network_id), network.epoch, network.interface);
+            for subnet in &network.subnets {
+                let server = subnet.server_address.map_or("-".to_owned(), |ip| ip.to_string());
+                let _ = writeln!(
+                    out,
+                    "    {} {} router {} dns [{}] ntp [{}] lease {}s server {server}",
+                    sub(subnet.subnet_id),
+                    subnet.cidr,
+                    subnet.router,
+                    list(&subnet.dns_servers),
+                    list(&subnet.ntp_servers),
+                    subnet.lease_secs,
+                );
+                for client in &subnet.hosts {
+                    let _ = writeln!(out, "      {} {}", client.ip, client.mac);
+                }
+            }
+        }
+        out
+    }
+
+    fn render_events(events: &[Event]) -> String {
+        let mut out = String::new();
+        for event in events {
+            let _ = match event {
+                Event::DhcpPortRequested(e) => {
+                    writeln!(out, "requested {} {} {} {}", net(e.network_id), sub(e.subnet_id), host(e.host_id), e.mac)
+                }
+                Event::DhcpPortReleased(e) => {
+                    writeln!(out, "released {} {} {} {}", net(e.network_id), sub(e.subnet_id), host(e.host_id), e.mac)
+                }
+                other => writeln!(out, "unexpected {other:?}"),
+            };
+        }
+        if out.is_empty() { "none\n".to_owned() } else { out }
+    }
+
+    /// Given this history of inputs to host h1's view, then its plan (default options) is `expect`.
+    fn check(history: &[Event], expect: Expect) {
+        expect.assert_eq(&render_plan(&plan(&view_after(history), &PlanOptions::default())));
+    }
+
+    /// Given this history, then h1's port requests (MAC known for every network but n2) and port
+    /// releases are `expect`.
+    fn check_ports(history: &[Event], expect: Expect) {
+        let view = view_after(history);
+        let requests = port_requests(&view, |network_id| (network_id != N2).then(|| port_mac(1)));
+        let releases = port_releases(&view);
+        expect.assert_eq(&format!("{}---\n{}", render_events(&requests), render_events(&releases)));
+    }
+
+    /// Two subnets of n1 with a few vNICs, added out of order.
+    fn n1_with_subnets() -> Vec<Event> {
+        vec![
+            activated(N1, S2, "2001:db8::/64", &["2001:db8::53"], &[]),
+            activated(N1, S1, "10.1.0.0/24", &["10.1.0.53", "10.9.9.53"], &["10.1.0.123"]),
+            added(N1, S1, vnic(3), mac(3), "10.1.0.30"),
+            added(N1, S1, vnic(1), mac(1), "10.1.0.10"),
+            added(N1, S2, vnic(2), mac(2), "2001:db8::20"),
+        ]
+    }
+
+    // ---- The plan ----------------------------------------------------------------------------
+
+    #[test]
+    fn without_an_assignment_the_plan_is_empty() {
+        let mut history = n1_with_subnets();
+        history.push(assigned(N1, H2, 1, "br1"));
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+            "#]],
+        );
+    }
+
+    #[test]
+    fn an_assigned_network_is_planned_with_its_subnets_options_and_hosts() {
+        let mut history = n1_with_subnets();
+        history.push(assigned(N1, H1, 4, "br1"));
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 4 on br1
+                    s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.53,10.9.9.53] ntp [10.1.0.123] lease 3600s server -
+                      10.1.0.10 02:00:00:00:00:01
+                      10.1.0.30 02:00:00:00:00:03
+                    s2 2001:db8::/64 router 2001:db8::1 dns [2001:db8::53] ntp [] lease 3600s server -
+                      2001:db8::20 02:00:00:00:00:02
+            "#]],
+        );
+    }
+
+    #[test]
+    fn the_lease_time_comes_from_the_options() {
+        let mut history = n1_with_subnets();
+        history.push(assigned(N1, H1, 1, "br1"));
+        let plan = plan(&view_after(&history), &PlanOptions { lease_secs: 600 });
+        let leases: Vec<u32> = plan.networks.iter().flat_map(|n| &n.subnets).map(|s| s.lease_secs).collect();
+        assert_eq!(leases, [600, 600]);
+    }
+
+    #[test]
+    fn networks_are_planned_in_id_order() {
+        let history = [
+            activated(N2, S3, "10.2.0.0/24", &[], &[]),
+            activated(N1, S1, "10.1.0.0/24", &[], &[]),
+            assigned(N2, H1, 1, "br2"),
+            assigned(N1, H1, 7, "br1"),
+        ];
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 7 on br1
+                    s1 10.1.0.0/24 router 10.1.0.1 dns [] ntp [] lease 3600s server -
+                  n2 epoch 1 on br2
+                    s3 10.2.0.0/24 router 10.2.0.1 dns [] ntp [] lease 3600s server -
+            "#]],
+        );
+    }
+
+    #[test]
+    fn reservations_added_and_removed_are_reflected() {
+        let mut history = n1_with_subnets();
+        history.extend([
+            assigned(N1, H1, 1, "br1"),
+            added(N1, S1, vnic(4), mac(4), "10.1.0.20"),
+            // A redelivered addition changes nothing.
+            added(N1, S1, vnic(4), mac(4), "10.1.0.20"),
+            removed(N1, S1, vnic(3), mac(3), "10.1.0.30"),
+            removed(N1, S2, vnic(2), mac(2), "2001:db8::20"),
+            // A removal that does not match the holder is not applied.
+            removed(N1, S1, vnic(9), mac(1), "10.1.0.10"),
+        ]);
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 1 on br1
+                    s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.53,10.9.9.53] ntp [10.1.0.123] lease 3600s server -
+                      10.1.0.10 02:00:00:00:00:01
+                      10.1.0.20 02:00:00:00:00:04
+                    s2 2001:db8::/64 router 2001:db8::1 dns [2001:db8::53] ntp [] lease 3600s server -
+            "#]],
+        );
+    }
+
+    #[test]
+    fn own_dhcp_port_is_the_server_address_and_not_a_host() {
+        let mut history = n1_with_subnets();
+        history.extend([assigned(N1, H1, 1, "br1"), added(N1, S1, server(H1), port_mac(1), "10.1.0.2")]);
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 1 on br1
+                    s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.53,10.9.9.53] ntp [10.1.0.123] lease 3600s server 10.1.0.2
+                      10.1.0.10 02:00:00:00:00:01
+                      10.1.0.30 02:00:00:00:00:03
+                    s2 2001:db8::/64 router 2001:db8::1 dns [2001:db8::53] ntp [] lease 3600s server -
+                      2001:db8::20 02:00:00:00:00:02
+            "#]],
+        );
+    }
+
+    #[test]
+    fn other_hosts_dhcp_ports_are_neither_server_address_nor_hosts() {
+        let mut history = n1_with_subnets();
+        history.extend([
+            assigned(N1, H1, 2, "br1"),
+            assigned(N1, H2, 3, "eth1"),
+            added(N1, S1, server(H2), port_mac(2), "10.1.0.3"),
+            added(N1, S2, server(H2), port_mac(2), "2001:db8::3"),
+        ]);
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 2 on br1
+                    s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.53,10.9.9.53] ntp [10.1.0.123] lease 3600s server -
+                      10.1.0.10 02:00:00:00:00:01
+                      10.1.0.30 02:00:00:00:00:03
+                    s2 2001:db8::/64 router 2001:db8::1 dns [2001:db8::53] ntp [] lease 3600s server -
+                      2001:db8::20 02:00:00:00:00:02
+            "#]],
+        );
+    }
+
+    #[test]
+    fn reservations_of_an_unserved_network_appear_as_soon_as_it_is_assigned() {
+        let mut history = n1_with_subnets();
+        history.extend([
+            activated(N2, S3, "10.2.0.0/24", &["10.2.0.53"], &[]),
+            added(N2, S3, vnic(7), mac(7), "10.2.0.70"),
+            assigned(N2, H1, 5, "br2"),
+        ]);
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n2 epoch 5 on br2
+                    s3 10.2.0.0/24 router 10.2.0.1 dns [10.2.0.53] ntp [] lease 3600s server -
+                      10.2.0.70 02:00:00:00:00:07
+            "#]],
+        );
+    }
+
+    #[test]
+    fn an_assigned_network_without_an_active_subnet_is_planned_empty() {
+        check(
+            &[assigned(N2, H1, 1, "br2")],
+            expect![[r#"
+                plan for h1
+                  n2 epoch 1 on br2
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_stale_assignment_is_ignored() {
+        let mut history = n1_with_subnets();
+        history.extend([
+            assigned(N1, H1, 5, "br1"),
+            assigned(N1, H1, 3, "old0"),
+            // Stale for another network is judged per network: n2 has no epoch yet, so 1 is fresh.
+            assigned(N2, H1, 1, "br2"),
+        ]);
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 5 on br1
+                    s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.53,10.9.9.53] ntp [10.1.0.123] lease 3600s server -
+                      10.1.0.10 02:00:00:00:00:01
+                      10.1.0.30 02:00:00:00:00:03
+                    s2 2001:db8::/64 router 2001:db8::1 dns [2001:db8::53] ntp [] lease 3600s server -
+                      2001:db8::20 02:00:00:00:00:02
+                  n2 epoch 1 on br2
+            "#]],
+        );
+    }
+
+    #[test]
+    fn an_ended_epoch_cannot_be_revived_but_a_newer_one_can() {
+        let base = [assigned(N1, H1, 5, "br1"), unassigned(N1, H1, 5)];
+        let mut stale = base.to_vec();
+        stale.extend([assigned(N1, H1, 5, "br1"), assigned(N1, H1, 4, "br1")]);
+        check(
+            &stale,
+            expect![[r#"
+                plan for h1
+            "#]],
+        );
+        let mut newer = base.to_vec();
+        newer.push(assigned(N1, H1, 6, "br9"));
+        check(
+            &newer,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 6 on br9
+            "#]],
+        );
+    }
+
+    #[test]
+    fn an_unassignment_of_another_epoch_or_host_is_ignored() {
+        let history = [
+            assigned(N1, H1, 5, "br1"),
+            unassigned(N1, H1, 4),
+            unassigned(N1, H1, 6),
+            unassigned(N1, H2, 5),
+            unassigned(N2, H1, 5),
+        ];
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 5 on br1
+            "#]],
+        );
+        let mut ended = history.to_vec();
+        ended.push(unassigned(N1, H1, 5));
+        check(
+            &ended,
+            expect![[r#"
+                plan for h1
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_deactivated_subnet_leaves_the_plan() {
+        let mut history = n1_with_subnets();
+        history.extend([assigned(N1, H1, 1, "br1"), deactivated(N1, S2)]);
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 1 on br1
+                    s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.53,10.9.9.53] ntp [10.1.0.123] lease 3600s server -
+                      10.1.0.10 02:00:00:00:00:01
+                      10.1.0.30 02:00:00:00:00:03
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_second_activation_updates_the_options() {
+        let mut history = n1_with_subnets();
+        history.extend([
+            assigned(N1, H1, 1, "br1"),
+            activated(N1, S1, "10.1.0.0/24", &["10.1.0.54"], &["10.1.0.124", "10.1.0.125"]),
+        ]);
+        check(
+            &history,
+            expect![[r#"
+                plan for h1
+                  n1 epoch 1 on br1
+                    s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.54] ntp [10.1.0.124,10.1.0.125] lease 3600s server -
+                      10.1.0.10 02:00:00:00:00:01
+                      10.1.0.30 02:00:00:00:00:03
+                    s2 2001:db8::/64 router 2001:db8::1 dns [2001:db8::53] ntp [] lease 3600s server -
+                      2001:db8::20 02:00:00:00:00:02
+            "#]],
+        );
+    }
+
+    #[test]
+    fn the_plan_serializes_as_plain_data() {
+        let history = [
+            activated(N1, S1, "10.1.0.0/24", &[], &[]),
+            added(N1, S1, vnic(1), mac(1), "10.1.0.10"),
+            assigned(N1, H1, 1, "br1"),
+        ];
+        let json = serde_json::to_string(&plan(&view_after(&history), &PlanOptions::default()))
+            .expect("a plan always serializes");
+        expect![[r#"{"host_id":"00000000-0000-0000-0000-000000000001","networks":[{"network_id":"00000000-0000-0000-0000-000000000001","epoch":1,"interface":"br1","subnets":[{"subnet_id":"00000000-0000-0000-0000-000000000001","cidr":"10.1.0.0/24","router":"10.1.0.1","dns_servers":[],"ntp_servers":[],"lease_secs":3600,"server_address":null,"hosts":[{"mac":"02:00:00:00:00:01","ip":"10.1.0.10"}]}]}]}"#]]
+            .assert_eq(&json);
+    }
+
+    // ---- DHCP ports --------------------------------------------------------------------------
+
+    #[test]
+    fn ports_are_requested_for_each_served_subnet_without_one() {
+        let mut history = n1_with_subnets();
+        history.extend([
+            // n2 is served but its MAC is not known yet; n3's subnet is not served by h1.
+            activated(N2, S3, "10.2.0.0/24", &[], &[]),
+            activated(NetworkId::from_u128(3), SubnetId::from_u128(4), "10.3.0.0/24", &[], &[]),
+            assigned(N1, H1, 1, "br1"),
+            assigned(N2, H1, 1, "br2"),
+            // h1 already holds a port in s1; h2's port in s2 does not count for h1.
+            added(N1, S1, server(H1), port_mac(1), "10.1.0.2"),
+            added(N1, S2, server(H2), port_mac(2), "2001:db8::3"),
+        ]);
+        check_ports(
+            &history,
+            expect![[r#"
+                requested n1 s2 h1 02:00:00:00:dd:01
+                ---
+                none
+            "#]],
+        );
+    }
+
+    #[test]
+    fn ports_are_released_on_networks_no_longer_served() {
+        let mut history = n1_with_subnets();
+        history.extend([
+            activated(N2, S3, "10.2.0.0/24", &[], &[]),
+            assigned(N1, H1, 1, "br1"),
+            assigned(N2, H1, 1, "br2"),
+            added(N1, S1, server(H1), port_mac(1), "10.1.0.2"),
+            added(N1, S2, server(H1), port_mac(1), "2001:db8::2"),
+            added(N1, S1, server(H2), port_mac(2), "10.1.0.3"),
+            added(N2, S3, server(H1), port_mac(1), "10.2.0.2"),
+            unassigned(N1, H1, 1),
+        ]);
+        check_ports(
+            &history,
+            expect![[r#"
+                none
+                ---
+                released n1 s1 h1 02:00:00:00:dd:01
+                released n1 s2 h1 02:00:00:00:dd:01
+            "#]],
+        );
+        // Once the allocator has removed them, nothing is left to release.
+        history.extend([
+            removed(N1, S1, server(H1), port_mac(1), "10.1.0.2"),
+            removed(N1, S2, server(H1), port_mac(1), "2001:db8::2"),
+        ]);
+        check_ports(
+            &history,
+            expect![[r#"
+                none
+                ---
+                none
+            "#]],
+        );
+    }
+
+    // ---- Snapshots ---------------------------------------------------------------------------
+
+    /// A history touching every part of the view.
+    fn rich_history() -> Vec<Event> {
+        let mut history = n1_with_subnets();
+        history.extend([
+            activated(N2, S3, "10.2.0.0/24", &["10.2.0.53"], &[]),
+            added(N2, S3, vnic(7), mac(7), "10.2.0.70"),
+            added(N1, S1, server(H1), port_mac(1), "10.1.0.2"),
+            added(N1, S1, server(H2), port_mac(2), "10.1.0.3"),
+            assigned(N1, H1, 3, "br1"),
+            assigned(N2, H1, 1, "br2"),
+            unassigned(N2, H1, 1),
+        ]);
+        history
+    }
+
+    #[test]
+    fn snapshot_and_restore_round_trip_with_equal_bytes() {
+        let view = view_after(&rich_history());
+        let bytes = view.snapshot();
+        let restored = HostDhcpView::restore(&bytes).expect("a snapshot restores");
+        assert_eq!(restored, view);
+        assert_eq!(restored.snapshot(), bytes);
+        // The ended epoch of n2 survives the round trip: it still cannot be revived.
+        let mut revived = restored.clone();
+        revived.apply(&Envelope {
+            id: EventId::from_u128(1),
+            source: "test".to_owned(),
+            time: Timestamp::from_unix_ms(0),
+            subject: None,
+            event: assigned(N2, H1, 1, "br2"),
+        });
+        assert_eq!(revived, restored);
+    }
+
+    #[test]
+    fn equal_state_gives_equal_bytes_whatever_the_history() {
+        let mut detour = rich_history();
+        detour.extend([
+            activated(NetworkId::from_u128(3), SubnetId::from_u128(4), "10.3.0.0/24", &[], &[]),
+            added(NetworkId::from_u128(3), SubnetId::from_u128(4), vnic(8), mac(8), "10.3.0.80"),
+            added(N1, S1, vnic(9), mac(9), "10.1.0.90"),
+            removed(N1, S1, vnic(9), mac(9), "10.1.0.90"),
+            deactivated(NetworkId::from_u128(3), SubnetId::from_u128(4)),
+        ]);
+        assert_eq!(view_after(&detour).snapshot(), view_after(&rich_history()).snapshot());
+    }
+
+    #[test]
+    fn the_snapshot_format_is_stable() {
+        let history = [
+            activated(N1, S1, "10.1.0.0/24", &["10.1.0.53"], &[]),
+            added(N1, S1, server(H1), port_mac(1), "10.1.0.2"),
+            assigned(N1, H1, 2, "br1"),
+        ];
+        let bytes = view_after(&history).snapshot();
+        expect![[r#"{"version":1,"host_id":"00000000-0000-0000-0000-000000000001","assignments":[{"network_id":"00000000-0000-0000-0000-000000000001","epoch":2,"interface":"br1","serving":true}],"subnets":[{"network_id":"00000000-0000-0000-0000-000000000001","subnet_id":"00000000-0000-0000-0000-000000000001","cidr":"10.1.0.0/24","gateway":"10.1.0.1","dns_servers":["10.1.0.53"],"ntp_servers":[]}],"reservations":[{"network_id":"00000000-0000-0000-0000-000000000001","subnet_id":"00000000-0000-0000-0000-000000000001","ip":"10.1.0.2","mac":"02:00:00:00:dd:01","owner":{"kind":"dhcp_server","host_id":"00000000-0000-0000-0000-000000000001"}}]}"#]]
+            .assert_eq(&String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn restore_refuses_what_is_not_a_snapshot_of_this_version() {
+        let errors = [
+            &b"not json"[..],
+            br#"{"version":2,"host_id":"00000000-0000-0000-0000-000000000001"}"#,
+            br#"{"version":1,"host_id":"00000000-0000-0000-0000-000000000001","assignments":[]}"#,
+            br#"{"version":1,"host_id":"00000000-0000-0000-0000-000000000001","assignments":[
+                {"network_id":"00000000-0000-0000-0000-000000000001","epoch":1,"interface":"br1","serving":true},
+                {"network_id":"00000000-0000-0000-0000-000000000001","epoch":2,"interface":"br1","serving":true}
+            ],"subnets":[],"reservations":[]}"#,
+        ]
+        .map(|bytes| HostDhcpView::restore(bytes).map(|_| ()).map_err(|e| e.to_string()));
+        expect![[r#"
+            [
+                Err(
+                    "not a DHCP view snapshot: expected ident at line 1 column 2",
+                ),
+                Err(
+                    "DHCP view snapshot version 2 is not supported (this agent writes version 1)",
+                ),
+                Err(
+                    "not a DHCP view snapshot: missing field `subnets` at line 1 column 79",
+                ),
+                Err(
+                    "DHCP view snapshot is corrupt: assignment of network 00000000-0000-0000-0000-000000000001 appears twice",
+                ),
+            ]
+        "#]]
+        .assert_debug_eq(&errors);
+    }
+}
