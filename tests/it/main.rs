@@ -1,5 +1,8 @@
 //! The one integration-test binary. Each module is a family of tests named as sentences.
 
+// Fixtures outside #[test] functions unwrap freely: a failure there is a broken test, not bad input.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
 mod properties;
 mod samples;
 mod schemas;

@@ -81,7 +81,8 @@ fn schemas_refuse_what_the_decoder_refuses() {
     let samples = samples::every_type();
     let started = samples.iter().find(|s| s.event.type_name() == "ipam.vnic.started.v1").unwrap().to_json();
     let validator = validator(&schemas["ipam.vnic.started.v1"]);
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let mutations: Vec<(&str, Mutation)> = vec![
         ("bad MAC", Box::new(|v| v["data"]["mac"] = json!("52:54:00:12:34"))),
         ("missing vnic_id", Box::new(|v| drop(v["data"].as_object_mut().unwrap().remove("vnic_id")))),
         ("unknown type", Box::new(|v| v["type"] = json!("ipam.vnic.exploded.v1"))),
