@@ -13,6 +13,7 @@ pub mod event;
 pub mod ids;
 pub mod mac;
 pub mod net;
+pub mod placement;
 pub mod pool;
 pub mod rejection;
 pub mod time;
