@@ -5,7 +5,7 @@
 //! subnet's bitmaps are allocated before counting starts, so they are not in it.
 
 // The one place in the workspace with `unsafe`: a GlobalAlloc that counts bytes around `System`.
-#![allow(unsafe_code, clippy::print_stdout)]
+#![allow(unsafe_code, clippy::print_stdout, clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
