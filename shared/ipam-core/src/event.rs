@@ -531,6 +531,8 @@ pub struct DecodeError {
     pub cause: Option<EventId>,
     /// The event's `type`, when the envelope was readable.
     pub event_type: Option<String>,
+    /// The event's `time`, when the envelope was readable.
+    pub time: Option<Timestamp>,
     /// The network the event is about, when `data.network_id` was readable.
     pub network_id: Option<NetworkId>,
     /// The path of the offending field, such as `data.mac` or `time`.
@@ -544,6 +546,7 @@ impl DecodeError {
         DecodeError {
             cause: None,
             event_type: None,
+            time: None,
             network_id: None,
             field,
             code: RejectionCode::InvalidRequest,
@@ -627,6 +630,7 @@ impl Envelope {
         let known = |code, field: &str, message: String| DecodeError {
             cause: Some(incoming.id),
             event_type: Some(incoming.type_name.clone()),
+            time: Some(incoming.time),
             network_id: incoming.data.get("network_id").and_then(|v| serde_json::from_value(v.clone()).ok()),
             field: Some(field.to_owned()),
             code,

@@ -1,0 +1,329 @@
+//! What the two local backends (memory and SQLite) share: the [`EventLog`] and [`Member`] logic on
+//! top of a store that can append atomically, read, and hold one open batch per member.
+//!
+//! A local log has one member per consumer group that owns every partition of its topics (there is
+//! nobody to share them with in one process). Fencing still applies: joining with a
+//! `transactional_id` raises that id's epoch in the store, and a batch opened or committed under an
+//! older epoch is refused, exactly as Kafka fences a zombie producer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{
+    Appended, EventLog, LogError, Member, MemberConfig, OutRecord, Polled, Position, Record, TopicPartition, TopicSpec,
+    partition,
+};
+
+/// A record with its partition resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub topic: String,
+    pub partition: u32,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// The storage a local log is built on.
+pub trait LocalStore: Send + Sync + 'static {
+    fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError>;
+    fn partition_count(&self, topic: &str) -> Result<u32, LogError>;
+    /// Committed records, without waiting.
+    fn read(&self, topic: &str, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError>;
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError>;
+    fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError>;
+    /// Appends atomically.
+    fn append(&self, records: &[Placed]) -> Result<Vec<Appended>, LogError>;
+    /// Raises the epoch of `transactional_id` and returns it; older holders are fenced from now on.
+    fn register_producer(&self, transactional_id: &str) -> Result<u64, LogError>;
+    /// Opens a batch under `epoch`; `Fenced` if the id has a newer epoch.
+    fn open_batch(&self, transactional_id: &str, epoch: u64) -> Result<Box<dyn LocalBatch>, LogError>;
+}
+
+/// One open batch of steps. Dropping it without `commit` discards it.
+pub trait LocalBatch: Send {
+    fn add(&mut self, group: &str, outputs: &[Placed], positions: &[Position]) -> Result<(), LogError>;
+    fn commit(self: Box<Self>) -> Result<(), LogError>;
+}
+
+/// Wakes readers waiting for new records.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Notifier {
+    fn notify(&self) {
+        let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        *generation += 1;
+        self.changed.notify_all();
+    }
+
+    fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the generation moves past `seen` or `timeout` passes.
+    fn wait(&self, seen: u64, timeout: Duration) {
+        let guard = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.changed.wait_timeout_while(guard, timeout, |generation| *generation == seen);
+    }
+}
+
+/// An [`EventLog`] over a local store. Clones share the same log.
+#[derive(Debug)]
+pub struct LocalLog<S> {
+    store: Arc<S>,
+    notifier: Arc<Notifier>,
+}
+
+impl<S> Clone for LocalLog<S> {
+    fn clone(&self) -> Self {
+        LocalLog { store: Arc::clone(&self.store), notifier: Arc::clone(&self.notifier) }
+    }
+}
+
+impl<S: LocalStore> LocalLog<S> {
+    pub(crate) fn over(store: S) -> LocalLog<S> {
+        LocalLog { store: Arc::new(store), notifier: Arc::new(Notifier::default()) }
+    }
+
+    fn place(&self, records: &[OutRecord]) -> Result<Vec<Placed>, LogError> {
+        place(&*self.store, records)
+    }
+}
+
+fn place<S: LocalStore + ?Sized>(store: &S, records: &[OutRecord]) -> Result<Vec<Placed>, LogError> {
+    let mut counts = BTreeMap::new();
+    records
+        .iter()
+        .map(|record| {
+            let partitions = match counts.get(&record.topic) {
+                Some(count) => *count,
+                None => *counts.entry(record.topic.clone()).or_insert(store.partition_count(&record.topic)?),
+            };
+            Ok(Placed {
+                topic: record.topic.clone(),
+                partition: partition::for_key(record.key.as_bytes(), partitions),
+                key: record.key.clone(),
+                value: record.value.clone(),
+            })
+        })
+        .collect()
+}
+
+impl<S: LocalStore> EventLog for LocalLog<S> {
+    fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
+        self.store.create_topics(topics)
+    }
+
+    fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+        self.store.partition_count(topic)
+    }
+
+    fn append(&self, records: &[OutRecord]) -> Result<Vec<Appended>, LogError> {
+        let appended = self.store.append(&self.place(records)?)?;
+        self.notifier.notify();
+        Ok(appended)
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, LogError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let seen = self.notifier.generation();
+            let records = self.store.read(topic, partition, from, max)?;
+            let now = Instant::now();
+            if !records.is_empty() || now >= deadline {
+                return Ok(records);
+            }
+            self.notifier.wait(seen, deadline - now);
+        }
+    }
+
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        self.store.end_offset(topic, partition)
+    }
+
+    fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        self.store.committed_position(group, topic, partition)
+    }
+
+    fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError> {
+        if config.batch.max_steps == 0 {
+            return Err(LogError::Config("batch.max_steps must be at least 1".to_owned()));
+        }
+        let mut assignment = Vec::new();
+        for topic in &config.topics {
+            let partitions = self.store.partition_count(topic)?;
+            assignment.extend((0..partitions).map(|partition| TopicPartition { topic: topic.clone(), partition }));
+        }
+        let epoch = self.store.register_producer(&config.transactional_id)?;
+        let mut member = LocalMember {
+            store: Arc::clone(&self.store),
+            notifier: Arc::clone(&self.notifier),
+            config,
+            epoch,
+            cursors: BTreeMap::new(),
+            assignment,
+            announced: false,
+            batch: None,
+            fenced: false,
+            next_partition: 0,
+        };
+        member.rewind()?;
+        Ok(Box::new(member))
+    }
+}
+
+struct OpenBatch {
+    batch: Box<dyn LocalBatch>,
+    opened: Instant,
+    steps: usize,
+}
+
+/// The one member of its group in this process.
+struct LocalMember<S> {
+    store: Arc<S>,
+    notifier: Arc<Notifier>,
+    config: MemberConfig,
+    epoch: u64,
+    assignment: Vec<TopicPartition>,
+    cursors: BTreeMap<TopicPartition, u64>,
+    announced: bool,
+    batch: Option<OpenBatch>,
+    fenced: bool,
+    /// Where the next poll starts, so no partition starves the others.
+    next_partition: usize,
+}
+
+impl<S: LocalStore> LocalMember<S> {
+    fn check_fenced(&self) -> Result<(), LogError> {
+        if self.fenced { Err(LogError::Fenced(self.config.transactional_id.clone())) } else { Ok(()) }
+    }
+
+    fn fail(&mut self, error: LogError) -> LogError {
+        if matches!(error, LogError::Fenced(_)) {
+            self.fenced = true;
+            self.batch = None;
+        }
+        error
+    }
+
+    /// Reading restarts at the committed positions.
+    fn rewind(&mut self) -> Result<(), LogError> {
+        for tp in &self.assignment {
+            let position = self.store.committed_position(&self.config.group, &tp.topic, tp.partition)?.unwrap_or(0);
+            self.cursors.insert(tp.clone(), position);
+        }
+        Ok(())
+    }
+
+    fn batch_overdue(&self) -> bool {
+        self.batch.as_ref().is_some_and(|open| {
+            open.steps >= self.config.batch.max_steps || open.opened.elapsed() >= self.config.batch.max_delay
+        })
+    }
+
+    fn collect(&mut self, max: usize) -> Result<Vec<Record>, LogError> {
+        let mut records = Vec::new();
+        let count = self.assignment.len();
+        for i in 0..count {
+            if records.len() >= max {
+                break;
+            }
+            let tp = &self.assignment[(self.next_partition + i) % count];
+            let from = self.cursors[tp];
+            let batch = self.store.read(&tp.topic, tp.partition, from, max - records.len())?;
+            if let Some(last) = batch.last() {
+                self.cursors.insert(tp.clone(), last.offset + 1);
+            }
+            records.extend(batch);
+        }
+        self.next_partition = (self.next_partition + 1) % count.max(1);
+        Ok(records)
+    }
+}
+
+impl<S: LocalStore> Member for LocalMember<S> {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Polled, LogError> {
+        self.check_fenced()?;
+        let deadline = Instant::now() + timeout;
+        let mut polled = Polled::default();
+        if !self.announced {
+            self.announced = true;
+            polled.assigned = self.assignment.clone();
+        }
+        loop {
+            if self.batch_overdue() {
+                self.commit()?;
+            }
+            let seen = self.notifier.generation();
+            polled.records = self.collect(max)?;
+            let now = Instant::now();
+            if !polled.records.is_empty() || now >= deadline {
+                return Ok(polled);
+            }
+            let mut wait = deadline - now;
+            if let Some(open) = &self.batch {
+                wait = wait.min(self.config.batch.max_delay.saturating_sub(open.opened.elapsed()));
+            }
+            self.notifier.wait(seen, wait);
+        }
+    }
+
+    fn step(&mut self, outputs: &[OutRecord], positions: &[Position]) -> Result<(), LogError> {
+        self.check_fenced()?;
+        let placed = place(&*self.store, outputs)?;
+        if self.batch.is_none() {
+            let batch = self.store.open_batch(&self.config.transactional_id, self.epoch).map_err(|e| self.fail(e))?;
+            self.batch = Some(OpenBatch { batch, opened: Instant::now(), steps: 0 });
+        }
+        let open = self.batch.as_mut().expect("a batch was just opened");
+        if let Err(error) = open.batch.add(&self.config.group, &placed, positions) {
+            self.batch = None;
+            self.rewind()?;
+            return Err(self.fail(error));
+        }
+        open.steps += 1;
+        if self.batch_overdue() { self.commit() } else { Ok(()) }
+    }
+
+    fn commit(&mut self) -> Result<(), LogError> {
+        self.check_fenced()?;
+        let Some(open) = self.batch.take() else { return Ok(()) };
+        match open.batch.commit() {
+            Ok(()) => {
+                self.notifier.notify();
+                Ok(())
+            }
+            Err(error) => {
+                let error = self.fail(error);
+                if !self.fenced {
+                    self.rewind()?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn abort(&mut self) -> Result<(), LogError> {
+        self.batch = None;
+        self.rewind()
+    }
+
+    fn assignment(&self) -> Vec<TopicPartition> {
+        self.assignment.clone()
+    }
+
+    fn pending_steps(&self) -> usize {
+        self.batch.as_ref().map_or(0, |open| open.steps)
+    }
+}
