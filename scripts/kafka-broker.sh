@@ -79,7 +79,7 @@ fetch() {
             rm -rf "$LIBS" "$STAMP"
             mv -T "$tmp" "$LIBS"
             cache_key >"$STAMP"
-            log "cached $(ls "$LIBS" | wc -l) jars ($(du -sh "$LIBS" | cut -f1)) in $LIBS"
+            log "cached $(find "$LIBS" -name "*.jar" | wc -l) jars ($(du -sh "$LIBS" | cut -f1)) in $LIBS"
             return 0
         fi
         rm -rf "$tmp"
@@ -203,12 +203,14 @@ probe() {
 }
 
 show_logs() {
-    local f
+    local f shown=
     for f in "$STATE_DIR/logs/server.log" "$STATE_DIR/logs/stdout.log"; do
         [[ -s "$f" ]] || continue
         log "----- last lines of $f -----"
         tail -n 60 "$f" >&2 || true
+        shown=1
     done
+    [[ -n "$shown" ]] || log "(the broker wrote no log yet in $STATE_DIR/logs)"
 }
 
 # ---------------------------------------------------------------- stop -----------------------
@@ -292,7 +294,7 @@ EOF
     # Broker log4j2 config: everything to <state>/logs/server.log.
     cat >"$STATE_DIR/config/log4j2.xml" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
+<Configuration status="WARN" shutdownHook="disable">
   <Appenders>
     <File name="server" fileName="$STATE_DIR/logs/server.log" append="true">
       <PatternLayout pattern="[%d] %p %m (%c)%n"/>

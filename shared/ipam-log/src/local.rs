@@ -36,14 +36,21 @@ pub trait LocalStore: Send + Sync + 'static {
     fn append(&self, records: &[Placed]) -> Result<Vec<Appended>, LogError>;
     /// Raises the epoch of `transactional_id` and returns it; older holders are fenced from now on.
     fn register_producer(&self, transactional_id: &str) -> Result<u64, LogError>;
-    /// Opens a batch under `epoch`; `Fenced` if the id has a newer epoch.
-    fn open_batch(&self, transactional_id: &str, epoch: u64) -> Result<Box<dyn LocalBatch>, LogError>;
+    /// Appends `outputs` and sets `group`'s `positions` in one atomic write, if `transactional_id`
+    /// still has `epoch`; otherwise writes nothing and answers `Fenced`.
+    fn commit_batch(&self, batch: &Batch) -> Result<(), LogError>;
 }
 
-/// One open batch of steps. Dropping it without `commit` discards it.
-pub trait LocalBatch: Send {
-    fn add(&mut self, group: &str, outputs: &[Placed], positions: &[Position]) -> Result<(), LogError>;
-    fn commit(self: Box<Self>) -> Result<(), LogError>;
+/// A member's batch of steps, buffered until it commits in one write. Holding nothing in the
+/// store meanwhile means an open batch never blocks other writers, and a member that dies or is
+/// fenced leaves nothing behind.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub transactional_id: String,
+    pub epoch: u64,
+    pub group: String,
+    pub outputs: Vec<Placed>,
+    pub positions: Vec<Position>,
 }
 
 /// Wakes readers waiting for new records.
@@ -184,7 +191,7 @@ impl<S: LocalStore> EventLog for LocalLog<S> {
 }
 
 struct OpenBatch {
-    batch: Box<dyn LocalBatch>,
+    batch: Batch,
     opened: Instant,
     steps: usize,
 }
@@ -282,16 +289,20 @@ impl<S: LocalStore> Member for LocalMember<S> {
     fn step(&mut self, outputs: &[OutRecord], positions: &[Position]) -> Result<(), LogError> {
         self.check_fenced()?;
         let placed = place(&*self.store, outputs)?;
-        if self.batch.is_none() {
-            let batch = self.store.open_batch(&self.config.transactional_id, self.epoch).map_err(|e| self.fail(e))?;
-            self.batch = Some(OpenBatch { batch, opened: Instant::now(), steps: 0 });
-        }
-        let open = self.batch.as_mut().expect("a batch was just opened");
-        if let Err(error) = open.batch.add(&self.config.group, &placed, positions) {
-            self.batch = None;
-            self.rewind()?;
-            return Err(self.fail(error));
-        }
+        let (config, epoch) = (&self.config, self.epoch);
+        let open = self.batch.get_or_insert_with(|| OpenBatch {
+            batch: Batch {
+                transactional_id: config.transactional_id.clone(),
+                epoch,
+                group: config.group.clone(),
+                outputs: Vec::new(),
+                positions: Vec::new(),
+            },
+            opened: Instant::now(),
+            steps: 0,
+        });
+        open.batch.outputs.extend(placed);
+        open.batch.positions.extend_from_slice(positions);
         open.steps += 1;
         if self.batch_overdue() { self.commit() } else { Ok(()) }
     }
@@ -299,7 +310,7 @@ impl<S: LocalStore> Member for LocalMember<S> {
     fn commit(&mut self) -> Result<(), LogError> {
         self.check_fenced()?;
         let Some(open) = self.batch.take() else { return Ok(()) };
-        match open.batch.commit() {
+        match self.store.commit_batch(&open.batch) {
             Ok(()) => {
                 self.notifier.notify();
                 Ok(())

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::local::{LocalBatch, LocalLog, LocalStore, Placed};
-use crate::{Appended, LogError, Position, Record, TopicSpec};
+use crate::local::{Batch, LocalLog, LocalStore, Placed};
+use crate::{Appended, LogError, Record, TopicSpec};
 
 /// A log that lives as long as the value does. Clones share the same log.
 pub type MemoryLog = LocalLog<MemoryStore>;
@@ -132,54 +132,18 @@ impl LocalStore for MemoryStore {
         Ok(*epoch)
     }
 
-    fn open_batch(&self, transactional_id: &str, epoch: u64) -> Result<Box<dyn LocalBatch>, LogError> {
-        let batch = MemoryBatch {
-            state: Arc::clone(&self.state),
-            transactional_id: transactional_id.to_owned(),
-            epoch,
-            outputs: Vec::new(),
-            positions: Vec::new(),
-        };
-        batch.check_epoch(&self.lock())?;
-        Ok(Box::new(batch))
-    }
-}
-
-/// Buffers a batch and applies it under one lock at commit.
-struct MemoryBatch {
-    state: Arc<Mutex<State>>,
-    transactional_id: String,
-    epoch: u64,
-    outputs: Vec<Placed>,
-    positions: Vec<(String, Position)>,
-}
-
-impl MemoryBatch {
-    fn check_epoch(&self, state: &State) -> Result<(), LogError> {
-        if state.epochs.get(&self.transactional_id) == Some(&self.epoch) {
-            Ok(())
-        } else {
-            Err(LogError::Fenced(self.transactional_id.clone()))
+    fn commit_batch(&self, batch: &Batch) -> Result<(), LogError> {
+        let mut state = self.lock();
+        if state.epochs.get(&batch.transactional_id) != Some(&batch.epoch) {
+            return Err(LogError::Fenced(batch.transactional_id.clone()));
         }
-    }
-}
-
-impl LocalBatch for MemoryBatch {
-    fn add(&mut self, group: &str, outputs: &[Placed], positions: &[Position]) -> Result<(), LogError> {
-        self.outputs.extend_from_slice(outputs);
-        self.positions.extend(positions.iter().map(|p| (group.to_owned(), p.clone())));
-        Ok(())
-    }
-
-    fn commit(self: Box<Self>) -> Result<(), LogError> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.check_epoch(&state)?;
-        for (_, position) in &self.positions {
+        for position in &batch.positions {
             state.partition(&position.topic, position.partition)?;
         }
-        state.append(&self.outputs)?;
-        for (group, position) in self.positions {
-            state.positions.insert((group, position.topic, position.partition), position.next_offset);
+        state.append(&batch.outputs)?;
+        for position in &batch.positions {
+            let key = (batch.group.clone(), position.topic.clone(), position.partition);
+            state.positions.insert(key, position.next_offset);
         }
         Ok(())
     }

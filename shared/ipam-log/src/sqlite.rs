@@ -1,24 +1,25 @@
 //! The embedded backend: the log in one SQLite database on local disk, in WAL mode.
 //!
 //! One database transaction per committed batch is what makes a step atomic: its outputs, its
-//! positions and the fencing check either all reach the WAL with the commit record, or the
-//! transaction is rolled back when the database is next opened (after a crash or a `kill -9`).
+//! positions and the fencing check either all reach the WAL with the commit record, or none of it
+//! counts when the database is next opened (after a crash or a `kill -9` mid-commit).
 //! With `synchronous=NORMAL` (the default) a commit survives the process dying at any point; with
 //! `synchronous=FULL` ([`Durability::Fsync`]) it also survives the machine losing power, at the
 //! cost of an fsync per batch. Steps are batched ([`crate::BatchPolicy`]) to amortize that.
 //!
-//! Readers use their own connection and see committed data only; a member's open batch holds the
-//! database's write lock until it commits, which the batch policy bounds to a few milliseconds.
+//! Readers use their own connection and see committed data only. A member's batch is buffered in
+//! memory and written in one short transaction when it commits, so an open batch never holds the
+//! database's write lock.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::local::{LocalBatch, LocalLog, LocalStore, Placed};
-use crate::{Appended, LogError, Position, Record, TopicSpec};
+use crate::local::{Batch, LocalLog, LocalStore, Placed};
+use crate::{Appended, LogError, Record, TopicSpec};
 
 /// What a commit survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,7 +66,7 @@ impl SqliteLog {
             path,
             durability,
             reader: Mutex::new(reader),
-            writers: Arc::new(Mutex::new(Vec::new())),
+            writers: Mutex::new(Vec::new()),
             partitions: RwLock::new(partitions),
         }))
     }
@@ -95,8 +96,8 @@ pub struct SqliteStore {
     path: PathBuf,
     durability: Durability,
     reader: Mutex<Connection>,
-    /// Idle write connections; each open batch holds one.
-    writers: Arc<Mutex<Vec<Connection>>>,
+    /// Idle write connections, so concurrent writers do not queue on one mutex.
+    writers: Mutex<Vec<Connection>>,
     partitions: RwLock<BTreeMap<String, u32>>,
 }
 
@@ -264,79 +265,42 @@ impl LocalStore for SqliteStore {
             .map_err(storage)
     }
 
-    fn open_batch(&self, transactional_id: &str, epoch: u64) -> Result<Box<dyn LocalBatch>, LogError> {
-        let connection = self.writer()?;
-        connection.execute_batch("BEGIN IMMEDIATE").map_err(storage)?;
-        // From here the batch owns the transaction: dropping it rolls back and returns the connection.
-        let batch =
-            SqliteBatch { connection: Some(connection), ends: BTreeMap::new(), idle: Arc::clone(&self.writers) };
-        // The write lock is held from here to the commit, so the epoch cannot change in between.
-        let current: Option<i64> = batch
-            .connection()
-            .query_row("SELECT epoch FROM producers WHERE transactional_id = ?1", params![transactional_id], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(storage)?;
-        if current != Some(epoch as i64) {
-            return Err(LogError::Fenced(transactional_id.to_owned()));
+    fn commit_batch(&self, batch: &Batch) -> Result<(), LogError> {
+        for position in &batch.positions {
+            self.check_partition(&position.topic, position.partition)?;
         }
-        Ok(Box::new(batch))
-    }
-}
-
-/// An open database transaction holding one batch of steps. Dropping it rolls the transaction back.
-struct SqliteBatch {
-    connection: Option<Connection>,
-    /// The next offset of each partition written in this transaction.
-    ends: BTreeMap<(String, u32), u64>,
-    idle: Arc<Mutex<Vec<Connection>>>,
-}
-
-impl SqliteBatch {
-    fn connection(&self) -> &Connection {
-        self.connection.as_ref().expect("present until commit or drop")
-    }
-
-    fn give_back(&self, connection: Connection) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(connection);
-    }
-}
-
-impl LocalBatch for SqliteBatch {
-    fn add(&mut self, group: &str, outputs: &[Placed], positions: &[Position]) -> Result<(), LogError> {
-        let connection = self.connection.as_ref().expect("present until commit or drop");
-        insert(connection, &mut self.ends, outputs)?;
-        let mut statement = connection
-            .prepare_cached(
-                "INSERT INTO positions (grp, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-            )
-            .map_err(storage)?;
-        for position in positions {
-            statement
-                .execute(params![group, position.topic, position.partition, position.next_offset as i64])
+        let mut connection = self.writer()?;
+        let result = (|| {
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
+            // The write lock is held from here to the commit, so the epoch cannot change in between.
+            let epoch: Option<i64> = transaction
+                .query_row(
+                    "SELECT epoch FROM producers WHERE transactional_id = ?1",
+                    params![batch.transactional_id],
+                    |row| row.get(0),
+                )
+                .optional()
                 .map_err(storage)?;
-        }
-        Ok(())
-    }
-
-    fn commit(mut self: Box<Self>) -> Result<(), LogError> {
-        let connection = self.connection.take().expect("present until commit or drop");
-        let result = connection.execute_batch("COMMIT").map_err(storage);
-        if result.is_err() {
-            let _ = connection.execute_batch("ROLLBACK");
-        }
+            if epoch != Some(batch.epoch as i64) {
+                return Err(LogError::Fenced(batch.transactional_id.clone()));
+            }
+            insert(&transaction, &mut BTreeMap::new(), &batch.outputs)?;
+            let mut statement = transaction
+                .prepare_cached(
+                    "INSERT INTO positions (grp, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                )
+                .map_err(storage)?;
+            for position in &batch.positions {
+                statement
+                    .execute(params![batch.group, position.topic, position.partition, position.next_offset as i64])
+                    .map_err(storage)?;
+            }
+            drop(statement);
+            transaction.commit().map_err(storage)
+        })();
         self.give_back(connection);
         result
-    }
-}
-
-impl Drop for SqliteBatch {
-    fn drop(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            let _ = connection.execute_batch("ROLLBACK");
-            self.give_back(connection);
-        }
     }
 }
