@@ -21,16 +21,19 @@ impl Default for MemoryLog {
     }
 }
 
+/// One partition's records as (key, value); a record's offset is its index.
+type Partition = Vec<(String, Vec<u8>)>;
+
 #[derive(Debug, Default)]
 struct State {
-    /// Topic → partitions → records (offset = index).
-    topics: BTreeMap<String, Vec<Vec<(String, Vec<u8>)>>>,
+    /// Topic → its partitions.
+    topics: BTreeMap<String, Vec<Partition>>,
     positions: BTreeMap<(String, String, u32), u64>,
     epochs: BTreeMap<String, u64>,
 }
 
 impl State {
-    fn partition(&self, topic: &str, partition: u32) -> Result<&Vec<(String, Vec<u8>)>, LogError> {
+    fn partition(&self, topic: &str, partition: u32) -> Result<&Partition, LogError> {
         let partitions = self.topics.get(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_owned()))?;
         partitions
             .get(partition as usize)
