@@ -1,6 +1,29 @@
 #!/usr/bin/env bash
-# The project's test command (README.md, "Test it"). It installs and starts whatever the tests
-# need, then runs the whole suite. Today the suite needs only a Rust toolchain.
+# The project's test command (README.md, "Test it"). On a fresh machine it installs and starts
+# everything the suite needs, runs the whole suite, and stops what it started:
+#   - a Rust toolchain is assumed (rustup);
+#   - Java and Maven, for the Kafka broker, are installed from Debian's packages when missing;
+#   - a single-node Apache Kafka broker (KRaft) is fetched from Maven Central and started by
+#     scripts/kafka-broker.sh, unless IPAM_KAFKA_BOOTSTRAP already names a broker to use.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+need_packages=()
+command -v java >/dev/null 2>&1 || need_packages+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need_packages+=(maven)
+command -v python3 >/dev/null 2>&1 || need_packages+=(python3)
+if ((${#need_packages[@]})); then
+    echo "test.sh: installing ${need_packages[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+if [[ -z "${IPAM_KAFKA_BOOTSTRAP:-}" ]]; then
+    export IPAM_KAFKA_DIR="${IPAM_KAFKA_DIR:-$(mktemp -d /tmp/ipam-test-kafka.XXXXXX)}"
+    trap 'scripts/kafka-broker.sh stop || true' EXIT
+    bootstrap_line=$(scripts/kafka-broker.sh start | tail -n 1)
+    export IPAM_KAFKA_BOOTSTRAP="${bootstrap_line#KAFKA_BOOTSTRAP=}"
+    echo "test.sh: Kafka broker at $IPAM_KAFKA_BOOTSTRAP" >&2
+fi
+
 cargo test --workspace --all-targets --locked
