@@ -7,12 +7,24 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use ipam_log::sqlite::Durability;
 use ipam_log::{EventLog, MemoryLog, SqliteLog};
+use ipam_log_kafka::{KafkaLog, KafkaOptions};
 
-/// Which backend and where: `memory`, `sqlite:<dir>`.
+/// The broker the Kafka tests use, from `IPAM_KAFKA_BOOTSTRAP`; the message says how to get one.
+pub fn kafka_bootstrap() -> String {
+    std::env::var("IPAM_KAFKA_BOOTSTRAP").unwrap_or_else(|_| {
+        panic!(
+            "IPAM_KAFKA_BOOTSTRAP is not set. The Kafka tests need a broker: run ./test.sh, which starts one, \
+             or `scripts/kafka-broker.sh start` and export the KAFKA_BOOTSTRAP address it prints"
+        )
+    })
+}
+
+/// Which backend and where: `memory`, `sqlite:<dir>`, `kafka:<bootstrap servers>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSpec {
     Memory,
     Sqlite(PathBuf),
+    Kafka(String),
 }
 
 impl BackendSpec {
@@ -20,7 +32,8 @@ impl BackendSpec {
         match text.split_once(':') {
             None if text == "memory" => Ok(BackendSpec::Memory),
             Some(("sqlite", dir)) => Ok(BackendSpec::Sqlite(PathBuf::from(dir))),
-            _ => bail!("unknown backend spec `{text}` (expected memory or sqlite:<dir>)"),
+            Some(("kafka", bootstrap)) => Ok(BackendSpec::Kafka(bootstrap.to_owned())),
+            _ => bail!("unknown backend spec `{text}` (expected memory, sqlite:<dir> or kafka:<bootstrap>)"),
         }
     }
 
@@ -28,6 +41,7 @@ impl BackendSpec {
         match self {
             BackendSpec::Memory => "memory".to_owned(),
             BackendSpec::Sqlite(dir) => format!("sqlite:{}", dir.display()),
+            BackendSpec::Kafka(bootstrap) => format!("kafka:{bootstrap}"),
         }
     }
 
@@ -43,6 +57,12 @@ impl BackendSpec {
                 SqliteLog::open(dir, Durability::ProcessCrash)
                     .with_context(|| format!("opening the embedded log in {}", dir.display()))?,
             ),
+            BackendSpec::Kafka(bootstrap) => {
+                let mut options = KafkaOptions::new(bootstrap);
+                // Short, so that a test's killed transaction is aborted in seconds, not a minute.
+                options.transaction_timeout_ms = 10_000;
+                Arc::new(KafkaLog::connect(options).with_context(|| format!("connecting to Kafka at {bootstrap}"))?)
+            }
         })
     }
 }

@@ -34,6 +34,10 @@ impl Harness {
         Harness::with(BackendSpec::Memory, None)
     }
 
+    pub fn kafka() -> Harness {
+        Harness::with(BackendSpec::Kafka(ipam_tests::kafka_bootstrap()), None)
+    }
+
     pub fn embedded() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         Harness::with(BackendSpec::Sqlite(dir.path().to_owned()), Some(dir))
@@ -331,6 +335,15 @@ pub fn keeps_every_batch_whole_when_killed_mid_commit(h: &Harness) {
     child.wait().unwrap();
 
     let log = h.reopen();
+    // A successor with the same transactional id settles whatever the killed one left open.
+    let _successor = log
+        .join(MemberConfig {
+            group: h.name("group"),
+            topics: vec![input.clone()],
+            transactional_id: h.name("txn"),
+            batch: BatchPolicy { max_steps: 1, max_delay: Duration::from_secs(1) },
+        })
+        .unwrap();
     let position = log.committed_position(&h.name("group"), &input, 0).unwrap().unwrap_or(0);
     let consumed: Vec<u64> =
         read_all(&*log, &input).iter().map(|r| r.offset).filter(|offset| *offset < position).collect();
@@ -386,6 +399,22 @@ conformance!(
 conformance!(
     embedded,
     super::Harness::embedded(),
+    [
+        keeps_per_partition_order_and_offsets,
+        commits_positions_and_resumes_from_them,
+        makes_a_step_visible_only_when_it_commits,
+        discards_an_aborted_step_and_delivers_its_inputs_again,
+        fences_a_zombie_member,
+        dead_letters_bad_records_and_moves_on,
+        leaves_nothing_of_a_step_killed_before_commit,
+        keeps_every_batch_whole_when_killed_mid_commit,
+        keeps_records_and_positions_across_reopening,
+    ]
+);
+
+conformance!(
+    kafka,
+    super::Harness::kafka(),
     [
         keeps_per_partition_order_and_offsets,
         commits_positions_and_resumes_from_them,

@@ -1,0 +1,170 @@
+//! The Kafka backend of the event log: [`KafkaLog`] implements [`ipam_log::EventLog`] on a Kafka
+//! cluster through rdkafka (librdkafka, built from the bundled sources). It is the only crate that
+//! links rdkafka, so the rest of the system builds and tests without a broker.
+//!
+//! # How the semantics of `ipam_log` map onto Kafka
+//! - Partitioning: every record is produced to the partition [`ipam_log::partition::for_key`]
+//!   chose (Kafka's murmur2), never to one librdkafka picks (its default partitioner differs).
+//! - `append` uses one idempotent producer (acks=all) and returns when every record is
+//!   acknowledged. Unlike the local backends it is **not atomic across records**: if it fails,
+//!   some records may have been written (their partitions keep order), and a retry may write
+//!   them again.
+//! - Readers see committed records only (`isolation.level=read_committed`).
+//! - Offsets grow within a partition but **skip**: each transaction writes a commit or abort
+//!   marker that takes an offset, and aborted records keep theirs, invisibly.
+//! - [`EventLog::end_offset`] is the **last stable offset** (LSO): the offset below which every
+//!   transaction is decided, as a read_committed `ListOffsets` reports it. It is at most the high
+//!   watermark, and lower while a transaction that wrote to the partition is open. It may lie
+//!   past the last committed record (a marker, or aborted records, sit in between), so reading
+//!   from `last.offset + 1 < end_offset` can legitimately return nothing.
+//! - A [`Member`] is a consumer in the group (cooperative-sticky assignment) plus a
+//!   transactional producer with the member's `transactional_id`. A batch of steps is one Kafka
+//!   transaction: its outputs and its positions (`send_offsets_to_transaction`, KIP-447) commit
+//!   together. Joining calls `init_transactions`, which fences any older producer with the same
+//!   id and aborts its open transaction; the older member then answers [`LogError::Fenced`] and
+//!   leaves the group so its partitions move on.
+//! - Rebalances: a revoked partition's open batch is committed before the partition is handed
+//!   over (`revoked`); a lost partition's open batch is aborted (`lost`). When an open batch is
+//!   aborted by a rebalance, the partitions the member keeps are reported in `lost` **and** in
+//!   `assigned` of the same [`ipam_log::Polled`], since their state may hold aborted steps: the
+//!   runtime applies `revoked` and `lost` before `assigned` (drop the state, then rebuild it).
+//! - Every method blocks, on broker round trips of up to 30 s, or up to the transaction timeout
+//!   for transactional calls: the runtime calls them off its actor threads.
+
+mod append;
+mod errors;
+mod member;
+mod options;
+mod read;
+mod topics;
+
+pub use member::KafkaMember;
+pub use options::{KafkaOptions, RESERVED_KEYS};
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam_log::{Appended, EventLog, LogError, Member, MemberConfig, OutRecord, Record, TopicSpec, partition};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::append::{AppendContext, AppendProducer, Placed};
+use crate::errors::{client_creation, storage};
+use crate::read::Readers;
+use crate::topics::{REQUEST_TIMEOUT, Topics};
+
+/// The event log on a Kafka cluster. Share it (`Arc`) rather than connecting twice: it holds a
+/// producer, an admin client and a few consumers, each with its broker connections.
+pub struct KafkaLog {
+    options: KafkaOptions,
+    topics: Arc<Topics>,
+    admin: AdminClient<DefaultClientContext>,
+    producer: AppendProducer,
+    readers: Readers,
+}
+
+impl fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaLog").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl KafkaLog {
+    /// Creates the clients and checks that the cluster answers a metadata request.
+    pub fn connect(options: KafkaOptions) -> Result<KafkaLog, LogError> {
+        options.validate()?;
+        let metadata: BaseConsumer =
+            options.metadata_config().create().map_err(|e| client_creation("metadata consumer", &e))?;
+        metadata.fetch_metadata(None, REQUEST_TIMEOUT).map_err(|e| {
+            storage(&format!("no answer from the Kafka brokers at `{}`", options.bootstrap_servers), &e)
+        })?;
+        let admin = options.base_config().create().map_err(|e| client_creation("admin client", &e))?;
+        let producer = options
+            .append_producer_config()
+            .create_with_context(AppendContext)
+            .map_err(|e| client_creation("producer", &e))?;
+        let reader_group = format!("{}.reader.{}", options.client_id, std::process::id());
+        let readers = Readers::new(options.reader_config(&reader_group));
+        Ok(KafkaLog { topics: Arc::new(Topics::new(metadata)), admin, producer, readers, options })
+    }
+
+    /// The options the log was connected with.
+    pub fn options(&self) -> &KafkaOptions {
+        &self.options
+    }
+}
+
+impl EventLog for KafkaLog {
+    fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
+        self.topics.create(&self.admin, topics, self.options.replication_factor)
+    }
+
+    fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+        self.topics.partition_count(topic)
+    }
+
+    fn append(&self, records: &[OutRecord]) -> Result<Vec<Appended>, LogError> {
+        let mut placed = Vec::with_capacity(records.len());
+        for record in records {
+            let count = self.topics.partition_count(&record.topic)?;
+            let chosen = partition::for_key(record.key.as_bytes(), count);
+            let chosen = i32::try_from(chosen)
+                .map_err(|_| LogError::NoSuchPartition { topic: record.topic.clone(), partition: chosen })?;
+            placed.push(Placed {
+                topic: &record.topic,
+                partition: chosen,
+                key: record.key.as_bytes(),
+                value: &record.value,
+            });
+        }
+        append::append(&self.producer, &placed, Duration::from_millis(self.options.delivery_wait_ms()))
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, LogError> {
+        let partition = self.topics.check_partition(topic, partition)?;
+        self.readers.read(topic, partition, from, max, wait)
+    }
+
+    /// The last stable offset; see the crate doc for how it differs from the local backends.
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        let p = self.topics.check_partition(topic, partition)?;
+        let (_, stable) = self
+            .topics
+            .metadata_client()
+            .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
+            .map_err(|e| storage(&format!("end offset of `{topic}` partition {partition}"), &e))?;
+        Ok(u64::try_from(stable).unwrap_or_default())
+    }
+
+    fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        let p = self.topics.check_partition(topic, partition)?;
+        // A consumer of the group that never subscribes: it asks the coordinator, and as a
+        // read_committed client it waits for positions of transactions still being decided.
+        let consumer: BaseConsumer =
+            self.options.offsets_config(group).create().map_err(|e| client_creation("offsets consumer", &e))?;
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition(topic, p);
+        let committed = consumer
+            .committed_offsets(wanted, REQUEST_TIMEOUT)
+            .map_err(|e| storage(&format!("committed position of group `{group}`"), &e))?;
+        let offset = committed.find_partition(topic, p).map(|element| element.offset());
+        Ok(match offset {
+            Some(Offset::Offset(next)) => u64::try_from(next).ok(),
+            _ => None,
+        })
+    }
+
+    fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError> {
+        Ok(Box::new(KafkaMember::join(&self.options, Arc::clone(&self.topics), config)?))
+    }
+}

@@ -1,0 +1,763 @@
+//! A member of a consumer group: one consumer that reads the group's partitions assigned to it, and
+//! one transactional producer that writes a batch of steps' outputs together with the consumed
+//! positions (KIP-447: `send_offsets_to_transaction` with the consumer's group metadata), so that
+//! outputs and positions become visible together or not at all.
+//!
+//! The transactional state lives behind a mutex shared with the consumer's context, because
+//! librdkafka runs the rebalance callbacks inside `BaseConsumer::poll`, and a revocation must
+//! commit the open batch before the partitions go to their next owner (so it starts from our
+//! positions), while a loss must abort it (someone else may already own them). The member never
+//! holds that mutex while it polls the consumer.
+//!
+//! Every call blocks (broker round trips, up to the transaction timeout); the runtime makes them
+//! off its actor threads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ipam_log::{LogError, Member, MemberConfig, OutRecord, Polled, Position, Record, TopicPartition, partition};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::errors::{TxnFailure, classify_txn, client_creation, storage};
+use crate::options::KafkaOptions;
+use crate::topics::{REQUEST_TIMEOUT, Topics};
+
+/// How often a retriable transactional call is tried before giving up.
+const ATTEMPTS: usize = 3;
+
+/// Whether the member can still work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Health {
+    Healthy,
+    /// A newer member took over the transactional id.
+    Fenced,
+    /// The producer or consumer failed for good.
+    Failed(String),
+}
+
+/// The steps since the last commit, in one open Kafka transaction.
+struct OpenBatch {
+    opened: Instant,
+    steps: usize,
+    /// The latest position per partition; committed with the transaction.
+    positions: BTreeMap<(String, i32), i64>,
+}
+
+/// The delivery reports of the open transaction's records.
+#[derive(Default)]
+struct Deliveries {
+    sent: usize,
+    reported: usize,
+    /// The highest offset written per partition: the commit is visible once the partition's last
+    /// stable offset passes it.
+    last_offsets: BTreeMap<(String, i32), i64>,
+    /// The first failed delivery, to explain why the commit fails.
+    error: Option<String>,
+}
+
+/// Collects the delivery reports, which rdkafka's polling thread delivers.
+#[derive(Default)]
+struct TxnContext {
+    deliveries: Mutex<Deliveries>,
+    reported: Condvar,
+}
+
+impl TxnContext {
+    fn lock(&self) -> MutexGuard<'_, Deliveries> {
+        self.deliveries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for TxnContext {}
+
+impl ProducerContext for TxnContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut deliveries = self.lock();
+        deliveries.reported += 1;
+        match result {
+            Ok(message) => {
+                let last =
+                    deliveries.last_offsets.entry((message.topic().to_owned(), message.partition())).or_insert(-1);
+                *last = (*last).max(message.offset());
+            }
+            Err((error, message)) => {
+                if deliveries.error.is_none() {
+                    deliveries.error = Some(format!(
+                        "delivery to `{}` partition {} failed: {error}",
+                        message.topic(),
+                        message.partition()
+                    ));
+                }
+            }
+        }
+        self.reported.notify_all();
+    }
+}
+
+/// The transactional producer. Threaded: librdkafka needs delivery reports served while it
+/// flushes, commits and aborts.
+type TxnProducer = ThreadedProducer<TxnContext>;
+
+/// What the member and its consumer's rebalance callbacks share.
+struct MemberState {
+    transactional_id: String,
+    producer: TxnProducer,
+    topics: Arc<Topics>,
+    txn_timeout: Duration,
+    batch: Option<OpenBatch>,
+    assignment: BTreeSet<TopicPartition>,
+    /// Assignment changes not yet returned by `poll`.
+    changes: Polled,
+    health: Health,
+    /// An error met in a rebalance callback, returned by the next `poll`.
+    deferred: Option<LogError>,
+    /// An open batch was aborted: reading must restart at the committed positions.
+    needs_rewind: bool,
+    /// The member is being dropped: callbacks must not commit anything.
+    closing: bool,
+}
+
+impl MemberState {
+    fn check(&self) -> Result<(), LogError> {
+        match &self.health {
+            Health::Healthy => Ok(()),
+            Health::Fenced => Err(LogError::Fenced(self.transactional_id.clone())),
+            Health::Failed(message) => Err(LogError::Fatal(message.clone())),
+        }
+    }
+
+    fn classify(&self, error: &KafkaError) -> TxnFailure {
+        classify_txn(error, self.producer.client().fatal_error())
+    }
+
+    /// Turns a failure into the error to return, marking the member fenced or failed for good
+    /// when it is. Abortable and other failures leave the caller to abort.
+    fn fail(&mut self, failure: TxnFailure, during: &str) -> LogError {
+        match failure {
+            TxnFailure::Fenced => {
+                self.health = Health::Fenced;
+                self.batch = None;
+                LogError::Fenced(self.transactional_id.clone())
+            }
+            TxnFailure::Fatal(message) => {
+                let message = format!("{during}: {message}");
+                self.health = Health::Failed(message.clone());
+                self.batch = None;
+                LogError::Fatal(message)
+            }
+            TxnFailure::Abortable(message) | TxnFailure::Retriable(message) | TxnFailure::Other(message) => {
+                let delivery = self.producer.context().lock().error.take();
+                match delivery {
+                    Some(delivery) => LogError::Storage(format!("{during}: {message}; {delivery}")),
+                    None => LogError::Storage(format!("{during}: {message}")),
+                }
+            }
+        }
+    }
+
+    /// Runs a transactional call, again while it fails with a retriable error.
+    fn retry(&self, mut call: impl FnMut(&TxnProducer) -> KafkaResult<()>) -> Result<(), TxnFailure> {
+        let mut attempt = 1;
+        loop {
+            match call(&self.producer) {
+                Ok(()) => return Ok(()),
+                Err(error) => match self.classify(&error) {
+                    TxnFailure::Retriable(message) if attempt < ATTEMPTS => {
+                        tracing::warn!(transactional_id = %self.transactional_id, attempt, error = %message,
+                            "Kafka transactional call failed; retrying.");
+                        attempt += 1;
+                    }
+                    failure => return Err(failure),
+                },
+            }
+        }
+    }
+
+    fn begin_if_needed(&mut self) -> Result<(), LogError> {
+        if self.batch.is_some() {
+            return Ok(());
+        }
+        if let Err(failure) = self.retry(|producer| producer.begin_transaction()) {
+            return Err(self.fail(failure, "begin a transaction"));
+        }
+        *self.producer.context().lock() = Deliveries::default();
+        self.batch = Some(OpenBatch { opened: Instant::now(), steps: 0, positions: BTreeMap::new() });
+        Ok(())
+    }
+
+    /// Enqueues one output in the open transaction.
+    fn produce(&mut self, topic: &str, partition: i32, key: &[u8], value: &[u8]) -> Result<(), LogError> {
+        let deadline = Instant::now() + self.txn_timeout;
+        loop {
+            let record = BaseRecord::to(topic).partition(partition).key(key).payload(value);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.producer.context().lock().sent += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) if Instant::now() < deadline => {
+                    // Serve delivery reports so the local queue drains.
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((error, _)) => {
+                    let failure = self.classify(&error);
+                    return Err(self.fail(failure, &format!("produce to `{topic}` partition {partition}")));
+                }
+            }
+        }
+    }
+
+    /// Aborts the open transaction, if any.
+    fn abort_batch(&mut self) -> Result<(), LogError> {
+        if self.batch.take().is_none() {
+            return Ok(());
+        }
+        self.needs_rewind = true;
+        let timeout = self.txn_timeout;
+        match self.retry(|producer| producer.abort_transaction(timeout)) {
+            Ok(()) => Ok(()),
+            Err(failure @ (TxnFailure::Fenced | TxnFailure::Fatal(_))) => Err(self.fail(failure, "abort the batch")),
+            Err(failure) => {
+                // The producer is stuck between transactions; nothing sensible can follow.
+                let error = self.fail(failure, "abort the batch");
+                self.health = Health::Failed(error.to_string());
+                Err(LogError::Fatal(error.to_string()))
+            }
+        }
+    }
+
+    /// Commits the open batch: its positions through the group coordinator, then the transaction.
+    /// On a failure that is neither a fence nor fatal, the batch is aborted and reading rewinds.
+    fn commit_batch(&mut self, group: Option<&ConsumerGroupMetadata>) -> Result<(), LogError> {
+        let Some(batch) = self.batch.as_ref() else { return Ok(()) };
+        let timeout = self.txn_timeout;
+        let mut result = Ok(());
+        if !batch.positions.is_empty() {
+            let mut offsets = TopicPartitionList::with_capacity(batch.positions.len());
+            for ((topic, partition), next) in &batch.positions {
+                if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                    result = Err(TxnFailure::Other(error.to_string()));
+                }
+            }
+            result = result.and_then(|()| match group {
+                Some(group) => self.retry(|producer| producer.send_offsets_to_transaction(&offsets, group, timeout)),
+                None => Err(TxnFailure::Fatal("the member's consumer has no group metadata".to_owned())),
+            });
+        }
+        let result = result.and_then(|()| self.retry(|producer| producer.commit_transaction(timeout)));
+        match result {
+            Ok(()) => {
+                self.batch = None;
+                self.await_visibility();
+                Ok(())
+            }
+            Err(failure @ (TxnFailure::Fenced | TxnFailure::Fatal(_))) => {
+                self.needs_rewind = true;
+                Err(self.fail(failure, "commit the batch"))
+            }
+            Err(failure) => {
+                let error = self.fail(failure, "commit the batch");
+                self.abort_batch()?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Waits until read_committed readers can see the committed batch. `commit_transaction`
+    /// returns once the coordinator has decided; the commit markers, which move each partition's
+    /// last stable offset past the batch, are written a moment later. Waiting here keeps the
+    /// local backends' promise that a batch is visible once its commit returns. An earlier open
+    /// transaction of another producer on the same partition holds the LSO back too, so the wait
+    /// is bounded by the transaction timeout and then only logged.
+    fn await_visibility(&self) {
+        let deadline = Instant::now() + self.txn_timeout;
+        let context = self.producer.context();
+        let mut deliveries = context.lock();
+        // Every report has normally been served by now (the commit flushed); a report still in
+        // the polling thread's hands is a matter of microseconds.
+        while deliveries.reported < deliveries.sent && Instant::now() < deadline {
+            deliveries = context
+                .reported
+                .wait_timeout(deliveries, Duration::from_millis(10))
+                .map_or_else(|e| e.into_inner().0, |r| r.0);
+        }
+        let written = std::mem::take(&mut deliveries.last_offsets);
+        drop(deliveries);
+        for ((topic, partition), last) in written {
+            loop {
+                match self.topics.metadata_client().fetch_watermarks(&topic, partition, REQUEST_TIMEOUT) {
+                    Ok((_, stable)) if stable > last => break,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(topic, partition, error = %error, "Kafka member could not check that its commit is visible.");
+                        break;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    fn overdue(&self, policy: &ipam_log::BatchPolicy) -> bool {
+        self.batch
+            .as_ref()
+            .is_some_and(|open| open.steps >= policy.max_steps || open.opened.elapsed() >= policy.max_delay)
+    }
+
+    /// Partitions handed over (cleanly or not): forget them, and report them unless they were
+    /// assigned and taken away again before any poll reported the assignment.
+    fn release(&mut self, partitions: Vec<TopicPartition>, clean: bool) {
+        for tp in partitions {
+            self.assignment.remove(&tp);
+            if let Some(at) = self.changes.assigned.iter().position(|a| *a == tp) {
+                self.changes.assigned.remove(at);
+            } else if clean {
+                self.changes.revoked.push(tp);
+            } else {
+                self.changes.lost.push(tp);
+            }
+        }
+    }
+}
+
+/// The consumer's context: runs the rebalance callbacks against the shared state.
+struct MemberContext {
+    state: Arc<Mutex<MemberState>>,
+}
+
+impl MemberContext {
+    fn lock(&self) -> MutexGuard<'_, MemberState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    /// Runs before rdkafka applies the change (`incremental_assign`/`incremental_unassign`, as the
+    /// cooperative protocol requires), so a revoked partition's open batch commits while we still
+    /// own the partition.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut state = self.lock();
+        match rebalance {
+            Rebalance::Assign(list) => {
+                for tp in partitions_of(list) {
+                    if state.assignment.insert(tp.clone()) && !state.changes.assigned.contains(&tp) {
+                        state.changes.assigned.push(tp);
+                    }
+                }
+            }
+            Rebalance::Revoke(list) => {
+                let partitions = partitions_of(list);
+                if state.closing || state.health != Health::Healthy || state.batch.is_none() {
+                    let clean = !consumer.assignment_lost();
+                    state.release(partitions, clean);
+                    return;
+                }
+                let lost = consumer.assignment_lost();
+                let outcome = if lost {
+                    state.abort_batch().map(|()| false)
+                } else {
+                    state.commit_batch(consumer.group_metadata().as_ref()).map(|()| true)
+                };
+                let clean = match outcome {
+                    Ok(clean) => clean,
+                    Err(error) => {
+                        tracing::warn!(transactional_id = %state.transactional_id, error = %error,
+                            "Kafka member could not finish its open batch at a rebalance.");
+                        if state.health == Health::Healthy {
+                            state.deferred = Some(error);
+                        }
+                        false
+                    }
+                };
+                state.release(partitions, clean);
+                if !clean {
+                    // The aborted batch may hold steps of the partitions we keep: their state must
+                    // be dropped and rebuilt too, from the positions reading rewinds to.
+                    let kept: Vec<TopicPartition> = state.assignment.iter().cloned().collect();
+                    for tp in kept {
+                        if !state.changes.assigned.contains(&tp) {
+                            state.changes.lost.push(tp.clone());
+                            state.changes.assigned.push(tp);
+                        }
+                    }
+                }
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(transactional_id = %state.transactional_id, error = %error, "Kafka rebalance failed.");
+            }
+        }
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .filter_map(|e| {
+            u32::try_from(e.partition()).ok().map(|partition| TopicPartition { topic: e.topic().to_owned(), partition })
+        })
+        .collect()
+}
+
+fn record_of(message: &BorrowedMessage<'_>) -> Record {
+    Record {
+        topic: message.topic().to_owned(),
+        partition: u32::try_from(message.partition()).unwrap_or_default(),
+        offset: u64::try_from(message.offset()).unwrap_or_default(),
+        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+/// A member of a consumer group on Kafka; see the module doc.
+pub struct KafkaMember {
+    topics: Arc<Topics>,
+    config: MemberConfig,
+    state: Arc<Mutex<MemberState>>,
+    /// `None` once the member is fenced or failed: it has left the group so that its partitions
+    /// move to the member that replaced it.
+    consumer: Option<BaseConsumer<MemberContext>>,
+}
+
+impl fmt::Debug for KafkaMember {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("KafkaMember")
+            .field("group", &self.config.group)
+            .field("transactional_id", &self.config.transactional_id)
+            .field("health", &state.health)
+            .field("assignment", &state.assignment)
+            .field("pending_steps", &state.batch.as_ref().map_or(0, |b| b.steps))
+            .finish()
+    }
+}
+
+impl KafkaMember {
+    /// Creates the producer (fencing any older holder of the transactional id and aborting its
+    /// open transaction) and then the consumer, which joins the group at its first poll.
+    pub(crate) fn join(
+        options: &KafkaOptions,
+        topics: Arc<Topics>,
+        config: MemberConfig,
+    ) -> Result<KafkaMember, LogError> {
+        if config.batch.max_steps == 0 {
+            return Err(LogError::Config("batch.max_steps must be at least 1".to_owned()));
+        }
+        if config.group.is_empty() || config.transactional_id.is_empty() || config.topics.is_empty() {
+            return Err(LogError::Config("a member needs a group, a transactional id and topics".to_owned()));
+        }
+        for topic in &config.topics {
+            topics.partition_count(topic)?;
+        }
+        let producer: TxnProducer = options
+            .member_producer_config(&config.transactional_id)
+            .create_with_context(TxnContext::default())
+            .map_err(|e| client_creation("transactional producer", &e))?;
+        let txn_timeout = Duration::from_millis(u64::from(options.transaction_timeout_ms));
+        let mut state = MemberState {
+            transactional_id: config.transactional_id.clone(),
+            producer,
+            topics: Arc::clone(&topics),
+            txn_timeout,
+            batch: None,
+            assignment: BTreeSet::new(),
+            changes: Polled::default(),
+            health: Health::Healthy,
+            deferred: None,
+            needs_rewind: false,
+            closing: false,
+        };
+        if let Err(failure) = state.retry(|producer| producer.init_transactions(txn_timeout)) {
+            return Err(state.fail(failure, "initialize transactions"));
+        }
+        let state = Arc::new(Mutex::new(state));
+        let consumer: BaseConsumer<MemberContext> = options
+            .member_consumer_config(&config.group)
+            .create_with_context(MemberContext { state: Arc::clone(&state) })
+            .map_err(|e| client_creation("member consumer", &e))?;
+        let names: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|e| storage("subscribe", &e))?;
+        Ok(KafkaMember { topics, config, state, consumer: Some(consumer) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemberState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses to work once fenced or failed, and then leaves the group (once) so the partitions
+    /// move on.
+    fn usable(&mut self) -> Result<(), LogError> {
+        let checked = self.lock().check();
+        if checked.is_err() {
+            self.leave();
+        }
+        checked
+    }
+
+    fn leave(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            self.lock().closing = true;
+            // Closing serves the final revocation, whose callback takes the state lock.
+            drop(consumer);
+        }
+    }
+
+    /// After a failed call: leave the group if the member is finished, else rewind if a batch was
+    /// aborted. Returns `error`.
+    fn after_failure(&mut self, error: LogError) -> LogError {
+        if self.lock().check().is_err() {
+            self.leave();
+        } else if let Err(rewind) = self.rewind_if_needed() {
+            tracing::warn!(error = %rewind, "Kafka member could not rewind after a failure.");
+        }
+        error
+    }
+
+    fn rewind_if_needed(&mut self) -> Result<(), LogError> {
+        let needed = std::mem::take(&mut self.lock().needs_rewind);
+        if needed {
+            if let Err(error) = self.rewind() {
+                self.lock().needs_rewind = true;
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves reading back to the group's committed positions (the beginning where there is none),
+    /// so that records of an aborted batch are delivered again.
+    fn rewind(&self) -> Result<(), LogError> {
+        let Some(consumer) = &self.consumer else { return Ok(()) };
+        let assignment = consumer.assignment().map_err(|e| storage("the member's assignment", &e))?;
+        if assignment.count() == 0 {
+            return Ok(());
+        }
+        let committed =
+            consumer.committed_offsets(assignment, REQUEST_TIMEOUT).map_err(|e| storage("committed positions", &e))?;
+        let mut seek = TopicPartitionList::with_capacity(committed.count());
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(next) => Offset::Offset(next),
+                _ => Offset::Beginning,
+            };
+            seek.add_partition_offset(element.topic(), element.partition(), offset)
+                .map_err(|e| storage("rewind", &e))?;
+        }
+        let sought = consumer.seek_partitions(seek, REQUEST_TIMEOUT).map_err(|e| storage("rewind", &e))?;
+        for element in sought.elements() {
+            if let Err(error) = element.error() {
+                return Err(storage(
+                    &format!("rewind `{}` partition {}", element.topic(), element.partition()),
+                    &error,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Before each wait in `poll`: report a callback's error, rewind, commit an overdue batch.
+    fn settle(&mut self) -> Result<(), LogError> {
+        let deferred = self.lock().deferred.take();
+        if let Some(error) = deferred {
+            return Err(self.after_failure(error));
+        }
+        self.rewind_if_needed()?;
+        if self.lock().overdue(&self.config.batch) {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The partition of each output, from its key.
+    fn place<'a>(&self, outputs: &'a [OutRecord]) -> Result<Vec<(&'a OutRecord, i32)>, LogError> {
+        outputs
+            .iter()
+            .map(|record| {
+                let count = self.topics.partition_count(&record.topic)?;
+                let chosen = partition::for_key(record.key.as_bytes(), count);
+                let chosen = i32::try_from(chosen)
+                    .map_err(|_| LogError::NoSuchPartition { topic: record.topic.clone(), partition: chosen })?;
+                Ok((record, chosen))
+            })
+            .collect()
+    }
+}
+
+impl Member for KafkaMember {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Polled, LogError> {
+        let deadline = Instant::now() + timeout;
+        let mut records = Vec::new();
+        loop {
+            self.usable()?;
+            self.settle()?;
+            let mut wait = deadline.saturating_duration_since(Instant::now());
+            if let Some(open) = &self.lock().batch {
+                wait = wait.min(self.config.batch.max_delay.saturating_sub(open.opened.elapsed()));
+            }
+            let Some(consumer) = &self.consumer else {
+                return Err(self
+                    .lock()
+                    .check()
+                    .err()
+                    .unwrap_or_else(|| LogError::Fatal("the member has left its group".to_owned())));
+            };
+            let mut failure = None;
+            if max > 0 {
+                let mut event = consumer.poll(wait);
+                // Take what is ready now, up to `max`, without waiting again.
+                while let Some(result) = event {
+                    match result {
+                        Ok(message) => records.push(record_of(&message)),
+                        Err(KafkaError::MessageConsumptionFatal(code)) => {
+                            failure = Some(code.to_string());
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(group = %self.config.group, error = %error, "Kafka member consumer error.");
+                        }
+                    }
+                    if records.len() >= max {
+                        break;
+                    }
+                    event = consumer.poll(Duration::ZERO);
+                }
+            }
+            if let Some(message) = failure {
+                let mut state = self.lock();
+                state.health = Health::Failed(format!("the member's consumer failed: {message}"));
+                let error = state.check().err().unwrap_or(LogError::Fatal(message));
+                drop(state);
+                self.leave();
+                return Err(error);
+            }
+            let mut state = self.lock();
+            if state.check().is_err() || state.deferred.is_some() {
+                // A callback fenced or failed the member: the records are discarded with the batch.
+                drop(state);
+                continue;
+            }
+            let changes = std::mem::take(&mut state.changes);
+            drop(state);
+            let changed = !(changes.assigned.is_empty() && changes.revoked.is_empty() && changes.lost.is_empty());
+            if changed || !records.is_empty() || max == 0 || Instant::now() >= deadline {
+                // Records polled before a revocation belong to the next owner now.
+                records.retain(|r| {
+                    let tp = TopicPartition { topic: r.topic.clone(), partition: r.partition };
+                    !changes.revoked.contains(&tp) && !changes.lost.contains(&tp)
+                });
+                return Ok(Polled { records, ..changes });
+            }
+        }
+    }
+
+    fn step(&mut self, outputs: &[OutRecord], positions: &[Position]) -> Result<(), LogError> {
+        self.usable()?;
+        let placed = self.place(outputs)?;
+        let mut converted = Vec::with_capacity(positions.len());
+        for position in positions {
+            let partition = i32::try_from(position.partition).map_err(|_| LogError::NoSuchPartition {
+                topic: position.topic.clone(),
+                partition: position.partition,
+            })?;
+            let next = i64::try_from(position.next_offset).map_err(|_| {
+                LogError::Storage(format!("position {} is beyond any Kafka offset", position.next_offset))
+            })?;
+            converted.push(((position.topic.clone(), partition), next));
+        }
+        let result = {
+            let mut state = self.lock();
+            let mut result = state.begin_if_needed();
+            for (record, partition) in &placed {
+                if result.is_err() {
+                    break;
+                }
+                result = state.produce(&record.topic, *partition, record.key.as_bytes(), &record.value);
+            }
+            match result {
+                Ok(()) => {
+                    if let Some(open) = state.batch.as_mut() {
+                        open.positions.extend(converted);
+                        open.steps += 1;
+                    }
+                    Ok(state.overdue(&self.config.batch))
+                }
+                Err(error) => {
+                    // Like the local backends: a step that cannot be added discards the batch.
+                    if state.check().is_ok() {
+                        if let Err(abort) = state.abort_batch() {
+                            tracing::warn!(error = %abort, "Kafka member could not abort after a failed step.");
+                        }
+                    }
+                    Err(error)
+                }
+            }
+        };
+        match result {
+            Ok(true) => self.commit(),
+            Ok(false) => Ok(()),
+            Err(error) => Err(self.after_failure(error)),
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), LogError> {
+        self.usable()?;
+        let group = self.consumer.as_ref().and_then(|c| c.group_metadata());
+        let result = self.lock().commit_batch(group.as_ref());
+        result.map_err(|error| self.after_failure(error))
+    }
+
+    fn abort(&mut self) -> Result<(), LogError> {
+        self.usable()?;
+        let result = self.lock().abort_batch();
+        if let Err(error) = result {
+            return Err(self.after_failure(error));
+        }
+        // Like the local backends, rewind even without an open batch: records polled since the
+        // last commit come again.
+        self.lock().needs_rewind = true;
+        self.rewind_if_needed()
+    }
+
+    fn assignment(&self) -> Vec<TopicPartition> {
+        self.lock().assignment.iter().cloned().collect()
+    }
+
+    fn pending_steps(&self) -> usize {
+        self.lock().batch.as_ref().map_or(0, |open| open.steps)
+    }
+}
+
+impl Drop for KafkaMember {
+    /// Like the local backends, dropping a member discards its open batch; aborting it now rather
+    /// than letting the broker time it out keeps read_committed readers of its output partitions
+    /// from stalling for the transaction timeout.
+    fn drop(&mut self) {
+        {
+            let mut state = self.lock();
+            if state.health == Health::Healthy && state.batch.is_some() {
+                if let Err(error) = state.abort_batch() {
+                    tracing::warn!(error = %error, "Kafka member could not abort its open batch when dropped.");
+                }
+            }
+            state.closing = true;
+        }
+        self.consumer.take();
+    }
+}

@@ -1,0 +1,469 @@
+//! The Kafka backend against a real broker: the semantics every `EventLog` backend keeps (the same
+//! checks as the conformance suite of `tests/it/log.rs`), plus what only Kafka has: consumer-group
+//! rebalancing between members, fencing through `init_transactions`, and option clashes.
+//!
+//! Start a broker with `scripts/kafka-broker.sh start` and export the address it prints as
+//! `IPAM_KAFKA_BOOTSTRAP`. Every test uses its own topics, groups and transactional ids, so tests
+//! share the broker and run in parallel; they wait by polling against deadlines.
+
+// Fixtures outside #[test] functions unwrap freely: a failure there is a broken test, not bad input.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipam_log::{
+    BatchPolicy, EventLog, LogError, Member, MemberConfig, OutRecord, Position, Record, TopicPartition, TopicSpec,
+    partition,
+};
+use ipam_log_kafka::{KafkaLog, KafkaOptions};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn bootstrap() -> String {
+    match std::env::var("IPAM_KAFKA_BOOTSTRAP") {
+        Ok(address) if !address.trim().is_empty() => address,
+        _ => panic!(
+            "IPAM_KAFKA_BOOTSTRAP is not set. These tests need a Kafka broker: run \
+             `eval \"$(scripts/kafka-broker.sh start | tail -n1 | sed 's/^KAFKA_BOOTSTRAP=/export IPAM_KAFKA_BOOTSTRAP=/')\"` \
+             from the repository root (it needs Java 17+ and Maven Central), then run the tests again; \
+             `scripts/kafka-broker.sh stop` stops the broker."
+        ),
+    }
+}
+
+fn options() -> KafkaOptions {
+    let mut options = KafkaOptions::new(bootstrap());
+    options.transaction_timeout_ms = 10_000;
+    options
+}
+
+fn connect() -> KafkaLog {
+    KafkaLog::connect(options()).expect("connect to the broker at IPAM_KAFKA_BOOTSTRAP")
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test, or earlier run against the same broker, uses.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t{}-{}-{}-{name}", nanos % 1_000_000_000_000, std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn topic(log: &KafkaLog, name: &str, partitions: u32) -> String {
+    let topic = unique(name);
+    log.create_topics(&[TopicSpec { name: topic.clone(), partitions }]).unwrap();
+    topic
+}
+
+fn member(log: &KafkaLog, group: &str, topics: &[&str], transactional_id: &str, max_steps: usize) -> Box<dyn Member> {
+    log.join(MemberConfig {
+        group: group.to_owned(),
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        transactional_id: transactional_id.to_owned(),
+        batch: BatchPolicy { max_steps, max_delay: Duration::from_secs(600) },
+    })
+    .unwrap()
+}
+
+fn out(topic: &str, key: &str, value: &str) -> OutRecord {
+    OutRecord { topic: topic.to_owned(), key: key.to_owned(), value: value.as_bytes().to_vec() }
+}
+
+fn next(record: &Record) -> Position {
+    Position { topic: record.topic.clone(), partition: record.partition, next_offset: record.offset + 1 }
+}
+
+/// Every committed record of a topic, partition by partition, read from the beginning.
+fn read_all(log: &dyn EventLog, topic: &str) -> Vec<Record> {
+    let partitions = log.partition_count(topic).unwrap();
+    let mut all = Vec::new();
+    for partition in 0..partitions {
+        let end = log.end_offset(topic, partition).unwrap();
+        let mut from = 0;
+        while from < end {
+            let batch = log.read(topic, partition, from, 1000, Duration::from_millis(200)).unwrap();
+            let Some(last) = batch.last() else { break };
+            from = last.offset + 1;
+            all.extend(batch);
+        }
+    }
+    all
+}
+
+/// Waits until `topic`/`partition` holds `count` records written, committed or not (the high
+/// watermark a read_uncommitted client sees), so that an abort has something on the broker to hide.
+fn await_written(topic: &str, partition: i32, count: i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let raw: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, high) = raw.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
+        if high >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic}/{partition} has {high} records, not {count}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls until `count` records arrived, or fails at the deadline.
+fn poll_records(member: &mut dyn Member, count: usize) -> Vec<Record> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut records = Vec::new();
+    while records.len() < count {
+        assert!(Instant::now() < deadline, "only {} of {count} records arrived", records.len());
+        records.extend(member.poll(1000, Duration::from_millis(200)).unwrap().records);
+    }
+    assert_eq!(records.len(), count, "more records than expected");
+    records
+}
+
+fn values(records: &[Record]) -> Vec<String> {
+    let mut values: Vec<String> = records.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect();
+    values.sort();
+    values
+}
+
+#[test]
+fn records_of_one_key_stay_in_its_partition_in_order() {
+    let log = connect();
+    let topic = topic(&log, "ordered", 4);
+    let mut sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for batch in 0..3 {
+        let records: Vec<OutRecord> = (0..40)
+            .map(|i| {
+                let n = batch * 40 + i;
+                let key = format!("network-{}", n % 6);
+                sent.entry(key.clone()).or_default().push(n.to_string());
+                out(&topic, &key, &n.to_string())
+            })
+            .collect();
+        let appended = log.append(&records).unwrap();
+        assert_eq!(appended.len(), records.len());
+        let mut last_offset: BTreeMap<u32, u64> = BTreeMap::new();
+        for (record, at) in records.iter().zip(&appended) {
+            assert_eq!(at.partition, partition::for_key(record.key.as_bytes(), 4), "the key decides the partition");
+            if let Some(previous) = last_offset.insert(at.partition, at.offset) {
+                assert!(at.offset > previous, "offsets grow within partition {}", at.partition);
+            }
+        }
+    }
+    let mut received: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in 0..4 {
+        let end = log.end_offset(&topic, p).unwrap();
+        let records = log.read(&topic, p, 0, 1000, Duration::from_millis(500)).unwrap();
+        assert!(records.windows(2).all(|w| w[0].offset < w[1].offset), "offsets grow within a partition");
+        if let Some(last) = records.last() {
+            assert!(end > last.offset, "end offset {end} is past the last record {}", last.offset);
+            // Committed records come back without waiting for new ones.
+            let tail = log.read(&topic, p, records[1].offset, 1000, Duration::ZERO).unwrap();
+            assert_eq!(tail, records[1..], "reading from an offset returns the rest");
+            let two = log.read(&topic, p, 0, 2, Duration::ZERO).unwrap();
+            assert_eq!(two, records[..2], "`max` bounds a read");
+        }
+        for record in records {
+            assert_eq!(record.partition, p);
+            assert_eq!(partition::for_key(record.key.as_bytes(), 4), p, "the key decides the partition");
+            received.entry(record.key).or_default().push(String::from_utf8(record.value).unwrap());
+        }
+    }
+    assert_eq!(received, sent, "every key's records come back in the order they were appended");
+    let end = log.end_offset(&topic, 0).unwrap();
+    let started = Instant::now();
+    assert!(log.read(&topic, 0, end, 10, Duration::from_millis(300)).unwrap().is_empty(), "nothing past the end");
+    assert!(started.elapsed() >= Duration::from_millis(300), "a read at the end waits for new records");
+
+    log.create_topics(&[TopicSpec { name: topic.clone(), partitions: 4 }]).unwrap();
+    let mismatch = log.create_topics(&[TopicSpec { name: topic.clone(), partitions: 8 }]);
+    assert!(matches!(&mismatch, Err(LogError::PartitionCountMismatch { existing: 4, wanted: 8, .. })), "{mismatch:?}");
+}
+
+#[test]
+fn unknown_topics_and_partitions_are_errors() {
+    let log = connect();
+    let missing = unique("missing");
+    assert_eq!(log.partition_count(&missing), Err(LogError::UnknownTopic(missing.clone())));
+    assert!(matches!(log.append(&[out(&missing, "k", "v")]), Err(LogError::UnknownTopic(_))));
+    let topic = topic(&log, "small", 2);
+    assert_eq!(log.partition_count(&topic), Ok(2));
+    assert!(matches!(log.read(&topic, 2, 0, 10, Duration::ZERO), Err(LogError::NoSuchPartition { partition: 2, .. })));
+    assert!(matches!(log.end_offset(&topic, 7), Err(LogError::NoSuchPartition { .. })));
+    assert_eq!(log.committed_position(&unique("group"), &topic, 1), Ok(None), "no position before any commit");
+}
+
+#[test]
+fn a_pass_through_key_that_clashes_is_a_config_error() {
+    let mut options = KafkaOptions::new("127.0.0.1:1");
+    options.passthrough.insert("isolation.level".to_owned(), "read_uncommitted".to_owned());
+    let checked = options.validate();
+    assert!(matches!(&checked, Err(LogError::Config(m)) if m.contains("isolation.level")), "{checked:?}");
+    let connected = KafkaLog::connect(options);
+    assert!(matches!(&connected, Err(LogError::Config(m)) if m.contains("isolation.level")), "{connected:?}");
+
+    // A key librdkafka does not know is a configuration error too, found when the clients are made.
+    let mut options = self::options();
+    options.passthrough.insert("no.such.setting".to_owned(), "1".to_owned());
+    let connected = KafkaLog::connect(options);
+    assert!(matches!(&connected, Err(LogError::Config(m)) if m.contains("no.such.setting")), "{connected:?}");
+}
+
+#[test]
+fn committed_positions_are_where_the_next_member_resumes() {
+    let log = connect();
+    let input = topic(&log, "input", 2);
+    let group = unique("group");
+    let txn = unique("txn");
+    log.append(&(0..10).map(|i| out(&input, &format!("k{i}"), &format!("first-{i}"))).collect::<Vec<_>>()).unwrap();
+    let mut first = member(&log, &group, &[&input], &txn, 1000);
+    let records = poll_records(&mut *first, 10);
+    let positions: Vec<Position> = records.iter().map(next).collect();
+    first.step(&[], &positions).unwrap();
+    assert_eq!(first.pending_steps(), 1);
+    first.commit().unwrap();
+    assert_eq!(first.pending_steps(), 0);
+    for p in 0..2 {
+        let last = records.iter().filter(|r| r.partition == p).map(|r| r.offset).max();
+        assert_eq!(log.committed_position(&group, &input, p).unwrap(), last.map(|o| o + 1), "partition {p}");
+    }
+    drop(first);
+    log.append(&(0..5).map(|i| out(&input, &format!("k{i}"), &format!("second-{i}"))).collect::<Vec<_>>()).unwrap();
+    let mut resumed = member(&log, &group, &[&input], &txn, 1000);
+    let records = poll_records(&mut *resumed, 5);
+    assert!(records.iter().all(|r| r.value.starts_with(b"second")), "resumed at the committed positions");
+}
+
+#[test]
+fn a_step_shows_its_outputs_and_positions_together_when_it_commits() {
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 2);
+    let group = unique("group");
+    log.append(&(0..3).map(|i| out(&input, "k", &i.to_string())).collect::<Vec<_>>()).unwrap();
+    let mut member = member(&log, &group, &[&input], &unique("txn"), 100);
+    for record in poll_records(&mut *member, 3) {
+        let value = format!("out-{}", String::from_utf8_lossy(&record.value));
+        member.step(&[out(&output, &record.key, &value)], &[next(&record)]).unwrap();
+    }
+    assert_eq!(member.pending_steps(), 3);
+    assert!(read_all(&log, &output).is_empty(), "outputs of an open batch are invisible");
+    let target = partition::for_key(b"k", 2);
+    assert_eq!(log.end_offset(&output, target).unwrap(), 0, "the end offset stops before an open transaction");
+    assert_eq!(log.committed_position(&group, &input, 0).unwrap(), None);
+    member.commit().unwrap();
+    let outputs = read_all(&log, &output);
+    assert_eq!(values(&outputs), ["out-0", "out-1", "out-2"]);
+    assert!(outputs.iter().all(|r| r.partition == target), "outputs go to the partition of their key");
+    let end = log.end_offset(&input, 0).unwrap();
+    let committed = log.committed_position(&group, &input, 0).unwrap().unwrap();
+    assert_eq!(committed, 3, "the position is past the last input");
+    assert!(committed <= end);
+    let end = log.end_offset(&output, target).unwrap();
+    assert_eq!(end, outputs[2].offset + 2, "the end offset covers the outputs and the commit marker after them");
+    assert!(
+        log.read(&output, target, outputs[2].offset + 1, 10, Duration::ZERO).unwrap().is_empty(),
+        "a marker is no record"
+    );
+}
+
+#[test]
+fn a_batch_commits_after_max_steps_or_max_delay() {
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 1);
+    log.append(&(0..3).map(|i| out(&input, "k", &i.to_string())).collect::<Vec<_>>()).unwrap();
+    let mut member = log
+        .join(MemberConfig {
+            group: unique("group"),
+            topics: vec![input.clone()],
+            transactional_id: unique("txn"),
+            batch: BatchPolicy { max_steps: 2, max_delay: Duration::from_millis(300) },
+        })
+        .unwrap();
+    let records = poll_records(&mut *member, 3);
+    member.step(&[out(&output, "k", "a")], &[next(&records[0])]).unwrap();
+    member.step(&[out(&output, "k", "b")], &[next(&records[1])]).unwrap();
+    assert_eq!(member.pending_steps(), 0, "the second step filled the batch");
+    assert_eq!(values(&read_all(&log, &output)), ["a", "b"]);
+    member.step(&[out(&output, "k", "c")], &[next(&records[2])]).unwrap();
+    assert_eq!(member.pending_steps(), 1);
+    let deadline = Instant::now() + DEADLINE;
+    while member.pending_steps() > 0 {
+        assert!(Instant::now() < deadline, "the overdue batch never committed");
+        member.poll(10, Duration::from_millis(100)).unwrap();
+    }
+    assert_eq!(values(&read_all(&log, &output)), ["a", "b", "c"], "poll committed the overdue batch");
+}
+
+#[test]
+fn an_aborted_step_leaves_nothing_and_its_inputs_come_again() {
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    log.append(&(0..3).map(|i| out(&input, "k", &i.to_string())).collect::<Vec<_>>()).unwrap();
+    let mut member = member(&log, &group, &[&input], &unique("txn"), 100);
+    let records = poll_records(&mut *member, 3);
+    member.step(&[out(&output, "k", "doomed")], &[next(&records[2])]).unwrap();
+    await_written(&output, 0, 1);
+    member.abort().unwrap();
+    assert_eq!(member.pending_steps(), 0);
+    assert!(read_all(&log, &output).is_empty(), "aborted outputs are invisible");
+    assert!(log.read(&output, 0, 0, 10, Duration::from_millis(200)).unwrap().is_empty());
+    assert_eq!(log.committed_position(&group, &input, 0).unwrap(), None, "positions unchanged");
+    let again = poll_records(&mut *member, 3);
+    assert_eq!(values(&again), values(&records), "the inputs come again after an abort");
+    member.step(&[out(&output, "k", "kept")], &[next(&again[2])]).unwrap();
+    member.commit().unwrap();
+    let kept = read_all(&log, &output);
+    assert_eq!(values(&kept), ["kept"]);
+    assert_eq!(kept[0].offset, 2, "the aborted record and the abort marker keep their offsets");
+}
+
+#[test]
+fn a_zombie_member_is_fenced_and_its_outputs_never_appear() {
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    let txn = unique("txn");
+    log.append(&[out(&input, "k", "in")]).unwrap();
+    let mut zombie = member(&log, &group, &[&input], &txn, 100);
+    let records = poll_records(&mut *zombie, 1);
+    zombie.step(&[out(&output, "k", "from the zombie")], &[next(&records[0])]).unwrap();
+    await_written(&output, 0, 1);
+    let mut successor = member(&log, &group, &[&input], &txn, 100);
+    let fenced = zombie.commit();
+    assert!(matches!(&fenced, Err(LogError::Fenced(id)) if *id == txn), "the older member must be fenced: {fenced:?}");
+    assert!(matches!(zombie.step(&[], &[]), Err(LogError::Fenced(_))), "and stay fenced");
+    assert!(matches!(zombie.poll(10, Duration::ZERO), Err(LogError::Fenced(_))));
+    assert!(matches!(zombie.abort(), Err(LogError::Fenced(_))));
+    assert!(read_all(&log, &output).is_empty(), "the zombie's outputs never appear");
+    let records = poll_records(&mut *successor, 1);
+    successor.step(&[out(&output, "k", "from the successor")], &[next(&records[0])]).unwrap();
+    successor.commit().unwrap();
+    assert_eq!(values(&read_all(&log, &output)), ["from the successor"], "the zombie's outputs never appear");
+    assert_eq!(log.committed_position(&group, &input, 0).unwrap(), Some(records[0].offset + 1));
+}
+
+/// Polls both members until `done` holds for their assignments, or fails at the deadline.
+fn poll_until(
+    members: &mut [&mut Box<dyn Member>],
+    what: &str,
+    done: impl Fn(&[Vec<TopicPartition>]) -> bool,
+) -> Vec<ipam_log::Polled> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = vec![ipam_log::Polled::default(); members.len()];
+    loop {
+        let assignments: Vec<Vec<TopicPartition>> = members.iter().map(|m| m.assignment()).collect();
+        if done(&assignments) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{what}: assignments are {assignments:?}");
+        for (member, seen) in members.iter_mut().zip(&mut seen) {
+            let polled = member.poll(100, Duration::from_millis(100)).unwrap();
+            seen.assigned.extend(polled.assigned);
+            seen.revoked.extend(polled.revoked);
+            seen.lost.extend(polled.lost);
+            seen.records.extend(polled.records);
+        }
+    }
+}
+
+#[test]
+fn two_members_split_four_partitions_and_one_takes_all_when_the_other_leaves() {
+    let log = connect();
+    let input = topic(&log, "input", 4);
+    let group = unique("group");
+    let mut a = member(&log, &group, &[&input], &unique("txn-a"), 100);
+    poll_until(&mut [&mut a], "the first member gets every partition", |s| s[0].len() == 4);
+    let mut b = member(&log, &group, &[&input], &unique("txn-b"), 100);
+    let seen =
+        poll_until(&mut [&mut a, &mut b], "two members split the partitions", |s| s[0].len() == 2 && s[1].len() == 2);
+    let (left_a, left_b) = (a.assignment(), b.assignment());
+    assert!(left_a.iter().all(|tp| !left_b.contains(tp)), "no partition has two owners: {left_a:?} {left_b:?}");
+    assert_eq!(seen[0].revoked.len(), 2, "the first member handed two partitions over cleanly: {:?}", seen[0]);
+    assert!(seen[0].lost.is_empty(), "{:?}", seen[0]);
+    let mut moved = seen[1].assigned.clone();
+    moved.sort();
+    assert_eq!(moved, left_b, "the second member was told what it got");
+
+    // Records of the second member's partitions reach it, and nobody else.
+    let records: Vec<OutRecord> = (0..40).map(|i| out(&input, &format!("k{i}"), &i.to_string())).collect();
+    log.append(&records).unwrap();
+    let expected_b = records
+        .iter()
+        .filter(|r| left_b.iter().any(|tp| tp.partition == partition::for_key(r.key.as_bytes(), 4)))
+        .count();
+    let got_b = poll_records(&mut *b, expected_b);
+    assert!(got_b.iter().all(|r| left_b.iter().any(|tp| tp.partition == r.partition)));
+    let got_a = poll_records(&mut *a, records.len() - expected_b);
+    assert!(got_a.iter().all(|r| left_a.iter().any(|tp| tp.partition == r.partition)));
+
+    drop(b);
+    let seen = poll_until(&mut [&mut a], "the remaining member takes every partition", |s| s[0].len() == 4);
+    let mut regained = seen[0].assigned.clone();
+    regained.sort();
+    assert_eq!(regained, left_b, "the partitions of the member that left came back");
+}
+
+#[test]
+fn records_and_positions_survive_reconnecting() {
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let group = unique("group");
+    log.append(&[out(&input, "k", "kept")]).unwrap();
+    let mut member = member(&log, &group, &[&input], &unique("txn"), 1);
+    let records = poll_records(&mut *member, 1);
+    member.step(&[], &[next(&records[0])]).unwrap();
+    assert_eq!(member.pending_steps(), 0, "max_steps 1 commits every step");
+    drop(member);
+    drop(log);
+    let log = connect();
+    assert_eq!(values(&read_all(&log, &input)), ["kept"]);
+    assert_eq!(log.committed_position(&group, &input, 0).unwrap(), Some(records[0].offset + 1));
+}
+
+#[test]
+fn a_member_that_stops_polling_loses_its_partitions_and_its_open_batch() {
+    // The shortest intervals the broker allows (group.min.session.timeout.ms is 6 s), so that the
+    // group gives up on a silent member quickly.
+    let mut options = options();
+    options.session_timeout_ms = 6_000;
+    options.passthrough.insert("max.poll.interval.ms".to_owned(), "6000".to_owned());
+    let log = KafkaLog::connect(options).unwrap();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    log.append(&[out(&input, "k", "in")]).unwrap();
+    let mut silent = member(&log, &group, &[&input], &unique("txn-silent"), 100);
+    let records = poll_records(&mut *silent, 1);
+    silent.step(&[out(&output, "k", "from the silent member")], &[next(&records[0])]).unwrap();
+    await_written(&output, 0, 1);
+
+    // The silent member stops polling; another one gets the partition once the group gives up on it.
+    let mut other = member(&log, &group, &[&input], &unique("txn-other"), 100);
+    let again = poll_records(&mut *other, 1);
+    assert_eq!(values(&again), ["in"], "the input comes again to the new owner");
+
+    let deadline = Instant::now() + DEADLINE;
+    let lost = loop {
+        let polled = silent.poll(10, Duration::from_millis(100)).unwrap();
+        assert!(polled.records.is_empty() && polled.revoked.is_empty(), "{polled:?}");
+        if !polled.lost.is_empty() {
+            break polled.lost;
+        }
+        assert!(Instant::now() < deadline, "the silent member never learned it lost its partition");
+    };
+    assert_eq!(lost, [TopicPartition { topic: input.clone(), partition: 0 }]);
+    assert_eq!(silent.pending_steps(), 0, "the open batch was aborted");
+    assert!(silent.assignment().is_empty());
+    other.step(&[out(&output, "k", "from the new owner")], &[next(&again[0])]).unwrap();
+    other.commit().unwrap();
+    assert_eq!(values(&read_all(&log, &output)), ["from the new owner"], "the lost batch never appears");
+}
