@@ -1,0 +1,351 @@
+//! The actix side of the agent: a [`Supervisor`] on the system thread, and one [`Provisioner`] per
+//! served network, each on an arbiter (a thread) of its own.
+//!
+//! The supervisor starts a provisioner when the plan gains a network, forwards every changed
+//! configuration to it, and asks it to stop when the plan loses the network; it also sends the
+//! heartbeat and notices when the agent must shut down. A provisioner owns its network's backend
+//! instance and applies configurations through it. Backend calls may block (files, a dnsmasq
+//! reload), which is why each provisioner has its own thread: a slow server delays neither the
+//! others nor the heartbeat. Nothing here reads the log; writes go through the [`Outbox`] thread.
+//!
+//! Per network, stopping and starting are ordered: a network planned again while its previous
+//! provisioner is still stopping waits for that stop to finish, so an old `stop` can never remove
+//! the file a new `apply` just wrote.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Actor, ActorContext, Addr, Arbiter, AsyncContext, Context, Handler, Message, SpawnHandle, System};
+use ipam_core::NetworkId;
+use ipam_core::dhcp_plan::NetworkDhcpConfig;
+use ipam_core::event::{DhcpServerState, ServedNetwork};
+
+use crate::backend::DhcpBackend;
+use crate::outbox::Outbox;
+
+/// How often the supervisor checks whether the agent must stop.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Makes the backend instance of one network's provisioner.
+pub type BackendFactory = Box<dyn FnMut(NetworkId) -> Box<dyn DhcpBackend> + Send>;
+
+/// From the follower: what changed in the plan since its previous message.
+#[derive(Debug, Default, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Desired {
+    /// New or changed configurations, by network id.
+    pub(crate) changed: Vec<NetworkDhcpConfig>,
+    /// Networks no longer planned, with the epoch they were last assigned under: their servers
+    /// stop (including servers a previous run of the agent left behind).
+    pub(crate) gone: Vec<(NetworkId, u64)>,
+}
+
+impl Desired {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.gone.is_empty()
+    }
+}
+
+/// From a provisioner: its server is stopped and the actor is ending.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Stopped {
+    network_id: NetworkId,
+}
+
+/// To a provisioner: make the server match this configuration.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Apply(NetworkDhcpConfig);
+
+/// To a provisioner: the network is no longer served here; stop the server, then the actor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Unassign {
+    /// The epoch the network was last assigned under, for the status report.
+    epoch: u64,
+}
+
+/// A provisioner and the arbiter it runs on.
+#[derive(Debug)]
+struct Running {
+    addr: Addr<Provisioner>,
+    arbiter: Arbiter,
+    epoch: u64,
+}
+
+/// Starts, feeds and stops the provisioners, and sends heartbeats.
+pub(crate) struct Supervisor {
+    factory: BackendFactory,
+    outbox: Outbox,
+    heartbeat_interval: Duration,
+    retry_interval: Duration,
+    /// Checked every [`STOP_POLL`]: the caller's stop flag, and the follower's "I ended" flag.
+    stops: [Arc<AtomicBool>; 2],
+    live: BTreeMap<NetworkId, Running>,
+    /// Provisioners told to stop that have not reported back yet.
+    stopping: BTreeMap<NetworkId, Running>,
+    /// Configurations of networks planned again while their previous provisioner is stopping.
+    deferred: BTreeMap<NetworkId, NetworkDhcpConfig>,
+    /// Where the arbiters still running at shutdown are handed over, for [`crate::run`] to join.
+    leftovers: Arc<Mutex<Vec<Arbiter>>>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("live", &self.live.keys().collect::<Vec<_>>())
+            .field("stopping", &self.stopping.keys().collect::<Vec<_>>())
+            .field("deferred", &self.deferred.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    pub(crate) fn new(
+        factory: BackendFactory,
+        outbox: Outbox,
+        heartbeat_interval: Duration,
+        stops: [Arc<AtomicBool>; 2],
+        leftovers: Arc<Mutex<Vec<Arbiter>>>,
+    ) -> Supervisor {
+        Supervisor {
+            factory,
+            outbox,
+            heartbeat_interval,
+            // A failed apply is retried at the heartbeat's pace: often enough to recover soon from
+            // a transient error, rarely enough not to hammer a broken one.
+            retry_interval: heartbeat_interval,
+            stops,
+            live: BTreeMap::new(),
+            stopping: BTreeMap::new(),
+            deferred: BTreeMap::new(),
+            leftovers,
+        }
+    }
+
+    fn heartbeat(&self) {
+        let serving =
+            self.live.iter().map(|(&network_id, running)| ServedNetwork { network_id, epoch: running.epoch }).collect();
+        self.outbox.heartbeat(serving);
+    }
+
+    fn start_provisioner(&mut self, network_id: NetworkId, epoch: u64, ctx: &mut Context<Self>) -> Running {
+        let backend = (self.factory)(network_id);
+        let arbiter = Arbiter::new();
+        let supervisor = ctx.address();
+        let outbox = self.outbox.clone();
+        let retry_interval = self.retry_interval;
+        let addr = Provisioner::start_in_arbiter(&arbiter.handle(), move |_| Provisioner {
+            network_id,
+            backend,
+            outbox,
+            supervisor,
+            retry_interval,
+            desired: None,
+            applied: None,
+            failure: None,
+            retry: None,
+        });
+        Running { addr, arbiter, epoch }
+    }
+
+    fn serve(&mut self, config: NetworkDhcpConfig, ctx: &mut Context<Self>) {
+        let network_id = config.network_id;
+        let (epoch, interface) = (config.epoch, &config.interface);
+        tracing::info!(network = %network_id, epoch, interface = %interface, "Starting the DHCP server.");
+        let running = self.start_provisioner(network_id, config.epoch, ctx);
+        running.addr.do_send(Apply(config));
+        self.live.insert(network_id, running);
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.heartbeat();
+        ctx.run_interval(self.heartbeat_interval, |this, _| this.heartbeat());
+        ctx.run_interval(STOP_POLL, |this, ctx| {
+            if this.stops.iter().any(|stop| stop.load(Ordering::SeqCst)) {
+                ctx.stop();
+            }
+        });
+    }
+
+    /// Shutting the agent down leaves the DHCP servers as they are: a restart (an upgrade, a crash)
+    /// must not interrupt DHCP, and the next agent re-applies the same files as no-ops. Only an
+    /// unassignment stops a server.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        let mut leftovers = self.leftovers.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, running) in std::mem::take(&mut self.live).into_iter().chain(std::mem::take(&mut self.stopping)) {
+            running.arbiter.stop();
+            leftovers.push(running.arbiter);
+        }
+        System::current().stop();
+    }
+}
+
+impl Handler<Desired> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, desired: Desired, ctx: &mut Context<Self>) {
+        for (network_id, epoch) in desired.gone {
+            self.deferred.remove(&network_id);
+            if self.stopping.contains_key(&network_id) {
+                continue;
+            }
+            // A network without a provisioner is a leftover of a previous run: one is started
+            // just to stop it, so that the stop is ordered with a later start like any other.
+            let running = match self.live.remove(&network_id) {
+                Some(running) => running,
+                None => self.start_provisioner(network_id, epoch, ctx),
+            };
+            tracing::info!(network = %network_id, epoch, "Stopping the DHCP server.");
+            running.addr.do_send(Unassign { epoch });
+            self.stopping.insert(network_id, running);
+        }
+        for config in desired.changed {
+            let network_id = config.network_id;
+            if self.stopping.contains_key(&network_id) {
+                self.deferred.insert(network_id, config);
+            } else if let Some(running) = self.live.get_mut(&network_id) {
+                running.epoch = config.epoch;
+                running.addr.do_send(Apply(config));
+            } else {
+                self.serve(config, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<Stopped> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, stopped: Stopped, ctx: &mut Context<Self>) {
+        // The provisioner stops its own arbiter; the handle is dropped, and the thread ends alone.
+        self.stopping.remove(&stopped.network_id);
+        if let Some(config) = self.deferred.remove(&stopped.network_id) {
+            self.serve(config, ctx);
+        }
+    }
+}
+
+/// Keeps one network's DHCP server at its desired configuration.
+struct Provisioner {
+    network_id: NetworkId,
+    backend: Box<dyn DhcpBackend>,
+    outbox: Outbox,
+    supervisor: Addr<Supervisor>,
+    retry_interval: Duration,
+    /// The newest configuration received.
+    desired: Option<NetworkDhcpConfig>,
+    /// The newest configuration the backend accepted.
+    applied: Option<NetworkDhcpConfig>,
+    /// The failure last reported, so a retry that fails the same way is not reported again.
+    failure: Option<String>,
+    retry: Option<SpawnHandle>,
+}
+
+impl Provisioner {
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.retry.take() {
+            ctx.cancel_future(handle);
+        }
+        let Some(config) = &self.desired else { return };
+        if self.applied.as_ref() == Some(config) {
+            return;
+        }
+        match self.backend.apply(config) {
+            Ok(()) => {
+                let hosts: usize = config.subnets.iter().map(|subnet| subnet.hosts.len()).sum();
+                let detail = format!("{} subnets, {hosts} hosts", config.subnets.len());
+                let (network, epoch) = (self.network_id, config.epoch);
+                tracing::info!(network = %network, epoch, detail, "Applied the DHCP configuration.");
+                self.outbox.status(self.network_id, config.epoch, DhcpServerState::Running, detail);
+                self.applied = Some(config.clone());
+                self.failure = None;
+            }
+            Err(error) => {
+                let detail = error_chain(&error);
+                if self.failure.as_deref() != Some(&detail) {
+                    let (network, epoch) = (self.network_id, config.epoch);
+                    tracing::warn!(network = %network, epoch, error = %detail, "Cannot apply the DHCP configuration.");
+                    self.outbox.status(self.network_id, config.epoch, DhcpServerState::Failed, detail.clone());
+                    self.failure = Some(detail);
+                }
+                self.retry = Some(ctx.run_later(self.retry_interval, |this, ctx| {
+                    this.retry = None;
+                    this.reconcile(ctx);
+                }));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Provisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioner").field("network_id", &self.network_id).finish_non_exhaustive()
+    }
+}
+
+impl Actor for Provisioner {
+    type Context = Context<Self>;
+
+    /// The arbiter was made for this actor alone, so it ends with it.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        Arbiter::current().stop();
+    }
+}
+
+impl Handler<Apply> for Provisioner {
+    type Result = ();
+
+    fn handle(&mut self, Apply(config): Apply, ctx: &mut Context<Self>) {
+        self.desired = Some(config);
+        self.reconcile(ctx);
+    }
+}
+
+impl Handler<Unassign> for Provisioner {
+    type Result = ();
+
+    fn handle(&mut self, Unassign { epoch }: Unassign, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.retry.take() {
+            ctx.cancel_future(handle);
+        }
+        let epoch = self.desired.as_ref().map_or(epoch, |config| config.epoch);
+        match self.backend.stop(self.network_id) {
+            Ok(()) => {
+                tracing::info!(network = %self.network_id, epoch, "Stopped the DHCP server.");
+                // A sweep of a previous run's leftover (no configuration in this run) is not
+                // reported: every start would otherwise report every network ever served.
+                if self.desired.is_some() {
+                    self.outbox.status(self.network_id, epoch, DhcpServerState::Stopped, String::new());
+                }
+            }
+            Err(error) => {
+                // Best effort, as DESIGN.md says of stopping: the network is served elsewhere now.
+                let detail = error_chain(&error);
+                tracing::warn!(network = %self.network_id, epoch, error = %detail, "Cannot stop the DHCP server.");
+                self.outbox.status(self.network_id, epoch, DhcpServerState::Failed, detail);
+            }
+        }
+        self.supervisor.do_send(Stopped { network_id: self.network_id });
+        ctx.stop();
+    }
+}
+
+/// An error with its sources, `outer: inner: …`, as `{:#}` prints an anyhow chain.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,42 @@
+//! What a DHCP backend must do: make one network's server match its desired configuration, or stop
+//! it. The agent decides nothing about content; the backend only turns a [`NetworkDhcpConfig`] into
+//! whatever its server reads (dnsmasq files first, see [`crate::dnsmasq`]).
+
+use std::path::PathBuf;
+
+use ipam_core::NetworkId;
+use ipam_core::dhcp_plan::NetworkDhcpConfig;
+
+/// Applies the desired configuration of ONE network's DHCP server. The agent gives every served
+/// network its own instance, made by the factory passed to [`crate::run`], and calls it from that
+/// network's provisioning actor only, so an implementation needs no locking of its own. Calls may
+/// block (file I/O, signalling a process): each provisioning actor has a thread of its own.
+pub trait DhcpBackend: Send {
+    /// Makes the server answer exactly what `config` says. Idempotent: applying the configuration
+    /// that is already in force changes nothing (and does not restart the server).
+    fn apply(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError>;
+
+    /// Stops the server of `network_id`: placement gave the network to another host, or none.
+    /// Stopping a server that does not run is not an error.
+    fn stop(&mut self, network_id: NetworkId) -> Result<(), BackendError>;
+}
+
+/// Why a backend could not apply or stop a configuration. The agent reports it in an
+/// `ipam.dhcp_server.status.v1` event with state `failed` and retries the apply later.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A value would change the meaning of the rendered configuration (a newline, a separator,
+    /// an `=`). Validated core types never produce one, so this is a bug upstream; nothing was
+    /// written, and the server keeps its previous configuration.
+    #[error("refusing to render {field} `{value}` for network {network_id}: {reason}")]
+    Unsafe { network_id: NetworkId, field: &'static str, value: String, reason: &'static str },
+    /// Reading, writing, renaming or removing a file failed (disk full, permissions, missing
+    /// directory); the operation may succeed when retried.
+    #[error("{action} `{}`", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

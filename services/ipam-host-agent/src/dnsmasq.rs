@@ -1,0 +1,423 @@
+//! The dnsmasq backend's configuration files: [`render`] turns one network's desired DHCP
+//! configuration into a dnsmasq configuration file, and [`FilesBackend`] keeps one such file per
+//! served network in a directory (a dnsmasq `conf-dir`, or one `--conf-file` per instance).
+//!
+//! The server runs in restricted mode (DESIGN.md): every range is `static`, so dnsmasq hands out no
+//! dynamic address, and `dhcp-ignore=tag:!known` makes it ignore every MAC without a `dhcp-host`
+//! line outright. DNS is off (`port=0`): the server only does DHCP.
+//!
+//! Every value comes from a validated core type, so none can break the file. The renderer checks
+//! anyway, because a configuration line injected through a bad value (`br0\ndhcp-script=…`) would
+//! run code as root: a value that is not made only of the characters addresses, MACs, ids and
+//! interface names use is refused with [`BackendError::Unsafe`], and nothing is written.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{ErrorKind, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipam_core::NetworkId;
+use ipam_core::dhcp_plan::{NetworkDhcpConfig, SubnetDhcpConfig};
+
+use crate::backend::{BackendError, DhcpBackend};
+
+/// The dnsmasq configuration of `config`'s network. Pure: the same configuration always renders to
+/// the same bytes, which is what makes [`FilesBackend::apply`] idempotent.
+pub fn render(config: &NetworkDhcpConfig) -> Result<String, BackendError> {
+    let network_id = config.network_id;
+    let safe = |field: &'static str, value: String| check_value(network_id, field, value);
+    let mut out = String::new();
+    // `writeln!` into a String cannot fail; the results are ignored with `let _`.
+    let _ = writeln!(
+        out,
+        "# DHCP server of network {} (epoch {}), written by ipam-host-agent; edits are overwritten.",
+        safe("network id", network_id.to_string())?,
+        safe("epoch", config.epoch.to_string())?,
+    );
+    let _ = writeln!(out, "interface={}", safe("interface", config.interface.to_string())?);
+    out.push_str("bind-interfaces\n");
+    out.push_str("port=0\n");
+    out.push_str("dhcp-ignore=tag:!known\n");
+    for subnet in &config.subnets {
+        render_subnet(&mut out, subnet, &safe)?;
+    }
+    Ok(out)
+}
+
+fn render_subnet(
+    out: &mut String,
+    subnet: &SubnetDhcpConfig,
+    safe: &impl Fn(&'static str, String) -> Result<String, BackendError>,
+) -> Result<(), BackendError> {
+    // One tag per subnet, the subnet id itself: stable across renders, and traceable to the log.
+    let tag = safe("subnet id", subnet.subnet_id.to_string())?;
+    let network = safe("cidr", subnet.cidr.network().to_string())?;
+    let lease = safe("lease", subnet.lease_secs.to_string())?;
+    let server = match subnet.server_address {
+        Some(ip) => safe("server address", ip.to_string())?,
+        None => "not granted yet".to_owned(),
+    };
+    let _ = writeln!(out, "\n# subnet {tag} {}, server address {server}", safe("cidr", subnet.cidr.to_string())?);
+    let ips = |field: &'static str, ips: &[IpAddr]| -> Result<String, BackendError> {
+        let rendered: Result<Vec<String>, BackendError> =
+            ips.iter().map(|&ip| Ok(option_ip(safe(field, ip.to_string())?, ip))).collect();
+        Ok(rendered?.join(","))
+    };
+    if subnet.cidr.is_ipv4() {
+        let prefix = u32::from(subnet.cidr.prefix_len());
+        let netmask = Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0));
+        let _ =
+            writeln!(out, "dhcp-range=set:{tag},{network},static,{},{lease}s", safe("netmask", netmask.to_string())?);
+        let _ = writeln!(out, "dhcp-option=tag:{tag},option:router,{}", ips("router", &[subnet.router])?);
+        if !subnet.dns_servers.is_empty() {
+            let _ =
+                writeln!(out, "dhcp-option=tag:{tag},option:dns-server,{}", ips("dns server", &subnet.dns_servers)?);
+        }
+        if !subnet.ntp_servers.is_empty() {
+            let _ =
+                writeln!(out, "dhcp-option=tag:{tag},option:ntp-server,{}", ips("ntp server", &subnet.ntp_servers)?);
+        }
+    } else {
+        let prefix = safe("prefix length", subnet.cidr.prefix_len().to_string())?;
+        let _ = writeln!(out, "dhcp-range=set:{tag},{network},static,{prefix},{lease}s");
+        // DHCPv6 has no router option: IPv6 clients learn their router from router advertisements.
+        let _ = writeln!(
+            out,
+            "# router {} is announced by router advertisements",
+            safe("router", subnet.router.to_string())?
+        );
+        if !subnet.dns_servers.is_empty() {
+            let _ =
+                writeln!(out, "dhcp-option=tag:{tag},option6:dns-server,{}", ips("dns server", &subnet.dns_servers)?);
+        }
+        if !subnet.ntp_servers.is_empty() {
+            let _ =
+                writeln!(out, "dhcp-option=tag:{tag},option6:ntp-server,{}", ips("ntp server", &subnet.ntp_servers)?);
+        }
+    }
+    for host in &subnet.hosts {
+        let mac = safe("mac", host.mac.to_string())?;
+        let ip = option_ip(safe("ip", host.ip.to_string())?, host.ip);
+        let _ = writeln!(out, "dhcp-host={mac},{ip}");
+    }
+    Ok(())
+}
+
+/// dnsmasq wants IPv6 addresses in brackets wherever a list or a `dhcp-host` holds them.
+fn option_ip(text: String, ip: IpAddr) -> String {
+    if ip.is_ipv6() { format!("[{text}]") } else { text }
+}
+
+/// `value` if it is made only of the characters that addresses, prefixes, MACs, UUIDs, numbers and
+/// interface names use: ASCII letters and digits and `.:/_-`. That excludes everything that could
+/// end a line, start a comment, separate list items or begin another key (`\n`, `#`, `,`, `=`,
+/// spaces, brackets the renderer adds itself).
+fn check_value(network_id: NetworkId, field: &'static str, value: String) -> Result<String, BackendError> {
+    let reason = if value.is_empty() {
+        Some("it is empty")
+    } else if value.contains(['\n', '\r']) {
+        Some("it contains a line break")
+    } else if value.contains(',') {
+        Some("it contains a comma")
+    } else if value.contains('=') {
+        Some("it contains '='")
+    } else if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'/' | b'_' | b'-')) {
+        Some("it contains a character outside [A-Za-z0-9.:/_-]")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(value),
+        Some(reason) => {
+            Err(BackendError::Unsafe { network_id, field, value: value.escape_debug().to_string(), reason })
+        }
+    }
+}
+
+/// Keeps `<dir>/<network_id>.conf`, the [`render`]ed dnsmasq configuration of each network it is
+/// given, and removes it when the network's server stops. Files are replaced atomically (a
+/// temporary file in the same directory, synced, then renamed over), so dnsmasq never reads half a
+/// file; a file whose content is already right is left alone, so applying twice, or again after
+/// the agent restarts, changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesBackend {
+    dir: PathBuf,
+}
+
+impl FilesBackend {
+    /// A backend writing into `dir`, which is created on the first apply if missing.
+    pub fn new(dir: impl Into<PathBuf>) -> FilesBackend {
+        FilesBackend { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration file of `network_id`.
+    pub fn path(&self, network_id: NetworkId) -> PathBuf {
+        self.dir.join(format!("{network_id}.conf"))
+    }
+
+    /// The temporary file a new configuration is written to before it is renamed into place.
+    /// Hidden and not ending in `.conf`, so a dnsmasq `conf-dir=<dir>,*.conf` never reads it.
+    fn temp_path(&self, network_id: NetworkId) -> PathBuf {
+        self.dir.join(format!(".{network_id}.conf.tmp"))
+    }
+
+    fn write_atomically(&self, network_id: NetworkId, text: &str) -> Result<(), BackendError> {
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| BackendError::Io { action, path, source }
+        };
+        fs::create_dir_all(&self.dir).map_err(io("cannot create the directory", &self.dir))?;
+        let temp = self.temp_path(network_id);
+        let mut file = fs::File::create(&temp).map_err(io("cannot create", &temp))?;
+        file.write_all(text.as_bytes()).map_err(io("cannot write", &temp))?;
+        file.sync_all().map_err(io("cannot sync", &temp))?;
+        drop(file);
+        let path = self.path(network_id);
+        fs::rename(&temp, &path).map_err(io("cannot rename the new configuration onto", &path))?;
+        // The rename is durable once the directory is synced; a failure here loses nothing that a
+        // later apply would not rewrite, so it is only logged.
+        if let Err(error) = fs::File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            tracing::warn!(dir = %self.dir.display(), error = %error, "Cannot sync the configuration directory.");
+        }
+        Ok(())
+    }
+}
+
+impl DhcpBackend for FilesBackend {
+    fn apply(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
+        let text = render(config)?;
+        let path = self.path(config.network_id);
+        match fs::read(&path) {
+            Ok(current) if current == text.as_bytes() => return Ok(()),
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            Err(source) => return Err(BackendError::Io { action: "cannot read", path, source }),
+        }
+        self.write_atomically(config.network_id, &text)?;
+        tracing::debug!(network = %config.network_id, path = %path.display(), "Wrote the dnsmasq configuration.");
+        Ok(())
+    }
+
+    fn stop(&mut self, network_id: NetworkId) -> Result<(), BackendError> {
+        for path in [self.path(network_id), self.temp_path(network_id)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(network = %network_id, path = %path.display(), "Removed the dnsmasq configuration.")
+                }
+                Err(error) if error.kind() == ErrorKind::NotFound => {}
+                Err(source) => return Err(BackendError::Io { action: "cannot remove", path, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use expect_test::{Expect, expect};
+    use ipam_core::SubnetId;
+    use ipam_core::dhcp_plan::DhcpHost;
+
+    use super::*;
+
+    const N1: NetworkId = NetworkId::from_u128(1);
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn subnet(
+        id: u128,
+        cidr: &str,
+        router: &str,
+        dns: &[&str],
+        ntp: &[&str],
+        hosts: &[(&str, &str)],
+    ) -> SubnetDhcpConfig {
+        SubnetDhcpConfig {
+            subnet_id: SubnetId::from_u128(id),
+            cidr: cidr.parse().unwrap(),
+            router: ip(router),
+            dns_servers: dns.iter().map(|text| ip(text)).collect(),
+            ntp_servers: ntp.iter().map(|text| ip(text)).collect(),
+            lease_secs: 3600,
+            server_address: None,
+            hosts: hosts.iter().map(|(mac, text)| DhcpHost { mac: mac.parse().unwrap(), ip: ip(text) }).collect(),
+        }
+    }
+
+    fn network(subnets: Vec<SubnetDhcpConfig>) -> NetworkDhcpConfig {
+        NetworkDhcpConfig { network_id: N1, epoch: 3, interface: "br0".parse().unwrap(), subnets }
+    }
+
+    fn check(config: &NetworkDhcpConfig, expect: Expect) {
+        expect.assert_eq(&render(config).unwrap());
+    }
+
+    #[test]
+    fn an_ipv4_subnet_gets_a_static_range_its_options_and_its_hosts() {
+        let mut s1 = subnet(
+            1,
+            "10.1.0.0/24",
+            "10.1.0.1",
+            &["10.1.0.53", "10.9.9.53"],
+            &["10.1.0.123"],
+            &[("02:00:00:00:00:01", "10.1.0.10"), ("02:00:00:00:00:03", "10.1.0.30")],
+        );
+        s1.server_address = Some(ip("10.1.0.2"));
+        check(
+            &network(vec![s1]),
+            expect![[r#"
+                # DHCP server of network 00000000-0000-0000-0000-000000000001 (epoch 3), written by ipam-host-agent; edits are overwritten.
+                interface=br0
+                bind-interfaces
+                port=0
+                dhcp-ignore=tag:!known
+
+                # subnet 00000000-0000-0000-0000-000000000001 10.1.0.0/24, server address 10.1.0.2
+                dhcp-range=set:00000000-0000-0000-0000-000000000001,10.1.0.0,static,255.255.255.0,3600s
+                dhcp-option=tag:00000000-0000-0000-0000-000000000001,option:router,10.1.0.1
+                dhcp-option=tag:00000000-0000-0000-0000-000000000001,option:dns-server,10.1.0.53,10.9.9.53
+                dhcp-option=tag:00000000-0000-0000-0000-000000000001,option:ntp-server,10.1.0.123
+                dhcp-host=02:00:00:00:00:01,10.1.0.10
+                dhcp-host=02:00:00:00:00:03,10.1.0.30
+            "#]],
+        );
+    }
+
+    #[test]
+    fn an_ipv6_subnet_uses_prefix_lengths_bracketed_addresses_and_option6() {
+        let s2 = subnet(
+            2,
+            "2001:db8::/64",
+            "2001:db8::1",
+            &["2001:db8::53"],
+            &["2001:db8::123"],
+            &[("02:00:00:00:00:02", "2001:db8::20")],
+        );
+        check(
+            &network(vec![s2]),
+            expect![[r#"
+                # DHCP server of network 00000000-0000-0000-0000-000000000001 (epoch 3), written by ipam-host-agent; edits are overwritten.
+                interface=br0
+                bind-interfaces
+                port=0
+                dhcp-ignore=tag:!known
+
+                # subnet 00000000-0000-0000-0000-000000000002 2001:db8::/64, server address not granted yet
+                dhcp-range=set:00000000-0000-0000-0000-000000000002,2001:db8::,static,64,3600s
+                # router 2001:db8::1 is announced by router advertisements
+                dhcp-option=tag:00000000-0000-0000-0000-000000000002,option6:dns-server,[2001:db8::53]
+                dhcp-option=tag:00000000-0000-0000-0000-000000000002,option6:ntp-server,[2001:db8::123]
+                dhcp-host=02:00:00:00:00:02,[2001:db8::20]
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_subnet_without_dns_ntp_or_hosts_gets_only_its_range_and_router() {
+        let mut s3 = subnet(3, "172.16.0.0/12", "172.16.0.1", &[], &[], &[]);
+        s3.lease_secs = 600;
+        check(
+            &network(vec![s3]),
+            expect![[r#"
+                # DHCP server of network 00000000-0000-0000-0000-000000000001 (epoch 3), written by ipam-host-agent; edits are overwritten.
+                interface=br0
+                bind-interfaces
+                port=0
+                dhcp-ignore=tag:!known
+
+                # subnet 00000000-0000-0000-0000-000000000003 172.16.0.0/12, server address not granted yet
+                dhcp-range=set:00000000-0000-0000-0000-000000000003,172.16.0.0,static,255.240.0.0,600s
+                dhcp-option=tag:00000000-0000-0000-0000-000000000003,option:router,172.16.0.1
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_network_without_an_active_subnet_listens_but_answers_nobody() {
+        check(
+            &network(Vec::new()),
+            expect![[r#"
+                # DHCP server of network 00000000-0000-0000-0000-000000000001 (epoch 3), written by ipam-host-agent; edits are overwritten.
+                interface=br0
+                bind-interfaces
+                port=0
+                dhcp-ignore=tag:!known
+            "#]],
+        );
+    }
+
+    #[test]
+    fn values_that_could_change_the_file_are_refused() {
+        let refused = ["br0\ndhcp-script=/tmp/x", "a,b", "port=53", "", "br 0", "x#y", "[::1]"]
+            .map(|value| check_value(N1, "interface", value.to_owned()).unwrap_err().to_string());
+        expect![[r#"
+            [
+                "refusing to render interface `br0\\ndhcp-script=/tmp/x` for network 00000000-0000-0000-0000-000000000001: it contains a line break",
+                "refusing to render interface `a,b` for network 00000000-0000-0000-0000-000000000001: it contains a comma",
+                "refusing to render interface `port=53` for network 00000000-0000-0000-0000-000000000001: it contains '='",
+                "refusing to render interface `` for network 00000000-0000-0000-0000-000000000001: it is empty",
+                "refusing to render interface `br 0` for network 00000000-0000-0000-0000-000000000001: it contains a character outside [A-Za-z0-9.:/_-]",
+                "refusing to render interface `x#y` for network 00000000-0000-0000-0000-000000000001: it contains a character outside [A-Za-z0-9.:/_-]",
+                "refusing to render interface `[::1]` for network 00000000-0000-0000-0000-000000000001: it contains a character outside [A-Za-z0-9.:/_-]",
+            ]
+        "#]]
+        .assert_debug_eq(&refused);
+        for fine in ["br0", "10.1.0.0", "2001:db8::1", "02:00:00:00:00:01", "255.255.255.0", "3600", "vlan.10_a-b"] {
+            assert_eq!(check_value(N1, "value", fine.to_owned()).unwrap(), fine);
+        }
+    }
+
+    #[test]
+    fn files_are_written_atomically_once_and_removed_on_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = FilesBackend::new(dir.path().join("conf.d"));
+        let path = backend.path(N1);
+        let mut config =
+            network(vec![subnet(1, "10.1.0.0/24", "10.1.0.1", &[], &[], &[("02:00:00:00:00:01", "10.1.0.10")])]);
+
+        backend.apply(&config).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), render(&config).unwrap());
+        let inode = fs::metadata(&path).unwrap().ino();
+
+        // The same configuration again leaves the file alone (a rewrite would be a new inode).
+        backend.apply(&config).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
+        // So does a new backend instance, as after a restart of the agent.
+        FilesBackend::new(backend.dir()).apply(&config).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
+
+        config.subnets[0].hosts.clear();
+        backend.apply(&config).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), render(&config).unwrap());
+        let names: Vec<String> = fs::read_dir(backend.dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [format!("{N1}.conf")], "no temporary file is left behind");
+
+        backend.stop(N1).unwrap();
+        assert!(!path.exists());
+        // Stopping what is stopped is fine.
+        backend.stop(N1).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_an_error_that_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The "directory" is a file, so nothing can be written into it.
+        let blocked = dir.path().join("blocked");
+        fs::write(&blocked, "").unwrap();
+        let error = FilesBackend::new(&blocked).apply(&network(Vec::new())).unwrap_err();
+        assert!(matches!(error, BackendError::Io { .. }), "{error:?}");
+        assert!(error.to_string().contains("blocked"), "{error}");
+    }
+}

@@ -1,0 +1,576 @@
+//! The follower thread: reads `ipam.dhcp-servers` and `ipam.reservations` (every partition, from
+//! offset 0, cursors in memory), folds them into the core's [`HostDhcpView`], and turns each new
+//! [`plan`] into messages for the provisioning actors and DHCP-port events for the allocator.
+//!
+//! It is the only place that blocks on log reads, and it runs on a plain thread, never on an actor
+//! thread. The bookkeeping (what was sent to the actors, which port events are outstanding) lives
+//! in [`Tracker`], which does no I/O, so it is tested without threads or a log.
+//!
+//! A restarted agent replays from zero: it reads up to the end offsets it found at start before it
+//! acts, so it neither rewrites a server's file with a configuration from the middle of its history
+//! nor asks for ports the log already shows it holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use anyhow::Context as _;
+use ipam_core::dhcp_plan::{HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, port_releases, port_requests};
+use ipam_core::{Envelope, Event, HostId, Mac, NetworkId, SubnetId, Topic};
+use ipam_log::dead_letter::{Ingested, ingest};
+use ipam_log::{EventLog, LogError, OutRecord};
+
+use crate::actors::{Desired, Supervisor};
+use crate::outbox::{self, IdKind, Trouble};
+
+/// Records read from one partition at a time.
+const READ_MAX: usize = 512;
+/// How long a read waits for records when a whole round found none. It bounds both the latency of
+/// a record on another partition than the one waited on and how late a stop is noticed.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long to wait before asking again for a topic that does not exist or a log that failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// What the follower has told others, so it tells each thing once. No I/O.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    host_id: HostId,
+    port_mac: Mac,
+    options: PlanOptions,
+    view: HostDhcpView,
+    /// The configuration last sent to each network's actor.
+    sent: BTreeMap<NetworkId, NetworkDhcpConfig>,
+    /// The newest epoch of this host's assignment per network, served or not: the epoch a port
+    /// release is filed under once the network is no longer in the plan.
+    epochs: BTreeMap<NetworkId, u64>,
+    /// Whether the first [`Tracker::changes`] was made, which also sweeps leftovers.
+    swept: bool,
+    /// Port events appended and not yet answered. A key leaves once the core stops asking for it
+    /// (the allocator answered, or the network moved on), so a port lost later is asked for again.
+    outstanding: BTreeSet<PortKey>,
+}
+
+/// One DHCP-port event, as the de-duplication knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct PortKey {
+    released: bool,
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    epoch: u64,
+    mac: Mac,
+}
+
+impl Tracker {
+    pub(crate) fn new(host_id: HostId, port_mac: Mac, options: PlanOptions) -> Tracker {
+        Tracker {
+            host_id,
+            port_mac,
+            options,
+            view: HostDhcpView::new(host_id),
+            sent: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            swept: false,
+            outstanding: BTreeSet::new(),
+        }
+    }
+
+    pub(crate) fn apply(&mut self, envelope: &Envelope) {
+        let own_epoch = match &envelope.event {
+            Event::DhcpServerAssigned(e) if e.host_id == self.host_id => Some((e.network_id, e.epoch)),
+            Event::DhcpServerUnassigned(e) if e.host_id == self.host_id => Some((e.network_id, e.epoch)),
+            _ => None,
+        };
+        if let Some((network_id, epoch)) = own_epoch {
+            let newest = self.epochs.entry(network_id).or_insert(epoch);
+            *newest = (*newest).max(epoch);
+        }
+        self.view.apply(envelope);
+    }
+
+    /// What the actors must hear since the last call: every network whose configuration changed
+    /// (new ones included), and every network no longer planned, with its last epoch.
+    ///
+    /// The first call also lists every network this host was ever assigned and does not serve now:
+    /// an agent that was down when a network was taken away from it left that server's
+    /// configuration behind, and nothing else would ever remove it. Stopping a stopped server is a
+    /// no-op, so sweeping them all is safe.
+    pub(crate) fn changes(&mut self) -> Desired {
+        let planned = plan(&self.view, &self.options);
+        let planned_ids: BTreeSet<NetworkId> = planned.networks.iter().map(|n| n.network_id).collect();
+        let mut gone: BTreeSet<NetworkId> = self.sent.keys().copied().filter(|id| !planned_ids.contains(id)).collect();
+        if !self.swept {
+            self.swept = true;
+            gone.extend(self.epochs.keys().copied().filter(|id| !planned_ids.contains(id)));
+        }
+        let mut desired = Desired::default();
+        for network_id in gone {
+            self.sent.remove(&network_id);
+            desired.gone.push((network_id, self.epochs.get(&network_id).copied().unwrap_or(0)));
+        }
+        for config in planned.networks {
+            if self.sent.get(&config.network_id) != Some(&config) {
+                self.sent.insert(config.network_id, config.clone());
+                desired.changed.push(config);
+            }
+        }
+        desired
+    }
+
+    /// The port events the core asks for that are not outstanding yet, as records with their keys.
+    /// Call [`Tracker::mark_sent`] with the keys once they are appended.
+    pub(crate) fn port_events(&mut self) -> Vec<(PortKey, OutRecord)> {
+        let port_mac = self.port_mac;
+        let wanted = port_requests(&self.view, |_| Some(port_mac)).into_iter().chain(port_releases(&self.view));
+        let source = outbox::source(self.host_id);
+        let mut current = BTreeSet::new();
+        let mut new = Vec::new();
+        for event in wanted {
+            let (released, network_id, subnet_id, mac) = match &event {
+                Event::DhcpPortRequested(e) => (false, e.network_id, e.subnet_id, e.mac),
+                Event::DhcpPortReleased(e) => (true, e.network_id, e.subnet_id, e.mac),
+                other => unreachable!("the core's port functions return port events only, not {}", other.type_name()),
+            };
+            let epoch = if released {
+                self.epochs.get(&network_id).copied().unwrap_or(0)
+            } else {
+                // A request is only made for a served network, which the plan (and so `sent`) holds.
+                self.sent.get(&network_id).map_or(0, |config| config.epoch)
+            };
+            let key = PortKey { released, network_id, subnet_id, epoch, mac };
+            current.insert(key);
+            if !self.outstanding.contains(&key) {
+                let kind = if released { IdKind::PortReleased } else { IdKind::PortRequested };
+                let id = outbox::port_event_id(kind, self.host_id, network_id, subnet_id, epoch);
+                new.push((key, outbox::record(&source, id, event)));
+            }
+        }
+        self.outstanding.retain(|key| current.contains(key));
+        new
+    }
+
+    pub(crate) fn mark_sent(&mut self, keys: impl IntoIterator<Item = PortKey>) {
+        self.outstanding.extend(keys);
+    }
+}
+
+/// One partition the follower reads, and where.
+#[derive(Debug)]
+struct Cursor {
+    topic: &'static str,
+    partition: u32,
+    next: u64,
+    /// The end offset found at start; the agent acts once every cursor has reached it.
+    start_end: u64,
+    caught_up: bool,
+}
+
+/// The follower thread's state.
+pub(crate) struct Follower {
+    log: Arc<dyn EventLog>,
+    tracker: Tracker,
+    supervisor: Addr<Supervisor>,
+    /// Set by the caller of [`crate::run`], or by `run` itself when the actor system ended first.
+    stops: [Arc<AtomicBool>; 2],
+    trouble: Trouble,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower").field("tracker", &self.tracker).finish_non_exhaustive()
+    }
+}
+
+const TOPICS: [Topic; 2] = [Topic::DhcpServers, Topic::Reservations];
+
+impl Follower {
+    pub(crate) fn new(
+        log: Arc<dyn EventLog>,
+        tracker: Tracker,
+        supervisor: Addr<Supervisor>,
+        stops: [Arc<AtomicBool>; 2],
+    ) -> Follower {
+        Follower { log, tracker, supervisor, stops, trouble: Trouble::default() }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stops.iter().any(|stop| stop.load(Ordering::SeqCst))
+    }
+
+    /// Sleeps `pause`, waking early when asked to stop. Answers whether it was.
+    fn pause(&self, pause: Duration) -> bool {
+        let deadline = Instant::now() + pause;
+        while !self.stopping() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            thread::sleep((deadline - now).min(Duration::from_millis(20)));
+        }
+        true
+    }
+
+    /// Reads until asked to stop. Ends early, with an error, only when the log says it cannot go on.
+    pub(crate) fn run(mut self) -> anyhow::Result<()> {
+        let Some(mut cursors) = self.cursors()? else { return Ok(()) };
+        anyhow::ensure!(!cursors.is_empty(), "the topics to follow have no partitions");
+        let mut acting = false;
+        let mut ports_due = false;
+        let mut next_wait = 0;
+        while !self.stopping() {
+            let mut applied = 0;
+            for cursor in &mut cursors {
+                applied += self.read(cursor, Duration::ZERO)?;
+            }
+            if applied == 0 {
+                // Nothing anywhere: wait on one partition, a different one each time.
+                let index = next_wait % cursors.len();
+                let cursor = &mut cursors[index];
+                next_wait += 1;
+                applied += self.read(cursor, IDLE_WAIT)?;
+            }
+            if !acting {
+                acting = cursors.iter().all(|cursor| cursor.caught_up);
+                if !acting {
+                    continue;
+                }
+                tracing::info!(host = %self.tracker.host_id, "Caught up with the log; provisioning.");
+            } else if applied == 0 && !ports_due {
+                continue;
+            }
+            let desired = self.tracker.changes();
+            if !desired.is_empty() {
+                self.supervisor.do_send(desired);
+            }
+            ports_due = !self.append_port_events();
+        }
+        Ok(())
+    }
+
+    /// A cursor at offset 0 for every partition of both topics, once the topics exist; `None` when
+    /// asked to stop first.
+    fn cursors(&mut self) -> anyhow::Result<Option<Vec<Cursor>>> {
+        let mut cursors = Vec::new();
+        for topic in TOPICS {
+            let topic = topic.name();
+            let partitions = loop {
+                match self.log.partition_count(topic) {
+                    Ok(count) => break count,
+                    Err(error) => self.retry(topic, error)?,
+                }
+                if self.pause(RETRY_PAUSE) {
+                    return Ok(None);
+                }
+            };
+            self.trouble.clear(topic);
+            for partition in 0..partitions {
+                let start_end = loop {
+                    match self.log.end_offset(topic, partition) {
+                        Ok(end) => break end,
+                        Err(error) => self.retry(topic, error)?,
+                    }
+                    if self.pause(RETRY_PAUSE) {
+                        return Ok(None);
+                    }
+                };
+                cursors.push(Cursor { topic, partition, next: 0, start_end, caught_up: start_end == 0 });
+            }
+        }
+        Ok(Some(cursors))
+    }
+
+    /// Reports a failed log operation; an error the log cannot recover from ends the follower.
+    fn retry(&mut self, topic: &str, error: LogError) -> anyhow::Result<()> {
+        match error {
+            LogError::UnknownTopic(_) | LogError::Storage(_) => {
+                self.trouble.report(topic, &error);
+                Ok(())
+            }
+            error => Err(error).with_context(|| format!("cannot read topic `{topic}`")),
+        }
+    }
+
+    /// Reads one batch of `cursor`'s partition and applies it; answers how many events it applied.
+    fn read(&mut self, cursor: &mut Cursor, wait: Duration) -> anyhow::Result<usize> {
+        let records = match self.log.read(cursor.topic, cursor.partition, cursor.next, READ_MAX, wait) {
+            Ok(records) => records,
+            Err(error) => {
+                self.retry(cursor.topic, error)?;
+                self.pause(RETRY_PAUSE);
+                return Ok(0);
+            }
+        };
+        self.trouble.clear(cursor.topic);
+        if records.is_empty() {
+            // Offsets may skip (Kafka's transaction markers), so "nothing more" also means caught up.
+            cursor.caught_up = true;
+        }
+        let mut applied = 0;
+        for record in &records {
+            cursor.next = record.offset + 1;
+            match ingest(record) {
+                Ingested::Event(envelope) => {
+                    self.tracker.apply(&envelope);
+                    applied += 1;
+                }
+                // Dead-lettering and rejecting are the job of the topic's consumers upstream; to a
+                // host agent an unusable record is simply not an input.
+                Ingested::Rejected(_) | Ingested::DeadLetter(_) => {
+                    tracing::debug!(
+                        topic = cursor.topic,
+                        partition = cursor.partition,
+                        offset = record.offset,
+                        "Skipped a record that is not an event."
+                    );
+                }
+            }
+        }
+        if cursor.next >= cursor.start_end {
+            cursor.caught_up = true;
+        }
+        Ok(applied)
+    }
+
+    /// Appends the port events due; answers false when the log refused them (they are retried).
+    fn append_port_events(&mut self) -> bool {
+        let events = self.tracker.port_events();
+        if events.is_empty() {
+            return true;
+        }
+        let topic = Topic::Networks.name();
+        let records: Vec<OutRecord> = events.iter().map(|(_, record)| record.clone()).collect();
+        match self.log.append(&records) {
+            Ok(_) => {
+                self.trouble.clear(topic);
+                for (key, _) in &events {
+                    tracing::info!(
+                        network = %key.network_id, subnet = %key.subnet_id, epoch = key.epoch, mac = %key.mac,
+                        released = key.released, "Sent a DHCP-port event."
+                    );
+                }
+                self.tracker.mark_sent(events.into_iter().map(|(key, _)| key));
+                true
+            }
+            Err(error) => {
+                self.trouble.report(topic, &error);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use expect_test::{Expect, expect};
+    use ipam_core::event::{
+        AssignReason, DhcpServerAssigned, DhcpServerUnassigned, Owner, ReleaseReason, ReservationAdded,
+        ReservationRemoved, SubnetActivated, UnassignReason,
+    };
+    use ipam_core::{EventId, Timestamp, VmId, VnicId};
+
+    use super::*;
+
+    const H1: HostId = HostId::from_u128(1);
+    const N1: NetworkId = NetworkId::from_u128(1);
+    const S1: SubnetId = SubnetId::from_u128(1);
+
+    fn port_mac() -> Mac {
+        "02:00:00:00:dd:01".parse().unwrap()
+    }
+
+    fn tracker() -> Tracker {
+        Tracker::new(H1, port_mac(), PlanOptions::default())
+    }
+
+    fn envelope(event: Event) -> Envelope {
+        Envelope {
+            id: EventId::from_u128(9),
+            source: "test".to_owned(),
+            time: Timestamp::from_unix_ms(0),
+            subject: None,
+            event,
+        }
+    }
+
+    fn assigned(epoch: u64) -> Envelope {
+        envelope(Event::DhcpServerAssigned(DhcpServerAssigned {
+            network_id: N1,
+            host_id: H1,
+            interface: "br0".parse().unwrap(),
+            epoch,
+            reason: AssignReason::Placed,
+            cause: EventId::from_u128(1),
+        }))
+    }
+
+    fn unassigned(epoch: u64) -> Envelope {
+        envelope(Event::DhcpServerUnassigned(DhcpServerUnassigned {
+            network_id: N1,
+            host_id: H1,
+            epoch,
+            reason: UnassignReason::HostDown,
+            cause: EventId::from_u128(1),
+        }))
+    }
+
+    fn activated() -> Envelope {
+        envelope(Event::SubnetActivated(SubnetActivated {
+            network_id: N1,
+            subnet_id: S1,
+            cidr: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            dns_servers: Vec::new(),
+            ntp_servers: Vec::new(),
+            allocation_pools: Vec::new(),
+            cause: EventId::from_u128(1),
+        }))
+    }
+
+    fn own_port(added: bool) -> Envelope {
+        let (owner, mac, ip, cause) =
+            (Owner::DhcpServer { host_id: H1 }, port_mac(), "10.1.0.2".parse().unwrap(), EventId::from_u128(1));
+        envelope(if added {
+            Event::ReservationAdded(ReservationAdded { network_id: N1, subnet_id: S1, owner, mac, ip, cause })
+        } else {
+            let reason = ReleaseReason::PortReleased;
+            Event::ReservationRemoved(ReservationRemoved {
+                network_id: N1,
+                subnet_id: S1,
+                owner,
+                mac,
+                ip,
+                reason,
+                cause,
+            })
+        })
+    }
+
+    fn vnic(added: bool) -> Envelope {
+        let owner = Owner::Vnic { vnic_id: VnicId::from_u128(1), vm_id: VmId::from_u128(1) };
+        let (mac, ip, cause) =
+            ("02:00:00:00:00:01".parse().unwrap(), "10.1.0.10".parse().unwrap(), EventId::from_u128(1));
+        envelope(if added {
+            Event::ReservationAdded(ReservationAdded { network_id: N1, subnet_id: S1, owner, mac, ip, cause })
+        } else {
+            let reason = ReleaseReason::VnicDown;
+            Event::ReservationRemoved(ReservationRemoved {
+                network_id: N1,
+                subnet_id: S1,
+                owner,
+                mac,
+                ip,
+                reason,
+                cause,
+            })
+        })
+    }
+
+    /// Applies each step's inputs, then renders what the tracker would send after it.
+    fn check(steps: &[&[Envelope]], expect: Expect) {
+        check_from(tracker(), steps, expect);
+    }
+
+    fn check_from(mut tracker: Tracker, steps: &[&[Envelope]], expect: Expect) {
+        let mut out = String::new();
+        for (index, step) in steps.iter().enumerate() {
+            for input in *step {
+                tracker.apply(input);
+            }
+            let desired = tracker.changes();
+            let _ = write!(out, "step {index}:");
+            for config in &desired.changed {
+                let hosts: usize = config.subnets.iter().map(|s| s.hosts.len()).sum();
+                let servers: Vec<String> = config
+                    .subnets
+                    .iter()
+                    .map(|s| s.server_address.map_or("-".to_owned(), |ip| ip.to_string()))
+                    .collect();
+                let _ = write!(
+                    out,
+                    " apply(epoch {} subnets {} hosts {} server {})",
+                    config.epoch,
+                    config.subnets.len(),
+                    hosts,
+                    servers.join(",")
+                );
+            }
+            for (network_id, epoch) in &desired.gone {
+                assert_eq!(*network_id, N1);
+                let _ = write!(out, " stop(epoch {epoch})");
+            }
+            let events = tracker.port_events();
+            for (key, record) in &events {
+                let envelope = Envelope::decode(&record.value).unwrap();
+                let verb = if key.released { "release" } else { "request" };
+                let _ = write!(out, " {verb}(epoch {} id {})", key.epoch, &envelope.id.to_string()[..8]);
+                assert_eq!(record.topic, "ipam.networks");
+                assert_eq!(record.key, N1.to_string());
+                assert_eq!(envelope.source, format!("ipam/host-agent/{H1}"));
+            }
+            tracker.mark_sent(events.into_iter().map(|(key, _)| key));
+            out.push('\n');
+        }
+        expect.assert_eq(&out);
+    }
+
+    #[test]
+    fn each_change_is_sent_once_and_each_port_asked_for_once() {
+        check(
+            &[
+                &[activated(), vnic(true)],
+                &[assigned(1)],
+                // Nothing new: nothing is sent, and the outstanding request is not repeated.
+                &[],
+                &[vnic(false)],
+                &[own_port(true)],
+                &[unassigned(1)],
+                &[own_port(false)],
+            ],
+            expect![[r#"
+                step 0:
+                step 1: apply(epoch 1 subnets 1 hosts 1 server -) request(epoch 1 id 8642a81e)
+                step 2:
+                step 3: apply(epoch 1 subnets 1 hosts 0 server -)
+                step 4: apply(epoch 1 subnets 1 hosts 0 server 10.1.0.2)
+                step 5: stop(epoch 1) release(epoch 1 id 91686564)
+                step 6:
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_port_lost_while_serving_is_asked_for_again_and_a_new_epoch_asks_anew() {
+        check(
+            &[
+                &[activated(), assigned(1)],
+                &[own_port(true)],
+                // The allocator took the port back while the network is still served.
+                &[own_port(false)],
+                &[unassigned(1), assigned(2)],
+            ],
+            expect![[r#"
+                step 0: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id 8642a81e)
+                step 1: apply(epoch 1 subnets 1 hosts 0 server 10.1.0.2)
+                step 2: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id 8642a81e)
+                step 3: apply(epoch 2 subnets 1 hosts 0 server -) request(epoch 2 id 69977672)
+            "#]],
+        );
+    }
+
+    #[test]
+    fn the_first_changes_sweep_networks_served_before_but_not_now() {
+        // What a restarted agent replays: it served n1 under epoch 1, and was unassigned meanwhile.
+        check(
+            &[&[activated(), assigned(1), unassigned(1)], &[], &[assigned(2)]],
+            expect![[r#"
+            step 0: stop(epoch 1)
+            step 1:
+            step 2: apply(epoch 2 subnets 1 hosts 0 server -) request(epoch 2 id 69977672)
+        "#]],
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! The host agent: the thin shell that makes a host run the DHCP servers placement gave it.
+//!
+//! Every decision is the core's ([`ipam_core::dhcp_plan`]): which networks this host serves, what
+//! each server answers, which DHCP-port addresses to ask for or give back. The agent only moves data
+//! between the log, that core and the DHCP backends:
+//!
+//! ```text
+//!  ipam.dhcp-servers ─┐  follower thread       Desired    actix system (calling thread)
+//!  ipam.reservations ─┴► HostDhcpView → plan() ─────────► Supervisor ─► Provisioner per network
+//!                         │ port_requests/_releases          │ heartbeat     │ DhcpBackend::apply/stop
+//!                         ▼                                  ▼               ▼
+//!                    ipam.networks                     writer thread ─► ipam.hosts (heartbeat, status)
+//! ```
+//!
+//! Blocking log reads happen on the follower thread and blocking appends of heartbeats and
+//! statuses on the writer thread, never on an actor thread; see [`run`].
+
+mod actors;
+pub mod backend;
+pub mod config;
+pub mod dnsmasq;
+mod follower;
+mod outbox;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use ipam_core::dhcp_plan::PlanOptions;
+use ipam_log::EventLog;
+
+pub use actors::BackendFactory;
+pub use backend::{BackendError, DhcpBackend};
+pub use config::HostAgentConfig;
+pub use dnsmasq::{FilesBackend, render};
+
+use crate::actors::Supervisor;
+use crate::follower::{Follower, Tracker};
+
+/// Runs the agent of `config.host_id` until `stop` is set, then stops cleanly and returns.
+///
+/// The calling thread runs an actix `System`: a supervisor actor, and one provisioning actor per
+/// served network, each with its own backend instance made by `backend` and its own arbiter
+/// thread. A follower thread reads `ipam.dhcp-servers` and `ipam.reservations` from offset 0 and
+/// sends the supervisor each change of the plan; it also appends the DHCP-port requests and
+/// releases to `ipam.networks`. A writer thread appends heartbeats (every
+/// `heartbeat_interval_ms`) and server statuses to `ipam.hosts`. Topics that do not exist yet are
+/// waited for.
+///
+/// Stopping leaves the DHCP servers running (their files in place): a restarted agent takes them
+/// over without interrupting DHCP. `stop` is noticed within about 100 ms.
+///
+/// # Errors
+/// When the configuration is unusable, a thread cannot be started, or the log fails in a way it
+/// cannot recover from (anything but a missing topic or a storage error, which are retried).
+pub fn run(
+    log: Arc<dyn EventLog>,
+    config: HostAgentConfig,
+    backend: BackendFactory,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    if config.heartbeat_interval_ms == 0 {
+        bail!("heartbeat-interval-ms must be at least 1");
+    }
+    if config.lease_secs == 0 {
+        bail!("lease-secs must be at least 1");
+    }
+    let host_id = config.host_id;
+    let port_mac = config.port_mac();
+    tracing::info!(host = %host_id, port_mac = %port_mac, "Host agent starting.");
+
+    let (outbox, writer) = outbox::spawn_writer(Arc::clone(&log), host_id).context("cannot start the writer thread")?;
+    // Set when the follower ends (on its own, by an error) or when the actor system ended first.
+    let follower_done = Arc::new(AtomicBool::new(false));
+    let system_done = Arc::new(AtomicBool::new(false));
+    let leftovers = Arc::new(Mutex::new(Vec::new()));
+
+    let system = actix::System::new();
+    let supervisor = system.block_on({
+        let supervisor = Supervisor::new(
+            backend,
+            outbox.clone(),
+            Duration::from_millis(config.heartbeat_interval_ms),
+            [Arc::clone(&stop), Arc::clone(&follower_done)],
+            Arc::clone(&leftovers),
+        );
+        async move { actix::Actor::start(supervisor) }
+    });
+    let follower = {
+        let tracker = Tracker::new(host_id, port_mac, PlanOptions { lease_secs: config.lease_secs });
+        let follower = Follower::new(log, tracker, supervisor, [Arc::clone(&stop), Arc::clone(&system_done)]);
+        let done = Arc::clone(&follower_done);
+        thread::Builder::new().name("ipam-agent-follower".to_owned()).spawn(move || {
+            let result = follower.run();
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    let follower = match follower {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            // Without a follower there is nothing to do: end the system at once.
+            follower_done.store(true, Ordering::SeqCst);
+            tracing::error!(error = %error, "Cannot start the follower thread.");
+            None
+        }
+    };
+
+    let system_result = system.run();
+    system_done.store(true, Ordering::SeqCst);
+
+    let follower_result = match follower {
+        None => Err(anyhow::anyhow!("cannot start the follower thread")),
+        Some(handle) => handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the follower thread panicked"))),
+    };
+    for arbiter in std::mem::take(&mut *leftovers.lock().unwrap_or_else(|e| e.into_inner())) {
+        if arbiter.join().is_err() {
+            tracing::error!("A provisioning thread panicked.");
+        }
+    }
+    outbox.shutdown();
+    drop(outbox);
+    if writer.join().is_err() {
+        tracing::error!("The writer thread panicked.");
+    }
+    tracing::info!(host = %host_id, "Host agent stopped.");
+    follower_result.context("the log follower failed")?;
+    system_result.context("the actor system failed")?;
+    Ok(())
+}

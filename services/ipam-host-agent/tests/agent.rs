@@ -1,0 +1,368 @@
+//! The agent end to end on the in-memory log: events appended by hand stand in for the allocator
+//! and placement, a `FilesBackend` in a temporary directory stands in for dnsmasq, and every wait
+//! polls against a deadline.
+
+// Helpers outside `#[test]` functions are test code too (as in the workspace's `tests/it`).
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ipam_core::event::{
+    AssignReason, DhcpServerAssigned, DhcpServerState, DhcpServerUnassigned, Owner, ReleaseReason, ReservationAdded,
+    ReservationRemoved, ServedNetwork, SubnetActivated, UnassignReason,
+};
+use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, Topic, VmId, VnicId};
+use ipam_host_agent::{BackendError, DhcpBackend, FilesBackend, HostAgentConfig};
+use ipam_log::{EventLog, MemoryLog, OutRecord, TopicSpec};
+
+const HOST: HostId = HostId::from_u128(0xa1);
+const OTHER_HOST: HostId = HostId::from_u128(0xa2);
+const NETWORK: NetworkId = NetworkId::from_u128(0xb1);
+const SUBNET: SubnetId = SubnetId::from_u128(0xc1);
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn port_mac() -> Mac {
+    "52:54:00:aa:bb:cc".parse().unwrap()
+}
+
+fn topics() -> Vec<TopicSpec> {
+    [("ipam.networks", 4), ("ipam.hosts", 1), ("ipam.reservations", 4), ("ipam.dhcp-servers", 4)]
+        .map(|(name, partitions)| TopicSpec { name: name.to_owned(), partitions })
+        .to_vec()
+}
+
+fn memory_log() -> Arc<MemoryLog> {
+    let log = Arc::new(MemoryLog::new());
+    log.create_topics(&topics()).unwrap();
+    log
+}
+
+/// Appends `event` as placement or the allocator would: on its topic, keyed by its key (the
+/// network id here, so it lands on `partition::for_key(network id, 4)`).
+fn append(log: &dyn EventLog, event: Event) {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = EventId::from_u128(u128::from(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+    let envelope = Envelope { id, source: "test".to_owned(), time: Timestamp::from_unix_ms(0), subject: None, event };
+    let record = OutRecord {
+        topic: envelope.event.topic().name().to_owned(),
+        key: envelope.event.key(),
+        value: envelope.to_bytes(),
+    };
+    assert_eq!(record.key, NETWORK.to_string());
+    log.append(&[record]).unwrap();
+}
+
+/// Every event of `topic`, partition by partition.
+fn events(log: &dyn EventLog, topic: Topic) -> Vec<Envelope> {
+    let partitions = log.partition_count(topic.name()).unwrap();
+    (0..partitions)
+        .flat_map(|partition| log.read(topic.name(), partition, 0, usize::MAX, Duration::ZERO).unwrap())
+        .map(|record| Envelope::decode(&record.value).unwrap())
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn activated() -> Event {
+    Event::SubnetActivated(SubnetActivated {
+        network_id: NETWORK,
+        subnet_id: SUBNET,
+        cidr: "10.1.0.0/24".parse().unwrap(),
+        gateway: "10.1.0.1".parse().unwrap(),
+        dns_servers: vec!["10.1.0.53".parse().unwrap()],
+        ntp_servers: Vec::new(),
+        allocation_pools: Vec::new(),
+        cause: EventId::from_u128(1),
+    })
+}
+
+fn assigned(host_id: HostId, epoch: u64) -> Event {
+    Event::DhcpServerAssigned(DhcpServerAssigned {
+        network_id: NETWORK,
+        host_id,
+        interface: "br0".parse().unwrap(),
+        epoch,
+        reason: AssignReason::Placed,
+        cause: EventId::from_u128(1),
+    })
+}
+
+fn unassigned(epoch: u64) -> Event {
+    Event::DhcpServerUnassigned(DhcpServerUnassigned {
+        network_id: NETWORK,
+        host_id: HOST,
+        epoch,
+        reason: UnassignReason::HostMaintenance,
+        cause: EventId::from_u128(1),
+    })
+}
+
+/// vNIC `n`'s reservation: MAC `02:00:00:00:00:nn`, IP `10.1.0.<10 + n>`.
+fn vnic_reservation(n: u8) -> (Owner, Mac, std::net::IpAddr) {
+    let owner = Owner::Vnic { vnic_id: VnicId::from_u128(u128::from(n)), vm_id: VmId::from_u128(u128::from(n)) };
+    let mac = Mac::from_octets([0x02, 0, 0, 0, 0, n]).unwrap();
+    (owner, mac, format!("10.1.0.{}", 10 + n).parse().unwrap())
+}
+
+fn reservation_added(n: u8) -> Event {
+    let (owner, mac, ip) = vnic_reservation(n);
+    Event::ReservationAdded(ReservationAdded {
+        network_id: NETWORK,
+        subnet_id: SUBNET,
+        owner,
+        mac,
+        ip,
+        cause: EventId::from_u128(1),
+    })
+}
+
+fn reservation_removed(n: u8) -> Event {
+    let (owner, mac, ip) = vnic_reservation(n);
+    Event::ReservationRemoved(ReservationRemoved {
+        network_id: NETWORK,
+        subnet_id: SUBNET,
+        owner,
+        mac,
+        ip,
+        reason: ReleaseReason::VnicDown,
+        cause: EventId::from_u128(1),
+    })
+}
+
+/// The agent on its own thread.
+struct Agent {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agent {
+    fn start(log: Arc<dyn EventLog>, backend: ipam_host_agent::BackendFactory) -> Agent {
+        let mut config = HostAgentConfig::new(HOST);
+        config.heartbeat_interval_ms = 50;
+        config.port_mac = Some(port_mac());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || ipam_host_agent::run(log, config, backend, stop)
+        });
+        Agent { stop, thread }
+    }
+
+    fn with_files(log: Arc<dyn EventLog>, dir: &Path) -> Agent {
+        let dir = dir.to_owned();
+        Agent::start(log, Box::new(move |_| Box::new(FilesBackend::new(&dir))))
+    }
+
+    /// Sets `stop` and checks that the agent returns `Ok` within a second.
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.thread.is_finished() {
+            assert!(Instant::now() < deadline, "the agent did not stop within a second");
+            thread::sleep(Duration::from_millis(5));
+        }
+        if let Err(error) = self.thread.join().expect("the agent thread does not panic") {
+            panic!("the agent failed: {error:#}");
+        }
+    }
+}
+
+fn file_text(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+fn statuses(log: &dyn EventLog) -> Vec<(u64, DhcpServerState, String)> {
+    events(log, Topic::Hosts)
+        .into_iter()
+        .filter_map(|envelope| match envelope.event {
+            Event::DhcpServerStatus(status) => {
+                assert_eq!(status.host_id, HOST);
+                assert_eq!(status.network_id, NETWORK);
+                Some((status.epoch, status.state, status.detail))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn agent_serves_its_network_from_assignment_to_unassignment() {
+    let log = memory_log();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join(format!("{NETWORK}.conf"));
+    let agent = Agent::with_files(log.clone(), dir.path());
+
+    // Before the assignment: the subnet and one reservation, and another host's assignment.
+    append(&*log, activated());
+    append(&*log, reservation_added(1));
+    append(&*log, assigned(OTHER_HOST, 1));
+    wait_until("the agent heartbeats", || events(&*log, Topic::Hosts).len() >= 2);
+    assert!(!conf.exists(), "nothing is served before the assignment");
+
+    // The reservation made before the assignment is in the file as soon as the assignment arrives.
+    append(&*log, assigned(HOST, 1));
+    wait_until("the file lists the first reservation", || {
+        file_text(&conf).contains("dhcp-host=02:00:00:00:00:01,10.1.0.11\n")
+    });
+    let text = file_text(&conf);
+    assert!(text.contains("interface=br0\n"), "{text}");
+    assert!(text.contains("dhcp-option=tag:"), "{text}");
+
+    append(&*log, reservation_added(2));
+    wait_until("the file lists the second reservation", || {
+        file_text(&conf).contains("dhcp-host=02:00:00:00:00:02,10.1.0.12\n")
+    });
+
+    // The server asked for its own address, with the configured MAC, once.
+    wait_until("the port request is appended", || !events(&*log, Topic::Networks).is_empty());
+    let requests = events(&*log, Topic::Networks);
+    let [request] = &requests[..] else { panic!("one port request, not {requests:#?}") };
+    let Event::DhcpPortRequested(port) = &request.event else { panic!("{request:?}") };
+    assert_eq!((port.network_id, port.subnet_id, port.host_id, port.mac), (NETWORK, SUBNET, HOST, port_mac()));
+    assert_eq!(request.source, format!("ipam/host-agent/{HOST}"));
+    assert_eq!(request.subject.as_deref(), Some(NETWORK.to_string().as_str()));
+
+    // Heartbeats list what the host serves.
+    let serving = vec![ServedNetwork { network_id: NETWORK, epoch: 1 }];
+    wait_until("a heartbeat lists the network", || {
+        events(&*log, Topic::Hosts).iter().any(
+            |envelope| matches!(&envelope.event, Event::HostHeartbeat(h) if h.host_id == HOST && h.serving == serving),
+        )
+    });
+
+    append(&*log, reservation_removed(2));
+    wait_until("the removed reservation leaves the file", || {
+        let text = file_text(&conf);
+        text.contains("02:00:00:00:00:01") && !text.contains("02:00:00:00:00:02")
+    });
+
+    append(&*log, unassigned(1));
+    wait_until("the file is removed", || !conf.exists());
+    wait_until("the stop is reported", || statuses(&*log).iter().any(|s| s.1 == DhcpServerState::Stopped));
+    let states = statuses(&*log);
+    assert!(states.iter().all(|(epoch, _, _)| *epoch == 1), "{states:?}");
+    assert!(states.iter().any(|(_, state, _)| *state == DhcpServerState::Running), "{states:?}");
+    wait_until("heartbeats list nothing any more", || {
+        events(&*log, Topic::Hosts)
+            .iter()
+            .rev()
+            .find_map(|envelope| match &envelope.event {
+                Event::HostHeartbeat(h) => Some(h.serving.is_empty()),
+                _ => None,
+            })
+            .unwrap_or(false)
+    });
+    // Still one request: nothing was sent twice.
+    assert_eq!(events(&*log, Topic::Networks).len(), 1);
+
+    agent.stop();
+}
+
+#[test]
+fn agent_waits_for_topics_created_after_it_started() {
+    let log = Arc::new(MemoryLog::new());
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join(format!("{NETWORK}.conf"));
+    let agent = Agent::with_files(log.clone(), dir.path());
+    thread::sleep(Duration::from_millis(300)); // Let the agent find no topic for a while.
+
+    log.create_topics(&topics()).unwrap();
+    append(&*log, activated());
+    append(&*log, reservation_added(1));
+    append(&*log, assigned(HOST, 3));
+    wait_until("the file lists the reservation", || file_text(&conf).contains("dhcp-host=02:00:00:00:00:01,10.1.0.11"));
+    wait_until("the port request is appended", || !events(&*log, Topic::Networks).is_empty());
+    agent.stop();
+}
+
+#[test]
+fn a_restarted_agent_keeps_the_server_repeats_its_port_request_and_sweeps_leftovers() {
+    let log = memory_log();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join(format!("{NETWORK}.conf"));
+    append(&*log, activated());
+    append(&*log, reservation_added(1));
+    append(&*log, assigned(HOST, 1));
+
+    let agent = Agent::with_files(log.clone(), dir.path());
+    wait_until("the file is written", || conf.exists());
+    wait_until("the port request is appended", || !events(&*log, Topic::Networks).is_empty());
+    agent.stop();
+    // Stopping the agent leaves the server's configuration in place.
+    let written = file_text(&conf);
+    assert!(written.contains("dhcp-host=02:00:00:00:00:01,10.1.0.11"), "{written}");
+
+    // No allocator answered, so the new agent asks again: the same request, under the same id, so
+    // the allocator and any consumer see a repeat.
+    let agent = Agent::with_files(log.clone(), dir.path());
+    wait_until("the port request is repeated", || events(&*log, Topic::Networks).len() >= 2);
+    agent.stop();
+    let requests = events(&*log, Topic::Networks);
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[0].id, requests[1].id);
+    assert_eq!(requests[0].event, requests[1].event);
+    assert_eq!(file_text(&conf), written);
+
+    // Unassigned while no agent ran: the next agent removes what the last one left behind.
+    append(&*log, unassigned(1));
+    let agent = Agent::with_files(log.clone(), dir.path());
+    wait_until("the leftover file is removed", || !conf.exists());
+    agent.stop();
+}
+
+/// A backend whose applies fail while `broken` is set, and which records what it was asked.
+#[derive(Debug, Clone, Default)]
+struct Flaky {
+    broken: Arc<AtomicBool>,
+    applied: Arc<Mutex<Vec<usize>>>,
+}
+
+impl DhcpBackend for Flaky {
+    fn apply(&mut self, config: &ipam_core::dhcp_plan::NetworkDhcpConfig) -> Result<(), BackendError> {
+        if self.broken.load(Ordering::SeqCst) {
+            let source = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+            return Err(BackendError::Io { action: "cannot write", path: "/srv/dhcp/n.conf".into(), source });
+        }
+        self.applied.lock().unwrap().push(config.subnets.iter().map(|s| s.hosts.len()).sum());
+        Ok(())
+    }
+
+    fn stop(&mut self, _: NetworkId) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failing_backend_is_reported_and_retried_until_it_recovers() {
+    let log = memory_log();
+    let flaky = Flaky::default();
+    flaky.broken.store(true, Ordering::SeqCst);
+    let agent = Agent::start(log.clone(), {
+        let flaky = flaky.clone();
+        Box::new(move |_| Box::new(flaky.clone()))
+    });
+    append(&*log, activated());
+    append(&*log, reservation_added(1));
+    append(&*log, assigned(HOST, 1));
+    wait_until("the failure is reported", || statuses(&*log).iter().any(|s| s.1 == DhcpServerState::Failed));
+    let failed = statuses(&*log);
+    assert_eq!(failed, [(1, DhcpServerState::Failed, "cannot write `/srv/dhcp/n.conf`: disk full".to_owned())]);
+
+    flaky.broken.store(false, Ordering::SeqCst);
+    wait_until("a retry succeeds", || statuses(&*log).iter().any(|s| s.1 == DhcpServerState::Running));
+    assert_eq!(*flaky.applied.lock().unwrap(), [1]);
+    // The same failure was reported once, however often it was retried.
+    assert_eq!(statuses(&*log).iter().filter(|s| s.1 == DhcpServerState::Failed).count(), 1);
+    agent.stop();
+}
