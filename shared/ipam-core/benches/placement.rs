@@ -61,7 +61,7 @@ fn fleet() -> (Placement, Envelope, usize) {
     let attachments: Vec<Vec<HostNetwork>> = (0..HOSTS)
         .map(|_| {
             (1..=NETWORKS)
-                .filter(|_| rng.next() % ATTACH_ONE_IN == 0)
+                .filter(|_| rng.next().is_multiple_of(ATTACH_ONE_IN))
                 .map(|network| HostNetwork {
                     network_id: NetworkId::from_u128(u128::from(network)),
                     interface: Clone::clone(&interface),

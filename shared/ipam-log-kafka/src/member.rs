@@ -532,11 +532,9 @@ impl KafkaMember {
 
     fn rewind_if_needed(&mut self) -> Result<(), LogError> {
         let needed = std::mem::take(&mut self.lock().needs_rewind);
-        if needed {
-            if let Err(error) = self.rewind() {
-                self.lock().needs_rewind = true;
-                return Err(error);
-            }
+        if needed && let Err(error) = self.rewind() {
+            self.lock().needs_rewind = true;
+            return Err(error);
         }
         Ok(())
     }
@@ -700,10 +698,10 @@ impl Member for KafkaMember {
                 }
                 Err(error) => {
                     // Like the local backends: a step that cannot be added discards the batch.
-                    if state.check().is_ok() {
-                        if let Err(abort) = state.abort_batch() {
-                            tracing::warn!(error = %abort, "Kafka member could not abort after a failed step.");
-                        }
+                    if state.check().is_ok()
+                        && let Err(abort) = state.abort_batch()
+                    {
+                        tracing::warn!(error = %abort, "Kafka member could not abort after a failed step.");
                     }
                     Err(error)
                 }
@@ -751,10 +749,11 @@ impl Drop for KafkaMember {
     fn drop(&mut self) {
         {
             let mut state = self.lock();
-            if state.health == Health::Healthy && state.batch.is_some() {
-                if let Err(error) = state.abort_batch() {
-                    tracing::warn!(error = %error, "Kafka member could not abort its open batch when dropped.");
-                }
+            if state.health == Health::Healthy
+                && state.batch.is_some()
+                && let Err(error) = state.abort_batch()
+            {
+                tracing::warn!(error = %error, "Kafka member could not abort its open batch when dropped.");
             }
             state.closing = true;
         }
