@@ -578,6 +578,20 @@ impl Allocator {
         self.networks.values()
     }
 
+    /// One allocator per network, for a runtime that gives each network its own actor.
+    pub fn split(self) -> Vec<Allocator> {
+        self.networks
+            .into_iter()
+            .map(|(network_id, allocator)| Allocator { networks: BTreeMap::from([(network_id, allocator)]) })
+            .collect()
+    }
+
+    /// The union of allocators of distinct networks (the inverse of [`Allocator::split`]); a network
+    /// found twice keeps its last copy.
+    pub fn merge(parts: impl IntoIterator<Item = Allocator>) -> Allocator {
+        Allocator { networks: parts.into_iter().flat_map(|part| part.networks).collect() }
+    }
+
     /// The canonical bytes of the state: equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
         let snapshot =
@@ -595,6 +609,29 @@ impl Allocator {
         }
         Ok(Allocator { networks })
     }
+}
+
+/// What placement must hear of an allocator step: the network-level requests the allocator accepted
+/// (IPAM enabled, servers count, removal) and the subnets it activated or deactivated.
+///
+/// Placement reads one single-partition topic (`ipam.hosts`), so that its inputs have one total
+/// order that a replay sees again; the allocator's runtime forwards these facts there, in the same
+/// atomic step as the allocator's own outputs.
+pub fn placement_facts(input: &Event, outputs: &[Event]) -> Vec<Event> {
+    let rejected = outputs.iter().any(|output| matches!(output, Event::RequestRejected(_)));
+    let forwarded_input = match input {
+        Event::NetworkUpserted(_) | Event::NetworkRemoved(_) if !rejected => Some(input.clone()),
+        _ => None,
+    };
+    forwarded_input
+        .into_iter()
+        .chain(
+            outputs
+                .iter()
+                .filter(|output| matches!(output, Event::SubnetActivated(_) | Event::SubnetDeactivated(_)))
+                .cloned(),
+        )
+        .collect()
 }
 
 #[cfg(test)]

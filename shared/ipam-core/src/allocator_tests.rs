@@ -646,3 +646,64 @@ fn rejects_wrong_field_type_as_invalid_request() {
     "#]],
     );
 }
+
+// ---- What placement hears -------------------------------------------------------------------
+
+fn facts(history: Vec<Event>, input: Event) -> String {
+    let mut allocator = Allocator::new();
+    for (n, event) in history.into_iter().enumerate() {
+        allocator.apply(&envelope(n as u128, event));
+    }
+    let outputs = allocator.apply(&envelope(999, input.clone()));
+    render(&placement_facts(&input, &outputs))
+}
+
+#[test]
+fn placement_hears_accepted_network_settings_and_subnet_activation() {
+    expect![[r#"
+        network.upserted {ipam_enabled:true,name:ovirtmgmt,network_id:#1}
+    "#]]
+    .assert_eq(&facts(vec![], network(true)));
+    expect![[r#"
+        subnet.activated {allocation_pools:[{end:10.0.0.6,start:10.0.0.1}],cidr:10.0.0.0/29,dns_servers:[192.0.2.53],gateway:10.0.0.1,network_id:#1,ntp_servers:[],subnet_id:#11}
+    "#]].assert_eq(&facts(vec![network(true)], add(S1, "10.0.0.0/29", "10.0.0.1")));
+    let removed = Event::NetworkRemoved(NetworkRemoved { network_id: NET });
+    expect![[r#"
+        network.removed {network_id:#1}
+        subnet.deactivated {network_id:#1,subnet_id:#11}
+    "#]]
+    .assert_eq(&facts(small_network(), removed));
+}
+
+#[test]
+fn placement_hears_nothing_of_refusals_or_reservations() {
+    let blank = Event::NetworkUpserted(NetworkUpserted {
+        network_id: NET,
+        name: String::new(),
+        ipam_enabled: true,
+        servers_count: None,
+    });
+    expect![[""]].assert_eq(&facts(vec![], blank));
+    expect![[""]].assert_eq(&facts(small_network(), start(1)));
+}
+
+#[test]
+fn split_and_merge_are_inverse() {
+    let mut allocator = Allocator::new();
+    let other = NetworkId::from_u128(2);
+    for (n, event) in small_network().into_iter().chain([start(1)]).enumerate() {
+        allocator.apply(&envelope(n as u128, event));
+    }
+    allocator.apply(&envelope(
+        50,
+        Event::NetworkUpserted(NetworkUpserted {
+            network_id: other,
+            name: "other".to_owned(),
+            ipam_enabled: true,
+            servers_count: None,
+        }),
+    ));
+    let parts = allocator.clone().split();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(Allocator::merge(parts), allocator);
+}

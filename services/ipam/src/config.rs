@@ -1,0 +1,183 @@
+//! The configuration of every `ipam` command, in one typed struct.
+//!
+//! Precedence, lowest first: built-in defaults → the TOML file given by `--config` →
+//! `IPAM_*` environment variables → command-line flags. clap reads a flag or, when it is absent,
+//! its environment variable; [`Config::apply`] lays whatever it found over the file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ipam_core::HostId;
+use serde::Deserialize;
+
+/// Everything the services need to know. Unknown keys in the file are errors.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Where `ipam up` keeps its embedded log and snapshots.
+    pub data_dir: PathBuf,
+    /// Partitions of the network-keyed topics (fixed once topics exist).
+    pub partitions: u32,
+    /// Prefixed to every topic name, so deployments can share a Kafka cluster.
+    pub topic_prefix: String,
+    /// This instance's name: part of its transactional ids, so it must be stable across restarts.
+    pub instance: String,
+    /// Steps per transaction at most, and the longest a batch stays open.
+    pub batch_max_steps: usize,
+    pub batch_max_delay_ms: u64,
+    /// A snapshot after this many input records, or this many seconds, whichever comes first.
+    pub snapshot_every_records: u64,
+    pub snapshot_every_secs: u64,
+    /// Placement's clock; 0 turns it off (tests feed ticks themselves).
+    pub tick_interval_ms: u64,
+    /// A host whose heartbeat is older than this at a tick loses its DHCP servers.
+    pub heartbeat_timeout_ms: u64,
+    /// DHCP servers per network when the engine does not say.
+    pub default_servers_count: u8,
+    /// `fsync` also survives power loss, at the cost of an fsync per batch; the default survives a
+    /// crash of the process at any point.
+    pub fsync: bool,
+    pub kafka: KafkaConfig,
+    /// Host agents `ipam up` runs in-process, each writing dnsmasq files into its own directory.
+    pub host_agents: Vec<HostAgentEntry>,
+}
+
+/// Kafka settings for the services that run alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: Option<String>,
+    /// Raw librdkafka settings (SASL, TLS, ...); one that clashes with a typed setting is an error.
+    pub passthrough: BTreeMap<String, String>,
+}
+
+/// One in-process host agent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HostAgentEntry {
+    pub host_id: HostId,
+    pub files_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("./ipam-data"),
+            // Eight partitions let up to eight allocator instances share the load.
+            partitions: 8,
+            topic_prefix: String::new(),
+            instance: "ipam-0".to_owned(),
+            // The log's own defaults: a few milliseconds of latency for many steps per commit.
+            batch_max_steps: 500,
+            batch_max_delay_ms: 5,
+            snapshot_every_records: 50_000,
+            snapshot_every_secs: 60,
+            tick_interval_ms: 1000,
+            // Five missed 3-second heartbeats.
+            heartbeat_timeout_ms: 15_000,
+            default_servers_count: 2,
+            fsync: false,
+            kafka: KafkaConfig::default(),
+            host_agents: Vec::new(),
+        }
+    }
+}
+
+/// Values from flags or `IPAM_*` variables; `None` leaves the file's value.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// A TOML configuration file.
+    #[arg(long, env = "IPAM_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "IPAM_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "IPAM_PARTITIONS", global = true)]
+    pub partitions: Option<u32>,
+    #[arg(long, env = "IPAM_TOPIC_PREFIX", global = true)]
+    pub topic_prefix: Option<String>,
+    #[arg(long, env = "IPAM_INSTANCE", global = true)]
+    pub instance: Option<String>,
+    #[arg(long, env = "IPAM_TICK_INTERVAL_MS", global = true)]
+    pub tick_interval_ms: Option<u64>,
+    #[arg(long, env = "IPAM_HEARTBEAT_TIMEOUT_MS", global = true)]
+    pub heartbeat_timeout_ms: Option<u64>,
+    #[arg(long, env = "IPAM_SNAPSHOT_EVERY_RECORDS", global = true)]
+    pub snapshot_every_records: Option<u64>,
+    #[arg(long, env = "IPAM_SNAPSHOT_EVERY_SECS", global = true)]
+    pub snapshot_every_secs: Option<u64>,
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(long = "kafka", env = "IPAM_KAFKA", global = true)]
+    pub kafka: Option<String>,
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the overrides.
+    pub fn load(overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut config = match &overrides.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *field = value.clone();
+            }
+        }
+        set(&mut self.data_dir, &o.data_dir);
+        set(&mut self.partitions, &o.partitions);
+        set(&mut self.topic_prefix, &o.topic_prefix);
+        set(&mut self.instance, &o.instance);
+        set(&mut self.tick_interval_ms, &o.tick_interval_ms);
+        set(&mut self.heartbeat_timeout_ms, &o.heartbeat_timeout_ms);
+        set(&mut self.snapshot_every_records, &o.snapshot_every_records);
+        set(&mut self.snapshot_every_secs, &o.snapshot_every_secs);
+        if o.kafka.is_some() {
+            self.kafka.bootstrap_servers = o.kafka.clone();
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.partitions >= 1, "partitions must be at least 1");
+        anyhow::ensure!(self.batch_max_steps >= 1, "batch-max-steps must be at least 1");
+        anyhow::ensure!(!self.instance.is_empty(), "instance must not be empty");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_variables_win_over_the_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ipam.toml");
+        std::fs::write(&file, "partitions = 4\ninstance = \"from-file\"\n[kafka]\nbootstrap-servers = \"file:9092\"\n")
+            .unwrap();
+        let overrides =
+            Overrides { config: Some(file), instance: Some("from-flag".to_owned()), ..Overrides::default() };
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.partitions, 4, "the file beats the default");
+        assert_eq!(config.instance, "from-flag", "a flag beats the file");
+        assert_eq!(config.kafka.bootstrap_servers.as_deref(), Some("file:9092"));
+        assert_eq!(config.tick_interval_ms, 1000, "untouched keys keep their defaults");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ipam.toml");
+        std::fs::write(&file, "partitons = 4\n").unwrap();
+        let error = Config::load(&Overrides { config: Some(file), ..Overrides::default() }).unwrap_err();
+        assert!(format!("{error:#}").contains("partitons"), "{error:#}");
+    }
+}

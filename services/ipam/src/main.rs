@@ -1,0 +1,109 @@
+//! The `ipam` binary. `ipam up` runs everything in one process on the embedded log; `ipam
+//! allocator`, `ipam placement` and `ipam host-agent` each run one service against Kafka. See
+//! `config.rs` for the configuration and its precedence.
+
+mod config;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ipam_core::HostId;
+use ipam_log::EventLog;
+use ipam_log::sqlite::{Durability, SqliteLog};
+use ipam_log_kafka::{KafkaLog, KafkaOptions};
+
+use crate::config::{Config, HostAgentEntry, Overrides};
+use crate::run::Components;
+
+#[derive(Debug, Parser)]
+#[command(name = "ipam", version, about = "IP address management for VM networks")]
+struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process on the embedded log (in --data-dir, ./ipam-data by default).
+    Up {
+        /// Also run a host agent in-process: HOST_ID=DIR writes that host's dnsmasq files into DIR.
+        #[arg(long = "host-agent", value_name = "HOST_ID=DIR")]
+        host_agents: Vec<String>,
+    },
+    /// Run the allocator against Kafka; instances share the partitions through the consumer group.
+    Allocator,
+    /// Run DHCP-server placement (and its clock) against Kafka.
+    Placement,
+    /// Run the host agent of one host against Kafka, writing dnsmasq files into --files-dir.
+    HostAgent {
+        #[arg(long, env = "IPAM_HOST_ID")]
+        host_id: HostId,
+        #[arg(long, env = "IPAM_FILES_DIR")]
+        files_dir: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IPAM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(error) = real_main() {
+        eprintln!("ipam: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(&cli.overrides)?;
+    match cli.command {
+        Command::Up { host_agents } => {
+            for entry in host_agents {
+                let (host, dir) = entry.split_once('=').context("--host-agent takes HOST_ID=DIR")?;
+                let host_id = host.parse().with_context(|| format!("`{host}` is not a host id"))?;
+                config.host_agents.push(HostAgentEntry { host_id, files_dir: PathBuf::from(dir) });
+            }
+            let durability = if config.fsync { Durability::Fsync } else { Durability::ProcessCrash };
+            let log = SqliteLog::open(&config.data_dir.join("log"), durability)
+                .with_context(|| format!("opening the embedded log in {}", config.data_dir.display()))?;
+            let components = Components {
+                allocator: true,
+                placement: true,
+                host_agents: config.host_agents.iter().map(|e| (e.host_id, e.files_dir.clone())).collect(),
+            };
+            run::run(Arc::new(log), &config, components)
+        }
+        Command::Allocator => {
+            run::run(kafka(&config)?, &config, Components { allocator: true, ..Components::default() })
+        }
+        Command::Placement => {
+            run::run(kafka(&config)?, &config, Components { placement: true, ..Components::default() })
+        }
+        Command::HostAgent { host_id, files_dir } => run::run(
+            kafka(&config)?,
+            &config,
+            Components { host_agents: vec![(host_id, files_dir)], ..Components::default() },
+        ),
+    }
+}
+
+fn kafka(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
+    let bootstrap = config.kafka.bootstrap_servers.clone().context(
+        "this command runs against Kafka: give --kafka BROKERS (or IPAM_KAFKA, or [kafka] bootstrap-servers)",
+    )?;
+    let mut options = KafkaOptions::new(&bootstrap);
+    options.client_id = config.instance.clone();
+    options.passthrough = config.kafka.passthrough.clone();
+    options.validate()?;
+    Ok(Arc::new(KafkaLog::connect(options).with_context(|| format!("connecting to Kafka at {bootstrap}"))?))
+}

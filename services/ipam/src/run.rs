@@ -1,0 +1,147 @@
+//! Starts the chosen components on one log, waits for SIGTERM or SIGINT, and stops them cleanly:
+//! each driver commits its open batch and snapshots before the process exits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use ipam_core::placement::PlacementConfig;
+use ipam_core::{HostId, Topic};
+use ipam_host_agent::{FilesBackend, HostAgentConfig};
+use ipam_log::{BatchPolicy, EventLog};
+use ipam_runtime::allocator::AllocatorMachines;
+use ipam_runtime::placement::PlacementMachines;
+use ipam_runtime::{Driver, DriverConfig, Readiness, SnapshotStore, Topics};
+
+use crate::config::Config;
+
+/// What one process runs.
+#[derive(Debug, Default)]
+pub struct Components {
+    pub allocator: bool,
+    pub placement: bool,
+    pub host_agents: Vec<(HostId, PathBuf)>,
+}
+
+pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
+    }
+    let topics = Topics::new(&config.topic_prefix, config.partitions);
+    log.create_topics(&topics.specs()).context("creating the topics")?;
+    let snapshots = SnapshotStore::new(config.data_dir.join("snapshots"));
+    let readiness = Arc::new(Readiness::default());
+    let batch =
+        BatchPolicy { max_steps: config.batch_max_steps, max_delay: Duration::from_millis(config.batch_max_delay_ms) };
+    let driver_config = |name: &str, topic: Topic| DriverConfig {
+        name: name.to_owned(),
+        group: format!("{}ipam-{name}", config.topic_prefix),
+        transactional_id: format!("{}ipam-{name}-{}", config.topic_prefix, config.instance),
+        input_topic: topics.name(topic),
+        batch,
+        snapshot_every_records: config.snapshot_every_records,
+        snapshot_every: Duration::from_secs(config.snapshot_every_secs),
+    };
+
+    let system = actix::System::new();
+    system.block_on(async {
+        let arbiter = actix::Arbiter::current();
+        let mut threads: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+        let mut drivers = 0;
+        if components.allocator {
+            drivers += 1;
+            let machines = AllocatorMachines::new(arbiter.clone());
+            let driver = Driver::new(
+                Arc::clone(&log),
+                topics.clone(),
+                driver_config("allocator", Topic::Networks),
+                machines,
+                snapshots.clone(),
+            )?;
+            let (driver_stop, readiness) = (Arc::clone(&stop), Arc::clone(&readiness));
+            threads.push(("allocator".to_owned(), spawn("allocator", move || driver.run(&driver_stop, &readiness))?));
+        }
+        if components.placement {
+            drivers += 1;
+            let placement_config = PlacementConfig {
+                heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+                default_servers_count: config.default_servers_count,
+            };
+            let machines = PlacementMachines::new(arbiter.clone(), placement_config);
+            let driver = Driver::new(
+                Arc::clone(&log),
+                topics.clone(),
+                driver_config("placement", Topic::Hosts),
+                machines,
+                snapshots.clone(),
+            )?;
+            let (driver_stop, readiness) = (Arc::clone(&stop), Arc::clone(&readiness));
+            threads.push(("placement".to_owned(), spawn("placement", move || driver.run(&driver_stop, &readiness))?));
+            if config.tick_interval_ms > 0 {
+                let (log, topics, clock_stop) = (Arc::clone(&log), topics.clone(), Arc::clone(&stop));
+                let (instance, interval) = (config.instance.clone(), Duration::from_millis(config.tick_interval_ms));
+                threads.push((
+                    "clock".to_owned(),
+                    spawn("clock", move || {
+                        ipam_runtime::clock::run(log, topics, &instance, interval, &clock_stop);
+                        Ok(())
+                    })?,
+                ));
+            }
+        }
+        for (host_id, dir) in &components.host_agents {
+            let agent_config = HostAgentConfig::new(*host_id);
+            let (log, agent_stop, dir) = (Arc::clone(&log), Arc::clone(&stop), dir.clone());
+            let name = format!("host-agent-{host_id}");
+            threads.push((
+                name.clone(),
+                spawn(&name, move || {
+                    let factory = Box::new(move |_| {
+                        Box::new(FilesBackend::new(dir.clone())) as Box<dyn ipam_host_agent::DhcpBackend>
+                    });
+                    ipam_host_agent::run(log, agent_config, factory, agent_stop)
+                })?,
+            ));
+        }
+
+        // Wait for a signal or a component that ends by itself (an error), keeping this thread's
+        // actors answering the drivers meanwhile.
+        let mut announced = false;
+        while !stop.load(Ordering::SeqCst) && threads.iter().all(|(_, thread)| !thread.is_finished()) {
+            if !announced && readiness.ready_count() == drivers {
+                announced = true;
+                tracing::info!(partitions = config.partitions, "ipam is ready.");
+            }
+            actix::clock::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        while threads.iter().any(|(_, thread)| !thread.is_finished()) {
+            actix::clock::sleep(Duration::from_millis(20)).await;
+        }
+        let mut failure = None;
+        for (name, thread) in threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(component = %name, error = format!("{error:#}"), "Component failed.");
+                    failure.get_or_insert(error.context(format!("{name} failed")));
+                }
+                Err(_) => {
+                    failure.get_or_insert(anyhow!("{name} panicked"));
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    })
+}
+
+fn spawn(
+    name: &str,
+    body: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(body).with_context(|| format!("starting {name}"))
+}

@@ -1,0 +1,25 @@
+//! The runtime: drives the core's pure state machines over the event log.
+//!
+//! A [`driver::Driver`] is one member of a consumer group on one blocking thread. It polls input
+//! records, turns each into an event ([`ipam_log::dead_letter::ingest`]), hands it to the actor that
+//! owns the event's state (one actix actor per network for the allocator, one for placement), and
+//! performs the atomic step: the outputs and the input position together. When it gains a
+//! partition, it first rebuilds that partition's state from the latest snapshot plus the tail of
+//! the input log up to the group's committed position, so that state and log always agree. It takes
+//! snapshots every N records or T seconds, right after a commit, so a snapshot never runs ahead of
+//! what the log holds.
+//!
+//! Blocking log calls happen on driver threads only; actors only compute. `stop` makes a driver
+//! commit its open batch, snapshot, and return.
+
+pub mod actors;
+pub mod allocator;
+pub mod clock;
+pub mod driver;
+pub mod placement;
+pub mod snapshot;
+pub mod topics;
+
+pub use driver::{Driver, DriverConfig, Readiness};
+pub use snapshot::SnapshotStore;
+pub use topics::Topics;
