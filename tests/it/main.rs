@@ -5,6 +5,7 @@
 
 mod log;
 mod properties;
+mod recovery;
 mod samples;
 mod schemas;
 mod tidy;
