@@ -104,6 +104,10 @@ fn kafka(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
     let mut options = KafkaOptions::new(&bootstrap);
     options.client_id = config.instance.clone();
     options.passthrough = config.kafka.passthrough.clone();
+    if let Some(session_timeout_ms) = config.kafka.session_timeout_ms {
+        options.session_timeout_ms = session_timeout_ms;
+    }
+    options.transaction_timeout_ms = config.kafka.transaction_timeout_ms.unwrap_or(10_000);
     options.validate()?;
     Ok(Arc::new(KafkaLog::connect(options).with_context(|| format!("connecting to Kafka at {bootstrap}"))?))
 }

@@ -124,6 +124,11 @@ impl<M: Machines> Driver<M> {
                 self.machines.forget(partition);
                 self.next_offsets.remove(partition);
             }
+            if !polled.assigned.is_empty() {
+                // A rebuild can take a while (on Kafka, until a dead member's transaction times
+                // out); an open batch must not outlive its transaction timeout meanwhile.
+                self.member.commit().context("committing before a rebuild")?;
+            }
             for partition in &polled.assigned {
                 self.rebuild(partition)?;
             }
@@ -191,8 +196,7 @@ impl<M: Machines> Driver<M> {
     /// the group's committed position, whose outputs are already in the log and are dropped.
     fn rebuild(&mut self, partition: &TopicPartition) -> anyhow::Result<()> {
         let started = Instant::now();
-        let committed =
-            self.log.committed_position(&self.config.group, &partition.topic, partition.partition)?.unwrap_or(0);
+        let committed = self.committed_position(partition)?;
         let snapshot = self.snapshots.load(&self.snapshot_name(partition)).filter(|(offset, _)| *offset <= committed);
         let mut from = snapshot.as_ref().map_or(0, |(offset, _)| *offset);
         self.machines
@@ -215,6 +219,24 @@ impl<M: Machines> Driver<M> {
                        snapshot_offset = snapshot.as_ref().map(|(offset, _)| *offset), replayed,
                        elapsed_ms = started.elapsed().as_millis() as u64, "Rebuilt partition state.");
         Ok(())
+    }
+
+    /// The group's committed position, waiting out transient failures: right after another member
+    /// died, Kafka answers only once that member's open transaction is aborted (after the
+    /// transaction timeout), since the position is not stable before.
+    fn committed_position(&self, partition: &TopicPartition) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            match self.log.committed_position(&self.config.group, &partition.topic, partition.partition) {
+                Ok(position) => return Ok(position.unwrap_or(0)),
+                Err(ipam_log::LogError::Storage(error)) if Instant::now() < deadline => {
+                    tracing::warn!(driver = %self.config.name, topic = %partition.topic, partition = partition.partition,
+                                   error = %error, "Committed position not available yet; retrying.");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     fn take_snapshots(&mut self) -> anyhow::Result<()> {
