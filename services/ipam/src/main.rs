@@ -2,6 +2,7 @@
 //! allocator`, `ipam placement` and `ipam host-agent` each run one service against Kafka. See
 //! `config.rs` for the configuration and its precedence.
 
+mod bench;
 mod config;
 mod run;
 
@@ -39,6 +40,12 @@ enum Command {
     Allocator,
     /// Run DHCP-server placement (and its clock) against Kafka.
     Placement,
+    /// Measure `ipam up` end to end on this machine: throughput, and readiness after a SIGKILL.
+    Bench {
+        /// How many vNIC started events (and so live reservations) to play.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+    },
     /// Run the host agent of one host against Kafka, writing dnsmasq files into --files-dir.
     HostAgent {
         #[arg(long, env = "IPAM_HOST_ID")]
@@ -89,6 +96,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Placement => {
             run::run(kafka(&config)?, &config, Components { placement: true, ..Components::default() })
         }
+        Command::Bench { events } => bench::run(events),
         Command::HostAgent { host_id, files_dir } => run::run(
             kafka(&config)?,
             &config,

@@ -23,3 +23,16 @@ pub mod topics;
 pub use driver::{Driver, DriverConfig, Readiness};
 pub use snapshot::SnapshotStore;
 pub use topics::Topics;
+
+/// How many records of `topic` the consumer group `group` has not consumed yet, over all
+/// partitions. On Kafka a transaction's commit marker counts as one record at the end of a
+/// partition it wrote, so a topic written in transactions never reaches zero there.
+pub fn lag(log: &dyn ipam_log::EventLog, group: &str, topic: &str) -> Result<u64, ipam_log::LogError> {
+    let mut lag = 0;
+    for partition in 0..log.partition_count(topic)? {
+        let end = log.end_offset(topic, partition)?;
+        let committed = log.committed_position(group, topic, partition)?.unwrap_or(0);
+        lag += end.saturating_sub(committed);
+    }
+    Ok(lag)
+}
