@@ -530,10 +530,14 @@ fn assert_same_states(expected: &BTreeMap<String, String>, actual: &BTreeMap<Str
     }
 }
 
+/// Every output record, by (topic, partition).
+type Outputs = BTreeMap<(String, u32), Vec<String>>;
+/// Final states, by snapshot name.
+type States = BTreeMap<String, String>;
+
 /// The reference run (never killed) is shared by the tests: its outputs and final snapshots.
-fn reference() -> &'static (BTreeMap<(String, u32), Vec<String>>, BTreeMap<String, String>) {
-    static REFERENCE: std::sync::OnceLock<(BTreeMap<(String, u32), Vec<String>>, BTreeMap<String, String>)> =
-        std::sync::OnceLock::new();
+fn reference() -> &'static (Outputs, States) {
+    static REFERENCE: std::sync::OnceLock<(Outputs, States)> = std::sync::OnceLock::new();
     REFERENCE.get_or_init(|| {
         let work = workload(7);
         let mut embedded = Embedded::new();
