@@ -1,6 +1,6 @@
-//! The Kafka backend against a real broker: the semantics every `EventLog` backend keeps (the same
-//! checks as the conformance suite of `tests/it/log.rs`), plus what only Kafka has: consumer-group
-//! rebalancing between members, fencing through `init_transactions`, and option clashes.
+//! What only the Kafka backend has, against a real broker: consumer-group rebalancing between
+//! members, batches committed by count or age in transactions, and option clashes. The semantics
+//! every backend keeps are checked by the conformance suite in `tests/it/log.rs`, Kafka included.
 //!
 //! Start a broker with `scripts/kafka-broker.sh start` and export the address it prints as
 //! `IPAM_KAFKA_BOOTSTRAP`. Every test uses its own topics, groups and transactional ids, so tests
@@ -131,60 +131,6 @@ fn values(records: &[Record]) -> Vec<String> {
 }
 
 #[test]
-fn records_of_one_key_stay_in_its_partition_in_order() {
-    let log = connect();
-    let topic = topic(&log, "ordered", 4);
-    let mut sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for batch in 0..3 {
-        let records: Vec<OutRecord> = (0..40)
-            .map(|i| {
-                let n = batch * 40 + i;
-                let key = format!("network-{}", n % 6);
-                sent.entry(key.clone()).or_default().push(n.to_string());
-                out(&topic, &key, &n.to_string())
-            })
-            .collect();
-        let appended = log.append(&records).unwrap();
-        assert_eq!(appended.len(), records.len());
-        let mut last_offset: BTreeMap<u32, u64> = BTreeMap::new();
-        for (record, at) in records.iter().zip(&appended) {
-            assert_eq!(at.partition, partition::for_key(record.key.as_bytes(), 4), "the key decides the partition");
-            if let Some(previous) = last_offset.insert(at.partition, at.offset) {
-                assert!(at.offset > previous, "offsets grow within partition {}", at.partition);
-            }
-        }
-    }
-    let mut received: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for p in 0..4 {
-        let end = log.end_offset(&topic, p).unwrap();
-        let records = log.read(&topic, p, 0, 1000, Duration::from_millis(500)).unwrap();
-        assert!(records.windows(2).all(|w| w[0].offset < w[1].offset), "offsets grow within a partition");
-        if let Some(last) = records.last() {
-            assert!(end > last.offset, "end offset {end} is past the last record {}", last.offset);
-            // Committed records come back without waiting for new ones.
-            let tail = log.read(&topic, p, records[1].offset, 1000, Duration::ZERO).unwrap();
-            assert_eq!(tail, records[1..], "reading from an offset returns the rest");
-            let two = log.read(&topic, p, 0, 2, Duration::ZERO).unwrap();
-            assert_eq!(two, records[..2], "`max` bounds a read");
-        }
-        for record in records {
-            assert_eq!(record.partition, p);
-            assert_eq!(partition::for_key(record.key.as_bytes(), 4), p, "the key decides the partition");
-            received.entry(record.key).or_default().push(String::from_utf8(record.value).unwrap());
-        }
-    }
-    assert_eq!(received, sent, "every key's records come back in the order they were appended");
-    let end = log.end_offset(&topic, 0).unwrap();
-    let started = Instant::now();
-    assert!(log.read(&topic, 0, end, 10, Duration::from_millis(300)).unwrap().is_empty(), "nothing past the end");
-    assert!(started.elapsed() >= Duration::from_millis(300), "a read at the end waits for new records");
-
-    log.create_topics(&[TopicSpec { name: topic.clone(), partitions: 4 }]).unwrap();
-    let mismatch = log.create_topics(&[TopicSpec { name: topic.clone(), partitions: 8 }]);
-    assert!(matches!(&mismatch, Err(LogError::PartitionCountMismatch { existing: 4, wanted: 8, .. })), "{mismatch:?}");
-}
-
-#[test]
 fn unknown_topics_and_partitions_are_errors() {
     let log = connect();
     let missing = unique("missing");
@@ -214,64 +160,6 @@ fn a_pass_through_key_that_clashes_is_a_config_error() {
 }
 
 #[test]
-fn committed_positions_are_where_the_next_member_resumes() {
-    let log = connect();
-    let input = topic(&log, "input", 2);
-    let group = unique("group");
-    let txn = unique("txn");
-    log.append(&(0..10).map(|i| out(&input, &format!("k{i}"), &format!("first-{i}"))).collect::<Vec<_>>()).unwrap();
-    let mut first = member(&log, &group, &[&input], &txn, 1000);
-    let records = poll_records(&mut *first, 10);
-    let positions: Vec<Position> = records.iter().map(next).collect();
-    first.step(&[], &positions).unwrap();
-    assert_eq!(first.pending_steps(), 1);
-    first.commit().unwrap();
-    assert_eq!(first.pending_steps(), 0);
-    for p in 0..2 {
-        let last = records.iter().filter(|r| r.partition == p).map(|r| r.offset).max();
-        assert_eq!(log.committed_position(&group, &input, p).unwrap(), last.map(|o| o + 1), "partition {p}");
-    }
-    drop(first);
-    log.append(&(0..5).map(|i| out(&input, &format!("k{i}"), &format!("second-{i}"))).collect::<Vec<_>>()).unwrap();
-    let mut resumed = member(&log, &group, &[&input], &txn, 1000);
-    let records = poll_records(&mut *resumed, 5);
-    assert!(records.iter().all(|r| r.value.starts_with(b"second")), "resumed at the committed positions");
-}
-
-#[test]
-fn a_step_shows_its_outputs_and_positions_together_when_it_commits() {
-    let log = connect();
-    let input = topic(&log, "input", 1);
-    let output = topic(&log, "output", 2);
-    let group = unique("group");
-    log.append(&(0..3).map(|i| out(&input, "k", &i.to_string())).collect::<Vec<_>>()).unwrap();
-    let mut member = member(&log, &group, &[&input], &unique("txn"), 100);
-    for record in poll_records(&mut *member, 3) {
-        let value = format!("out-{}", String::from_utf8_lossy(&record.value));
-        member.step(&[out(&output, &record.key, &value)], &[next(&record)]).unwrap();
-    }
-    assert_eq!(member.pending_steps(), 3);
-    assert!(read_all(&log, &output).is_empty(), "outputs of an open batch are invisible");
-    let target = partition::for_key(b"k", 2);
-    assert_eq!(log.end_offset(&output, target).unwrap(), 0, "the end offset stops before an open transaction");
-    assert_eq!(log.committed_position(&group, &input, 0).unwrap(), None);
-    member.commit().unwrap();
-    let outputs = read_all(&log, &output);
-    assert_eq!(values(&outputs), ["out-0", "out-1", "out-2"]);
-    assert!(outputs.iter().all(|r| r.partition == target), "outputs go to the partition of their key");
-    let end = log.end_offset(&input, 0).unwrap();
-    let committed = log.committed_position(&group, &input, 0).unwrap().unwrap();
-    assert_eq!(committed, 3, "the position is past the last input");
-    assert!(committed <= end);
-    let end = log.end_offset(&output, target).unwrap();
-    assert_eq!(end, outputs[2].offset + 2, "the end offset covers the outputs and the commit marker after them");
-    assert!(
-        log.read(&output, target, outputs[2].offset + 1, 10, Duration::ZERO).unwrap().is_empty(),
-        "a marker is no record"
-    );
-}
-
-#[test]
 fn a_batch_commits_after_max_steps_or_max_delay() {
     let log = connect();
     let input = topic(&log, "input", 1);
@@ -298,57 +186,6 @@ fn a_batch_commits_after_max_steps_or_max_delay() {
         member.poll(10, Duration::from_millis(100)).unwrap();
     }
     assert_eq!(values(&read_all(&log, &output)), ["a", "b", "c"], "poll committed the overdue batch");
-}
-
-#[test]
-fn an_aborted_step_leaves_nothing_and_its_inputs_come_again() {
-    let log = connect();
-    let input = topic(&log, "input", 1);
-    let output = topic(&log, "output", 1);
-    let group = unique("group");
-    log.append(&(0..3).map(|i| out(&input, "k", &i.to_string())).collect::<Vec<_>>()).unwrap();
-    let mut member = member(&log, &group, &[&input], &unique("txn"), 100);
-    let records = poll_records(&mut *member, 3);
-    member.step(&[out(&output, "k", "doomed")], &[next(&records[2])]).unwrap();
-    await_written(&output, 0, 1);
-    member.abort().unwrap();
-    assert_eq!(member.pending_steps(), 0);
-    assert!(read_all(&log, &output).is_empty(), "aborted outputs are invisible");
-    assert!(log.read(&output, 0, 0, 10, Duration::from_millis(200)).unwrap().is_empty());
-    assert_eq!(log.committed_position(&group, &input, 0).unwrap(), None, "positions unchanged");
-    let again = poll_records(&mut *member, 3);
-    assert_eq!(values(&again), values(&records), "the inputs come again after an abort");
-    member.step(&[out(&output, "k", "kept")], &[next(&again[2])]).unwrap();
-    member.commit().unwrap();
-    let kept = read_all(&log, &output);
-    assert_eq!(values(&kept), ["kept"]);
-    assert_eq!(kept[0].offset, 2, "the aborted record and the abort marker keep their offsets");
-}
-
-#[test]
-fn a_zombie_member_is_fenced_and_its_outputs_never_appear() {
-    let log = connect();
-    let input = topic(&log, "input", 1);
-    let output = topic(&log, "output", 1);
-    let group = unique("group");
-    let txn = unique("txn");
-    log.append(&[out(&input, "k", "in")]).unwrap();
-    let mut zombie = member(&log, &group, &[&input], &txn, 100);
-    let records = poll_records(&mut *zombie, 1);
-    zombie.step(&[out(&output, "k", "from the zombie")], &[next(&records[0])]).unwrap();
-    await_written(&output, 0, 1);
-    let mut successor = member(&log, &group, &[&input], &txn, 100);
-    let fenced = zombie.commit();
-    assert!(matches!(&fenced, Err(LogError::Fenced(id)) if *id == txn), "the older member must be fenced: {fenced:?}");
-    assert!(matches!(zombie.step(&[], &[]), Err(LogError::Fenced(_))), "and stay fenced");
-    assert!(matches!(zombie.poll(10, Duration::ZERO), Err(LogError::Fenced(_))));
-    assert!(matches!(zombie.abort(), Err(LogError::Fenced(_))));
-    assert!(read_all(&log, &output).is_empty(), "the zombie's outputs never appear");
-    let records = poll_records(&mut *successor, 1);
-    successor.step(&[out(&output, "k", "from the successor")], &[next(&records[0])]).unwrap();
-    successor.commit().unwrap();
-    assert_eq!(values(&read_all(&log, &output)), ["from the successor"], "the zombie's outputs never appear");
-    assert_eq!(log.committed_position(&group, &input, 0).unwrap(), Some(records[0].offset + 1));
 }
 
 /// Polls both members until `done` holds for their assignments, or fails at the deadline.
@@ -410,23 +247,6 @@ fn two_members_split_four_partitions_and_one_takes_all_when_the_other_leaves() {
     let mut regained = seen[0].assigned.clone();
     regained.sort();
     assert_eq!(regained, left_b, "the partitions of the member that left came back");
-}
-
-#[test]
-fn records_and_positions_survive_reconnecting() {
-    let log = connect();
-    let input = topic(&log, "input", 1);
-    let group = unique("group");
-    log.append(&[out(&input, "k", "kept")]).unwrap();
-    let mut member = member(&log, &group, &[&input], &unique("txn"), 1);
-    let records = poll_records(&mut *member, 1);
-    member.step(&[], &[next(&records[0])]).unwrap();
-    assert_eq!(member.pending_steps(), 0, "max_steps 1 commits every step");
-    drop(member);
-    drop(log);
-    let log = connect();
-    assert_eq!(values(&read_all(&log, &input)), ["kept"]);
-    assert_eq!(log.committed_position(&group, &input, 0).unwrap(), Some(records[0].offset + 1));
 }
 
 #[test]
