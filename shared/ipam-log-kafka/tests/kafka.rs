@@ -9,7 +9,6 @@
 // Fixtures outside #[test] functions unwrap freely: a failure there is a broken test, not bad input.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
