@@ -2,7 +2,9 @@
 # The project's test command (README.md, "Test it"). On a fresh machine it installs and starts
 # everything the suite needs, runs the whole suite, and stops what it started:
 #   - a Rust toolchain is assumed (rustup);
-#   - Java and Maven, for the Kafka broker, are installed from Debian's packages when missing;
+#   - Java and Maven (for the Kafka broker), dnsmasq and busybox (for the DHCP tests, with its
+#     udhcpc client) and iproute2 (network namespaces) are installed from Debian's packages when
+#     missing;
 #   - a single-node Apache Kafka broker (KRaft) is fetched from Maven Central and started by
 #     scripts/kafka-broker.sh, unless IPAM_KAFKA_BOOTSTRAP already names a broker to use.
 set -euo pipefail
@@ -12,6 +14,9 @@ need_packages=()
 command -v java >/dev/null 2>&1 || need_packages+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_packages+=(maven)
 command -v python3 >/dev/null 2>&1 || need_packages+=(python3)
+command -v dnsmasq >/dev/null 2>&1 || need_packages+=(dnsmasq-base)
+command -v busybox >/dev/null 2>&1 || need_packages+=(busybox)
+command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 if ((${#need_packages[@]})); then
     echo "test.sh: installing ${need_packages[*]}" >&2
     apt-get update -qq

@@ -217,7 +217,7 @@ pub trait Deployment {
     fn groups(&self) -> (String, String);
 }
 
-fn ipam_binary() -> PathBuf {
+pub fn ipam_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let binary = exe.parent().and_then(Path::parent).unwrap().join("ipam");
     assert!(
@@ -236,7 +236,12 @@ pub struct Service {
 
 impl Service {
     pub fn spawn(args: &[String]) -> Service {
-        let mut child = Command::new(ipam_binary())
+        Service::spawn_program(&ipam_binary().display().to_string(), args)
+    }
+
+    /// Any program (such as `ip netns exec NS ipam ...`) whose stderr carries the service's log.
+    pub fn spawn_program(program: &str, args: &[String]) -> Service {
+        let mut child = Command::new(program)
             .args(args)
             .env("IPAM_LOG", "info")
             .stdout(Stdio::null())

@@ -25,6 +25,16 @@ use crate::backend::{BackendError, DhcpBackend};
 /// The dnsmasq configuration of `config`'s network. Pure: the same configuration always renders to
 /// the same bytes, which is what makes [`FilesBackend::apply`] idempotent.
 pub fn render(config: &NetworkDhcpConfig) -> Result<String, BackendError> {
+    let mut out = render_options(config)?;
+    // The hosts follow their subnets' options; a dnsmasq file does not care where they stand.
+    for line in host_lines(config)? {
+        let _ = writeln!(out, "dhcp-host={line}");
+    }
+    Ok(out)
+}
+
+/// Everything but the hosts: the interface, restricted mode, and each subnet's range and options.
+pub fn render_options(config: &NetworkDhcpConfig) -> Result<String, BackendError> {
     let network_id = config.network_id;
     let safe = |field: &'static str, value: String| check_value(network_id, field, value);
     let mut out = String::new();
@@ -96,12 +106,22 @@ fn render_subnet(
                 writeln!(out, "dhcp-option=tag:{tag},option6:ntp-server,{}", ips("ntp server", &subnet.ntp_servers)?);
         }
     }
-    for host in &subnet.hosts {
-        let mac = safe("mac", host.mac.to_string())?;
-        let ip = option_ip(safe("ip", host.ip.to_string())?, host.ip);
-        let _ = writeln!(out, "dhcp-host={mac},{ip}");
-    }
     Ok(())
+}
+
+/// One `MAC,IP` line per reserved host of every subnet: the argument of a `dhcp-host` line, and
+/// the format of dnsmasq's `--dhcp-hostsfile` and `--dhcp-hostsdir` files.
+pub fn host_lines(config: &NetworkDhcpConfig) -> Result<Vec<String>, BackendError> {
+    let network_id = config.network_id;
+    let mut lines = Vec::new();
+    for subnet in &config.subnets {
+        for host in &subnet.hosts {
+            let mac = check_value(network_id, "mac", host.mac.to_string())?;
+            let ip = option_ip(check_value(network_id, "ip", host.ip.to_string())?, host.ip);
+            lines.push(format!("{mac},{ip}"));
+        }
+    }
+    Ok(lines)
 }
 
 /// dnsmasq wants IPv6 addresses in brackets wherever a list or a `dhcp-host` holds them.

@@ -19,6 +19,7 @@ mod actors;
 pub mod backend;
 pub mod config;
 pub mod dnsmasq;
+pub mod dnsmasq_server;
 mod follower;
 mod outbox;
 
@@ -35,6 +36,7 @@ pub use actors::BackendFactory;
 pub use backend::{BackendError, DhcpBackend};
 pub use config::HostAgentConfig;
 pub use dnsmasq::{FilesBackend, render};
+pub use dnsmasq_server::{DnsmasqBackend, DnsmasqOptions};
 
 use crate::actors::Supervisor;
 use crate::follower::{Follower, Tracker};

@@ -17,7 +17,7 @@ use ipam_log::sqlite::{Durability, SqliteLog};
 use ipam_log_kafka::{KafkaLog, KafkaOptions};
 
 use crate::config::{Config, HostAgentEntry, Overrides};
-use crate::run::Components;
+use crate::run::{Components, DhcpBackendKind, HostAgentSpec};
 
 #[derive(Debug, Parser)]
 #[command(name = "ipam", version, about = "IP address management for VM networks")]
@@ -46,12 +46,19 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         events: usize,
     },
-    /// Run the host agent of one host against Kafka, writing dnsmasq files into --files-dir.
+    /// Run the host agent of one host: against Kafka with --kafka, else on the embedded log in
+    /// --data-dir (shared with an `ipam up` on the same machine).
     HostAgent {
         #[arg(long, env = "IPAM_HOST_ID")]
         host_id: HostId,
-        #[arg(long, env = "IPAM_FILES_DIR")]
-        files_dir: PathBuf,
+        /// The DHCP backend: run dnsmasq, or only write its configuration files.
+        #[arg(long, env = "IPAM_DHCP_BACKEND", value_enum, default_value = "dnsmasq")]
+        dhcp_backend: DhcpBackendKind,
+        /// The dnsmasq state directory (or the files backend's directory); <data-dir>/dhcp by default.
+        #[arg(long, env = "IPAM_DHCP_DIR")]
+        dhcp_dir: Option<PathBuf>,
+        #[arg(long, env = "IPAM_HEARTBEAT_INTERVAL_MS")]
+        heartbeat_interval_ms: Option<u64>,
     },
 }
 
@@ -80,15 +87,22 @@ fn real_main() -> anyhow::Result<()> {
                 let host_id = host.parse().with_context(|| format!("`{host}` is not a host id"))?;
                 config.host_agents.push(HostAgentEntry { host_id, files_dir: PathBuf::from(dir) });
             }
-            let durability = if config.fsync { Durability::Fsync } else { Durability::ProcessCrash };
-            let log = SqliteLog::open(&config.data_dir.join("log"), durability)
-                .with_context(|| format!("opening the embedded log in {}", config.data_dir.display()))?;
+            let log = embedded(&config)?;
             let components = Components {
                 allocator: true,
                 placement: true,
-                host_agents: config.host_agents.iter().map(|e| (e.host_id, e.files_dir.clone())).collect(),
+                host_agents: config
+                    .host_agents
+                    .iter()
+                    .map(|e| HostAgentSpec {
+                        host_id: e.host_id,
+                        dir: e.files_dir.clone(),
+                        backend: DhcpBackendKind::Files,
+                        heartbeat_interval_ms: None,
+                    })
+                    .collect(),
             };
-            run::run(Arc::new(log), &config, components)
+            run::run(log, &config, components)
         }
         Command::Allocator => {
             run::run(kafka(&config)?, &config, Components { allocator: true, ..Components::default() })
@@ -97,12 +111,20 @@ fn real_main() -> anyhow::Result<()> {
             run::run(kafka(&config)?, &config, Components { placement: true, ..Components::default() })
         }
         Command::Bench { events } => bench::run(events),
-        Command::HostAgent { host_id, files_dir } => run::run(
-            kafka(&config)?,
-            &config,
-            Components { host_agents: vec![(host_id, files_dir)], ..Components::default() },
-        ),
+        Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms } => {
+            let log = if config.kafka.bootstrap_servers.is_some() { kafka(&config)? } else { embedded(&config)? };
+            let dir = dhcp_dir.unwrap_or_else(|| config.data_dir.join("dhcp"));
+            let agent = HostAgentSpec { host_id, dir, backend: dhcp_backend, heartbeat_interval_ms };
+            run::run(log, &config, Components { host_agents: vec![agent], ..Components::default() })
+        }
     }
+}
+
+fn embedded(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
+    let durability = if config.fsync { Durability::Fsync } else { Durability::ProcessCrash };
+    let log = SqliteLog::open(&config.data_dir.join("log"), durability)
+        .with_context(|| format!("opening the embedded log in {}", config.data_dir.display()))?;
+    Ok(Arc::new(log))
 }
 
 fn kafka(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use ipam_core::placement::PlacementConfig;
 use ipam_core::{HostId, Topic};
-use ipam_host_agent::{FilesBackend, HostAgentConfig};
+use ipam_host_agent::{DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig};
 use ipam_log::{BatchPolicy, EventLog};
 use ipam_runtime::allocator::AllocatorMachines;
 use ipam_runtime::placement::PlacementMachines;
@@ -23,7 +23,26 @@ use crate::config::Config;
 pub struct Components {
     pub allocator: bool,
     pub placement: bool,
-    pub host_agents: Vec<(HostId, PathBuf)>,
+    pub host_agents: Vec<HostAgentSpec>,
+}
+
+/// Which DHCP backend a host agent drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DhcpBackendKind {
+    /// Run one dnsmasq per served network.
+    Dnsmasq,
+    /// Only write each served network's dnsmasq configuration file.
+    Files,
+}
+
+/// One host agent to run.
+#[derive(Debug, Clone)]
+pub struct HostAgentSpec {
+    pub host_id: HostId,
+    /// The files backend's directory, or the dnsmasq backend's state directory.
+    pub dir: PathBuf,
+    pub backend: DhcpBackendKind,
+    pub heartbeat_interval_ms: Option<u64>,
 }
 
 pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> anyhow::Result<()> {
@@ -32,7 +51,10 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
     }
     let topics = Topics::new(&config.topic_prefix, config.partitions);
-    log.create_topics(&topics.specs()).context("creating the topics")?;
+    // The deciding services own the topics; a host agent waits for them to exist.
+    if components.allocator || components.placement {
+        log.create_topics(&topics.specs()).context("creating the topics")?;
+    }
     let snapshots = SnapshotStore::new(config.data_dir.join("snapshots"));
     let readiness = Arc::new(Readiness::default());
     let batch =
@@ -93,15 +115,22 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                 ));
             }
         }
-        for (host_id, dir) in &components.host_agents {
-            let agent_config = HostAgentConfig::new(*host_id);
-            let (log, agent_stop, dir) = (Arc::clone(&log), Arc::clone(&stop), dir.clone());
-            let name = format!("host-agent-{host_id}");
+        for agent in &components.host_agents {
+            let mut agent_config = HostAgentConfig::new(agent.host_id);
+            if let Some(interval) = agent.heartbeat_interval_ms {
+                agent_config.heartbeat_interval_ms = interval;
+            }
+            let (log, agent_stop, agent) = (Arc::clone(&log), Arc::clone(&stop), agent.clone());
+            let name = format!("host-agent-{}", agent.host_id);
             threads.push((
                 name.clone(),
                 spawn(&name, move || {
-                    let factory = Box::new(move |_| {
-                        Box::new(FilesBackend::new(dir.clone())) as Box<dyn ipam_host_agent::DhcpBackend>
+                    let (dir, backend) = (agent.dir.clone(), agent.backend);
+                    let factory = Box::new(move |_| match backend {
+                        DhcpBackendKind::Files => {
+                            Box::new(FilesBackend::new(dir.clone())) as Box<dyn ipam_host_agent::DhcpBackend>
+                        }
+                        DhcpBackendKind::Dnsmasq => Box::new(DnsmasqBackend::new(DnsmasqOptions::new(dir.clone()))),
                     });
                     ipam_host_agent::run(log, agent_config, factory, agent_stop)
                 })?,
@@ -112,7 +141,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         // actors answering the drivers meanwhile.
         let mut announced = false;
         while !stop.load(Ordering::SeqCst) && threads.iter().all(|(_, thread)| !thread.is_finished()) {
-            if !announced && readiness.ready_count() == drivers {
+            if !announced && readiness.ready_count() >= drivers {
                 announced = true;
                 tracing::info!(partitions = config.partitions, "ipam is ready.");
             }

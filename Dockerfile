@@ -1,0 +1,70 @@
+# The `ipam` binary in a small Debian image. One image serves every role; the command picks it:
+#   docker run ipam:local --kafka broker:9092 --instance alloc-a allocator
+#   docker run ipam:local --kafka broker:9092 placement
+#   docker run --user root --cap-add NET_ADMIN ipam:local --kafka broker:9092 \
+#       host-agent --host-id <HOST_UUID> --files-dir /etc/dnsmasq.d/ipam
+# docker-compose.yml runs the whole system on one Kafka broker.
+
+# ---------------------------------------------------------------------------------------------
+# Builder. The workspace needs rustc >= 1.88 (edition 2024).
+FROM rust:1.95-bookworm AS builder
+
+# rdkafka's default features build the bundled librdkafka with its ./configure script and make
+# (no cmake, curl, SSL or SASL), and link zlib through libz-sys, which finds the system zlib with
+# pkg-config (so the binary needs libz.so.1 at run time). rusqlite builds its bundled SQLite with
+# the C compiler.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        build-essential \
+        pkg-config \
+        zlib1g-dev \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY . .
+
+# The caches keep crates and build output between image builds (BuildKit); the binary is copied out
+# of the cached target directory in the same step. The release profile keeps line tables
+# (debug = 1) for backtraces; compressing them shrinks the binary several times over.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p ipam \
+    && objcopy --compress-debug-sections=zlib target/release/ipam /usr/local/bin/ipam
+
+# ---------------------------------------------------------------------------------------------
+# Runtime.
+FROM debian:bookworm-slim
+
+# ca-certificates: TLS to brokers through [kafka.passthrough]. dnsmasq-base: the DHCP server the
+# host agent configures (no system service, just the binary). iproute2: `ip` for the host agent's
+# interfaces, and `ss` for the health checks of the Kafka-only services. curl: the API's health
+# check. zlib1g is already in the base image; it is named so that it never goes missing.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        ca-certificates \
+        curl \
+        dnsmasq-base \
+        iproute2 \
+        zlib1g \
+    && rm -rf /var/lib/apt/lists/*
+
+# Allocator, placement and API run unprivileged. The host agent needs NET_ADMIN and runs as root
+# (`user: root` in docker-compose.yml).
+RUN groupadd --system --gid 10001 ipam \
+    && useradd --system --uid 10001 --gid ipam --home-dir /var/lib/ipam --shell /usr/sbin/nologin ipam \
+    && mkdir -p /var/lib/ipam /etc/dnsmasq.d/ipam \
+    && chown ipam:ipam /var/lib/ipam
+
+COPY --from=builder /usr/local/bin/ipam /usr/local/bin/ipam
+
+# Snapshots (and the embedded log of `ipam up`) live here: mount a volume on it to keep them. A
+# named volume mounted here starts out owned by the ipam user.
+ENV IPAM_DATA_DIR=/var/lib/ipam
+WORKDIR /var/lib/ipam
+
+# The HTTP API (`ipam api`).
+EXPOSE 8080
+
+USER ipam
+ENTRYPOINT ["ipam"]
+CMD ["--help"]

@@ -1,0 +1,316 @@
+//! The dnsmasq backend that runs the server: one `dnsmasq` process per served network, bound to the
+//! network's interface, DNS off, restricted mode, its own lease, pid and host files under the
+//! agent's state directory, supervised and restarted when it dies.
+//!
+//! # Keeping 65k reservations fast (dnsmasq 2.90)
+//! A full re-read of the hosts (SIGHUP) costs time quadratic in their number (about 6 s at 65k)
+//! and dnsmasq answers nobody meanwhile, while a new file in `--dhcp-hostsdir` is picked up through
+//! inotify in milliseconds. So the server keeps two sources: a base `--dhcp-hostsfile` written at
+//! start and at each compaction, and `--dhcp-hostsdir` files that each add a batch of new hosts.
+//! - A reservation that only adds a host becomes one new file in the hosts directory: served in
+//!   milliseconds, whatever the number of hosts.
+//! - hostsdir is add-only: a removed host stays in effect until a SIGHUP, and a host whose address
+//!   equals one dnsmasq still remembers is refused. So a removal, or an added host whose MAC or
+//!   address collides with one dnsmasq still holds, triggers a compaction: the base file is
+//!   rewritten with exactly the desired hosts, the hosts directory is emptied, and dnsmasq gets a
+//!   SIGHUP. A released MAC therefore stops being served at once, and an address re-used by another
+//!   MAC is served to the new MAC only.
+//!
+//! Compaction after every removal is correct but costs a full reload each time; under heavy
+//! release churn at tens of thousands of hosts it should be batched, with the allocator holding
+//! released addresses back until every server has dropped them. That is not built yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipam_core::NetworkId;
+use ipam_core::dhcp_plan::NetworkDhcpConfig;
+
+use crate::backend::{BackendError, DhcpBackend};
+use crate::dnsmasq::{host_lines, render_options};
+
+/// How the dnsmasq backend runs its servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsmasqOptions {
+    /// One directory per network under it: configuration, hosts, leases, pid, log.
+    pub state_dir: PathBuf,
+    /// The dnsmasq binary.
+    pub binary: PathBuf,
+    /// The `ip` binary, to put the server's own address on the interface.
+    pub ip_binary: PathBuf,
+}
+
+impl DnsmasqOptions {
+    pub fn new(state_dir: impl Into<PathBuf>) -> DnsmasqOptions {
+        DnsmasqOptions { state_dir: state_dir.into(), binary: "dnsmasq".into(), ip_binary: "ip".into() }
+    }
+}
+
+/// One network's dnsmasq.
+#[derive(Debug)]
+pub struct DnsmasqBackend {
+    options: DnsmasqOptions,
+    server: Option<Server>,
+}
+
+#[derive(Debug)]
+struct Server {
+    network_id: NetworkId,
+    dir: PathBuf,
+    child: Child,
+    /// The rendered options it was started with; other options need a restart.
+    options_text: String,
+    /// The hosts dnsmasq holds (base file plus hostsdir additions), by MAC.
+    loaded: BTreeMap<String, String>,
+    next_file: u64,
+    /// Addresses this server put on its interface, as `ip/prefix`.
+    addresses: BTreeSet<String>,
+    interface: String,
+    restarts: u32,
+    last_start: Instant,
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
+    let path = path.to_owned();
+    move |source| BackendError::Io { action, path, source }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), BackendError> {
+    let temp = path.with_extension("tmp");
+    let mut file = fs::File::create(&temp).map_err(io("cannot create", &temp))?;
+    file.write_all(text.as_bytes()).map_err(io("cannot write", &temp))?;
+    file.sync_all().map_err(io("cannot sync", &temp))?;
+    fs::set_permissions(&temp, fs::Permissions::from_mode(0o644)).map_err(io("cannot set permissions of", &temp))?;
+    fs::rename(&temp, path).map_err(io("cannot rename onto", path))
+}
+
+/// `MAC,IP` lines by MAC.
+fn by_mac(lines: Vec<String>) -> BTreeMap<String, String> {
+    lines.into_iter().filter_map(|line| line.split_once(',').map(|(mac, ip)| (mac.to_owned(), ip.to_owned()))).collect()
+}
+
+fn hosts_text(hosts: &BTreeMap<String, String>) -> String {
+    hosts.iter().map(|(mac, ip)| format!("{mac},{ip}\n")).collect()
+}
+
+impl DnsmasqBackend {
+    pub fn new(options: DnsmasqOptions) -> DnsmasqBackend {
+        DnsmasqBackend { options, server: None }
+    }
+
+    fn dir(&self, network_id: NetworkId) -> PathBuf {
+        self.options.state_dir.join(network_id.to_string())
+    }
+
+    /// The process arguments: everything in one configuration file of our own.
+    fn start(
+        &self,
+        config: &NetworkDhcpConfig,
+        options_text: String,
+        hosts: BTreeMap<String, String>,
+    ) -> Result<Server, BackendError> {
+        let dir = self.dir(config.network_id);
+        let hostsdir = dir.join("hosts.d");
+        fs::create_dir_all(&hostsdir).map_err(io("cannot create", &hostsdir))?;
+        for path in [&self.options.state_dir, &dir, &hostsdir] {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+                .map_err(io("cannot set permissions of", path))?;
+        }
+        for entry in fs::read_dir(&hostsdir).map_err(io("cannot list", &hostsdir))? {
+            let path = entry.map_err(io("cannot list", &hostsdir))?.path();
+            fs::remove_file(&path).map_err(io("cannot remove", &path))?;
+        }
+        write_file(&dir.join("hosts"), &hosts_text(&hosts))?;
+        // A dnsmasq left running by an earlier agent (stopping the agent leaves servers running)
+        // holds the interface: end it first.
+        if let Ok(pid) = fs::read_to_string(dir.join("dnsmasq.pid")) {
+            let pid = pid.trim();
+            if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+                let _ = Command::new("kill").args(["-TERM", pid]).status();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let conf = format!(
+            "{options_text}\n# Files of this server.\ndhcp-hostsfile={}\ndhcp-hostsdir={}\ndhcp-leasefile={}\npid-file={}\n",
+            dir.join("hosts").display(),
+            hostsdir.display(),
+            dir.join("leases").display(),
+            dir.join("dnsmasq.pid").display(),
+        );
+        write_file(&dir.join("dnsmasq.conf"), &conf)?;
+        let log = fs::File::create(dir.join("dnsmasq.log")).map_err(io("cannot create", &dir.join("dnsmasq.log")))?;
+        let child = Command::new(&self.options.binary)
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", dir.join("dnsmasq.conf").display()))
+            // The state directory belongs to the agent (root); dnsmasq keeps root to read it.
+            .arg("--user=root")
+            .arg("--log-dhcp")
+            .arg("--log-facility=-")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("cannot duplicate", &dir))?)
+            .stderr(log)
+            .spawn()
+            .map_err(io("cannot start dnsmasq", &self.options.binary))?;
+        tracing::info!(network = %config.network_id, pid = child.id(), hosts = hosts.len(), "Started dnsmasq.");
+        Ok(Server {
+            network_id: config.network_id,
+            dir,
+            child,
+            options_text,
+            loaded: hosts,
+            next_file: 0,
+            addresses: BTreeSet::new(),
+            interface: config.interface.to_string(),
+            restarts: 0,
+            last_start: Instant::now(),
+        })
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<std::process::Output, BackendError> {
+        Command::new(&self.options.ip_binary).args(args).output().map_err(io("cannot run", &self.options.ip_binary))
+    }
+
+    /// Puts the server's own addresses on the interface (before dnsmasq needs them) and takes off
+    /// the ones it no longer has.
+    fn sync_addresses(
+        &self,
+        interface: &str,
+        current: &mut BTreeSet<String>,
+        config: &NetworkDhcpConfig,
+    ) -> Result<(), BackendError> {
+        let wanted: BTreeSet<String> = config
+            .subnets
+            .iter()
+            .filter_map(|s| s.server_address.map(|ip| format!("{ip}/{}", s.cidr.prefix_len())))
+            .collect();
+        for address in wanted.difference(current) {
+            let output = self.ip(&["addr", "replace", address, "dev", interface])?;
+            if !output.status.success() {
+                tracing::warn!(address, interface, error = %String::from_utf8_lossy(&output.stderr).trim(),
+                               "Cannot put the server address on the interface.");
+            }
+        }
+        for address in current.difference(&wanted) {
+            let _ = self.ip(&["addr", "del", address, "dev", interface]);
+        }
+        *current = wanted;
+        Ok(())
+    }
+
+    fn signal(server: &Server, signal: &str) {
+        let _ = Command::new("kill").args([signal, &server.child.id().to_string()]).status();
+    }
+
+    fn stop_server(&self, mut server: Server) {
+        Self::signal(&server, "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = server.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        for address in std::mem::take(&mut server.addresses) {
+            let _ = self.ip(&["addr", "del", &address, "dev", &server.interface]);
+        }
+        let _ = fs::remove_dir_all(&server.dir);
+        tracing::info!(network = %server.network_id, "Stopped dnsmasq.");
+    }
+}
+
+impl DhcpBackend for DnsmasqBackend {
+    fn apply(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
+        let options_text = render_options(config)?;
+        let desired = by_mac(host_lines(config)?);
+        let mut server = match self.server.take() {
+            Some(mut server)
+                if server.options_text == options_text && server.interface == config.interface.as_str() =>
+            {
+                match server.child.try_wait() {
+                    Ok(None) => server,
+                    _ => {
+                        // Died: restart with backoff (at most one restart a second).
+                        let wait = Duration::from_secs(1).saturating_sub(server.last_start.elapsed());
+                        std::thread::sleep(wait);
+                        tracing::warn!(network = %config.network_id, restarts = server.restarts + 1, "dnsmasq died; restarting it.");
+                        let restarts = server.restarts + 1;
+                        let addresses = std::mem::take(&mut server.addresses);
+                        let _ = server.child.wait();
+                        let mut restarted = self.start(config, options_text, desired.clone())?;
+                        restarted.restarts = restarts;
+                        restarted.addresses = addresses;
+                        restarted
+                    }
+                }
+            }
+            other => {
+                // None yet, or other options (a subnet came or went, the interface changed): a
+                // fresh server, whose own addresses are on the interface before it binds to it.
+                if let Some(old) = other {
+                    self.stop_server(old);
+                }
+                let mut addresses = BTreeSet::new();
+                self.sync_addresses(config.interface.as_str(), &mut addresses, config)?;
+                let mut started = self.start(config, options_text, desired.clone())?;
+                started.addresses = addresses;
+                started
+            }
+        };
+        let interface = server.interface.clone();
+        self.sync_addresses(&interface, &mut server.addresses, config)?;
+        let added: BTreeMap<&String, &String> =
+            desired.iter().filter(|(mac, ip)| server.loaded.get(*mac) != Some(*ip)).collect();
+        let removed = server.loaded.keys().any(|mac| !desired.contains_key(mac));
+        let held_ips: BTreeSet<&String> = server.loaded.values().collect();
+        let collides = added.iter().any(|(mac, ip)| server.loaded.contains_key(*mac) || held_ips.contains(ip));
+        if removed || collides {
+            // Compaction: exactly the desired hosts in the base file, an empty hosts directory, SIGHUP.
+            let hostsdir = server.dir.join("hosts.d");
+            write_file(&server.dir.join("hosts"), &hosts_text(&desired))?;
+            for entry in fs::read_dir(&hostsdir).map_err(io("cannot list", &hostsdir))? {
+                let path = entry.map_err(io("cannot list", &hostsdir))?.path();
+                fs::remove_file(&path).map_err(io("cannot remove", &path))?;
+            }
+            Self::signal(&server, "-HUP");
+            server.loaded = desired;
+            tracing::debug!(network = %config.network_id, hosts = server.loaded.len(), "Compacted the dnsmasq hosts.");
+        } else if !added.is_empty() {
+            let lines: BTreeMap<String, String> = added.into_iter().map(|(m, i)| (m.clone(), i.clone())).collect();
+            // Written outside the watched directory, then renamed in: dnsmasq never reads half a file.
+            let name = format!("add-{:08}", server.next_file);
+            server.next_file += 1;
+            let temp = server.dir.join(format!("{name}.tmp"));
+            write_file(&temp, &hosts_text(&lines))?;
+            let target = server.dir.join("hosts.d").join(&name);
+            fs::rename(&temp, &target).map_err(io("cannot rename onto", &target))?;
+            server.loaded.extend(lines);
+        }
+        self.server = Some(server);
+        Ok(())
+    }
+
+    fn stop(&mut self, network_id: NetworkId) -> Result<(), BackendError> {
+        if let Some(server) = self.server.take() {
+            self.stop_server(server);
+        } else {
+            // A server left by an earlier agent (this host was replaced while its agent was away).
+            let dir = self.dir(network_id);
+            if let Ok(pid) = fs::read_to_string(dir.join("dnsmasq.pid")) {
+                let pid = pid.trim();
+                if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+                    let _ = Command::new("kill").args(["-TERM", pid]).status();
+                    tracing::info!(network = %network_id, pid, "Stopped a stale dnsmasq left by an earlier agent.");
+                }
+            }
+            let _ = fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,441 @@
+//! End to end, as root: real dnsmasq servers run by host agents in network namespaces, and a real
+//! DHCP client (busybox udhcpc) in VM namespaces, joined by a bridge, with `ipam up` on the
+//! embedded log deciding everything. `./test.sh` installs dnsmasq and busybox.
+//!
+//! Topology: a fabric namespace holding bridge `br0` (the network), three host namespaces whose
+//! `eth1` and two VM namespaces whose `eth0` are veth pairs into the bridge. Each host runs
+//! `ipam host-agent` inside its namespace, so the dnsmasq it starts binds there.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipam_core::event::*;
+use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, VmId, VnicId};
+use ipam_log::{EventLog, OutRecord};
+
+use crate::recovery::Service;
+
+const NETWORK: NetworkId = NetworkId::from_u128(0xd1);
+const SUBNET: SubnetId = SubnetId::from_u128(0xd2);
+const HEARTBEAT_TIMEOUT_MS: u64 = 2000;
+const TICK_MS: u64 = 300;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+fn must(args: &[&str]) {
+    let output = run(args);
+    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn prerequisites() {
+    let root = run(&["id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&root.stdout).trim(), "0", "the DHCP tests need root (network namespaces)");
+    for tool in ["dnsmasq", "busybox", "ip"] {
+        assert!(
+            run(&["sh", "-c", &format!("command -v {tool}")]).status.success(),
+            "`{tool}` is missing: run ./test.sh, which installs dnsmasq-base, busybox and iproute2"
+        );
+    }
+}
+
+/// Network namespaces and links made for one test, removed when dropped.
+struct Fabric {
+    tag: String,
+    namespaces: Vec<String>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Fabric {
+    fn new() -> Fabric {
+        let tag = format!("{}{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed));
+        let mut fabric = Fabric { tag, namespaces: Vec::new() };
+        let fab = fabric.namespace("fab");
+        must(&["ip", "-n", &fab, "link", "add", "br0", "type", "bridge"]);
+        must(&["ip", "-n", &fab, "link", "set", "br0", "up"]);
+        fabric
+    }
+
+    fn namespace(&mut self, role: &str) -> String {
+        let name = format!("ipam-{role}-{}", self.tag);
+        must(&["ip", "netns", "add", &name]);
+        must(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        self.namespaces.push(name.clone());
+        name
+    }
+
+    /// A namespace whose `interface` is plugged into the bridge.
+    fn node(&mut self, role: &str, interface: &str, mac: Option<Mac>) -> String {
+        let name = self.namespace(role);
+        let fab = format!("ipam-fab-{}", self.tag);
+        let outer = format!("v{role}{}", self.tag);
+        let outer = &outer[..outer.len().min(15)];
+        must(&["ip", "link", "add", outer, "type", "veth", "peer", "name", "tmp-ipam-peer"]);
+        must(&["ip", "link", "set", "tmp-ipam-peer", "netns", &name]);
+        must(&["ip", "-n", &name, "link", "set", "tmp-ipam-peer", "name", interface]);
+        if let Some(mac) = mac {
+            must(&["ip", "-n", &name, "link", "set", interface, "address", &mac.to_string()]);
+        }
+        must(&["ip", "-n", &name, "link", "set", interface, "up"]);
+        must(&["ip", "link", "set", outer, "netns", &fab]);
+        must(&["ip", "-n", &fab, "link", "set", outer, "master", "br0"]);
+        must(&["ip", "-n", &fab, "link", "set", outer, "up"]);
+        name
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        for namespace in self.namespaces.iter().rev() {
+            // Processes left in a namespace (a stale dnsmasq) are ended by id first.
+            let pids = run(&["ip", "netns", "pids", namespace]);
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = run(&["kill", "-KILL", pid]);
+            }
+            let _ = run(&["ip", "netns", "del", namespace]);
+        }
+    }
+}
+
+struct Lease {
+    ip: String,
+    router: String,
+    dns: String,
+}
+
+/// Runs udhcpc in `namespace`; the lease it got, if any, within about four seconds.
+fn dhcp(namespace: &str, dir: &Path) -> Option<Lease> {
+    let script = dir.join("udhcpc.sh");
+    let out = dir.join(format!("lease-{namespace}"));
+    let _ = std::fs::remove_file(&out);
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip $router $dns\" > {}\nexit 0\n", out.display()),
+    )
+    .unwrap();
+    must(&["chmod", "+x", &script.display().to_string()]);
+    let status = Command::new("ip")
+        .args(["netns", "exec", namespace, "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "4", "-T", "1"])
+        .arg("-s")
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    if !status.success() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).ok()?;
+    let mut words = text.split_whitespace();
+    Some(Lease {
+        ip: words.next()?.to_owned(),
+        router: words.next().unwrap_or_default().to_owned(),
+        dns: words.next().unwrap_or_default().to_owned(),
+    })
+}
+
+struct Stack {
+    dir: tempfile::TempDir,
+    up: Service,
+    log: std::sync::Arc<dyn EventLog>,
+    n: u128,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data").display().to_string();
+        let args: Vec<String> = [
+            "--data-dir",
+            &data,
+            "--partitions",
+            "2",
+            "--tick-interval-ms",
+            &TICK_MS.to_string(),
+            "--heartbeat-timeout-ms",
+            &HEARTBEAT_TIMEOUT_MS.to_string(),
+            "up",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut up = Service::spawn(&args);
+        up.wait_for("ipam is ready", Duration::from_secs(60));
+        let log = ipam_tests::BackendSpec::Sqlite(dir.path().join("data").join("log")).open().unwrap();
+        Stack { dir, up, log, n: 0 }
+    }
+
+    fn publish(&mut self, events: Vec<Event>) {
+        let records: Vec<OutRecord> = events
+            .into_iter()
+            .map(|event| {
+                self.n += 1;
+                let envelope = Envelope {
+                    id: EventId::from_u128((0xd4c7 << 64) | self.n),
+                    source: "dhcp-test".to_owned(),
+                    time: Timestamp::from_unix_ms(1_764_000_000_000 + self.n as i64),
+                    subject: None,
+                    event,
+                };
+                OutRecord {
+                    topic: envelope.event.topic().name().to_owned(),
+                    key: envelope.event.key(),
+                    value: envelope.to_bytes(),
+                }
+            })
+            .collect();
+        self.log.append(&records).unwrap();
+    }
+
+    /// The host agent of `host` inside `namespace`.
+    fn agent(&self, namespace: &str, host: HostId) -> Service {
+        let ipam = crate::recovery::ipam_binary();
+        let args: Vec<String> = [
+            "netns",
+            "exec",
+            namespace,
+            &ipam.display().to_string(),
+            "--data-dir",
+            &self.dir.path().join("data").display().to_string(),
+            "host-agent",
+            "--host-id",
+            &host.to_string(),
+            "--dhcp-dir",
+            &self.dhcp_dir(host).display().to_string(),
+            "--heartbeat-interval-ms",
+            "500",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut agent = Service::spawn_program("ip", &args);
+        agent.wait_for("ipam is ready", Duration::from_secs(30));
+        agent
+    }
+
+    fn dhcp_dir(&self, host: HostId) -> PathBuf {
+        self.dir.path().join(format!("dhcp-{host}"))
+    }
+
+    /// The hosts file lines of `host`'s server of the network (base file and additions).
+    fn served_lines(&self, host: HostId) -> String {
+        let dir = self.dhcp_dir(host).join(NETWORK.to_string());
+        let mut text = std::fs::read_to_string(dir.join("hosts")).unwrap_or_default();
+        if let Ok(entries) = std::fs::read_dir(dir.join("hosts.d")) {
+            for entry in entries.flatten() {
+                text += &std::fs::read_to_string(entry.path()).unwrap_or_default();
+            }
+        }
+        text
+    }
+
+    fn dnsmasq_log(&self, host: HostId) -> String {
+        std::fs::read_to_string(self.dhcp_dir(host).join(NETWORK.to_string()).join("dnsmasq.log")).unwrap_or_default()
+    }
+
+    fn reserved_ip(&self, vnic: VnicId) -> Option<String> {
+        let mut ip = None;
+        for partition in 0..self.log.partition_count("ipam.reservations").unwrap() {
+            for record in self.log.read("ipam.reservations", partition, 0, usize::MAX, Duration::ZERO).unwrap() {
+                if let Ok(envelope) = Envelope::decode(&record.value) {
+                    match envelope.event {
+                        Event::ReservationAdded(added) if added.owner == vm_owner(vnic) => {
+                            ip = Some(added.ip.to_string())
+                        }
+                        Event::ReservationRemoved(removed) if removed.owner == vm_owner(vnic) => ip = None,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        ip
+    }
+
+    /// The hosts placement currently has serving the network, from `ipam.dhcp-servers`.
+    fn servers(&self) -> Vec<HostId> {
+        let mut servers = std::collections::BTreeSet::new();
+        for partition in 0..self.log.partition_count("ipam.dhcp-servers").unwrap() {
+            for record in self.log.read("ipam.dhcp-servers", partition, 0, usize::MAX, Duration::ZERO).unwrap() {
+                match Envelope::decode(&record.value).map(|e| e.event) {
+                    Ok(Event::DhcpServerAssigned(a)) => {
+                        servers.insert(a.host_id);
+                    }
+                    Ok(Event::DhcpServerUnassigned(u)) => {
+                        servers.remove(&u.host_id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        servers.into_iter().collect()
+    }
+}
+
+fn vm_owner(vnic: VnicId) -> Owner {
+    Owner::Vnic { vnic_id: vnic, vm_id: VmId::from_u128(vnic.0.as_u128()) }
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "timed out after {within:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+fn host_id(n: u128) -> HostId {
+    HostId::from_u128(0xd100 + n)
+}
+
+fn network(servers_count: u8) -> Event {
+    Event::NetworkUpserted(NetworkUpserted {
+        network_id: NETWORK,
+        name: "e2e".to_owned(),
+        ipam_enabled: true,
+        servers_count: Some(servers_count),
+    })
+}
+
+fn start(vnic: VnicId, mac: Mac) -> Event {
+    Event::VnicStarted(VnicUp {
+        vnic_id: vnic,
+        vm_id: VmId::from_u128(vnic.0.as_u128()),
+        network_id: NETWORK,
+        subnet_id: Some(SUBNET),
+        mac,
+        requested_ip: None,
+    })
+}
+
+#[test]
+fn guests_get_their_reserved_ip_from_real_dnsmasq_and_servers_fail_over() {
+    prerequisites();
+    let mut fabric = Fabric::new();
+    let hosts: Vec<(HostId, String)> =
+        (1..=3).map(|n| (host_id(n), fabric.node(&format!("h{n}"), "eth1", None))).collect();
+    let vm1_mac: Mac = "52:54:00:e2:00:01".parse().unwrap();
+    let vm2_mac: Mac = "52:54:00:e2:00:02".parse().unwrap();
+    let vm3_mac: Mac = "52:54:00:e2:00:03".parse().unwrap();
+    let vm1 = fabric.node("v1", "eth0", Some(vm1_mac));
+    let vm2 = fabric.node("v2", "eth0", Some(vm2_mac));
+    let vm3 = fabric.node("v3", "eth0", Some(vm3_mac));
+    let mut stack = Stack::start();
+    let mut agents: Vec<Option<Service>> = hosts.iter().map(|(host, ns)| Some(stack.agent(ns, *host))).collect();
+
+    let mut setup: Vec<Event> = hosts
+        .iter()
+        .enumerate()
+        .map(|(n, (host, _))| {
+            Event::HostUpserted(HostUpserted {
+                host_id: *host,
+                name: format!("host-{n}"),
+                status: HostStatus::Up,
+                networks: vec![HostNetwork { network_id: NETWORK, interface: "eth1".parse().unwrap() }],
+            })
+        })
+        .collect();
+    setup.push(network(2));
+    setup.push(Event::SubnetAdded(SubnetAdded {
+        network_id: NETWORK,
+        subnet_id: SUBNET,
+        cidr: "10.77.0.0/24".parse().unwrap(),
+        gateway: "10.77.0.1".parse().unwrap(),
+        dns_servers: vec!["10.77.0.53".parse().unwrap()],
+        ntp_servers: vec![],
+        allocation_pools: None,
+    }));
+    stack.publish(setup);
+    wait_until("two servers are placed", Duration::from_secs(20), || stack.servers().len() == 2);
+    let serving = stack.servers();
+
+    // A vNIC's MAC gets exactly its reserved IP, with the subnet's router and DNS.
+    let vnic1 = VnicId::from_u128(0xe1);
+    stack.publish(vec![start(vnic1, vm1_mac)]);
+    wait_until("the vNIC holds a reservation", Duration::from_secs(10), || stack.reserved_ip(vnic1).is_some());
+    let reserved = stack.reserved_ip(vnic1).unwrap();
+    for host in &serving {
+        wait_until("both servers hold the reservation", Duration::from_secs(20), || {
+            stack.served_lines(*host).contains(&vm1_mac.to_string())
+        });
+    }
+    let lease = wait_for_lease(&vm1, stack.dir.path());
+    assert_eq!(lease.ip, reserved, "the guest got its reserved IP");
+    assert_eq!(lease.router, "10.77.0.1");
+    assert_eq!(lease.dns, "10.77.0.53");
+
+    // With servers_count = 2, both servers answer.
+    for host in &serving {
+        wait_until("each server offered", Duration::from_secs(5), || {
+            stack.dnsmasq_log(*host).contains(&format!("DHCPOFFER(eth1) {reserved} {vm1_mac}"))
+        });
+    }
+
+    // An unknown MAC gets no lease.
+    assert!(dhcp(&vm2, stack.dir.path()).is_none(), "a MAC without a reservation got a lease");
+
+    // After the vNIC stops, its MAC gets no lease.
+    stack.publish(vec![Event::VnicStopped(VnicDown { vnic_id: vnic1, network_id: NETWORK })]);
+    for host in &serving {
+        wait_until("the servers dropped the MAC", Duration::from_secs(10), || {
+            !stack.served_lines(*host).contains(&vm1_mac.to_string())
+        });
+    }
+    assert!(dhcp(&vm1, stack.dir.path()).is_none(), "a released MAC still got a lease");
+
+    // Failover: one server; its host agent is killed (its dnsmasq left running, stale).
+    stack.publish(vec![network(1)]);
+    wait_until("one server remains", Duration::from_secs(10), || stack.servers().len() == 1);
+    let victim = stack.servers()[0];
+    let index = hosts.iter().position(|(host, _)| *host == victim).unwrap();
+    let killed_at = Instant::now();
+    agents[index].take().unwrap().kill();
+    wait_until("a replacement is placed", Duration::from_secs(20), || {
+        let servers = stack.servers();
+        servers.len() == 1 && servers[0] != victim
+    });
+    let replacement = stack.servers()[0];
+    let vnic3 = VnicId::from_u128(0xe3);
+    stack.publish(vec![start(vnic3, vm3_mac)]);
+    wait_until("the replacement serves the new vNIC", Duration::from_secs(20), || {
+        stack.served_lines(replacement).contains(&vm3_mac.to_string())
+    });
+    let failover = killed_at.elapsed();
+    let lease = wait_for_lease(&vm3, stack.dir.path());
+    assert_eq!(Some(lease.ip), stack.reserved_ip(vnic3), "the new vNIC got its IP from the replacement");
+    println!("failover: a new vNIC served by the replacement {failover:?} after the serving agent was killed");
+    assert!(
+        failover < Duration::from_millis(HEARTBEAT_TIMEOUT_MS + TICK_MS + 1000 + 2000),
+        "failover took {failover:?}"
+    );
+
+    // The replaced host comes back: it stops its stale server.
+    let stale_pid = std::fs::read_to_string(stack.dhcp_dir(victim).join(NETWORK.to_string()).join("dnsmasq.pid"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(Path::new(&format!("/proc/{stale_pid}")).exists(), "the stale dnsmasq was still running");
+    agents[index] = Some(stack.agent(&hosts[index].1, victim));
+    wait_until("the stale server stopped", Duration::from_secs(15), || {
+        !Path::new(&format!("/proc/{stale_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{stale_pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
+
+    for agent in agents.iter_mut().flatten() {
+        agent.terminate();
+    }
+    stack.up.terminate();
+    drop(fabric);
+}
+
+fn wait_for_lease(namespace: &str, dir: &Path) -> Lease {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(lease) = dhcp(namespace, dir) {
+            return lease;
+        }
+        assert!(Instant::now() < deadline, "no lease for {namespace}");
+    }
+}
