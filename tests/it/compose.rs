@@ -221,10 +221,7 @@ fn host_agents_run_as_root_with_net_admin_and_distinct_host_ids_and_files_volume
         agents += 1;
         let caps: Vec<&str> =
             service["cap_add"].as_array().map(|c| c.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        assert!(
-            caps.iter().any(|c| matches!(*c, "NET_ADMIN" | "CAP_NET_ADMIN")),
-            "`{name}` has NET_ADMIN: {caps:?}"
-        );
+        assert!(caps.iter().any(|c| matches!(*c, "NET_ADMIN" | "CAP_NET_ADMIN")), "`{name}` has NET_ADMIN: {caps:?}");
         let user = service["user"].as_str().unwrap_or_default();
         assert!(
             matches!(user.split(':').next(), Some("root" | "0")),
@@ -258,10 +255,10 @@ fn allocators_and_every_other_instance_have_distinct_names() {
                 "`{name}` names its instance: the default is shared, and allocators sharing one fence each other"
             );
         }
-        if let Some(instance) = instance {
-            if let Some(other) = instances.insert(instance.clone(), name) {
-                panic!("`{name}` and `{other}` are both instance {instance:?}");
-            }
+        if let Some(instance) = instance
+            && let Some(other) = instances.insert(instance.clone(), name)
+        {
+            panic!("`{name}` and `{other}` are both instance {instance:?}");
         }
     }
     assert!(allocators >= 2, "two allocators share the partitions, found {allocators}");
@@ -273,8 +270,9 @@ fn kafka_is_one_kraft_node_with_single_replica_internal_topics() {
     let kafka = &services(&compose)[KAFKA];
     assert!(kafka["image"].as_str().is_some_and(|i| i.starts_with("apache/kafka:")), "the official Kafka image");
     let env = environment(kafka);
-    let get = |key: &str| env.get(key).map(String::as_str).unwrap_or_else(|| panic!("Kafka's {key} is set"));
-    let roles: BTreeSet<&str> = get("KAFKA_PROCESS_ROLES").split(',').map(str::trim).collect();
+    let get = |key: &str| -> String { env.get(key).cloned().unwrap_or_else(|| panic!("Kafka's {key} is set")) };
+    let roles = get("KAFKA_PROCESS_ROLES");
+    let roles: BTreeSet<&str> = roles.split(',').map(str::trim).collect();
     assert_eq!(roles, BTreeSet::from(["broker", "controller"]), "one combined broker and controller");
     let node_id = get("KAFKA_NODE_ID");
     let voters = get("KAFKA_CONTROLLER_QUORUM_VOTERS");
@@ -425,10 +423,8 @@ fn dockerignore_keeps_build_output_git_and_local_data_out_of_the_context() {
 #[test]
 fn docker_compose_accepts_the_file() {
     let root = root();
-    let has_compose = Command::new("docker")
-        .args(["compose", "version"])
-        .output()
-        .is_ok_and(|output| output.status.success());
+    let has_compose =
+        Command::new("docker").args(["compose", "version"]).output().is_ok_and(|output| output.status.success());
     if !has_compose {
         println!("note: this docker client has no Compose (`docker compose version` failed); not checking with it");
         return;

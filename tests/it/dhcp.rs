@@ -373,6 +373,26 @@ fn guests_get_their_reserved_ip_from_real_dnsmasq_and_servers_fail_over() {
         });
     }
 
+    // A dnsmasq that dies is restarted, and the agent says so.
+    let pid_file = stack.dhcp_dir(serving[0]).join(NETWORK.to_string()).join("dnsmasq.pid");
+    let old_pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+    must(&["kill", "-KILL", &old_pid]);
+    wait_until("dnsmasq is restarted", Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file)
+            .is_ok_and(|pid| pid.trim() != old_pid && Path::new(&format!("/proc/{}", pid.trim())).exists())
+    });
+    let restarted = wait_for_lease(&vm1, stack.dir.path());
+    assert_eq!(restarted.ip, reserved);
+    wait_until("the restarted server offers again", Duration::from_secs(5), || {
+        stack.dnsmasq_log(serving[0]).contains(&format!("DHCPOFFER(eth1) {reserved} {vm1_mac}"))
+    });
+    wait_until("the restart is reported", Duration::from_secs(10), || {
+        stack.log.read("ipam.hosts", 0, 0, usize::MAX, Duration::ZERO).unwrap().iter().any(|record| {
+            matches!(Envelope::decode(&record.value).map(|e| e.event),
+                     Ok(Event::DhcpServerStatus(status)) if status.state == DhcpServerState::Restarting)
+        })
+    });
+
     // An unknown MAC gets no lease.
     assert!(dhcp(&vm2, stack.dir.path()).is_none(), "a MAC without a reservation got a lease");
 

@@ -294,6 +294,25 @@ impl std::fmt::Debug for Provisioner {
 impl Actor for Provisioner {
     type Context = Context<Self>;
 
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Supervision: a server that died is restarted (the backend applies its own backoff).
+        ctx.run_interval(self.retry_interval, |this, _| {
+            let Some(config) = &this.applied else { return };
+            match this.backend.check() {
+                Ok(None) => {}
+                Ok(Some(detail)) => {
+                    tracing::warn!(network = %this.network_id, detail, "Restarted the DHCP server.");
+                    this.outbox.status(this.network_id, config.epoch, DhcpServerState::Restarting, detail);
+                }
+                Err(error) => {
+                    let detail = error_chain(&error);
+                    tracing::warn!(network = %this.network_id, error = %detail, "Cannot restart the DHCP server.");
+                    this.outbox.status(this.network_id, config.epoch, DhcpServerState::Failed, detail);
+                }
+            }
+        });
+    }
+
     /// The arbiter was made for this actor alone, so it ends with it.
     fn stopped(&mut self, _: &mut Context<Self>) {
         Arbiter::current().stop();

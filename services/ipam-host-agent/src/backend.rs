@@ -19,6 +19,12 @@ pub trait DhcpBackend: Send {
     /// Stops the server of `network_id`: placement gave the network to another host, or none.
     /// Stopping a server that does not run is not an error.
     fn stop(&mut self, network_id: NetworkId) -> Result<(), BackendError>;
+
+    /// Supervision, called periodically: makes sure the server still runs, restarting it (with
+    /// backoff) if it died. Answers what happened when it restarted one, for a status event.
+    fn check(&mut self) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
 }
 
 /// Why a backend could not apply or stop a configuration. The agent reports it in an

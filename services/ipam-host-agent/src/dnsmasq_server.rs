@@ -56,6 +56,8 @@ impl DnsmasqOptions {
 pub struct DnsmasqBackend {
     options: DnsmasqOptions,
     server: Option<Server>,
+    /// The configuration last applied, to restart a server that died with.
+    applied: Option<NetworkDhcpConfig>,
 }
 
 #[derive(Debug)]
@@ -100,7 +102,7 @@ fn hosts_text(hosts: &BTreeMap<String, String>) -> String {
 
 impl DnsmasqBackend {
     pub fn new(options: DnsmasqOptions) -> DnsmasqBackend {
-        DnsmasqBackend { options, server: None }
+        DnsmasqBackend { options, server: None, applied: None }
     }
 
     fn dir(&self, network_id: NetworkId) -> PathBuf {
@@ -236,9 +238,7 @@ impl DhcpBackend for DnsmasqBackend {
                 match server.child.try_wait() {
                     Ok(None) => server,
                     _ => {
-                        // Died: restart with backoff (at most one restart a second).
-                        let wait = Duration::from_secs(1).saturating_sub(server.last_start.elapsed());
-                        std::thread::sleep(wait);
+                        // Died: restart it (`check` spaces restarts out by its backoff).
                         tracing::warn!(network = %config.network_id, restarts = server.restarts + 1, "dnsmasq died; restarting it.");
                         let restarts = server.restarts + 1;
                         let addresses = std::mem::take(&mut server.addresses);
@@ -293,10 +293,25 @@ impl DhcpBackend for DnsmasqBackend {
             server.loaded.extend(lines);
         }
         self.server = Some(server);
+        self.applied = Some(config.clone());
         Ok(())
     }
 
+    fn check(&mut self) -> Result<Option<String>, BackendError> {
+        let (Some(server), Some(config)) = (self.server.as_mut(), self.applied.clone()) else { return Ok(None) };
+        let Ok(Some(status)) = server.child.try_wait() else { return Ok(None) };
+        // Backoff: 1 s after the first death, doubling up to a minute, counted from the last start.
+        let backoff = Duration::from_secs(1 << server.restarts.min(6));
+        if server.last_start.elapsed() < backoff {
+            return Ok(None);
+        }
+        let restarts = server.restarts + 1;
+        self.apply(&config)?;
+        Ok(Some(format!("dnsmasq exited ({status}); restarted it (restart {restarts})")))
+    }
+
     fn stop(&mut self, network_id: NetworkId) -> Result<(), BackendError> {
+        self.applied = None;
         if let Some(server) = self.server.take() {
             self.stop_server(server);
         } else {
