@@ -1,8 +1,8 @@
 # The `ipam` binary in a small Debian image. One image serves every role; the command picks it:
 #   docker run ipam:local --kafka broker:9092 --instance alloc-a allocator
 #   docker run ipam:local --kafka broker:9092 placement
-#   docker run --user root --cap-add NET_ADMIN ipam:local --kafka broker:9092 \
-#       host-agent --host-id <HOST_UUID> --files-dir /etc/dnsmasq.d/ipam
+#   docker run --user root --cap-add NET_ADMIN --init ipam:local --kafka broker:9092 \
+#       host-agent --host-id <HOST_UUID> --dhcp-dir /var/lib/ipam/dhcp
 # docker-compose.yml runs the whole system on one Kafka broker.
 
 # ---------------------------------------------------------------------------------------------
@@ -35,16 +35,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Runtime.
 FROM debian:bookworm-slim
 
-# ca-certificates: TLS to brokers through [kafka.passthrough]. dnsmasq-base: the DHCP server the
-# host agent configures (no system service, just the binary). iproute2: `ip` for the host agent's
-# interfaces, and `ss` for the health checks of the Kafka-only services. curl: the API's health
-# check. zlib1g is already in the base image; it is named so that it never goes missing.
+# ca-certificates: TLS to brokers through [kafka.passthrough]. dnsmasq-base: the DHCP servers the
+# host agent runs (the binary, no system service). iproute2: `ip`, with which the host agent puts a
+# server's address on its interface, and `ss` for the services' health checks. procps: `kill`,
+# with which the host agent signals its dnsmasq processes. curl: the API's health check. zlib1g is
+# already in the base image; it is named so that it never goes missing.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates \
         curl \
         dnsmasq-base \
         iproute2 \
+        procps \
         zlib1g \
     && rm -rf /var/lib/apt/lists/*
 
@@ -52,7 +54,7 @@ RUN apt-get update \
 # (`user: root` in docker-compose.yml).
 RUN groupadd --system --gid 10001 ipam \
     && useradd --system --uid 10001 --gid ipam --home-dir /var/lib/ipam --shell /usr/sbin/nologin ipam \
-    && mkdir -p /var/lib/ipam /etc/dnsmasq.d/ipam \
+    && mkdir -p /var/lib/ipam \
     && chown ipam:ipam /var/lib/ipam
 
 COPY --from=builder /usr/local/bin/ipam /usr/local/bin/ipam

@@ -209,10 +209,10 @@ fn kafka_and_snapshot_data_are_kept_in_named_volumes() {
 }
 
 #[test]
-fn host_agents_run_as_root_with_net_admin_and_distinct_host_ids_and_files_volumes() {
+fn host_agents_run_as_root_with_net_admin_and_distinct_host_ids_and_dhcp_volumes() {
     let compose = compose();
     let mut host_ids = BTreeSet::new();
-    let mut files_volumes = BTreeSet::new();
+    let mut dhcp_volumes = BTreeSet::new();
     let mut agents = 0;
     for (name, service) in ipam_services(&compose) {
         if subcommand(service).as_deref() != Some("host-agent") {
@@ -227,16 +227,24 @@ fn host_agents_run_as_root_with_net_admin_and_distinct_host_ids_and_files_volume
             matches!(user.split(':').next(), Some("root" | "0")),
             "`{name}` runs as root (the image's default user is not): user is {user:?}"
         );
+        assert_eq!(service["init"], Value::Bool(true), "`{name}` has an init to reap what its dnsmasq children leave");
         let host_id = setting(service, "--host-id", "IPAM_HOST_ID").unwrap_or_else(|| panic!("`{name}` has a host id"));
         let host_id = uuid::Uuid::parse_str(&host_id).unwrap_or_else(|e| panic!("`{name}`: {host_id:?}: {e}"));
         assert!(host_ids.insert(host_id), "`{name}` has a host id of its own, not {host_id}");
-        let files_dir =
-            setting(service, "--files-dir", "IPAM_FILES_DIR").unwrap_or_else(|| panic!("`{name}` has a files dir"));
+        // The DHCP servers' state directory: --dhcp-dir, else <data-dir>/dhcp.
+        let dhcp_dir = setting(service, "--dhcp-dir", "IPAM_DHCP_DIR")
+            .or_else(|| setting(service, "--data-dir", "IPAM_DATA_DIR").map(|data| format!("{data}/dhcp")))
+            .unwrap_or_else(|| panic!("`{name}` names its DHCP directory (--dhcp-dir) or its data directory"));
         let (source, _) = volumes(service)
             .into_iter()
-            .find(|(_, target)| *target == files_dir)
-            .unwrap_or_else(|| panic!("`{name}` writes its dnsmasq files ({files_dir}) into a volume"));
-        assert!(files_volumes.insert(source.clone()), "`{name}` has a files volume of its own, not {source}");
+            .find(|(_, target)| *target == dhcp_dir)
+            .unwrap_or_else(|| panic!("`{name}` keeps its DHCP servers' files ({dhcp_dir}) in a volume"));
+        assert!(dhcp_volumes.insert(source.clone()), "`{name}` has a DHCP volume of its own, not {source}");
+        let backend = setting(service, "--dhcp-backend", "IPAM_DHCP_BACKEND");
+        assert!(
+            matches!(backend.as_deref(), None | Some("dnsmasq" | "files")),
+            "`{name}` names a DHCP backend the binary has: {backend:?}"
+        );
     }
     assert!(agents >= 2, "two host agents, found {agents}");
 }
@@ -396,7 +404,8 @@ fn dockerfile_builds_the_ipam_package_locked_and_its_runtime_installs_dnsmasq() 
     let installs = runtime.iter().filter(|i| i.starts_with("RUN ") && i.contains("apt-get install")).cloned();
     let packages: BTreeSet<String> =
         installs.flat_map(|i| i.split_whitespace().map(str::to_owned).collect::<Vec<_>>()).collect();
-    for package in ["dnsmasq-base", "iproute2", "ca-certificates", "curl"] {
+    // dnsmasq, `ip` and `kill` for the host agent's DHCP servers, `ss` and curl for health checks.
+    for package in ["dnsmasq-base", "iproute2", "procps", "ca-certificates", "curl"] {
         assert!(packages.contains(package), "the runtime installs {package}");
     }
     let user = runtime.iter().rev().find_map(|i| i.strip_prefix("USER ")).expect("the runtime names its user");

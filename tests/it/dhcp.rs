@@ -299,15 +299,19 @@ fn network(servers_count: u8) -> Event {
     })
 }
 
-fn start(vnic: VnicId, mac: Mac) -> Event {
-    Event::VnicStarted(VnicUp {
+fn vnic_up(vnic: VnicId, mac: Mac) -> VnicUp {
+    VnicUp {
         vnic_id: vnic,
         vm_id: VmId::from_u128(vnic.0.as_u128()),
         network_id: NETWORK,
         subnet_id: Some(SUBNET),
         mac,
         requested_ip: None,
-    })
+    }
+}
+
+fn start(vnic: VnicId, mac: Mac) -> Event {
+    Event::VnicStarted(vnic_up(vnic, mac))
 }
 
 #[test]
@@ -404,6 +408,19 @@ fn guests_get_their_reserved_ip_from_real_dnsmasq_and_servers_fail_over() {
         });
     }
     assert!(dhcp(&vm1, stack.dir.path()).is_none(), "a released MAC still got a lease");
+
+    // The released address, re-used by another MAC (a fixed-IP request), is served to that MAC.
+    let vnic2 = VnicId::from_u128(0xe2);
+    let reuse = VnicUp { requested_ip: Some(reserved.parse().unwrap()), ..vnic_up(vnic2, vm2_mac) };
+    stack.publish(vec![Event::VnicStarted(reuse)]);
+    for host in &serving {
+        wait_until("the servers hold the new holder", Duration::from_secs(10), || {
+            stack.served_lines(*host).contains(&vm2_mac.to_string())
+        });
+    }
+    let lease = wait_for_lease(&vm2, stack.dir.path());
+    assert_eq!(lease.ip, reserved, "the re-used address went to its new MAC");
+    assert!(dhcp(&vm1, stack.dir.path()).is_none(), "the address's former MAC got a lease");
 
     // Failover: one server; its host agent is killed (its dnsmasq left running, stale).
     stack.publish(vec![network(1)]);
