@@ -1,5 +1,8 @@
-//! Shared by the integration tests and the `log-child` helper process: how to open each log
-//! backend from a one-line spec, so a child process can open the same log as its parent.
+//! Shared by the integration tests, the benchmarks and the `log-child` helper process: how to open
+//! each log backend from a one-line spec (so a child process opens the same log as its parent),
+//! and network namespaces for the DHCP tests ([`netns`]).
+
+pub mod netns;
 
 use std::path::PathBuf;
 use std::sync::Arc;

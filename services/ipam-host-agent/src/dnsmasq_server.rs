@@ -91,6 +91,22 @@ fn write_file(path: &Path, text: &str) -> Result<(), BackendError> {
     fs::rename(&temp, path).map_err(io("cannot rename onto", path))
 }
 
+/// Ends the dnsmasq whose pid an earlier agent left in `dir`, if that pid still is a dnsmasq (a
+/// recycled pid of another process is left alone). Answers whether it signalled one.
+fn stop_stale(dir: &Path) -> bool {
+    let Ok(pid) = fs::read_to_string(dir.join("dnsmasq.pid")) else { return false };
+    let pid = pid.trim();
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let is_dnsmasq = fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "dnsmasq");
+    if is_dnsmasq {
+        let _ = Command::new("kill").args(["-TERM", pid]).status();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    is_dnsmasq
+}
+
 /// `MAC,IP` lines by MAC.
 fn by_mac(lines: Vec<String>) -> BTreeMap<String, String> {
     lines.into_iter().filter_map(|line| line.split_once(',').map(|(mac, ip)| (mac.to_owned(), ip.to_owned()))).collect()
@@ -130,13 +146,7 @@ impl DnsmasqBackend {
         write_file(&dir.join("hosts"), &hosts_text(&hosts))?;
         // A dnsmasq left running by an earlier agent (stopping the agent leaves servers running)
         // holds the interface: end it first.
-        if let Ok(pid) = fs::read_to_string(dir.join("dnsmasq.pid")) {
-            let pid = pid.trim();
-            if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
-                let _ = Command::new("kill").args(["-TERM", pid]).status();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        stop_stale(&dir);
         let conf = format!(
             "{options_text}\n# Files of this server.\ndhcp-hostsfile={}\ndhcp-hostsdir={}\ndhcp-leasefile={}\npid-file={}\n",
             dir.join("hosts").display(),
@@ -317,12 +327,8 @@ impl DhcpBackend for DnsmasqBackend {
         } else {
             // A server left by an earlier agent (this host was replaced while its agent was away).
             let dir = self.dir(network_id);
-            if let Ok(pid) = fs::read_to_string(dir.join("dnsmasq.pid")) {
-                let pid = pid.trim();
-                if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
-                    let _ = Command::new("kill").args(["-TERM", pid]).status();
-                    tracing::info!(network = %network_id, pid, "Stopped a stale dnsmasq left by an earlier agent.");
-                }
+            if stop_stale(&dir) {
+                tracing::info!(network = %network_id, "Stopped a stale dnsmasq left by an earlier agent.");
             }
             let _ = fs::remove_dir_all(dir);
         }
