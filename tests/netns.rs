@@ -1,6 +1,10 @@
 //! Network namespaces for the DHCP tests and benchmarks: a fabric namespace with a bridge, and
 //! namespaces plugged into it through veth pairs; plus a real DHCP client (busybox udhcpc).
 
+// Test scaffolding: a failure to set up is a broken test run, not bad input; and `Fabric::new`
+// creates namespaces, which a `Default` would hide.
+#![allow(clippy::unwrap_used, clippy::new_without_default)]
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
