@@ -26,6 +26,9 @@ struct Stack {
     up: Service,
     log: std::sync::Arc<dyn EventLog>,
     n: u128,
+    /// Set when the services run against Kafka: the broker, and the services besides `up`.
+    kafka: Option<String>,
+    others: Vec<Service>,
 }
 
 impl Stack {
@@ -48,7 +51,41 @@ impl Stack {
         let mut up = Service::spawn(&args);
         up.wait_for("ipam is ready", Duration::from_secs(60));
         let log = ipam_tests::BackendSpec::Sqlite(dir.path().join("data").join("log")).open().unwrap();
-        Stack { dir, up, log, n: 0 }
+        Stack { dir, up, log, n: 0, kafka: None, others: Vec::new() }
+    }
+
+    /// `ipam allocator` and `ipam placement` against the Kafka broker (unprefixed topics: this is
+    /// the one test that uses them, with ids unique to the run).
+    fn kafka() -> Stack {
+        let bootstrap = ipam_tests::kafka_bootstrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spawn = |name: &str, command: &str| {
+            let data = dir.path().join(name).display().to_string();
+            let args: Vec<String> = [
+                "--kafka",
+                &bootstrap,
+                "--kafka-session-timeout-ms",
+                "6000",
+                "--instance",
+                &format!("e2e-{name}-{}", std::process::id()),
+                "--data-dir",
+                &data,
+                "--tick-interval-ms",
+                &TICK_MS.to_string(),
+                "--heartbeat-timeout-ms",
+                &HEARTBEAT_TIMEOUT_MS.to_string(),
+                command,
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let mut service = Service::spawn(&args);
+            service.wait_for("ipam is ready", Duration::from_secs(60));
+            service
+        };
+        let up = spawn("allocator", "allocator");
+        let placement = spawn("placement", "placement");
+        let log = ipam_tests::BackendSpec::Kafka(bootstrap.clone()).open().unwrap();
+        Stack { dir, up, log, n: 0, kafka: Some(bootstrap), others: vec![placement] }
     }
 
     fn publish(&mut self, events: Vec<Event>) {
@@ -73,9 +110,32 @@ impl Stack {
         self.log.append(&records).unwrap();
     }
 
-    /// The host agent of `host` inside `namespace`.
+    /// The host agent of `host`: inside `namespace` on the embedded log; on Kafka, outside it
+    /// (a namespace has no route to the broker on loopback) with its servers inside it.
     fn agent(&self, namespace: &str, host: HostId) -> Service {
         let ipam = crate::recovery::ipam_binary();
+        if let Some(bootstrap) = &self.kafka {
+            let args: Vec<String> = [
+                "--kafka",
+                bootstrap,
+                "--data-dir",
+                &self.dir.path().join("agent").display().to_string(),
+                "host-agent",
+                "--host-id",
+                &host.to_string(),
+                "--netns",
+                namespace,
+                "--dhcp-dir",
+                &self.dhcp_dir(host).display().to_string(),
+                "--heartbeat-interval-ms",
+                "500",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let mut agent = Service::spawn(&args);
+            agent.wait_for("ipam is ready", Duration::from_secs(30));
+            return agent;
+        }
         let args: Vec<String> = [
             "netns",
             "exec",
@@ -345,6 +405,55 @@ fn guests_get_their_reserved_ip_from_real_dnsmasq_and_servers_fail_over() {
 
     for agent in agents.iter_mut().flatten() {
         agent.terminate();
+    }
+    stack.up.terminate();
+    drop(fabric);
+}
+
+#[test]
+fn a_guest_gets_its_reserved_ip_with_the_services_on_kafka() {
+    prerequisites();
+    let mut fabric = Fabric::new();
+    let host_ns = fabric.node("kh", "eth1", None);
+    let vm_mac: Mac = "52:54:00:e3:00:01".parse().unwrap();
+    let vm_ns = fabric.node("kv", "eth0", Some(vm_mac));
+    let mut stack = Stack::kafka();
+    // Ids unique to the run: the unprefixed topics outlive it on a developer's broker.
+    let run = u128::from(std::process::id()) << 32
+        | u128::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos());
+    let host = HostId::from_u128(run);
+    let mut agent = stack.agent(&host_ns, host);
+    stack.publish(vec![
+        Event::HostUpserted(HostUpserted {
+            host_id: host,
+            name: "kafka-host".to_owned(),
+            status: HostStatus::Up,
+            networks: vec![HostNetwork { network_id: NETWORK, interface: "eth1".parse().unwrap() }],
+        }),
+        network(1),
+        Event::SubnetAdded(SubnetAdded {
+            network_id: NETWORK,
+            subnet_id: SUBNET,
+            cidr: "10.77.0.0/24".parse().unwrap(),
+            gateway: "10.77.0.1".parse().unwrap(),
+            dns_servers: vec!["10.77.0.53".parse().unwrap()],
+            ntp_servers: vec![],
+            allocation_pools: None,
+        }),
+    ]);
+    let vnic = VnicId::from_u128(run + 1);
+    stack.publish(vec![start(vnic, vm_mac)]);
+    wait_until("the vNIC holds a reservation", Duration::from_secs(30), || stack.reserved_ip(vnic).is_some());
+    let reserved = stack.reserved_ip(vnic).unwrap();
+    wait_until("the server holds the reservation", Duration::from_secs(30), || {
+        stack.served_lines(host).contains(&vm_mac.to_string())
+    });
+    let lease = wait_for_lease(&vm_ns, stack.dir.path());
+    assert_eq!(lease.ip, reserved);
+    assert_eq!(lease.router, "10.77.0.1");
+    agent.terminate();
+    for service in &mut stack.others {
+        service.terminate();
     }
     stack.up.terminate();
     drop(fabric);

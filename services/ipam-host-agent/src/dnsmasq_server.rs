@@ -43,11 +43,14 @@ pub struct DnsmasqOptions {
     pub binary: PathBuf,
     /// The `ip` binary, to put the server's own address on the interface.
     pub ip_binary: PathBuf,
+    /// A network namespace to run the servers in (the agent itself stays where it is, so it can
+    /// reach the log); `None` runs them in the agent's own namespace.
+    pub netns: Option<String>,
 }
 
 impl DnsmasqOptions {
     pub fn new(state_dir: impl Into<PathBuf>) -> DnsmasqOptions {
-        DnsmasqOptions { state_dir: state_dir.into(), binary: "dnsmasq".into(), ip_binary: "ip".into() }
+        DnsmasqOptions { state_dir: state_dir.into(), binary: "dnsmasq".into(), ip_binary: "ip".into(), netns: None }
     }
 }
 
@@ -156,7 +159,16 @@ impl DnsmasqBackend {
         );
         write_file(&dir.join("dnsmasq.conf"), &conf)?;
         let log = fs::File::create(dir.join("dnsmasq.log")).map_err(io("cannot create", &dir.join("dnsmasq.log")))?;
-        let child = Command::new(&self.options.binary)
+        let mut command = match &self.options.netns {
+            // `ip netns exec` execs dnsmasq in place, so the child's pid is dnsmasq's.
+            Some(netns) => {
+                let mut command = Command::new(&self.options.ip_binary);
+                command.args(["netns", "exec", netns]).arg(&self.options.binary);
+                command
+            }
+            None => Command::new(&self.options.binary),
+        };
+        let child = command
             .arg("--keep-in-foreground")
             .arg(format!("--conf-file={}", dir.join("dnsmasq.conf").display()))
             // The state directory belongs to the agent (root); dnsmasq keeps root to read it.
@@ -184,7 +196,11 @@ impl DnsmasqBackend {
     }
 
     fn ip(&self, args: &[&str]) -> Result<std::process::Output, BackendError> {
-        Command::new(&self.options.ip_binary).args(args).output().map_err(io("cannot run", &self.options.ip_binary))
+        let mut command = Command::new(&self.options.ip_binary);
+        if let Some(netns) = &self.options.netns {
+            command.args(["-n", netns]);
+        }
+        command.args(args).output().map_err(io("cannot run", &self.options.ip_binary))
     }
 
     /// Puts the server's own addresses on the interface (before dnsmasq needs them) and takes off

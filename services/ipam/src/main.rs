@@ -59,6 +59,9 @@ enum Command {
         dhcp_dir: Option<PathBuf>,
         #[arg(long, env = "IPAM_HEARTBEAT_INTERVAL_MS")]
         heartbeat_interval_ms: Option<u64>,
+        /// Run the DHCP servers in this network namespace (the agent stays in its own).
+        #[arg(long, env = "IPAM_NETNS")]
+        netns: Option<String>,
     },
 }
 
@@ -99,6 +102,7 @@ fn real_main() -> anyhow::Result<()> {
                         dir: e.files_dir.clone(),
                         backend: DhcpBackendKind::Files,
                         heartbeat_interval_ms: None,
+                        netns: None,
                     })
                     .collect(),
             };
@@ -111,10 +115,10 @@ fn real_main() -> anyhow::Result<()> {
             run::run(kafka(&config)?, &config, Components { placement: true, ..Components::default() })
         }
         Command::Bench { events } => bench::run(events),
-        Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms } => {
+        Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms, netns } => {
             let log = if config.kafka.bootstrap_servers.is_some() { kafka(&config)? } else { embedded(&config)? };
             let dir = dhcp_dir.unwrap_or_else(|| config.data_dir.join("dhcp"));
-            let agent = HostAgentSpec { host_id, dir, backend: dhcp_backend, heartbeat_interval_ms };
+            let agent = HostAgentSpec { host_id, dir, backend: dhcp_backend, heartbeat_interval_ms, netns };
             run::run(log, &config, Components { host_agents: vec![agent], ..Components::default() })
         }
     }

@@ -43,6 +43,8 @@ pub struct HostAgentSpec {
     pub dir: PathBuf,
     pub backend: DhcpBackendKind,
     pub heartbeat_interval_ms: Option<u64>,
+    /// Run the DHCP servers in this network namespace.
+    pub netns: Option<String>,
 }
 
 pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> anyhow::Result<()> {
@@ -125,12 +127,15 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
             threads.push((
                 name.clone(),
                 spawn(&name, move || {
-                    let (dir, backend) = (agent.dir.clone(), agent.backend);
+                    let (dir, backend, netns) = (agent.dir.clone(), agent.backend, agent.netns.clone());
                     let factory = Box::new(move |_| match backend {
                         DhcpBackendKind::Files => {
                             Box::new(FilesBackend::new(dir.clone())) as Box<dyn ipam_host_agent::DhcpBackend>
                         }
-                        DhcpBackendKind::Dnsmasq => Box::new(DnsmasqBackend::new(DnsmasqOptions::new(dir.clone()))),
+                        DhcpBackendKind::Dnsmasq => {
+                            let options = DnsmasqOptions { netns: netns.clone(), ..DnsmasqOptions::new(dir.clone()) };
+                            Box::new(DnsmasqBackend::new(options))
+                        }
                     });
                     ipam_host_agent::run(log, agent_config, factory, agent_stop)
                 })?,

@@ -53,6 +53,10 @@ pub struct Batch {
     pub positions: Vec<Position>,
 }
 
+/// How often a waiting reader looks at the store again even without a wake-up: another process
+/// sharing the embedded log (a host agent, `ipam bench`) cannot reach this process's notifier.
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(2);
+
 /// Wakes readers waiting for new records.
 #[derive(Debug, Default)]
 pub struct Notifier {
@@ -151,7 +155,7 @@ impl<S: LocalStore> EventLog for LocalLog<S> {
             if !records.is_empty() || now >= deadline {
                 return Ok(records);
             }
-            self.notifier.wait(seen, deadline - now);
+            self.notifier.wait(seen, (deadline - now).min(CROSS_PROCESS_POLL));
         }
     }
 
@@ -278,7 +282,7 @@ impl<S: LocalStore> Member for LocalMember<S> {
             if !polled.records.is_empty() || now >= deadline {
                 return Ok(polled);
             }
-            let mut wait = deadline - now;
+            let mut wait = (deadline - now).min(CROSS_PROCESS_POLL);
             if let Some(open) = &self.batch {
                 wait = wait.min(self.config.batch.max_delay.saturating_sub(open.opened.elapsed()));
             }
