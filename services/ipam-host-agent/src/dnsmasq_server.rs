@@ -12,9 +12,10 @@
 //! - hostsdir is add-only: a removed host stays in effect until a SIGHUP, and a host whose address
 //!   equals one dnsmasq still remembers is refused. So a removal, or an added host whose MAC or
 //!   address collides with one dnsmasq still holds, triggers a compaction: the base file is
-//!   rewritten with exactly the desired hosts, the hosts directory is emptied, and dnsmasq gets a
-//!   SIGHUP. A released MAC therefore stops being served at once, and an address re-used by another
-//!   MAC is served to the new MAC only.
+//!   rewritten with exactly the desired hosts, the hosts directory is emptied, the leases of hosts
+//!   that are gone are dropped, and dnsmasq is restarted (a SIGHUP would keep those leases, and
+//!   dnsmasq does not offer a leased address to another MAC). A released MAC therefore stops being
+//!   served at once, and an address re-used by another MAC is served to the new MAC only.
 //!
 //! Compaction after every removal is correct but costs a full reload each time; under heavy
 //! release churn at tens of thousands of hosts it should be batched, with the allocator holding
@@ -147,6 +148,21 @@ impl DnsmasqBackend {
             fs::remove_file(&path).map_err(io("cannot remove", &path))?;
         }
         write_file(&dir.join("hosts"), &hosts_text(&hosts))?;
+        // dnsmasq keeps a lease until it expires and will not offer a leased address to another
+        // MAC; a lease of a host that is no longer reserved (or now holds another address) goes.
+        let leases = dir.join("leases");
+        if let Ok(text) = fs::read_to_string(&leases) {
+            let kept: String = text
+                .lines()
+                .filter(|line| {
+                    let mut fields = line.split_whitespace().skip(1);
+                    let (Some(mac), Some(ip)) = (fields.next(), fields.next()) else { return false };
+                    hosts.get(mac).is_some_and(|reserved| reserved.trim_matches(['[', ']']) == ip)
+                })
+                .map(|line| format!("{line}\n"))
+                .collect();
+            write_file(&leases, &kept)?;
+        }
         // A dnsmasq left running by an earlier agent (stopping the agent leaves servers running)
         // holds the interface: end it first.
         stop_stale(&dir);
@@ -269,7 +285,7 @@ impl DhcpBackend for DnsmasqBackend {
                         let restarts = server.restarts + 1;
                         let addresses = std::mem::take(&mut server.addresses);
                         let _ = server.child.wait();
-                        let mut restarted = self.start(config, options_text, desired.clone())?;
+                        let mut restarted = self.start(config, options_text.clone(), desired.clone())?;
                         restarted.restarts = restarts;
                         restarted.addresses = addresses;
                         restarted
@@ -284,7 +300,7 @@ impl DhcpBackend for DnsmasqBackend {
                 }
                 let mut addresses = BTreeSet::new();
                 self.sync_addresses(config.interface.as_str(), &mut addresses, config)?;
-                let mut started = self.start(config, options_text, desired.clone())?;
+                let mut started = self.start(config, options_text.clone(), desired.clone())?;
                 started.addresses = addresses;
                 started
             }
@@ -297,15 +313,16 @@ impl DhcpBackend for DnsmasqBackend {
         let held_ips: BTreeSet<&String> = server.loaded.values().collect();
         let collides = added.iter().any(|(mac, ip)| server.loaded.contains_key(*mac) || held_ips.contains(ip));
         if removed || collides {
-            // Compaction: exactly the desired hosts in the base file, an empty hosts directory, SIGHUP.
-            let hostsdir = server.dir.join("hosts.d");
-            write_file(&server.dir.join("hosts"), &hosts_text(&desired))?;
-            for entry in fs::read_dir(&hostsdir).map_err(io("cannot list", &hostsdir))? {
-                let path = entry.map_err(io("cannot list", &hostsdir))?.path();
-                fs::remove_file(&path).map_err(io("cannot remove", &path))?;
-            }
-            Self::signal(&server, "-HUP");
-            server.loaded = desired;
+            // Compaction: a fresh dnsmasq with exactly the desired hosts in its base file, an empty
+            // hosts directory, and without the leases of hosts that are gone (a SIGHUP would keep
+            // those, and a re-used address would not be offered to its new MAC until they expire).
+            Self::signal(&server, "-TERM");
+            let _ = server.child.wait();
+            let (restarts, addresses) = (server.restarts, std::mem::take(&mut server.addresses));
+            let mut restarted = self.start(config, options_text.clone(), desired.clone())?;
+            restarted.restarts = restarts;
+            restarted.addresses = addresses;
+            server = restarted;
             tracing::debug!(network = %config.network_id, hosts = server.loaded.len(), "Compacted the dnsmasq hosts.");
         } else if !added.is_empty() {
             let lines: BTreeMap<String, String> = added.into_iter().map(|(m, i)| (m.clone(), i.clone())).collect();
