@@ -44,6 +44,9 @@ impl Stack {
             &TICK_MS.to_string(),
             "--heartbeat-timeout-ms",
             &HEARTBEAT_TIMEOUT_MS.to_string(),
+            // Tests run side by side: each API takes a free port.
+            "--api-bind",
+            "127.0.0.1:0",
             "up",
         ]
         .map(str::to_owned)

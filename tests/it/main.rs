@@ -3,6 +3,7 @@
 // Fixtures outside #[test] functions unwrap freely: a failure there is a broken test, not bad input.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod api;
 mod compose;
 mod dhcp;
 mod log;

@@ -270,6 +270,13 @@ impl Service {
     /// Waits for a stderr line containing `text`; returns how long it took.
     pub fn wait_for(&mut self, text: &str, within: Duration) -> Duration {
         let started = Instant::now();
+        self.wait_for_line(text, within);
+        started.elapsed()
+    }
+
+    /// Waits for a stderr line containing `text`; returns the line.
+    pub fn wait_for_line(&mut self, text: &str, within: Duration) -> String {
+        let started = Instant::now();
         let mut seen = Vec::new();
         loop {
             let left = within.checked_sub(started.elapsed()).unwrap_or_else(|| {
@@ -279,7 +286,7 @@ impl Service {
                 )
             });
             match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) if line.contains(text) => return started.elapsed(),
+                Ok(line) if line.contains(text) => return line,
                 Ok(line) => seen.push(line),
                 Err(_) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
@@ -334,6 +341,9 @@ impl Embedded {
             &HEARTBEAT_TIMEOUT_MS.to_string(),
             "--snapshot-every-records",
             "1500",
+            // Tests run side by side: each API takes a free port.
+            "--api-bind",
+            "127.0.0.1:0",
             "up",
         ]
         .map(str::to_owned)

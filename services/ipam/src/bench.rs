@@ -32,7 +32,15 @@ struct Service {
 fn spawn(dir: &Path) -> anyhow::Result<Service> {
     let exe = std::env::current_exe().context("finding the ipam binary")?;
     let mut child = Command::new(exe)
-        .args(["--data-dir", &dir.join("data").display().to_string(), "--partitions", "8", "up"])
+        .args([
+            "--data-dir",
+            &dir.join("data").display().to_string(),
+            "--partitions",
+            "8",
+            "--api-bind",
+            "127.0.0.1:0",
+            "up",
+        ])
         .arg("--host-agent")
         .arg(format!("{HOST}={}", dir.join("files").display()))
         .env("IPAM_LOG", "info")

@@ -39,6 +39,10 @@ pub struct Config {
     /// crash of the process at any point.
     pub fsync: bool,
     pub kafka: KafkaConfig,
+    /// Where the HTTP API listens (`ipam up`, `ipam api`).
+    pub api_bind: std::net::SocketAddr,
+    /// When set, every API endpoint but `/health` requires `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
     /// Host agents `ipam up` runs in-process, each writing dnsmasq files into its own directory.
     pub host_agents: Vec<HostAgentEntry>,
 }
@@ -86,6 +90,8 @@ impl Default for Config {
             default_servers_count: 2,
             fsync: false,
             kafka: KafkaConfig::default(),
+            api_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_token: None,
             host_agents: Vec::new(),
         }
     }
@@ -118,6 +124,11 @@ pub struct Overrides {
     pub kafka: Option<String>,
     #[arg(long, env = "IPAM_KAFKA_SESSION_TIMEOUT_MS", global = true)]
     pub kafka_session_timeout_ms: Option<u32>,
+    /// Where the HTTP API listens (127.0.0.1:8080 by default; port 0 picks a free one).
+    #[arg(long, env = "IPAM_API_BIND", global = true)]
+    pub api_bind: Option<std::net::SocketAddr>,
+    #[arg(long, env = "IPAM_API_TOKEN", global = true, hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 impl Config {
@@ -151,6 +162,10 @@ impl Config {
         set(&mut self.snapshot_every_secs, &o.snapshot_every_secs);
         if o.kafka.is_some() {
             self.kafka.bootstrap_servers = o.kafka.clone();
+        }
+        set(&mut self.api_bind, &o.api_bind);
+        if o.api_token.is_some() {
+            self.api_token = o.api_token.clone();
         }
         if o.kafka_session_timeout_ms.is_some() {
             self.kafka.session_timeout_ms = o.kafka_session_timeout_ms;

@@ -40,6 +40,8 @@ enum Command {
     Allocator,
     /// Run DHCP-server placement (and its clock) against Kafka.
     Placement,
+    /// Run the HTTP API against Kafka (listening on --api-bind).
+    Api,
     /// Measure `ipam up` end to end on this machine: throughput, and readiness after a SIGKILL.
     Bench {
         /// How many vNIC started events (and so live reservations) to play.
@@ -94,6 +96,7 @@ fn real_main() -> anyhow::Result<()> {
             let components = Components {
                 allocator: true,
                 placement: true,
+                api: true,
                 host_agents: config
                     .host_agents
                     .iter()
@@ -114,6 +117,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Placement => {
             run::run(kafka(&config)?, &config, Components { placement: true, ..Components::default() })
         }
+        Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
         Command::Bench { events } => bench::run(events),
         Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms, netns } => {
             let log = if config.kafka.bootstrap_servers.is_some() { kafka(&config)? } else { embedded(&config)? };

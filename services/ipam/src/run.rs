@@ -23,6 +23,7 @@ use crate::config::Config;
 pub struct Components {
     pub allocator: bool,
     pub placement: bool,
+    pub api: bool,
     pub host_agents: Vec<HostAgentSpec>,
 }
 
@@ -53,7 +54,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
     }
     let topics = Topics::new(&config.topic_prefix, config.partitions);
-    // The deciding services own the topics; a host agent waits for them to exist.
+    // The deciding services own the topics; a host agent or the API waits for them to exist.
     if components.allocator || components.placement {
         log.create_topics(&topics.specs()).context("creating the topics")?;
     }
@@ -116,6 +117,19 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                     })?,
                 ));
             }
+        }
+        if components.api {
+            let api_config = ipam_api::ApiConfig {
+                bind: config.api_bind,
+                bearer_token: config.api_token.clone(),
+                ..ipam_api::ApiConfig::default()
+            };
+            let (log, topics, api_stop) = (Arc::clone(&log), topics.clone(), Arc::clone(&stop));
+            let groups = ipam_api::Groups::with_prefix(&config.topic_prefix);
+            threads.push((
+                "api".to_owned(),
+                spawn("api", move || ipam_api::run(log, topics, groups, api_config, api_stop))?,
+            ));
         }
         for agent in &components.host_agents {
             let mut agent_config = HostAgentConfig::new(agent.host_id);

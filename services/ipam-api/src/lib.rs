@@ -1,0 +1,269 @@
+//! The HTTP API of IPAM: the engine's and host agents' way to publish events, and everyone's way
+//! to read what IPAM decided.
+//!
+//! Writes go straight to the log: `POST /v1/events` checks a batch against the event contract and
+//! appends it whole in one call, so a `202` means durable and a `4xx` means nothing was written.
+//! The API never decides anything and keeps no state of its own that the log does not hold.
+//!
+//! Reads come from a read model ([`model::ReadModel`]) that a background thread folds from the
+//! decision topics, from offset 0; every answer carries the log position it reflects. The decisions
+//! themselves are also served as a resumable Server-Sent Events stream (`GET /v1/stream`).
+//!
+//! The server runs on actix-web in its own actix `System`. Blocking log calls run off the HTTP
+//! workers: appends and lag queries in `web::block`, the read model and each event stream on their
+//! own threads.
+
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod publish;
+pub mod stream;
+
+mod follower;
+mod routes;
+mod state;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Service as _;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{App, HttpServer, ResponseError as _, web};
+use anyhow::Context as _;
+use futures::future::{Either, ready};
+use ipam_log::EventLog;
+use ipam_runtime::Topics;
+
+pub use error::ApiError;
+
+use crate::metrics::Metrics;
+use crate::model::ReadModel;
+use crate::state::AppState;
+
+/// How often the server looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+/// How long a graceful shutdown waits for requests in flight. Event streams end by themselves
+/// when the server stops, so this only bounds slow clients.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+
+/// How the API listens and whom it lets in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Where to listen; port 0 picks a free port (see [`bind_and_serve`] and the startup log line).
+    pub bind: SocketAddr,
+    /// When set, every endpoint but `/health` requires `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// The largest `POST /v1/events` body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig { bind: SocketAddr::from(([127, 0, 0, 1], 8080)), bearer_token: None, max_body_bytes: 1024 * 1024 }
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs.
+        f.debug_struct("ApiConfig")
+            .field("bind", &self.bind)
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// The consumer groups whose lag `/health` and `/metrics` report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Groups {
+    /// The allocator's group; its lag is measured on `ipam.networks`.
+    pub allocator: String,
+    /// Placement's group; its lag is measured on `ipam.hosts`.
+    pub placement: String,
+}
+
+impl Groups {
+    /// The groups the `ipam` binary uses: `<prefix>ipam-allocator` and `<prefix>ipam-placement`.
+    pub fn with_prefix(prefix: &str) -> Groups {
+        Groups { allocator: format!("{prefix}ipam-allocator"), placement: format!("{prefix}ipam-placement") }
+    }
+}
+
+/// Runs the API until `stop` is set, then shuts the server down gracefully. Blocking: it runs its
+/// own actix `System` in the calling thread. Logs `API listening on http://ADDR` once bound.
+pub fn run(
+    log: Arc<dyn EventLog>,
+    topics: Topics,
+    groups: Groups,
+    config: ApiConfig,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let listener = bind(config.bind)?;
+    serve(listener, log, topics, groups, config, stop)
+}
+
+/// Binds in the calling thread (so a taken port is an error here), then serves on a new thread
+/// until `stop` is set. Answers the bound address (the real port when `config.bind` asked for 0).
+pub fn bind_and_serve(
+    log: Arc<dyn EventLog>,
+    topics: Topics,
+    groups: Groups,
+    config: ApiConfig,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
+    let listener = bind(config.bind)?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    let thread = std::thread::Builder::new()
+        .name("ipam-api".to_owned())
+        .spawn(move || serve(listener, log, topics, groups, config, stop))
+        .context("starting the API thread")?;
+    Ok((address, thread))
+}
+
+fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).with_context(|| format!("binding the API to {address}"))
+}
+
+/// Whether the headers carry `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let Some((scheme, credentials)) = given.split_once(' ') else { return false };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let (given, wanted) = (credentials.trim().as_bytes(), token.as_bytes());
+    given.len() == wanted.len() && given.iter().zip(wanted).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn serve(
+    listener: TcpListener,
+    log: Arc<dyn EventLog>,
+    topics: Topics,
+    groups: Groups,
+    config: ApiConfig,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr().context("reading the bound address")?;
+    let halt = Arc::new(AtomicBool::new(false));
+    let model = Arc::new(RwLock::new(ReadModel::new()));
+    let follower = {
+        let (log, topics, model, halt) = (Arc::clone(&log), topics.clone(), Arc::clone(&model), Arc::clone(&halt));
+        std::thread::Builder::new()
+            .name("ipam-api-read-model".to_owned())
+            .spawn(move || {
+                let result = follower::run(log, topics, model, Arc::clone(&halt));
+                // A read model that cannot go on stops the API rather than serve stale answers.
+                halt.store(true, Ordering::SeqCst);
+                result
+            })
+            .context("starting the read model")?
+    };
+    let metrics = Arc::new(Metrics::default());
+    let token = config.bearer_token.clone();
+    let state = web::Data::new(AppState {
+        log,
+        topics,
+        groups,
+        config,
+        model,
+        metrics: Arc::clone(&metrics),
+        halt: Arc::clone(&halt),
+        streams: Arc::new(AtomicUsize::new(0)),
+    });
+    let document = routes::openapi_data();
+    // A couple of workers is plenty: handlers never block, and each stream has its own thread.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+
+    let served = actix_web::rt::System::new().block_on({
+        let halt = Arc::clone(&halt);
+        async move {
+            let server = HttpServer::new(move || {
+                let (token, metrics) = (token.clone(), Arc::clone(&metrics));
+                App::new()
+                    .app_data(state.clone())
+                    .app_data(document.clone())
+                    .service(
+                        web::resource("/v1/events")
+                            .route(web::post().to(publish::post_events))
+                            .default_service(web::to(routes::method_not_allowed)),
+                    )
+                    .service(get("/v1/networks", routes::networks))
+                    .service(get("/v1/networks/{id}", routes::network))
+                    .service(get("/v1/vnics/{id}", routes::vnic))
+                    .service(get("/v1/hosts/{id}", routes::host))
+                    .service(get("/v1/ips/{ip}/history", routes::ip_history))
+                    .service(get("/v1/stream", stream::stream))
+                    .service(get("/health", routes::health))
+                    .service(get("/metrics", routes::metrics))
+                    .service(get("/openapi.json", routes::openapi_document))
+                    .default_service(web::to(routes::not_found))
+                    .wrap_fn(move |request, service| {
+                        let denied = token
+                            .as_deref()
+                            .is_some_and(|token| request.path() != "/health" && !authorized(request.headers(), token));
+                        if denied {
+                            let error = ApiError::new(
+                                StatusCode::UNAUTHORIZED,
+                                "unauthorized",
+                                "this endpoint needs `Authorization: Bearer <token>`",
+                            );
+                            return Either::Left(ready(Ok(request.into_response(error.error_response()))));
+                        }
+                        Either::Right(service.call(request))
+                    })
+                    .wrap_fn(move |request, service| {
+                        let started = Instant::now();
+                        let method = request.method().to_string();
+                        let metrics = Arc::clone(&metrics);
+                        let response = service.call(request);
+                        async move {
+                            let response = response.await?;
+                            let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+                            metrics.observe(&method, &route, response.status().as_u16(), started.elapsed());
+                            Ok(response)
+                        }
+                    })
+            })
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+            .listen(listener)
+            .context("listening")?
+            .run();
+            tracing::info!(address = %address, "API listening on http://{address}");
+            let handle = server.handle();
+            actix_web::rt::spawn(async move {
+                while !stop.load(Ordering::SeqCst) && !halt.load(Ordering::SeqCst) {
+                    actix_web::rt::time::sleep(STOP_POLL).await;
+                }
+                // Streams end first, so the graceful stop does not wait for them.
+                halt.store(true, Ordering::SeqCst);
+                handle.stop(true).await;
+            });
+            server.await.context("the HTTP server failed")
+        }
+    });
+    halt.store(true, Ordering::SeqCst);
+    let followed = follower.join().map_err(|_| anyhow::anyhow!("the read model thread panicked"))?;
+    tracing::info!(address = %address, "API stopped.");
+    served?;
+    followed
+}
+
+/// A resource answering `GET` with `handler`, and a JSON 405 to every other method.
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path).route(web::get().to(handler)).default_service(web::to(routes::method_not_allowed))
+}

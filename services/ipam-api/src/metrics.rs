@@ -1,0 +1,146 @@
+//! `GET /metrics` in the Prometheus text format (version 0.0.4), written by hand: a handful of
+//! series does not justify a metrics crate.
+//!
+//! Counters and the request histogram live here; gauges (consumer lag, subnet utilization,
+//! reservations) are computed when scraped, from the log and the read model.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the request-duration buckets, in seconds.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    /// Observations at or below each bound of [`BUCKETS`] (not cumulative; summed when written).
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum_seconds: f64,
+}
+
+/// The API's own counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    appended: AtomicU64,
+    /// Keyed by (method, route pattern, status).
+    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+}
+
+impl Metrics {
+    pub fn appended(&self, events: u64) {
+        self.appended.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let histogram = requests.entry((method.to_owned(), route.to_owned(), status)).or_default();
+        if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound) {
+            histogram.counts[bucket] += 1;
+        }
+        histogram.count += 1;
+        histogram.sum_seconds += seconds;
+    }
+}
+
+/// What a scrape reports besides the counters in [`Metrics`].
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub processed: u64,
+    /// (group, topic, records behind).
+    pub consumer_lag: Vec<(String, String, u64)>,
+    /// (topic, records the read model has not read yet).
+    pub read_model_lag: Vec<(String, u64)>,
+    /// (network, subnet, used share).
+    pub utilization: Vec<(String, String, f64)>,
+    /// (network, reservations).
+    pub reservations: Vec<(String, usize)>,
+}
+
+/// A label value with Prometheus' escapes.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The whole exposition.
+pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
+    let mut out = String::new();
+    header(&mut out, "ipam_events_processed_total", "counter", "Events the API's read model folded from the log.");
+    let _ = writeln!(out, "ipam_events_processed_total {}", gauges.processed);
+
+    header(&mut out, "ipam_events_appended_total", "counter", "Events accepted by POST /v1/events and appended.");
+    let _ = writeln!(out, "ipam_events_appended_total {}", metrics.appended.load(Ordering::Relaxed));
+
+    header(&mut out, "ipam_consumer_lag", "gauge", "Records of a topic a consumer group has not committed yet.");
+    for (group, topic, lag) in &gauges.consumer_lag {
+        let _ = writeln!(out, "ipam_consumer_lag{{group=\"{}\",topic=\"{}\"}} {lag}", escape(group), escape(topic));
+    }
+
+    header(&mut out, "ipam_read_model_lag", "gauge", "Records of a topic the API's read model has not read yet.");
+    for (topic, lag) in &gauges.read_model_lag {
+        let _ = writeln!(out, "ipam_read_model_lag{{topic=\"{}\"}} {lag}", escape(topic));
+    }
+
+    header(&mut out, "ipam_subnet_utilization", "gauge", "Share of a subnet in use: used / (used + free).");
+    for (network, subnet, ratio) in &gauges.utilization {
+        let _ = writeln!(
+            out,
+            "ipam_subnet_utilization{{network=\"{}\",subnet=\"{}\"}} {ratio}",
+            escape(network),
+            escape(subnet)
+        );
+    }
+
+    header(&mut out, "ipam_reservations", "gauge", "Reservations held, per network.");
+    for (network, count) in &gauges.reservations {
+        let _ = writeln!(out, "ipam_reservations{{network=\"{}\"}} {count}", escape(network));
+    }
+
+    header(&mut out, "ipam_request_duration_seconds", "histogram", "Time to answer an API request, until the headers.");
+    let requests = metrics.requests.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for ((method, route, status), histogram) in &requests {
+        let labels = format!("method=\"{}\",route=\"{}\",status=\"{status}\"", escape(method), escape(route));
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(histogram.counts) {
+            cumulative += count;
+            let _ = writeln!(out, "ipam_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "ipam_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", histogram.count);
+        let _ = writeln!(out, "ipam_request_duration_seconds_sum{{{labels}}} {}", histogram.sum_seconds);
+        let _ = writeln!(out, "ipam_request_duration_seconds_count{{{labels}}} {}", histogram.count);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let metrics = Metrics::default();
+        metrics.observe("GET", "/health", 200, Duration::from_micros(100));
+        metrics.observe("GET", "/health", 200, Duration::from_millis(20));
+        let text = render(&metrics, &Gauges::default());
+        let labels = "method=\"GET\",route=\"/health\",status=\"200\"";
+        assert!(
+            text.contains(&format!("ipam_request_duration_seconds_bucket{{{labels},le=\"0.0005\"}} 1\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("ipam_request_duration_seconds_bucket{{{labels},le=\"0.025\"}} 2\n")), "{text}");
+        assert!(text.contains(&format!("ipam_request_duration_seconds_count{{{labels}}} 2\n")), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+}

@@ -1,0 +1,816 @@
+//! The read model: what the API answers `GET` requests from, folded from the system's decisions
+//! on the log (`ipam.reservations`, `ipam.dhcp-servers`, and `ipam.hosts` for the host inventory,
+//! heartbeats, server statuses and the network facts the allocator forwards there).
+//!
+//! It is a pure fold with no I/O, so it is tested without a log or a thread: [`ReadModel::apply`]
+//! takes one decoded event and the topic it came from, [`ReadModel::advance`] records how far each
+//! partition was read. Every answer carries those positions, so a client knows which prefix of the
+//! log it reflects (and, after a `POST`, whether its event has been seen yet).
+//!
+//! # Order across topics
+//! Partitions are read round-robin, so events of different topics interleave in no fixed order. The
+//! model therefore keeps each fact where its own topic puts it in order: a network's name and IPAM
+//! flag come from `ipam.hosts` (one partition), its subnets and reservations from its
+//! `ipam.reservations` partition, its servers from its `ipam.dhcp-servers` partition. Whatever the
+//! interleaving, once every partition is read to the same point, the model is the same.
+//!
+//! # Bounds
+//! History and rejections are bounded ([`HISTORY_KEPT`] entries per IP, [`REJECTIONS_KEPT`] per
+//! network), so the model grows with the live state and the number of addresses and vNICs ever seen,
+//! not with the length of the log.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+
+use ipam_core::event::{AssignReason, DhcpServerState, HostNetwork, HostStatus, Owner, ReleaseReason, ServedNetwork};
+use ipam_core::{Cidr, Envelope, Event, EventId, HostId, InterfaceName, IpRange, Mac, NetworkId, SubnetId, Topic};
+use ipam_core::{RejectionCode, Timestamp, VmId, VnicId};
+use serde::Serialize;
+
+/// Entries of history kept per IP address; the oldest go first.
+pub const HISTORY_KEPT: usize = 64;
+/// Rejections kept per network; the oldest go first.
+pub const REJECTIONS_KEPT: usize = 20;
+/// The largest count written as a JSON number: 2^53 − 1, the largest integer every JSON reader
+/// (JavaScript's included) holds exactly. IPv6 pools are far larger, so their `size` and `free`
+/// saturate here; `free_saturated: true` says so.
+pub const MAX_JSON_COUNT: u128 = (1 << 53) - 1;
+
+/// Where the model is in one partition: the offset of the next record it will read.
+pub type Positions = BTreeMap<String, u64>;
+
+/// The key of a partition in [`Positions`]: `topic/partition`.
+pub fn position_key(topic: &str, partition: u32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// The network facts the allocator accepted and forwarded to `ipam.hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct NetworkInfo {
+    name: String,
+    ipam_enabled: bool,
+    servers_count: Option<u8>,
+    updated: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Subnet {
+    cidr: Cidr,
+    gateway: IpAddr,
+    dns_servers: Vec<IpAddr>,
+    ntp_servers: Vec<IpAddr>,
+    allocation_pools: Vec<IpRange>,
+    activated: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reservation {
+    owner: Owner,
+    mac: Mac,
+    since: Timestamp,
+    cause: EventId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Server {
+    interface: InterfaceName,
+    epoch: u64,
+    reason: AssignReason,
+    since: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Rejection {
+    request_type: String,
+    code: RejectionCode,
+    message: String,
+    cause: EventId,
+    time: Timestamp,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Network {
+    info: Option<NetworkInfo>,
+    subnets: BTreeMap<SubnetId, Subnet>,
+    reservations: BTreeMap<(SubnetId, IpAddr), Reservation>,
+    servers: BTreeMap<HostId, Server>,
+    rejections: VecDeque<Rejection>,
+}
+
+impl Network {
+    fn is_empty(&self) -> bool {
+        self.info.is_none()
+            && self.subnets.is_empty()
+            && self.reservations.is_empty()
+            && self.servers.is_empty()
+            && self.rejections.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct VnicReservation {
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    mac: Mac,
+    ip: IpAddr,
+    since: Timestamp,
+    cause: EventId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct VnicRelease {
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    ip: IpAddr,
+    at: Timestamp,
+    reason: ReleaseReason,
+    cause: EventId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Vnic {
+    vm_id: VmId,
+    reservation: Option<VnicReservation>,
+    last_release: Option<VnicRelease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct HostInfo {
+    name: String,
+    status: HostStatus,
+    networks: Vec<HostNetwork>,
+    updated: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct ServerStatus {
+    epoch: u64,
+    state: DhcpServerState,
+    detail: String,
+    time: Timestamp,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Host {
+    info: Option<HostInfo>,
+    last_heartbeat: Option<Timestamp>,
+    serving: Vec<ServedNetwork>,
+    statuses: BTreeMap<NetworkId, ServerStatus>,
+}
+
+/// One holder of an address, from its reservation to its release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct HistoryEntry {
+    owner: Owner,
+    mac: Mac,
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    from: Timestamp,
+    /// `None` while the reservation holds.
+    to: Option<Timestamp>,
+    /// The input that reserved the address.
+    cause: EventId,
+    reason: Option<ReleaseReason>,
+    /// The input that released it.
+    released_by: Option<EventId>,
+}
+
+/// The read model. See the module documentation.
+#[derive(Debug, Default)]
+pub struct ReadModel {
+    positions: Positions,
+    networks: BTreeMap<NetworkId, Network>,
+    vnics: BTreeMap<VnicId, Vnic>,
+    hosts: BTreeMap<HostId, Host>,
+    /// Which networks each host is assigned a server for, and with which epoch.
+    assignments: BTreeMap<HostId, BTreeMap<NetworkId, u64>>,
+    history: BTreeMap<IpAddr, VecDeque<HistoryEntry>>,
+    processed: u64,
+    caught_up: bool,
+}
+
+impl ReadModel {
+    pub fn new() -> ReadModel {
+        ReadModel::default()
+    }
+
+    /// Records that the partition was read up to, not including, `next_offset`.
+    pub fn advance(&mut self, topic: &str, partition: u32, next_offset: u64) {
+        let position = self.positions.entry(position_key(topic, partition)).or_insert(0);
+        *position = (*position).max(next_offset);
+    }
+
+    pub fn positions(&self) -> &Positions {
+        &self.positions
+    }
+
+    /// Events folded in since the start (ignored ones and exact duplicates not counted).
+    pub fn processed(&self) -> u64 {
+        self.processed
+    }
+
+    /// Whether every partition was read up to the end it had when the follower started.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    pub fn set_caught_up(&mut self) {
+        self.caught_up = true;
+    }
+
+    /// Folds one event read from `topic` into the model. Events that say nothing the model keeps
+    /// (ticks, engine requests) are ignored.
+    pub fn apply(&mut self, topic: Topic, envelope: &Envelope) {
+        let time = envelope.time;
+        match (&envelope.event, topic) {
+            // Network facts come from `ipam.hosts`, where the allocator forwards only accepted ones.
+            (Event::NetworkUpserted(e), Topic::Hosts) => {
+                self.networks.entry(e.network_id).or_default().info = Some(NetworkInfo {
+                    name: e.name.clone(),
+                    ipam_enabled: e.ipam_enabled,
+                    servers_count: e.servers_count,
+                    updated: time,
+                });
+            }
+            (Event::NetworkRemoved(e), Topic::Hosts) => {
+                self.edit_network(e.network_id, |network| network.info = None);
+            }
+            // Subnet facts come from `ipam.reservations`; the copies forwarded to placement on
+            // `ipam.hosts` would only repeat them out of order.
+            (Event::SubnetActivated(e), Topic::Reservations) => {
+                let subnet = Subnet {
+                    cidr: e.cidr,
+                    gateway: e.gateway,
+                    dns_servers: e.dns_servers.clone(),
+                    ntp_servers: e.ntp_servers.clone(),
+                    allocation_pools: e.allocation_pools.clone(),
+                    activated: time,
+                };
+                self.networks.entry(e.network_id).or_default().subnets.insert(e.subnet_id, subnet);
+            }
+            (Event::SubnetDeactivated(e), Topic::Reservations) => {
+                // Its reservations leave through their own `reservation.removed` events.
+                self.edit_network(e.network_id, |network| {
+                    network.subnets.remove(&e.subnet_id);
+                });
+            }
+            (Event::ReservationAdded(e), Topic::Reservations) => {
+                let reservation = Reservation { owner: e.owner, mac: e.mac, since: time, cause: e.cause };
+                let network = self.networks.entry(e.network_id).or_default();
+                if network.reservations.get(&(e.subnet_id, e.ip)) == Some(&reservation) {
+                    return; // The same decision seen twice (an at-least-once reader): nothing new.
+                }
+                network.reservations.insert((e.subnet_id, e.ip), reservation);
+                if let Owner::Vnic { vnic_id, vm_id } = e.owner {
+                    let vnic =
+                        self.vnics.entry(vnic_id).or_insert(Vnic { vm_id, reservation: None, last_release: None });
+                    vnic.vm_id = vm_id;
+                    vnic.reservation = Some(VnicReservation {
+                        network_id: e.network_id,
+                        subnet_id: e.subnet_id,
+                        mac: e.mac,
+                        ip: e.ip,
+                        since: time,
+                        cause: e.cause,
+                    });
+                }
+                let history = self.history.entry(e.ip).or_default();
+                history.push_back(HistoryEntry {
+                    owner: e.owner,
+                    mac: e.mac,
+                    network_id: e.network_id,
+                    subnet_id: e.subnet_id,
+                    from: time,
+                    to: None,
+                    cause: e.cause,
+                    reason: None,
+                    released_by: None,
+                });
+                while history.len() > HISTORY_KEPT {
+                    history.pop_front();
+                }
+            }
+            (Event::ReservationRemoved(e), Topic::Reservations) => {
+                self.edit_network(e.network_id, |network| {
+                    if network.reservations.get(&(e.subnet_id, e.ip)).is_some_and(|r| r.owner == e.owner) {
+                        network.reservations.remove(&(e.subnet_id, e.ip));
+                    }
+                });
+                if let Owner::Vnic { vnic_id, .. } = e.owner
+                    && let Some(vnic) = self.vnics.get_mut(&vnic_id)
+                    && vnic.reservation.as_ref().is_some_and(|r| r.ip == e.ip && r.network_id == e.network_id)
+                {
+                    vnic.reservation = None;
+                    vnic.last_release = Some(VnicRelease {
+                        network_id: e.network_id,
+                        subnet_id: e.subnet_id,
+                        ip: e.ip,
+                        at: time,
+                        reason: e.reason,
+                        cause: e.cause,
+                    });
+                }
+                let open = self.history.get_mut(&e.ip).and_then(|history| {
+                    history.iter_mut().rev().find(|entry| {
+                        entry.to.is_none()
+                            && entry.owner == e.owner
+                            && entry.network_id == e.network_id
+                            && entry.subnet_id == e.subnet_id
+                    })
+                });
+                if let Some(entry) = open {
+                    entry.to = Some(time);
+                    entry.reason = Some(e.reason);
+                    entry.released_by = Some(e.cause);
+                }
+            }
+            (Event::RequestRejected(e), Topic::Reservations) => {
+                let rejections = &mut self.networks.entry(e.network_id).or_default().rejections;
+                rejections.push_back(Rejection {
+                    request_type: e.request_type.clone(),
+                    code: e.code,
+                    message: e.message.clone(),
+                    cause: e.cause,
+                    time,
+                });
+                while rejections.len() > REJECTIONS_KEPT {
+                    rejections.pop_front();
+                }
+            }
+            (Event::DhcpServerAssigned(e), Topic::DhcpServers) => {
+                let server = Server { interface: e.interface.clone(), epoch: e.epoch, reason: e.reason, since: time };
+                self.networks.entry(e.network_id).or_default().servers.insert(e.host_id, server);
+                self.assignments.entry(e.host_id).or_default().insert(e.network_id, e.epoch);
+            }
+            (Event::DhcpServerUnassigned(e), Topic::DhcpServers) => {
+                self.edit_network(e.network_id, |network| {
+                    if network.servers.get(&e.host_id).is_some_and(|server| server.epoch <= e.epoch) {
+                        network.servers.remove(&e.host_id);
+                    }
+                });
+                if let Some(assigned) = self.assignments.get_mut(&e.host_id) {
+                    if assigned.get(&e.network_id).is_some_and(|epoch| *epoch <= e.epoch) {
+                        assigned.remove(&e.network_id);
+                    }
+                    if assigned.is_empty() {
+                        self.assignments.remove(&e.host_id);
+                    }
+                }
+            }
+            (Event::HostUpserted(e), Topic::Hosts) => {
+                self.hosts.entry(e.host_id).or_default().info = Some(HostInfo {
+                    name: e.name.clone(),
+                    status: e.status,
+                    networks: e.networks.clone(),
+                    updated: time,
+                });
+            }
+            (Event::HostRemoved(e), Topic::Hosts) => {
+                self.hosts.remove(&e.host_id);
+            }
+            (Event::HostHeartbeat(e), Topic::Hosts) => {
+                let host = self.hosts.entry(e.host_id).or_default();
+                if host.last_heartbeat.is_none_or(|last| last <= time) {
+                    host.last_heartbeat = Some(time);
+                    host.serving = e.serving.clone();
+                }
+            }
+            (Event::DhcpServerStatus(e), Topic::Hosts) => {
+                let status = ServerStatus { epoch: e.epoch, state: e.state, detail: e.detail.clone(), time };
+                self.hosts.entry(e.host_id).or_default().statuses.insert(e.network_id, status);
+            }
+            // Not a fact the model keeps: not counted as processed.
+            _ => return,
+        }
+        self.processed += 1;
+    }
+
+    /// Changes a network that exists, and forgets it once nothing is known about it any more.
+    fn edit_network(&mut self, network_id: NetworkId, edit: impl FnOnce(&mut Network)) {
+        if let Some(network) = self.networks.get_mut(&network_id) {
+            edit(network);
+            if network.is_empty() {
+                self.networks.remove(&network_id);
+            }
+        }
+    }
+
+    /// Every network with its counts, ordered by id.
+    pub fn networks(&self) -> Vec<NetworkSummary> {
+        self.networks
+            .iter()
+            .map(|(id, network)| NetworkSummary {
+                network_id: *id,
+                name: network.info.as_ref().map(|info| info.name.clone()),
+                ipam_enabled: network.info.as_ref().map(|info| info.ipam_enabled),
+                subnets: network.subnets.len(),
+                reservations: network.reservations.len(),
+                servers: network.servers.keys().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// One network in full, if the model knows anything about it.
+    pub fn network(&self, network_id: NetworkId) -> Option<NetworkView> {
+        let network = self.networks.get(&network_id)?;
+        let subnets = network
+            .subnets
+            .iter()
+            .map(|(subnet_id, subnet)| {
+                let reserved: Vec<IpAddr> = network
+                    .reservations
+                    .range((*subnet_id, IpAddr::from([0; 4]))..)
+                    .take_while(|((s, _), _)| s == subnet_id)
+                    .map(|((_, ip), _)| *ip)
+                    .collect();
+                let counts = SubnetCounts::of(subnet, &reserved);
+                SubnetView {
+                    subnet_id: *subnet_id,
+                    cidr: subnet.cidr,
+                    gateway: subnet.gateway,
+                    dns_servers: subnet.dns_servers.clone(),
+                    ntp_servers: subnet.ntp_servers.clone(),
+                    allocation_pools: subnet.allocation_pools.clone(),
+                    activated: subnet.activated,
+                    used: counts.used,
+                    size: json_count(counts.size),
+                    free: json_count(counts.free),
+                    free_saturated: counts.free > MAX_JSON_COUNT,
+                    utilization: counts.utilization(),
+                }
+            })
+            .collect();
+        let reservations = network
+            .reservations
+            .iter()
+            .map(|((subnet_id, ip), r)| ReservationView {
+                subnet_id: *subnet_id,
+                ip: *ip,
+                owner: r.owner,
+                mac: r.mac,
+                since: r.since,
+                cause: r.cause,
+            })
+            .collect();
+        let servers = network
+            .servers
+            .iter()
+            .map(|(host_id, server)| ServerView {
+                host_id: *host_id,
+                interface: server.interface.clone(),
+                epoch: server.epoch,
+                reason: server.reason,
+                since: server.since,
+                status: self
+                    .hosts
+                    .get(host_id)
+                    .and_then(|host| host.statuses.get(&network_id))
+                    .filter(|status| status.epoch == server.epoch)
+                    .map(|status| status.state),
+            })
+            .collect();
+        let info = network.info.as_ref();
+        Some(NetworkView {
+            network_id,
+            name: info.map(|info| info.name.clone()),
+            ipam_enabled: info.map(|info| info.ipam_enabled),
+            servers_count: info.and_then(|info| info.servers_count),
+            subnets,
+            reservations,
+            servers,
+            rejections: network.rejections.iter().rev().cloned().map(RejectionView).collect(),
+        })
+    }
+
+    /// A vNIC the model saw hold an address: its current reservation, if any, and its last release.
+    pub fn vnic(&self, vnic_id: VnicId) -> Option<VnicView> {
+        let vnic = self.vnics.get(&vnic_id)?;
+        Some(VnicView {
+            vnic_id,
+            vm_id: vnic.vm_id,
+            reservation: vnic.reservation.clone().map(ReservationOf),
+            last_release: vnic.last_release.clone().map(ReleaseOf),
+        })
+    }
+
+    /// A host the engine told about, that sent a heartbeat, or that placement assigned a server.
+    pub fn host(&self, host_id: HostId) -> Option<HostView> {
+        let host = self.hosts.get(&host_id);
+        let assigned = self.assignments.get(&host_id);
+        if host.is_none() && assigned.is_none() {
+            return None;
+        }
+        let info = host.and_then(|host| host.info.as_ref());
+        Some(HostView {
+            host_id,
+            name: info.map(|info| info.name.clone()),
+            status: info.map(|info| info.status),
+            networks: info.map(|info| info.networks.clone()).unwrap_or_default(),
+            last_heartbeat: host.and_then(|host| host.last_heartbeat),
+            serving: host.map(|host| host.serving.clone()).unwrap_or_default(),
+            assigned: assigned
+                .map(|assigned| {
+                    assigned
+                        .iter()
+                        .map(|(network_id, epoch)| ServedNetwork { network_id: *network_id, epoch: *epoch })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            server_statuses: host
+                .map(|host| {
+                    host.statuses
+                        .iter()
+                        .map(|(network_id, status)| ServerStatusView {
+                            network_id: *network_id,
+                            status: status.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Who held `ip`, oldest first, across every network (networks may reuse address space).
+    pub fn ip_history(&self, ip: IpAddr) -> Option<Vec<HistoryView>> {
+        self.history.get(&ip).map(|history| history.iter().cloned().map(HistoryView).collect())
+    }
+
+    /// `(network, subnet, utilization)` of every subnet, for the metrics.
+    pub fn utilizations(&self) -> Vec<(NetworkId, SubnetId, f64)> {
+        let mut out = Vec::new();
+        for network_id in self.networks.keys() {
+            if let Some(view) = self.network(*network_id) {
+                out.extend(view.subnets.iter().map(|s| (*network_id, s.subnet_id, s.utilization)));
+            }
+        }
+        out
+    }
+
+    /// The number of reservations of each network, for the metrics.
+    pub fn reservation_counts(&self) -> Vec<(NetworkId, usize)> {
+        self.networks.iter().map(|(id, network)| (*id, network.reservations.len())).collect()
+    }
+}
+
+/// A count as a JSON number, saturated at [`MAX_JSON_COUNT`].
+fn json_count(count: u128) -> u64 {
+    count.min(MAX_JSON_COUNT) as u64
+}
+
+fn to_number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// How full a subnet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetCounts {
+    /// Every reservation, fixed IPs outside the pools and DHCP servers' ports included.
+    pub used: usize,
+    /// Addresses the pools offer for dynamic allocation: their sizes less the network, IPv4
+    /// broadcast and gateway addresses where a pool holds them.
+    pub size: u128,
+    /// `size` less the reservations inside the pools: what dynamic allocation can still hand out.
+    pub free: u128,
+}
+
+impl SubnetCounts {
+    fn of(subnet: &Subnet, reserved: &[IpAddr]) -> SubnetCounts {
+        let cidr = subnet.cidr;
+        let in_pools = |ip: IpAddr| subnet.allocation_pools.iter().any(|pool| pool.contains(ip));
+        let mut size: u128 = 0;
+        for pool in &subnet.allocation_pools {
+            // A /0 IPv6 pool would hold 2^128 addresses; saturating keeps the count meaningful.
+            let count = (to_number(pool.end).saturating_sub(to_number(pool.start))).saturating_add(1);
+            size = size.saturating_add(count);
+        }
+        let mut unassignable = vec![cidr.network(), subnet.gateway];
+        if cidr.is_ipv4() {
+            unassignable.push(cidr.last());
+        }
+        unassignable.sort();
+        unassignable.dedup();
+        let blocked = unassignable.iter().filter(|ip| in_pools(**ip)).count() as u128;
+        let size = size.saturating_sub(blocked);
+        let used_in_pools = reserved.iter().filter(|ip| in_pools(**ip)).count() as u128;
+        SubnetCounts { used: reserved.len(), size, free: size.saturating_sub(used_in_pools) }
+    }
+
+    /// The share of the subnet in use: `used / (used + free)`, 0 for an empty subnet.
+    pub fn utilization(&self) -> f64 {
+        let total = self.used as f64 + self.free as f64;
+        if total == 0.0 { 0.0 } else { self.used as f64 / total }
+    }
+}
+
+/// A network in `GET /v1/networks`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkSummary {
+    pub network_id: NetworkId,
+    pub name: Option<String>,
+    pub ipam_enabled: Option<bool>,
+    pub subnets: usize,
+    pub reservations: usize,
+    pub servers: Vec<HostId>,
+}
+
+/// A network in `GET /v1/networks/{id}`. `name` and `ipam_enabled` are null when the network is
+/// known only from its subnets, servers or rejections (say, a request for a removed network).
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkView {
+    pub network_id: NetworkId,
+    pub name: Option<String>,
+    pub ipam_enabled: Option<bool>,
+    pub servers_count: Option<u8>,
+    pub subnets: Vec<SubnetView>,
+    pub reservations: Vec<ReservationView>,
+    pub servers: Vec<ServerView>,
+    /// The most recent rejections, newest first.
+    pub rejections: Vec<RejectionView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubnetView {
+    pub subnet_id: SubnetId,
+    pub cidr: Cidr,
+    pub gateway: IpAddr,
+    pub dns_servers: Vec<IpAddr>,
+    pub ntp_servers: Vec<IpAddr>,
+    pub allocation_pools: Vec<IpRange>,
+    pub activated: Timestamp,
+    pub used: usize,
+    pub size: u64,
+    pub free: u64,
+    pub free_saturated: bool,
+    pub utilization: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReservationView {
+    pub subnet_id: SubnetId,
+    pub ip: IpAddr,
+    pub owner: Owner,
+    pub mac: Mac,
+    pub since: Timestamp,
+    pub cause: EventId,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerView {
+    pub host_id: HostId,
+    pub interface: InterfaceName,
+    pub epoch: u64,
+    pub reason: AssignReason,
+    pub since: Timestamp,
+    /// The host agent's last report for this epoch, if any.
+    pub status: Option<DhcpServerState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct RejectionView(Rejection);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VnicView {
+    pub vnic_id: VnicId,
+    pub vm_id: VmId,
+    pub reservation: Option<ReservationOf>,
+    pub last_release: Option<ReleaseOf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct ReservationOf(VnicReservation);
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct ReleaseOf(VnicRelease);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    pub host_id: HostId,
+    pub name: Option<String>,
+    pub status: Option<HostStatus>,
+    pub networks: Vec<HostNetwork>,
+    pub last_heartbeat: Option<Timestamp>,
+    /// What the host said it serves in its last heartbeat.
+    pub serving: Vec<ServedNetwork>,
+    /// What placement assigned it.
+    pub assigned: Vec<ServedNetwork>,
+    pub server_statuses: Vec<ServerStatusView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStatusView {
+    network_id: NetworkId,
+    #[serde(flatten)]
+    status: ServerStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct HistoryView(HistoryEntry);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipam_core::event::{ReservationAdded, ReservationRemoved, SubnetActivated};
+
+    fn envelope(n: u128, event: Event) -> Envelope {
+        Envelope {
+            id: EventId::from_u128(n),
+            source: "test".to_owned(),
+            time: Timestamp::from_unix_ms(n as i64 * 1000),
+            subject: None,
+            event,
+        }
+    }
+
+    fn subnet(cidr: &str, gateway: &str, pools: &[(&str, &str)]) -> Subnet {
+        Subnet {
+            cidr: cidr.parse().expect("cidr"),
+            gateway: gateway.parse().expect("gateway"),
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            allocation_pools: pools
+                .iter()
+                .map(|(s, e)| IpRange { start: s.parse().expect("start"), end: e.parse().expect("end") })
+                .collect(),
+            activated: Timestamp::from_unix_ms(0),
+        }
+    }
+
+    #[test]
+    fn free_counts_pool_addresses_less_gateway_and_reservations_inside_pools() {
+        let s = subnet("10.0.0.0/24", "10.0.0.1", &[("10.0.0.1", "10.0.0.254")]);
+        let ips: Vec<IpAddr> = ["10.0.0.5", "10.0.0.6"].iter().map(|ip| ip.parse().expect("ip")).collect();
+        assert_eq!(SubnetCounts::of(&s, &ips), SubnetCounts { used: 2, size: 253, free: 251 });
+
+        // A fixed IP outside the pool is used, but takes nothing from the pool.
+        let s = subnet("10.0.0.0/24", "10.0.0.1", &[("10.0.0.100", "10.0.0.109")]);
+        let ips: Vec<IpAddr> = ["10.0.0.5", "10.0.0.100"].iter().map(|ip| ip.parse().expect("ip")).collect();
+        assert_eq!(SubnetCounts::of(&s, &ips), SubnetCounts { used: 2, size: 10, free: 9 });
+    }
+
+    #[test]
+    fn ipv6_counts_saturate_as_json_numbers() {
+        let s = subnet("2001:db8::/64", "2001:db8::1", &[("2001:db8::1", "2001:db8::ffff:ffff:ffff:ffff")]);
+        let counts = SubnetCounts::of(&s, &[]);
+        assert_eq!(counts.size, (1u128 << 64) - 2);
+        assert_eq!(json_count(counts.free), MAX_JSON_COUNT as u64);
+    }
+
+    #[test]
+    fn history_closes_the_open_entry_and_vnic_keeps_its_last_release() {
+        let network_id = NetworkId::from_u128(1);
+        let subnet_id = SubnetId::from_u128(2);
+        let owner = Owner::Vnic { vnic_id: VnicId::from_u128(3), vm_id: VmId::from_u128(4) };
+        let mac: Mac = "52:54:00:00:00:01".parse().expect("mac");
+        let ip: IpAddr = "10.0.0.2".parse().expect("ip");
+        let mut model = ReadModel::new();
+        model.apply(
+            Topic::Reservations,
+            &envelope(
+                1,
+                Event::SubnetActivated(SubnetActivated {
+                    network_id,
+                    subnet_id,
+                    cidr: "10.0.0.0/24".parse().expect("cidr"),
+                    gateway: "10.0.0.1".parse().expect("gw"),
+                    dns_servers: vec![],
+                    ntp_servers: vec![],
+                    allocation_pools: vec![],
+                    cause: EventId::from_u128(1),
+                }),
+            ),
+        );
+        let added = ReservationAdded { network_id, subnet_id, owner, mac, ip, cause: EventId::from_u128(10) };
+        model.apply(Topic::Reservations, &envelope(2, Event::ReservationAdded(added.clone())));
+        // Seen twice: still one entry.
+        model.apply(Topic::Reservations, &envelope(2, Event::ReservationAdded(added)));
+        model.apply(
+            Topic::Reservations,
+            &envelope(
+                3,
+                Event::ReservationRemoved(ReservationRemoved {
+                    network_id,
+                    subnet_id,
+                    owner,
+                    mac,
+                    ip,
+                    reason: ReleaseReason::VnicDown,
+                    cause: EventId::from_u128(11),
+                }),
+            ),
+        );
+        let history = model.ip_history(ip).expect("history");
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].0.to, Some(Timestamp::from_unix_ms(3000)));
+        let vnic = model.vnic(VnicId::from_u128(3)).expect("vnic");
+        assert!(vnic.reservation.is_none());
+        assert_eq!(vnic.last_release.expect("release").0.reason, ReleaseReason::VnicDown);
+        assert!(model.network(network_id).expect("network").reservations.is_empty());
+    }
+}

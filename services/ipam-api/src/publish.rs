@@ -1,0 +1,211 @@
+//! `POST /v1/events`: the engine's and host agents' way in. A batch is checked whole before anything
+//! is appended, and appended in one `EventLog::append` call, so a client never has to find out which
+//! half of a batch landed: a `202` means every event is durable, a `4xx` means none was written.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt as _;
+use ipam_core::{Envelope, Event, Topic};
+use ipam_log::OutRecord;
+use ipam_runtime::Topics;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The media types a body may be sent as: plain JSON, or CloudEvents' structured and batch modes.
+pub const ACCEPTED_CONTENT_TYPES: [&str; 3] =
+    ["application/json", "application/cloudevents+json", "application/cloudevents-batch+json"];
+
+/// Whether events of this type are inputs the API takes: engine and host-agent requests. Outputs
+/// of the allocator and placement, and placement's clock ticks, are written by IPAM alone.
+pub fn is_input_type(type_name: &str) -> bool {
+    type_name != "ipam.clock.ticked.v1"
+        && matches!(Event::topic_of(type_name), Some(Topic::Networks) | Some(Topic::Hosts))
+}
+
+/// Decodes a body already parsed as JSON: one CloudEvent or an array of them. The first bad event
+/// refuses the whole batch, naming its index and field.
+pub fn decode_batch(body: Value) -> Result<Vec<Envelope>, ApiError> {
+    let (items, is_batch) = match body {
+        Value::Array(items) => (items, true),
+        single => (vec![single], false),
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("empty_batch", "the batch holds no event"));
+    }
+    let prefix = |index: usize| if is_batch { format!("event {index}: ") } else { String::new() };
+    let mut envelopes = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        // Refuse outputs before looking at their data: the type is the whole problem.
+        if let Some(type_name) = item.get("type").and_then(Value::as_str)
+            && Event::topic_of(type_name).is_some()
+            && !is_input_type(type_name)
+        {
+            let message = format!("{}`{type_name}` is written by IPAM itself and cannot be posted", prefix(index));
+            return Err(ApiError::bad_request("not_an_input", message).with_field("type").with_index(index));
+        }
+        let envelope = Envelope::decode_value(item).map_err(|error| {
+            let unknown_type = error.field.as_deref() == Some("type")
+                && error.event_type.as_deref().is_some_and(|t| Event::topic_of(t).is_none());
+            let code = if unknown_type { "unknown_type" } else { error.code.as_str() };
+            let mut api = ApiError::bad_request(code, format!("{}{}", prefix(index), error.message)).with_index(index);
+            api.field = error.field.filter(|field| !field.is_empty() && field != ".");
+            api
+        })?;
+        envelopes.push(envelope);
+    }
+    Ok(envelopes)
+}
+
+/// The records of a checked batch: each event on its topic, keyed for its partition, as the
+/// canonical envelope bytes.
+pub fn records(topics: &Topics, envelopes: &[Envelope]) -> Vec<OutRecord> {
+    envelopes
+        .iter()
+        .map(|envelope| OutRecord {
+            topic: topics.name(envelope.event.topic()),
+            key: envelope.event.key(),
+            value: envelope.to_bytes(),
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+struct Accepted {
+    ids: Vec<String>,
+    positions: Vec<Landed>,
+}
+
+#[derive(Debug, Serialize)]
+struct Landed {
+    topic: String,
+    partition: u32,
+    offset: u64,
+}
+
+fn check_content_type(request: &HttpRequest) -> Result<(), ApiError> {
+    let given = request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+    let essence = given.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if ACCEPTED_CONTENT_TYPES.contains(&essence.as_str()) {
+        return Ok(());
+    }
+    let shown =
+        if given.is_empty() { "none".to_owned() } else { format!("`{}`", given.chars().take(100).collect::<String>()) };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("the content type is {shown}; send one of {}", ACCEPTED_CONTENT_TYPES.join(", ")),
+    ))
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than {max} bytes"))
+}
+
+/// Reads the body, refusing it as soon as it passes `max` bytes.
+async fn read_body(request: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<web::Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max as u64) {
+        return Err(too_large(max));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("unreadable_body", format!("reading the body failed: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+pub(crate) async fn post_events(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    check_content_type(&request)?;
+    let body = read_body(&request, payload, state.config.max_body_bytes).await?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}")))?;
+    let envelopes = decode_batch(value)?;
+    let records = records(&state.topics, &envelopes);
+    let log = Arc::clone(&state.log);
+    let appended = web::block(move || log.append(&records))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "Could not append posted events.");
+            ApiError::log(&e)
+        })?;
+    state.metrics.appended(envelopes.len() as u64);
+    let accepted = Accepted {
+        ids: envelopes.iter().map(|envelope| envelope.id.to_string()).collect(),
+        positions: envelopes
+            .iter()
+            .zip(appended)
+            .map(|(envelope, landed)| Landed {
+                topic: state.topics.name(envelope.event.topic()),
+                partition: landed.partition,
+                offset: landed.offset,
+            })
+            .collect(),
+    };
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn network_upserted(ipam_enabled: Value) -> Value {
+        json!({
+            "specversion": "1.0",
+            "id": "7f1d1a52-3f5a-4a53-9d0e-0a4f5a4c2b01",
+            "source": "ovirt-engine",
+            "type": "ipam.network.upserted.v1",
+            "time": "2025-01-01T00:00:00Z",
+            "data": {"network_id": "7f1d1a52-3f5a-4a53-9d0e-0a4f5a4c2b02", "name": "n", "ipam_enabled": ipam_enabled}
+        })
+    }
+
+    #[test]
+    fn inputs_are_engine_and_host_agent_types_only() {
+        assert!(is_input_type("ipam.vnic.started.v1"));
+        assert!(is_input_type("ipam.host.heartbeat.v1"));
+        assert!(!is_input_type("ipam.clock.ticked.v1"));
+        assert!(!is_input_type("ipam.reservation.added.v1"));
+        assert!(!is_input_type("ipam.dhcp_server.assigned.v1"));
+        assert!(!is_input_type("ipam.nothing.v1"));
+    }
+
+    #[test]
+    fn a_bad_element_names_its_index_and_field() {
+        let error = decode_batch(json!([network_upserted(json!(true)), network_upserted(json!("yes"))]))
+            .expect_err("the second event is bad");
+        assert_eq!((error.index, error.field.as_deref()), (Some(1), Some("data.ipam_enabled")));
+        assert!(error.message.starts_with("event 1: "), "{}", error.message);
+    }
+
+    #[test]
+    fn unknown_and_output_types_have_their_own_codes() {
+        let mut unknown = network_upserted(json!(true));
+        unknown["type"] = json!("ipam.nothing.v1");
+        assert_eq!(decode_batch(unknown).expect_err("unknown").code, "unknown_type");
+        let mut output = network_upserted(json!(true));
+        output["type"] = json!("ipam.reservation.added.v1");
+        assert_eq!(decode_batch(output).expect_err("output").code, "not_an_input");
+        assert_eq!(decode_batch(json!([])).expect_err("empty").code, "empty_batch");
+    }
+}

@@ -1,0 +1,781 @@
+//! The API through a real HTTP client, against an in-memory log. The allocator and placement are
+//! simulated by appending their output events directly; reads are polled against a deadline.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix_web::rt::System;
+use actix_web::rt::time::{sleep, timeout};
+use futures::StreamExt as _;
+use ipam_api::{ApiConfig, Groups};
+use ipam_core::event::{
+    AssignReason, DhcpServerAssigned, HostHeartbeat, HostNetwork, HostStatus, HostUpserted, NetworkUpserted, Owner,
+    ReleaseReason, RequestRejected, ReservationAdded, ReservationRemoved, ServedNetwork, SubnetActivated,
+};
+use ipam_core::{Envelope, Event, EventId, HostId, IpRange, Mac, NetworkId, RejectionCode, SubnetId, Timestamp, Topic};
+use ipam_core::{VmId, VnicId};
+use ipam_log::{EventLog, MemoryLog, OutRecord};
+use ipam_runtime::Topics;
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+const NETWORK: NetworkId = NetworkId::from_u128(0x1000);
+const SUBNET: SubnetId = SubnetId::from_u128(0x2000);
+const HOST: HostId = HostId::from_u128(0x3000);
+const VNIC_A: VnicId = VnicId::from_u128(0x4001);
+const VNIC_B: VnicId = VnicId::from_u128(0x4002);
+const VM: VmId = VmId::from_u128(0x5000);
+
+/// A running API on its own memory log; stopped and joined when dropped.
+struct Api {
+    address: SocketAddr,
+    log: Arc<MemoryLog>,
+    topics: Topics,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Api {
+    fn start(config: ApiConfig) -> Api {
+        let log = Arc::new(MemoryLog::new());
+        let topics = Topics::new("", 4);
+        log.create_topics(&topics.specs()).expect("topics");
+        let stop = Arc::new(AtomicBool::new(false));
+        let config = ApiConfig { bind: "127.0.0.1:0".parse().expect("address"), ..config };
+        let (address, thread) = ipam_api::bind_and_serve(
+            Arc::clone(&log) as Arc<dyn EventLog>,
+            topics.clone(),
+            Groups::with_prefix(""),
+            config,
+            Arc::clone(&stop),
+        )
+        .expect("the API starts");
+        Api { address, log, topics, stop, thread: Some(thread) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Every partition's end offset, to show that a refused request appended nothing.
+    fn ends(&self) -> Vec<(String, u32, u64)> {
+        let mut ends = Vec::new();
+        for spec in self.topics.specs() {
+            for partition in 0..spec.partitions {
+                ends.push((spec.name.clone(), partition, self.log.end_offset(&spec.name, partition).expect("end")));
+            }
+        }
+        ends
+    }
+
+    /// Appends events as the allocator or placement would: each on its contract topic, or on
+    /// `ipam.hosts` when `forwarded`.
+    fn append(&self, envelopes: &[Envelope], forwarded: bool) {
+        let records: Vec<OutRecord> = envelopes
+            .iter()
+            .map(|envelope| OutRecord {
+                topic: self.topics.name(if forwarded { Topic::Hosts } else { envelope.event.topic() }),
+                key: envelope.event.key(),
+                value: envelope.to_bytes(),
+            })
+            .collect();
+        self.log.append(&records).expect("append");
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().expect("running");
+        let deadline = Instant::now() + DEADLINE;
+        while !thread.is_finished() {
+            assert!(Instant::now() < deadline, "the API did not stop within {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        thread.join().expect("the API thread panicked")
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    System::new().block_on(future)
+}
+
+fn client(token: Option<&str>) -> awc::Client {
+    let builder = awc::Client::builder().timeout(Duration::from_secs(10));
+    match token {
+        Some(token) => builder.bearer_auth(token).finish(),
+        None => builder.finish(),
+    }
+}
+
+async fn get(client: &awc::Client, url: &str) -> (u16, Value) {
+    let mut response = client.get(url).send().await.expect("GET");
+    let body = response.body().await.expect("body");
+    (
+        response.status().as_u16(),
+        serde_json::from_slice(&body).unwrap_or_else(|_| json!(String::from_utf8_lossy(&body))),
+    )
+}
+
+async fn get_text(client: &awc::Client, url: &str) -> (u16, String) {
+    let mut response = client.get(url).send().await.expect("GET");
+    let body = response.body().limit(16 * 1024 * 1024).await.expect("body");
+    (response.status().as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn post(client: &awc::Client, url: &str, content_type: &str, body: impl Into<Vec<u8>>) -> (u16, Value) {
+    let mut response =
+        client.post(url).insert_header(("Content-Type", content_type)).send_body(body.into()).await.expect("POST");
+    let body = response.body().await.expect("body");
+    (
+        response.status().as_u16(),
+        serde_json::from_slice(&body).unwrap_or_else(|_| json!(String::from_utf8_lossy(&body))),
+    )
+}
+
+/// GETs `url` until `done` holds for a 200 answer, or fails at the deadline with the last answer.
+async fn until(client: &awc::Client, url: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = get(client, url).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{url} never got there; last answer {status} {body}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn mac(text: &str) -> Mac {
+    text.parse().expect("mac")
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
+}
+
+/// An input at second `n`, the cause of the outputs built from it.
+fn cause(n: u128) -> Envelope {
+    Envelope {
+        id: EventId::from_u128(0x9000 + n),
+        source: "ovirt-engine".to_owned(),
+        time: Timestamp::from_unix_ms(1_700_000_000_000 + n as i64 * 1000),
+        subject: None,
+        event: Event::NetworkRemoved(ipam_core::event::NetworkRemoved { network_id: NETWORK }),
+    }
+}
+
+fn output(n: u128, event: Event) -> Envelope {
+    Envelope::output(&cause(n), 0, "ipam/allocator", event)
+}
+
+fn network_upserted(n: u128) -> Envelope {
+    output(
+        n,
+        Event::NetworkUpserted(NetworkUpserted {
+            network_id: NETWORK,
+            name: "red".to_owned(),
+            ipam_enabled: true,
+            servers_count: Some(1),
+        }),
+    )
+}
+
+fn subnet_activated(n: u128) -> Envelope {
+    output(
+        n,
+        Event::SubnetActivated(SubnetActivated {
+            network_id: NETWORK,
+            subnet_id: SUBNET,
+            cidr: "10.0.0.0/24".parse().expect("cidr"),
+            gateway: ip("10.0.0.1"),
+            dns_servers: vec![ip("10.0.0.2")],
+            ntp_servers: vec![],
+            allocation_pools: vec![IpRange { start: ip("10.0.0.1"), end: ip("10.0.0.254") }],
+            cause: cause(n).id,
+        }),
+    )
+}
+
+fn added(n: u128, owner: Owner, mac_text: &str, ip_text: &str) -> Envelope {
+    output(
+        n,
+        Event::ReservationAdded(ReservationAdded {
+            network_id: NETWORK,
+            subnet_id: SUBNET,
+            owner,
+            mac: mac(mac_text),
+            ip: ip(ip_text),
+            cause: cause(n).id,
+        }),
+    )
+}
+
+fn removed(n: u128, owner: Owner, mac_text: &str, ip_text: &str) -> Envelope {
+    output(
+        n,
+        Event::ReservationRemoved(ReservationRemoved {
+            network_id: NETWORK,
+            subnet_id: SUBNET,
+            owner,
+            mac: mac(mac_text),
+            ip: ip(ip_text),
+            reason: ReleaseReason::VnicDown,
+            cause: cause(n).id,
+        }),
+    )
+}
+
+fn vnic(vnic_id: VnicId) -> Owner {
+    Owner::Vnic { vnic_id, vm_id: VM }
+}
+
+fn network_upserted_json(id: &str, ipam_enabled: Value) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "ovirt-engine",
+        "type": "ipam.network.upserted.v1",
+        "time": "2025-01-01T00:00:00Z",
+        "data": { "network_id": NETWORK.to_string(), "name": "red", "ipam_enabled": ipam_enabled }
+    })
+}
+
+fn vnic_started_json(mac: &str) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": "0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000001",
+        "source": "ovirt-engine",
+        "type": "ipam.vnic.started.v1",
+        "time": "2025-01-01T00:00:01Z",
+        "data": {
+            "vnic_id": VNIC_A.to_string(), "vm_id": VM.to_string(), "network_id": NETWORK.to_string(),
+            "subnet_id": SUBNET.to_string(), "mac": mac
+        }
+    })
+}
+
+#[test]
+fn a_valid_event_is_appended_and_answered_with_its_position() {
+    let api = Api::start(ApiConfig::default());
+    block_on(async {
+        let client = client(None);
+        let event = network_upserted_json("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000010", json!(true));
+        let (status, body) = post(&client, &api.url("/v1/events"), "application/json", event.to_string()).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["ids"], json!(["0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000010"]));
+        let position = &body["positions"][0];
+        assert_eq!(position["topic"], "ipam.networks");
+        let (partition, offset) =
+            (position["partition"].as_u64().expect("partition"), position["offset"].as_u64().expect("offset"));
+        // Durable once answered: the record is in the log now, keyed by its network.
+        let records = api.log.read("ipam.networks", partition as u32, offset, 1, Duration::ZERO).expect("read");
+        assert_eq!(records[0].key, NETWORK.to_string());
+        let stored = Envelope::decode(&records[0].value).expect("decodes");
+        assert_eq!(stored.id.to_string(), "0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000010");
+
+        // A batch in CloudEvents' batch mode lands whole, in order, on the right topics.
+        let host = json!({
+            "specversion": "1.0", "id": "0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000011", "source": "ovirt-engine",
+            "type": "ipam.host.upserted.v1", "time": "2025-01-01T00:00:00Z",
+            "data": { "host_id": HOST.to_string(), "name": "h1", "status": "up",
+                      "networks": [{ "network_id": NETWORK.to_string(), "interface": "br0" }] }
+        });
+        let batch = json!([vnic_started_json("52:54:00:00:00:01"), host]);
+        let (status, body) = post(
+            &client,
+            &api.url("/v1/events"),
+            "application/cloudevents-batch+json; charset=utf-8",
+            batch.to_string(),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        let topics: Vec<&str> = body["positions"]
+            .as_array()
+            .expect("positions")
+            .iter()
+            .map(|p| p["topic"].as_str().expect("topic"))
+            .collect();
+        assert_eq!(topics, ["ipam.networks", "ipam.hosts"]);
+        assert_eq!(api.log.end_offset("ipam.hosts", 0).expect("end"), 1);
+    });
+}
+
+/// A refused POST: what it is, its content type and body, and the status, code and field expected.
+type Refusal<'a> = (&'a str, &'a str, String, u16, &'a str, Option<&'a str>);
+
+#[test]
+fn bad_requests_are_refused_with_a_reason_and_append_nothing() {
+    let api = Api::start(ApiConfig { max_body_bytes: 4096, ..ApiConfig::default() });
+    block_on(async {
+        let client = client(None);
+        let url = api.url("/v1/events");
+        let valid = network_upserted_json("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000020", json!(true));
+        let mut unknown_type = valid.clone();
+        unknown_type["type"] = json!("ipam.network.exploded.v1");
+        let mut output_type = valid.clone();
+        output_type["type"] = json!("ipam.reservation.added.v1");
+        let mut tick = valid.clone();
+        tick["type"] = json!("ipam.clock.ticked.v1");
+        let mut oversized = valid.clone();
+        oversized["data"]["name"] = json!("x".repeat(5000));
+        let cases: Vec<Refusal> = vec![
+            ("bad JSON", "application/json", "{\"specversion\": ".to_owned(), 400, "malformed_json", None),
+            (
+                "wrong field type",
+                "application/json",
+                network_upserted_json("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000021", json!("yes")).to_string(),
+                400,
+                "invalid_request",
+                Some("data.ipam_enabled"),
+            ),
+            (
+                "multicast MAC",
+                "application/cloudevents+json",
+                vnic_started_json("01:00:5e:00:00:01").to_string(),
+                400,
+                "invalid_mac",
+                Some("data.mac"),
+            ),
+            ("unknown type", "application/json", unknown_type.to_string(), 400, "unknown_type", Some("type")),
+            ("output type", "application/json", output_type.to_string(), 400, "not_an_input", Some("type")),
+            ("clock tick", "application/json", tick.to_string(), 400, "not_an_input", Some("type")),
+            ("empty batch", "application/json", "[]".to_owned(), 400, "empty_batch", None),
+            ("oversized", "application/json", oversized.to_string(), 413, "body_too_large", None),
+            ("text", "text/plain", valid.to_string(), 415, "unsupported_media_type", None),
+            ("no content type", "", valid.to_string(), 415, "unsupported_media_type", None),
+            (
+                "batch with one bad element",
+                "application/json",
+                json!([valid, vnic_started_json("not-a-mac")]).to_string(),
+                400,
+                "invalid_mac",
+                Some("data.mac"),
+            ),
+        ];
+        let before = api.ends();
+        for (what, content_type, body, status, code, field) in cases {
+            let (got, answer) = post(&client, &url, content_type, body).await;
+            assert_eq!(got, status, "{what}: {answer}");
+            let error = &answer["error"];
+            assert_eq!(error["code"], code, "{what}: {answer}");
+            assert!(!error["message"].as_str().expect("message").is_empty(), "{what}: {answer}");
+            assert_eq!(error["field"].as_str(), field, "{what}: {answer}");
+            assert_eq!(api.ends(), before, "{what} appended something");
+        }
+        // A chunked body has no length to check up front; it is cut off as it passes the limit.
+        let chunks: Vec<Result<actix_web::web::Bytes, std::io::Error>> =
+            oversized.to_string().into_bytes().chunks(1000).map(|c| Ok(c.to_vec().into())).collect();
+        let mut response = client
+            .post(&url)
+            .insert_header(("Content-Type", "application/json"))
+            .send_stream(futures::stream::iter(chunks))
+            .await
+            .expect("POST");
+        let answer: Value = serde_json::from_slice(&response.body().await.expect("body")).expect("JSON");
+        assert_eq!((response.status().as_u16(), &answer["error"]["code"]), (413, &json!("body_too_large")));
+        assert_eq!(api.ends(), before);
+
+        // The bad element of a batch is named by its index.
+        let (_, answer) =
+            post(&client, &url, "application/json", json!([valid, valid, vnic_started_json("zz")]).to_string()).await;
+        assert_eq!(answer["error"]["index"], 2, "{answer}");
+        assert!(answer["error"]["message"].as_str().expect("message").starts_with("event 2: "), "{answer}");
+        assert_eq!(api.ends(), before);
+
+        // Unknown paths and methods answer JSON too.
+        let (status, answer) = get(&client, &api.url("/v1/nothing")).await;
+        assert_eq!((status, &answer["error"]["code"]), (404, &json!("not_found")));
+        let (status, answer) = get(&client, &url).await;
+        assert_eq!((status, &answer["error"]["code"]), (405, &json!("method_not_allowed")));
+    });
+}
+
+#[test]
+fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
+    let api = Api::start(ApiConfig::default());
+    api.append(&[network_upserted(1)], true);
+    api.append(
+        &[
+            subnet_activated(2),
+            added(3, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10"),
+            added(4, Owner::DhcpServer { host_id: HOST }, "52:54:00:00:00:02", "10.0.0.11"),
+            output(
+                5,
+                Event::RequestRejected(RequestRejected {
+                    network_id: NETWORK,
+                    request_type: "ipam.vnic.started.v1".to_owned(),
+                    code: RejectionCode::DuplicateMac,
+                    message: "taken".to_owned(),
+                    cause: cause(5).id,
+                }),
+            ),
+            output(
+                6,
+                Event::DhcpServerAssigned(DhcpServerAssigned {
+                    network_id: NETWORK,
+                    host_id: HOST,
+                    interface: "br0".parse().expect("interface"),
+                    epoch: 7,
+                    reason: AssignReason::Placed,
+                    cause: cause(6).id,
+                }),
+            ),
+        ],
+        false,
+    );
+    block_on(async {
+        let client = client(None);
+        let url = api.url(&format!("/v1/networks/{NETWORK}"));
+        let network = until(&client, &url, |n| {
+            n["reservations"].as_array().is_some_and(|r| r.len() == 2)
+                && !n["servers"].as_array().is_none_or(Vec::is_empty)
+        })
+        .await;
+        assert_eq!(network["name"], "red");
+        assert_eq!(network["ipam_enabled"], true);
+        let subnet = &network["subnets"][0];
+        assert_eq!(subnet["cidr"], "10.0.0.0/24");
+        assert_eq!(subnet["used"], 2);
+        // .1 to .254 less the gateway, less the two reservations.
+        assert_eq!(subnet["size"], 253);
+        assert_eq!(subnet["free"], 251);
+        assert_eq!(network["servers"][0]["host_id"], HOST.to_string());
+        assert_eq!(network["servers"][0]["epoch"], 7);
+        assert_eq!(network["rejections"][0]["code"], "duplicate_mac");
+        let reservation =
+            network["reservations"].as_array().expect("reservations").iter().find(|r| r["ip"] == "10.0.0.10");
+        assert_eq!(reservation.expect("the vNIC's")["owner"]["vnic_id"], VNIC_A.to_string());
+        // The position names every followed partition; the ones written to are past their records.
+        let position = network["position"].as_object().expect("position");
+        assert_eq!(position.len(), 4 + 4 + 1, "{position:?}");
+        assert_eq!(position["ipam.hosts/0"], 1);
+        let partition = ipam_log::partition::for_key(NETWORK.to_string().as_bytes(), 4);
+        assert_eq!(position[&format!("ipam.reservations/{partition}")], 4);
+
+        let list =
+            until(&client, &api.url("/v1/networks"), |l| l["networks"].as_array().is_some_and(|n| n.len() == 1)).await;
+        assert_eq!(list["networks"][0]["reservations"], 2);
+        assert!(list["position"].is_object());
+
+        let (status, body) = get(&client, &api.url(&format!("/v1/networks/{}", NetworkId::from_u128(1)))).await;
+        assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
+        let (status, body) = get(&client, &api.url("/v1/networks/not-a-uuid")).await;
+        assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_id")));
+    });
+}
+
+#[test]
+fn a_vnic_and_a_host_show_their_current_state() {
+    let api = Api::start(ApiConfig::default());
+    let host = |n: u128, event: Event| Envelope { source: "ovirt-engine".to_owned(), event, ..cause(n) };
+    api.append(
+        &[
+            host(
+                1,
+                Event::HostUpserted(HostUpserted {
+                    host_id: HOST,
+                    name: "h1".to_owned(),
+                    status: HostStatus::Up,
+                    networks: vec![HostNetwork { network_id: NETWORK, interface: "br0".parse().expect("interface") }],
+                }),
+            ),
+            host(
+                2,
+                Event::HostHeartbeat(HostHeartbeat {
+                    host_id: HOST,
+                    serving: vec![ServedNetwork { network_id: NETWORK, epoch: 3 }],
+                }),
+            ),
+        ],
+        false,
+    );
+    api.append(&[subnet_activated(3), added(4, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10")], false);
+    block_on(async {
+        let client = client(None);
+        let vnic_url = api.url(&format!("/v1/vnics/{VNIC_A}"));
+        let view = until(&client, &vnic_url, |v| !v["reservation"].is_null()).await;
+        assert_eq!(view["reservation"]["ip"], "10.0.0.10");
+        assert_eq!(view["vm_id"], VM.to_string());
+        assert!(view["position"].is_object());
+
+        api.append(&[removed(5, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10")], false);
+        let view = until(&client, &vnic_url, |v| v["reservation"].is_null()).await;
+        assert_eq!(view["last_release"]["reason"], "vnic_down");
+
+        let view = until(&client, &api.url(&format!("/v1/hosts/{HOST}")), |h| !h["last_heartbeat"].is_null()).await;
+        assert_eq!(view["name"], "h1");
+        assert_eq!(view["status"], "up");
+        assert_eq!(view["networks"][0]["interface"], "br0");
+        assert_eq!(view["serving"][0]["epoch"], 3);
+        assert!(view["position"].is_object());
+
+        let (status, _) = get(&client, &api.url(&format!("/v1/vnics/{VNIC_B}"))).await;
+        assert_eq!(status, 404);
+        let (status, _) = get(&client, &api.url(&format!("/v1/hosts/{}", HostId::from_u128(1)))).await;
+        assert_eq!(status, 404);
+        let (status, body) = get(&client, &api.url("/v1/hosts/123")).await;
+        assert_eq!((status, &body["error"]["field"]), (400, &json!("id")));
+    });
+}
+
+#[test]
+fn ip_history_lists_each_holder_with_its_interval() {
+    let api = Api::start(ApiConfig::default());
+    api.append(
+        &[
+            subnet_activated(1),
+            added(2, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10"),
+            removed(3, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10"),
+            added(4, vnic(VNIC_B), "52:54:00:00:00:02", "10.0.0.10"),
+        ],
+        false,
+    );
+    block_on(async {
+        let client = client(None);
+        let history = until(&client, &api.url("/v1/ips/10.0.0.10/history"), |h| {
+            h["history"].as_array().is_some_and(|h| h.len() == 2)
+        })
+        .await;
+        let (first, second) = (&history["history"][0], &history["history"][1]);
+        assert_eq!(first["mac"], "52:54:00:00:00:01");
+        assert_eq!(first["owner"]["vnic_id"], VNIC_A.to_string());
+        assert_eq!(first["from"], json!(cause(2).time));
+        assert_eq!(first["to"], json!(cause(3).time));
+        assert_eq!(first["cause"], cause(2).id.to_string());
+        assert_eq!(first["network_id"], NETWORK.to_string());
+        assert_eq!(first["subnet_id"], SUBNET.to_string());
+        assert_eq!(second["mac"], "52:54:00:00:00:02");
+        assert_eq!(second["from"], json!(cause(4).time));
+        assert!(second["to"].is_null());
+        assert!(history["position"].is_object());
+
+        let (status, body) = get(&client, &api.url("/v1/ips/10.0.0.99/history")).await;
+        assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
+        let (status, body) = get(&client, &api.url("/v1/ips/10.0.0.300/history")).await;
+        assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_ip")));
+    });
+}
+
+/// One SSE event: its `id`, `event` and parsed `data`.
+#[derive(Debug)]
+struct Sse {
+    id: String,
+    kind: String,
+    data: Value,
+}
+
+/// Reads `count` events from the stream at `url` (with `last_event_id` if given).
+async fn read_stream(client: &awc::Client, url: &str, last_event_id: Option<&str>, count: usize) -> Vec<Sse> {
+    let mut request = client.get(url).timeout(Duration::from_secs(30));
+    if let Some(id) = last_event_id {
+        request = request.insert_header(("Last-Event-ID", id));
+    }
+    let mut response = request.send().await.expect("stream");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers().get("content-type").expect("content type"), "text/event-stream");
+    let mut text = String::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while events.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = timeout(left, response.next()).await.expect("events in time").expect("stream open").expect("chunk");
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        while let Some(end) = text.find("\n\n") {
+            let frame: String = text.drain(..end + 2).collect();
+            let field = |name: &str| frame.lines().find_map(|line| line.strip_prefix(name)).map(str::to_owned);
+            if let (Some(id), Some(kind), Some(data)) = (field("id: "), field("event: "), field("data: ")) {
+                events.push(Sse { id, kind, data: serde_json::from_str(&data).expect("data is JSON") });
+            }
+        }
+    }
+    events
+}
+
+#[test]
+fn the_stream_sends_decisions_and_resumes_after_an_id() {
+    let api = Api::start(ApiConfig::default());
+    let history = [
+        subnet_activated(1),
+        added(2, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10"),
+        removed(3, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10"),
+    ];
+    api.append(&history, false);
+    block_on(async {
+        let client = client(None);
+        let events = read_stream(&client, &api.url("/v1/stream?from=start"), None, 3).await;
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["ipam.subnet.activated.v1", "ipam.reservation.added.v1", "ipam.reservation.removed.v1"]);
+        assert_eq!(events[1].data["id"], history[1].id.to_string());
+        let partition = ipam_log::partition::for_key(NETWORK.to_string().as_bytes(), 4);
+        assert_eq!(events[0].id, format!("ipam.reservations/{partition}:1"));
+
+        // Resuming after the first event, by header or by query, sends the rest and nothing before.
+        let resumed = read_stream(&client, &api.url("/v1/stream"), Some(&events[0].id), 2).await;
+        assert_eq!(resumed[0].data["id"], history[1].id.to_string());
+        assert_eq!(resumed[1].data["id"], history[2].id.to_string());
+        let from = format!("/v1/stream?from={}", events[1].id.replace('/', "%2F").replace(':', "%3A"));
+        // The same cursor through `from`, with an event appended while listening.
+        let from_url = api.url(&from);
+        let reader = read_stream(&client, &from_url, None, 2);
+        let appender = async {
+            sleep(Duration::from_millis(200)).await;
+            api.append(&[added(4, vnic(VNIC_B), "52:54:00:00:00:02", "10.0.0.10")], false);
+        };
+        let (after, ()) = futures::future::join(reader, appender).await;
+        assert_eq!(after[0].data["id"], history[2].id.to_string());
+        assert_eq!(after[1].kind, "ipam.reservation.added.v1");
+        assert_eq!(after[1].data["data"]["owner"]["vnic_id"], VNIC_B.to_string());
+
+        let (status, body) = get(&client, &api.url("/v1/stream?from=ipam.hosts/0:1")).await;
+        assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_cursor")));
+    });
+}
+
+#[test]
+fn health_metrics_and_the_openapi_document() {
+    let api = Api::start(ApiConfig::default());
+    api.append(&[network_upserted(1)], true);
+    api.append(&[subnet_activated(2), added(3, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10")], false);
+    block_on(async {
+        let client = client(None);
+        let (status, health) = get(&client, &api.url("/health")).await;
+        assert_eq!(status, 200, "{health}");
+        assert_eq!(health["status"], "ok");
+        assert_eq!(health["lag"]["allocator"]["group"], "ipam-allocator");
+        assert_eq!(health["lag"]["placement"]["topic"], "ipam.hosts");
+        assert_eq!(health["lag"]["placement"]["records"], 1, "the forwarded upsert is not consumed: {health}");
+
+        let deadline = Instant::now() + DEADLINE;
+        let metrics = loop {
+            let (status, text) = get_text(&client, &api.url("/metrics")).await;
+            assert_eq!(status, 200);
+            if text.contains("ipam_subnet_utilization{") && text.contains("ipam_request_duration_seconds_bucket{") {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "metrics never showed the subnet:\n{text}");
+            sleep(Duration::from_millis(20)).await;
+        };
+        for name in [
+            "ipam_events_processed_total ",
+            "ipam_consumer_lag{group=\"ipam-allocator\",topic=\"ipam.networks\"} 0",
+            "ipam_consumer_lag{group=\"ipam-placement\",topic=\"ipam.hosts\"} 1",
+            &format!("ipam_subnet_utilization{{network=\"{NETWORK}\",subnet=\"{SUBNET}\"}} "),
+            &format!("ipam_reservations{{network=\"{NETWORK}\"}} 1"),
+            "ipam_request_duration_seconds_bucket{method=\"GET\",route=\"/health\",status=\"200\",le=\"+Inf\"} 1",
+            "# TYPE ipam_request_duration_seconds histogram",
+        ] {
+            assert!(metrics.contains(name), "no `{name}` in\n{metrics}");
+        }
+
+        let (status, document) = get(&client, &api.url("/openapi.json")).await;
+        assert_eq!(status, 200);
+        assert_eq!(document["openapi"], "3.1.0");
+        let paths: BTreeSet<&str> = document["paths"].as_object().expect("paths").keys().map(String::as_str).collect();
+        let expected = [
+            "/v1/events",
+            "/v1/networks",
+            "/v1/networks/{id}",
+            "/v1/vnics/{id}",
+            "/v1/hosts/{id}",
+            "/v1/ips/{ip}/history",
+            "/v1/stream",
+            "/health",
+            "/metrics",
+            "/openapi.json",
+        ];
+        assert_eq!(paths, expected.into_iter().collect());
+        // Every event reference names a schema the contract generates.
+        let ids: BTreeSet<String> = ipam_core::event::event_schemas()
+            .values()
+            .map(|schema| schema["$id"].as_str().expect("$id").to_owned())
+            .collect();
+        let inputs = document["components"]["schemas"]["InputEvent"]["oneOf"].as_array().expect("inputs");
+        assert_eq!(inputs.len(), 16);
+        for reference in inputs {
+            assert!(ids.contains(reference["$ref"].as_str().expect("$ref")), "{reference}");
+        }
+    });
+}
+
+#[test]
+fn a_configured_token_is_required_everywhere_but_health() {
+    let api = Api::start(ApiConfig { bearer_token: Some("s3cret".to_owned()), ..ApiConfig::default() });
+    block_on(async {
+        let anonymous = client(None);
+        let wrong = client(Some("guess"));
+        let right = client(Some("s3cret"));
+        for path in ["/v1/networks", "/metrics", "/openapi.json", "/v1/stream?from=start"] {
+            for client in [&anonymous, &wrong] {
+                let (status, body) = get(client, &api.url(path)).await;
+                assert_eq!((status, &body["error"]["code"]), (401, &json!("unauthorized")), "{path}");
+            }
+        }
+        let (status, _) = get(&right, &api.url("/v1/networks")).await;
+        assert_eq!(status, 200);
+        let (status, _) = get(&anonymous, &api.url("/health")).await;
+        assert_eq!(status, 200);
+
+        let before = api.ends();
+        let event = network_upserted_json("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000030", json!(true)).to_string();
+        let (status, _) = post(&anonymous, &api.url("/v1/events"), "application/json", event.clone()).await;
+        assert_eq!(status, 401);
+        assert_eq!(api.ends(), before);
+        let (status, _) = post(&right, &api.url("/v1/events"), "application/json", event).await;
+        assert_eq!(status, 202);
+    });
+}
+
+#[test]
+fn stopping_ends_open_streams_and_the_server() {
+    let mut api = Api::start(ApiConfig::default());
+    api.append(&[subnet_activated(1)], false);
+    let url = api.url("/v1/stream?from=start");
+    let listener = std::thread::spawn(move || {
+        block_on(async {
+            let client = client(None);
+            let mut response = client.get(url).timeout(Duration::from_secs(30)).send().await.expect("stream");
+            // Read until the server ends the stream.
+            while let Some(chunk) = response.next().await {
+                if chunk.is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    // Wait until the stream is open and has sent the event, then stop.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let metrics = block_on(async { get_text(&client(None), &api.url("/metrics")).await.1 });
+        if metrics.contains("route=\"/v1/stream\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    api.stop().expect("a clean stop");
+    assert!(started.elapsed() < Duration::from_secs(4), "stopping took {:?}", started.elapsed());
+    listener.join().expect("the client ends with the stream");
+}
+
+#[test]
+fn run_reports_a_port_that_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let config = ApiConfig { bind: taken.local_addr().expect("address"), ..ApiConfig::default() };
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let error = ipam_api::run(log, Topics::new("", 4), Groups::with_prefix(""), config, stop).expect_err("taken");
+    assert!(format!("{error:#}").contains("binding the API"), "{error:#}");
+}
