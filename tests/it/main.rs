@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod api;
+mod cli;
 mod compose;
 mod dhcp;
 mod log;

@@ -3,7 +3,10 @@
 //! `config.rs` for the configuration and its precedence.
 
 mod bench;
+mod client;
 mod config;
+mod ctl;
+mod demo;
 mod run;
 
 use std::path::PathBuf;
@@ -42,6 +45,28 @@ enum Command {
     Placement,
     /// Run the HTTP API against Kafka (listening on --api-bind).
     Api,
+    /// Build and publish an engine event through the API.
+    Ctl {
+        #[command(subcommand)]
+        command: ctl::Ctl,
+        #[arg(long, env = "IPAM_API", default_value = "http://127.0.0.1:8080", global = true)]
+        api: String,
+    },
+    /// Show networks, hosts, vNICs and IP history through the API.
+    Show {
+        #[command(subcommand)]
+        what: ctl::Show,
+        #[arg(long, env = "IPAM_API", default_value = "http://127.0.0.1:8080", global = true)]
+        api: String,
+    },
+    /// Publish a file of CloudEvents (one JSON object per line) through the API.
+    Publish {
+        file: PathBuf,
+        #[arg(long, env = "IPAM_API", default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+    /// Play a scripted story on a temporary all-in-one stack and tell what happens.
+    Demo,
     /// Measure `ipam up` end to end on this machine: throughput, and readiness after a SIGKILL.
     Bench {
         /// How many vNIC started events (and so live reservations) to play.
@@ -117,6 +142,10 @@ fn real_main() -> anyhow::Result<()> {
         Command::Placement => {
             run::run(kafka(&config)?, &config, Components { placement: true, ..Components::default() })
         }
+        Command::Ctl { command, api } => ctl::ctl(&client::Api::new(&api, config.api_token.clone())?, command),
+        Command::Show { what, api } => ctl::show(&client::Api::new(&api, config.api_token.clone())?, what),
+        Command::Publish { file, api } => ctl::publish(&client::Api::new(&api, config.api_token.clone())?, file),
+        Command::Demo => demo::run(),
         Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
         Command::Bench { events } => bench::run(events),
         Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms, netns } => {

@@ -1,0 +1,299 @@
+//! `ipam demo`: the all-in-one stack in a temporary directory, a scripted story told as it
+//! happens: two networks, three subnets, four hosts, 500 vNICs starting and stopping, a host lost
+//! and its DHCP servers moved, and a replay check after `kill -9`. The demo plays the engine and the
+//! hosts' heartbeats through the HTTP API, as a real deployment's engine and host agents would.
+
+#![allow(clippy::print_stdout)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ipam_core::event::*;
+use ipam_core::{Event, HostId, Mac, NetworkId, SubnetId, VmId, VnicId};
+use serde_json::Value;
+
+use crate::client::{Api, envelope};
+
+const PROD: NetworkId = NetworkId::from_u128(0xde01);
+const LAB: NetworkId = NetworkId::from_u128(0xde02);
+
+fn host(n: u128) -> HostId {
+    HostId::from_u128(0xd0_0000 + n)
+}
+
+fn host_name(id: &str) -> String {
+    let n = u128::from_str_radix(id.rsplit('-').next().unwrap_or("0"), 16).unwrap_or(0) & 0xff;
+    format!("host-{n}")
+}
+
+struct Stack {
+    child: Child,
+    api: Api,
+}
+
+fn start(dir: &std::path::Path) -> anyhow::Result<Stack> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--data-dir", &dir.display().to_string(), "--api-bind", "127.0.0.1:0", "--tick-interval-ms", "200"])
+        .args(["--heartbeat-timeout-ms", "1500", "--snapshot-every-records", "300", "up"])
+        .env("IPAM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting ipam up")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut url = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(rest) = line.split("API listening on ").nth(1) {
+            url = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.contains("ipam is ready") && url.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("ipam up did not become ready");
+        }
+    }
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let api = Api::new(&url.context("ipam up never said where its API listens")?, None)?;
+    Ok(Stack { child, api })
+}
+
+fn wait<T>(what: &str, mut probe: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+    // A probe may fail while the read model has not seen the network yet (404): retry until the
+    // deadline, then report the last failure.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match probe() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => None,
+            Err(error) => Some(error),
+        };
+        if Instant::now() > deadline {
+            return Err(last
+                .unwrap_or_else(|| anyhow::anyhow!("not yet"))
+                .context(format!("timed out waiting until {what}")));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn servers(network: &Value) -> Vec<String> {
+    network["servers"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|v| v["host_id"].as_str().map(host_name)).collect())
+        .unwrap_or_default()
+}
+
+fn bar(used: f64, size: f64) -> String {
+    let filled = ((used / size.max(1.0)) * 30.0).round() as usize;
+    format!("[{}{}]", "#".repeat(filled.min(30)), ".".repeat(30 - filled.min(30)))
+}
+
+/// The network views without the log position (which moves with every record).
+fn views(api: &Api) -> anyhow::Result<Vec<Value>> {
+    [PROD, LAB]
+        .iter()
+        .map(|id| {
+            let mut view = api.get(&format!("/v1/networks/{id}"))?;
+            if let Some(object) = view.as_object_mut() {
+                object.remove("position");
+            }
+            Ok(view)
+        })
+        .collect()
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("ipam-demo-{}", std::process::id()));
+    let result = story(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn story(dir: &std::path::Path) -> anyhow::Result<()> {
+    println!("== ipam demo: the all-in-one stack on the embedded log in {}", dir.display());
+    let mut stack = start(dir)?;
+    let api = stack.api.clone();
+    let publish = |events: Vec<Event>| -> anyhow::Result<()> {
+        let events: Vec<Value> = events.into_iter().map(|e| envelope("ipam-demo", e)).collect();
+        for batch in events.chunks(200) {
+            api.publish(batch)?;
+        }
+        Ok(())
+    };
+
+    // Four hosts, both networks attached to each; their heartbeats come from a thread, as host
+    // agents would send them.
+    let alive = Arc::new(Mutex::new(vec![true; 4]));
+    let hosts: Vec<Event> = (1..=4)
+        .map(|n| {
+            Event::HostUpserted(HostUpserted {
+                host_id: host(n),
+                name: format!("host-{n}"),
+                status: HostStatus::Up,
+                networks: vec![
+                    HostNetwork { network_id: PROD, interface: "br-prod".parse().expect("valid") },
+                    HostNetwork { network_id: LAB, interface: "br-lab".parse().expect("valid") },
+                ],
+            })
+        })
+        .collect();
+    publish(hosts)?;
+    let stop_heartbeats = Arc::new(AtomicBool::new(false));
+    let heartbeats = {
+        let (api, alive, stop) = (stack.api.clone(), Arc::clone(&alive), Arc::clone(&stop_heartbeats));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let beats: Vec<Value> = (1..=4)
+                    .filter(|n| alive.lock().map(|a| a[(*n - 1) as usize]).unwrap_or(false))
+                    .map(|n| {
+                        envelope("ipam-demo", Event::HostHeartbeat(HostHeartbeat { host_id: host(n), serving: vec![] }))
+                    })
+                    .collect();
+                let _ = api.publish(&beats);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+
+    let subnets = [
+        (PROD, 1u128, "10.10.0.0/23", "10.10.0.1"),
+        (PROD, 2, "10.10.2.0/24", "10.10.2.1"),
+        (LAB, 3, "10.20.0.0/24", "10.20.0.1"),
+    ];
+    let mut setup = vec![
+        Event::NetworkUpserted(NetworkUpserted {
+            network_id: PROD,
+            name: "production".to_owned(),
+            ipam_enabled: true,
+            servers_count: Some(2),
+        }),
+        Event::NetworkUpserted(NetworkUpserted {
+            network_id: LAB,
+            name: "lab".to_owned(),
+            ipam_enabled: true,
+            servers_count: Some(1),
+        }),
+    ];
+    for (network, id, cidr, gateway) in subnets {
+        setup.push(Event::SubnetAdded(SubnetAdded {
+            network_id: network,
+            subnet_id: SubnetId::from_u128(0x5b00 + id),
+            cidr: cidr.parse()?,
+            gateway: gateway.parse()?,
+            dns_servers: vec!["192.0.2.53".parse()?],
+            ntp_servers: vec![],
+            allocation_pools: None,
+        }));
+    }
+    publish(setup)?;
+    println!("\n== 2 networks, 3 subnets, 4 hosts. DHCP servers placed:");
+    for (id, name) in [(PROD, "production"), (LAB, "lab")] {
+        let view = wait("servers are placed", || {
+            let view = api.get(&format!("/v1/networks/{id}"))?;
+            let wanted = if id == PROD { 2 } else { 1 };
+            Ok((servers(&view).len() == wanted).then_some(view))
+        })?;
+        println!("   {name:<11} served by {}", servers(&view).join(", "));
+    }
+
+    // 500 vNICs start; then 150 stop and 50 more start.
+    let vnic = |n: u128| {
+        let network = if n % 10 < 7 { PROD } else { LAB };
+        let subnet = if network == LAB { 3 } else { 1 + n % 2 };
+        let b = (n as u32).to_be_bytes();
+        VnicUp {
+            vnic_id: VnicId::from_u128(0x7000 + n),
+            vm_id: VmId::from_u128(0x8000 + n),
+            network_id: network,
+            subnet_id: Some(SubnetId::from_u128(0x5b00 + subnet)),
+            mac: Mac::from_octets([0x52, 0x54, b[0], b[1], b[2], b[3]]).expect("unicast"),
+            requested_ip: None,
+        }
+    };
+    publish((0..500).map(|n| Event::VnicStarted(vnic(n))).collect())?;
+    publish(
+        (0..500)
+            .filter(|n| n % 10 == 3 || n % 10 == 8 || n % 10 == 5)
+            .map(|n| {
+                Event::VnicStopped(VnicDown { vnic_id: VnicId::from_u128(0x7000 + n), network_id: vnic(n).network_id })
+            })
+            .collect(),
+    )?;
+    publish((500..550).map(|n| Event::VnicStarted(vnic(n))).collect())?;
+    let expected = 550 - 150;
+    wait("the reservations are visible", || {
+        let total: usize = views(&api)?.iter().map(|v| v["reservations"].as_array().map_or(0, Vec::len)).sum();
+        Ok((total == expected).then_some(()))
+    })?;
+    println!("\n== 550 vNICs started, 150 stopped: {expected} live reservations. Utilization:");
+    for view in views(&api)? {
+        for subnet in view["subnets"].as_array().into_iter().flatten() {
+            let (used, size) = (subnet["used"].as_f64().unwrap_or(0.0), subnet["size"].as_f64().unwrap_or(0.0));
+            println!(
+                "   {:<11} {:<14} {} {:>4} / {:<4} used",
+                view["name"].as_str().unwrap_or("?"),
+                subnet["cidr"].as_str().unwrap_or("?"),
+                bar(used, size),
+                used,
+                size
+            );
+        }
+    }
+
+    // A host serving production stops heartbeating.
+    let before = servers(&api.get(&format!("/v1/networks/{PROD}"))?);
+    let lost = before.first().cloned().context("production has no server")?;
+    let lost_n: usize = lost.trim_start_matches("host-").parse()?;
+    println!("\n== {lost} stops sending heartbeats (production is served by {})", before.join(", "));
+    alive.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[lost_n - 1] = false;
+    let lost_at = Instant::now();
+    let after = wait("production's server moves", || {
+        let now = servers(&api.get(&format!("/v1/networks/{PROD}"))?);
+        Ok((now.len() == 2 && !now.contains(&lost)).then_some(now))
+    })?;
+    println!(
+        "   after {:.1} s (heartbeat timeout 1.5 s): production is served by {}; {lost}'s server moved",
+        lost_at.elapsed().as_secs_f64(),
+        after.join(", ")
+    );
+
+    // Replay check: kill -9, restart, and the state is the same.
+    let before = views(&api)?;
+    println!("\n== kill -9 ipam up, then start it again");
+    stack.child.kill()?;
+    stack.child.wait()?;
+    stop_heartbeats.store(true, Ordering::SeqCst);
+    let _ = heartbeats.join();
+    let restarted = start(dir)?;
+    let after = wait("the restarted read model catches up", || {
+        let after = views(&restarted.api)?;
+        Ok((after == before).then_some(after))
+    })?;
+    let again = Event::VnicStarted(vnic(0));
+    restarted.api.publish(&[envelope("ipam-demo", again)])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let unchanged = views(&restarted.api)? == after;
+    println!(
+        "   replay check: networks, subnets, reservations and servers after the restart {} the state before it; \
+         a repeated start of a live vNIC {}",
+        if after == before { "equal" } else { "DIFFER FROM" },
+        if unchanged { "changed nothing" } else { "CHANGED the state" }
+    );
+    let mut restarted = restarted;
+    let _ = Command::new("kill").args(["-TERM", &restarted.child.id().to_string()]).status();
+    restarted.child.wait()?;
+    if !unchanged {
+        bail!("the replay check failed");
+    }
+    println!("\n== demo done");
+    Ok(())
+}
