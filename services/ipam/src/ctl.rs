@@ -1,6 +1,9 @@
 //! `ipam ctl` (build and publish engine events), `ipam show` (read views) and `ipam publish`
 //! (a file of CloudEvents, one per line), all through a running IPAM's HTTP API.
 
+// Printing what the API answered is these commands' job.
+#![allow(clippy::print_stdout)]
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 
