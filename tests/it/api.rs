@@ -31,7 +31,8 @@ fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[
     let body = if body.trim_start().starts_with('{') || body.trim_start().starts_with('[') {
         body
     } else {
-        body.lines().filter(|line| line.starts_with('{') || line.starts_with('[')).collect::<Vec<_>>().join("")
+        let json: String = body.lines().filter(|line| line.starts_with('{') || line.starts_with('[')).collect();
+        if json.is_empty() { body } else { json }
     };
     (status, body)
 }
@@ -136,6 +137,16 @@ fn api_takes_engine_events_and_shows_the_reservation_until_the_vnic_stops() {
         }
         assert!(Instant::now() < deadline, "the release never became visible: {body}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, metrics) = http(addr, "GET", "/metrics", "text/plain", b"");
+    assert_eq!(status, 200);
+    for name in [
+        "ipam_pipeline_events_processed_total{driver=\"allocator\"}",
+        "ipam_pipeline_processing_seconds_bucket",
+        "ipam_consumer_lag",
+        "ipam_subnet_utilization",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
     }
     let (status, body) = http(addr, "GET", &format!("/v1/ips/{ip}/history"), "application/json", b"");
     assert_eq!(status, 200, "{body}");

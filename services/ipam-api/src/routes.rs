@@ -150,7 +150,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
     };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics::render(&state.metrics, &gauges)))
+        .body(metrics::render(&state.metrics, &gauges) + &ipam_runtime::metrics::render()))
 }
 
 pub(crate) async fn openapi_document(document: web::Data<Arc<Value>>) -> HttpResponse {

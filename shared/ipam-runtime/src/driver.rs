@@ -137,7 +137,9 @@ impl<M: Machines> Driver<M> {
                 readiness.ready.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(driver = %self.config.name, partitions = self.next_offsets.len(), "Ready.");
             }
+            let metrics = crate::metrics::for_driver(&self.config.name);
             for record in polled.records {
+                let started = Instant::now();
                 let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
                 let outputs = match ingest(&record) {
                     Ingested::Event(input) => self.outputs(&partition, &input)?,
@@ -154,6 +156,7 @@ impl<M: Machines> Driver<M> {
                     next_offset: record.offset + 1,
                 };
                 self.member.step(&outputs, &[position]).context("performing a step")?;
+                metrics.observe(started.elapsed());
                 self.next_offsets.insert(partition, record.offset + 1);
                 self.since_snapshot += 1;
             }

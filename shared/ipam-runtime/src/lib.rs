@@ -16,6 +16,7 @@ pub mod actors;
 pub mod allocator;
 pub mod clock;
 pub mod driver;
+pub mod metrics;
 pub mod placement;
 pub mod snapshot;
 pub mod topics;
