@@ -417,13 +417,13 @@ fn guests_get_their_reserved_ip_from_real_dnsmasq_and_servers_fail_over() {
 fn a_guest_gets_its_reserved_ip_with_the_services_on_kafka() {
     prerequisites();
     let mut fabric = Fabric::new();
-    let host_ns = fabric.node("kh", "eth1", None);
-    let vm_mac: Mac = "52:54:00:e3:00:01".parse().unwrap();
-    let vm_ns = fabric.node("kv", "eth0", Some(vm_mac));
-    let mut stack = Stack::kafka();
-    // Ids unique to the run: the unprefixed topics outlive it on a developer's broker.
+    // Ids and MAC unique to the run: the unprefixed topics outlive it on a developer's broker.
     let run = u128::from(std::process::id()) << 32
         | u128::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos());
+    let host_ns = fabric.node("kh", "eth1", None);
+    let vm_mac = Mac::from_octets([0x52, 0x54, 0xe3, (run >> 16) as u8, (run >> 8) as u8, run as u8]).unwrap();
+    let vm_ns = fabric.node("kv", "eth0", Some(vm_mac));
+    let mut stack = Stack::kafka();
     let host = HostId::from_u128(run);
     let mut agent = stack.agent(&host_ns, host);
     stack.publish(vec![
@@ -454,6 +454,9 @@ fn a_guest_gets_its_reserved_ip_with_the_services_on_kafka() {
     let lease = wait_for_lease(&vm_ns, stack.dir.path());
     assert_eq!(lease.ip, reserved);
     assert_eq!(lease.router, "10.77.0.1");
+    // Leave the shared network as it was found: the vNIC's address goes back.
+    stack.publish(vec![Event::VnicStopped(VnicDown { vnic_id: vnic, network_id: NETWORK })]);
+    wait_until("the address is released", Duration::from_secs(30), || stack.reserved_ip(vnic).is_none());
     agent.terminate();
     for service in &mut stack.others {
         service.terminate();

@@ -17,9 +17,11 @@
 //!   dnsmasq does not offer a leased address to another MAC). A released MAC therefore stops being
 //!   served at once, and an address re-used by another MAC is served to the new MAC only.
 //!
-//! Compaction after every removal is correct but costs a full reload each time; under heavy
-//! release churn at tens of thousands of hosts it should be batched, with the allocator holding
-//! released addresses back until every server has dropped them. That is not built yet.
+//! Removals are batched: a compaction runs at most once per [`COMPACTION_INTERVAL`] (the
+//! supervision `check` runs one that was put off), so a burst of releases costs one reload. An
+//! address re-used by another MAC compacts at once, so it is always served to its new holder. The
+//! allocator does not yet hold released addresses back until every server has dropped them; with
+//! that, a re-use would never force an immediate reload either.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -79,7 +81,14 @@ struct Server {
     interface: String,
     restarts: u32,
     last_start: Instant,
+    /// Hosts were removed but are still loaded: a compaction is due (see [`COMPACTION_INTERVAL`]).
+    removal_pending: bool,
 }
+
+/// Removals are compacted at most this often, so that a burst of VM stops costs one reload, not
+/// one each; a removed MAC is served at most this long after its release (plus a supervision
+/// period). An address re-used by another MAC compacts at once, whatever the interval.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(1);
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
     let path = path.to_owned();
@@ -208,6 +217,7 @@ impl DnsmasqBackend {
             interface: config.interface.to_string(),
             restarts: 0,
             last_start: Instant::now(),
+            removal_pending: false,
         })
     }
 
@@ -312,7 +322,8 @@ impl DhcpBackend for DnsmasqBackend {
         let removed = server.loaded.keys().any(|mac| !desired.contains_key(mac));
         let held_ips: BTreeSet<&String> = server.loaded.values().collect();
         let collides = added.iter().any(|(mac, ip)| server.loaded.contains_key(*mac) || held_ips.contains(ip));
-        if removed || collides {
+        let compact = collides || (removed && server.last_start.elapsed() >= COMPACTION_INTERVAL);
+        if compact {
             // Compaction: a fresh dnsmasq with exactly the desired hosts in its base file, an empty
             // hosts directory, and without the leases of hosts that are gone (a SIGHUP would keep
             // those, and a re-used address would not be offered to its new MAC until they expire).
@@ -325,6 +336,7 @@ impl DhcpBackend for DnsmasqBackend {
             server = restarted;
             tracing::debug!(network = %config.network_id, hosts = server.loaded.len(), "Compacted the dnsmasq hosts.");
         } else if !added.is_empty() {
+            server.removal_pending |= removed;
             let lines: BTreeMap<String, String> = added.into_iter().map(|(m, i)| (m.clone(), i.clone())).collect();
             // Written outside the watched directory, then renamed in: dnsmasq never reads half a file.
             let name = format!("add-{:08}", server.next_file);
@@ -334,6 +346,8 @@ impl DhcpBackend for DnsmasqBackend {
             let target = server.dir.join("hosts.d").join(&name);
             fs::rename(&temp, &target).map_err(io("cannot rename onto", &target))?;
             server.loaded.extend(lines);
+        } else {
+            server.removal_pending |= removed;
         }
         self.server = Some(server);
         self.applied = Some(config.clone());
@@ -342,7 +356,13 @@ impl DhcpBackend for DnsmasqBackend {
 
     fn check(&mut self) -> Result<Option<String>, BackendError> {
         let (Some(server), Some(config)) = (self.server.as_mut(), self.applied.clone()) else { return Ok(None) };
-        let Ok(Some(status)) = server.child.try_wait() else { return Ok(None) };
+        let Ok(Some(status)) = server.child.try_wait() else {
+            // Alive: run a compaction that was put off.
+            if server.removal_pending && server.last_start.elapsed() >= COMPACTION_INTERVAL {
+                self.apply(&config)?;
+            }
+            return Ok(None);
+        };
         // Backoff: 1 s after the first death, doubling up to a minute, counted from the last start.
         let backoff = Duration::from_secs(1 << server.restarts.min(6));
         if server.last_start.elapsed() < backoff {
