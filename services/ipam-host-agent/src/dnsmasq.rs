@@ -17,8 +17,8 @@ use std::io::{ErrorKind, Write as _};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use ipam_core::NetworkId;
 use ipam_core::dhcp_plan::{NetworkDhcpConfig, SubnetDhcpConfig};
+use ipam_core::{Mac, NetworkId};
 
 use crate::backend::{BackendError, DhcpBackend};
 
@@ -112,16 +112,20 @@ fn render_subnet(
 /// One `MAC,IP` line per reserved host of every subnet: the argument of a `dhcp-host` line, and
 /// the format of dnsmasq's `--dhcp-hostsfile` and `--dhcp-hostsdir` files.
 pub fn host_lines(config: &NetworkDhcpConfig) -> Result<Vec<String>, BackendError> {
-    let network_id = config.network_id;
     let mut lines = Vec::new();
     for subnet in &config.subnets {
         for host in &subnet.hosts {
-            let mac = check_value(network_id, "mac", host.mac.to_string())?;
-            let ip = option_ip(check_value(network_id, "ip", host.ip.to_string())?, host.ip);
-            lines.push(format!("{mac},{ip}"));
+            lines.push(host_line(config.network_id, host.mac, host.ip)?);
         }
     }
     Ok(lines)
+}
+
+/// The `MAC,IP` line of one host (see [`host_lines`]).
+pub fn host_line(network_id: NetworkId, mac: Mac, ip: IpAddr) -> Result<String, BackendError> {
+    let mac = check_value(network_id, "mac", mac.to_string())?;
+    let ip = option_ip(check_value(network_id, "ip", ip.to_string())?, ip);
+    Ok(format!("{mac},{ip}"))
 }
 
 /// dnsmasq wants IPv6 addresses in brackets wherever a list or a `dhcp-host` holds them.

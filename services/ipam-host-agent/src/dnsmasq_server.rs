@@ -31,11 +31,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ipam_core::NetworkId;
+use std::net::IpAddr;
+
 use ipam_core::dhcp_plan::NetworkDhcpConfig;
+use ipam_core::{Mac, NetworkId};
 
 use crate::backend::{BackendError, DhcpBackend};
-use crate::dnsmasq::{host_lines, render_options};
+use crate::dnsmasq::{host_line, render_options};
 
 /// How the dnsmasq backend runs its servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +75,9 @@ struct Server {
     child: Child,
     /// The rendered options it was started with; other options need a restart.
     options_text: String,
-    /// The hosts dnsmasq holds (base file plus hostsdir additions), by MAC.
-    loaded: BTreeMap<String, String>,
+    /// The hosts dnsmasq holds (base file plus hostsdir additions), by MAC, and by address.
+    loaded: BTreeMap<Mac, IpAddr>,
+    loaded_ips: BTreeMap<IpAddr, Mac>,
     next_file: u64,
     /// Addresses this server put on its interface, as `ip/prefix`.
     addresses: BTreeSet<String>,
@@ -120,13 +123,19 @@ fn stop_stale(dir: &Path) -> bool {
     is_dnsmasq
 }
 
-/// `MAC,IP` lines by MAC.
-fn by_mac(lines: Vec<String>) -> BTreeMap<String, String> {
-    lines.into_iter().filter_map(|line| line.split_once(',').map(|(mac, ip)| (mac.to_owned(), ip.to_owned()))).collect()
+/// The hosts file text: one `MAC,IP` line per host.
+fn hosts_text(network_id: NetworkId, hosts: &BTreeMap<Mac, IpAddr>) -> Result<String, BackendError> {
+    let mut text = String::with_capacity(hosts.len() * 32);
+    for (mac, ip) in hosts {
+        text.push_str(&host_line(network_id, *mac, *ip)?);
+        text.push('\n');
+    }
+    Ok(text)
 }
 
-fn hosts_text(hosts: &BTreeMap<String, String>) -> String {
-    hosts.iter().map(|(mac, ip)| format!("{mac},{ip}\n")).collect()
+/// The configuration's hosts, by MAC (a MAC holds one address on a network).
+fn desired_hosts(config: &NetworkDhcpConfig) -> BTreeMap<Mac, IpAddr> {
+    config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (host.mac, host.ip))).collect()
 }
 
 impl DnsmasqBackend {
@@ -143,7 +152,7 @@ impl DnsmasqBackend {
         &self,
         config: &NetworkDhcpConfig,
         options_text: String,
-        hosts: BTreeMap<String, String>,
+        hosts: BTreeMap<Mac, IpAddr>,
     ) -> Result<Server, BackendError> {
         let dir = self.dir(config.network_id);
         let hostsdir = dir.join("hosts.d");
@@ -156,7 +165,7 @@ impl DnsmasqBackend {
             let path = entry.map_err(io("cannot list", &hostsdir))?.path();
             fs::remove_file(&path).map_err(io("cannot remove", &path))?;
         }
-        write_file(&dir.join("hosts"), &hosts_text(&hosts))?;
+        write_file(&dir.join("hosts"), &hosts_text(config.network_id, &hosts)?)?;
         // dnsmasq keeps a lease until it expires and will not offer a leased address to another
         // MAC; a lease of a host that is no longer reserved (or now holds another address) goes.
         let leases = dir.join("leases");
@@ -166,7 +175,10 @@ impl DnsmasqBackend {
                 .filter(|line| {
                     let mut fields = line.split_whitespace().skip(1);
                     let (Some(mac), Some(ip)) = (fields.next(), fields.next()) else { return false };
-                    hosts.get(mac).is_some_and(|reserved| reserved.trim_matches(['[', ']']) == ip)
+                    let (Ok(mac), Ok(ip)) = (mac.parse::<Mac>(), ip.trim_matches(['[', ']']).parse::<IpAddr>()) else {
+                        return false;
+                    };
+                    hosts.get(&mac) == Some(&ip)
                 })
                 .map(|line| format!("{line}\n"))
                 .collect();
@@ -211,6 +223,7 @@ impl DnsmasqBackend {
             dir,
             child,
             options_text,
+            loaded_ips: hosts.iter().map(|(mac, ip)| (*ip, *mac)).collect(),
             loaded: hosts,
             next_file: 0,
             addresses: BTreeSet::new(),
@@ -282,7 +295,7 @@ impl DnsmasqBackend {
 impl DhcpBackend for DnsmasqBackend {
     fn apply(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
         let options_text = render_options(config)?;
-        let desired = by_mac(host_lines(config)?);
+        let desired = desired_hosts(config);
         let mut server = match self.server.take() {
             Some(mut server)
                 if server.options_text == options_text && server.interface == config.interface.as_str() =>
@@ -317,11 +330,27 @@ impl DhcpBackend for DnsmasqBackend {
         };
         let interface = server.interface.clone();
         self.sync_addresses(&interface, &mut server.addresses, config)?;
-        let added: BTreeMap<&String, &String> =
-            desired.iter().filter(|(mac, ip)| server.loaded.get(*mac) != Some(*ip)).collect();
-        let removed = server.loaded.keys().any(|mac| !desired.contains_key(mac));
-        let held_ips: BTreeSet<&String> = server.loaded.values().collect();
-        let collides = added.iter().any(|(mac, ip)| server.loaded.contains_key(*mac) || held_ips.contains(ip));
+        // The diff against what dnsmasq holds, without building any text: this runs for every
+        // change, with tens of thousands of hosts.
+        let mut added: BTreeMap<Mac, IpAddr> = BTreeMap::new();
+        let mut collides = false;
+        let mut known = 0;
+        for (mac, ip) in &desired {
+            match server.loaded.get(mac) {
+                Some(held) if held == ip => known += 1,
+                Some(_) => {
+                    known += 1;
+                    collides = true;
+                    added.insert(*mac, *ip);
+                }
+                None => {
+                    collides |= server.loaded_ips.contains_key(ip);
+                    added.insert(*mac, *ip);
+                }
+            }
+        }
+        // Every desired MAC dnsmasq holds is counted in `known`; any other MAC it holds was removed.
+        let removed = server.loaded.len() > known;
         let compact = collides || (removed && server.last_start.elapsed() >= COMPACTION_INTERVAL);
         if compact {
             // Compaction: a fresh dnsmasq with exactly the desired hosts in its base file, an empty
@@ -337,15 +366,15 @@ impl DhcpBackend for DnsmasqBackend {
             tracing::debug!(network = %config.network_id, hosts = server.loaded.len(), "Compacted the dnsmasq hosts.");
         } else if !added.is_empty() {
             server.removal_pending |= removed;
-            let lines: BTreeMap<String, String> = added.into_iter().map(|(m, i)| (m.clone(), i.clone())).collect();
             // Written outside the watched directory, then renamed in: dnsmasq never reads half a file.
             let name = format!("add-{:08}", server.next_file);
             server.next_file += 1;
             let temp = server.dir.join(format!("{name}.tmp"));
-            write_file(&temp, &hosts_text(&lines))?;
+            write_file(&temp, &hosts_text(config.network_id, &added)?)?;
             let target = server.dir.join("hosts.d").join(&name);
             fs::rename(&temp, &target).map_err(io("cannot rename onto", &target))?;
-            server.loaded.extend(lines);
+            server.loaded_ips.extend(added.iter().map(|(mac, ip)| (*ip, *mac)));
+            server.loaded.extend(added);
         } else {
             server.removal_pending |= removed;
         }
