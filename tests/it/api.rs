@@ -11,6 +11,17 @@ use serde_json::{Value, json};
 
 use crate::recovery::Service;
 
+/// `ipam up` in `dir`, its API on a free port: the service, ready, and where its API listens.
+pub fn ipam_up_with_api(dir: &std::path::Path) -> (Service, SocketAddr) {
+    let args: Vec<String> =
+        ["--data-dir", &dir.display().to_string(), "--api-bind", "127.0.0.1:0", "up"].map(str::to_owned).to_vec();
+    let mut up = Service::spawn(&args);
+    let line = up.wait_for_line("API listening on http://", Duration::from_secs(60));
+    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    up.wait_for("ipam is ready", Duration::from_secs(60));
+    (up, addr)
+}
+
 /// One request; the status and the body.
 fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -47,13 +58,7 @@ fn event(id: u32, type_name: &str, data: Value) -> Value {
 #[test]
 fn api_takes_engine_events_and_shows_the_reservation_until_the_vnic_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["--data-dir", &dir.path().display().to_string(), "--api-bind", "127.0.0.1:0", "up"]
-        .map(str::to_owned)
-        .to_vec();
-    let mut up = Service::spawn(&args);
-    let line = up.wait_for_line("API listening on http://", Duration::from_secs(60));
-    let addr: SocketAddr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    up.wait_for("ipam is ready", Duration::from_secs(60));
+    let (mut up, addr) = ipam_up_with_api(dir.path());
     let log = ipam_tests::BackendSpec::Sqlite(dir.path().join("log")).open().unwrap();
 
     let network = "00000000-0000-0000-0000-00000000aa01";

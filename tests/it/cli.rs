@@ -1,13 +1,12 @@
 //! The `ipam` commands an operator types: `demo` end to end, and `publish`, `ctl` and `show`
 //! against a running `ipam up`.
 
-use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::recovery::{Service, ipam_binary};
+use crate::recovery::ipam_binary;
 
 fn ipam(args: &[&str]) -> Output {
     Command::new(ipam_binary()).args(args).env("IPAM_LOG", "warn").output().unwrap()
@@ -34,14 +33,8 @@ fn ipam_demo_tells_its_story_and_exits_zero() {
 #[test]
 fn publish_ctl_and_show_talk_to_a_running_ipam() {
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["--data-dir", &dir.path().display().to_string(), "--api-bind", "127.0.0.1:0", "up"]
-        .map(str::to_owned)
-        .to_vec();
-    let mut up = Service::spawn(&args);
-    let line = up.wait_for_line("API listening on http://", Duration::from_secs(60));
-    let addr: SocketAddr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let (mut up, addr) = crate::api::ipam_up_with_api(dir.path());
     let api = format!("http://{addr}");
-    up.wait_for("ipam is ready", Duration::from_secs(60));
 
     let network = "00000000-0000-0000-0000-00000000cc01";
     let subnet = "00000000-0000-0000-0000-00000000cc02";
