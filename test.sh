@@ -31,4 +31,7 @@ if [[ -z "${IPAM_KAFKA_BOOTSTRAP:-}" ]]; then
     echo "test.sh: Kafka broker at $IPAM_KAFKA_BOOTSTRAP" >&2
 fi
 
+# The integration tests run the `ipam` binary; `cargo test` alone does not build another
+# package's binaries.
+cargo build --workspace --bins --locked
 cargo test --workspace --all-targets --locked
