@@ -12,6 +12,18 @@ use ipam_log::sqlite::Durability;
 use ipam_log::{EventLog, MemoryLog, SqliteLog};
 use ipam_log_kafka::{KafkaLog, KafkaOptions};
 
+/// The `ipam` binary next to the running test or benchmark executable (`target/<profile>/ipam`).
+pub fn ipam_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable has a path");
+    let binary = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>/deps").join("ipam");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p ipam` (./test.sh builds it before testing)",
+        binary.display()
+    );
+    binary
+}
+
 /// The broker the Kafka tests use, from `IPAM_KAFKA_BOOTSTRAP`; the message says how to get one.
 pub fn kafka_bootstrap() -> String {
     std::env::var("IPAM_KAFKA_BOOTSTRAP").unwrap_or_else(|_| {

@@ -8,23 +8,18 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipam_core::event::*;
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, VmId, VnicId};
 use ipam_log::{OutRecord, TopicSpec};
+use ipam_tests::ipam_binary;
 use ipam_tests::netns::{Fabric, dhcp, prerequisites};
 
 const NETWORK: NetworkId = NetworkId::from_u128(0xb1);
 const SUBNET: SubnetId = SubnetId::from_u128(0xb2);
 const HOST: HostId = HostId::from_u128(0xb3);
-
-fn ipam_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join("ipam")
-}
 
 fn envelope(n: u128, event: Event) -> OutRecord {
     let envelope = Envelope {

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
@@ -217,16 +217,7 @@ pub trait Deployment {
     fn groups(&self) -> (String, String);
 }
 
-pub fn ipam_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().and_then(Path::parent).unwrap().join("ipam");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build -p ipam` (cargo test --workspace does)",
-        binary.display()
-    );
-    binary
-}
+pub use ipam_tests::ipam_binary;
 
 /// A service process whose stderr is watched for readiness.
 pub struct Service {

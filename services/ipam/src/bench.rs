@@ -9,68 +9,34 @@
 // Printing the figures is this command's job.
 #![allow(clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
 use ipam_core::event::{HostNetwork, HostStatus, HostUpserted, NetworkUpserted, SubnetAdded, VnicUp};
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, Topic, VmId, VnicId};
 use ipam_log::sqlite::{Durability, SqliteLog};
 use ipam_log::{EventLog, OutRecord};
 
+use crate::child::UpProcess;
+
 const NETWORKS: u64 = 20;
 const HOST: HostId = HostId::from_u128(0xbe0c);
 
-struct Service {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-fn spawn(dir: &Path) -> anyhow::Result<Service> {
-    let exe = std::env::current_exe().context("finding the ipam binary")?;
-    let mut child = Command::new(exe)
-        .args([
-            "--data-dir",
-            &dir.join("data").display().to_string(),
-            "--partitions",
-            "8",
-            "--api-bind",
-            "127.0.0.1:0",
-            "up",
-        ])
-        .arg("--host-agent")
-        .arg(format!("{HOST}={}", dir.join("files").display()))
-        .env("IPAM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting ipam up")?;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let (sender, lines) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(Service { child, lines })
-}
-
-impl Service {
-    fn wait_ready(&mut self) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(600)) {
-                Ok(line) if line.contains("ipam is ready") => return Ok(started.elapsed()),
-                Ok(_) => {}
-                Err(_) => bail!("ipam up did not become ready"),
-            }
-        }
-    }
+fn start(dir: &Path) -> anyhow::Result<UpProcess> {
+    let args: Vec<String> = [
+        "--data-dir",
+        &dir.join("data").display().to_string(),
+        "--partitions",
+        "8",
+        "--api-bind",
+        "127.0.0.1:0",
+        "up",
+        "--host-agent",
+        &format!("{HOST}={}", dir.join("files").display()),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    UpProcess::start(&args)
 }
 
 fn envelope(n: u128, event: Event) -> Envelope {
@@ -121,8 +87,7 @@ pub fn run(events: usize) -> anyhow::Result<()> {
 }
 
 fn measure(dir: &Path, events: usize) -> anyhow::Result<()> {
-    let mut child = spawn(dir)?;
-    child.wait_ready()?;
+    let mut child = start(dir)?;
     let log = SqliteLog::open(&dir.join("data").join("log"), Durability::ProcessCrash)?;
     let mut n = 0u128;
     let mut next = || {
@@ -218,12 +183,10 @@ fn measure(dir: &Path, events: usize) -> anyhow::Result<()> {
         events as f64 / in_files.as_secs_f64()
     );
 
-    child.child.kill()?;
-    child.child.wait()?;
-    let mut restarted = spawn(dir)?;
-    let ready = restarted.wait_ready()?;
+    child.kill()?;
+    let mut restarted = start(dir)?;
+    let ready = restarted.ready_after;
     println!("  after SIGKILL with {events} live reservations, ready again in {:.2} s", ready.as_secs_f64());
-    let _ = Command::new("kill").args(["-TERM", &restarted.child.id().to_string()]).status();
-    restarted.child.wait()?;
+    restarted.terminate()?;
     Ok(())
 }

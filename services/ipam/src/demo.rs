@@ -5,8 +5,6 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +14,7 @@ use ipam_core::event::*;
 use ipam_core::{Event, HostId, Mac, NetworkId, SubnetId, VmId, VnicId};
 use serde_json::Value;
 
+use crate::child::UpProcess;
 use crate::client::{Api, envelope};
 
 const PROD: NetworkId = NetworkId::from_u128(0xde01);
@@ -30,40 +29,25 @@ fn host_name(id: &str) -> String {
     format!("host-{n}")
 }
 
-struct Stack {
-    child: Child,
-    api: Api,
-}
-
-fn start(dir: &std::path::Path) -> anyhow::Result<Stack> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["--data-dir", &dir.display().to_string(), "--api-bind", "127.0.0.1:0", "--tick-interval-ms", "200"])
-        .args(["--heartbeat-timeout-ms", "1500", "--snapshot-every-records", "300", "up"])
-        .env("IPAM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting ipam up")?;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut url = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(rest) = line.split("API listening on ").nth(1) {
-            url = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if line.contains("ipam is ready") && url.is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("ipam up did not become ready");
-        }
-    }
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let api = Api::new(&url.context("ipam up never said where its API listens")?, None)?;
-    Ok(Stack { child, api })
+fn start(dir: &std::path::Path) -> anyhow::Result<(UpProcess, Api)> {
+    let args: Vec<String> = [
+        "--data-dir",
+        &dir.display().to_string(),
+        "--api-bind",
+        "127.0.0.1:0",
+        "--tick-interval-ms",
+        "200",
+        "--heartbeat-timeout-ms",
+        "1500",
+        "--snapshot-every-records",
+        "300",
+        "up",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let up = UpProcess::start(&args)?;
+    let api = Api::new(&up.api_url, None)?;
+    Ok((up, api))
 }
 
 fn wait<T>(what: &str, mut probe: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
@@ -120,8 +104,7 @@ pub fn run() -> anyhow::Result<()> {
 
 fn story(dir: &std::path::Path) -> anyhow::Result<()> {
     println!("== ipam demo: the all-in-one stack on the embedded log in {}", dir.display());
-    let mut stack = start(dir)?;
-    let api = stack.api.clone();
+    let (mut up, api) = start(dir)?;
     let publish = |events: Vec<Event>| -> anyhow::Result<()> {
         let events: Vec<Value> = events.into_iter().map(|e| envelope("ipam-demo", e)).collect();
         for batch in events.chunks(200) {
@@ -149,7 +132,7 @@ fn story(dir: &std::path::Path) -> anyhow::Result<()> {
     publish(hosts)?;
     let stop_heartbeats = Arc::new(AtomicBool::new(false));
     let heartbeats = {
-        let (api, alive, stop) = (stack.api.clone(), Arc::clone(&alive), Arc::clone(&stop_heartbeats));
+        let (api, alive, stop) = (api.clone(), Arc::clone(&alive), Arc::clone(&stop_heartbeats));
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let beats: Vec<Value> = (1..=4)
@@ -269,28 +252,25 @@ fn story(dir: &std::path::Path) -> anyhow::Result<()> {
     // Replay check: kill -9, restart, and the state is the same.
     let before = views(&api)?;
     println!("\n== kill -9 ipam up, then start it again");
-    stack.child.kill()?;
-    stack.child.wait()?;
+    up.kill()?;
     stop_heartbeats.store(true, Ordering::SeqCst);
     let _ = heartbeats.join();
-    let restarted = start(dir)?;
+    let (mut restarted, restarted_api) = start(dir)?;
     let after = wait("the restarted read model catches up", || {
-        let after = views(&restarted.api)?;
+        let after = views(&restarted_api)?;
         Ok((after == before).then_some(after))
     })?;
     let again = Event::VnicStarted(vnic(0));
-    restarted.api.publish(&[envelope("ipam-demo", again)])?;
+    restarted_api.publish(&[envelope("ipam-demo", again)])?;
     std::thread::sleep(Duration::from_millis(500));
-    let unchanged = views(&restarted.api)? == after;
+    let unchanged = views(&restarted_api)? == after;
     println!(
         "   replay check: networks, subnets, reservations and servers after the restart {} the state before it; \
          a repeated start of a live vNIC {}",
         if after == before { "equal" } else { "DIFFER FROM" },
         if unchanged { "changed nothing" } else { "CHANGED the state" }
     );
-    let mut restarted = restarted;
-    let _ = Command::new("kill").args(["-TERM", &restarted.child.id().to_string()]).status();
-    restarted.child.wait()?;
+    restarted.terminate()?;
     if !unchanged {
         bail!("the replay check failed");
     }

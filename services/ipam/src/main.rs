@@ -3,6 +3,7 @@
 //! `config.rs` for the configuration and its precedence.
 
 mod bench;
+mod child;
 mod client;
 mod config;
 mod ctl;

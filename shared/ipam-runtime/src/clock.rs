@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipam_core::event::{CLOCK_KEY, ClockTicked};
 use ipam_core::{Envelope, Event, EventId, Timestamp, Topic};
@@ -19,14 +19,15 @@ const TICK_NAMESPACE: Uuid = Uuid::from_u128(0x7c1e_55a2_8d3b_4f0e_a6d4_2b91_0c3
 /// Appends a tick every `interval` until `stop` is set.
 pub fn run(log: Arc<dyn EventLog>, topics: Topics, instance: &str, interval: Duration, stop: &AtomicBool) {
     let topic = topics.name(Topic::Hosts);
-    let mut count: u64 = 0;
+    let mut next_tick = Instant::now() + interval;
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(interval.min(Duration::from_millis(100)));
-        count += 1;
-        if count * 100 < interval.as_millis() as u64 && interval > Duration::from_millis(100) {
+        // Sleep in short slices, so that a stop is noticed within 100 ms whatever the interval.
+        let now = Instant::now();
+        if now < next_tick {
+            std::thread::sleep((next_tick - now).min(Duration::from_millis(100)));
             continue;
         }
-        count = 0;
+        next_tick = now + interval;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         let now = Timestamp::from_unix_ms(now_ms);
         let tick = Envelope {

@@ -1,0 +1,66 @@
+//! `ipam up` as a child process of this binary, for the commands that drive one (`bench`,
+//! `demo`): started, watched until ready, its API address read from its log, stopped by pid.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running `ipam up`.
+#[derive(Debug)]
+pub struct UpProcess {
+    pub child: Child,
+    /// Where its API listens, such as `http://127.0.0.1:41234`.
+    pub api_url: String,
+    /// How long it took from start to ready.
+    pub ready_after: Duration,
+}
+
+impl UpProcess {
+    /// Starts `ipam <args>` (ending in `up ...`, with `--api-bind 127.0.0.1:0`) and waits until it
+    /// says it is ready.
+    pub fn start(args: &[String]) -> anyhow::Result<UpProcess> {
+        let started = Instant::now();
+        let mut child = Command::new(std::env::current_exe().context("finding the ipam binary")?)
+            .args(args)
+            .env("IPAM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ipam up")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let mut api_url = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(rest) = line.split("API listening on ").nth(1) {
+                api_url = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if line.contains("ipam is ready") && api_url.is_some() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("ipam up did not become ready");
+            }
+        }
+        let api_url = api_url.context("ipam up ended before it was ready")?;
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(UpProcess { child, api_url, ready_after: started.elapsed() })
+    }
+
+    /// SIGKILL: no chance to commit or snapshot.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, and wait for the clean stop.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait()?;
+        Ok(())
+    }
+}
