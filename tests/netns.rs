@@ -64,9 +64,9 @@ impl Fabric {
         let fab = format!("ipam-fab-{}", self.tag);
         let outer = format!("v{role}{}", self.tag);
         let outer = &outer[..outer.len().min(15)];
-        must(&["ip", "link", "add", outer, "type", "veth", "peer", "name", "tmp-ipam-peer"]);
-        must(&["ip", "link", "set", "tmp-ipam-peer", "netns", &name]);
-        must(&["ip", "-n", &name, "link", "set", "tmp-ipam-peer", "name", interface]);
+        // The peer is made inside the namespace under its final name: no temporary name in the
+        // root namespace for two tests running at once to collide on.
+        must(&["ip", "link", "add", outer, "type", "veth", "peer", "name", interface, "netns", &name]);
         if let Some(mac) = mac {
             must(&["ip", "-n", &name, "link", "set", interface, "address", &mac.to_string()]);
         }

@@ -1,19 +1,28 @@
-//! Reservation-to-served latency of the dnsmasq backend: the time from a reservation reaching the
-//! log to dnsmasq having loaded it (the `read .../hosts.d/add-N` line dnsmasq logs when inotify
-//! hands it the new file), with 1,000 and with 65,000 reservations already served on the network.
-//! The first sample of each run is also checked with a real DHCP client.
+//! The dnsmasq backend at scale, with 1,000 and 65,000 reservations on one network, run side by
+//! side with the server sharded (the default) and as a single dnsmasq (`--dnsmasq-max-shards 1`):
+//! - initial load: from the reservations reaching the log to dnsmasq having read every one of
+//!   them (each `read <file>` line it logs, for the base files and the hosts-directory additions);
+//! - the first real DHCP lease after that, asked by busybox udhcpc in a guest namespace;
+//! - reservation-to-served latency: from a new reservation reaching the log to dnsmasq having read
+//!   the file that holds it (p50 and p99);
+//! - release-to-dropped: from a release reaching the log to the dnsmasq that held the MAC running
+//!   again without it (removals are batched, at most one compaction per shard per second);
+//! - re-use: one append moves the guest's MAC to an address another MAC just released; the time
+//!   until every dnsmasq involved has reloaded, then the guest must get the re-used address.
 //!
-//! Run as root: `cargo bench -p ipam-tests --bench dhcp` (needs dnsmasq, busybox, iproute2;
-//! `./test.sh` installs them). Without `--bench` it runs a small smoke pass.
+//! Run as root: `cargo build --release -p ipam && cargo bench -p ipam-tests --bench dhcp` (needs
+//! dnsmasq, busybox, iproute2; `./test.sh` installs them). Without `--bench` it runs a small smoke
+//! pass.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipam_core::event::*;
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, VmId, VnicId};
-use ipam_log::{OutRecord, TopicSpec};
+use ipam_log::{EventLog, OutRecord, TopicSpec};
 use ipam_tests::ipam_binary;
 use ipam_tests::netns::{Fabric, dhcp, prerequisites};
 
@@ -21,30 +30,8 @@ const NETWORK: NetworkId = NetworkId::from_u128(0xb1);
 const SUBNET: SubnetId = SubnetId::from_u128(0xb2);
 const HOST: HostId = HostId::from_u128(0xb3);
 
-fn envelope(n: u128, event: Event) -> OutRecord {
-    let envelope = Envelope {
-        id: EventId::from_u128((0xbe7c << 64) | n),
-        source: "dhcp-bench".to_owned(),
-        time: Timestamp::from_unix_ms(1_764_000_000_000),
-        subject: None,
-        event,
-    };
-    OutRecord { topic: envelope.event.topic().name().to_owned(), key: envelope.event.key(), value: envelope.to_bytes() }
-}
-
 fn ip_of(n: u32) -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 88, 0, 10)) + n))
-}
-
-fn reservation(n: u32, mac: Mac) -> Event {
-    Event::ReservationAdded(ReservationAdded {
-        network_id: NETWORK,
-        subnet_id: SUBNET,
-        owner: Owner::Vnic { vnic_id: VnicId::from_u128(u128::from(n)), vm_id: VmId::from_u128(u128::from(n)) },
-        mac,
-        ip: ip_of(n),
-        cause: EventId::from_u128(u128::from(n)),
-    })
 }
 
 fn synthetic_mac(n: u32) -> Mac {
@@ -52,11 +39,197 @@ fn synthetic_mac(n: u32) -> Mac {
     Mac::from_octets([0x52, 0x54, b[0], b[1], b[2], b[3]]).unwrap()
 }
 
+fn owner(n: u32) -> Owner {
+    Owner::Vnic { vnic_id: VnicId::from_u128(u128::from(n)), vm_id: VmId::from_u128(u128::from(n)) }
+}
+
+fn added(n: u32, mac: Mac, ip: std::net::IpAddr) -> Event {
+    Event::ReservationAdded(ReservationAdded {
+        network_id: NETWORK,
+        subnet_id: SUBNET,
+        owner: owner(n),
+        mac,
+        ip,
+        cause: EventId::from_u128(u128::from(n)),
+    })
+}
+
+fn removed(n: u32, mac: Mac, ip: std::net::IpAddr) -> Event {
+    Event::ReservationRemoved(ReservationRemoved {
+        network_id: NETWORK,
+        subnet_id: SUBNET,
+        owner: owner(n),
+        mac,
+        ip,
+        reason: ReleaseReason::VnicDown,
+        cause: EventId::from_u128(u128::from(n)),
+    })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-fn measure(preloaded: u32, samples: u32) {
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// What the server of the network has on disk: each shard's directory.
+struct ServerFiles {
+    dir: PathBuf,
+}
+
+impl ServerFiles {
+    fn shards(&self) -> Vec<PathBuf> {
+        let mut shards: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        shards.sort();
+        shards
+    }
+
+    fn log(shard: &Path) -> String {
+        std::fs::read_to_string(shard.join("dnsmasq.log")).unwrap_or_default()
+    }
+
+    fn pid(shard: &Path) -> String {
+        std::fs::read_to_string(shard.join("dnsmasq.pid")).unwrap_or_default().trim().to_owned()
+    }
+
+    /// Hosts dnsmasq has read, over all shards: the lines of every file its log says it read.
+    fn hosts_read(&self) -> usize {
+        let mut count = 0;
+        for shard in self.shards() {
+            let log = Self::log(&shard);
+            let mut files = vec![shard.join("hosts")];
+            if let Ok(entries) = std::fs::read_dir(shard.join("hosts.d")) {
+                files.extend(entries.flatten().map(|e| e.path()));
+            }
+            for file in files {
+                if log.contains(&format!("read {}", file.display())) {
+                    count += std::fs::read_to_string(&file).unwrap_or_default().lines().count();
+                }
+            }
+        }
+        count
+    }
+
+    /// Whether dnsmasq has read a hosts-directory file holding `mac`.
+    fn added_and_read(&self, mac: Mac) -> bool {
+        let needle = mac.to_string();
+        self.shards().iter().any(|shard| {
+            let Ok(entries) = std::fs::read_dir(shard.join("hosts.d")) else { return false };
+            entries.flatten().any(|entry| {
+                std::fs::read_to_string(entry.path()).is_ok_and(|text| text.contains(&needle))
+                    && Self::log(shard).contains(&format!("read {}", entry.path().display()))
+            })
+        })
+    }
+
+    /// The shard whose files hold a line for `mac` (once it has read them: it may be reloading).
+    fn shard_holding(&self, mac: Mac) -> PathBuf {
+        let mut found = None;
+        wait("a shard holding the MAC", Duration::from_secs(120), || {
+            found = self.shards().into_iter().find(|shard| Self::newest_line(shard, mac).is_some());
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// What `shard`'s dnsmasq answers `mac` with, from the files its log says it read: the newest
+    /// line for the MAC (`MAC,IP` or `MAC,ignore`), base file first, then the additions in order.
+    fn newest_line(shard: &Path, mac: Mac) -> Option<String> {
+        Self::newest_line_of(shard, mac, true)
+    }
+
+    /// The newest line for `mac` in `shard`'s files, read by dnsmasq yet or not (when `only_read`
+    /// is false).
+    fn newest_line_of(shard: &Path, mac: Mac, only_read: bool) -> Option<String> {
+        let log = Self::log(shard);
+        let mut files = vec![shard.join("hosts")];
+        let mut additions: Vec<PathBuf> = std::fs::read_dir(shard.join("hosts.d"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        additions.sort();
+        files.extend(additions);
+        let prefix = format!("{mac},");
+        let mut newest = None;
+        for file in files.iter().filter(|file| !only_read || log.contains(&format!("read {}", file.display()))) {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if let Some(line) = text.lines().rfind(|line| line.starts_with(&prefix)) {
+                newest = Some(line.to_owned());
+            }
+        }
+        newest
+    }
+
+    /// Whether some shard answers `mac` with `ip`.
+    fn serves(&self, mac: Mac, ip: std::net::IpAddr) -> bool {
+        let line = format!("{mac},{ip}");
+        self.shards().iter().any(|shard| Self::newest_line(shard, mac).as_deref() == Some(&line))
+    }
+
+    /// Whether no shard answers `mac` any more (masked by an ignore line, or reloaded without it),
+    /// every shard having read its base file (a shard still reloading answers nobody, but is not
+    /// done).
+    fn dropped(&self, mac: Mac) -> bool {
+        self.shards().iter().all(|shard| {
+            Self::log(shard).contains(&format!("read {}", shard.join("hosts").display()))
+                && Self::newest_line(shard, mac).is_none_or(|line| line.ends_with(",ignore"))
+        })
+    }
+}
+
+fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    started.elapsed()
+}
+
+struct Bench {
+    log: std::sync::Arc<dyn EventLog>,
+    next_id: u128,
+}
+
+impl Bench {
+    fn append(&mut self, events: Vec<Event>) {
+        let records: Vec<OutRecord> = events
+            .into_iter()
+            .map(|event| {
+                self.next_id += 1;
+                let envelope = Envelope {
+                    id: EventId::from_u128((0xbe7c << 64) | self.next_id),
+                    source: "dhcp-bench".to_owned(),
+                    time: Timestamp::from_unix_ms(1_764_000_000_000),
+                    subject: None,
+                    event,
+                };
+                OutRecord {
+                    topic: envelope.event.topic().name().to_owned(),
+                    key: envelope.event.key(),
+                    value: envelope.to_bytes(),
+                }
+            })
+            .collect();
+        self.log.append(&records).unwrap();
+    }
+}
+
+fn lease_within(namespace: &str, dir: &Path, limit: Duration) -> (String, Duration) {
+    let asked = Instant::now();
+    loop {
+        if let Some(lease) = dhcp(namespace, dir) {
+            return (lease.ip, asked.elapsed());
+        }
+        assert!(asked.elapsed() < limit, "the guest got no lease");
+    }
+}
+
+fn measure(preloaded: u32, samples: u32, max_shards: usize) {
+    let label = format!("{preloaded} reservations, {}", if max_shards == 1 { "1 dnsmasq" } else { "sharded" });
     let mut fabric = Fabric::new();
     let host_ns = fabric.node("bh", "eth1", None);
     let vm_mac: Mac = "52:54:00:be:00:01".parse().unwrap();
@@ -76,123 +249,160 @@ fn measure(preloaded: u32, samples: u32) {
         .arg(ipam_binary())
         .args(["--data-dir", &data.display().to_string(), "host-agent", "--host-id", &HOST.to_string()])
         .args(["--dhcp-dir", &dhcp_dir.display().to_string()])
+        .args(["--dnsmasq-max-shards", &max_shards.to_string()])
         .env("IPAM_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut n = 0u128;
-    let mut next = || {
-        n += 1;
-        n
-    };
-    let mut records = vec![
-        envelope(
-            next(),
-            Event::DhcpServerAssigned(DhcpServerAssigned {
-                network_id: NETWORK,
-                host_id: HOST,
-                interface: "eth1".parse().unwrap(),
-                epoch: 1,
-                reason: AssignReason::Placed,
-                cause: EventId::from_u128(0),
-            }),
-        ),
-        envelope(
-            next(),
-            Event::SubnetActivated(SubnetActivated {
-                network_id: NETWORK,
-                subnet_id: SUBNET,
-                cidr: "10.88.0.0/16".parse().unwrap(),
-                gateway: "10.88.0.1".parse().unwrap(),
-                dns_servers: vec![],
-                ntp_servers: vec![],
-                allocation_pools: vec![],
-                cause: EventId::from_u128(0),
-            }),
-        ),
-        envelope(
-            next(),
-            Event::ReservationAdded(ReservationAdded {
-                network_id: NETWORK,
-                subnet_id: SUBNET,
-                owner: Owner::DhcpServer { host_id: HOST },
-                mac: "02:00:00:00:be:01".parse().unwrap(),
-                ip: "10.88.0.2".parse().unwrap(),
-                cause: EventId::from_u128(0),
-            }),
-        ),
+    let mut bench = Bench { log, next_id: 0 };
+    let mut events = vec![
+        Event::DhcpServerAssigned(DhcpServerAssigned {
+            network_id: NETWORK,
+            host_id: HOST,
+            interface: "eth1".parse().unwrap(),
+            epoch: 1,
+            reason: AssignReason::Placed,
+            cause: EventId::from_u128(0),
+        }),
+        Event::SubnetActivated(SubnetActivated {
+            network_id: NETWORK,
+            subnet_id: SUBNET,
+            cidr: "10.88.0.0/16".parse().unwrap(),
+            gateway: "10.88.0.1".parse().unwrap(),
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            allocation_pools: vec![],
+            cause: EventId::from_u128(0),
+        }),
+        Event::ReservationAdded(ReservationAdded {
+            network_id: NETWORK,
+            subnet_id: SUBNET,
+            owner: Owner::DhcpServer { host_id: HOST },
+            mac: "02:00:00:00:be:01".parse().unwrap(),
+            ip: "10.88.0.2".parse().unwrap(),
+            cause: EventId::from_u128(0),
+        }),
     ];
-    for i in 0..preloaded {
-        records.push(envelope(next(), reservation(100 + i, synthetic_mac(100 + i))));
-    }
-    log.append(&records).unwrap();
-    let server_dir = dhcp_dir.join(NETWORK.to_string());
-    let dnsmasq_log = server_dir.join("dnsmasq.log");
-    let read_lines = || std::fs::read_to_string(&dnsmasq_log).unwrap_or_default().matches("hosts.d/add-").count();
-    let loaded = Instant::now();
-    // Ready: dnsmasq runs and has read every preloaded host (from its base file or additions).
-    loop {
-        let text = std::fs::read_to_string(server_dir.join("hosts")).unwrap_or_default();
-        let extra: usize = std::fs::read_dir(server_dir.join("hosts.d"))
-            .map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().lines().count()).sum())
-            .unwrap_or(0);
-        if text.lines().count() + extra >= preloaded as usize
-            && std::fs::read_to_string(&dnsmasq_log).is_ok_and(|l| l.contains("read "))
-        {
-            break;
-        }
-        assert!(loaded.elapsed() < Duration::from_secs(300), "the server never loaded {preloaded} hosts");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(1));
+    events.extend((100..100 + preloaded).map(|n| added(n, synthetic_mac(n), ip_of(n))));
+    let files = ServerFiles { dir: dhcp_dir.join(NETWORK.to_string()) };
+    bench.append(events);
+    // Loaded: dnsmasq has read every reservation (its own port's is not a host of its files).
+    let initial_load = wait("the initial load", Duration::from_secs(600), || files.hosts_read() >= preloaded as usize);
+    let shard_count = files.shards().len();
+
+    // New reservations, one at a time; the first is the guest's, which then asks for its lease.
     let mut latencies = Vec::new();
+    let mut first_lease = Duration::ZERO;
     for sample in 0..samples {
-        let before = read_lines();
-        let id = 65_200 + sample;
-        let mac = if sample == 0 { vm_mac } else { synthetic_mac(id) };
+        let n = 70_000 + sample;
+        let mac = if sample == 0 { vm_mac } else { synthetic_mac(n) };
         let started = Instant::now();
-        log.append(&[envelope(next(), reservation(id, mac))]).unwrap();
-        while read_lines() <= before {
-            assert!(started.elapsed() < Duration::from_secs(30), "dnsmasq never read the new reservation");
-            std::thread::sleep(Duration::from_micros(500));
-        }
+        bench.append(vec![added(n, mac, ip_of(65_200 + sample))]);
+        wait("a new reservation served", Duration::from_secs(30), || files.added_and_read(mac));
         latencies.push(started.elapsed());
         if sample == 0 {
-            let asked = Instant::now();
-            let lease = loop {
-                if let Some(lease) = dhcp(&vm_ns, dir.path()) {
-                    break lease;
-                }
-                assert!(asked.elapsed() < Duration::from_secs(60), "the guest got no lease from the new reservation");
-            };
-            assert_eq!(lease.ip, ip_of(id).to_string());
-            println!(
-                "dhcp/first lease with {preloaded} reservations served: {:.2} s after asking",
-                asked.elapsed().as_secs_f64()
-            );
+            let (ip, took) = lease_within(&vm_ns, dir.path(), Duration::from_secs(120));
+            assert_eq!(ip, ip_of(65_200).to_string());
+            first_lease = took;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     latencies.sort();
+
+    // Releases, one at a time.
+    let mut drops = Vec::new();
+    for k in 0..samples.min(20) {
+        let n = 100 + k * 97;
+        let started = Instant::now();
+        bench.append(vec![removed(n, synthetic_mac(n), ip_of(n))]);
+        wait("a released MAC dropped", Duration::from_secs(120), || files.dropped(synthetic_mac(n)));
+        drops.push(started.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drops.sort();
+
+    // Re-use: the guest's MAC moves to the address a preloaded host gives back, in one append;
+    // then to the address of another preloaded host of its own shard, which dnsmasq refuses until
+    // that shard reloads.
+    let mut reuses = Vec::new();
+    let guest_shard = files.shard_holding(vm_mac);
+    let holds = |n: &u32| ServerFiles::newest_line_of(&guest_shard, synthetic_mac(*n), false).is_some();
+    let other_shard_giver = (100 + preloaded / 3..100 + preloaded).find(|n| !holds(n));
+    let same_shard_giver = (100 + preloaded / 2..100 + preloaded).find(holds).unwrap();
+    let mut guest_ip = ip_of(65_200);
+    for giver in other_shard_giver.into_iter().chain([same_shard_giver]) {
+        let started = Instant::now();
+        bench.append(vec![
+            removed(giver, synthetic_mac(giver), ip_of(giver)),
+            removed(70_000, vm_mac, guest_ip),
+            added(70_000, vm_mac, ip_of(giver)),
+        ]);
+        guest_ip = ip_of(giver);
+        wait("the re-used address served", Duration::from_secs(120), || {
+            files.dropped(synthetic_mac(giver)) && files.serves(vm_mac, guest_ip)
+        });
+        let took = started.elapsed();
+        let (ip, leased) = lease_within(&vm_ns, dir.path(), Duration::from_secs(120));
+        assert_eq!(ip, guest_ip.to_string(), "the re-used address went to its new MAC");
+        reuses.push((took, leased));
+    }
+
     println!(
-        "dhcp/reservation_to_served with {preloaded} reservations served: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({samples} samples; initial load {:.2} s)",
-        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
-        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
-        latencies.last().unwrap().as_secs_f64() * 1000.0,
-        loaded.elapsed().as_secs_f64(),
+        "dhcp/{label}: {shard_count} dnsmasq; initial load {:.2} s; first lease {:.2} s after asking",
+        initial_load.as_secs_f64(),
+        first_lease.as_secs_f64(),
+    );
+    println!(
+        "dhcp/{label}: reservation to served p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({samples} samples)",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap()),
+    );
+    println!(
+        "dhcp/{label}: release to dropped p50 {:.1} ms, max {:.1} ms ({} samples)",
+        ms(percentile(&drops, 0.50)),
+        ms(*drops.last().unwrap()),
+        drops.len(),
+    );
+    let (within, leased) = reuses.pop().unwrap();
+    let across = reuses
+        .pop()
+        .map(|(took, leased)| {
+            format!("from another shard {:.1} ms (lease {:.2} s after asking), ", ms(took), leased.as_secs_f64())
+        })
+        .unwrap_or_default();
+    println!(
+        "dhcp/{label}: a released address served to another MAC {across}from the same shard {:.1} ms (lease {:.2} s)",
+        ms(within),
+        leased.as_secs_f64(),
     );
     let _ = agent.kill();
     let _ = agent.wait();
+    // The agent leaves its servers running when it stops (a restarted agent takes them over); end
+    // the ones this run started.
+    for shard in files.shards() {
+        let pid = ServerFiles::pid(&shard);
+        if !pid.is_empty() && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dnsmasq")
+        {
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        }
+    }
     drop(fabric);
 }
 
 fn main() {
     prerequisites();
     if std::env::args().any(|arg| arg == "--bench") {
-        measure(1_000, 100);
-        measure(65_000, 100);
+        let sizes: Vec<u32> = match std::env::var("IPAM_DHCP_BENCH_SIZES") {
+            Ok(sizes) => sizes.split(',').map(|s| s.trim().parse().unwrap()).collect(),
+            Err(_) => vec![1_000, 65_000],
+        };
+        for size in sizes {
+            measure(size, 100, 64);
+            measure(size, 100, 1);
+        }
     } else {
-        measure(100, 5);
+        measure(100, 5, 64);
     }
 }

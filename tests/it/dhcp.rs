@@ -7,6 +7,7 @@
 //! `ipam host-agent` inside its namespace, so the dnsmasq it starts binds there.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipam_core::event::*;
@@ -165,9 +166,15 @@ impl Stack {
         self.dir.path().join(format!("dhcp-{host}"))
     }
 
+    /// The directory of the one dnsmasq shard of `host`'s server of the network (a server this
+    /// small has one shard).
+    fn shard_dir(&self, host: HostId) -> PathBuf {
+        self.dhcp_dir(host).join(NETWORK.to_string()).join("shard-00")
+    }
+
     /// The hosts file lines of `host`'s server of the network (base file and additions).
     fn served_lines(&self, host: HostId) -> String {
-        let dir = self.dhcp_dir(host).join(NETWORK.to_string());
+        let dir = self.shard_dir(host);
         let mut text = std::fs::read_to_string(dir.join("hosts")).unwrap_or_default();
         if let Ok(entries) = std::fs::read_dir(dir.join("hosts.d")) {
             for entry in entries.flatten() {
@@ -178,7 +185,7 @@ impl Stack {
     }
 
     fn dnsmasq_log(&self, host: HostId) -> String {
-        std::fs::read_to_string(self.dhcp_dir(host).join(NETWORK.to_string()).join("dnsmasq.log")).unwrap_or_default()
+        std::fs::read_to_string(self.shard_dir(host).join("dnsmasq.log")).unwrap_or_default()
     }
 
     fn reserved_ip(&self, vnic: VnicId) -> Option<String> {
@@ -324,7 +331,7 @@ fn guests_get_their_reserved_ip_from_real_dnsmasq_and_servers_fail_over() {
     }
 
     // A dnsmasq that dies is restarted, and the agent says so.
-    let pid_file = stack.dhcp_dir(serving[0]).join(NETWORK.to_string()).join("dnsmasq.pid");
+    let pid_file = stack.shard_dir(serving[0]).join("dnsmasq.pid");
     let old_pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_owned();
     must(&["kill", "-KILL", &old_pid]);
     wait_until("dnsmasq is restarted", Duration::from_secs(10), || {
@@ -395,16 +402,22 @@ fn guests_get_their_reserved_ip_from_real_dnsmasq_and_servers_fail_over() {
     );
 
     // The replaced host comes back: it stops its stale server.
-    let stale_pid = std::fs::read_to_string(stack.dhcp_dir(victim).join(NETWORK.to_string()).join("dnsmasq.pid"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let stale_pid = std::fs::read_to_string(stack.shard_dir(victim).join("dnsmasq.pid")).unwrap().trim().to_owned();
     assert!(Path::new(&format!("/proc/{stale_pid}")).exists(), "the stale dnsmasq was still running");
+    let server_addresses = || {
+        let output = Command::new("ip")
+            .args(["-n", &hosts[index].1, "-4", "-o", "addr", "show", "dev", "eth1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).lines().filter(|line| line.contains("inet 10.77.")).count()
+    };
+    assert!(server_addresses() > 0, "the stale server's address was on its interface");
     agents[index] = Some(stack.agent(&hosts[index].1, victim));
     wait_until("the stale server stopped", Duration::from_secs(15), || {
         !Path::new(&format!("/proc/{stale_pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{stale_pid}/stat")).is_ok_and(|s| s.contains(") Z "))
     });
+    wait_until("the stale server's address is off the interface", Duration::from_secs(5), || server_addresses() == 0);
 
     for agent in agents.iter_mut().flatten() {
         agent.terminate();

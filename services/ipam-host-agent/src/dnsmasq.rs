@@ -128,6 +128,14 @@ pub fn host_line(network_id: NetworkId, mac: Mac, ip: IpAddr) -> Result<String, 
     Ok(format!("{mac},{ip}"))
 }
 
+/// The `MAC,ignore` line that masks every older line of a host: dnsmasq gives the newest matching
+/// `dhcp-host` precedence, so a released MAC stops being answered as soon as this line is read,
+/// without the reload that dropping its older line would need.
+pub fn ignore_line(network_id: NetworkId, mac: Mac) -> Result<String, BackendError> {
+    let mac = check_value(network_id, "mac", mac.to_string())?;
+    Ok(format!("{mac},ignore"))
+}
+
 /// dnsmasq wants IPv6 addresses in brackets wherever a list or a `dhcp-host` holds them.
 fn option_ip(text: String, ip: IpAddr) -> String {
     if ip.is_ipv6() { format!("[{text}]") } else { text }

@@ -1,48 +1,48 @@
-//! The dnsmasq backend that runs the server: one `dnsmasq` process per served network, bound to the
-//! network's interface, DNS off, restricted mode, its own lease, pid and host files under the
-//! agent's state directory, supervised and restarted when it dies.
+//! The dnsmasq backend that runs the server: for each served network, a few `dnsmasq` processes
+//! (shards, see [`crate::dnsmasq_shards`]) bound to the network's interface, DNS off, restricted
+//! mode, each with its own lease, pid and host files under the agent's state directory, supervised
+//! and restarted when one dies.
 //!
 //! # Keeping 65k reservations fast (dnsmasq 2.90)
-//! A full re-read of the hosts (SIGHUP) costs time quadratic in their number (about 6 s at 65k)
-//! and dnsmasq answers nobody meanwhile, while a new file in `--dhcp-hostsdir` is picked up through
-//! inotify in milliseconds. So the server keeps two sources: a base `--dhcp-hostsfile` written at
-//! start and at each compaction, and `--dhcp-hostsdir` files that each add a batch of new hosts.
-//! - A reservation that only adds a host becomes one new file in the hosts directory: served in
-//!   milliseconds, whatever the number of hosts.
-//! - hostsdir is add-only: a removed host stays in effect until a SIGHUP, and a host whose address
+//! A full load of the hosts costs time quadratic in their number (about 6 s at 65k) and dnsmasq
+//! answers nobody meanwhile, while a new file in `--dhcp-hostsdir` is picked up through inotify in
+//! milliseconds. So each shard keeps two sources: a base `--dhcp-hostsfile` written at start and at
+//! each compaction, and `--dhcp-hostsdir` files that each add a batch of new hosts.
+//! - A reservation that only adds a host becomes one new file in its shard's hosts directory:
+//!   served in milliseconds, whatever the number of hosts.
+//! - hostsdir is add-only: a removed host stays in effect until a reload, and a host whose address
 //!   equals one dnsmasq still remembers is refused. So a removal, or an added host whose MAC or
-//!   address collides with one dnsmasq still holds, triggers a compaction: the base file is
-//!   rewritten with exactly the desired hosts, the hosts directory is emptied, the leases of hosts
-//!   that are gone are dropped, and dnsmasq is restarted (a SIGHUP would keep those leases, and
-//!   dnsmasq does not offer a leased address to another MAC). A released MAC therefore stops being
-//!   served at once, and an address re-used by another MAC is served to the new MAC only.
+//!   address collides with one the shard still holds, compacts that shard: its base file is
+//!   rewritten with exactly its desired hosts, its hosts directory is emptied, the leases of hosts
+//!   that are gone are dropped, and its dnsmasq is restarted (a SIGHUP would keep those leases, and
+//!   dnsmasq does not offer a leased address to another MAC). A shard holds about 2k hosts, so a
+//!   compaction silences a thirty-second of the network for about 10 ms.
 //!
-//! Removals are batched: a compaction runs at most once per [`COMPACTION_INTERVAL`] (the
-//! supervision `check` runs one that was put off), so a burst of releases costs one reload. An
-//! address re-used by another MAC compacts at once, so it is always served to its new holder. The
-//! allocator does not yet hold released addresses back until every server has dropped them; with
-//! that, a re-use would never force an immediate reload either.
+//! Removals are batched per shard (see [`COMPACTION_INTERVAL`]; the supervision `check` runs one
+//! that was put off), so a burst of releases costs one reload. An address re-used by another MAC
+//! compacts the shard that held it at once, so it is always served to its new holder only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use std::net::IpAddr;
-
 use ipam_core::dhcp_plan::NetworkDhcpConfig;
 use ipam_core::{Mac, NetworkId};
 
 use crate::backend::{BackendError, DhcpBackend};
-use crate::dnsmasq::{host_line, render_options};
+use crate::dnsmasq::{host_line, ignore_line, render_options};
+use crate::dnsmasq_shards::{COMPACTION_INTERVAL, MAX_SHARDS, ShardAction, ShardState, must_split, shard_count, split};
 
 /// How the dnsmasq backend runs its servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsmasqOptions {
-    /// One directory per network under it: configuration, hosts, leases, pid, log.
+    /// One directory per network under it, with one directory per shard: configuration, hosts,
+    /// leases, pid, log.
     pub state_dir: PathBuf,
     /// The dnsmasq binary.
     pub binary: PathBuf,
@@ -51,47 +51,60 @@ pub struct DnsmasqOptions {
     /// A network namespace to run the servers in (the agent itself stays where it is, so it can
     /// reach the log); `None` runs them in the agent's own namespace.
     pub netns: Option<String>,
+    /// At most this many dnsmasq processes per network (a power of two; 1 runs one process).
+    pub max_shards: usize,
 }
 
 impl DnsmasqOptions {
     pub fn new(state_dir: impl Into<PathBuf>) -> DnsmasqOptions {
-        DnsmasqOptions { state_dir: state_dir.into(), binary: "dnsmasq".into(), ip_binary: "ip".into(), netns: None }
+        DnsmasqOptions {
+            state_dir: state_dir.into(),
+            binary: "dnsmasq".into(),
+            ip_binary: "ip".into(),
+            netns: None,
+            max_shards: MAX_SHARDS,
+        }
     }
 }
 
-/// One network's dnsmasq.
+/// One network's DHCP server.
 #[derive(Debug)]
 pub struct DnsmasqBackend {
     options: DnsmasqOptions,
     server: Option<Server>,
-    /// The configuration last applied, to restart a server that died with.
+    /// The configuration last applied, to restart a shard that died with.
     applied: Option<NetworkDhcpConfig>,
 }
 
+/// The shards of one network, and what they share.
 #[derive(Debug)]
 struct Server {
     network_id: NetworkId,
+    /// The network's directory; each shard has a `shard-NN` directory in it.
     dir: PathBuf,
-    child: Child,
-    /// The rendered options it was started with; other options need a restart.
+    /// The rendered options every shard was started with; other options need a restart.
     options_text: String,
-    /// The hosts dnsmasq holds (base file plus hostsdir additions), by MAC, and by address.
-    loaded: BTreeMap<Mac, IpAddr>,
-    loaded_ips: BTreeMap<IpAddr, Mac>,
-    next_file: u64,
-    /// Addresses this server put on its interface, as `ip/prefix`.
-    addresses: BTreeSet<String>,
     interface: String,
-    restarts: u32,
-    last_start: Instant,
-    /// Hosts were removed but are still loaded: a compaction is due (see [`COMPACTION_INTERVAL`]).
-    removal_pending: bool,
+    /// Addresses this server put on its interface, as `ip/prefix` (also in the `addresses` file, so
+    /// that a later agent can take them off a server it finds stale).
+    addresses: BTreeSet<String>,
+    /// A power of two; a host's shard is [`crate::dnsmasq_shards::shard_of`] its MAC.
+    shards: Vec<Shard>,
 }
 
-/// Removals are compacted at most this often, so that a burst of VM stops costs one reload, not
-/// one each; a removed MAC is served at most this long after its release (plus a supervision
-/// period). An address re-used by another MAC compacts at once, whatever the interval.
-const COMPACTION_INTERVAL: Duration = Duration::from_secs(1);
+/// One dnsmasq process and what it holds.
+#[derive(Debug)]
+struct Shard {
+    dir: PathBuf,
+    child: Child,
+    /// The lines dnsmasq holds (base file plus hostsdir additions).
+    state: ShardState,
+    next_file: u64,
+    restarts: u32,
+    last_start: Instant,
+    /// dnsmasq holds lines no host needs: a compaction is due.
+    stale: bool,
+}
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
     let path = path.to_owned();
@@ -123,6 +136,20 @@ fn stop_stale(dir: &Path) -> bool {
     is_dnsmasq
 }
 
+/// The shard directories an earlier run left in a network's directory.
+fn shard_dirs(network_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(network_dir) else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.is_dir() && path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("shard-"))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 /// The hosts file text: one `MAC,IP` line per host.
 fn hosts_text(network_id: NetworkId, hosts: &BTreeMap<Mac, IpAddr>) -> Result<String, BackendError> {
     let mut text = String::with_capacity(hosts.len() * 32);
@@ -138,6 +165,21 @@ fn desired_hosts(config: &NetworkDhcpConfig) -> BTreeMap<Mac, IpAddr> {
     config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (host.mac, host.ip))).collect()
 }
 
+/// Keeps the lines of a dnsmasq lease file whose host is still reserved with that address.
+fn kept_leases(text: &str, hosts: &BTreeMap<Mac, IpAddr>) -> String {
+    text.lines()
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (Some(mac), Some(ip)) = (fields.next(), fields.next()) else { return false };
+            let (Ok(mac), Ok(ip)) = (mac.parse::<Mac>(), ip.trim_matches(['[', ']']).parse::<IpAddr>()) else {
+                return false;
+            };
+            hosts.get(&mac) == Some(&ip)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 impl DnsmasqBackend {
     pub fn new(options: DnsmasqOptions) -> DnsmasqBackend {
         DnsmasqBackend { options, server: None, applied: None }
@@ -147,55 +189,46 @@ impl DnsmasqBackend {
         self.options.state_dir.join(network_id.to_string())
     }
 
-    /// The process arguments: everything in one configuration file of our own.
-    fn start(
+    /// Starts one shard's dnsmasq with `hosts` in its base file.
+    fn start_shard(
         &self,
-        config: &NetworkDhcpConfig,
-        options_text: String,
+        network_id: NetworkId,
+        options_text: &str,
+        index: usize,
         hosts: BTreeMap<Mac, IpAddr>,
-    ) -> Result<Server, BackendError> {
-        let dir = self.dir(config.network_id);
+    ) -> Result<Shard, BackendError> {
+        let network_dir = self.dir(network_id);
+        let dir = network_dir.join(format!("shard-{index:02}"));
         let hostsdir = dir.join("hosts.d");
         fs::create_dir_all(&hostsdir).map_err(io("cannot create", &hostsdir))?;
-        for path in [&self.options.state_dir, &dir, &hostsdir] {
+        for path in [&self.options.state_dir, &network_dir, &dir, &hostsdir] {
             fs::set_permissions(path, fs::Permissions::from_mode(0o755))
                 .map_err(io("cannot set permissions of", path))?;
         }
+        // A dnsmasq left running by an earlier agent (stopping the agent leaves servers running)
+        // holds the shard's files: end it first.
+        stop_stale(&dir);
         for entry in fs::read_dir(&hostsdir).map_err(io("cannot list", &hostsdir))? {
             let path = entry.map_err(io("cannot list", &hostsdir))?.path();
             fs::remove_file(&path).map_err(io("cannot remove", &path))?;
         }
-        write_file(&dir.join("hosts"), &hosts_text(config.network_id, &hosts)?)?;
+        write_file(&dir.join("hosts"), &hosts_text(network_id, &hosts)?)?;
         // dnsmasq keeps a lease until it expires and will not offer a leased address to another
         // MAC; a lease of a host that is no longer reserved (or now holds another address) goes.
         let leases = dir.join("leases");
         if let Ok(text) = fs::read_to_string(&leases) {
-            let kept: String = text
-                .lines()
-                .filter(|line| {
-                    let mut fields = line.split_whitespace().skip(1);
-                    let (Some(mac), Some(ip)) = (fields.next(), fields.next()) else { return false };
-                    let (Ok(mac), Ok(ip)) = (mac.parse::<Mac>(), ip.trim_matches(['[', ']']).parse::<IpAddr>()) else {
-                        return false;
-                    };
-                    hosts.get(&mac) == Some(&ip)
-                })
-                .map(|line| format!("{line}\n"))
-                .collect();
-            write_file(&leases, &kept)?;
+            write_file(&leases, &kept_leases(&text, &hosts))?;
         }
-        // A dnsmasq left running by an earlier agent (stopping the agent leaves servers running)
-        // holds the interface: end it first.
-        stop_stale(&dir);
         let conf = format!(
-            "{options_text}\n# Files of this server.\ndhcp-hostsfile={}\ndhcp-hostsdir={}\ndhcp-leasefile={}\npid-file={}\n",
+            "{options_text}\n# Files of shard {index}.\ndhcp-hostsfile={}\ndhcp-hostsdir={}\ndhcp-leasefile={}\npid-file={}\n",
             dir.join("hosts").display(),
             hostsdir.display(),
-            dir.join("leases").display(),
+            leases.display(),
             dir.join("dnsmasq.pid").display(),
         );
         write_file(&dir.join("dnsmasq.conf"), &conf)?;
-        let log = fs::File::create(dir.join("dnsmasq.log")).map_err(io("cannot create", &dir.join("dnsmasq.log")))?;
+        let log_path = dir.join("dnsmasq.log");
+        let log = fs::File::create(&log_path).map_err(io("cannot create", &log_path))?;
         let mut command = match &self.options.netns {
             // `ip netns exec` execs dnsmasq in place, so the child's pid is dnsmasq's.
             Some(netns) => {
@@ -213,25 +246,60 @@ impl DnsmasqBackend {
             .arg("--log-dhcp")
             .arg("--log-facility=-")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(io("cannot duplicate", &dir))?)
+            .stdout(log.try_clone().map_err(io("cannot duplicate", &log_path))?)
             .stderr(log)
             .spawn()
             .map_err(io("cannot start dnsmasq", &self.options.binary))?;
-        tracing::info!(network = %config.network_id, pid = child.id(), hosts = hosts.len(), "Started dnsmasq.");
-        Ok(Server {
-            network_id: config.network_id,
+        tracing::debug!(network = %network_id, shard = index, pid = child.id(), hosts = hosts.len(), "Started dnsmasq.");
+        Ok(Shard {
             dir,
             child,
-            options_text,
-            loaded_ips: hosts.iter().map(|(mac, ip)| (*ip, *mac)).collect(),
-            loaded: hosts,
+            state: ShardState::loaded(&hosts),
             next_file: 0,
-            addresses: BTreeSet::new(),
-            interface: config.interface.to_string(),
             restarts: 0,
             last_start: Instant::now(),
-            removal_pending: false,
+            stale: false,
         })
+    }
+
+    /// Starts a whole server: its own addresses on the interface first (dnsmasq binds to it), then
+    /// as many shards as its hosts need.
+    fn start_server(
+        &self,
+        config: &NetworkDhcpConfig,
+        options_text: String,
+        desired: &BTreeMap<Mac, IpAddr>,
+        addresses: BTreeSet<String>,
+    ) -> Result<Server, BackendError> {
+        let dir = self.dir(config.network_id);
+        fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+        let mut server = Server {
+            network_id: config.network_id,
+            dir,
+            options_text,
+            interface: config.interface.to_string(),
+            addresses,
+            shards: Vec::new(),
+        };
+        self.sync_addresses(&mut server, config)?;
+        let count = shard_count(desired.len(), self.options.max_shards);
+        // Shards of an earlier run beyond this count would keep answering: end them.
+        for stale in shard_dirs(&server.dir).into_iter().skip(count) {
+            stop_stale(&stale);
+            let _ = fs::remove_dir_all(stale);
+        }
+        for (index, hosts) in split(desired, count).into_iter().enumerate() {
+            match self.start_shard(config.network_id, &server.options_text, index, hosts) {
+                Ok(shard) => server.shards.push(shard),
+                Err(error) => {
+                    // No half-started server: the next apply starts it whole.
+                    self.stop_server(server);
+                    return Err(error);
+                }
+            }
+        }
+        tracing::info!(network = %config.network_id, shards = count, hosts = desired.len(), "Started the DHCP server.");
+        Ok(server)
     }
 
     fn ip(&self, args: &[&str]) -> Result<std::process::Output, BackendError> {
@@ -242,53 +310,108 @@ impl DnsmasqBackend {
         command.args(args).output().map_err(io("cannot run", &self.options.ip_binary))
     }
 
-    /// Puts the server's own addresses on the interface (before dnsmasq needs them) and takes off
-    /// the ones it no longer has.
-    fn sync_addresses(
-        &self,
-        interface: &str,
-        current: &mut BTreeSet<String>,
-        config: &NetworkDhcpConfig,
-    ) -> Result<(), BackendError> {
+    /// Puts the server's own addresses on the interface (before dnsmasq needs them), takes off the
+    /// ones it no longer has, and records them for a later agent.
+    fn sync_addresses(&self, server: &mut Server, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
         let wanted: BTreeSet<String> = config
             .subnets
             .iter()
             .filter_map(|s| s.server_address.map(|ip| format!("{ip}/{}", s.cidr.prefix_len())))
             .collect();
-        for address in wanted.difference(current) {
-            let output = self.ip(&["addr", "replace", address, "dev", interface])?;
+        if wanted == server.addresses {
+            return Ok(());
+        }
+        for address in wanted.difference(&server.addresses) {
+            let output = self.ip(&["addr", "replace", address, "dev", &server.interface])?;
             if !output.status.success() {
-                tracing::warn!(address, interface, error = %String::from_utf8_lossy(&output.stderr).trim(),
+                tracing::warn!(address, interface = server.interface, error = %String::from_utf8_lossy(&output.stderr).trim(),
                                "Cannot put the server address on the interface.");
             }
         }
-        for address in current.difference(&wanted) {
+        for address in server.addresses.difference(&wanted) {
+            let _ = self.ip(&["addr", "del", address, "dev", &server.interface]);
+        }
+        server.addresses = wanted;
+        let record: String = std::iter::once(server.interface.as_str())
+            .chain(server.addresses.iter().map(String::as_str))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        write_file(&server.dir.join("addresses"), &record)
+    }
+
+    /// Takes off the addresses a server of an earlier agent recorded in `network_dir`.
+    fn remove_recorded_addresses(&self, network_dir: &Path) {
+        let Ok(record) = fs::read_to_string(network_dir.join("addresses")) else { return };
+        let mut lines = record.lines();
+        let Some(interface) = lines.next() else { return };
+        for address in lines {
             let _ = self.ip(&["addr", "del", address, "dev", interface]);
         }
-        *current = wanted;
+    }
+
+    fn stop_shard(mut shard: Shard) {
+        let _ = Command::new("kill").args(["-TERM", &shard.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = shard.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = shard.child.kill();
+        let _ = shard.child.wait();
+    }
+
+    fn stop_server(&self, server: Server) {
+        for shard in server.shards {
+            Self::stop_shard(shard);
+        }
+        for address in &server.addresses {
+            let _ = self.ip(&["addr", "del", address, "dev", &server.interface]);
+        }
+        let _ = fs::remove_dir_all(&server.dir);
+        tracing::info!(network = %server.network_id, "Stopped the DHCP server.");
+    }
+
+    /// Restarts shard `index` with exactly `hosts`, keeping its restart count.
+    fn restart_shard(
+        &self,
+        server: &mut Server,
+        index: usize,
+        hosts: BTreeMap<Mac, IpAddr>,
+    ) -> Result<(), BackendError> {
+        let old = &mut server.shards[index];
+        let _ = Command::new("kill").args(["-TERM", &old.child.id().to_string()]).status();
+        let _ = old.child.wait();
+        let restarts = old.restarts;
+        let mut shard = self.start_shard(server.network_id, &server.options_text, index, hosts)?;
+        shard.restarts = restarts;
+        server.shards[index] = shard;
         Ok(())
     }
 
-    fn signal(server: &Server, signal: &str) {
-        let _ = Command::new("kill").args([signal, &server.child.id().to_string()]).status();
-    }
-
-    fn stop_server(&self, mut server: Server) {
-        Self::signal(&server, "-TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = server.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    /// Gives a running shard one new hosts-directory file: a line for each of `hosts`, and a
+    /// masking `MAC,ignore` line for each released MAC.
+    fn add_lines(
+        network_id: NetworkId,
+        shard: &mut Shard,
+        hosts: &BTreeMap<Mac, IpAddr>,
+        ignore: &BTreeSet<Mac>,
+    ) -> Result<(), BackendError> {
+        let mut text = hosts_text(network_id, hosts)?;
+        for mac in ignore {
+            text.push_str(&ignore_line(network_id, *mac)?);
+            text.push('\n');
         }
-        let _ = server.child.kill();
-        let _ = server.child.wait();
-        for address in std::mem::take(&mut server.addresses) {
-            let _ = self.ip(&["addr", "del", &address, "dev", &server.interface]);
-        }
-        let _ = fs::remove_dir_all(&server.dir);
-        tracing::info!(network = %server.network_id, "Stopped dnsmasq.");
+        // Written outside the watched directory, then renamed in: dnsmasq never reads half a file.
+        let name = format!("add-{:08}", shard.next_file);
+        shard.next_file += 1;
+        let temp = shard.dir.join(format!("{name}.tmp"));
+        write_file(&temp, &text)?;
+        let target = shard.dir.join("hosts.d").join(&name);
+        fs::rename(&temp, &target).map_err(io("cannot rename onto", &target))?;
+        shard.state.add(hosts, ignore);
+        Ok(())
     }
 }
 
@@ -297,109 +420,95 @@ impl DhcpBackend for DnsmasqBackend {
         let options_text = render_options(config)?;
         let desired = desired_hosts(config);
         let mut server = match self.server.take() {
-            Some(mut server)
-                if server.options_text == options_text && server.interface == config.interface.as_str() =>
+            Some(server)
+                if server.options_text == options_text
+                    && server.interface == config.interface.as_str()
+                    && !must_split(server.shards.len(), desired.len(), self.options.max_shards) =>
             {
-                match server.child.try_wait() {
-                    Ok(None) => server,
-                    _ => {
-                        // Died: restart it (`check` spaces restarts out by its backoff).
-                        tracing::warn!(network = %config.network_id, restarts = server.restarts + 1, "dnsmasq died; restarting it.");
-                        let restarts = server.restarts + 1;
-                        let addresses = std::mem::take(&mut server.addresses);
-                        let _ = server.child.wait();
-                        let mut restarted = self.start(config, options_text.clone(), desired.clone())?;
-                        restarted.restarts = restarts;
-                        restarted.addresses = addresses;
-                        restarted
-                    }
-                }
+                server
             }
             other => {
-                // None yet, or other options (a subnet came or went, the interface changed): a
-                // fresh server, whose own addresses are on the interface before it binds to it.
-                if let Some(old) = other {
-                    self.stop_server(old);
-                }
-                let mut addresses = BTreeSet::new();
-                self.sync_addresses(config.interface.as_str(), &mut addresses, config)?;
-                let mut started = self.start(config, options_text.clone(), desired.clone())?;
-                started.addresses = addresses;
-                started
+                // None yet, other options (a subnet came or went, the interface changed), or too
+                // many hosts for the shards: a fresh server.
+                let addresses = match other {
+                    Some(mut old) if old.interface == config.interface.as_str() => {
+                        let addresses = std::mem::take(&mut old.addresses);
+                        self.stop_server(old);
+                        addresses
+                    }
+                    Some(old) => {
+                        self.stop_server(old);
+                        BTreeSet::new()
+                    }
+                    None => BTreeSet::new(),
+                };
+                self.applied = None;
+                self.server = Some(self.start_server(config, options_text, &desired, addresses)?);
+                self.applied = Some(config.clone());
+                return Ok(());
             }
         };
-        let interface = server.interface.clone();
-        self.sync_addresses(&interface, &mut server.addresses, config)?;
-        // The diff against what dnsmasq holds, without building any text: this runs for every
+        self.sync_addresses(&mut server, config)?;
+        // The diff against what each shard holds, without building any text: this runs for every
         // change, with tens of thousands of hosts.
-        let mut added: BTreeMap<Mac, IpAddr> = BTreeMap::new();
-        let mut collides = false;
-        let mut known = 0;
-        for (mac, ip) in &desired {
-            match server.loaded.get(mac) {
-                Some(held) if held == ip => known += 1,
-                Some(_) => {
-                    known += 1;
-                    collides = true;
-                    added.insert(*mac, *ip);
-                }
-                None => {
-                    collides |= server.loaded_ips.contains_key(ip);
-                    added.insert(*mac, *ip);
-                }
+        let mut result = Ok(());
+        for (index, shard_desired) in split(&desired, server.shards.len()).into_iter().enumerate() {
+            let shard = &mut server.shards[index];
+            if !matches!(shard.child.try_wait(), Ok(None)) {
+                // Died: restart it now (`check` spaces restarts of a shard that keeps dying).
+                let _ = shard.child.wait();
+                shard.restarts += 1;
+                tracing::warn!(network = %config.network_id, shard = index, restarts = shard.restarts, "dnsmasq died; restarting it.");
+                result = result.and(self.restart_shard(&mut server, index, shard_desired));
+                continue;
             }
-        }
-        // Every desired MAC dnsmasq holds is counted in `known`; any other MAC it holds was removed.
-        let removed = server.loaded.len() > known;
-        let compact = collides || (removed && server.last_start.elapsed() >= COMPACTION_INTERVAL);
-        if compact {
-            // Compaction: a fresh dnsmasq with exactly the desired hosts in its base file, an empty
-            // hosts directory, and without the leases of hosts that are gone (a SIGHUP would keep
-            // those, and a re-used address would not be offered to its new MAC until they expire).
-            Self::signal(&server, "-TERM");
-            let _ = server.child.wait();
-            let (restarts, addresses) = (server.restarts, std::mem::take(&mut server.addresses));
-            let mut restarted = self.start(config, options_text.clone(), desired.clone())?;
-            restarted.restarts = restarts;
-            restarted.addresses = addresses;
-            server = restarted;
-            tracing::debug!(network = %config.network_id, hosts = server.loaded.len(), "Compacted the dnsmasq hosts.");
-        } else if !added.is_empty() {
-            server.removal_pending |= removed;
-            // Written outside the watched directory, then renamed in: dnsmasq never reads half a file.
-            let name = format!("add-{:08}", server.next_file);
-            server.next_file += 1;
-            let temp = server.dir.join(format!("{name}.tmp"));
-            write_file(&temp, &hosts_text(config.network_id, &added)?)?;
-            let target = server.dir.join("hosts.d").join(&name);
-            fs::rename(&temp, &target).map_err(io("cannot rename onto", &target))?;
-            server.loaded_ips.extend(added.iter().map(|(mac, ip)| (*ip, *mac)));
-            server.loaded.extend(added);
-        } else {
-            server.removal_pending |= removed;
+            result = result.and(match shard.state.decide(&shard_desired, shard.last_start.elapsed()) {
+                ShardAction::Keep { stale } => {
+                    shard.stale = stale;
+                    Ok(())
+                }
+                ShardAction::Add { hosts, ignore, stale } => {
+                    shard.stale = stale;
+                    Self::add_lines(config.network_id, shard, &hosts, &ignore)
+                }
+                ShardAction::Compact => {
+                    tracing::debug!(network = %config.network_id, shard = index, hosts = shard_desired.len(), "Compacting a dnsmasq shard.");
+                    self.restart_shard(&mut server, index, shard_desired)
+                }
+            });
         }
         self.server = Some(server);
         self.applied = Some(config.clone());
-        Ok(())
+        result
     }
 
     fn check(&mut self) -> Result<Option<String>, BackendError> {
         let (Some(server), Some(config)) = (self.server.as_mut(), self.applied.clone()) else { return Ok(None) };
-        let Ok(Some(status)) = server.child.try_wait() else {
-            // Alive: run a compaction that was put off.
-            if server.removal_pending && server.last_start.elapsed() >= COMPACTION_INTERVAL {
-                self.apply(&config)?;
+        let mut due = false;
+        let mut died = Vec::new();
+        for (index, shard) in server.shards.iter_mut().enumerate() {
+            match shard.child.try_wait() {
+                // Alive: run a compaction that was put off.
+                Ok(None) => due |= shard.stale && shard.last_start.elapsed() >= COMPACTION_INTERVAL,
+                Ok(Some(status)) => {
+                    // Backoff: 1 s after the first death, doubling up to a minute, counted from
+                    // the shard's last start.
+                    let backoff = Duration::from_secs(1 << shard.restarts.min(6));
+                    if shard.last_start.elapsed() >= backoff {
+                        died.push(format!(
+                            "dnsmasq shard {index} exited ({status}); restarted it (restart {})",
+                            shard.restarts + 1
+                        ));
+                        due = true;
+                    }
+                }
+                Err(_) => due = true,
             }
-            return Ok(None);
-        };
-        // Backoff: 1 s after the first death, doubling up to a minute, counted from the last start.
-        let backoff = Duration::from_secs(1 << server.restarts.min(6));
-        if server.last_start.elapsed() < backoff {
-            return Ok(None);
         }
-        let restarts = server.restarts + 1;
-        self.apply(&config)?;
-        Ok(Some(format!("dnsmasq exited ({status}); restarted it (restart {restarts})")))
+        if due {
+            self.apply(&config)?;
+        }
+        Ok((!died.is_empty()).then(|| died.join("; ")))
     }
 
     fn stop(&mut self, network_id: NetworkId) -> Result<(), BackendError> {
@@ -407,10 +516,16 @@ impl DhcpBackend for DnsmasqBackend {
         if let Some(server) = self.server.take() {
             self.stop_server(server);
         } else {
-            // A server left by an earlier agent (this host was replaced while its agent was away).
+            // A server left by an earlier agent (this host was replaced while its agent was away):
+            // its shards, and the addresses it put on the interface.
             let dir = self.dir(network_id);
-            if stop_stale(&dir) {
-                tracing::info!(network = %network_id, "Stopped a stale dnsmasq left by an earlier agent.");
+            let mut stopped = 0;
+            for shard in shard_dirs(&dir) {
+                stopped += usize::from(stop_stale(&shard));
+            }
+            self.remove_recorded_addresses(&dir);
+            if stopped > 0 {
+                tracing::info!(network = %network_id, shards = stopped, "Stopped a stale DHCP server left by an earlier agent.");
             }
             let _ = fs::remove_dir_all(dir);
         }

@@ -33,6 +33,11 @@ const READ_MAX: usize = 512;
 /// `ipam.dhcp-servers`), so it is short: at 100 ms it alone cost 50 ms of reservation-to-served
 /// latency on average.
 const IDLE_WAIT: Duration = Duration::from_millis(5);
+/// While reads come back full (a burst is being read: an initial load, a mass VM start), changes
+/// are sent at most this often, so the servers get a few large changes rather than one per batch
+/// of [`READ_MAX`] records (each change costs a plan and a diff of every host of the network). A
+/// record that arrives alone is sent at once.
+const BURST_COALESCE: Duration = Duration::from_millis(100);
 /// How long to wait before asking again for a topic that does not exist or a log that failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -167,6 +172,8 @@ struct Cursor {
     /// The end offset found at start; the agent acts once every cursor has reached it.
     start_end: u64,
     caught_up: bool,
+    /// The last read returned as many records as it could: more are probably waiting.
+    full: bool,
 }
 
 /// The follower thread's state.
@@ -221,6 +228,9 @@ impl Follower {
         let mut acting = false;
         let mut ports_due = false;
         let mut next_wait = 0;
+        let mut last_sent = Instant::now();
+        // Events applied to the tracker whose changes were not sent yet.
+        let mut unsent = false;
         while !self.stopping() {
             let mut applied = 0;
             for cursor in &mut cursors {
@@ -233,19 +243,25 @@ impl Follower {
                 next_wait += 1;
                 applied += self.read(cursor, IDLE_WAIT)?;
             }
+            unsent |= applied > 0;
             if !acting {
                 acting = cursors.iter().all(|cursor| cursor.caught_up);
                 if !acting {
                     continue;
                 }
                 tracing::info!(host = %self.tracker.host_id, "Caught up with the log; provisioning.");
-            } else if applied == 0 && !ports_due {
+            } else if (!unsent && !ports_due)
+                || (cursors.iter().any(|cursor| cursor.full) && last_sent.elapsed() < BURST_COALESCE)
+            {
+                // Nothing to send, or a burst whose changes are sent together a little later.
                 continue;
             }
             let desired = self.tracker.changes();
             if !desired.is_empty() {
                 self.supervisor.do_send(desired);
+                last_sent = Instant::now();
             }
+            unsent = false;
             ports_due = !self.append_port_events();
         }
         Ok(())
@@ -277,7 +293,7 @@ impl Follower {
                         return Ok(None);
                     }
                 };
-                cursors.push(Cursor { topic, partition, next: 0, start_end, caught_up: start_end == 0 });
+                cursors.push(Cursor { topic, partition, next: 0, start_end, caught_up: start_end == 0, full: false });
             }
         }
         Ok(Some(cursors))
@@ -305,6 +321,7 @@ impl Follower {
             }
         };
         self.trouble.clear(cursor.topic);
+        cursor.full = records.len() >= READ_MAX;
         if records.is_empty() {
             // Offsets may skip (Kafka's transaction markers), so "nothing more" also means caught up.
             cursor.caught_up = true;

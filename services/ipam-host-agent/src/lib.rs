@@ -20,6 +20,7 @@ pub mod backend;
 pub mod config;
 pub mod dnsmasq;
 pub mod dnsmasq_server;
+pub mod dnsmasq_shards;
 mod follower;
 mod outbox;
 

@@ -90,6 +90,11 @@ enum Command {
         /// Run the DHCP servers in this network namespace (the agent stays in its own).
         #[arg(long, env = "IPAM_NETNS")]
         netns: Option<String>,
+        /// At most this many dnsmasq processes per served network, each holding a share of its
+        /// hosts (a power of two, 1 to 64; 1 runs a single process).
+        #[arg(long, env = "IPAM_DNSMASQ_MAX_SHARDS", default_value = "64",
+              value_parser = ipam_host_agent::dnsmasq_shards::parse_max_shards)]
+        dnsmasq_max_shards: usize,
     },
 }
 
@@ -132,6 +137,7 @@ fn real_main() -> anyhow::Result<()> {
                         backend: DhcpBackendKind::Files,
                         heartbeat_interval_ms: None,
                         netns: None,
+                        dnsmasq_max_shards: ipam_host_agent::dnsmasq_shards::MAX_SHARDS,
                     })
                     .collect(),
             };
@@ -149,10 +155,11 @@ fn real_main() -> anyhow::Result<()> {
         Command::Demo => demo::run(),
         Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
         Command::Bench { events } => bench::run(events),
-        Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms, netns } => {
+        Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms, netns, dnsmasq_max_shards } => {
             let log = if config.kafka.bootstrap_servers.is_some() { kafka(&config)? } else { embedded(&config)? };
             let dir = dhcp_dir.unwrap_or_else(|| config.data_dir.join("dhcp"));
-            let agent = HostAgentSpec { host_id, dir, backend: dhcp_backend, heartbeat_interval_ms, netns };
+            let agent =
+                HostAgentSpec { host_id, dir, backend: dhcp_backend, heartbeat_interval_ms, netns, dnsmasq_max_shards };
             run::run(log, &config, Components { host_agents: vec![agent], ..Components::default() })
         }
     }

@@ -46,6 +46,8 @@ pub struct HostAgentSpec {
     pub heartbeat_interval_ms: Option<u64>,
     /// Run the DHCP servers in this network namespace.
     pub netns: Option<String>,
+    /// At most this many dnsmasq processes per served network.
+    pub dnsmasq_max_shards: usize,
 }
 
 pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> anyhow::Result<()> {
@@ -142,12 +144,14 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                 name.clone(),
                 spawn(&name, move || {
                     let (dir, backend, netns) = (agent.dir.clone(), agent.backend, agent.netns.clone());
+                    let max_shards = agent.dnsmasq_max_shards;
                     let factory = Box::new(move |_| match backend {
                         DhcpBackendKind::Files => {
                             Box::new(FilesBackend::new(dir.clone())) as Box<dyn ipam_host_agent::DhcpBackend>
                         }
                         DhcpBackendKind::Dnsmasq => {
-                            let options = DnsmasqOptions { netns: netns.clone(), ..DnsmasqOptions::new(dir.clone()) };
+                            let options =
+                                DnsmasqOptions { netns: netns.clone(), max_shards, ..DnsmasqOptions::new(dir.clone()) };
                             Box::new(DnsmasqBackend::new(options))
                         }
                     });

@@ -1,0 +1,266 @@
+//! How one network's hosts are spread over several dnsmasq processes, and what each process must do
+//! when the hosts change. Pure: no files, no processes, no clock (the caller says how long ago a
+//! shard was started), so every decision of the dnsmasq backend is tested here without I/O.
+//!
+//! # Why shards (dnsmasq 2.90)
+//! dnsmasq checks every `dhcp-host` it loads against every one it already holds (a duplicate
+//! address check), so loading n hosts costs time quadratic in n: about 6 s for 65k, during which
+//! that process answers nobody. Hosts added later as files in `--dhcp-hostsdir` cost the same per
+//! host (each is checked against all loaded), and a removal needs a reload. Splitting a network's
+//! hosts by MAC over k processes divides every load by k²: at 65k over 32 shards a shard holds
+//! about 2k hosts, loads in about 10 ms, and a reload to drop a released host stops one shard for
+//! that long while the other 31 keep answering.
+//!
+//! Every shard binds the same interface (dnsmasq sets `SO_REUSEADDR`/`SO_REUSEPORT` on its DHCP
+//! socket under `bind-interfaces`), so each receives every broadcast DISCOVER and REQUEST and
+//! answers only the MACs it holds (`dhcp-ignore=tag:!known`). A renewal unicast to the server
+//! address reaches one shard only; if that is not the client's, the client is not answered until
+//! it rebinds by broadcast at T2 (7/8 of the lease), when its own shard answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipam_core::Mac;
+
+/// A fresh server gets enough shards for about this many hosts each (a load of ~10 ms).
+pub const SHARD_TARGET_HOSTS: usize = 2048;
+/// A growing server re-shards (every shard restarts) when its hosts average more than this per
+/// shard, to the count a fresh server would get.
+pub const SHARD_SPLIT_HOSTS: usize = 2 * SHARD_TARGET_HOSTS;
+/// At most this many processes per network by default; beyond, shards grow instead.
+pub const MAX_SHARDS: usize = 64;
+/// A shard reloads to drop stale lines (released hosts, old addresses of moved hosts) at most this
+/// often, so a burst of VM stops costs one reload, not one each. A released MAC is masked by a
+/// `MAC,ignore` line at once, so this bounds only how long its address stays unusable for another
+/// MAC of the same shard without a reload; such a re-use reloads the shard at once.
+pub const COMPACTION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The shard count for a server started with `hosts` hosts, at most `max_shards` (a power of two):
+/// a power of two, so that doubling it splits every shard in two.
+pub fn shard_count(hosts: usize, max_shards: usize) -> usize {
+    debug_assert!(max_shards.is_power_of_two());
+    hosts.div_ceil(SHARD_TARGET_HOSTS).next_power_of_two().clamp(1, max_shards)
+}
+
+/// Whether a server with `shards` shards must re-shard to hold `hosts` hosts.
+pub fn must_split(shards: usize, hosts: usize, max_shards: usize) -> bool {
+    shards < max_shards && hosts > shards * SHARD_SPLIT_HOSTS
+}
+
+/// Checks an operator's shard limit: a power of two from 1 to [`MAX_SHARDS`].
+pub fn parse_max_shards(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n.is_power_of_two() && n <= MAX_SHARDS => Ok(n),
+        _ => Err(format!("`{text}` is not a power of two from 1 to {MAX_SHARDS}")),
+    }
+}
+
+/// The shard that holds `mac` among `shards` (a power of two). Fibonacci hashing of the six octets:
+/// stable across runs and versions (shard directories outlive the process), and spread even for
+/// MACs that differ in their last octets only.
+pub fn shard_of(mac: Mac, shards: usize) -> usize {
+    debug_assert!(shards.is_power_of_two());
+    let mut octets = [0u8; 8];
+    octets[2..].copy_from_slice(&mac.octets());
+    let hash = u64::from_be_bytes(octets).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    if shards <= 1 { 0 } else { (hash >> (64 - shards.trailing_zeros())) as usize }
+}
+
+/// Splits the desired hosts of a network into its shards.
+pub fn split(hosts: &BTreeMap<Mac, IpAddr>, shards: usize) -> Vec<BTreeMap<Mac, IpAddr>> {
+    let mut split = vec![BTreeMap::new(); shards];
+    for (mac, ip) in hosts {
+        split[shard_of(*mac, shards)].insert(*mac, *ip);
+    }
+    split
+}
+
+/// What one shard's dnsmasq holds: its base file plus every hosts-directory addition since it
+/// started. dnsmasq answers a MAC from its newest line, and keeps every line until it reloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardState {
+    /// Each MAC's newest line: the address it is answered with, or `None` when a `MAC,ignore`
+    /// line masks it.
+    pub newest: BTreeMap<Mac, Option<IpAddr>>,
+    /// Every address a line holds, masked or not, with its MAC: dnsmasq refuses a new line whose
+    /// address is among them ("duplicate dhcp-host IP address").
+    pub addresses: BTreeMap<IpAddr, Mac>,
+}
+
+impl ShardState {
+    /// A shard started with `hosts` in its base file.
+    pub fn loaded(hosts: &BTreeMap<Mac, IpAddr>) -> ShardState {
+        ShardState {
+            newest: hosts.iter().map(|(mac, ip)| (*mac, Some(*ip))).collect(),
+            addresses: hosts.iter().map(|(mac, ip)| (*ip, *mac)).collect(),
+        }
+    }
+
+    /// Records an addition dnsmasq has been given.
+    pub fn add(&mut self, hosts: &BTreeMap<Mac, IpAddr>, ignore: &BTreeSet<Mac>) {
+        for (mac, ip) in hosts {
+            self.newest.insert(*mac, Some(*ip));
+            self.addresses.insert(*ip, *mac);
+        }
+        for mac in ignore {
+            self.newest.insert(*mac, None);
+        }
+    }
+
+    /// Decides what the shard does to answer exactly `desired` (its part of the plan), given how
+    /// long ago it (re)started.
+    pub fn decide(&self, desired: &BTreeMap<Mac, IpAddr>, since_start: Duration) -> ShardAction {
+        let mut hosts = BTreeMap::new();
+        let mut collides = false;
+        for (mac, ip) in desired {
+            if self.newest.get(mac) != Some(&Some(*ip)) {
+                // New, moved to another address, or masked: a newer line wins, unless dnsmasq
+                // still holds its address (even for this very MAC) and refuses it.
+                collides |= self.addresses.contains_key(ip);
+                hosts.insert(*mac, *ip);
+            }
+        }
+        let ignore: BTreeSet<Mac> = self
+            .newest
+            .iter()
+            .filter(|(mac, newest)| newest.is_some() && !desired.contains_key(mac))
+            .map(|(mac, _)| *mac)
+            .collect();
+        // Every desired address is held after the addition; any other is a stale line.
+        let stale = self.addresses.len() + hosts.len() > desired.len();
+        if collides || (stale && since_start >= COMPACTION_INTERVAL) {
+            ShardAction::Compact
+        } else if hosts.is_empty() && ignore.is_empty() {
+            ShardAction::Keep { stale }
+        } else {
+            ShardAction::Add { hosts, ignore, stale }
+        }
+    }
+}
+
+/// What one shard's dnsmasq must do to answer its desired hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardAction {
+    /// Nothing to write. `stale` says dnsmasq holds lines no host needs, whose compaction is put
+    /// off.
+    Keep { stale: bool },
+    /// One new hosts-directory file (read within milliseconds) with a line for each of `hosts`, and
+    /// a `MAC,ignore` line for each MAC in `ignore` (released: no longer answered).
+    Add { hosts: BTreeMap<Mac, IpAddr>, ignore: BTreeSet<Mac>, stale: bool },
+    /// Restart with exactly the desired hosts in the base file, an empty hosts directory and the
+    /// leases of hosts that are gone dropped.
+    Compact,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u32) -> Mac {
+        let b = n.to_be_bytes();
+        Mac::from_octets([0x52, 0x54, b[0], b[1], b[2], b[3]]).unwrap()
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn hosts(pairs: &[(u32, u8)]) -> BTreeMap<Mac, IpAddr> {
+        pairs.iter().map(|(m, i)| (mac(*m), ip(*i))).collect()
+    }
+
+    fn state(lines: &[(u32, Option<u8>)]) -> ShardState {
+        let mut state = ShardState::default();
+        for (m, line) in lines {
+            match line {
+                Some(i) => state.add(&hosts(&[(*m, *i)]), &BTreeSet::new()),
+                None => state.add(&BTreeMap::new(), &BTreeSet::from([mac(*m)])),
+            }
+        }
+        state
+    }
+
+    fn add(pairs: &[(u32, u8)], ignore: &[u32], stale: bool) -> ShardAction {
+        ShardAction::Add { hosts: hosts(pairs), ignore: ignore.iter().map(|m| mac(*m)).collect(), stale }
+    }
+
+    /// Given the lines a shard's dnsmasq read (oldest first; `None` is a `MAC,ignore` line), when
+    /// `desired` is its part of the plan, `since_start_ms` after it started: what it does.
+    fn check(lines: &[(u32, Option<u8>)], desired: &[(u32, u8)], since_start_ms: u64) -> ShardAction {
+        state(lines).decide(&hosts(desired), Duration::from_millis(since_start_ms))
+    }
+
+    #[test]
+    fn shard_count_grows_in_powers_of_two_and_stops_at_the_maximum() {
+        let counts: Vec<usize> =
+            [0, 1, 2048, 2049, 8192, 65_000, 1_000_000].iter().map(|n| shard_count(*n, MAX_SHARDS)).collect();
+        assert_eq!(counts, [1, 1, 1, 2, 4, 32, 64]);
+        assert_eq!(shard_count(65_000, 1), 1);
+        assert!(!must_split(1, SHARD_SPLIT_HOSTS, MAX_SHARDS));
+        assert!(must_split(1, SHARD_SPLIT_HOSTS + 1, MAX_SHARDS));
+        assert!(!must_split(1, SHARD_SPLIT_HOSTS + 1, 1));
+        assert!(!must_split(MAX_SHARDS, usize::MAX / 2, MAX_SHARDS));
+    }
+
+    #[test]
+    fn an_operator_shard_limit_must_be_a_power_of_two_up_to_the_maximum() {
+        assert_eq!(parse_max_shards("1"), Ok(1));
+        assert_eq!(parse_max_shards("64"), Ok(64));
+        for bad in ["0", "3", "128", "-1", "many"] {
+            assert!(parse_max_shards(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn macs_spread_evenly_and_stably_over_shards() {
+        let macs: BTreeMap<Mac, IpAddr> = (0..65_536u32).map(|n| (mac(n), ip(1))).collect();
+        let sizes: Vec<usize> = split(&macs, 32).iter().map(BTreeMap::len).collect();
+        let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        assert!(*min > 1900 && *max < 2200, "uneven shards: {sizes:?}");
+        // Doubling splits a shard in two: a MAC of shard s goes to 2s or 2s+1.
+        for n in 0..1000 {
+            let (small, large) = (shard_of(mac(n), 8), shard_of(mac(n), 16));
+            assert_eq!(large / 2, small);
+        }
+        assert_eq!(shard_of(mac(12345), 1), 0);
+        // Pinned: shard directories outlive the process, so the hash must not change.
+        assert_eq!([shard_of(mac(1), 64), shard_of(mac(2), 64), shard_of(mac(3), 64)], [15, 55, 30]);
+    }
+
+    #[test]
+    fn new_hosts_are_added_without_a_reload() {
+        assert_eq!(check(&[(1, Some(1))], &[(1, 1), (2, 2)], 0), add(&[(2, 2)], &[], false));
+        assert_eq!(check(&[(1, Some(1))], &[(1, 1)], 0), ShardAction::Keep { stale: false });
+    }
+
+    #[test]
+    fn a_released_mac_is_masked_at_once_and_its_line_compacted_later() {
+        assert_eq!(check(&[(1, Some(1)), (2, Some(2))], &[(1, 1)], 10), add(&[], &[2], true));
+        // Masked: nothing more to write until the compaction interval has passed.
+        assert_eq!(check(&[(1, Some(1)), (2, Some(2)), (2, None)], &[(1, 1)], 10), ShardAction::Keep { stale: true });
+        assert_eq!(check(&[(1, Some(1)), (2, Some(2)), (2, None)], &[(1, 1)], 10_000), ShardAction::Compact);
+    }
+
+    #[test]
+    fn an_address_reused_by_another_mac_of_the_same_shard_reloads_at_once() {
+        // dnsmasq would refuse the new line: it still holds 10.0.0.2 for MAC 2.
+        assert_eq!(check(&[(1, Some(1)), (2, Some(2))], &[(1, 1), (3, 2)], 10), ShardAction::Compact);
+        assert_eq!(check(&[(1, Some(1)), (2, Some(2)), (2, None)], &[(1, 1), (3, 2)], 10), ShardAction::Compact);
+    }
+
+    #[test]
+    fn a_masked_mac_back_on_its_old_address_reloads_at_once() {
+        // Its old line holds the address, so dnsmasq would refuse the line that unmasks it.
+        assert_eq!(check(&[(1, Some(1)), (1, None)], &[(1, 1)], 10), ShardAction::Compact);
+        // On a new address, a newer line is enough.
+        assert_eq!(check(&[(1, Some(1)), (1, None)], &[(1, 5)], 10), add(&[(1, 5)], &[], true));
+    }
+
+    #[test]
+    fn a_mac_moved_to_a_free_address_gets_a_newer_line() {
+        assert_eq!(check(&[(1, Some(1))], &[(1, 5)], 10), add(&[(1, 5)], &[], true));
+        // ...which leaves its old address stale: another MAC taking it reloads.
+        assert_eq!(check(&[(1, Some(1)), (1, Some(5))], &[(1, 5), (2, 1)], 10), ShardAction::Compact);
+    }
+}
