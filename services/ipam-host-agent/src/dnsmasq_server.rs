@@ -4,23 +4,23 @@
 //! and restarted when one dies.
 //!
 //! # Keeping 65k reservations fast (dnsmasq 2.90)
-//! A full load of the hosts costs time quadratic in their number (about 6 s at 65k) and dnsmasq
-//! answers nobody meanwhile, while a new file in `--dhcp-hostsdir` is picked up through inotify in
-//! milliseconds. So each shard keeps two sources: a base `--dhcp-hostsfile` written at start and at
-//! each compaction, and `--dhcp-hostsdir` files that each add a batch of new hosts.
-//! - A reservation that only adds a host becomes one new file in its shard's hosts directory:
-//!   served in milliseconds, whatever the number of hosts.
-//! - hostsdir is add-only: a removed host stays in effect until a reload, and a host whose address
-//!   equals one dnsmasq still remembers is refused. So a removal, or an added host whose MAC or
-//!   address collides with one the shard still holds, compacts that shard: its base file is
-//!   rewritten with exactly its desired hosts, its hosts directory is emptied, the leases of hosts
-//!   that are gone are dropped, and its dnsmasq is restarted (a SIGHUP would keep those leases, and
-//!   dnsmasq does not offer a leased address to another MAC). A shard holds about 2k hosts, so a
-//!   compaction silences a thirty-second of the network for about 10 ms.
-//!
-//! Removals are batched per shard (see [`COMPACTION_INTERVAL`]; the supervision `check` runs one
-//! that was put off), so a burst of releases costs one reload. An address re-used by another MAC
-//! compacts the shard that held it at once, so it is always served to its new holder only.
+//! dnsmasq checks each `dhcp-host` line it loads against every line it holds, so a full load costs
+//! time quadratic in the number of hosts (about 6 s at 65k in one process) and it answers nobody
+//! meanwhile. A file added to `--dhcp-hostsdir` is read through inotify in milliseconds, and the
+//! newest line for a MAC wins; but hostsdir is add-only (a line stays until a reload), and dnsmasq
+//! refuses a line whose address an older line still holds. So each shard keeps a base
+//! `--dhcp-hostsfile`, written when it starts, plus additions:
+//! - a new reservation, or a MAC moved to a free address, is a line in a new hosts-directory file:
+//!   served within milliseconds;
+//! - a release is a `MAC,ignore` line in a new file: the MAC is not answered from then on;
+//! - an address whose older line is still held (re-used by another MAC of the same shard, or given
+//!   back to a masked MAC) reloads that shard at once: its base file rewritten with exactly its
+//!   hosts, its hosts directory emptied, the leases of hosts that are gone dropped, dnsmasq
+//!   restarted (a SIGHUP would keep those leases, and dnsmasq does not offer a leased address to
+//!   another MAC). A shard holds about 2k hosts, so that silences a thirty-second of a 65k
+//!   network for tens of milliseconds;
+//! - stale lines (masked MACs, old addresses of moved MACs) are dropped by the same reload, at most
+//!   once per [`COMPACTION_INTERVAL`] per shard (the supervision `check` runs one that is due).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -3,19 +3,24 @@
 //! shard was started), so every decision of the dnsmasq backend is tested here without I/O.
 //!
 //! # Why shards (dnsmasq 2.90)
-//! dnsmasq checks every `dhcp-host` it loads against every one it already holds (a duplicate
+//! dnsmasq checks every `dhcp-host` line it loads against every one it already holds (a duplicate
 //! address check), so loading n hosts costs time quadratic in n: about 6 s for 65k, during which
-//! that process answers nobody. Hosts added later as files in `--dhcp-hostsdir` cost the same per
-//! host (each is checked against all loaded), and a removal needs a reload. Splitting a network's
-//! hosts by MAC over k processes divides every load by k²: at 65k over 32 shards a shard holds
-//! about 2k hosts, loads in about 10 ms, and a reload to drop a released host stops one shard for
-//! that long while the other 31 keep answering.
+//! that process answers nobody. Lines added later as files in `--dhcp-hostsdir` cost the same per
+//! line, and dropping a line needs a reload. Splitting a network's hosts by MAC over k processes
+//! divides every load by k²: at 65k over 32 shards a shard holds about 2k hosts and loads in about
+//! 10 ms, and a reload stops one shard for that long while the others keep answering.
 //!
 //! Every shard binds the same interface (dnsmasq sets `SO_REUSEADDR`/`SO_REUSEPORT` on its DHCP
 //! socket under `bind-interfaces`), so each receives every broadcast DISCOVER and REQUEST and
 //! answers only the MACs it holds (`dhcp-ignore=tag:!known`). A renewal unicast to the server
 //! address reaches one shard only; if that is not the client's, the client is not answered until
 //! it rebinds by broadcast at T2 (7/8 of the lease), when its own shard answers.
+//!
+//! # What a shard does on a change ([`ShardState::decide`])
+//! dnsmasq answers a MAC from its newest line and keeps every line until it reloads. So a new host
+//! or a moved MAC is a newer line, a released MAC a newer `MAC,ignore` line (answered no more at
+//! once), and a reload is needed only when dnsmasq would refuse a line (its address is still held
+//! by an older one) or to drop stale lines, at most once per [`COMPACTION_INTERVAL`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
