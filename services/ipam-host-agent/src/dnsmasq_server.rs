@@ -282,6 +282,8 @@ impl DnsmasqBackend {
             shards: Vec::new(),
         };
         self.sync_addresses(&mut server, config)?;
+        // Kept across a restart of the whole server, so not necessarily changed (and written) above.
+        Self::record_addresses(&server)?;
         let count = shard_count(desired.len(), self.options.max_shards);
         // Shards of an earlier run beyond this count would keep answering: end them.
         for stale in shard_dirs(&server.dir).into_iter().skip(count) {
@@ -332,6 +334,11 @@ impl DnsmasqBackend {
             let _ = self.ip(&["addr", "del", address, "dev", &server.interface]);
         }
         server.addresses = wanted;
+        Self::record_addresses(server)
+    }
+
+    /// Records the interface and the addresses the server put on it, for a later agent.
+    fn record_addresses(server: &Server) -> Result<(), BackendError> {
         let record: String = std::iter::once(server.interface.as_str())
             .chain(server.addresses.iter().map(String::as_str))
             .map(|line| format!("{line}\n"))
