@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use ipam_core::{Envelope, Event, EventId, Timestamp};
 use ipam_log::sqlite::Durability;
-use ipam_log::{EventLog, MemoryLog, SqliteLog};
+use ipam_log::{EventLog, MemoryLog, OutRecord, SqliteLog};
 use ipam_log_kafka::{KafkaLog, KafkaOptions};
 
 /// The `ipam` binary next to the running test or benchmark executable (`target/<profile>/ipam`).
@@ -22,6 +23,13 @@ pub fn ipam_binary() -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// A record of `event` as a client would publish it, on the event's own topic (unprefixed) and
+/// key, in an envelope with the given id, source and time.
+pub fn event_record(id: EventId, source: &str, time: Timestamp, event: Event) -> OutRecord {
+    let envelope = Envelope { id, source: source.to_owned(), time, subject: None, event };
+    OutRecord { topic: envelope.event.topic().name().to_owned(), key: envelope.event.key(), value: envelope.to_bytes() }
 }
 
 /// The broker the Kafka tests use, from `IPAM_KAFKA_BOOTSTRAP`; the message says how to get one.

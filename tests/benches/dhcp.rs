@@ -21,10 +21,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipam_core::event::*;
-use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, VmId, VnicId};
+use ipam_core::{Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, VmId, VnicId};
 use ipam_log::{EventLog, OutRecord, TopicSpec};
-use ipam_tests::ipam_binary;
 use ipam_tests::netns::{Fabric, dhcp, prerequisites};
+use ipam_tests::{event_record, ipam_binary};
 
 const NETWORK: NetworkId = NetworkId::from_u128(0xb1);
 const SUBNET: SubnetId = SubnetId::from_u128(0xb2);
@@ -200,18 +200,8 @@ impl Bench {
             .into_iter()
             .map(|event| {
                 self.next_id += 1;
-                let envelope = Envelope {
-                    id: EventId::from_u128((0xbe7c << 64) | self.next_id),
-                    source: "dhcp-bench".to_owned(),
-                    time: Timestamp::from_unix_ms(1_764_000_000_000),
-                    subject: None,
-                    event,
-                };
-                OutRecord {
-                    topic: envelope.event.topic().name().to_owned(),
-                    key: envelope.event.key(),
-                    value: envelope.to_bytes(),
-                }
+                let id = EventId::from_u128((0xbe7c << 64) | self.next_id);
+                event_record(id, "dhcp-bench", Timestamp::from_unix_ms(1_764_000_000_000), event)
             })
             .collect();
         self.log.append(&records).unwrap();

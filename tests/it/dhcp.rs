@@ -15,6 +15,7 @@ use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Time
 use ipam_log::{EventLog, OutRecord};
 
 use crate::recovery::Service;
+use ipam_tests::event_record;
 use ipam_tests::netns::{Fabric, Lease, dhcp, must, prerequisites};
 
 const NETWORK: NetworkId = NetworkId::from_u128(0xd1);
@@ -97,18 +98,8 @@ impl Stack {
             .into_iter()
             .map(|event| {
                 self.n += 1;
-                let envelope = Envelope {
-                    id: EventId::from_u128((0xd4c7 << 64) | self.n),
-                    source: "dhcp-test".to_owned(),
-                    time: Timestamp::from_unix_ms(1_764_000_000_000 + self.n as i64),
-                    subject: None,
-                    event,
-                };
-                OutRecord {
-                    topic: envelope.event.topic().name().to_owned(),
-                    key: envelope.event.key(),
-                    value: envelope.to_bytes(),
-                }
+                let id = EventId::from_u128((0xd4c7 << 64) | self.n);
+                event_record(id, "dhcp-test", Timestamp::from_unix_ms(1_764_000_000_000 + self.n as i64), event)
             })
             .collect();
         self.log.append(&records).unwrap();
