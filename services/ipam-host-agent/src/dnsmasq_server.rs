@@ -136,6 +136,24 @@ fn stop_stale(dir: &Path) -> bool {
     is_dnsmasq
 }
 
+/// Ends a dnsmasq this agent started: SIGTERM (it exits at once), SIGKILL after 5 s. A child that
+/// already exited and was reaped is not signalled: its pid may belong to another process by now.
+fn terminate(child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The shard directories an earlier run left in a network's directory.
 fn shard_dirs(network_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(network_dir) else { return Vec::new() };
@@ -356,22 +374,9 @@ impl DnsmasqBackend {
         }
     }
 
-    fn stop_shard(mut shard: Shard) {
-        let _ = Command::new("kill").args(["-TERM", &shard.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = shard.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = shard.child.kill();
-        let _ = shard.child.wait();
-    }
-
     fn stop_server(&self, server: Server) {
-        for shard in server.shards {
-            Self::stop_shard(shard);
+        for mut shard in server.shards {
+            terminate(&mut shard.child);
         }
         for address in &server.addresses {
             let _ = self.ip(&["addr", "del", address, "dev", &server.interface]);
@@ -388,8 +393,7 @@ impl DnsmasqBackend {
         hosts: BTreeMap<Mac, IpAddr>,
     ) -> Result<(), BackendError> {
         let old = &mut server.shards[index];
-        let _ = Command::new("kill").args(["-TERM", &old.child.id().to_string()]).status();
-        let _ = old.child.wait();
+        terminate(&mut old.child);
         let restarts = old.restarts;
         let mut shard = self.start_shard(server.network_id, &server.options_text, index, hosts)?;
         shard.restarts = restarts;
@@ -455,10 +459,10 @@ impl DhcpBackend for DnsmasqBackend {
                 return Ok(());
             }
         };
-        self.sync_addresses(&mut server, config)?;
+        // On an error the server is kept all the same (its shards run), and the apply is retried.
+        let mut result = self.sync_addresses(&mut server, config);
         // The diff against what each shard holds, without building any text: this runs for every
         // change, with tens of thousands of hosts.
-        let mut result = Ok(());
         for (index, shard_desired) in split(&desired, server.shards.len()).into_iter().enumerate() {
             let shard = &mut server.shards[index];
             if !matches!(shard.child.try_wait(), Ok(None)) {
