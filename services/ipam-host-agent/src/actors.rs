@@ -147,6 +147,7 @@ impl Supervisor {
             desired: None,
             applied: None,
             failure: None,
+            reported_running: None,
             retry: None,
         });
         Running { addr, arbiter, epoch }
@@ -246,6 +247,10 @@ struct Provisioner {
     applied: Option<NetworkDhcpConfig>,
     /// The failure last reported, so a retry that fails the same way is not reported again.
     failure: Option<String>,
+    /// The epoch and subnet count last reported `running`: a status is a change of state, so a
+    /// configuration that only gained or lost hosts is not reported again (at 65k reservations
+    /// that would be one event on `ipam.hosts` per VM start).
+    reported_running: Option<(u64, usize)>,
     retry: Option<SpawnHandle>,
 }
 
@@ -263,8 +268,13 @@ impl Provisioner {
                 let hosts: usize = config.subnets.iter().map(|subnet| subnet.hosts.len()).sum();
                 let detail = format!("{} subnets, {hosts} hosts", config.subnets.len());
                 let (network, epoch) = (self.network_id, config.epoch);
-                tracing::info!(network = %network, epoch, detail, "Applied the DHCP configuration.");
-                self.outbox.status(self.network_id, config.epoch, DhcpServerState::Running, detail);
+                tracing::debug!(network = %network, epoch, detail, "Applied the DHCP configuration.");
+                let state = (config.epoch, config.subnets.len());
+                if self.reported_running != Some(state) || self.failure.is_some() {
+                    tracing::info!(network = %network, epoch, detail, "DHCP server running.");
+                    self.outbox.status(self.network_id, config.epoch, DhcpServerState::Running, detail);
+                    self.reported_running = Some(state);
+                }
                 self.applied = Some(config.clone());
                 self.failure = None;
             }

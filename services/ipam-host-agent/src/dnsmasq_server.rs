@@ -36,7 +36,10 @@ use ipam_core::{Mac, NetworkId};
 
 use crate::backend::{BackendError, DhcpBackend};
 use crate::dnsmasq::{host_line, ignore_line, render_options};
-use crate::dnsmasq_shards::{COMPACTION_INTERVAL, MAX_SHARDS, ShardAction, ShardState, must_split, shard_count, split};
+use crate::dnsmasq_shards::{
+    COMPACTION_INTERVAL, MAX_SHARDS, ShardAction, ShardState, desired_hosts, host_changes, must_split, shard_count,
+    shard_of, split,
+};
 
 /// How the dnsmasq backend runs its servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,10 @@ struct Server {
 struct Shard {
     dir: PathBuf,
     child: Child,
+    /// The hosts of the plan that fall in this shard.
+    desired: BTreeMap<Mac, IpAddr>,
+    /// `desired` changed since dnsmasq was last given it (or giving it failed).
+    dirty: bool,
     /// The lines dnsmasq holds (base file plus hostsdir additions).
     state: ShardState,
     next_file: u64,
@@ -176,11 +183,6 @@ fn hosts_text(network_id: NetworkId, hosts: &BTreeMap<Mac, IpAddr>) -> Result<St
         text.push('\n');
     }
     Ok(text)
-}
-
-/// The configuration's hosts, by MAC (a MAC holds one address on a network).
-fn desired_hosts(config: &NetworkDhcpConfig) -> BTreeMap<Mac, IpAddr> {
-    config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (host.mac, host.ip))).collect()
 }
 
 /// Keeps the lines of a dnsmasq lease file whose host is still reserved with that address.
@@ -273,6 +275,8 @@ impl DnsmasqBackend {
             dir,
             child,
             state: ShardState::loaded(&hosts),
+            desired: hosts,
+            dirty: false,
             next_file: 0,
             restarts: 0,
             last_start: Instant::now(),
@@ -385,19 +389,18 @@ impl DnsmasqBackend {
         tracing::info!(network = %server.network_id, "Stopped the DHCP server.");
     }
 
-    /// Restarts shard `index` with exactly `hosts`, keeping its restart count.
+    /// Restarts shard `index` with exactly its desired hosts, keeping its restart count.
     fn restart_shard(
         &self,
-        server: &mut Server,
+        network_id: NetworkId,
+        options_text: &str,
         index: usize,
-        hosts: BTreeMap<Mac, IpAddr>,
+        shard: &mut Shard,
     ) -> Result<(), BackendError> {
-        let old = &mut server.shards[index];
-        terminate(&mut old.child);
-        let restarts = old.restarts;
-        let mut shard = self.start_shard(server.network_id, &server.options_text, index, hosts)?;
+        terminate(&mut shard.child);
+        let restarts = shard.restarts;
+        *shard = self.start_shard(network_id, options_text, index, shard.desired.clone())?;
         shard.restarts = restarts;
-        server.shards[index] = shard;
         Ok(())
     }
 
@@ -429,12 +432,12 @@ impl DnsmasqBackend {
 impl DhcpBackend for DnsmasqBackend {
     fn apply(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
         let options_text = render_options(config)?;
-        let desired = desired_hosts(config);
+        let hosts: usize = config.subnets.iter().map(|subnet| subnet.hosts.len()).sum();
         let mut server = match self.server.take() {
             Some(server)
                 if server.options_text == options_text
                     && server.interface == config.interface.as_str()
-                    && !must_split(server.shards.len(), desired.len(), self.options.max_shards) =>
+                    && !must_split(server.shards.len(), hosts, self.options.max_shards) =>
             {
                 server
             }
@@ -454,39 +457,68 @@ impl DhcpBackend for DnsmasqBackend {
                     None => BTreeSet::new(),
                 };
                 self.applied = None;
-                self.server = Some(self.start_server(config, options_text, &desired, addresses)?);
+                self.server = Some(self.start_server(config, options_text, &desired_hosts(config), addresses)?);
                 self.applied = Some(config.clone());
                 return Ok(());
             }
         };
         // On an error the server is kept all the same (its shards run), and the apply is retried.
         let mut result = self.sync_addresses(&mut server, config);
-        // The diff against what each shard holds, without building any text: this runs for every
+        // Only the hosts that changed since the last plan are looked at: this runs for every
         // change, with tens of thousands of hosts.
-        for (index, shard_desired) in split(&desired, server.shards.len()).into_iter().enumerate() {
-            let shard = &mut server.shards[index];
-            if !matches!(shard.child.try_wait(), Ok(None)) {
-                // Died: restart it now (`check` spaces restarts of a shard that keeps dying).
-                let _ = shard.child.wait();
-                shard.restarts += 1;
-                tracing::warn!(network = %config.network_id, shard = index, restarts = shard.restarts, "dnsmasq died; restarting it.");
-                result = result.and(self.restart_shard(&mut server, index, shard_desired));
-                continue;
+        let count = server.shards.len();
+        match &self.applied {
+            Some(previous) => {
+                for (mac, address) in host_changes(previous, config) {
+                    let shard = &mut server.shards[shard_of(mac, count)];
+                    shard.dirty = true;
+                    match address {
+                        Some(address) => shard.desired.insert(mac, address),
+                        None => shard.desired.remove(&mac),
+                    };
+                }
             }
-            result = result.and(match shard.state.decide(&shard_desired, shard.last_start.elapsed()) {
-                ShardAction::Keep { stale } => {
-                    shard.stale = stale;
-                    Ok(())
+            None => {
+                for (shard, hosts) in server.shards.iter_mut().zip(split(&desired_hosts(config), count)) {
+                    shard.dirty = true;
+                    shard.desired = hosts;
                 }
-                ShardAction::Add { hosts, ignore, stale } => {
-                    shard.stale = stale;
-                    Self::add_lines(config.network_id, shard, &hosts, &ignore)
+            }
+        }
+        let Server { network_id, options_text, shards, .. } = &mut server;
+        for (index, shard) in shards.iter_mut().enumerate() {
+            let alive = matches!(shard.child.try_wait(), Ok(None));
+            let due = shard.stale && shard.last_start.elapsed() >= COMPACTION_INTERVAL;
+            let done = if !alive {
+                // Died: restart it now (`check` spaces restarts of a shard that keeps dying).
+                shard.restarts += 1;
+                tracing::warn!(network = %network_id, shard = index, restarts = shard.restarts, "dnsmasq died; restarting it.");
+                self.restart_shard(*network_id, options_text, index, shard)
+            } else if shard.dirty || due {
+                match shard.state.decide(&shard.desired, shard.last_start.elapsed()) {
+                    ShardAction::Keep { stale } => {
+                        shard.stale = stale;
+                        Ok(())
+                    }
+                    ShardAction::Add { hosts, ignore, stale } => {
+                        shard.stale = stale;
+                        Self::add_lines(*network_id, shard, &hosts, &ignore)
+                    }
+                    ShardAction::Compact => {
+                        tracing::debug!(network = %network_id, shard = index, hosts = shard.desired.len(), "Compacting a dnsmasq shard.");
+                        self.restart_shard(*network_id, options_text, index, shard)
+                    }
                 }
-                ShardAction::Compact => {
-                    tracing::debug!(network = %config.network_id, shard = index, hosts = shard_desired.len(), "Compacting a dnsmasq shard.");
-                    self.restart_shard(&mut server, index, shard_desired)
+            } else {
+                continue;
+            };
+            match done {
+                Ok(()) => shard.dirty = false,
+                Err(error) => {
+                    shard.dirty = true;
+                    result = result.and(Err(error));
                 }
-            });
+            }
         }
         self.server = Some(server);
         self.applied = Some(config.clone());

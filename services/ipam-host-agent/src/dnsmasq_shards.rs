@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ipam_core::Mac;
+use ipam_core::dhcp_plan::NetworkDhcpConfig;
+use ipam_core::{Mac, SubnetId};
 
 /// A fresh server gets enough shards for about this many hosts each (a load of ~10 ms).
 pub const SHARD_TARGET_HOSTS: usize = 2048;
@@ -79,6 +80,55 @@ pub fn split(hosts: &BTreeMap<Mac, IpAddr>, shards: usize) -> Vec<BTreeMap<Mac, 
         split[shard_of(*mac, shards)].insert(*mac, *ip);
     }
     split
+}
+
+/// The hosts that changed from one plan of a network to the next: each MAC whose address changed,
+/// with its new address, or `None` when it has none any more. A merge of the two host lists (the
+/// plan sorts subnets by id and hosts by IP, then MAC), so a change to one host of 65k costs a
+/// comparison per host, not a map built and searched per host. A MAC listed twice (in two subnets)
+/// takes its last address, as [`desired_hosts`] does.
+pub fn host_changes(old: &NetworkDhcpConfig, new: &NetworkDhcpConfig) -> BTreeMap<Mac, Option<IpAddr>> {
+    fn entries(config: &NetworkDhcpConfig) -> impl Iterator<Item = (SubnetId, IpAddr, Mac)> + '_ {
+        config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (subnet.subnet_id, host.ip, host.mac)))
+    }
+    debug_assert!(entries(old).is_sorted() && entries(new).is_sorted(), "the plan lists hosts in order");
+    let mut changed = BTreeSet::new();
+    let (mut old_entries, mut new_entries) = (entries(old).peekable(), entries(new).peekable());
+    loop {
+        match (old_entries.peek(), new_entries.peek()) {
+            (None, None) => break,
+            (Some(o), Some(n)) if o == n => {
+                old_entries.next();
+                new_entries.next();
+            }
+            (Some(o), Some(n)) if o < n => {
+                changed.insert(o.2);
+                old_entries.next();
+            }
+            (Some(o), None) => {
+                changed.insert(o.2);
+                old_entries.next();
+            }
+            (_, Some(n)) => {
+                changed.insert(n.2);
+                new_entries.next();
+            }
+        }
+    }
+    let mut changes: BTreeMap<Mac, Option<IpAddr>> = changed.iter().map(|mac| (*mac, None)).collect();
+    if !changes.is_empty() {
+        for (_, ip, mac) in entries(new) {
+            if let Some(address) = changes.get_mut(&mac) {
+                *address = Some(ip);
+            }
+        }
+    }
+    changes
+}
+
+/// A network's hosts by MAC (a MAC holds one address on a network; listed twice, its last).
+pub fn desired_hosts(config: &NetworkDhcpConfig) -> BTreeMap<Mac, IpAddr> {
+    config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (host.mac, host.ip))).collect()
 }
 
 /// What one shard's dnsmasq holds: its base file plus every hosts-directory addition since it
@@ -231,6 +281,53 @@ mod tests {
         assert_eq!(shard_of(mac(12345), 1), 0);
         // Pinned: shard directories outlive the process, so the hash must not change.
         assert_eq!([shard_of(mac(1), 64), shard_of(mac(2), 64), shard_of(mac(3), 64)], [15, 55, 30]);
+    }
+
+    fn config(hosts: &[(u128, u32, u8)]) -> NetworkDhcpConfig {
+        use ipam_core::dhcp_plan::{DhcpHost, SubnetDhcpConfig};
+        let mut subnets: Vec<SubnetDhcpConfig> = Vec::new();
+        for (subnet, m, i) in hosts {
+            let subnet_id = SubnetId::from_u128(*subnet);
+            if subnets.last().is_none_or(|last| last.subnet_id != subnet_id) {
+                subnets.push(SubnetDhcpConfig {
+                    subnet_id,
+                    cidr: "10.0.0.0/24".parse().unwrap(),
+                    router: ip(1),
+                    dns_servers: vec![],
+                    ntp_servers: vec![],
+                    lease_secs: 3600,
+                    server_address: None,
+                    hosts: vec![],
+                });
+            }
+            subnets.last_mut().unwrap().hosts.push(DhcpHost { mac: mac(*m), ip: ip(*i) });
+        }
+        NetworkDhcpConfig {
+            network_id: ipam_core::NetworkId::from_u128(1),
+            epoch: 1,
+            interface: "br0".parse().unwrap(),
+            subnets,
+        }
+    }
+
+    #[test]
+    fn host_changes_are_the_macs_added_removed_or_moved_with_their_new_address() {
+        let old = config(&[(1, 1, 1), (1, 2, 2), (1, 3, 3), (2, 4, 9)]);
+        let new = config(&[(1, 1, 1), (1, 3, 5), (1, 6, 6), (2, 4, 9), (2, 7, 10)]);
+        let changes = host_changes(&old, &new);
+        let expected: BTreeMap<Mac, Option<IpAddr>> =
+            [(2, None), (3, Some(5)), (6, Some(6)), (7, Some(10))].iter().map(|(m, i)| (mac(*m), i.map(ip))).collect();
+        assert_eq!(changes, expected);
+        assert!(host_changes(&new, &new).is_empty());
+        // Applying the changes to the old hosts gives the new hosts, as a full rebuild would.
+        let mut hosts = desired_hosts(&old);
+        for (mac, address) in host_changes(&old, &new) {
+            match address {
+                Some(address) => hosts.insert(mac, address),
+                None => hosts.remove(&mac),
+            };
+        }
+        assert_eq!(hosts, desired_hosts(&new));
     }
 
     #[test]
