@@ -8,7 +8,9 @@
 //! - release-to-dropped: from a release reaching the log to the dnsmasq that held the MAC running
 //!   again without it (removals are batched, at most one compaction per shard per second);
 //! - re-use: one append moves the guest's MAC to an address another MAC just released; the time
-//!   until every dnsmasq involved has reloaded, then the guest must get the re-used address.
+//!   until every dnsmasq involved has reloaded, then the guest must get the re-used address;
+//! - with several shards, a renewal unicast to the server address: it must reach the guest's shard
+//!   through the agent's relay (the client must not fall back to broadcasting).
 //!
 //! Run as root: `cargo build --release -p ipam && cargo bench -p ipam-tests --bench dhcp` (needs
 //! dnsmasq, busybox, iproute2; `./test.sh` installs them). Without `--bench` it runs a small smoke
@@ -208,6 +210,73 @@ impl Bench {
     }
 }
 
+/// A guest that renews its lease asks the server by unicast, which reaches one of the shards only;
+/// the relay must get it to the guest's shard. The guest runs a DHCP client that stays (with its
+/// address on its interface, so it can unicast), another shard is made the one bound last (it
+/// would receive the unicast), and the client is told to renew: it must renew without falling back
+/// to a broadcast. Answers how long the renewal took.
+fn renew_by_unicast(
+    files: &ServerFiles,
+    bench: &mut Bench,
+    vm_ns: &str,
+    dir: &Path,
+    vm_mac: Mac,
+    preloaded: u32,
+) -> Duration {
+    let events = dir.join("renew-events");
+    let script = dir.join("renew.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$subnet\" dev \"$interface\"\necho \"$1 $ip\" >> {}\nexit 0\n",
+            events.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod").args(["+x", &script.display().to_string()]).status().unwrap();
+    let output = dir.join("renew-client.log");
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", vm_ns, "busybox", "udhcpc", "-i", "eth0", "-f", "-t", "10", "-T", "1", "-s"])
+        .arg(&script)
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::fs::File::create(dir.join("renew-client.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let text = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    wait("the renewing client bound", Duration::from_secs(60), || text(&events).contains("bound "));
+    // Two hosts of one other shard: moving the first onto the second's address reloads that shard,
+    // which makes it the shard bound last.
+    let guest_shard = files.shard_holding(vm_mac);
+    let mut by_shard: std::collections::BTreeMap<PathBuf, Vec<u32>> = std::collections::BTreeMap::new();
+    for n in (100 + preloaded / 4..100 + preloaded).step_by(7).take(64) {
+        by_shard.entry(files.shard_holding(synthetic_mac(n))).or_default().push(n);
+    }
+    let (other_shard, pair) =
+        by_shard.into_iter().find(|(shard, hosts)| *shard != guest_shard && hosts.len() >= 2).unwrap();
+    let (mover, giver) = (pair[0], pair[1]);
+    let old_pid = ServerFiles::pid(&other_shard);
+    bench.append(vec![
+        removed(giver, synthetic_mac(giver), ip_of(giver)),
+        removed(mover, synthetic_mac(mover), ip_of(mover)),
+        added(mover, synthetic_mac(mover), ip_of(giver)),
+    ]);
+    wait("the other shard reloaded", Duration::from_secs(60), || {
+        let pid = ServerFiles::pid(&other_shard);
+        !pid.is_empty() && pid != old_pid && files.serves(synthetic_mac(mover), ip_of(giver))
+    });
+    let renewed_before = text(&events).matches("renew ").count();
+    let asked = Instant::now();
+    Command::new("kill").args(["-USR1", &client.id().to_string()]).status().unwrap();
+    wait("the lease renewed", Duration::from_secs(30), || text(&events).matches("renew ").count() > renewed_before);
+    let took = asked.elapsed();
+    let _ = client.kill();
+    let _ = client.wait();
+    let said = text(&output) + &text(&dir.join("renew-client.err"));
+    assert!(said.contains("sending renew to server"), "the client renewed by unicast: {said}");
+    assert!(!said.contains("broadcasting renew"), "the unicast renewal went unanswered: {said}");
+    took
+}
+
 fn lease_within(namespace: &str, dir: &Path, limit: Duration) -> (String, Duration) {
     let asked = Instant::now();
     loop {
@@ -235,11 +304,10 @@ fn measure(preloaded: u32, samples: u32, max_shards: usize) -> usize {
             .collect();
     log.create_topics(&topics).unwrap();
     let dhcp_dir = dir.path().join("dhcp");
-    let mut agent: Child = Command::new("ip")
-        .args(["netns", "exec", &host_ns])
-        .arg(ipam_binary())
+    // The agent stays outside the host's namespace and runs its servers (and relay) in it.
+    let mut agent: Child = Command::new(ipam_binary())
         .args(["--data-dir", &data.display().to_string(), "host-agent", "--host-id", &HOST.to_string()])
-        .args(["--dhcp-dir", &dhcp_dir.display().to_string()])
+        .args(["--dhcp-dir", &dhcp_dir.display().to_string(), "--netns", &host_ns])
         .args(["--dnsmasq-max-shards", &max_shards.to_string()])
         .env("IPAM_LOG", "warn")
         .stdout(Stdio::null())
@@ -338,6 +406,8 @@ fn measure(preloaded: u32, samples: u32, max_shards: usize) -> usize {
         assert_eq!(ip, guest_ip.to_string(), "the re-used address went to its new MAC");
         reuses.push((took, leased));
     }
+    let renewal =
+        (shard_count > 1).then(|| renew_by_unicast(&files, &mut bench, &vm_ns, dir.path(), vm_mac, preloaded));
 
     println!(
         "dhcp/{label}: {shard_count} dnsmasq; initial load {:.2} s; first lease {:.2} s after asking",
@@ -368,6 +438,9 @@ fn measure(preloaded: u32, samples: u32, max_shards: usize) -> usize {
         ms(within),
         leased.as_secs_f64(),
     );
+    if let Some(renewal) = renewal {
+        println!("dhcp/{label}: a lease renewed by unicast in {:.1} ms (through the relay)", ms(renewal));
+    }
     let _ = agent.kill();
     let _ = agent.wait();
     // The agent leaves its servers running when it stops (a restarted agent takes them over); end

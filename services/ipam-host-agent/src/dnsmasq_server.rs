@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +35,7 @@ use ipam_core::dhcp_plan::NetworkDhcpConfig;
 use ipam_core::{Mac, NetworkId};
 
 use crate::backend::{BackendError, DhcpBackend};
+use crate::dhcp_relay::UnicastRelay;
 use crate::dnsmasq::{host_line, ignore_line, render_options};
 use crate::dnsmasq_shards::{
     COMPACTION_INTERVAL, MAX_SHARDS, ShardAction, ShardState, desired_hosts, host_changes, must_split, shard_count,
@@ -93,6 +94,10 @@ struct Server {
     addresses: BTreeSet<String>,
     /// A power of two; a host's shard is [`crate::dnsmasq_shards::shard_of`] its MAC.
     shards: Vec<Shard>,
+    /// With several shards, the relay that turns unicast requests (renewals) into broadcasts all
+    /// shards hear, and the addresses it relays.
+    relay: Option<UnicastRelay>,
+    relayed: Vec<Ipv4Addr>,
 }
 
 /// One dnsmasq process and what it holds.
@@ -302,6 +307,8 @@ impl DnsmasqBackend {
             interface: config.interface.to_string(),
             addresses,
             shards: Vec::new(),
+            relay: None,
+            relayed: Vec::new(),
         };
         self.sync_addresses(&mut server, config)?;
         // Kept across a restart of the whole server, so not necessarily changed (and written) above.
@@ -322,6 +329,7 @@ impl DnsmasqBackend {
                 }
             }
         }
+        self.sync_relay(&mut server);
         tracing::info!(network = %config.network_id, shards = count, hosts = desired.len(), "Started the DHCP server.");
         Ok(server)
     }
@@ -368,6 +376,34 @@ impl DnsmasqBackend {
         write_file(&server.dir.join("addresses"), &record)
     }
 
+    /// Runs the unicast relay a server of several shards needs, on its IPv4 addresses. A relay that
+    /// cannot start is retried at the next apply; meanwhile clients renew by broadcast, at T2.
+    fn sync_relay(&self, server: &mut Server) {
+        let wanted: Vec<Ipv4Addr> = if server.shards.len() > 1 {
+            server.addresses.iter().filter_map(|address| address.split('/').next()?.parse().ok()).collect()
+        } else {
+            Vec::new()
+        };
+        if wanted == server.relayed && (server.relay.is_some() || wanted.is_empty()) {
+            return;
+        }
+        server.relay = None;
+        server.relayed = Vec::new();
+        if wanted.is_empty() {
+            return;
+        }
+        match UnicastRelay::start(&server.interface, &wanted, self.options.netns.as_deref()) {
+            Ok(relay) => {
+                server.relay = Some(relay);
+                server.relayed = wanted;
+            }
+            Err(error) => {
+                tracing::warn!(network = %server.network_id, interface = server.interface, error = %error,
+                               "Cannot relay unicast DHCP to the shards; clients will renew by broadcast.");
+            }
+        }
+    }
+
     /// Takes off the addresses a server of an earlier agent recorded in `network_dir`.
     fn remove_recorded_addresses(&self, network_dir: &Path) {
         let Ok(record) = fs::read_to_string(network_dir.join("addresses")) else { return };
@@ -378,7 +414,8 @@ impl DnsmasqBackend {
         }
     }
 
-    fn stop_server(&self, server: Server) {
+    fn stop_server(&self, mut server: Server) {
+        server.relay = None;
         for mut shard in server.shards {
             terminate(&mut shard.child);
         }
@@ -464,6 +501,7 @@ impl DhcpBackend for DnsmasqBackend {
         };
         // On an error the server is kept all the same (its shards run), and the apply is retried.
         let mut result = self.sync_addresses(&mut server, config);
+        self.sync_relay(&mut server);
         // Only the hosts that changed since the last plan are looked at: this runs for every
         // change, with tens of thousands of hosts.
         let count = server.shards.len();

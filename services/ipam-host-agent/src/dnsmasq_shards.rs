@@ -13,8 +13,8 @@
 //! Every shard binds the same interface (dnsmasq sets `SO_REUSEADDR`/`SO_REUSEPORT` on its DHCP
 //! socket under `bind-interfaces`), so each receives every broadcast DISCOVER and REQUEST and
 //! answers only the MACs it holds (`dhcp-ignore=tag:!known`). A renewal unicast to the server
-//! address reaches one shard only; if that is not the client's, the client is not answered until
-//! it rebinds by broadcast at T2 (7/8 of the lease), when its own shard answers.
+//! address would reach one shard only (the one bound last), so a sharded server also runs a relay
+//! ([`crate::dhcp_relay`]) that takes unicast requests and broadcasts them to every shard.
 //!
 //! # What a shard does on a change ([`ShardState::decide`])
 //! dnsmasq answers a MAC from its newest line and keeps every line until it reloads. So a new host

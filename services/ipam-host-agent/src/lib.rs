@@ -18,6 +18,7 @@
 mod actors;
 pub mod backend;
 pub mod config;
+pub mod dhcp_relay;
 pub mod dnsmasq;
 pub mod dnsmasq_server;
 pub mod dnsmasq_shards;
