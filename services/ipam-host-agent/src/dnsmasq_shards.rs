@@ -85,14 +85,14 @@ pub fn split(hosts: &BTreeMap<Mac, IpAddr>, shards: usize) -> Vec<BTreeMap<Mac, 
 /// The hosts that changed from one plan of a network to the next: each MAC whose address changed,
 /// with its new address, or `None` when it has none any more. A merge of the two host lists (the
 /// plan sorts subnets by id and hosts by IP, then MAC), so a change to one host of 65k costs a
-/// comparison per host, not a map built and searched per host. A MAC listed twice (in two subnets)
-/// takes its last address, as [`desired_hosts`] does.
+/// comparison per host, not a map built and searched per host. A MAC holds one address on a
+/// network (the allocator refuses a MAC a second vNIC or subnet there).
 pub fn host_changes(old: &NetworkDhcpConfig, new: &NetworkDhcpConfig) -> BTreeMap<Mac, Option<IpAddr>> {
     fn entries(config: &NetworkDhcpConfig) -> impl Iterator<Item = (SubnetId, IpAddr, Mac)> + '_ {
         config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (subnet.subnet_id, host.ip, host.mac)))
     }
     debug_assert!(entries(old).is_sorted() && entries(new).is_sorted(), "the plan lists hosts in order");
-    let mut changed = BTreeSet::new();
+    let mut changes = BTreeMap::new();
     let (mut old_entries, mut new_entries) = (entries(old).peekable(), entries(new).peekable());
     loop {
         match (old_entries.peek(), new_entries.peek()) {
@@ -102,24 +102,17 @@ pub fn host_changes(old: &NetworkDhcpConfig, new: &NetworkDhcpConfig) -> BTreeMa
                 new_entries.next();
             }
             (Some(o), Some(n)) if o < n => {
-                changed.insert(o.2);
+                // Gone, unless the MAC has a new address (met before or after this).
+                changes.entry(o.2).or_insert(None);
                 old_entries.next();
             }
-            (Some(o), None) => {
-                changed.insert(o.2);
+            (Some(&(_, _, mac)), None) => {
+                changes.entry(mac).or_insert(None);
                 old_entries.next();
             }
-            (_, Some(n)) => {
-                changed.insert(n.2);
+            (_, Some(&(_, ip, mac))) => {
+                changes.insert(mac, Some(ip));
                 new_entries.next();
-            }
-        }
-    }
-    let mut changes: BTreeMap<Mac, Option<IpAddr>> = changed.iter().map(|mac| (*mac, None)).collect();
-    if !changes.is_empty() {
-        for (_, ip, mac) in entries(new) {
-            if let Some(address) = changes.get_mut(&mac) {
-                *address = Some(ip);
             }
         }
     }
@@ -312,11 +305,15 @@ mod tests {
 
     #[test]
     fn host_changes_are_the_macs_added_removed_or_moved_with_their_new_address() {
-        let old = config(&[(1, 1, 1), (1, 2, 2), (1, 3, 3), (2, 4, 9)]);
-        let new = config(&[(1, 1, 1), (1, 3, 5), (1, 6, 6), (2, 4, 9), (2, 7, 10)]);
+        // MAC 3 moves to a higher address, MAC 8 to a lower one (met before its old entry).
+        let old = config(&[(1, 1, 1), (1, 2, 2), (1, 3, 3), (1, 8, 8), (2, 4, 9)]);
+        let new = config(&[(1, 1, 1), (1, 8, 4), (1, 3, 5), (1, 6, 6), (2, 4, 9), (2, 7, 10)]);
         let changes = host_changes(&old, &new);
         let expected: BTreeMap<Mac, Option<IpAddr>> =
-            [(2, None), (3, Some(5)), (6, Some(6)), (7, Some(10))].iter().map(|(m, i)| (mac(*m), i.map(ip))).collect();
+            [(2, None), (3, Some(5)), (6, Some(6)), (7, Some(10)), (8, Some(4))]
+                .iter()
+                .map(|(m, i)| (mac(*m), i.map(ip)))
+                .collect();
         assert_eq!(changes, expected);
         assert!(host_changes(&new, &new).is_empty());
         // Applying the changes to the old hosts gives the new hosts, as a full rebuild would.
