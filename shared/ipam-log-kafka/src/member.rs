@@ -72,6 +72,18 @@ impl TxnContext {
     fn lock(&self) -> MutexGuard<'_, Deliveries> {
         self.deliveries.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Waits, until `deadline` at most, for the delivery report of every record sent.
+    fn wait_for_reports(&self, deadline: Instant) -> MutexGuard<'_, Deliveries> {
+        let mut deliveries = self.lock();
+        while deliveries.reported < deliveries.sent && Instant::now() < deadline {
+            deliveries = self
+                .reported
+                .wait_timeout(deliveries, Duration::from_millis(10))
+                .map_or_else(|e| e.into_inner().0, |r| r.0);
+        }
+        deliveries
+    }
 }
 
 impl ClientContext for TxnContext {}
@@ -252,6 +264,10 @@ impl MemberState {
                 None => Err(TxnFailure::Fatal("the member's consumer has no group metadata".to_owned())),
             });
         }
+        // rdkafka's `commit_transaction` flushes first, and while anything is in flight its flush
+        // polls in slices of 100 ms that do not end early: every commit cost 100 ms. Waiting for the
+        // delivery reports here first lets that flush find nothing to do.
+        self.drain(Instant::now() + timeout);
         let result = result.and_then(|()| self.retry(|producer| producer.commit_transaction(timeout)));
         match result {
             Ok(()) => {
@@ -271,6 +287,15 @@ impl MemberState {
         }
     }
 
+    /// Waits, until `deadline` at most, until librdkafka holds nothing in flight: every record
+    /// delivered and its report served.
+    fn drain(&self, deadline: Instant) {
+        drop(self.producer.context().wait_for_reports(deadline));
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     /// Waits until read_committed readers can see the committed batch. `commit_transaction`
     /// returns once the coordinator has decided; the commit markers, which move each partition's
     /// last stable offset past the batch, are written a moment later. Waiting here keeps the
@@ -279,16 +304,8 @@ impl MemberState {
     /// is bounded by the transaction timeout and then only logged.
     fn await_visibility(&self) {
         let deadline = Instant::now() + self.txn_timeout;
-        let context = self.producer.context();
-        let mut deliveries = context.lock();
-        // Every report has normally been served by now (the commit flushed); a report still in
-        // the polling thread's hands is a matter of microseconds.
-        while deliveries.reported < deliveries.sent && Instant::now() < deadline {
-            deliveries = context
-                .reported
-                .wait_timeout(deliveries, Duration::from_millis(10))
-                .map_or_else(|e| e.into_inner().0, |r| r.0);
-        }
+        // Every report has normally been served by now (the commit drained them).
+        let mut deliveries = self.producer.context().wait_for_reports(deadline);
         let written = std::mem::take(&mut deliveries.last_offsets);
         drop(deliveries);
         for ((topic, partition), last) in written {
