@@ -118,6 +118,13 @@ struct Shard {
     stale: bool,
 }
 
+impl Shard {
+    /// dnsmasq holds stale lines and the shard has not reloaded for a compaction interval.
+    fn compaction_due(&self) -> bool {
+        self.stale && self.last_start.elapsed() >= COMPACTION_INTERVAL
+    }
+}
+
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
     let path = path.to_owned();
     move |source| BackendError::Io { action, path, source }
@@ -526,7 +533,7 @@ impl DhcpBackend for DnsmasqBackend {
         let Server { network_id, options_text, shards, .. } = &mut server;
         for (index, shard) in shards.iter_mut().enumerate() {
             let alive = matches!(shard.child.try_wait(), Ok(None));
-            let due = shard.stale && shard.last_start.elapsed() >= COMPACTION_INTERVAL;
+            let due = shard.compaction_due();
             let done = if !alive {
                 // Died: restart it now (`check` spaces restarts of a shard that keeps dying).
                 shard.restarts += 1;
@@ -564,13 +571,13 @@ impl DhcpBackend for DnsmasqBackend {
     }
 
     fn check(&mut self) -> Result<Option<String>, BackendError> {
-        let (Some(server), Some(config)) = (self.server.as_mut(), self.applied.clone()) else { return Ok(None) };
+        let Some(server) = self.server.as_mut() else { return Ok(None) };
         let mut due = false;
         let mut died = Vec::new();
         for (index, shard) in server.shards.iter_mut().enumerate() {
             match shard.child.try_wait() {
                 // Alive: run a compaction that was put off.
-                Ok(None) => due |= shard.stale && shard.last_start.elapsed() >= COMPACTION_INTERVAL,
+                Ok(None) => due |= shard.compaction_due(),
                 Ok(Some(status)) => {
                     // Backoff: 1 s after the first death, doubling up to a minute, counted from
                     // the shard's last start.
@@ -586,7 +593,9 @@ impl DhcpBackend for DnsmasqBackend {
                 Err(_) => due = true,
             }
         }
-        if due {
+        // The configuration is cloned (tens of thousands of hosts) only when there is work to do:
+        // this runs every supervision period.
+        if due && let Some(config) = self.applied.clone() {
             self.apply(&config)?;
         }
         Ok((!died.is_empty()).then(|| died.join("; ")))

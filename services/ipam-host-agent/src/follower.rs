@@ -449,43 +449,26 @@ mod tests {
         }))
     }
 
-    fn own_port(added: bool) -> Envelope {
-        let (owner, mac, ip, cause) =
-            (Owner::DhcpServer { host_id: H1 }, port_mac(), "10.1.0.2".parse().unwrap(), EventId::from_u128(1));
-        envelope(if added {
-            Event::ReservationAdded(ReservationAdded { network_id: N1, subnet_id: S1, owner, mac, ip, cause })
-        } else {
-            let reason = ReleaseReason::PortReleased;
-            Event::ReservationRemoved(ReservationRemoved {
-                network_id: N1,
-                subnet_id: S1,
-                owner,
-                mac,
-                ip,
-                reason,
-                cause,
-            })
+    /// A reservation of `owner` added, or removed for `reason`.
+    fn reservation(owner: Owner, mac: Mac, ip: &str, removed: Option<ReleaseReason>) -> Envelope {
+        let (network_id, subnet_id, ip, cause) = (N1, S1, ip.parse().unwrap(), EventId::from_u128(1));
+        envelope(match removed {
+            None => Event::ReservationAdded(ReservationAdded { network_id, subnet_id, owner, mac, ip, cause }),
+            Some(reason) => {
+                Event::ReservationRemoved(ReservationRemoved { network_id, subnet_id, owner, mac, ip, reason, cause })
+            }
         })
+    }
+
+    fn own_port(added: bool) -> Envelope {
+        let removed = (!added).then_some(ReleaseReason::PortReleased);
+        reservation(Owner::DhcpServer { host_id: H1 }, port_mac(), "10.1.0.2", removed)
     }
 
     fn vnic(added: bool) -> Envelope {
         let owner = Owner::Vnic { vnic_id: VnicId::from_u128(1), vm_id: VmId::from_u128(1) };
-        let (mac, ip, cause) =
-            ("02:00:00:00:00:01".parse().unwrap(), "10.1.0.10".parse().unwrap(), EventId::from_u128(1));
-        envelope(if added {
-            Event::ReservationAdded(ReservationAdded { network_id: N1, subnet_id: S1, owner, mac, ip, cause })
-        } else {
-            let reason = ReleaseReason::VnicDown;
-            Event::ReservationRemoved(ReservationRemoved {
-                network_id: N1,
-                subnet_id: S1,
-                owner,
-                mac,
-                ip,
-                reason,
-                cause,
-            })
-        })
+        let removed = (!added).then_some(ReleaseReason::VnicDown);
+        reservation(owner, "02:00:00:00:00:01".parse().unwrap(), "10.1.0.10", removed)
     }
 
     /// Applies each step's inputs, then renders what the tracker would send after it.
