@@ -16,12 +16,14 @@ pub mod actors;
 pub mod allocator;
 pub mod clock;
 pub mod driver;
+pub mod health;
 pub mod metrics;
 pub mod placement;
 pub mod snapshot;
 pub mod topics;
 
 pub use driver::{Driver, DriverConfig, Readiness};
+pub use health::{ComponentState, Health};
 pub use snapshot::SnapshotStore;
 pub use topics::Topics;
 
