@@ -98,6 +98,15 @@ impl KafkaLog {
 }
 
 impl EventLog for KafkaLog {
+    fn identity(&self) -> Result<String, LogError> {
+        // The cluster id is made when the cluster is formatted (KRaft) and kept for its life.
+        self.admin
+            .inner()
+            .fetch_cluster_id(REQUEST_TIMEOUT)
+            .map(|cluster_id| format!("kafka-{cluster_id}"))
+            .ok_or_else(|| LogError::Storage("the Kafka cluster did not tell its cluster id".to_owned()))
+    }
+
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
         self.topics.create(&self.admin, topics, self.options.replication_factor)
     }

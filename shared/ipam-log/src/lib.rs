@@ -149,6 +149,12 @@ pub enum LogError {
 
 /// The log. Every method may block; the runtime calls them off its actor threads.
 pub trait EventLog: Send + Sync {
+    /// What identifies this log for as long as it exists: created with it, never reused by
+    /// another log (the embedded log's id is made when its database is created; Kafka's is the
+    /// cluster id). State derived from one log (a snapshot) names it, so it is never applied to
+    /// another one.
+    fn identity(&self) -> Result<String, LogError>;
+
     /// Creates the topics that do not exist yet. A topic that exists with another partition count
     /// is an error, since keys would move between partitions.
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError>;

@@ -26,6 +26,8 @@ pub struct Placed {
 
 /// The storage a local log is built on.
 pub trait LocalStore: Send + Sync + 'static {
+    /// See [`EventLog::identity`].
+    fn identity(&self) -> Result<String, LogError>;
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError>;
     fn partition_count(&self, topic: &str) -> Result<u32, LogError>;
     /// Committed records, without waiting.
@@ -125,6 +127,10 @@ fn place<S: LocalStore + ?Sized>(store: &S, records: &[OutRecord]) -> Result<Vec
 }
 
 impl<S: LocalStore> EventLog for LocalLog<S> {
+    fn identity(&self) -> Result<String, LogError> {
+        self.store.identity()
+    }
+
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
         self.store.create_topics(topics)
     }

@@ -1,6 +1,7 @@
 //! The in-memory backend, for tests: the semantics of the others without durability.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::local::{Batch, LocalLog, LocalStore, Placed};
@@ -58,9 +59,19 @@ impl State {
 }
 
 /// The memory backend's storage.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
+    /// Unique among the memory logs of this process (and across processes by the pid).
+    identity: String,
     state: Arc<Mutex<State>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> MemoryStore {
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        let number = CREATED.fetch_add(1, Ordering::Relaxed);
+        MemoryStore { identity: format!("memory-{}-{number}", std::process::id()), state: Arc::default() }
+    }
 }
 
 impl MemoryStore {
@@ -70,6 +81,10 @@ impl MemoryStore {
 }
 
 impl LocalStore for MemoryStore {
+    fn identity(&self) -> Result<String, LogError> {
+        Ok(self.identity.clone())
+    }
+
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
         let mut state = self.lock();
         for spec in topics {

@@ -52,8 +52,13 @@ impl SqliteLog {
                      grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
                      next_offset INTEGER NOT NULL,
                      PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
-                 CREATE TABLE IF NOT EXISTS producers (transactional_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL);",
+                 CREATE TABLE IF NOT EXISTS producers (transactional_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
+                 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', 'sqlite-' || lower(hex(randomblob(16))));",
             )
+            .map_err(storage)?;
+        let identity = reader
+            .query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |row| row.get::<_, String>(0))
             .map_err(storage)?;
         let partitions = {
             let mut statement = reader.prepare("SELECT name, partitions FROM topics").map_err(storage)?;
@@ -63,6 +68,7 @@ impl SqliteLog {
             rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(storage)?
         };
         Ok(LocalLog::over(SqliteStore {
+            identity,
             path,
             durability,
             reader: Mutex::new(reader),
@@ -93,6 +99,8 @@ fn connect(path: &Path, durability: Durability) -> Result<Connection, LogError> 
 /// The embedded backend's storage.
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// Made when the database is created (a random 128-bit id), kept for its life.
+    identity: String,
     path: PathBuf,
     durability: Durability,
     reader: Mutex<Connection>,
@@ -162,6 +170,10 @@ fn insert(
 }
 
 impl LocalStore for SqliteStore {
+    fn identity(&self) -> Result<String, LogError> {
+        Ok(self.identity.clone())
+    }
+
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
         let mut partitions = self.partitions.write().unwrap_or_else(|e| e.into_inner());
         for spec in topics {

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ipam_core::{Envelope, Event};
 use ipam_log::dead_letter::{Ingested, ingest};
-use ipam_log::{BatchPolicy, EventLog, Member, MemberConfig, OutRecord, Position, TopicPartition};
+use ipam_log::{BatchPolicy, EventLog, LogError, Member, MemberConfig, OutRecord, Position, TopicPartition};
 
-use crate::snapshot::SnapshotStore;
+use crate::health::{ComponentState, Health};
+use crate::snapshot::{Anchor, Snapshot, SnapshotStore};
 use crate::topics::Topics;
 
 /// The state machines a driver feeds, partition by partition.
@@ -66,8 +67,16 @@ pub struct Driver<M> {
     member: Box<dyn Member>,
     /// The next input offset of each owned partition (the position its next step commits).
     next_offsets: BTreeMap<TopicPartition, u64>,
+    /// The offset of the last input applied to each owned partition's state: a snapshot names
+    /// that record, so it is only ever applied to the log it was taken from.
+    last_applied: BTreeMap<TopicPartition, u64>,
     since_snapshot: u64,
     last_snapshot: Instant,
+    health: Health,
+    /// Consecutive storage failures, for the back-off before the next try.
+    failures: u32,
+    /// A storage failure left the states possibly ahead of the log: rebuild before going on.
+    must_rebuild: bool,
 }
 
 impl<M> std::fmt::Debug for Driver<M> {
@@ -83,7 +92,9 @@ impl<M: Machines> Driver<M> {
         config: DriverConfig,
         machines: M,
         snapshots: SnapshotStore,
+        health: Health,
     ) -> anyhow::Result<Driver<M>> {
+        health.set(&config.name, ComponentState::Starting("joining the consumer group".to_owned()));
         let member = log
             .join(MemberConfig {
                 group: config.group.clone(),
@@ -100,8 +111,12 @@ impl<M: Machines> Driver<M> {
             snapshots,
             member,
             next_offsets: BTreeMap::new(),
+            last_applied: BTreeMap::new(),
             since_snapshot: 0,
             last_snapshot: Instant::now(),
+            health,
+            failures: 0,
+            must_rebuild: false,
         })
     }
 
@@ -109,64 +124,130 @@ impl<M: Machines> Driver<M> {
         format!("{}-{}-{}", self.config.name, partition.topic, partition.partition)
     }
 
-    /// Runs until `stop` is set (then commits, snapshots and returns) or the log fails.
+    /// Runs until `stop` is set (then commits, snapshots and returns) or the log fails for good.
+    ///
+    /// A storage failure (a full disk, a broker away) is not the end: the open batch is discarded,
+    /// every owned partition is rebuilt from the committed log, and the driver tries again after a
+    /// back-off, reporting itself degraded meanwhile. Fencing and fatal errors end the driver.
     pub fn run(mut self, stop: &AtomicBool, readiness: &Readiness) -> anyhow::Result<()> {
         let mut announced = false;
-        loop {
+        let result = loop {
             if stop.load(Ordering::SeqCst) {
-                self.member.commit().context("committing the last batch")?;
-                self.take_snapshots()?;
-                tracing::info!(driver = %self.config.name, "Stopped cleanly.");
-                return Ok(());
+                break self.stop();
             }
-            let polled = self.member.poll(1000, Duration::from_millis(100)).context("polling")?;
-            for partition in polled.revoked.iter().chain(&polled.lost) {
-                self.machines.forget(partition);
-                self.next_offsets.remove(partition);
-            }
-            if !polled.assigned.is_empty() {
-                // A rebuild can take a while (on Kafka, until a dead member's transaction times
-                // out); an open batch must not outlive its transaction timeout meanwhile.
-                self.member.commit().context("committing before a rebuild")?;
-            }
-            for partition in &polled.assigned {
-                self.rebuild(partition)?;
-            }
-            if !announced {
-                announced = true;
-                readiness.ready.fetch_add(1, Ordering::SeqCst);
-                tracing::info!(driver = %self.config.name, partitions = self.next_offsets.len(), "Ready.");
-            }
-            let metrics = crate::metrics::for_driver(&self.config.name);
-            for record in polled.records {
-                let started = Instant::now();
-                let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
-                let outputs = match ingest(&record) {
-                    Ingested::Event(input) => self.outputs(&partition, &input)?,
-                    Ingested::Rejected(rejection) => vec![self.prefixed(rejection)],
-                    Ingested::DeadLetter(letter) => {
-                        tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
-                                       "Dead-lettering an unusable record.");
-                        vec![self.prefixed(letter)]
+            match self.turn() {
+                Ok(()) => {
+                    if self.failures > 0 {
+                        tracing::info!(driver = %self.config.name, "The log answers again; carrying on.");
+                        self.failures = 0;
                     }
-                };
-                let position = Position {
-                    topic: record.topic.clone(),
-                    partition: record.partition,
-                    next_offset: record.offset + 1,
-                };
-                self.member.step(&outputs, &[position]).context("performing a step")?;
-                metrics.observe(started.elapsed());
-                self.next_offsets.insert(partition, record.offset + 1);
-                self.since_snapshot += 1;
+                    self.health.set(&self.config.name, ComponentState::Ok);
+                    if !announced {
+                        announced = true;
+                        readiness.ready.fetch_add(1, Ordering::SeqCst);
+                        tracing::info!(driver = %self.config.name, partitions = self.next_offsets.len(), "Ready.");
+                    }
+                }
+                Err(error) if is_transient(&error) && !stop.load(Ordering::SeqCst) => self.recover(&error, stop),
+                Err(error) => break Err(error),
             }
-            if self.since_snapshot >= self.config.snapshot_every_records
-                || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.config.snapshot_every)
-            {
-                self.member.commit().context("committing before a snapshot")?;
-                self.take_snapshots()?;
-            }
+        };
+        if let Err(error) = &result {
+            self.health.set(&self.config.name, ComponentState::Failed(format!("{error:#}")));
         }
+        result
+    }
+
+    /// Commits the open batch and snapshots every owned partition.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if self.must_rebuild {
+            // The states may hold steps the log does not: neither commit nor snapshot them.
+            self.member.abort().context("discarding the open batch")?;
+            return Ok(());
+        }
+        self.member.commit().context("committing the last batch")?;
+        self.take_snapshots()?;
+        tracing::info!(driver = %self.config.name, "Stopped cleanly.");
+        Ok(())
+    }
+
+    /// One round: poll, rebuild what was newly assigned, apply and step every polled record, and
+    /// snapshot when it is due.
+    pub fn turn(&mut self) -> anyhow::Result<()> {
+        if self.must_rebuild {
+            self.rebuild_all()?;
+        }
+        let polled = self.member.poll(1000, Duration::from_millis(100)).context("polling")?;
+        for partition in polled.revoked.iter().chain(&polled.lost) {
+            self.machines.forget(partition);
+            self.next_offsets.remove(partition);
+            self.last_applied.remove(partition);
+        }
+        if !polled.assigned.is_empty() {
+            // A rebuild can take a while (on Kafka, until a dead member's transaction times
+            // out); an open batch must not outlive its transaction timeout meanwhile.
+            self.member.commit().context("committing before a rebuild")?;
+        }
+        for partition in &polled.assigned {
+            self.rebuild(partition)?;
+        }
+        let metrics = crate::metrics::for_driver(&self.config.name);
+        for record in polled.records {
+            let started = Instant::now();
+            let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
+            let outputs = match ingest(&record) {
+                Ingested::Event(input) => self.outputs(&partition, &input)?,
+                Ingested::Rejected(rejection) => vec![self.prefixed(rejection)],
+                Ingested::DeadLetter(letter) => {
+                    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
+                                   "Dead-lettering an unusable record.");
+                    vec![self.prefixed(letter)]
+                }
+            };
+            let position =
+                Position { topic: record.topic.clone(), partition: record.partition, next_offset: record.offset + 1 };
+            self.member.step(&outputs, &[position]).context("performing a step")?;
+            metrics.observe(started.elapsed());
+            self.next_offsets.insert(partition.clone(), record.offset + 1);
+            self.last_applied.insert(partition, record.offset);
+            self.since_snapshot += 1;
+        }
+        if self.since_snapshot >= self.config.snapshot_every_records
+            || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.config.snapshot_every)
+        {
+            self.member.commit().context("committing before a snapshot")?;
+            self.take_snapshots()?;
+        }
+        Ok(())
+    }
+
+    /// After a storage failure: the open batch is gone (or never made it), so the states of the
+    /// owned partitions may hold steps the log does not. Waits a little, then has the next turn
+    /// discard the batch and rebuild every owned partition from the committed log.
+    fn recover(&mut self, error: &anyhow::Error, stop: &AtomicBool) {
+        self.failures += 1;
+        let detail = format!("{error:#}");
+        tracing::warn!(driver = %self.config.name, error = %detail, failures = self.failures,
+                       "The log failed; discarding the open batch and rebuilding from the committed log.");
+        self.health.set(&self.config.name, ComponentState::Degraded(detail));
+        self.must_rebuild = true;
+        let backoff = Duration::from_millis(100 * 2u64.pow(self.failures.min(5)));
+        let until = Instant::now() + backoff;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Discards the open batch and rebuilds every owned partition (see [`Driver::recover`]).
+    fn rebuild_all(&mut self) -> anyhow::Result<()> {
+        self.member.abort().context("discarding the open batch")?;
+        let partitions: Vec<TopicPartition> = self.next_offsets.keys().cloned().collect();
+        for partition in &partitions {
+            self.machines.forget(partition);
+            self.rebuild(partition)?;
+        }
+        self.must_rebuild = false;
+        Ok(())
     }
 
     fn prefixed(&self, record: OutRecord) -> OutRecord {
@@ -196,15 +277,31 @@ impl<M: Machines> Driver<M> {
     }
 
     /// Rebuilds a newly owned partition: the latest snapshot, then the inputs from its offset up to
-    /// the group's committed position, whose outputs are already in the log and are dropped.
+    /// the group's committed position, whose outputs are already in the log and are dropped. A
+    /// snapshot that does not belong to the log is refused (an error that stops the driver); one
+    /// whose state cannot be read is ignored, and replay starts from zero.
     fn rebuild(&mut self, partition: &TopicPartition) -> anyhow::Result<()> {
         let started = Instant::now();
+        self.health.set(
+            &self.config.name,
+            ComponentState::Starting(format!("rebuilding {}/{}", partition.topic, partition.partition)),
+        );
+        let name = self.snapshot_name(partition);
         let committed = self.committed_position(partition)?;
-        let snapshot = self.snapshots.load(&self.snapshot_name(partition)).filter(|(offset, _)| *offset <= committed);
-        let mut from = snapshot.as_ref().map_or(0, |(offset, _)| *offset);
-        self.machines
-            .restore(partition, snapshot.as_ref().map(|(_, state)| state.as_slice()))
-            .with_context(|| format!("restoring {partition:?}"))?;
+        let mut snapshot = self.snapshots.load(&name)?;
+        if let Some(found) = &snapshot {
+            self.check_in_log(&name, partition, found, committed)?;
+            if let Err(error) = self.machines.restore(partition, Some(&found.state)) {
+                tracing::warn!(driver = %self.config.name, snapshot = %name, error = format!("{error:#}"),
+                               "Ignoring a snapshot whose state cannot be read; replaying from zero.");
+                snapshot = None;
+            }
+        }
+        if snapshot.is_none() {
+            self.machines.restore(partition, None).with_context(|| format!("starting {partition:?} empty"))?;
+        }
+        let mut from = snapshot.as_ref().map_or(0, |found| found.offset);
+        let mut last_applied = snapshot.as_ref().and_then(|found| found.anchor.as_ref()).map(|anchor| anchor.offset);
         let mut replayed = 0u64;
         while from < committed {
             let records = self.log.read(&partition.topic, partition.partition, from, 1000, Duration::ZERO)?;
@@ -214,14 +311,58 @@ impl<M: Machines> Driver<M> {
                 if let Ingested::Event(input) = ingest(&record) {
                     self.machines.apply(partition, &input)?;
                 }
+                last_applied = Some(record.offset);
                 replayed += 1;
             }
         }
         self.next_offsets.insert(partition.clone(), committed);
+        match last_applied {
+            Some(offset) => self.last_applied.insert(partition.clone(), offset),
+            None => self.last_applied.remove(partition),
+        };
         tracing::info!(driver = %self.config.name, topic = %partition.topic, partition = partition.partition,
-                       snapshot_offset = snapshot.as_ref().map(|(offset, _)| *offset), replayed,
+                       snapshot_offset = snapshot.as_ref().map(|found| found.offset), replayed,
                        elapsed_ms = started.elapsed().as_millis() as u64, "Rebuilt partition state.");
         Ok(())
+    }
+
+    /// Refuses a snapshot that holds inputs the log does not: one ahead of the group's committed
+    /// position (snapshots are taken right after a commit), or whose last input is not the record
+    /// the log has at that offset.
+    fn check_in_log(
+        &self,
+        name: &str,
+        partition: &TopicPartition,
+        snapshot: &Snapshot,
+        committed: u64,
+    ) -> anyhow::Result<()> {
+        if snapshot.offset > committed {
+            let reason = format!(
+                "it holds the inputs of {}/{} up to offset {}, but the log's committed position there is {committed}",
+                partition.topic, partition.partition, snapshot.offset
+            );
+            return Err(self.snapshots.not_in_log(name, reason).into());
+        }
+        if let Some(anchor) = &snapshot.anchor {
+            match self.record_at(partition, anchor.offset)? {
+                Some(record) if Anchor::of(&record) == *anchor => {}
+                found => {
+                    let what = if found.is_some() { "is another record" } else { "is missing" };
+                    let reason = format!(
+                        "its last input, offset {} of {}/{}, {what} in the log",
+                        anchor.offset, partition.topic, partition.partition
+                    );
+                    return Err(self.snapshots.not_in_log(name, reason).into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The record at `offset` of the partition, if the log has one there.
+    fn record_at(&self, partition: &TopicPartition, offset: u64) -> anyhow::Result<Option<ipam_log::Record>> {
+        let records = self.log.read(&partition.topic, partition.partition, offset, 1, Duration::ZERO)?;
+        Ok(records.into_iter().next().filter(|record| record.offset == offset))
     }
 
     /// The group's committed position, waiting out transient failures: right after another member
@@ -232,7 +373,12 @@ impl<M: Machines> Driver<M> {
         loop {
             match self.log.committed_position(&self.config.group, &partition.topic, partition.partition) {
                 Ok(position) => return Ok(position.unwrap_or(0)),
-                Err(ipam_log::LogError::Storage(error)) if Instant::now() < deadline => {
+                Err(LogError::Storage(error)) if Instant::now() < deadline => {
+                    let detail = format!(
+                        "the committed position of {}/{} is not available yet: {error}",
+                        partition.topic, partition.partition
+                    );
+                    self.health.set(&self.config.name, ComponentState::Degraded(detail));
                     tracing::warn!(driver = %self.config.name, topic = %partition.topic, partition = partition.partition,
                                    error = %error, "Committed position not available yet; retrying.");
                     std::thread::sleep(Duration::from_millis(500));
@@ -245,11 +391,26 @@ impl<M: Machines> Driver<M> {
     fn take_snapshots(&mut self) -> anyhow::Result<()> {
         let partitions: Vec<(TopicPartition, u64)> = self.next_offsets.iter().map(|(p, o)| (p.clone(), *o)).collect();
         for (partition, offset) in partitions {
+            let anchor = match self.last_applied.get(&partition) {
+                Some(&last) => {
+                    let record = self.record_at(&partition, last)?.with_context(|| {
+                        format!("reading back the last input of {partition:?} (offset {last}) for a snapshot")
+                    })?;
+                    Some(Anchor::of(&record))
+                }
+                None => None,
+            };
             let state = self.machines.snapshot(&partition)?;
-            self.snapshots.save(&self.snapshot_name(&partition), offset, &state)?;
+            self.snapshots.save(&self.snapshot_name(&partition), offset, anchor, state)?;
         }
         self.since_snapshot = 0;
         self.last_snapshot = Instant::now();
         Ok(())
     }
+}
+
+/// True for a failure the log may recover from by itself (a full disk, a broker away): anything
+/// but fencing, a fatal log error, or a snapshot that does not belong to the log.
+fn is_transient(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| matches!(cause.downcast_ref::<LogError>(), Some(LogError::Storage(_))))
 }

@@ -1,64 +1,249 @@
 //! Snapshots of a partition's state, each taken at an input offset: the state after every input
 //! before that offset. Rebuilding reads the latest snapshot and replays the input log from its
 //! offset, so a snapshot only shortens replay and is never required: without one, replay starts at
-//! zero. A snapshot from an older run, or from another instance, is still valid for that reason.
+//! zero.
+//!
+//! A snapshot is only as good as the log it was taken from. Applied on top of another log (the
+//! log file lost and made anew, a topic re-created) it would hand out addresses the log does not
+//! know, so two VMs would get one IP. Each snapshot therefore names its log
+//! ([`ipam_log::EventLog::identity`], made with the log) and the last input it holds (its offset
+//! and a digest of the record, an [`Anchor`]). A snapshot that names another log, lies ahead of
+//! the log, or whose anchor record differs, is refused: the process does not start, and says how
+//! to start afresh on purpose. A snapshot that cannot be read at all (torn, garbled, an older
+//! format) is only ignored with a warning: replay from zero rebuilds the same state.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use ipam_log::Record;
+use sha2::{Digest, Sha256};
 
-/// Where snapshots are kept: one file per name in a directory, replaced atomically.
+/// The first line of a snapshot file names the format; the state follows it.
+const FORMAT: &str = "ipam-snapshot v2";
+
+/// Why a snapshot cannot be used with this log. Each means the data directory holds state derived
+/// from another log than the one it now has: the process must not start on it.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The snapshot names another log: the log was lost or replaced since it was taken.
+    #[error(
+        "the snapshot {path} was taken from log `{snapshot_log}`, but the log is now `{log}`: the log it describes \
+         was lost or replaced, and its state must not be applied to another log. Restore the log it came from, or, \
+         to start afresh on purpose with an empty state, move the snapshot directory {dir} aside"
+    )]
+    OtherLog { path: PathBuf, dir: PathBuf, snapshot_log: String, log: String },
+    /// The snapshot holds inputs the log does not have (committed position behind its offset, or
+    /// its last input is not in the log as it was).
+    #[error(
+        "the snapshot {path} does not match the log: {reason}. The log was truncated or replaced since the snapshot \
+         was taken, and its state must not be applied to it. Restore the log it came from, or, to start afresh on \
+         purpose with an empty state, move the snapshot directory {dir} aside (and the log with it)"
+    )]
+    NotInLog { path: PathBuf, dir: PathBuf, reason: String },
+    /// The snapshot could not be written.
+    #[error("cannot write the snapshot {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// The last input a snapshot's state holds: its offset and a digest of its key and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub offset: u64,
+    pub digest: String,
+}
+
+impl Anchor {
+    pub fn of(record: &Record) -> Anchor {
+        let mut hasher = Sha256::new();
+        hasher.update((record.key.len() as u64).to_be_bytes());
+        hasher.update(record.key.as_bytes());
+        hasher.update(&record.value);
+        let digest = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
+        Anchor { offset: record.offset, digest }
+    }
+}
+
+/// A partition's state at an input offset, and what ties it to its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The identity of the log it was taken from.
+    pub log: String,
+    /// The offset of the next input: the state holds every input before it.
+    pub offset: u64,
+    /// The last input the state holds; `None` when it holds none.
+    pub anchor: Option<Anchor>,
+    /// The state machine's canonical bytes.
+    pub state: Vec<u8>,
+}
+
+impl Snapshot {
+    fn to_bytes(&self) -> Vec<u8> {
+        let anchor = self.anchor.as_ref().map_or_else(|| "none".to_owned(), |a| format!("{}:{}", a.offset, a.digest));
+        let mut bytes = format!("{FORMAT} log={} offset={} anchor={anchor}\n", self.log, self.offset).into_bytes();
+        bytes.extend_from_slice(&self.state);
+        bytes
+    }
+
+    /// Reads a snapshot file's bytes; `None` when they are not a snapshot of this format.
+    fn parse(bytes: &[u8]) -> Option<Snapshot> {
+        let newline = bytes.iter().position(|b| *b == b'\n')?;
+        let header = std::str::from_utf8(&bytes[..newline]).ok()?;
+        let mut fields = header.strip_prefix(FORMAT)?.split_whitespace();
+        let log = fields.next()?.strip_prefix("log=")?.to_owned();
+        let offset = fields.next()?.strip_prefix("offset=")?.parse().ok()?;
+        let anchor = match fields.next()?.strip_prefix("anchor=")? {
+            "none" => None,
+            anchor => {
+                let (offset, digest) = anchor.split_once(':')?;
+                let digest_ok = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+                digest_ok.then_some(())?;
+                Some(Anchor { offset: offset.parse().ok()?, digest: digest.to_owned() })
+            }
+        };
+        if fields.next().is_some() || log.is_empty() {
+            return None;
+        }
+        Some(Snapshot { log, offset, anchor, state: bytes[newline + 1..].to_vec() })
+    }
+}
+
+/// Where snapshots are kept: one file per name in a directory, replaced atomically, each bound to
+/// the log `identity` names.
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     dir: PathBuf,
+    log: String,
 }
 
-/// The first line of a snapshot file; the state follows it.
-const HEADER: &str = "ipam-snapshot v1 offset=";
-
 impl SnapshotStore {
-    pub fn new(dir: impl Into<PathBuf>) -> SnapshotStore {
-        SnapshotStore { dir: dir.into() }
+    /// The store in `dir` for the log whose identity is `log`. Refuses a directory holding a
+    /// snapshot of another log, so that a process whose log is gone does not start at all.
+    pub fn open(dir: impl Into<PathBuf>, log: impl Into<String>) -> Result<SnapshotStore, SnapshotError> {
+        let store = SnapshotStore { dir: dir.into(), log: log.into() };
+        let Ok(entries) = std::fs::read_dir(&store.dir) else { return Ok(store) };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|extension| extension != "json") {
+                continue;
+            }
+            if let Some(snapshot) = std::fs::read(&path).ok().as_deref().and_then(Snapshot::parse) {
+                store.check_log(&path, &snapshot)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The directory the snapshots are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// Saves the state (canonical JSON bytes) taken at input offset `offset`.
-    pub fn save(&self, name: &str, offset: u64, state: &[u8]) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let mut bytes = format!("{HEADER}{offset}\n").into_bytes();
-        bytes.extend_from_slice(state);
-        let path = self.path(name);
-        let temporary = path.with_extension("json.tmp");
-        write_synced(&temporary, &bytes)?;
-        std::fs::rename(&temporary, &path).with_context(|| format!("replacing {}", path.display()))?;
-        Ok(())
+    fn check_log(&self, path: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+        if snapshot.log == self.log {
+            Ok(())
+        } else {
+            Err(SnapshotError::OtherLog {
+                path: path.to_owned(),
+                dir: self.dir.clone(),
+                snapshot_log: snapshot.log.clone(),
+                log: self.log.clone(),
+            })
+        }
     }
 
-    /// The latest snapshot: its offset and state. An unreadable file is reported and ignored, so
-    /// rebuilding falls back to a full replay.
-    pub fn load(&self, name: &str) -> Option<(u64, Vec<u8>)> {
+    /// An error saying snapshot `name` does not match the log, for `reason`.
+    pub fn not_in_log(&self, name: &str, reason: String) -> SnapshotError {
+        SnapshotError::NotInLog { path: self.path(name), dir: self.dir.clone(), reason }
+    }
+
+    /// Saves the state (canonical bytes) taken at input offset `offset`, holding the input
+    /// `anchor` last.
+    pub fn save(&self, name: &str, offset: u64, anchor: Option<Anchor>, state: Vec<u8>) -> Result<(), SnapshotError> {
         let path = self.path(name);
-        let bytes = std::fs::read(&path).ok()?;
-        let parsed = (|| {
-            let newline = bytes.iter().position(|b| *b == b'\n')?;
-            let header = std::str::from_utf8(&bytes[..newline]).ok()?;
-            let offset = header.strip_prefix(HEADER)?.parse().ok()?;
-            Some((offset, bytes[newline + 1..].to_vec()))
-        })();
-        if parsed.is_none() {
-            tracing::warn!(path = %path.display(), "Ignoring an unreadable snapshot; replaying from zero.");
+        let snapshot = Snapshot { log: self.log.clone(), offset, anchor, state };
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.dir)?;
+            let temporary = path.with_extension("json.tmp");
+            write_synced(&temporary, &snapshot.to_bytes())?;
+            std::fs::rename(&temporary, &path)
+        };
+        write().map_err(|source| SnapshotError::Write { path: path.clone(), source })
+    }
+
+    /// The latest snapshot of `name`, if there is a readable one of this log. An unreadable file is
+    /// reported and ignored (rebuilding then replays from zero); one of another log is refused.
+    pub fn load(&self, name: &str) -> Result<Option<Snapshot>, SnapshotError> {
+        let path = self.path(name);
+        let Ok(bytes) = std::fs::read(&path) else { return Ok(None) };
+        match Snapshot::parse(&bytes) {
+            Some(snapshot) => {
+                self.check_log(&path, &snapshot)?;
+                Ok(Some(snapshot))
+            }
+            None => {
+                tracing::warn!(path = %path.display(),
+                               "Ignoring a snapshot that cannot be read (torn, garbled or of an older format); replaying from zero.");
+                Ok(None)
+            }
         }
-        parsed
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = std::fs::File::create(path)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: u64, value: &str) -> Record {
+        Record { topic: "t".into(), partition: 0, offset, key: "k".into(), value: value.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn a_saved_snapshot_loads_back_with_its_log_and_anchor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), "log-a").unwrap();
+        let anchor = Anchor::of(&record(41, "x"));
+        store.save("p0", 42, Some(anchor.clone()), b"{\"state\":1}".to_vec()).unwrap();
+        let loaded = store.load("p0").unwrap().unwrap();
+        assert_eq!(loaded.log, "log-a");
+        assert_eq!((loaded.offset, loaded.anchor), (42, Some(anchor)));
+        assert_eq!(loaded.state, b"{\"state\":1}");
+        assert_ne!(Anchor::of(&record(41, "x")), Anchor::of(&record(41, "y")));
+    }
+
+    #[test]
+    fn a_snapshot_of_another_log_is_refused_on_open_and_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        SnapshotStore::open(dir.path(), "log-a").unwrap().save("p0", 1, None, b"{}".to_vec()).unwrap();
+        let error = SnapshotStore::open(dir.path(), "log-b").unwrap_err();
+        assert!(matches!(error, SnapshotError::OtherLog { .. }), "{error}");
+        assert!(error.to_string().contains("move the snapshot directory"), "{error}");
+        let store = SnapshotStore { dir: dir.path().to_owned(), log: "log-b".into() };
+        assert!(matches!(store.load("p0"), Err(SnapshotError::OtherLog { .. })));
+    }
+
+    #[test]
+    fn an_unreadable_snapshot_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), "log-a").unwrap();
+        for garbage in [
+            &b"{garbage"[..],
+            b"ipam-snapshot v1 offset=5\n{}",
+            b"ipam-snapshot v2 log=log-a offset=x anchor=none\n{}",
+            b"",
+        ] {
+            std::fs::write(dir.path().join("p0.json"), garbage).unwrap();
+            assert_eq!(store.load("p0").unwrap(), None);
+            SnapshotStore::open(dir.path(), "log-a").unwrap();
+        }
+    }
 }
