@@ -22,6 +22,7 @@ use ipam_core::dhcp_plan::{HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, p
 use ipam_core::{Envelope, Event, HostId, Mac, NetworkId, SubnetId, Topic};
 use ipam_log::dead_letter::{Ingested, ingest};
 use ipam_log::{EventLog, LogError, OutRecord};
+use ipam_runtime::Topics;
 
 use crate::actors::{Desired, Supervisor};
 use crate::outbox::{self, IdKind, Trouble};
@@ -45,6 +46,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub(crate) struct Tracker {
     host_id: HostId,
+    /// Names the topic the port events go to (`ipam.networks`, with the deployment's prefix).
+    topics: Topics,
     port_mac: Mac,
     options: PlanOptions,
     view: HostDhcpView,
@@ -71,9 +74,10 @@ pub(crate) struct PortKey {
 }
 
 impl Tracker {
-    pub(crate) fn new(host_id: HostId, port_mac: Mac, options: PlanOptions) -> Tracker {
+    pub(crate) fn new(host_id: HostId, topics: Topics, port_mac: Mac, options: PlanOptions) -> Tracker {
         Tracker {
             host_id,
+            topics,
             port_mac,
             options,
             view: HostDhcpView::new(host_id),
@@ -151,7 +155,7 @@ impl Tracker {
             if !self.outstanding.contains(&key) {
                 let kind = if released { IdKind::PortReleased } else { IdKind::PortRequested };
                 let id = outbox::port_event_id(kind, self.host_id, network_id, subnet_id, epoch);
-                new.push((key, outbox::record(&source, id, event)));
+                new.push((key, outbox::record(&self.topics, &source, id, event)));
             }
         }
         self.outstanding.retain(|key| current.contains(key));
@@ -166,7 +170,8 @@ impl Tracker {
 /// One partition the follower reads, and where.
 #[derive(Debug)]
 struct Cursor {
-    topic: &'static str,
+    /// The prefixed topic name.
+    topic: String,
     partition: u32,
     next: u64,
     /// The end offset found at start; the agent acts once every cursor has reached it.
@@ -272,7 +277,8 @@ impl Follower {
     fn cursors(&mut self) -> anyhow::Result<Option<Vec<Cursor>>> {
         let mut cursors = Vec::new();
         for topic in TOPICS {
-            let topic = topic.name();
+            let topic = self.tracker.topics.name(topic);
+            let topic = topic.as_str();
             let partitions = loop {
                 match self.log.partition_count(topic) {
                     Ok(count) => break count,
@@ -293,7 +299,14 @@ impl Follower {
                         return Ok(None);
                     }
                 };
-                cursors.push(Cursor { topic, partition, next: 0, start_end, caught_up: start_end == 0, full: false });
+                cursors.push(Cursor {
+                    topic: topic.to_owned(),
+                    partition,
+                    next: 0,
+                    start_end,
+                    caught_up: start_end == 0,
+                    full: false,
+                });
             }
         }
         Ok(Some(cursors))
@@ -312,15 +325,15 @@ impl Follower {
 
     /// Reads one batch of `cursor`'s partition and applies it; answers how many events it applied.
     fn read(&mut self, cursor: &mut Cursor, wait: Duration) -> anyhow::Result<usize> {
-        let records = match self.log.read(cursor.topic, cursor.partition, cursor.next, READ_MAX, wait) {
+        let records = match self.log.read(&cursor.topic, cursor.partition, cursor.next, READ_MAX, wait) {
             Ok(records) => records,
             Err(error) => {
-                self.retry(cursor.topic, error)?;
+                self.retry(&cursor.topic, error)?;
                 self.pause(RETRY_PAUSE);
                 return Ok(0);
             }
         };
-        self.trouble.clear(cursor.topic);
+        self.trouble.clear(&cursor.topic);
         cursor.full = records.len() >= READ_MAX;
         if records.is_empty() {
             // Offsets may skip (Kafka's transaction markers), so "nothing more" also means caught up.
@@ -338,7 +351,7 @@ impl Follower {
                 // host agent an unusable record is simply not an input.
                 Ingested::Rejected(_) | Ingested::DeadLetter(_) => {
                     tracing::debug!(
-                        topic = cursor.topic,
+                        topic = %cursor.topic,
                         partition = cursor.partition,
                         offset = record.offset,
                         "Skipped a record that is not an event."
@@ -358,7 +371,8 @@ impl Follower {
         if events.is_empty() {
             return true;
         }
-        let topic = Topic::Networks.name();
+        let topic = self.tracker.topics.name(Topic::Networks);
+        let topic = topic.as_str();
         let records: Vec<OutRecord> = events.iter().map(|(_, record)| record.clone()).collect();
         match self.log.append(&records) {
             Ok(_) => {
@@ -402,7 +416,7 @@ mod tests {
     }
 
     fn tracker() -> Tracker {
-        Tracker::new(H1, port_mac(), PlanOptions::default())
+        Tracker::new(H1, Topics::new("", 1), port_mac(), PlanOptions::default())
     }
 
     fn envelope(event: Event) -> Envelope {

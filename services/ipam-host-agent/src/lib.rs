@@ -33,6 +33,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use ipam_core::dhcp_plan::PlanOptions;
 use ipam_log::EventLog;
+use ipam_runtime::Topics;
 
 pub use actors::BackendFactory;
 pub use backend::{BackendError, DhcpBackend};
@@ -44,6 +45,9 @@ use crate::actors::Supervisor;
 use crate::follower::{Follower, Tracker};
 
 /// Runs the agent of `config.host_id` until `stop` is set, then stops cleanly and returns.
+///
+/// Every topic it reads or writes is named by `topics` (the deployment's prefix included), the same
+/// [`Topics`] the drivers and the API are given, so that all processes of one deployment agree.
 ///
 /// The calling thread runs an actix `System`: a supervisor actor, and one provisioning actor per
 /// served network, each with its own backend instance made by `backend` and its own arbiter
@@ -61,6 +65,7 @@ use crate::follower::{Follower, Tracker};
 /// cannot recover from (anything but a missing topic or a storage error, which are retried).
 pub fn run(
     log: Arc<dyn EventLog>,
+    topics: Topics,
     config: HostAgentConfig,
     backend: BackendFactory,
     stop: Arc<AtomicBool>,
@@ -75,7 +80,8 @@ pub fn run(
     let port_mac = config.port_mac();
     tracing::info!(host = %host_id, port_mac = %port_mac, "Host agent starting.");
 
-    let (outbox, writer) = outbox::spawn_writer(Arc::clone(&log), host_id).context("cannot start the writer thread")?;
+    let (outbox, writer) =
+        outbox::spawn_writer(Arc::clone(&log), topics.clone(), host_id).context("cannot start the writer thread")?;
     // Set when the follower ends (on its own, by an error) or when the actor system ended first.
     let follower_done = Arc::new(AtomicBool::new(false));
     let system_done = Arc::new(AtomicBool::new(false));
@@ -93,7 +99,7 @@ pub fn run(
         async move { actix::Actor::start(supervisor) }
     });
     let follower = {
-        let tracker = Tracker::new(host_id, port_mac, PlanOptions { lease_secs: config.lease_secs });
+        let tracker = Tracker::new(host_id, topics, port_mac, PlanOptions { lease_secs: config.lease_secs });
         let follower = Follower::new(log, tracker, supervisor, [Arc::clone(&stop), Arc::clone(&system_done)]);
         let done = Arc::clone(&follower_done);
         thread::Builder::new().name("ipam-agent-follower".to_owned()).spawn(move || {

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipam_core::event::{DhcpServerState, DhcpServerStatus, HostHeartbeat, ServedNetwork};
 use ipam_core::{Envelope, Event, EventId, HostId, NetworkId, SubnetId, Timestamp};
 use ipam_log::{EventLog, OutRecord};
+use ipam_runtime::Topics;
 
 /// How long the writer waits before it tries a failed append again.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -76,10 +77,11 @@ pub(crate) fn now() -> Timestamp {
     Timestamp::from_unix_ms(i64::try_from(millis).unwrap_or(i64::MAX))
 }
 
-/// `event` in an envelope, as a record for its topic and key.
-pub(crate) fn record(source: &str, id: EventId, event: Event) -> OutRecord {
+/// `event` in an envelope, as a record for its topic (named by `topics`, so with the deployment's
+/// prefix) and key.
+pub(crate) fn record(topics: &Topics, source: &str, id: EventId, event: Event) -> OutRecord {
     let envelope = Envelope { id, source: source.to_owned(), time: now(), subject: Some(event.key()), event };
-    OutRecord { topic: envelope.event.topic().name().to_owned(), key: envelope.event.key(), value: envelope.to_bytes() }
+    OutRecord { topic: topics.name(envelope.event.topic()), key: envelope.event.key(), value: envelope.to_bytes() }
 }
 
 enum Outgoing {
@@ -95,6 +97,7 @@ enum Outgoing {
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     tx: mpsc::Sender<Outgoing>,
+    topics: Arc<Topics>,
     host_id: HostId,
     source: Arc<str>,
     run_id: EventId,
@@ -109,14 +112,14 @@ impl Outbox {
     /// Appends `ipam.host.heartbeat.v1` listing `serving`.
     pub(crate) fn heartbeat(&self, serving: Vec<ServedNetwork>) {
         let event = Event::HostHeartbeat(HostHeartbeat { host_id: self.host_id, serving });
-        let _ = self.tx.send(Outgoing::Heartbeat(record(&self.source, self.next_id(), event)));
+        let _ = self.tx.send(Outgoing::Heartbeat(record(&self.topics, &self.source, self.next_id(), event)));
     }
 
     /// Appends `ipam.dhcp_server.status.v1`.
     pub(crate) fn status(&self, network_id: NetworkId, epoch: u64, state: DhcpServerState, detail: String) {
         let event =
             Event::DhcpServerStatus(DhcpServerStatus { host_id: self.host_id, network_id, epoch, state, detail });
-        let _ = self.tx.send(Outgoing::Status(record(&self.source, self.next_id(), event)));
+        let _ = self.tx.send(Outgoing::Status(record(&self.topics, &self.source, self.next_id(), event)));
     }
 
     /// Asks the writer to flush what it holds and end.
@@ -125,9 +128,10 @@ impl Outbox {
     }
 }
 
-/// Starts the writer thread of the agent of `host_id`.
+/// Starts the writer thread of the agent of `host_id`, which writes to the topics `topics` names.
 pub(crate) fn spawn_writer(
     log: Arc<dyn EventLog>,
+    topics: Topics,
     host_id: HostId,
 ) -> std::io::Result<(Outbox, thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
@@ -137,6 +141,7 @@ pub(crate) fn spawn_writer(
     words.extend(&words128(started)[1..]);
     let outbox = Outbox {
         tx,
+        topics: Arc::new(topics),
         host_id,
         source: source(host_id).into(),
         run_id: derive_id(EventId(host_id.0), &words),

@@ -18,7 +18,8 @@ use ipam_core::event::{
 };
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, Topic, VmId, VnicId};
 use ipam_host_agent::{BackendError, DhcpBackend, FilesBackend, HostAgentConfig};
-use ipam_log::{EventLog, MemoryLog, OutRecord, TopicSpec};
+use ipam_log::{EventLog, MemoryLog, OutRecord};
+use ipam_runtime::Topics;
 
 const HOST: HostId = HostId::from_u128(0xa1);
 const OTHER_HOST: HostId = HostId::from_u128(0xa2);
@@ -30,38 +31,45 @@ fn port_mac() -> Mac {
     "52:54:00:aa:bb:cc".parse().unwrap()
 }
 
-fn topics() -> Vec<TopicSpec> {
-    [("ipam.networks", 4), ("ipam.hosts", 1), ("ipam.reservations", 4), ("ipam.dhcp-servers", 4)]
-        .map(|(name, partitions)| TopicSpec { name: name.to_owned(), partitions })
-        .to_vec()
+/// The topics of the tests' deployment: no prefix, four partitions.
+fn topics() -> Topics {
+    Topics::new("", 4)
 }
 
 fn memory_log() -> Arc<MemoryLog> {
     let log = Arc::new(MemoryLog::new());
-    log.create_topics(&topics()).unwrap();
+    log.create_topics(&topics().specs()).unwrap();
     log
 }
 
 /// Appends `event` as placement or the allocator would: on its topic, keyed by its key (the
 /// network id here, so it lands on `partition::for_key(network id, 4)`).
 fn append(log: &dyn EventLog, event: Event) {
+    append_to(log, &topics(), event);
+}
+
+/// [`append`] to the topics `topics` names.
+fn append_to(log: &dyn EventLog, topics: &Topics, event: Event) {
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = EventId::from_u128(u128::from(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
     let envelope = Envelope { id, source: "test".to_owned(), time: Timestamp::from_unix_ms(0), subject: None, event };
-    let record = OutRecord {
-        topic: envelope.event.topic().name().to_owned(),
-        key: envelope.event.key(),
-        value: envelope.to_bytes(),
-    };
+    let record =
+        OutRecord { topic: topics.name(envelope.event.topic()), key: envelope.event.key(), value: envelope.to_bytes() };
     assert_eq!(record.key, NETWORK.to_string());
     log.append(&[record]).unwrap();
 }
 
 /// Every event of `topic`, partition by partition.
 fn events(log: &dyn EventLog, topic: Topic) -> Vec<Envelope> {
-    let partitions = log.partition_count(topic.name()).unwrap();
+    events_in(log, &topics(), topic)
+}
+
+/// [`events`] of the topic `topics` names; none when it does not exist.
+fn events_in(log: &dyn EventLog, topics: &Topics, topic: Topic) -> Vec<Envelope> {
+    let name = topics.name(topic);
+    let Ok(partitions) = log.partition_count(&name) else { return Vec::new() };
     (0..partitions)
-        .flat_map(|partition| log.read(topic.name(), partition, 0, usize::MAX, Duration::ZERO).unwrap())
+        .flat_map(|partition| log.read(&name, partition, 0, usize::MAX, Duration::ZERO).unwrap())
         .map(|record| Envelope::decode(&record.value).unwrap())
         .collect()
 }
@@ -148,13 +156,18 @@ struct Agent {
 
 impl Agent {
     fn start(log: Arc<dyn EventLog>, backend: ipam_host_agent::BackendFactory) -> Agent {
+        Agent::start_on(log, topics(), backend)
+    }
+
+    /// An agent of a deployment whose topics `topics` names.
+    fn start_on(log: Arc<dyn EventLog>, topics: Topics, backend: ipam_host_agent::BackendFactory) -> Agent {
         let mut config = HostAgentConfig::new(HOST);
         config.heartbeat_interval_ms = 50;
         config.port_mac = Some(port_mac());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = thread::spawn({
             let stop = Arc::clone(&stop);
-            move || ipam_host_agent::run(log, config, backend, stop)
+            move || ipam_host_agent::run(log, topics, config, backend, stop)
         });
         Agent { stop, thread }
     }
@@ -277,7 +290,7 @@ fn agent_waits_for_topics_created_after_it_started() {
     let agent = Agent::with_files(log.clone(), dir.path());
     thread::sleep(Duration::from_millis(300)); // Let the agent find no topic for a while.
 
-    log.create_topics(&topics()).unwrap();
+    log.create_topics(&topics().specs()).unwrap();
     append(&*log, activated());
     append(&*log, reservation_added(1));
     append(&*log, assigned(HOST, 3));
@@ -365,4 +378,48 @@ fn a_failing_backend_is_reported_and_retried_until_it_recovers() {
     // The same failure was reported once, however often it was retried.
     assert_eq!(statuses(&*log).iter().filter(|s| s.1 == DhcpServerState::Failed).count(), 1);
     agent.stop();
+}
+
+#[test]
+fn an_agent_with_a_topic_prefix_reads_and_writes_only_the_prefixed_topics() {
+    // Two deployments share one log: the unprefixed one and "blue.".
+    let log = memory_log();
+    let blue = Topics::new("blue.", 4);
+    log.create_topics(&blue.specs()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join(format!("{NETWORK}.conf"));
+    let agent = {
+        let dir = dir.path().to_owned();
+        Agent::start_on(log.clone(), blue.clone(), Box::new(move |_| Box::new(FilesBackend::new(&dir))))
+    };
+
+    // The unprefixed deployment assigns the network to this host too: the blue agent must not see it.
+    append(&*log, activated());
+    append(&*log, reservation_added(2));
+    append(&*log, assigned(HOST, 1));
+    append_to(&*log, &blue, activated());
+    append_to(&*log, &blue, reservation_added(1));
+    append_to(&*log, &blue, assigned(HOST, 7));
+
+    wait_until("the blue reservation is served", || {
+        file_text(&conf).contains("dhcp-host=02:00:00:00:00:01,10.1.0.11\n")
+    });
+    wait_until("the port request is appended to blue.ipam.networks", || {
+        !events_in(&*log, &blue, Topic::Networks).is_empty()
+    });
+    wait_until("a heartbeat on blue.ipam.hosts lists the network", || {
+        events_in(&*log, &blue, Topic::Hosts).iter().any(|envelope| {
+            matches!(&envelope.event, Event::HostHeartbeat(h) if h.serving == [ServedNetwork { network_id: NETWORK, epoch: 7 }])
+        })
+    });
+    wait_until("the running status is on blue.ipam.hosts", || {
+        events_in(&*log, &blue, Topic::Hosts).iter().any(|envelope| {
+            matches!(&envelope.event, Event::DhcpServerStatus(s) if s.state == DhcpServerState::Running && s.epoch == 7)
+        })
+    });
+    agent.stop();
+
+    assert!(!file_text(&conf).contains("02:00:00:00:00:02"), "the unprefixed reservation is not served");
+    assert!(events(&*log, Topic::Hosts).is_empty(), "nothing written to the unprefixed ipam.hosts");
+    assert!(events(&*log, Topic::Networks).is_empty(), "nothing written to the unprefixed ipam.networks");
 }

@@ -139,6 +139,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                 agent_config.heartbeat_interval_ms = interval;
             }
             let (log, agent_stop, agent) = (Arc::clone(&log), Arc::clone(&stop), agent.clone());
+            let agent_topics = topics.clone();
             let name = format!("host-agent-{}", agent.host_id);
             threads.push((
                 name.clone(),
@@ -155,7 +156,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                             Box::new(DnsmasqBackend::new(options))
                         }
                     });
-                    ipam_host_agent::run(log, agent_config, factory, agent_stop)
+                    ipam_host_agent::run(log, agent_topics, agent_config, factory, agent_stop)
                 })?,
             ));
         }
