@@ -24,6 +24,7 @@ pub mod dnsmasq_server;
 pub mod dnsmasq_shards;
 mod follower;
 mod outbox;
+pub mod state_lock;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,11 +41,16 @@ pub use backend::{BackendError, DhcpBackend};
 pub use config::HostAgentConfig;
 pub use dnsmasq::{FilesBackend, render};
 pub use dnsmasq_server::{DnsmasqBackend, DnsmasqOptions};
+pub use state_lock::{LockError, StateDirLock};
 
 use crate::actors::Supervisor;
 use crate::follower::{Follower, Tracker};
 
 /// Runs the agent of `config.host_id` until `stop` is set, then stops cleanly and returns.
+///
+/// `lock` is the agent's hold on its state directory (the backends' directory): taking it with
+/// [`StateDirLock::acquire`] before anything else touches the directory is what keeps a second
+/// agent off it. `run` keeps it until it returns.
 ///
 /// Every topic it reads or writes is named by `topics` (the deployment's prefix included), the same
 /// [`Topics`] the drivers and the API are given, so that all processes of one deployment agree.
@@ -67,6 +73,7 @@ pub fn run(
     log: Arc<dyn EventLog>,
     topics: Topics,
     config: HostAgentConfig,
+    lock: StateDirLock,
     backend: BackendFactory,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -78,7 +85,7 @@ pub fn run(
     }
     let host_id = config.host_id;
     let port_mac = config.port_mac();
-    tracing::info!(host = %host_id, port_mac = %port_mac, "Host agent starting.");
+    tracing::info!(host = %host_id, port_mac = %port_mac, dir = %lock.dir().display(), "Host agent starting.");
 
     let (outbox, writer) =
         outbox::spawn_writer(Arc::clone(&log), topics.clone(), host_id).context("cannot start the writer thread")?;
@@ -136,6 +143,8 @@ pub fn run(
         tracing::error!("The writer thread panicked.");
     }
     tracing::info!(host = %host_id, "Host agent stopped.");
+    // Released only now: every thread that could touch the directory has ended.
+    drop(lock);
     follower_result.context("the log follower failed")?;
     system_result.context("the actor system failed")?;
     Ok(())

@@ -17,7 +17,7 @@ use ipam_core::event::{
     ReservationRemoved, ServedNetwork, SubnetActivated, UnassignReason,
 };
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, Topic, VmId, VnicId};
-use ipam_host_agent::{BackendError, DhcpBackend, FilesBackend, HostAgentConfig};
+use ipam_host_agent::{BackendError, DhcpBackend, FilesBackend, HostAgentConfig, LockError, StateDirLock};
 use ipam_log::{EventLog, MemoryLog, OutRecord};
 use ipam_runtime::Topics;
 
@@ -155,26 +155,27 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(log: Arc<dyn EventLog>, backend: ipam_host_agent::BackendFactory) -> Agent {
-        Agent::start_on(log, topics(), backend)
+    fn start(log: Arc<dyn EventLog>, dir: &Path, backend: ipam_host_agent::BackendFactory) -> Agent {
+        Agent::start_on(log, topics(), dir, backend)
     }
 
-    /// An agent of a deployment whose topics `topics` names.
-    fn start_on(log: Arc<dyn EventLog>, topics: Topics, backend: ipam_host_agent::BackendFactory) -> Agent {
+    /// An agent of a deployment whose topics `topics` names, on the state directory `dir`.
+    fn start_on(log: Arc<dyn EventLog>, topics: Topics, dir: &Path, backend: ipam_host_agent::BackendFactory) -> Agent {
+        let lock = StateDirLock::acquire(dir).unwrap();
         let mut config = HostAgentConfig::new(HOST);
         config.heartbeat_interval_ms = 50;
         config.port_mac = Some(port_mac());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = thread::spawn({
             let stop = Arc::clone(&stop);
-            move || ipam_host_agent::run(log, topics, config, backend, stop)
+            move || ipam_host_agent::run(log, topics, config, lock, backend, stop)
         });
         Agent { stop, thread }
     }
 
     fn with_files(log: Arc<dyn EventLog>, dir: &Path) -> Agent {
-        let dir = dir.to_owned();
-        Agent::start(log, Box::new(move |_| Box::new(FilesBackend::new(&dir))))
+        let files = dir.to_owned();
+        Agent::start(log, dir, Box::new(move |_| Box::new(FilesBackend::new(&files))))
     }
 
     /// Sets `stop` and checks that the agent returns `Ok` within a second.
@@ -361,7 +362,8 @@ fn a_failing_backend_is_reported_and_retried_until_it_recovers() {
     let log = memory_log();
     let flaky = Flaky::default();
     flaky.broken.store(true, Ordering::SeqCst);
-    let agent = Agent::start(log.clone(), {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(log.clone(), dir.path(), {
         let flaky = flaky.clone();
         Box::new(move |_| Box::new(flaky.clone()))
     });
@@ -389,8 +391,8 @@ fn an_agent_with_a_topic_prefix_reads_and_writes_only_the_prefixed_topics() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join(format!("{NETWORK}.conf"));
     let agent = {
-        let dir = dir.path().to_owned();
-        Agent::start_on(log.clone(), blue.clone(), Box::new(move |_| Box::new(FilesBackend::new(&dir))))
+        let files = dir.path().to_owned();
+        Agent::start_on(log.clone(), blue.clone(), dir.path(), Box::new(move |_| Box::new(FilesBackend::new(&files))))
     };
 
     // The unprefixed deployment assigns the network to this host too: the blue agent must not see it.
@@ -422,4 +424,33 @@ fn an_agent_with_a_topic_prefix_reads_and_writes_only_the_prefixed_topics() {
     assert!(!file_text(&conf).contains("02:00:00:00:00:02"), "the unprefixed reservation is not served");
     assert!(events(&*log, Topic::Hosts).is_empty(), "nothing written to the unprefixed ipam.hosts");
     assert!(events(&*log, Topic::Networks).is_empty(), "nothing written to the unprefixed ipam.networks");
+}
+
+#[test]
+fn a_second_agent_on_the_same_directory_is_refused_and_the_first_serves_on() {
+    let log = memory_log();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join(format!("{NETWORK}.conf"));
+    append(&*log, activated());
+    append(&*log, reservation_added(1));
+    append(&*log, assigned(HOST, 1));
+    let first = Agent::with_files(log.clone(), dir.path());
+    wait_until("the first agent writes the file", || conf.exists());
+
+    // The second agent is refused before it touches anything, with the directory and the holder.
+    let error = StateDirLock::acquire(dir.path()).unwrap_err();
+    assert!(matches!(error, LockError::Held { holder: Some(pid), .. } if pid == std::process::id()), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains(&dir.path().display().to_string()), "{message}");
+    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+
+    // The first is untouched: it still serves, and picks up a new reservation.
+    append(&*log, reservation_added(2));
+    wait_until("the first agent serves the new reservation", || {
+        file_text(&conf).contains("dhcp-host=02:00:00:00:00:02,10.1.0.12\n")
+    });
+    first.stop();
+    // Its lock went with it: the next agent starts.
+    let next = Agent::with_files(log.clone(), dir.path());
+    next.stop();
 }
