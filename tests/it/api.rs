@@ -23,7 +23,7 @@ pub fn ipam_up_with_api(dir: &std::path::Path) -> (Service, SocketAddr) {
 }
 
 /// One request; the status and the body.
-fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+pub(crate) fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = format!(
@@ -48,7 +48,7 @@ fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[
     (status, body)
 }
 
-fn event(id: u32, type_name: &str, data: Value) -> Value {
+pub(crate) fn event(id: u32, type_name: &str, data: Value) -> Value {
     json!({
         "specversion": "1.0", "id": format!("00000000-0000-0000-0000-0000000a{id:04x}"), "source": "engine",
         "type": type_name, "time": "2026-11-30T00:00:00Z", "data": data,

@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod compose;
+mod data_dir;
 mod dhcp;
 mod log;
 mod properties;

@@ -29,7 +29,7 @@ const HOSTS: u64 = 6;
 const NETWORKS: u64 = 20;
 const VNICS_PER_NETWORK: u64 = 150;
 const CHURN_EVENTS: usize = 10_000;
-const CHUNK: usize = 100;
+pub(crate) const CHUNK: usize = 100;
 const PARTITIONS: u32 = 4;
 const HEARTBEAT_TIMEOUT_MS: i64 = 5_000;
 const LOST_HOST: u64 = 2;
@@ -55,10 +55,10 @@ impl Rng {
 /// The inputs: setup events grouped so that each group is processed before the next is written,
 /// then the churn.
 pub struct Workload {
-    setup: Vec<Vec<Envelope>>,
-    churn: Vec<Envelope>,
+    pub(crate) setup: Vec<Vec<Envelope>>,
+    pub(crate) churn: Vec<Envelope>,
     /// Records no decoder accepts, mixed into the churn (index in churn, bytes).
-    garbage: Vec<(usize, Vec<u8>)>,
+    pub(crate) garbage: Vec<(usize, Vec<u8>)>,
 }
 
 fn host_id(n: u64) -> HostId {
@@ -288,9 +288,37 @@ impl Service {
         }
     }
 
+    /// How the process ended, if it did.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself; its status and every stderr line it wrote.
+    pub fn wait_exit(&mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            seen.extend(self.lines.try_iter());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The reader thread sends what is left, then the channel closes.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+                    seen.push(line);
+                }
+                return (status, seen.join("\n"));
+            }
+            assert!(started.elapsed() < within, "still running after {within:?}:\n{}", seen.join("\n"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id, for signals.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn terminate(&mut self) {
@@ -382,7 +410,12 @@ impl Deployment for Embedded {
     }
 }
 
-fn publish(deployment: &dyn Deployment, envelopes: &[Envelope], garbage: &[(usize, Vec<u8>)], offset: usize) {
+pub(crate) fn publish(
+    deployment: &dyn Deployment,
+    envelopes: &[Envelope],
+    garbage: &[(usize, Vec<u8>)],
+    offset: usize,
+) {
     let mut records = Vec::with_capacity(envelopes.len());
     for (i, envelope) in envelopes.iter().enumerate() {
         for (_, bytes) in garbage.iter().filter(|(at, _)| *at == offset + i) {
@@ -401,25 +434,36 @@ fn publish(deployment: &dyn Deployment, envelopes: &[Envelope], garbage: &[(usiz
     deployment.log().append(&records).unwrap();
 }
 
-/// Waits until both groups have consumed every input record.
-fn wait_processed(deployment: &dyn Deployment) {
+/// Waits until both groups have consumed every input record. It gives up only when a group makes
+/// no progress for [`STALL_LIMIT`], so a loaded machine that is slow but moving still passes.
+pub(crate) fn wait_processed(deployment: &dyn Deployment) {
+    const STALL_LIMIT: Duration = Duration::from_secs(180);
     let log = deployment.log();
     let (allocator, placement) = deployment.groups();
     let inputs: Vec<(String, String, u32)> = (0..PARTITIONS)
         .map(|p| (allocator.clone(), deployment.topic(Topic::Networks), p))
         .chain([(placement, deployment.topic(Topic::Hosts), 0)])
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(180);
     for (group, topic, partition) in inputs {
         // The offset after the last record (a Kafka end offset may also count a commit marker).
         let end = log.end_offset(&topic, partition).unwrap();
         let last = last_offset(&*log, &topic, partition, end);
+        let (mut seen, mut progressed) = (None, Instant::now());
         loop {
-            let committed = log.committed_position(&group, &topic, partition).unwrap().unwrap_or(0);
-            if last.is_none_or(|last| committed > last) {
-                break;
+            // A failed query (a broker busy with a takeover) counts as no progress.
+            let committed = log.committed_position(&group, &topic, partition).ok().map(|p| p.unwrap_or(0));
+            if let Some(committed) = committed {
+                if last.is_none_or(|last| committed > last) {
+                    break;
+                }
+                if seen != Some(committed) {
+                    (seen, progressed) = (Some(committed), Instant::now());
+                }
             }
-            assert!(Instant::now() < deadline, "{group} stuck at {committed} of {topic}/{partition} (last {last:?})");
+            assert!(
+                progressed.elapsed() < STALL_LIMIT,
+                "{group} stuck at {seen:?} of {topic}/{partition} (last {last:?}) for {STALL_LIMIT:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -442,7 +486,7 @@ fn last_offset(log: &dyn EventLog, topic: &str, partition: u32, end: u64) -> Opt
 }
 
 /// Every record of every topic, partition by partition, as (topic, partition, value).
-fn outputs(deployment: &dyn Deployment, prefix: &str) -> BTreeMap<(String, u32), Vec<String>> {
+pub(crate) fn outputs(deployment: &dyn Deployment, prefix: &str) -> BTreeMap<(String, u32), Vec<String>> {
     let log = deployment.log();
     let mut all = BTreeMap::new();
     for topic in [Topic::Reservations, Topic::DhcpServers, Topic::DeadLetter, Topic::Hosts] {
@@ -509,7 +553,10 @@ pub fn play(
     deployment.stop();
 }
 
-fn assert_same(reference: &BTreeMap<(String, u32), Vec<String>>, run: &BTreeMap<(String, u32), Vec<String>>) {
+pub(crate) fn assert_same(
+    reference: &BTreeMap<(String, u32), Vec<String>>,
+    run: &BTreeMap<(String, u32), Vec<String>>,
+) {
     assert_eq!(reference.keys().collect::<Vec<_>>(), run.keys().collect::<Vec<_>>());
     for (key, expected) in reference {
         let actual = &run[key];
@@ -537,12 +584,12 @@ fn assert_same_states(expected: &BTreeMap<String, String>, actual: &BTreeMap<Str
 }
 
 /// Every output record, by (topic, partition).
-type Outputs = BTreeMap<(String, u32), Vec<String>>;
+pub(crate) type Outputs = BTreeMap<(String, u32), Vec<String>>;
 /// Final states, by snapshot name.
-type States = BTreeMap<String, String>;
+pub(crate) type States = BTreeMap<String, String>;
 
 /// The reference run (never killed) is shared by the tests: its outputs and final snapshots.
-fn reference() -> &'static (Outputs, States) {
+pub(crate) fn reference() -> &'static (Outputs, States) {
     static REFERENCE: std::sync::OnceLock<(Outputs, States)> = std::sync::OnceLock::new();
     REFERENCE.get_or_init(|| {
         let work = workload(7);
@@ -594,25 +641,51 @@ pub struct Kafka {
     allocators: Vec<(String, Option<Service>)>,
     placement: Option<Service>,
     log: Arc<dyn EventLog>,
+    /// Global flags given to every service before its command.
+    extra_args: Vec<String>,
 }
 
 impl Kafka {
     pub fn new(allocators: usize) -> Kafka {
-        let bootstrap = ipam_tests::kafka_bootstrap();
+        Kafka::on_broker(&ipam_tests::kafka_bootstrap(), allocators, &[])
+    }
+
+    /// On the broker at `bootstrap`, every service started with `extra_args` as well.
+    pub fn on_broker(bootstrap: &str, allocators: usize, extra_args: &[String]) -> Kafka {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         Kafka {
             prefix: format!("recovery{}.", nanos % 1_000_000_000_000),
-            log: ipam_tests::BackendSpec::Kafka(bootstrap.clone()).open().unwrap(),
-            bootstrap,
+            log: ipam_tests::BackendSpec::Kafka(bootstrap.to_owned()).open().unwrap(),
+            bootstrap: bootstrap.to_owned(),
             dir: tempfile::tempdir().unwrap(),
             allocators: (0..allocators).map(|i| (format!("allocator-{i}"), None)).collect(),
             placement: None,
+            extra_args: extra_args.to_vec(),
         }
+    }
+
+    /// The prefix of this deployment's topic and group names.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The services that exited (name and status); none should while the test runs.
+    pub fn exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for (name, service) in &mut self.allocators {
+            if let Some(status) = service.as_mut().and_then(Service::exited) {
+                exited.push(format!("{name}: {status}"));
+            }
+        }
+        if let Some(status) = self.placement.as_mut().and_then(Service::exited) {
+            exited.push(format!("placement: {status}"));
+        }
+        exited
     }
 
     fn spawn(&self, instance: &str, command: &str) -> Service {
         let data_dir = self.dir.path().join(instance);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--kafka",
             &self.bootstrap,
             "--kafka-session-timeout-ms",
@@ -631,10 +704,11 @@ impl Kafka {
             &HEARTBEAT_TIMEOUT_MS.to_string(),
             "--snapshot-every-records",
             "1500",
-            command,
         ]
         .map(str::to_owned)
         .to_vec();
+        args.extend(self.extra_args.iter().cloned());
+        args.push(command.to_owned());
         let mut service = Service::spawn(&args);
         service.wait_for("ipam is ready", Duration::from_secs(120));
         service

@@ -19,6 +19,7 @@ use ipam_core::HostId;
 use ipam_log::EventLog;
 use ipam_log::sqlite::{Durability, SqliteLog};
 use ipam_log_kafka::{KafkaLog, KafkaOptions};
+use ipam_runtime::dir_lock::{self, DirLock};
 
 use crate::config::{Config, HostAgentEntry, Overrides};
 use crate::run::{Components, DhcpBackendKind, HostAgentSpec};
@@ -123,6 +124,8 @@ fn real_main() -> anyhow::Result<()> {
                 let host_id = host.parse().with_context(|| format!("`{host}` is not a host id"))?;
                 config.host_agents.push(HostAgentEntry { host_id, files_dir: PathBuf::from(dir) });
             }
+            let _lock = lock_data_dir(&config)?;
+            refuse_snapshots_without_their_log(&config)?;
             let log = embedded(&config)?;
             let components = Components {
                 allocator: true,
@@ -144,9 +147,11 @@ fn real_main() -> anyhow::Result<()> {
             run::run(log, &config, components)
         }
         Command::Allocator => {
+            let _lock = lock_data_dir(&config)?;
             run::run(kafka(&config)?, &config, Components { allocator: true, ..Components::default() })
         }
         Command::Placement => {
+            let _lock = lock_data_dir(&config)?;
             run::run(kafka(&config)?, &config, Components { placement: true, ..Components::default() })
         }
         Command::Ctl { command, api } => ctl::ctl(&client::Api::new(&api, config.api_token.clone())?, command),
@@ -163,6 +168,32 @@ fn real_main() -> anyhow::Result<()> {
             run::run(log, &config, Components { host_agents: vec![agent], ..Components::default() })
         }
     }
+}
+
+/// One deciding process per data directory (its snapshots, and the embedded log): taken before
+/// anything in it is opened, held until the process exits.
+fn lock_data_dir(config: &Config) -> anyhow::Result<DirLock> {
+    DirLock::acquire(dir_lock::DATA_DIR, &config.data_dir)
+        .context("refusing to start (give each allocator and placement instance its own --data-dir)")
+}
+
+/// A data directory whose embedded log is gone while its snapshots remain is refused before a new,
+/// empty log is made there: the snapshots describe a log that no longer exists.
+fn refuse_snapshots_without_their_log(config: &Config) -> anyhow::Result<()> {
+    let (log, snapshots) = (config.data_dir.join("log").join("log.sqlite3"), config.data_dir.join("snapshots"));
+    let has_snapshots = std::fs::read_dir(&snapshots)
+        .map(|entries| entries.flatten().any(|entry| entry.path().extension().is_some_and(|e| e == "json")))
+        .unwrap_or(false);
+    if has_snapshots && !log.exists() {
+        anyhow::bail!(
+            "the embedded log {} is missing, but snapshots of it remain in {}: its state must not be applied to a new \
+             log. Restore the log, or, to start afresh on purpose with an empty state, move {} aside",
+            log.display(),
+            snapshots.display(),
+            snapshots.display()
+        );
+    }
+    Ok(())
 }
 
 fn embedded(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {

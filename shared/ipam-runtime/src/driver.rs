@@ -401,7 +401,10 @@ impl<M: Machines> Driver<M> {
                 None => None,
             };
             let state = self.machines.snapshot(&partition)?;
-            self.snapshots.save(&self.snapshot_name(&partition), offset, anchor, state)?;
+            if let Err(error) = self.snapshots.save(&self.snapshot_name(&partition), offset, anchor, state) {
+                // Snapshots only shorten replay: a full disk must not stop the driver.
+                tracing::warn!(driver = %self.config.name, error = %error, "Could not write a snapshot; carrying on without it.");
+            }
         }
         self.since_snapshot = 0;
         self.last_snapshot = Instant::now();
@@ -414,3 +417,7 @@ impl<M: Machines> Driver<M> {
 fn is_transient(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| matches!(cause.downcast_ref::<LogError>(), Some(LogError::Storage(_))))
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

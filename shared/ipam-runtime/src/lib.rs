@@ -15,6 +15,7 @@
 pub mod actors;
 pub mod allocator;
 pub mod clock;
+pub mod dir_lock;
 pub mod driver;
 pub mod health;
 pub mod metrics;

@@ -1,0 +1,174 @@
+//! The driver's rebuild against snapshots that do and do not belong to its log, with a counting
+//! state machine over the in-memory log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam_core::event::{ClockTicked, Topic};
+use ipam_core::{Envelope, Event, EventId, Timestamp};
+use ipam_log::{BatchPolicy, EventLog, MemoryLog, OutRecord, TopicPartition};
+
+use super::*;
+use crate::health::Health;
+use crate::snapshot::{Anchor, SnapshotStore};
+
+/// Counts the inputs of each partition; its snapshot is the count in decimal.
+#[derive(Debug, Default)]
+struct Counter {
+    counts: BTreeMap<TopicPartition, u64>,
+}
+
+impl Machines for Counter {
+    fn restore(&mut self, partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
+        let count = match snapshot {
+            Some(bytes) => std::str::from_utf8(bytes)?.parse()?,
+            None => 0,
+        };
+        self.counts.insert(partition.clone(), count);
+        Ok(())
+    }
+
+    fn forget(&mut self, partition: &TopicPartition) {
+        self.counts.remove(partition);
+    }
+
+    fn apply(&mut self, partition: &TopicPartition, _input: &Envelope) -> anyhow::Result<Vec<Event>> {
+        *self.counts.entry(partition.clone()).or_default() += 1;
+        Ok(Vec::new())
+    }
+
+    fn snapshot(&mut self, partition: &TopicPartition) -> anyhow::Result<Vec<u8>> {
+        Ok(self.counts.get(partition).copied().unwrap_or(0).to_string().into_bytes())
+    }
+}
+
+const NAME: &str = "counter-ipam.hosts-0";
+
+fn hosts() -> TopicPartition {
+    TopicPartition { topic: Topic::Hosts.name().to_owned(), partition: 0 }
+}
+
+fn log_with_ticks(count: u64) -> Arc<dyn EventLog> {
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    log.create_topics(&Topics::new("", 1).specs()).unwrap();
+    append_ticks(&*log, 0..count);
+    log
+}
+
+fn append_ticks(log: &dyn EventLog, range: std::ops::Range<u64>) {
+    let records: Vec<OutRecord> = range
+        .map(|n| {
+            let now = Timestamp::from_unix_ms(1_000 + n as i64);
+            let envelope = Envelope {
+                id: EventId::from_u128(u128::from(n) + 1),
+                source: "test".to_owned(),
+                time: now,
+                subject: None,
+                event: Event::ClockTicked(ClockTicked { now }),
+            };
+            OutRecord { topic: Topic::Hosts.name().to_owned(), key: "clock".to_owned(), value: envelope.to_bytes() }
+        })
+        .collect();
+    log.append(&records).unwrap();
+}
+
+fn driver(log: &Arc<dyn EventLog>, snapshots: &std::path::Path) -> anyhow::Result<Driver<Counter>> {
+    let store = SnapshotStore::open(snapshots, log.identity().unwrap())?;
+    let config = DriverConfig {
+        name: "counter".to_owned(),
+        group: "counter".to_owned(),
+        transactional_id: "counter-0".to_owned(),
+        input_topic: Topic::Hosts.name().to_owned(),
+        batch: BatchPolicy { max_steps: 1, max_delay: Duration::ZERO },
+        snapshot_every_records: u64::MAX,
+        snapshot_every: Duration::from_secs(3600),
+    };
+    Driver::new(Arc::clone(log), Topics::new("", 1), config, Counter::default(), store, Health::new())
+}
+
+/// Turns until the driver has consumed `count` inputs.
+fn consume(driver: &mut Driver<Counter>, count: u64) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        driver.turn()?;
+        if driver.next_offsets.get(&hosts()) == Some(&count) {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the driver never consumed {count} inputs: {:?}", driver.next_offsets)
+}
+
+#[test]
+fn a_snapshot_of_its_own_log_shortens_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_ticks(3);
+    let mut first = driver(&log, dir.path()).unwrap();
+    consume(&mut first, 3).unwrap();
+    first.stop().unwrap();
+    let snapshot = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap().load(NAME).unwrap().unwrap();
+    assert_eq!((snapshot.offset, snapshot.anchor.map(|a| a.offset)), (3, Some(2)));
+
+    append_ticks(&*log, 3..5);
+    let mut second = driver(&log, dir.path()).unwrap();
+    consume(&mut second, 5).unwrap();
+    assert_eq!(second.machines.counts[&hosts()], 5);
+}
+
+#[test]
+fn a_snapshot_whose_last_input_is_another_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_ticks(3);
+    let mut first = driver(&log, dir.path()).unwrap();
+    consume(&mut first, 3).unwrap();
+    first.stop().unwrap();
+    // Same log, but the snapshot says its last input was another record.
+    let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
+    let other = Anchor { offset: 2, digest: "0".repeat(64) };
+    store.save(NAME, 3, Some(other), b"3".to_vec()).unwrap();
+
+    let error = consume(&mut driver(&log, dir.path()).unwrap(), 3).unwrap_err();
+    assert!(format!("{error:#}").contains("is another record in the log"), "{error:#}");
+}
+
+#[test]
+fn a_snapshot_ahead_of_the_committed_position_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_ticks(3);
+    let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
+    store.save(NAME, 1002, None, b"1002".to_vec()).unwrap();
+
+    let error = consume(&mut driver(&log, dir.path()).unwrap(), 3).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("up to offset 1002, but the log's committed position there is 0"),
+        "{error:#}"
+    );
+}
+
+#[test]
+fn a_snapshot_of_another_log_is_refused_before_the_driver_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = log_with_ticks(3);
+    let mut first = driver(&old, dir.path()).unwrap();
+    consume(&mut first, 3).unwrap();
+    first.stop().unwrap();
+
+    let error = driver(&log_with_ticks(3), dir.path()).unwrap_err();
+    assert!(format!("{error:#}").contains("was lost or replaced"), "{error:#}");
+}
+
+#[test]
+fn a_snapshot_whose_state_cannot_be_read_is_ignored_and_replay_starts_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_ticks(3);
+    let mut first = driver(&log, dir.path()).unwrap();
+    consume(&mut first, 3).unwrap();
+    first.stop().unwrap();
+    let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
+    let snapshot = store.load(NAME).unwrap().unwrap();
+    store.save(NAME, snapshot.offset, snapshot.anchor, b"{garbage".to_vec()).unwrap();
+
+    append_ticks(&*log, 3..4);
+    let mut second = driver(&log, dir.path()).unwrap();
+    consume(&mut second, 4).unwrap();
+    assert_eq!(second.machines.counts[&hosts()], 4, "replayed from zero");
+}
