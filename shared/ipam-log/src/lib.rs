@@ -26,7 +26,7 @@ pub mod sqlite;
 
 mod local;
 
-pub use local::LocalLog;
+pub use local::{Batch, LocalLog, LocalStore, Placed};
 pub use memory::MemoryLog;
 pub use sqlite::SqliteLog;
 

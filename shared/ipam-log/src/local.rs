@@ -98,7 +98,8 @@ impl<S> Clone for LocalLog<S> {
 }
 
 impl<S: LocalStore> LocalLog<S> {
-    pub(crate) fn over(store: S) -> LocalLog<S> {
+    /// A log over `store`. Public so that a test can wrap a store (to inject storage failures, say).
+    pub fn over(store: S) -> LocalLog<S> {
         LocalLog { store: Arc::new(store), notifier: Arc::new(Notifier::default()) }
     }
 
