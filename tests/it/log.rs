@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipam_log::dead_letter::{DeadLetter, Ingested, ingest};
 use ipam_log::{
-    BatchPolicy, EventLog, LogError, Member, MemberConfig, OutRecord, Position, Record, TopicSpec, partition,
+    BatchPolicy, EventLog, Follower, LogError, Member, MemberConfig, OutRecord, Position, Record, TopicSpec, partition,
 };
 use ipam_tests::BackendSpec;
 
@@ -155,6 +155,69 @@ pub fn keeps_per_partition_order_and_offsets(h: &Harness) {
     h.log.create_topics(&[TopicSpec { name: topic.clone(), partitions: 4 }]).unwrap();
     let mismatch = h.log.create_topics(&[TopicSpec { name: topic.clone(), partitions: 8 }]);
     assert!(matches!(mismatch, Err(LogError::PartitionCountMismatch { .. })), "{mismatch:?}");
+}
+
+/// Takes records from a follower until `count` came (within a generous deadline).
+fn follow_records(follower: &mut dyn Follower, count: usize) -> Vec<Record> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut records = Vec::new();
+    while records.len() < count {
+        assert!(Instant::now() < deadline, "only {} of {count} records were handed out", records.len());
+        records.extend(follower.next(count - records.len(), Duration::from_millis(200)).unwrap());
+    }
+    assert_eq!(records.len(), count, "more records than asked for");
+    records
+}
+
+pub fn follows_partitions_from_their_positions_and_hands_out_new_commits(h: &Harness) {
+    let topic = h.topic("followed", 2);
+    let other = h.topic("other", 1);
+    let on = |partition: u32, i: usize| {
+        (0..).map(|k| format!("k{i}-{k}")).find(|key| partition::for_key(key.as_bytes(), 2) == partition).unwrap()
+    };
+    let first: Vec<OutRecord> = (0..6).map(|i| out(&topic, &on(i as u32 % 2, i), &format!("first-{i}"))).collect();
+    let appended = h.log.append(&first).unwrap();
+    // Partition 0 from its start, partition 1 after its first record; `other` not followed.
+    let skip = appended.iter().filter(|a| a.partition == 1).map(|a| a.offset).min().unwrap() + 1;
+    let mut follower = h
+        .log
+        .follow(&[
+            Position { topic: topic.clone(), partition: 0, next_offset: 0 },
+            Position { topic: topic.clone(), partition: 1, next_offset: skip },
+        ])
+        .unwrap();
+    h.log.append(&[out(&other, "k", "elsewhere")]).unwrap();
+    let records = follow_records(&mut *follower, 5);
+    assert_eq!(values(&records), ["first-0", "first-2", "first-3", "first-4", "first-5"]);
+    for partition in 0..2 {
+        let offsets: Vec<u64> = records.iter().filter(|r| r.partition == partition).map(|r| r.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offset order within partition {partition}: {offsets:?}");
+    }
+    assert!(follower.next(10, Duration::from_millis(50)).unwrap().is_empty(), "nothing more yet");
+
+    // A record committed while the follower waits is handed out in that same call.
+    let log = Arc::clone(&h.log);
+    let late = out(&topic, &on(1, 9), "late");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        log.append(&[late]).unwrap();
+    });
+    let started = Instant::now();
+    let mut came = Vec::new();
+    while came.is_empty() && started.elapsed() < Duration::from_secs(30) {
+        came = follower.next(10, Duration::from_secs(30)).unwrap();
+    }
+    writer.join().unwrap();
+    assert_eq!(values(&came), ["late"]);
+    let last = came[0].clone();
+    let positions = follower.positions();
+    assert!(positions.contains(&next(&last)), "the position moves past what was handed out: {positions:?}");
+
+    // Following another partition later, and moving one back.
+    follower.seek(&Position { topic: other.clone(), partition: 0, next_offset: 0 }).unwrap();
+    follower.seek(&Position { topic: topic.clone(), partition: 1, next_offset: last.offset }).unwrap();
+    let again = follow_records(&mut *follower, 2);
+    assert_eq!(values(&again), ["elsewhere", "late"]);
 }
 
 pub fn commits_positions_and_resumes_from_them(h: &Harness) {
@@ -388,6 +451,7 @@ conformance!(
     super::Harness::memory(),
     [
         keeps_per_partition_order_and_offsets,
+        follows_partitions_from_their_positions_and_hands_out_new_commits,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,
@@ -401,6 +465,7 @@ conformance!(
     super::Harness::embedded(),
     [
         keeps_per_partition_order_and_offsets,
+        follows_partitions_from_their_positions_and_hands_out_new_commits,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,
@@ -417,6 +482,7 @@ conformance!(
     super::Harness::kafka(),
     [
         keeps_per_partition_order_and_offsets,
+        follows_partitions_from_their_positions_and_hands_out_new_commits,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,

@@ -33,6 +33,7 @@
 
 mod append;
 mod errors;
+mod follow;
 mod member;
 mod options;
 mod read;
@@ -45,11 +46,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipam_log::{Appended, EventLog, LogError, Member, MemberConfig, OutRecord, Record, TopicSpec, partition};
+use ipam_log::{
+    Appended, EventLog, Follower, LogError, Member, MemberConfig, OutRecord, Position, Record, TopicSpec, partition,
+};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::append::{AppendContext, AppendProducer, Placed};
 use crate::errors::{client_creation, storage};
@@ -97,6 +101,33 @@ impl KafkaLog {
     }
 }
 
+/// How long one `committed_position` call waits for a stable answer; callers retry.
+const POSITION_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the second look that explains a failed `committed_position` waits.
+const POSITION_PROBE_WAIT: Duration = Duration::from_secs(3);
+
+/// The committed position of the group that `config` names, asked by a consumer made for it.
+fn fetch_committed(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    wait: Duration,
+) -> Result<Result<Option<u64>, KafkaError>, LogError> {
+    let consumer: BaseConsumer = config.create().map_err(|e| client_creation("offsets consumer", &e))?;
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(topic, partition);
+    let committed = match consumer.committed_offsets(wanted, wait) {
+        Ok(committed) => committed,
+        Err(error) => return Ok(Err(error)),
+    };
+    let offset = committed.find_partition(topic, partition).map(|element| element.offset());
+    Ok(Ok(match offset {
+        Some(Offset::Offset(next)) => u64::try_from(next).ok(),
+        _ => None,
+    }))
+}
+
 impl EventLog for KafkaLog {
     fn identity(&self) -> Result<String, LogError> {
         // The cluster id is made when the cluster is formatted (KRaft) and kept for its life.
@@ -105,6 +136,11 @@ impl EventLog for KafkaLog {
             .fetch_cluster_id(REQUEST_TIMEOUT)
             .map(|cluster_id| format!("kafka-{cluster_id}"))
             .ok_or_else(|| LogError::Storage("the Kafka cluster did not tell its cluster id".to_owned()))
+    }
+
+    fn follow(&self, from: &[Position]) -> Result<Box<dyn Follower>, LogError> {
+        let group = format!("{}.follower.{}", self.options.client_id, std::process::id());
+        Ok(Box::new(follow::KafkaFollower::new(&self.options.reader_config(&group), from)?))
     }
 
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
@@ -155,22 +191,37 @@ impl EventLog for KafkaLog {
         Ok(u64::try_from(stable).unwrap_or_default())
     }
 
+    /// A fresh consumer of the group per call (nothing cached can point at a coordinator that
+    /// moved or restarted), asking with a bounded wait. As a read_committed client it asks for a
+    /// stable position (KIP-447 `require_stable`): while a transaction that commits the group's
+    /// position is undecided, the coordinator answers `UNSTABLE_OFFSET_COMMIT` and librdkafka asks
+    /// again until the wait ends. The error then says which of the two held it back: the
+    /// coordinator not answering at all, or an undecided transaction.
     fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
         let p = self.topics.check_partition(topic, partition)?;
-        // A consumer of the group that never subscribes: it asks the coordinator, and as a
-        // read_committed client it waits for positions of transactions still being decided.
-        let consumer: BaseConsumer =
-            self.options.offsets_config(group).create().map_err(|e| client_creation("offsets consumer", &e))?;
-        let mut wanted = TopicPartitionList::new();
-        wanted.add_partition(topic, p);
-        let committed = consumer
-            .committed_offsets(wanted, REQUEST_TIMEOUT)
-            .map_err(|e| storage(&format!("committed position of group `{group}`"), &e))?;
-        let offset = committed.find_partition(topic, p).map(|element| element.offset());
-        Ok(match offset {
-            Some(Offset::Offset(next)) => u64::try_from(next).ok(),
-            _ => None,
-        })
+        let stable = self.options.offsets_config(group);
+        match fetch_committed(&stable, topic, p, POSITION_WAIT)? {
+            Ok(position) => Ok(position),
+            Err(error) => {
+                let mut unstable = self.options.offsets_config(group);
+                unstable.set("isolation.level", "read_uncommitted");
+                let why = match fetch_committed(&unstable, topic, p, POSITION_PROBE_WAIT)? {
+                    Ok(pending) => format!(
+                        "the group coordinator answers, but a transaction that commits this position is still \
+                         undecided (position with it: {pending:?}); Kafka withholds the position from read_committed \
+                         readers until that transaction's commit or abort marker is written, and aborts the \
+                         transaction of a producer that is gone once its transaction timeout has passed"
+                    ),
+                    Err(_) => "the group coordinator does not answer (a broker away, or a coordinator still loading \
+                               the group's offsets)"
+                        .to_owned(),
+                };
+                Err(LogError::Storage(format!(
+                    "committed position of group `{group}` in `{topic}` partition {partition} not available within \
+                     {POSITION_WAIT:?}: {error}; {why}"
+                )))
+            }
+        }
     }
 
     fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError> {

@@ -178,6 +178,28 @@ pub trait EventLog: Send + Sync {
 
     /// Joins a consumer group as a member that reads and performs atomic steps.
     fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError>;
+
+    /// A [`Follower`] of the given partitions, each from its position (`next_offset`). Everything
+    /// that follows the log (read models, event streams, host agents, rebuilds) uses one.
+    fn follow(&self, from: &[Position]) -> Result<Box<dyn Follower>, LogError>;
+}
+
+/// A positioned reader of committed records, outside any consumer group: it keeps its place
+/// across calls and is handed records as they are committed, without re-positioning per call (on
+/// Kafka, one `read_committed` consumer assigned once; on the local backends, cursors woken by the
+/// log's commit notifications). It never commits positions: its owner keeps them if it must.
+pub trait Follower: Send {
+    /// Up to `max` committed records of the followed partitions, in offset order within each
+    /// partition, waiting up to `wait` when none is ready. Records already committed are returned
+    /// at once; an empty answer means none came within `wait`.
+    fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError>;
+
+    /// Follows one more partition from `position`, or moves a followed one there.
+    fn seek(&mut self, position: &Position) -> Result<(), LogError>;
+
+    /// Where each followed partition stands: the offset after the last record handed out (or the
+    /// offset it was started or moved to), by topic and partition.
+    fn positions(&self) -> Vec<Position>;
 }
 
 /// A member of a consumer group: reads its partitions and performs atomic steps.

@@ -11,8 +11,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::{
-    Appended, EventLog, LogError, Member, MemberConfig, OutRecord, Polled, Position, Record, TopicPartition, TopicSpec,
-    partition,
+    Appended, EventLog, Follower, LogError, Member, MemberConfig, OutRecord, Polled, Position, Record, TopicPartition,
+    TopicSpec, partition,
 };
 
 /// A record with its partition resolved.
@@ -130,6 +130,19 @@ fn place<S: LocalStore + ?Sized>(store: &S, records: &[OutRecord]) -> Result<Vec
 impl<S: LocalStore> EventLog for LocalLog<S> {
     fn identity(&self) -> Result<String, LogError> {
         self.store.identity()
+    }
+
+    fn follow(&self, from: &[Position]) -> Result<Box<dyn Follower>, LogError> {
+        let mut follower = LocalFollower {
+            store: Arc::clone(&self.store),
+            notifier: Arc::clone(&self.notifier),
+            cursors: BTreeMap::new(),
+            turn: 0,
+        };
+        for position in from {
+            follower.seek(position)?;
+        }
+        Ok(Box::new(follower))
     }
 
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
@@ -347,5 +360,74 @@ impl<S: LocalStore> Member for LocalMember<S> {
 
     fn pending_steps(&self) -> usize {
         self.batch.as_ref().map_or(0, |open| open.steps)
+    }
+}
+
+/// The local backends' [`Follower`]: a cursor per partition, and the log's commit notifier to
+/// wake it (with [`CROSS_PROCESS_POLL`] for writers in other processes).
+struct LocalFollower<S> {
+    store: Arc<S>,
+    notifier: Arc<Notifier>,
+    cursors: BTreeMap<TopicPartition, u64>,
+    /// Which partition is read first on the next call, so that a busy partition cannot starve the
+    /// others when `max` is reached.
+    turn: usize,
+}
+
+impl<S: LocalStore> LocalFollower<S> {
+    fn collect(&mut self, max: usize) -> Result<Vec<Record>, LogError> {
+        let mut records = Vec::new();
+        let count = self.cursors.len();
+        let partitions: Vec<TopicPartition> = self.cursors.keys().cloned().collect();
+        for index in 0..count {
+            if records.len() >= max {
+                break;
+            }
+            let partition = &partitions[(self.turn + index) % count];
+            let cursor = self.cursors[partition];
+            let read = self.store.read(&partition.topic, partition.partition, cursor, max - records.len())?;
+            if let Some(last) = read.last() {
+                self.cursors.insert(partition.clone(), last.offset + 1);
+            }
+            records.extend(read);
+        }
+        self.turn = self.turn.wrapping_add(1);
+        Ok(records)
+    }
+}
+
+impl<S: LocalStore> Follower for LocalFollower<S> {
+    fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let seen = self.notifier.generation();
+            let records = self.collect(max)?;
+            let now = Instant::now();
+            if !records.is_empty() || now >= deadline || max == 0 {
+                return Ok(records);
+            }
+            self.notifier.wait(seen, (deadline - now).min(CROSS_PROCESS_POLL));
+        }
+    }
+
+    fn seek(&mut self, position: &Position) -> Result<(), LogError> {
+        let count = self.store.partition_count(&position.topic)?;
+        if position.partition >= count {
+            return Err(LogError::NoSuchPartition { topic: position.topic.clone(), partition: position.partition });
+        }
+        let partition = TopicPartition { topic: position.topic.clone(), partition: position.partition };
+        self.cursors.insert(partition, position.next_offset);
+        Ok(())
+    }
+
+    fn positions(&self) -> Vec<Position> {
+        self.cursors
+            .iter()
+            .map(|(tp, next_offset)| Position {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                next_offset: *next_offset,
+            })
+            .collect()
     }
 }
