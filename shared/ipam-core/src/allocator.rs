@@ -19,6 +19,13 @@
 //! machine is deterministic, so the same inputs rebuild the same state and, as a check, re-derive the
 //! outputs already in the log. A [`Allocator::snapshot`] taken at an input offset shortens the replay
 //! to the tail after it.
+//!
+//! # Retries
+//! Each network's machine remembers the ids of its last [`INPUT_WINDOW`] inputs ([`RecentInputs`])
+//! and ignores an input whose id it holds: a retry has no second effect and writes no output id
+//! twice. The window survives the network's removal (the machine stays as a tombstone that holds
+//! only the window), so a late retry of one of its requests is not answered `unknown_network` under
+//! an id already used. An input about no network reaches no machine and has no effect anyway.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,8 +39,9 @@ use crate::event::{
 };
 use crate::ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
 use crate::mac::Mac;
-use crate::net::SubnetSpec;
+use crate::net::{SpecialBlock, SubnetSpec};
 use crate::pool::{AddressPool, PoolError};
+use crate::recent::{INPUT_WINDOW, RecentInputs};
 use crate::rejection::{Rejection, RejectionCode};
 
 /// The longest network name accepted.
@@ -80,6 +88,8 @@ pub struct NetworkAllocator {
     subnets: BTreeMap<SubnetId, Subnet>,
     holdings: BTreeMap<OwnerKey, Holding>,
     macs: BTreeMap<Mac, MacUser>,
+    /// The ids of the inputs this network's machine applied last; kept across the network's removal.
+    recent_inputs: RecentInputs,
 }
 
 /// Who uses a MAC on the network. A vNIC's MAC is unique on its network; a host's DHCP server uses
@@ -108,12 +118,19 @@ struct ReserveRequest {
 
 impl NetworkAllocator {
     pub fn new(network_id: NetworkId) -> NetworkAllocator {
+        NetworkAllocator::with_input_window(network_id, INPUT_WINDOW)
+    }
+
+    /// A machine that remembers the ids of its last `input_window` inputs ([`INPUT_WINDOW`] in
+    /// production; tests use small windows).
+    fn with_input_window(network_id: NetworkId, input_window: usize) -> NetworkAllocator {
         NetworkAllocator {
             network_id,
             settings: None,
             subnets: BTreeMap::new(),
             holdings: BTreeMap::new(),
             macs: BTreeMap::new(),
+            recent_inputs: RecentInputs::with_capacity(input_window),
         }
     }
 
@@ -125,15 +142,25 @@ impl NetworkAllocator {
         self.settings.as_ref()
     }
 
-    /// Whether the machine holds nothing at all (never upserted, or removed).
+    /// Whether the machine holds no network (never upserted, or removed); it may still remember
+    /// input ids.
     pub fn is_empty(&self) -> bool {
         self.settings.is_none() && self.subnets.is_empty() && self.holdings.is_empty()
     }
 
+    /// The ids of the inputs applied last, oldest first.
+    pub fn recent_inputs(&self) -> &RecentInputs {
+        &self.recent_inputs
+    }
+
     /// Applies one input and returns the outputs, in order. Events of other networks or of types
-    /// the allocator does not handle yield nothing.
+    /// the allocator does not handle yield nothing, and so does an input whose id is among the
+    /// last [`INPUT_WINDOW`] this network applied (a retry): it changes nothing either.
     pub fn apply(&mut self, input: &Envelope) -> Vec<Event> {
         if input.event.network_id() != Some(self.network_id) {
+            return Vec::new();
+        }
+        if !self.recent_inputs.record(input.id) {
             return Vec::new();
         }
         let cause = input.id;
@@ -180,7 +207,10 @@ impl NetworkAllocator {
         outputs.extend(std::mem::take(&mut self.subnets).into_keys().map(|subnet_id| {
             Event::SubnetDeactivated(SubnetDeactivated { network_id: e.network_id, subnet_id, cause })
         }));
-        *self = NetworkAllocator::new(self.network_id);
+        // Everything goes but the window of input ids, so a late retry is still recognised.
+        self.settings = None;
+        debug_assert!(self.macs.is_empty(), "every MAC user held a reservation, and all are released");
+        self.macs.clear();
         outputs
     }
 
@@ -316,6 +346,12 @@ impl NetworkAllocator {
             let message = format!("MAC {mac} is already used on network {network_id} by {who}");
             return Err(Rejection::new(RejectionCode::DuplicateMac, message));
         }
+        if let Some((ip, block)) = requested_ip.and_then(|ip| Some((ip, SpecialBlock::of(ip)?))) {
+            // Subnets in these blocks are refused, but one accepted by an older version may be in
+            // one, and an address outside every subnet is better told why it never fits.
+            let message = format!("{ip} is in {}; no host may hold it", block.describe());
+            return Err(Rejection::new(RejectionCode::IpNotAssignable, message));
+        }
         let ip = match requested_ip {
             Some(ip) => subnet.pool.reserve(ip).map(|()| ip).map_err(|error| {
                 let cidr = subnet.spec.cidr;
@@ -448,6 +484,7 @@ impl NetworkAllocator {
                     ip: holding.ip,
                 })
                 .collect(),
+            recent_inputs: self.recent_inputs.clone(),
         }
     }
 
@@ -455,6 +492,7 @@ impl NetworkAllocator {
         let network_id = snapshot.network_id;
         let mut allocator = NetworkAllocator::new(network_id);
         allocator.settings = snapshot.settings;
+        allocator.recent_inputs = snapshot.recent_inputs;
         for SubnetSnapshot { subnet_id, spec, next_candidate } in snapshot.subnets {
             let mut pool = AddressPool::new(&spec);
             pool.set_next_candidate(next_candidate);
@@ -530,6 +568,11 @@ struct NetworkSnapshot {
     settings: Option<NetworkSettings>,
     subnets: Vec<SubnetSnapshot>,
     reservations: Vec<ReservationSnapshot>,
+    /// Oldest first. Absent from snapshots written before the window existed: those restore with
+    /// an empty window (a retry of an input before the snapshot is then applied again, as it was
+    /// by the version that wrote it).
+    #[serde(default)]
+    recent_inputs: RecentInputs,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -549,9 +592,17 @@ struct ReservationSnapshot {
 
 /// The allocators of every network one process owns (one partition's worth, or all of them),
 /// routing each input to its network's machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocator {
     networks: BTreeMap<NetworkId, NetworkAllocator>,
+    /// The window size of the network machines this allocator creates.
+    input_window: usize,
+}
+
+impl Default for Allocator {
+    fn default() -> Allocator {
+        Allocator { networks: BTreeMap::new(), input_window: INPUT_WINDOW }
+    }
 }
 
 impl Allocator {
@@ -559,15 +610,25 @@ impl Allocator {
         Allocator::default()
     }
 
-    /// Applies one input to its network's allocator. Events about no network yield nothing.
+    /// An allocator whose network machines remember only `input_window` input ids, for tests that
+    /// watch ids being forgotten. A restored allocator always has [`INPUT_WINDOW`].
+    pub fn with_input_window(input_window: usize) -> Allocator {
+        Allocator { networks: BTreeMap::new(), input_window }
+    }
+
+    /// Applies one input to its network's allocator. Events about no network yield nothing and
+    /// leave no trace.
+    ///
+    /// A network's machine is kept once it has seen an input, even one refused with
+    /// `unknown_network`, and after the network's removal: it holds the window of input ids that
+    /// recognises a retry.
     pub fn apply(&mut self, input: &Envelope) -> Vec<Event> {
         let Some(network_id) = input.event.network_id() else { return Vec::new() };
-        let allocator = self.networks.entry(network_id).or_insert_with(|| NetworkAllocator::new(network_id));
-        let outputs = allocator.apply(input);
-        if allocator.is_empty() {
-            self.networks.remove(&network_id);
-        }
-        outputs
+        let input_window = self.input_window;
+        self.networks
+            .entry(network_id)
+            .or_insert_with(|| NetworkAllocator::with_input_window(network_id, input_window))
+            .apply(input)
     }
 
     pub fn network(&self, network_id: NetworkId) -> Option<&NetworkAllocator> {
@@ -580,16 +641,27 @@ impl Allocator {
 
     /// One allocator per network, for a runtime that gives each network its own actor.
     pub fn split(self) -> Vec<Allocator> {
+        let input_window = self.input_window;
         self.networks
             .into_iter()
-            .map(|(network_id, allocator)| Allocator { networks: BTreeMap::from([(network_id, allocator)]) })
+            .map(|(network_id, allocator)| Allocator {
+                networks: BTreeMap::from([(network_id, allocator)]),
+                input_window,
+            })
             .collect()
     }
 
     /// The union of allocators of distinct networks (the inverse of [`Allocator::split`]); a network
-    /// found twice keeps its last copy.
+    /// found twice keeps its last copy. The window size is the first part's.
     pub fn merge(parts: impl IntoIterator<Item = Allocator>) -> Allocator {
-        Allocator { networks: parts.into_iter().flat_map(|part| part.networks).collect() }
+        let mut merged: Option<Allocator> = None;
+        for part in parts {
+            match &mut merged {
+                None => merged = Some(part),
+                Some(merged) => merged.networks.extend(part.networks),
+            }
+        }
+        merged.unwrap_or_default()
     }
 
     /// The canonical bytes of the state: equal states give equal bytes.
@@ -607,7 +679,7 @@ impl Allocator {
             let network_id = network.network_id;
             networks.insert(network_id, NetworkAllocator::from_snapshot(network)?);
         }
-        Ok(Allocator { networks })
+        Ok(Allocator { networks, input_window: INPUT_WINDOW })
     }
 }
 

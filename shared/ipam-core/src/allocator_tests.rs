@@ -24,13 +24,16 @@ fn network(enabled: bool) -> Event {
     })
 }
 
+/// A subnet with one DNS server of its family.
 fn subnet(subnet_id: SubnetId, cidr: &str, gateway: &str) -> SubnetAdded {
+    let cidr: crate::Cidr = cidr.parse().unwrap();
+    let dns = if cidr.is_ipv4() { "192.0.2.53" } else { "2001:db8:53::53" };
     SubnetAdded {
         network_id: NET,
         subnet_id,
-        cidr: cidr.parse().unwrap(),
+        cidr,
         gateway: gateway.parse().unwrap(),
-        dns_servers: vec!["192.0.2.53".parse().unwrap()],
+        dns_servers: vec![dns.parse().unwrap()],
         ntp_servers: vec![],
         allocation_pools: None,
     }
@@ -85,19 +88,39 @@ fn history(base: Vec<Event>, more: impl IntoIterator<Item = Event>) -> Vec<Event
     base.into_iter().chain(more).collect()
 }
 
+/// The state a snapshot describes, less the windows of input ids and the machines that hold
+/// nothing else: what a refused input must leave as it was.
+fn without_windows(snapshot: &[u8]) -> serde_json::Value {
+    let mut state: serde_json::Value = serde_json::from_slice(snapshot).unwrap();
+    let networks = state["networks"].as_array_mut().unwrap();
+    for network in networks.iter_mut() {
+        network.as_object_mut().unwrap().remove("recent_inputs").expect("every machine has a window");
+    }
+    networks.retain(|network| {
+        !(network["settings"].is_null()
+            && network["subnets"].as_array().unwrap().is_empty()
+            && network["reservations"].as_array().unwrap().is_empty())
+    });
+    state
+}
+
 /// Applies `history`, then `input`, and compares the input's outputs with `expected`. A rejection
-/// must leave the state exactly as it was.
+/// must leave the state exactly as it was, but for the input's id, which the network's window now
+/// holds, so that a retry is not answered twice.
 fn check(history: Vec<Event>, input: Event, expected: Expect) {
     let mut allocator = Allocator::new();
     for (n, event) in history.into_iter().enumerate() {
         allocator.apply(&envelope(n as u128, event));
     }
     let before = allocator.snapshot();
-    let outputs = allocator.apply(&envelope(999, input));
+    let input = envelope(999, input);
+    let outputs = allocator.apply(&input);
     if outputs.iter().any(|output| matches!(output, Event::RequestRejected(_))) {
         assert_eq!(outputs.len(), 1, "a rejection comes alone");
-        assert_eq!(String::from_utf8(before).unwrap(), String::from_utf8(allocator.snapshot()).unwrap());
+        assert_eq!(without_windows(&before), without_windows(&allocator.snapshot()));
     }
+    let network = allocator.network(input.event.network_id().unwrap()).expect("the network's machine is kept");
+    assert!(network.recent_inputs().contains(input.id), "the input's id is remembered");
     expected.assert_eq(&render(&outputs));
 }
 
@@ -143,8 +166,8 @@ fn ipv6_subnet_is_activated() {
         vec![network(true)],
         add(S2, "2001:db8::/64", "2001:db8::1"),
         expect![[r#"
-        subnet.activated {allocation_pools:[{end:2001:db8::ffff:ffff:ffff:ffff,start:2001:db8::1}],cidr:2001:db8::/64,dns_servers:[192.0.2.53],gateway:2001:db8::1,network_id:#1,ntp_servers:[],subnet_id:#12}
-    "#]],
+            subnet.activated {allocation_pools:[{end:2001:db8::ffff:ffff:ffff:ffff,start:2001:db8::1}],cidr:2001:db8::/64,dns_servers:[2001:db8:53::53],gateway:2001:db8::1,network_id:#1,ntp_servers:[],subnet_id:#12}
+        "#]],
     );
 }
 
@@ -404,6 +427,62 @@ fn rejects_subnet_without_room_for_hosts() {
 }
 
 #[test]
+fn rejects_ipv6_wider_than_slash_64() {
+    check(
+        vec![network(true)],
+        add(S2, "2001:db8:90::/48", "2001:db8:90::1"),
+        expect![[r#"
+        request.rejected {code:subnet_too_large,message:2001:db8:90::/48 is wider than /64, the widest DHCPv6 range dnsmasq serves,network_id:#1,request_type:ipam.subnet.added.v1}
+    "#]],
+    );
+}
+
+#[test]
+fn rejects_subnet_no_client_may_get_an_address_from() {
+    check(
+        vec![network(true)],
+        add(S1, "224.0.0.0/24", "224.0.0.1"),
+        expect![[r#"
+        request.rejected {code:unsupported_subnet,message:224.0.0.0/24 overlaps the multicast block (224.0.0.0/4, ff00::/8), whose addresses no DHCP client may be given,network_id:#1,request_type:ipam.subnet.added.v1}
+    "#]],
+    );
+    let mapped = SubnetAdded { dns_servers: vec![], ..subnet(S2, "::ffff:10.0.0.0/120", "::ffff:10.0.0.1") };
+    check(
+        small_network(),
+        Event::SubnetAdded(mapped),
+        expect![[r#"
+        request.rejected {code:unsupported_subnet,message:::ffff:10.0.0.0/120 overlaps the IPv4-mapped block (::ffff:0:0/96), whose addresses no DHCP client may be given,network_id:#1,request_type:ipam.subnet.added.v1}
+    "#]],
+    );
+}
+
+#[test]
+fn rejects_dns_server_of_the_other_family() {
+    let v4_dns =
+        SubnetAdded { dns_servers: vec!["192.0.2.53".parse().unwrap()], ..subnet(S2, "2001:db8::/64", "2001:db8::1") };
+    check(
+        vec![network(true)],
+        Event::SubnetAdded(v4_dns),
+        expect![[r#"
+        request.rejected {code:address_family_mismatch,message:dns_servers holds 192.0.2.53, but 2001:db8::/64 is an IPv6 subnet,network_id:#1,request_type:ipam.subnet.added.v1}
+    "#]],
+    );
+}
+
+#[test]
+fn rejects_ntp_server_no_one_can_reach() {
+    let unspecified =
+        SubnetAdded { ntp_servers: vec!["0.0.0.0".parse().unwrap()], ..subnet(S1, "10.0.0.0/24", "10.0.0.1") };
+    check(
+        vec![network(true)],
+        Event::SubnetAdded(unspecified),
+        expect![[r#"
+        request.rejected {code:reserved_address,message:ntp_servers holds 0.0.0.0, the unspecified block (0.0.0.0/8, ::), where no server can be reached,network_id:#1,request_type:ipam.subnet.added.v1}
+    "#]],
+    );
+}
+
+#[test]
 fn rejects_overlapping_subnet() {
     check(
         small_network(),
@@ -530,6 +609,34 @@ fn rejects_fixed_ip_that_is_the_gateway_or_broadcast() {
         request.rejected {code:ip_not_assignable,message:10.0.0.7 is the network, broadcast or gateway address of 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1}
     "#]],
     );
+}
+
+#[test]
+fn rejects_fixed_ip_no_host_may_hold() {
+    check(
+        small_network(),
+        Event::VnicStarted(up(1, Some(S1), Some("224.0.0.5"))),
+        expect![[r#"
+        request.rejected {code:ip_not_assignable,message:224.0.0.5 is in the multicast block (224.0.0.0/4, ff00::/8); no host may hold it,network_id:#1,request_type:ipam.vnic.started.v1}
+    "#]],
+    );
+}
+
+#[test]
+fn rejects_multicast_fixed_ip_in_a_multicast_subnet_an_older_version_accepted() {
+    let mut allocator = Allocator::new();
+    for (n, event) in small_network().into_iter().enumerate() {
+        allocator.apply(&envelope(n as u128, event));
+    }
+    // Snapshots are not validated again on restore, so state from before the subnet rules may hold
+    // a subnet the rules now refuse.
+    let snapshot = String::from_utf8(allocator.snapshot()).unwrap().replace("10.0.0.", "239.0.0.");
+    let mut allocator = Allocator::restore(snapshot.as_bytes()).unwrap();
+    let outputs = allocator.apply(&envelope(999, Event::VnicStarted(up(1, Some(S1), Some("239.0.0.5")))));
+    expect![[r#"
+        request.rejected {code:ip_not_assignable,message:239.0.0.5 is in the multicast block (224.0.0.0/4, ff00::/8); no host may hold it,network_id:#1,request_type:ipam.vnic.started.v1}
+    "#]]
+    .assert_eq(&render(&outputs));
 }
 
 #[test]
@@ -706,4 +813,138 @@ fn split_and_merge_are_inverse() {
     let parts = allocator.clone().split();
     assert_eq!(parts.len(), 2);
     assert_eq!(Allocator::merge(parts), allocator);
+}
+
+// ---- Retries: an input id seen again has no second effect --------------------------------------
+
+/// An allocator that applied `history`, each event with its given id.
+fn applied(mut allocator: Allocator, history: &[(u128, Event)]) -> Allocator {
+    for (id, event) in history {
+        allocator.apply(&envelope(*id, event.clone()));
+    }
+    allocator
+}
+
+/// Network 1 with a subnet, vNIC 1 started (id 2) and stopped (id 3): a retry of the start would
+/// reserve again.
+fn started_and_stopped() -> Vec<(u128, Event)> {
+    vec![(0, network(true)), (1, add(S1, "10.0.0.0/29", "10.0.0.1")), (2, start(1)), (3, stop(1))]
+}
+
+/// Applies `input` with id `id` and checks that it yields nothing and leaves the state, window
+/// included, byte for byte as it was.
+fn assert_ignored(allocator: &mut Allocator, id: u128, input: Event) {
+    let before = allocator.snapshot();
+    let outputs = allocator.apply(&envelope(id, input));
+    assert_eq!(render(&outputs), "", "a retry has no output");
+    assert_eq!(String::from_utf8(before).unwrap(), String::from_utf8(allocator.snapshot()).unwrap());
+}
+
+#[test]
+fn retried_input_has_no_second_effect() {
+    let mut allocator = applied(Allocator::new(), &started_and_stopped());
+    assert_ignored(&mut allocator, 2, start(1));
+    assert_eq!(allocator.network(NET).unwrap().vnic_reservation(VnicId::from_u128(1)), None);
+}
+
+#[test]
+fn second_event_with_the_id_of_another_has_no_effect() {
+    let mut allocator = applied(Allocator::new(), &started_and_stopped());
+    assert_ignored(&mut allocator, 2, start(2));
+    assert_ignored(&mut allocator, 0, Event::SubnetRemoved(SubnetRemoved { network_id: NET, subnet_id: S1 }));
+}
+
+#[test]
+fn retry_is_recognised_after_a_restart_from_a_snapshot() {
+    let allocator = applied(Allocator::new(), &started_and_stopped());
+    let mut restored = Allocator::restore(&allocator.snapshot()).unwrap();
+    assert_eq!(restored, allocator);
+    assert_ignored(&mut restored, 2, start(1));
+}
+
+#[test]
+fn retry_is_recognised_after_split_and_merge() {
+    let mut history = started_and_stopped();
+    let other = NetworkId::from_u128(2);
+    let upsert =
+        NetworkUpserted { network_id: other, name: "other".to_owned(), ipam_enabled: true, servers_count: None };
+    history.push((4, Event::NetworkUpserted(upsert)));
+    let allocator = applied(Allocator::new(), &history);
+    let parts = allocator.clone().split();
+    assert_eq!(parts.len(), 2);
+    let mut merged = Allocator::merge(parts);
+    assert_eq!(merged, allocator);
+    assert_ignored(&mut merged, 2, start(1));
+}
+
+#[test]
+fn retry_after_the_network_is_removed_is_not_answered_again() {
+    let mut history = started_and_stopped();
+    history.push((4, Event::NetworkRemoved(NetworkRemoved { network_id: NET })));
+    let mut allocator = applied(Allocator::new(), &history);
+    // Without the window this would be an `unknown_network` rejection under an output id the
+    // reservation of input 2 already used.
+    assert_ignored(&mut allocator, 2, start(1));
+    let mut restored = Allocator::restore(&allocator.snapshot()).unwrap();
+    assert_ignored(&mut restored, 2, start(1));
+}
+
+#[test]
+fn retry_of_a_refused_input_is_not_answered_again() {
+    let mut allocator = applied(Allocator::new(), &[(7, start(1))]);
+    assert_ignored(&mut allocator, 7, start(1));
+    // The network comes later; the retry must still not reserve under the rejection's output id.
+    let mut allocator = applied(allocator, &[(0, network(true)), (1, add(S1, "10.0.0.0/29", "10.0.0.1"))]);
+    assert_ignored(&mut allocator, 7, start(1));
+}
+
+#[test]
+fn window_forgets_the_oldest_id_after_as_many_newer_inputs_as_it_holds() {
+    let window = 3;
+    // Ids 2 (the start) and 3 (the stop), then inputs 10, 11 that change nothing.
+    let mut history = started_and_stopped();
+    history.extend([(10, stop(7)), (11, stop(8))]);
+    let mut allocator = applied(Allocator::with_input_window(window), &history);
+    assert_eq!(allocator.network(NET).unwrap().recent_inputs().iter().collect::<Vec<_>>(), ids(&[3, 10, 11]));
+    // Id 3 is still held: its retry is ignored. Id 2 has three newer ids and is forgotten: its
+    // retry is applied again.
+    assert_ignored(&mut allocator, 3, stop(1));
+    let outputs = allocator.apply(&envelope(2, start(1)));
+    expect![[r#"
+        reservation.added {ip:10.0.0.3,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#11}
+    "#]]
+    .assert_eq(&render(&outputs));
+    assert_eq!(allocator.network(NET).unwrap().recent_inputs().iter().collect::<Vec<_>>(), ids(&[10, 11, 2]));
+}
+
+fn ids(ns: &[u128]) -> Vec<EventId> {
+    ns.iter().map(|&n| envelope(n, network(true)).id).collect()
+}
+
+#[test]
+fn production_machines_remember_the_production_window() {
+    let allocator = applied(Allocator::new(), &started_and_stopped());
+    assert_eq!(allocator.network(NET).unwrap().recent_inputs().capacity(), INPUT_WINDOW);
+    let restored = Allocator::restore(&applied(Allocator::with_input_window(3), &started_and_stopped()).snapshot());
+    assert_eq!(restored.unwrap().network(NET).unwrap().recent_inputs().capacity(), INPUT_WINDOW);
+}
+
+#[test]
+fn snapshot_from_before_the_window_restores_with_an_empty_one() {
+    let allocator = applied(Allocator::new(), &started_and_stopped());
+    let mut old: serde_json::Value = serde_json::from_slice(&allocator.snapshot()).unwrap();
+    for network in old["networks"].as_array_mut().unwrap() {
+        network.as_object_mut().unwrap().remove("recent_inputs");
+    }
+    let restored = Allocator::restore(old.to_string().as_bytes()).unwrap();
+    assert!(restored.network(NET).unwrap().recent_inputs().is_empty());
+    assert_eq!(without_windows(&restored.snapshot()), without_windows(&allocator.snapshot()));
+}
+
+#[test]
+fn snapshot_holds_the_window_in_the_order_of_application() {
+    let allocator = applied(Allocator::new(), &[(9, network(true)), (4, start(1)), (6, stop(1))]);
+    let snapshot: serde_json::Value = serde_json::from_slice(&allocator.snapshot()).unwrap();
+    expect![[r#"["00000000-0000-0000-0000-00000000e009","00000000-0000-0000-0000-00000000e004","00000000-0000-0000-0000-00000000e006"]"#]]
+        .assert_eq(&snapshot["networks"][0]["recent_inputs"].to_string());
 }

@@ -15,6 +15,7 @@ pub mod mac;
 pub mod net;
 pub mod placement;
 pub mod pool;
+pub mod recent;
 pub mod rejection;
 pub mod time;
 

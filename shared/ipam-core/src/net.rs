@@ -4,10 +4,24 @@
 //! anything a shell or a dnsmasq file could misread). The rules that tie several fields together
 //! (the gateway inside the subnet, pools inside it and apart) are checked by [`SubnetSpec::new`],
 //! which answers with a [`Rejection`] code so the engine learns exactly what to fix.
+//!
+//! # What the DHCP backend can serve
+//! A subnet that passes [`SubnetSpec::new`] must be one that dnsmasq 2.90, as the host agent
+//! configures it, serves: one it refuses makes dnsmasq exit at start, which takes DHCP down for the
+//! whole network. Observed with `dnsmasq --test` and by starting dnsmasq on a veth in a network
+//! namespace, with files written the way `ipam-host-agent`'s `dnsmasq::render` writes them:
+//! - an IPv6 `dhcp-range=…,static,<prefix>` with a prefix shorter than /64 is refused ("prefix
+//!   length must be at least 64", exit status 1); /64 to /126 start;
+//! - a DNS or NTP server of the other family is refused for IPv4 options and IPv6 DNS ("bad IP
+//!   address", exit status 1), and accepted for IPv6 NTP, where no DHCPv6 client can use it;
+//! - multicast, loopback, unspecified, reserved (240/4), link-local and IPv4-mapped subnets, and
+//!   unspecified, multicast or loopback option servers, all start. They are refused anyway (see
+//!   [`SpecialBlock`]): no guest can use such an address, and dnsmasq reads `0.0.0.0` and `::` in an
+//!   option as "this server", which answers neither DNS nor NTP (the agent runs it with `port=0`).
 
 use std::borrow::Cow;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -210,6 +224,9 @@ impl JsonSchema for InterfaceName {
 
 /// The widest IPv4 subnet IPAM manages: a /8 keeps the address bitmap at 2 MiB.
 pub const MAX_IPV4_PREFIX_WIDTH: u8 = 24;
+/// The shortest IPv6 prefix IPAM manages: dnsmasq 2.90 refuses a DHCPv6 range shorter than /64
+/// ("prefix length must be at least 64") and exits, so a /48 would stop the network's DHCP server.
+pub const MIN_IPV6_PREFIX_LEN: u8 = 64;
 /// At most this many DNS or NTP servers per subnet (DHCP options have a size limit).
 pub const MAX_OPTION_SERVERS: usize = 8;
 /// At most this many allocation pools per subnet.
@@ -241,8 +258,17 @@ impl SubnetSpec {
         if cidr.is_ipv4() && host_bits > MAX_IPV4_PREFIX_WIDTH {
             return reject(RejectionCode::SubnetTooLarge, format!("{cidr} is wider than /8"));
         }
+        if !cidr.is_ipv4() && cidr.prefix_len() < MIN_IPV6_PREFIX_LEN {
+            let message =
+                format!("{cidr} is wider than /{MIN_IPV6_PREFIX_LEN}, the widest DHCPv6 range dnsmasq serves");
+            return reject(RejectionCode::SubnetTooLarge, message);
+        }
         if host_bits < 2 {
             return reject(RejectionCode::SubnetTooSmall, format!("{cidr} has no room for hosts besides the gateway"));
+        }
+        if let Some(block) = SpecialBlock::overlapping(cidr) {
+            let message = format!("{cidr} overlaps {}, whose addresses no DHCP client may be given", block.describe());
+            return reject(RejectionCode::UnsupportedSubnet, message);
         }
         if !cidr.contains(gateway) {
             return reject(RejectionCode::InvalidGateway, format!("gateway {gateway} is outside {cidr}"));
@@ -259,6 +285,25 @@ impl SubnetSpec {
                     RejectionCode::InvalidRequest,
                     format!("{what} has {} entries; at most {MAX_OPTION_SERVERS} are allowed", servers.len()),
                 );
+            }
+            for &server in servers.iter() {
+                if server.is_ipv4() != cidr.is_ipv4() {
+                    let family = if cidr.is_ipv4() { "IPv4" } else { "IPv6" };
+                    let message = format!("{what} holds {server}, but {cidr} is an {family} subnet");
+                    return reject(RejectionCode::AddressFamilyMismatch, message);
+                }
+                // DHCPv6 carries a multicast NTP address in its own suboption (RFC 5908), and
+                // dnsmasq encodes it so; a multicast DNS server, or IPv4 NTP one, means nothing.
+                let multicast_ntp = what == "ntp_servers" && server.is_ipv6() && server.is_multicast();
+                match SpecialBlock::of(server) {
+                    Some(SpecialBlock::LinkLocal) | None => {}
+                    Some(SpecialBlock::Multicast) if multicast_ntp => {}
+                    Some(block) => {
+                        let message =
+                            format!("{what} holds {server}, {}, where no server can be reached", block.describe());
+                        return reject(RejectionCode::ReservedAddress, message);
+                    }
+                }
             }
         }
         let allocation_pools = match allocation_pools {
@@ -314,6 +359,81 @@ impl SubnetSpec {
     /// Whether two definitions of one subnet differ only in what can change under live reservations.
     pub fn differs_only_in_options(&self, other: &SubnetSpec) -> bool {
         self.cidr == other.cidr && self.gateway == other.gateway && self.allocation_pools == other.allocation_pools
+    }
+}
+
+/// A special-purpose address block (RFC 6890's registries) from which no DHCP client may be given
+/// an address.
+///
+/// Subnets, fixed IPs and DNS/NTP servers in these blocks are refused. Link-local is refused for
+/// subnets and fixed IPs (hosts configure 169.254/16 and fe80::/10 themselves, RFC 3927 §1.6 and
+/// RFC 4862; a leased one would collide with a guest's own), but allowed for DNS and NTP servers,
+/// which clouds put there (169.254.169.253, fe80::…). dnsmasq 2.90 starts with any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialBlock {
+    /// 0.0.0.0/8 ("this network") and `::`.
+    Unspecified,
+    /// 127.0.0.0/8 and `::1`.
+    Loopback,
+    /// 169.254.0.0/16 and fe80::/10.
+    LinkLocal,
+    /// 224.0.0.0/4 and ff00::/8.
+    Multicast,
+    /// 240.0.0.0/4, with the limited broadcast address 255.255.255.255.
+    Reserved,
+    /// ::ffff:0:0/96: IPv4 addresses written as IPv6, never on an IPv6 wire (RFC 4291 §2.5.5.2).
+    Ipv4Mapped,
+}
+
+impl SpecialBlock {
+    /// The first address of each block (each block is a prefix, so a subnet overlaps a block iff
+    /// the block holds the subnet's first address or the subnet holds the block's).
+    const STARTS: [IpAddr; 10] = [
+        IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+        IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)),
+        IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)),
+        IpAddr::V4(Ipv4Addr::new(240, 0, 0, 0)),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0)),
+        IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+        IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)),
+    ];
+
+    /// The block `ip` is in, if any.
+    pub fn of(ip: IpAddr) -> Option<SpecialBlock> {
+        match ip {
+            IpAddr::V4(v4) if v4.octets()[0] == 0 => Some(SpecialBlock::Unspecified),
+            IpAddr::V4(v4) if v4.is_loopback() => Some(SpecialBlock::Loopback),
+            IpAddr::V4(v4) if v4.is_link_local() => Some(SpecialBlock::LinkLocal),
+            IpAddr::V4(v4) if v4.is_multicast() => Some(SpecialBlock::Multicast),
+            IpAddr::V4(v4) if v4.octets()[0] >= 240 => Some(SpecialBlock::Reserved),
+            IpAddr::V6(v6) if v6.is_unspecified() => Some(SpecialBlock::Unspecified),
+            IpAddr::V6(v6) if v6.is_loopback() => Some(SpecialBlock::Loopback),
+            IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some(SpecialBlock::LinkLocal),
+            IpAddr::V6(v6) if v6.is_multicast() => Some(SpecialBlock::Multicast),
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some(SpecialBlock::Ipv4Mapped),
+            _ => None,
+        }
+    }
+
+    /// A block `cidr` shares an address with, if any.
+    pub fn overlapping(cidr: Cidr) -> Option<SpecialBlock> {
+        SpecialBlock::of(cidr.network())
+            .or_else(|| SpecialBlock::STARTS.into_iter().find(|&start| cidr.contains(start)).and_then(SpecialBlock::of))
+    }
+
+    /// The block in words, for a rejection message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SpecialBlock::Unspecified => "the unspecified block (0.0.0.0/8, ::)",
+            SpecialBlock::Loopback => "the loopback block (127.0.0.0/8, ::1)",
+            SpecialBlock::LinkLocal => "the link-local block (169.254.0.0/16, fe80::/10)",
+            SpecialBlock::Multicast => "the multicast block (224.0.0.0/4, ff00::/8)",
+            SpecialBlock::Reserved => "the reserved block (240.0.0.0/4, with broadcast 255.255.255.255)",
+            SpecialBlock::Ipv4Mapped => "the IPv4-mapped block (::ffff:0:0/96)",
+        }
     }
 }
 
@@ -384,7 +504,103 @@ mod tests {
         assert!(spec("10.0.0.0/8", "10.0.0.1", None).is_ok());
         assert_eq!(code(spec("10.0.0.0/31", "10.0.0.1", None)), RejectionCode::SubnetTooSmall);
         assert_eq!(code(spec("2001:db8::/127", "2001:db8::1", None)), RejectionCode::SubnetTooSmall);
-        assert!(spec("2001:db8::/48", "2001:db8::1", None).is_ok());
+    }
+
+    /// dnsmasq 2.90 refuses a DHCPv6 range shorter than /64 and exits ("prefix length must be at
+    /// least 64"); /64 to /126 start (checked by hand with the agent's rendering, see the module doc).
+    #[test]
+    fn ipv6_subnets_are_slash_64_or_narrower() {
+        for wide in ["::/0", "2001:db8::/32", "2001:db8:90::/48", "2001:db8::/56", "2001:db8::/63"] {
+            assert_eq!(code(spec(wide, "2001:db8::1", None)), RejectionCode::SubnetTooLarge, "{wide}");
+        }
+        for narrow in ["2001:db8::/64", "2001:db8::/65", "2001:db8::/80", "2001:db8::/112", "2001:db8::/126"] {
+            assert!(spec(narrow, "2001:db8::1", None).is_ok(), "{narrow}");
+        }
+    }
+
+    #[test]
+    fn subnets_in_special_purpose_blocks_are_unsupported() {
+        for (cidr, gateway) in [
+            ("224.0.0.0/24", "224.0.0.1"),
+            ("239.255.0.0/16", "239.255.0.1"),
+            ("127.0.0.0/8", "127.0.0.1"),
+            ("0.0.0.0/24", "0.0.0.1"),
+            ("240.0.0.0/24", "240.0.0.1"),
+            ("255.255.255.0/24", "255.255.255.1"),
+            ("169.254.0.0/16", "169.254.0.1"),
+            ("169.0.0.0/8", "169.0.0.1"),
+            ("ff02::/64", "ff02::1"),
+            ("::/64", "::2"),
+            ("::/120", "::2"),
+            ("::ffff:10.0.0.0/120", "::ffff:10.0.0.1"),
+            ("::ffff:0:0/96", "::ffff:0:1"),
+            ("fe80::/64", "fe80::1"),
+            ("febf:ffff:ffff:ff00::/64", "febf:ffff:ffff:ff00::1"),
+        ] {
+            assert_eq!(code(spec(cidr, gateway, None)), RejectionCode::UnsupportedSubnet, "{cidr}");
+        }
+        for (cidr, gateway) in [
+            ("10.0.0.0/8", "10.0.0.1"),
+            ("126.0.0.0/8", "126.0.0.1"),
+            ("169.253.0.0/16", "169.253.0.1"),
+            ("223.255.255.0/24", "223.255.255.1"),
+            ("100.64.0.0/10", "100.64.0.1"),
+            ("fd00::/64", "fd00::1"),
+            ("fec0::/64", "fec0::1"),
+            ("0:0:0:1::/64", "0:0:0:1::1"),
+        ] {
+            assert!(spec(cidr, gateway, None).is_ok(), "{cidr}");
+        }
+    }
+
+    fn with_options(c: &str, gw: &str, dns: &[&str], ntp: &[&str]) -> Result<SubnetSpec, Rejection> {
+        let ips = |list: &[&str]| list.iter().map(|text| ip(text)).collect();
+        SubnetSpec::new(cidr(c), ip(gw), ips(dns), ips(ntp), None)
+    }
+
+    #[test]
+    fn dns_and_ntp_servers_are_of_the_subnets_family() {
+        let mismatch = RejectionCode::AddressFamilyMismatch;
+        assert_eq!(code(with_options("10.0.0.0/24", "10.0.0.1", &["2001:db8::53"], &[])), mismatch);
+        assert_eq!(code(with_options("10.0.0.0/24", "10.0.0.1", &[], &["2001:db8::123"])), mismatch);
+        assert_eq!(code(with_options("2001:db8::/64", "2001:db8::1", &["192.0.2.53"], &[])), mismatch);
+        assert_eq!(code(with_options("2001:db8::/64", "2001:db8::1", &[], &["192.0.2.123"])), mismatch);
+    }
+
+    #[test]
+    fn dns_and_ntp_servers_are_reachable_unicast_addresses() {
+        let reserved = RejectionCode::ReservedAddress;
+        for dns in ["0.0.0.0", "127.0.0.53", "224.0.0.251", "255.255.255.255", "240.0.0.1"] {
+            assert_eq!(code(with_options("10.0.0.0/24", "10.0.0.1", &[dns], &[])), reserved, "{dns}");
+            assert_eq!(code(with_options("10.0.0.0/24", "10.0.0.1", &[], &[dns])), reserved, "{dns}");
+        }
+        for dns in ["::", "::1", "ff02::fb", "::ffff:192.0.2.53"] {
+            assert_eq!(code(with_options("2001:db8::/64", "2001:db8::1", &[dns], &[])), reserved, "{dns}");
+        }
+        for ntp in ["::", "::1", "::ffff:192.0.2.123"] {
+            assert_eq!(code(with_options("2001:db8::/64", "2001:db8::1", &[], &[ntp])), reserved, "{ntp}");
+        }
+        // Link-local servers are common in clouds; a multicast NTP server has its own DHCPv6
+        // suboption (RFC 5908).
+        assert!(with_options("10.0.0.0/24", "10.0.0.1", &["169.254.169.253"], &["169.254.169.123"]).is_ok());
+        assert!(with_options("2001:db8::/64", "2001:db8::1", &["fe80::53"], &["ff05::101", "fe80::123"]).is_ok());
+    }
+
+    #[test]
+    fn special_blocks_of_single_addresses() {
+        assert_eq!(SpecialBlock::of(ip("0.1.2.3")), Some(SpecialBlock::Unspecified));
+        assert_eq!(SpecialBlock::of(ip("127.255.0.1")), Some(SpecialBlock::Loopback));
+        assert_eq!(SpecialBlock::of(ip("169.254.255.255")), Some(SpecialBlock::LinkLocal));
+        assert_eq!(SpecialBlock::of(ip("239.255.255.255")), Some(SpecialBlock::Multicast));
+        assert_eq!(SpecialBlock::of(ip("255.255.255.255")), Some(SpecialBlock::Reserved));
+        assert_eq!(SpecialBlock::of(ip("::")), Some(SpecialBlock::Unspecified));
+        assert_eq!(SpecialBlock::of(ip("::1")), Some(SpecialBlock::Loopback));
+        assert_eq!(SpecialBlock::of(ip("febf::1")), Some(SpecialBlock::LinkLocal));
+        assert_eq!(SpecialBlock::of(ip("ff00::")), Some(SpecialBlock::Multicast));
+        assert_eq!(SpecialBlock::of(ip("::ffff:10.0.0.1")), Some(SpecialBlock::Ipv4Mapped));
+        for ordinary in ["1.0.0.0", "126.255.255.255", "223.255.255.255", "fec0::1", "feff::1", "::2", "2001:db8::"] {
+            assert_eq!(SpecialBlock::of(ip(ordinary)), None, "{ordinary}");
+        }
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //! heartbeat), so one host loss costs time proportional to what that host served, not to the size
 //! of the fleet. The indexes are derived state: a snapshot holds only the primary state and
 //! [`Placement::restore`] rebuilds them.
+//!
+//! An input whose id is among the last [`INPUT_WINDOW`] placement applied is a retry (or a tick or
+//! heartbeat written twice) and is ignored: no state change, no output ([`RecentInputs`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +32,7 @@ use crate::event::{
 };
 use crate::ids::{EventId, HostId, NetworkId, SubnetId};
 use crate::net::InterfaceName;
+use crate::recent::{INPUT_WINDOW, RecentInputs};
 
 /// How placement decides; not part of the snapshot, so it can change across a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +87,10 @@ struct State {
     /// The last epoch given out per network. Kept when a network is removed, so a re-created network
     /// never reuses an epoch a host agent may still hold.
     epochs: BTreeMap<NetworkId, u64>,
+    /// The ids of the inputs applied last, oldest first. Absent from snapshots written before the
+    /// window existed (same format version): those restore with an empty window.
+    #[serde(default)]
+    recent_inputs: RecentInputs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,12 +283,19 @@ impl Index {
 impl Placement {
     /// An empty machine: no hosts, no networks, no time yet.
     pub fn new(config: PlacementConfig) -> Placement {
+        Placement::with_input_window(config, INPUT_WINDOW)
+    }
+
+    /// An empty machine that remembers only the ids of its last `input_window` inputs, for tests
+    /// that watch ids being forgotten. A restored machine always has [`INPUT_WINDOW`].
+    pub fn with_input_window(config: PlacementConfig, input_window: usize) -> Placement {
         let state = State {
             version: SNAPSHOT_VERSION,
             now_ms: None,
             hosts: BTreeMap::new(),
             networks: BTreeMap::new(),
             epochs: BTreeMap::new(),
+            recent_inputs: RecentInputs::with_capacity(input_window),
         };
         Placement { config, state, index: Index::default() }
     }
@@ -291,8 +306,12 @@ impl Placement {
 
     /// Applies one input and returns the assignments and unassignments it causes: networks in id
     /// order; within a network, unassignments by host id, then assignments in the order they were
-    /// made (ascending epoch). Event types placement does not follow produce nothing.
+    /// made (ascending epoch). Event types placement does not follow produce nothing, and so does
+    /// an input whose id is among the last [`INPUT_WINDOW`] applied (a retry).
     pub fn apply(&mut self, input: &Envelope) -> Vec<Event> {
+        if !self.state.recent_inputs.record(input.id) {
+            return Vec::new();
+        }
         let dirty = match &input.event {
             Event::HostUpserted(event) => self.host_upserted(event),
             Event::HostRemoved(event) => self.host_removed(event),
@@ -389,6 +408,11 @@ impl Placement {
     /// The last epoch given out for `network` (0 if none ever was).
     pub fn epoch(&self, network: NetworkId) -> u64 {
         self.state.epochs.get(&network).copied().unwrap_or(0)
+    }
+
+    /// The ids of the inputs applied last, oldest first.
+    pub fn recent_inputs(&self) -> &RecentInputs {
+        &self.state.recent_inputs
     }
 
     /// The latest `now` the ticks brought (time never moves back), in Unix milliseconds.
@@ -1435,6 +1459,85 @@ mod tests {
         let error = Placement::restore(PlacementConfig::default(), future.as_bytes()).map(|_| ()).expect_err("v2");
         expect!["the placement snapshot has format version 2; this build reads version 1"]
             .assert_eq(&error.to_string());
+    }
+
+    // ---- Retries ---------------------------------------------------------------------------------
+
+    /// `served()` (ids 1 to 6), then n1 disabled (id 50, both servers go) and enabled again (id 51,
+    /// two new servers): a retry of id 50 would take them away again.
+    fn disabled_and_enabled() -> Placement {
+        let mut placement = given(&served());
+        for (id, event) in [(50, network(1, false, None)), (51, enabled(1))] {
+            assert_ne!(render(&placement.apply(&envelope(id, event)), EventId::from_u128(id)), "");
+        }
+        placement
+    }
+
+    /// Applies `input` with id `id` and checks that it yields nothing and leaves the state, window
+    /// included, byte for byte as it was.
+    fn assert_ignored(placement: &mut Placement, id: u128, input: Event) {
+        let before = placement.snapshot();
+        let outputs = placement.apply(&envelope(id, input));
+        assert_eq!(render(&outputs, EventId::from_u128(id)), "", "a retry has no output");
+        assert_eq!(String::from_utf8(before).unwrap(), String::from_utf8(placement.snapshot()).unwrap());
+    }
+
+    #[test]
+    fn retried_input_has_no_second_effect() {
+        let mut placement = disabled_and_enabled();
+        assert_ignored(&mut placement, 50, network(1, false, None));
+        assert_eq!(placement.servers(n(1)).len(), 2);
+    }
+
+    #[test]
+    fn second_event_with_the_id_of_another_has_no_effect() {
+        let mut placement = disabled_and_enabled();
+        assert_ignored(&mut placement, 50, host_removed(1));
+        assert_ignored(&mut placement, 4, tick(1_000_000));
+        assert_eq!(placement.now_ms(), Some(0));
+    }
+
+    #[test]
+    fn retry_is_recognised_after_a_restart_from_a_snapshot() {
+        let live = disabled_and_enabled();
+        let mut restored = Placement::restore(PlacementConfig::default(), &live.snapshot()).unwrap();
+        assert_eq!(restored.recent_inputs(), live.recent_inputs());
+        assert_ignored(&mut restored, 50, network(1, false, None));
+    }
+
+    #[test]
+    fn window_forgets_the_oldest_id_after_as_many_newer_inputs_as_it_holds() {
+        let mut placement = Placement::with_input_window(PlacementConfig::default(), 3);
+        for (id, event) in [(1, tick(0)), (2, up(1, &[1])), (3, enabled(1)), (4, subnet(1, 1))] {
+            placement.apply(&envelope(id, event));
+        }
+        let held =
+            |placement: &Placement| placement.recent_inputs().iter().map(|id| id.0.as_u128()).collect::<Vec<_>>();
+        assert_eq!(held(&placement), [2, 3, 4]);
+        // Id 3 is still held; id 1 has three newer ids and is forgotten, so a tick with its id is
+        // applied again.
+        assert_ignored(&mut placement, 3, tick(5_000));
+        placement.apply(&envelope(1, tick(5_000)));
+        assert_eq!(placement.now_ms(), Some(5_000));
+        assert_eq!(held(&placement), [3, 4, 1]);
+    }
+
+    #[test]
+    fn production_machine_remembers_the_production_window() {
+        assert_eq!(given(&served()).recent_inputs().capacity(), INPUT_WINDOW);
+        let small = Placement::with_input_window(PlacementConfig::default(), 3);
+        let restored = Placement::restore(PlacementConfig::default(), &small.snapshot()).unwrap();
+        assert_eq!(restored.recent_inputs().capacity(), INPUT_WINDOW);
+    }
+
+    #[test]
+    fn snapshot_from_before_the_window_restores_with_an_empty_one() {
+        let live = given(&served());
+        let mut old: serde_json::Value = serde_json::from_slice(&live.snapshot()).unwrap();
+        old.as_object_mut().unwrap().remove("recent_inputs").expect("the window is in the snapshot");
+        let restored = Placement::restore(PlacementConfig::default(), old.to_string().as_bytes()).unwrap();
+        assert!(restored.recent_inputs().is_empty());
+        assert_eq!(restored.servers(n(1)), live.servers(n(1)));
     }
 
     // ---- Randomized ------------------------------------------------------------------------------

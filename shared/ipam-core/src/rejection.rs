@@ -22,7 +22,16 @@ pub enum RejectionCode {
     InvalidGateway,
     /// An allocation pool is reversed, outside the subnet, or overlaps another pool.
     InvalidPool,
-    /// An IPv4 subnet wider than /8: its address bitmap would not be reasonable.
+    /// The subnet overlaps a block no DHCP client may get an address from: unspecified, loopback,
+    /// link-local, multicast, reserved (240/4, broadcast) or IPv4-mapped IPv6.
+    UnsupportedSubnet,
+    /// A DNS or NTP server is of the other address family than its subnet.
+    AddressFamilyMismatch,
+    /// A DNS or NTP server is an address no server can be reached at: unspecified, loopback,
+    /// reserved, broadcast, IPv4-mapped, or multicast (except an IPv6 NTP server, RFC 5908).
+    ReservedAddress,
+    /// An IPv4 subnet wider than /8 (its address bitmap would not be reasonable), or an IPv6 subnet
+    /// wider than /64 (dnsmasq refuses such a DHCPv6 range and exits).
     SubnetTooLarge,
     /// A subnet with no room for hosts besides the gateway (IPv4 /31 and /32, IPv6 /127 and /128).
     SubnetTooSmall,
@@ -38,7 +47,8 @@ pub enum RejectionCode {
     IpInUse,
     /// The requested fixed IP is not inside the subnet.
     IpOutsideSubnet,
-    /// The requested fixed IP is the subnet's network, broadcast or gateway address.
+    /// The requested fixed IP is the subnet's network, broadcast or gateway address, or an address
+    /// no host may hold (unspecified, loopback, link-local, multicast, reserved, IPv4-mapped).
     IpNotAssignable,
     /// Another owner on this network already holds a reservation with this MAC.
     DuplicateMac,
@@ -62,6 +72,9 @@ impl RejectionCode {
             RejectionCode::InvalidIp => "invalid_ip",
             RejectionCode::InvalidGateway => "invalid_gateway",
             RejectionCode::InvalidPool => "invalid_pool",
+            RejectionCode::UnsupportedSubnet => "unsupported_subnet",
+            RejectionCode::AddressFamilyMismatch => "address_family_mismatch",
+            RejectionCode::ReservedAddress => "reserved_address",
             RejectionCode::SubnetTooLarge => "subnet_too_large",
             RejectionCode::SubnetTooSmall => "subnet_too_small",
             RejectionCode::UnknownNetwork => "unknown_network",
