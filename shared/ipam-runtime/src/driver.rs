@@ -45,6 +45,9 @@ pub struct DriverConfig {
     pub snapshot_every: Duration,
 }
 
+/// How long a replay may go without a record before it is taken for a failing log.
+const REPLAY_STALL: Duration = Duration::from_secs(60);
+
 /// Counts drivers that have rebuilt their first assignment: the process is ready when all have.
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -303,16 +306,35 @@ impl<M: Machines> Driver<M> {
         let mut from = snapshot.as_ref().map_or(0, |found| found.offset);
         let mut last_applied = snapshot.as_ref().and_then(|found| found.anchor.as_ref()).map(|anchor| anchor.offset);
         let mut replayed = 0u64;
-        while from < committed {
-            let records = self.log.read(&partition.topic, partition.partition, from, 1000, Duration::ZERO)?;
-            let Some(last) = records.last() else { break };
-            from = last.offset + 1;
-            for record in records.into_iter().filter(|record| record.offset < committed) {
-                if let Ingested::Event(input) = ingest(&record) {
-                    self.machines.apply(partition, &input)?;
+        if from < committed {
+            // The group committed the position after an input it consumed, so the record at
+            // `committed - 1` exists: following until it arrives ends, and a quiet spell only
+            // means the log is slow.
+            let start = Position { topic: partition.topic.clone(), partition: partition.partition, next_offset: from };
+            let mut follower = self.log.follow(&[start])?;
+            let mut last_progress = Instant::now();
+            while from < committed {
+                let records = follower.next(1000, Duration::from_millis(500))?;
+                if records.is_empty() {
+                    if last_progress.elapsed() > REPLAY_STALL {
+                        return Err(LogError::Storage(format!(
+                            "replaying {}/{}: no record after offset {from} within {REPLAY_STALL:?}, though the \
+                             committed position is {committed}",
+                            partition.topic, partition.partition
+                        ))
+                        .into());
+                    }
+                    continue;
                 }
-                last_applied = Some(record.offset);
-                replayed += 1;
+                last_progress = Instant::now();
+                for record in records.into_iter().filter(|record| record.offset < committed) {
+                    from = record.offset + 1;
+                    if let Ingested::Event(input) = ingest(&record) {
+                        self.machines.apply(partition, &input)?;
+                    }
+                    last_applied = Some(record.offset);
+                    replayed += 1;
+                }
             }
         }
         self.next_offsets.insert(partition.clone(), committed);
