@@ -1,5 +1,5 @@
-//! The follower thread: reads `ipam.dhcp-servers` and `ipam.reservations` (every partition, from
-//! offset 0, cursors in memory), folds them into the core's [`HostDhcpView`], and turns each new
+//! The follower thread: follows `ipam.dhcp-servers` and `ipam.reservations` (every partition, from
+//! offset 0, through the log's one positioned [`ipam_log::Follower`]), folds them into the core's [`HostDhcpView`], and turns each new
 //! [`plan`] into messages for the provisioning actors and DHCP-port events for the allocator.
 //!
 //! It is the only place that blocks on log reads, and it runs on a plain thread, never on an actor
@@ -21,19 +21,17 @@ use anyhow::Context as _;
 use ipam_core::dhcp_plan::{HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, port_releases, port_requests};
 use ipam_core::{Envelope, Event, HostId, Mac, NetworkId, SubnetId, Topic};
 use ipam_log::dead_letter::{Ingested, ingest};
-use ipam_log::{EventLog, LogError, OutRecord};
+use ipam_log::{EventLog, LogError, OutRecord, Position, Record, TopicPartition};
 use ipam_runtime::Topics;
 
 use crate::actors::{Desired, Supervisor};
 use crate::outbox::{self, IdKind, Trouble};
 
-/// Records read from one partition at a time.
+/// Records taken from the follower at a time.
 const READ_MAX: usize = 512;
-/// How long a read waits for records when a whole round found none. It bounds the latency of a
-/// record on another partition than the one waited on (a new reservation while the wait is on
-/// `ipam.dhcp-servers`), so it is short: at 100 ms it alone cost 50 ms of reservation-to-served
-/// latency on average.
-const IDLE_WAIT: Duration = Duration::from_millis(5);
+/// How long the follower waits for records when none is ready. A record that arrives meanwhile
+/// ends the wait at once; the bound only says how often a stop is noticed while idle.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// While reads come back full (a burst is being read: an initial load, a mass VM start), changes
 /// are sent at most this often, so the servers get a few large changes rather than one per batch
 /// of [`READ_MAX`] records (each change costs a plan and a diff of every host of the network). A
@@ -167,20 +165,6 @@ impl Tracker {
     }
 }
 
-/// One partition the follower reads, and where.
-#[derive(Debug)]
-struct Cursor {
-    /// The prefixed topic name.
-    topic: String,
-    partition: u32,
-    next: u64,
-    /// The end offset found at start; the agent acts once every cursor has reached it.
-    start_end: u64,
-    caught_up: bool,
-    /// The last read returned as many records as it could: more are probably waiting.
-    full: bool,
-}
-
 /// The follower thread's state.
 pub(crate) struct Follower {
     log: Arc<dyn EventLog>,
@@ -226,38 +210,52 @@ impl Follower {
         true
     }
 
-    /// Reads until asked to stop. Ends early, with an error, only when the log says it cannot go on.
+    /// Follows the log until asked to stop. Ends early, with an error, only when the log says it
+    /// cannot go on.
     pub(crate) fn run(mut self) -> anyhow::Result<()> {
-        let Some(mut cursors) = self.cursors()? else { return Ok(()) };
-        anyhow::ensure!(!cursors.is_empty(), "the topics to follow have no partitions");
+        let Some(start_ends) = self.start_ends()? else { return Ok(()) };
+        anyhow::ensure!(!start_ends.is_empty(), "the topics to follow have no partitions");
+        let label = TOPICS.map(|topic| self.tracker.topics.name(topic)).join(", ");
+        let from: Vec<Position> = start_ends
+            .keys()
+            .map(|tp| Position { topic: tp.topic.clone(), partition: tp.partition, next_offset: 0 })
+            .collect();
+        let mut follower = loop {
+            match self.log.follow(&from) {
+                Ok(follower) => break follower,
+                Err(error) => self.retry(&label, error)?,
+            }
+            if self.pause(RETRY_PAUSE) {
+                return Ok(());
+            }
+        };
+        // Partitions whose history up to the start is not read yet; the agent acts once none is.
+        let mut behind: BTreeMap<TopicPartition, u64> = start_ends.into_iter().filter(|(_, end)| *end > 0).collect();
         let mut acting = false;
         let mut ports_due = false;
-        let mut next_wait = 0;
         let mut last_sent = Instant::now();
         // Events applied to the tracker whose changes were not sent yet.
         let mut unsent = false;
         while !self.stopping() {
-            let mut applied = 0;
-            for cursor in &mut cursors {
-                applied += self.read(cursor, Duration::ZERO)?;
-            }
-            if applied == 0 {
-                // Nothing anywhere: wait on one partition, a different one each time.
-                let index = next_wait % cursors.len();
-                let cursor = &mut cursors[index];
-                next_wait += 1;
-                applied += self.read(cursor, IDLE_WAIT)?;
-            }
-            unsent |= applied > 0;
+            let records = match follower.next(READ_MAX, IDLE_WAIT) {
+                Ok(records) => records,
+                Err(error) => {
+                    self.retry(&label, error)?;
+                    self.pause(RETRY_PAUSE);
+                    continue;
+                }
+            };
+            self.trouble.clear(&label);
+            let full = records.len() >= READ_MAX;
+            unsent |= self.apply(&records) > 0;
             if !acting {
-                acting = cursors.iter().all(|cursor| cursor.caught_up);
+                self.catch_up(&mut behind, &*follower, records.is_empty())?;
+                acting = behind.is_empty();
                 if !acting {
                     continue;
                 }
                 tracing::info!(host = %self.tracker.host_id, "Caught up with the log; provisioning.");
-            } else if (!unsent && !ports_due)
-                || (cursors.iter().any(|cursor| cursor.full) && last_sent.elapsed() < BURST_COALESCE)
-            {
+            } else if (!unsent && !ports_due) || (full && last_sent.elapsed() < BURST_COALESCE) {
                 // Nothing to send, or a burst whose changes are sent together a little later.
                 continue;
             }
@@ -272,10 +270,10 @@ impl Follower {
         Ok(())
     }
 
-    /// A cursor at offset 0 for every partition of both topics, once the topics exist; `None` when
-    /// asked to stop first.
-    fn cursors(&mut self) -> anyhow::Result<Option<Vec<Cursor>>> {
-        let mut cursors = Vec::new();
+    /// The end offset of every partition of both topics when the agent starts, once the topics
+    /// exist; `None` when asked to stop first.
+    fn start_ends(&mut self) -> anyhow::Result<Option<BTreeMap<TopicPartition, u64>>> {
+        let mut ends = BTreeMap::new();
         for topic in TOPICS {
             let topic = self.tracker.topics.name(topic);
             let topic = topic.as_str();
@@ -290,7 +288,7 @@ impl Follower {
             };
             self.trouble.clear(topic);
             for partition in 0..partitions {
-                let start_end = loop {
+                let end = loop {
                     match self.log.end_offset(topic, partition) {
                         Ok(end) => break end,
                         Err(error) => self.retry(topic, error)?,
@@ -299,17 +297,45 @@ impl Follower {
                         return Ok(None);
                     }
                 };
-                cursors.push(Cursor {
-                    topic: topic.to_owned(),
-                    partition,
-                    next: 0,
-                    start_end,
-                    caught_up: start_end == 0,
-                    full: false,
-                });
+                ends.insert(TopicPartition { topic: topic.to_owned(), partition }, end);
             }
         }
-        Ok(Some(cursors))
+        Ok(Some(ends))
+    }
+
+    /// Drops from `behind` every partition read up to its end at start. Offsets may skip (Kafka's
+    /// transaction markers take some), so a partition the follower has stopped handing records of
+    /// is also caught up when the log holds no record between its position and that end.
+    fn catch_up(
+        &mut self,
+        behind: &mut BTreeMap<TopicPartition, u64>,
+        follower: &dyn ipam_log::Follower,
+        quiet: bool,
+    ) -> anyhow::Result<()> {
+        let positions: BTreeMap<TopicPartition, u64> = follower
+            .positions()
+            .into_iter()
+            .map(|p| (TopicPartition { topic: p.topic, partition: p.partition }, p.next_offset))
+            .collect();
+        let mut caught_up = Vec::new();
+        for (tp, end) in behind.iter() {
+            let position = positions.get(tp).copied().unwrap_or(0);
+            if position >= *end {
+                caught_up.push(tp.clone());
+            } else if quiet {
+                match self.log.read(&tp.topic, tp.partition, position, 1, Duration::ZERO) {
+                    Ok(records) if records.first().is_none_or(|record| record.offset >= *end) => {
+                        caught_up.push(tp.clone());
+                    }
+                    Ok(_) => {}
+                    Err(error) => self.retry(&tp.topic, error)?,
+                }
+            }
+        }
+        for tp in caught_up {
+            behind.remove(&tp);
+        }
+        Ok(())
     }
 
     /// Reports a failed log operation; an error the log cannot recover from ends the follower.
@@ -323,25 +349,10 @@ impl Follower {
         }
     }
 
-    /// Reads one batch of `cursor`'s partition and applies it; answers how many events it applied.
-    fn read(&mut self, cursor: &mut Cursor, wait: Duration) -> anyhow::Result<usize> {
-        let records = match self.log.read(&cursor.topic, cursor.partition, cursor.next, READ_MAX, wait) {
-            Ok(records) => records,
-            Err(error) => {
-                self.retry(&cursor.topic, error)?;
-                self.pause(RETRY_PAUSE);
-                return Ok(0);
-            }
-        };
-        self.trouble.clear(&cursor.topic);
-        cursor.full = records.len() >= READ_MAX;
-        if records.is_empty() {
-            // Offsets may skip (Kafka's transaction markers), so "nothing more" also means caught up.
-            cursor.caught_up = true;
-        }
+    /// Applies the events among `records`; answers how many there were.
+    fn apply(&mut self, records: &[Record]) -> usize {
         let mut applied = 0;
-        for record in &records {
-            cursor.next = record.offset + 1;
+        for record in records {
             match ingest(record) {
                 Ingested::Event(envelope) => {
                     self.tracker.apply(&envelope);
@@ -351,18 +362,15 @@ impl Follower {
                 // host agent an unusable record is simply not an input.
                 Ingested::Rejected(_) | Ingested::DeadLetter(_) => {
                     tracing::debug!(
-                        topic = %cursor.topic,
-                        partition = cursor.partition,
+                        topic = %record.topic,
+                        partition = record.partition,
                         offset = record.offset,
                         "Skipped a record that is not an event."
                     );
                 }
             }
         }
-        if cursor.next >= cursor.start_end {
-            cursor.caught_up = true;
-        }
-        Ok(applied)
+        applied
     }
 
     /// Appends the port events due; answers false when the log refused them (they are retried).
