@@ -478,3 +478,45 @@ fn wait_for_lease(namespace: &str, dir: &Path) -> Lease {
         assert!(Instant::now() < deadline, "no lease for {namespace}");
     }
 }
+
+#[test]
+fn a_second_host_agent_on_one_state_directory_exits_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dhcp = dir.path().join("dhcp");
+    let args = |data: &str| -> Vec<String> {
+        let data = dir.path().join(data).display().to_string();
+        let host = host_id(0x10c).to_string();
+        let dhcp = dhcp.display().to_string();
+        ["--data-dir", &data, "host-agent", "--host-id", &host, "--dhcp-backend", "files", "--dhcp-dir", &dhcp]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let mut first = crate::recovery::Service::spawn(&args("first"));
+    first.wait_for("ipam is ready", Duration::from_secs(30));
+
+    let mut second = Command::new(crate::recovery::ipam_binary())
+        .args(args("second"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = second.kill();
+            panic!("the second host agent did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "the second agent must fail: {stderr}");
+    assert!(stderr.contains(&dhcp.display().to_string()), "the error names the directory: {stderr}");
+    assert!(stderr.contains("another host agent (pid "), "the error names the holder: {stderr}");
+
+    // The first runs on, untouched, and stops cleanly.
+    first.terminate();
+}
