@@ -22,8 +22,11 @@ use ipam_core::NetworkId;
 use ipam_core::dhcp_plan::NetworkDhcpConfig;
 use ipam_core::event::{DhcpServerState, ServedNetwork};
 
-use crate::backend::DhcpBackend;
+use crate::backend::{DhcpBackend, one_line};
 use crate::outbox::Outbox;
+
+/// At most this many characters of a status detail: a few refused subnets, each with dnsmasq's words.
+const MAX_DETAIL_CHARS: usize = 1000;
 
 /// How often the supervisor checks whether the agent must stop.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -250,7 +253,8 @@ struct Provisioner {
     /// The epoch and subnet count last reported `running`: a status is a change of state, so a
     /// configuration that only gained or lost hosts is not reported again (at 65k reservations
     /// that would be one event on `ipam.hosts` per VM start).
-    reported_running: Option<(u64, usize)>,
+    /// What the server does not serve is part of that state.
+    reported_running: Option<(u64, usize, Option<String>)>,
     retry: Option<SpawnHandle>,
 }
 
@@ -266,11 +270,15 @@ impl Provisioner {
         match self.backend.apply(config) {
             Ok(()) => {
                 let hosts: usize = config.subnets.iter().map(|subnet| subnet.hosts.len()).sum();
-                let detail = format!("{} subnets, {hosts} hosts", config.subnets.len());
+                let mut detail = format!("{} subnets, {hosts} hosts", config.subnets.len());
+                let degraded = self.backend.degraded();
+                if let Some(why) = &degraded {
+                    detail = one_line(&format!("degraded: {why} (asked: {detail})"), MAX_DETAIL_CHARS);
+                }
                 let (network, epoch) = (self.network_id, config.epoch);
                 tracing::debug!(network = %network, epoch, detail, "Applied the DHCP configuration.");
-                let state = (config.epoch, config.subnets.len());
-                if self.reported_running != Some(state) || self.failure.is_some() {
+                let state = (config.epoch, config.subnets.len(), degraded);
+                if self.reported_running.as_ref() != Some(&state) || self.failure.is_some() {
                     tracing::info!(network = %network, epoch, detail, "DHCP server running.");
                     self.outbox.status(self.network_id, config.epoch, DhcpServerState::Running, detail);
                     self.reported_running = Some(state);
@@ -279,7 +287,7 @@ impl Provisioner {
                 self.failure = None;
             }
             Err(error) => {
-                let detail = error_chain(&error);
+                let detail = one_line(&error_chain(&error), MAX_DETAIL_CHARS);
                 if self.failure.as_deref() != Some(&detail) {
                     let (network, epoch) = (self.network_id, config.epoch);
                     tracing::warn!(network = %network, epoch, error = %detail, "Cannot apply the DHCP configuration.");
@@ -312,10 +320,11 @@ impl Actor for Provisioner {
                 Ok(None) => {}
                 Ok(Some(detail)) => {
                     tracing::warn!(network = %this.network_id, detail, "Restarted the DHCP server.");
+                    let detail = one_line(&detail, MAX_DETAIL_CHARS);
                     this.outbox.status(this.network_id, config.epoch, DhcpServerState::Restarting, detail);
                 }
                 Err(error) => {
-                    let detail = error_chain(&error);
+                    let detail = one_line(&error_chain(&error), MAX_DETAIL_CHARS);
                     tracing::warn!(network = %this.network_id, error = %detail, "Cannot restart the DHCP server.");
                     this.outbox.status(this.network_id, config.epoch, DhcpServerState::Failed, detail);
                 }

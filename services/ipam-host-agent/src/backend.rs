@@ -25,6 +25,27 @@ pub trait DhcpBackend: Send {
     fn check(&mut self) -> Result<Option<String>, BackendError> {
         Ok(None)
     }
+
+    /// What of the configuration last applied the server does not serve as asked, and why (in the
+    /// server's own words); `None` when it serves all of it. Reported with the `running` status.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
+}
+
+/// At most this many characters of a server's own error text go into a status detail.
+pub const MAX_ERROR_CHARS: usize = 300;
+
+/// `text` on one line (its non-empty lines trimmed and joined by `; `), cut to at most `max`
+/// characters (an ellipsis marks a cut), for a status detail.
+pub fn one_line(text: &str, max: usize) -> String {
+    let joined = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join("; ");
+    if joined.chars().count() <= max {
+        return joined;
+    }
+    let mut cut: String = joined.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// Why a backend could not apply or stop a configuration. The agent reports it in an
@@ -36,6 +57,11 @@ pub enum BackendError {
     /// written, and the server keeps its previous configuration.
     #[error("refusing to render {field} `{value}` for network {network_id}: {reason}")]
     Unsafe { network_id: NetworkId, field: &'static str, value: String, reason: &'static str },
+    /// The server refused the configuration as a whole (`dnsmasq --test` failed even without any
+    /// subnet); `detail` is its own error text. Nothing was changed: a running server keeps its
+    /// previous configuration, and the apply is retried (a new configuration may fix it).
+    #[error("dnsmasq refused the configuration of network {network_id}: {detail}")]
+    Refused { network_id: NetworkId, detail: String },
     /// Reading, writing, renaming or removing a file failed (disk full, permissions, missing
     /// directory); the operation may succeed when retried.
     #[error("{action} `{}`", path.display())]

@@ -21,7 +21,25 @@
 //!   network for tens of milliseconds;
 //! - stale lines (masked MACs, old addresses of moved MACs) are dropped by the same reload, at most
 //!   once per [`COMPACTION_INTERVAL`] per shard (the supervision `check` runs one that is due).
+//!
+//! # What dnsmasq refuses
+//! dnsmasq exits on an option it refuses (an IPv6 prefix shorter than /64, a DNS server of the
+//! other family), and a dnsmasq that keeps exiting serves nobody on the network. The core refuses
+//! such subnets upstream; this backend does not count on it:
+//! - new options are checked with `dnsmasq --test`, run with the real command line on the file
+//!   shard 0 would get, before anything is stopped or written. Options it accepts are cached (by
+//!   their rendering), so a change of hosts tests nothing;
+//! - when refused, the options without subnets are tested, then the subnets in order, each beside
+//!   those kept so far (so a pair refused only together, such as an IPv4-mapped IPv6 subnet beside
+//!   its IPv4 twin, loses its later member). A refused subnet the server ran keeps its previous
+//!   settings if dnsmasq still accepts them, else it is left out; the others are served, and
+//!   [`DhcpBackend::degraded`] says what was refused in dnsmasq's words, for the `running`
+//!   status. Only options refused without any subnet fail the apply ([`BackendError::Refused`]),
+//!   and then the running server is left exactly as it was;
+//! - what `--test` cannot see (an address dnsmasq only refuses when it binds) still makes a shard
+//!   exit: `check` restarts it with backoff and reports dnsmasq's last error from the shard's log.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
@@ -31,10 +49,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ipam_core::dhcp_plan::NetworkDhcpConfig;
-use ipam_core::{Mac, NetworkId};
+use ipam_core::dhcp_plan::{NetworkDhcpConfig, SubnetDhcpConfig};
+use ipam_core::{Mac, NetworkId, SubnetId};
 
-use crate::backend::{BackendError, DhcpBackend};
+use crate::backend::{BackendError, DhcpBackend, MAX_ERROR_CHARS, one_line};
 use crate::dhcp_relay::UnicastRelay;
 use crate::dnsmasq::{host_line, ignore_line, render_options};
 use crate::dnsmasq_shards::{
@@ -76,8 +94,69 @@ impl DnsmasqOptions {
 pub struct DnsmasqBackend {
     options: DnsmasqOptions,
     server: Option<Server>,
-    /// The configuration last applied, to restart a shard that died with.
+    /// The configuration last applied (as served: without what dnsmasq refused), to restart a
+    /// shard that died with.
     applied: Option<NetworkDhcpConfig>,
+    /// What dnsmasq made of the options last asked for, so that they are tested once, not at
+    /// every change of hosts.
+    vetting: Option<Vetting>,
+}
+
+/// The verdict of `dnsmasq --test` on one requested set of options (see [`DnsmasqBackend::vet`]).
+#[derive(Debug)]
+struct Vetting {
+    /// [`render_options`] of the requested configuration.
+    requested: String,
+    /// The subnets dnsmasq refused: served with their previous settings (`Some`, hosts left out),
+    /// or not at all (`None`).
+    refused: BTreeMap<SubnetId, Option<SubnetDhcpConfig>>,
+    /// What was refused and why, one entry per refused subnet, for the status.
+    notes: Vec<String>,
+}
+
+impl Vetting {
+    /// `config` as it is served: the refused subnets replaced by their previous settings (with
+    /// today's hosts) or left out. Borrowed when nothing was refused, the common case, so that
+    /// tens of thousands of hosts are not copied at every change.
+    fn served<'a>(&self, config: &'a NetworkDhcpConfig) -> Cow<'a, NetworkDhcpConfig> {
+        if self.refused.is_empty() {
+            return Cow::Borrowed(config);
+        }
+        let subnets = config
+            .subnets
+            .iter()
+            .filter_map(|subnet| match self.refused.get(&subnet.subnet_id) {
+                None => Some(subnet.clone()),
+                Some(None) => None,
+                Some(Some(previous)) => Some(SubnetDhcpConfig { hosts: subnet.hosts.clone(), ..previous.clone() }),
+            })
+            .collect();
+        Cow::Owned(NetworkDhcpConfig { subnets, ..without_subnets(config) })
+    }
+}
+
+/// `config` with no subnet: what every server renders whatever its subnets.
+fn without_subnets(config: &NetworkDhcpConfig) -> NetworkDhcpConfig {
+    NetworkDhcpConfig {
+        network_id: config.network_id,
+        epoch: config.epoch,
+        interface: config.interface.clone(),
+        subnets: Vec::new(),
+    }
+}
+
+/// `subnet`'s settings without its hosts: all that `dnsmasq --test` looks at.
+fn bare(subnet: &SubnetDhcpConfig) -> SubnetDhcpConfig {
+    SubnetDhcpConfig {
+        subnet_id: subnet.subnet_id,
+        cidr: subnet.cidr,
+        router: subnet.router,
+        dns_servers: subnet.dns_servers.clone(),
+        ntp_servers: subnet.ntp_servers.clone(),
+        lease_secs: subnet.lease_secs,
+        server_address: subnet.server_address,
+        hosts: Vec::new(),
+    }
 }
 
 /// The shards of one network, and what they share.
@@ -187,6 +266,35 @@ fn shard_dirs(network_dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The configuration file of shard `index` (in `dir`): the network's options, then the shard's own
+/// files.
+fn shard_conf(options_text: &str, index: usize, dir: &Path) -> String {
+    format!(
+        "{options_text}\n# Files of shard {index}.\ndhcp-hostsfile={}\ndhcp-hostsdir={}\ndhcp-leasefile={}\npid-file={}\n",
+        dir.join("hosts").display(),
+        dir.join("hosts.d").display(),
+        dir.join("leases").display(),
+        dir.join("dnsmasq.pid").display(),
+    )
+}
+
+/// dnsmasq's own words from its output: its error lines (`dnsmasq: …`, what it prints to stderr
+/// before it exits; its log lines carry a pid, `dnsmasq[12]: …`), without the prefix, on one line.
+/// `None` when it said no such thing.
+fn dnsmasq_error(output: &str) -> Option<String> {
+    let errors: Vec<&str> = output
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("dnsmasq: "))
+        .filter(|line| !line.starts_with("syntax check OK"))
+        .collect();
+    (!errors.is_empty()).then(|| one_line(&errors.join("\n"), MAX_ERROR_CHARS))
+}
+
+/// Why the dnsmasq of shard directory `dir` exited, from the log it wrote (stdout and stderr).
+fn exit_reason(dir: &Path) -> Option<String> {
+    dnsmasq_error(&fs::read_to_string(dir.join("dnsmasq.log")).ok()?)
+}
+
 /// The hosts file text: one `MAC,IP` line per host.
 fn hosts_text(network_id: NetworkId, hosts: &BTreeMap<Mac, IpAddr>) -> Result<String, BackendError> {
     let mut text = String::with_capacity(hosts.len() * 32);
@@ -214,7 +322,7 @@ fn kept_leases(text: &str, hosts: &BTreeMap<Mac, IpAddr>) -> String {
 
 impl DnsmasqBackend {
     pub fn new(options: DnsmasqOptions) -> DnsmasqBackend {
-        DnsmasqBackend { options, server: None, applied: None }
+        DnsmasqBackend { options, server: None, applied: None, vetting: None }
     }
 
     fn dir(&self, network_id: NetworkId) -> PathBuf {
@@ -251,32 +359,11 @@ impl DnsmasqBackend {
         if let Ok(text) = fs::read_to_string(&leases) {
             write_file(&leases, &kept_leases(&text, &hosts))?;
         }
-        let conf = format!(
-            "{options_text}\n# Files of shard {index}.\ndhcp-hostsfile={}\ndhcp-hostsdir={}\ndhcp-leasefile={}\npid-file={}\n",
-            dir.join("hosts").display(),
-            hostsdir.display(),
-            leases.display(),
-            dir.join("dnsmasq.pid").display(),
-        );
-        write_file(&dir.join("dnsmasq.conf"), &conf)?;
+        write_file(&dir.join("dnsmasq.conf"), &shard_conf(options_text, index, &dir))?;
         let log_path = dir.join("dnsmasq.log");
         let log = fs::File::create(&log_path).map_err(io("cannot create", &log_path))?;
-        let mut command = match &self.options.netns {
-            // `ip netns exec` execs dnsmasq in place, so the child's pid is dnsmasq's.
-            Some(netns) => {
-                let mut command = Command::new(&self.options.ip_binary);
-                command.args(["netns", "exec", netns]).arg(&self.options.binary);
-                command
-            }
-            None => Command::new(&self.options.binary),
-        };
-        let child = command
-            .arg("--keep-in-foreground")
-            .arg(format!("--conf-file={}", dir.join("dnsmasq.conf").display()))
-            // The state directory belongs to the agent (root); dnsmasq keeps root to read it.
-            .arg("--user=root")
-            .arg("--log-dhcp")
-            .arg("--log-facility=-")
+        let child = self
+            .dnsmasq(&dir.join("dnsmasq.conf"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io("cannot duplicate", &log_path))?)
             .stderr(log)
@@ -293,6 +380,104 @@ impl DnsmasqBackend {
             restarts: 0,
             last_start: Instant::now(),
             stale: false,
+        })
+    }
+
+    /// The dnsmasq command line of a shard whose configuration file is `conf`; `--test` added to
+    /// it checks that file exactly as the real run would read it.
+    fn dnsmasq(&self, conf: &Path) -> Command {
+        let mut command = match &self.options.netns {
+            // `ip netns exec` execs dnsmasq in place, so the child's pid is dnsmasq's.
+            Some(netns) => {
+                let mut command = Command::new(&self.options.ip_binary);
+                command.args(["netns", "exec", netns]).arg(&self.options.binary);
+                command
+            }
+            None => Command::new(&self.options.binary),
+        };
+        command
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", conf.display()))
+            // The state directory belongs to the agent (root); dnsmasq keeps root to read it.
+            .arg("--user=root")
+            .arg("--log-dhcp")
+            .arg("--log-facility=-");
+        command
+    }
+
+    /// Runs `dnsmasq --test` on `config`'s options, in the configuration file shard 0 would get.
+    /// `Ok(Err(text))` is dnsmasq's refusal in its own words; `Err` means dnsmasq could not run.
+    fn test(&self, config: &NetworkDhcpConfig) -> Result<Result<(), String>, BackendError> {
+        let options_text = render_options(config)?;
+        let network_dir = self.dir(config.network_id);
+        fs::create_dir_all(&self.options.state_dir).map_err(io("cannot create", &self.options.state_dir))?;
+        // Beside the network's directory, not in it: a refused configuration leaves no trace there.
+        let conf = self.options.state_dir.join(format!(".{}.test.conf", config.network_id));
+        write_file(&conf, &shard_conf(&options_text, 0, &network_dir.join("shard-00")))?;
+        let output = self.dnsmasq(&conf).arg("--test").stdin(Stdio::null()).output();
+        let _ = fs::remove_file(&conf);
+        let output = output.map_err(io("cannot run dnsmasq", &self.options.binary))?;
+        if output.status.success() {
+            return Ok(Ok(()));
+        }
+        // Its line numbers are those of the rendered file, which is gone by now.
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stderr), String::from_utf8_lossy(&output.stdout))
+            .replace(&conf.display().to_string(), "the rendered configuration");
+        Ok(Err(dnsmasq_error(&said).unwrap_or_else(|| format!("dnsmasq --test failed ({})", output.status))))
+    }
+
+    /// Asks dnsmasq what it makes of `config`'s options, before anything is stopped or written.
+    /// Accepted whole: nothing refused. Otherwise the options without any subnet are tested (a
+    /// refusal of those is [`BackendError::Refused`]: nothing can be served), then the subnets one
+    /// by one in order, each beside those kept so far, so that a subnet refused only beside
+    /// another (an IPv4-mapped IPv6 subnet and its IPv4 twin) is found too. A refused subnet that
+    /// the running server serves keeps its previous settings when dnsmasq still accepts them;
+    /// otherwise it is left out. The others are served either way.
+    fn vet(&self, config: &NetworkDhcpConfig, requested: String) -> Result<Vetting, BackendError> {
+        let mut vetting = Vetting { requested, refused: BTreeMap::new(), notes: Vec::new() };
+        if self.test(config)?.is_ok() {
+            return Ok(vetting);
+        }
+        let mut kept = without_subnets(config);
+        if let Err(detail) = self.test(&kept)? {
+            return Err(BackendError::Refused { network_id: config.network_id, detail });
+        }
+        let previous: BTreeMap<SubnetId, &SubnetDhcpConfig> =
+            self.applied.iter().flat_map(|applied| &applied.subnets).map(|subnet| (subnet.subnet_id, subnet)).collect();
+        for subnet in &config.subnets {
+            kept.subnets.push(bare(subnet));
+            let Err(error) = self.test(&kept)? else { continue };
+            kept.subnets.pop();
+            let mut note = format!("subnet {} ({}) refused by dnsmasq: {error}", subnet.subnet_id, subnet.cidr);
+            let mut replacement = None;
+            if let Some(old) = previous.get(&subnet.subnet_id).map(|old| bare(old)).filter(|old| *old != bare(subnet)) {
+                kept.subnets.push(old.clone());
+                if self.test(&kept)?.is_ok() {
+                    note.push_str("; still served with its previous settings");
+                    replacement = Some(old);
+                } else {
+                    kept.subnets.pop();
+                }
+            }
+            if replacement.is_none() {
+                note.push_str("; not served");
+            }
+            tracing::warn!(network = %config.network_id, subnet = %subnet.subnet_id, detail = note, "dnsmasq refused a subnet.");
+            vetting.refused.insert(subnet.subnet_id, replacement);
+            vetting.notes.push(note);
+        }
+        Ok(vetting)
+    }
+
+    /// `config` as the server will serve it: vetted by dnsmasq when its options are new.
+    fn served<'a>(&mut self, config: &'a NetworkDhcpConfig) -> Result<Cow<'a, NetworkDhcpConfig>, BackendError> {
+        let requested = render_options(config)?;
+        if self.vetting.as_ref().is_none_or(|vetting| vetting.requested != requested) {
+            self.vetting = Some(self.vet(config, requested)?);
+        }
+        Ok(match &self.vetting {
+            Some(vetting) => vetting.served(config),
+            None => Cow::Borrowed(config),
         })
     }
 
@@ -473,8 +658,9 @@ impl DnsmasqBackend {
     }
 }
 
-impl DhcpBackend for DnsmasqBackend {
-    fn apply(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
+impl DnsmasqBackend {
+    /// Makes the server serve `config`, which dnsmasq accepted (see [`DnsmasqBackend::served`]).
+    fn apply_served(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
         let options_text = render_options(config)?;
         let hosts: usize = config.subnets.iter().map(|subnet| subnet.hosts.len()).sum();
         let mut server = match self.server.take() {
@@ -537,7 +723,8 @@ impl DhcpBackend for DnsmasqBackend {
             let done = if !alive {
                 // Died: restart it now (`check` spaces restarts of a shard that keeps dying).
                 shard.restarts += 1;
-                tracing::warn!(network = %network_id, shard = index, restarts = shard.restarts, "dnsmasq died; restarting it.");
+                let said = exit_reason(&shard.dir).unwrap_or_default();
+                tracing::warn!(network = %network_id, shard = index, restarts = shard.restarts, said, "dnsmasq died; restarting it.");
                 self.restart_shard(*network_id, options_text, index, shard)
             } else if shard.dirty || due {
                 match shard.state.decide(&shard.desired, shard.last_start.elapsed()) {
@@ -569,6 +756,20 @@ impl DhcpBackend for DnsmasqBackend {
         self.applied = Some(config.clone());
         result
     }
+}
+
+impl DhcpBackend for DnsmasqBackend {
+    fn apply(&mut self, requested: &NetworkDhcpConfig) -> Result<(), BackendError> {
+        // Checked before anything is stopped or written: options dnsmasq refuses never replace a
+        // running server, and a refused subnet never takes the others down.
+        let served = self.served(requested)?;
+        self.apply_served(&served)
+    }
+
+    fn degraded(&self) -> Option<String> {
+        let notes = &self.vetting.as_ref()?.notes;
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
 
     fn check(&mut self) -> Result<Option<String>, BackendError> {
         let Some(server) = self.server.as_mut() else { return Ok(None) };
@@ -583,8 +784,10 @@ impl DhcpBackend for DnsmasqBackend {
                     // the shard's last start.
                     let backoff = Duration::from_secs(1 << shard.restarts.min(6));
                     if shard.last_start.elapsed() >= backoff {
+                        // Its log is read now: the restart starts a new one.
+                        let reason = exit_reason(&shard.dir).map(|said| format!(": {said}")).unwrap_or_default();
                         died.push(format!(
-                            "dnsmasq shard {index} exited ({status}); restarted it (restart {})",
+                            "dnsmasq shard {index} exited ({status}{reason}); restarted it (restart {})",
                             shard.restarts + 1
                         ));
                         due = true;
@@ -595,14 +798,16 @@ impl DhcpBackend for DnsmasqBackend {
         }
         // The configuration is cloned (tens of thousands of hosts) only when there is work to do:
         // this runs every supervision period.
+        // It was vetted when it was applied.
         if due && let Some(config) = self.applied.clone() {
-            self.apply(&config)?;
+            self.apply_served(&config)?;
         }
         Ok((!died.is_empty()).then(|| died.join("; ")))
     }
 
     fn stop(&mut self, network_id: NetworkId) -> Result<(), BackendError> {
         self.applied = None;
+        self.vetting = None;
         if let Some(server) = self.server.take() {
             self.stop_server(server);
         } else {
@@ -620,5 +825,27 @@ impl DhcpBackend for DnsmasqBackend {
             let _ = fs::remove_dir_all(dir);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnsmasq_errors_are_its_prefixed_lines_on_one_bounded_line() {
+        let log = "dnsmasq[12]: started, version 2.90 DNS disabled\n\ndnsmasq: unknown interface br0\n";
+        assert_eq!(dnsmasq_error(log).as_deref(), Some("unknown interface br0"));
+        let test = "\ndnsmasq: bad IP address at line 6 of x.conf\ndnsmasq: prefix length must be at least 64\n";
+        assert_eq!(
+            dnsmasq_error(test).as_deref(),
+            Some("bad IP address at line 6 of x.conf; prefix length must be at least 64")
+        );
+        assert_eq!(dnsmasq_error("dnsmasq: syntax check OK.\n"), None);
+        assert_eq!(dnsmasq_error("dnsmasq-dhcp[12]: DHCP, sockets bound exclusively to interface br0\n"), None);
+        let long = format!("dnsmasq: {}\n", "x".repeat(1000));
+        let cut = dnsmasq_error(&long).unwrap();
+        assert_eq!(cut.chars().count(), MAX_ERROR_CHARS);
+        assert!(cut.ends_with('…'), "{cut}");
     }
 }

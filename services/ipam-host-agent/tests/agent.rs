@@ -17,7 +17,9 @@ use ipam_core::event::{
     ReservationRemoved, ServedNetwork, SubnetActivated, UnassignReason,
 };
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, Topic, VmId, VnicId};
-use ipam_host_agent::{BackendError, DhcpBackend, FilesBackend, HostAgentConfig, LockError, StateDirLock};
+use ipam_host_agent::{
+    BackendError, DhcpBackend, DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig, LockError, StateDirLock,
+};
 use ipam_log::{EventLog, MemoryLog, OutRecord};
 use ipam_runtime::Topics;
 
@@ -453,4 +455,146 @@ fn a_second_agent_on_the_same_directory_is_refused_and_the_first_serves_on() {
     // Its lock went with it: the next agent starts.
     let next = Agent::with_files(log.clone(), dir.path());
     next.stop();
+}
+
+/// A network namespace of the test's own, with an interface `br0` (one end of a veth pair) for
+/// dnsmasq to bind to; deleted on drop. Needs root and `ip`.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("ipamha-{tag}-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let output = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(output.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let netns = Netns(name);
+        ip(&["-n", &netns.0, "link", "add", "br0", "type", "veth", "peer", "name", "br0-peer"]);
+        for link in ["br0", "br0-peer", "lo"] {
+            ip(&["-n", &netns.0, "link", "set", link, "up"]);
+        }
+        netns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// The pid of the dnsmasq running shard 0 of the network's server, if one runs.
+fn dnsmasq_pid(state: &Path) -> Option<u32> {
+    let pid: u32 =
+        file_text(&state.join(NETWORK.to_string()).join("shard-00").join("dnsmasq.pid")).trim().parse().ok()?;
+    let comm = file_text(Path::new(&format!("/proc/{pid}/comm")));
+    (comm.trim() == "dnsmasq").then_some(pid)
+}
+
+fn subnet_activated(subnet_id: SubnetId, cidr: &str, gateway: &str, dns: &str) -> Event {
+    Event::SubnetActivated(SubnetActivated {
+        network_id: NETWORK,
+        subnet_id,
+        cidr: cidr.parse().unwrap(),
+        gateway: gateway.parse().unwrap(),
+        dns_servers: vec![dns.parse().unwrap()],
+        ntp_servers: Vec::new(),
+        allocation_pools: Vec::new(),
+        cause: EventId::from_u128(1),
+    })
+}
+
+#[test]
+fn a_subnet_dnsmasq_refuses_is_left_out_and_reported_while_the_others_are_served() {
+    let which = std::process::Command::new("dnsmasq").arg("--version").output();
+    assert!(which.is_ok_and(|output| output.status.success()), "this test needs dnsmasq (apt-get install dnsmasq)");
+    let netns = Netns::new("refused");
+    let log = memory_log();
+    let state = tempfile::tempdir().unwrap();
+    // The core refuses these upstream; the agent must hold even when such a plan reaches it. An
+    // IPv6 prefix shorter than /64 makes dnsmasq refuse its whole configuration.
+    const BAD: SubnetId = SubnetId::from_u128(0xc2);
+    append(&*log, activated());
+    append(&*log, subnet_activated(BAD, "2001:db8::/56", "2001:db8::1", "2001:db8::53"));
+    append(&*log, reservation_added(1));
+    append(&*log, assigned(HOST, 1));
+    let agent = {
+        let options =
+            DnsmasqOptions { netns: Some(netns.0.clone()), max_shards: 1, ..DnsmasqOptions::new(state.path()) };
+        Agent::start(log.clone(), state.path(), Box::new(move |_| Box::new(DnsmasqBackend::new(options.clone()))))
+    };
+
+    wait_until("the server runs, degraded, with dnsmasq's reason", || {
+        statuses(&*log).iter().any(|(_, state, detail)| {
+            *state == DhcpServerState::Running
+                && detail.starts_with("degraded: ")
+                && detail.contains(&format!("subnet {BAD} (2001:db8::/56) refused by dnsmasq"))
+                && detail.contains("prefix length must be at least 64")
+        })
+    });
+    wait_until("dnsmasq runs", || dnsmasq_pid(state.path()).is_some());
+    let pid = dnsmasq_pid(state.path()).unwrap();
+    let conf = file_text(&state.path().join(NETWORK.to_string()).join("shard-00").join("dnsmasq.conf"));
+    assert!(conf.contains("dhcp-range=set:00000000-0000-0000-0000-0000000000c1,10.1.0.0,static"), "{conf}");
+    assert!(!conf.contains("2001:db8::"), "the refused subnet is left out: {conf}");
+    let hosts = file_text(&state.path().join(NETWORK.to_string()).join("shard-00").join("hosts"));
+    assert_eq!(hosts, "02:00:00:00:00:01,10.1.0.11\n");
+
+    // The good subnet's new settings are refused too (a DNS server of the other family): the
+    // running server is left exactly as it was, and the status says why.
+    append(&*log, subnet_activated(SUBNET, "10.1.0.0/24", "10.1.0.1", "2001:db8::53"));
+    wait_until("the refusal of the new settings is reported", || {
+        statuses(&*log).iter().any(|(_, _, detail)| {
+            detail.contains(&format!("subnet {SUBNET} (10.1.0.0/24) refused by dnsmasq: bad IP address"))
+                && detail.contains("still served with its previous settings")
+        })
+    });
+    assert_eq!(dnsmasq_pid(state.path()), Some(pid), "the running dnsmasq is untouched");
+    let after = file_text(&state.path().join(NETWORK.to_string()).join("shard-00").join("dnsmasq.conf"));
+    assert_eq!(after, conf, "its configuration is untouched");
+    assert!(
+        statuses(&*log).iter().all(|(_, state, _)| *state != DhcpServerState::Restarting),
+        "no restart: {:?}",
+        statuses(&*log)
+    );
+
+    append(&*log, unassigned(1));
+    wait_until("the server stops", || statuses(&*log).iter().any(|s| s.1 == DhcpServerState::Stopped));
+    agent.stop();
+    assert_eq!(dnsmasq_pid(state.path()), None);
+}
+
+#[test]
+fn a_dnsmasq_that_dies_and_cannot_restart_is_reported_in_its_own_words() {
+    let which = std::process::Command::new("dnsmasq").arg("--version").output();
+    assert!(which.is_ok_and(|output| output.status.success()), "this test needs dnsmasq (apt-get install dnsmasq)");
+    let netns = Netns::new("restart");
+    let log = memory_log();
+    let state = tempfile::tempdir().unwrap();
+    append(&*log, activated());
+    append(&*log, reservation_added(1));
+    append(&*log, assigned(HOST, 1));
+    let agent = {
+        let options =
+            DnsmasqOptions { netns: Some(netns.0.clone()), max_shards: 1, ..DnsmasqOptions::new(state.path()) };
+        Agent::start(log.clone(), state.path(), Box::new(move |_| Box::new(DnsmasqBackend::new(options.clone()))))
+    };
+    wait_until("dnsmasq runs", || dnsmasq_pid(state.path()).is_some());
+    let pid = dnsmasq_pid(state.path()).unwrap();
+
+    // The interface goes away and dnsmasq dies: every restart fails, and dnsmasq says why.
+    let output = std::process::Command::new("ip").args(["-n", &netns.0, "link", "del", "br0"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    wait_until("a failed restart is reported with dnsmasq's error", || {
+        statuses(&*log).iter().any(|(_, state, detail)| {
+            *state == DhcpServerState::Restarting && detail.contains("exited (exit status: 2: unknown interface br0)")
+        })
+    });
+
+    append(&*log, unassigned(1));
+    wait_until("the server stops", || statuses(&*log).iter().any(|s| s.1 == DhcpServerState::Stopped));
+    agent.stop();
 }
