@@ -7,7 +7,7 @@
 # the broker's jars are fetched from Maven Central (scripts/kafka-broker/pom.xml) into a cache and
 # the broker is run straight from them with `java -cp`.
 #
-# Usage: scripts/kafka-broker.sh start|stop|status|fetch
+# Usage: scripts/kafka-broker.sh start|stop|status|fetch|kill|restart
 #   fetch   put the jars in the cache (CI can warm it); no-op when the cache is complete
 #   start   fetch, wipe + format a fresh state dir, start the broker on two free 127.0.0.1 ports,
 #           wait until it answers a Metadata request; the LAST stdout line is
@@ -15,6 +15,11 @@
 #           running from the same state dir is stopped first.
 #   stop    TERM (then KILL after 20 s) the pid in <state>/broker.pid, and only that pid
 #   status  print KAFKA_BOOTSTRAP=... and exit 0 if the broker of the state dir runs, else exit 1
+#   kill    SIGKILL the pid in <state>/broker.pid (a crash, for the fault tests), and only that pid
+#   restart start the broker of an existing state dir again, on the same ports with the same data
+#           (no wipe, no format), and wait until it answers; prints KAFKA_BOOTSTRAP=... like start.
+#           After a kill, KRaft may refuse the broker's re-registration until its old session
+#           expires (about 10-20 s); the wait covers that.
 #
 # Environment (all optional):
 #   IPAM_KAFKA_VERSION        Kafka version from Maven Central (default 4.4.0)
@@ -388,7 +393,15 @@ start() {
 
     JAVA=
     format_storage
+    echo "$JAVA" >"$STATE_DIR/java"  # `restart` runs the same java
 
+    launch "$broker_port" "$controller_port" "$t0"
+}
+
+# Starts the broker of the formatted state dir on the given ports, waits until it answers, and
+# prints the KAFKA_BOOTSTRAP line. Needs JAVA.
+launch() {
+    local broker_port=$1 controller_port=$2 t0=$3
     log "starting Kafka $KAFKA_VERSION broker on 127.0.0.1:$broker_port (controller 127.0.0.1:$controller_port)"
     local -a heap
     read -r -a heap <<<"$HEAP_OPTS"
@@ -397,7 +410,7 @@ start() {
         -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="file:$STATE_DIR/config/log4j2.xml" \
         -cp "$LIBS/*" kafka.Kafka "$STATE_DIR/config/server.properties" \
-        </dev/null >"$STATE_DIR/logs/stdout.log" 2>&1 &
+        </dev/null >>"$STATE_DIR/logs/stdout.log" 2>&1 &
     local pid=$!
     echo "$pid" >"$PID_FILE"
 
@@ -423,6 +436,37 @@ start() {
     echo "KAFKA_BOOTSTRAP=127.0.0.1:$broker_port"
 }
 
+kill_broker() {
+    local pid
+    pid=$(running_pid)
+    [[ -n "$pid" ]] || die "no broker running from $STATE_DIR"
+    log "killing broker pid $pid (SIGKILL)"
+    kill -KILL "$pid" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 100; i++)); do  # 10 s
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && die "broker pid $pid did not die"
+    rm -f "$PID_FILE" "$BOOTSTRAP_FILE"
+    log "broker killed"
+}
+
+restart() {
+    local t0=$SECONDS
+    [[ -f "$STATE_MARK" && -f "$STATE_DIR/config/server.properties" && -f "$STATE_DIR/java" ]] \
+        || die "$STATE_DIR holds no broker started by this script; use start"
+    local old
+    old=$(running_pid)
+    [[ -z "$old" ]] || die "the broker of $STATE_DIR is still running (pid $old); stop or kill it first"
+    local broker_port controller_port
+    broker_port=$(sed -n 's|^listeners=PLAINTEXT://127.0.0.1:\([0-9]*\),.*|\1|p' "$STATE_DIR/config/server.properties")
+    controller_port=$(sed -n 's|^listeners=.*CONTROLLER://127.0.0.1:\([0-9]*\)$|\1|p' "$STATE_DIR/config/server.properties")
+    [[ -n "$broker_port" && -n "$controller_port" ]] || die "no ports in $STATE_DIR/config/server.properties"
+    JAVA=$(cat "$STATE_DIR/java")
+    launch "$broker_port" "$controller_port" "$t0"
+}
+
 status() {
     local pid
     pid=$(running_pid)
@@ -440,8 +484,10 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     fetch) fetch ;;
+    kill) kill_broker ;;
+    restart) restart ;;
     *)
-        echo "usage: $0 start|stop|status|fetch" >&2
+        echo "usage: $0 start|stop|status|fetch|kill|restart" >&2
         exit 2
         ;;
 esac

@@ -1,7 +1,9 @@
 //! Shared by the integration tests, the benchmarks and the `log-child` helper process: how to open
 //! each log backend from a one-line spec (so a child process opens the same log as its parent),
-//! and network namespaces for the DHCP tests ([`netns`]).
+//! network namespaces for the DHCP tests ([`netns`]), and a Kafka broker a test may kill
+//! ([`kafka_broker`]).
 
+pub mod kafka_broker;
 pub mod netns;
 
 use std::path::PathBuf;

@@ -11,6 +11,19 @@
 //!
 //! Every call blocks (broker round trips, up to the transaction timeout); the runtime makes them
 //! off its actor threads.
+//!
+//! # When the broker goes away
+//! A broker that restarts (or a coordinator that moves) while a transaction is open leaves it
+//! undecided; if it stays away longer than the transaction timeout, the coordinator aborts the
+//! transaction itself when it is back and bumps the producer's epoch. librdkafka then reports
+//! every call as fatal `_FENCED`, exactly as when a newer member took the transactional id over
+//! (`MemberState::txn_outlived_timeout` holds the rule that tells them apart). Neither that nor an
+//! abort that cannot reach the coordinator ends the member: the open batch is discarded, the
+//! producer is created anew (its `init_transactions` aborts whatever is left of the old
+//! transaction), reading rewinds to the committed positions, and the next `poll` reports every
+//! owned partition as `lost` and `assigned` again, so that the runtime rebuilds their state and
+//! re-derives the discarded outputs. Meanwhile calls fail with [`LogError::Storage`], which may be
+//! retried.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -22,7 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMe
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::errors::{TxnFailure, classify_txn, client_creation, storage};
 use crate::options::KafkaOptions;
@@ -30,6 +43,14 @@ use crate::topics::{REQUEST_TIMEOUT, Topics};
 
 /// How often a retriable transactional call is tried before giving up.
 const ATTEMPTS: usize = 3;
+
+/// How long one try to initialize a re-created producer may take; a broker still away makes it
+/// fail with [`LogError::Storage`], and the next transactional call tries again.
+const REINIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times in a row the producer is re-created without a commit succeeding in between
+/// before the member gives up (a fatal error that a new producer does not cure).
+const MAX_REINITS: u32 = 5;
 
 /// Whether the member can still work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +154,17 @@ struct MemberState {
     deferred: Option<LogError>,
     /// An open batch was aborted: reading must restart at the committed positions.
     needs_rewind: bool,
+    /// When the current Kafka transaction began, until it is known committed or aborted: how
+    /// `txn_outlived_timeout` tells a timeout from a fence.
+    txn_began: Option<Instant>,
+    /// Why the producer must be re-created before the next transaction, if it must.
+    reinit: Option<String>,
+    /// The re-created producer exists but its `init_transactions` has not succeeded yet.
+    reinit_created: bool,
+    /// Re-creations since the last successful commit.
+    reinits: u32,
+    /// How to create the producer again.
+    producer_config: ClientConfig,
     /// The member is being dropped: callbacks must not commit anything.
     closing: bool,
 }
@@ -154,13 +186,28 @@ impl MemberState {
     /// when it is. Abortable and other failures leave the caller to abort.
     fn fail(&mut self, failure: TxnFailure, during: &str) -> LogError {
         match failure {
+            TxnFailure::Fenced if self.txn_outlived_timeout() => {
+                let age = self.txn_began.map(|began| began.elapsed()).unwrap_or_default();
+                self.discard(format!(
+                    "{during}: the broker refused the producer's epoch for a transaction open {age:.1?}, longer than \
+                     its timeout {:?}: the coordinator aborted it on timeout (librdkafka reports this as fenced, \
+                     but no newer member is known to hold transactional id `{}`)",
+                    self.txn_timeout, self.transactional_id
+                ))
+            }
             TxnFailure::Fenced => {
                 self.health = Health::Fenced;
                 self.batch = None;
                 LogError::Fenced(self.transactional_id.clone())
             }
+            TxnFailure::Fatal(message) if self.reinits < MAX_REINITS => {
+                self.discard(format!("{during}: the transactional producer failed: {message}"))
+            }
             TxnFailure::Fatal(message) => {
-                let message = format!("{during}: {message}");
+                let message = format!(
+                    "{during}: {message} (the producer failed again after being re-created {} times)",
+                    self.reinits
+                );
                 self.health = Health::Failed(message.clone());
                 self.batch = None;
                 LogError::Fatal(message)
@@ -172,6 +219,103 @@ impl MemberState {
                     None => LogError::Storage(format!("{during}: {message}")),
                 }
             }
+        }
+    }
+
+    /// Whether the current transaction has been open for the transaction timeout or longer, so
+    /// that the coordinator may have aborted it.
+    ///
+    /// # The rule that tells a transaction the coordinator aborted on timeout from a real fence
+    ///
+    /// librdkafka (2.12, `rdkafka_txnmgr.c` `rd_kafka_txn_normalize_err`, the AddPartitionsToTxn,
+    /// AddOffsetsToTxn, TxnOffsetCommit and EndTxn handlers, and `rdkafka_request.c`'s Produce
+    /// handler) turns both `PRODUCER_FENCED` and `INVALID_PRODUCER_EPOCH` into a fatal `_FENCED`
+    /// ("fenced by newer producer instance"), and the broker (TV1 `TransactionCoordinator`, KIP-360 /
+    /// KIP-588) answers with one of those two both when a newer producer called `InitProducerId` for
+    /// the transactional id and when the coordinator aborted a transaction that outlived
+    /// `transaction.timeout.ms` (the abort bumps the epoch; the old producer's next EndTxn is refused
+    /// with `PRODUCER_FENCED`, its next Produce with `INVALID_PRODUCER_EPOCH`). So the error cannot
+    /// tell them apart, but time can: the coordinator times a transaction out only once it has been
+    /// open for `transaction.timeout.ms` since its first AddPartitionsToTxn, which is after our
+    /// `begin_transaction`. Hence:
+    /// - `_FENCED` while our transaction has been open for less than the timeout (or with none open):
+    ///   a newer member holds the id for certain. [`LogError::Fenced`]; the member stops.
+    /// - `_FENCED` once our transaction has been open for the timeout or longer: the coordinator may
+    ///   have aborted it on timeout. The producer is re-created and re-initialized. Were a newer
+    ///   member to have taken the id over at that very moment (only a zombie's transaction gets that
+    ///   old), our `init_transactions` fences it in turn, and it, with a young transaction, stops as
+    ///   fenced: one of the two carries on, and fencing still keeps a batch from committing twice.
+    /// - Any other fatal error: re-created as well, at most [`MAX_REINITS`] times without a commit in
+    ///   between; an error that a new producer does not cure (authorization) then ends the member.
+    fn txn_outlived_timeout(&self) -> bool {
+        self.txn_began.is_some_and(|began| began.elapsed() >= self.txn_timeout)
+    }
+
+    /// Discards the open batch and the producer whose transaction is in doubt: the producer is
+    /// re-created before the next transaction, reading rewinds, and the owned partitions are
+    /// reported lost and assigned again, since their state holds the discarded steps.
+    fn discard(&mut self, reason: String) -> LogError {
+        tracing::warn!(transactional_id = %self.transactional_id, reason = %reason,
+            "Kafka member discards its open batch and re-creates its transactional producer.");
+        self.batch = None;
+        self.txn_began = None;
+        self.reinit = Some(reason.clone());
+        self.needs_rewind = true;
+        self.report_rebuild();
+        LogError::Storage(format!(
+            "{reason}; the open batch is discarded and its inputs will be read again, and the transactional \
+             producer is re-created"
+        ))
+    }
+
+    /// Reports every owned partition as lost and then assigned again (see the module doc).
+    fn report_rebuild(&mut self) {
+        let owned: Vec<TopicPartition> = self.assignment.iter().cloned().collect();
+        for tp in owned {
+            if !self.changes.lost.contains(&tp) {
+                self.changes.lost.push(tp.clone());
+            }
+            if !self.changes.assigned.contains(&tp) {
+                self.changes.assigned.push(tp);
+            }
+        }
+    }
+
+    /// Re-creates and initializes the producer when a failure asked for it; its
+    /// `init_transactions` aborts whatever the coordinator still holds of the old transaction.
+    fn ensure_producer(&mut self) -> Result<(), LogError> {
+        let Some(reason) = self.reinit.clone() else { return Ok(()) };
+        if !self.reinit_created {
+            let producer: TxnProducer = self
+                .producer_config
+                .create_with_context(TxnContext::default())
+                .map_err(|e| client_creation("transactional producer", &e))?;
+            // Dropping the old producer purges what it still holds.
+            self.producer = producer;
+            self.reinit_created = true;
+            self.reinits += 1;
+        }
+        match self.producer.init_transactions(REINIT_TIMEOUT) {
+            Ok(()) => {
+                tracing::info!(transactional_id = %self.transactional_id, after = %reason,
+                    "Kafka member re-created its transactional producer.");
+                self.reinit = None;
+                self.reinit_created = false;
+                Ok(())
+            }
+            Err(error) => match self.classify(&error) {
+                failure @ (TxnFailure::Fenced | TxnFailure::Fatal(_)) => {
+                    // A fresh producer that fails to initialize for good: nothing left to try.
+                    self.reinits = MAX_REINITS;
+                    self.reinit_created = false;
+                    Err(self.fail(failure, "initialize the re-created transactional producer"))
+                }
+                TxnFailure::Abortable(message) | TxnFailure::Retriable(message) | TxnFailure::Other(message) => {
+                    Err(LogError::Storage(format!(
+                        "initialize the re-created transactional producer (after: {reason}): {message}"
+                    )))
+                }
+            },
         }
     }
 
@@ -197,11 +341,14 @@ impl MemberState {
         if self.batch.is_some() {
             return Ok(());
         }
+        self.ensure_producer()?;
         if let Err(failure) = self.retry(|producer| producer.begin_transaction()) {
             return Err(self.fail(failure, "begin a transaction"));
         }
         *self.producer.context().lock() = Deliveries::default();
-        self.batch = Some(OpenBatch { opened: Instant::now(), steps: 0, positions: BTreeMap::new() });
+        let now = Instant::now();
+        self.txn_began = Some(now);
+        self.batch = Some(OpenBatch { opened: now, steps: 0, positions: BTreeMap::new() });
         Ok(())
     }
 
@@ -235,15 +382,28 @@ impl MemberState {
         self.needs_rewind = true;
         let timeout = self.txn_timeout;
         match self.retry(|producer| producer.abort_transaction(timeout)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.txn_began = None;
+                Ok(())
+            }
             Err(failure @ (TxnFailure::Fenced | TxnFailure::Fatal(_))) => Err(self.fail(failure, "abort the batch")),
-            Err(failure) => {
-                // The producer is stuck between transactions; nothing sensible can follow.
-                let error = self.fail(failure, "abort the batch");
-                self.health = Health::Failed(error.to_string());
-                Err(LogError::Fatal(error.to_string()))
+            Err(TxnFailure::Abortable(message) | TxnFailure::Retriable(message) | TxnFailure::Other(message)) => {
+                // The coordinator cannot be reached (a broker away): the transaction is in doubt,
+                // and the producer stuck between transactions. A new producer's
+                // `init_transactions` aborts it once the coordinator answers again.
+                Err(self.discard(format!("abort the batch: {message}")))
             }
         }
+    }
+
+    /// Aborts the open batch after a failed step or commit; the owned partitions' state holds the
+    /// aborted steps, so they are reported lost and assigned again.
+    fn abort_after_failure(&mut self) -> Result<(), LogError> {
+        if self.batch.is_none() {
+            return Ok(());
+        }
+        self.report_rebuild();
+        self.abort_batch()
     }
 
     /// Commits the open batch: its positions through the group coordinator, then the transaction.
@@ -272,6 +432,8 @@ impl MemberState {
         match result {
             Ok(()) => {
                 self.batch = None;
+                self.txn_began = None;
+                self.reinits = 0;
                 self.await_visibility();
                 Ok(())
             }
@@ -281,7 +443,7 @@ impl MemberState {
             }
             Err(failure) => {
                 let error = self.fail(failure, "commit the batch");
-                self.abort_batch()?;
+                self.abort_after_failure()?;
                 Err(error)
             }
         }
@@ -483,8 +645,8 @@ impl KafkaMember {
         for topic in &config.topics {
             topics.partition_count(topic)?;
         }
-        let producer: TxnProducer = options
-            .member_producer_config(&config.transactional_id)
+        let producer_config = options.member_producer_config(&config.transactional_id);
+        let producer: TxnProducer = producer_config
             .create_with_context(TxnContext::default())
             .map_err(|e| client_creation("transactional producer", &e))?;
         let txn_timeout = Duration::from_millis(u64::from(options.transaction_timeout_ms));
@@ -499,6 +661,11 @@ impl KafkaMember {
             health: Health::Healthy,
             deferred: None,
             needs_rewind: false,
+            txn_began: None,
+            reinit: None,
+            reinit_created: false,
+            reinits: 0,
+            producer_config,
             closing: false,
         };
         if let Err(failure) = state.retry(|producer| producer.init_transactions(txn_timeout)) {
@@ -622,6 +789,15 @@ impl Member for KafkaMember {
         loop {
             self.usable()?;
             self.settle()?;
+            if records.is_empty() {
+                // A batch discarded outside a rebalance (see the module doc): report it before
+                // reading on from the positions `settle` rewound to.
+                let mut state = self.lock();
+                if !state.changes.lost.is_empty() {
+                    let changes = std::mem::take(&mut state.changes);
+                    return Ok(Polled { records: Vec::new(), ..changes });
+                }
+            }
             let mut wait = deadline.saturating_duration_since(Instant::now());
             if let Some(open) = &self.lock().batch {
                 wait = wait.min(self.config.batch.max_delay.saturating_sub(open.opened.elapsed()));
@@ -715,10 +891,14 @@ impl Member for KafkaMember {
                 }
                 Err(error) => {
                     // Like the local backends: a step that cannot be added discards the batch.
-                    if state.check().is_ok()
-                        && let Err(abort) = state.abort_batch()
-                    {
-                        tracing::warn!(error = %abort, "Kafka member could not abort after a failed step.");
+                    // The caller's state already holds this step (and the batch's): the owned
+                    // partitions are reported lost and assigned again, and their records come again.
+                    if state.check().is_ok() {
+                        state.report_rebuild();
+                        state.needs_rewind = true;
+                        if let Err(abort) = state.abort_batch() {
+                            tracing::warn!(error = %abort, "Kafka member could not abort after a failed step.");
+                        }
                     }
                     Err(error)
                 }

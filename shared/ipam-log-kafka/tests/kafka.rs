@@ -18,6 +18,10 @@ use ipam_log::{
 };
 use ipam_log_kafka::{KafkaLog, KafkaOptions};
 
+/// The broker helper `ipam-tests` shares, for the test that kills its own broker.
+#[path = "../../../tests/kafka_broker.rs"]
+mod kafka_broker;
+
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn bootstrap() -> String {
@@ -93,10 +97,10 @@ fn read_all(log: &dyn EventLog, topic: &str) -> Vec<Record> {
 
 /// Waits until `topic`/`partition` holds `count` records written, committed or not (the high
 /// watermark a read_uncommitted client sees), so that an abort has something on the broker to hide.
-fn await_written(topic: &str, partition: i32, count: i64) {
+fn await_written(bootstrap: &str, topic: &str, partition: i32, count: i64) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let raw: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap();
@@ -263,7 +267,7 @@ fn a_member_that_stops_polling_loses_its_partitions_and_its_open_batch() {
     let mut silent = member(&log, &group, &[&input], &unique("txn-silent"), 100);
     let records = poll_records(&mut *silent, 1);
     silent.step(&[out(&output, "k", "from the silent member")], &[next(&records[0])]).unwrap();
-    await_written(&output, 0, 1);
+    await_written(&bootstrap(), &output, 0, 1);
 
     // The silent member stops polling; another one gets the partition once the group gives up on it.
     let mut other = member(&log, &group, &[&input], &unique("txn-other"), 100);
@@ -292,4 +296,77 @@ fn a_member_that_stops_polling_loses_its_partitions_and_its_open_batch() {
     other.step(&[out(&output, "k", "from the new owner")], &[next(&again[0])]).unwrap();
     other.commit().unwrap();
     assert_eq!(values(&read_all(&log, &output)), ["from the new owner"], "the lost batch never appears");
+}
+
+#[test]
+fn a_member_whose_transaction_timed_out_while_the_broker_was_away_aborts_it_rereads_and_goes_on() {
+    let broker = kafka_broker::ScriptBroker::start();
+    let mut options = KafkaOptions::new(broker.bootstrap());
+    options.transaction_timeout_ms = 10_000;
+    options.session_timeout_ms = 6_000;
+    let log = KafkaLog::connect(options).unwrap();
+    let input = topic(&log, "input", 2);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    let transactional_id = unique("txn");
+    log.append(&(0..4).map(|i| out(&input, &format!("k{i}"), &format!("first {i}"))).collect::<Vec<_>>()).unwrap();
+    let mut member = member(&log, &group, &[&input], &transactional_id, 1000);
+    let records = poll_records(&mut *member, 4);
+    for record in &records[..2] {
+        member.step(&[out(&output, "k", &String::from_utf8_lossy(&record.value))], &[next(record)]).unwrap();
+    }
+    member.commit().unwrap();
+    // A transaction open with outputs on the broker when it dies.
+    for record in &records[2..] {
+        member.step(&[out(&output, "k", &String::from_utf8_lossy(&record.value))], &[next(record)]).unwrap();
+    }
+    // Two records, a commit marker, and the open transaction's two records.
+    await_written(broker.bootstrap(), &output, 0, 5);
+
+    let killed = Instant::now();
+    broker.kill();
+    // The transaction outlives its timeout while the broker is away.
+    while killed.elapsed() < Duration::from_secs(12) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.restart();
+    let back = Instant::now();
+    println!("broker back {:?} after the kill", killed.elapsed());
+
+    // The member's calls fail as storage errors (retryable) until the transaction is aborted and
+    // the producer ready again; never as fencing. Then the partitions come as lost and assigned
+    // again, and the records of the discarded batch come again.
+    let mut again = Vec::new();
+    let mut lost = Vec::new();
+    let mut assigned = Vec::new();
+    let mut errors = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while again.len() < 2 {
+        assert!(Instant::now() < deadline, "the member never resumed: errors {errors:?}, again {again:?}");
+        match member.commit().and_then(|()| member.poll(100, Duration::from_millis(200))) {
+            Ok(polled) => {
+                lost.extend(polled.lost);
+                assigned.extend(polled.assigned);
+                again.extend(polled.records);
+            }
+            Err(error @ LogError::Storage(_)) => {
+                errors.push(error.to_string());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => panic!("the member failed for good: {error}; before: {errors:?}"),
+        }
+    }
+    println!("member resumed {:?} after the broker came back; errors on the way: {errors:#?}", back.elapsed());
+    assert_eq!(values(&again), values(&records[2..]), "the discarded batch's inputs come again");
+    assert!(!lost.is_empty() && !assigned.is_empty(), "the partitions were reported lost and assigned again");
+    for record in &again {
+        member.step(&[out(&output, "k", &String::from_utf8_lossy(&record.value))], &[next(record)]).unwrap();
+    }
+    member.commit().unwrap();
+    assert_eq!(values(&read_all(&log, &output)), ["first 0", "first 1", "first 2", "first 3"], "nothing lost or twice");
+    let started = Instant::now();
+    for partition in 0..2 {
+        assert!(log.committed_position(&group, &input, partition).unwrap().is_some());
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "committed positions took {:?}", started.elapsed());
 }

@@ -203,6 +203,15 @@ pub trait Follower: Send {
 }
 
 /// A member of a consumer group: reads its partitions and performs atomic steps.
+///
+/// A member may discard its open batch by itself: a rebalance took partitions away without a
+/// clean handover, or the storage failed under it (on Kafka, a broker away long enough for the
+/// coordinator to abort the open transaction on timeout; the member then answers
+/// [`LogError::Storage`] until it can write again). The caller's state then holds steps the log
+/// does not, so the next [`Member::poll`] reports every partition the member still owns in `lost`
+/// **and** in `assigned`: drop their state, then rebuild it from the committed log, as for any new
+/// assignment. Reading restarts at the committed positions, so the discarded steps' inputs come
+/// again and the deterministic machines re-derive the same outputs.
 pub trait Member: Send {
     /// Up to `max` records, waiting up to `timeout` when none is ready. Also commits an open batch
     /// whose delay has passed.

@@ -1,0 +1,136 @@
+//! Broker restarts: the Kafka broker, killed with SIGKILL while `ipam allocator` (two instances)
+//! and `ipam placement` run, and started again on the same ports with the same data after about
+//! 15 s (KRaft refuses the re-registration until the old session expires), longer than the
+//! services' 10 s transaction timeout. Every service must resume by itself (no process exits, even
+//! when the broker aborted its open transaction on timeout, which librdkafka reports like a
+//! fence), and the output streams must end equal to a run never interrupted: nothing lost, nothing
+//! twice.
+//!
+//! Three moments: quiet (everything processed, no transaction open), busy (right after a burst of
+//! published churn, while the services work through it), and in flight (a few hundred
+//! milliseconds after one chunk, while its batch waits out a 500 ms batch delay in an open
+//! transaction). The test prints how long each resumption took.
+//!
+//! The broker is this test's own (`ScriptBroker`), so killing it disturbs no other test.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ipam_core::{Envelope, Topic};
+use ipam_tests::kafka_broker::ScriptBroker;
+
+use crate::recovery::{self, CHUNK, Deployment, Kafka, Outputs};
+
+/// Where the broker is killed: the moment's name and the churn chunk it follows.
+const MOMENTS: [(&str, usize); 3] = [("quiet", 15), ("busy", 40), ("in flight", 70)];
+
+/// Chunks published in one go for the busy moment.
+const BURST: usize = 10;
+
+/// How long the services' batches stay open, so that the in-flight moment finds one open.
+const BATCH_DELAY_MS: u64 = 500;
+
+/// How long the log may take to answer again once the broker does.
+const LOG_BACK_WITHIN: Duration = Duration::from_secs(60);
+
+/// Waits until the test's own client reads committed positions again; returns how long it took.
+fn await_log(kafka: &Kafka) -> Duration {
+    let started = Instant::now();
+    let (group, _) = kafka.groups();
+    let topic = kafka.topic(Topic::Networks);
+    loop {
+        match kafka.log().committed_position(&group, &topic, 0) {
+            Ok(_) => return started.elapsed(),
+            Err(error) => {
+                assert!(started.elapsed() < LOG_BACK_WITHIN, "the log did not answer again: {error}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// No record id twice in any output topic.
+fn assert_no_duplicate_ids(outputs: &Outputs) {
+    for ((topic, partition), values) in outputs {
+        let mut seen = BTreeSet::new();
+        for value in values {
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(value) else { continue };
+            if let Some(id) = json.get("id").and_then(serde_json::Value::as_str) {
+                assert!(seen.insert(id.to_owned()), "record {id} appears twice in {topic}/{partition}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_kafka_services_resume_by_themselves_after_the_broker_is_killed_quiet_busy_and_in_flight() {
+    let (expected, _) = recovery::reference();
+    let work = recovery::workload(7);
+    let broker = ScriptBroker::start();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), format!("batch-max-delay-ms = {BATCH_DELAY_MS}\n")).unwrap();
+    let mut kafka =
+        Kafka::on_broker(broker.bootstrap(), 2, &["--config".to_owned(), config.path().display().to_string()]);
+    kafka.start();
+    for group in &work.setup {
+        recovery::publish(&kafka, group, &[], usize::MAX);
+        recovery::wait_processed(&kafka);
+    }
+    let chunks: Vec<&[Envelope]> = work.churn.chunks(CHUNK).collect();
+    let publish = |kafka: &Kafka, chunk: usize| recovery::publish(kafka, chunks[chunk], &work.garbage, chunk * CHUNK);
+    let mut next = 0;
+    let mut figures = Vec::new();
+    for (moment, at) in MOMENTS {
+        while next < at {
+            publish(&kafka, next);
+            next += 1;
+        }
+        recovery::wait_processed(&kafka);
+        match moment {
+            "busy" => {
+                for _ in 0..BURST {
+                    publish(&kafka, next);
+                    next += 1;
+                }
+            }
+            "in flight" => {
+                publish(&kafka, next);
+                next += 1;
+                // The chunk is stepped within milliseconds; its batch commits after the delay.
+                std::thread::sleep(Duration::from_millis(BATCH_DELAY_MS / 3));
+            }
+            _ => {}
+        }
+        let killed = Instant::now();
+        broker.kill();
+        let restart = broker.restart();
+        let away = killed.elapsed();
+        let back = Instant::now();
+        let log_back = await_log(&kafka);
+        // The next chunk, and everything before it, processed: the services work again.
+        publish(&kafka, next);
+        next += 1;
+        recovery::wait_processed(&kafka);
+        let resumed = back.elapsed();
+        let exited = kafka.exited();
+        assert!(exited.is_empty(), "{moment}: services exited after the broker restart: {exited:?}");
+        println!(
+            "{moment}: broker away {away:.1?} (restart took {restart:.1?}); the test's client answered {log_back:.1?} \
+             and the services had processed everything {resumed:.1?} after the broker was back"
+        );
+        figures.push((moment, resumed));
+    }
+    while next < chunks.len() {
+        publish(&kafka, next);
+        next += 1;
+    }
+    recovery::wait_processed(&kafka);
+    let exited = kafka.exited();
+    assert!(exited.is_empty(), "services exited: {exited:?}");
+    kafka.stop();
+    let prefix = kafka.prefix().to_owned();
+    let outputs = recovery::outputs(&kafka, &prefix);
+    assert_no_duplicate_ids(&outputs);
+    recovery::assert_same(expected, &outputs);
+    println!("time to resume after the broker was back: {figures:?}");
+}

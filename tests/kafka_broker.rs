@@ -1,0 +1,80 @@
+//! A Kafka broker of a test's own, run by `scripts/kafka-broker.sh` from a state directory of its
+//! own, for the tests that kill and restart the broker: the broker the other tests share
+//! (`IPAM_KAFKA_BOOTSTRAP`) is left alone. Std only, since two test crates include this file:
+//! `ipam-tests` as a module of its library, and `ipam-log-kafka`'s tests by path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A single-node broker; stopped (and its directory removed) when dropped.
+#[derive(Debug)]
+pub struct ScriptBroker {
+    dir: PathBuf,
+    bootstrap: String,
+}
+
+impl ScriptBroker {
+    /// Starts a fresh broker on free 127.0.0.1 ports and waits until it answers.
+    pub fn start() -> ScriptBroker {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "ipam-test-broker-{}-{}-{}",
+            std::process::id(),
+            nanos % 1_000_000_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let bootstrap = run(&dir, "start");
+        assert!(bootstrap.starts_with("127.0.0.1:"), "kafka-broker.sh start printed no address: {bootstrap:?}");
+        ScriptBroker { dir, bootstrap }
+    }
+
+    /// `host:port` of the broker.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Kills the broker with SIGKILL, like a crash.
+    pub fn kill(&self) {
+        run(&self.dir, "kill");
+    }
+
+    /// Starts the killed broker again on the same ports with the same data, and returns how long
+    /// it took to answer (KRaft refuses the re-registration until the old session expires).
+    pub fn restart(&self) -> Duration {
+        let started = Instant::now();
+        let bootstrap = run(&self.dir, "restart");
+        assert_eq!(bootstrap, self.bootstrap, "the broker came back on another address");
+        started.elapsed()
+    }
+}
+
+impl Drop for ScriptBroker {
+    fn drop(&mut self) {
+        run(&self.dir, "stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `scripts/kafka-broker.sh command` for the state directory `dir`; returns the address of
+/// its last stdout line (`KAFKA_BOOTSTRAP=...`), or "" when it prints none.
+fn run(dir: &Path, command: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("scripts/kafka-broker.sh"))
+        .find(|script| script.exists())
+        .expect("scripts/kafka-broker.sh above the crate");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(command)
+        .env("IPAM_KAFKA_DIR", dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/kafka-broker.sh");
+    assert!(output.status.success(), "kafka-broker.sh {command} failed ({})", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    stdout.lines().last().unwrap_or_default().trim_start_matches("KAFKA_BOOTSTRAP=").to_owned()
+}
