@@ -18,6 +18,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// For `POST /v1/events`: the position in the batch of the event that was refused.
     pub index: Option<usize>,
+    /// For a `503` that will pass: the seconds a client should wait, sent as `Retry-After`.
+    pub retry_after_secs: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -36,7 +38,14 @@ struct Detail<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError { status, code: code.into(), message: message.into(), field: None, index: None }
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            field: None,
+            index: None,
+            retry_after_secs: None,
+        }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
@@ -46,6 +55,11 @@ impl ApiError {
 
     pub fn with_index(mut self, index: usize) -> ApiError {
         self.index = Some(index);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after_secs = Some(seconds);
         self
     }
 
@@ -80,6 +94,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        if let Some(seconds) = self.retry_after_secs {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
         }
         response.json(self.body())
     }

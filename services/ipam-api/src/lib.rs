@@ -25,8 +25,8 @@ mod routes;
 mod state;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,13 +37,22 @@ use actix_web::{App, HttpServer, ResponseError as _, web};
 use anyhow::Context as _;
 use futures::future::{Either, ready};
 use ipam_log::EventLog;
-use ipam_runtime::Topics;
+use ipam_runtime::{ComponentState, Health, Topics};
 
 pub use error::ApiError;
 
 use crate::metrics::Metrics;
 use crate::model::ReadModel;
 use crate::state::AppState;
+use crate::stream::StreamSlots;
+
+/// The HTTP server's name on the health board: starting until bound, ok while serving.
+pub const HTTP_COMPONENT: &str = "api-http";
+/// The read model's name on the health board.
+pub const READ_MODEL_COMPONENT: &str = follower::COMPONENT;
+/// The name `/health` gives the log in `failing` when its own look at the log fails (not a
+/// component on the board).
+pub const LOG_PROBE: &str = routes::LOG_PROBE;
 
 /// How often the server looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
@@ -60,11 +69,26 @@ pub struct ApiConfig {
     pub bearer_token: Option<String>,
     /// The largest `POST /v1/events` body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Event streams served at once ([`stream::MAX_STREAMS`] by default); more get 503.
+    pub max_streams: usize,
+    /// Event streams one client address may hold at once ([`stream::MAX_STREAMS_PER_CLIENT`] by
+    /// default). Behind a proxy every client has the proxy's address: raise it to `max_streams`.
+    pub max_streams_per_client: usize,
+    /// How long the read model may stay behind the log without moving before `/health` calls it
+    /// stuck (30 s by default; measured between calls of `/health`).
+    pub read_model_stuck_after: Duration,
 }
 
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
-        ApiConfig { bind: SocketAddr::from(([127, 0, 0, 1], 8080)), bearer_token: None, max_body_bytes: 1024 * 1024 }
+        ApiConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            bearer_token: None,
+            max_body_bytes: 1024 * 1024,
+            max_streams: stream::MAX_STREAMS,
+            max_streams_per_client: stream::MAX_STREAMS_PER_CLIENT,
+            read_model_stuck_after: Duration::from_secs(30),
+        }
     }
 }
 
@@ -75,6 +99,9 @@ impl std::fmt::Debug for ApiConfig {
             .field("bind", &self.bind)
             .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_streams", &self.max_streams)
+            .field("max_streams_per_client", &self.max_streams_per_client)
+            .field("read_model_stuck_after", &self.read_model_stuck_after)
             .finish()
     }
 }
@@ -97,15 +124,19 @@ impl Groups {
 
 /// Runs the API until `stop` is set, then shuts the server down gracefully. Blocking: it runs its
 /// own actix `System` in the calling thread. Logs `API listening on http://ADDR` once bound.
+///
+/// `health` is the process's board: `/health` answers from it, and the API reports its own parts
+/// there as [`HTTP_COMPONENT`] and `api-read-model`.
 pub fn run(
     log: Arc<dyn EventLog>,
     topics: Topics,
     groups: Groups,
     config: ApiConfig,
     stop: Arc<AtomicBool>,
+    health: Health,
 ) -> anyhow::Result<()> {
-    let listener = bind(config.bind)?;
-    serve(listener, log, topics, groups, config, stop)
+    let listener = bind(config.bind, &health)?;
+    serve(listener, log, topics, groups, config, stop, health)
 }
 
 /// Binds in the calling thread (so a taken port is an error here), then serves on a new thread
@@ -116,18 +147,22 @@ pub fn bind_and_serve(
     groups: Groups,
     config: ApiConfig,
     stop: Arc<AtomicBool>,
+    health: Health,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
-    let listener = bind(config.bind)?;
+    let listener = bind(config.bind, &health)?;
     let address = listener.local_addr().context("reading the bound address")?;
     let thread = std::thread::Builder::new()
         .name("ipam-api".to_owned())
-        .spawn(move || serve(listener, log, topics, groups, config, stop))
+        .spawn(move || serve(listener, log, topics, groups, config, stop, health))
         .context("starting the API thread")?;
     Ok((address, thread))
 }
 
-fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address).with_context(|| format!("binding the API to {address}"))
+fn bind(address: SocketAddr, health: &Health) -> anyhow::Result<TcpListener> {
+    health.set(HTTP_COMPONENT, ComponentState::Starting(format!("binding {address}")));
+    TcpListener::bind(address).with_context(|| format!("binding the API to {address}")).inspect_err(|error| {
+        health.set(HTTP_COMPONENT, ComponentState::Failed(format!("{error:#}")));
+    })
 }
 
 /// Whether the headers carry `Authorization: Bearer <token>`, compared in constant time.
@@ -150,16 +185,18 @@ fn serve(
     groups: Groups,
     config: ApiConfig,
     stop: Arc<AtomicBool>,
+    health: Health,
 ) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
     let halt = Arc::new(AtomicBool::new(false));
     let model = Arc::new(RwLock::new(ReadModel::new()));
     let follower = {
         let (log, topics, model, halt) = (Arc::clone(&log), topics.clone(), Arc::clone(&model), Arc::clone(&halt));
+        let health = health.clone();
         std::thread::Builder::new()
             .name("ipam-api-read-model".to_owned())
             .spawn(move || {
-                let result = follower::run(log, topics, model, Arc::clone(&halt));
+                let result = follower::run(log, topics, model, Arc::clone(&halt), health);
                 // A read model that cannot go on stops the API rather than serve stale answers.
                 halt.store(true, Ordering::SeqCst);
                 result
@@ -168,6 +205,7 @@ fn serve(
     };
     let metrics = Arc::new(Metrics::default());
     let token = config.bearer_token.clone();
+    let streams = Arc::new(StreamSlots::new(config.max_streams, config.max_streams_per_client));
     let state = web::Data::new(AppState {
         log,
         topics,
@@ -176,14 +214,16 @@ fn serve(
         model,
         metrics: Arc::clone(&metrics),
         halt: Arc::clone(&halt),
-        streams: Arc::new(AtomicUsize::new(0)),
+        streams,
+        health: health.clone(),
+        stalled: Mutex::new(None),
     });
     let document = routes::openapi_data();
     // A couple of workers is plenty: handlers never block, and each stream has its own thread.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
 
     let served = actix_web::rt::System::new().block_on({
-        let halt = Arc::clone(&halt);
+        let (halt, health) = (Arc::clone(&halt), health.clone());
         async move {
             let server = HttpServer::new(move || {
                 let (token, metrics) = (token.clone(), Arc::clone(&metrics));
@@ -205,6 +245,21 @@ fn serve(
                     .service(get("/metrics", routes::metrics))
                     .service(get("/openapi.json", routes::openapi_document))
                     .default_service(web::to(routes::not_found))
+                    .app_data(
+                        web::PathConfig::default().error_handler(|error, request| {
+                            routes::bad_path(&error.to_string(), request.path()).into()
+                        }),
+                    )
+                    .wrap_fn(|request, service| {
+                        // Only the stream takes query parameters; elsewhere under /v1 one is a
+                        // client's mistake (a limit or filter we would silently ignore).
+                        let path = request.path();
+                        if path.starts_with("/v1/") && path != "/v1/stream" && !request.query_string().is_empty() {
+                            let error = routes::unexpected_query(request.query_string());
+                            return Either::Left(ready(Ok(request.into_response(error.error_response()))));
+                        }
+                        Either::Right(service.call(request))
+                    })
                     .wrap_fn(move |request, service| {
                         let denied = token
                             .as_deref()
@@ -238,6 +293,7 @@ fn serve(
             .listen(listener)
             .context("listening")?
             .run();
+            health.set(HTTP_COMPONENT, ComponentState::Ok);
             tracing::info!(address = %address, "API listening on http://{address}");
             let handle = server.handle();
             actix_web::rt::spawn(async move {
@@ -252,6 +308,13 @@ fn serve(
         }
     });
     halt.store(true, Ordering::SeqCst);
+    health.set(
+        HTTP_COMPONENT,
+        match &served {
+            Ok(()) => ComponentState::Degraded("stopped".to_owned()),
+            Err(error) => ComponentState::Failed(format!("{error:#}")),
+        },
+    );
     let followed = follower.join().map_err(|_| anyhow::anyhow!("the read model thread panicked"))?;
     tracing::info!(address = %address, "API stopped.");
     served?;

@@ -49,6 +49,8 @@ impl Metrics {
 /// What a scrape reports besides the counters in [`Metrics`].
 #[derive(Debug, Default)]
 pub struct Gauges {
+    /// Event streams open now.
+    pub streams_open: usize,
     pub processed: u64,
     /// (group, topic, records behind).
     pub consumer_lag: Vec<(String, String, u64)>,
@@ -78,6 +80,9 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
 
     header(&mut out, "ipam_events_appended_total", "counter", "Events accepted by POST /v1/events and appended.");
     let _ = writeln!(out, "ipam_events_appended_total {}", metrics.appended.load(Ordering::Relaxed));
+
+    header(&mut out, "ipam_api_streams_open", "gauge", "Event streams (GET /v1/stream) open now.");
+    let _ = writeln!(out, "ipam_api_streams_open {}", gauges.streams_open);
 
     header(&mut out, "ipam_consumer_lag", "gauge", "Records of a topic a consumer group has not committed yet.");
     for (group, topic, lag) in &gauges.consumer_lag {

@@ -14,12 +14,73 @@ pub fn schema_ref(type_name: &str) -> String {
     format!("https://ipam.dev/schemas/{type_name}.json")
 }
 
-fn error_response(description: &str) -> Value {
+/// Every error code the API answers with: (status, code, when). The document lists them once in
+/// `x-error-codes` and names each response's codes; a test sends a corpus of bad requests to a
+/// running server and checks each answer is one of these.
+pub const ERROR_CODES: &[(u16, &str, &str)] = &[
+    (400, "malformed_json", "The body is not JSON (syntax, encoding, nesting deeper than 128)."),
+    (400, "unreadable_body", "The body could not be read from the connection."),
+    (400, "empty_batch", "The body is an empty array."),
+    (400, "duplicate_event_id", "Two events of the batch have the same `id`; the message names both indexes."),
+    (400, "not_an_input", "The event's type is one IPAM writes itself (a reservation, a placement, a tick)."),
+    (400, "unknown_type", "The event's type is not in the contract."),
+    (400, "invalid_request", "The envelope or a data field is missing, has the wrong type or an impossible value."),
+    (400, "invalid_mac", "`data.mac` is malformed, all-zero, broadcast or multicast."),
+    (400, "invalid_cidr", "`data.cidr` is malformed or has host bits set."),
+    (
+        400,
+        "invalid_ip",
+        "An address field (gateway, DNS or NTP server, requested IP, or the `{ip}` of a path) is not an IP address.",
+    ),
+    (400, "invalid_pool", "`data.allocation_pools` is not a list of `{start, end}` addresses."),
+    (400, "invalid_id", "The `{id}` of the path is not a UUID."),
+    (400, "invalid_path", "A path parameter cannot be decoded."),
+    (
+        400,
+        "invalid_query",
+        "A `/v1` endpoint that takes no query parameters got one, or `/v1/stream` got one it does not know or one twice.",
+    ),
+    (
+        400,
+        "invalid_cursor",
+        "A stream position (`from`, `Last-Event-ID`) does not parse, names a topic that is not streamed or a partition that does not exist, or names a partition twice.",
+    ),
+    (
+        400,
+        "cursor_beyond_end",
+        "A stream position's offset is past the end of its partition (it cannot come from this log).",
+    ),
+    (401, "unauthorized", "A bearer token is configured and the request lacks it or has another."),
+    (404, "not_found", "No endpoint at the path, or nothing known under the id or address."),
+    (405, "method_not_allowed", "The endpoint does not take this method."),
+    (413, "body_too_large", "The body is larger than the configured limit (1 MiB by default)."),
+    (415, "unsupported_media_type", "The content type is not one of the JSON types listed."),
+    (500, "internal", "The server failed to run the request; retry."),
+    (503, "log_unavailable", "The event log failed; retry."),
+    (503, "too_many_streams", "Every event-stream place is taken; `Retry-After` says when to try again."),
+    (
+        503,
+        "too_many_client_streams",
+        "This client address holds as many event streams as one may; `Retry-After` says when to try again.",
+    ),
+];
+
+/// An error response carrying `codes`, each of which must be in [`ERROR_CODES`] with this status.
+fn error_response(status: u16, description: &str, codes: &[&str]) -> Value {
+    for code in codes {
+        assert!(
+            ERROR_CODES.iter().any(|(listed, known, _)| *listed == status && known == code),
+            "{status} {code} is not in ERROR_CODES"
+        );
+    }
     json!({
         "description": description,
+        "x-error-codes": codes,
         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
     })
 }
+
+const UNAUTHORIZED: &str = "A bearer token is configured and the request lacks it.";
 
 fn ok_json(description: &str, schema: &str) -> Value {
     json!({
@@ -41,9 +102,10 @@ fn get_one(summary: &str, operation_id: &str, parameter: Value, schema: &str) ->
         "parameters": [parameter],
         "responses": {
             "200": ok_json("Found; `position` says which log prefix the answer reflects.", schema),
-            "400": error_response("The id or address is malformed."),
-            "401": error_response("A bearer token is configured and the request lacks it."),
-            "404": error_response("The read model knows nothing about it (yet: compare `position`)."),
+            "400": error_response(400, "The id or address is malformed, or a query parameter was given.", &["invalid_id", "invalid_ip", "invalid_path", "invalid_query"]),
+            "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+            "404": error_response(404, "The read model knows nothing about it (yet: compare `position`).", &["not_found"]),
+            "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"]),
         }
     }})
 }
@@ -71,6 +133,10 @@ pub fn document() -> Value {
             "description": "Publishes engine and host-agent events to the IPAM event log, and reads what IPAM decided: networks with their subnets, reservations and DHCP servers, vNICs, hosts, and the history of every IP address. Reads reflect a read model that follows the log; every answer says which log position it reflects. Every error is `{\"error\": {\"code\", \"message\", \"field\"}}`."
         },
         "security": [{ "bearerAuth": [] }],
+        "x-error-codes": ERROR_CODES
+            .iter()
+            .map(|(status, code, when)| json!({ "status": status, "code": code, "description": when }))
+            .collect::<Vec<_>>(),
         "paths": paths,
         "components": {
             "securitySchemes": {
@@ -95,11 +161,12 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
             "requestBody": { "required": true, "content": event_body },
             "responses": {
                 "202": ok_json("Appended, in one atomic append.", "Accepted"),
-                "400": error_response("Malformed JSON, an empty batch, an unknown or output type, or a bad field."),
-                "401": error_response("A bearer token is configured and the request lacks it."),
-                "413": error_response("The body is larger than the configured limit."),
-                "415": error_response("The content type is not JSON."),
-                "503": error_response("The log failed; retry.")
+                "400": error_response(400, "Malformed JSON, an empty batch, an id used twice, an unknown or output type, a bad field, or a query parameter.", &["malformed_json", "unreadable_body", "empty_batch", "duplicate_event_id", "not_an_input", "unknown_type", "invalid_request", "invalid_mac", "invalid_cidr", "invalid_ip", "invalid_pool", "invalid_query"]),
+                "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+                "405": error_response(405, "Only POST is allowed.", &["method_not_allowed"]),
+                "413": error_response(413, "The body is larger than the configured limit.", &["body_too_large"]),
+                "415": error_response(415, "The content type is not JSON.", &["unsupported_media_type"]),
+                "503": error_response(503, "The log failed; retry.", &["log_unavailable"])
             }
         }},
         "/v1/networks": { "get": {
@@ -107,7 +174,9 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
             "operationId": "listNetworks",
             "responses": {
                 "200": ok_json("Every network the read model knows.", "NetworkList"),
-                "401": error_response("A bearer token is configured and the request lacks it.")
+                "400": error_response(400, "A query parameter was given; this endpoint takes none.", &["invalid_query"]),
+                "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+                "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"])
             }
         }},
         "/v1/networks/{id}": get_one("Get a network: subnets with used and free counts, reservations, DHCP servers with epochs, recent rejections", "getNetwork", id_parameter("The network id."), "Network"),
@@ -134,19 +203,26 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
                 "200": { "description": "An endless event stream.",
                          "content": { "text/event-stream": { "schema": { "type": "string" },
                                       "x-event-schema": { "oneOf": streamed } } } },
-                "400": error_response("The cursor is malformed or names an unknown partition."),
-                "401": error_response("A bearer token is configured and the request lacks it."),
-                "503": error_response("Too many open streams, or the log failed.")
+                "400": error_response(400, "The cursor is malformed, names an unknown partition or an offset past its end, or the query has an unknown or repeated parameter.", &["invalid_cursor", "cursor_beyond_end", "invalid_query"]),
+                "401": error_response(401, "A bearer token is configured and the request lacks it (no stream place is taken).", &["unauthorized"]),
+                "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"]),
+                "503": {
+                    "description": "Every stream place is taken, or this client holds as many as one may (both with `Retry-After`), or the log failed.",
+                    "x-error-codes": ["too_many_streams", "too_many_client_streams", "log_unavailable"],
+                    "headers": { "Retry-After": { "description": "Seconds to wait before trying again.", "schema": { "type": "integer" } } },
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+                }
             }
         }},
         "/health": { "get": {
-            "summary": "Liveness, consumer lag and read-model progress",
-            "description": "Never requires a token.",
+            "summary": "Whether every part of the process works: the components on its health board, the log, the read model",
+            "description": "Never requires a token, and holds no secret. 200 when every component of the process reports `ok` (the drivers, the clock, host agents, and the API's own `api-http` and `api-read-model`), the log answers, and the read model is not stuck behind the log (behind its end without moving for longer than the configured limit, 30 s by default, as seen between calls); 503 otherwise, with the same body, whose `failing` names each part that is not ok with its state and why. `api-log` in `failing` means `/health` itself could not read the log's end offsets.",
             "operationId": "health",
             "security": [],
             "responses": {
-                "200": ok_json("The API serves and reaches the log.", "Health"),
-                "503": error_response("The log cannot be reached.")
+                "200": ok_json("Every part is ok.", "Health"),
+                "503": ok_json("A part is starting, degraded or failed; `failing` names it.", "Health"),
+                "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"])
             }
         }},
         "/metrics": { "get": {
@@ -155,13 +231,18 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
             "responses": {
                 "200": { "description": "Text exposition format 0.0.4: ipam_events_processed_total, ipam_events_appended_total, ipam_consumer_lag{group,topic}, ipam_read_model_lag{topic}, ipam_subnet_utilization{network,subnet}, ipam_reservations{network}, ipam_request_duration_seconds{method,route,status}.",
                          "content": { "text/plain": { "schema": { "type": "string" } } } },
-                "401": error_response("A bearer token is configured and the request lacks it.")
+                "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+                "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"])
             }
         }},
         "/openapi.json": { "get": {
             "summary": "This document",
             "operationId": "openapi",
-            "responses": { "200": { "description": "OpenAPI 3.1.", "content": { "application/json": { "schema": { "type": "object" } } } } }
+            "responses": {
+                "200": { "description": "OpenAPI 3.1.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+                "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"])
+            }
         }}
     })
 }
@@ -179,7 +260,7 @@ fn schemas(inputs: Vec<Value>, uuid: &Value, ip: &Value, time: &Value) -> Value 
             "properties": { "error": {
                 "type": "object", "required": ["code", "message", "field"],
                 "properties": {
-                    "code": { "type": "string", "examples": ["invalid_mac", "not_an_input", "not_found"] },
+                    "code": { "type": "string", "description": "One of `x-error-codes` at the top of this document.", "examples": ["invalid_mac", "not_an_input", "not_found"] },
                     "message": { "type": "string" },
                     "field": { "type": ["string", "null"], "examples": ["data.mac"] },
                     "index": { "type": "integer", "description": "POST /v1/events: the refused event's index." }
@@ -281,13 +362,28 @@ fn schemas(inputs: Vec<Value>, uuid: &Value, ip: &Value, time: &Value) -> Value 
                 "position": position
             }
         },
-        "Health": {
-            "type": "object", "required": ["status", "lag", "read_model"],
+        "HealthPart": {
+            "type": "object", "required": ["component", "state", "detail"],
             "properties": {
-                "status": { "const": "ok" },
-                "lag": { "type": "object", "additionalProperties": { "type": "object", "properties": {
+                "component": { "type": "string", "examples": ["allocator", "placement", "api-http", "api-read-model", "api-log"] },
+                "state": { "enum": ["starting", "ok", "degraded", "failed"] },
+                "detail": { "type": ["string", "null"], "description": "Why it is not ok: an error text." },
+                "for_secs": { "type": "integer", "description": "How long it has been in this state; absent for parts /health found itself." }
+            }
+        },
+        "Health": {
+            "type": "object", "required": ["status", "failing", "components", "lag", "read_model"],
+            "properties": {
+                "status": { "enum": ["ok", "unhealthy"] },
+                "failing": { "type": "array", "items": { "$ref": "#/components/schemas/HealthPart" }, "description": "The parts that are not ok; empty when `status` is ok." },
+                "components": { "type": "array", "items": { "$ref": "#/components/schemas/HealthPart" }, "description": "Every part, by name." },
+                "lag": { "type": ["object", "null"], "description": "Null when the log could not be read.", "additionalProperties": { "type": "object", "properties": {
                     "group": { "type": "string" }, "topic": { "type": "string" }, "records": { "type": "integer" } } } },
-                "read_model": { "type": "object", "properties": { "caught_up": { "type": "boolean" }, "position": position } }
+                "read_model": { "type": "object", "properties": {
+                    "caught_up": { "type": "boolean", "description": "Has read what the log held when the API started." },
+                    "behind": { "type": ["integer", "null"], "description": "Records of the log it has not read yet." },
+                    "stalled_secs": { "type": ["integer", "null"], "description": "How long it has been behind without moving." },
+                    "position": position } }
             }
         }
     })

@@ -2,13 +2,14 @@
 //! is appended, and appended in one `EventLog::append` call, so a client never has to find out which
 //! half of a batch landed: a `202` means every event is durable, a `4xx` means none was written.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt as _;
-use ipam_core::{Envelope, Event, Topic};
+use ipam_core::{Envelope, Event, EventId, Topic};
 use ipam_log::OutRecord;
 use ipam_runtime::Topics;
 use serde::Serialize;
@@ -29,7 +30,9 @@ pub fn is_input_type(type_name: &str) -> bool {
 }
 
 /// Decodes a body already parsed as JSON: one CloudEvent or an array of them. The first bad event
-/// refuses the whole batch, naming its index and field.
+/// refuses the whole batch, naming its index and field. So does an id used twice in the batch: the
+/// log treats a repeated id as a retry of the same event, so two different events under one id
+/// would lose one of them, and two copies of one event are a client bug worth hearing about.
 pub fn decode_batch(body: Value) -> Result<Vec<Envelope>, ApiError> {
     let (items, is_batch) = match body {
         Value::Array(items) => (items, true),
@@ -40,6 +43,7 @@ pub fn decode_batch(body: Value) -> Result<Vec<Envelope>, ApiError> {
     }
     let prefix = |index: usize| if is_batch { format!("event {index}: ") } else { String::new() };
     let mut envelopes = Vec::with_capacity(items.len());
+    let mut seen: BTreeMap<EventId, usize> = BTreeMap::new();
     for (index, item) in items.into_iter().enumerate() {
         // Refuse outputs before looking at their data: the type is the whole problem.
         if let Some(type_name) = item.get("type").and_then(Value::as_str)
@@ -57,6 +61,11 @@ pub fn decode_batch(body: Value) -> Result<Vec<Envelope>, ApiError> {
             api.field = error.field.filter(|field| !field.is_empty() && field != ".");
             api
         })?;
+        if let Some(first) = seen.insert(envelope.id, index) {
+            let message =
+                format!("events {first} and {index} have the same id {}; each event needs its own", envelope.id);
+            return Err(ApiError::bad_request("duplicate_event_id", message).with_field("id").with_index(index));
+        }
         envelopes.push(envelope);
     }
     Ok(envelopes)
@@ -207,5 +216,21 @@ mod tests {
         output["type"] = json!("ipam.reservation.added.v1");
         assert_eq!(decode_batch(output).expect_err("output").code, "not_an_input");
         assert_eq!(decode_batch(json!([])).expect_err("empty").code, "empty_batch");
+    }
+
+    #[test]
+    fn a_batch_with_one_id_twice_is_refused_naming_both_indexes() {
+        let mut other = network_upserted(json!(false));
+        other["data"]["name"] = json!("another");
+        let error = decode_batch(json!([network_upserted(json!(true)), network_upserted(json!(true)), other]))
+            .expect_err("events 0 and 1 share an id");
+        assert_eq!(
+            (error.code.as_str(), error.index, error.field.as_deref()),
+            ("duplicate_event_id", Some(1), Some("id"))
+        );
+        assert!(error.message.contains("events 0 and 1"), "{}", error.message);
+        let mut distinct = network_upserted(json!(true));
+        distinct["id"] = json!("7f1d1a52-3f5a-4a53-9d0e-0a4f5a4c2b09");
+        assert_eq!(decode_batch(json!([network_upserted(json!(true)), distinct])).expect("distinct ids").len(), 2);
     }
 }

@@ -8,15 +8,19 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError as _, web};
 use ipam_core::{HostId, NetworkId, Topic, VnicId};
+use ipam_runtime::ComponentState;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::follower::FOLLOWED;
+use crate::follower::{self, FOLLOWED};
 use crate::metrics::{self, Gauges};
 use crate::model::{Positions, position_key};
 use crate::openapi;
 use crate::state::AppState;
+
+/// The name `/health` gives the log when its own look at the log fails.
+pub(crate) const LOG_PROBE: &str = "api-log";
 
 /// A view with the read model's position added.
 fn with_position(view: impl Serialize, positions: &Positions) -> HttpResponse {
@@ -92,36 +96,135 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::log(&e))
 }
 
-pub(crate) async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let lags = blocking(&state, consumer_lags).await?;
-    let names = ["allocator", "placement"];
-    let lag: serde_json::Map<String, Value> = names
-        .iter()
-        .zip(lags)
-        .map(|(name, (group, topic, records))| {
-            ((*name).to_owned(), json!({ "group": group, "topic": topic, "records": records }))
+/// The end offset of every partition the read model follows.
+fn followed_ends(state: &AppState) -> Result<Vec<(String, u32, u64)>, ipam_log::LogError> {
+    let mut ends = Vec::new();
+    for topic in FOLLOWED {
+        let topic = state.topics.name(topic);
+        for partition in 0..state.log.partition_count(&topic)? {
+            ends.push((topic.clone(), partition, state.log.end_offset(&topic, partition)?));
+        }
+    }
+    Ok(ends)
+}
+
+/// The records the read model has not read yet, over `ends`.
+fn read_model_behind(positions: &Positions, ends: &[(String, u32, u64)]) -> u64 {
+    ends.iter()
+        .map(|(topic, partition, end)| {
+            end.saturating_sub(positions.get(&position_key(topic, *partition)).copied().unwrap_or(0))
+        })
+        .sum()
+}
+
+/// One part of the process in `/health`.
+#[derive(Debug, Serialize)]
+struct Part {
+    component: String,
+    state: &'static str,
+    detail: Option<String>,
+    /// Whole seconds in this state; absent for parts `/health` found by looking, not on the board.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    for_secs: Option<u64>,
+}
+
+/// `GET /health`: 200 when every component on the board is ok, the log answers and the read model
+/// is not stuck behind it; 503 otherwise, with each failing part named in `failing`. The same body
+/// either way; never a secret in it (details are error texts, never configuration).
+pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let probed = {
+        let state = web::Data::clone(&state);
+        web::block(move || Ok::<_, ipam_log::LogError>((consumer_lags(&state)?, followed_ends(&state)?))).await
+    };
+    let mut parts: Vec<Part> = state
+        .health
+        .report()
+        .into_iter()
+        .map(|report| Part {
+            component: report.component,
+            state: report.state.name(),
+            detail: report.state.detail().map(str::to_owned),
+            for_secs: Some(report.for_duration.as_secs()),
         })
         .collect();
+    let (lags, ends) = match probed {
+        Ok(Ok((lags, ends))) => (Some(lags), Some(ends)),
+        Ok(Err(error)) => {
+            parts.push(Part {
+                component: LOG_PROBE.to_owned(),
+                state: ComponentState::Degraded(String::new()).name(),
+                detail: Some(format!("reading the log's end offsets and consumer positions failed: {error}")),
+                for_secs: None,
+            });
+            (None, None)
+        }
+        Err(error) => {
+            parts.push(Part {
+                component: LOG_PROBE.to_owned(),
+                state: ComponentState::Failed(String::new()).name(),
+                detail: Some(format!("the probe of the log did not run: {error}")),
+                for_secs: None,
+            });
+            (None, None)
+        }
+    };
     let model = state.model();
-    Ok(HttpResponse::Ok().json(json!({
-        "status": "ok",
+    let positions = model.positions().clone();
+    let caught_up = model.caught_up();
+    drop(model);
+    let behind = ends.as_deref().map(|ends| read_model_behind(&positions, ends));
+    let stalled = behind.and_then(|behind| state.stalled_for(&positions, behind));
+    let stuck_after = state.config.read_model_stuck_after;
+    if let (Some(behind), Some(stalled)) = (behind, stalled)
+        && stalled >= stuck_after
+    {
+        let detail = format!(
+            "stuck: {behind} records behind the log and no progress for {} s (the limit is {} s)",
+            stalled.as_secs(),
+            stuck_after.as_secs()
+        );
+        match parts.iter_mut().find(|part| part.component == follower::COMPONENT) {
+            // The board already says what is wrong; being stuck follows from it.
+            Some(part) if part.state != ComponentState::Ok.name() => {}
+            Some(part) => {
+                part.state = ComponentState::Degraded(String::new()).name();
+                part.detail = Some(detail);
+            }
+            None => parts.push(Part {
+                component: follower::COMPONENT.to_owned(),
+                state: ComponentState::Degraded(String::new()).name(),
+                detail: Some(detail),
+                for_secs: None,
+            }),
+        }
+    }
+    let failing: Vec<&Part> = parts.iter().filter(|part| part.state != ComponentState::Ok.name()).collect();
+    let lag: Option<serde_json::Map<String, Value>> = lags.map(|lags| {
+        ["allocator", "placement"]
+            .iter()
+            .zip(lags)
+            .map(|(name, (group, topic, records))| {
+                ((*name).to_owned(), json!({ "group": group, "topic": topic, "records": records }))
+            })
+            .collect()
+    });
+    let body = json!({
+        "status": if failing.is_empty() { "ok" } else { "unhealthy" },
+        "failing": failing,
+        "components": parts,
         "lag": lag,
-        "read_model": { "caught_up": model.caught_up(), "position": model.positions() },
-    })))
+        "read_model": {
+            "caught_up": caught_up,
+            "behind": behind,
+            "stalled_secs": stalled.map(|stalled| stalled.as_secs()),
+            "position": positions,
+        },
+    });
+    if failing.is_empty() { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
 pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (consumer_lag, ends) = blocking(&state, |state| {
-        let mut ends = Vec::new();
-        for topic in FOLLOWED {
-            let topic = state.topics.name(topic);
-            for partition in 0..state.log.partition_count(&topic)? {
-                ends.push((topic.clone(), partition, state.log.end_offset(&topic, partition)?));
-            }
-        }
-        Ok((consumer_lags(state)?, ends))
-    })
-    .await?;
+    let (consumer_lag, ends) = blocking(&state, |state| Ok((consumer_lags(state)?, followed_ends(state)?))).await?;
     let gauges = {
         let model = state.model();
         let mut read_model_lag: Vec<(String, u64)> = Vec::new();
@@ -133,6 +236,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
             }
         }
         Gauges {
+            streams_open: state.streams.open(),
             processed: model.processed(),
             consumer_lag,
             read_model_lag,
@@ -165,6 +269,18 @@ pub(crate) fn openapi_data() -> web::Data<Arc<Value>> {
 pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
     let path: String = request.path().chars().take(200).collect();
     ApiError::not_found(format!("no endpoint at {path}")).error_response()
+}
+
+/// A path parameter the router matched but could not decode (a bad percent escape).
+pub(crate) fn bad_path(why: &str, path: &str) -> ApiError {
+    let shown: String = path.chars().take(200).collect();
+    ApiError::bad_request("invalid_path", format!("cannot read the path `{shown}`: {why}"))
+}
+
+/// A query string on an endpoint that takes none.
+pub(crate) fn unexpected_query(query: &str) -> ApiError {
+    let shown: String = query.chars().take(100).collect();
+    ApiError::bad_request("invalid_query", format!("this endpoint takes no query parameters, got `{shown}`"))
 }
 
 pub(crate) async fn method_not_allowed(request: HttpRequest) -> HttpResponse {

@@ -1,13 +1,16 @@
-//! What every request handler shares: the log, the topic names, the read model and the counters.
+//! What every request handler shares: the log, the topic names, the read model, the health board
+//! and the counters.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use ipam_log::EventLog;
-use ipam_runtime::Topics;
+use ipam_runtime::{Health, Topics};
 
 use crate::metrics::Metrics;
-use crate::model::ReadModel;
+use crate::model::{Positions, ReadModel};
+use crate::stream::StreamSlots;
 use crate::{ApiConfig, Groups};
 
 pub(crate) struct AppState {
@@ -19,8 +22,13 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when the server stops (or the read model failed): long-lived work ends.
     pub halt: Arc<AtomicBool>,
-    /// Event streams open now.
-    pub streams: Arc<AtomicUsize>,
+    /// The places of the event streams.
+    pub streams: Arc<StreamSlots>,
+    /// The process's health board, which `/health` answers from.
+    pub health: Health,
+    /// The read model's positions when `/health` first saw it behind the log without moving since,
+    /// and when that was: how long it has been stuck.
+    pub stalled: Mutex<Option<(Positions, Instant)>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -32,5 +40,23 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn model(&self) -> RwLockReadGuard<'_, ReadModel> {
         self.model.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long the read model has been at `positions` while `behind` records short of the log's
+    /// end, as far as the calls to this function saw: a read model that moves, or is not behind,
+    /// starts the clock again. `None` when it is not behind.
+    pub fn stalled_for(&self, positions: &Positions, behind: u64) -> Option<Duration> {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        if behind == 0 {
+            *stalled = None;
+            return None;
+        }
+        match &*stalled {
+            Some((seen, since)) if seen == positions => Some(since.elapsed()),
+            _ => {
+                *stalled = Some((positions.clone(), Instant::now()));
+                Some(Duration::ZERO)
+            }
+        }
     }
 }

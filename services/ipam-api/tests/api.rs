@@ -19,7 +19,7 @@ use ipam_core::event::{
 use ipam_core::{Envelope, Event, EventId, HostId, IpRange, Mac, NetworkId, RejectionCode, SubnetId, Timestamp, Topic};
 use ipam_core::{VmId, VnicId};
 use ipam_log::{EventLog, MemoryLog, OutRecord};
-use ipam_runtime::Topics;
+use ipam_runtime::{ComponentState, Health, Topics};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -36,26 +36,100 @@ struct Api {
     address: SocketAddr,
     log: Arc<MemoryLog>,
     topics: Topics,
+    health: Health,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// What [`FlakyLog`] does with reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    Work,
+    /// Fail as a corrupt SQLite database does.
+    Fail,
+    /// Answer nothing, as a reader stuck at an old offset would.
+    Nothing,
+}
+
+/// A memory log whose reads can be made to fail or to answer nothing; everything else passes.
+struct FlakyLog {
+    inner: Arc<dyn EventLog>,
+    reads: std::sync::Mutex<Reads>,
+}
+
+impl FlakyLog {
+    fn set(&self, reads: Reads) {
+        *self.reads.lock().expect("lock") = reads;
+    }
+}
+
+impl EventLog for FlakyLog {
+    fn identity(&self) -> Result<String, ipam_log::LogError> {
+        self.inner.identity()
+    }
+    fn create_topics(&self, topics: &[ipam_log::TopicSpec]) -> Result<(), ipam_log::LogError> {
+        self.inner.create_topics(topics)
+    }
+    fn partition_count(&self, topic: &str) -> Result<u32, ipam_log::LogError> {
+        self.inner.partition_count(topic)
+    }
+    fn append(&self, records: &[OutRecord]) -> Result<Vec<ipam_log::Appended>, ipam_log::LogError> {
+        self.inner.append(records)
+    }
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ipam_log::Record>, ipam_log::LogError> {
+        let reads = *self.reads.lock().expect("lock");
+        match reads {
+            Reads::Work => self.inner.read(topic, partition, from, max, wait),
+            Reads::Fail => Err(ipam_log::LogError::Storage("database disk image is malformed".to_owned())),
+            Reads::Nothing => {
+                std::thread::sleep(wait);
+                Ok(Vec::new())
+            }
+        }
+    }
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, ipam_log::LogError> {
+        self.inner.end_offset(topic, partition)
+    }
+    fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, ipam_log::LogError> {
+        self.inner.committed_position(group, topic, partition)
+    }
+    fn join(&self, config: ipam_log::MemberConfig) -> Result<Box<dyn ipam_log::Member>, ipam_log::LogError> {
+        self.inner.join(config)
+    }
+    fn follow(&self, from: &[ipam_log::Position]) -> Result<Box<dyn ipam_log::Follower>, ipam_log::LogError> {
+        self.inner.follow(from)
+    }
+}
+
 impl Api {
     fn start(config: ApiConfig) -> Api {
+        Api::start_on(config, Health::new(), |log| log)
+    }
+
+    /// An API on `wrap(memory log)`, reporting to `health`.
+    fn start_on(config: ApiConfig, health: Health, wrap: impl FnOnce(Arc<dyn EventLog>) -> Arc<dyn EventLog>) -> Api {
         let log = Arc::new(MemoryLog::new());
         let topics = Topics::new("", 4);
         log.create_topics(&topics.specs()).expect("topics");
         let stop = Arc::new(AtomicBool::new(false));
         let config = ApiConfig { bind: "127.0.0.1:0".parse().expect("address"), ..config };
         let (address, thread) = ipam_api::bind_and_serve(
-            Arc::clone(&log) as Arc<dyn EventLog>,
+            wrap(Arc::clone(&log) as Arc<dyn EventLog>),
             topics.clone(),
             Groups::with_prefix(""),
             config,
             Arc::clone(&stop),
+            health.clone(),
         )
         .expect("the API starts");
-        Api { address, log, topics, stop, thread: Some(thread) }
+        Api { address, log, topics, health, stop, thread: Some(thread) }
     }
 
     fn url(&self, path: &str) -> String {
@@ -388,8 +462,10 @@ fn bad_requests_are_refused_with_a_reason_and_append_nothing() {
         assert_eq!(api.ends(), before);
 
         // The bad element of a batch is named by its index.
+        let mut another = valid.clone();
+        another["id"] = json!("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c0000ff");
         let (_, answer) =
-            post(&client, &url, "application/json", json!([valid, valid, vnic_started_json("zz")]).to_string()).await;
+            post(&client, &url, "application/json", json!([valid, another, vnic_started_json("zz")]).to_string()).await;
         assert_eq!(answer["error"]["index"], 2, "{answer}");
         assert!(answer["error"]["message"].as_str().expect("message").starts_with("event 2: "), "{answer}");
         assert_eq!(api.ends(), before);
@@ -650,9 +726,17 @@ fn health_metrics_and_the_openapi_document() {
     api.append(&[subnet_activated(2), added(3, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10")], false);
     block_on(async {
         let client = client(None);
-        let (status, health) = get(&client, &api.url("/health")).await;
-        assert_eq!(status, 200, "{health}");
+        // Starting (503) until the read model has read the log, then ok.
+        let health = until(&client, &api.url("/health"), |_| true).await;
         assert_eq!(health["status"], "ok");
+        assert_eq!(health["failing"], json!([]), "{health}");
+        let names: Vec<&str> = health["components"]
+            .as_array()
+            .expect("components")
+            .iter()
+            .filter_map(|c| c["component"].as_str())
+            .collect();
+        assert_eq!(names, ["api-http", "api-read-model"], "{health}");
         assert_eq!(health["lag"]["allocator"]["group"], "ipam-allocator");
         assert_eq!(health["lag"]["placement"]["topic"], "ipam.hosts");
         assert_eq!(health["lag"]["placement"]["records"], 1, "the forwarded upsert is not consumed: {health}");
@@ -724,8 +808,7 @@ fn a_configured_token_is_required_everywhere_but_health() {
         }
         let (status, _) = get(&right, &api.url("/v1/networks")).await;
         assert_eq!(status, 200);
-        let (status, _) = get(&anonymous, &api.url("/health")).await;
-        assert_eq!(status, 200);
+        until(&anonymous, &api.url("/health"), |_| true).await;
 
         let before = api.ends();
         let event = network_upserted_json("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000030", json!(true)).to_string();
@@ -776,6 +859,267 @@ fn run_reports_a_port_that_is_taken() {
     let config = ApiConfig { bind: taken.local_addr().expect("address"), ..ApiConfig::default() };
     let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let error = ipam_api::run(log, Topics::new("", 4), Groups::with_prefix(""), config, stop).expect_err("taken");
+    let health = Health::new();
+    let error = ipam_api::run(log, Topics::new("", 4), Groups::with_prefix(""), config, stop, health.clone())
+        .expect_err("taken");
     assert!(format!("{error:#}").contains("binding the API"), "{error:#}");
+    let report = health.report();
+    assert_eq!((report[0].component.as_str(), report[0].state.name()), ("api-http", "failed"), "{report:?}");
+}
+
+/// A stream request that is answered with headers, kept open until dropped.
+async fn open_stream(client: &awc::Client, url: String) -> awc::ClientResponse<impl futures::Stream + Unpin> {
+    let response = client.get(&url).timeout(Duration::from_secs(30)).send().await.expect("stream");
+    assert_eq!(response.status().as_u16(), 200, "{url}");
+    response
+}
+
+/// `ipam_api_streams_open` from `/metrics`.
+async fn streams_open(client: &awc::Client, api: &Api) -> u64 {
+    let (status, text) = get_text(client, &api.url("/metrics")).await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix("ipam_api_streams_open "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no ipam_api_streams_open in\n{text}"))
+}
+
+/// Waits until `streams_open` is `wanted`, for at most `within`.
+async fn until_streams_open(client: &awc::Client, api: &Api, wanted: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let open = streams_open(client, api).await;
+        if open == wanted {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{open} streams open, not {wanted}, after {within:?}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_batch_with_an_id_used_twice_is_refused_and_nothing_is_written() {
+    let api = Api::start(ApiConfig::default());
+    let first = network_upserted_json("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000040", json!(true));
+    let mut second = network_upserted_json("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c000041", json!(true));
+    second["id"] = first["id"].clone();
+    let before = api.ends();
+    block_on(async {
+        let client = client(None);
+        let batch = json!([first, second]).to_string();
+        let (status, body) = post(&client, &api.url("/v1/events"), "application/json", batch).await;
+        assert_eq!((status, &body["error"]["code"]), (400, &json!("duplicate_event_id")), "{body}");
+        assert_eq!((&body["error"]["index"], &body["error"]["field"]), (&json!(1), &json!("id")), "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains("events 0 and 1"), "{message}");
+    });
+    assert_eq!(api.ends(), before, "a refused batch wrote something");
+}
+
+#[test]
+fn a_stream_position_past_the_end_is_refused_instead_of_replaying_from_the_start() {
+    let api = Api::start(ApiConfig::default());
+    api.append(&[subnet_activated(1)], false);
+    let partition = ipam_log::partition::for_key(NETWORK.to_string().as_bytes(), 4);
+    block_on(async {
+        let client = client(None);
+        for (from, code) in [
+            (format!("ipam.reservations/{partition}:9223372036854775808"), "cursor_beyond_end"),
+            (format!("ipam.reservations/{partition}:18446744073709551615"), "cursor_beyond_end"),
+            (format!("ipam.reservations/{partition}:2"), "cursor_beyond_end"),
+            (format!("ipam.reservations/{partition}:18446744073709551616"), "cursor_beyond_end"),
+            (format!("ipam.reservations/{partition}:-1"), "invalid_cursor"),
+            ("ipam.reservations/4294967296:0".to_owned(), "invalid_cursor"),
+            ("ipam.reservations/4:0".to_owned(), "invalid_cursor"),
+            ("ipam.nothing/0:0".to_owned(), "invalid_cursor"),
+        ] {
+            let url = api.url(&format!("/v1/stream?from={}", from.replace('/', "%2F").replace(':', "%3A")));
+            // The status first: a stream that was wrongly opened never ends its body.
+            let mut response = client.get(&url).send().await.expect("GET");
+            assert_eq!(response.status().as_u16(), 400, "{from}");
+            let body: Value = serde_json::from_slice(&response.body().await.expect("body")).expect("JSON");
+            assert_eq!(body["error"]["code"], code, "{from}: {body}");
+        }
+        let (status, body) = get(&client, &api.url("/v1/stream?form=start")).await;
+        assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_query")), "a misspelt parameter: {body}");
+        // The end itself is a position: the stream waits there.
+        let _at_end =
+            open_stream(&client, api.url(&format!("/v1/stream?from=ipam.reservations%2F{partition}%3A1"))).await;
+    });
+}
+
+/// A stream opened on a plain TCP connection, read until its headers and first comment: dropping it
+/// closes the connection, as a client that goes away does.
+fn raw_stream(address: SocketAddr, path: &str) -> std::net::TcpStream {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n").expect("request");
+    let mut seen = Vec::new();
+    let mut buffer = [0; 1024];
+    while !String::from_utf8_lossy(&seen).contains(": connected") {
+        let read = stream.read(&mut buffer).expect("the stream answers");
+        assert!(read > 0, "the server closed the stream: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+    stream
+}
+
+#[test]
+fn a_dropped_stream_gives_its_place_back_promptly() {
+    // Four places for one client: each round takes them all, so a place not given back fails the
+    // next round, and the count must be back at zero within seconds.
+    let config = ApiConfig { max_streams_per_client: 4, ..ApiConfig::default() };
+    let api = Api::start(config);
+    let client = client(None);
+    for _round in 0..5 {
+        let streams: Vec<_> = (0..4).map(|_| raw_stream(api.address, "/v1/stream")).collect();
+        block_on(until_streams_open(&client, &api, 4, DEADLINE));
+        drop(streams);
+        // A gone client is found by the second write after it left, about two keep-alives (2 s);
+        // 6 s leaves slack for a loaded machine. Places used to be held 15 s and more.
+        block_on(until_streams_open(&client, &api, 0, Duration::from_secs(6)));
+    }
+}
+
+#[test]
+fn streams_over_a_limit_are_refused_with_retry_after() {
+    let config = ApiConfig { max_streams: 3, max_streams_per_client: 2, ..ApiConfig::default() };
+    let api = Api::start(config);
+    block_on(async {
+        let client = client(None);
+        let _first = open_stream(&client, api.url("/v1/stream")).await;
+        let _second = open_stream(&client, api.url("/v1/stream")).await;
+        let mut response = client.get(api.url("/v1/stream")).send().await.expect("third");
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+        let body: Value = serde_json::from_slice(&response.body().await.expect("body")).expect("json");
+        assert_eq!(body["error"]["code"], "too_many_client_streams", "{body}");
+        assert_eq!(streams_open(&client, &api).await, 2);
+    });
+    // The server-wide limit, with a limit per client that does not bite.
+    let config = ApiConfig { max_streams: 2, max_streams_per_client: 10, ..ApiConfig::default() };
+    let api = Api::start(config);
+    block_on(async {
+        let client = client(None);
+        let _first = open_stream(&client, api.url("/v1/stream")).await;
+        let _second = open_stream(&client, api.url("/v1/stream")).await;
+        let mut response = client.get(api.url("/v1/stream")).send().await.expect("third");
+        assert_eq!(response.status().as_u16(), 503);
+        assert!(response.headers().contains_key("retry-after"));
+        let body: Value = serde_json::from_slice(&response.body().await.expect("body")).expect("json");
+        assert_eq!(body["error"]["code"], "too_many_streams", "{body}");
+    });
+}
+
+#[test]
+fn without_the_token_a_client_gets_no_stream_place() {
+    let config = ApiConfig { bearer_token: Some("s3cret".to_owned()), max_streams: 1, ..ApiConfig::default() };
+    let api = Api::start(config);
+    block_on(async {
+        let (anonymous, right) = (client(None), client(Some("s3cret")));
+        for _ in 0..3 {
+            let (status, body) = get(&anonymous, &api.url("/v1/stream?from=start")).await;
+            assert_eq!((status, &body["error"]["code"]), (401, &json!("unauthorized")));
+        }
+        assert_eq!(streams_open(&right, &api).await, 0);
+        // The one place is still free for a client with the token.
+        let _stream = open_stream(&right, api.url("/v1/stream")).await;
+        until_streams_open(&right, &api, 1, DEADLINE).await;
+    });
+}
+
+/// GETs `/health` until it answers `status`, and answers its body.
+async fn health_until(client: &awc::Client, api: &Api, status: u16, what: &str) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (got, body) = get(client, &api.url("/health")).await;
+        if got == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/health never answered {status} ({what}); last {got} {body}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The failing part named `component` in a `/health` body.
+fn failing<'a>(health: &'a Value, component: &str) -> &'a Value {
+    health["failing"]
+        .as_array()
+        .and_then(|parts| parts.iter().find(|part| part["component"] == component))
+        .unwrap_or_else(|| panic!("{component} is not failing in {health}"))
+}
+
+#[test]
+fn health_is_not_ok_while_a_component_on_the_board_is_not() {
+    let health = Health::new();
+    health.set("allocator", ComponentState::Ok);
+    let api = Api::start_on(ApiConfig::default(), health, |log| log);
+    block_on(async {
+        let client = client(None);
+        let ok = health_until(&client, &api, 200, "all ok").await;
+        assert_eq!(ok["status"], "ok");
+        api.health.set("allocator", ComponentState::Degraded("the log is unreadable".to_owned()));
+        let (status, body) = get(&client, &api.url("/health")).await;
+        assert_eq!((status, &body["status"]), (503, &json!("unhealthy")), "{body}");
+        let part = failing(&body, "allocator");
+        assert_eq!((&part["state"], &part["detail"]), (&json!("degraded"), &json!("the log is unreadable")));
+        assert_eq!(body["failing"].as_array().map(Vec::len), Some(1), "only the allocator fails: {body}");
+        api.health.set("allocator", ComponentState::Starting("rebuilding partition 3".to_owned()));
+        let (status, body) = get(&client, &api.url("/health")).await;
+        assert_eq!((status, &failing(&body, "allocator")["state"]), (503, &json!("starting")));
+        api.health.set("allocator", ComponentState::Ok);
+        health_until(&client, &api, 200, "the allocator is back").await;
+    });
+}
+
+#[test]
+fn health_names_the_read_model_while_the_log_cannot_be_read() {
+    let mut flaky = None;
+    let api = Api::start_on(ApiConfig::default(), Health::new(), |log| {
+        let log = Arc::new(FlakyLog { inner: log, reads: std::sync::Mutex::new(Reads::Work) });
+        flaky = Some(Arc::clone(&log));
+        log
+    });
+    let flaky = flaky.expect("wrapped");
+    block_on(async {
+        let client = client(None);
+        health_until(&client, &api, 200, "the read model caught up").await;
+        flaky.set(Reads::Fail);
+        let body = health_until(&client, &api, 503, "reads fail").await;
+        let part = failing(&body, "api-read-model");
+        assert_eq!(part["state"], "degraded", "{body}");
+        let detail = part["detail"].as_str().expect("detail");
+        assert!(detail.contains("database disk image is malformed"), "{detail}");
+        flaky.set(Reads::Work);
+        health_until(&client, &api, 200, "reads work again").await;
+    });
+}
+
+#[test]
+fn health_calls_a_read_model_that_stays_behind_the_log_stuck() {
+    let mut flaky = None;
+    let config = ApiConfig { read_model_stuck_after: Duration::from_millis(300), ..ApiConfig::default() };
+    let api = Api::start_on(config, Health::new(), |log| {
+        let log = Arc::new(FlakyLog { inner: log, reads: std::sync::Mutex::new(Reads::Work) });
+        flaky = Some(Arc::clone(&log));
+        log
+    });
+    let flaky = flaky.expect("wrapped");
+    block_on(async {
+        let client = client(None);
+        health_until(&client, &api, 200, "the read model caught up").await;
+        // Reads answer nothing without an error, and the log moves on.
+        flaky.set(Reads::Nothing);
+        api.append(&[subnet_activated(1)], false);
+        let body = health_until(&client, &api, 503, "the read model is stuck").await;
+        let part = failing(&body, "api-read-model");
+        assert_eq!(part["state"], "degraded", "{body}");
+        assert!(part["detail"].as_str().is_some_and(|d| d.starts_with("stuck: 1 records behind")), "{body}");
+        assert_eq!(body["read_model"]["behind"], 1, "{body}");
+        flaky.set(Reads::Work);
+        let body = health_until(&client, &api, 200, "the read model moves again").await;
+        assert_eq!(body["read_model"]["behind"], 0, "{body}");
+    });
 }
