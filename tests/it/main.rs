@@ -15,4 +15,5 @@ mod properties;
 mod recovery;
 mod samples;
 mod schemas;
+mod simulation;
 mod tidy;

@@ -4,8 +4,8 @@
 //! Every run prints its seed; rerun a failure with `IPAM_PROPTEST_SEED=<seed>`. `IPAM_PROPTEST_CASES`
 //! sets how many sequences each test tries (default 24).
 
-mod allocator;
-mod placement;
+pub(crate) mod allocator;
+pub(crate) mod placement;
 
 use std::fmt::Debug;
 

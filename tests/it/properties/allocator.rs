@@ -20,14 +20,14 @@ use ipam_core::{
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
-const NETWORKS: u8 = 3;
-const VNICS: u8 = 40;
+pub(crate) const NETWORKS: u8 = 3;
+pub(crate) const VNICS: u8 = 40;
 const MACS: u8 = 48;
 const HOSTS: u8 = 3;
 const SERVER: HostId = HostId::from_u128(0xdddd);
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(crate) enum Op {
     Network { net: u8, enabled: bool },
     RemoveNetwork { net: u8 },
     AddSubnet { net: u8, which: u8, dns: u8 },
@@ -39,7 +39,7 @@ enum Op {
     Garbage { net: u8, which: u8 },
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     let net = 1..=NETWORKS;
     prop_oneof![
         3 => (net.clone(), prop::bool::weighted(0.85)).prop_map(|(net, enabled)| Op::Network { net, enabled }),
@@ -55,11 +55,11 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn network_id(net: u8) -> NetworkId {
+pub(crate) fn network_id(net: u8) -> NetworkId {
     NetworkId::from_u128(u128::from(net))
 }
 
-fn subnet_id(net: u8, which: u8) -> SubnetId {
+pub(crate) fn subnet_id(net: u8, which: u8) -> SubnetId {
     SubnetId::from_u128(u128::from(net) * 10 + u128::from(which))
 }
 
@@ -91,7 +91,7 @@ fn nth_address(net: u8, which: u8, offset: u8) -> IpAddr {
 }
 
 /// The raw record an operation puts on `ipam.networks`.
-fn record(step: usize, op: &Op) -> Vec<u8> {
+pub(crate) fn record(step: usize, op: &Op) -> Vec<u8> {
     let event = match *op {
         Op::Network { net, enabled } => Event::NetworkUpserted(NetworkUpserted {
             network_id: network_id(net),
@@ -190,11 +190,11 @@ fn step(allocator: &mut Allocator, raw: &[u8]) -> (Vec<Event>, Option<Envelope>)
 
 /// The test's own record of which vNICs are up with service, built from the outputs.
 #[derive(Default)]
-struct Model {
+pub(crate) struct Model {
     /// (network, vnic) → subnet, for vNICs whose up was accepted.
-    up: BTreeMap<(NetworkId, VnicId), SubnetId>,
+    pub(crate) up: BTreeMap<(NetworkId, VnicId), SubnetId>,
     /// (network, subnet, ip) → owner, along the output stream.
-    held: BTreeMap<(NetworkId, SubnetId, IpAddr), Owner>,
+    pub(crate) held: BTreeMap<(NetworkId, SubnetId, IpAddr), Owner>,
 }
 
 fn check_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -279,7 +279,7 @@ fn dummy() -> Envelope {
 }
 
 /// Invariant 1 along the output stream: an address is added only when free, removed only by its holder.
-fn follow(model: &mut Model, output: &Event) -> Result<(), TestCaseError> {
+pub(crate) fn follow(model: &mut Model, output: &Event) -> Result<(), TestCaseError> {
     match output {
         Event::ReservationAdded(added) => {
             let previous = model.held.insert((added.network_id, added.subnet_id, added.ip), added.owner);
@@ -299,7 +299,7 @@ fn follow(model: &mut Model, output: &Event) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn track_up(model: &mut Model, input: &Envelope, outputs: &[Event], allocator: &Allocator) {
+pub(crate) fn track_up(model: &mut Model, input: &Envelope, outputs: &[Event], allocator: &Allocator) {
     match &input.event {
         Event::VnicStarted(up) | Event::VnicPlugged(up) | Event::VnicLinked(up) => {
             let key = (up.network_id, up.vnic_id);

@@ -16,12 +16,12 @@ use ipam_core::{Envelope, EventId, HostId, NetworkId, SubnetId, Timestamp};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
-const HOSTS: u8 = 8;
-const NETWORKS: u8 = 5;
-const CONFIG: PlacementConfig = PlacementConfig { heartbeat_timeout_ms: 10_000, default_servers_count: 2 };
+pub(crate) const HOSTS: u8 = 8;
+pub(crate) const NETWORKS: u8 = 5;
+pub(crate) const CONFIG: PlacementConfig = PlacementConfig { heartbeat_timeout_ms: 10_000, default_servers_count: 2 };
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(crate) enum Op {
     Host { host: u8, status: u8, attached: u8, interface: u8 },
     RemoveHost { host: u8 },
     Heartbeat { host: u8 },
@@ -33,7 +33,7 @@ enum Op {
     Garbage,
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (0..HOSTS, 0..6u8, any::<u8>(), 0..2u8)
             .prop_map(|(host, status, attached, interface)| Op::Host { host, status, attached, interface }),
@@ -53,7 +53,7 @@ fn host_id(host: u8) -> HostId {
     HostId::from_u128(100 + u128::from(host))
 }
 
-fn network_id(net: u8) -> NetworkId {
+pub(crate) fn network_id(net: u8) -> NetworkId {
     NetworkId::from_u128(1 + u128::from(net))
 }
 
@@ -70,7 +70,7 @@ fn status(code: u8) -> HostStatus {
 }
 
 #[derive(Debug, Default, Clone)]
-struct ModelHost {
+pub(crate) struct ModelHost {
     status: Option<HostStatus>,
     attached: BTreeSet<NetworkId>,
     last_refresh_ms: Option<i64>,
@@ -78,22 +78,22 @@ struct ModelHost {
 }
 
 #[derive(Debug, Default)]
-struct Model {
+pub(crate) struct Model {
     now_ms: Option<i64>,
-    hosts: BTreeMap<HostId, ModelHost>,
+    pub(crate) hosts: BTreeMap<HostId, ModelHost>,
     networks: BTreeMap<NetworkId, (bool, Option<u8>)>,
     subnets: BTreeMap<NetworkId, BTreeSet<SubnetId>>,
     /// Live assignments along the output stream, and the highest epoch seen per network.
-    assigned: BTreeMap<(NetworkId, HostId), u64>,
+    pub(crate) assigned: BTreeMap<(NetworkId, HostId), u64>,
     epochs: BTreeMap<NetworkId, u64>,
 }
 
 impl Model {
-    fn eligible(&self, host: &ModelHost, network: NetworkId) -> bool {
+    pub(crate) fn eligible(&self, host: &ModelHost, network: NetworkId) -> bool {
         host.status == Some(HostStatus::Up) && !host.lost && host.attached.contains(&network)
     }
 
-    fn wanted(&self, network: NetworkId) -> usize {
+    pub(crate) fn wanted(&self, network: NetworkId) -> usize {
         match self.networks.get(&network) {
             Some((true, count)) if self.subnets.get(&network).is_some_and(|s| !s.is_empty()) => {
                 usize::from(count.unwrap_or(CONFIG.default_servers_count))
@@ -102,7 +102,7 @@ impl Model {
         }
     }
 
-    fn learn(&mut self, event: &Event) {
+    pub(crate) fn learn(&mut self, event: &Event) {
         match event {
             Event::ClockTicked(tick) => {
                 let now = self.now_ms.map_or(tick.now.unix_ms(), |now| now.max(tick.now.unix_ms()));
@@ -151,7 +151,7 @@ impl Model {
     }
 }
 
-fn record(n: usize, op: &Op, now_ms: &mut i64) -> Vec<u8> {
+pub(crate) fn record(n: usize, op: &Op, now_ms: &mut i64) -> Vec<u8> {
     let event = match *op {
         Op::Host { host, status: code, attached, interface } => Event::HostUpserted(HostUpserted {
             host_id: host_id(host),
