@@ -309,6 +309,15 @@ fn guests_get_their_reserved_ip_from_real_dnsmasq_and_servers_fail_over() {
             stack.served_lines(*host).contains(&vm1_mac.to_string())
         });
     }
+    // A server restarts once when its own address is granted (its options change); both must be
+    // past that, and listening, before the guest asks, or one of them may miss the request.
+    for host in &serving {
+        wait_until("both servers run with their own address", Duration::from_secs(20), || {
+            let dir = stack.shard_dir(*host);
+            let conf = std::fs::read_to_string(dir.join("dnsmasq.conf")).unwrap_or_default();
+            conf.contains("server address 10.77.") && stack.dnsmasq_log(*host).contains("sockets bound exclusively")
+        });
+    }
     let lease = wait_for_lease(&vm1, stack.dir.path());
     assert_eq!(lease.ip, reserved, "the guest got its reserved IP");
     assert_eq!(lease.router, "10.77.0.1");
