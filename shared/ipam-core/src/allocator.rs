@@ -635,6 +635,24 @@ impl Allocator {
         self.networks.get(&network_id)
     }
 
+    /// Whether the two hold the same networks, subnets, pools and reservations, whatever input ids
+    /// they remember: what a refused input must leave as it was (invariant 7), since it does
+    /// enter its network's window (and may leave a machine that holds nothing else).
+    pub fn same_state_but_inputs(&self, other: &Allocator) -> bool {
+        fn held(allocator: &Allocator) -> Vec<&NetworkAllocator> {
+            allocator.networks.values().filter(|network| !network.is_empty()).collect()
+        }
+        let (mine, theirs) = (held(self), held(other));
+        mine.len() == theirs.len()
+            && mine.iter().zip(&theirs).all(|(a, b)| {
+                a.network_id == b.network_id
+                    && a.settings == b.settings
+                    && a.subnets == b.subnets
+                    && a.holdings == b.holdings
+                    && a.macs == b.macs
+            })
+    }
+
     pub fn networks(&self) -> impl Iterator<Item = &NetworkAllocator> {
         self.networks.values()
     }
