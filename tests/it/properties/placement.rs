@@ -302,3 +302,41 @@ fn check_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
 fn placement_keeps_invariant_5_over_random_sequences_and_replays_exactly() {
     super::run("placement", prop::collection::vec(op(), 1000..1400), check_sequence);
 }
+
+/// The run of `ops`, with after each record at `after` a duplicate of the record at `of` (an
+/// earlier or the same one: a heartbeat or tick written twice, a fact forwarded again): each has no
+/// output and leaves the snapshot bytes as they were, and the run ends as the one without them.
+fn check_duplicates(
+    (ops, duplicates): (Vec<Op>, Vec<(prop::sample::Index, prop::sample::Index)>),
+) -> Result<(), TestCaseError> {
+    let mut now_ms = 1_700_000_000_000;
+    let log: Vec<Vec<u8>> = ops.iter().enumerate().map(|(n, op)| record(n, op, &mut now_ms)).collect();
+    let mut plain = Placement::new(CONFIG);
+    let plain_stream: Vec<Event> = log.iter().flat_map(|raw| step(&mut plain, raw).0).collect();
+
+    let mut resent: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (after, of) in duplicates {
+        let after = after.index(log.len());
+        resent.entry(after).or_default().push(of.index(after + 1));
+    }
+    let mut placement = Placement::new(CONFIG);
+    let mut stream = Vec::new();
+    for (n, raw) in log.iter().enumerate() {
+        stream.extend(step(&mut placement, raw).0);
+        for &earlier in resent.get(&n).into_iter().flatten() {
+            let before = placement.snapshot();
+            let (outputs, _) = step(&mut placement, &log[earlier]);
+            prop_assert!(outputs.is_empty(), "record {earlier} sent again after {n} yielded {outputs:?}");
+            prop_assert!(before == placement.snapshot(), "record {earlier} sent again after {n} changed the state");
+        }
+    }
+    prop_assert!(stream == plain_stream, "duplicates changed the output stream");
+    prop_assert!(placement.snapshot() == plain.snapshot(), "duplicates changed the final state");
+    Ok(())
+}
+
+#[test]
+fn placement_ignores_duplicates_of_earlier_inputs() {
+    let duplicates = prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 1..60);
+    super::run("placement duplicates", (prop::collection::vec(op(), 200..600), duplicates), check_duplicates);
+}
