@@ -245,11 +245,6 @@ fn serve(
                     .service(get("/metrics", routes::metrics))
                     .service(get("/openapi.json", routes::openapi_document))
                     .default_service(web::to(routes::not_found))
-                    .app_data(
-                        web::PathConfig::default().error_handler(|error, request| {
-                            routes::bad_path(&error.to_string(), request.path()).into()
-                        }),
-                    )
                     .wrap_fn(|request, service| {
                         // Only the stream takes query parameters; elsewhere under /v1 one is a
                         // client's mistake (a limit or filter we would silently ignore).

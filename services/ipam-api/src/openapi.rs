@@ -34,7 +34,6 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     ),
     (400, "invalid_pool", "`data.allocation_pools` is not a list of `{start, end}` addresses."),
     (400, "invalid_id", "The `{id}` of the path is not a UUID."),
-    (400, "invalid_path", "A path parameter cannot be decoded."),
     (
         400,
         "invalid_query",
@@ -102,7 +101,7 @@ fn get_one(summary: &str, operation_id: &str, parameter: Value, schema: &str) ->
         "parameters": [parameter],
         "responses": {
             "200": ok_json("Found; `position` says which log prefix the answer reflects.", schema),
-            "400": error_response(400, "The id or address is malformed, or a query parameter was given.", &["invalid_id", "invalid_ip", "invalid_path", "invalid_query"]),
+            "400": error_response(400, "The id or address is malformed, or a query parameter was given.", &["invalid_id", "invalid_ip", "invalid_query"]),
             "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
             "404": error_response(404, "The read model knows nothing about it (yet: compare `position`).", &["not_found"]),
             "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"]),

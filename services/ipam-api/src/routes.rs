@@ -271,12 +271,6 @@ pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
     ApiError::not_found(format!("no endpoint at {path}")).error_response()
 }
 
-/// A path parameter the router matched but could not decode (a bad percent escape).
-pub(crate) fn bad_path(why: &str, path: &str) -> ApiError {
-    let shown: String = path.chars().take(200).collect();
-    ApiError::bad_request("invalid_path", format!("cannot read the path `{shown}`: {why}"))
-}
-
 /// A query string on an endpoint that takes none.
 pub(crate) fn unexpected_query(query: &str) -> ApiError {
     let shown: String = query.chars().take(100).collect();
