@@ -832,6 +832,99 @@ impl DhcpBackend for DnsmasqBackend {
 mod tests {
     use super::*;
 
+    /// A stand-in for `dnsmasq --test`: refuses interface `refused`, and an IPv4-mapped IPv6 range
+    /// beside its IPv4 twin (only together), in dnsmasq's words.
+    const FAKE_DNSMASQ: &str = r#"#!/bin/sh
+for arg; do case "$arg" in --conf-file=*) conf="${arg#--conf-file=}";; esac; done
+if grep -q '^interface=refused$' "$conf"; then echo "dnsmasq: unknown interface refused" >&2; exit 1; fi
+if grep -q ',10.9.0.0,static' "$conf" && grep -q ',::ffff:10.9.0.0,static' "$conf"; then
+  echo "" >&2; echo "dnsmasq: inconsistent DHCP range at line 9 of $conf" >&2; exit 1
+fi
+echo "dnsmasq: syntax check OK." >&2
+"#;
+
+    /// Subnet `id`, with one host (MAC `02:00:00:00:00:<id>`) at `host`.
+    fn subnet(id: u128, cidr: &str, router: &str, host: &str) -> SubnetDhcpConfig {
+        SubnetDhcpConfig {
+            subnet_id: SubnetId::from_u128(id),
+            cidr: cidr.parse().unwrap(),
+            router: router.parse().unwrap(),
+            dns_servers: Vec::new(),
+            ntp_servers: Vec::new(),
+            lease_secs: 3600,
+            server_address: None,
+            hosts: vec![ipam_core::dhcp_plan::DhcpHost {
+                mac: Mac::from_octets([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]).unwrap(),
+                ip: host.parse().unwrap(),
+            }],
+        }
+    }
+
+    fn backend(dir: &Path) -> DnsmasqBackend {
+        let binary = dir.join("fake-dnsmasq");
+        fs::write(&binary, FAKE_DNSMASQ).unwrap();
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        DnsmasqBackend::new(DnsmasqOptions { binary, ..DnsmasqOptions::new(dir.join("state")) })
+    }
+
+    #[test]
+    fn a_subnet_refused_only_beside_another_is_left_out_and_the_rest_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend(dir.path());
+        let config = NetworkDhcpConfig {
+            network_id: NetworkId::from_u128(1),
+            epoch: 1,
+            interface: "br0".parse().unwrap(),
+            subnets: vec![
+                subnet(1, "10.9.0.0/24", "10.9.0.1", "10.9.0.10"),
+                subnet(2, "::ffff:10.9.0.0/120", "::ffff:10.9.0.1", "::ffff:10.9.0.10"),
+                subnet(3, "10.8.0.0/24", "10.8.0.1", "10.8.0.10"),
+            ],
+        };
+        let vetting = backend.vet(&config, render_options(&config).unwrap()).unwrap();
+        assert_eq!(
+            vetting.notes,
+            [format!(
+                "subnet {} (::ffff:10.9.0.0/120) refused by dnsmasq: inconsistent DHCP range at line 9 of the \
+                 rendered configuration; not served",
+                SubnetId::from_u128(2)
+            )]
+        );
+        let served = vetting.served(&config);
+        let ids: Vec<SubnetId> = served.subnets.iter().map(|subnet| subnet.subnet_id).collect();
+        assert_eq!(ids, [SubnetId::from_u128(1), SubnetId::from_u128(3)]);
+        assert_eq!(served.subnets[1].hosts, config.subnets[2].hosts, "the kept subnets keep their hosts");
+        // Nothing is left behind by the check.
+        let left: Vec<_> = fs::read_dir(dir.path().join("state")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // Accepted whole: nothing refused, and the configuration is served as it is (not copied).
+        let mut fine = config.clone();
+        fine.subnets.remove(1);
+        let vetting = backend.vet(&fine, render_options(&fine).unwrap()).unwrap();
+        assert!(vetting.notes.is_empty());
+        assert!(matches!(vetting.served(&fine), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn options_refused_without_any_subnet_are_a_refusal_in_dnsmasqs_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = backend(dir.path());
+        let config = NetworkDhcpConfig {
+            network_id: NetworkId::from_u128(1),
+            epoch: 1,
+            interface: "refused".parse().unwrap(),
+            subnets: vec![subnet(1, "10.9.0.0/24", "10.9.0.1", "10.9.0.10")],
+        };
+        let error = backend.apply(&config).unwrap_err();
+        assert!(matches!(error, BackendError::Refused { .. }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            format!("dnsmasq refused the configuration of network {}: unknown interface refused", config.network_id)
+        );
+        assert!(!backend.dir(config.network_id).exists(), "nothing was written for the network");
+    }
+
     #[test]
     fn dnsmasq_errors_are_its_prefixed_lines_on_one_bounded_line() {
         let log = "dnsmasq[12]: started, version 2.90 DNS disabled\n\ndnsmasq: unknown interface br0\n";
