@@ -14,7 +14,7 @@ use ipam_host_agent::{DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentCon
 use ipam_log::{BatchPolicy, EventLog};
 use ipam_runtime::allocator::AllocatorMachines;
 use ipam_runtime::placement::PlacementMachines;
-use ipam_runtime::{Driver, DriverConfig, Readiness, SnapshotStore, Topics};
+use ipam_runtime::{ComponentState, Driver, DriverConfig, Health, Readiness, SnapshotStore, Topics};
 
 use crate::config::Config;
 
@@ -60,7 +60,14 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
     if components.allocator || components.placement {
         log.create_topics(&topics.specs()).context("creating the topics")?;
     }
-    let snapshots = SnapshotStore::new(config.data_dir.join("snapshots"));
+    let health = Health::new();
+    // Only the deciding services keep snapshots; they refuse to start on snapshots of another log.
+    let snapshots = if components.allocator || components.placement {
+        let identity = log.identity().context("asking the log for its identity")?;
+        Some(SnapshotStore::open(config.data_dir.join("snapshots"), identity)?)
+    } else {
+        None
+    };
     let readiness = Arc::new(Readiness::default());
     let batch =
         BatchPolicy { max_steps: config.batch_max_steps, max_delay: Duration::from_millis(config.batch_max_delay_ms) };
@@ -87,7 +94,8 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                 topics.clone(),
                 driver_config("allocator", Topic::Networks),
                 machines,
-                snapshots.clone(),
+                snapshots.clone().context("the allocator's snapshots")?,
+                health.clone(),
             )?;
             let (driver_stop, readiness) = (Arc::clone(&stop), Arc::clone(&readiness));
             threads.push(("allocator".to_owned(), spawn("allocator", move || driver.run(&driver_stop, &readiness))?));
@@ -104,7 +112,8 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                 topics.clone(),
                 driver_config("placement", Topic::Hosts),
                 machines,
-                snapshots.clone(),
+                snapshots.clone().context("placement's snapshots")?,
+                health.clone(),
             )?;
             let (driver_stop, readiness) = (Arc::clone(&stop), Arc::clone(&readiness));
             threads.push(("placement".to_owned(), spawn("placement", move || driver.run(&driver_stop, &readiness))?));
@@ -126,11 +135,12 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                 bearer_token: config.api_token.clone(),
                 ..ipam_api::ApiConfig::default()
             };
-            let (log, topics, api_stop) = (Arc::clone(&log), topics.clone(), Arc::clone(&stop));
+            let (log, topics, api_stop, api_health) =
+                (Arc::clone(&log), topics.clone(), Arc::clone(&stop), health.clone());
             let groups = ipam_api::Groups::with_prefix(&config.topic_prefix);
             threads.push((
                 "api".to_owned(),
-                spawn("api", move || ipam_api::run(log, topics, groups, api_config, api_stop))?,
+                spawn("api", move || ipam_api::run(log, topics, groups, api_config, api_stop, api_health))?,
             ));
         }
         for agent in &components.host_agents {
@@ -183,6 +193,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
             match thread.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
+                    health.set(&name, ComponentState::Failed(format!("{error:#}")));
                     tracing::error!(component = %name, error = format!("{error:#}"), "Component failed.");
                     failure.get_or_insert(error.context(format!("{name} failed")));
                 }
