@@ -220,6 +220,17 @@ pub fn follows_partitions_from_their_positions_and_hands_out_new_commits(h: &Har
     assert_eq!(values(&again), ["elsewhere", "late"]);
 }
 
+pub fn reads_nothing_beyond_any_offset(h: &Harness) {
+    let topic = h.topic("far", 1);
+    h.log.append(&[out(&topic, "k", "only")]).unwrap();
+    for from in [1, 1 << 40, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+        match h.log.read(&topic, 0, from, 10, Duration::ZERO) {
+            Ok(records) => assert!(records.is_empty(), "nothing lies at offset {from}: {records:?}"),
+            Err(error) => assert!(matches!(error, LogError::Storage(_)), "offset {from}: {error:?}"),
+        }
+    }
+}
+
 pub fn commits_positions_and_resumes_from_them(h: &Harness) {
     let input = h.topic("input", 2);
     h.log.append(&(0..10).map(|i| out(&input, &format!("k{i}"), &format!("first-{i}"))).collect::<Vec<_>>()).unwrap();
@@ -452,6 +463,7 @@ conformance!(
     [
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
+        reads_nothing_beyond_any_offset,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,
@@ -466,6 +478,7 @@ conformance!(
     [
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
+        reads_nothing_beyond_any_offset,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,
@@ -483,6 +496,7 @@ conformance!(
     [
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
+        reads_nothing_beyond_any_offset,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,

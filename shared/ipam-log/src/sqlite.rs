@@ -210,6 +210,10 @@ impl LocalStore for SqliteStore {
 
     fn read(&self, topic: &str, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
         self.check_partition(topic, partition)?;
+        // SQLite integers are i64: no record lies at an offset beyond, and a cast would wrap to
+        // a negative offset and read from the start.
+        let Ok(from) = i64::try_from(from) else { return Ok(Vec::new()) };
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
         let reader = self.reader();
         let mut statement = reader
             .prepare_cached(
@@ -218,7 +222,7 @@ impl LocalStore for SqliteStore {
             )
             .map_err(storage)?;
         let rows = statement
-            .query_map(params![topic, partition, from as i64, max as i64], |row| {
+            .query_map(params![topic, partition, from, max], |row| {
                 Ok(Record {
                     topic: topic.to_owned(),
                     partition,
