@@ -24,7 +24,6 @@ pub mod dnsmasq_server;
 pub mod dnsmasq_shards;
 mod follower;
 mod outbox;
-pub mod state_lock;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,16 +40,22 @@ pub use backend::{BackendError, DhcpBackend};
 pub use config::HostAgentConfig;
 pub use dnsmasq::{FilesBackend, render};
 pub use dnsmasq_server::{DnsmasqBackend, DnsmasqOptions};
-pub use state_lock::{LockError, StateDirLock};
+pub use ipam_runtime::dir_lock::{DirLock, LockError};
 
 use crate::actors::Supervisor;
 use crate::follower::{Follower, Tracker};
 
+/// Locks a host agent's state directory for this process (see [`ipam_runtime::dir_lock`]): a
+/// second agent on it is refused with an error naming the directory and the holder's pid.
+pub fn lock_state_dir(dir: impl Into<std::path::PathBuf>) -> Result<DirLock, LockError> {
+    DirLock::acquire(ipam_runtime::dir_lock::HOST_AGENT_DIR, dir)
+}
+
 /// Runs the agent of `config.host_id` until `stop` is set, then stops cleanly and returns.
 ///
 /// `lock` is the agent's hold on its state directory (the backends' directory): taking it with
-/// [`StateDirLock::acquire`] before anything else touches the directory is what keeps a second
-/// agent off it. `run` keeps it until it returns.
+/// [`lock_state_dir`] before anything else touches the directory is what keeps a second agent off
+/// it. `run` keeps it until it returns.
 ///
 /// Every topic it reads or writes is named by `topics` (the deployment's prefix included), the same
 /// [`Topics`] the drivers and the API are given, so that all processes of one deployment agree.
@@ -73,7 +78,7 @@ pub fn run(
     log: Arc<dyn EventLog>,
     topics: Topics,
     config: HostAgentConfig,
-    lock: StateDirLock,
+    lock: DirLock,
     backend: BackendFactory,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ use ipam_core::event::{
 };
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, Topic, VmId, VnicId};
 use ipam_host_agent::{
-    BackendError, DhcpBackend, DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig, LockError, StateDirLock,
+    BackendError, DhcpBackend, DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig, LockError, lock_state_dir,
 };
 use ipam_log::{EventLog, MemoryLog, OutRecord};
 use ipam_runtime::Topics;
@@ -163,7 +163,7 @@ impl Agent {
 
     /// An agent of a deployment whose topics `topics` names, on the state directory `dir`.
     fn start_on(log: Arc<dyn EventLog>, topics: Topics, dir: &Path, backend: ipam_host_agent::BackendFactory) -> Agent {
-        let lock = StateDirLock::acquire(dir).unwrap();
+        let lock = lock_state_dir(dir).unwrap();
         let mut config = HostAgentConfig::new(HOST);
         config.heartbeat_interval_ms = 50;
         config.port_mac = Some(port_mac());
@@ -440,7 +440,7 @@ fn a_second_agent_on_the_same_directory_is_refused_and_the_first_serves_on() {
     wait_until("the first agent writes the file", || conf.exists());
 
     // The second agent is refused before it touches anything, with the directory and the holder.
-    let error = StateDirLock::acquire(dir.path()).unwrap_err();
+    let error = lock_state_dir(dir.path()).unwrap_err();
     assert!(matches!(error, LockError::Held { holder: Some(pid), .. } if pid == std::process::id()), "{error:?}");
     let message = error.to_string();
     assert!(message.contains(&dir.path().display().to_string()), "{message}");

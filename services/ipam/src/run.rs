@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use ipam_core::placement::PlacementConfig;
 use ipam_core::{HostId, Topic};
-use ipam_host_agent::{DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig, StateDirLock};
+use ipam_host_agent::{DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig};
 use ipam_log::{BatchPolicy, EventLog};
 use ipam_runtime::allocator::AllocatorMachines;
 use ipam_runtime::placement::PlacementMachines;
@@ -150,7 +150,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
             }
             // Before anything touches the directory: a second agent on it is refused here, and the
             // process exits with the error (which names the directory and the holder's pid).
-            let lock = StateDirLock::acquire(&agent.dir).context("cannot start the host agent")?;
+            let lock = ipam_host_agent::lock_state_dir(&agent.dir).context("cannot start the host agent")?;
             let (log, agent_stop, agent) = (Arc::clone(&log), Arc::clone(&stop), agent.clone());
             let agent_topics = topics.clone();
             let name = format!("host-agent-{}", agent.host_id);
