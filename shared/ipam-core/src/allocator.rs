@@ -631,6 +631,43 @@ impl Allocator {
             .apply(input)
     }
 
+    /// [`Allocator::apply`], with what placement must hear of the input ([`placement_facts`]):
+    /// the runtime appends those to `ipam.hosts` in the same step. A retry (an id the network's
+    /// window holds) has no effect and so nothing to tell: forwarding it again would write an
+    /// output id twice, so this, not `placement_facts` alone, is what a runtime should call.
+    pub fn apply_forwarding(&mut self, input: &Envelope) -> (Vec<Event>, Vec<Event>) {
+        if self.is_retry(input) {
+            return (Vec::new(), Vec::new());
+        }
+        let outputs = self.apply(input);
+        let facts = placement_facts(&input.event, &outputs);
+        (outputs, facts)
+    }
+
+    /// Records the id of a request refused before it could be applied (a readable engine request
+    /// with a bad field, answered by `DecodeError::rejection`) in its network's window, and answers
+    /// whether it is new. The rejection should be written only if it is: a retried bad request
+    /// would otherwise be answered twice under one output id. The window is state, so a runtime
+    /// that calls this live must call it on replay too.
+    pub fn record_refused(&mut self, network_id: NetworkId, input_id: EventId) -> bool {
+        let input_window = self.input_window;
+        self.networks
+            .entry(network_id)
+            .or_insert_with(|| NetworkAllocator::with_input_window(network_id, input_window))
+            .recent_inputs
+            .record(input_id)
+    }
+
+    /// Whether `input`'s id is among the last its network applied, so that applying it would do
+    /// nothing.
+    pub fn is_retry(&self, input: &Envelope) -> bool {
+        input
+            .event
+            .network_id()
+            .and_then(|network_id| self.networks.get(&network_id))
+            .is_some_and(|network| network.recent_inputs.contains(input.id))
+    }
+
     pub fn network(&self, network_id: NetworkId) -> Option<&NetworkAllocator> {
         self.networks.get(&network_id)
     }
@@ -706,7 +743,8 @@ impl Allocator {
 ///
 /// Placement reads one single-partition topic (`ipam.hosts`), so that its inputs have one total
 /// order that a replay sees again; the allocator's runtime forwards these facts there, in the same
-/// atomic step as the allocator's own outputs.
+/// atomic step as the allocator's own outputs. It cannot tell a retry (no outputs, like an accepted
+/// network upsert) from a first application: see [`Allocator::apply_forwarding`].
 pub fn placement_facts(input: &Event, outputs: &[Event]) -> Vec<Event> {
     let rejected = outputs.iter().any(|output| matches!(output, Event::RequestRejected(_)));
     let forwarded_input = match input {

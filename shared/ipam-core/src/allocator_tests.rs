@@ -767,6 +767,31 @@ fn placement_hears_accepted_network_settings_and_subnet_activation() {
 }
 
 #[test]
+fn a_request_refused_before_it_decoded_is_answered_once() {
+    let mut allocator = applied(Allocator::new(), &started_and_stopped());
+    let id = envelope(40, stop(1)).id;
+    assert!(allocator.record_refused(NET, id), "the first time: write the rejection");
+    assert!(!allocator.record_refused(NET, id), "a retry: write nothing");
+    assert_ignored(&mut allocator, 40, start(1));
+    let elsewhere = NetworkId::from_u128(9);
+    assert!(allocator.record_refused(elsewhere, id), "windows are per network");
+}
+
+#[test]
+fn placement_hears_nothing_of_a_retry() {
+    let mut allocator = Allocator::new();
+    let removed = Event::NetworkRemoved(NetworkRemoved { network_id: NET });
+    for (id, event) in [(0, network(true)), (1, add(S1, "10.0.0.0/29", "10.0.0.1")), (2, removed)] {
+        let input = envelope(id, event);
+        assert!(!allocator.is_retry(&input));
+        let (_, facts) = allocator.apply_forwarding(&input);
+        assert_ne!(render(&facts), "", "input {id} is told the first time");
+        assert!(allocator.is_retry(&input));
+        assert_eq!(allocator.apply_forwarding(&input), (vec![], vec![]), "input {id} is not told again");
+    }
+}
+
+#[test]
 fn placement_hears_nothing_of_refusals_or_reservations() {
     let blank = Event::NetworkUpserted(NetworkUpserted {
         network_id: NET,

@@ -7,12 +7,21 @@ use ipam_core::allocator::Allocator;
 use ipam_core::placement::Placement;
 use ipam_core::{Envelope, Event};
 
-/// Apply one input; answer its outputs.
+/// Apply one input to placement; answer its outputs.
 #[derive(Debug)]
 pub struct Apply(pub Envelope);
 
 impl Message for Apply {
     type Result = Vec<Event>;
+}
+
+/// Apply one input to a network's allocator; answer its outputs and what placement must hear of
+/// it (nothing for a retry), decided together by the core.
+#[derive(Debug)]
+pub struct ApplyForwarding(pub Envelope);
+
+impl Message for ApplyForwarding {
+    type Result = (Vec<Event>, Vec<Event>);
 }
 
 /// Answer the canonical snapshot of the actor's state.
@@ -41,11 +50,11 @@ impl Actor for NetworkActor {
     type Context = Context<Self>;
 }
 
-impl Handler<Apply> for NetworkActor {
-    type Result = Vec<Event>;
+impl Handler<ApplyForwarding> for NetworkActor {
+    type Result = actix::MessageResult<ApplyForwarding>;
 
-    fn handle(&mut self, message: Apply, _: &mut Context<Self>) -> Vec<Event> {
-        self.allocator.apply(&message.0)
+    fn handle(&mut self, message: ApplyForwarding, _: &mut Context<Self>) -> Self::Result {
+        actix::MessageResult(self.allocator.apply_forwarding(&message.0))
     }
 }
 

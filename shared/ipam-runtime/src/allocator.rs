@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use actix::{Actor, Addr, ArbiterHandle};
 use anyhow::Context;
 use futures::executor::block_on;
-use ipam_core::allocator::{Allocator, placement_facts};
-use ipam_core::{Envelope, Event, NetworkId};
+use ipam_core::allocator::Allocator;
+use ipam_core::{Envelope, Event, EventId, NetworkId};
 use ipam_log::TopicPartition;
 
-use crate::actors::{Apply, Extract, NetworkActor};
+use crate::actors::{ApplyForwarding, Extract, NetworkActor};
 use crate::driver::Machines;
 
 /// The allocator actors of the partitions one driver owns.
@@ -17,12 +17,15 @@ use crate::driver::Machines;
 pub struct AllocatorMachines {
     arbiter: ArbiterHandle,
     partitions: BTreeMap<TopicPartition, BTreeMap<NetworkId, Addr<NetworkActor>>>,
+    /// What placement must hear of the last input applied, decided with its outputs (nothing for
+    /// a retry, which `placement_facts` alone cannot tell from a first application).
+    last_facts: Option<(EventId, Vec<Event>)>,
 }
 
 impl AllocatorMachines {
     /// Actors are started on `arbiter`'s thread.
     pub fn new(arbiter: ArbiterHandle) -> AllocatorMachines {
-        AllocatorMachines { arbiter, partitions: BTreeMap::new() }
+        AllocatorMachines { arbiter, partitions: BTreeMap::new(), last_facts: None }
     }
 
     fn start(&self, allocator: Allocator) -> Addr<NetworkActor> {
@@ -54,13 +57,17 @@ impl Machines for AllocatorMachines {
     }
 
     fn apply(&mut self, partition: &TopicPartition, input: &Envelope) -> anyhow::Result<Vec<Event>> {
+        self.last_facts = None;
         let Some(network_id) = input.event.network_id() else { return Ok(Vec::new()) };
         let arbiter = self.arbiter.clone();
         let actors = self.partitions.entry(partition.clone()).or_default();
         let actor = actors.entry(network_id).or_insert_with(|| {
             NetworkActor::start_in_arbiter(&arbiter, |_| NetworkActor { allocator: Allocator::new() })
         });
-        block_on(actor.send(Apply(input.clone()))).context("the network's allocator actor is gone")
+        let (outputs, facts) =
+            block_on(actor.send(ApplyForwarding(input.clone()))).context("the network's allocator actor is gone")?;
+        self.last_facts = Some((input.id, facts));
+        Ok(outputs)
     }
 
     fn snapshot(&mut self, partition: &TopicPartition) -> anyhow::Result<Vec<u8>> {
@@ -73,7 +80,10 @@ impl Machines for AllocatorMachines {
         Ok(Allocator::merge(parts).snapshot())
     }
 
-    fn forwarded(&self, input: &Envelope, outputs: &[Event]) -> Vec<Event> {
-        placement_facts(&input.event, outputs)
+    fn forwarded(&self, input: &Envelope, _outputs: &[Event]) -> Vec<Event> {
+        match &self.last_facts {
+            Some((id, facts)) if *id == input.id => facts.clone(),
+            _ => Vec::new(),
+        }
     }
 }
