@@ -28,6 +28,15 @@
 //!   aborted by a rebalance, the partitions the member keeps are reported in `lost` **and** in
 //!   `assigned` of the same [`ipam_log::Polled`], since their state may hold aborted steps: the
 //!   runtime applies `revoked` and `lost` before `assigned` (drop the state, then rebuild it).
+//! - A broker away (restarted, or a coordinator moving): a transaction the coordinator aborted on
+//!   timeout meanwhile (librdkafka reports it as fenced; `member.rs` says how it is told from a
+//!   real fence), or one that cannot be ended, discards the open batch and re-creates the
+//!   producer; the member answers [`LogError::Storage`] until it can write again, and then reports
+//!   its partitions in `lost` and `assigned` as above. Nothing ends the member but a real fence or
+//!   a fatal error that a new producer does not cure.
+//! - `committed_position` asks a fresh consumer of the group each time, with a bounded wait, and
+//!   its error says whether the coordinator did not answer or an undecided transaction held the
+//!   position back.
 //! - Every method blocks, on broker round trips of up to 30 s, or up to the transaction timeout
 //!   for transactional calls: the runtime calls them off its actor threads.
 

@@ -19,8 +19,8 @@
 //! every call as fatal `_FENCED`, exactly as when a newer member took the transactional id over
 //! (`MemberState::txn_outlived_timeout` holds the rule that tells them apart). Neither that nor an
 //! abort that cannot reach the coordinator ends the member: the open batch is discarded, the
-//! producer is created anew (its `init_transactions` aborts whatever is left of the old
-//! transaction), reading rewinds to the committed positions, and the next `poll` reports every
+//! producer is created anew at the next call (its `init_transactions` aborts whatever the broker
+//! still holds of the old transaction), reading rewinds to the committed positions, and the next `poll` reports every
 //! owned partition as `lost` and `assigned` again, so that the runtime rebuilds their state and
 //! re-derives the discarded outputs. Meanwhile calls fail with [`LogError::Storage`], which may be
 //! retried.
@@ -754,10 +754,19 @@ impl KafkaMember {
         Ok(())
     }
 
-    /// Before each wait in `poll`: report a callback's error, rewind, commit an overdue batch.
+    /// Before each wait in `poll`: report a callback's error, re-create a discarded producer,
+    /// rewind, commit an overdue batch.
     fn settle(&mut self) -> Result<(), LogError> {
         let deferred = self.lock().deferred.take();
         if let Some(error) = deferred {
+            return Err(self.after_failure(error));
+        }
+        // Re-create a discarded producer now rather than at the next step: its `init_transactions`
+        // aborts what the broker still holds of the old transaction, whose pending positions
+        // otherwise keep `committed_position` (and so the runtime's rebuild) waiting until the
+        // coordinator times the transaction out.
+        let reinit = self.lock().ensure_producer();
+        if let Err(error) = reinit {
             return Err(self.after_failure(error));
         }
         self.rewind_if_needed()?;
@@ -921,6 +930,11 @@ impl Member for KafkaMember {
     fn abort(&mut self) -> Result<(), LogError> {
         self.usable()?;
         let result = self.lock().abort_batch();
+        if let Err(error) = result {
+            return Err(self.after_failure(error));
+        }
+        // A caller that aborts is about to rebuild from the committed positions: see `settle`.
+        let result = self.lock().ensure_producer();
         if let Err(error) = result {
             return Err(self.after_failure(error));
         }
