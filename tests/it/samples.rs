@@ -46,7 +46,7 @@ pub fn every_type() -> Vec<Envelope> {
             cidr: "10.0.0.0/24".parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
             dns_servers: vec!["10.0.0.53".parse().unwrap()],
-            ntp_servers: vec!["2001:db8::123".parse().unwrap()],
+            ntp_servers: vec!["10.0.0.123".parse().unwrap()],
             allocation_pools: Some(pools.clone()),
         }),
         Event::SubnetRemoved(SubnetRemoved { network_id, subnet_id }),
