@@ -11,7 +11,7 @@
 //! the stream starts at the current end.
 //!
 //! # Threads
-//! Each stream has a thread that blocks on log reads and feeds a bounded channel the response body
+//! Each stream has a thread that follows the log (one positioned [`ipam_log::Follower`]) and feeds a bounded channel the response body
 //! drains, so a slow client slows its own reader only. The thread ends, and gives its place back,
 //! when the server stops or the client goes away. actix-web drops a response body only once a
 //! write to its connection fails, so an idle stream writes a comment every [`KEEP_ALIVE`]; the
@@ -37,7 +37,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt as _;
 use futures::channel::mpsc;
 use ipam_core::{Envelope, Topic};
-use ipam_log::EventLog;
+use ipam_log::{EventLog, Position};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -56,7 +56,8 @@ const RETRY_AFTER_SECS: u32 = 5;
 /// the second fails), so this bounds how long a gone client holds its place: about twice this. A
 /// three-byte comment a second per stream is cheap; it also keeps proxies from timing out.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// How long a read waits when a whole round found nothing; also how late a closed channel is seen.
+/// How long the follower waits when nothing is ready (a record that commits ends the wait at once);
+/// also how late a closed channel is seen.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 const READ_MAX: usize = 256;
 /// Frames buffered between the reader thread and the response.
@@ -288,50 +289,48 @@ fn pump(log: &dyn EventLog, mut cursor: Cursor, mut sender: mpsc::Sender<web::By
     if !send(&mut sender, "retry: 1000\n: connected\n\n".to_owned(), halt) {
         return;
     }
-    let partitions: Vec<(String, u32)> = cursor.keys().cloned().collect();
+    let from: Vec<Position> = cursor
+        .iter()
+        .map(|((topic, partition), next_offset)| Position {
+            topic: topic.clone(),
+            partition: *partition,
+            next_offset: *next_offset,
+        })
+        .collect();
+    // Made in the loop, so that a log that fails at first is retried like a failing read.
+    let mut follower: Option<Box<dyn ipam_log::Follower>> = None;
     let mut last_write = Instant::now();
-    let mut next_wait = 0;
     // A closed channel means the response body was dropped: the client went away.
     while !halt.load(Ordering::SeqCst) && !sender.is_closed() {
-        let mut sent_any = false;
-        for place in &partitions {
-            let from = cursor[place];
-            let records = match log.read(&place.0, place.1, from, READ_MAX, Duration::ZERO) {
-                Ok(records) => records,
-                Err(error) => {
-                    tracing::warn!(topic = %place.0, partition = place.1, error = %error, "A stream cannot read the log.");
-                    continue;
-                }
-            };
-            for record in records {
-                cursor.insert(place.clone(), record.offset + 1);
-                if let Some(frame) = frame(&cursor, &record.value) {
-                    if !send(&mut sender, frame, halt) {
-                        return;
+        let records = match follower.as_mut() {
+            Some(follower) => follower.next(READ_MAX, IDLE_WAIT),
+            None => log.follow(&from).map(|started| {
+                follower = Some(started);
+                Vec::new()
+            }),
+        };
+        match records {
+            Ok(records) => {
+                for record in records {
+                    cursor.insert((record.topic.clone(), record.partition), record.offset + 1);
+                    if let Some(frame) = frame(&cursor, &record.value) {
+                        if !send(&mut sender, frame, halt) {
+                            return;
+                        }
+                        last_write = Instant::now();
                     }
-                    sent_any = true;
-                    last_write = Instant::now();
                 }
             }
-        }
-        if sent_any || partitions.is_empty() {
-            if partitions.is_empty() {
+            Err(error) => {
+                tracing::warn!(error = %error, "A stream cannot read the log.");
                 thread::sleep(IDLE_WAIT);
             }
-            continue;
         }
         if last_write.elapsed() >= KEEP_ALIVE {
             if !send(&mut sender, ":\n\n".to_owned(), halt) {
                 return;
             }
             last_write = Instant::now();
-        }
-        // Nothing anywhere: wait on one partition, a different one each round.
-        let place = &partitions[next_wait % partitions.len()];
-        next_wait += 1;
-        if let Err(error) = log.read(&place.0, place.1, cursor[place], 1, IDLE_WAIT) {
-            tracing::warn!(topic = %place.0, partition = place.1, error = %error, "A stream cannot read the log.");
-            thread::sleep(IDLE_WAIT);
         }
     }
 }

@@ -54,10 +54,22 @@ enum Reads {
 /// A memory log whose reads can be made to fail or to answer nothing; everything else passes.
 struct FlakyLog {
     inner: Arc<dyn EventLog>,
-    reads: std::sync::Mutex<Reads>,
+    reads: Arc<std::sync::Mutex<Reads>>,
+    quiet_calls: Arc<std::sync::Mutex<u64>>,
 }
 
 impl FlakyLog {
+    /// Waits until a follower call made after `set(Reads::Nothing)` has begun, so that no call
+    /// that began before still reads the real log.
+    fn wait_until_quiet(&self) {
+        let seen = *self.quiet_calls.lock().expect("lock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while *self.quiet_calls.lock().expect("lock") <= seen {
+            assert!(Instant::now() < deadline, "the read model never read again");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn set(&self, reads: Reads) {
         *self.reads.lock().expect("lock") = reads;
     }
@@ -104,7 +116,40 @@ impl EventLog for FlakyLog {
         self.inner.join(config)
     }
     fn follow(&self, from: &[ipam_log::Position]) -> Result<Box<dyn ipam_log::Follower>, ipam_log::LogError> {
-        self.inner.follow(from)
+        Ok(Box::new(FlakyFollower {
+            inner: self.inner.follow(from)?,
+            reads: Arc::clone(&self.reads),
+            quiet_calls: Arc::clone(&self.quiet_calls),
+        }))
+    }
+}
+
+/// The follower of a [`FlakyLog`]: fails or answers nothing as its log's reads do.
+struct FlakyFollower {
+    inner: Box<dyn ipam_log::Follower>,
+    reads: Arc<std::sync::Mutex<Reads>>,
+    /// Calls that answered nothing on purpose: once it grows, no call still reads the real log.
+    quiet_calls: Arc<std::sync::Mutex<u64>>,
+}
+
+impl ipam_log::Follower for FlakyFollower {
+    fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<ipam_log::Record>, ipam_log::LogError> {
+        let reads = *self.reads.lock().expect("lock");
+        match reads {
+            Reads::Work => self.inner.next(max, wait),
+            Reads::Fail => Err(ipam_log::LogError::Storage("database disk image is malformed".to_owned())),
+            Reads::Nothing => {
+                *self.quiet_calls.lock().expect("lock") += 1;
+                std::thread::sleep(wait);
+                Ok(Vec::new())
+            }
+        }
+    }
+    fn seek(&mut self, position: &ipam_log::Position) -> Result<(), ipam_log::LogError> {
+        self.inner.seek(position)
+    }
+    fn positions(&self) -> Vec<ipam_log::Position> {
+        self.inner.positions()
     }
 }
 
@@ -1078,7 +1123,11 @@ fn health_is_not_ok_while_a_component_on_the_board_is_not() {
 fn health_names_the_read_model_while_the_log_cannot_be_read() {
     let mut flaky = None;
     let api = Api::start_on(ApiConfig::default(), Health::new(), |log| {
-        let log = Arc::new(FlakyLog { inner: log, reads: std::sync::Mutex::new(Reads::Work) });
+        let log = Arc::new(FlakyLog {
+            inner: log,
+            reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
+            quiet_calls: Arc::default(),
+        });
         flaky = Some(Arc::clone(&log));
         log
     });
@@ -1102,7 +1151,11 @@ fn health_calls_a_read_model_that_stays_behind_the_log_stuck() {
     let mut flaky = None;
     let config = ApiConfig { read_model_stuck_after: Duration::from_millis(300), ..ApiConfig::default() };
     let api = Api::start_on(config, Health::new(), |log| {
-        let log = Arc::new(FlakyLog { inner: log, reads: std::sync::Mutex::new(Reads::Work) });
+        let log = Arc::new(FlakyLog {
+            inner: log,
+            reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
+            quiet_calls: Arc::default(),
+        });
         flaky = Some(Arc::clone(&log));
         log
     });
@@ -1112,6 +1165,7 @@ fn health_calls_a_read_model_that_stays_behind_the_log_stuck() {
         health_until(&client, &api, 200, "the read model caught up").await;
         // Reads answer nothing without an error, and the log moves on.
         flaky.set(Reads::Nothing);
+        flaky.wait_until_quiet();
         api.append(&[subnet_activated(1)], false);
         let body = health_until(&client, &api, 503, "the read model is stuck").await;
         let part = failing(&body, "api-read-model");

@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use ipam_core::dhcp_plan::{HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, port_releases, port_requests};
 use ipam_core::{Envelope, Event, HostId, Mac, NetworkId, SubnetId, Topic};
 use ipam_log::dead_letter::{Ingested, ingest};
-use ipam_log::{EventLog, LogError, OutRecord, Position, Record, TopicPartition};
+use ipam_log::{Backlog, EventLog, LogError, OutRecord, Record};
 use ipam_runtime::Topics;
 
 use crate::actors::{Desired, Supervisor};
@@ -213,24 +213,25 @@ impl Follower {
     /// Follows the log until asked to stop. Ends early, with an error, only when the log says it
     /// cannot go on.
     pub(crate) fn run(mut self) -> anyhow::Result<()> {
-        let Some(start_ends) = self.start_ends()? else { return Ok(()) };
-        anyhow::ensure!(!start_ends.is_empty(), "the topics to follow have no partitions");
-        let label = TOPICS.map(|topic| self.tracker.topics.name(topic)).join(", ");
-        let from: Vec<Position> = start_ends
-            .keys()
-            .map(|tp| Position { topic: tp.topic.clone(), partition: tp.partition, next_offset: 0 })
-            .collect();
-        let mut follower = loop {
-            match self.log.follow(&from) {
-                Ok(follower) => break follower,
+        let topics: Vec<String> = TOPICS.iter().map(|topic| self.tracker.topics.name(*topic)).collect();
+        let label = topics.join(", ");
+        // The topics are made by the deciding services: wait for them.
+        let (from, mut backlog, mut follower) = loop {
+            let started = Backlog::from_zero(&*self.log, &topics).and_then(|from| {
+                let backlog = Backlog::at_start(&*self.log, &topics)?;
+                let follower = self.log.follow(&from)?;
+                Ok((from, backlog, follower))
+            });
+            match started {
+                Ok(started) => break started,
                 Err(error) => self.retry(&label, error)?,
             }
             if self.pause(RETRY_PAUSE) {
                 return Ok(());
             }
         };
-        // Partitions whose history up to the start is not read yet; the agent acts once none is.
-        let mut behind: BTreeMap<TopicPartition, u64> = start_ends.into_iter().filter(|(_, end)| *end > 0).collect();
+        anyhow::ensure!(!from.is_empty(), "the topics to follow have no partitions");
+        self.trouble.clear(&label);
         let mut acting = false;
         let mut ports_due = false;
         let mut last_sent = Instant::now();
@@ -249,8 +250,13 @@ impl Follower {
             let full = records.len() >= READ_MAX;
             unsent |= self.apply(&records) > 0;
             if !acting {
-                self.catch_up(&mut behind, &*follower, records.is_empty())?;
-                acting = behind.is_empty();
+                acting = match backlog.update(&*self.log, &*follower, records.is_empty()) {
+                    Ok(read) => read,
+                    Err(error) => {
+                        self.retry(&label, error)?;
+                        false
+                    }
+                };
                 if !acting {
                     continue;
                 }
@@ -266,74 +272,6 @@ impl Follower {
             }
             unsent = false;
             ports_due = !self.append_port_events();
-        }
-        Ok(())
-    }
-
-    /// The end offset of every partition of both topics when the agent starts, once the topics
-    /// exist; `None` when asked to stop first.
-    fn start_ends(&mut self) -> anyhow::Result<Option<BTreeMap<TopicPartition, u64>>> {
-        let mut ends = BTreeMap::new();
-        for topic in TOPICS {
-            let topic = self.tracker.topics.name(topic);
-            let topic = topic.as_str();
-            let partitions = loop {
-                match self.log.partition_count(topic) {
-                    Ok(count) => break count,
-                    Err(error) => self.retry(topic, error)?,
-                }
-                if self.pause(RETRY_PAUSE) {
-                    return Ok(None);
-                }
-            };
-            self.trouble.clear(topic);
-            for partition in 0..partitions {
-                let end = loop {
-                    match self.log.end_offset(topic, partition) {
-                        Ok(end) => break end,
-                        Err(error) => self.retry(topic, error)?,
-                    }
-                    if self.pause(RETRY_PAUSE) {
-                        return Ok(None);
-                    }
-                };
-                ends.insert(TopicPartition { topic: topic.to_owned(), partition }, end);
-            }
-        }
-        Ok(Some(ends))
-    }
-
-    /// Drops from `behind` every partition read up to its end at start. Offsets may skip (Kafka's
-    /// transaction markers take some), so a partition the follower has stopped handing records of
-    /// is also caught up when the log holds no record between its position and that end.
-    fn catch_up(
-        &mut self,
-        behind: &mut BTreeMap<TopicPartition, u64>,
-        follower: &dyn ipam_log::Follower,
-        quiet: bool,
-    ) -> anyhow::Result<()> {
-        let positions: BTreeMap<TopicPartition, u64> = follower
-            .positions()
-            .into_iter()
-            .map(|p| (TopicPartition { topic: p.topic, partition: p.partition }, p.next_offset))
-            .collect();
-        let mut caught_up = Vec::new();
-        for (tp, end) in behind.iter() {
-            let position = positions.get(tp).copied().unwrap_or(0);
-            if position >= *end {
-                caught_up.push(tp.clone());
-            } else if quiet {
-                match self.log.read(&tp.topic, tp.partition, position, 1, Duration::ZERO) {
-                    Ok(records) if records.first().is_none_or(|record| record.offset >= *end) => {
-                        caught_up.push(tp.clone());
-                    }
-                    Ok(_) => {}
-                    Err(error) => self.retry(&tp.topic, error)?,
-                }
-            }
-        }
-        for tp in caught_up {
-            behind.remove(&tp);
         }
         Ok(())
     }

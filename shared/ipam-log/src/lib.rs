@@ -19,6 +19,7 @@
 //!   commits, or not at all. A member whose `transactional_id` was taken over by a newer member is
 //!   fenced: its open batch is discarded and every later call answers [`LogError::Fenced`].
 
+pub mod backlog;
 pub mod dead_letter;
 pub mod memory;
 pub mod partition;
@@ -26,6 +27,7 @@ pub mod sqlite;
 
 mod local;
 
+pub use backlog::Backlog;
 pub use local::{Batch, LocalLog, LocalStore, Placed};
 pub use memory::MemoryLog;
 pub use sqlite::SqliteLog;
