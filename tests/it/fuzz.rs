@@ -22,7 +22,7 @@ use std::fmt::{self, Debug};
 use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipam_api::model::ReadModel;
 use ipam_api::publish::{decode_batch, is_input_type};
@@ -39,7 +39,9 @@ use ipam_core::{
     VnicId,
 };
 use ipam_host_agent::dnsmasq::{host_lines, ignore_line, render};
-use ipam_host_agent::dnsmasq_shards::{desired_hosts, host_changes, shard_count, split};
+use ipam_host_agent::dnsmasq_shards::{
+    COMPACTION_INTERVAL, ShardAction, ShardState, desired_hosts, host_changes, shard_count, split,
+};
 use ipam_log::Record;
 use ipam_log::dead_letter::{DeadLetter, Ingested, ingest};
 use serde_json::{Value, json};
@@ -1128,13 +1130,16 @@ impl World {
 }
 
 /// The machines of one deployment: an allocator, placement, one host's agent view, the API's read
-/// model, fed the way the runtime feeds them.
+/// model, fed the way the runtime feeds them, and what the dnsmasq shards of the host's servers
+/// hold after each plan.
 struct Pipeline {
     allocator: Allocator,
     placement: Placement,
     view: HostDhcpView,
     read_model: ReadModel,
     plan: DhcpPlan,
+    shards: BTreeMap<NetworkId, Vec<ShardState>>,
+    steps: u32,
 }
 
 impl Pipeline {
@@ -1147,6 +1152,8 @@ impl Pipeline {
             view,
             read_model: ReadModel::new(),
             plan,
+            shards: BTreeMap::new(),
+            steps: 0,
         }
     }
 
@@ -1207,7 +1214,37 @@ impl Pipeline {
         check_placement(&self.placement)?;
         let plan = plan(&self.view, &PlanOptions::default());
         check_plan(&plan, Some(&self.plan))?;
+        self.follow_shards(&plan)?;
         self.plan = plan;
+        Ok(())
+    }
+
+    /// Applies each shard's decision for the new plan to the model of what its dnsmasq holds, and
+    /// checks the shard then answers exactly its hosts (invariant 6 on the agent's side).
+    fn follow_shards(&mut self, plan: &DhcpPlan) -> Result<(), String> {
+        self.steps += 1;
+        // Half the steps come before the compaction interval, half after.
+        let since_start = if self.steps.is_multiple_of(2) { Duration::ZERO } else { COMPACTION_INTERVAL };
+        self.shards.retain(|network_id, _| plan.networks.iter().any(|n| n.network_id == *network_id));
+        for config in &plan.networks {
+            let desired = desired_hosts(config);
+            let count = shard_count(desired.len(), 64);
+            let parts = split(&desired, count);
+            let shards = self.shards.entry(config.network_id).or_default();
+            if shards.len() != count {
+                *shards = parts.iter().map(ShardState::loaded).collect();
+            }
+            for (shard, desired) in shards.iter_mut().zip(&parts) {
+                match shard.decide(desired, since_start) {
+                    ShardAction::Keep { .. } => {}
+                    ShardAction::Add { hosts, ignore, .. } => shard.add(&hosts, &ignore),
+                    ShardAction::Compact => *shard = ShardState::loaded(desired),
+                }
+                let answered: BTreeMap<Mac, IpAddr> =
+                    shard.newest.iter().filter_map(|(mac, ip)| ip.map(|ip| (*mac, ip))).collect();
+                ensure!(answered == *desired, "a shard answers {answered:?} instead of {desired:?}");
+            }
+        }
         Ok(())
     }
 
