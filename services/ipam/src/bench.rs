@@ -1,29 +1,562 @@
-//! `ipam bench`: end-to-end figures of `ipam up` on the embedded log, measured on this machine.
+//! `ipam bench`: end-to-end figures of the whole pipeline measured on this machine, the embedded
+//! log and (with `--kafka BROKERS`) Kafka back to back in one run, printed as one table so that
+//! their ratios come from the same conditions.
 //!
-//! It starts `ipam up` as a child process with one in-process host agent (files backend), sets up
-//! 20 networks with a /16 subnet each, then publishes N `ipam.vnic.started.v1` events straight
-//! into the log and measures (1) how fast the allocator consumes them, (2) how fast the host agent
-//! has them all in its dnsmasq files, and (3) after a SIGKILL with N live reservations, how long
-//! `ipam up` takes to be ready again.
+//! Both stacks get the same workload, played as an engine would play it: through `POST /v1/events`
+//! in batches. A host attached to 20 networks with a /16 subnet each, served by one host agent
+//! with the files backend; then N vNIC starts, measured until the allocator has committed them,
+//! until the API's read model shows them all and until the host agent's dnsmasq files hold them
+//! all; then the latency of one start to its `dhcp-host=` line, one at a time; a burst; the time
+//! to ready of a restarted allocator after SIGKILL; and, on Kafka, Apache's own producer and
+//! consumer performance tools on the same broker (`bench_kafka.rs`) as the ceiling to compare
+//! with, and 1, 2 and 4 allocator processes sharing the partitions.
+//!
+//! Progress is read where an operator would read it: `/metrics` (reservations held, consumer lag,
+//! read-model lag) and the files themselves. Every process started is stopped by pid at the end,
+//! on failure too; with `--keep` the services' logs and a timeline of each load stay on disk.
 
 // Printing the figures is this command's job.
 #![allow(clippy::print_stdout)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::{Context, bail};
 use ipam_core::event::{HostNetwork, HostStatus, HostUpserted, NetworkUpserted, SubnetAdded, VnicUp};
-use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, Topic, VmId, VnicId};
+use ipam_core::{Envelope, Event, HostId, Mac, NetworkId, SubnetId, VmId, VnicId};
+use ipam_log::EventLog;
 use ipam_log::sqlite::{Durability, SqliteLog};
-use ipam_log::{EventLog, OutRecord};
+use ipam_runtime::Topics;
+use serde_json::Value;
 
+use crate::bench_kafka;
 use crate::child::UpProcess;
+use crate::client::{self, Api};
 
-const NETWORKS: u64 = 20;
-const HOST: HostId = HostId::from_u128(0xbe0c);
+pub(crate) const NETWORKS: u64 = 20;
+pub(crate) const HOST: HostId = HostId::from_u128(0xbe0c);
+/// Events per `POST /v1/events`, as an engine batching its requests would send them.
+pub(crate) const BATCH: usize = 1000;
+/// How often progress is sampled while a load runs.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// The longest any phase may take before the bench gives up.
+const PHASE_DEADLINE: Duration = Duration::from_secs(1800);
+/// The MAC prefix of every bench vNIC: its `dhcp-host=` lines are the ones counted.
+const MAC_PREFIX: &str = "dhcp-host=52:54:";
 
-fn start(dir: &Path) -> anyhow::Result<UpProcess> {
-    let args: Vec<String> = [
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub events: usize,
+    pub burst: usize,
+    pub samples: usize,
+    pub perf_records: usize,
+    pub scale_out_events: usize,
+    pub kafka: Option<String>,
+    pub keep: bool,
+}
+
+/// The figures of one stack.
+#[derive(Debug, Default)]
+pub(crate) struct Figures {
+    pub raw: Option<bench_kafka::RawFigures>,
+    pub setup: Duration,
+    pub load: Load,
+    pub latencies: Vec<Duration>,
+    pub burst: Load,
+    /// Which process was killed and restarted, and how long it took to be ready again.
+    pub restarted: &'static str,
+    pub restart_ready: Duration,
+    /// From the restart until a vNIC start posted after it is shown by the API.
+    pub restart_serving: Option<Duration>,
+    /// What the restarted process's log says about its rebuild.
+    pub restart_note: String,
+    /// (allocator processes, events, time until the allocator group committed them all).
+    pub scale_out: Vec<(usize, usize, Duration)>,
+}
+
+/// One load of N vNIC starts.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Load {
+    /// Every `POST /v1/events` answered 202.
+    pub posted: Duration,
+    /// The allocator group's committed position at the end of its input (after the last post).
+    pub committed: Option<Duration>,
+    /// `/metrics` shows every new reservation.
+    pub shown: Option<Duration>,
+    /// The host agent's files hold a `dhcp-host=` line for each.
+    pub in_files: Option<Duration>,
+    /// Reservations added (each one an output record).
+    pub outputs: u64,
+    /// Offsets the log's topics advanced by (on Kafka, transaction markers take offsets too).
+    pub offsets: u64,
+    pub max_allocator_lag: u64,
+    pub max_read_model_lag: u64,
+    /// How long one `GET /metrics` took on average during the load.
+    pub scrape_mean: Option<Duration>,
+}
+
+/// A running stack as the workload sees it.
+pub(crate) struct Target<'a> {
+    pub api: Api,
+    pub files: PathBuf,
+    pub log: &'a dyn EventLog,
+    pub topics: Topics,
+    /// The allocator's consumer group, as `/metrics` labels it.
+    pub allocator_group: String,
+    /// Where the load timelines go.
+    pub dir: PathBuf,
+}
+
+/// The vNICs played so far: each start gets a fresh vNIC, VM and MAC.
+#[derive(Debug, Default)]
+pub(crate) struct Workload {
+    next: u64,
+}
+
+/// One vNIC start, its network and its MAC.
+pub(crate) struct Start {
+    pub json: Value,
+    pub network_id: NetworkId,
+    pub mac: Mac,
+}
+
+pub(crate) fn network(net: u64) -> NetworkId {
+    NetworkId::from_u128(u128::from(net) + 1)
+}
+
+impl Workload {
+    pub fn start(&mut self) -> Start {
+        let i = self.next;
+        self.next += 1;
+        let net = i % NETWORKS;
+        let b = i.to_be_bytes();
+        let mac = Mac::from_octets([0x52, 0x54, b[4], b[5], b[6], b[7]]).expect("a unicast MAC");
+        let event = Event::VnicStarted(VnicUp {
+            vnic_id: VnicId::from_u128(0x5000_0000 + u128::from(i)),
+            vm_id: VmId::from_u128(0x6000_0000 + u128::from(i)),
+            network_id: network(net),
+            subnet_id: Some(SubnetId::from_u128(u128::from(net) + 1)),
+            mac,
+            requested_ip: None,
+        });
+        Start { json: client::envelope("ipam-bench", event), network_id: network(net), mac }
+    }
+
+    pub fn starts(&mut self, n: usize) -> Vec<Value> {
+        (0..n).map(|_| self.start().json).collect()
+    }
+}
+
+/// The size in bytes of a vNIC started record as the API writes it to the log.
+pub(crate) fn vnic_record_size() -> anyhow::Result<usize> {
+    let start = Workload::default().start();
+    Ok(Envelope::decode_value(start.json).map_err(|e| anyhow::anyhow!("{e:?}"))?.to_bytes().len())
+}
+
+/// What `/metrics` says about the pipeline.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Scrape {
+    pub reservations: u64,
+    pub allocator_lag: u64,
+    pub read_model_lag: u64,
+}
+
+pub(crate) fn scrape(api: &Api, allocator_group: &str) -> anyhow::Result<Scrape> {
+    let (status, body) = api.request("GET", "/metrics", None)?;
+    if status != 200 {
+        bail!("GET /metrics: {status}");
+    }
+    let mut scrape = Scrape::default();
+    let lag_label = format!("group=\"{allocator_group}\"");
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let value: u64 = value.parse::<f64>().map(|v| v as u64).unwrap_or(0);
+        if name.starts_with("ipam_reservations{") {
+            scrape.reservations += value;
+        } else if name.starts_with("ipam_consumer_lag{") && name.contains(&lag_label) {
+            scrape.allocator_lag += value;
+        } else if name.starts_with("ipam_read_model_lag{") {
+            scrape.read_model_lag += value;
+        }
+    }
+    Ok(scrape)
+}
+
+/// Counts the bench's `dhcp-host=` lines in a files backend's directory, reading again only the
+/// files that changed (they are replaced atomically, so their metadata changes with them).
+#[derive(Debug, Default)]
+pub(crate) struct LineCounter {
+    seen: HashMap<PathBuf, (SystemTime, u64, usize)>,
+}
+
+impl LineCounter {
+    pub fn count(&mut self, dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "conf") {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+            if self.seen.get(&path).is_some_and(|(m, l, _)| (*m, *l) == stamp) {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let lines = text.lines().filter(|l| l.starts_with(MAC_PREFIX)).count();
+                self.seen.insert(path, (stamp.0, stamp.1, lines));
+            }
+        }
+        self.seen.values().map(|(_, _, n)| n).sum()
+    }
+
+    pub fn files(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+/// Sum of the end offsets of every topic of the deployment.
+fn offsets(log: &dyn EventLog, topics: &Topics) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for spec in topics.specs() {
+        for partition in 0..log.partition_count(&spec.name)? {
+            total += log.end_offset(&spec.name, partition)?;
+        }
+    }
+    Ok(total)
+}
+
+fn wait_until<T>(what: &str, mut probe: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting until {what}");
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+}
+
+/// A host attached to every network, the networks and their subnets; done when the host agent has
+/// a file for every network and the reservations of its servers' own addresses have settled.
+pub(crate) fn setup(target: &Target) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut events = vec![client::envelope(
+        "ipam-bench",
+        Event::HostUpserted(HostUpserted {
+            host_id: HOST,
+            name: "bench".to_owned(),
+            status: HostStatus::Up,
+            networks: (0..NETWORKS)
+                .map(|net| HostNetwork {
+                    network_id: network(net),
+                    interface: format!("br{net}").parse().expect("a valid interface name"),
+                })
+                .collect(),
+        }),
+    )];
+    for net in 0..NETWORKS {
+        events.push(client::envelope(
+            "ipam-bench",
+            Event::NetworkUpserted(NetworkUpserted {
+                network_id: network(net),
+                name: format!("bench-{net}"),
+                ipam_enabled: true,
+                servers_count: Some(1),
+            }),
+        ));
+        events.push(client::envelope(
+            "ipam-bench",
+            Event::SubnetAdded(SubnetAdded {
+                network_id: network(net),
+                subnet_id: SubnetId::from_u128(u128::from(net) + 1),
+                cidr: format!("10.{}.0.0/16", net + 1).parse()?,
+                gateway: format!("10.{}.0.1", net + 1).parse()?,
+                dns_servers: vec![],
+                ntp_servers: vec![],
+                allocation_pools: None,
+            }),
+        ));
+    }
+    target.api.publish(&events)?;
+    let mut counter = LineCounter::default();
+    wait_until("the host agent serves every network", || {
+        counter.count(&target.files);
+        Ok((counter.files() as u64 >= NETWORKS).then_some(()))
+    })?;
+    // The servers' own addresses are reservations too: wait until their count stays put.
+    let mut last = (u64::MAX, Instant::now());
+    wait_until("the servers' addresses are reserved", || {
+        let now = shown(&target.api)?;
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        Ok((now >= NETWORKS && last.1.elapsed() > Duration::from_secs(1)).then_some(()))
+    })?;
+    Ok(started.elapsed())
+}
+
+/// Reservations the API's read model holds, from `GET /v1/networks` (an in-memory read, unlike
+/// `/metrics`, which asks the log for every lag and on Kafka takes a second or more).
+pub(crate) fn shown(api: &Api) -> anyhow::Result<u64> {
+    let body = api.get("/v1/networks")?;
+    Ok(body["networks"]
+        .as_array()
+        .map_or(0, |networks| networks.iter().map(|network| network["reservations"].as_u64().unwrap_or(0)).sum()))
+}
+
+/// What the `/metrics` sampler of a load saw.
+#[derive(Debug, Default)]
+struct Lags {
+    committed: Option<Duration>,
+    max_allocator_lag: u64,
+    max_read_model_lag: u64,
+    scrapes: u32,
+    scraping: Duration,
+    timeline: String,
+}
+
+/// N vNIC starts posted in batches while the files and the read model are watched every few
+/// milliseconds, and `/metrics` (the lags) as often as it answers. Each time is taken when the
+/// look that saw the condition returned.
+pub(crate) fn load(target: &Target, workload: &mut Workload, n: usize, name: &str) -> anyhow::Result<Load> {
+    let shown_before = shown(&target.api)?;
+    let mut counter = LineCounter::default();
+    let lines_before = counter.count(&target.files);
+    let offsets_before = offsets(target.log, &target.topics)?;
+    let batches: Vec<Vec<Value>> = workload.starts(n).chunks(BATCH).map(<[Value]>::to_vec).collect();
+
+    let started = Instant::now();
+    let posted_ns = Arc::new(AtomicU64::new(0));
+    let posted_count = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let watching_done = Arc::new(AtomicBool::new(false));
+    let poster = {
+        let (api, posted_ns, posted_count, done) =
+            (target.api.clone(), Arc::clone(&posted_ns), Arc::clone(&posted_count), Arc::clone(&done));
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            for batch in batches {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                api.publish(&batch)?;
+                posted_count.fetch_add(batch.len() as u64, Ordering::SeqCst);
+            }
+            posted_ns.store(started.elapsed().as_nanos() as u64 + 1, Ordering::SeqCst);
+            Ok(())
+        })
+    };
+    let sampler = {
+        let (api, group, posted_ns, posted_count, done, watching_done) = (
+            target.api.clone(),
+            target.allocator_group.clone(),
+            Arc::clone(&posted_ns),
+            Arc::clone(&posted_count),
+            Arc::clone(&done),
+            Arc::clone(&watching_done),
+        );
+        std::thread::spawn(move || -> anyhow::Result<Lags> {
+            let mut lags = Lags {
+                timeline: "secs\tposted\tallocator_lag\tread_model_lag\treservations_total\n".to_owned(),
+                ..Lags::default()
+            };
+            let mut watched_at: Option<Instant> = None;
+            while !done.load(Ordering::SeqCst) {
+                if watching_done.load(Ordering::SeqCst) {
+                    let since = *watched_at.get_or_insert_with(Instant::now);
+                    if lags.committed.is_some() || since.elapsed() > Duration::from_secs(120) {
+                        break;
+                    }
+                }
+                let all_posted = posted_ns.load(Ordering::SeqCst) > 0;
+                let asked = Instant::now();
+                let scrape = scrape(&api, &group)?;
+                lags.scrapes += 1;
+                lags.scraping += asked.elapsed();
+                let now = started.elapsed();
+                lags.max_allocator_lag = lags.max_allocator_lag.max(scrape.allocator_lag);
+                lags.max_read_model_lag = lags.max_read_model_lag.max(scrape.read_model_lag);
+                if all_posted && scrape.allocator_lag == 0 && lags.committed.is_none() {
+                    lags.committed = Some(now);
+                }
+                lags.timeline.push_str(&format!(
+                    "{:.3}\t{}\t{}\t{}\t{}\n",
+                    now.as_secs_f64(),
+                    posted_count.load(Ordering::SeqCst),
+                    scrape.allocator_lag,
+                    scrape.read_model_lag,
+                    scrape.reservations
+                ));
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+            Ok(lags)
+        })
+    };
+
+    let mut load = Load::default();
+    let mut files_timeline = String::from("secs\tlines_in_files\treservations_shown\n");
+    let mut last_row = Duration::ZERO;
+    let watched = (|| -> anyhow::Result<()> {
+        while load.shown.is_none() || load.in_files.is_none() {
+            if started.elapsed() > PHASE_DEADLINE {
+                bail!("the {name} load did not finish in {} s", PHASE_DEADLINE.as_secs());
+            }
+            if poster.is_finished() && posted_ns.load(Ordering::SeqCst) == 0 {
+                bail!("posting the {name} load failed");
+            }
+            if sampler.is_finished() {
+                bail!("scraping /metrics failed");
+            }
+            let lines = counter.count(&target.files) - lines_before;
+            if lines >= n && load.in_files.is_none() {
+                load.in_files = Some(started.elapsed());
+            }
+            let seen = shown(&target.api)?.saturating_sub(shown_before);
+            if seen >= n as u64 && load.shown.is_none() {
+                load.shown = Some(started.elapsed());
+            }
+            if started.elapsed() >= last_row + Duration::from_millis(250) {
+                last_row = started.elapsed();
+                files_timeline.push_str(&format!("{:.3}\t{lines}\t{seen}\n", last_row.as_secs_f64()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    })();
+    // The allocator's commit is read from /metrics only: the sampler goes on until it has seen
+    // it (it cannot come later than the reservations it wrote, but the scrape that sees it can).
+    if watched.is_ok() {
+        watching_done.store(true, Ordering::SeqCst);
+        while !sampler.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let posting = poster.join().map_err(|_| anyhow::anyhow!("the poster panicked"))?;
+    let lags = sampler.join().map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
+    let _ = std::fs::write(target.dir.join(format!("timeline-{name}-files.tsv")), &files_timeline);
+    posting.context("posting vNIC starts")?;
+    watched?;
+    let lags = lags.context("scraping /metrics")?;
+    let _ = std::fs::write(target.dir.join(format!("timeline-{name}-metrics.tsv")), &lags.timeline);
+    load.posted = Duration::from_nanos(posted_ns.load(Ordering::SeqCst) - 1);
+    load.committed = lags.committed;
+    load.max_allocator_lag = lags.max_allocator_lag;
+    load.max_read_model_lag = lags.max_read_model_lag;
+    load.scrape_mean = (lags.scrapes > 0).then(|| lags.scraping / lags.scrapes);
+    load.outputs = shown(&target.api)?.saturating_sub(shown_before);
+    load.offsets = offsets(target.log, &target.topics)?.saturating_sub(offsets_before);
+    Ok(load)
+}
+
+/// One vNIC start at a time: from its post until its `dhcp-host=` line is in its network's file.
+pub(crate) fn latencies(target: &Target, workload: &mut Workload, samples: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = workload.start();
+        let file = target.files.join(format!("{}.conf", start.network_id));
+        let line = format!("dhcp-host={},", start.mac);
+        let started = Instant::now();
+        target.api.publish(&[start.json])?;
+        loop {
+            if std::fs::read_to_string(&file).is_ok_and(|text| text.contains(&line)) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("{line} did not reach {} in 300 s", file.display());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// From `since` (a restart) until one vNIC start posted now is shown by the API.
+pub(crate) fn serving_again(target: &Target, workload: &mut Workload, since: Instant) -> anyhow::Result<Duration> {
+    let before = shown(&target.api)?;
+    target.api.publish(&[workload.start().json])?;
+    wait_until("a start posted after the restart is reserved", || {
+        Ok((shown(&target.api)? > before).then(|| since.elapsed()))
+    })
+}
+
+/// The rebuilds a driver's log reports: "N partitions rebuilt, R records replayed, T ms".
+pub(crate) fn rebuild_note(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let rebuilt: Vec<&str> = text.lines().filter(|l| l.contains("Rebuilt partition state")).collect();
+    let replayed: u64 = rebuilt.iter().map(|l| field(l, "replayed")).sum();
+    let elapsed: u64 = rebuilt.iter().map(|l| field(l, "elapsed_ms")).sum();
+    format!("{} partition rebuilds, {replayed} records replayed, {elapsed} ms rebuilding", rebuilt.len())
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("ipam-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let record_size = vnic_record_size()?;
+    println!(
+        "ipam bench: {} vNIC starts over {NETWORKS} networks through POST /v1/events (batches of {BATCH}), one host \
+         agent (files backend); vNIC started record: {record_size} bytes",
+        options.events
+    );
+    let embedded = measure_embedded(&dir.join("embedded"), options);
+    let kafka = match (&options.kafka, &embedded) {
+        (Some(bootstrap), Ok(_)) => Some(bench_kafka::measure(bootstrap, &dir.join("kafka"), options, record_size)),
+        _ => None,
+    };
+    let failed = embedded.is_err() || kafka.as_ref().is_some_and(Result::is_err);
+    if let Ok(embedded) = &embedded {
+        print_table(options, embedded, kafka.as_ref().and_then(|k| k.as_ref().ok()));
+    }
+    if failed || options.keep {
+        println!("logs, data and load timelines kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    embedded.context("the embedded bench")?;
+    if let Some(kafka) = kafka {
+        kafka.context("the Kafka bench")?;
+    }
+    Ok(())
+}
+
+/// Processes of one stack, all stopped (SIGKILL, by pid) when dropped: on success they were
+/// stopped cleanly before, on failure nothing is left behind.
+#[derive(Debug, Default)]
+pub(crate) struct Fleet {
+    pub processes: Vec<(String, UpProcess)>,
+}
+
+impl Fleet {
+    pub fn take(&mut self, name: &str) -> Option<UpProcess> {
+        let index = self.processes.iter().position(|(n, _)| n == name)?;
+        Some(self.processes.remove(index).1)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (_, process) in &mut self.processes {
+            let _ = process.kill();
+        }
+    }
+}
+
+fn up_args(dir: &Path) -> Vec<String> {
+    [
         "--data-dir",
         &dir.join("data").display().to_string(),
         "--partitions",
@@ -35,158 +568,263 @@ fn start(dir: &Path) -> anyhow::Result<UpProcess> {
         &format!("{HOST}={}", dir.join("files").display()),
     ]
     .map(str::to_owned)
-    .to_vec();
-    UpProcess::start(&args)
+    .to_vec()
 }
 
-fn envelope(n: u128, event: Event) -> Envelope {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    Envelope {
-        id: EventId::from_u128((0xbe << 96) | n),
-        source: "ipam-bench".to_owned(),
-        time: Timestamp::from_unix_ms(now),
-        subject: Some(event.key()),
-        event,
-    }
-}
-
-fn records(envelopes: &[Envelope]) -> Vec<OutRecord> {
-    envelopes
-        .iter()
-        .map(|e| OutRecord { topic: e.event.topic().name().to_owned(), key: e.event.key(), value: e.to_bytes() })
-        .collect()
-}
-
-fn wait_consumed(log: &dyn EventLog) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while ipam_runtime::lag(log, "ipam-allocator", Topic::Networks.name())? > 0 {
-        anyhow::ensure!(Instant::now() < deadline, "the allocator did not catch up");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
-fn served(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                .map(|text| text.lines().filter(|l| l.starts_with("dhcp-host=")).count())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-pub fn run(events: usize) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("ipam-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(&dir, events);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn measure(dir: &Path, events: usize) -> anyhow::Result<()> {
-    let mut child = start(dir)?;
+fn measure_embedded(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
+    std::fs::create_dir_all(dir)?;
+    println!("embedded: starting ipam up");
+    let mut fleet = Fleet::default();
+    let up = UpProcess::start_service(&up_args(dir), true, Some(&dir.join("up.log")))?;
+    let api = Api::new(&up.api_url, None)?;
+    fleet.processes.push(("up".to_owned(), up));
     let log = SqliteLog::open(&dir.join("data").join("log"), Durability::ProcessCrash)?;
-    let mut n = 0u128;
-    let mut next = || {
-        n += 1;
-        n
+    let target = Target {
+        api,
+        files: dir.join("files"),
+        log: &log,
+        topics: Topics::new("", 8),
+        allocator_group: "ipam-allocator".to_owned(),
+        dir: dir.to_owned(),
     };
-    let mut setup = vec![envelope(
-        next(),
-        Event::HostUpserted(HostUpserted {
-            host_id: HOST,
-            name: "bench".to_owned(),
-            status: HostStatus::Up,
-            networks: (0..NETWORKS)
-                .map(|net| HostNetwork {
-                    network_id: NetworkId::from_u128(u128::from(net) + 1),
-                    interface: format!("br{net}").parse().expect("a valid interface name"),
-                })
-                .collect(),
-        }),
-    )];
-    for net in 0..NETWORKS {
-        let network_id = NetworkId::from_u128(u128::from(net) + 1);
-        setup.push(envelope(
-            next(),
-            Event::NetworkUpserted(NetworkUpserted {
-                network_id,
-                name: format!("bench-{net}"),
-                ipam_enabled: true,
-                servers_count: Some(1),
-            }),
-        ));
-        setup.push(envelope(
-            next(),
-            Event::SubnetAdded(SubnetAdded {
-                network_id,
-                subnet_id: SubnetId::from_u128(u128::from(net) + 1),
-                cidr: format!("10.{}.0.0/16", net + 1).parse()?,
-                gateway: format!("10.{}.0.1", net + 1).parse()?,
-                dns_servers: vec![],
-                ntp_servers: vec![],
-                allocation_pools: None,
-            }),
-        ));
-    }
-    log.append(&records(&setup))?;
-    wait_consumed(&log)?;
+    let mut workload = Workload::default();
+    let figures = phases(&target, &mut workload, options, "embedded")?;
+    let mut up = fleet.take("up").context("ipam up")?;
+    up.kill()?;
+    let since = Instant::now();
+    let restarted = UpProcess::start_service(&up_args(dir), true, Some(&dir.join("up-restarted.log")))?;
+    let restart_ready = restarted.ready_after;
+    let target = Target { api: Api::new(&restarted.api_url, None)?, ..target };
+    fleet.processes.push(("up".to_owned(), restarted));
+    let restart_serving = serving_again(&target, &mut workload, since)?;
+    println!(
+        "embedded: ipam up ready again {:.2} s after SIGKILL, serving at {:.2} s",
+        restart_ready.as_secs_f64(),
+        restart_serving.as_secs_f64()
+    );
+    fleet.take("up").context("ipam up")?.terminate()?;
+    Ok(Figures {
+        restarted: "ipam up (whole process)",
+        restart_ready,
+        restart_serving: Some(restart_serving),
+        restart_note: rebuild_note(&dir.join("up-restarted.log")),
+        ..figures
+    })
+}
 
-    let starts: Vec<Envelope> = (0..events as u64)
-        .map(|i| {
-            let net = i % NETWORKS;
-            let b = i.to_be_bytes();
-            envelope(
-                next(),
-                Event::VnicStarted(VnicUp {
-                    vnic_id: VnicId::from_u128(0x5000_0000 + u128::from(i)),
-                    vm_id: VmId::from_u128(0x6000_0000 + u128::from(i)),
-                    network_id: NetworkId::from_u128(u128::from(net) + 1),
-                    subnet_id: Some(SubnetId::from_u128(u128::from(net) + 1)),
-                    mac: Mac::from_octets([0x52, 0x54, b[4], b[5], b[6], b[7]]).expect("unicast"),
-                    requested_ip: None,
-                }),
-            )
-        })
-        .collect();
-    let started = Instant::now();
-    for chunk in starts.chunks(5000) {
-        log.append(&records(chunk))?;
-    }
-    let published = started.elapsed();
-    wait_consumed(&log)?;
-    let consumed = started.elapsed();
-    let files: PathBuf = dir.join("files");
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while served(&files) < events {
-        anyhow::ensure!(Instant::now() < deadline, "the host agent did not catch up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let in_files = started.elapsed();
-    println!("ipam bench: {events} vNIC started events over {NETWORKS} networks, embedded log, files backend");
+/// The phases both stacks share: setup, load, latency, burst.
+pub(crate) fn phases(
+    target: &Target,
+    workload: &mut Workload,
+    options: &Options,
+    name: &str,
+) -> anyhow::Result<Figures> {
+    let setup = setup(target)?;
+    println!("{name}: setup done in {:.2} s; loading {} vNIC starts", setup.as_secs_f64(), options.events);
+    let load = load(target, workload, options.events, &format!("{name}-load"))?;
     println!(
-        "  published in {:.2} s ({:.0} events/s appended by the bench)",
-        published.as_secs_f64(),
-        events as f64 / published.as_secs_f64()
+        "{name}: {} starts posted in {:.2} s, shown by the API at {}, in the files at {}",
+        options.events,
+        load.posted.as_secs_f64(),
+        secs(load.shown),
+        secs(load.in_files)
     );
-    println!(
-        "  allocator consumed them in {:.2} s: {:.0} vNIC events/s through ipam up",
-        consumed.as_secs_f64(),
-        events as f64 / consumed.as_secs_f64()
-    );
-    println!(
-        "  host agent had all {events} reservations in its dnsmasq files after {:.2} s ({:.0} reservations/s)",
-        in_files.as_secs_f64(),
-        events as f64 / in_files.as_secs_f64()
-    );
+    let latencies = latencies(target, workload, options.samples)?;
+    println!("{name}: {} single starts, p50 {}", latencies.len(), ms(percentile(&latencies, 0.5)));
+    let burst = load_burst(target, workload, options.burst, name)?;
+    Ok(Figures { setup, load, latencies, burst, ..Figures::default() })
+}
 
-    child.kill()?;
-    let mut restarted = start(dir)?;
-    let ready = restarted.ready_after;
-    println!("  after SIGKILL with {events} live reservations, ready again in {:.2} s", ready.as_secs_f64());
-    restarted.terminate()?;
-    Ok(())
+fn load_burst(target: &Target, workload: &mut Workload, n: usize, name: &str) -> anyhow::Result<Load> {
+    let burst = load(target, workload, n, &format!("{name}-burst"))?;
+    println!("{name}: burst of {n} in the files at {}", secs(burst.in_files));
+    Ok(burst)
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((sorted.len() as f64) * p).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("-".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+}
+
+/// 16151.3 → "16,151".
+pub(crate) fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn rate(n: f64, d: Option<Duration>) -> Option<f64> {
+    d.filter(|d| !d.is_zero()).map(|d| n / d.as_secs_f64())
+}
+
+/// One line of the table: the figure of each stack, and Kafka's over the embedded log's.
+struct Row {
+    label: String,
+    embedded: Option<f64>,
+    kafka: Option<f64>,
+    unit: Unit,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Unit {
+    PerSec,
+    Secs,
+    Millis,
+    Count,
+    Ratio,
+}
+
+impl Unit {
+    fn show(self, value: Option<f64>) -> String {
+        let Some(v) = value else { return "-".to_owned() };
+        match self {
+            Unit::PerSec => format!("{}/s", thousands(v)),
+            Unit::Secs => format!("{v:.2} s"),
+            Unit::Millis => format!("{v:.1} ms"),
+            Unit::Count => thousands(v),
+            Unit::Ratio => format!("{v:.3}"),
+        }
+    }
+}
+
+fn print_table(options: &Options, embedded: &Figures, kafka: Option<&Figures>) {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut row = |label: String, unit: Unit, value: &dyn Fn(&Figures) -> Option<f64>| {
+        rows.push(Row { label, embedded: value(embedded), kafka: kafka.and_then(value), unit });
+    };
+    let raw_txn = kafka.and_then(|k| k.raw.as_ref()).map(|r| r.produce_transactional);
+    if let Some(raw) = kafka.and_then(|k| k.raw.as_ref()) {
+        let records = thousands(raw.records as f64);
+        let size = raw.record_size;
+        row(format!("Apache ProducerPerformance, {records} × {size} B, acks=all idempotent"), Unit::PerSec, &|f| {
+            f.raw.as_ref().map(|r| r.produce_idempotent)
+        });
+        row(format!("Apache ProducerPerformance, same, transactional ({})", raw.transaction), Unit::PerSec, &|f| {
+            f.raw.as_ref().map(|r| r.produce_transactional)
+        });
+        row("Apache ConsumerPerformance, the idempotent topic".to_owned(), Unit::PerSec, &|f| {
+            f.raw.as_ref().map(|r| r.consume)
+        });
+        row("Apache ConsumerPerformance, the transactional topic, read_committed".to_owned(), Unit::PerSec, &|f| {
+            f.raw.as_ref().map(|r| r.consume_committed)
+        });
+    }
+    let n = options.events as f64;
+    row(format!("setup: host + {NETWORKS} networks + subnets, until served"), Unit::Secs, &|f| {
+        Some(f.setup.as_secs_f64())
+    });
+    row(format!("{} vNIC starts: all POSTs answered", thousands(n)), Unit::Secs, &|f| {
+        Some(f.load.posted.as_secs_f64())
+    });
+    row("  allocator committed them all".to_owned(), Unit::Secs, &|f| f.load.committed.map(|d| d.as_secs_f64()));
+    row("  API read model shows them all".to_owned(), Unit::Secs, &|f| f.load.shown.map(|d| d.as_secs_f64()));
+    row("  host agent's files hold them all".to_owned(), Unit::Secs, &|f| f.load.in_files.map(|d| d.as_secs_f64()));
+    row("end to end (to the API), events/s".to_owned(), Unit::PerSec, &|f| rate(n, f.load.shown));
+    row("end to end (to the files), events/s".to_owned(), Unit::PerSec, &|f| rate(n, f.load.in_files));
+    row("records written per event (input + reservation added)".to_owned(), Unit::Ratio, &|f| {
+        Some((n + f.load.outputs as f64) / n)
+    });
+    row("end to end (to the API), records/s written".to_owned(), Unit::PerSec, &|f| {
+        rate(n + f.load.outputs as f64, f.load.shown)
+    });
+    row("log offsets advanced during the load (all topics)".to_owned(), Unit::Count, &|f| Some(f.load.offsets as f64));
+    if let Some(raw_txn) = raw_txn {
+        row("  ÷ raw transactional produce, per event".to_owned(), Unit::Ratio, &|f| {
+            f.raw.as_ref().and_then(|_| rate(n, f.load.shown)).map(|r| r / raw_txn)
+        });
+        row("  ÷ raw transactional produce, per record".to_owned(), Unit::Ratio, &|f| {
+            f.raw.as_ref().and_then(|_| rate(n + f.load.outputs as f64, f.load.shown)).map(|r| r / raw_txn)
+        });
+    }
+    row("one GET /metrics answered in (mean during the load)".to_owned(), Unit::Millis, &|f| {
+        f.load.scrape_mean.map(|d| d.as_secs_f64() * 1000.0)
+    });
+    row("largest allocator lag seen (records)".to_owned(), Unit::Count, &|f| Some(f.load.max_allocator_lag as f64));
+    row("largest read-model lag seen (records)".to_owned(), Unit::Count, &|f| Some(f.load.max_read_model_lag as f64));
+    let millis = |f: &Figures, p: f64| percentile(&f.latencies, p).map(|d| d.as_secs_f64() * 1000.0);
+    row(format!("one start → its dhcp-host= line, p50 ({} one at a time)", options.samples), Unit::Millis, &|f| {
+        millis(f, 0.5)
+    });
+    row("  p99".to_owned(), Unit::Millis, &|f| millis(f, 0.99));
+    row("  max".to_owned(), Unit::Millis, &|f| millis(f, 1.0));
+    row(format!("burst of {} starts → all in the files", thousands(options.burst as f64)), Unit::Secs, &|f| {
+        f.burst.in_files.map(|d| d.as_secs_f64())
+    });
+    row("  API shows them all".to_owned(), Unit::Secs, &|f| f.burst.shown.map(|d| d.as_secs_f64()));
+    row("restarted after SIGKILL (see below): says it is ready".to_owned(), Unit::Secs, &|f| {
+        Some(f.restart_ready.as_secs_f64())
+    });
+    row("  a start posted then is shown by the API".to_owned(), Unit::Secs, &|f| {
+        f.restart_serving.map(|d| d.as_secs_f64())
+    });
+    let one = kafka.and_then(|k| k.scale_out.first().map(|(_, e, d)| *e as f64 / d.as_secs_f64()));
+    for processes in [1, 2, 4] {
+        let figure = |f: &Figures| {
+            f.scale_out.iter().find(|(p, _, _)| *p == processes).map(|(_, e, d)| *e as f64 / d.as_secs_f64())
+        };
+        if kafka.is_some_and(|k| figure(k).is_some()) {
+            row(
+                format!("scale-out: {processes} allocator process(es), 8 partitions, committed"),
+                Unit::PerSec,
+                &figure,
+            );
+            if processes > 1 {
+                row(format!("  ratio of {processes} to 1"), Unit::Ratio, &|f| figure(f).zip(one).map(|(x, o)| x / o));
+            }
+        }
+    }
+
+    let width = rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(10);
+    println!();
+    println!("{:width$}  {:>16}  {:>16}  {:>10}", "", "embedded", if kafka.is_some() { "Kafka" } else { "" }, "");
+    if kafka.is_some() {
+        println!("{:width$}  {:>16}  {:>16}  {:>10}", "", "", "", "Kafka/emb.");
+    }
+    for row in &rows {
+        let ratio = match (row.embedded, row.kafka, row.unit) {
+            (Some(e), Some(k), Unit::PerSec | Unit::Secs | Unit::Millis) if e > 0.0 => format!("{:.2}×", k / e),
+            _ => String::new(),
+        };
+        let kafka_text = if kafka.is_some() { row.unit.show(row.kafka) } else { String::new() };
+        println!("{:width$}  {:>16}  {:>16}  {:>10}", row.label, row.unit.show(row.embedded), kafka_text, ratio);
+    }
+    println!();
+    println!("restarted: embedded {} ({});", embedded.restarted, embedded.restart_note);
+    if let Some(k) = kafka {
+        println!("           Kafka {} ({}).", k.restarted, k.restart_note);
+    }
+    if let Some(k) = kafka {
+        if let Some(raw) = &k.raw {
+            println!(
+                "Kafka record counts come from what each event produces; log offsets also count transaction markers."
+            );
+            println!("raw tools: {}", raw.command_note);
+        }
+        if !k.scale_out.is_empty() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "scale-out: allocator processes share the 8 partitions through the consumer group; this machine has {cores} \
+                 core(s) shared by the broker, the API, placement, the host agent and the bench itself, so a ratio near 1 \
+                 here says the cores are saturated, not that the allocator does not scale; on {cores} cores the ceiling \
+                 of the ratio is at most {cores}."
+            );
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! `ipam up` as a child process of this binary, for the commands that drive one (`bench`,
 //! `demo`): started, watched until ready, its API address read from its log, stopped by pid.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use anyhow::{Context, bail};
 #[derive(Debug)]
 pub struct UpProcess {
     pub child: Child,
-    /// Where its API listens, such as `http://127.0.0.1:41234`.
+    /// Where its API listens, such as `http://127.0.0.1:41234` (empty when it runs none).
     pub api_url: String,
     /// How long it took from start to ready.
     pub ready_after: Duration,
@@ -21,32 +22,61 @@ impl UpProcess {
     /// Starts `ipam <args>` (ending in `up ...`, with `--api-bind 127.0.0.1:0`) and waits until it
     /// says it is ready.
     pub fn start(args: &[String]) -> anyhow::Result<UpProcess> {
+        UpProcess::start_service(args, true, None)
+    }
+
+    /// Starts `ipam <args>` (any command that says `ipam is ready`) and waits until it is ready;
+    /// with `api`, also until it names its API address (empty otherwise). Its log lines are copied
+    /// to `log_file` when one is given, else dropped.
+    pub fn start_service(args: &[String], api: bool, log_file: Option<&Path>) -> anyhow::Result<UpProcess> {
         let started = Instant::now();
+        let mut copy = match log_file {
+            Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+            None => None,
+        };
         let mut child = Command::new(std::env::current_exe().context("finding the ipam binary")?)
             .args(args)
             .env("IPAM_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting ipam up")?;
+            .context("starting ipam")?;
         let stderr = child.stderr.take().context("no stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         let mut api_url = None;
+        let mut ready = false;
         for line in lines.by_ref() {
             let line = line?;
+            if let Some(file) = copy.as_mut() {
+                let _ = writeln!(file, "{line}");
+            }
             if let Some(rest) = line.split("API listening on ").nth(1) {
                 api_url = rest.split_whitespace().next().map(str::to_owned);
             }
-            if line.contains("ipam is ready") && api_url.is_some() {
+            // A process without drivers says it is ready before its API listens.
+            ready |= line.contains("ipam is ready");
+            if ready && (api_url.is_some() || !api) {
                 break;
             }
             if started.elapsed() > Duration::from_secs(600) {
-                bail!("ipam up did not become ready");
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("ipam {} did not become ready", args.join(" "));
             }
         }
-        let api_url = api_url.context("ipam up ended before it was ready")?;
+        if !ready || (api && api_url.is_none()) {
+            let _ = child.wait();
+            bail!("ipam {} ended before it was ready", args.join(" "));
+        }
+        let api_url = api_url.unwrap_or_default();
         // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(file) = copy.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
         Ok(UpProcess { child, api_url, ready_after: started.elapsed() })
     }
 

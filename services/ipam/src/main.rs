@@ -3,6 +3,7 @@
 //! `config.rs` for the configuration and its precedence.
 
 mod bench;
+mod bench_kafka;
 mod child;
 mod client;
 mod config;
@@ -69,11 +70,28 @@ enum Command {
     },
     /// Play a scripted story on a temporary all-in-one stack and tell what happens.
     Demo,
-    /// Measure `ipam up` end to end on this machine: throughput, and readiness after a SIGKILL.
+    /// Measure the pipeline end to end on this machine: `ipam up` on the embedded log, and with
+    /// --kafka BROKERS (or IPAM_KAFKA) also Apache's own perf tools and the services as separate
+    /// processes on that broker, back to back, in one table.
     Bench {
-        /// How many vNIC started events (and so live reservations) to play.
-        #[arg(long, default_value_t = 100_000)]
+        /// How many vNIC starts the main load plays.
+        #[arg(long, default_value_t = 10_000)]
         events: usize,
+        /// How many vNIC starts the burst plays.
+        #[arg(long, default_value_t = 5_000)]
+        burst: usize,
+        /// How many single vNIC starts the latency is measured over.
+        #[arg(long, default_value_t = 30)]
+        samples: usize,
+        /// Records each run of Apache's producer and consumer performance tools plays (Kafka).
+        #[arg(long, default_value_t = 200_000)]
+        perf_records: usize,
+        /// vNIC starts per scale-out run (1, 2 and 4 allocator processes; Kafka); 0 skips it.
+        #[arg(long, default_value_t = 10_000)]
+        scale_out_events: usize,
+        /// Keep the services' logs, data and load timelines (else removed after a successful run).
+        #[arg(long)]
+        keep: bool,
     },
     /// Run the host agent of one host: against Kafka with --kafka, else on the embedded log in
     /// --data-dir (shared with an `ipam up` on the same machine).
@@ -159,7 +177,10 @@ fn real_main() -> anyhow::Result<()> {
         Command::Publish { file, api } => ctl::publish(&client::Api::new(&api, config.api_token.clone())?, file),
         Command::Demo => demo::run(),
         Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
-        Command::Bench { events } => bench::run(events),
+        Command::Bench { events, burst, samples, perf_records, scale_out_events, keep } => {
+            let kafka = config.kafka.bootstrap_servers.clone();
+            bench::run(&bench::Options { events, burst, samples, perf_records, scale_out_events, kafka, keep })
+        }
         Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms, netns, dnsmasq_max_shards } => {
             let log = if config.kafka.bootstrap_servers.is_some() { kafka(&config)? } else { embedded(&config)? };
             let dir = dhcp_dir.unwrap_or_else(|| config.data_dir.join("dhcp"));
