@@ -739,7 +739,7 @@ fn check_record(raw: &[u8]) -> Result<(), String> {
         Record { topic: "ipam.networks".to_owned(), partition: 3, offset: 7, key: "k".to_owned(), value: raw.to_vec() };
     match ingest(&record) {
         Ingested::Event(envelope) => ensure!(decoded.as_ref() == Ok(&envelope), "ingest and decode disagree"),
-        Ingested::Rejected(out) => {
+        Ingested::Rejected { rejection: out, .. } => {
             ensure!(decoded.is_err(), "a decodable record was rejected");
             let rejection =
                 Envelope::decode(&out.value).map_err(|e| format!("our own rejection is unreadable: {e}"))?;
@@ -1169,7 +1169,7 @@ impl Pipeline {
         };
         let input = match ingest(&record) {
             Ingested::Event(envelope) => envelope,
-            Ingested::Rejected(out) => {
+            Ingested::Rejected { rejection: out, .. } => {
                 let rejection =
                     Envelope::decode(&out.value).map_err(|e| format!("our own rejection is unreadable: {e}"))?;
                 self.view.apply(&rejection);

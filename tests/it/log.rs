@@ -334,7 +334,7 @@ pub fn dead_letters_bad_records_and_moves_on(h: &Harness) {
                 events += 1;
                 vec![]
             }
-            Ingested::Rejected(rejection) => vec![OutRecord { topic: rejections.clone(), ..rejection }],
+            Ingested::Rejected { rejection, .. } => vec![OutRecord { topic: rejections.clone(), ..rejection }],
             Ingested::DeadLetter(letter) => vec![OutRecord { topic: dead.clone(), ..letter }],
         };
         member.step(&outputs, &[next(&record)]).unwrap();

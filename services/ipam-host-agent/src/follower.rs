@@ -298,7 +298,7 @@ impl Follower {
                 }
                 // Dead-lettering and rejecting are the job of the topic's consumers upstream; to a
                 // host agent an unusable record is simply not an input.
-                Ingested::Rejected(_) | Ingested::DeadLetter(_) => {
+                Ingested::Rejected { .. } | Ingested::DeadLetter(_) => {
                     tracing::debug!(
                         topic = %record.topic,
                         partition = record.partition,

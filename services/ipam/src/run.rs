@@ -84,11 +84,15 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
     let system = actix::System::new();
     system.block_on(async {
         let arbiter = actix::Arbiter::current();
+        // The allocator's network actors are spread over one arbiter thread per core.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from).min(16);
+        let pool: Vec<actix::Arbiter> =
+            if components.allocator { (0..cores).map(|_| actix::Arbiter::new()).collect() } else { Vec::new() };
         let mut threads: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();
         let mut drivers = 0;
         if components.allocator {
             drivers += 1;
-            let machines = AllocatorMachines::new(arbiter.clone());
+            let machines = AllocatorMachines::new(pool.iter().map(actix::Arbiter::handle).collect());
             let driver = Driver::new(
                 Arc::clone(&log),
                 topics.clone(),
@@ -201,6 +205,10 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                     failure.get_or_insert(anyhow!("{name} panicked"));
                 }
             }
+        }
+        for arbiter in pool {
+            arbiter.stop();
+            let _ = arbiter.join();
         }
         failure.map_or(Ok(()), Err)
     })

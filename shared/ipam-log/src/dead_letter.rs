@@ -7,7 +7,7 @@
 
 use base64::Engine as _;
 use ipam_core::event::Topic;
-use ipam_core::{Envelope, EventId};
+use ipam_core::{Envelope, EventId, NetworkId};
 use serde::{Deserialize, Serialize};
 
 use crate::{OutRecord, Record};
@@ -57,8 +57,10 @@ impl DeadLetter {
 pub enum Ingested {
     /// A valid event for the state machine.
     Event(Envelope),
-    /// A refused engine request: append this rejection (on `ipam.reservations`), apply nothing.
-    Rejected(OutRecord),
+    /// A refused engine request: append `rejection` (on `ipam.reservations`), change nothing but
+    /// the network's memory of request ids (a retried request is answered once: see
+    /// `Allocator::record_refused`).
+    Rejected { network_id: NetworkId, cause: EventId, rejection: OutRecord },
     /// An unusable record: append this to `ipam.dead-letter`, apply nothing.
     DeadLetter(OutRecord),
 }
@@ -71,7 +73,7 @@ pub fn ingest(record: &Record) -> Ingested {
     match Envelope::decode(&record.value) {
         Ok(envelope) => Ingested::Event(envelope),
         Err(error) => match (error.rejection(), error.cause, error.time) {
-            (Some(event), Some(cause), Some(time)) => {
+            (Some(event), Some(cause), Some(time)) if let Some(network_id) = event.network_id() => {
                 let rejection = Envelope {
                     id: EventId::derived(cause, 0),
                     source: INGEST_SOURCE.to_owned(),
@@ -79,11 +81,12 @@ pub fn ingest(record: &Record) -> Ingested {
                     subject: Some(event.key()),
                     event,
                 };
-                Ingested::Rejected(OutRecord {
+                let rejection = OutRecord {
                     topic: rejection.event.topic().name().to_owned(),
                     key: rejection.event.key(),
                     value: rejection.to_bytes(),
-                })
+                };
+                Ingested::Rejected { network_id, cause, rejection }
             }
             _ => Ingested::DeadLetter(DeadLetter::record(record, &error.message, error.field)),
         },

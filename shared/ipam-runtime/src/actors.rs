@@ -1,27 +1,20 @@
-//! The actors that hold state: one per network for the allocator, one for placement. They only
-//! compute (apply an input, take a snapshot); every blocking call stays on the driver threads that
-//! send them messages.
+//! The actors that hold state: one per network for the allocator, spread over a pool of arbiter
+//! threads (one per core), and one for placement. They only compute: a driver hands each actor its
+//! share of a polled batch in one message, and every blocking call stays on the driver threads.
 
 use actix::{Actor, Context, Handler, Message};
 use ipam_core::allocator::Allocator;
 use ipam_core::placement::Placement;
-use ipam_core::{Envelope, Event};
 
-/// Apply one input to placement; answer its outputs.
+use crate::driver::{Applied, Input};
+
+/// Apply a batch of inputs, each with its index in the driver's batch; answer what each produced,
+/// with the same indexes.
 #[derive(Debug)]
-pub struct Apply(pub Envelope);
+pub struct ApplyAll(pub Vec<(usize, Input)>);
 
-impl Message for Apply {
-    type Result = Vec<Event>;
-}
-
-/// Apply one input to a network's allocator; answer its outputs and what placement must hear of
-/// it (nothing for a retry), decided together by the core.
-#[derive(Debug)]
-pub struct ApplyForwarding(pub Envelope);
-
-impl Message for ApplyForwarding {
-    type Result = (Vec<Event>, Vec<Event>);
+impl Message for ApplyAll {
+    type Result = Vec<(usize, Applied)>;
 }
 
 /// Answer the canonical snapshot of the actor's state.
@@ -50,11 +43,28 @@ impl Actor for NetworkActor {
     type Context = Context<Self>;
 }
 
-impl Handler<ApplyForwarding> for NetworkActor {
-    type Result = actix::MessageResult<ApplyForwarding>;
+impl Handler<ApplyAll> for NetworkActor {
+    type Result = actix::MessageResult<ApplyAll>;
 
-    fn handle(&mut self, message: ApplyForwarding, _: &mut Context<Self>) -> Self::Result {
-        actix::MessageResult(self.allocator.apply_forwarding(&message.0))
+    fn handle(&mut self, message: ApplyAll, _: &mut Context<Self>) -> Self::Result {
+        let answers = message
+            .0
+            .into_iter()
+            .map(|(index, input)| {
+                let applied = match input {
+                    Input::Event(input) => {
+                        let fresh = !self.allocator.is_retry(&input);
+                        let (outputs, forwarded) = self.allocator.apply_forwarding(&input);
+                        Applied { outputs, forwarded, fresh }
+                    }
+                    Input::Refused { network_id, id } => {
+                        Applied { fresh: self.allocator.record_refused(network_id, id), ..Applied::default() }
+                    }
+                };
+                (index, applied)
+            })
+            .collect();
+        actix::MessageResult(answers)
     }
 }
 
@@ -76,11 +86,26 @@ impl Actor for PlacementActor {
     type Context = Context<Self>;
 }
 
-impl Handler<Apply> for PlacementActor {
-    type Result = Vec<Event>;
+impl Handler<ApplyAll> for PlacementActor {
+    type Result = actix::MessageResult<ApplyAll>;
 
-    fn handle(&mut self, message: Apply, _: &mut Context<Self>) -> Vec<Event> {
-        self.placement.apply(&message.0)
+    fn handle(&mut self, message: ApplyAll, _: &mut Context<Self>) -> Self::Result {
+        let answers = message
+            .0
+            .into_iter()
+            .map(|(index, input)| {
+                let applied = match input {
+                    Input::Event(input) => {
+                        Applied { outputs: self.placement.apply(&input), forwarded: Vec::new(), fresh: true }
+                    }
+                    // Placement's inputs are host events and facts; a refused engine request is the
+                    // allocator's to remember.
+                    Input::Refused { .. } => Applied { fresh: true, ..Applied::default() },
+                };
+                (index, applied)
+            })
+            .collect();
+        actix::MessageResult(answers)
     }
 }
 

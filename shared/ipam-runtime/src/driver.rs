@@ -7,13 +7,36 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ipam_core::{Envelope, Event};
+use ipam_core::{Envelope, Event, EventId, NetworkId};
 use ipam_log::dead_letter::{Ingested, ingest};
-use ipam_log::{BatchPolicy, EventLog, LogError, Member, MemberConfig, OutRecord, Position, TopicPartition};
+use ipam_log::{BatchPolicy, EventLog, LogError, Member, MemberConfig, OutRecord, Position, Record, TopicPartition};
 
 use crate::health::{ComponentState, Health};
 use crate::snapshot::{Anchor, Snapshot, SnapshotStore};
 use crate::topics::Topics;
+
+/// One input for the machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// An event to apply.
+    Event(Envelope),
+    /// An engine request refused before any machine saw it (a readable request with a bad field):
+    /// nothing to apply, but its id joins its network's memory of request ids, so that a retry of
+    /// it is answered once.
+    Refused { network_id: NetworkId, id: EventId },
+}
+
+/// What one input produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Its outputs, each for its own topic.
+    pub outputs: Vec<Event>,
+    /// Events for `ipam.hosts` besides (the allocator forwards facts to placement).
+    pub forwarded: Vec<Event>,
+    /// False for a retry (an input id the state already holds): a refused request's rejection is
+    /// written only when this is true.
+    pub fresh: bool,
+}
 
 /// The state machines a driver feeds, partition by partition.
 pub trait Machines: Send {
@@ -21,15 +44,22 @@ pub trait Machines: Send {
     fn restore(&mut self, partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()>;
     /// Forgets a partition's state (it moved to another member).
     fn forget(&mut self, partition: &TopicPartition);
-    /// Applies one input of a partition; answers the outputs.
-    fn apply(&mut self, partition: &TopicPartition, input: &Envelope) -> anyhow::Result<Vec<Event>>;
+    /// Applies `inputs` (each with its partition) and answers what each produced, in the same
+    /// order. Inputs of different states (the allocator's networks) may be applied in parallel;
+    /// each state sees its own inputs in order, so the answers are those of applying one by one.
+    fn apply(&mut self, inputs: &[(TopicPartition, Input)]) -> anyhow::Result<Vec<Applied>>;
     /// The canonical snapshot of a partition's state.
     fn snapshot(&mut self, partition: &TopicPartition) -> anyhow::Result<Vec<u8>>;
-    /// Events to append besides the outputs (the allocator forwards facts to placement); they go to
-    /// `ipam.hosts`.
-    fn forwarded(&self, _input: &Envelope, _outputs: &[Event]) -> Vec<Event> {
-        Vec::new()
-    }
+}
+
+/// What the driver does with one polled record once the machines have answered.
+enum Planned {
+    /// The input at this index of the batch given to the machines.
+    Input(usize),
+    /// A refused request (the input at this index) and its rejection, written if it is fresh.
+    Refused(usize, OutRecord),
+    /// An unusable record's dead letter.
+    DeadLetter(OutRecord),
 }
 
 /// How a driver runs.
@@ -195,13 +225,19 @@ impl<M: Machines> Driver<M> {
             self.rebuild(partition)?;
         }
         let metrics = crate::metrics::for_driver(&self.config.name);
-        for record in polled.records {
-            let started = Instant::now();
+        let started = Instant::now();
+        let (plans, inputs) = plan(&polled.records);
+        let applied = self.machines.apply(&inputs)?;
+        for (record, plan) in polled.records.iter().zip(plans) {
             let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
-            let outputs = match ingest(&record) {
-                Ingested::Event(input) => self.outputs(&partition, &input)?,
-                Ingested::Rejected(rejection) => vec![self.prefixed(rejection)],
-                Ingested::DeadLetter(letter) => {
+            let outputs = match plan {
+                Planned::Input(index) => match &inputs[index].1 {
+                    Input::Event(input) => self.encode(input, &applied[index]),
+                    Input::Refused { .. } => Vec::new(),
+                },
+                Planned::Refused(index, rejection) if applied[index].fresh => vec![self.prefixed(rejection)],
+                Planned::Refused(..) => Vec::new(),
+                Planned::DeadLetter(letter) => {
                     tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
                                    "Dead-lettering an unusable record.");
                     vec![self.prefixed(letter)]
@@ -257,26 +293,24 @@ impl<M: Machines> Driver<M> {
         OutRecord { topic: self.topics.resolve(&record.topic), ..record }
     }
 
-    /// The records one input produces: its outputs, then what is forwarded to placement.
-    fn outputs(&mut self, partition: &TopicPartition, input: &Envelope) -> anyhow::Result<Vec<OutRecord>> {
-        let outputs = self.machines.apply(partition, input)?;
-        let forwarded = self.machines.forwarded(input, &outputs);
+    /// The records one input produced: its outputs, then what is forwarded to placement.
+    fn encode(&self, input: &Envelope, applied: &Applied) -> Vec<OutRecord> {
         let source = format!("ipam/{}", self.config.name);
         let hosts = self.topics.name(ipam_core::Topic::Hosts);
-        let mut records = Vec::with_capacity(outputs.len() + forwarded.len());
+        let mut records = Vec::with_capacity(applied.outputs.len() + applied.forwarded.len());
         let mut index = 0;
-        for event in outputs {
+        for event in &applied.outputs {
             let topic = self.topics.name(event.topic());
-            let envelope = Envelope::output(input, index, &source, event);
+            let envelope = Envelope::output(input, index, &source, event.clone());
             records.push(OutRecord { topic, key: envelope.event.key(), value: envelope.to_bytes() });
             index += 1;
         }
-        for event in forwarded {
-            let envelope = Envelope::output(input, index, &source, event);
+        for event in &applied.forwarded {
+            let envelope = Envelope::output(input, index, &source, event.clone());
             records.push(OutRecord { topic: hosts.clone(), key: envelope.event.key(), value: envelope.to_bytes() });
             index += 1;
         }
-        Ok(records)
+        records
     }
 
     /// Rebuilds a newly owned partition: the latest snapshot, then the inputs from its offset up to
@@ -327,14 +361,13 @@ impl<M: Machines> Driver<M> {
                     continue;
                 }
                 last_progress = Instant::now();
-                for record in records.into_iter().filter(|record| record.offset < committed) {
-                    from = record.offset + 1;
-                    if let Ingested::Event(input) = ingest(&record) {
-                        self.machines.apply(partition, &input)?;
-                    }
-                    last_applied = Some(record.offset);
-                    replayed += 1;
+                let records: Vec<Record> = records.into_iter().filter(|record| record.offset < committed).collect();
+                if let Some(last) = records.last() {
+                    (from, last_applied) = (last.offset + 1, Some(last.offset));
                 }
+                replayed += records.len() as u64;
+                // Outputs are dropped: they are in the log already.
+                self.machines.apply(&plan(&records).1)?;
             }
         }
         self.next_offsets.insert(partition.clone(), committed);
@@ -382,7 +415,7 @@ impl<M: Machines> Driver<M> {
     }
 
     /// The record at `offset` of the partition, if the log has one there.
-    fn record_at(&self, partition: &TopicPartition, offset: u64) -> anyhow::Result<Option<ipam_log::Record>> {
+    fn record_at(&self, partition: &TopicPartition, offset: u64) -> anyhow::Result<Option<Record>> {
         let records = self.log.read(&partition.topic, partition.partition, offset, 1, Duration::ZERO)?;
         Ok(records.into_iter().next().filter(|record| record.offset == offset))
     }
@@ -432,6 +465,29 @@ impl<M: Machines> Driver<M> {
         self.last_snapshot = Instant::now();
         Ok(())
     }
+}
+
+/// Decodes polled records: what to do with each, and the inputs for the machines.
+fn plan(records: &[Record]) -> (Vec<Planned>, Vec<(TopicPartition, Input)>) {
+    let mut inputs = Vec::with_capacity(records.len());
+    let plans = records
+        .iter()
+        .map(|record| {
+            let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
+            match ingest(record) {
+                Ingested::Event(input) => {
+                    inputs.push((partition, Input::Event(input)));
+                    Planned::Input(inputs.len() - 1)
+                }
+                Ingested::Rejected { network_id, cause, rejection } => {
+                    inputs.push((partition, Input::Refused { network_id, id: cause }));
+                    Planned::Refused(inputs.len() - 1, rejection)
+                }
+                Ingested::DeadLetter(letter) => Planned::DeadLetter(letter),
+            }
+        })
+        .collect();
+    (plans, inputs)
 }
 
 /// True for a failure the log may recover from by itself (a full disk, a broker away): anything

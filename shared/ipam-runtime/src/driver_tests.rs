@@ -33,9 +33,11 @@ impl Machines for Counter {
         self.counts.remove(partition);
     }
 
-    fn apply(&mut self, partition: &TopicPartition, _input: &Envelope) -> anyhow::Result<Vec<Event>> {
-        *self.counts.entry(partition.clone()).or_default() += 1;
-        Ok(Vec::new())
+    fn apply(&mut self, inputs: &[(TopicPartition, Input)]) -> anyhow::Result<Vec<Applied>> {
+        for (partition, _) in inputs {
+            *self.counts.entry(partition.clone()).or_default() += 1;
+        }
+        Ok(vec![Applied { fresh: true, ..Applied::default() }; inputs.len()])
     }
 
     fn snapshot(&mut self, partition: &TopicPartition) -> anyhow::Result<Vec<u8>> {

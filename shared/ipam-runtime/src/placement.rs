@@ -1,14 +1,14 @@
-//! Placement's state: one [`PlacementActor`] for the single partition of `ipam.hosts`.
+//! Placement's state: one [`PlacementActor`] for the single partition of `ipam.hosts`, handed each
+//! polled batch in one message.
 
 use actix::{Actor, Addr, ArbiterHandle};
 use anyhow::{Context, anyhow};
 use futures::executor::block_on;
 use ipam_core::placement::{Placement, PlacementConfig};
-use ipam_core::{Envelope, Event};
 use ipam_log::TopicPartition;
 
-use crate::actors::{Apply, PlacementActor, TakeSnapshot};
-use crate::driver::Machines;
+use crate::actors::{ApplyAll, PlacementActor, TakeSnapshot};
+use crate::driver::{Applied, Input, Machines};
 
 #[derive(Debug)]
 pub struct PlacementMachines {
@@ -41,8 +41,10 @@ impl Machines for PlacementMachines {
         self.actor = None;
     }
 
-    fn apply(&mut self, _partition: &TopicPartition, input: &Envelope) -> anyhow::Result<Vec<Event>> {
-        block_on(self.actor()?.send(Apply(input.clone()))).context("the placement actor is gone")
+    fn apply(&mut self, inputs: &[(TopicPartition, Input)]) -> anyhow::Result<Vec<Applied>> {
+        let batch: Vec<(usize, Input)> = inputs.iter().map(|(_, input)| input.clone()).enumerate().collect();
+        let answers = block_on(self.actor()?.send(ApplyAll(batch))).context("the placement actor is gone")?;
+        Ok(answers.into_iter().map(|(_, applied)| applied).collect())
     }
 
     fn snapshot(&mut self, _partition: &TopicPartition) -> anyhow::Result<Vec<u8>> {

@@ -483,7 +483,7 @@ fn pair(
         config("allocator", Topic::Networks),
         topics.clone(),
         snapshots,
-        Box::new(move || AllocatorMachines::new(a.clone())),
+        Box::new(move || AllocatorMachines::new(vec![a.clone()])),
     );
     let placement = Node::new(
         config("placement", Topic::Hosts),
