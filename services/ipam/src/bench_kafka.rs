@@ -239,7 +239,7 @@ struct Services<'a> {
 }
 
 impl Services<'_> {
-    fn args(&self, name: &str, instance: &str, rest: &[&str]) -> Vec<String> {
+    fn args(&self, instance: &str, rest: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "--kafka",
             self.bootstrap,
@@ -250,7 +250,8 @@ impl Services<'_> {
             "--instance",
             instance,
             "--data-dir",
-            &self.dir.join(format!("data-{name}")).display().to_string(),
+            // Per instance: a restarted instance finds its own snapshots again.
+            &self.dir.join(format!("data-{instance}")).display().to_string(),
         ]
         .map(str::to_owned)
         .to_vec();
@@ -259,7 +260,7 @@ impl Services<'_> {
     }
 
     fn start(&self, name: &str, instance: &str, api: bool, rest: &[&str]) -> anyhow::Result<UpProcess> {
-        let args = self.args(name, instance, rest);
+        let args = self.args(instance, rest);
         let log = self.dir.join(format!("{name}.log"));
         let process = UpProcess::start_service(&args, api, Some(&log)).with_context(|| format!("starting {name}"))?;
         println!("kafka: {name} ready after {:.2} s (log {})", process.ready_after.as_secs_f64(), log.display());
