@@ -31,6 +31,9 @@ if [[ -z "${IPAM_KAFKA_BOOTSTRAP:-}" ]]; then
     echo "test.sh: Kafka broker at $IPAM_KAFKA_BOOTSTRAP" >&2
 fi
 
+# Style and lint first: they fail in seconds, the suite in minutes.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # The integration tests run the `ipam` binary; `cargo test` alone does not build another
 # package's binaries.
 cargo build --workspace --bins --locked

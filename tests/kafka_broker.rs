@@ -3,6 +3,9 @@
 //! (`IPAM_KAFKA_BOOTSTRAP`) is left alone. Std only, since two test crates include this file:
 //! `ipam-tests` as a module of its library, and `ipam-log-kafka`'s tests by path.
 
+// A test fixture: a failure here is a broken test, not bad input.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -500,7 +500,7 @@ fn a_second_host_agent_on_one_state_directory_exits_with_an_error_naming_it() {
             .map(str::to_owned)
             .to_vec()
     };
-    let mut first = crate::recovery::Service::spawn(&args("first"));
+    let mut first = Service::spawn(&args("first"));
     first.wait_for("ipam is ready", Duration::from_secs(30));
 
     let mut second = Command::new(crate::recovery::ipam_binary())

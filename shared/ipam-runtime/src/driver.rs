@@ -16,6 +16,9 @@ use crate::snapshot::{Anchor, Snapshot, SnapshotStore};
 use crate::topics::Topics;
 
 /// One input for the machines.
+// Almost every input is an event; boxing it would cost an allocation per input to shrink the rare
+// refusal.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// An event to apply.
