@@ -2,7 +2,8 @@
 //! Run: `cargo bench -p ipam-core --bench memory`.
 //!
 //! The figure is the heap growth while N vNICs come up in one /12 subnet, divided by N; the
-//! subnet's bitmaps are allocated before counting starts, so they are not in it.
+//! subnet's bitmaps are allocated before counting starts, so they are not in it. The network's
+//! window of input ids is (up to 65,536 ids, 40 to 50 bytes each), which weighs most at 10k.
 
 // The one place in the workspace with `unsafe`: a GlobalAlloc that counts bytes around `System`.
 #![allow(unsafe_code, clippy::print_stdout, clippy::unwrap_used)]
@@ -65,7 +66,8 @@ fn main() {
         ntp_servers: vec![],
         allocation_pools: None,
     };
-    allocator.apply(&envelope(0, Event::SubnetAdded(subnet)));
+    // Its own id: an id seen again is a retry, which the allocator ignores.
+    allocator.apply(&envelope(u64::MAX, Event::SubnetAdded(subnet)));
     // Engine ids are random UUIDs (v4); ids that only grow are the B-tree's worst case, shown too.
     for (live, ids) in [(10_000u64, "random"), (100_000, "random"), (1_000_000, "random"), (100_000, "increasing")] {
         let mut allocator = allocator.clone();

@@ -28,9 +28,9 @@ use crate::ids::EventId;
 /// A network rarely sees more than a few inputs a second, so 65,536 covers hours of a busy network
 /// and minutes of a boot storm of hundreds of vNICs a second; placement's inputs are mostly
 /// heartbeats and ticks, and 65,536 of them are over ten minutes at 100 a second (a thousand hosts
-/// beating every ten seconds). The cost grows with actual use, about 40 bytes per id held (16 in
-/// the queue, the rest in the ordered set), so a network that has seen a few inputs costs a few
-/// hundred bytes, and one whose window is full about 2.6 MiB.
+/// beating every ten seconds). The cost grows with actual use, 40 to 50 bytes per id held (16 in
+/// the queue, the rest in the ordered set; measured by `benches/memory.rs`), so a network that has
+/// seen a few inputs costs a few hundred bytes, and one whose window is full 2.6 to 3.3 MiB.
 pub const INPUT_WINDOW: usize = 65_536;
 
 /// The ids of the last inputs applied, oldest first, with a set for lookups. Ordered collections
