@@ -208,8 +208,18 @@ impl<M: Machines> Driver<M> {
     }
 
     /// One round: poll, rebuild what was newly assigned, apply and step every polled record, and
-    /// snapshot when it is due.
+    /// snapshot when it is due. After a storage failure (an error it answers) the states may hold
+    /// steps the log does not, so the next round first discards the open batch and rebuilds every
+    /// owned partition from the committed log.
     pub fn turn(&mut self) -> anyhow::Result<()> {
+        let result = self.round();
+        if result.as_ref().is_err_and(is_transient) {
+            self.must_rebuild = true;
+        }
+        result
+    }
+
+    fn round(&mut self) -> anyhow::Result<()> {
         if self.must_rebuild {
             self.rebuild_all()?;
         }
@@ -263,16 +273,14 @@ impl<M: Machines> Driver<M> {
         Ok(())
     }
 
-    /// After a storage failure: the open batch is gone (or never made it), so the states of the
-    /// owned partitions may hold steps the log does not. Waits a little, then has the next turn
-    /// discard the batch and rebuild every owned partition from the committed log.
+    /// After a storage failure (the next turn discards the batch and rebuilds, see
+    /// [`Driver::turn`]): reports it and backs off.
     fn recover(&mut self, error: &anyhow::Error, stop: &AtomicBool) {
         self.failures += 1;
         let detail = format!("{error:#}");
         tracing::warn!(driver = %self.config.name, error = %detail, failures = self.failures,
                        "The log failed; discarding the open batch and rebuilding from the committed log.");
         self.health.set(&self.config.name, ComponentState::Degraded(detail));
-        self.must_rebuild = true;
         let backoff = Duration::from_millis(100 * 2u64.pow(self.failures.min(5)));
         let until = Instant::now() + backoff;
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {

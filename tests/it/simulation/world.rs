@@ -162,8 +162,8 @@ impl<M: Machines + 'static> Node<M> {
     }
 
     /// One turn, starting the driver first if it is down. A storage failure is met as `ipam up`
-    /// would meet it if it died there: the driver is dropped and restarts from snapshot and log.
-    /// (`Driver::run` instead discards the batch and rebuilds in place, through a private path.)
+    /// meets it: the driver stays, and its next turn discards the open batch and rebuilds every
+    /// owned partition from the committed log (crashes are separate actions).
     pub(crate) fn turn(&mut self, log: &Arc<dyn EventLog>, counts: &mut Counts) -> anyhow::Result<()> {
         if self.driver.is_none() {
             self.start(log)?;
@@ -178,7 +178,7 @@ impl<M: Machines + 'static> Node<M> {
             }
             Err(error) if is_storage_failure(&error) => {
                 counts.torn_commits += 1;
-                self.crash(counts);
+                self.stopped_cleanly = false;
                 Ok(())
             }
             Err(error) => Err(error.context(format!("{} turn", self.config.name))),
