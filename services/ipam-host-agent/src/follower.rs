@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use anyhow::Context as _;
 use ipam_core::dhcp_plan::{HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, port_releases, port_requests};
-use ipam_core::{Envelope, Event, HostId, Mac, NetworkId, SubnetId, Topic};
+use ipam_core::event::Owner;
+use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Topic};
 use ipam_log::dead_letter::{Ingested, ingest};
 use ipam_log::{Backlog, EventLog, LogError, OutRecord, Record};
 use ipam_runtime::Topics;
 
 use crate::actors::{Desired, Supervisor};
-use crate::outbox::{self, IdKind, Trouble};
+use crate::outbox::{self, IdKind, PortEvent, Trouble};
 
 /// Records taken from the follower at a time.
 const READ_MAX: usize = 512;
@@ -59,6 +60,10 @@ pub(crate) struct Tracker {
     /// Port events appended and not yet answered. A key leaves once the core stops asking for it
     /// (the allocator answered, or the network moved on), so a port lost later is asked for again.
     outstanding: BTreeSet<PortKey>,
+    /// Per subnet, the id of the last event that made this server's address there necessary
+    /// again: the subnet's activation, or the removal of the address it held. A port asked for
+    /// again is asked under a new id (see [`outbox::PortEvent`]).
+    occasions: BTreeMap<(NetworkId, SubnetId), EventId>,
 }
 
 /// One DHCP-port event, as the de-duplication knows it.
@@ -68,6 +73,7 @@ pub(crate) struct PortKey {
     network_id: NetworkId,
     subnet_id: SubnetId,
     epoch: u64,
+    occasion: Option<EventId>,
     mac: Mac,
 }
 
@@ -83,6 +89,7 @@ impl Tracker {
             epochs: BTreeMap::new(),
             swept: false,
             outstanding: BTreeSet::new(),
+            occasions: BTreeMap::new(),
         }
     }
 
@@ -92,6 +99,15 @@ impl Tracker {
             Event::DhcpServerUnassigned(e) if e.host_id == self.host_id => Some((e.network_id, e.epoch)),
             _ => None,
         };
+        match &envelope.event {
+            Event::SubnetActivated(e) => {
+                self.occasions.insert((e.network_id, e.subnet_id), envelope.id);
+            }
+            Event::ReservationRemoved(e) if e.owner == (Owner::DhcpServer { host_id: self.host_id }) => {
+                self.occasions.insert((e.network_id, e.subnet_id), envelope.id);
+            }
+            _ => {}
+        }
         if let Some((network_id, epoch)) = own_epoch {
             let newest = self.epochs.entry(network_id).or_insert(epoch);
             *newest = (*newest).max(epoch);
@@ -148,11 +164,13 @@ impl Tracker {
                 // A request is only made for a served network, which the plan (and so `sent`) holds.
                 self.sent.get(&network_id).map_or(0, |config| config.epoch)
             };
-            let key = PortKey { released, network_id, subnet_id, epoch, mac };
+            let occasion = self.occasions.get(&(network_id, subnet_id)).copied();
+            let key = PortKey { released, network_id, subnet_id, epoch, occasion, mac };
             current.insert(key);
             if !self.outstanding.contains(&key) {
                 let kind = if released { IdKind::PortReleased } else { IdKind::PortRequested };
-                let id = outbox::port_event_id(kind, self.host_id, network_id, subnet_id, epoch);
+                let port = PortEvent { kind, network_id, subnet_id, epoch, occasion };
+                let id = outbox::port_event_id(self.host_id, port);
                 new.push((key, outbox::record(&self.topics, &source, id, event)));
             }
         }
@@ -422,7 +440,8 @@ mod tests {
 
     fn own_port(added: bool) -> Envelope {
         let removed = (!added).then_some(ReleaseReason::PortReleased);
-        reservation(Owner::DhcpServer { host_id: H1 }, port_mac(), "10.1.0.2", removed)
+        let envelope = reservation(Owner::DhcpServer { host_id: H1 }, port_mac(), "10.1.0.2", removed);
+        Envelope { id: EventId::from_u128(if added { 20 } else { 21 }), ..envelope }
     }
 
     fn vnic(added: bool) -> Envelope {
@@ -494,11 +513,11 @@ mod tests {
             ],
             expect![[r#"
                 step 0:
-                step 1: apply(epoch 1 subnets 1 hosts 1 server -) request(epoch 1 id 8642a81e)
+                step 1: apply(epoch 1 subnets 1 hosts 1 server -) request(epoch 1 id 538bbe09)
                 step 2:
                 step 3: apply(epoch 1 subnets 1 hosts 0 server -)
                 step 4: apply(epoch 1 subnets 1 hosts 0 server 10.1.0.2)
-                step 5: stop(epoch 1) release(epoch 1 id 91686564)
+                step 5: stop(epoch 1) release(epoch 1 id ede4a804)
                 step 6:
             "#]],
         );
@@ -515,10 +534,29 @@ mod tests {
                 &[unassigned(1), assigned(2)],
             ],
             expect![[r#"
-                step 0: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id 8642a81e)
+                step 0: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id 538bbe09)
                 step 1: apply(epoch 1 subnets 1 hosts 0 server 10.1.0.2)
-                step 2: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id 8642a81e)
-                step 3: apply(epoch 2 subnets 1 hosts 0 server -) request(epoch 2 id 69977672)
+                step 2: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id 7db54f9f)
+                step 3: apply(epoch 2 subnets 1 hosts 0 server -) request(epoch 2 id 5160b7b2)
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_subnet_added_again_within_an_epoch_is_asked_for_under_a_new_id() {
+        let again = Envelope { id: EventId::from_u128(30), ..activated() };
+        let deactivated = envelope(Event::SubnetDeactivated(ipam_core::event::SubnetDeactivated {
+            network_id: N1,
+            subnet_id: S1,
+            cause: EventId::from_u128(1),
+        }));
+        check(
+            &[&[activated(), assigned(1)], &[own_port(true)], &[deactivated, own_port(false)], &[again]],
+            expect![[r#"
+                step 0: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id 538bbe09)
+                step 1: apply(epoch 1 subnets 1 hosts 0 server 10.1.0.2)
+                step 2: apply(epoch 1 subnets 0 hosts 0 server )
+                step 3: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id a8a66b06)
             "#]],
         );
     }
@@ -529,10 +567,10 @@ mod tests {
         check(
             &[&[activated(), assigned(1), unassigned(1)], &[], &[assigned(2)]],
             expect![[r#"
-            step 0: stop(epoch 1)
-            step 1:
-            step 2: apply(epoch 2 subnets 1 hosts 0 server -) request(epoch 2 id 69977672)
-        "#]],
+                step 0: stop(epoch 1)
+                step 1:
+                step 2: apply(epoch 2 subnets 1 hosts 0 server -) request(epoch 2 id 07de360a)
+            "#]],
         );
     }
 }

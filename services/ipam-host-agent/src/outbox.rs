@@ -27,7 +27,7 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_QUEUED: usize = 1000;
 
 /// What an id derivation is for, so ids of different kinds can never coincide.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub(crate) enum IdKind {
     PortRequested = 1,
@@ -50,19 +50,30 @@ fn words64(value: u64) -> [u32; 2] {
     [(value >> 32) as u32, value as u32]
 }
 
-/// The id of a DHCP-port request or release: derived from the host (as the base UUID) and from the
-/// kind, network, subnet and epoch. Deterministic across restarts, unlike a per-run counter.
-pub(crate) fn port_event_id(
-    kind: IdKind,
-    host_id: HostId,
-    network_id: NetworkId,
-    subnet_id: SubnetId,
-    epoch: u64,
-) -> EventId {
-    let mut words = vec![kind as u32];
-    words.extend(words128(network_id.0.as_u128()));
-    words.extend(words128(subnet_id.0.as_u128()));
-    words.extend(words64(epoch));
+/// Which DHCP-port event of a host an id is for: its kind, network, subnet and epoch, and its
+/// occasion: the id of the last event that made the server's address in that subnet necessary
+/// again (the subnet's activation, or the removal of the address the server held). The occasion
+/// tells apart the requests of a subnet added again, or of an address taken back, within one
+/// epoch: the allocator ignores an input id it has seen, so each needs an id of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PortEvent {
+    pub(crate) kind: IdKind,
+    pub(crate) network_id: NetworkId,
+    pub(crate) subnet_id: SubnetId,
+    pub(crate) epoch: u64,
+    pub(crate) occasion: Option<EventId>,
+}
+
+/// The id of a DHCP-port request or release: derived from the host (as the base UUID) and from
+/// what names the event ([`PortEvent`]). Deterministic across restarts, unlike a per-run counter.
+pub(crate) fn port_event_id(host_id: HostId, event: PortEvent) -> EventId {
+    let mut words = vec![event.kind as u32];
+    words.extend(words128(event.network_id.0.as_u128()));
+    words.extend(words128(event.subnet_id.0.as_u128()));
+    words.extend(words64(event.epoch));
+    if let Some(occasion) = event.occasion {
+        words.extend(words128(occasion.0.as_u128()));
+    }
     derive_id(EventId(host_id.0), &words)
 }
 
@@ -237,29 +248,35 @@ mod tests {
 
     #[test]
     fn port_event_ids_are_stable_and_differ_by_every_input() {
-        let id = |kind, host, network, subnet, epoch| {
+        let id = |kind, host, network, subnet, epoch, occasion: Option<u128>| {
             port_event_id(
-                kind,
                 HostId::from_u128(host),
-                NetworkId::from_u128(network),
-                SubnetId::from_u128(subnet),
-                epoch,
+                PortEvent {
+                    kind,
+                    network_id: NetworkId::from_u128(network),
+                    subnet_id: SubnetId::from_u128(subnet),
+                    epoch,
+                    occasion: occasion.map(EventId::from_u128),
+                },
             )
         };
-        let base = id(IdKind::PortRequested, 1, 2, 3, 4);
-        assert_eq!(base, id(IdKind::PortRequested, 1, 2, 3, 4));
+        let base = id(IdKind::PortRequested, 1, 2, 3, 4, None);
+        assert_eq!(base, id(IdKind::PortRequested, 1, 2, 3, 4, None));
         let others = [
-            id(IdKind::PortReleased, 1, 2, 3, 4),
-            id(IdKind::PortRequested, 9, 2, 3, 4),
-            id(IdKind::PortRequested, 1, 9, 3, 4),
-            id(IdKind::PortRequested, 1, 2, 9, 4),
-            id(IdKind::PortRequested, 1, 2, 3, 9),
+            id(IdKind::PortReleased, 1, 2, 3, 4, None),
+            id(IdKind::PortRequested, 9, 2, 3, 4, None),
+            id(IdKind::PortRequested, 1, 9, 3, 4, None),
+            id(IdKind::PortRequested, 1, 2, 9, 4, None),
+            id(IdKind::PortRequested, 1, 2, 3, 9, None),
+            // A subnet activated again, or an address taken back, asks again under another id.
+            id(IdKind::PortRequested, 1, 2, 3, 4, Some(5)),
             // Swapping network and subnet must not collide either.
-            id(IdKind::PortRequested, 1, 3, 2, 4),
+            id(IdKind::PortRequested, 1, 3, 2, 4, None),
         ];
         for other in others {
             assert_ne!(other, base);
         }
+        assert_ne!(id(IdKind::PortRequested, 1, 2, 3, 4, Some(5)), id(IdKind::PortRequested, 1, 2, 3, 4, Some(6)));
         expect_test::expect!["b352ca02-8605-5801-adbf-719cb8a33708"].assert_eq(&base.to_string());
     }
 }
