@@ -494,6 +494,9 @@ impl NetworkAllocator {
         allocator.settings = snapshot.settings;
         allocator.recent_inputs = snapshot.recent_inputs;
         for SubnetSnapshot { subnet_id, spec, next_candidate } in snapshot.subnets {
+            spec.check_shape().map_err(|rejection| {
+                SnapshotError::Inconsistent(format!("network {network_id}, subnet {subnet_id}: {}", rejection.message))
+            })?;
             let mut pool = AddressPool::new(&spec);
             pool.set_next_candidate(next_candidate);
             allocator.subnets.insert(subnet_id, Subnet { spec, pool, vnic_holdings: 0 });

@@ -979,3 +979,29 @@ fn snapshot_holds_the_window_in_the_order_of_application() {
     expect![[r#"["00000000-0000-0000-0000-00000000e009","00000000-0000-0000-0000-00000000e004","00000000-0000-0000-0000-00000000e006"]"#]]
         .assert_eq(&snapshot["networks"][0]["recent_inputs"].to_string());
 }
+
+#[test]
+fn a_damaged_snapshot_with_a_subnet_no_pool_can_hold_is_refused_not_a_panic() {
+    // Found by the fuzz tests: each made `AddressPool::new` panic before the shape was checked.
+    let snapshot = |cidr: &str, gateway: &str, pools: &str| {
+        format!(
+            r#"{{"networks":[{{"network_id":"00000000-0000-0000-0000-000000000003","reservations":[],"settings":null,
+            "subnets":[{{"next_candidate":"10.1.2.0","spec":{{"allocation_pools":{pools},"cidr":"{cidr}",
+            "dns_servers":[],"gateway":"{gateway}","ntp_servers":[]}},
+            "subnet_id":"00000000-0000-0000-0000-000000000064"}}]}}]}}"#
+        )
+    };
+    for (cidr, gateway, pools) in [
+        ("0.0.0.0/0", "10.1.0.1", "[]"),
+        ("10.1.2.0/30", "10.1.2.1", r#"[{"start":"10.1.2.1","end":"0.0.0.0"}]"#),
+        ("2001:db8::/64", "10.1.0.1", "[]"),
+        ("10.1.2.0/30", "10.9.9.9", "[]"),
+        ("10.1.2.0/29", "10.1.2.1", r#"[{"start":"10.1.2.5","end":"10.1.2.2"}]"#),
+    ] {
+        let bytes = snapshot(cidr, gateway, pools);
+        assert!(Allocator::restore(bytes.as_bytes()).is_err(), "{cidr} gateway {gateway} pools {pools} restored");
+    }
+    // The same shape, whole, restores.
+    let good = snapshot("10.1.2.0/29", "10.1.2.1", r#"[{"start":"10.1.2.2","end":"10.1.2.5"}]"#);
+    assert!(Allocator::restore(good.as_bytes()).is_ok());
+}

@@ -232,6 +232,58 @@ pub const MAX_OPTION_SERVERS: usize = 8;
 /// At most this many allocation pools per subnet.
 pub const MAX_POOLS: usize = 64;
 
+/// A subnet no wider than IPAM manages and with room for hosts.
+fn check_size(cidr: Cidr) -> Result<(), Rejection> {
+    let host_bits = if cidr.is_ipv4() { 32 } else { 128 } - cidr.prefix_len();
+    if cidr.is_ipv4() && host_bits > MAX_IPV4_PREFIX_WIDTH {
+        return Err(Rejection::new(RejectionCode::SubnetTooLarge, format!("{cidr} is wider than /8")));
+    }
+    if !cidr.is_ipv4() && cidr.prefix_len() < MIN_IPV6_PREFIX_LEN {
+        let message = format!("{cidr} is wider than /{MIN_IPV6_PREFIX_LEN}, the widest DHCPv6 range dnsmasq serves");
+        return Err(Rejection::new(RejectionCode::SubnetTooLarge, message));
+    }
+    if host_bits < 2 {
+        let message = format!("{cidr} has no room for hosts besides the gateway");
+        return Err(Rejection::new(RejectionCode::SubnetTooSmall, message));
+    }
+    Ok(())
+}
+
+/// A gateway inside the subnet, and not its network or broadcast address.
+fn check_gateway(cidr: Cidr, gateway: IpAddr) -> Result<(), Rejection> {
+    if !cidr.contains(gateway) {
+        return Err(Rejection::new(RejectionCode::InvalidGateway, format!("gateway {gateway} is outside {cidr}")));
+    }
+    if cidr.is_reserved_address(gateway) {
+        let message = format!("gateway {gateway} is the network or broadcast address of {cidr}");
+        return Err(Rejection::new(RejectionCode::InvalidGateway, message));
+    }
+    Ok(())
+}
+
+/// Sorted pools: not too many, each in order and inside the subnet, none overlapping the next.
+fn check_pools(cidr: Cidr, pools: &[IpRange]) -> Result<(), Rejection> {
+    let reject = |message: String| Err(Rejection::new(RejectionCode::InvalidPool, message));
+    if pools.len() > MAX_POOLS {
+        return reject(format!("{} allocation pools given; at most {MAX_POOLS} are allowed", pools.len()));
+    }
+    for pool in pools {
+        if pool.start > pool.end {
+            return reject(format!("pool {}-{} ends before it starts", pool.start, pool.end));
+        }
+        if !cidr.contains(pool.start) || !cidr.contains(pool.end) {
+            return reject(format!("pool {}-{} is not inside {cidr}", pool.start, pool.end));
+        }
+    }
+    if let Some(pair) = pools.windows(2).find(|pair| pair[1].start <= pair[0].end) {
+        return reject(format!(
+            "pools {}-{} and {}-{} overlap",
+            pair[0].start, pair[0].end, pair[1].start, pair[1].end
+        ));
+    }
+    Ok(())
+}
+
 /// A subnet definition that has passed every check: what the allocator and DHCP servers use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetSpec {
@@ -254,31 +306,12 @@ impl SubnetSpec {
         allocation_pools: Option<Vec<IpRange>>,
     ) -> Result<SubnetSpec, Rejection> {
         let reject = |code, message: String| Err(Rejection::new(code, message));
-        let host_bits = if cidr.is_ipv4() { 32 } else { 128 } - cidr.prefix_len();
-        if cidr.is_ipv4() && host_bits > MAX_IPV4_PREFIX_WIDTH {
-            return reject(RejectionCode::SubnetTooLarge, format!("{cidr} is wider than /8"));
-        }
-        if !cidr.is_ipv4() && cidr.prefix_len() < MIN_IPV6_PREFIX_LEN {
-            let message =
-                format!("{cidr} is wider than /{MIN_IPV6_PREFIX_LEN}, the widest DHCPv6 range dnsmasq serves");
-            return reject(RejectionCode::SubnetTooLarge, message);
-        }
-        if host_bits < 2 {
-            return reject(RejectionCode::SubnetTooSmall, format!("{cidr} has no room for hosts besides the gateway"));
-        }
+        check_size(cidr)?;
         if let Some(block) = SpecialBlock::overlapping(cidr) {
             let message = format!("{cidr} overlaps {}, whose addresses no DHCP client may be given", block.describe());
             return reject(RejectionCode::UnsupportedSubnet, message);
         }
-        if !cidr.contains(gateway) {
-            return reject(RejectionCode::InvalidGateway, format!("gateway {gateway} is outside {cidr}"));
-        }
-        if cidr.is_reserved_address(gateway) {
-            return reject(
-                RejectionCode::InvalidGateway,
-                format!("gateway {gateway} is the network or broadcast address of {cidr}"),
-            );
-        }
+        check_gateway(cidr, gateway)?;
         for (what, servers) in [("dns_servers", &dns_servers), ("ntp_servers", &ntp_servers)] {
             if servers.len() > MAX_OPTION_SERVERS {
                 return reject(
@@ -314,40 +347,26 @@ impl SubnetSpec {
                 vec![IpRange { start, end }]
             }
             Some(mut pools) => {
-                if pools.len() > MAX_POOLS {
-                    return reject(
-                        RejectionCode::InvalidPool,
-                        format!("{} allocation pools given; at most {MAX_POOLS} are allowed", pools.len()),
-                    );
-                }
                 pools.sort();
-                for pool in &pools {
-                    if pool.start > pool.end {
-                        return reject(
-                            RejectionCode::InvalidPool,
-                            format!("pool {}-{} ends before it starts", pool.start, pool.end),
-                        );
-                    }
-                    if !cidr.contains(pool.start) || !cidr.contains(pool.end) {
-                        return reject(
-                            RejectionCode::InvalidPool,
-                            format!("pool {}-{} is not inside {cidr}", pool.start, pool.end),
-                        );
-                    }
-                }
-                if let Some(pair) = pools.windows(2).find(|pair| pair[1].start <= pair[0].end) {
-                    return reject(
-                        RejectionCode::InvalidPool,
-                        format!(
-                            "pools {}-{} and {}-{} overlap",
-                            pair[0].start, pair[0].end, pair[1].start, pair[1].end
-                        ),
-                    );
-                }
+                check_pools(cidr, &pools)?;
                 pools
             }
         };
         Ok(SubnetSpec { cidr, gateway, dns_servers, ntp_servers, allocation_pools })
+    }
+
+    /// Checks the shape an address pool relies on (size, gateway, pools inside, sorted and
+    /// disjoint), for a definition read back from a snapshot rather than made by [`SubnetSpec::new`]:
+    /// a damaged snapshot must be refused, never make the allocator panic. The other rules (special
+    /// blocks, DNS and NTP servers) are left out, so a subnet an earlier version accepted restores.
+    pub fn check_shape(&self) -> Result<(), Rejection> {
+        check_size(self.cidr)?;
+        check_gateway(self.cidr, self.gateway)?;
+        check_pools(self.cidr, &self.allocation_pools)?;
+        if !self.allocation_pools.is_sorted() {
+            return Err(Rejection::new(RejectionCode::InvalidPool, "the allocation pools are not in order".to_owned()));
+        }
+        Ok(())
     }
 
     /// Whether the allocator may hand out `ip` at all (pools aside): inside the subnet and not its
