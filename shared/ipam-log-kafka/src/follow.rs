@@ -24,6 +24,10 @@ pub(crate) struct KafkaFollower {
 
 impl KafkaFollower {
     pub(crate) fn new(config: &ClientConfig, from: &[Position]) -> Result<KafkaFollower, LogError> {
+        // A follower never stops at the end of a partition, so it does not ask to be told (the
+        // signals would only be logged as errors by the client's default context).
+        let mut config = config.clone();
+        config.set("enable.partition.eof", "false");
         let consumer: BaseConsumer = config.create().map_err(|e| client_creation("follower consumer", &e))?;
         let mut follower = KafkaFollower { consumer, positions: BTreeMap::new() };
         for position in from {

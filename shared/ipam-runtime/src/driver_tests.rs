@@ -174,3 +174,18 @@ fn a_snapshot_whose_state_cannot_be_read_is_ignored_and_replay_starts_from_zero(
     consume(&mut second, 4).unwrap();
     assert_eq!(second.machines.counts[&hosts()], 4, "replayed from zero");
 }
+
+#[test]
+fn placement_answers_an_empty_batch_before_it_owns_its_partition() {
+    // On Kafka a driver polls before the group assigns it anything: an empty batch then reaches
+    // machines that hold no partition yet.
+    let system = actix::System::new();
+    let arbiter = actix::Arbiter::new();
+    let mut placement =
+        crate::placement::PlacementMachines::new(arbiter.handle(), ipam_core::placement::PlacementConfig::default());
+    assert_eq!(placement.apply(&[]).unwrap(), Vec::<Applied>::new());
+    let mut allocator = crate::allocator::AllocatorMachines::new(vec![arbiter.handle()]);
+    assert_eq!(allocator.apply(&[]).unwrap(), Vec::<Applied>::new());
+    arbiter.stop();
+    drop(system);
+}

@@ -42,6 +42,10 @@ impl Machines for PlacementMachines {
     }
 
     fn apply(&mut self, inputs: &[(TopicPartition, Input)]) -> anyhow::Result<Vec<Applied>> {
+        if inputs.is_empty() {
+            // Before its partition is assigned (on Kafka, a while after joining) there is no actor.
+            return Ok(Vec::new());
+        }
         let batch: Vec<(usize, Input)> = inputs.iter().map(|(_, input)| input.clone()).enumerate().collect();
         let answers = block_on(self.actor()?.send(ApplyAll(batch))).context("the placement actor is gone")?;
         Ok(answers.into_iter().map(|(_, applied)| applied).collect())
