@@ -120,13 +120,6 @@ impl Follower for KafkaFollower {
     }
 
     fn positions(&self) -> Vec<Position> {
-        self.positions
-            .iter()
-            .map(|(tp, next_offset)| Position {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                next_offset: *next_offset,
-            })
-            .collect()
+        self.positions.iter().map(|(tp, next_offset)| Position::at(tp, *next_offset)).collect()
     }
 }

@@ -81,6 +81,13 @@ pub struct Position {
     pub next_offset: u64,
 }
 
+impl Position {
+    /// The position `next_offset` in `partition`.
+    pub fn at(partition: &TopicPartition, next_offset: u64) -> Position {
+        Position { topic: partition.topic.clone(), partition: partition.partition, next_offset }
+    }
+}
+
 /// When a member's open batch of steps commits: after `max_steps` steps or `max_delay` after its
 /// first step, whichever comes first. `max_steps: 1` commits every step on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

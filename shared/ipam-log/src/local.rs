@@ -421,13 +421,6 @@ impl<S: LocalStore> Follower for LocalFollower<S> {
     }
 
     fn positions(&self) -> Vec<Position> {
-        self.cursors
-            .iter()
-            .map(|(tp, next_offset)| Position {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                next_offset: *next_offset,
-            })
-            .collect()
+        self.cursors.iter().map(|(tp, next_offset)| Position::at(tp, *next_offset)).collect()
     }
 }
