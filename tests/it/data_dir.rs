@@ -229,8 +229,10 @@ fn a_full_disk_refuses_writes_with_503_and_the_service_recovers_when_space_retur
     }
     let refused = refused.expect("the full disk never refused an append");
     assert!(!acknowledged.is_empty(), "some appends fit before the disk filled");
-    // The deciding side met the full disk too, and is waiting it out rather than exiting.
-    up.wait_for("The log failed", Duration::from_secs(60));
+    // Whether the allocator's own commits met the full disk depends on timing (SQLite may reuse
+    // pages of its WAL); either way the process must live on and keep every promise below. The
+    // driver's discard-and-rebuild path is exercised deterministically by the simulation's torn
+    // batches.
     let error: Value = serde_json::from_str(&refused).unwrap();
     assert_eq!(error["error"]["code"], "log_unavailable", "a 503 with a code: {refused}");
 
