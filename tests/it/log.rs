@@ -220,6 +220,46 @@ pub fn follows_partitions_from_their_positions_and_hands_out_new_commits(h: &Har
     assert_eq!(values(&again), ["elsewhere", "late"]);
 }
 
+/// Reads and seeks that hop between partitions and back, many times in a row, as the backlog
+/// checks and rebuilds do. Each answer starts where it was asked to. (librdkafka 2.12 aborted the
+/// whole process when a partition left a consumer's assignment twice in quick succession, which
+/// the Kafka backend's assign-per-read once did.)
+pub fn reads_and_seeks_back_and_forth_many_times(h: &Harness) {
+    let topic = h.topic("hops", 3);
+    let on = |partition: u32| {
+        (0..).map(|k| format!("k{k}")).find(|key| partition::for_key(key.as_bytes(), 3) == partition).unwrap()
+    };
+    let records: Vec<OutRecord> = (0..3)
+        .flat_map(|p| (0..5).map(move |i| (p, i)))
+        .map(|(p, i)| out(&topic, &on(p), &format!("{p}-{i}")))
+        .collect();
+    h.log.append(&records).unwrap();
+    for round in 0..60u64 {
+        let partition = (round % 3) as u32;
+        let from = (round * 7) % 5;
+        let read = h.log.read(&topic, partition, from, 1, Duration::from_millis(500)).unwrap();
+        assert_eq!(values(&read), [format!("{partition}-{from}")], "round {round}");
+        // A look at the end returns at once, with nothing.
+        assert!(h.log.read(&topic, partition, 5, 1, Duration::ZERO).unwrap().is_empty(), "round {round}");
+    }
+    let mut follower = h.log.follow(&[Position { topic: topic.clone(), partition: 0, next_offset: 5 }]).unwrap();
+    for round in 0..30u64 {
+        let partition = (round % 3) as u32;
+        let from = (round * 3) % 5;
+        follower.seek(&Position { topic: topic.clone(), partition, next_offset: from }).unwrap();
+        // Other followed partitions may hand out what lies after their positions first.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first = loop {
+            assert!(Instant::now() < deadline, "round {round}: nothing came from partition {partition}");
+            let came = follower.next(10, Duration::from_millis(200)).unwrap();
+            if let Some(record) = came.into_iter().find(|r| r.partition == partition) {
+                break record;
+            }
+        };
+        assert_eq!(first.offset, from, "round {round}: partition {partition} starts where it was sought");
+    }
+}
+
 pub fn reads_nothing_beyond_any_offset(h: &Harness) {
     let topic = h.topic("far", 1);
     h.log.append(&[out(&topic, "k", "only")]).unwrap();
@@ -464,6 +504,7 @@ conformance!(
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
         reads_nothing_beyond_any_offset,
+        reads_and_seeks_back_and_forth_many_times,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,
@@ -479,6 +520,7 @@ conformance!(
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
         reads_nothing_beyond_any_offset,
+        reads_and_seeks_back_and_forth_many_times,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,
@@ -497,6 +539,7 @@ conformance!(
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
         reads_nothing_beyond_any_offset,
+        reads_and_seeks_back_and_forth_many_times,
         commits_positions_and_resumes_from_them,
         makes_a_step_visible_only_when_it_commits,
         discards_an_aborted_step_and_delivers_its_inputs_again,

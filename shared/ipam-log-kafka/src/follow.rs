@@ -1,8 +1,13 @@
 //! `follow`: a consumer of its own, assigned the followed partitions once, at their positions, and
-//! kept positioned across calls. librdkafka prefetches into its queue while the caller works, so
+//! kept positioned across calls. A seek moves an assigned partition with librdkafka's seek and adds
+//! a new one with `incremental_assign`; nothing is ever taken out of the assignment, since
+//! librdkafka 2.12 aborts the process when a partition is removed twice in quick succession
+//! (confluentinc/librdkafka#5573; see `read`). A seek takes effect when the fetch already at the
+//! broker comes back (at most `fetch.wait.max.ms`, 500 ms by default): seeks are rare, and a
+//! shorter long poll would make every idle follower ask the broker more often. librdkafka prefetches into its queue while the caller works, so
 //! a call hands out what arrived since the last one without a round trip, and a new record reaches
 //! a waiting caller as soon as its transaction commits (`read_committed`). Compare `read`, which
-//! asks for the watermarks and re-assigns a pooled consumer on every call: fine for a one-off
+//! asks for the watermarks and repositions a pooled consumer on every call: fine for a one-off
 //! look, ruinous for a reader that follows the log.
 
 use std::collections::BTreeMap;
@@ -15,6 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::errors::{client_creation, storage};
+use crate::topics::REQUEST_TIMEOUT;
 
 /// The Kafka [`Follower`].
 pub(crate) struct KafkaFollower {
@@ -36,23 +42,15 @@ impl KafkaFollower {
                 position.next_offset,
             );
         }
-        follower.assign()?;
-        Ok(follower)
-    }
-
-    /// Assigns every followed partition at its position.
-    fn assign(&self) -> Result<(), LogError> {
         let mut assignment = TopicPartitionList::new();
-        for (tp, next) in &self.positions {
-            let offset = i64::try_from(*next)
-                .map_err(|_| LogError::Storage(format!("offset {next} is beyond any Kafka offset")))?;
-            let partition = i32::try_from(tp.partition)
-                .map_err(|_| LogError::NoSuchPartition { topic: tp.topic.clone(), partition: tp.partition })?;
+        for (tp, next) in &follower.positions {
+            let (partition, offset) = kafka_position(tp, *next)?;
             assignment
-                .add_partition_offset(&tp.topic, partition, Offset::Offset(offset))
+                .add_partition_offset(&tp.topic, partition, offset)
                 .map_err(|e| storage("assign the follower", &e))?;
         }
-        self.consumer.assign(&assignment).map_err(|e| storage("assign the follower", &e))
+        follower.consumer.assign(&assignment).map_err(|e| storage("assign the follower", &e))?;
+        Ok(follower)
     }
 
     /// Takes one message or error from the consumer's queue; `Ok(None)` when none came within
@@ -89,6 +87,15 @@ impl KafkaFollower {
     }
 }
 
+/// A partition and a next offset as Kafka numbers them.
+fn kafka_position(tp: &TopicPartition, next: u64) -> Result<(i32, Offset), LogError> {
+    let partition = i32::try_from(tp.partition)
+        .map_err(|_| LogError::NoSuchPartition { topic: tp.topic.clone(), partition: tp.partition })?;
+    let offset =
+        i64::try_from(next).map_err(|_| LogError::Storage(format!("offset {next} is beyond any Kafka offset")))?;
+    Ok((partition, Offset::Offset(offset)))
+}
+
 impl Follower for KafkaFollower {
     fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
         let deadline = Instant::now() + wait;
@@ -115,8 +122,18 @@ impl Follower for KafkaFollower {
 
     fn seek(&mut self, position: &Position) -> Result<(), LogError> {
         let tp = TopicPartition { topic: position.topic.clone(), partition: position.partition };
+        let (partition, offset) = kafka_position(&tp, position.next_offset)?;
+        if self.positions.contains_key(&tp) {
+            self.consumer
+                .seek(&tp.topic, partition, offset, REQUEST_TIMEOUT)
+                .map_err(|e| storage("move the follower", &e))?;
+        } else {
+            let mut added = TopicPartitionList::new();
+            added.add_partition_offset(&tp.topic, partition, offset).map_err(|e| storage("assign the follower", &e))?;
+            self.consumer.incremental_assign(&added).map_err(|e| storage("assign the follower", &e))?;
+        }
         self.positions.insert(tp, position.next_offset);
-        self.assign()
+        Ok(())
     }
 
     fn positions(&self) -> Vec<Position> {

@@ -1,13 +1,22 @@
-//! `read`: committed records of one partition from an offset, by a consumer that is assigned just
-//! that partition and never commits. Consumers are pooled, since creating one costs a broker
-//! connection and a metadata round trip; a read that fails drops its consumer instead of returning
-//! it, so a pooled consumer is always in a known state.
+//! `read`: committed records of one partition from an offset, by a consumer that never commits.
+//! Consumers are pooled, since creating one costs a broker connection and a metadata round trip;
+//! a read that fails drops its consumer instead of returning it, so a pooled consumer is always in
+//! a known state.
+//!
+//! A pooled consumer keeps every partition it was ever given: a read positions it with a seek and
+//! resumes it, and pauses it again when done. Partitions are only ever added
+//! (`incremental_assign`), never taken away, because librdkafka 2.12 aborts the process when one
+//! partition is removed from an assignment twice in quick succession (a second FETCH_STOP before
+//! the first is answered: confluentinc/librdkafka#5573, fixed after 2.15), which an
+//! assign-and-unassign per read did under a busy caller.
 //!
 //! When to stop: librdkafka signals "partition EOF" when a read_committed fetch reaches the last
 //! stable offset. Records that were committed before the call are returned whatever `wait` says
 //! (the call waits for the fetch, bounded by [`REQUEST_TIMEOUT`]); `wait` bounds only the wait for
-//! records that do not exist yet.
+//! records that do not exist yet. A seek or a pause makes librdkafka drop what it had fetched
+//! before, end-of-partition signals included, so nothing from an earlier read reaches this one.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,28 +38,44 @@ const DRAIN_WAIT: Duration = Duration::from_millis(100);
 /// The reader consumers of one log.
 pub(crate) struct Readers {
     config: ClientConfig,
-    idle: Mutex<Vec<BaseConsumer>>,
+    idle: Mutex<Vec<Reader>>,
+}
+
+/// A pooled consumer and the partitions it holds (all paused while it is idle).
+struct Reader {
+    consumer: BaseConsumer,
+    assigned: BTreeSet<(String, i32)>,
 }
 
 impl Readers {
-    pub(crate) fn new(config: ClientConfig) -> Readers {
+    pub(crate) fn new(mut config: ClientConfig) -> Readers {
+        // A read that moves a partition waits for the fetch already at the broker to come back:
+        // with librdkafka's default 500 ms long poll, each look at a partition that had been read
+        // to its end cost half a second. Readers fetch only while a read runs, so a short long
+        // poll costs nothing when idle.
+        config.set("fetch.wait.max.ms", "10");
         Readers { config, idle: Mutex::new(Vec::new()) }
     }
 
-    fn take(&self) -> Result<BaseConsumer, LogError> {
-        if let Some(consumer) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Ok(consumer);
+    /// An idle reader, preferably one that already holds `topic`/`partition`.
+    fn take(&self, topic: &str, partition: i32) -> Result<Reader, LogError> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let holder = idle.iter().position(|reader| reader.assigned.contains(&(topic.to_owned(), partition)));
+        match holder.map(|at| idle.swap_remove(at)).or_else(|| idle.pop()) {
+            Some(reader) => Ok(reader),
+            None => self.create(),
         }
-        self.config.create().map_err(|e| client_creation("reader consumer", &e))
     }
 
-    fn give_back(&self, consumer: BaseConsumer) {
-        if consumer.unassign().is_err() {
-            return;
-        }
+    fn create(&self) -> Result<Reader, LogError> {
+        let consumer = self.config.create().map_err(|e| client_creation("reader consumer", &e))?;
+        Ok(Reader { consumer, assigned: BTreeSet::new() })
+    }
+
+    fn give_back(&self, reader: Reader) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < POOL_SIZE {
-            idle.push(consumer);
+            idle.push(reader);
         }
     }
 
@@ -66,41 +91,73 @@ impl Readers {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let consumer = self.take()?;
-        let result = read_with(&consumer, topic, partition, from, max, wait);
-        if result.is_ok() {
-            self.give_back(consumer);
+        let from =
+            i64::try_from(from).map_err(|_| LogError::Storage(format!("offset {from} is beyond any Kafka offset")))?;
+        let mut reader = self.take(topic, partition)?;
+        if let Err(error) = reader.position(topic, partition, from) {
+            // A partition whose last read ran off the log's end is no longer fetching and cannot
+            // be sought: a fresh consumer reads it.
+            tracing::debug!(topic, partition, error = %error, "A pooled reader could not be positioned; using a new one.");
+            reader = self.create()?;
+            reader.position(topic, partition, from)?;
+        }
+        let result = read_with(&reader.consumer, topic, partition, from, max, wait);
+        if result.is_ok() && reader.pause(topic, partition).is_ok() {
+            self.give_back(reader);
         }
         result
     }
+}
+
+impl Reader {
+    /// Makes `topic`/`partition` fetch from `from`: a seek and a resume if this consumer holds
+    /// it, an `incremental_assign` if not.
+    fn position(&mut self, topic: &str, partition: i32, from: i64) -> Result<(), LogError> {
+        let list = one_partition(topic, partition, from)?;
+        let key = (topic.to_owned(), partition);
+        if self.assigned.contains(&key) {
+            self.consumer
+                .seek(topic, partition, Offset::Offset(from), REQUEST_TIMEOUT)
+                .map_err(|e| storage("position the reader", &e))?;
+            self.consumer.resume(&list).map_err(|e| storage("resume the reader", &e))
+        } else {
+            self.consumer.incremental_assign(&list).map_err(|e| storage("assign the reader", &e))?;
+            self.assigned.insert(key);
+            Ok(())
+        }
+    }
+
+    /// Stops `topic`/`partition` fetching until the next read of it.
+    fn pause(&self, topic: &str, partition: i32) -> Result<(), LogError> {
+        let list = one_partition(topic, partition, 0)?;
+        self.consumer.pause(&list).map_err(|e| storage("pause the reader", &e))
+    }
+}
+
+fn one_partition(topic: &str, partition: i32, from: i64) -> Result<TopicPartitionList, LogError> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(|e| storage("assign the reader", &e))?;
+    Ok(list)
 }
 
 fn read_with(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
-    from: u64,
+    from_raw: i64,
     max: usize,
     wait: Duration,
 ) -> Result<Vec<Record>, LogError> {
     let start = Instant::now();
-    let from_raw =
-        i64::try_from(from).map_err(|_| LogError::Storage(format!("offset {from} is beyond any Kafka offset")))?;
     // For a read_committed client the "high" watermark is the last stable offset.
     let (low, stable_end) = consumer
         .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
         .map_err(|e| storage(&format!("watermarks of `{topic}` partition {partition}"), &e))?;
     if from_raw < low {
         return Err(LogError::Storage(format!(
-            "offset {from} of `{topic}` partition {partition} was deleted (retention); the partition starts at {low}"
+            "offset {from_raw} of `{topic}` partition {partition} was deleted (retention); the partition starts at {low}"
         )));
     }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, Offset::Offset(from_raw))
-        .map_err(|e| storage("assign the reader", &e))?;
-    consumer.assign(&assignment).map_err(|e| storage("assign the reader", &e))?;
-
     let wait_deadline = start + wait;
     let hard_deadline = start + wait.max(REQUEST_TIMEOUT);
     // Nothing committed is left to fetch: only new records can come.
@@ -115,7 +172,7 @@ fn read_with(
         if now >= hard_deadline {
             if records.is_empty() {
                 return Err(LogError::Storage(format!(
-                    "reading `{topic}` partition {partition} from {from} returned nothing within {:?} although \
+                    "reading `{topic}` partition {partition} from {from_raw} returned nothing within {:?} although \
                      committed records end at {stable_end}",
                     hard_deadline - start
                 )));
@@ -130,7 +187,7 @@ fn read_with(
             None if !records.is_empty() && timeout == DRAIN_WAIT => break,
             None => {}
             Some(Ok(message)) => {
-                // Anything else is left over from an earlier assignment of this pooled consumer.
+                // Paused partitions deliver nothing; this only guards the offsets handed out.
                 if message.topic() != topic || message.partition() != partition || message.offset() < next {
                     continue;
                 }
@@ -143,8 +200,6 @@ fn read_with(
                     value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                 });
             }
-            // A stale end-of-partition signal from an earlier assignment can only make this read
-            // stop early with fewer records, never return wrong ones.
             Some(Err(KafkaError::PartitionEOF(p))) if p == partition => at_end = true,
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
