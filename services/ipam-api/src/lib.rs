@@ -23,6 +23,7 @@ pub mod stream;
 mod follower;
 mod routes;
 mod state;
+mod ui;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -244,6 +245,7 @@ fn serve(
                     .service(get("/health", routes::health))
                     .service(get("/metrics", routes::metrics))
                     .service(get("/openapi.json", routes::openapi_document))
+                    .service(ui::scope())
                     .default_service(web::to(routes::not_found))
                     .wrap_fn(|request, service| {
                         // Only the stream takes query parameters; elsewhere under /v1 one is a
@@ -256,9 +258,10 @@ fn serve(
                         Either::Right(service.call(request))
                     })
                     .wrap_fn(move |request, service| {
-                        let denied = token
-                            .as_deref()
-                            .is_some_and(|token| request.path() != "/health" && !authorized(request.headers(), token));
+                        // The page's own files hold no data: it asks for the token itself (ui.rs).
+                        let public = request.path() == "/health" || ui::is_public(request.path());
+                        let denied =
+                            token.as_deref().is_some_and(|token| !public && !authorized(request.headers(), token));
                         if denied {
                             let error = ApiError::new(
                                 StatusCode::UNAUTHORIZED,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use anyhow::Context as _;
+use ipam_core::StateMachine;
 use ipam_core::dhcp_plan::{HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, port_releases, port_requests};
 use ipam_core::event::Owner;
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Topic};
