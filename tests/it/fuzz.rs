@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use ipam_api::model::ReadModel;
 use ipam_api::publish::{decode_batch, is_input_type};
+use ipam_core::StateMachine;
 use ipam_core::allocator::{Allocator, placement_facts};
 use ipam_core::dhcp_plan::{
     DhcpHost, DhcpPlan, HostDhcpView, NetworkDhcpConfig, PlanOptions, SubnetDhcpConfig, plan, port_releases,
@@ -787,21 +788,21 @@ fn check_batch(body: Value, len: usize) -> Result<(), String> {
 
 /// Every restore, fed `bytes`: an error, or a state whose snapshot restores to the same bytes.
 fn check_restores(bytes: &[u8]) -> Result<(), String> {
-    if let Ok(allocator) = Allocator::restore(bytes) {
+    if let Ok(allocator) = Allocator::restore(&(), bytes) {
         let snapshot = allocator.snapshot();
         let again =
-            Allocator::restore(&snapshot).map_err(|e| format!("an allocator snapshot does not restore: {e}"))?;
+            Allocator::restore(&(), &snapshot).map_err(|e| format!("an allocator snapshot does not restore: {e}"))?;
         ensure!(again == allocator, "an allocator snapshot restores to another state");
     }
-    if let Ok(placement) = Placement::restore(PlacementConfig::default(), bytes) {
+    if let Ok(placement) = Placement::restore(&PlacementConfig::default(), bytes) {
         let snapshot = placement.snapshot();
-        let again = Placement::restore(PlacementConfig::default(), &snapshot)
+        let again = Placement::restore(&PlacementConfig::default(), &snapshot)
             .map_err(|e| format!("a placement snapshot does not restore: {e}"))?;
         ensure!(again.snapshot() == snapshot, "a placement snapshot restores to another state");
     }
-    if let Ok(view) = HostDhcpView::restore(bytes) {
-        let again =
-            HostDhcpView::restore(&view.snapshot()).map_err(|e| format!("a view snapshot does not restore: {e}"))?;
+    if let Ok(view) = HostDhcpView::restore(&(), bytes) {
+        let again = HostDhcpView::restore(&(), &view.snapshot())
+            .map_err(|e| format!("a view snapshot does not restore: {e}"))?;
         ensure!(again == view, "a view snapshot restores to another state");
         check_plan(&plan(&view, &PlanOptions::default()), None)?;
     }
@@ -1210,8 +1211,9 @@ impl Pipeline {
 
     fn check(&mut self, input: Option<&Envelope>) -> Result<(), String> {
         let _ = input;
-        check_allocator(&self.allocator)?;
-        check_placement(&self.placement)?;
+        self.allocator.check().map_err(|violation| format!("allocator: {violation}"))?;
+        self.placement.check().map_err(|violation| format!("placement: {violation}"))?;
+        self.view.check().map_err(|violation| format!("DHCP view: {violation}"))?;
         let plan = plan(&self.view, &PlanOptions::default());
         check_plan(&plan, Some(&self.plan))?;
         self.follow_shards(&plan)?;
@@ -1250,14 +1252,14 @@ impl Pipeline {
 
     /// Snapshots restore to the same state.
     fn check_snapshots(&self) -> Result<(), String> {
-        let allocator = Allocator::restore(&self.allocator.snapshot()).map_err(|e| format!("allocator: {e}"))?;
+        let allocator = Allocator::restore(&(), &self.allocator.snapshot()).map_err(|e| format!("allocator: {e}"))?;
         ensure!(allocator == self.allocator, "the allocator's snapshot restores to another state");
         let snapshot = self.placement.snapshot();
         let placement =
-            Placement::restore(self.placement.config(), &snapshot).map_err(|e| format!("placement: {e}"))?;
+            Placement::restore(&self.placement.config(), &snapshot).map_err(|e| format!("placement: {e}"))?;
         ensure!(placement.snapshot() == snapshot, "placement's snapshot restores to another state");
-        check_placement(&placement)?;
-        let view = HostDhcpView::restore(&self.view.snapshot()).map_err(|e| format!("view: {e}"))?;
+        placement.check().map_err(|violation| format!("restored placement: {violation}"))?;
+        let view = HostDhcpView::restore(&(), &self.view.snapshot()).map_err(|e| format!("view: {e}"))?;
         ensure!(view == self.view, "the view's snapshot restores to another state");
         Ok(())
     }
@@ -1280,60 +1282,6 @@ fn decided_state(allocator: &Allocator) -> Value {
         });
     }
     snapshot
-}
-
-/// Invariants 1 and 2 through the allocator's public view: no address held twice in a subnet,
-/// every reservation in a known subnet and assignable there, a vNIC's MAC used by one vNIC, and
-/// each subnet's used count the number of its reservations.
-fn check_allocator(allocator: &Allocator) -> Result<(), String> {
-    for network in allocator.networks() {
-        let subnets: BTreeMap<SubnetId, (&SubnetSpec, u128)> =
-            network.subnets().map(|(id, spec, used, _)| (id, (spec, used))).collect();
-        let mut held = BTreeSet::new();
-        let mut vnic_macs = BTreeMap::new();
-        let mut per_subnet: BTreeMap<SubnetId, u128> = BTreeMap::new();
-        for (subnet_id, owner, mac, ip) in network.reservations() {
-            ensure!(held.insert((subnet_id, ip)), "{ip} is held twice in subnet {subnet_id}");
-            let Some((spec, _)) = subnets.get(&subnet_id) else {
-                return Err(format!("a reservation of {ip} in unknown subnet {subnet_id}"));
-            };
-            ensure!(spec.is_assignable(ip), "{ip} is held but not assignable in {}", spec.cidr);
-            if let Owner::Vnic { vnic_id, .. } = owner
-                && let Some(other) = vnic_macs.insert(mac, vnic_id)
-            {
-                return Err(format!("MAC {mac} is used by vNICs {other} and {vnic_id}"));
-            }
-            *per_subnet.entry(subnet_id).or_default() += 1;
-        }
-        for (subnet_id, (_, used)) in &subnets {
-            let count = per_subnet.get(subnet_id).copied().unwrap_or(0);
-            ensure!(*used == count, "subnet {subnet_id} counts {used} used for {count} reservations");
-        }
-    }
-    Ok(())
-}
-
-/// Invariant 5 through placement's public view (the same checks as its unit tests' invariant check,
-/// less the private indexes): every network has `min(wanted, eligible)` servers, all eligible.
-fn check_placement(placement: &Placement) -> Result<(), String> {
-    for network in placement.network_ids() {
-        let servers = placement.servers(network);
-        ensure!(
-            servers.len() == placement.expected_servers(network),
-            "network {network} has servers {servers:?}, expected {}",
-            placement.expected_servers(network)
-        );
-        for (host, epoch) in servers {
-            ensure!(placement.is_eligible(host, network), "{host} serves {network} but is not eligible");
-            ensure!(placement.served_networks(host).contains(&network), "the index misses {host} serving {network}");
-            ensure!(
-                epoch <= placement.epoch(network),
-                "epoch {epoch} is ahead of the network's {}",
-                placement.epoch(network)
-            );
-        }
-    }
-    Ok(())
 }
 
 // ---- The targets ----------------------------------------------------------------------------------
@@ -1565,15 +1513,15 @@ fn damaged_snapshots_are_refused_or_restore_a_working_machine() {
             check_restores(&damaged.bytes.0)?;
             let mut pipeline = Pipeline::new();
             match damaged.machine {
-                0 => match Allocator::restore(&damaged.bytes.0) {
+                0 => match Allocator::restore(&(), &damaged.bytes.0) {
                     Ok(allocator) => pipeline.allocator = allocator,
                     Err(_) => return Ok(()),
                 },
-                1 => match Placement::restore(PlacementConfig::default(), &damaged.bytes.0) {
+                1 => match Placement::restore(&PlacementConfig::default(), &damaged.bytes.0) {
                     Ok(placement) => pipeline.placement = placement,
                     Err(_) => return Ok(()),
                 },
-                _ => match HostDhcpView::restore(&damaged.bytes.0) {
+                _ => match HostDhcpView::restore(&(), &damaged.bytes.0) {
                     Ok(view) => pipeline.view = view,
                     Err(_) => return Ok(()),
                 },

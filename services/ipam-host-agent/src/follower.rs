@@ -280,6 +280,7 @@ impl Follower {
                     continue;
                 }
                 tracing::info!(host = %self.tracker.host_id, "Caught up with the log; provisioning.");
+                ipam_runtime::metrics::host_agent_caught_up(&self.tracker.host_id.to_string());
             } else if (!unsent && !ports_due) || (full && last_sent.elapsed() < BURST_COALESCE) {
                 // Nothing to send, or a burst whose changes are sent together a little later.
                 continue;

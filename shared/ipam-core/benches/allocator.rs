@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ipam_core::StateMachine;
 use ipam_core::allocator::Allocator;
 use ipam_core::event::{Event, NetworkUpserted, SubnetAdded, VnicDown, VnicUp};
 use ipam_core::pool::AddressPool;

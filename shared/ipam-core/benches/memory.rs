@@ -11,6 +11,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
+use ipam_core::StateMachine;
 use ipam_core::allocator::Allocator;
 use ipam_core::event::{Event, NetworkUpserted, SubnetAdded, VnicUp};
 use ipam_core::{Envelope, EventId, Mac, NetworkId, SubnetId, Timestamp, VmId, VnicId};

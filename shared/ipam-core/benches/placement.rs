@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use ipam_core::StateMachine;
 use ipam_core::event::{
     ClockTicked, Envelope, Event, HostNetwork, HostStatus, HostUpserted, NetworkUpserted, SubnetActivated,
 };

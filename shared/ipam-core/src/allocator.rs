@@ -39,6 +39,7 @@ use crate::event::{
 };
 use crate::ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
 use crate::mac::Mac;
+use crate::machine::{InvariantViolation, SnapshotError, StateMachine, ensure};
 use crate::net::{SpecialBlock, SubnetSpec};
 use crate::pool::{AddressPool, PoolError};
 use crate::recent::{INPUT_WINDOW, RecentInputs};
@@ -461,6 +462,63 @@ impl NetworkAllocator {
         self.subnets.iter().map(|(id, subnet)| (*id, &subnet.spec, subnet.pool.used_count(), subnet.pool.free_count()))
     }
 
+    /// The network's invariants: every holding sits in a known subnet, on an assignable address its
+    /// pool marks used, held once; each pool's used count and each subnet's vNIC count equal what
+    /// the holdings say; a vNIC's MAC belongs to it alone, and a DHCP server's MAC counts exactly
+    /// the reservations made with it.
+    fn check(&self) -> Result<(), InvariantViolation> {
+        let network = self.network_id;
+        let mut held = std::collections::BTreeSet::new();
+        let mut per_subnet: BTreeMap<SubnetId, (u128, u32)> = BTreeMap::new();
+        let mut per_mac: BTreeMap<Mac, u32> = BTreeMap::new();
+        for (key, holding) in &self.holdings {
+            let Holding { subnet_id, ip, mac, .. } = *holding;
+            let subnet = self.subnets.get(&subnet_id);
+            ensure(subnet.is_some(), || format!("network {network}: {ip} is held in unknown subnet {subnet_id}"))?;
+            let subnet = subnet.map(|s| (&s.spec, &s.pool));
+            if let Some((spec, pool)) = subnet {
+                ensure(spec.is_assignable(ip) && pool.is_used(ip), || {
+                    format!("network {network}: {ip} is held but not assignable and used in {}", spec.cidr)
+                })?;
+            }
+            ensure(held.insert((subnet_id, ip)), || format!("network {network}: {ip} is held twice"))?;
+            let counts = per_subnet.entry(subnet_id).or_default();
+            counts.0 += 1;
+            counts.1 += u32::from(matches!(key, OwnerKey::Vnic(_)));
+            *per_mac.entry(mac).or_default() += 1;
+            let user = self.macs.get(&mac).copied();
+            let consistent = match (key, user) {
+                (OwnerKey::Vnic(vnic_id), Some(MacUser::Vnic(user))) => *vnic_id == user,
+                (OwnerKey::DhcpPort(host_id, _), Some(MacUser::DhcpServer { host_id: user, .. })) => *host_id == user,
+                _ => false,
+            };
+            ensure(consistent, || {
+                format!("network {network}: MAC {mac} of {} is recorded as {user:?}", describe(*key))
+            })?;
+        }
+        for (subnet_id, subnet) in &self.subnets {
+            let (count, vnics) = per_subnet.get(subnet_id).copied().unwrap_or_default();
+            ensure(subnet.pool.used_count() == count && subnet.vnic_holdings == vnics, || {
+                format!(
+                    "network {network}, subnet {subnet_id}: the pool counts {} used and {} vNICs, the holdings {count} and {vnics}",
+                    subnet.pool.used_count(),
+                    subnet.vnic_holdings
+                )
+            })?;
+        }
+        for (mac, user) in &self.macs {
+            let uses = per_mac.get(mac).copied().unwrap_or(0);
+            let recorded = match user {
+                MacUser::Vnic(_) => 1,
+                MacUser::DhcpServer { reservations, .. } => *reservations,
+            };
+            ensure(uses == recorded, || {
+                format!("network {network}: MAC {mac} is recorded {recorded} times, used {uses}")
+            })?;
+        }
+        Ok(())
+    }
+
     fn to_snapshot(&self) -> NetworkSnapshot {
         NetworkSnapshot {
             network_id: self.network_id,
@@ -549,17 +607,6 @@ fn conflict(key: OwnerKey, held: &Holding, asked: &str) -> Rejection {
     Rejection::new(RejectionCode::VnicConflict, message)
 }
 
-/// Why a snapshot cannot be restored.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// The bytes are not a snapshot of this version; rebuild by replaying the log from offset zero.
-    #[error("the snapshot cannot be read: {0}")]
-    Unreadable(#[from] serde_json::Error),
-    /// The snapshot contradicts itself (written by a buggy version, or corrupted): replay from zero.
-    #[error("the snapshot is inconsistent: {0}")]
-    Inconsistent(String),
-}
-
 #[derive(Serialize, Deserialize)]
 struct AllocatorSnapshot {
     networks: Vec<NetworkSnapshot>,
@@ -617,21 +664,6 @@ impl Allocator {
     /// watch ids being forgotten. A restored allocator always has [`INPUT_WINDOW`].
     pub fn with_input_window(input_window: usize) -> Allocator {
         Allocator { networks: BTreeMap::new(), input_window }
-    }
-
-    /// Applies one input to its network's allocator. Events about no network yield nothing and
-    /// leave no trace.
-    ///
-    /// A network's machine is kept once it has seen an input, even one refused with
-    /// `unknown_network`, and after the network's removal: it holds the window of input ids that
-    /// recognises a retry.
-    pub fn apply(&mut self, input: &Envelope) -> Vec<Event> {
-        let Some(network_id) = input.event.network_id() else { return Vec::new() };
-        let input_window = self.input_window;
-        self.networks
-            .entry(network_id)
-            .or_insert_with(|| NetworkAllocator::with_input_window(network_id, input_window))
-            .apply(input)
     }
 
     /// [`Allocator::apply`], with what placement must hear of the input ([`placement_facts`]):
@@ -721,16 +753,35 @@ impl Allocator {
         }
         merged.unwrap_or_default()
     }
+}
 
-    /// The canonical bytes of the state: equal states give equal bytes.
-    pub fn snapshot(&self) -> Vec<u8> {
+impl StateMachine for Allocator {
+    type Config = ();
+    /// The outputs, in order.
+    type Decision = Vec<Event>;
+
+    /// Applies one input to its network's allocator. Events about no network yield nothing and
+    /// leave no trace.
+    ///
+    /// A network's machine is kept once it has seen an input, even one refused with
+    /// `unknown_network`, and after the network's removal: it holds the window of input ids that
+    /// recognises a retry.
+    fn apply(&mut self, input: &Envelope) -> Vec<Event> {
+        let Some(network_id) = input.event.network_id() else { return Vec::new() };
+        let input_window = self.input_window;
+        self.networks
+            .entry(network_id)
+            .or_insert_with(|| NetworkAllocator::with_input_window(network_id, input_window))
+            .apply(input)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
         let snapshot =
             AllocatorSnapshot { networks: self.networks.values().map(NetworkAllocator::to_snapshot).collect() };
         serde_json::to_vec(&snapshot).expect("snapshots have string keys only, so they always serialize")
     }
 
-    /// The state a snapshot describes.
-    pub fn restore(bytes: &[u8]) -> Result<Allocator, SnapshotError> {
+    fn restore(_: &(), bytes: &[u8]) -> Result<Allocator, SnapshotError> {
         let snapshot: AllocatorSnapshot = serde_json::from_slice(bytes)?;
         let mut networks = BTreeMap::new();
         for network in snapshot.networks {
@@ -738,6 +789,10 @@ impl Allocator {
             networks.insert(network_id, NetworkAllocator::from_snapshot(network)?);
         }
         Ok(Allocator { networks, input_window: INPUT_WINDOW })
+    }
+
+    fn check(&self) -> Result<(), InvariantViolation> {
+        self.networks.values().try_for_each(NetworkAllocator::check)
     }
 }
 

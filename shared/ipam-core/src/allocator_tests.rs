@@ -95,10 +95,12 @@ fn check(history: Vec<Event>, input: Event, expected: Expect) {
     let mut allocator = Allocator::new();
     for (n, event) in history.into_iter().enumerate() {
         allocator.apply(&envelope(n as u128, event));
+        allocator.check().expect("the invariants hold after every input");
     }
     let before = allocator.clone();
     let input = envelope(999, input);
     let outputs = allocator.apply(&input);
+    allocator.check().expect("the invariants hold after the input");
     if outputs.iter().any(|output| matches!(output, Event::RequestRejected(_))) {
         assert_eq!(outputs.len(), 1, "a rejection comes alone");
         assert!(allocator.same_state_but_inputs(&before), "a rejection changed more than the window");
@@ -615,7 +617,7 @@ fn rejects_multicast_fixed_ip_in_a_multicast_subnet_an_older_version_accepted() 
     // Snapshots are not validated again on restore, so state from before the subnet rules may hold
     // a subnet the rules now refuse.
     let snapshot = String::from_utf8(allocator.snapshot()).unwrap().replace("10.0.0.", "239.0.0.");
-    let mut allocator = Allocator::restore(snapshot.as_bytes()).unwrap();
+    let mut allocator = Allocator::restore(&(), snapshot.as_bytes()).unwrap();
     let outputs = allocator.apply(&envelope(999, Event::VnicStarted(up(1, Some(S1), Some("239.0.0.5")))));
     expect![[r#"
         request.rejected {code:ip_not_assignable,message:239.0.0.5 is in the multicast block (224.0.0.0/4, ff00::/8); no host may hold it,network_id:#1,request_type:ipam.vnic.started.v1}
@@ -866,7 +868,7 @@ fn second_event_with_the_id_of_another_has_no_effect() {
 #[test]
 fn retry_is_recognised_after_a_restart_from_a_snapshot() {
     let allocator = applied(Allocator::new(), &started_and_stopped());
-    let mut restored = Allocator::restore(&allocator.snapshot()).unwrap();
+    let mut restored = Allocator::restore(&(), &allocator.snapshot()).unwrap();
     assert_eq!(restored, allocator);
     assert_ignored(&mut restored, 2, start(1));
 }
@@ -894,7 +896,7 @@ fn retry_after_the_network_is_removed_is_not_answered_again() {
     // Without the window this would be an `unknown_network` rejection under an output id the
     // reservation of input 2 already used.
     assert_ignored(&mut allocator, 2, start(1));
-    let mut restored = Allocator::restore(&allocator.snapshot()).unwrap();
+    let mut restored = Allocator::restore(&(), &allocator.snapshot()).unwrap();
     assert_ignored(&mut restored, 2, start(1));
 }
 
@@ -955,7 +957,8 @@ fn same_state_but_inputs_sees_every_change_but_the_windows() {
 fn production_machines_remember_the_production_window() {
     let allocator = applied(Allocator::new(), &started_and_stopped());
     assert_eq!(allocator.network(NET).unwrap().recent_inputs().capacity(), INPUT_WINDOW);
-    let restored = Allocator::restore(&applied(Allocator::with_input_window(3), &started_and_stopped()).snapshot());
+    let restored =
+        Allocator::restore(&(), &applied(Allocator::with_input_window(3), &started_and_stopped()).snapshot());
     assert_eq!(restored.unwrap().network(NET).unwrap().recent_inputs().capacity(), INPUT_WINDOW);
 }
 
@@ -966,7 +969,7 @@ fn snapshot_from_before_the_window_restores_with_an_empty_one() {
     for network in old["networks"].as_array_mut().unwrap() {
         network.as_object_mut().unwrap().remove("recent_inputs");
     }
-    let restored = Allocator::restore(old.to_string().as_bytes()).unwrap();
+    let restored = Allocator::restore(&(), old.to_string().as_bytes()).unwrap();
     assert!(restored.network(NET).unwrap().recent_inputs().is_empty());
     assert!(restored.same_state_but_inputs(&allocator));
     assert_ne!(restored, allocator);
@@ -999,9 +1002,31 @@ fn a_damaged_snapshot_with_a_subnet_no_pool_can_hold_is_refused_not_a_panic() {
         ("10.1.2.0/29", "10.1.2.1", r#"[{"start":"10.1.2.5","end":"10.1.2.2"}]"#),
     ] {
         let bytes = snapshot(cidr, gateway, pools);
-        assert!(Allocator::restore(bytes.as_bytes()).is_err(), "{cidr} gateway {gateway} pools {pools} restored");
+        assert!(Allocator::restore(&(), bytes.as_bytes()).is_err(), "{cidr} gateway {gateway} pools {pools} restored");
     }
     // The same shape, whole, restores.
     let good = snapshot("10.1.2.0/29", "10.1.2.1", r#"[{"start":"10.1.2.2","end":"10.1.2.5"}]"#);
-    assert!(Allocator::restore(good.as_bytes()).is_ok());
+    assert!(Allocator::restore(&(), good.as_bytes()).is_ok());
+}
+
+#[test]
+fn the_invariant_check_sees_a_pool_or_a_mac_that_disagrees_with_the_holdings() {
+    let mut allocator = Allocator::new();
+    for (n, event) in history(small_network(), [start(1), start(2)]).into_iter().enumerate() {
+        allocator.apply(&envelope(n as u128, event));
+    }
+    assert_eq!(allocator.check(), Ok(()));
+    let network_id = allocator.networks().next().unwrap().network_id();
+
+    let mut freed = allocator.clone();
+    let network = freed.networks.get_mut(&network_id).unwrap();
+    let holding = network.holdings.values().next().unwrap().clone();
+    network.subnets.get_mut(&holding.subnet_id).unwrap().pool.release(holding.ip);
+    let violation = freed.check().unwrap_err().to_string();
+    assert!(violation.contains(&holding.ip.to_string()), "{violation}");
+
+    let mut forgotten = allocator.clone();
+    forgotten.networks.get_mut(&network_id).unwrap().macs.remove(&holding.mac);
+    let violation = forgotten.check().unwrap_err().to_string();
+    assert!(violation.contains(&holding.mac.to_string()), "{violation}");
 }

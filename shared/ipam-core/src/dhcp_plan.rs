@@ -22,6 +22,7 @@ use crate::event::{
 };
 use crate::ids::{HostId, NetworkId, SubnetId};
 use crate::mac::Mac;
+use crate::machine::{InvariantViolation, SnapshotError, StateMachine, ensure};
 use crate::net::{Cidr, InterfaceName};
 use crate::{Envelope, Event};
 
@@ -84,41 +85,6 @@ impl HostDhcpView {
 
     pub fn host_id(&self) -> HostId {
         self.host_id
-    }
-
-    /// Folds one input into the view. Events a host agent does not act on are ignored, so the shell
-    /// may feed it whole topics.
-    pub fn apply(&mut self, input: &Envelope) {
-        match &input.event {
-            Event::DhcpServerAssigned(event) => self.assign(event),
-            Event::DhcpServerUnassigned(event) => self.unassign(event),
-            Event::SubnetActivated(event) => self.activate(event),
-            Event::SubnetDeactivated(event) => self.deactivate(event),
-            Event::ReservationAdded(event) => self.reserve(event),
-            Event::ReservationRemoved(event) => self.release(event),
-            // Requests, inventory and status change nothing here by themselves: their effects reach
-            // the host as the allocator's and placement's decisions above (a removed network, for
-            // one, arrives as subnet deactivations, reservation removals and an unassignment).
-            // Listed one by one so that a new event type is a compile error until someone decides.
-            Event::NetworkUpserted(_)
-            | Event::NetworkRemoved(_)
-            | Event::SubnetAdded(_)
-            | Event::SubnetRemoved(_)
-            | Event::VnicStarted(_)
-            | Event::VnicPlugged(_)
-            | Event::VnicLinked(_)
-            | Event::VnicStopped(_)
-            | Event::VnicUnplugged(_)
-            | Event::VnicUnlinked(_)
-            | Event::DhcpPortRequested(_)
-            | Event::DhcpPortReleased(_)
-            | Event::HostUpserted(_)
-            | Event::HostRemoved(_)
-            | Event::HostHeartbeat(_)
-            | Event::DhcpServerStatus(_)
-            | Event::ClockTicked(_)
-            | Event::RequestRejected(_) => {}
-        }
     }
 
     /// Placement's epochs only grow per network, so an assignment older than the one held is a
@@ -211,9 +177,93 @@ impl HostDhcpView {
         let own = self.own_port();
         network.reservations.get(&subnet_id)?.iter().find(|(_, owner)| **owner == own).map(|(&key, _)| key)
     }
+}
+
+/// The stored form of a [`HostDhcpView`]: flat lists in key order, so the bytes are canonical.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    host_id: HostId,
+    assignments: Vec<AssignmentRecord>,
+    subnets: Vec<SubnetRecord>,
+    reservations: Vec<ReservationRecord>,
+}
+
+/// Read first, so a snapshot of another version is reported as such rather than as malformed.
+#[derive(Deserialize)]
+struct SnapshotHeader {
+    version: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AssignmentRecord {
+    network_id: NetworkId,
+    epoch: u64,
+    interface: InterfaceName,
+    serving: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SubnetRecord {
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    cidr: Cidr,
+    gateway: IpAddr,
+    dns_servers: Vec<IpAddr>,
+    ntp_servers: Vec<IpAddr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReservationRecord {
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    ip: IpAddr,
+    mac: Mac,
+    owner: Owner,
+}
+
+impl StateMachine for HostDhcpView {
+    type Config = ();
+    /// Nothing: the shell asks [`plan`] for the configuration the new view wants.
+    type Decision = ();
+
+    /// Folds one input into the view. Events a host agent does not act on are ignored, so the shell
+    /// may feed it whole topics.
+    fn apply(&mut self, input: &Envelope) {
+        match &input.event {
+            Event::DhcpServerAssigned(event) => self.assign(event),
+            Event::DhcpServerUnassigned(event) => self.unassign(event),
+            Event::SubnetActivated(event) => self.activate(event),
+            Event::SubnetDeactivated(event) => self.deactivate(event),
+            Event::ReservationAdded(event) => self.reserve(event),
+            Event::ReservationRemoved(event) => self.release(event),
+            // Requests, inventory and status change nothing here by themselves: their effects reach
+            // the host as the allocator's and placement's decisions above (a removed network, for
+            // one, arrives as subnet deactivations, reservation removals and an unassignment).
+            // Listed one by one so that a new event type is a compile error until someone decides.
+            Event::NetworkUpserted(_)
+            | Event::NetworkRemoved(_)
+            | Event::SubnetAdded(_)
+            | Event::SubnetRemoved(_)
+            | Event::VnicStarted(_)
+            | Event::VnicPlugged(_)
+            | Event::VnicLinked(_)
+            | Event::VnicStopped(_)
+            | Event::VnicUnplugged(_)
+            | Event::VnicUnlinked(_)
+            | Event::DhcpPortRequested(_)
+            | Event::DhcpPortReleased(_)
+            | Event::HostUpserted(_)
+            | Event::HostRemoved(_)
+            | Event::HostHeartbeat(_)
+            | Event::DhcpServerStatus(_)
+            | Event::ClockTicked(_)
+            | Event::RequestRejected(_) => {}
+        }
+    }
 
     /// The whole view in a canonical form: equal views give equal bytes, whatever history built them.
-    pub fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Vec<u8> {
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
             host_id: self.host_id,
@@ -262,18 +312,17 @@ impl HostDhcpView {
 
     /// The view a [`snapshot`](HostDhcpView::snapshot) was taken of. On an error the shell should
     /// rebuild the view by replaying its topics from the start.
-    pub fn restore(bytes: &[u8]) -> Result<HostDhcpView, SnapshotError> {
-        let header: SnapshotHeader =
-            serde_json::from_slice(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    fn restore(_: &(), bytes: &[u8]) -> Result<HostDhcpView, SnapshotError> {
+        let header: SnapshotHeader = serde_json::from_slice(bytes)?;
         if header.version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion(header.version));
+            return Err(SnapshotError::Version { found: header.version, expected: SNAPSHOT_VERSION });
         }
-        let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        let snapshot: Snapshot = serde_json::from_slice(bytes)?;
         let mut view = HostDhcpView::new(snapshot.host_id);
         for record in snapshot.assignments {
             let assignment = Assignment { epoch: record.epoch, interface: record.interface, serving: record.serving };
             if view.assignments.insert(record.network_id, assignment).is_some() {
-                return Err(SnapshotError::Duplicate(format!("assignment of network {}", record.network_id)));
+                return Err(SnapshotError::Inconsistent(format!("network {} is assigned twice", record.network_id)));
             }
         }
         for record in snapshot.subnets {
@@ -285,77 +334,32 @@ impl HostDhcpView {
                 ntp_servers: record.ntp_servers,
             };
             if network.subnets.insert(record.subnet_id, options).is_some() {
-                return Err(SnapshotError::Duplicate(format!("subnet {}", record.subnet_id)));
+                return Err(SnapshotError::Inconsistent(format!("subnet {} appears twice", record.subnet_id)));
             }
         }
         for record in snapshot.reservations {
             let network = view.networks.entry(record.network_id).or_default();
             let held = network.reservations.entry(record.subnet_id).or_default();
             if held.insert((record.ip, record.mac), record.owner).is_some() {
-                let what = format!("reservation of {} by {} in subnet {}", record.ip, record.mac, record.subnet_id);
-                return Err(SnapshotError::Duplicate(what));
+                let what = format!("the reservation of {} by {} in subnet {}", record.ip, record.mac, record.subnet_id);
+                return Err(SnapshotError::Inconsistent(format!("{what} appears twice")));
             }
         }
         Ok(view)
     }
-}
 
-/// The stored form of a [`HostDhcpView`]: flat lists in key order, so the bytes are canonical.
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
-    version: u32,
-    host_id: HostId,
-    assignments: Vec<AssignmentRecord>,
-    subnets: Vec<SubnetRecord>,
-    reservations: Vec<ReservationRecord>,
-}
-
-/// Read first, so a snapshot of another version is reported as such rather than as malformed.
-#[derive(Deserialize)]
-struct SnapshotHeader {
-    version: u32,
-}
-
-#[derive(Serialize, Deserialize)]
-struct AssignmentRecord {
-    network_id: NetworkId,
-    epoch: u64,
-    interface: InterfaceName,
-    serving: bool,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SubnetRecord {
-    network_id: NetworkId,
-    subnet_id: SubnetId,
-    cidr: Cidr,
-    gateway: IpAddr,
-    dns_servers: Vec<IpAddr>,
-    ntp_servers: Vec<IpAddr>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ReservationRecord {
-    network_id: NetworkId,
-    subnet_id: SubnetId,
-    ip: IpAddr,
-    mac: Mac,
-    owner: Owner,
-}
-
-/// Why bytes could not be restored as a [`HostDhcpView`]. Whatever the variant, the view can be
-/// rebuilt by replaying the log, so the shell should do that rather than stop.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotError {
-    /// The bytes are not a snapshot of this view (truncated, corrupt, or another state machine's).
-    #[error("not a DHCP view snapshot: {0}")]
-    Malformed(String),
-    /// The snapshot was written in another format version, say by a newer agent.
-    #[error("DHCP view snapshot version {0} is not supported (this agent writes version {SNAPSHOT_VERSION})")]
-    UnsupportedVersion(u32),
-    /// An entry appears twice, which a snapshot never writes: the bytes are corrupt.
-    #[error("DHCP view snapshot is corrupt: {0} appears twice")]
-    Duplicate(String),
+    /// Equal knowledge is equal state: no network entry and no subnet's reservations are kept
+    /// empty. (That an address is held once per subnet is the allocator's invariant, a property of
+    /// the view's inputs rather than of the view.)
+    fn check(&self) -> Result<(), InvariantViolation> {
+        for (network_id, network) in &self.networks {
+            ensure(!network.is_empty(), || format!("network {network_id} is kept with nothing in it"))?;
+            for (subnet_id, held) in &network.reservations {
+                ensure(!held.is_empty(), || format!("subnet {subnet_id} keeps an empty reservation list"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Settings of the plan that come from the agent's configuration rather than from events.

@@ -570,7 +570,7 @@ fn rich_history() -> Vec<Event> {
 fn snapshot_and_restore_round_trip_with_equal_bytes() {
     let view = view_after(&rich_history());
     let bytes = view.snapshot();
-    let restored = HostDhcpView::restore(&bytes).expect("a snapshot restores");
+    let restored = HostDhcpView::restore(&(), &bytes).expect("a snapshot restores");
     assert_eq!(restored, view);
     assert_eq!(restored.snapshot(), bytes);
     // The ended epoch of n2 survives the round trip: it still cannot be revived.
@@ -621,20 +621,20 @@ fn restore_refuses_what_is_not_a_snapshot_of_this_version() {
             {"network_id":"00000000-0000-0000-0000-000000000001","epoch":2,"interface":"br1","serving":true}
         ],"subnets":[],"reservations":[]}"#,
     ]
-    .map(|bytes| HostDhcpView::restore(bytes).map(|_| ()).map_err(|e| e.to_string()));
+    .map(|bytes| HostDhcpView::restore(&(), bytes).map(|_| ()).map_err(|e| e.to_string()));
     expect![[r#"
         [
             Err(
-                "not a DHCP view snapshot: expected ident at line 1 column 2",
+                "the snapshot cannot be read: expected ident at line 1 column 2",
             ),
             Err(
-                "DHCP view snapshot version 2 is not supported (this agent writes version 1)",
+                "the snapshot has format version 2; this build reads version 1",
             ),
             Err(
-                "not a DHCP view snapshot: missing field `subnets` at line 1 column 79",
+                "the snapshot cannot be read: missing field `subnets` at line 1 column 79",
             ),
             Err(
-                "DHCP view snapshot is corrupt: assignment of network 00000000-0000-0000-0000-000000000001 appears twice",
+                "the snapshot is inconsistent: network 00000000-0000-0000-0000-000000000001 is assigned twice",
             ),
         ]
     "#]]

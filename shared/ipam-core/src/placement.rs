@@ -31,6 +31,7 @@ use crate::event::{
     HostStatus, HostUpserted, NetworkRemoved, NetworkUpserted, SubnetActivated, SubnetDeactivated, UnassignReason,
 };
 use crate::ids::{EventId, HostId, NetworkId, SubnetId};
+use crate::machine::{InvariantViolation, SnapshotError, StateMachine, ensure};
 use crate::net::InterfaceName;
 use crate::recent::{INPUT_WINDOW, RecentInputs};
 
@@ -51,19 +52,7 @@ impl Default for PlacementConfig {
     }
 }
 
-/// Why a snapshot could not be restored. The caller should rebuild state by replaying the log
-/// from the beginning instead.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// The bytes are not a placement snapshot (corrupt, truncated, or another machine's).
-    #[error("the placement snapshot is unreadable: {0}")]
-    Decode(#[from] serde_json::Error),
-    /// The snapshot was written by a version of placement whose state layout this one does not read.
-    #[error("the placement snapshot has format version {found}; this build reads version {expected}")]
-    Version { found: u32, expected: u32 },
-}
-
-/// The format version of [`Placement::snapshot`]; bump it when [`State`] changes shape.
+/// The format version of placement snapshots; bump it when [`State`] changes shape.
 const SNAPSHOT_VERSION: u32 = 1;
 
 /// The DHCP server placement state machine. See the module documentation.
@@ -178,7 +167,31 @@ impl Slot {
     }
 }
 
+/// An index with slot numbers replaced by host ids: what must not depend on history.
+type IndexView<'a> = (
+    BTreeMap<NetworkId, BTreeSet<HostId>>,
+    BTreeMap<HostId, (bool, &'a BTreeSet<NetworkId>)>,
+    &'a BTreeSet<(i64, HostId)>,
+    &'a BTreeSet<HostId>,
+    &'a BTreeSet<NetworkId>,
+);
+
 impl Index {
+    fn view(&self) -> IndexView<'_> {
+        let host = |slot: usize| self.slots.get(slot).map(|s| s.host_id);
+        let attached = self
+            .attached
+            .iter()
+            .map(|(&network, slots)| (network, slots.iter().filter_map(|&slot| host(slot)).collect()))
+            .collect();
+        let hosts = self
+            .slot_of
+            .iter()
+            .filter_map(|(&host, &slot)| self.slots.get(slot).map(|s| (host, (s.available, &s.serving))))
+            .collect();
+        (attached, hosts, &self.deadlines, &self.unstamped, &self.under_served)
+    }
+
     fn build(state: &State, config: &PlacementConfig) -> Index {
         let mut index = Index::default();
         for (&host_id, host) in &state.hosts {
@@ -302,53 +315,6 @@ impl Placement {
 
     pub fn config(&self) -> PlacementConfig {
         self.config
-    }
-
-    /// Applies one input and returns the assignments and unassignments it causes: networks in id
-    /// order; within a network, unassignments by host id, then assignments in the order they were
-    /// made (ascending epoch). Event types placement does not follow produce nothing, and so does
-    /// an input whose id is among the last [`INPUT_WINDOW`] applied (a retry).
-    pub fn apply(&mut self, input: &Envelope) -> Vec<Event> {
-        if !self.state.recent_inputs.record(input.id) {
-            return Vec::new();
-        }
-        let dirty = match &input.event {
-            Event::HostUpserted(event) => self.host_upserted(event),
-            Event::HostRemoved(event) => self.host_removed(event),
-            Event::HostHeartbeat(event) => self.host_heartbeat(event),
-            Event::ClockTicked(event) => self.clock_ticked(event),
-            Event::NetworkUpserted(event) => self.network_upserted(event),
-            Event::NetworkRemoved(event) => return self.network_removed(event, input.id),
-            Event::SubnetActivated(event) => self.subnet_activated(event),
-            Event::SubnetDeactivated(event) => self.subnet_deactivated(event),
-            _ => BTreeSet::new(),
-        };
-        let mut outputs = Vec::new();
-        for network_id in dirty {
-            self.reconcile(network_id, input.id, &mut outputs);
-        }
-        if let Event::HostRemoved(event) = &input.event {
-            self.index.forget(event.host_id);
-        }
-        outputs
-    }
-
-    /// The primary state as canonical JSON bytes: equal states give equal bytes. The config is not
-    /// included.
-    pub fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.state).expect("placement state has string map keys only, so it always serializes")
-    }
-
-    /// A machine with the state of `snapshot` and the given config.
-    ///
-    /// A changed `default_servers_count` applies to a network at the next input that concerns it.
-    pub fn restore(config: PlacementConfig, snapshot: &[u8]) -> Result<Placement, SnapshotError> {
-        let state: State = serde_json::from_slice(snapshot)?;
-        if state.version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::Version { found: state.version, expected: SNAPSHOT_VERSION });
-        }
-        let index = Index::build(&state, &config);
-        Ok(Placement { config, state, index })
     }
 
     // ---- Read accessors -------------------------------------------------------------------------
@@ -774,6 +740,93 @@ fn network_reason(network: &Network) -> Option<UnassignReason> {
         Some(UnassignReason::NoSubnet)
     } else {
         None
+    }
+}
+
+impl StateMachine for Placement {
+    type Config = PlacementConfig;
+    /// The assignments and unassignments, in order.
+    type Decision = Vec<Event>;
+
+    /// Applies one input and returns the assignments and unassignments it causes: networks in id
+    /// order; within a network, unassignments by host id, then assignments in the order they were
+    /// made (ascending epoch). Event types placement does not follow produce nothing, and so does
+    /// an input whose id is among the last [`INPUT_WINDOW`] applied (a retry).
+    fn apply(&mut self, input: &Envelope) -> Vec<Event> {
+        if !self.state.recent_inputs.record(input.id) {
+            return Vec::new();
+        }
+        let dirty = match &input.event {
+            Event::HostUpserted(event) => self.host_upserted(event),
+            Event::HostRemoved(event) => self.host_removed(event),
+            Event::HostHeartbeat(event) => self.host_heartbeat(event),
+            Event::ClockTicked(event) => self.clock_ticked(event),
+            Event::NetworkUpserted(event) => self.network_upserted(event),
+            Event::NetworkRemoved(event) => return self.network_removed(event, input.id),
+            Event::SubnetActivated(event) => self.subnet_activated(event),
+            Event::SubnetDeactivated(event) => self.subnet_deactivated(event),
+            _ => BTreeSet::new(),
+        };
+        let mut outputs = Vec::new();
+        for network_id in dirty {
+            self.reconcile(network_id, input.id, &mut outputs);
+        }
+        if let Event::HostRemoved(event) = &input.event {
+            self.index.forget(event.host_id);
+        }
+        outputs
+    }
+
+    /// The primary state as canonical JSON bytes: equal states give equal bytes. The config is not
+    /// included.
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.state).expect("placement state has string map keys only, so it always serializes")
+    }
+
+    /// A machine with the state of `snapshot` and the given config.
+    ///
+    /// A changed `default_servers_count` applies to a network at the next input that concerns it.
+    fn restore(config: &PlacementConfig, snapshot: &[u8]) -> Result<Placement, SnapshotError> {
+        let config = *config;
+        let state: State = serde_json::from_slice(snapshot)?;
+        if state.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version { found: state.version, expected: SNAPSHOT_VERSION });
+        }
+        let index = Index::build(&state, &config);
+        Ok(Placement { config, state, index })
+    }
+
+    /// Invariant 5 (every network has `min(wanted, eligible)` servers, all eligible, at epochs no
+    /// later than the network's), and the indexes equal what [`Index::build`] derives from the
+    /// state, so a dirty set that misses a network, or an index update that drifts, shows here.
+    fn check(&self) -> Result<(), InvariantViolation> {
+        for network in self.network_ids() {
+            let servers = self.servers(network);
+            let expected = self.expected_servers(network);
+            ensure(servers.len() == expected, || {
+                format!("network {network} has servers {servers:?}, expected {expected}")
+            })?;
+            for (host, epoch) in servers {
+                ensure(self.is_eligible(host, network), || {
+                    format!("host {host} serves network {network} but is not eligible")
+                })?;
+                ensure(self.served_networks(host).contains(&network), || {
+                    format!("the index misses host {host} serving network {network}")
+                })?;
+                ensure(epoch <= self.epoch(network), || {
+                    format!("network {network}: epoch {epoch} is ahead of the network's {}", self.epoch(network))
+                })?;
+            }
+        }
+        let index = &self.index;
+        for (&host, &slot) in &index.slot_of {
+            ensure(index.slots.get(slot).is_some_and(|s| s.host_id == host), || {
+                format!("slot {slot} is not host {host}'s")
+            })?;
+            ensure(!index.free_slots.contains(&slot), || format!("slot {slot} is both used and free"))?;
+        }
+        let rebuilt = Index::build(&self.state, &self.config);
+        ensure(rebuilt.view() == index.view(), || "the indexes drifted from the state".to_owned())
     }
 }
 

@@ -36,58 +36,12 @@ fn check(history: &[Event], input: Event, expect: Expect) -> Placement {
     placement
 }
 
-/// Invariant 5, checked over every network after every input, so a dirty set that misses a
-/// network shows up here.
+/// Every invariant placement keeps ([`StateMachine::check`]), after every input, so a dirty set
+/// that misses a network shows up here.
 fn assert_invariants(placement: &Placement, context: &str) {
-    for network in placement.network_ids() {
-        let servers = placement.servers(network);
-        assert_eq!(
-            servers.len(),
-            placement.expected_servers(network),
-            "{context}: {} is served by {servers:?}",
-            name(network)
-        );
-        for (host, _) in servers {
-            assert!(
-                placement.is_eligible(host, network),
-                "{context}: {} serves {} but is not eligible",
-                short(host),
-                name(network)
-            );
-            assert!(placement.served_networks(host).contains(&network));
-        }
+    if let Err(violation) = placement.check() {
+        panic!("{context}: {violation}");
     }
-    let index = &placement.index;
-    for (&host, &slot) in &index.slot_of {
-        assert_eq!(index.slots[slot].host_id, host, "{context}: slot {slot} is not {}'s", short(host));
-        assert!(!index.free_slots.contains(&slot), "{context}: slot {slot} is both used and free");
-    }
-    let rebuilt = Index::build(&placement.state, &placement.config);
-    assert_eq!(view(&rebuilt), view(index), "{context}: the indexes drifted from the state");
-}
-
-/// An index with slot numbers replaced by host ids: what must not depend on history.
-#[allow(clippy::type_complexity)]
-fn view(
-    index: &Index,
-) -> (
-    BTreeMap<NetworkId, BTreeSet<HostId>>,
-    BTreeMap<HostId, (bool, BTreeSet<NetworkId>)>,
-    &BTreeSet<(i64, HostId)>,
-    &BTreeSet<HostId>,
-    &BTreeSet<NetworkId>,
-) {
-    let attached = index
-        .attached
-        .iter()
-        .map(|(&network, slots)| (network, slots.iter().map(|&slot| index.slots[slot].host_id).collect()))
-        .collect();
-    let hosts = index
-        .slot_of
-        .iter()
-        .map(|(&host, &slot)| (host, (index.slots[slot].available, index.slots[slot].serving.clone())))
-        .collect();
-    (attached, hosts, &index.deadlines, &index.unstamped, &index.under_served)
 }
 
 fn render(outputs: &[Event], cause: EventId) -> String {
@@ -616,7 +570,7 @@ fn restored_machine_has_equal_bytes_and_behaves_identically() {
     let history = with(h1_goes_quiet(), [tick(20_000), network(2, true, Some(1)), up(4, &[2]), subnet(2, 1)]);
     let mut live = given(&history);
     let bytes = live.snapshot();
-    let mut restored = Placement::restore(PlacementConfig::default(), &bytes).expect("a fresh snapshot restores");
+    let mut restored = Placement::restore(&PlacementConfig::default(), &bytes).expect("a fresh snapshot restores");
     assert_eq!(restored.snapshot(), bytes);
     assert_invariants(&restored, "after restore");
 
@@ -645,20 +599,20 @@ fn restored_machine_has_equal_bytes_and_behaves_identically() {
 fn snapshot_leaves_the_config_out() {
     let live = given(&served());
     let config = PlacementConfig { heartbeat_timeout_ms: 1, default_servers_count: 5 };
-    let restored = Placement::restore(config, &live.snapshot()).expect("a fresh snapshot restores");
+    let restored = Placement::restore(&config, &live.snapshot()).expect("a fresh snapshot restores");
     assert_eq!(restored.config(), config);
     assert_eq!(restored.snapshot(), live.snapshot());
 }
 
 #[test]
 fn unreadable_snapshots_are_errors() {
-    let error = Placement::restore(PlacementConfig::default(), b"{not json").map(|_| ()).expect_err("garbage");
-    assert!(matches!(error, SnapshotError::Decode(_)), "{error}");
+    let error = Placement::restore(&PlacementConfig::default(), b"{not json").map(|_| ()).expect_err("garbage");
+    assert!(matches!(error, SnapshotError::Unreadable(_)), "{error}");
 
     let bytes = String::from_utf8(given(&served()).snapshot()).expect("snapshots are UTF-8");
     let future = bytes.replacen("\"version\":1", "\"version\":2", 1);
-    let error = Placement::restore(PlacementConfig::default(), future.as_bytes()).map(|_| ()).expect_err("v2");
-    expect!["the placement snapshot has format version 2; this build reads version 1"].assert_eq(&error.to_string());
+    let error = Placement::restore(&PlacementConfig::default(), future.as_bytes()).map(|_| ()).expect_err("v2");
+    expect!["the snapshot has format version 2; this build reads version 1"].assert_eq(&error.to_string());
 }
 
 // ---- Retries ---------------------------------------------------------------------------------
@@ -700,7 +654,7 @@ fn second_event_with_the_id_of_another_has_no_effect() {
 #[test]
 fn retry_is_recognised_after_a_restart_from_a_snapshot() {
     let live = disabled_and_enabled();
-    let mut restored = Placement::restore(PlacementConfig::default(), &live.snapshot()).unwrap();
+    let mut restored = Placement::restore(&PlacementConfig::default(), &live.snapshot()).unwrap();
     assert_eq!(restored.recent_inputs(), live.recent_inputs());
     assert_ignored(&mut restored, 50, network(1, false, None));
 }
@@ -725,7 +679,7 @@ fn window_forgets_the_oldest_id_after_as_many_newer_inputs_as_it_holds() {
 fn production_machine_remembers_the_production_window() {
     assert_eq!(given(&served()).recent_inputs().capacity(), INPUT_WINDOW);
     let small = Placement::with_input_window(PlacementConfig::default(), 3);
-    let restored = Placement::restore(PlacementConfig::default(), &small.snapshot()).unwrap();
+    let restored = Placement::restore(&PlacementConfig::default(), &small.snapshot()).unwrap();
     assert_eq!(restored.recent_inputs().capacity(), INPUT_WINDOW);
 }
 
@@ -734,7 +688,7 @@ fn snapshot_from_before_the_window_restores_with_an_empty_one() {
     let live = given(&served());
     let mut old: serde_json::Value = serde_json::from_slice(&live.snapshot()).unwrap();
     old.as_object_mut().unwrap().remove("recent_inputs").expect("the window is in the snapshot");
-    let restored = Placement::restore(PlacementConfig::default(), old.to_string().as_bytes()).unwrap();
+    let restored = Placement::restore(&PlacementConfig::default(), old.to_string().as_bytes()).unwrap();
     assert!(restored.recent_inputs().is_empty());
     assert_eq!(restored.servers(n(1)), live.servers(n(1)));
 }
@@ -847,10 +801,27 @@ fn random_histories_keep_every_network_served_without_moving_healthy_servers() {
 
             if step % 50 == 49 {
                 let bytes = placement.snapshot();
-                let restored = Placement::restore(placement.config(), &bytes).expect("a fresh snapshot restores");
+                let restored = Placement::restore(&placement.config(), &bytes).expect("a fresh snapshot restores");
                 assert_eq!(restored.snapshot(), bytes, "{context}");
                 placement = restored;
             }
         }
     }
+}
+
+#[test]
+fn the_invariant_check_sees_an_index_that_drifted_from_the_state() {
+    let placement = given(&[up(1, &[1]), up(2, &[1]), enabled(1), subnet(1, 1)]);
+    assert_eq!(placement.check(), Ok(()));
+
+    let mut drifted = placement.clone();
+    let slot = drifted.index.slot_of[&h(1)];
+    drifted.index.slots[slot].serving.clear();
+    let violation = drifted.check().unwrap_err().to_string();
+    assert!(violation.contains("index"), "{violation}");
+
+    let mut unserved = placement.clone();
+    unserved.state.networks.get_mut(&n(1)).unwrap().servers.clear();
+    let violation = unserved.check().unwrap_err().to_string();
+    assert!(violation.contains("expected 2"), "{violation}");
 }

@@ -1,4 +1,4 @@
-//! The allocator's partition states: one [`NetworkActor`] per network, grouped by input partition,
+//! The allocator's partition states: one [`MachineActor`] per network, grouped by input partition,
 //! the actors spread over a pool of arbiter threads. A polled batch is split by network, each
 //! actor gets its share in one message, and all shares are sent before any answer is awaited, so
 //! networks on different arbiters are decided in parallel; the answers are put back in input order.
@@ -9,11 +9,11 @@ use actix::{Actor, Addr, ArbiterHandle};
 use anyhow::Context;
 use futures::executor::block_on;
 use futures::future::join_all;
-use ipam_core::NetworkId;
 use ipam_core::allocator::Allocator;
+use ipam_core::{NetworkId, StateMachine};
 use ipam_log::TopicPartition;
 
-use crate::actors::{ApplyAll, Extract, NetworkActor};
+use crate::actors::{ApplyAll, Extract, MachineActor};
 use crate::driver::{Applied, Input, Machines};
 
 /// The allocator actors of the partitions one driver owns.
@@ -22,7 +22,7 @@ pub struct AllocatorMachines {
     arbiters: Vec<ArbiterHandle>,
     /// The arbiter the next new actor is started on.
     next_arbiter: usize,
-    partitions: BTreeMap<TopicPartition, BTreeMap<NetworkId, Addr<NetworkActor>>>,
+    partitions: BTreeMap<TopicPartition, BTreeMap<NetworkId, Addr<MachineActor<Allocator>>>>,
 }
 
 impl AllocatorMachines {
@@ -35,13 +35,13 @@ impl AllocatorMachines {
         AllocatorMachines { arbiters, next_arbiter: 0, partitions: BTreeMap::new() }
     }
 
-    fn start(&mut self, allocator: Allocator) -> Addr<NetworkActor> {
+    fn start(&mut self, allocator: Allocator) -> Addr<MachineActor<Allocator>> {
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
-        NetworkActor::start_in_arbiter(arbiter, move |_| NetworkActor { allocator })
+        MachineActor::start_in_arbiter(arbiter, move |_| MachineActor { machine: allocator })
     }
 
-    fn actor(&mut self, partition: &TopicPartition, network_id: NetworkId) -> Addr<NetworkActor> {
+    fn actor(&mut self, partition: &TopicPartition, network_id: NetworkId) -> Addr<MachineActor<Allocator>> {
         if let Some(actor) = self.partitions.get(partition).and_then(|actors| actors.get(&network_id)) {
             return actor.clone();
         }
@@ -54,7 +54,7 @@ impl AllocatorMachines {
 impl Machines for AllocatorMachines {
     fn restore(&mut self, partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
         let allocator = match snapshot {
-            Some(bytes) => Allocator::restore(bytes).context("reading an allocator snapshot")?,
+            Some(bytes) => Allocator::restore(&(), bytes).context("reading an allocator snapshot")?,
             None => Allocator::new(),
         };
         let mut actors = BTreeMap::new();
@@ -101,7 +101,7 @@ impl Machines for AllocatorMachines {
     fn snapshot(&mut self, partition: &TopicPartition) -> anyhow::Result<Vec<u8>> {
         let actors =
             self.partitions.get(partition).map(|a| a.values().cloned().collect::<Vec<_>>()).unwrap_or_default();
-        let parts = block_on(join_all(actors.iter().map(|actor| actor.send(Extract))))
+        let parts = block_on(join_all(actors.iter().map(|actor| actor.send(Extract::default()))))
             .into_iter()
             .collect::<Result<Vec<Allocator>, _>>()
             .context("an allocator actor is gone")?;

@@ -1,20 +1,21 @@
-//! Placement's state: one [`PlacementActor`] for the single partition of `ipam.hosts`, handed each
+//! Placement's state: one [`MachineActor`] for the single partition of `ipam.hosts`, handed each
 //! polled batch in one message.
 
 use actix::{Actor, Addr, ArbiterHandle};
 use anyhow::{Context, anyhow};
 use futures::executor::block_on;
+use ipam_core::StateMachine;
 use ipam_core::placement::{Placement, PlacementConfig};
 use ipam_log::TopicPartition;
 
-use crate::actors::{ApplyAll, PlacementActor, TakeSnapshot};
+use crate::actors::{ApplyAll, MachineActor, TakeSnapshot};
 use crate::driver::{Applied, Input, Machines};
 
 #[derive(Debug)]
 pub struct PlacementMachines {
     arbiter: ArbiterHandle,
     config: PlacementConfig,
-    actor: Option<Addr<PlacementActor>>,
+    actor: Option<Addr<MachineActor<Placement>>>,
 }
 
 impl PlacementMachines {
@@ -22,7 +23,7 @@ impl PlacementMachines {
         PlacementMachines { arbiter, config, actor: None }
     }
 
-    fn actor(&self) -> anyhow::Result<&Addr<PlacementActor>> {
+    fn actor(&self) -> anyhow::Result<&Addr<MachineActor<Placement>>> {
         self.actor.as_ref().ok_or_else(|| anyhow!("placement has no partition"))
     }
 }
@@ -30,10 +31,10 @@ impl PlacementMachines {
 impl Machines for PlacementMachines {
     fn restore(&mut self, _partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
         let placement = match snapshot {
-            Some(bytes) => Placement::restore(self.config, bytes).context("reading a placement snapshot")?,
+            Some(bytes) => Placement::restore(&self.config, bytes).context("reading a placement snapshot")?,
             None => Placement::new(self.config),
         };
-        self.actor = Some(PlacementActor::start_in_arbiter(&self.arbiter, move |_| PlacementActor { placement }));
+        self.actor = Some(MachineActor::start_in_arbiter(&self.arbiter, move |_| MachineActor { machine: placement }));
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipam_core::StateMachine;
 use ipam_core::allocator::Allocator;
 use ipam_core::dhcp_plan::{HostDhcpView, PlanOptions, plan};
 use ipam_core::event::*;
@@ -277,7 +278,8 @@ fn check_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
     prop_assert!(replayed.snapshot() == allocator.snapshot());
     prop_assert!(replayed_stream == output_stream, "replay from zero produced other outputs");
     if let Some((offset, snapshot)) = snapshot_midway {
-        let mut restored = Allocator::restore(&snapshot).map_err(|e| TestCaseError::fail(format!("restore: {e}")))?;
+        let mut restored =
+            Allocator::restore(&(), &snapshot).map_err(|e| TestCaseError::fail(format!("restore: {e}")))?;
         for raw in &log[offset..] {
             step(&mut restored, raw);
         }

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ipam_core::StateMachine;
 use ipam_core::event::*;
 use ipam_core::placement::{Placement, PlacementConfig};
 use ipam_core::{Envelope, EventId, HostId, NetworkId, SubnetId, Timestamp};
@@ -290,7 +291,7 @@ fn check_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
     prop_assert!(replayed.snapshot() == placement.snapshot(), "replay from zero rebuilt another state");
     prop_assert!(replayed_stream == stream, "replay from zero produced other outputs");
     if let Some((offset, snapshot)) = midway {
-        let mut restored = Placement::restore(CONFIG, &snapshot).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut restored = Placement::restore(&CONFIG, &snapshot).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let tail: Vec<Event> = log[offset..].iter().flat_map(|raw| step(&mut restored, raw).0).collect();
         prop_assert!(restored.snapshot() == placement.snapshot(), "snapshot + tail rebuilt another state");
         prop_assert!(tail.as_slice() == &stream[stream.len() - tail.len()..], "snapshot + tail produced other outputs");

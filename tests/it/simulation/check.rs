@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail};
+use ipam_core::StateMachine;
 use ipam_core::allocator::Allocator;
 use ipam_core::event::{Owner, Topic};
 use ipam_core::{Envelope, Event, EventId, HostId, NetworkId, SubnetId, VnicId};
@@ -123,7 +124,7 @@ pub(crate) fn settled(world: &World, checker: &Checker) -> anyhow::Result<()> {
         .allocator
         .states()?
         .values()
-        .map(|state| Allocator::restore(state).map_err(|e| anyhow!("the live allocator state: {e}")))
+        .map(|state| Allocator::restore(&(), state).map_err(|e| anyhow!("the live allocator state: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let live = Allocator::merge(parts);
     // The machines ignore an input whose id they have seen (a retry): so do the models.
