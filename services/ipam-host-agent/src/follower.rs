@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use anyhow::Context as _;
+use ipam_core::StateMachine;
 use ipam_core::dhcp_plan::{HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, port_releases, port_requests};
 use ipam_core::event::Owner;
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Topic};
@@ -279,6 +280,7 @@ impl Follower {
                     continue;
                 }
                 tracing::info!(host = %self.tracker.host_id, "Caught up with the log; provisioning.");
+                ipam_runtime::metrics::host_agent_caught_up(&self.tracker.host_id.to_string());
             } else if (!unsent && !ports_due) || (full && last_sent.elapsed() < BURST_COALESCE) {
                 // Nothing to send, or a burst whose changes are sent together a little later.
                 continue;
