@@ -91,6 +91,8 @@ pub fn run(
     let host_id = config.host_id;
     let port_mac = config.port_mac();
     tracing::info!(host = %host_id, port_mac = %port_mac, dir = %lock.dir().display(), "Host agent starting.");
+    // Not ready (in `/health`) until its follower has caught up with the log.
+    ipam_runtime::metrics::host_agent_started(&host_id.to_string());
 
     let (outbox, writer) =
         outbox::spawn_writer(Arc::clone(&log), topics.clone(), host_id).context("cannot start the writer thread")?;

@@ -128,6 +128,7 @@ impl Outbox {
 
     /// Appends `ipam.dhcp_server.status.v1`.
     pub(crate) fn status(&self, network_id: NetworkId, epoch: u64, state: DhcpServerState, detail: String) {
+        ipam_runtime::metrics::dhcp_server_status(&self.host_id.to_string(), &network_id.to_string(), state, &detail);
         let event =
             Event::DhcpServerStatus(DhcpServerStatus { host_id: self.host_id, network_id, epoch, state, detail });
         let _ = self.tx.send(Outgoing::Status(record(&self.topics, &self.source, self.next_id(), event)));
@@ -198,6 +199,10 @@ fn flush(log: &dyn EventLog, queue: &mut VecDeque<Outgoing>, trouble: &mut Troub
         match log.append(std::slice::from_ref(record)) {
             Ok(_) => {
                 trouble.clear(&record.topic);
+                if matches!(outgoing, Outgoing::Heartbeat(_)) {
+                    // A heartbeat's key is its host.
+                    ipam_runtime::metrics::heartbeat_appended(&record.key);
+                }
                 queue.pop_front();
             }
             Err(error) => {

@@ -178,6 +178,7 @@ impl<M: Machines> Driver<M> {
                         self.failures = 0;
                     }
                     self.health.set(&self.config.name, ComponentState::Ok);
+                    crate::metrics::for_driver(&self.config.name).round_done(self.next_offsets.len());
                     if !announced {
                         announced = true;
                         readiness.ready.fetch_add(1, Ordering::SeqCst);
@@ -241,6 +242,7 @@ impl<M: Machines> Driver<M> {
         let started = Instant::now();
         let (plans, inputs) = plan(&polled.records);
         let applied = self.machines.apply(&inputs)?;
+        metrics.count_rejections(&applied);
         for (record, plan) in polled.records.iter().zip(plans) {
             let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
             let outputs = match plan {
@@ -248,7 +250,10 @@ impl<M: Machines> Driver<M> {
                     Input::Event(input) => self.encode(input, &applied[index]),
                     Input::Refused { .. } => Vec::new(),
                 },
-                Planned::Refused(index, rejection) if applied[index].fresh => vec![self.prefixed(rejection)],
+                Planned::Refused(index, rejection) if applied[index].fresh => {
+                    metrics.count_rejection_record(&rejection);
+                    vec![self.prefixed(rejection)]
+                }
                 Planned::Refused(..) => Vec::new(),
                 Planned::DeadLetter(letter) => {
                     tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,

@@ -19,7 +19,9 @@ pub mod dir_lock;
 pub mod driver;
 pub mod health;
 pub mod metrics;
+pub mod monitor;
 pub mod placement;
+pub mod process_metrics;
 pub mod snapshot;
 pub mod topics;
 
