@@ -45,6 +45,9 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Host agents `ipam up` runs in-process, each writing dnsmasq files into its own directory.
     pub host_agents: Vec<HostAgentEntry>,
+    /// Where `/health` and `/metrics` of this process are served (allocator, placement, host
+    /// agent, `ipam up`); none when unset.
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// Kafka settings for the services that run alone.
@@ -93,6 +96,7 @@ impl Default for Config {
             api_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: None,
             host_agents: Vec::new(),
+            metrics_bind: None,
         }
     }
 }
@@ -129,6 +133,24 @@ pub struct Overrides {
     pub api_bind: Option<std::net::SocketAddr>,
     #[arg(long, env = "IPAM_API_TOKEN", global = true, hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Serve /health and /metrics of this process here (e.g. 0.0.0.0:9090; port 0 picks a free one).
+    #[arg(long, env = "IPAM_METRICS_BIND", global = true)]
+    pub metrics_bind: Option<std::net::SocketAddr>,
+    /// How log lines are written to stderr: text, or one JSON object per line. Which lines is
+    /// IPAM_LOG (a tracing filter such as `info` or `ipam_runtime=debug,info`; `info` by default).
+    /// Not in the file: logging starts before the file is read.
+    #[arg(long, env = "IPAM_LOG_FORMAT", global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log collectors.
+    Json,
 }
 
 impl Config {
@@ -166,6 +188,9 @@ impl Config {
         set(&mut self.api_bind, &o.api_bind);
         if o.api_token.is_some() {
             self.api_token = o.api_token.clone();
+        }
+        if o.metrics_bind.is_some() {
+            self.metrics_bind = o.metrics_bind;
         }
         if o.kafka_session_timeout_ms.is_some() {
             self.kafka.session_timeout_ms = o.kafka_session_timeout_ms;

@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod ctl;
 mod demo;
+mod logging;
 mod run;
 
 use std::path::PathBuf;
@@ -118,14 +119,6 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IPAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     if let Err(error) = real_main() {
         eprintln!("ipam: error: {error:#}");
         std::process::exit(1);
@@ -134,6 +127,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    logging::init(cli.overrides.log_format);
     let mut config = Config::load(&cli.overrides)?;
     match cli.command {
         Command::Up { host_agents } => {

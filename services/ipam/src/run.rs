@@ -1,5 +1,7 @@
 //! Starts the chosen components on one log, waits for SIGTERM or SIGINT, and stops them cleanly:
-//! each driver commits its open batch and snapshots before the process exits.
+//! each driver commits its open batch and snapshots before the process exits. With
+//! `--metrics-bind`, the process also serves `/health` and `/metrics` (see
+//! [`ipam_runtime::monitor`]) from the moment it starts, so a probe sees it starting.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use ipam_core::{HostId, Topic};
 use ipam_host_agent::{DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig};
 use ipam_log::{BatchPolicy, EventLog};
 use ipam_runtime::allocator::AllocatorMachines;
+use ipam_runtime::monitor::{self, Monitor};
 use ipam_runtime::placement::PlacementMachines;
 use ipam_runtime::{ComponentState, Driver, DriverConfig, Health, Readiness, SnapshotStore, Topics};
 
@@ -61,6 +64,27 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         log.create_topics(&topics.specs()).context("creating the topics")?;
     }
     let health = Health::new();
+    ipam_runtime::metrics::set_build_info(env!("CARGO_PKG_VERSION"), option_env!("IPAM_REVISION").unwrap_or("unknown"));
+    // Every component is on the board, starting, before `/health` can first be asked.
+    let mut groups = Vec::new();
+    for (enabled, name, topic) in
+        [(components.allocator, "allocator", Topic::Networks), (components.placement, "placement", Topic::Hosts)]
+    {
+        if enabled {
+            health.set(name, ComponentState::Starting("opening the log".to_owned()));
+            ipam_runtime::metrics::for_driver(name).started();
+            groups.push((group_name(&config.topic_prefix, name), topics.name(topic)));
+        }
+    }
+    for agent in &components.host_agents {
+        ipam_runtime::metrics::host_agent_started(&agent.host_id.to_string());
+    }
+    let mut threads: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+    if let Some(address) = config.metrics_bind {
+        let monitor = Monitor { health: health.clone(), log: Arc::clone(&log), groups };
+        let (_, thread) = monitor::spawn(address, monitor, Arc::clone(&stop))?;
+        threads.push(("monitor".to_owned(), thread));
+    }
     // Only the deciding services keep snapshots; they refuse to start on snapshots of another log.
     let snapshots = if components.allocator || components.placement {
         let identity = log.identity().context("asking the log for its identity")?;
@@ -73,7 +97,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         BatchPolicy { max_steps: config.batch_max_steps, max_delay: Duration::from_millis(config.batch_max_delay_ms) };
     let driver_config = |name: &str, topic: Topic| DriverConfig {
         name: name.to_owned(),
-        group: format!("{}ipam-{name}", config.topic_prefix),
+        group: group_name(&config.topic_prefix, name),
         transactional_id: format!("{}ipam-{name}-{}", config.topic_prefix, config.instance),
         input_topic: topics.name(topic),
         batch,
@@ -88,7 +112,6 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         let cores = std::thread::available_parallelism().map_or(1, usize::from).min(16);
         let pool: Vec<actix::Arbiter> =
             if components.allocator { (0..cores).map(|_| actix::Arbiter::new()).collect() } else { Vec::new() };
-        let mut threads: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();
         let mut drivers = 0;
         if components.allocator {
             drivers += 1;
@@ -193,7 +216,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
             actix::clock::sleep(Duration::from_millis(20)).await;
         }
         let mut failure = None;
-        for (name, thread) in threads {
+        for (name, thread) in threads.drain(..) {
             match thread.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
@@ -212,6 +235,11 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         }
         failure.map_or(Ok(()), Err)
     })
+}
+
+/// The consumer group of the driver `name` in the deployment whose topics have `prefix`.
+fn group_name(prefix: &str, name: &str) -> String {
+    format!("{prefix}ipam-{name}")
 }
 
 fn spawn(
