@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use anyhow::Context as _;
 use ipam_core::StateMachine;
-use ipam_core::dhcp_plan::{HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, port_releases, port_requests};
+use ipam_core::dhcp_plan::{
+    HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, plan_network, port_releases, port_requests,
+};
 use ipam_core::event::Owner;
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Topic};
 use ipam_log::dead_letter::{Ingested, ingest};
@@ -58,6 +60,9 @@ pub(crate) struct Tracker {
     epochs: BTreeMap<NetworkId, u64>,
     /// Whether the first [`Tracker::changes`] was made, which also sweeps leftovers.
     swept: bool,
+    /// The networks whose configuration inputs touched since the last [`Tracker::changes`]: only
+    /// those are planned again, so a change costs the size of its network, not of the host's plan.
+    touched: BTreeSet<NetworkId>,
     /// Port events appended and not yet answered. A key leaves once the core stops asking for it
     /// (the allocator answered, or the network moved on), so a port lost later is asked for again.
     outstanding: BTreeSet<PortKey>,
@@ -89,6 +94,7 @@ impl Tracker {
             sent: BTreeMap::new(),
             epochs: BTreeMap::new(),
             swept: false,
+            touched: BTreeSet::new(),
             outstanding: BTreeSet::new(),
             occasions: BTreeMap::new(),
         }
@@ -113,7 +119,9 @@ impl Tracker {
             let newest = self.epochs.entry(network_id).or_insert(epoch);
             *newest = (*newest).max(epoch);
         }
-        self.view.apply(envelope);
+        if let Some(network_id) = self.view.apply(envelope) {
+            self.touched.insert(network_id);
+        }
     }
 
     /// What the actors must hear since the last call: every network whose configuration changed
@@ -124,25 +132,44 @@ impl Tracker {
     /// configuration behind, and nothing else would ever remove it. Stopping a stopped server is a
     /// no-op, so sweeping them all is safe.
     pub(crate) fn changes(&mut self) -> Desired {
-        let planned = plan(&self.view, &self.options);
-        let planned_ids: BTreeSet<NetworkId> = planned.networks.iter().map(|n| n.network_id).collect();
-        let mut gone: BTreeSet<NetworkId> = self.sent.keys().copied().filter(|id| !planned_ids.contains(id)).collect();
+        let mut desired = Desired::default();
         if !self.swept {
             self.swept = true;
-            gone.extend(self.epochs.keys().copied().filter(|id| !planned_ids.contains(id)));
+            self.touched.clear();
+            let planned = plan(&self.view, &self.options);
+            let planned_ids: BTreeSet<NetworkId> = planned.networks.iter().map(|n| n.network_id).collect();
+            let gone: BTreeSet<NetworkId> =
+                self.sent.keys().chain(self.epochs.keys()).copied().filter(|id| !planned_ids.contains(id)).collect();
+            for network_id in gone {
+                self.forget(network_id, &mut desired);
+            }
+            for config in planned.networks {
+                self.offer(config, &mut desired);
+            }
+            return desired;
         }
-        let mut desired = Desired::default();
-        for network_id in gone {
-            self.sent.remove(&network_id);
-            desired.gone.push((network_id, self.epochs.get(&network_id).copied().unwrap_or(0)));
-        }
-        for config in planned.networks {
-            if self.sent.get(&config.network_id) != Some(&config) {
-                self.sent.insert(config.network_id, config.clone());
-                desired.changed.push(config);
+        for network_id in std::mem::take(&mut self.touched) {
+            match plan_network(&self.view, network_id, &self.options) {
+                Some(config) => self.offer(config, &mut desired),
+                None if self.sent.contains_key(&network_id) => self.forget(network_id, &mut desired),
+                None => {}
             }
         }
         desired
+    }
+
+    /// Adds `config` to `desired` unless it is what was sent last.
+    fn offer(&mut self, config: NetworkDhcpConfig, desired: &mut Desired) {
+        if self.sent.get(&config.network_id) != Some(&config) {
+            self.sent.insert(config.network_id, config.clone());
+            desired.changed.push(config);
+        }
+    }
+
+    /// Tells the actors to stop `network_id`'s server, under its newest epoch.
+    fn forget(&mut self, network_id: NetworkId, desired: &mut Desired) {
+        self.sent.remove(&network_id);
+        desired.gone.push((network_id, self.epochs.get(&network_id).copied().unwrap_or(0)));
     }
 
     /// The port events the core asks for that are not outstanding yet, as records with their keys.

@@ -224,19 +224,39 @@ struct ReservationRecord {
 
 impl StateMachine for HostDhcpView {
     type Config = ();
-    /// Nothing: the shell asks [`plan`] for the configuration the new view wants.
-    type Decision = ();
+    /// The network whose configuration on this host the input may have changed (whether or not
+    /// the host serves it now), so the shell re-plans that one ([`plan_network`]) instead of the
+    /// whole [`plan`]; `None` when the input changes no configuration of this host.
+    type Decision = Option<NetworkId>;
 
     /// Folds one input into the view. Events a host agent does not act on are ignored, so the shell
     /// may feed it whole topics.
-    fn apply(&mut self, input: &Envelope) {
+    fn apply(&mut self, input: &Envelope) -> Option<NetworkId> {
         match &input.event {
-            Event::DhcpServerAssigned(event) => self.assign(event),
-            Event::DhcpServerUnassigned(event) => self.unassign(event),
-            Event::SubnetActivated(event) => self.activate(event),
-            Event::SubnetDeactivated(event) => self.deactivate(event),
-            Event::ReservationAdded(event) => self.reserve(event),
-            Event::ReservationRemoved(event) => self.release(event),
+            Event::DhcpServerAssigned(event) => {
+                self.assign(event);
+                (event.host_id == self.host_id).then_some(event.network_id)
+            }
+            Event::DhcpServerUnassigned(event) => {
+                self.unassign(event);
+                (event.host_id == self.host_id).then_some(event.network_id)
+            }
+            Event::SubnetActivated(event) => {
+                self.activate(event);
+                Some(event.network_id)
+            }
+            Event::SubnetDeactivated(event) => {
+                self.deactivate(event);
+                Some(event.network_id)
+            }
+            Event::ReservationAdded(event) => {
+                self.reserve(event);
+                Some(event.network_id)
+            }
+            Event::ReservationRemoved(event) => {
+                self.release(event);
+                Some(event.network_id)
+            }
             // Requests, inventory and status change nothing here by themselves: their effects reach
             // the host as the allocator's and placement's decisions above (a removed network, for
             // one, arrives as subnet deactivations, reservation removals and an unassignment).
@@ -258,7 +278,7 @@ impl StateMachine for HostDhcpView {
             | Event::HostHeartbeat(_)
             | Event::DhcpServerStatus(_)
             | Event::ClockTicked(_)
-            | Event::RequestRejected(_) => {}
+            | Event::RequestRejected(_) => None,
         }
     }
 
@@ -420,37 +440,40 @@ pub struct DhcpHost {
 /// The DHCP configuration `view`'s host should run now: one server per network it serves, with
 /// every active subnet's options and reservations.
 pub fn plan(view: &HostDhcpView, options: &PlanOptions) -> DhcpPlan {
-    let networks = view
-        .served()
-        .map(|(network_id, assignment)| {
-            let subnets = match view.networks.get(&network_id) {
-                None => Vec::new(),
-                Some(network) => network
-                    .subnets
-                    .iter()
-                    .map(|(&subnet_id, subnet)| SubnetDhcpConfig {
-                        subnet_id,
-                        cidr: subnet.cidr,
-                        router: subnet.gateway,
-                        dns_servers: subnet.dns_servers.clone(),
-                        ntp_servers: subnet.ntp_servers.clone(),
-                        lease_secs: options.lease_secs,
-                        server_address: view.own_port_in(network, subnet_id).map(|(ip, _)| ip),
-                        hosts: network
-                            .reservations
-                            .get(&subnet_id)
-                            .into_iter()
-                            .flatten()
-                            .filter(|(_, owner)| matches!(owner, Owner::Vnic { .. }))
-                            .map(|(&(ip, mac), _)| DhcpHost { mac, ip })
-                            .collect(),
-                    })
-                    .collect(),
-            };
-            NetworkDhcpConfig { network_id, epoch: assignment.epoch, interface: assignment.interface.clone(), subnets }
-        })
-        .collect();
+    let networks = view.served().filter_map(|(network_id, _)| plan_network(view, network_id, options)).collect();
     DhcpPlan { host_id: view.host_id, networks }
+}
+
+/// The part of [`plan`] for one network: its server's configuration, or `None` when this host does
+/// not serve it. A shell that knows which networks an input touched (what
+/// [`HostDhcpView::apply`] answers) plans only those.
+pub fn plan_network(view: &HostDhcpView, network_id: NetworkId, options: &PlanOptions) -> Option<NetworkDhcpConfig> {
+    let assignment = view.assignments.get(&network_id).filter(|assignment| assignment.serving)?;
+    let subnets = match view.networks.get(&network_id) {
+        None => Vec::new(),
+        Some(network) => network
+            .subnets
+            .iter()
+            .map(|(&subnet_id, subnet)| SubnetDhcpConfig {
+                subnet_id,
+                cidr: subnet.cidr,
+                router: subnet.gateway,
+                dns_servers: subnet.dns_servers.clone(),
+                ntp_servers: subnet.ntp_servers.clone(),
+                lease_secs: options.lease_secs,
+                server_address: view.own_port_in(network, subnet_id).map(|(ip, _)| ip),
+                hosts: network
+                    .reservations
+                    .get(&subnet_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, owner)| matches!(owner, Owner::Vnic { .. }))
+                    .map(|(&(ip, mac), _)| DhcpHost { mac, ip })
+                    .collect(),
+            })
+            .collect(),
+    };
+    Some(NetworkDhcpConfig { network_id, epoch: assignment.epoch, interface: assignment.interface.clone(), subnets })
 }
 
 /// The DHCP-port addresses this host still lacks: one request per active subnet of every network

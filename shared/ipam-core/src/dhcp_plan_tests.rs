@@ -640,3 +640,32 @@ fn restore_refuses_what_is_not_a_snapshot_of_this_version() {
     "#]]
     .assert_debug_eq(&errors);
 }
+
+/// What a shell that re-plans only the networks each input touched holds equals the whole plan,
+/// after every input of a history that assigns, unassigns, activates and reserves on two networks
+/// (and on another host).
+#[test]
+fn planning_only_the_touched_networks_keeps_the_whole_plan() {
+    let options = PlanOptions::default();
+    let mut view = HostDhcpView::new(H1);
+    let mut held: BTreeMap<NetworkId, NetworkDhcpConfig> = BTreeMap::new();
+    let history = rich_history();
+    for (index, event) in history.iter().enumerate() {
+        let input = Envelope {
+            id: EventId::from_u128(1000 + u128::try_from(index).expect("histories are short")),
+            source: "test".to_owned(),
+            time: Timestamp::from_unix_ms(0),
+            subject: None,
+            event: event.clone(),
+        };
+        if let Some(network_id) = view.apply(&input) {
+            match plan_network(&view, network_id, &options) {
+                Some(config) => held.insert(network_id, config),
+                None => held.remove(&network_id),
+            };
+        }
+        let whole = plan(&view, &options).networks;
+        assert_eq!(held.values().cloned().collect::<Vec<_>>(), whole, "after input {index}: {}", event.type_name());
+    }
+    assert!(!held.is_empty(), "the history leaves something served");
+}
