@@ -3,8 +3,8 @@
 # everything the suite needs, runs the whole suite, and stops what it started:
 #   - a Rust toolchain is assumed (rustup);
 #   - Java and Maven (for the Kafka broker), dnsmasq and busybox (for the DHCP tests, with its
-#     udhcpc client) and iproute2 (network namespaces) are installed from Debian's packages when
-#     missing;
+#     udhcpc client), iproute2 (network namespaces) and prometheus (its promtool checks the alert
+#     rules in deploy/monitoring) are installed from Debian's packages when missing;
 #   - a single-node Apache Kafka broker (KRaft) is fetched from Maven Central and started by
 #     scripts/kafka-broker.sh, unless IPAM_KAFKA_BOOTSTRAP already names a broker to use.
 set -euo pipefail
@@ -17,6 +17,7 @@ command -v python3 >/dev/null 2>&1 || need_packages+=(python3)
 command -v dnsmasq >/dev/null 2>&1 || need_packages+=(dnsmasq-base)
 command -v busybox >/dev/null 2>&1 || need_packages+=(busybox)
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+command -v promtool >/dev/null 2>&1 || need_packages+=(prometheus)
 if ((${#need_packages[@]})); then
     echo "test.sh: installing ${need_packages[*]}" >&2
     apt-get update -qq

@@ -1,15 +1,57 @@
 //! The `ipam` commands an operator types: `demo` end to end, and `publish`, `ctl` and `show`
-//! against a running `ipam up`.
+//! against a running `ipam up`: decisions printed with their exit codes, the output formats,
+//! publishing from standard input, dry runs and resuming after a bad line.
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::recovery::ipam_binary;
 
-fn ipam(args: &[&str]) -> Output {
-    Command::new(ipam_binary()).args(args).env("IPAM_LOG", "warn").output().unwrap()
+fn ipam<S: AsRef<str>>(args: &[S]) -> Output {
+    ipam_with_stdin(args, None)
+}
+
+/// Runs `ipam`, with `stdin` written to its standard input when given (else none).
+fn ipam_with_stdin<S: AsRef<str>>(args: &[S], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(ipam_binary())
+        .args(args.iter().map(AsRef::as_ref))
+        .env("IPAM_LOG", "warn")
+        .env_remove("IPAM_API")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(bytes) = stdin {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The command's JSON output; fails the test, showing everything, when it is not JSON.
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(output)))
+}
+
+/// Runs `ipam`, expects `code`, and answers the output.
+#[track_caller]
+fn expect_exit<S: AsRef<str>>(args: &[S], code: i32) -> Output {
+    let output = ipam(args);
+    let shown: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    assert_eq!(output.status.code(), Some(code), "ipam {}:\n{}", shown.join(" "), text(&output));
+    output
 }
 
 #[test]
@@ -38,7 +80,7 @@ fn publish_ctl_and_show_talk_to_a_running_ipam() {
 
     let network = "00000000-0000-0000-0000-00000000cc01";
     let subnet = "00000000-0000-0000-0000-00000000cc02";
-    let event = |n: u32, type_name: &str, data: serde_json::Value| {
+    let event = |n: u32, type_name: &str, data: Value| {
         json!({"specversion": "1.0", "id": format!("00000000-0000-0000-0000-0000000c{n:04x}"), "source": "file",
                "type": type_name, "time": "2026-11-30T00:00:00Z", "data": data})
         .to_string()
@@ -94,7 +136,7 @@ fn publish_ctl_and_show_talk_to_a_running_ipam() {
     let refused = ipam(&["publish", &bad.display().to_string(), "--api", &api]);
     assert!(!refused.status.success(), "a bad event was published");
     let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(message.contains("refused"), "no clear message: {message}");
+    assert!(message.contains("bad.jsonl:1: invalid_mac"), "no clear message: {message}");
     let mac = ipam(&[
         "ctl",
         "vnic-start",
@@ -111,5 +153,245 @@ fn publish_ctl_and_show_talk_to_a_running_ipam() {
     ]);
     assert!(!mac.status.success(), "a broadcast MAC was accepted on the command line");
     assert!(String::from_utf8_lossy(&mac.stderr).contains("broadcast"), "{}", String::from_utf8_lossy(&mac.stderr));
+    up.terminate();
+}
+
+#[test]
+fn ctl_prints_each_decision_and_exits_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, addr) = crate::api::ipam_up_with_api(dir.path());
+    let api = format!("http://{addr}");
+    let with_api = |args: &[&str]| -> Vec<String> {
+        args.iter().map(|arg| (*arg).to_owned()).chain(["--api".to_owned(), api.clone()]).collect()
+    };
+
+    // Ids are generated and printed; names stand for ids afterwards.
+    let network = json_of(&expect_exit(&with_api(&["ctl", "network", "--name", "cli-decisions", "-o", "json"]), 0));
+    let network_id = network["network_id"].as_str().expect("the new network's id is printed").to_owned();
+    assert_eq!(network["outcome"], "nothing_to_decide", "{network}");
+    let again = json_of(&expect_exit(&with_api(&["ctl", "network", "--name", "cli-decisions", "-o", "json"]), 0));
+    assert_eq!(again["network_id"], network_id.as_str(), "a network named again is the same network");
+    let subnet = json_of(&expect_exit(
+        &with_api(&[
+            "ctl",
+            "subnet",
+            "--network",
+            "cli-decisions",
+            "--cidr",
+            "10.56.0.0/29",
+            "--gateway",
+            "10.56.0.1",
+            "-o",
+            "json",
+        ]),
+        0,
+    ));
+    assert!(subnet["subnet_id"].is_string(), "{subnet}");
+
+    // A reservation: the IP is printed, exit 0.
+    let start = |mac: &str, format: &str| {
+        with_api(&[
+            "ctl",
+            "vnic-start",
+            "--network",
+            "cli-decisions",
+            "--subnet",
+            "10.56.0.0/29",
+            "--mac",
+            mac,
+            "-o",
+            format,
+        ])
+    };
+    let reserved = json_of(&expect_exit(&start("52:54:00:56:00:01", "json"), 0));
+    assert_eq!(reserved["outcome"], "reserved", "{reserved}");
+    assert!(reserved["ip"].as_str().is_some_and(|ip| ip.starts_with("10.56.0.")), "{reserved}");
+    let vnic_id = reserved["vnic_id"].as_str().expect("the generated vNIC id is printed").to_owned();
+    assert!(reserved["vm_id"].is_string(), "{reserved}");
+
+    // A rejection: its code and message, exit 3, in each format.
+    let rejected = json_of(&expect_exit(&start("52:54:00:56:00:01", "json"), 3));
+    assert_eq!((rejected["outcome"].as_str(), rejected["code"].as_str()), (Some("rejected"), Some("duplicate_mac")));
+    let table = String::from_utf8_lossy(&expect_exit(&start("52:54:00:56:00:01", "table"), 3).stdout).into_owned();
+    assert!(table.lines().next().is_some_and(|l| l.contains("outcome") && l.contains("rejected")), "{table}");
+    assert!(table.contains("duplicate_mac"), "{table}");
+    let yaml = String::from_utf8_lossy(&expect_exit(&start("52:54:00:56:00:01", "yaml"), 3).stdout).into_owned();
+    assert!(yaml.contains("outcome: rejected") && yaml.contains("code: duplicate_mac"), "{yaml}");
+
+    // No subnet: decided (nothing to decide), with a warning that says what it means.
+    let bare =
+        expect_exit(&with_api(&["ctl", "vnic-start", "--network", &network_id, "--mac", "52:54:00:56:00:03"]), 0);
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("no DHCP service"), "{}", text(&bare));
+    assert_eq!(json_of(&bare)["outcome"], "nothing_to_decide", "piped output is JSON by default");
+
+    // A stop by the vNIC's id alone: its network comes from the API; the address is released.
+    let released = json_of(&expect_exit(&with_api(&["ctl", "vnic-stop", &vnic_id, "-o", "json"]), 0));
+    assert_eq!((released["outcome"].as_str(), released["ip"].as_str()), (Some("released"), reserved["ip"].as_str()));
+
+    // Bad input: exit 2 and a message, nothing sent.
+    let unknown =
+        expect_exit(&with_api(&["ctl", "vnic-start", "--network", "nowhere", "--mac", "52:54:00:56:00:04"]), 2);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no network is named `nowhere`"), "{}", text(&unknown));
+
+    // show: every format, by name.
+    let shown =
+        String::from_utf8_lossy(&expect_exit(&with_api(&["show", "network", "cli-decisions", "-o", "yaml"]), 0).stdout)
+            .into_owned();
+    assert!(shown.contains("name: cli-decisions") && shown.contains("10.56.0.0/29"), "{shown}");
+    let listed =
+        String::from_utf8_lossy(&expect_exit(&with_api(&["show", "networks", "-o", "table"]), 0).stdout).into_owned();
+    assert!(listed.contains("NAME") && listed.contains("cli-decisions") && !listed.contains("position"), "{listed}");
+    assert_eq!(json_of(&expect_exit(&with_api(&["show", "network", &network_id]), 0))["name"], "cli-decisions");
+
+    // The API unreachable, or not speaking TLS on an https:// URL: exit 5, said plainly.
+    let refused = expect_exit(&["show", "networks", "--api", "http://127.0.0.1:1"], 5);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("connection refused"), "{}", text(&refused));
+    let tls = expect_exit(&["show", "networks", "--api", &format!("https://{addr}")], 5);
+    assert!(String::from_utf8_lossy(&tls.stderr).contains("TLS"), "{}", text(&tls));
+    up.terminate();
+}
+
+/// An API that answers one request with `status` and `body`, on 127.0.0.1.
+fn one_answer_api(status: u16, body: Value) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream);
+        let (mut head, mut line) = (String::new(), String::new());
+        while reader.read_line(&mut line).unwrap() > 2 {
+            head.push_str(&line);
+            line.clear();
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|n| n.trim().parse().unwrap()))
+            .unwrap_or(0);
+        let mut request_body = vec![0; length];
+        reader.read_exact(&mut request_body).unwrap();
+        let body = body.to_string();
+        let answer = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        reader.get_mut().write_all(answer.as_bytes()).unwrap();
+        head
+    });
+    (addr, server)
+}
+
+#[test]
+fn ctl_exits_4_when_the_decision_is_still_pending_and_2_when_the_api_refuses() {
+    let network = "00000000-0000-0000-0000-00000000ee01";
+    let (addr, server) = one_answer_api(
+        200,
+        json!({"ids": ["x"], "positions": [], "complete": false,
+               "outcomes": [{"event_id": "x", "type": "ipam.vnic.started.v1", "outcome": "pending"}]}),
+    );
+    let api = format!("http://{addr}");
+    let args = ["ctl", "vnic-start", "--network", network, "--subnet", network, "--mac", "52:54:00:ee:00:01"];
+    let pending = expect_exit(&[&args[..], &["--api", &api, "-o", "json", "--wait", "3s"]].concat(), 4);
+    assert_eq!(json_of(&pending)["outcome"], "pending");
+    let request = server.join().unwrap();
+    assert!(request.starts_with("POST /v1/events?wait=3000ms "), "{request}");
+
+    let (addr, server) = one_answer_api(
+        400,
+        json!({"error": {"code": "invalid_mac", "message": "data.mac: bad", "field": "data.mac", "index": 0}}),
+    );
+    let refused = expect_exit(&[&args[..], &["--api", &format!("http://{addr}")]].concat(), 2);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("(400 invalid_mac): data.mac: bad"),
+        "{}",
+        text(&refused)
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn publish_reads_stdin_checks_with_a_dry_run_and_resumes_after_a_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, addr) = crate::api::ipam_up_with_api(dir.path());
+    let api = format!("http://{addr}");
+    let network = "00000000-0000-0000-0000-00000000dd01";
+    let subnet = "00000000-0000-0000-0000-00000000dd02";
+    let line = |n: u32, type_name: &str, data: Value| {
+        json!({"specversion": "1.0", "id": format!("00000000-0000-0000-0000-0000000d{n:04x}"), "source": "file",
+               "type": type_name, "time": "2026-11-30T00:00:00Z", "data": data})
+        .to_string()
+    };
+    let start = |n: u32, mac: &str| {
+        line(
+            n,
+            "ipam.vnic.started.v1",
+            json!({"vnic_id": format!("00000000-0000-0000-0000-00000001{n:04x}"), "vm_id": network,
+                   "network_id": network, "subnet_id": subnet, "mac": mac}),
+        )
+    };
+    let lines = |fourth: String| {
+        [
+            line(
+                1,
+                "ipam.network.upserted.v1",
+                json!({"network_id": network, "name": "publish", "ipam_enabled": true}),
+            ),
+            line(
+                2,
+                "ipam.subnet.added.v1",
+                json!({"network_id": network, "subnet_id": subnet, "cidr": "10.57.0.0/24", "gateway": "10.57.0.1"}),
+            ),
+            start(3, "52:54:00:57:00:03"),
+            fourth,
+            start(5, "52:54:00:57:00:05"),
+        ]
+        .join("\n")
+    };
+    let bad = lines(start(4, "not-a-mac"));
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, &bad).unwrap();
+    let appended = || {
+        let (_, metrics) = crate::api::http(addr, "GET", "/metrics", "text/plain", b"");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ipam_events_appended_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("ipam_events_appended_total")
+    };
+
+    // A dry run checks every line, names the bad one, and publishes nothing.
+    let dry = ipam(&["publish", "--dry-run", &file.display().to_string(), "--api", &api]);
+    assert_eq!(dry.status.code(), Some(2), "{}", text(&dry));
+    assert!(String::from_utf8_lossy(&dry.stderr).contains("events.jsonl:4: invalid_mac"), "{}", text(&dry));
+    assert_eq!(appended(), 0, "a dry run published something");
+
+    // From standard input: lines 1 to 3 go, line 4 stops the run and says how to resume.
+    let run = ipam_with_stdin(&["publish", "-", "--api", &api], Some(bad.as_bytes()));
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    let said = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(said.contains("standard input:4: invalid_mac") && said.contains("--from-line 4"), "{said}");
+    assert!(said.contains("(lines 1 to 3) were published"), "{said}");
+    assert_eq!(appended(), 3);
+
+    // Fixed and resumed: only lines 4 and 5 are sent.
+    std::fs::write(&file, lines(start(4, "52:54:00:57:00:04"))).unwrap();
+    let resumed = ipam(&["publish", &file.display().to_string(), "--from-line", "4", "--api", &api]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        String::from_utf8_lossy(&resumed.stdout).contains("published 2 events (lines 4 to 5)"),
+        "{}",
+        text(&resumed)
+    );
+    assert_eq!(appended(), 5, "events already published were sent again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = json_of(&ipam(&["show", "network", network, "-o", "json", "--api", &api]));
+        let reservations = view["reservations"].as_array().map_or(0, Vec::len);
+        if reservations == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the three vNICs were never all reserved: {view}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     up.terminate();
 }

@@ -1,28 +1,53 @@
-//! `ipam ctl` (build and publish engine events), `ipam show` (read views) and `ipam publish`
-//! (a file of CloudEvents, one per line), all through a running IPAM's HTTP API.
+//! `ipam ctl` (build an engine event, publish it, print its decision) and `ipam show` (read
+//! views), through a running IPAM's HTTP API.
+//!
+//! One way to name things everywhere: an object that already exists is the command's positional
+//! argument, by id or by its unique name (a subnet also by its CIDR); a new object's attributes
+//! are flags, and its `--id` is generated and printed when omitted. Other objects a command
+//! refers to are flags named for their kind (`--network`, `--subnet`, `--vm`), again by id or name.
+//! Names are resolved through the API's lists, so a name that matches several objects is refused.
 
 // Printing what the API answered is these commands' job.
 #![allow(clippy::print_stdout)]
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use ipam_core::event::*;
 use ipam_core::{Event, HostId, Mac, NetworkId, SubnetId, VmId, VnicId};
-use serde_json::Value;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
 
-use crate::client::{Api, envelope};
+use crate::client::{Api, ClientError, envelope, fresh_uuid};
+use crate::exit::{self, BadInput};
+use crate::output::{self, Format};
+
+/// An existing object, by id or name; the hidden `--id` is the older spelling, kept for scripts.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// The object: its id, or its name where names are unique.
+    #[arg(value_name = "ID_OR_NAME", required_unless_present = "id")]
+    target: Option<String>,
+    #[arg(long, hide = true, conflicts_with = "target")]
+    id: Option<String>,
+}
+
+impl Target {
+    fn text(&self) -> &str {
+        self.target.as_deref().or(self.id.as_deref()).unwrap_or_default()
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Ctl {
-    /// Create or change a network.
+    /// Create or change a network. Without --id, the network of that name is changed if there is
+    /// one, else a new network is made (its id is printed).
     Network {
         #[arg(long)]
-        id: NetworkId,
-        #[arg(long)]
         name: String,
+        #[arg(long)]
+        id: Option<NetworkId>,
         /// DHCP servers for the network (the configured default when absent).
         #[arg(long)]
         servers: Option<u8>,
@@ -30,17 +55,19 @@ pub enum Ctl {
         #[arg(long)]
         disabled: bool,
     },
-    /// Remove a network.
+    /// Remove a network (and release all its addresses).
     NetworkRemove {
-        #[arg(long)]
-        id: NetworkId,
+        #[command(flatten)]
+        network: Target,
     },
     /// Add a subnet to a network.
     Subnet {
+        /// The network: its id or name.
         #[arg(long)]
-        network: NetworkId,
+        network: String,
+        /// The subnet's id (generated and printed when omitted).
         #[arg(long)]
-        id: SubnetId,
+        id: Option<SubnetId>,
         #[arg(long)]
         cidr: String,
         #[arg(long)]
@@ -50,53 +77,59 @@ pub enum Ctl {
         #[arg(long = "ntp")]
         ntp_servers: Vec<IpAddr>,
     },
-    /// Remove a subnet.
+    /// Remove a subnet, named by its id or CIDR.
     SubnetRemove {
+        #[command(flatten)]
+        subnet: Target,
+        /// The network: its id or name.
         #[arg(long)]
-        network: NetworkId,
-        #[arg(long)]
-        id: SubnetId,
+        network: String,
     },
-    /// A host is up, with the networks attached to it (NETWORK_ID=INTERFACE).
+    /// A host is up, with the networks attached to it (NETWORK=INTERFACE, the network by id or
+    /// name). Without --id, the host of that name is meant if there is one, else a new host.
     HostUp {
         #[arg(long)]
-        id: HostId,
-        #[arg(long)]
         name: String,
-        #[arg(long = "network", value_name = "NETWORK_ID=INTERFACE")]
+        #[arg(long)]
+        id: Option<HostId>,
+        #[arg(long = "network", value_name = "NETWORK=INTERFACE")]
         networks: Vec<String>,
     },
     /// A host is down (or in maintenance with --maintenance).
     HostDown {
-        #[arg(long)]
-        id: HostId,
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        host: Target,
         #[arg(long)]
         maintenance: bool,
     },
-    /// A vNIC came up (VM start).
+    /// A vNIC came up (VM start): prints the address reserved, or the rejection.
     VnicStart {
+        /// The vNIC's id (generated and printed when omitted).
         #[arg(long)]
-        id: VnicId,
+        id: Option<VnicId>,
+        /// The VM's id (generated and printed when omitted).
         #[arg(long)]
-        vm: VmId,
+        vm: Option<VmId>,
+        /// The network: its id or name.
         #[arg(long)]
-        network: NetworkId,
+        network: String,
+        /// The subnet to take an address from: its id or CIDR. Without it the vNIC gets no
+        /// address and no DHCP service from IPAM (a network IPAM does not number).
         #[arg(long)]
-        subnet: Option<SubnetId>,
+        subnet: Option<String>,
         #[arg(long)]
         mac: Mac,
         /// A fixed IP to reserve.
         #[arg(long)]
         ip: Option<IpAddr>,
     },
-    /// A vNIC went down (VM stop).
+    /// A vNIC went down (VM stop): prints the address released.
     VnicStop {
+        #[command(flatten)]
+        vnic: Target,
+        /// The network: its id or name (by default the vNIC's, as the API knows it).
         #[arg(long)]
-        id: VnicId,
-        #[arg(long)]
-        network: NetworkId,
+        network: Option<String>,
     },
 }
 
@@ -105,97 +138,306 @@ pub enum Show {
     /// Every network.
     Networks,
     /// One network: subnets with used and free counts, reservations, DHCP servers.
-    Network { id: NetworkId },
+    Network {
+        #[command(flatten)]
+        network: Target,
+    },
+    /// Every host (needs an API with `GET /v1/hosts`).
+    Hosts,
     /// One host.
-    Host { id: HostId },
+    Host {
+        #[command(flatten)]
+        host: Target,
+    },
     /// One vNIC's reservation.
-    Vnic { id: VnicId },
+    Vnic {
+        #[command(flatten)]
+        vnic: Target,
+    },
     /// Who held an address, and when.
     Ip { ip: IpAddr },
 }
 
-pub fn ctl(api: &Api, command: Ctl) -> anyhow::Result<()> {
+/// What `ctl` and `show` share: where the API is and how to print.
+#[derive(Debug)]
+pub struct Session {
+    pub api: Api,
+    pub format: Format,
+}
+
+/// Builds the event, publishes it, waits up to `wait` for its decision, prints it, and answers the
+/// exit code the decision means.
+pub fn ctl(session: &Session, command: Ctl, wait: Duration) -> anyhow::Result<i32> {
+    let api = &session.api;
+    // The ids this command chose or resolved, printed beside the decision.
+    let mut ids = Map::new();
+    let mut note = |key: &str, id: &dyn std::fmt::Display| ids.insert(key.to_owned(), json!(id.to_string()));
     let event = match command {
-        Ctl::Network { id, name, servers, disabled } => Event::NetworkUpserted(NetworkUpserted {
-            network_id: id,
-            name,
-            ipam_enabled: !disabled,
-            servers_count: servers,
-        }),
-        Ctl::NetworkRemove { id } => Event::NetworkRemoved(NetworkRemoved { network_id: id }),
-        Ctl::Subnet { network, id, cidr, gateway, dns_servers, ntp_servers } => Event::SubnetAdded(SubnetAdded {
-            network_id: network,
-            subnet_id: id,
-            cidr: cidr.parse().with_context(|| format!("`{cidr}` is not a subnet"))?,
-            gateway,
-            dns_servers,
-            ntp_servers,
-            allocation_pools: None,
-        }),
-        Ctl::SubnetRemove { network, id } => Event::SubnetRemoved(SubnetRemoved { network_id: network, subnet_id: id }),
-        Ctl::HostUp { id, name, networks } => {
+        Ctl::Network { name, id, servers, disabled } => {
+            let network_id = match id {
+                Some(id) => id,
+                None => match find_network(api, &name)? {
+                    Some(existing) => existing,
+                    None => NetworkId(fresh_uuid()),
+                },
+            };
+            note("network_id", &network_id);
+            Event::NetworkUpserted(NetworkUpserted {
+                network_id,
+                name,
+                ipam_enabled: !disabled,
+                servers_count: servers,
+            })
+        }
+        Ctl::NetworkRemove { network } => {
+            let network_id = resolve_network(api, network.text())?;
+            note("network_id", &network_id);
+            Event::NetworkRemoved(NetworkRemoved { network_id })
+        }
+        Ctl::Subnet { network, id, cidr, gateway, dns_servers, ntp_servers } => {
+            let network_id = resolve_network(api, &network)?;
+            let subnet_id = id.unwrap_or_else(|| SubnetId(fresh_uuid()));
+            note("network_id", &network_id);
+            note("subnet_id", &subnet_id);
+            Event::SubnetAdded(SubnetAdded {
+                network_id,
+                subnet_id,
+                cidr: cidr.parse().map_err(|e| BadInput(format!("`{cidr}` is not a subnet: {e}")))?,
+                gateway,
+                dns_servers,
+                ntp_servers,
+                allocation_pools: None,
+            })
+        }
+        Ctl::SubnetRemove { subnet, network } => {
+            let network_id = resolve_network(api, &network)?;
+            let subnet_id = resolve_subnet(api, network_id, subnet.text())?;
+            note("network_id", &network_id);
+            note("subnet_id", &subnet_id);
+            Event::SubnetRemoved(SubnetRemoved { network_id, subnet_id })
+        }
+        Ctl::HostUp { name, id, networks } => {
+            let host_id = match id {
+                Some(id) => id,
+                None => match find_host(api, &name)? {
+                    Some(existing) => existing,
+                    None => HostId(fresh_uuid()),
+                },
+            };
             let networks = networks
                 .iter()
                 .map(|entry| {
-                    let (network, interface) =
-                        entry.split_once('=').with_context(|| format!("`{entry}`: expected NETWORK_ID=INTERFACE"))?;
+                    let (network, interface) = entry
+                        .split_once('=')
+                        .ok_or_else(|| BadInput(format!("`{entry}`: expected NETWORK=INTERFACE")))?;
                     Ok(HostNetwork {
-                        network_id: network.parse().with_context(|| format!("`{network}` is not a network id"))?,
-                        interface: interface.parse()?,
+                        network_id: resolve_network(api, network)?,
+                        interface: interface.parse().map_err(|e| BadInput(format!("`{interface}`: {e}")))?,
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            Event::HostUpserted(HostUpserted { host_id: id, name, status: HostStatus::Up, networks })
+            note("host_id", &host_id);
+            Event::HostUpserted(HostUpserted { host_id, name, status: HostStatus::Up, networks })
         }
-        Ctl::HostDown { id, name, maintenance } => Event::HostUpserted(HostUpserted {
-            host_id: id,
-            name,
-            status: if maintenance { HostStatus::Maintenance } else { HostStatus::Down },
-            networks: Vec::new(),
-        }),
-        Ctl::VnicStart { id, vm, network, subnet, mac, ip } => Event::VnicStarted(VnicUp {
-            vnic_id: id,
-            vm_id: vm,
-            network_id: network,
-            subnet_id: subnet,
-            mac,
-            requested_ip: ip,
-        }),
-        Ctl::VnicStop { id, network } => Event::VnicStopped(VnicDown { vnic_id: id, network_id: network }),
+        Ctl::HostDown { host, maintenance } => {
+            let (host_id, name) = host_with_name(api, host.text())?;
+            note("host_id", &host_id);
+            Event::HostUpserted(HostUpserted {
+                host_id,
+                name,
+                status: if maintenance { HostStatus::Maintenance } else { HostStatus::Down },
+                networks: Vec::new(),
+            })
+        }
+        Ctl::VnicStart { id, vm, network, subnet, mac, ip } => {
+            let network_id = resolve_network(api, &network)?;
+            let subnet_id = subnet.map(|subnet| resolve_subnet(api, network_id, &subnet)).transpose()?;
+            if subnet_id.is_none() {
+                eprintln!(
+                    "ipam: warning: no --subnet: this vNIC gets no address and no DHCP service from IPAM (give \
+                     --subnet ID_OR_CIDR to have one reserved)"
+                );
+            }
+            let (vnic_id, vm_id) =
+                (id.unwrap_or_else(|| VnicId(fresh_uuid())), vm.unwrap_or_else(|| VmId(fresh_uuid())));
+            note("vnic_id", &vnic_id);
+            note("vm_id", &vm_id);
+            Event::VnicStarted(VnicUp { vnic_id, vm_id, network_id, subnet_id, mac, requested_ip: ip })
+        }
+        Ctl::VnicStop { vnic, network } => {
+            let vnic_id: VnicId = parse_id(vnic.text(), "vNIC")?;
+            let network_id = match network {
+                Some(network) => resolve_network(api, &network)?,
+                None => network_of_vnic(api, vnic_id)?,
+            };
+            note("vnic_id", &vnic_id);
+            Event::VnicStopped(VnicDown { vnic_id, network_id })
+        }
     };
-    let accepted = api.publish(&[envelope("ipam-ctl", event)])?;
-    println!("{}", serde_json::to_string_pretty(&accepted)?);
-    Ok(())
+    let envelope = envelope("ipam-ctl", event);
+    let mut shown = Map::new();
+    let code = if wait.is_zero() {
+        shown.insert("outcome".to_owned(), json!("accepted"));
+        shown.insert("event_id".to_owned(), envelope["id"].clone());
+        api.publish(std::slice::from_ref(&envelope))?;
+        exit::OK
+    } else {
+        let outcome = decide(api, &envelope, wait)?;
+        let code = match outcome["outcome"].as_str() {
+            Some("rejected") => exit::REJECTED,
+            Some("pending") => exit::PENDING,
+            _ => exit::OK,
+        };
+        if let Value::Object(fields) = outcome {
+            shown.extend(fields);
+        }
+        code
+    };
+    for (key, id) in ids {
+        shown.entry(key).or_insert(id);
+    }
+    print!("{}", output::render(&Value::Object(shown), session.format)?);
+    Ok(code)
 }
 
-pub fn show(api: &Api, what: Show) -> anyhow::Result<()> {
+/// Publishes one event asking the API to wait for its decision, and answers its outcome. An API
+/// without decisions on write (no `wait` parameter) gets the event without it, and the outcome is
+/// `pending`: it was accepted, and `ipam show` will tell what became of it.
+fn decide(api: &Api, envelope: &Value, wait: Duration) -> anyhow::Result<Value> {
+    let answer = match api.publish_and_wait(std::slice::from_ref(envelope), wait) {
+        Ok(answer) => answer,
+        Err(error) if is_unknown_wait(&error) => {
+            eprintln!("ipam: warning: this API does not answer decisions on write; the event is only accepted");
+            api.publish(std::slice::from_ref(envelope))?;
+            return Ok(json!({"outcome": "pending", "event_id": envelope["id"]}));
+        }
+        Err(error) => return Err(error),
+    };
+    let outcomes = match &answer {
+        Value::Array(items) => Some(items),
+        Value::Object(fields) => fields.get("outcomes").and_then(Value::as_array),
+        _ => None,
+    };
+    Ok(outcomes
+        .and_then(|outcomes| outcomes.iter().find(|o| o["event_id"] == envelope["id"]).or(outcomes.first()).cloned())
+        .unwrap_or_else(|| json!({"outcome": "pending", "event_id": envelope["id"]})))
+}
+
+fn is_unknown_wait(error: &anyhow::Error) -> bool {
+    matches!(error.downcast_ref::<ClientError>(),
+        Some(ClientError::Refused { code, message, .. }) if code == "invalid_query" && message.contains("wait"))
+}
+
+pub fn show(session: &Session, what: Show) -> anyhow::Result<i32> {
+    let api = &session.api;
     let path = match what {
         Show::Networks => "/v1/networks".to_owned(),
-        Show::Network { id } => format!("/v1/networks/{id}"),
-        Show::Host { id } => format!("/v1/hosts/{id}"),
-        Show::Vnic { id } => format!("/v1/vnics/{id}"),
+        Show::Network { network } => format!("/v1/networks/{}", resolve_network(api, network.text())?),
+        Show::Hosts => "/v1/hosts".to_owned(),
+        Show::Host { host } => format!("/v1/hosts/{}", resolve_host(api, host.text())?),
+        Show::Vnic { vnic } => format!("/v1/vnics/{}", parse_id::<VnicId>(vnic.text(), "vNIC")?),
         Show::Ip { ip } => format!("/v1/ips/{ip}/history"),
     };
-    println!("{}", serde_json::to_string_pretty(&api.get(&path)?)?);
-    Ok(())
+    let mut view = api.get(&path)?;
+    if session.format == Format::Table
+        && let Value::Object(fields) = &mut view
+    {
+        // The log positions the view was read at: for programs (read your writes), not for a person.
+        fields.remove("position");
+    }
+    print!("{}", output::render(&view, session.format)?);
+    Ok(exit::OK)
 }
 
-/// Publishes a file of CloudEvents, one JSON object per line, in batches of 500.
-pub fn publish(api: &Api, file: PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let mut events = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
-        let event: Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not a JSON object", file.display(), n + 1))?;
-        events.push(event);
+fn parse_id<T: std::str::FromStr>(text: &str, what: &str) -> anyhow::Result<T> {
+    Ok(text.parse().map_err(|_| BadInput(format!("`{text}` is not a {what} id")))?)
+}
+
+/// The items of a list answer: a bare array, or the array under `key` (or `items`).
+fn items<'a>(answer: &'a Value, key: &str) -> &'a [Value] {
+    match answer {
+        Value::Array(items) => items,
+        other => other.get(key).or(other.get("items")).and_then(Value::as_array).map_or(&[], Vec::as_slice),
     }
-    if events.is_empty() {
-        bail!("{} holds no events", file.display());
+}
+
+/// The one object of a list whose `field` is `name`: none, or an error when several match.
+fn unique_by(list: &[Value], field: &str, name: &str, id_field: &str, what: &str) -> anyhow::Result<Option<Uuid>> {
+    let found: Vec<&str> =
+        list.iter().filter(|item| item[field] == name).filter_map(|item| item[id_field].as_str()).collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(parse_id(one, what)?)),
+        several => {
+            Err(BadInput(format!("{} {what}s are named `{name}` ({}): give the id", several.len(), several.join(", ")))
+                .into())
+        }
     }
-    for (n, batch) in events.chunks(500).enumerate() {
-        api.publish(batch)
-            .with_context(|| format!("batch {} (lines {} to {})", n + 1, n * 500 + 1, n * 500 + batch.len()))?;
+}
+
+fn find_network(api: &Api, name: &str) -> anyhow::Result<Option<NetworkId>> {
+    let list = api.get("/v1/networks")?;
+    Ok(unique_by(items(&list, "networks"), "name", name, "network_id", "network")?.map(NetworkId))
+}
+
+/// A network by id or unique name.
+fn resolve_network(api: &Api, text: &str) -> anyhow::Result<NetworkId> {
+    if let Ok(id) = text.parse() {
+        return Ok(id);
     }
-    println!("published {} events", events.len());
-    Ok(())
+    find_network(api, text)?.ok_or_else(|| BadInput(format!("no network is named `{text}`")).into())
+}
+
+/// The hosts the API lists, or a clear error when it cannot list them.
+fn hosts(api: &Api) -> anyhow::Result<Value> {
+    match api.get("/v1/hosts") {
+        Err(error) if matches!(error.downcast_ref(), Some(ClientError::Refused { status: 404 | 405, .. })) => {
+            Err(BadInput("this API cannot list hosts (no GET /v1/hosts): name the host by its id".to_owned()).into())
+        }
+        other => other,
+    }
+}
+
+fn find_host(api: &Api, name: &str) -> anyhow::Result<Option<HostId>> {
+    let list = hosts(api)?;
+    Ok(unique_by(items(&list, "hosts"), "name", name, "host_id", "host")?.map(HostId))
+}
+
+/// A host by id or unique name.
+fn resolve_host(api: &Api, text: &str) -> anyhow::Result<HostId> {
+    if let Ok(id) = text.parse() {
+        return Ok(id);
+    }
+    find_host(api, text)?.ok_or_else(|| BadInput(format!("no host is named `{text}`")).into())
+}
+
+/// A host by id or unique name, with its name (a host event carries both).
+fn host_with_name(api: &Api, text: &str) -> anyhow::Result<(HostId, String)> {
+    let host_id = resolve_host(api, text)?;
+    let view = api.get(&format!("/v1/hosts/{host_id}"))?;
+    let name = view["name"].as_str().ok_or_else(|| BadInput(format!("host {host_id} has no name yet")))?;
+    Ok((host_id, name.to_owned()))
+}
+
+/// A subnet of a network by id or CIDR.
+fn resolve_subnet(api: &Api, network_id: NetworkId, text: &str) -> anyhow::Result<SubnetId> {
+    if let Ok(id) = text.parse() {
+        return Ok(id);
+    }
+    let view = api.get(&format!("/v1/networks/{network_id}"))?;
+    unique_by(items(&view, "subnets"), "cidr", text, "subnet_id", "subnet")?
+        .map(SubnetId)
+        .ok_or_else(|| BadInput(format!("network {network_id} has no subnet {text}")).into())
+}
+
+/// The network a vNIC's reservation (or last release) is on.
+fn network_of_vnic(api: &Api, vnic_id: VnicId) -> anyhow::Result<NetworkId> {
+    let view = api.get(&format!("/v1/vnics/{vnic_id}"));
+    let known = view.ok().and_then(|view| {
+        ["reservation", "last_release"].iter().find_map(|key| view[key]["network_id"].as_str().map(str::to_owned))
+    });
+    match known {
+        Some(network) => parse_id(&network, "network"),
+        None => Err(BadInput(format!("the API knows no network of vNIC {vnic_id}: give --network")).into()),
+    }
 }

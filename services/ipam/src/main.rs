@@ -9,11 +9,15 @@ mod client;
 mod config;
 mod ctl;
 mod demo;
+mod exit;
 mod logging;
+mod output;
+mod publish;
 mod run;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -24,15 +28,51 @@ use ipam_log_kafka::{KafkaLog, KafkaOptions};
 use ipam_runtime::dir_lock::{self, DirLock};
 
 use crate::config::{Config, HostAgentEntry, Overrides};
+use crate::output::Format;
 use crate::run::{Components, DhcpBackendKind, HostAgentSpec};
 
 #[derive(Debug, Parser)]
-#[command(name = "ipam", version, about = "IP address management for VM networks")]
+#[command(name = "ipam", version, about = "IP address management for VM networks", after_help = exit::HELP)]
 struct Cli {
     #[command(flatten)]
     overrides: Overrides,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the API is, for the commands that talk to it.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The API's URL: http://HOST:PORT or https://HOST:PORT (the token is --api-token).
+    #[arg(long, env = "IPAM_API", default_value = "http://127.0.0.1:8080", global = true)]
+    api: String,
+    /// A PEM file of the CA certificates (or the self-signed certificate) to trust for an https://
+    /// API, instead of the public web roots.
+    #[arg(long, env = "IPAM_API_CA_CERT", global = true)]
+    api_ca_cert: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn client(&self, config: &Config) -> anyhow::Result<client::Api> {
+        client::Api::with_ca_cert(&self.api, config.api_token.clone(), self.api_ca_cert.as_deref())
+    }
+}
+
+/// A wait such as `500ms`, `10s` or `1m` (a bare number is seconds).
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as 500ms, 10s or 1m"))?;
+    let wait = match unit {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        _ => return Err(format!("`{text}` is not a duration such as 500ms, 10s or 1m")),
+    };
+    // The API waits at most a minute.
+    if wait > Duration::from_secs(60) {
+        return Err("wait at most 60s".to_owned());
+    }
+    Ok(wait)
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,25 +89,41 @@ enum Command {
     Placement,
     /// Run the HTTP API against Kafka (listening on --api-bind).
     Api,
-    /// Build and publish an engine event through the API.
+    /// Build and publish an engine event through the API, and print its decision: the address
+    /// reserved or released, or the rejection's code and message.
+    #[command(after_help = exit::HELP)]
     Ctl {
         #[command(subcommand)]
         command: ctl::Ctl,
-        #[arg(long, env = "IPAM_API", default_value = "http://127.0.0.1:8080", global = true)]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Output format: table (the default on a terminal), json (the default when piped), yaml.
+        #[arg(short = 'o', long = "output", value_enum, global = true)]
+        output: Option<Format>,
+        /// How long to wait for the decision (`500ms`, `10s`, `1m`); `0` publishes without waiting.
+        #[arg(long, default_value = "10s", value_parser = parse_wait, global = true)]
+        wait: Duration,
     },
     /// Show networks, hosts, vNICs and IP history through the API.
+    #[command(after_help = exit::HELP)]
     Show {
         #[command(subcommand)]
         what: ctl::Show,
-        #[arg(long, env = "IPAM_API", default_value = "http://127.0.0.1:8080", global = true)]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Output format: table (the default on a terminal), json (the default when piped), yaml.
+        #[arg(short = 'o', long = "output", value_enum, global = true)]
+        output: Option<Format>,
     },
-    /// Publish a file of CloudEvents (one JSON object per line) through the API.
+    /// Publish a file of CloudEvents (one JSON object per line; `-` reads standard input) through
+    /// the API. Each line is checked before it is sent; a bad line stops the run there, and the
+    /// message says how to resume (`--from-line`).
+    #[command(after_help = exit::HELP)]
     Publish {
-        file: PathBuf,
-        #[arg(long, env = "IPAM_API", default_value = "http://127.0.0.1:8080")]
-        api: String,
+        #[command(flatten)]
+        args: publish::PublishArgs,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Play a scripted story on a temporary all-in-one stack and tell what happens.
     Demo,
@@ -119,17 +175,21 @@ enum Command {
 }
 
 fn main() {
-    if let Err(error) = real_main() {
-        eprintln!("ipam: error: {error:#}");
-        std::process::exit(1);
+    match real_main() {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("ipam: error: {error:#}");
+            std::process::exit(exit::of_error(&error));
+        }
     }
 }
 
-fn real_main() -> anyhow::Result<()> {
+/// Runs the command; answers its exit code (`exit.rs`).
+fn real_main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     logging::init(cli.overrides.log_format);
     let mut config = Config::load(&cli.overrides)?;
-    match cli.command {
+    let ran = match cli.command {
         Command::Up { host_agents } => {
             for entry in host_agents {
                 let (host, dir) = entry.split_once('=').context("--host-agent takes HOST_ID=DIR")?;
@@ -166,9 +226,15 @@ fn real_main() -> anyhow::Result<()> {
             let _lock = lock_data_dir(&config)?;
             run::run(kafka(&config)?, &config, Components { placement: true, ..Components::default() })
         }
-        Command::Ctl { command, api } => ctl::ctl(&client::Api::new(&api, config.api_token.clone())?, command),
-        Command::Show { what, api } => ctl::show(&client::Api::new(&api, config.api_token.clone())?, what),
-        Command::Publish { file, api } => ctl::publish(&client::Api::new(&api, config.api_token.clone())?, file),
+        Command::Ctl { command, api, output, wait } => {
+            let session = ctl::Session { api: api.client(&config)?, format: Format::chosen(output) };
+            return ctl::ctl(&session, command, wait);
+        }
+        Command::Show { what, api, output } => {
+            let session = ctl::Session { api: api.client(&config)?, format: Format::chosen(output) };
+            return ctl::show(&session, what);
+        }
+        Command::Publish { args, api } => return publish::publish(|| api.client(&config), args),
         Command::Demo => demo::run(),
         Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
         Command::Bench { events, burst, samples, perf_records, scale_out_events, keep } => {
@@ -182,7 +248,8 @@ fn real_main() -> anyhow::Result<()> {
                 HostAgentSpec { host_id, dir, backend: dhcp_backend, heartbeat_interval_ms, netns, dnsmasq_max_shards };
             run::run(log, &config, Components { host_agents: vec![agent], ..Components::default() })
         }
-    }
+    };
+    ran.map(|()| exit::OK)
 }
 
 /// One deciding process per data directory (its snapshots, and the embedded log): taken before
