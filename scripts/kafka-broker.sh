@@ -29,6 +29,19 @@
 #                             default java is too old for the Kafka jars)
 #   IPAM_KAFKA_HEAP_OPTS      broker heap flags (default -Xms128m -Xmx512m)
 #   IPAM_KAFKA_START_TIMEOUT  seconds to wait for readiness (default 90)
+#   IPAM_KAFKA_SASL_SSL       1: `start` also opens two secured listeners, for the security tests:
+#                             SASL_SSL (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512) and SSL with a
+#                             required client certificate (mTLS). Certificates are made with openssl
+#                             in <state>/tls (a CA, the broker's, a client's, and a second CA that
+#                             signed none of them); the SCRAM user is made with Kafka's own storage
+#                             tool (`format --add-scram`), the PLAIN one by the PLAIN login module.
+#                             Before the final KAFKA_BOOTSTRAP line, start and restart then print
+#                               KAFKA_SASL_SSL_BOOTSTRAP=127.0.0.1:PORT   KAFKA_SSL_BOOTSTRAP=127.0.0.1:PORT
+#                               KAFKA_CA_FILE=...  KAFKA_UNTRUSTED_CA_FILE=...
+#                               KAFKA_CLIENT_CERT_FILE=...  KAFKA_CLIENT_KEY_FILE=...
+#                               KAFKA_SASL_USERNAME=...  KAFKA_SASL_PASSWORD=...
+#                             one a line (also kept in <state>/secured.env). The PLAINTEXT listener
+#                             is the same either way.
 #
 # Everything but the final KAFKA_BOOTSTRAP line goes to stderr. Broker log: <state>/logs/server.log.
 set -euo pipefail
@@ -115,13 +128,14 @@ running_pid() {
     printf '%s\n' "$pid"
 }
 
-# Two distinct free TCP ports on 127.0.0.1 (broker, controller).
+# $1 (default 2) distinct free TCP ports on 127.0.0.1 (broker, controller, then the secured ones).
 free_ports() {
+    local count=${1:-2}
     if command -v python3 >/dev/null; then
-        python3 - <<'PY'
-import socket
+        python3 - "$count" <<'PY'
+import socket, sys
 socks = []
-for _ in range(2):
+for _ in range(int(sys.argv[1])):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -133,7 +147,7 @@ PY
     fi
     # Fallback without python: random high ports nothing answers on.
     local ports=() p
-    while ((${#ports[@]} < 2)); do
+    while ((${#ports[@]} < count)); do
         p=$((20000 + RANDOM % 40000))
         [[ " ${ports[*]-} " == *" $p "* ]] && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then ports+=("$p"); fi
@@ -252,18 +266,87 @@ stop() {
     log "broker stopped"
 }
 
+# ---------------------------------------------------------------- secured listeners ----------
+
+SASL_USER=ipam
+SASL_PASSWORD=ipam-test-secret
+KEYSTORE_PASSWORD=ipam-test-keystore
+
+# A CA, the broker's certificate (for 127.0.0.1, as librdkafka checks the host name), a client
+# certificate for mTLS, and a second CA that signed nothing here (the "untrusted" case).
+make_certificates() {
+    command -v openssl >/dev/null || die "openssl is not on PATH; it is needed for IPAM_KAFKA_SASL_SSL=1"
+    local tls="$STATE_DIR/tls"
+    mkdir -p "$tls"
+    (
+        set -e
+        cd "$tls"
+        for ca_name in ca other-ca; do
+            openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ipam test $ca_name" \
+                -keyout "$ca_name.key" -out "$ca_name.pem" 2>/dev/null
+        done
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout broker.key -out broker.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >broker.ext
+        openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile broker.ext -out broker.pem 2>/dev/null
+        openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+            -out broker.p12 -passout "pass:$KEYSTORE_PASSWORD"
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=ipam-client" -keyout client.key -out client.csr 2>/dev/null
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem 2>/dev/null
+        rm -f ./*.csr broker.ext
+    ) || die "openssl could not make the test certificates in $tls"
+}
+
+write_secured_config() {
+    local sasl_ssl_port=$1 ssl_port=$2 tls="$STATE_DIR/tls"
+    make_certificates
+    cat >>"$STATE_DIR/config/server.properties" <<EOF
+
+# IPAM_KAFKA_SASL_SSL=1: the secured listeners. Both present the broker certificate signed by
+# tls/ca.pem; SSL also requires a client certificate signed by it (mTLS).
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$KEYSTORE_PASSWORD
+ssl.key.password=$KEYSTORE_PASSWORD
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+    cat >"$STATE_DIR/secured.env" <<EOF
+KAFKA_SASL_SSL_BOOTSTRAP=127.0.0.1:$sasl_ssl_port
+KAFKA_SSL_BOOTSTRAP=127.0.0.1:$ssl_port
+KAFKA_CA_FILE=$tls/ca.pem
+KAFKA_UNTRUSTED_CA_FILE=$tls/other-ca.pem
+KAFKA_CLIENT_CERT_FILE=$tls/client.pem
+KAFKA_CLIENT_KEY_FILE=$tls/client.key
+KAFKA_SASL_USERNAME=$SASL_USER
+KAFKA_SASL_PASSWORD=$SASL_PASSWORD
+EOF
+}
+
 # ---------------------------------------------------------------- start ----------------------
 
 write_configs() {
-    local broker_port=$1 controller_port=$2
+    local broker_port=$1 controller_port=$2 sasl_ssl_port=${3:-} ssl_port=${4:-}
     mkdir -p "$STATE_DIR/config" "$STATE_DIR/data" "$STATE_DIR/logs"
+    # The secured listeners sit between PLAINTEXT and CONTROLLER: `restart` reads the first and
+    # the last port of the listeners line.
+    local secured_listeners="" secured_map=""
+    if [[ -n "$sasl_ssl_port" ]]; then
+        secured_listeners="SASL_SSL://127.0.0.1:$sasl_ssl_port,SSL://127.0.0.1:$ssl_port,"
+        secured_map=",SASL_SSL:SASL_SSL,SSL:SSL"
+    fi
     cat >"$STATE_DIR/config/server.properties" <<EOF
 # Generated by scripts/kafka-broker.sh: single-node KRaft broker+controller for tests.
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$broker_port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$broker_port,CONTROLLER://127.0.0.1:$controller_port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$broker_port,${secured_listeners}CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$broker_port,${secured_listeners}CONTROLLER://127.0.0.1:$controller_port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$secured_map
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 # Dynamic (KIP-853) quorum, formatted with --standalone.
@@ -296,6 +379,9 @@ log.retention.hours=24
 log.cleaner.threads=1
 log.cleaner.dedupe.buffer.size=16777216
 EOF
+    if [[ -n "$sasl_ssl_port" ]]; then
+        write_secured_config "$sasl_ssl_port" "$ssl_port"
+    fi
     # Broker log4j2 config: everything to <state>/logs/server.log.
     cat >"$STATE_DIR/config/log4j2.xml" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
@@ -342,13 +428,19 @@ format_storage() {
     local cluster_id out cand
     # A cluster id is a base64url (unpadded) random 128-bit UUID, as `StorageTool random-uuid` makes.
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    # The SCRAM credentials of the secured listener's user go into the metadata log at format.
+    local -a scram=()
+    if [[ -f "$STATE_DIR/secured.env" ]]; then
+        scram=(--add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]"
+            --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
+    fi
     local -a candidates
     mapfile -t candidates < <(java_candidates)
     ((${#candidates[@]} > 0)) || die "no java found (install Java 17+ or set IPAM_KAFKA_JAVA)"
     for cand in "${candidates[@]}"; do
         if out=$("$cand" "${TOOL_JVM_OPTS[@]}" \
             -Dlog4j2.configurationFile="file:$STATE_DIR/config/tools-log4j2.xml" \
-            -cp "$LIBS/*" kafka.tools.StorageTool format --standalone \
+            -cp "$LIBS/*" kafka.tools.StorageTool format --standalone "${scram[@]}" \
             -t "$cluster_id" -c "$STATE_DIR/config/server.properties" 2>&1); then
             JAVA=$cand
             log "formatted $STATE_DIR/data (cluster id $cluster_id) with $("$JAVA" -version 2>&1 | head -n1)"
@@ -385,11 +477,17 @@ start() {
     mkdir -p "$STATE_DIR"
     : >"$STATE_MARK"
 
-    local ports broker_port controller_port
-    ports=$(free_ports)
-    read -r broker_port controller_port <<<"$ports"
+    local ports broker_port controller_port sasl_ssl_port="" ssl_port=""
+    if [[ "${IPAM_KAFKA_SASL_SSL:-0}" == 1 ]]; then
+        ports=$(free_ports 4)
+        read -r broker_port controller_port sasl_ssl_port ssl_port <<<"$ports"
+        [[ -n "$ssl_port" ]] || die "could not find free ports"
+    else
+        ports=$(free_ports)
+        read -r broker_port controller_port <<<"$ports"
+    fi
     [[ -n "$broker_port" && -n "$controller_port" ]] || die "could not find free ports"
-    write_configs "$broker_port" "$controller_port"
+    write_configs "$broker_port" "$controller_port" "$sasl_ssl_port" "$ssl_port"
 
     JAVA=
     format_storage
@@ -433,6 +531,8 @@ launch() {
 
     echo "127.0.0.1:$broker_port" >"$BOOTSTRAP_FILE"
     log "broker ready (pid $pid) after $((SECONDS - t0)) s; log: $STATE_DIR/logs/server.log"
+    # The secured listeners' lines come first: callers take the last line as the plain address.
+    if [[ -f "$STATE_DIR/secured.env" ]]; then cat "$STATE_DIR/secured.env"; fi
     echo "KAFKA_BOOTSTRAP=127.0.0.1:$broker_port"
 }
 

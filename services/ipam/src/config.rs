@@ -5,10 +5,12 @@
 //! its environment variable; [`Config::apply`] lays whatever it found over the file.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use ipam_core::HostId;
+use ipam_log_kafka::{KafkaOptions, KafkaSecurity};
 use serde::Deserialize;
 
 /// Everything the services need to know. Unknown keys in the file are errors.
@@ -50,8 +52,9 @@ pub struct Config {
     pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
-/// Kafka settings for the services that run alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// Kafka settings for the services that run alone. Every unset one keeps the backend's default
+/// (`ipam_log_kafka::KafkaOptions`).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct KafkaConfig {
     pub bootstrap_servers: Option<String>,
@@ -62,8 +65,167 @@ pub struct KafkaConfig {
     /// broker aborts it. Batches commit in milliseconds, so 10000 (Kafka's default is 60000)
     /// bounds a takeover without ever cutting a live batch short.
     pub transaction_timeout_ms: Option<u32>,
-    /// Raw librdkafka settings (SASL, TLS, ...); one that clashes with a typed setting is an error.
+    /// Replicas of each topic created, and the least an existing topic must have (default 1;
+    /// 3 in production).
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of each topic created, and the least an existing one must have
+    /// (default: the broker's; 2 with 3 replicas in production).
+    pub min_insync_replicas: Option<i32>,
+    /// How long the topics keep records; -1, the default, keeps them for ever (the state is
+    /// rebuilt from them).
+    pub retention_ms: Option<i64>,
+    /// plaintext (default), ssl, sasl_plaintext or sasl_ssl.
+    pub security_protocol: Option<String>,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a sasl_* protocol).
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    /// Never printed.
+    pub sasl_password: Option<String>,
+    /// PEM file of the CA that signs the brokers' certificates (default: the system's CAs).
+    pub ssl_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub ssl_certificate_file: Option<PathBuf>,
+    pub ssl_key_file: Option<PathBuf>,
+    /// Passphrase of an encrypted key; never printed.
+    pub ssl_key_password: Option<String>,
+    /// Raw librdkafka settings (tuning, and security settings the typed ones do not cover); one
+    /// that clashes with a typed setting is an error.
     pub passthrough: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Lays the flags and variables that were given over the file's values.
+    fn apply(&mut self, o: &KafkaOverrides) {
+        fn set<T: Clone>(field: &mut Option<T>, value: &Option<T>) {
+            if value.is_some() {
+                field.clone_from(value);
+            }
+        }
+        set(&mut self.replication_factor, &o.kafka_replication_factor);
+        set(&mut self.min_insync_replicas, &o.kafka_min_insync_replicas);
+        set(&mut self.retention_ms, &o.kafka_retention_ms);
+        set(&mut self.security_protocol, &o.kafka_security_protocol);
+        set(&mut self.sasl_mechanism, &o.kafka_sasl_mechanism);
+        set(&mut self.sasl_username, &o.kafka_sasl_username);
+        set(&mut self.sasl_password, &o.kafka_sasl_password);
+        set(&mut self.ssl_ca_file, &o.kafka_ssl_ca_file);
+        set(&mut self.ssl_certificate_file, &o.kafka_ssl_certificate_file);
+        set(&mut self.ssl_key_file, &o.kafka_ssl_key_file);
+        set(&mut self.ssl_key_password, &o.kafka_ssl_key_password);
+    }
+
+    /// Sets the topic and security options these settings name; the others keep the backend's
+    /// defaults. A protocol or mechanism that does not parse is an error naming the setting.
+    pub fn apply_to(&self, options: &mut KafkaOptions) -> anyhow::Result<()> {
+        if let Some(replication_factor) = self.replication_factor {
+            options.replication_factor = replication_factor;
+        }
+        options.min_insync_replicas = self.min_insync_replicas;
+        if let Some(retention_ms) = self.retention_ms {
+            options.retention_ms = retention_ms;
+        }
+        options.security = KafkaSecurity {
+            protocol: self
+                .security_protocol
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .context("kafka security-protocol")?,
+            sasl_mechanism: self
+                .sasl_mechanism
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .context("kafka sasl-mechanism")?,
+            sasl_username: self.sasl_username.clone(),
+            sasl_password: self.sasl_password.clone(),
+            ssl_ca_file: self.ssl_ca_file.clone(),
+            ssl_certificate_file: self.ssl_certificate_file.clone(),
+            ssl_key_file: self.ssl_key_file.clone(),
+            ssl_key_password: self.ssl_key_password.clone(),
+        };
+        Ok(())
+    }
+}
+
+/// Passwords and pass-through values (which may hold passwords) are never printed.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("transaction_timeout_ms", &self.transaction_timeout_ms)
+            .field("replication_factor", &self.replication_factor)
+            .field("min_insync_replicas", &self.min_insync_replicas)
+            .field("retention_ms", &self.retention_ms)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &hidden(&self.sasl_password))
+            .field("ssl_ca_file", &self.ssl_ca_file)
+            .field("ssl_certificate_file", &self.ssl_certificate_file)
+            .field("ssl_key_file", &self.ssl_key_file)
+            .field("ssl_key_password", &hidden(&self.ssl_key_password))
+            .field("passthrough_keys", &self.passthrough.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The `[kafka]` settings of topics and security, as flags or `IPAM_KAFKA_*` variables.
+#[derive(Clone, Default, clap::Args)]
+pub struct KafkaOverrides {
+    /// Replicas of each topic created; an existing topic must have at least as many.
+    #[arg(long, env = "IPAM_KAFKA_REPLICATION_FACTOR", global = true)]
+    pub kafka_replication_factor: Option<i32>,
+    /// min.insync.replicas of each topic created; an existing topic must have at least as many.
+    #[arg(long, env = "IPAM_KAFKA_MIN_INSYNC_REPLICAS", global = true)]
+    pub kafka_min_insync_replicas: Option<i32>,
+    /// retention.ms of the topics (-1, the default: never expire).
+    #[arg(long, env = "IPAM_KAFKA_RETENTION_MS", global = true, allow_negative_numbers = true)]
+    pub kafka_retention_ms: Option<i64>,
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "IPAM_KAFKA_SECURITY_PROTOCOL", global = true)]
+    pub kafka_security_protocol: Option<String>,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "IPAM_KAFKA_SASL_MECHANISM", global = true)]
+    pub kafka_sasl_mechanism: Option<String>,
+    #[arg(long, env = "IPAM_KAFKA_SASL_USERNAME", global = true)]
+    pub kafka_sasl_username: Option<String>,
+    /// Prefer the variable or the file: a flag's value shows in the process list.
+    #[arg(long, env = "IPAM_KAFKA_SASL_PASSWORD", global = true, hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+    /// PEM file of the CA that signs the brokers' certificates.
+    #[arg(long, env = "IPAM_KAFKA_SSL_CA_FILE", global = true)]
+    pub kafka_ssl_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS.
+    #[arg(long, env = "IPAM_KAFKA_SSL_CERTIFICATE_FILE", global = true)]
+    pub kafka_ssl_certificate_file: Option<PathBuf>,
+    /// PEM client key, for mutual TLS.
+    #[arg(long, env = "IPAM_KAFKA_SSL_KEY_FILE", global = true)]
+    pub kafka_ssl_key_file: Option<PathBuf>,
+    #[arg(long, env = "IPAM_KAFKA_SSL_KEY_PASSWORD", global = true, hide_env_values = true)]
+    pub kafka_ssl_key_password: Option<String>,
+}
+
+/// Passwords are never printed.
+impl fmt::Debug for KafkaOverrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        f.debug_struct("KafkaOverrides")
+            .field("kafka_replication_factor", &self.kafka_replication_factor)
+            .field("kafka_min_insync_replicas", &self.kafka_min_insync_replicas)
+            .field("kafka_retention_ms", &self.kafka_retention_ms)
+            .field("kafka_security_protocol", &self.kafka_security_protocol)
+            .field("kafka_sasl_mechanism", &self.kafka_sasl_mechanism)
+            .field("kafka_sasl_username", &self.kafka_sasl_username)
+            .field("kafka_sasl_password", &hidden(&self.kafka_sasl_password))
+            .field("kafka_ssl_ca_file", &self.kafka_ssl_ca_file)
+            .field("kafka_ssl_certificate_file", &self.kafka_ssl_certificate_file)
+            .field("kafka_ssl_key_file", &self.kafka_ssl_key_file)
+            .field("kafka_ssl_key_password", &hidden(&self.kafka_ssl_key_password))
+            .finish()
+    }
 }
 
 /// One in-process host agent.
@@ -128,6 +290,8 @@ pub struct Overrides {
     pub kafka: Option<String>,
     #[arg(long, env = "IPAM_KAFKA_SESSION_TIMEOUT_MS", global = true)]
     pub kafka_session_timeout_ms: Option<u32>,
+    #[command(flatten)]
+    pub kafka_settings: KafkaOverrides,
     /// Where the HTTP API listens (127.0.0.1:8080 by default; port 0 picks a free one).
     #[arg(long, env = "IPAM_API_BIND", global = true)]
     pub api_bind: Option<std::net::SocketAddr>,
@@ -195,6 +359,7 @@ impl Config {
         if o.kafka_session_timeout_ms.is_some() {
             self.kafka.session_timeout_ms = o.kafka_session_timeout_ms;
         }
+        self.kafka.apply(&o.kafka_settings);
     }
 
     fn validate(&self) -> anyhow::Result<()> {

@@ -296,6 +296,7 @@ fn kafka(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
         options.session_timeout_ms = session_timeout_ms;
     }
     options.transaction_timeout_ms = config.kafka.transaction_timeout_ms.unwrap_or(10_000);
+    config.kafka.apply_to(&mut options)?;
     options.validate()?;
     Ok(Arc::new(KafkaLog::connect(options).with_context(|| format!("connecting to Kafka at {bootstrap}"))?))
 }

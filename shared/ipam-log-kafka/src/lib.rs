@@ -45,11 +45,12 @@ mod errors;
 mod follow;
 mod member;
 mod options;
+mod reach;
 mod read;
 mod topics;
 
 pub use member::KafkaMember;
-pub use options::{KafkaOptions, RESERVED_KEYS};
+pub use options::{KafkaOptions, KafkaSecurity, RESERVED_KEYS, SaslMechanism, SecurityProtocol};
 
 use std::fmt;
 use std::sync::Arc;
@@ -89,11 +90,10 @@ impl KafkaLog {
     /// Creates the clients and checks that the cluster answers a metadata request.
     pub fn connect(options: KafkaOptions) -> Result<KafkaLog, LogError> {
         options.validate()?;
+        // Fails fast on a refusal (wrong password, untrusted certificate) that librdkafka retries.
+        reach::reach(&options)?;
         let metadata: BaseConsumer =
             options.metadata_config().create().map_err(|e| client_creation("metadata consumer", &e))?;
-        metadata.fetch_metadata(None, REQUEST_TIMEOUT).map_err(|e| {
-            storage(&format!("no answer from the Kafka brokers at `{}`", options.bootstrap_servers), &e)
-        })?;
         let admin = options.base_config().create().map_err(|e| client_creation("admin client", &e))?;
         let producer = options
             .append_producer_config()
@@ -153,7 +153,7 @@ impl EventLog for KafkaLog {
     }
 
     fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
-        self.topics.create(&self.admin, topics, self.options.replication_factor)
+        self.topics.create(&self.admin, topics, &self.options)
     }
 
     fn partition_count(&self, topic: &str) -> Result<u32, LogError> {

@@ -1,9 +1,20 @@
-//! Topics: creating them with the admin API, and knowing how many partitions each has. The count
-//! decides every record's partition (`partition::for_key`), so it is read from the brokers once per
-//! topic and cached for the life of the log: a topic's count never changes under this system
-//! (`create_topics` refuses a different count, and nothing here adds partitions).
+//! Topics: creating them with the admin API, checking that existing ones can hold the log, and
+//! knowing how many partitions each has. The count decides every record's partition
+//! (`partition::for_key`), so it is read from the brokers once per topic and cached for the life of
+//! the log: a topic's count never changes under this system (`create_topics` refuses a different
+//! count, and nothing here adds partitions).
+//!
+//! Every topic is a log that state is rebuilt from, so each one is made, and an existing one must
+//! be, like this ([`Topics::create`] checks every topic it is asked for, made now or long ago):
+//! - `cleanup.policy=delete`, never `compact`: a rebuild replays every record of a key (every
+//!   event of a network), and compaction keeps only the last one;
+//! - `retention.ms` from the options, -1 (never expire) by default, and `retention.bytes=-1`: a
+//!   size limit would drop inputs with no regard to their age, so it is not offered;
+//! - the options' replication factor and `min.insync.replicas` at least, with
+//!   `unclean.leader.election.enable=false`, so an acknowledged record is never lost to a replica
+//!   that did not have it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll, Wake, Waker};
@@ -11,13 +22,14 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use ipam_log::{LogError, TopicSpec};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 
 use crate::errors::storage;
+use crate::options::KafkaOptions;
 
 /// Bound on one metadata, offset or admin round trip.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,10 +37,12 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the metadata says about one topic.
 enum TopicState {
     Missing,
-    /// The partition count, and whether every partition has a leader.
+    /// The partition count, whether every partition has a leader, and the fewest replicas any
+    /// partition has.
     Present {
         partitions: u32,
         ready: bool,
+        replicas: usize,
     },
 }
 
@@ -72,9 +86,10 @@ impl Topics {
             return Ok(TopicState::Missing);
         }
         let ready = partitions.iter().all(|p| p.error().is_none() && p.leader() >= 0);
+        let replicas = partitions.iter().map(|p| p.replicas().len()).min().unwrap_or_default();
         let count = u32::try_from(partitions.len())
             .map_err(|_| LogError::Storage(format!("topic `{topic}` has too many partitions")))?;
-        Ok(TopicState::Present { partitions: count, ready })
+        Ok(TopicState::Present { partitions: count, ready, replicas })
     }
 
     /// The topic's partition count, cached after the first answer.
@@ -100,26 +115,34 @@ impl Topics {
         }
     }
 
-    /// Creates the missing topics and waits until every partition of every topic has a leader.
+    /// Creates the missing topics, waits until every partition of every topic has a leader, and
+    /// checks that every topic, new or old, is what the log needs (the module doc says what).
     pub(crate) fn create(
         &self,
         admin: &AdminClient<DefaultClientContext>,
         specs: &[TopicSpec],
-        replication_factor: i32,
+        options: &KafkaOptions,
     ) -> Result<(), LogError> {
         if specs.is_empty() {
             return Ok(());
         }
+        let needed = Needed::from(options);
+        let configs = needed.topic_configs();
         let mut wanted = Vec::with_capacity(specs.len());
         for spec in specs {
             let partitions = i32::try_from(spec.partitions).ok().filter(|p| *p > 0).ok_or_else(|| {
                 LogError::Config(format!("topic `{}` needs between 1 and 2^31-1 partitions", spec.name))
             })?;
-            wanted.push(NewTopic::new(&spec.name, partitions, TopicReplication::Fixed(replication_factor)));
+            let mut topic = NewTopic::new(&spec.name, partitions, TopicReplication::Fixed(options.replication_factor));
+            for (key, value) in &configs {
+                topic = topic.set(key, value);
+            }
+            wanted.push(topic);
         }
-        let options =
+        let admin_options =
             AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)).request_timeout(Some(REQUEST_TIMEOUT));
-        let results = block_on(admin.create_topics(&wanted, &options)).map_err(|e| storage("create topics", &e))?;
+        let results =
+            block_on(admin.create_topics(&wanted, &admin_options)).map_err(|e| storage("create topics", &e))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -139,6 +162,7 @@ impl Topics {
         // The controller has accepted the topics; the metadata may take a moment to show them with
         // leaders, and producing before that fails.
         let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut mismatches = Vec::new();
         for spec in specs {
             loop {
                 match self.state(&spec.name)? {
@@ -149,8 +173,15 @@ impl Topics {
                             wanted: spec.partitions,
                         });
                     }
-                    TopicState::Present { partitions, ready: true } => {
+                    TopicState::Present { partitions, ready: true, replicas } => {
                         self.counts.write().unwrap_or_else(|e| e.into_inner()).insert(spec.name.clone(), partitions);
+                        if needed.replication_factor.is_some_and(|wanted| replicas < wanted) {
+                            mismatches.push(format!(
+                                "topic `{}` has {replicas} replicas per partition, needs at least {} (replication \
+                                 factor)",
+                                spec.name, options.replication_factor
+                            ));
+                        }
                         break;
                     }
                     TopicState::Present { ready: false, .. } | TopicState::Missing => {}
@@ -164,7 +195,136 @@ impl Topics {
                 thread::sleep(Duration::from_millis(50));
             }
         }
-        Ok(())
+        mismatches.extend(self.check_configs(admin, specs, &needed)?);
+        if mismatches.is_empty() {
+            Ok(())
+        } else {
+            Err(LogError::Config(format!(
+                "{}; change the topics (kafka-configs.sh --alter --entity-type topics ...) or the settings, or use \
+                 a topic prefix of new topics",
+                mismatches.join("; ")
+            )))
+        }
+    }
+
+    /// Every way the topics' configurations differ from what the log needs, one sentence each.
+    fn check_configs(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+        specs: &[TopicSpec],
+        needed: &Needed,
+    ) -> Result<Vec<String>, LogError> {
+        let resources: Vec<ResourceSpecifier<'_>> =
+            specs.iter().map(|spec| ResourceSpecifier::Topic(&spec.name)).collect();
+        let options =
+            AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)).request_timeout(Some(REQUEST_TIMEOUT));
+        let results =
+            block_on(admin.describe_configs(&resources, &options)).map_err(|e| storage("describe topics", &e))?;
+        let mut mismatches = Vec::new();
+        for (spec, result) in specs.iter().zip(results) {
+            let resource = result.map_err(|code| {
+                LogError::Storage(format!("cannot read the configuration of topic `{}`: {code}", spec.name))
+            })?;
+            let has: BTreeMap<&str, &str> = resource
+                .entries
+                .iter()
+                .filter_map(|entry| entry.value.as_deref().map(|value| (entry.name.as_str(), value)))
+                .collect();
+            mismatches.extend(needed.mismatches(&spec.name, &has));
+        }
+        Ok(mismatches)
+    }
+}
+
+/// What every topic must be, from the options.
+struct Needed {
+    /// `None` when a single replica is asked for: any topic has at least that.
+    replication_factor: Option<usize>,
+    min_insync_replicas: Option<i32>,
+    retention_ms: i64,
+}
+
+impl From<&KafkaOptions> for Needed {
+    fn from(options: &KafkaOptions) -> Needed {
+        Needed {
+            replication_factor: usize::try_from(options.replication_factor).ok().filter(|factor| *factor > 1),
+            min_insync_replicas: options.min_insync_replicas,
+            retention_ms: options.retention_ms,
+        }
+    }
+}
+
+impl Needed {
+    /// The configuration a new topic is created with.
+    fn topic_configs(&self) -> Vec<(&'static str, String)> {
+        let mut configs = vec![
+            ("cleanup.policy", "delete".to_owned()),
+            ("retention.ms", self.retention_ms.to_string()),
+            ("retention.bytes", "-1".to_owned()),
+            ("unclean.leader.election.enable", "false".to_owned()),
+        ];
+        if let Some(min_insync) = self.min_insync_replicas {
+            configs.push(("min.insync.replicas", min_insync.to_string()));
+        }
+        configs
+    }
+
+    /// How the configuration `has` of `topic` falls short, one sentence per setting.
+    fn mismatches(&self, topic: &str, has: &BTreeMap<&str, &str>) -> Vec<String> {
+        let mut mismatches = Vec::new();
+        let mut differs = |setting: &str, value: Option<&str>, needed: String| {
+            mismatches.push(format!("topic `{topic}` has {setting}={}, needs {needed}", value.unwrap_or("(unset)")));
+        };
+        let number = |setting: &str| has.get(setting).and_then(|value| value.trim().parse::<i64>().ok());
+        // A retention of -1 (or any negative value) keeps records for ever.
+        let forever = |value: Option<i64>| value.is_some_and(|v| v < 0);
+
+        let policy = has.get("cleanup.policy").copied();
+        if policy.map(str::trim) != Some("delete") {
+            differs(
+                "cleanup.policy",
+                policy,
+                "delete (compaction would keep only the last record of each key, and state is rebuilt from every \
+                 record)"
+                    .to_owned(),
+            );
+        }
+        let retention = number("retention.ms");
+        let kept_long_enough = if self.retention_ms < 0 {
+            forever(retention)
+        } else {
+            forever(retention) || retention.is_some_and(|ms| ms >= self.retention_ms)
+        };
+        if !kept_long_enough {
+            let needed = if self.retention_ms < 0 {
+                "-1 (never expire; the retention setting)".to_owned()
+            } else {
+                format!("-1 or at least {} (the retention setting)", self.retention_ms)
+            };
+            differs("retention.ms", has.get("retention.ms").copied(), needed);
+        }
+        let bytes = number("retention.bytes");
+        if !forever(bytes) {
+            differs("retention.bytes", has.get("retention.bytes").copied(), "-1 (no size limit)".to_owned());
+        }
+        if let Some(min_insync) = self.min_insync_replicas
+            && number("min.insync.replicas").is_none_or(|has| has < i64::from(min_insync))
+        {
+            differs(
+                "min.insync.replicas",
+                has.get("min.insync.replicas").copied(),
+                format!("at least {min_insync} (the min-insync-replicas setting)"),
+            );
+        }
+        let unclean = has.get("unclean.leader.election.enable").copied();
+        if unclean.map(str::trim) == Some("true") {
+            differs(
+                "unclean.leader.election.enable",
+                unclean,
+                "false (an unclean election loses acknowledged records)".to_owned(),
+            );
+        }
+        mismatches
     }
 }
 
