@@ -19,4 +19,3 @@ mod samples;
 mod schemas;
 mod simulation;
 mod tidy;
-mod ui;
