@@ -470,27 +470,14 @@ impl MemberState {
         let mut deliveries = self.producer.context().wait_for_reports(deadline);
         let written = std::mem::take(&mut deliveries.last_offsets);
         drop(deliveries);
-        for ((topic, partition), last) in written {
-            loop {
-                match self.topics.metadata_client().fetch_watermarks(&topic, partition, REQUEST_TIMEOUT) {
-                    Ok((_, stable)) if stable > last => break,
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(topic, partition, error = %error, "Kafka member could not check that its commit is visible.");
-                        break;
-                    }
-                }
-                if Instant::now() >= deadline {
-                    tracing::warn!(
-                        topic,
-                        partition,
-                        "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
-                    );
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(2));
+        // One watermark request per written partition, all at once: one after the other they cost
+        // a round trip each, and a batch writes to most partitions of the output topics.
+        let client = self.topics.metadata_client();
+        std::thread::scope(|scope| {
+            for ((topic, partition), last) in &written {
+                scope.spawn(move || await_stable_offset(client, topic, *partition, *last, deadline));
             }
-        }
+        });
     }
 
     fn overdue(&self, policy: &ipam_log::BatchPolicy) -> bool {
@@ -788,6 +775,28 @@ impl KafkaMember {
                 Ok((record, chosen))
             })
             .collect()
+    }
+}
+/// Waits until `topic`/`partition`'s last stable offset is past `last`, or `deadline` passes.
+fn await_stable_offset(client: &BaseConsumer, topic: &str, partition: i32, last: i64, deadline: Instant) {
+    loop {
+        match client.fetch_watermarks(topic, partition, REQUEST_TIMEOUT) {
+            Ok((_, stable)) if stable > last => return,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(topic, partition, error = %error, "Kafka member could not check that its commit is visible.");
+                return;
+            }
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                topic,
+                partition,
+                "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
