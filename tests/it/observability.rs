@@ -259,7 +259,41 @@ fn ipam_up_serves_health_and_metrics_that_move_and_name_every_metric_the_alerts_
     let (status, body) = http(api, "POST", "/v1/events", "application/json", batch.to_string().as_bytes());
     assert_eq!(status, 202, "{body}");
     wait_for_sample(metrics, exhausted, 1.0);
+
+    // A network the in-process host agent serves: placement gives it the DHCP server, the files
+    // backend writes it, and the agent's report of it shows in the metrics as running.
+    let served = "00000000-0000-0000-0000-00000000ab11";
+    let batch = json!([
+        event(11, "ipam.network.upserted.v1", json!({"network_id": served, "name": "served", "ipam_enabled": true})),
+        event(
+            12,
+            "ipam.subnet.added.v1",
+            json!({"network_id": served, "subnet_id": "00000000-0000-0000-0000-00000000ab12",
+                   "cidr": "10.97.0.0/24", "gateway": "10.97.0.1"})
+        ),
+        event(
+            13,
+            "ipam.host.upserted.v1",
+            json!({"host_id": host, "name": "obs-host", "status": "up",
+                   "networks": [{"network_id": served, "interface": "br0"}]})
+        ),
+    ]);
+    let (status, body) = http(api, "POST", "/v1/events", "application/json", batch.to_string().as_bytes());
+    assert_eq!(status, 202, "{body}");
+    wait_for_sample(
+        metrics,
+        &format!("ipam_dhcp_server_state{{host=\"{host}\",network=\"{served}\",state=\"running\"}}"),
+        1.0,
+    );
+    let health = wait_healthy(metrics, "ipam up serving a network");
+    assert_eq!(health["dhcp_servers"][0]["state"], "running", "{health}");
     let after = scrape(metrics);
+    assert_eq!(
+        after.value(&format!("ipam_dhcp_server_restarts_total{{host=\"{host}\",network=\"{served}\"}}")),
+        Some(0.0),
+        "{}",
+        after.text
+    );
     assert!(
         after.value("ipam_pipeline_events_processed_total{driver=\"allocator\"}")
             > before.value("ipam_pipeline_events_processed_total{driver=\"allocator\"}"),
