@@ -395,3 +395,101 @@ fn publish_reads_stdin_checks_with_a_dry_run_and_resumes_after_a_bad_line() {
     }
     up.terminate();
 }
+
+/// Runs `openssl` with `args` in `dir`; fails the test with its output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (Debian: openssl)");
+    assert!(output.status.success(), "openssl {}:\n{}", args.join(" "), text(&output));
+}
+
+#[test]
+fn an_https_api_is_trusted_through_its_ca_and_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    // A private CA and a certificate for 127.0.0.1 signed by it.
+    openssl(
+        path,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=ipam-test-ca",
+            "-days",
+            "2",
+        ],
+    );
+    openssl(
+        path,
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "api.key", "-out", "api.csr", "-subj", "/CN=127.0.0.1"],
+    );
+    std::fs::write(path.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(
+        path,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "api.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "api.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    // openssl's test server stands in for an API behind TLS: -WWW serves files, so GET /v1/networks
+    // answers the file www/v1/networks.
+    std::fs::create_dir_all(path.join("www/v1")).unwrap();
+    std::fs::write(
+        path.join("www/v1/networks"),
+        r#"{"networks": [{"network_id": "00000000-0000-0000-0000-0000000ff001", "name": "over-tls"}]}"#,
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-WWW",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "../api.pem",
+            "-key",
+            "../api.key",
+        ])
+        .current_dir(path.join("www"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server never listened on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let api = format!("https://127.0.0.1:{port}");
+    let ca = path.join("ca.pem").display().to_string();
+
+    let trusted = expect_exit(&["show", "networks", "--api", &api, "--api-ca-cert", &ca, "-o", "json"], 0);
+    assert_eq!(json_of(&trusted)["networks"][0]["name"], "over-tls");
+    let untrusted = expect_exit(&["show", "networks", "--api", &api], 5);
+    let said = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(said.contains("TLS failed") && said.contains("--api-ca-cert"), "{}", text(&untrusted));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -140,14 +140,16 @@ impl Api {
                 "connection refused (is IPAM running there?)".to_owned()
             }
             ureq::Error::Timeout(_) => format!("timed out ({error})"),
-            // rustls reports a handshake with a server that does not speak TLS as bad data.
+            // rustls's handshake failures reach us as I/O errors of kind InvalidData.
             ureq::Error::Io(io)
                 if self.base.starts_with("https://") && io.kind() == std::io::ErrorKind::InvalidData =>
             {
-                format!(
-                    "TLS failed: {io} (does the API serve https on this port? for a private CA or a self-signed \
-                     certificate give --api-ca-cert)"
-                )
+                let hint = if io.to_string().contains("certificate") {
+                    "for a private CA or a self-signed certificate give --api-ca-cert"
+                } else {
+                    "does the API serve https on this port?"
+                };
+                format!("TLS failed: {io} ({hint})")
             }
             ureq::Error::HostNotFound => "no such host".to_owned(),
             ureq::Error::Rustls(_) | ureq::Error::Tls(_) | ureq::Error::Pem(_) => {
