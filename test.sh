@@ -18,6 +18,8 @@ command -v dnsmasq >/dev/null 2>&1 || need_packages+=(dnsmasq-base)
 command -v busybox >/dev/null 2>&1 || need_packages+=(busybox)
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v promtool >/dev/null 2>&1 || need_packages+=(prometheus)
+# The CLI test of an https:// API makes a private CA and serves with openssl s_server.
+command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 if ((${#need_packages[@]})); then
     echo "test.sh: installing ${need_packages[*]}" >&2
     apt-get update -qq
