@@ -81,7 +81,8 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
     }
     let mut threads: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();
     if let Some(address) = config.metrics_bind {
-        let monitor = Monitor { health: health.clone(), log: Arc::clone(&log), groups };
+        let monitor =
+            Monitor { health: health.clone(), log: Arc::clone(&log), groups, stale_after: monitor::STALE_AFTER };
         let (_, thread) = monitor::spawn(address, monitor, Arc::clone(&stop))?;
         threads.push(("monitor".to_owned(), thread));
     }

@@ -40,6 +40,9 @@ pub struct Monitor {
     pub log: Arc<dyn EventLog>,
     /// (group, input topic) of each driver the process runs: their lag is in `/metrics`.
     pub groups: Vec<(String, String)>,
+    /// A driver that has not finished a round, or a host agent without an accepted heartbeat,
+    /// for this long is not ready ([`STALE_AFTER`]).
+    pub stale_after: Duration,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -66,7 +69,7 @@ impl Monitor {
                 failing.push(format!("{name} owns no partition (the group has assigned it none)"));
             }
             let age = driver.last_round_age();
-            if age > STALE_AFTER {
+            if age > self.stale_after {
                 failing.push(format!("{name} has not committed for {} s", age.as_secs()));
             }
         }
@@ -76,7 +79,7 @@ impl Monitor {
             }
             let since = agent.last_heartbeat.unwrap_or(agent.started);
             let age = since.elapsed().unwrap_or_default();
-            if age > STALE_AFTER {
+            if age > self.stale_after {
                 failing
                     .push(format!("the host agent of {host} has not had a heartbeat accepted for {} s", age.as_secs()));
             }
@@ -264,10 +267,30 @@ mod tests {
         let health = Health::new();
         health.set("placement", ComponentState::Starting("rebuilding ipam.hosts/0".to_owned()));
         let log: Arc<dyn EventLog> = Arc::new(ipam_log::memory::MemoryLog::new());
-        let monitor = Monitor { health: health.clone(), log, groups: Vec::new() };
+        let monitor = Monitor { health: health.clone(), log, groups: Vec::new(), stale_after: STALE_AFTER };
         let failing = monitor.failing();
         assert!(failing.iter().any(|line| line == "placement is starting: rebuilding ipam.hosts/0"), "{failing:?}");
         health.set("placement", ComponentState::Ok);
         assert!(!monitor.failing().iter().any(|line| line.starts_with("placement is")));
+    }
+
+    #[test]
+    fn a_driver_that_owns_no_partition_or_has_not_committed_lately_is_not_ready() {
+        // Placement's statics: the runtime's own driver tests feed the allocator's.
+        let log: Arc<dyn EventLog> = Arc::new(ipam_log::memory::MemoryLog::new());
+        let monitor =
+            Monitor { health: Health::new(), log, groups: Vec::new(), stale_after: Duration::from_secs(3600) };
+        let placement = |monitor: &Monitor| -> Vec<String> {
+            monitor.failing().into_iter().filter(|line| line.starts_with("placement ")).collect()
+        };
+        metrics::PLACEMENT.started();
+        assert_eq!(placement(&monitor), Vec::<String>::new(), "before its first round the board speaks for it");
+        metrics::PLACEMENT.round_done(0);
+        assert_eq!(placement(&monitor), ["placement owns no partition (the group has assigned it none)"]);
+        metrics::PLACEMENT.round_done(1);
+        assert_eq!(placement(&monitor), Vec::<String>::new());
+        let stale = Monitor { stale_after: Duration::ZERO, ..monitor };
+        let failing = placement(&stale);
+        assert!(failing.len() == 1 && failing[0].starts_with("placement has not committed for "), "{failing:?}");
     }
 }
