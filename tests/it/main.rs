@@ -19,3 +19,4 @@ mod samples;
 mod schemas;
 mod simulation;
 mod tidy;
+mod ui;

@@ -170,14 +170,43 @@ async function hostLink(id) {
   return link(`#/host/${id}`, await hostName(id));
 }
 
+/** Every network in full, each with `count`, its number of reservations. */
 async function networksInFull() {
   const list = items(await api("/v1/networks"), "networks");
-  return Promise.all(list.map((n) => api(`/v1/networks/${n.network_id}`)));
+  const views = await Promise.all(list.map((n) => api(`/v1/networks/${n.network_id}`)));
+  return views.map((view, i) => ({
+    ...view,
+    count: typeof list[i].reservations === "number" ? list[i].reservations : items(view.reservations, "reservations").length,
+  }));
 }
 
-/** Every network's reservations as one array (network views hold them whole, or in pages). */
-function reservationsOf(view) {
-  return items(view.reservations, "reservations");
+/** The most reservations the page loads for one network (it searches and pages them itself). */
+const RESERVATIONS_LOADED = 50000;
+
+/**
+ * A network's reservations: from its paged list (`/v1/networks/{id}/reservations`, following
+ * `next`) when the API has one, else whatever its view holds. Answers [reservations, complete].
+ */
+async function reservationsOf(view) {
+  const path = `/v1/networks/${encodeURIComponent(view.network_id)}/reservations?limit=5000`;
+  let page = await maybeQuery(path);
+  if (!page) return [items(view.reservations, "reservations"), !view.reservations_next];
+  const all = [...items(page, "reservations")];
+  while (page.next && all.length < RESERVATIONS_LOADED) {
+    page = await api(`${path}&cursor=${encodeURIComponent(page.next)}`);
+    all.push(...items(page, "reservations"));
+  }
+  return [all, !page.next];
+}
+
+/** Like maybe(), but also answers null when the API refuses the query string (an older API). */
+async function maybeQuery(path) {
+  try {
+    return await maybe(path);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 400 && error.code === "invalid_query") return null;
+    throw error;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,7 +226,7 @@ async function overview() {
       subnets.length ? subnets.map((s) => h("div", {}, h("code", {}, s.cidr))) : "—",
       subnets.length ? subnets.map((s) => bar(s.used, s.used + s.free, s.utilization)) : "—",
       subnets.length ? subnets.map((s) => h("div", {}, `${s.used} used, ${s.free}${s.free_saturated ? "+" : ""} free`)) : "—",
-      String(reservationsOf(n).length || n.reservations_count || 0),
+      String(n.count),
     ]);
   }
   out.push(
@@ -351,7 +380,7 @@ async function network(id) {
   );
 
   out.push(h("h2", { id: "reservations-title" }, "Reservations"));
-  const all = reservationsOf(n);
+  const [all, complete] = await reservationsOf(n);
   const search = h("input", {
     id: "reservation-search",
     type: "search",
@@ -422,6 +451,7 @@ async function network(id) {
       h("div", { class: "field" }, h("label", { for: "reservation-search" }, "Search by MAC, IP, vNIC or VM"), search),
     ),
     count,
+    complete ? null : h("p", { class: "note" }, `Only the first ${all.length} reservations are loaded; search narrows those.`),
     holder,
     h("div", { class: "pager" }, previous, next),
   );
@@ -518,19 +548,23 @@ const MAC_RE = /^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$/i;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const IP_RE = /^([0-9.]+|[0-9a-f:.]*:[0-9a-f:.]*)$/i;
 
-/** Whether the API's OpenAPI document says the IP history takes `?at=`. */
+/**
+ * Whether the IP history takes `?at=`, asked once: an API without it refuses the query string
+ * (400), one with it answers (404 for this address, which nobody holds).
+ */
 let historyAt = null;
 async function apiOffersHistoryAt() {
   if (historyAt === null) {
-    historyAt = api("/openapi.json")
-      .then((doc) => {
-        const op = doc && doc.paths && doc.paths["/v1/ips/{ip}/history"] && doc.paths["/v1/ips/{ip}/history"].get;
-        return Boolean(op && (op.parameters || []).some((p) => p.name === "at"));
-      })
-      .catch((error) => {
-        if (error instanceof Unauthorized) throw error;
-        return false;
-      });
+    historyAt = api("/v1/ips/192.0.2.0/history?at=2000-01-01T00%3A00%3A00Z").then(
+      () => true,
+      (error) => {
+        if (error instanceof Unauthorized) {
+          historyAt = null;
+          throw error;
+        }
+        return error instanceof ApiError && error.status === 404;
+      },
+    );
   }
   return historyAt;
 }
@@ -538,11 +572,20 @@ async function apiOffersHistoryAt() {
 function historyTable(entries) {
   return table(
     "Who held this address, oldest first",
-    [{ label: "Holder" }, { label: "MAC" }, { label: "Network" }, { label: "From" }, { label: "To" }, { label: "Released because" }],
+    [
+      { label: "Holder" },
+      { label: "MAC" },
+      { label: "Network" },
+      { label: "Served by", class: "hide-narrow" },
+      { label: "From" },
+      { label: "To" },
+      { label: "Released because" },
+    ],
     entries.map((e) => [
       e.owner && e.owner.kind === "vnic" ? link(`#/lookup/${e.owner.vnic_id}`, e.owner.vnic_id) : fmt.owner(e.owner),
       h("code", {}, e.mac || "—"),
-      link(`#/network/${e.network_id}`, e.network_name || e.network_id),
+      link(`#/network/${e.network_id}`, e.network_name || e.cidr || e.network_id),
+      (e.served_by || []).length ? (e.served_by || []).map((s) => h("div", {}, link(`#/host/${s.host_id}`, s.name || s.host_id))) : "—",
       fmt.time(e.from),
       e.to ? fmt.time(e.to) : "still held",
       e.reason || "—",
@@ -554,12 +597,21 @@ function historyTable(entries) {
 async function lookupResult(q, at) {
   if (MAC_RE.test(q)) {
     const mac = q.toLowerCase().replaceAll("-", ":");
-    const history = await maybe(`/v1/macs/${encodeURIComponent(mac)}/history`);
+    const history = await maybeQuery(`/v1/macs/${encodeURIComponent(mac)}/history`);
     if (history) return [h("h2", {}, `MAC ${mac}`), historyTable(items(history, "history"))];
-    // Without a MAC endpoint: look through every network's reservations.
     const found = [];
-    for (const n of await networksInFull())
-      for (const r of reservationsOf(n)) if (String(r.mac).toLowerCase() === mac) found.push({ n, r });
+    const networks = await networksInFull();
+    const vnics = await maybeQuery(`/v1/vnics?mac=${encodeURIComponent(mac)}`);
+    if (vnics) {
+      for (const v of items(vnics, "vnics")) {
+        const r = v.reservation;
+        const n = r && networks.find((x) => x.network_id === r.network_id);
+        if (r) found.push({ n: n || { network_id: r.network_id }, r: { ...r, owner: { kind: "vnic", vnic_id: v.vnic_id, vm_id: v.vm_id } } });
+      }
+    } else {
+      // Neither endpoint: look through every network's reservations.
+      for (const n of networks) for (const r of (await reservationsOf(n))[0]) if (String(r.mac).toLowerCase() === mac) found.push({ n, r });
+    }
     if (!found.length) return [h("p", {}, `No reservation holds MAC ${mac}.`)];
     return [
       h("h2", {}, `MAC ${mac}`),
@@ -788,7 +840,7 @@ async function route() {
     if (mine !== generation) return;
     $("sign-in").hidden = true;
     $("sign-out").hidden = !token();
-    $("page").replaceChildren(...elements);
+    $("page").replaceChildren(...elements.filter(Boolean));
     document.title = `${title} · IPAM`;
     $("status").textContent = `${title} loaded at ${new Date().toLocaleTimeString()}.`;
   } catch (error) {
@@ -819,7 +871,7 @@ $("sign-in-form").addEventListener("submit", async (event) => {
   $("token").value = "";
   $("sign-in").hidden = true;
   await route();
-  $("main").focus();
+  $("main").focus({ preventScroll: true });
 });
 
 $("sign-out").addEventListener("click", () => {

@@ -2,6 +2,10 @@
 //! happens: two networks, three subnets, four hosts, 500 vNICs starting and stopping, a host lost
 //! and its DHCP servers moved, and a replay check after `kill -9`. The demo plays the engine and the
 //! hosts' heartbeats through the HTTP API, as a real deployment's engine and host agents would.
+//!
+//! With `--keep` the stack stays up after the story, with its data and live heartbeats, so that a
+//! person can open the web page (`/ui/`) on it; it stops on Ctrl-C or SIGTERM. The browser test
+//! (`tests/it/ui.rs`) runs against exactly that.
 
 #![allow(clippy::print_stdout)]
 
@@ -29,8 +33,8 @@ fn host_name(id: &str) -> String {
     format!("host-{n}")
 }
 
-fn start(dir: &std::path::Path) -> anyhow::Result<(UpProcess, Api)> {
-    let args: Vec<String> = [
+fn start(dir: &std::path::Path, token: Option<&str>) -> anyhow::Result<(UpProcess, Api)> {
+    let mut args: Vec<String> = [
         "--data-dir",
         &dir.display().to_string(),
         "--api-bind",
@@ -41,12 +45,15 @@ fn start(dir: &std::path::Path) -> anyhow::Result<(UpProcess, Api)> {
         "1500",
         "--snapshot-every-records",
         "300",
-        "up",
     ]
     .map(str::to_owned)
     .to_vec();
+    if let Some(token) = token {
+        args.extend(["--api-token".to_owned(), token.to_owned()]);
+    }
+    args.push("up".to_owned());
     let up = UpProcess::start(&args)?;
-    let api = Api::new(&up.api_url, None)?;
+    let api = Api::new(&up.api_url, token.map(str::to_owned))?;
     Ok((up, api))
 }
 
@@ -107,16 +114,35 @@ fn vnic_view(api: &Api, vnic: VnicId) -> anyhow::Result<Value> {
     Ok(view)
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// Plays the story; with `keep`, then leaves the stack running until Ctrl-C or SIGTERM. `token`
+/// is the API's bearer token (`--api-token`), if it is to have one.
+pub fn run(keep: bool, token: Option<String>) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ipam-demo-{}", std::process::id()));
-    let result = story(&dir);
+    let result = story(&dir, keep, token.as_deref());
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn story(dir: &std::path::Path) -> anyhow::Result<()> {
+/// Heartbeats of the hosts marked alive, every 300 ms until `stop`, as host agents would send them.
+fn heartbeats(api: &Api, alive: &Arc<Mutex<Vec<bool>>>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let (api, alive, stop) = (api.clone(), Arc::clone(alive), Arc::clone(stop));
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let beats: Vec<Value> = (1..=4)
+                .filter(|n| alive.lock().map(|a| a[(*n - 1) as usize]).unwrap_or(false))
+                .map(|n| {
+                    envelope("ipam-demo", Event::HostHeartbeat(HostHeartbeat { host_id: host(n), serving: vec![] }))
+                })
+                .collect();
+            let _ = api.publish(&beats);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
+}
+
+fn story(dir: &std::path::Path, keep: bool, token: Option<&str>) -> anyhow::Result<()> {
     println!("== ipam demo: the all-in-one stack on the embedded log in {}", dir.display());
-    let (mut up, api) = start(dir)?;
+    let (mut up, api) = start(dir, token)?;
     let publish = |events: Vec<Event>| -> anyhow::Result<()> {
         let events: Vec<Value> = events.into_iter().map(|e| envelope("ipam-demo", e)).collect();
         for batch in events.chunks(200) {
@@ -143,21 +169,7 @@ fn story(dir: &std::path::Path) -> anyhow::Result<()> {
         .collect();
     publish(hosts)?;
     let stop_heartbeats = Arc::new(AtomicBool::new(false));
-    let heartbeats = {
-        let (api, alive, stop) = (api.clone(), Arc::clone(&alive), Arc::clone(&stop_heartbeats));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let beats: Vec<Value> = (1..=4)
-                    .filter(|n| alive.lock().map(|a| a[(*n - 1) as usize]).unwrap_or(false))
-                    .map(|n| {
-                        envelope("ipam-demo", Event::HostHeartbeat(HostHeartbeat { host_id: host(n), serving: vec![] }))
-                    })
-                    .collect();
-                let _ = api.publish(&beats);
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        })
-    };
+    let beating = heartbeats(&api, &alive, &stop_heartbeats);
 
     let subnets = [
         (PROD, 1u128, "10.10.0.0/23", "10.10.0.1"),
@@ -268,8 +280,8 @@ fn story(dir: &std::path::Path) -> anyhow::Result<()> {
     println!("\n== kill -9 ipam up, then start it again");
     up.kill()?;
     stop_heartbeats.store(true, Ordering::SeqCst);
-    let _ = heartbeats.join();
-    let (mut restarted, restarted_api) = start(dir)?;
+    let _ = beating.join();
+    let (mut restarted, restarted_api) = start(dir, token)?;
     let after = wait("the restarted read model catches up", || {
         let after = allocations(&restarted_api)?;
         Ok((after == before).then_some(after))
@@ -293,10 +305,46 @@ fn story(dir: &std::path::Path) -> anyhow::Result<()> {
         if after == before { "equal" } else { "DIFFER FROM" },
         if unchanged { "changed nothing" } else { "CHANGED the state" }
     );
-    restarted.terminate()?;
     if !unchanged {
+        restarted.terminate()?;
         bail!("the replay check failed");
     }
+    if keep {
+        keep_running(&restarted_api, &restarted.api_url, token.is_some(), &alive)?;
+    }
+    restarted.terminate()?;
     println!("\n== demo done");
+    Ok(())
+}
+
+/// `--keep`: heartbeats again for the hosts still alive, one refused request so that the page has
+/// a rejection to show, then wait for Ctrl-C or SIGTERM.
+fn keep_running(api: &Api, url: &str, has_token: bool, alive: &Arc<Mutex<Vec<bool>>>) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
+    }
+    let stop_heartbeats = Arc::new(AtomicBool::new(false));
+    let beating = heartbeats(api, alive, &stop_heartbeats);
+    // A fixed address outside its subnet: the allocator refuses it with `ip_outside_subnet`.
+    let refused = VnicUp {
+        vnic_id: VnicId::from_u128(0x7ffe),
+        vm_id: VmId::from_u128(0x8ffe),
+        network_id: LAB,
+        subnet_id: Some(SubnetId::from_u128(0x5b03)),
+        mac: "52:54:00:00:7f:fe".parse()?,
+        requested_ip: Some("10.99.0.10".parse()?),
+    };
+    api.publish(&[envelope("ipam-demo", Event::VnicStarted(refused))])?;
+    println!(
+        "\n== the stack stays up (--keep): open {}/ui/ in a browser{}; Ctrl-C stops it",
+        url,
+        if has_token { " and sign in with the API token" } else { "" }
+    );
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop_heartbeats.store(true, Ordering::SeqCst);
+    let _ = beating.join();
     Ok(())
 }

@@ -126,7 +126,12 @@ enum Command {
         api: ApiArgs,
     },
     /// Play a scripted story on a temporary all-in-one stack and tell what happens.
-    Demo,
+    Demo {
+        /// Leave the stack running with its data afterwards, to look at in the web page (/ui/),
+        /// until Ctrl-C; --api-token gives it a token.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Measure the pipeline end to end on this machine: `ipam up` on the embedded log, and with
     /// --kafka BROKERS (or IPAM_KAFKA) also Apache's own perf tools and the services as separate
     /// processes on that broker, back to back, in one table.
@@ -235,7 +240,7 @@ fn real_main() -> anyhow::Result<i32> {
             return ctl::show(&session, what);
         }
         Command::Publish { args, api } => return publish::publish(|| api.client(&config), args),
-        Command::Demo => demo::run(),
+        Command::Demo { keep } => demo::run(keep, config.api_token.clone()),
         Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
         Command::Bench { events, burst, samples, perf_records, scale_out_events, keep } => {
             let kafka = config.kafka.bootstrap_servers.clone();
