@@ -20,6 +20,9 @@ command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v promtool >/dev/null 2>&1 || need_packages+=(prometheus)
 # The CLI test of an https:// API makes a private CA and serves with openssl s_server.
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
+# The web page's test drives headless Chromium through chromedriver (tests/it/ui.rs).
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
 if ((${#need_packages[@]})); then
     echo "test.sh: installing ${need_packages[*]}" >&2
     apt-get update -qq
