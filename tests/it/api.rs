@@ -99,11 +99,14 @@ fn api_takes_engine_events_and_shows_the_reservation_until_the_vnic_stops() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let ip = loop {
-        let (status, body) = http(addr, "GET", &format!("/v1/vnics/{vnic}"), "application/json", b"");
+        let (status, body) = http(addr, "GET", &format!("/v1/vnics/{vnic}?position=true"), "application/json", b"");
         if status == 200 {
             let view: Value = serde_json::from_str(&body).unwrap();
             if let Some(ip) = view["reservation"]["ip"].as_str() {
-                assert!(view["position"].is_object(), "every answer says which log position it reflects: {body}");
+                assert!(
+                    view["position"].is_object(),
+                    "an answer asked for says which log position it reflects: {body}"
+                );
                 break ip.to_owned();
             }
         }
@@ -164,6 +167,132 @@ fn api_takes_engine_events_and_shows_the_reservation_until_the_vnic_stops() {
     let (status, body) = http(addr, "GET", &format!("/v1/ips/{ip}/history"), "application/json", b"");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("52:54:00:aa:00:05"), "the history names the former holder: {body}");
+    up.terminate();
+}
+
+/// The served OpenAPI document's schema `name` checks `answer`: a validator of the whole document
+/// rooted at that schema, so every ref must resolve inside the document (nothing is fetched).
+fn check_against_openapi(document: &Value, name: &str, answer: &Value) {
+    let mut root = document.clone();
+    root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+    root["$ref"] = json!(format!("#/components/schemas/{name}"));
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&root)
+        .unwrap_or_else(|e| panic!("the document's {name} does not build offline: {e}"));
+    let errors: Vec<String> = validator.iter_errors(answer).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{name} refuses the real answer {answer}: {errors:#?}");
+}
+
+/// GETs `path`; the answer, which must be 200.
+fn get_ok(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = http(addr, "GET", path, "application/json", b"");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Posts `batch` with `?wait=10s`; the status and the answer.
+fn post_waiting(addr: SocketAddr, batch: &Value) -> (u16, Value) {
+    let (status, body) = http(addr, "POST", "/v1/events?wait=10s", "application/json", batch.to_string().as_bytes());
+    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}")))
+}
+
+#[test]
+fn a_write_that_waits_answers_each_event_with_its_decision_in_request_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, addr) = ipam_up_with_api(dir.path());
+    let network = "00000000-0000-0000-0000-00000000bb01";
+    let subnet = "00000000-0000-0000-0000-00000000bb02";
+    let host = "00000000-0000-0000-0000-00000000bb03";
+    let vnic = |n: u32| format!("00000000-0000-0000-0000-0000000bb{n:03x}");
+    let started = |id: u32, n: u32, subnet: Option<&str>, requested: Option<&str>| {
+        let mut data = json!({"vnic_id": vnic(n), "vm_id": "00000000-0000-0000-0000-00000000bbff",
+            "network_id": network, "mac": format!("52:54:00:bb:00:{n:02x}")});
+        if let Some(subnet) = subnet {
+            data["subnet_id"] = json!(subnet);
+        }
+        if let Some(ip) = requested {
+            data["requested_ip"] = json!(ip);
+        }
+        event(id, "ipam.vnic.started.v1", data)
+    };
+    let setup = json!([
+        event(
+            0x100,
+            "ipam.network.upserted.v1",
+            json!({"network_id": network, "name": "decided", "ipam_enabled": true})
+        ),
+        event(
+            0x101,
+            "ipam.subnet.added.v1",
+            json!({"network_id": network, "subnet_id": subnet,
+            "cidr": "10.98.0.0/29", "gateway": "10.98.0.1"})
+        ),
+        event(
+            0x102,
+            "ipam.host.upserted.v1",
+            json!({"host_id": host, "name": "rack-1",
+            "status": "up", "networks": [{"network_id": network, "interface": "br0"}]})
+        ),
+    ]);
+    let (status, answer) = post_waiting(addr, &setup);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["complete"], true, "{answer}");
+    let kinds: Vec<&str> =
+        answer["outcomes"].as_array().unwrap().iter().map(|o| o["outcome"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["nothing_to_decide"; 3], "{answer}");
+
+    // A reservation, a refusal (the address is taken), a vNIC without a subnet, in request order.
+    let batch = json!([
+        started(0x110, 1, Some(subnet), Some("10.98.0.5")),
+        started(0x111, 2, Some(subnet), Some("10.98.0.5")),
+        started(0x112, 3, None, None),
+    ]);
+    let (status, answer) = post_waiting(addr, &batch);
+    assert_eq!(status, 200, "{answer}");
+    let outcomes = answer["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 3, "{answer}");
+    let reserved = &outcomes[0];
+    assert_eq!(reserved["outcome"], "reserved", "{answer}");
+    assert_eq!(reserved["event_id"], batch[0]["id"], "{answer}");
+    assert_eq!(reserved["type"], "ipam.vnic.started.v1", "{answer}");
+    assert_eq!((&reserved["ip"], &reserved["cidr"]), (&json!("10.98.0.5"), &json!("10.98.0.0/29")), "{answer}");
+    assert_eq!((&reserved["vnic_id"], &reserved["mac"]), (&json!(vnic(1)), &json!("52:54:00:bb:00:01")), "{answer}");
+    assert_eq!(reserved["subnet_id"], subnet, "{answer}");
+    assert!(reserved["served_by"].is_array(), "{answer}");
+    let rejected = &outcomes[1];
+    assert_eq!(rejected["outcome"], "rejected", "{answer}");
+    assert_eq!(rejected["code"], "ip_in_use", "{answer}");
+    assert_eq!((&rejected["vnic_id"], &rejected["mac"]), (&json!(vnic(2)), &json!("52:54:00:bb:00:02")), "{answer}");
+    assert_eq!(rejected["subnet_id"], subnet, "{answer}");
+    assert!(rejected["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    assert_eq!(outcomes[2]["outcome"], "nothing_to_decide", "{answer}");
+
+    // The token reads the decisions back at once; the release names what it gave back.
+    let after = answer["after"].as_str().unwrap().to_owned();
+    let (status, body) = http(addr, "GET", &format!("/v1/vnics/{}?after={after}", vnic(1)), "application/json", b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("10.98.0.5"), "{body}");
+    let (status, answer) = post_waiting(
+        addr,
+        &json!([event(0x120, "ipam.vnic.stopped.v1", json!({"vnic_id": vnic(1), "network_id": network}))]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let released = &answer["outcomes"][0];
+    assert_eq!((&released["outcome"], &released["ip"]), (&json!("released"), &json!("10.98.0.5")), "{answer}");
+    assert_eq!((&released["vnic_id"], &released["mac"]), (&json!(vnic(1)), &json!("52:54:00:bb:00:01")), "{answer}");
+
+    // Without the option the answer is what it always was.
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/events",
+        "application/json",
+        started(0x130, 4, Some(subnet), None).to_string().as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+    let plain: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(plain.as_object().unwrap().keys().collect::<Vec<_>>(), ["ids", "positions"], "{body}");
     up.terminate();
 }
 

@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 /// A refused request: the HTTP status and the JSON body that explains it.
@@ -22,16 +23,23 @@ pub struct ApiError {
     pub retry_after_secs: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every refusal's body.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "Error")]
+pub(crate) struct Body<'a> {
     error: Detail<'a>,
 }
 
-#[derive(Serialize)]
+/// What was refused and why.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "ErrorDetail")]
 struct Detail<'a> {
+    /// One of `x-error-codes` at the top of the OpenAPI document.
     code: &'a str,
     message: &'a str,
+    /// The path of the offending field, such as `data.mac`, when one field is to blame.
     field: Option<&'a str>,
+    /// `POST /v1/events`: the refused event's index in the batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<usize>,
 }

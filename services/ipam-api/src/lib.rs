@@ -13,11 +13,13 @@
 //! workers: appends and lag queries in `web::block`, the read model and each event stream on their
 //! own threads.
 
+pub mod decision;
 pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod publish;
+pub mod query;
 pub mod stream;
 
 mod follower;
@@ -238,25 +240,20 @@ fn serve(
                     )
                     .service(get("/v1/networks", routes::networks))
                     .service(get("/v1/networks/{id}", routes::network))
+                    .service(get("/v1/networks/{id}/reservations", routes::reservations))
+                    .service(get("/v1/hosts", routes::hosts))
+                    .service(get("/v1/vnics", routes::vnics))
                     .service(get("/v1/vnics/{id}", routes::vnic))
                     .service(get("/v1/hosts/{id}", routes::host))
                     .service(get("/v1/ips/{ip}/history", routes::ip_history))
+                    .service(get("/v1/vnics/{id}/history", routes::vnic_history))
+                    .service(get("/v1/macs/{mac}/history", routes::mac_history))
                     .service(get("/v1/stream", stream::stream))
                     .service(get("/health", routes::health))
                     .service(get("/metrics", routes::metrics))
                     .service(get("/openapi.json", routes::openapi_document))
                     .service(ui::scope())
                     .default_service(web::to(routes::not_found))
-                    .wrap_fn(|request, service| {
-                        // Only the stream takes query parameters; elsewhere under /v1 one is a
-                        // client's mistake (a limit or filter we would silently ignore).
-                        let path = request.path();
-                        if path.starts_with("/v1/") && path != "/v1/stream" && !request.query_string().is_empty() {
-                            let error = routes::unexpected_query(request.query_string());
-                            return Either::Left(ready(Ok(request.into_response(error.error_response()))));
-                        }
-                        Either::Right(service.call(request))
-                    })
                     .wrap_fn(move |request, service| {
                         // The page's own files hold no data: it asks for the token itself (ui.rs).
                         let public = request.path() == "/health" || ui::is_public(request.path());

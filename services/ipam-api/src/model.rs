@@ -25,12 +25,16 @@ use std::net::IpAddr;
 use ipam_core::event::{AssignReason, DhcpServerState, HostNetwork, HostStatus, Owner, ReleaseReason, ServedNetwork};
 use ipam_core::{Cidr, Envelope, Event, EventId, HostId, InterfaceName, IpRange, Mac, NetworkId, SubnetId, Topic};
 use ipam_core::{RejectionCode, Timestamp, VmId, VnicId};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 /// Entries of history kept per IP address; the oldest go first.
-pub const HISTORY_KEPT: usize = 64;
+pub const HISTORY_KEPT: usize = 256;
 /// Rejections kept per network; the oldest go first.
 pub const REJECTIONS_KEPT: usize = 20;
+/// Decisions kept by the id of the input that caused them (for `POST /v1/events?wait=`); the
+/// oldest go first. A client waits seconds for its answer, so this only has to outlast a burst.
+pub const DECISIONS_KEPT: usize = 200_000;
 /// The largest count written as a JSON number: 2^53 − 1, the largest integer every JSON reader
 /// (JavaScript's included) holds exactly. IPv6 pools are far larger, so their `size` and `free`
 /// saturate here; `free_saturated: true` says so.
@@ -45,7 +49,7 @@ pub fn position_key(topic: &str, partition: u32) -> String {
 }
 
 /// The network facts the allocator accepted and forwarded to `ipam.hosts`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 struct NetworkInfo {
     name: String,
     ipam_enabled: bool,
@@ -53,7 +57,7 @@ struct NetworkInfo {
     updated: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 struct Subnet {
     cidr: Cidr,
     gateway: IpAddr,
@@ -79,7 +83,7 @@ struct Server {
     since: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 struct Rejection {
     request_type: String,
     code: RejectionCode,
@@ -98,6 +102,12 @@ struct Network {
 }
 
 impl Network {
+    /// Known only from rejections (say, of a vNIC on a network the engine never told about): such
+    /// a network is not listed, lest an operator see a network that does not exist.
+    fn is_phantom(&self) -> bool {
+        self.info.is_none() && self.subnets.is_empty() && self.reservations.is_empty() && self.servers.is_empty()
+    }
+
     fn is_empty(&self) -> bool {
         self.info.is_none()
             && self.subnets.is_empty()
@@ -107,17 +117,19 @@ impl Network {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 struct VnicReservation {
     network_id: NetworkId,
     subnet_id: SubnetId,
+    /// The subnet's CIDR when the address was reserved.
+    cidr: Option<Cidr>,
     mac: Mac,
     ip: IpAddr,
     since: Timestamp,
     cause: EventId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 struct VnicRelease {
     network_id: NetworkId,
     subnet_id: SubnetId,
@@ -134,7 +146,7 @@ struct Vnic {
     last_release: Option<VnicRelease>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 struct HostInfo {
     name: String,
     status: HostStatus,
@@ -142,7 +154,7 @@ struct HostInfo {
     updated: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 struct ServerStatus {
     epoch: u64,
     state: DhcpServerState,
@@ -159,7 +171,7 @@ struct Host {
 }
 
 /// One holder of an address, from its reservation to its release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 struct HistoryEntry {
     owner: Owner,
     mac: Mac,
@@ -173,18 +185,43 @@ struct HistoryEntry {
     reason: Option<ReleaseReason>,
     /// The input that released it.
     released_by: Option<EventId>,
+    /// The subnet's CIDR when it was reserved.
+    cidr: Option<Cidr>,
+    /// The hosts placement had given a DHCP server of the network when it was reserved.
+    served_by: Vec<HostId>,
+}
+
+/// What the system decided about one input, found by the input's id (the `cause` its outputs
+/// name). A vNIC that moves is released and reserved under one cause: the reservation wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    /// The input got an address.
+    Reserved { network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip: IpAddr },
+    /// The input gave an address back.
+    Released { network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip: IpAddr },
+    /// The input was refused.
+    Rejected { network_id: NetworkId, request_type: String, code: RejectionCode, message: String },
 }
 
 /// The read model. See the module documentation.
 #[derive(Debug, Default)]
 pub struct ReadModel {
+    /// Decisions by the id of their cause, and the causes in the order they were decided (for the
+    /// bound [`DECISIONS_KEPT`]).
+    decisions: BTreeMap<EventId, Decided>,
+    decided_order: VecDeque<EventId>,
     positions: Positions,
     networks: BTreeMap<NetworkId, Network>,
     vnics: BTreeMap<VnicId, Vnic>,
     hosts: BTreeMap<HostId, Host>,
     /// Which networks each host is assigned a server for, and with which epoch.
     assignments: BTreeMap<HostId, BTreeMap<NetworkId, u64>>,
+    /// Who held each address, ordered by the start of the holding, so that an as-of query is a
+    /// binary search.
     history: BTreeMap<IpAddr, VecDeque<HistoryEntry>>,
+    /// The addresses each vNIC and each MAC ever held (their entries are in `history`).
+    vnic_ips: BTreeMap<VnicId, std::collections::BTreeSet<IpAddr>>,
+    mac_ips: BTreeMap<Mac, std::collections::BTreeSet<IpAddr>>,
     processed: u64,
     caught_up: bool,
 }
@@ -261,6 +298,18 @@ impl ReadModel {
                     return; // The same decision seen twice (an at-least-once reader): nothing new.
                 }
                 network.reservations.insert((e.subnet_id, e.ip), reservation);
+                let cidr = network.subnets.get(&e.subnet_id).map(|subnet| subnet.cidr);
+                let served_by: Vec<HostId> = network.servers.keys().copied().collect();
+                self.decide(
+                    e.cause,
+                    Decided::Reserved {
+                        network_id: e.network_id,
+                        subnet_id: e.subnet_id,
+                        owner: e.owner,
+                        mac: e.mac,
+                        ip: e.ip,
+                    },
+                );
                 if let Owner::Vnic { vnic_id, vm_id } = e.owner {
                     let vnic =
                         self.vnics.entry(vnic_id).or_insert(Vnic { vm_id, reservation: None, last_release: None });
@@ -268,29 +317,51 @@ impl ReadModel {
                     vnic.reservation = Some(VnicReservation {
                         network_id: e.network_id,
                         subnet_id: e.subnet_id,
+                        cidr,
                         mac: e.mac,
                         ip: e.ip,
                         since: time,
                         cause: e.cause,
                     });
                 }
+                if let Owner::Vnic { vnic_id, .. } = e.owner {
+                    self.vnic_ips.entry(vnic_id).or_default().insert(e.ip);
+                }
+                self.mac_ips.entry(e.mac).or_default().insert(e.ip);
                 let history = self.history.entry(e.ip).or_default();
-                history.push_back(HistoryEntry {
-                    owner: e.owner,
-                    mac: e.mac,
-                    network_id: e.network_id,
-                    subnet_id: e.subnet_id,
-                    from: time,
-                    to: None,
-                    cause: e.cause,
-                    reason: None,
-                    released_by: None,
-                });
+                // Kept in start order (usually the end); a binary search finds the place.
+                let at = history.partition_point(|entry| entry.from <= time);
+                history.insert(
+                    at,
+                    HistoryEntry {
+                        owner: e.owner,
+                        mac: e.mac,
+                        network_id: e.network_id,
+                        subnet_id: e.subnet_id,
+                        from: time,
+                        to: None,
+                        cause: e.cause,
+                        reason: None,
+                        released_by: None,
+                        cidr,
+                        served_by,
+                    },
+                );
                 while history.len() > HISTORY_KEPT {
                     history.pop_front();
                 }
             }
             (Event::ReservationRemoved(e), Topic::Reservations) => {
+                self.decide(
+                    e.cause,
+                    Decided::Released {
+                        network_id: e.network_id,
+                        subnet_id: e.subnet_id,
+                        owner: e.owner,
+                        mac: e.mac,
+                        ip: e.ip,
+                    },
+                );
                 self.edit_network(e.network_id, |network| {
                     if network.reservations.get(&(e.subnet_id, e.ip)).is_some_and(|r| r.owner == e.owner) {
                         network.reservations.remove(&(e.subnet_id, e.ip));
@@ -325,6 +396,15 @@ impl ReadModel {
                 }
             }
             (Event::RequestRejected(e), Topic::Reservations) => {
+                self.decide(
+                    e.cause,
+                    Decided::Rejected {
+                        network_id: e.network_id,
+                        request_type: e.request_type.clone(),
+                        code: e.code,
+                        message: e.message.clone(),
+                    },
+                );
                 let rejections = &mut self.networks.entry(e.network_id).or_default().rejections;
                 rejections.push_back(Rejection {
                     request_type: e.request_type.clone(),
@@ -385,6 +465,61 @@ impl ReadModel {
         self.processed += 1;
     }
 
+    /// Remembers what `cause` decided; a release does not hide a reservation or rejection made
+    /// under the same cause (a moved vNIC).
+    fn decide(&mut self, cause: EventId, decided: Decided) {
+        match self.decisions.get(&cause) {
+            None => {
+                self.decisions.insert(cause, decided);
+                self.decided_order.push_back(cause);
+                while self.decided_order.len() > DECISIONS_KEPT {
+                    if let Some(oldest) = self.decided_order.pop_front() {
+                        self.decisions.remove(&oldest);
+                    }
+                }
+            }
+            Some(Decided::Released { .. }) => {
+                self.decisions.insert(cause, decided);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The CIDR of a subnet the model knows.
+    pub fn subnet_cidr(&self, network_id: NetworkId, subnet_id: SubnetId) -> Option<Cidr> {
+        self.networks.get(&network_id)?.subnets.get(&subnet_id).map(|subnet| subnet.cidr)
+    }
+
+    /// A host's name, as the engine last gave it.
+    pub fn host_name(&self, host_id: HostId) -> Option<String> {
+        self.hosts.get(&host_id)?.info.as_ref().map(|info| info.name.clone())
+    }
+
+    /// The hosts placement assigned a DHCP server of the network, with their names.
+    pub fn served_by(&self, network_id: NetworkId) -> Vec<HostRef> {
+        self.networks
+            .get(&network_id)
+            .map(|network| {
+                network
+                    .servers
+                    .keys()
+                    .map(|host_id| HostRef { host_id: *host_id, name: self.host_name(*host_id) })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A vNIC's current reservation: (network, subnet, MAC, IP).
+    pub fn vnic_reservation(&self, vnic_id: VnicId) -> Option<(NetworkId, SubnetId, Mac, IpAddr)> {
+        let reservation = self.vnics.get(&vnic_id)?.reservation.as_ref()?;
+        Some((reservation.network_id, reservation.subnet_id, reservation.mac, reservation.ip))
+    }
+
+    /// What the input `cause` decided, if the model has seen a decision of it.
+    pub fn decided(&self, cause: EventId) -> Option<&Decided> {
+        self.decisions.get(&cause)
+    }
+
     /// Changes a network that exists, and forgets it once nothing is known about it any more.
     fn edit_network(&mut self, network_id: NetworkId, edit: impl FnOnce(&mut Network)) {
         if let Some(network) = self.networks.get_mut(&network_id) {
@@ -395,24 +530,130 @@ impl ReadModel {
         }
     }
 
-    /// Every network with its counts, ordered by id.
-    pub fn networks(&self) -> Vec<NetworkSummary> {
-        self.networks
-            .iter()
-            .map(|(id, network)| NetworkSummary {
-                network_id: *id,
-                name: network.info.as_ref().map(|info| info.name.clone()),
-                ipam_enabled: network.info.as_ref().map(|info| info.ipam_enabled),
-                subnets: network.subnets.len(),
-                reservations: network.reservations.len(),
-                servers: network.servers.keys().copied().collect(),
+    /// A page of networks with their counts, ordered by id, from after `after`; phantom networks
+    /// (known only from rejections) are left out. Answers the page and the key of its last item
+    /// when more follow.
+    pub fn networks_page(&self, after: Option<NetworkId>, limit: usize) -> (Vec<NetworkSummary>, Option<NetworkId>) {
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        let items = self.networks.range((start, std::ops::Bound::Unbounded)).filter(|(_, n)| !n.is_phantom()).map(
+            |(id, network)| {
+                let summary = NetworkSummary {
+                    network_id: *id,
+                    name: network.info.as_ref().map(|info| info.name.clone()),
+                    ipam_enabled: network.info.as_ref().map(|info| info.ipam_enabled),
+                    subnets: network.subnets.len(),
+                    reservations: network.reservations.len(),
+                    servers: network
+                        .servers
+                        .keys()
+                        .map(|host_id| HostRef { host_id: *host_id, name: self.host_name(*host_id) })
+                        .collect(),
+                };
+                (*id, summary)
+            },
+        );
+        crate::query::page(items, limit)
+    }
+
+    /// A page of a network's reservations, ordered by subnet and address, from after `after`.
+    /// `None` when the network is unknown.
+    pub fn reservations_page(
+        &self,
+        network_id: NetworkId,
+        after: Option<(SubnetId, IpAddr)>,
+        limit: usize,
+    ) -> Option<Page<ReservationView, (SubnetId, IpAddr)>> {
+        let network = self.networks.get(&network_id).filter(|network| !network.is_phantom())?;
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        let items = network.reservations.range((start, std::ops::Bound::Unbounded)).map(|((subnet_id, ip), r)| {
+            let view = ReservationView {
+                subnet_id: *subnet_id,
+                cidr: network.subnets.get(subnet_id).map(|subnet| subnet.cidr),
+                ip: *ip,
+                owner: r.owner,
+                mac: r.mac,
+                since: r.since,
+                cause: r.cause,
+            };
+            ((*subnet_id, *ip), view)
+        });
+        Some(crate::query::page(items, limit))
+    }
+
+    /// A page of hosts (told by the engine, heard from, or assigned a server), ordered by id.
+    pub fn hosts_page(&self, after: Option<HostId>, limit: usize) -> (Vec<HostView>, Option<HostId>) {
+        let ids: std::collections::BTreeSet<HostId> =
+            self.hosts.keys().chain(self.assignments.keys()).copied().collect();
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        let items = ids.range((start, std::ops::Bound::Unbounded)).filter_map(|id| self.host(*id).map(|v| (*id, v)));
+        crate::query::page(items, limit)
+    }
+
+    /// A page of vNICs matching `filter`, ordered by id. The filters on the reservation (network,
+    /// subnet, host, MAC, IP) match only vNICs that hold an address.
+    pub fn vnics_page(
+        &self,
+        filter: &VnicFilter,
+        after: Option<VnicId>,
+        limit: usize,
+    ) -> (Vec<VnicView>, Option<VnicId>) {
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        let served: Option<Option<&BTreeMap<NetworkId, u64>>> = filter.host.map(|host| self.assignments.get(&host));
+        let items = self
+            .vnics
+            .range((start, std::ops::Bound::Unbounded))
+            .filter(|(_, vnic)| {
+                if filter.vm.is_some_and(|vm| vm != vnic.vm_id) {
+                    return false;
+                }
+                let held = vnic.reservation.as_ref();
+                let wants_reservation = filter.network.is_some()
+                    || filter.subnet.is_some()
+                    || filter.host.is_some()
+                    || filter.mac.is_some()
+                    || filter.ip.is_some();
+                if !wants_reservation {
+                    return true;
+                }
+                let Some(held) = held else { return false };
+                filter.network.is_none_or(|n| n == held.network_id)
+                    && filter.subnet.is_none_or(|s| s == held.subnet_id)
+                    && filter.mac.is_none_or(|m| m == held.mac)
+                    && filter.ip.is_none_or(|ip| ip == held.ip)
+                    && served.is_none_or(|served| served.is_some_and(|served| served.contains_key(&held.network_id)))
             })
-            .collect()
+            .map(|(id, vnic)| {
+                let view = VnicView {
+                    vnic_id: *id,
+                    vm_id: vnic.vm_id,
+                    reservation: vnic.reservation.clone().map(ReservationOf),
+                    last_release: vnic.last_release.clone().map(ReleaseOf),
+                };
+                (*id, view)
+            });
+        crate::query::page(items, limit)
     }
 
     /// One network in full, if the model knows anything about it.
     pub fn network(&self, network_id: NetworkId) -> Option<NetworkView> {
-        let network = self.networks.get(&network_id)?;
+        self.network_with(network_id, usize::MAX)
+    }
+
+    /// One network, with at most `limit` reservations and the cursor of the rest.
+    pub fn network_with(&self, network_id: NetworkId, limit: usize) -> Option<NetworkView> {
+        let network = self.networks.get(&network_id).filter(|network| !network.is_phantom())?;
         let subnets = network
             .subnets
             .iter()
@@ -440,23 +681,13 @@ impl ReadModel {
                 }
             })
             .collect();
-        let reservations = network
-            .reservations
-            .iter()
-            .map(|((subnet_id, ip), r)| ReservationView {
-                subnet_id: *subnet_id,
-                ip: *ip,
-                owner: r.owner,
-                mac: r.mac,
-                since: r.since,
-                cause: r.cause,
-            })
-            .collect();
+        let (reservations, next) = self.reservations_page(network_id, None, limit).unwrap_or_default();
         let servers = network
             .servers
             .iter()
             .map(|(host_id, server)| ServerView {
                 host_id: *host_id,
+                host_name: self.host_name(*host_id),
                 interface: server.interface.clone(),
                 epoch: server.epoch,
                 reason: server.reason,
@@ -477,6 +708,7 @@ impl ReadModel {
             servers_count: info.and_then(|info| info.servers_count),
             subnets,
             reservations,
+            reservations_next: next.map(|(subnet_id, ip)| reservation_cursor(subnet_id, ip)),
             servers,
             rejections: network.rejections.iter().rev().cloned().map(RejectionView).collect(),
         })
@@ -530,9 +762,90 @@ impl ReadModel {
         })
     }
 
-    /// Who held `ip`, oldest first, across every network (networks may reuse address space).
-    pub fn ip_history(&self, ip: IpAddr) -> Option<Vec<HistoryView>> {
-        self.history.get(&ip).map(|history| history.iter().cloned().map(HistoryView).collect())
+    /// Who held `ip`, oldest first, across every network (networks may reuse address space); with
+    /// `at`, only who held it at that instant (a holding covers `from <= at < to`).
+    pub fn ip_history(&self, ip: IpAddr, at: Option<Timestamp>) -> Option<Vec<HistoryView>> {
+        let history = self.history.get(&ip)?;
+        Some(self.held(ip, history, at, |_| true))
+    }
+
+    /// The holdings of `ip` kept in `history` that match `keep`, oldest first, those at `at` only
+    /// when given. The entries are ordered by start: a binary search drops those that start after
+    /// `at`, and only the (at most [`HISTORY_KEPT`]) earlier ones are looked at.
+    fn held(
+        &self,
+        ip: IpAddr,
+        history: &VecDeque<HistoryEntry>,
+        at: Option<Timestamp>,
+        keep: impl Fn(&HistoryEntry) -> bool,
+    ) -> Vec<HistoryView> {
+        let started = match at {
+            Some(at) => history.partition_point(|entry| entry.from <= at),
+            None => history.len(),
+        };
+        history
+            .range(..started)
+            .filter(|entry| at.is_none_or(|at| entry.to.is_none_or(|to| to > at)))
+            .filter(|entry| keep(entry))
+            .map(|entry| self.history_view(ip, entry))
+            .collect()
+    }
+
+    fn history_view(&self, ip: IpAddr, entry: &HistoryEntry) -> HistoryView {
+        let (vnic_id, vm_id, host_id) = match entry.owner {
+            Owner::Vnic { vnic_id, vm_id } => (Some(vnic_id), Some(vm_id), None),
+            Owner::DhcpServer { host_id } => (None, None, Some(host_id)),
+        };
+        HistoryView {
+            ip,
+            owner: entry.owner,
+            vnic_id,
+            vm_id,
+            host_id,
+            mac: entry.mac,
+            network_id: entry.network_id,
+            subnet_id: entry.subnet_id,
+            cidr: entry.cidr,
+            from: entry.from,
+            to: entry.to,
+            cause: entry.cause,
+            reason: entry.reason,
+            released_by: entry.released_by,
+            served_by: entry
+                .served_by
+                .iter()
+                .map(|host_id| HostRef { host_id: *host_id, name: self.host_name(*host_id) })
+                .collect(),
+        }
+    }
+
+    /// Every address a vNIC held (as far as the per-address history keeps), oldest first; with
+    /// `at`, what it held then.
+    pub fn vnic_history(&self, vnic_id: VnicId, at: Option<Timestamp>) -> Option<Vec<HistoryView>> {
+        let ips = self.vnic_ips.get(&vnic_id)?;
+        let owned = |entry: &HistoryEntry| matches!(entry.owner, Owner::Vnic { vnic_id: v, .. } if v == vnic_id);
+        Some(self.gather(ips, at, owned))
+    }
+
+    /// Every address a MAC held, oldest first; with `at`, what it held then.
+    pub fn mac_history(&self, mac: Mac, at: Option<Timestamp>) -> Option<Vec<HistoryView>> {
+        let ips = self.mac_ips.get(&mac)?;
+        Some(self.gather(ips, at, |entry| entry.mac == mac))
+    }
+
+    fn gather(
+        &self,
+        ips: &std::collections::BTreeSet<IpAddr>,
+        at: Option<Timestamp>,
+        keep: impl Fn(&HistoryEntry) -> bool,
+    ) -> Vec<HistoryView> {
+        let mut views: Vec<HistoryView> = ips
+            .iter()
+            .filter_map(|ip| self.history.get(ip).map(|history| self.held(*ip, history, at, &keep)))
+            .flatten()
+            .collect();
+        views.sort_by_key(|view| (view.from, view.ip));
+        views
     }
 
     /// `(network, subnet, utilization)` of every subnet, for the metrics.
@@ -605,33 +918,118 @@ impl SubnetCounts {
     }
 }
 
+/// A page of items and the key of its last item when more follow.
+pub type Page<T, K> = (Vec<T>, Option<K>);
+
+/// The cursor after a reservation: `subnet_id/ip`.
+pub fn reservation_cursor(subnet_id: SubnetId, ip: IpAddr) -> String {
+    format!("{subnet_id}/{ip}")
+}
+
+/// Reads a cursor made by [`reservation_cursor`].
+pub fn parse_reservation_cursor(text: &str) -> Option<(SubnetId, IpAddr)> {
+    let (subnet, ip) = text.split_once('/')?;
+    Some((subnet.parse().ok()?, ip.parse().ok()?))
+}
+
+/// What `GET /v1/vnics` filters on; every given filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VnicFilter {
+    pub network: Option<NetworkId>,
+    pub subnet: Option<SubnetId>,
+    /// vNICs on networks this host serves.
+    pub host: Option<HostId>,
+    pub vm: Option<VmId>,
+    pub mac: Option<Mac>,
+    pub ip: Option<IpAddr>,
+}
+
+/// A page of `GET /v1/networks`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct NetworkList {
+    pub networks: Vec<NetworkSummary>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
+}
+
+/// A page of `GET /v1/networks/{id}/reservations`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ReservationPage {
+    pub network_id: NetworkId,
+    pub reservations: Vec<ReservationView>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
+}
+
+/// A page of `GET /v1/hosts`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HostList {
+    pub hosts: Vec<HostView>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
+}
+
+/// A page of `GET /v1/vnics`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct VnicList {
+    pub vnics: Vec<VnicView>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
+}
+
+/// The answer of the history endpoints: what was asked about (`ip`, `vnic_id` or `mac`), the
+/// instant asked for, and the holdings, oldest first.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct History {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vnic_id: Option<VnicId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// The `at` asked for; null for the whole history.
+    pub at: Option<Timestamp>,
+    pub history: Vec<HistoryView>,
+}
+
+/// A host named beside its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct HostRef {
+    pub host_id: HostId,
+    /// Null when the engine never told the host's name.
+    pub name: Option<String>,
+}
+
 /// A network in `GET /v1/networks`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct NetworkSummary {
     pub network_id: NetworkId,
     pub name: Option<String>,
     pub ipam_enabled: Option<bool>,
     pub subnets: usize,
     pub reservations: usize,
-    pub servers: Vec<HostId>,
+    pub servers: Vec<HostRef>,
 }
 
 /// A network in `GET /v1/networks/{id}`. `name` and `ipam_enabled` are null when the network is
 /// known only from its subnets, servers or rejections (say, a request for a removed network).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct NetworkView {
     pub network_id: NetworkId,
     pub name: Option<String>,
     pub ipam_enabled: Option<bool>,
     pub servers_count: Option<u8>,
     pub subnets: Vec<SubnetView>,
+    /// The first reservations (ordered by subnet and address); `reservations_next` is the cursor
+    /// of the rest at `/v1/networks/{id}/reservations`, null when this is all of them.
     pub reservations: Vec<ReservationView>,
+    pub reservations_next: Option<String>,
     pub servers: Vec<ServerView>,
     /// The most recent rejections, newest first.
     pub rejections: Vec<RejectionView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SubnetView {
     pub subnet_id: SubnetId,
     pub cidr: Cidr,
@@ -647,9 +1045,10 @@ pub struct SubnetView {
     pub utilization: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ReservationView {
     pub subnet_id: SubnetId,
+    pub cidr: Option<Cidr>,
     pub ip: IpAddr,
     pub owner: Owner,
     pub mac: Mac,
@@ -657,9 +1056,10 @@ pub struct ReservationView {
     pub cause: EventId,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ServerView {
     pub host_id: HostId,
+    pub host_name: Option<String>,
     pub interface: InterfaceName,
     pub epoch: u64,
     pub reason: AssignReason,
@@ -668,11 +1068,11 @@ pub struct ServerView {
     pub status: Option<DhcpServerState>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(transparent)]
 pub struct RejectionView(Rejection);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct VnicView {
     pub vnic_id: VnicId,
     pub vm_id: VmId,
@@ -680,15 +1080,15 @@ pub struct VnicView {
     pub last_release: Option<ReleaseOf>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(transparent)]
 pub struct ReservationOf(VnicReservation);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(transparent)]
 pub struct ReleaseOf(VnicRelease);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct HostView {
     pub host_id: HostId,
     pub name: Option<String>,
@@ -702,16 +1102,37 @@ pub struct HostView {
     pub server_statuses: Vec<ServerStatusView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ServerStatusView {
     network_id: NetworkId,
     #[serde(flatten)]
     status: ServerStatus,
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct HistoryView(HistoryEntry);
+/// One holding of an address: who (vNIC and VM, or a host's DHCP server), with which MAC, in
+/// which subnet, from when to when (`to` null while it holds), and the hosts serving the network
+/// when it was reserved.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HistoryView {
+    pub ip: IpAddr,
+    pub owner: Owner,
+    pub vnic_id: Option<VnicId>,
+    pub vm_id: Option<VmId>,
+    /// The host whose DHCP server held the address.
+    pub host_id: Option<HostId>,
+    pub mac: Mac,
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub cidr: Option<Cidr>,
+    pub from: Timestamp,
+    pub to: Option<Timestamp>,
+    /// The input that reserved the address.
+    pub cause: EventId,
+    pub reason: Option<ReleaseReason>,
+    /// The input that released it.
+    pub released_by: Option<EventId>,
+    pub served_by: Vec<HostRef>,
+}
 
 #[cfg(test)]
 mod tests {
@@ -805,9 +1226,9 @@ mod tests {
                 }),
             ),
         );
-        let history = model.ip_history(ip).expect("history");
+        let history = model.ip_history(ip, None).expect("history");
         assert_eq!(history.len(), 1);
-        assert_eq!(history[0].0.to, Some(Timestamp::from_unix_ms(3000)));
+        assert_eq!(history[0].to, Some(Timestamp::from_unix_ms(3000)));
         let vnic = model.vnic(VnicId::from_u128(3)).expect("vnic");
         assert!(vnic.reservation.is_none());
         assert_eq!(vnic.last_release.expect("release").0.reason, ReleaseReason::VnicDown);

@@ -1,17 +1,23 @@
-//! `GET /openapi.json`: the API described by hand in OpenAPI 3.1. Event bodies are not repeated
-//! here: they reference the contract's JSON Schemas by their `$id`
-//! (`https://ipam.dev/schemas/<type>.json`, as `ipam_core::event::event_schemas` generates them and
-//! `schemas/` commits them), so the contract has one source.
+//! `GET /openapi.json`: the API in OpenAPI 3.1. The schemas of the answers are generated (schemars)
+//! from the types the handlers serialize, so the document says what the server sends; the paths,
+//! parameters and error codes are written here, beside the table of codes. Event bodies are the
+//! contract's own JSON Schemas (`ipam_core::event::event_schemas`, the ones `schemas/` commits),
+//! embedded under their type names with their `$id`, so every ref resolves inside the document,
+//! offline.
 
 use ipam_core::Event;
+use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
-use crate::publish::{ACCEPTED_CONTENT_TYPES, is_input_type};
+use crate::error::Body as ErrorBody;
+use crate::model;
+use crate::publish::{ACCEPTED_CONTENT_TYPES, Accepted, is_input_type};
 use crate::stream::STREAMED;
 
-/// The `$id` of an event type's schema.
-pub fn schema_ref(type_name: &str) -> String {
-    format!("https://ipam.dev/schemas/{type_name}.json")
+/// The ref of an event type's schema inside this document (under its type name; the schema
+/// keeps its `$id`, so it is the same one `schemas/` commits).
+pub fn local_ref(type_name: &str) -> String {
+    format!("#/components/schemas/{type_name}")
 }
 
 /// Every error code the API answers with: (status, code, when). The document lists them once in
@@ -37,12 +43,28 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     (
         400,
         "invalid_query",
-        "A `/v1` endpoint that takes no query parameters got one, or `/v1/stream` got one it does not know or one twice.",
+        "An endpoint got a query parameter it does not take, or one twice, or `position` other than true/false, or `wait` without `after` on a read.",
     ),
     (
         400,
         "invalid_cursor",
-        "A stream position (`from`, `Last-Event-ID`) does not parse, names a topic that is not streamed or a partition that does not exist, or names a partition twice.",
+        "A list's `cursor` is not the `next` of one of its pages; or a stream position (`from`, `Last-Event-ID`) does not parse, names a topic that is not streamed or a partition that does not exist, or names a partition twice.",
+    ),
+    (400, "invalid_limit", "`limit` is not a whole number from 1 to 10000."),
+    (
+        400,
+        "invalid_filter",
+        "A filter (`network`, `subnet`, `host`, `vm`: UUIDs; `mac`: a unicast MAC; `ip`: an address; `at`: an RFC 3339 instant) does not parse.",
+    ),
+    (
+        400,
+        "invalid_wait",
+        "`wait` (or `Prefer: wait=`) is not seconds or a duration (`250ms`, `5s`, `1m`) of at most 60 s.",
+    ),
+    (
+        400,
+        "invalid_after",
+        "`after` is not a position token (`topic/partition/offset`, joined by commas) of this API's topics.",
     ),
     (
         400,
@@ -56,6 +78,11 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     (415, "unsupported_media_type", "The content type is not one of the JSON types listed."),
     (500, "internal", "The server failed to run the request; retry."),
     (503, "log_unavailable", "The event log failed; retry."),
+    (
+        503,
+        "position_not_reached",
+        "A read's `after` position was not decided and read within its `wait` (10 s by default); `Retry-After` says when to try again.",
+    ),
     (503, "too_many_streams", "Every event-stream place is taken; `Retry-After` says when to try again."),
     (
         503,
@@ -93,36 +120,95 @@ fn id_parameter(description: &str) -> Value {
             "schema": { "type": "string", "format": "uuid" } })
 }
 
-/// A `GET` of one thing by id.
-fn get_one(summary: &str, operation_id: &str, parameter: Value, schema: &str) -> Value {
-    json!({ "get": {
-        "summary": summary,
-        "operationId": operation_id,
-        "parameters": [parameter],
-        "responses": {
-            "200": ok_json("Found; `position` says which log prefix the answer reflects.", schema),
-            "400": error_response(400, "The id or address is malformed, or a query parameter was given.", &["invalid_id", "invalid_ip", "invalid_query"]),
-            "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
-            "404": error_response(404, "The read model knows nothing about it (yet: compare `position`).", &["not_found"]),
-            "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"]),
+/// The query parameters every read takes.
+fn read_parameters() -> Vec<Value> {
+    vec![
+        json!({ "name": "position", "in": "query", "required": false,
+                "description": "`true` adds `position`: which prefix of the log the answer reflects.",
+                "schema": { "type": "boolean", "default": false } }),
+        json!({ "name": "after", "in": "query", "required": false,
+                "description": "A position token (`topic/partition/offset`, joined by commas; the `after` of a write that waited, or built from a write's `positions` as `topic/partition/offset+1`): the answer waits until every event of the input topics before it is decided and the read model shows the decisions, and every record of the other topics before it is read. 503 `position_not_reached` when not within `wait`.",
+                "schema": { "type": "string" }, "example": "ipam.networks/3/42" }),
+        json!({ "name": "wait", "in": "query", "required": false,
+                "description": "With `after`: how long to wait (seconds, or `250ms`, `5s`, `1m`; at most 60 s; 10 s by default).",
+                "schema": { "type": "string" } }),
+    ]
+}
+
+/// The page parameters of a list.
+fn page_parameters() -> Vec<Value> {
+    vec![
+        json!({ "name": "limit", "in": "query", "required": false, "description": "Items per page, 1 to 10000.",
+                "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 } }),
+        json!({ "name": "cursor", "in": "query", "required": false,
+                "description": "The `next` of the previous page; absent for the first page.", "schema": { "type": "string" } }),
+    ]
+}
+
+fn read_errors(status_400: &str, codes_400: &[&str]) -> Value {
+    let mut codes = vec!["invalid_query", "invalid_after", "invalid_wait"];
+    codes.extend_from_slice(codes_400);
+    json!({
+        "400": error_response(400, status_400, &codes),
+        "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+        "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"]),
+        "503": {
+            "description": "`after` was not reached within `wait`; or the log failed.",
+            "x-error-codes": ["position_not_reached", "log_unavailable"],
+            "headers": { "Retry-After": { "description": "Seconds to wait before trying again.", "schema": { "type": "integer" } } },
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
         }
-    }})
+    })
+}
+
+/// A `GET` of one thing by id.
+fn get_one(summary: &str, operation_id: &str, mut parameters: Vec<Value>, schema: &str, codes_400: &[&str]) -> Value {
+    parameters.extend(read_parameters());
+    let mut responses = read_errors("The id, address or a query parameter is malformed or unknown.", codes_400);
+    responses["200"] = ok_json("Found.", schema);
+    responses["404"] =
+        error_response(404, "The read model knows nothing about it (yet: pass `after`).", &["not_found"]);
+    json!({ "get": { "summary": summary, "operationId": operation_id, "parameters": parameters, "responses": responses } })
+}
+
+/// A `GET` of a list, a page at a time.
+fn get_page(summary: &str, operation_id: &str, mut parameters: Vec<Value>, schema: &str, codes_400: &[&str]) -> Value {
+    parameters.extend(page_parameters());
+    parameters.extend(read_parameters());
+    let mut codes = vec!["invalid_limit", "invalid_cursor"];
+    codes.extend_from_slice(codes_400);
+    let mut responses = read_errors("A bad `limit`, `cursor`, filter or other query parameter.", &codes);
+    responses["200"] =
+        ok_json("One page, ordered by key; `next` is the cursor of the next page, null on the last.", schema);
+    json!({ "get": { "summary": summary, "operationId": operation_id, "parameters": parameters, "responses": responses } })
+}
+
+fn filter(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+}
+
+fn uuid_schema() -> Value {
+    json!({ "type": "string", "format": "uuid" })
+}
+
+fn at_parameter() -> Value {
+    json!({ "name": "at", "in": "query", "required": false,
+            "description": "An RFC 3339 instant: only the holdings at it (`from <= at < to`).",
+            "schema": { "type": "string", "format": "date-time" } })
 }
 
 /// The whole document.
 pub fn document() -> Value {
     let inputs: Vec<Value> =
-        Event::TYPES.iter().filter(|t| is_input_type(t)).map(|t| json!({ "$ref": schema_ref(t) })).collect();
+        Event::TYPES.iter().filter(|t| is_input_type(t)).map(|t| json!({ "$ref": local_ref(t) })).collect();
     let streamed: Vec<Value> = Event::TYPES
         .iter()
         .filter(|t| Event::topic_of(t).is_some_and(|topic| STREAMED.contains(&topic)))
-        .map(|t| json!({ "$ref": schema_ref(t) }))
+        .map(|t| json!({ "$ref": local_ref(t) }))
         .collect();
-    let uuid = json!({ "type": "string", "format": "uuid" });
     let ip = json!({ "type": "string", "anyOf": [{ "format": "ipv4" }, { "format": "ipv6" }] });
-    let time = json!({ "type": "string", "format": "date-time" });
     let paths = paths(&streamed, &ip);
-    let schemas = schemas(inputs, &uuid, &ip, &time);
+    let schemas = schemas(inputs);
     json!({
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
@@ -157,10 +243,19 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
             "summary": "Publish one CloudEvent or a batch",
             "description": "Each event is checked against the contract; the first bad one refuses the whole batch (its `index` and `field` are named) and nothing is appended. Only engine and host-agent request types are accepted; IPAM's own outputs are refused with `not_an_input`. On 202 every event is durable in the log.",
             "operationId": "publishEvents",
+            "parameters": [
+                { "name": "wait", "in": "query", "required": false,
+                  "description": "Answer once every event is decided, waiting at most this long (seconds, or `250ms`, `5s`, `1m`; at most 60 s): `outcomes` holds one outcome per event in request order, the undecided ones `pending`. Without it (and without `Prefer: wait`) the answer has only `ids` and `positions`.",
+                  "schema": { "type": "string" }, "example": "5s" },
+                { "name": "Prefer", "in": "header", "required": false,
+                  "description": "`wait=N` (RFC 7240, seconds): as the `wait` parameter, which wins when both are given. Answered with `Preference-Applied`.",
+                  "schema": { "type": "string" }, "example": "wait=5" }
+            ],
             "requestBody": { "required": true, "content": event_body },
             "responses": {
-                "202": ok_json("Appended, in one atomic append.", "Accepted"),
-                "400": error_response(400, "Malformed JSON, an empty batch, an id used twice, an unknown or output type, a bad field, or a query parameter.", &["malformed_json", "unreadable_body", "empty_batch", "duplicate_event_id", "not_an_input", "unknown_type", "invalid_request", "invalid_mac", "invalid_cidr", "invalid_ip", "invalid_pool", "invalid_query"]),
+                "200": ok_json("Appended and, with a wait, every event decided: `complete` is true, no outcome is `pending`.", "Accepted"),
+                "202": ok_json("Appended, in one atomic append; with a wait, some events still `pending` (`complete` false).", "Accepted"),
+                "400": error_response(400, "Malformed JSON, an empty batch, an id used twice, an unknown or output type, a bad field, a bad wait, or an unknown query parameter.", &["malformed_json", "unreadable_body", "empty_batch", "duplicate_event_id", "not_an_input", "unknown_type", "invalid_request", "invalid_mac", "invalid_cidr", "invalid_ip", "invalid_pool", "invalid_query", "invalid_wait"]),
                 "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
                 "405": error_response(405, "Only POST is allowed.", &["method_not_allowed"]),
                 "413": error_response(413, "The body is larger than the configured limit.", &["body_too_large"]),
@@ -168,24 +263,52 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
                 "503": error_response(503, "The log failed; retry.", &["log_unavailable"])
             }
         }},
-        "/v1/networks": { "get": {
-            "summary": "List networks",
-            "operationId": "listNetworks",
-            "responses": {
-                "200": ok_json("Every network the read model knows.", "NetworkList"),
-                "400": error_response(400, "A query parameter was given; this endpoint takes none.", &["invalid_query"]),
-                "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
-                "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"])
-            }
-        }},
-        "/v1/networks/{id}": get_one("Get a network: subnets with used and free counts, reservations, DHCP servers with epochs, recent rejections", "getNetwork", id_parameter("The network id."), "Network"),
-        "/v1/vnics/{id}": get_one("Get a vNIC's current reservation and last release", "getVnic", id_parameter("The vNIC id."), "Vnic"),
-        "/v1/hosts/{id}": get_one("Get a host: status, networks, last heartbeat, servers", "getHost", id_parameter("The host id."), "Host"),
+        "/v1/networks": get_page("List networks (never one known only from a rejection), with host names beside server ids", "listNetworks", vec![], "NetworkList", &[]),
+        "/v1/networks/{id}": get_one(
+            "Get a network: subnets with used and free counts, its first reservations (`limit`, 1000 by default; `reservations_next` pages on), DHCP servers with epochs and host names, recent rejections",
+            "getNetwork",
+            vec![id_parameter("The network id."), json!({ "name": "limit", "in": "query", "required": false, "description": "Reservations shown (1000 by default).", "schema": { "type": "integer", "minimum": 1, "maximum": 10000 } })],
+            "NetworkView",
+            &["invalid_id", "invalid_limit"]
+        ),
+        "/v1/networks/{id}/reservations": get_page("A network's reservations, by subnet and address", "listReservations", vec![id_parameter("The network id.")], "ReservationPage", &["invalid_id"]),
+        "/v1/vnics": get_page(
+            "List vNICs, filtered",
+            "listVnics",
+            vec![
+                filter("network", "Holding an address in this network.", uuid_schema()),
+                filter("subnet", "Holding an address in this subnet.", uuid_schema()),
+                filter("host", "Holding an address in a network this host serves.", uuid_schema()),
+                filter("vm", "Of this VM.", uuid_schema()),
+                filter("mac", "Holding an address with this MAC.", json!({ "type": "string" })),
+                filter("ip", "Holding this address.", ip.clone()),
+            ],
+            "VnicList",
+            &["invalid_filter"]
+        ),
+        "/v1/vnics/{id}": get_one("Get a vNIC's current reservation and last release", "getVnic", vec![id_parameter("The vNIC id.")], "VnicView", &["invalid_id"]),
+        "/v1/hosts": get_page("List hosts", "listHosts", vec![], "HostList", &[]),
+        "/v1/hosts/{id}": get_one("Get a host: status, networks, last heartbeat, servers", "getHost", vec![id_parameter("The host id.")], "HostView", &["invalid_id"]),
         "/v1/ips/{ip}/history": get_one(
-            "Who held an IP address, oldest first",
+            "Who held an IP address, oldest first; with `at`, who held it at that instant",
             "getIpHistory",
-            json!({ "name": "ip", "in": "path", "required": true, "description": "An IPv4 or IPv6 address.", "schema": ip }),
-            "IpHistory"
+            vec![json!({ "name": "ip", "in": "path", "required": true, "description": "An IPv4 or IPv6 address.", "schema": ip }), at_parameter()],
+            "History",
+            &["invalid_ip", "invalid_filter"]
+        ),
+        "/v1/vnics/{id}/history": get_one(
+            "Every address a vNIC held, oldest first; with `at`, what it held then",
+            "getVnicHistory",
+            vec![id_parameter("The vNIC id."), at_parameter()],
+            "History",
+            &["invalid_id", "invalid_filter"]
+        ),
+        "/v1/macs/{mac}/history": get_one(
+            "Every address a MAC held, oldest first; with `at`, what it held then",
+            "getMacHistory",
+            vec![json!({ "name": "mac", "in": "path", "required": true, "description": "A unicast MAC address.", "schema": { "type": "string" } }), at_parameter()],
+            "History",
+            &["invalid_mac", "invalid_filter"]
         ),
         "/v1/stream": { "get": {
             "summary": "IPAM's decisions as Server-Sent Events",
@@ -246,120 +369,75 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
     })
 }
 
-fn schemas(inputs: Vec<Value>, uuid: &Value, ip: &Value, time: &Value) -> Value {
-    let position = json!({ "$ref": "#/components/schemas/Position" });
-    json!({
+/// Changes schemars' `format: ip` (not a JSON Schema format) into "IPv4 or IPv6", as the
+/// contract's own schemas say it.
+fn ip_formats(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            if object.get("format").and_then(Value::as_str) == Some("ip") {
+                object.remove("format");
+                object.insert("anyOf".to_owned(), json!([{ "format": "ipv4" }, { "format": "ipv6" }]));
+            }
+            object.values_mut().for_each(ip_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(ip_formats),
+        _ => {}
+    }
+}
+
+/// The answers that `position=true` adds the read model's position to.
+pub const READ_ANSWERS: [&str; 8] =
+    ["NetworkList", "NetworkView", "ReservationPage", "VnicList", "VnicView", "HostList", "HostView", "History"];
+
+/// The schemas of the answers, generated from the very types the handlers serialize, so the
+/// document cannot drift from them. Refs point within the document (`#/components/schemas/...`).
+pub fn answer_schemas() -> serde_json::Map<String, Value> {
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<Accepted>();
+    generator.subschema_for::<ErrorBody<'static>>();
+    generator.subschema_for::<model::NetworkList>();
+    generator.subschema_for::<model::NetworkView>();
+    generator.subschema_for::<model::ReservationPage>();
+    generator.subschema_for::<model::VnicList>();
+    generator.subschema_for::<model::VnicView>();
+    generator.subschema_for::<model::HostList>();
+    generator.subschema_for::<model::HostView>();
+    generator.subschema_for::<model::History>();
+    let mut schemas = generator.take_definitions(true);
+    for schema in schemas.values_mut() {
+        ip_formats(schema);
+    }
+    for name in READ_ANSWERS {
+        if let Some(properties) = schemas.get_mut(name).and_then(|schema| schema.get_mut("properties")) {
+            properties["position"] = json!({
+                "$ref": "#/components/schemas/Position",
+                "description": "Only with `position=true`: which prefix of the log the answer reflects."
+            });
+        }
+    }
+    schemas
+}
+
+fn schemas(inputs: Vec<Value>) -> Value {
+    let mut schemas = answer_schemas();
+    for (type_name, mut schema) in ipam_core::event::event_schemas() {
+        if let Some(object) = schema.as_object_mut() {
+            object.remove("$schema");
+        }
+        schemas.insert(type_name.to_owned(), schema);
+    }
+    let mut written = json!({
         "InputEvent": { "description": "An engine or host-agent request.", "oneOf": inputs },
         "EventBatch": { "oneOf": [
             { "$ref": "#/components/schemas/InputEvent" },
             { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/InputEvent" } }
         ]},
-        "Error": {
-            "type": "object", "required": ["error"],
-            "properties": { "error": {
-                "type": "object", "required": ["code", "message", "field"],
-                "properties": {
-                    "code": { "type": "string", "description": "One of `x-error-codes` at the top of this document.", "examples": ["invalid_mac", "not_an_input", "not_found"] },
-                    "message": { "type": "string" },
-                    "field": { "type": ["string", "null"], "examples": ["data.mac"] },
-                    "index": { "type": "integer", "description": "POST /v1/events: the refused event's index." }
-                }
-            }}
-        },
         "Position": {
             "type": "object",
             "description": "`topic/partition` → the offset of the next record the read model will read.",
             "additionalProperties": { "type": "integer", "minimum": 0 }
-        },
-        "Accepted": {
-            "type": "object", "required": ["ids", "positions"],
-            "properties": {
-                "ids": { "type": "array", "items": uuid },
-                "positions": { "type": "array", "items": {
-                    "type": "object", "required": ["topic", "partition", "offset"],
-                    "properties": { "topic": { "type": "string" }, "partition": { "type": "integer" }, "offset": { "type": "integer" } }
-                }}
-            }
-        },
-        "NetworkList": {
-            "type": "object", "required": ["networks", "position"],
-            "properties": {
-                "networks": { "type": "array", "items": { "type": "object", "properties": {
-                    "network_id": uuid, "name": { "type": ["string", "null"] }, "ipam_enabled": { "type": ["boolean", "null"] },
-                    "subnets": { "type": "integer" }, "reservations": { "type": "integer" },
-                    "servers": { "type": "array", "items": uuid }
-                }}},
-                "position": position
-            }
-        },
-        "Network": {
-            "type": "object", "required": ["network_id", "subnets", "reservations", "servers", "rejections", "position"],
-            "properties": {
-                "network_id": uuid,
-                "name": { "type": ["string", "null"], "description": "Null when only subnets, servers or rejections are known." },
-                "ipam_enabled": { "type": ["boolean", "null"] },
-                "servers_count": { "type": ["integer", "null"] },
-                "subnets": { "type": "array", "items": { "type": "object", "properties": {
-                    "subnet_id": uuid, "cidr": { "type": "string" }, "gateway": ip,
-                    "dns_servers": { "type": "array", "items": ip }, "ntp_servers": { "type": "array", "items": ip },
-                    "allocation_pools": { "type": "array", "items": { "type": "object", "properties": { "start": ip, "end": ip } } },
-                    "activated": time,
-                    "used": { "type": "integer", "description": "Every reservation, fixed IPs and DHCP ports included." },
-                    "size": { "type": "integer", "description": "Assignable addresses of the pools (saturated at 2^53-1)." },
-                    "free": { "type": "integer", "description": "size less reservations inside the pools (saturated at 2^53-1)." },
-                    "free_saturated": { "type": "boolean" },
-                    "utilization": { "type": "number", "description": "used / (used + free)" }
-                }}},
-                "reservations": { "type": "array", "items": { "type": "object", "properties": {
-                    "subnet_id": uuid, "ip": ip, "owner": { "type": "object" }, "mac": { "type": "string" },
-                    "since": time, "cause": uuid
-                }}},
-                "servers": { "type": "array", "items": { "type": "object", "properties": {
-                    "host_id": uuid, "interface": { "type": "string" }, "epoch": { "type": "integer" },
-                    "reason": { "type": "string" }, "since": time, "status": { "type": ["string", "null"] }
-                }}},
-                "rejections": { "type": "array", "description": "Newest first, at most 20.", "items": { "type": "object", "properties": {
-                    "request_type": { "type": "string" }, "code": { "type": "string" }, "message": { "type": "string" },
-                    "cause": uuid, "time": time
-                }}},
-                "position": position
-            }
-        },
-        "Vnic": {
-            "type": "object", "required": ["vnic_id", "vm_id", "reservation", "last_release", "position"],
-            "properties": {
-                "vnic_id": uuid, "vm_id": uuid,
-                "reservation": { "type": ["object", "null"], "properties": {
-                    "network_id": uuid, "subnet_id": uuid, "mac": { "type": "string" }, "ip": ip, "since": time, "cause": uuid } },
-                "last_release": { "type": ["object", "null"], "properties": {
-                    "network_id": uuid, "subnet_id": uuid, "ip": ip, "at": time, "reason": { "type": "string" }, "cause": uuid } },
-                "position": position
-            }
-        },
-        "Host": {
-            "type": "object", "required": ["host_id", "position"],
-            "properties": {
-                "host_id": uuid, "name": { "type": ["string", "null"] },
-                "status": { "type": ["string", "null"], "enum": ["up", "down", "maintenance", null] },
-                "networks": { "type": "array", "items": { "type": "object" } },
-                "last_heartbeat": { "type": ["string", "null"], "format": "date-time" },
-                "serving": { "type": "array", "description": "From the last heartbeat.", "items": { "type": "object" } },
-                "assigned": { "type": "array", "description": "What placement assigned.", "items": { "type": "object" } },
-                "server_statuses": { "type": "array", "items": { "type": "object" } },
-                "position": position
-            }
-        },
-        "IpHistory": {
-            "type": "object", "required": ["ip", "history", "position"],
-            "properties": {
-                "ip": ip,
-                "history": { "type": "array", "description": "Oldest first, at most 64.", "items": { "type": "object", "properties": {
-                    "owner": { "type": "object" }, "mac": { "type": "string" }, "network_id": uuid, "subnet_id": uuid,
-                    "from": time, "to": { "type": ["string", "null"], "format": "date-time" },
-                    "cause": uuid, "reason": { "type": ["string", "null"] }, "released_by": { "type": ["string", "null"] }
-                }}},
-                "position": position
-            }
         },
         "HealthPart": {
             "type": "object", "required": ["component", "state", "detail"],
@@ -382,8 +460,12 @@ fn schemas(inputs: Vec<Value>, uuid: &Value, ip: &Value, time: &Value) -> Value 
                     "caught_up": { "type": "boolean", "description": "Has read what the log held when the API started." },
                     "behind": { "type": ["integer", "null"], "description": "Records of the log it has not read yet." },
                     "stalled_secs": { "type": ["integer", "null"], "description": "How long it has been behind without moving." },
-                    "position": position } }
+                    "position": { "$ref": "#/components/schemas/Position" } } }
             }
         }
-    })
+    });
+    if let Some(written) = written.as_object_mut() {
+        schemas.append(written);
+    }
+    Value::Object(schemas)
 }

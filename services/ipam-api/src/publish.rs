@@ -12,10 +12,13 @@ use futures::StreamExt as _;
 use ipam_core::{Envelope, Event, EventId, Topic};
 use ipam_log::OutRecord;
 use ipam_runtime::Topics;
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::decision::{self, Decision, Outcome, parse_wait};
 use crate::error::ApiError;
+use crate::query::Params;
 use crate::state::AppState;
 
 /// The media types a body may be sent as: plain JSON, or CloudEvents' structured and batch modes.
@@ -84,14 +87,45 @@ pub fn records(topics: &Topics, envelopes: &[Envelope]) -> Vec<OutRecord> {
         .collect()
 }
 
-#[derive(Debug, Serialize)]
-struct Accepted {
+/// The answer to `POST /v1/events`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Accepted {
     ids: Vec<String>,
     positions: Vec<Landed>,
+    /// With a wait: one outcome per event, in request order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcomes: Option<Vec<Outcome>>,
+    /// With a wait: whether every event is decided (none `pending`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    complete: Option<bool>,
+    /// With a wait: the position token a read passes as `after` to see these events' decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct Landed {
+/// The wait a write asks for: `?wait=` or `Prefer: wait=N` (RFC 7240, seconds); the query wins.
+fn asked_wait(request: &HttpRequest) -> Result<Option<std::time::Duration>, ApiError> {
+    let params = Params::parse(request.query_string(), &["wait"])?;
+    if let Some(wait) = params.get("wait") {
+        return parse_wait(wait).map(Some);
+    }
+    for value in request.headers().get_all("prefer") {
+        let Ok(value) = value.to_str() else { continue };
+        for preference in value.split(',') {
+            let preference = preference.split(';').next().unwrap_or("").trim();
+            if let Some((name, seconds)) = preference.split_once('=')
+                && name.trim().eq_ignore_ascii_case("wait")
+            {
+                return parse_wait(seconds.trim().trim_matches('"')).map(Some);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Where one event of the batch landed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Landed {
     topic: String,
     partition: u32,
     offset: u64,
@@ -143,6 +177,7 @@ pub(crate) async fn post_events(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let wait = asked_wait(&request)?;
     check_content_type(&request)?;
     let body = read_body(&request, payload, state.config.max_body_bytes).await?;
     let value: Value = serde_json::from_slice(&body)
@@ -158,19 +193,34 @@ pub(crate) async fn post_events(
             ApiError::log(&e)
         })?;
     state.metrics.appended(envelopes.len() as u64);
-    let accepted = Accepted {
-        ids: envelopes.iter().map(|envelope| envelope.id.to_string()).collect(),
-        positions: envelopes
-            .iter()
-            .zip(appended)
-            .map(|(envelope, landed)| Landed {
-                topic: state.topics.name(envelope.event.topic()),
-                partition: landed.partition,
-                offset: landed.offset,
-            })
-            .collect(),
+    let positions: Vec<Landed> = envelopes
+        .iter()
+        .zip(appended)
+        .map(|(envelope, landed)| Landed {
+            topic: state.topics.name(envelope.event.topic()),
+            partition: landed.partition,
+            offset: landed.offset,
+        })
+        .collect();
+    let ids = envelopes.iter().map(|envelope| envelope.id.to_string()).collect();
+    let Some(wait) = wait else {
+        return Ok(HttpResponse::Accepted().json(Accepted {
+            ids,
+            positions,
+            outcomes: None,
+            complete: None,
+            after: None,
+        }));
     };
-    Ok(HttpResponse::Accepted().json(accepted))
+    let landed: Vec<(String, u32, u64)> = positions.iter().map(|p| (p.topic.clone(), p.partition, p.offset)).collect();
+    let outcomes = decision::decide(&state, &envelopes, &landed, wait).await?;
+    let complete = outcomes.iter().all(|outcome| !matches!(outcome.decision, Decision::Pending));
+    let after = decision::token(&decision::marks_after(landed));
+    let accepted = Accepted { ids, positions, outcomes: Some(outcomes), complete: Some(complete), after: Some(after) };
+    // 200: decided; 202: taken, and some of it still pending.
+    Ok(if complete { HttpResponse::Ok() } else { HttpResponse::Accepted() }
+        .insert_header(("Preference-Applied", format!("wait={}", wait.as_secs_f64())))
+        .json(accepted))
 }
 
 #[cfg(test)]

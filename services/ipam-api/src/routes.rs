@@ -7,28 +7,36 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError as _, web};
-use ipam_core::{HostId, NetworkId, Topic, VnicId};
+use ipam_core::{HostId, Mac, NetworkId, Timestamp, Topic, VnicId};
 use ipam_runtime::ComponentState;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::decision;
 use crate::error::ApiError;
 use crate::follower::{self, FOLLOWED};
 use crate::metrics::{self, Gauges};
-use crate::model::{Positions, position_key};
+use crate::model::{History, HostList, NetworkList, Positions, ReservationPage, VnicFilter, VnicList};
+use crate::model::{parse_reservation_cursor, position_key, reservation_cursor};
 use crate::openapi;
+use crate::query::{PAGE_PARAMETERS, Params, READ_PARAMETERS};
 use crate::state::AppState;
+
+/// Reservations `GET /v1/networks/{id}` shows without a `limit`; the rest are a page away.
+pub const NETWORK_RESERVATIONS_SHOWN: usize = 1000;
 
 /// The name `/health` gives the log when its own look at the log fails.
 pub(crate) const LOG_PROBE: &str = "api-log";
 
-/// A view with the read model's position added.
-fn with_position(view: impl Serialize, positions: &Positions) -> HttpResponse {
+/// A view, with the read model's position added when the request asked (`position=true`).
+fn answer(view: impl Serialize, positions: &Positions, params: &Params) -> Result<HttpResponse, ApiError> {
     let mut value = serde_json::to_value(view).unwrap_or(Value::Null);
-    if let Value::Object(object) = &mut value {
+    if params.position()?
+        && let Value::Object(object) = &mut value
+    {
         object.insert("position".to_owned(), json!(positions));
     }
-    HttpResponse::Ok().json(value)
+    Ok(HttpResponse::Ok().json(value))
 }
 
 fn parse_id<T: FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
@@ -38,41 +46,177 @@ fn parse_id<T: FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
     })
 }
 
-pub(crate) async fn networks(state: web::Data<AppState>) -> HttpResponse {
-    let model = state.model();
-    with_position(json!({ "networks": model.networks() }), model.positions())
+/// Reads a request's parameters (the ones every read takes and `extra`), and waits for `after`
+/// when it is given: a read after a write sees the write's decisions.
+async fn read_params(request: &HttpRequest, state: &web::Data<AppState>, extra: &[&str]) -> Result<Params, ApiError> {
+    let allowed: Vec<&str> = READ_PARAMETERS.iter().chain(extra).copied().collect();
+    let params = Params::parse(request.query_string(), &allowed)?;
+    params.position()?;
+    let wait = params.get("wait").map(decision::parse_wait).transpose()?;
+    match params.get("after") {
+        Some(token) => {
+            let marks = decision::parse_token(state, token)?;
+            if !decision::reach(state, &marks, wait.unwrap_or(decision::DEFAULT_AFTER_WAIT)).await? {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "position_not_reached",
+                    "the read model has not reached the `after` position within the wait; retry",
+                )
+                .with_retry_after(1));
+            }
+        }
+        None if wait.is_some() => {
+            return Err(ApiError::bad_request("invalid_query", "`wait` goes with `after`").with_field("wait"));
+        }
+        None => {}
+    }
+    Ok(params)
 }
 
-pub(crate) async fn network(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn networks(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let params = read_params(&request, &state, &PAGE_PARAMETERS).await?;
+    let (limit, after) = (params.limit()?, params.cursor(|c| c.parse::<NetworkId>().ok())?);
+    let model = state.model();
+    let (items, next) = model.networks_page(after, limit);
+    answer(NetworkList { networks: items, next: next.map(|id| id.to_string()) }, model.positions(), &params)
+}
+
+pub(crate) async fn network(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let network_id: NetworkId = parse_id(&id, "network")?;
+    let params = read_params(&request, &state, &["limit"]).await?;
+    let limit = if params.get("limit").is_some() { params.limit()? } else { NETWORK_RESERVATIONS_SHOWN };
     let model = state.model();
-    let view = model.network(network_id).ok_or_else(|| ApiError::not_found(format!("no network {network_id}")))?;
-    Ok(with_position(view, model.positions()))
+    let view =
+        model.network_with(network_id, limit).ok_or_else(|| ApiError::not_found(format!("no network {network_id}")))?;
+    answer(view, model.positions(), &params)
 }
 
-pub(crate) async fn vnic(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn reservations(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let network_id: NetworkId = parse_id(&id, "network")?;
+    let params = read_params(&request, &state, &PAGE_PARAMETERS).await?;
+    let (limit, after) = (params.limit()?, params.cursor(parse_reservation_cursor)?);
+    let model = state.model();
+    let (items, next) = model
+        .reservations_page(network_id, after, limit)
+        .ok_or_else(|| ApiError::not_found(format!("no network {network_id}")))?;
+    let next = next.map(|(subnet_id, ip)| reservation_cursor(subnet_id, ip));
+    answer(ReservationPage { network_id, reservations: items, next }, model.positions(), &params)
+}
+
+pub(crate) async fn hosts(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let params = read_params(&request, &state, &PAGE_PARAMETERS).await?;
+    let (limit, after) = (params.limit()?, params.cursor(|c| c.parse::<HostId>().ok())?);
+    let model = state.model();
+    let (items, next) = model.hosts_page(after, limit);
+    answer(HostList { hosts: items, next: next.map(|id| id.to_string()) }, model.positions(), &params)
+}
+
+/// The filters of `GET /v1/vnics`.
+const VNIC_FILTERS: [&str; 6] = ["network", "subnet", "host", "vm", "mac", "ip"];
+
+pub(crate) async fn vnics(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let extra: Vec<&str> = PAGE_PARAMETERS.iter().chain(&VNIC_FILTERS).copied().collect();
+    let params = read_params(&request, &state, &extra).await?;
+    let (limit, after) = (params.limit()?, params.cursor(|c| c.parse::<VnicId>().ok())?);
+    let filter = VnicFilter {
+        network: params.filter("network", "a network id (a UUID)", |t| t.parse().ok())?,
+        subnet: params.filter("subnet", "a subnet id (a UUID)", |t| t.parse().ok())?,
+        host: params.filter("host", "a host id (a UUID)", |t| t.parse().ok())?,
+        vm: params.filter("vm", "a VM id (a UUID)", |t| t.parse().ok())?,
+        mac: params.filter("mac", "a unicast MAC address", |t| t.parse::<Mac>().ok())?,
+        ip: params.filter("ip", "an IP address", |t| t.parse::<IpAddr>().ok())?,
+    };
+    let model = state.model();
+    let (items, next) = model.vnics_page(&filter, after, limit);
+    answer(VnicList { vnics: items, next: next.map(|id| id.to_string()) }, model.positions(), &params)
+}
+
+pub(crate) async fn vnic(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let vnic_id: VnicId = parse_id(&id, "vNIC")?;
+    let params = read_params(&request, &state, &[]).await?;
     let model = state.model();
     let view =
         model.vnic(vnic_id).ok_or_else(|| ApiError::not_found(format!("no reservation of vNIC {vnic_id} seen")))?;
-    Ok(with_position(view, model.positions()))
+    answer(view, model.positions(), &params)
 }
 
-pub(crate) async fn host(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn host(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let host_id: HostId = parse_id(&id, "host")?;
+    let params = read_params(&request, &state, &[]).await?;
     let model = state.model();
     let view = model.host(host_id).ok_or_else(|| ApiError::not_found(format!("no host {host_id}")))?;
-    Ok(with_position(view, model.positions()))
+    answer(view, model.positions(), &params)
 }
 
-pub(crate) async fn ip_history(ip: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// `at`: an RFC 3339 instant.
+fn parse_at(params: &Params) -> Result<Option<Timestamp>, ApiError> {
+    params.filter("at", "an RFC 3339 instant (`2026-12-01T10:00:00Z`)", |text| {
+        serde_json::from_value::<Timestamp>(Value::String(text.to_owned())).ok()
+    })
+}
+
+pub(crate) async fn ip_history(
+    request: HttpRequest,
+    ip: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let ip: IpAddr = ip.parse().map_err(|_| {
         let shown: String = ip.chars().take(64).collect();
         ApiError::bad_request("invalid_ip", format!("`{shown}` is not an IP address")).with_field("ip")
     })?;
+    let params = read_params(&request, &state, &["at"]).await?;
+    let at = parse_at(&params)?;
     let model = state.model();
-    let history = model.ip_history(ip).ok_or_else(|| ApiError::not_found(format!("{ip} was never reserved")))?;
-    Ok(with_position(json!({ "ip": ip, "history": history }), model.positions()))
+    let history = model.ip_history(ip, at).ok_or_else(|| ApiError::not_found(format!("{ip} was never reserved")))?;
+    answer(History { ip: Some(ip), vnic_id: None, mac: None, at, history }, model.positions(), &params)
+}
+
+pub(crate) async fn vnic_history(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let vnic_id: VnicId = parse_id(&id, "vNIC")?;
+    let params = read_params(&request, &state, &["at"]).await?;
+    let at = parse_at(&params)?;
+    let model = state.model();
+    let history = model
+        .vnic_history(vnic_id, at)
+        .ok_or_else(|| ApiError::not_found(format!("vNIC {vnic_id} never held an address")))?;
+    answer(History { ip: None, vnic_id: Some(vnic_id), mac: None, at, history }, model.positions(), &params)
+}
+
+pub(crate) async fn mac_history(
+    request: HttpRequest,
+    mac: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mac: Mac = mac.parse().map_err(|_| {
+        let shown: String = mac.chars().take(64).collect();
+        ApiError::bad_request("invalid_mac", format!("`{shown}` is not a unicast MAC address")).with_field("mac")
+    })?;
+    let params = read_params(&request, &state, &["at"]).await?;
+    let at = parse_at(&params)?;
+    let model = state.model();
+    let history =
+        model.mac_history(mac, at).ok_or_else(|| ApiError::not_found(format!("{mac} never held an address")))?;
+    answer(History { ip: None, vnic_id: None, mac: Some(mac), at, history }, model.positions(), &params)
 }
 
 /// (group, topic, records behind) of the allocator and placement.
@@ -269,12 +413,6 @@ pub(crate) fn openapi_data() -> web::Data<Arc<Value>> {
 pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
     let path: String = request.path().chars().take(200).collect();
     ApiError::not_found(format!("no endpoint at {path}")).error_response()
-}
-
-/// A query string on an endpoint that takes none.
-pub(crate) fn unexpected_query(query: &str) -> ApiError {
-    let shown: String = query.chars().take(100).collect();
-    ApiError::bad_request("invalid_query", format!("this endpoint takes no query parameters, got `{shown}`"))
 }
 
 pub(crate) async fn method_not_allowed(request: HttpRequest) -> HttpResponse {

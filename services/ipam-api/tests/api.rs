@@ -431,6 +431,74 @@ fn a_valid_event_is_appended_and_answered_with_its_position() {
     });
 }
 
+#[test]
+fn a_write_that_waits_gets_the_decision_its_outputs_name_or_pending() {
+    let api = Api::start(ApiConfig::default());
+    block_on(async {
+        let client = client(None);
+        let started = vnic_started_json("52:54:00:00:00:07");
+        let cause_id: EventId = started["id"].as_str().expect("id").parse().expect("uuid");
+        // The allocator's part, played by a thread: once the request is in the log, its decision.
+        let (log, topics) = (Arc::clone(&api.log), api.topics.clone());
+        let allocator = std::thread::spawn(move || {
+            let deadline = Instant::now() + DEADLINE;
+            while (0..4).all(|p| log.end_offset(&topics.name(Topic::Networks), p).expect("end") == 0) {
+                assert!(Instant::now() < deadline, "the request never reached the log");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let subnet = subnet_activated(40);
+            let mut reservation = added(41, vnic(VNIC_A), "52:54:00:00:00:07", "10.0.0.7");
+            if let Event::ReservationAdded(e) = &mut reservation.event {
+                e.cause = cause_id;
+            }
+            let records: Vec<OutRecord> = [subnet, reservation]
+                .iter()
+                .map(|e| OutRecord { topic: topics.name(Topic::Reservations), key: e.event.key(), value: e.to_bytes() })
+                .collect();
+            log.append(&records).expect("append");
+        });
+        let (status, body) =
+            post(&client, &api.url("/v1/events?wait=10s"), "application/json", started.to_string()).await;
+        allocator.join().expect("the allocator thread");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["complete"], true, "{body}");
+        let outcome = &body["outcomes"][0];
+        assert_eq!(outcome["outcome"], "reserved", "{body}");
+        assert_eq!(outcome["event_id"], started["id"], "{body}");
+        assert_eq!((&outcome["ip"], &outcome["cidr"]), (&json!("10.0.0.7"), &json!("10.0.0.0/24")), "{body}");
+        assert_eq!((&outcome["vnic_id"], &outcome["mac"]), (&json!(VNIC_A), &json!("52:54:00:00:00:07")), "{body}");
+        assert!(body["after"].as_str().is_some_and(|t| t.starts_with("ipam.networks/")), "{body}");
+
+        // Nobody decides this one: after the wait it is pending, and the answer says so.
+        let mut other = vnic_started_json("52:54:00:00:00:08");
+        other["id"] = json!("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c0000f1");
+        let (status, body) = post(&client, &api.url("/v1/events"), "application/json", other.to_string()).await;
+        assert_eq!(status, 202, "without a wait: {body}");
+        assert!(body.get("outcomes").is_none(), "{body}");
+        other["id"] = json!("0b9f7d3e-6a55-4e0b-8f5c-7d2a1c0000f2");
+        let request = client
+            .post(api.url("/v1/events"))
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("Prefer", "wait=0.2"));
+        let mut response = request.send_body(other.to_string()).await.expect("POST");
+        let body: Value = serde_json::from_slice(&response.body().await.expect("body")).expect("JSON");
+        assert_eq!(response.status().as_u16(), 202, "{body}");
+        assert_eq!((&body["complete"], &body["outcomes"][0]["outcome"]), (&json!(false), &json!("pending")), "{body}");
+
+        // A read after a position that is not reached within its wait is refused, saying so.
+        let token = body["after"].as_str().expect("after").to_owned();
+        let (status, body) = get(&client, &api.url(&format!("/v1/networks?after={token}&wait=100ms"))).await;
+        assert_eq!((status, &body["error"]["code"]), (503, &json!("position_not_reached")), "{body}");
+        for (query, code) in
+            [("?wait=5m", "invalid_wait"), ("?wait=soon", "invalid_wait"), ("?nothing=1", "invalid_query")]
+        {
+            let (status, body) =
+                post(&client, &api.url(&format!("/v1/events{query}")), "application/json", other.to_string()).await;
+            assert_eq!((status, &body["error"]["code"]), (400, &json!(code)), "{query}: {body}");
+        }
+    });
+}
+
 /// A refused POST: what it is, its content type and body, and the status, code and field expected.
 type Refusal<'a> = (&'a str, &'a str, String, u16, &'a str, Option<&'a str>);
 
@@ -558,7 +626,7 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
     );
     block_on(async {
         let client = client(None);
-        let url = api.url(&format!("/v1/networks/{NETWORK}"));
+        let url = api.url(&format!("/v1/networks/{NETWORK}?position=true"));
         let network = until(&client, &url, |n| {
             n["reservations"].as_array().is_some_and(|r| r.len() == 2)
                 && !n["servers"].as_array().is_none_or(Vec::is_empty)
@@ -578,6 +646,8 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
         let reservation =
             network["reservations"].as_array().expect("reservations").iter().find(|r| r["ip"] == "10.0.0.10");
         assert_eq!(reservation.expect("the vNIC's")["owner"]["vnic_id"], VNIC_A.to_string());
+        assert_eq!(reservation.expect("the vNIC's")["cidr"], "10.0.0.0/24", "CIDRs beside subnet ids");
+        assert!(network["reservations_next"].is_null(), "every reservation is on the first page");
         // The position names every followed partition; the ones written to are past their records.
         let position = network["position"].as_object().expect("position");
         assert_eq!(position.len(), 4 + 4 + 1, "{position:?}");
@@ -588,7 +658,68 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
         let list =
             until(&client, &api.url("/v1/networks"), |l| l["networks"].as_array().is_some_and(|n| n.len() == 1)).await;
         assert_eq!(list["networks"][0]["reservations"], 2);
-        assert!(list["position"].is_object());
+        assert!(list.get("position").is_none(), "the position only when asked: {list}");
+        let (_, list) = get(&client, &api.url("/v1/networks?position=true")).await;
+        assert!(list["position"].is_object(), "{list}");
+
+        // Reservations a page at a time: the cursor of each page leads to the next, the last has none.
+        let (status, first) = get(&client, &api.url(&format!("/v1/networks/{NETWORK}/reservations?limit=1"))).await;
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(first["reservations"].as_array().map(Vec::len), Some(1), "{first}");
+        let next = first["next"].as_str().expect("a next page").to_owned();
+        let (_, second) =
+            get(&client, &api.url(&format!("/v1/networks/{NETWORK}/reservations?limit=1&cursor={next}"))).await;
+        assert_eq!(second["reservations"].as_array().map(Vec::len), Some(1), "{second}");
+        assert_ne!(first["reservations"][0]["ip"], second["reservations"][0]["ip"]);
+        assert!(second["next"].is_null(), "{second}");
+        let (_, inline) = get(&client, &api.url(&format!("/v1/networks/{NETWORK}?limit=1"))).await;
+        assert_eq!(inline["reservations_next"], first["next"], "{inline}");
+        for (query, code) in [
+            ("limit=0", "invalid_limit"),
+            ("limit=10001", "invalid_limit"),
+            ("limit=ten", "invalid_limit"),
+            ("cursor=nowhere", "invalid_cursor"),
+            ("limit=1&limit=2", "invalid_query"),
+            ("sort=ip", "invalid_query"),
+        ] {
+            let (status, body) = get(&client, &api.url(&format!("/v1/networks/{NETWORK}/reservations?{query}"))).await;
+            assert_eq!((status, &body["error"]["code"]), (400, &json!(code)), "{query}: {body}");
+        }
+        // vNICs by filter, hosts listed with names.
+        let (status, vnics) = get(&client, &api.url(&format!("/v1/vnics?network={NETWORK}&ip=10.0.0.10"))).await;
+        assert_eq!(status, 200, "{vnics}");
+        assert_eq!(vnics["vnics"].as_array().map(Vec::len), Some(1), "{vnics}");
+        assert_eq!(vnics["vnics"][0]["vnic_id"], VNIC_A.to_string(), "{vnics}");
+        let (_, none) = get(&client, &api.url("/v1/vnics?mac=52:54:00:00:00:99")).await;
+        assert_eq!(none["vnics"], json!([]), "{none}");
+        let (status, body) = get(&client, &api.url("/v1/vnics?mac=ff:ff:ff:ff:ff:ff")).await;
+        assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_filter")), "{body}");
+        let (status, hosts) = get(&client, &api.url("/v1/hosts?limit=5")).await;
+        assert_eq!(status, 200, "{hosts}");
+        assert_eq!(hosts["hosts"][0]["host_id"], HOST.to_string(), "{hosts}");
+        assert!(hosts["next"].is_null(), "{hosts}");
+
+        // A rejection of a request on a network nobody told about makes no phantom network.
+        let phantom = NetworkId::from_u128(0x77);
+        let rejection = output(
+            30,
+            Event::RequestRejected(RequestRejected {
+                network_id: phantom,
+                request_type: "ipam.vnic.started.v1".to_owned(),
+                code: RejectionCode::UnknownNetwork,
+                message: "no such network".to_owned(),
+                cause: cause(30).id,
+            }),
+        );
+        api.append(&[rejection], false);
+        let partition = ipam_log::partition::for_key(phantom.to_string().as_bytes(), 4);
+        let end = api.log.end_offset("ipam.reservations", partition).expect("end");
+        let (status, list) =
+            get(&client, &api.url(&format!("/v1/networks?after=ipam.reservations/{partition}/{end}"))).await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(list["networks"].as_array().map(Vec::len), Some(1), "no phantom network: {list}");
+        let (status, _) = get(&client, &api.url(&format!("/v1/networks/{phantom}"))).await;
+        assert_eq!(status, 404);
 
         let (status, body) = get(&client, &api.url(&format!("/v1/networks/{}", NetworkId::from_u128(1)))).await;
         assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
@@ -625,7 +756,7 @@ fn a_vnic_and_a_host_show_their_current_state() {
     api.append(&[subnet_activated(3), added(4, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10")], false);
     block_on(async {
         let client = client(None);
-        let vnic_url = api.url(&format!("/v1/vnics/{VNIC_A}"));
+        let vnic_url = api.url(&format!("/v1/vnics/{VNIC_A}?position=true"));
         let view = until(&client, &vnic_url, |v| !v["reservation"].is_null()).await;
         assert_eq!(view["reservation"]["ip"], "10.0.0.10");
         assert_eq!(view["vm_id"], VM.to_string());
@@ -635,7 +766,9 @@ fn a_vnic_and_a_host_show_their_current_state() {
         let view = until(&client, &vnic_url, |v| v["reservation"].is_null()).await;
         assert_eq!(view["last_release"]["reason"], "vnic_down");
 
-        let view = until(&client, &api.url(&format!("/v1/hosts/{HOST}")), |h| !h["last_heartbeat"].is_null()).await;
+        let view =
+            until(&client, &api.url(&format!("/v1/hosts/{HOST}?position=true")), |h| !h["last_heartbeat"].is_null())
+                .await;
         assert_eq!(view["name"], "h1");
         assert_eq!(view["status"], "up");
         assert_eq!(view["networks"][0]["interface"], "br0");
@@ -665,7 +798,7 @@ fn ip_history_lists_each_holder_with_its_interval() {
     );
     block_on(async {
         let client = client(None);
-        let history = until(&client, &api.url("/v1/ips/10.0.0.10/history"), |h| {
+        let history = until(&client, &api.url("/v1/ips/10.0.0.10/history?position=true"), |h| {
             h["history"].as_array().is_some_and(|h| h.len() == 2)
         })
         .await;
@@ -681,6 +814,36 @@ fn ip_history_lists_each_holder_with_its_interval() {
         assert_eq!(second["from"], json!(cause(4).time));
         assert!(second["to"].is_null());
         assert!(history["position"].is_object());
+
+        // As of an instant: the one holder then, or nobody.
+        let at = |t: Timestamp| api.url(&format!("/v1/ips/10.0.0.10/history?at={}", json!(t).as_str().expect("text")));
+        let (status, then) = get(&client, &at(cause(2).time)).await;
+        assert_eq!(status, 200, "{then}");
+        let holders: Vec<&Value> = then["history"].as_array().expect("history").iter().collect();
+        assert_eq!(holders.len(), 1, "{then}");
+        assert_eq!(
+            (&holders[0]["mac"], &holders[0]["vnic_id"]),
+            (&json!("52:54:00:00:00:01"), &json!(VNIC_A)),
+            "{then}"
+        );
+        let (_, released) = get(&client, &at(cause(3).time)).await;
+        assert_eq!(released["history"], json!([]), "released at that instant: {released}");
+        let (_, now) = get(&client, &at(cause(4).time)).await;
+        assert_eq!(now["history"][0]["mac"], "52:54:00:00:00:02", "{now}");
+        let (_, before) = get(&client, &at(Timestamp::from_unix_ms(0))).await;
+        assert_eq!(before["history"], json!([]), "{before}");
+        let (status, body) = get(&client, &api.url("/v1/ips/10.0.0.10/history?at=yesterday")).await;
+        assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_filter")), "{body}");
+        // The same holdings by vNIC and by MAC.
+        let (status, by_vnic) = get(&client, &api.url(&format!("/v1/vnics/{VNIC_A}/history"))).await;
+        assert_eq!(status, 200, "{by_vnic}");
+        assert_eq!(by_vnic["history"].as_array().map(Vec::len), Some(1), "{by_vnic}");
+        assert_eq!(by_vnic["history"][0]["ip"], "10.0.0.10", "{by_vnic}");
+        let (status, by_mac) = get(&client, &api.url("/v1/macs/52:54:00:00:00:02/history")).await;
+        assert_eq!(status, 200, "{by_mac}");
+        assert_eq!(by_mac["history"][0]["from"], json!(cause(4).time), "{by_mac}");
+        let (status, _) = get(&client, &api.url("/v1/macs/52:54:00:00:00:99/history")).await;
+        assert_eq!(status, 404);
 
         let (status, body) = get(&client, &api.url("/v1/ips/10.0.0.99/history")).await;
         assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
@@ -816,24 +979,28 @@ fn health_metrics_and_the_openapi_document() {
             "/v1/events",
             "/v1/networks",
             "/v1/networks/{id}",
+            "/v1/networks/{id}/reservations",
+            "/v1/vnics",
             "/v1/vnics/{id}",
+            "/v1/vnics/{id}/history",
+            "/v1/hosts",
             "/v1/hosts/{id}",
             "/v1/ips/{ip}/history",
+            "/v1/macs/{mac}/history",
             "/v1/stream",
             "/health",
             "/metrics",
             "/openapi.json",
         ];
         assert_eq!(paths, expected.into_iter().collect());
-        // Every event reference names a schema the contract generates.
-        let ids: BTreeSet<String> = ipam_core::event::event_schemas()
-            .values()
-            .map(|schema| schema["$id"].as_str().expect("$id").to_owned())
-            .collect();
+        // Every event reference names a schema the contract generates, embedded in the document.
+        let contract = ipam_core::event::event_schemas();
         let inputs = document["components"]["schemas"]["InputEvent"]["oneOf"].as_array().expect("inputs");
         assert_eq!(inputs.len(), 16);
         for reference in inputs {
-            assert!(ids.contains(reference["$ref"].as_str().expect("$ref")), "{reference}");
+            let name = reference["$ref"].as_str().expect("$ref").trim_start_matches("#/components/schemas/");
+            let embedded = &document["components"]["schemas"][name];
+            assert_eq!(embedded["$id"], contract[name]["$id"], "{reference}");
         }
     });
 }
