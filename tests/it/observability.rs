@@ -220,7 +220,7 @@ fn ipam_up_serves_health_and_metrics_that_move_and_name_every_metric_the_alerts_
     let exhausted = "ipam_rejections_total{driver=\"allocator\",code=\"subnet_exhausted\"}";
     assert_eq!(before.value(exhausted), Some(0.0), "{}", before.text);
     assert!(
-        before.value("ipam_partition_lag{group=\"ipam-allocator\",topic=\"ipam.networks\",partition=\"7\"}").is_some(),
+        before.value("ipam_partition_lag{driver=\"allocator\",topic=\"ipam.networks\",partition=\"7\"}").is_some(),
         "lag per partition:\n{}",
         before.text
     );
@@ -374,9 +374,7 @@ fn the_split_services_on_kafka_each_serve_health_and_metrics_and_are_unhealthy_u
     assert!(status == 200 || status == 503, "the API answers its own /health: {status} {body}");
 
     let allocator_scrape = scrape(allocator_metrics);
-    let lag = format!(
-        "ipam_partition_lag{{group=\"{prefix}ipam-allocator\",topic=\"{prefix}ipam.networks\",partition=\"1\"}}"
-    );
+    let lag = format!("ipam_partition_lag{{driver=\"allocator\",topic=\"{prefix}ipam.networks\",partition=\"1\"}}");
     assert!(allocator_scrape.value(&lag).is_some(), "{lag} in:\n{}", allocator_scrape.text);
     assert_eq!(
         allocator_scrape.value("ipam_driver_partitions_owned{driver=\"placement\"}"),

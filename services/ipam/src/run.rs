@@ -66,14 +66,10 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
     let health = Health::new();
     ipam_runtime::metrics::set_build_info(env!("CARGO_PKG_VERSION"), option_env!("IPAM_REVISION").unwrap_or("unknown"));
     // Every component is on the board, starting, before `/health` can first be asked.
-    let mut groups = Vec::new();
-    for (enabled, name, topic) in
-        [(components.allocator, "allocator", Topic::Networks), (components.placement, "placement", Topic::Hosts)]
-    {
+    for (enabled, name) in [(components.allocator, "allocator"), (components.placement, "placement")] {
         if enabled {
             health.set(name, ComponentState::Starting("opening the log".to_owned()));
             ipam_runtime::metrics::for_driver(name).started();
-            groups.push((group_name(&config.topic_prefix, name), topics.name(topic)));
         }
     }
     for agent in &components.host_agents {
@@ -81,8 +77,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
     }
     let mut threads: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();
     if let Some(address) = config.metrics_bind {
-        let monitor =
-            Monitor { health: health.clone(), log: Arc::clone(&log), groups, stale_after: monitor::STALE_AFTER };
+        let monitor = Monitor { health: health.clone(), log: Arc::clone(&log), stale_after: monitor::STALE_AFTER };
         let (_, thread) = monitor::spawn(address, monitor, Arc::clone(&stop))?;
         threads.push(("monitor".to_owned(), thread));
     }
@@ -98,7 +93,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         BatchPolicy { max_steps: config.batch_max_steps, max_delay: Duration::from_millis(config.batch_max_delay_ms) };
     let driver_config = |name: &str, topic: Topic| DriverConfig {
         name: name.to_owned(),
-        group: group_name(&config.topic_prefix, name),
+        group: format!("{}ipam-{name}", config.topic_prefix),
         transactional_id: format!("{}ipam-{name}-{}", config.topic_prefix, config.instance),
         input_topic: topics.name(topic),
         batch,
@@ -236,11 +231,6 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         }
         failure.map_or(Ok(()), Err)
     })
-}
-
-/// The consumer group of the driver `name` in the deployment whose topics have `prefix`.
-fn group_name(prefix: &str, name: &str) -> String {
-    format!("{prefix}ipam-{name}")
 }
 
 fn spawn(

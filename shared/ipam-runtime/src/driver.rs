@@ -178,7 +178,7 @@ impl<M: Machines> Driver<M> {
                         self.failures = 0;
                     }
                     self.health.set(&self.config.name, ComponentState::Ok);
-                    crate::metrics::for_driver(&self.config.name).round_done(self.next_offsets.len());
+                    crate::metrics::for_driver(&self.config.name).round_done(&self.next_offsets);
                     if !announced {
                         announced = true;
                         readiness.ready.fetch_add(1, Ordering::SeqCst);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipam_core::event::DhcpServerState;
 use ipam_core::{Envelope, Event, RejectionCode};
-use ipam_log::OutRecord;
+use ipam_log::{OutRecord, TopicPartition};
 
 use crate::driver::Applied;
 
@@ -45,7 +45,8 @@ pub struct DriverMetrics {
     last_round_ns: AtomicU64,
     /// Whether a round has finished since the driver started.
     rounds: AtomicU64,
-    owned_partitions: AtomicU64,
+    /// The next input offset of each partition it owned at its last round.
+    positions: Mutex<BTreeMap<TopicPartition, u64>>,
     /// Rejections it wrote, by code.
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -59,7 +60,7 @@ impl DriverMetrics {
             sum_ns: AtomicU64::new(0),
             last_round_ns: AtomicU64::new(0),
             rounds: AtomicU64::new(0),
-            owned_partitions: AtomicU64::new(0),
+            positions: Mutex::new(BTreeMap::new()),
             rejections: Mutex::new(BTreeMap::new()),
         }
     }
@@ -81,13 +82,16 @@ impl DriverMetrics {
         self.started.store(true, Ordering::Relaxed);
     }
 
-    /// The driver finished a round the log accepted, owning `owned_partitions` partitions. Its poll
-    /// commits every batch whose delay has passed, so everything the driver stepped up to a batch
-    /// delay before this moment is committed.
-    pub fn round_done(&self, owned_partitions: usize) {
+    /// The driver finished a round the log accepted, owning the partitions of `positions` (each
+    /// with its next input offset). Its poll commits every batch whose delay has passed, so
+    /// everything the driver stepped up to a batch delay before this moment is committed.
+    pub fn round_done(&self, positions: &BTreeMap<TopicPartition, u64>) {
         self.last_round_ns.store(since_epoch_ns(), Ordering::Relaxed);
         self.rounds.fetch_add(1, Ordering::Relaxed);
-        self.owned_partitions.store(owned_partitions as u64, Ordering::Relaxed);
+        let mut held = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+        if *held != *positions {
+            held.clone_from(positions);
+        }
     }
 
     /// Whether the process runs this driver (see [`DriverMetrics::started`]).
@@ -108,7 +112,12 @@ impl DriverMetrics {
 
     /// The partitions the driver owned at its last round.
     pub fn owned_partitions(&self) -> u64 {
-        self.owned_partitions.load(Ordering::Relaxed)
+        self.positions.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    /// The partitions the driver owned at its last round, each with its next input offset.
+    pub fn positions(&self) -> BTreeMap<TopicPartition, u64> {
+        self.positions.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Counts the rejections among what the machines answered to one batch.

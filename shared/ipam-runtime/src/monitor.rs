@@ -5,9 +5,11 @@
 //!
 //! `/health` is 200 only when the process is ready: every component on its [`Health`] board is ok,
 //! every driver owns partitions and finished a round the log accepted within [`STALE_AFTER`], and
-//! no DHCP server of its host agents is failed or restarting. Otherwise 503, naming each failing
-//! part. `/metrics` is [`crate::metrics::render`] plus the lag of the process's consumer groups,
-//! partition by partition, asked of the log at each scrape.
+//! no host agent is behind the log or without an accepted heartbeat, and no DHCP server is failed
+//! or restarting. Otherwise 503, naming each failing part. `/metrics` is
+//! [`crate::metrics::render`] plus each driver's lag on every partition it owns: the partition's
+//! end, asked of the log at each scrape, less the driver's own position there (no consumer-group
+//! lookup per partition, which on Kafka costs a client each).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -36,10 +38,8 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 pub struct Monitor {
     /// The process's board.
     pub health: Health,
-    /// The log, for the consumer groups' lag.
+    /// The log, for the ends of the drivers' partitions.
     pub log: Arc<dyn EventLog>,
-    /// (group, input topic) of each driver the process runs: their lag is in `/metrics`.
-    pub groups: Vec<(String, String)>,
     /// A driver that has not finished a round, or a host agent without an accepted heartbeat,
     /// for this long is not ready ([`STALE_AFTER`]).
     pub stale_after: Duration,
@@ -47,7 +47,7 @@ pub struct Monitor {
 
 impl std::fmt::Debug for Monitor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Monitor").field("groups", &self.groups).finish_non_exhaustive()
+        f.debug_struct("Monitor").field("stale_after", &self.stale_after).finish_non_exhaustive()
     }
 }
 
@@ -154,40 +154,32 @@ impl Monitor {
         })
     }
 
-    /// The consumer groups' lag, partition by partition; a partition the log cannot answer for is
-    /// left out (and said in the log at debug level).
+    /// Each driver's lag on the partitions it owns; a partition whose end the log does not give
+    /// is left out (and said in the log at debug level).
     fn render_lag(&self) -> String {
+        use std::fmt::Write as _;
         let mut out = String::new();
         header(
             &mut out,
             "ipam_partition_lag",
             "gauge",
-            "Records of an input partition a driver's consumer group has not committed yet.",
+            "Records of an input partition the driver that owns it has not processed yet (on Kafka a transaction's \
+             commit marker counts as one).",
         );
-        for (group, topic) in &self.groups {
-            let partitions = match self.log.partition_count(topic) {
-                Ok(count) => count,
-                Err(error) => {
-                    tracing::debug!(topic = %topic, error = %error, "No lag: the log does not answer.");
-                    continue;
-                }
-            };
-            for partition in 0..partitions {
-                let lag = self.log.end_offset(topic, partition).and_then(|end| {
-                    let committed = self.log.committed_position(group, topic, partition)?.unwrap_or(0);
-                    Ok(end.saturating_sub(committed))
-                });
-                match lag {
-                    Ok(lag) => {
-                        use std::fmt::Write as _;
+        for (name, driver) in metrics::DRIVERS.into_iter().filter(|(_, driver)| driver.is_started()) {
+            for (partition, position) in driver.positions() {
+                match self.log.end_offset(&partition.topic, partition.partition) {
+                    Ok(end) => {
                         let _ = writeln!(
                             out,
-                            "ipam_partition_lag{{group=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {lag}",
-                            escape(group),
-                            escape(topic)
+                            "ipam_partition_lag{{driver=\"{name}\",topic=\"{}\",partition=\"{}\"}} {}",
+                            escape(&partition.topic),
+                            partition.partition,
+                            end.saturating_sub(position)
                         );
                     }
-                    Err(error) => tracing::debug!(topic = %topic, partition, error = %error, "No lag for a partition."),
+                    Err(error) => tracing::debug!(topic = %partition.topic, partition = partition.partition,
+                                                  error = %error, "No lag for a partition."),
                 }
             }
         }
@@ -260,6 +252,10 @@ fn serve(listener: TcpListener, monitor: Monitor, stop: &Arc<AtomicBool>) -> any
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    use ipam_log::TopicPartition;
+
     use crate::health::ComponentState;
 
     #[test]
@@ -267,7 +263,7 @@ mod tests {
         let health = Health::new();
         health.set("placement", ComponentState::Starting("rebuilding ipam.hosts/0".to_owned()));
         let log: Arc<dyn EventLog> = Arc::new(ipam_log::memory::MemoryLog::new());
-        let monitor = Monitor { health: health.clone(), log, groups: Vec::new(), stale_after: STALE_AFTER };
+        let monitor = Monitor { health: health.clone(), log, stale_after: STALE_AFTER };
         let failing = monitor.failing();
         assert!(failing.iter().any(|line| line == "placement is starting: rebuilding ipam.hosts/0"), "{failing:?}");
         health.set("placement", ComponentState::Ok);
@@ -278,16 +274,16 @@ mod tests {
     fn a_driver_that_owns_no_partition_or_has_not_committed_lately_is_not_ready() {
         // Placement's statics: the runtime's own driver tests feed the allocator's.
         let log: Arc<dyn EventLog> = Arc::new(ipam_log::memory::MemoryLog::new());
-        let monitor =
-            Monitor { health: Health::new(), log, groups: Vec::new(), stale_after: Duration::from_secs(3600) };
+        let monitor = Monitor { health: Health::new(), log, stale_after: Duration::from_secs(3600) };
         let placement = |monitor: &Monitor| -> Vec<String> {
             monitor.failing().into_iter().filter(|line| line.starts_with("placement ")).collect()
         };
         metrics::PLACEMENT.started();
         assert_eq!(placement(&monitor), Vec::<String>::new(), "before its first round the board speaks for it");
-        metrics::PLACEMENT.round_done(0);
+        metrics::PLACEMENT.round_done(&BTreeMap::new());
         assert_eq!(placement(&monitor), ["placement owns no partition (the group has assigned it none)"]);
-        metrics::PLACEMENT.round_done(1);
+        let hosts = TopicPartition { topic: "ipam.hosts".to_owned(), partition: 0 };
+        metrics::PLACEMENT.round_done(&BTreeMap::from([(hosts, 0)]));
         assert_eq!(placement(&monitor), Vec::<String>::new());
         let stale = Monitor { stale_after: Duration::ZERO, ..monitor };
         let failing = placement(&stale);
