@@ -135,27 +135,125 @@ pub enum Ctl {
 
 #[derive(Debug, Subcommand)]
 pub enum Show {
-    /// Every network.
-    Networks,
-    /// One network: subnets with used and free counts, reservations, DHCP servers.
+    /// The networks, a page at a time.
+    Networks {
+        #[command(flatten)]
+        page: Page,
+    },
+    /// One network: subnets with used and free counts, reservations (the first --limit), DHCP servers.
     Network {
         #[command(flatten)]
         network: Target,
+        /// At most this many reservations (the API's default when absent).
+        #[arg(long)]
+        limit: Option<usize>,
     },
-    /// Every host (needs an API with `GET /v1/hosts`).
-    Hosts,
+    /// A network's reservations, a page at a time.
+    Reservations {
+        #[command(flatten)]
+        network: Target,
+        #[command(flatten)]
+        page: Page,
+    },
+    /// The hosts, a page at a time.
+    Hosts {
+        #[command(flatten)]
+        page: Page,
+    },
     /// One host.
     Host {
         #[command(flatten)]
         host: Target,
+    },
+    /// The vNICs with a reservation, filtered, a page at a time.
+    Vnics {
+        /// On this network (id or name).
+        #[arg(long)]
+        network: Option<String>,
+        /// In this subnet (id, or CIDR with --network).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Served by this host (id or name).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        vm: Option<VmId>,
+        #[arg(long)]
+        mac: Option<Mac>,
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        #[command(flatten)]
+        page: Page,
     },
     /// One vNIC's reservation.
     Vnic {
         #[command(flatten)]
         vnic: Target,
     },
-    /// Who held an address, and when.
-    Ip { ip: IpAddr },
+    /// Who held an address, and when (or only at --at).
+    Ip {
+        ip: IpAddr,
+        #[command(flatten)]
+        at: At,
+    },
+    /// The addresses a vNIC held, and when (or only at --at).
+    VnicHistory {
+        #[command(flatten)]
+        vnic: Target,
+        #[command(flatten)]
+        at: At,
+    },
+    /// The addresses a MAC held, and when (or only at --at).
+    MacHistory {
+        mac: Mac,
+        #[command(flatten)]
+        at: At,
+    },
+}
+
+/// One page of a list: `--limit` items after `--cursor` (the `next` of the page before).
+#[derive(Debug, Clone, Args)]
+pub struct Page {
+    /// At most this many items (the API's default when absent).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Start after this cursor: the `next` a page answered.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// A moment in the history.
+#[derive(Debug, Clone, Args)]
+pub struct At {
+    /// Only what held at this time (RFC 3339, such as 2026-12-01T10:00:00Z).
+    #[arg(long)]
+    at: Option<String>,
+}
+
+/// `path` with its query: the parameters that are given, each escaped.
+fn with_query(path: &str, parameters: &[(&str, Option<String>)]) -> String {
+    let query: Vec<String> = parameters
+        .iter()
+        .filter_map(|(name, value)| value.as_ref().map(|value| format!("{name}={}", escape(value))))
+        .collect();
+    if query.is_empty() { path.to_owned() } else { format!("{path}?{}", query.join("&")) }
+}
+
+/// Percent-escapes all but unreserved characters (RFC 3986), for a query value.
+fn escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+impl Page {
+    fn query(&self) -> [(&'static str, Option<String>); 2] {
+        [("limit", self.limit.map(|limit| limit.to_string())), ("cursor", self.cursor.clone())]
+    }
 }
 
 /// What `ctl` and `show` share: where the API is and how to print.
@@ -331,12 +429,45 @@ fn is_unknown_wait(error: &anyhow::Error) -> bool {
 pub fn show(session: &Session, what: Show) -> anyhow::Result<i32> {
     let api = &session.api;
     let path = match what {
-        Show::Networks => "/v1/networks".to_owned(),
-        Show::Network { network } => format!("/v1/networks/{}", resolve_network(api, network.text())?),
-        Show::Hosts => "/v1/hosts".to_owned(),
+        Show::Networks { page } => with_query("/v1/networks", &page.query()),
+        Show::Network { network, limit } => with_query(
+            &format!("/v1/networks/{}", resolve_network(api, network.text())?),
+            &[("limit", limit.map(|limit| limit.to_string()))],
+        ),
+        Show::Reservations { network, page } => {
+            with_query(&format!("/v1/networks/{}/reservations", resolve_network(api, network.text())?), &page.query())
+        }
+        Show::Hosts { page } => with_query("/v1/hosts", &page.query()),
         Show::Host { host } => format!("/v1/hosts/{}", resolve_host(api, host.text())?),
+        Show::Vnics { network, subnet, host, vm, mac, ip, page } => {
+            let network = network.map(|network| resolve_network(api, &network)).transpose()?;
+            let subnet = match (subnet, network) {
+                (Some(subnet), Some(network)) => Some(resolve_subnet(api, network, &subnet)?),
+                (Some(subnet), None) => Some(parse_id(&subnet, "subnet (or give --network to name it by CIDR)")?),
+                (None, _) => None,
+            };
+            let host = host.map(|host| resolve_host(api, &host)).transpose()?;
+            let [limit, cursor] = page.query();
+            with_query(
+                "/v1/vnics",
+                &[
+                    ("network", network.map(|id| id.to_string())),
+                    ("subnet", subnet.map(|id| id.to_string())),
+                    ("host", host.map(|id| id.to_string())),
+                    ("vm", vm.map(|id| id.to_string())),
+                    ("mac", mac.map(|mac| mac.to_string())),
+                    ("ip", ip.map(|ip| ip.to_string())),
+                    limit,
+                    cursor,
+                ],
+            )
+        }
         Show::Vnic { vnic } => format!("/v1/vnics/{}", parse_id::<VnicId>(vnic.text(), "vNIC")?),
-        Show::Ip { ip } => format!("/v1/ips/{ip}/history"),
+        Show::Ip { ip, at } => with_query(&format!("/v1/ips/{ip}/history"), &[("at", at.at)]),
+        Show::VnicHistory { vnic, at } => {
+            with_query(&format!("/v1/vnics/{}/history", parse_id::<VnicId>(vnic.text(), "vNIC")?), &[("at", at.at)])
+        }
+        Show::MacHistory { mac, at } => with_query(&format!("/v1/macs/{mac}/history"), &[("at", at.at)]),
     };
     let mut view = api.get(&path)?;
     if session.format == Format::Table
@@ -344,6 +475,9 @@ pub fn show(session: &Session, what: Show) -> anyhow::Result<i32> {
     {
         // The log positions the view was read at: for programs (read your writes), not for a person.
         fields.remove("position");
+        if let Some(next) = fields.get("next").and_then(Value::as_str) {
+            eprintln!("ipam: more follow: add --cursor {next}");
+        }
     }
     print!("{}", output::render(&view, session.format)?);
     Ok(exit::OK)
@@ -375,9 +509,35 @@ fn unique_by(list: &[Value], field: &str, name: &str, id_field: &str, what: &str
     }
 }
 
+/// Every item of a paged list (`{KEY: [...], "next": cursor}`), for finding a name among them. An
+/// API without pages answers the whole list to the first request.
+fn list_all(api: &Api, path: &str, key: &str) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let paged = with_query(path, &[("limit", Some(NAME_PAGE.to_string())), ("cursor", cursor.clone())]);
+        let page = match api.get(&paged) {
+            Err(error) if cursor.is_none() && refused_with(&error, "invalid_query") => api.get(path)?,
+            other => other?,
+        };
+        all.extend_from_slice(items(&page, key));
+        match page.get("next").and_then(Value::as_str) {
+            Some(next) if cursor.as_deref() != Some(next) => cursor = Some(next.to_owned()),
+            _ => return Ok(all),
+        }
+    }
+}
+
+/// Items per request when names are looked up in a list.
+const NAME_PAGE: usize = 10_000;
+
+fn refused_with(error: &anyhow::Error, wanted: &str) -> bool {
+    matches!(error.downcast_ref::<ClientError>(), Some(ClientError::Refused { code, .. }) if code == wanted)
+}
+
 fn find_network(api: &Api, name: &str) -> anyhow::Result<Option<NetworkId>> {
-    let list = api.get("/v1/networks")?;
-    Ok(unique_by(items(&list, "networks"), "name", name, "network_id", "network")?.map(NetworkId))
+    let list = list_all(api, "/v1/networks", "networks")?;
+    Ok(unique_by(&list, "name", name, "network_id", "network")?.map(NetworkId))
 }
 
 /// A network by id or unique name.
@@ -389,18 +549,16 @@ fn resolve_network(api: &Api, text: &str) -> anyhow::Result<NetworkId> {
 }
 
 /// The hosts the API lists, or a clear error when it cannot list them.
-fn hosts(api: &Api) -> anyhow::Result<Value> {
-    match api.get("/v1/hosts") {
-        Err(error) if matches!(error.downcast_ref(), Some(ClientError::Refused { status: 404 | 405, .. })) => {
-            Err(BadInput("this API cannot list hosts (no GET /v1/hosts): name the host by its id".to_owned()).into())
-        }
-        other => other,
-    }
-}
-
 fn find_host(api: &Api, name: &str) -> anyhow::Result<Option<HostId>> {
-    let list = hosts(api)?;
-    Ok(unique_by(items(&list, "hosts"), "name", name, "host_id", "host")?.map(HostId))
+    let list = match list_all(api, "/v1/hosts", "hosts") {
+        Err(error) if matches!(error.downcast_ref(), Some(ClientError::Refused { status: 404 | 405, .. })) => {
+            return Err(
+                BadInput("this API cannot list hosts (no GET /v1/hosts): name the host by its id".to_owned()).into()
+            );
+        }
+        other => other?,
+    };
+    Ok(unique_by(&list, "name", name, "host_id", "host")?.map(HostId))
 }
 
 /// A host by id or unique name.

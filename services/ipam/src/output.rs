@@ -81,36 +81,59 @@ fn table(value: &Value) -> String {
     }
 }
 
-/// A list of objects as one table, a column per field (in `FIRST` order, then as they come).
+/// A list of objects as one table, a column per field (nested objects' fields as dotted columns,
+/// such as `reservation.ip`), in `FIRST` order, then as they come.
 fn rows(items: &[Value]) -> String {
     if items.is_empty() {
         return "(none)\n".to_owned();
     }
-    let mut columns: Vec<String> = Vec::new();
-    for item in items {
-        if let Value::Object(fields) = item {
-            for (key, _) in ordered(fields) {
-                if !columns.iter().any(|c| c == key) {
-                    columns.push(key.clone());
+    let flat: Vec<Vec<(String, String)>> = items
+        .iter()
+        .map(|item| {
+            let mut pairs = Vec::new();
+            match item {
+                Value::Object(fields) => {
+                    // A null object (no reservation) shows as dashes under its fields' columns.
+                    for (key, field) in ordered(fields).into_iter().filter(|(_, field)| !field.is_null()) {
+                        flatten(key, field, &mut pairs);
+                    }
                 }
+                scalar => pairs.push((String::new(), cell(scalar))),
+            }
+            pairs
+        })
+        .collect();
+    let mut columns: Vec<String> = Vec::new();
+    for pairs in &flat {
+        for (key, _) in pairs {
+            if !columns.contains(key) {
+                columns.push(key.clone());
             }
         }
     }
-    columns.sort_by_key(|column| FIRST.iter().position(|first| first == column).unwrap_or(FIRST.len()));
+    // Grouped by their top-level field, each group in `FIRST` order.
+    columns.sort_by_key(|column| {
+        let (top, last) = (column.split('.').next().unwrap_or(column), column.rsplit('.').next().unwrap_or(column));
+        (rank(top), rank(last))
+    });
     let mut grid = new_table();
-    if columns.is_empty() {
-        for item in items {
-            grid.add_row(vec![cell(item)]);
-        }
-    } else {
+    if columns != [String::new()] {
         grid.set_header(columns.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>());
-        for item in items {
-            grid.add_row(
-                columns.iter().map(|column| cell(item.get(column).unwrap_or(&Value::Null))).collect::<Vec<_>>(),
-            );
-        }
+    }
+    for pairs in &flat {
+        grid.add_row(
+            columns
+                .iter()
+                .map(|column| pairs.iter().find(|(key, _)| key == column).map_or("-".to_owned(), |(_, v)| v.clone()))
+                .collect::<Vec<_>>(),
+        );
     }
     format!("{}\n", grid.trim_fmt())
+}
+
+/// Where a field goes: those in `FIRST` first, in its order.
+fn rank(key: &str) -> usize {
+    FIRST.iter().position(|first| *first == key).unwrap_or(FIRST.len())
 }
 
 fn new_table() -> Table {
@@ -122,7 +145,7 @@ fn new_table() -> Table {
 /// An object's fields, those in `FIRST` first.
 fn ordered(fields: &Map<String, Value>) -> Vec<(&String, &Value)> {
     let mut pairs: Vec<_> = fields.iter().collect();
-    pairs.sort_by_key(|(key, _)| FIRST.iter().position(|first| first == key).unwrap_or(FIRST.len()));
+    pairs.sort_by_key(|(key, _)| rank(key));
     pairs
 }
 
@@ -175,6 +198,17 @@ mod tests {
         let shown = table(&json!({"reservation": {"ip": "10.0.0.9", "since": null}}));
         assert!(shown.contains("reservation.ip") && shown.contains("10.0.0.9"), "{shown}");
         assert!(shown.lines().any(|line| line.contains("reservation.since") && line.trim_end().ends_with('-')));
+    }
+
+    #[test]
+    fn rows_show_nested_fields_as_dotted_columns() {
+        let shown = rows(&[
+            json!({"vnic_id": "v1", "reservation": {"ip": "10.0.0.2", "mac": "52:54:00:00:00:01"}}),
+            json!({"vnic_id": "v2", "reservation": null}),
+        ]);
+        let header = shown.lines().next().unwrap_or_default();
+        assert!(header.contains("RESERVATION.IP") && header.contains("RESERVATION.MAC"), "{shown}");
+        assert!(shown.lines().nth(2).is_some_and(|line| line.contains("v2") && line.contains('-')), "{shown}");
     }
 
     #[test]

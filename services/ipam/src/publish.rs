@@ -131,7 +131,7 @@ fn progress(events: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(events as u64);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} events, {per_sec}, {eta} left") {
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} events, {eta} left") {
         bar.set_style(style);
     }
     bar
