@@ -26,7 +26,7 @@ use crate::output::{self, Format};
 /// An existing object, by id or name; the hidden `--id` is the older spelling, kept for scripts.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// The object: its id, or its name where names are unique.
+    /// Its id; a network or host also by its unique name, a subnet by its CIDR.
     #[arg(value_name = "ID_OR_NAME", required_unless_present = "id")]
     target: Option<String>,
     #[arg(long, hide = true, conflicts_with = "target")]
