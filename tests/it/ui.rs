@@ -410,6 +410,41 @@ fn operators_page_shows_the_demo_in_a_browser_and_asks_for_the_token() {
     check_accessible(&browser, "the live page");
     browser.screenshot("live");
 
+    // That address's history, whole and as of now (the API offers `?at=`), and a host's page.
+    let ip = entry.as_str().unwrap().split_whitespace().find(|word| word.starts_with("10.20.0.")).unwrap().to_owned();
+    browser.open(&format!("{page}#/lookup/{ip}"));
+    browser.wait_for(
+        "the IP's history names the new vNIC's MAC",
+        "const r = document.getElementById('lookup-result'); \
+         return r && r.innerText.includes('52:54:00:0e:00:02') && r.innerText.includes('still held')",
+    );
+    assert_eq!(browser.run("return !!document.getElementById('lookup-at')", json!([])), json!(true), "no as-of picker");
+    let now = browser.run("return encodeURIComponent(new Date().toISOString())", json!([]));
+    browser.open(&format!("{page}#/lookup/{ip}?at={}", now.as_str().unwrap()));
+    browser.wait_for(
+        "the IP as of now names the new vNIC's MAC",
+        "const r = document.getElementById('lookup-result'); \
+         return r && r.innerText.includes(' as of ') && r.innerText.includes('52:54:00:0e:00:02')",
+    );
+    check_accessible(&browser, "the lookup page");
+    browser.screenshot("lookup");
+    browser.open(&format!("{page}#/overview"));
+    browser.wait_for(
+        "the overview links host-3",
+        "return document.querySelector('#page h1').textContent === 'Overview' \
+         && [...document.querySelectorAll('#page a')].some((a) => a.textContent === 'host-3')",
+    );
+    browser.click(&browser.find_link("host-3"));
+    browser.wait_for(
+        "host-3's page shows its networks and its server",
+        "const h = document.querySelector('#page h1'); \
+         return h && h.textContent === 'Host host-3' && document.getElementById('page').innerText.includes('br-lab')",
+    );
+    let host = browser.run("return document.getElementById('page').innerText", json!([]));
+    assert!(host.as_str().unwrap().contains("production"), "host-3 is attached to production too: {host}");
+    check_accessible(&browser, "the host page");
+    browser.screenshot("host");
+
     // Lookup of that MAC, at a phone's width.
     browser.set_window(390, 844);
     browser.open(&format!("{page}#/lookup/52:54:00:0e:00:02"));

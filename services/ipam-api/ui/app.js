@@ -10,6 +10,8 @@
 const TOKEN_KEY = "ipam.token";
 const PAGE_SIZE = 50;
 const LIVE_KEPT = 200;
+/** A host is shown silent after this long without a heartbeat: placement's default timeout. */
+const SILENT_AFTER_SECS = 15;
 
 class Unauthorized extends Error {}
 
@@ -286,7 +288,7 @@ async function overview() {
   }
   const hostRows = hosts.map((host) => {
     const secs = host.last_heartbeat ? (Date.now() - new Date(host.last_heartbeat).getTime()) / 1000 : Infinity;
-    const live = host.status === "down" ? pill("down", "bad") : secs < 30 ? pill("alive", "ok") : pill("silent", "warn");
+    const live = host.status === "down" ? pill("down", "bad") : secs < SILENT_AFTER_SECS ? pill("alive", "ok") : pill("silent", "warn");
     return [
       link(`#/host/${host.host_id}`, host.name || host.host_id),
       host.status || "—",
@@ -297,7 +299,7 @@ async function overview() {
   });
   out.push(
     table(
-      "Hosts and their liveness",
+      `Hosts and their liveness (silent: no heartbeat for ${SILENT_AFTER_SECS} s, the default heartbeat timeout)`,
       [{ label: "Host" }, { label: "Engine status" }, { label: "Liveness" }, { label: "Last heartbeat" }, { label: "Servers", class: "num" }],
       hostRows,
       "No hosts known.",
