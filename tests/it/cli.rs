@@ -493,3 +493,28 @@ fn an_https_api_is_trusted_through_its_ca_and_refused_without_it() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn publish_names_the_line_the_api_refused_and_resumes_from_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let heartbeat = |n: u32| {
+        json!({"specversion": "1.0", "id": format!("00000000-0000-0000-0000-0000000e{n:04x}"), "source": "file",
+               "type": "ipam.host.heartbeat.v1", "time": "2026-11-30T00:00:00Z",
+               "data": {"host_id": "00000000-0000-0000-0000-00000000e001"}})
+        .to_string()
+    };
+    std::fs::write(&file, (1..=5).map(heartbeat).collect::<Vec<_>>().join("\n")).unwrap();
+    // The API refuses the second event of the batch of lines 3 to 5 (batches of 3 from line 3).
+    let (addr, server) = one_answer_api(
+        409,
+        json!({"error": {"code": "conflict", "message": "event 1: refused for the test", "field": null, "index": 1}}),
+    );
+    let args = ["publish", &file.display().to_string(), "--from-line", "3", "--batch-size", "3"];
+    let refused = expect_exit(&[&args[..], &["--api", &format!("http://{addr}")]].concat(), 2);
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(said.contains("line 4: the batch of lines 3 to 5 was refused"), "{said}");
+    assert!(said.contains("nothing was published") && said.contains("--from-line 3"), "{said}");
+    let request = server.join().unwrap();
+    assert!(request.starts_with("POST /v1/events "), "{request}");
+}
