@@ -518,3 +518,15 @@ fn publish_names_the_line_the_api_refused_and_resumes_from_its_batch() {
     let request = server.join().unwrap();
     assert!(request.starts_with("POST /v1/events "), "{request}");
 }
+
+#[test]
+fn the_cli_sends_the_bearer_token_and_a_missing_one_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, addr) = crate::api::ipam_up_with_api_and(dir.path(), &["--api-token", "cli-secret"]);
+    let api = format!("http://{addr}");
+    let denied = expect_exit(&["show", "networks", "--api", &api], 2);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401 unauthorized"), "{}", text(&denied));
+    let allowed = expect_exit(&["--api-token", "cli-secret", "show", "networks", "--api", &api, "-o", "json"], 0);
+    assert!(json_of(&allowed)["networks"].is_array(), "{}", text(&allowed));
+    up.terminate();
+}
