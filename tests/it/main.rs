@@ -11,6 +11,7 @@ mod dhcp;
 mod dnsmasq_limits;
 mod fuzz;
 mod kafka_restart;
+mod kafka_security;
 mod log;
 mod observability;
 mod properties;

@@ -397,4 +397,45 @@ mod tests {
         let error = Config::load(&Overrides { config: Some(file), ..Overrides::default() }).unwrap_err();
         assert!(format!("{error:#}").contains("partitons"), "{error:#}");
     }
+
+    #[test]
+    fn kafka_security_and_topic_settings_come_from_the_file_and_flags_and_reach_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ipam.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbootstrap-servers = \"b:9093\"\nsecurity-protocol = \"SASL_SSL\"\nsasl-mechanism = \"SCRAM-SHA-512\"\n\
+             sasl-username = \"ipam\"\nsasl-password = \"from-file\"\nreplication-factor = 3\nmin-insync-replicas = 2\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            config: Some(file),
+            kafka_settings: KafkaOverrides {
+                kafka_sasl_password: Some("hunter2".to_owned()),
+                kafka_retention_ms: Some(86_400_000),
+                ..KafkaOverrides::default()
+            },
+            ..Overrides::default()
+        };
+        let config = Config::load(&overrides).unwrap();
+        let printed = format!("{config:?} {overrides:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("from-file"), "{printed}");
+        let mut options = KafkaOptions::new("b:9093");
+        config.kafka.apply_to(&mut options).unwrap();
+        assert_eq!(options.security.protocol, Some(ipam_log_kafka::SecurityProtocol::SaslSsl));
+        assert_eq!(options.security.sasl_password.as_deref(), Some("hunter2"), "a flag or variable beats the file");
+        assert_eq!(
+            (options.replication_factor, options.min_insync_replicas, options.retention_ms),
+            (3, Some(2), 86_400_000)
+        );
+        assert_eq!(options.validate(), Ok(()));
+
+        let mut bad = config.kafka.clone();
+        bad.sasl_mechanism = Some("GSSAPI".to_owned());
+        let error = bad.apply_to(&mut options).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("kafka sasl-mechanism: bad log configuration: unknown or unsupported"),
+            "{error:#}"
+        );
+    }
 }

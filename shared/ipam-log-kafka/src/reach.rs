@@ -32,22 +32,30 @@ struct Watch {
     last: Mutex<Option<String>>,
 }
 
-/// The errors that retrying does not cure: the credentials or the certificates are wrong.
-fn is_refusal(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
+/// The errors that retrying does not cure: the credentials or the certificates are wrong. A
+/// broker that refuses the client's certificate (or wants one) closes the connection with a TLS
+/// alert, which librdkafka reports as a transport failure whose reason is OpenSSL's.
+fn is_refusal(code: RDKafkaErrorCode, reason: &str) -> bool {
+    match code {
         RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::SSL
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::UnsupportedSASLMechanism
-            | RDKafkaErrorCode::IllegalSASLState
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-    )
+        | RDKafkaErrorCode::SSL
+        | RDKafkaErrorCode::SaslAuthenticationFailed
+        | RDKafkaErrorCode::UnsupportedSASLMechanism
+        | RDKafkaErrorCode::IllegalSASLState
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => true,
+        RDKafkaErrorCode::BrokerTransportFailure => reason.contains("SSL routines") || reason.contains("SSL alert"),
+        _ => false,
+    }
 }
 
 impl ClientContext for Watch {
     fn error(&self, error: KafkaError, reason: &str) {
-        let refused = error.rdkafka_error_code().is_some_and(is_refusal);
+        let code = error.rdkafka_error_code();
+        // "All brokers are down" only sums up the errors before it, which say why.
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+            return;
+        }
+        let refused = code.is_some_and(|code| is_refusal(code, reason));
         let slot = if refused { &self.refused } else { &self.last };
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         if !refused || slot.is_none() {
@@ -76,7 +84,7 @@ pub(crate) fn reach(options: &KafkaOptions) -> Result<(), LogError> {
         probe.poll(Duration::ZERO);
         if let Some(refusal) = probe.context().refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(LogError::Config(format!(
-                "the Kafka brokers at `{}` refused the connection ({refusal}); check the security settings \
+                "cannot authenticate with the Kafka brokers at `{}` ({refusal}); check the security settings \
                  (security protocol, SASL mechanism, user name and password, CA and client certificates)",
                 options.bootstrap_servers
             )));

@@ -352,3 +352,61 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needed() -> Needed {
+        Needed { replication_factor: None, min_insync_replicas: Some(2), retention_ms: -1 }
+    }
+
+    fn mismatches(needed: &Needed, has: &[(&'static str, &'static str)]) -> Vec<String> {
+        needed.mismatches("t", &has.iter().copied().collect())
+    }
+
+    const GOOD: [(&str, &str); 5] = [
+        ("cleanup.policy", "delete"),
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("min.insync.replicas", "2"),
+        ("unclean.leader.election.enable", "false"),
+    ];
+
+    #[test]
+    fn a_topic_made_as_the_log_needs_passes() {
+        assert_eq!(mismatches(&needed(), &GOOD), Vec::<String>::new());
+        let configs: BTreeMap<&str, String> = needed().topic_configs().into_iter().collect();
+        let has: Vec<(&str, &str)> = configs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(needed().mismatches("t", &has.into_iter().collect()), Vec::<String>::new(), "what we create passes");
+    }
+
+    #[test]
+    fn a_compacted_expiring_or_weakly_replicated_topic_is_named_with_what_it_has_and_needs() {
+        let has = [
+            ("cleanup.policy", "compact"),
+            ("retention.ms", "604800000"),
+            ("retention.bytes", "1073741824"),
+            ("min.insync.replicas", "1"),
+            ("unclean.leader.election.enable", "true"),
+        ];
+        let found = mismatches(&needed(), &has);
+        assert_eq!(found.len(), 5, "{found:#?}");
+        assert!(found[0].starts_with("topic `t` has cleanup.policy=compact, needs delete"), "{}", found[0]);
+        assert!(found[1].starts_with("topic `t` has retention.ms=604800000, needs -1"), "{}", found[1]);
+        assert!(found[2].starts_with("topic `t` has retention.bytes=1073741824, needs -1"), "{}", found[2]);
+        assert!(found[3].starts_with("topic `t` has min.insync.replicas=1, needs at least 2"), "{}", found[3]);
+        assert!(found[4].starts_with("topic `t` has unclean.leader.election.enable=true, needs false"), "{}", found[4]);
+    }
+
+    #[test]
+    fn a_finite_retention_setting_accepts_a_longer_or_endless_one() {
+        let week = Needed { retention_ms: 604_800_000, ..needed() };
+        let mut has = GOOD;
+        assert!(mismatches(&week, &has).is_empty());
+        has[1] = ("retention.ms", "700000000");
+        assert!(mismatches(&week, &has).is_empty());
+        has[1] = ("retention.ms", "86400000");
+        assert_eq!(mismatches(&week, &has).len(), 1);
+    }
+}
