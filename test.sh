@@ -23,6 +23,10 @@ command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 # The web page's test drives headless Chromium through chromedriver (tests/it/ui.rs).
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
+# rdkafka's `ssl` feature builds librdkafka against the system OpenSSL (found by pkg-config); the
+# Kafka security tests make their certificates with the openssl command (checked above).
+dpkg -s libssl-dev >/dev/null 2>&1 || need_packages+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need_packages+=(pkg-config)
 if ((${#need_packages[@]})); then
     echo "test.sh: installing ${need_packages[*]}" >&2
     apt-get update -qq
