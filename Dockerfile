@@ -9,13 +9,15 @@
 # Builder. The workspace needs rustc >= 1.88 (edition 2024).
 FROM rust:1.95-bookworm AS builder
 
-# rdkafka's default features build the bundled librdkafka with its ./configure script and make
-# (no cmake, curl, SSL or SASL), and link zlib through libz-sys, which finds the system zlib with
-# pkg-config (so the binary needs libz.so.1 at run time). rusqlite builds its bundled SQLite with
-# the C compiler.
+# rdkafka builds the bundled librdkafka with its ./configure script and make (no cmake, curl or
+# Cyrus SASL), against the system OpenSSL (its `ssl` feature: TLS and SASL PLAIN/SCRAM, so the
+# binary needs libssl.so.3 at run time), and links zlib through libz-sys, which finds the system
+# zlib with pkg-config (libz.so.1 at run time). rusqlite builds its bundled SQLite with the C
+# compiler.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential \
+        libssl-dev \
         pkg-config \
         zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -35,7 +37,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Runtime.
 FROM debian:bookworm-slim
 
-# ca-certificates: TLS to brokers through [kafka.passthrough]. dnsmasq-base: the DHCP servers the
+# ca-certificates: TLS to brokers whose certificates a public CA signed. libssl3: librdkafka's TLS. dnsmasq-base: the DHCP servers the
 # host agent runs (the binary, no system service). iproute2: `ip`, with which the host agent puts a
 # server's address on its interface, and `ss` for the services' health checks. procps: `kill`,
 # with which the host agent signals its dnsmasq processes. curl: the API's health check. zlib1g is
@@ -46,6 +48,7 @@ RUN apt-get update \
         curl \
         dnsmasq-base \
         iproute2 \
+        libssl3 \
         procps \
         zlib1g \
     && rm -rf /var/lib/apt/lists/*
