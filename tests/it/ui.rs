@@ -384,6 +384,13 @@ fn operators_page_shows_the_demo_in_a_browser_and_asks_for_the_token() {
     );
     let row = rows.as_str().unwrap();
     assert!(row.contains("52:54:00:00:00:01") && row.contains("10.10."), "{row}");
+    // host-1 fell silent during the demo: its server of production was placed, then removed.
+    let history = browser.wait_for(
+        "the placement history shows host-1's server placed and removed",
+        "const t = document.getElementById('server-history'); \
+         return t && t.innerText.includes('removed') && t.innerText.includes('host-1') && t.innerText",
+    );
+    assert!(history.as_str().unwrap().contains("placed"), "{history}");
     check_accessible(&browser, "the network page");
     browser.screenshot("network");
 

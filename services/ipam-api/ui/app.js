@@ -479,7 +479,9 @@ async function network(id) {
       "No DHCP servers placed.",
     ),
   );
-  out.push(h("p", { class: "note" }, "Earlier placements of these servers appear as they happen on the ", link("#/live", "Live"), " page."));
+  out.push(h("h3", {}, "Placement history"));
+  const controller = new AbortController();
+  out.push(...(await serverHistory(n.network_id, controller.signal)));
 
   out.push(h("h2", {}, "Recent rejections"));
   out.push(
@@ -490,7 +492,7 @@ async function network(id) {
       "No recent rejections.",
     ),
   );
-  return out;
+  return { elements: out, leave: () => controller.abort() };
 }
 
 async function host(id) {
@@ -698,13 +700,68 @@ async function lookup(q, at) {
   return out;
 }
 
-/** Reads /v1/stream with fetch (EventSource cannot send the Authorization header). */
+/**
+ * Follows /v1/stream from `cursor` (null: from now) until `signal` aborts, reconnecting where it
+ * left off. Read with fetch: EventSource cannot send the Authorization header. Calls
+ * onEvent(type, envelope) per decision and onState(connected, text) when the connection changes.
+ */
+async function followStream(cursor, signal, onEvent, onState) {
+  let lastId = cursor;
+  while (!signal.aborted) {
+    try {
+      const extra = lastId ? { "Last-Event-ID": lastId } : {};
+      const response = await fetch("/v1/stream", { headers: headers({ Accept: "text/event-stream", ...extra }), signal });
+      if (response.status === 401) throw new Unauthorized();
+      if (!response.ok || !response.body) throw new ApiError(response.status, null, `the stream answered HTTP ${response.status}`);
+      onState(true, "Connected: new decisions appear at the top.");
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let type = "message";
+          let data = "";
+          let id = null;
+          for (const line of frame.split("\n")) {
+            if (line.startsWith("event:")) type = line.slice(6).trim();
+            else if (line.startsWith("data:")) data += line.slice(5).trim();
+            else if (line.startsWith("id:")) id = line.slice(3).trim();
+          }
+          if (id !== null) lastId = id;
+          if (!data) continue;
+          let envelope;
+          try {
+            envelope = JSON.parse(data);
+          } catch {
+            continue; // a frame that is not JSON is not ours to show
+          }
+          onEvent(type, envelope);
+        }
+      }
+      onState(false, "The stream ended; reconnecting…");
+    } catch (error) {
+      if (signal.aborted) return;
+      if (error instanceof Unauthorized) {
+        showSignIn("The token was refused.");
+        return;
+      }
+      onState(false, `The stream failed (${error.message}); reconnecting…`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+/** The page of decisions as they happen. */
 function live() {
   const list = h("ol", { id: "live-log", role: "log", "aria-label": "Decisions, newest first" });
   const state = h("p", { id: "live-state", class: "muted" }, "Connecting…");
   const controller = new AbortController();
-  let lastId = null;
-  let names = new Map();
+  const names = new Map();
 
   const describe = (envelope) => {
     const d = envelope.data || {};
@@ -721,69 +778,33 @@ function live() {
     return parts;
   };
 
-  const add = (type, envelope) => {
-    const short = String(type).replace(/^ipam\./, "").replace(/\.v\d+$/, "");
-    list.prepend(h("li", { "data-type": type }, h("time", { datetime: envelope.time }, fmt.time(envelope.time)), h("strong", {}, short), describe(envelope)));
-    while (list.children.length > LIVE_KEPT) list.lastElementChild.remove();
-  };
-
-  const run = async () => {
-    // Names for the ids in events, best effort.
-    api("/v1/networks")
-      .then((body) => {
-        for (const n of items(body, "networks")) if (n.name) names.set(n.network_id, n.name);
-      })
-      .catch(() => {});
-    while (!controller.signal.aborted) {
-      try {
-        const extra = lastId ? { "Last-Event-ID": lastId } : {};
-        const response = await fetch("/v1/stream", { headers: headers({ Accept: "text/event-stream", ...extra }), signal: controller.signal });
-        if (response.status === 401) throw new Unauthorized();
-        if (!response.ok || !response.body) throw new ApiError(response.status, null, `the stream answered HTTP ${response.status}`);
-        state.textContent = "Connected: new decisions appear at the top.";
-        state.dataset.connected = "true";
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-        let buffer = "";
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += value;
-          let end;
-          while ((end = buffer.indexOf("\n\n")) >= 0) {
-            const frame = buffer.slice(0, end);
-            buffer = buffer.slice(end + 2);
-            let type = "message";
-            let data = "";
-            let id = null;
-            for (const line of frame.split("\n")) {
-              if (line.startsWith("event:")) type = line.slice(6).trim();
-              else if (line.startsWith("data:")) data += line.slice(5).trim();
-              else if (line.startsWith("id:")) id = line.slice(3).trim();
-            }
-            if (id !== null) lastId = id;
-            if (data) {
-              try {
-                add(type, JSON.parse(data));
-              } catch {
-                /* a frame that is not JSON is not ours to show */
-              }
-            }
-          }
-        }
-        state.textContent = "The stream ended; reconnecting…";
-      } catch (error) {
-        if (controller.signal.aborted) return;
-        if (error instanceof Unauthorized) {
-          showSignIn("The token was refused.");
-          return;
-        }
-        state.textContent = `The stream failed (${error.message}); reconnecting…`;
-      }
-      delete state.dataset.connected;
-      await new Promise((resolve) => setTimeout(resolve, 2000));
-    }
-  };
-  run();
+  // Names for the ids in events, best effort.
+  api("/v1/networks")
+    .then((body) => {
+      for (const n of items(body, "networks")) if (n.name) names.set(n.network_id, n.name);
+    })
+    .catch(() => {});
+  maybeQuery("/v1/hosts?limit=10000")
+    .then((body) => {
+      for (const host of items(body, "hosts")) if (host.name) names.set(host.host_id, host.name);
+    })
+    .catch(() => {});
+  followStream(
+    null,
+    controller.signal,
+    (type, envelope) => {
+      const short = String(type).replace(/^ipam\./, "").replace(/\.v\d+$/, "");
+      list.prepend(
+        h("li", { "data-type": type }, h("time", { datetime: envelope.time }, fmt.time(envelope.time)), h("strong", {}, short), describe(envelope)),
+      );
+      while (list.children.length > LIVE_KEPT) list.lastElementChild.remove();
+    },
+    (connected, text) => {
+      state.textContent = text;
+      if (connected) state.dataset.connected = "true";
+      else delete state.dataset.connected;
+    },
+  );
   return {
     elements: [
       h("h1", {}, "Live"),
@@ -793,6 +814,58 @@ function live() {
     ],
     leave: () => controller.abort(),
   };
+}
+
+/**
+ * The placements of one network's DHCP servers, oldest first, from the log: the stream from the
+ * start of `ipam.dhcp-servers` (small: placements only) and from the read model's position on
+ * `ipam.reservations` (so no reservation is replayed). Kept current until `signal` aborts.
+ */
+async function serverHistory(networkId, signal) {
+  const rows = h("tbody");
+  const note = h("p", { class: "note", id: "server-history-state" }, "Reading the placements from the log…");
+  const holder = h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      { id: "server-history" },
+      h("caption", {}, "Every placement and removal of this network's DHCP servers, oldest first"),
+      h("thead", {}, h("tr", {}, ["Time", "Host", "Change", "Epoch", "Why"].map((label) => h("th", { scope: "col" }, label)))),
+      rows,
+    ),
+  );
+  const answer = (await maybeQuery("/v1/networks?position=true&limit=1")) || (await api("/v1/networks"));
+  const positions = (answer && answer.position) || {};
+  const cursor = Object.entries(positions)
+    // Keys are `topic/partition`; topics may carry a deployment's prefix.
+    .filter(([key]) => key.slice(0, key.lastIndexOf("/")).endsWith("ipam.reservations"))
+    .map(([key, offset]) => `${key}:${offset}`)
+    .join(",");
+  followStream(
+    cursor || "start",
+    signal,
+    async (type, envelope) => {
+      const d = envelope.data || {};
+      if (d.network_id !== networkId || !type.includes("dhcp_server")) return;
+      const assigned = type.includes("unassigned") ? "removed" : "placed";
+      rows.append(
+        h(
+          "tr",
+          {},
+          h("td", {}, fmt.time(envelope.time)),
+          h("td", {}, await hostLink(d.host_id)),
+          h("td", {}, assigned),
+          h("td", { class: "num" }, String(d.epoch)),
+          h("td", {}, d.reason || "—"),
+        ),
+      );
+    },
+    (connected) => {
+      note.textContent = connected ? "Kept current as placement decides." : "Reconnecting to the log…";
+    },
+  );
+  return [holder, note];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -830,16 +903,19 @@ async function route() {
   hostCache.clear();
   $("status").textContent = "Loading…";
   try {
-    let elements;
+    let view;
     let title;
-    if (page === "network") [elements, title] = [await network(arg), "Network"];
-    else if (page === "host") [elements, title] = [await host(arg), "Host"];
-    else if (page === "lookup") [elements, title] = [await lookup(arg, params.get("at")), "Lookup"];
-    else if (page === "live") {
-      const view = live();
-      [elements, title, leave] = [view.elements, "Live", view.leave];
-    } else [elements, title] = [await overview(), "Overview"];
-    if (mine !== generation) return;
+    if (page === "network") [view, title] = [await network(arg), "Network"];
+    else if (page === "host") [view, title] = [await host(arg), "Host"];
+    else if (page === "lookup") [view, title] = [await lookup(arg, params.get("at")), "Lookup"];
+    else if (page === "live") [view, title] = [live(), "Live"];
+    else [view, title] = [await overview(), "Overview"];
+    const elements = Array.isArray(view) ? view : view.elements;
+    if (mine !== generation) {
+      if (view.leave) view.leave();
+      return;
+    }
+    leave = view.leave || null;
     $("sign-in").hidden = true;
     $("sign-out").hidden = !token();
     $("page").replaceChildren(...elements.filter(Boolean));
