@@ -530,3 +530,18 @@ fn the_cli_sends_the_bearer_token_and_a_missing_one_is_bad_input() {
     assert!(json_of(&allowed)["networks"].is_array(), "{}", text(&allowed));
     up.terminate();
 }
+
+#[test]
+fn an_unreachable_api_is_exit_5_even_while_names_are_looked_up() {
+    let api = ["--api", "http://127.0.0.1:1"];
+    for args in [
+        &["ctl", "vnic-stop", "00000000-0000-0000-0000-00000000f001"][..],
+        &["ctl", "network", "--name", "somewhere"],
+        &["show", "network", "somewhere"],
+    ] {
+        let output = expect_exit(&[args, &api[..]].concat(), 5);
+        assert!(String::from_utf8_lossy(&output.stderr).contains("connection refused"), "{}", text(&output));
+    }
+    let missing = expect_exit(&["publish", "/nonexistent/events.jsonl"], 2);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"), "{}", text(&missing));
+}

@@ -590,12 +590,13 @@ fn resolve_subnet(api: &Api, network_id: NetworkId, text: &str) -> anyhow::Resul
 
 /// The network a vNIC's reservation (or last release) is on.
 fn network_of_vnic(api: &Api, vnic_id: VnicId) -> anyhow::Result<NetworkId> {
-    let view = api.get(&format!("/v1/vnics/{vnic_id}"));
-    let known = view.ok().and_then(|view| {
-        ["reservation", "last_release"].iter().find_map(|key| view[key]["network_id"].as_str().map(str::to_owned))
-    });
+    let view = match api.get(&format!("/v1/vnics/{vnic_id}")) {
+        Err(error) if matches!(error.downcast_ref(), Some(ClientError::Refused { status: 404, .. })) => Value::Null,
+        other => other?,
+    };
+    let known = ["reservation", "last_release"].iter().find_map(|key| view[key]["network_id"].as_str());
     match known {
-        Some(network) => parse_id(&network, "network"),
+        Some(network) => parse_id(network, "network"),
         None => Err(BadInput(format!("the API knows no network of vNIC {vnic_id}: give --network")).into()),
     }
 }

@@ -56,7 +56,12 @@ struct Checked {
 pub fn publish(api: impl FnOnce() -> anyhow::Result<Api>, args: PublishArgs) -> anyhow::Result<i32> {
     let shown =
         if args.file.as_os_str() == "-" { "standard input".to_owned() } else { args.file.display().to_string() };
-    let text = read_input(&args.file).with_context(|| format!("reading {shown}"))?;
+    let text = match read_input(&args.file) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BadInput(format!("{shown} does not exist")).into());
+        }
+        other => other.with_context(|| format!("reading {shown}"))?,
+    };
     let from = args.from_line as usize;
     let lines: Vec<(usize, &str)> = text
         .lines()
