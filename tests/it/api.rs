@@ -267,6 +267,11 @@ fn a_write_that_waits_answers_each_event_with_its_decision_in_request_order() {
     assert_eq!(rejected["subnet_id"], subnet, "{answer}");
     assert!(rejected["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
     assert_eq!(outcomes[2]["outcome"], "nothing_to_decide", "{answer}");
+    // The network's own list of rejections names what was refused too.
+    let view = get_ok(addr, &format!("/v1/networks/{network}?after={}", answer["after"].as_str().unwrap()));
+    let listed = &view["rejections"][0];
+    assert_eq!((&listed["code"], &listed["vnic_id"]), (&json!("ip_in_use"), &json!(vnic(2))), "{view}");
+    assert_eq!((&listed["mac"], &listed["subnet_id"]), (&json!("52:54:00:bb:00:02"), &json!(subnet)), "{view}");
 
     // The token reads the decisions back at once; the release names what it gave back.
     let after = answer["after"].as_str().unwrap().to_owned();

@@ -1075,6 +1075,9 @@ impl World {
                 code: ipam_core::RejectionCode::InvalidMac,
                 message: edge_string(rng),
                 cause,
+                vnic_id: None,
+                mac: None,
+                subnet_id: None,
             }),
             28 => Event::DhcpServerAssigned(DhcpServerAssigned {
                 network_id,

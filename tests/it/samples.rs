@@ -108,6 +108,9 @@ pub fn every_type() -> Vec<Envelope> {
             code: ipam_core::RejectionCode::SubnetExhausted,
             message: "no free address".to_owned(),
             cause,
+            vnic_id: Some(VnicId::from_u128(0x51)),
+            mac: Some("52:54:00:00:00:51".parse().unwrap()),
+            subnet_id: Some(SubnetId::from_u128(0x52)),
         }),
         Event::DhcpServerAssigned(DhcpServerAssigned {
             network_id,

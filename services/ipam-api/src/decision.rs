@@ -365,21 +365,6 @@ pub(crate) async fn decide(
         .collect())
 }
 
-/// The vNIC, MAC and subnet a request names, for a rejection's answer.
-fn request_names(event: &Event) -> (Option<VnicId>, Option<Mac>, Option<SubnetId>) {
-    match event {
-        Event::VnicStarted(e) | Event::VnicPlugged(e) | Event::VnicLinked(e) => {
-            (Some(e.vnic_id), Some(e.mac), e.subnet_id)
-        }
-        Event::VnicStopped(e) | Event::VnicUnplugged(e) | Event::VnicUnlinked(e) => (Some(e.vnic_id), None, None),
-        Event::DhcpPortRequested(e) => (None, Some(e.mac), Some(e.subnet_id)),
-        Event::DhcpPortReleased(e) => (None, Some(e.mac), Some(e.subnet_id)),
-        Event::SubnetAdded(e) => (None, None, Some(e.subnet_id)),
-        Event::SubnetRemoved(e) => (None, None, Some(e.subnet_id)),
-        _ => (None, None, None),
-    }
-}
-
 fn owner_ids(owner: Owner) -> (Option<VnicId>, Option<VmId>, Option<HostId>) {
     match owner {
         Owner::Vnic { vnic_id, vm_id } => (Some(vnic_id), Some(vm_id), None),
@@ -418,9 +403,17 @@ fn from_model(model: &ReadModel, envelope: &Envelope, decided: &Decided) -> Deci
             let (vnic_id, _, host_id) = owner_ids(owner);
             Decision::Released(Released { network_id, vnic_id, host_id, mac, ip, subnet_id })
         }
-        Decided::Rejected { network_id, code, message, .. } => {
-            let (vnic_id, mac, subnet_id) = request_names(&envelope.event);
-            Decision::Rejected(Rejected { network_id, code, message, vnic_id, mac, subnet_id })
+        Decided::Rejected { network_id, code, message, vnic_id, mac, subnet_id, .. } => {
+            // A rejection written before IPAM recorded the names: the request still has them.
+            let (asked_vnic, asked_mac, asked_subnet) = envelope.event.request_names();
+            Decision::Rejected(Rejected {
+                network_id,
+                code,
+                message,
+                vnic_id: vnic_id.or(asked_vnic),
+                mac: mac.or(asked_mac),
+                subnet_id: subnet_id.or(asked_subnet),
+            })
         }
     }
 }

@@ -90,6 +90,10 @@ struct Rejection {
     message: String,
     cause: EventId,
     time: Timestamp,
+    /// What the refused request named (null in rejections written before IPAM recorded it).
+    vnic_id: Option<VnicId>,
+    mac: Option<Mac>,
+    subnet_id: Option<SubnetId>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -199,8 +203,16 @@ pub enum Decided {
     Reserved { network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip: IpAddr },
     /// The input gave an address back.
     Released { network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip: IpAddr },
-    /// The input was refused.
-    Rejected { network_id: NetworkId, request_type: String, code: RejectionCode, message: String },
+    /// The input was refused; the vNIC, MAC and subnet it named when the rejection says.
+    Rejected {
+        network_id: NetworkId,
+        request_type: String,
+        code: RejectionCode,
+        message: String,
+        vnic_id: Option<VnicId>,
+        mac: Option<Mac>,
+        subnet_id: Option<SubnetId>,
+    },
 }
 
 /// The read model. See the module documentation.
@@ -403,6 +415,9 @@ impl ReadModel {
                         request_type: e.request_type.clone(),
                         code: e.code,
                         message: e.message.clone(),
+                        vnic_id: e.vnic_id,
+                        mac: e.mac,
+                        subnet_id: e.subnet_id,
                     },
                 );
                 let rejections = &mut self.networks.entry(e.network_id).or_default().rejections;
@@ -412,6 +427,9 @@ impl ReadModel {
                     message: e.message.clone(),
                     cause: e.cause,
                     time,
+                    vnic_id: e.vnic_id,
+                    mac: e.mac,
+                    subnet_id: e.subnet_id,
                 });
                 while rejections.len() > REJECTIONS_KEPT {
                     rejections.pop_front();
@@ -1233,5 +1251,22 @@ mod tests {
         assert!(vnic.reservation.is_none());
         assert_eq!(vnic.last_release.expect("release").0.reason, ReleaseReason::VnicDown);
         assert!(model.network(network_id).expect("network").reservations.is_empty());
+    }
+
+    #[test]
+    fn a_rejection_written_before_it_named_the_vnic_still_decodes_and_shows() {
+        let old = serde_json::json!({
+            "specversion": "1.0", "id": "00000000-0000-0000-0000-000000000031", "source": "ipam/allocator",
+            "type": "ipam.request.rejected.v1", "time": "2026-01-01T00:00:00Z",
+            "data": {"network_id": "00000000-0000-0000-0000-000000000001", "request_type": "ipam.vnic.started.v1",
+                     "code": "ip_in_use", "message": "taken", "cause": "00000000-0000-0000-0000-000000000030"}
+        });
+        let envelope = Envelope::decode(old.to_string().as_bytes()).expect("an old record decodes");
+        let mut model = ReadModel::new();
+        model.apply(Topic::Reservations, &envelope);
+        let Some(Decided::Rejected { code, vnic_id, mac, .. }) = model.decided(EventId::from_u128(0x30)) else {
+            panic!("the rejection is kept by its cause");
+        };
+        assert_eq!((*code, *vnic_id, *mac), (RejectionCode::IpInUse, None, None));
     }
 }

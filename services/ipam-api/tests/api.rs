@@ -608,6 +608,9 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
                     code: RejectionCode::DuplicateMac,
                     message: "taken".to_owned(),
                     cause: cause(5).id,
+                    vnic_id: Some(VNIC_B),
+                    mac: Some(mac("52:54:00:00:00:09")),
+                    subnet_id: Some(SUBNET),
                 }),
             ),
             output(
@@ -643,6 +646,9 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
         assert_eq!(network["servers"][0]["host_id"], HOST.to_string());
         assert_eq!(network["servers"][0]["epoch"], 7);
         assert_eq!(network["rejections"][0]["code"], "duplicate_mac");
+        let rejection = &network["rejections"][0];
+        assert_eq!((&rejection["vnic_id"], &rejection["mac"]), (&json!(VNIC_B), &json!("52:54:00:00:00:09")));
+        assert_eq!(rejection["subnet_id"], SUBNET.to_string());
         let reservation =
             network["reservations"].as_array().expect("reservations").iter().find(|r| r["ip"] == "10.0.0.10");
         assert_eq!(reservation.expect("the vNIC's")["owner"]["vnic_id"], VNIC_A.to_string());
@@ -709,6 +715,9 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
                 code: RejectionCode::UnknownNetwork,
                 message: "no such network".to_owned(),
                 cause: cause(30).id,
+                vnic_id: None,
+                mac: None,
+                subnet_id: None,
             }),
         );
         api.append(&[rejection], false);

@@ -177,12 +177,16 @@ impl NetworkAllocator {
             _ => Ok(Vec::new()),
         };
         result.unwrap_or_else(|rejection| {
+            let (vnic_id, mac, subnet_id) = input.event.request_names();
             vec![Event::RequestRejected(RequestRejected {
                 network_id: self.network_id,
                 request_type: input.event.type_name().to_owned(),
                 code: rejection.code,
                 message: rejection.message,
                 cause,
+                vnic_id,
+                mac,
+                subnet_id,
             })]
         })
     }

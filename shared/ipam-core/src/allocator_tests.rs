@@ -363,7 +363,7 @@ fn rejects_subnet_on_unknown_network() {
         vec![],
         add(S1, "10.0.0.0/24", "10.0.0.1"),
         expect![[r#"
-        request.rejected {code:unknown_network,message:network #1 is not known to IPAM,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:unknown_network,message:network #1 is not known to IPAM,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#11}
     "#]],
     );
 }
@@ -374,7 +374,7 @@ fn rejects_gateway_outside_subnet() {
         vec![network(true)],
         add(S1, "10.0.0.0/24", "10.0.1.1"),
         expect![[r#"
-        request.rejected {code:invalid_gateway,message:gateway 10.0.1.1 is outside 10.0.0.0/24,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:invalid_gateway,message:gateway 10.0.1.1 is outside 10.0.0.0/24,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#11}
     "#]],
     );
 }
@@ -385,7 +385,7 @@ fn rejects_bad_pools() {
         vec![network(true)],
         with_pools(S1, "10.0.0.0/24", "10.0.0.1", &[("10.0.0.9", "10.0.1.9")]),
         expect![[r#"
-        request.rejected {code:invalid_pool,message:pool 10.0.0.9-10.0.1.9 is not inside 10.0.0.0/24,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:invalid_pool,message:pool 10.0.0.9-10.0.1.9 is not inside 10.0.0.0/24,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#11}
     "#]],
     );
 }
@@ -396,7 +396,7 @@ fn rejects_ipv4_wider_than_slash_8() {
         vec![network(true)],
         add(S1, "10.0.0.0/7", "10.0.0.1"),
         expect![[r#"
-        request.rejected {code:subnet_too_large,message:10.0.0.0/7 is wider than /8,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:subnet_too_large,message:10.0.0.0/7 is wider than /8,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#11}
     "#]],
     );
 }
@@ -407,7 +407,7 @@ fn rejects_subnet_without_room_for_hosts() {
         vec![network(true)],
         add(S1, "10.0.0.0/31", "10.0.0.1"),
         expect![[r#"
-        request.rejected {code:subnet_too_small,message:10.0.0.0/31 has no room for hosts besides the gateway,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:subnet_too_small,message:10.0.0.0/31 has no room for hosts besides the gateway,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#11}
     "#]],
     );
 }
@@ -418,7 +418,7 @@ fn rejects_ipv6_wider_than_slash_64() {
         vec![network(true)],
         add(S2, "2001:db8:90::/48", "2001:db8:90::1"),
         expect![[r#"
-        request.rejected {code:subnet_too_large,message:2001:db8:90::/48 is wider than /64, the widest DHCPv6 range dnsmasq serves,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:subnet_too_large,message:2001:db8:90::/48 is wider than /64, the widest DHCPv6 range dnsmasq serves,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#12}
     "#]],
     );
 }
@@ -429,7 +429,7 @@ fn rejects_subnet_no_client_may_get_an_address_from() {
         vec![network(true)],
         add(S1, "224.0.0.0/24", "224.0.0.1"),
         expect![[r#"
-        request.rejected {code:unsupported_subnet,message:224.0.0.0/24 overlaps the multicast block (224.0.0.0/4, ff00::/8), whose addresses no DHCP client may be given,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:unsupported_subnet,message:224.0.0.0/24 overlaps the multicast block (224.0.0.0/4, ff00::/8), whose addresses no DHCP client may be given,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#11}
     "#]],
     );
     let mapped = SubnetAdded { dns_servers: vec![], ..subnet(S2, "::ffff:10.0.0.0/120", "::ffff:10.0.0.1") };
@@ -437,7 +437,7 @@ fn rejects_subnet_no_client_may_get_an_address_from() {
         small_network(),
         Event::SubnetAdded(mapped),
         expect![[r#"
-        request.rejected {code:unsupported_subnet,message:::ffff:10.0.0.0/120 overlaps the IPv4-mapped block (::ffff:0:0/96), whose addresses no DHCP client may be given,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:unsupported_subnet,message:::ffff:10.0.0.0/120 overlaps the IPv4-mapped block (::ffff:0:0/96), whose addresses no DHCP client may be given,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#12}
     "#]],
     );
 }
@@ -450,7 +450,7 @@ fn rejects_dns_server_of_the_other_family() {
         vec![network(true)],
         Event::SubnetAdded(v4_dns),
         expect![[r#"
-        request.rejected {code:address_family_mismatch,message:dns_servers holds 192.0.2.53, but 2001:db8::/64 is an IPv6 subnet,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:address_family_mismatch,message:dns_servers holds 192.0.2.53, but 2001:db8::/64 is an IPv6 subnet,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#12}
     "#]],
     );
 }
@@ -463,7 +463,7 @@ fn rejects_ntp_server_no_one_can_reach() {
         vec![network(true)],
         Event::SubnetAdded(unspecified),
         expect![[r#"
-        request.rejected {code:reserved_address,message:ntp_servers holds 0.0.0.0, the unspecified block (0.0.0.0/8, ::), where no server can be reached,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:reserved_address,message:ntp_servers holds 0.0.0.0, the unspecified block (0.0.0.0/8, ::), where no server can be reached,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#11}
     "#]],
     );
 }
@@ -474,7 +474,7 @@ fn rejects_overlapping_subnet() {
         small_network(),
         add(S2, "10.0.0.0/24", "10.0.0.1"),
         expect![[r#"
-        request.rejected {code:overlapping_subnet,message:10.0.0.0/24 overlaps subnet #11 (10.0.0.0/29) of this network,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:overlapping_subnet,message:10.0.0.0/24 overlaps subnet #11 (10.0.0.0/29) of this network,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#12}
     "#]],
     );
 }
@@ -485,7 +485,7 @@ fn rejects_redefining_a_subnet() {
         small_network(),
         add(S1, "10.0.0.0/28", "10.0.0.1"),
         expect![[r#"
-        request.rejected {code:subnet_conflict,message:subnet #11 exists as 10.0.0.0/29 with gateway 10.0.0.1; only its DNS and NTP servers may change,network_id:#1,request_type:ipam.subnet.added.v1}
+        request.rejected {code:subnet_conflict,message:subnet #11 exists as 10.0.0.0/29 with gateway 10.0.0.1; only its DNS and NTP servers may change,network_id:#1,request_type:ipam.subnet.added.v1,subnet_id:#11}
     "#]],
     );
 }
@@ -497,7 +497,7 @@ fn rejects_removing_a_subnet_in_use() {
         history(small_network(), [start(1)]),
         removed,
         expect![[r#"
-        request.rejected {code:subnet_in_use,message:subnet #11 still holds 1 vNIC reservations,network_id:#1,request_type:ipam.subnet.removed.v1}
+        request.rejected {code:subnet_in_use,message:subnet #11 still holds 1 vNIC reservations,network_id:#1,request_type:ipam.subnet.removed.v1,subnet_id:#11}
     "#]],
     );
 }
@@ -508,7 +508,7 @@ fn rejects_removing_an_unknown_subnet() {
         small_network(),
         Event::SubnetRemoved(SubnetRemoved { network_id: NET, subnet_id: S2 }),
         expect![[r#"
-        request.rejected {code:unknown_subnet,message:subnet #12 is not defined on network #1,network_id:#1,request_type:ipam.subnet.removed.v1}
+        request.rejected {code:unknown_subnet,message:subnet #12 is not defined on network #1,network_id:#1,request_type:ipam.subnet.removed.v1,subnet_id:#12}
     "#]],
     );
 }
@@ -519,7 +519,7 @@ fn rejects_vnic_on_unknown_network() {
         vec![],
         start(1),
         expect![[r#"
-        request.rejected {code:unknown_network,message:network #1 is not known to IPAM,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:unknown_network,mac:52:54:00:00:00:01,message:network #1 is not known to IPAM,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]],
     );
 }
@@ -530,7 +530,7 @@ fn rejects_vnic_when_ipam_disabled() {
         history(small_network(), [network(false)]),
         start(1),
         expect![[r#"
-        request.rejected {code:ipam_disabled,message:IPAM is disabled on network #1,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:ipam_disabled,mac:52:54:00:00:00:01,message:IPAM is disabled on network #1,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]],
     );
 }
@@ -541,7 +541,7 @@ fn rejects_vnic_on_unknown_subnet() {
         small_network(),
         Event::VnicStarted(up(1, Some(S2), None)),
         expect![[r#"
-        request.rejected {code:unknown_subnet,message:subnet #12 is not defined on network #1,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:unknown_subnet,mac:52:54:00:00:00:01,message:subnet #12 is not defined on network #1,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#12,vnic_id:#1}
     "#]],
     );
 }
@@ -552,7 +552,7 @@ fn rejects_when_subnet_exhausted() {
         history(small_network(), (1..=5).map(start)),
         start(6),
         expect![[r#"
-        request.rejected {code:subnet_exhausted,message:no free address is left in the allocation pools of 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:subnet_exhausted,mac:52:54:00:00:00:06,message:no free address is left in the allocation pools of 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#6}
     "#]],
     );
 }
@@ -563,7 +563,7 @@ fn rejects_fixed_ip_in_use() {
         history(small_network(), [start(1)]),
         Event::VnicStarted(up(2, Some(S1), Some("10.0.0.2"))),
         expect![[r#"
-        request.rejected {code:ip_in_use,message:10.0.0.2 is already reserved in 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:ip_in_use,mac:52:54:00:00:00:02,message:10.0.0.2 is already reserved in 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#2}
     "#]],
     );
 }
@@ -574,7 +574,7 @@ fn rejects_fixed_ip_outside_subnet() {
         small_network(),
         Event::VnicStarted(up(1, Some(S1), Some("10.0.1.2"))),
         expect![[r#"
-        request.rejected {code:ip_outside_subnet,message:10.0.1.2 is not inside 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:ip_outside_subnet,mac:52:54:00:00:00:01,message:10.0.1.2 is not inside 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]],
     );
 }
@@ -585,14 +585,14 @@ fn rejects_fixed_ip_that_is_the_gateway_or_broadcast() {
         small_network(),
         Event::VnicStarted(up(1, Some(S1), Some("10.0.0.1"))),
         expect![[r#"
-        request.rejected {code:ip_not_assignable,message:10.0.0.1 is the network, broadcast or gateway address of 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:ip_not_assignable,mac:52:54:00:00:00:01,message:10.0.0.1 is the network, broadcast or gateway address of 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]],
     );
     check(
         small_network(),
         Event::VnicStarted(up(1, Some(S1), Some("10.0.0.7"))),
         expect![[r#"
-        request.rejected {code:ip_not_assignable,message:10.0.0.7 is the network, broadcast or gateway address of 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:ip_not_assignable,mac:52:54:00:00:00:01,message:10.0.0.7 is the network, broadcast or gateway address of 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]],
     );
 }
@@ -603,7 +603,7 @@ fn rejects_fixed_ip_no_host_may_hold() {
         small_network(),
         Event::VnicStarted(up(1, Some(S1), Some("224.0.0.5"))),
         expect![[r#"
-        request.rejected {code:ip_not_assignable,message:224.0.0.5 is in the multicast block (224.0.0.0/4, ff00::/8); no host may hold it,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:ip_not_assignable,mac:52:54:00:00:00:01,message:224.0.0.5 is in the multicast block (224.0.0.0/4, ff00::/8); no host may hold it,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]],
     );
 }
@@ -620,7 +620,7 @@ fn rejects_multicast_fixed_ip_in_a_multicast_subnet_an_older_version_accepted() 
     let mut allocator = Allocator::restore(&(), snapshot.as_bytes()).unwrap();
     let outputs = allocator.apply(&envelope(999, Event::VnicStarted(up(1, Some(S1), Some("239.0.0.5")))));
     expect![[r#"
-        request.rejected {code:ip_not_assignable,message:239.0.0.5 is in the multicast block (224.0.0.0/4, ff00::/8); no host may hold it,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:ip_not_assignable,mac:52:54:00:00:00:01,message:239.0.0.5 is in the multicast block (224.0.0.0/4, ff00::/8); no host may hold it,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]]
     .assert_eq(&render(&outputs));
 }
@@ -632,7 +632,7 @@ fn rejects_duplicate_mac() {
         history(small_network(), [start(1)]),
         Event::VnicStarted(same_mac),
         expect![[r#"
-        request.rejected {code:duplicate_mac,message:MAC 52:54:00:00:00:01 is already used on network #1 by vNIC #1,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:duplicate_mac,mac:52:54:00:00:00:01,message:MAC 52:54:00:00:00:01 is already used on network #1 by vNIC #1,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#2}
     "#]],
     );
 }
@@ -644,7 +644,7 @@ fn rejects_vnic_using_a_dhcp_servers_mac() {
         history(small_network(), [port(S1)]),
         Event::VnicStarted(same_mac),
         expect![[r#"
-        request.rejected {code:duplicate_mac,message:MAC 52:54:00:00:00:aa is already used on network #1 by the DHCP server of host #31,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:duplicate_mac,mac:52:54:00:00:00:aa,message:MAC 52:54:00:00:00:aa is already used on network #1 by the DHCP server of host #31,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]],
     );
 }
@@ -655,7 +655,7 @@ fn rejects_vnic_coming_up_again_with_another_address() {
         history(small_network(), [start(1)]),
         Event::VnicStarted(up(1, Some(S1), Some("10.0.0.6"))),
         expect![[r#"
-        request.rejected {code:vnic_conflict,message:vNIC #1 already holds 10.0.0.2 (MAC 52:54:00:00:00:01) in subnet #11 and asked for another subnet, MAC or IP; send a down event first,network_id:#1,request_type:ipam.vnic.started.v1}
+        request.rejected {code:vnic_conflict,mac:52:54:00:00:00:01,message:vNIC #1 already holds 10.0.0.2 (MAC 52:54:00:00:00:01) in subnet #11 and asked for another subnet, MAC or IP; send a down event first,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
     "#]],
     );
 }
@@ -666,7 +666,7 @@ fn rejects_dhcp_port_when_ipam_disabled() {
         history(small_network(), [network(false)]),
         port(S1),
         expect![[r#"
-        request.rejected {code:ipam_disabled,message:IPAM is disabled on network #1,network_id:#1,request_type:ipam.dhcp_port.requested.v1}
+        request.rejected {code:ipam_disabled,mac:52:54:00:00:00:aa,message:IPAM is disabled on network #1,network_id:#1,request_type:ipam.dhcp_port.requested.v1,subnet_id:#11}
     "#]],
     );
 }

@@ -298,6 +298,15 @@ pub struct RequestRejected {
     pub code: RejectionCode,
     pub message: String,
     pub cause: EventId,
+    /// The vNIC the refused request named (added later: absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnic_id: Option<VnicId>,
+    /// The MAC the refused request named (added later: absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// The subnet the refused request named (added later: absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<SubnetId>,
 }
 
 /// Why placement gave a network a server.
@@ -439,6 +448,22 @@ events! {
 pub const CLOCK_KEY: &str = "placement-clock";
 
 impl Event {
+    /// The vNIC, MAC and subnet a request names, for its rejection: a reader then sees what was
+    /// refused without looking the request up.
+    pub fn request_names(&self) -> (Option<VnicId>, Option<Mac>, Option<SubnetId>) {
+        match self {
+            Event::VnicStarted(e) | Event::VnicPlugged(e) | Event::VnicLinked(e) => {
+                (Some(e.vnic_id), Some(e.mac), e.subnet_id)
+            }
+            Event::VnicStopped(e) | Event::VnicUnplugged(e) | Event::VnicUnlinked(e) => (Some(e.vnic_id), None, None),
+            Event::DhcpPortRequested(e) => (None, Some(e.mac), Some(e.subnet_id)),
+            Event::DhcpPortReleased(e) => (None, Some(e.mac), Some(e.subnet_id)),
+            Event::SubnetAdded(e) => (None, None, Some(e.subnet_id)),
+            Event::SubnetRemoved(e) => (None, None, Some(e.subnet_id)),
+            _ => (None, None, None),
+        }
+    }
+
     /// The network the event is about, if any.
     pub fn network_id(&self) -> Option<NetworkId> {
         Some(match self {
@@ -567,6 +592,10 @@ impl DecodeError {
                 code: self.code,
                 message: self.message.clone(),
                 cause,
+                // The request did not decode, so what it names is not known.
+                vnic_id: None,
+                mac: None,
+                subnet_id: None,
             })
         })
     }
