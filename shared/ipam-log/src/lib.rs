@@ -241,4 +241,9 @@ pub trait Member: Send {
 
     /// Steps in the open batch.
     fn pending_steps(&self) -> usize;
+
+    /// Whether a commit costs little (one local transaction) rather than round trips to brokers.
+    /// A runtime may then commit as soon as its input is drained instead of letting the batch
+    /// policy's delay group more steps into the batch.
+    fn commits_cheaply(&self) -> bool;
 }

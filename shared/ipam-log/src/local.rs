@@ -361,6 +361,11 @@ impl<S: LocalStore> Member for LocalMember<S> {
     fn pending_steps(&self) -> usize {
         self.batch.as_ref().map_or(0, |open| open.steps)
     }
+
+    /// One SQLite (or in-memory) transaction: microseconds.
+    fn commits_cheaply(&self) -> bool {
+        true
+    }
 }
 
 /// The local backends' [`Follower`]: a cursor per partition, and the log's commit notifier to
