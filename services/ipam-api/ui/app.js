@@ -845,21 +845,26 @@ async function serverHistory(networkId, signal) {
   followStream(
     cursor || "start",
     signal,
-    async (type, envelope) => {
+    (type, envelope) => {
       const d = envelope.data || {};
       if (d.network_id !== networkId || !type.includes("dhcp_server")) return;
-      const assigned = type.includes("unassigned") ? "removed" : "placed";
-      rows.append(
-        h(
-          "tr",
-          {},
-          h("td", {}, fmt.time(envelope.time)),
-          h("td", {}, await hostLink(d.host_id)),
-          h("td", {}, assigned),
-          h("td", { class: "num" }, String(d.epoch)),
-          h("td", {}, d.reason || "—"),
-        ),
+      const change = type.includes("unassigned") ? "removed" : "placed";
+      const host = h("td", {}, link(`#/host/${d.host_id}`, d.host_id));
+      hostName(d.host_id).then((name) => host.firstChild && (host.firstChild.textContent = name));
+      // Partitions interleave: keep the rows in time order (then by epoch, a placement before
+      // its removal).
+      const key = `${envelope.time}|${String(d.epoch).padStart(20, "0")}|${change === "placed" ? 0 : 1}`;
+      const row = h(
+        "tr",
+        { "data-key": key },
+        h("td", {}, fmt.time(envelope.time)),
+        host,
+        h("td", {}, change),
+        h("td", { class: "num" }, String(d.epoch)),
+        h("td", {}, d.reason || "—"),
       );
+      const later = [...rows.children].find((other) => other.dataset.key > key);
+      rows.insertBefore(row, later || null);
     },
     (connected) => {
       note.textContent = connected ? "Kept current as placement decides." : "Reconnecting to the log…";
