@@ -201,7 +201,9 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         // actors answering the drivers meanwhile.
         let mut announced = false;
         while !stop.load(Ordering::SeqCst) && threads.iter().all(|(_, thread)| !thread.is_finished()) {
-            if !announced && readiness.ready_count() >= drivers {
+            // Ready once every driver has rebuilt and every component on the board is ok (the API
+            // listening, its read model caught up), so the line never precedes the API's address.
+            if !announced && readiness.ready_count() >= drivers && health.all_ok() {
                 announced = true;
                 tracing::info!(partitions = config.partitions, "ipam is ready.");
             }
