@@ -116,6 +116,8 @@ fn publish_ctl_and_show_talk_to_a_running_ipam() {
         subnet,
         "--mac",
         "52:54:00:cc:00:05",
+        "--wait",
+        "60s",
         "--api",
         &api,
     ]);
@@ -161,8 +163,10 @@ fn ctl_prints_each_decision_and_exits_with_its_code() {
     let dir = tempfile::tempdir().unwrap();
     let (mut up, addr) = crate::api::ipam_up_with_api(dir.path());
     let api = format!("http://{addr}");
+    // A decision takes milliseconds; the longest wait the API allows keeps a loaded machine green.
     let with_api = |args: &[&str]| -> Vec<String> {
-        args.iter().map(|arg| (*arg).to_owned()).chain(["--api".to_owned(), api.clone()]).collect()
+        let wait: &[&str] = if args[0] == "ctl" { &["--wait", "60s"] } else { &[] };
+        args.iter().chain(wait).map(|arg| (*arg).to_owned()).chain(["--api".to_owned(), api.clone()]).collect()
     };
 
     // Ids are generated and printed; names stand for ids afterwards.
@@ -217,6 +221,35 @@ fn ctl_prints_each_decision_and_exits_with_its_code() {
     assert!(table.contains("duplicate_mac"), "{table}");
     let yaml = String::from_utf8_lossy(&expect_exit(&start("52:54:00:56:00:01", "yaml"), 3).stdout).into_owned();
     assert!(yaml.contains("outcome: rejected") && yaml.contains("code: duplicate_mac"), "{yaml}");
+
+    // Hosts by name: made, found again by name, listed and shown.
+    let host_up =
+        |name: &str| with_api(&["ctl", "host-up", "--name", name, "--network", "cli-decisions=eth9", "-o", "json"]);
+    let host = json_of(&expect_exit(&host_up("cli-host"), 0));
+    let host_id = host["host_id"].as_str().expect("the new host's id is printed").to_owned();
+    assert_eq!(json_of(&expect_exit(&host_up("cli-host"), 0))["host_id"], host_id.as_str());
+    let hosts = json_of(&expect_exit(&with_api(&["show", "hosts", "-o", "json"]), 0));
+    assert!(hosts["hosts"].as_array().unwrap().iter().any(|h| h["name"] == "cli-host"), "{hosts}");
+    assert_eq!(
+        json_of(&expect_exit(&with_api(&["show", "host", "cli-host", "-o", "json"]), 0))["host_id"],
+        host_id.as_str()
+    );
+
+    let down = json_of(&expect_exit(&with_api(&["ctl", "host-down", "cli-host", "--maintenance", "-o", "json"]), 0));
+    assert_eq!(down["host_id"], host_id.as_str(), "{down}");
+
+    // The lists and histories, filtered by name.
+    let vnics = json_of(&expect_exit(&with_api(&["show", "vnics", "--network", "cli-decisions", "-o", "json"]), 0));
+    assert!(vnics["vnics"].as_array().unwrap().iter().any(|v| v["vnic_id"] == vnic_id.as_str()), "{vnics}");
+    let page =
+        json_of(&expect_exit(&with_api(&["show", "reservations", "cli-decisions", "--limit", "1", "-o", "json"]), 0));
+    assert_eq!(page["reservations"].as_array().map(Vec::len), Some(1), "{page}");
+    let history =
+        String::from_utf8_lossy(&expect_exit(&with_api(&["show", "vnic-history", &vnic_id, "-o", "table"]), 0).stdout)
+            .into_owned();
+    assert!(history.contains(reserved["ip"].as_str().unwrap()), "{history}");
+    let bad_limit = expect_exit(&with_api(&["show", "hosts", "--limit", "0"]), 2);
+    assert!(String::from_utf8_lossy(&bad_limit.stderr).contains("limit"), "{}", text(&bad_limit));
 
     // No subnet: decided (nothing to decide), with a warning that says what it means.
     let bare =
@@ -294,7 +327,7 @@ fn ctl_exits_4_when_the_decision_is_still_pending_and_2_when_the_api_refuses() {
     let pending = expect_exit(&[&args[..], &["--api", &api, "-o", "json", "--wait", "3s"]].concat(), 4);
     assert_eq!(json_of(&pending)["outcome"], "pending");
     let request = server.join().unwrap();
-    assert!(request.starts_with("POST /v1/events?wait=3000ms "), "{request}");
+    assert!(request.starts_with("POST /v1/events?wait=3 "), "{request}");
 
     let (addr, server) = one_answer_api(
         400,
@@ -385,7 +418,9 @@ fn publish_reads_stdin_checks_with_a_dry_run_and_resumes_after_a_bad_line() {
     assert_eq!(appended(), 5, "events already published were sent again");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let view = json_of(&ipam(&["show", "network", network, "-o", "json", "--api", &api]));
+        // The read model follows the log: the network may not be there yet (404).
+        let shown = ipam(&["show", "network", network, "-o", "json", "--api", &api]);
+        let view = if shown.status.success() { json_of(&shown) } else { Value::Null };
         let reservations = view["reservations"].as_array().map_or(0, Vec::len);
         if reservations == 3 {
             break;

@@ -197,7 +197,7 @@ impl Api {
     /// per event (`reserved`, `released`, `rejected`, `nothing_to_decide`, or `pending` when the
     /// wait ran out).
     pub fn publish_and_wait(&self, events: &[Value], wait: Duration) -> anyhow::Result<Value> {
-        self.post_events(&format!("/v1/events?wait={}ms", wait.as_millis()), events)
+        self.post_events(&format!("/v1/events?wait={}", wait.as_secs_f64()), events)
     }
 
     fn post_events(&self, path: &str, events: &[Value]) -> anyhow::Result<Value> {

@@ -58,21 +58,9 @@ impl ApiArgs {
     }
 }
 
-/// A wait such as `500ms`, `10s` or `1m` (a bare number is seconds).
+/// A wait such as `500ms`, `10s` or `1m` (a bare number is seconds): what the API itself takes.
 fn parse_wait(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as 500ms, 10s or 1m"))?;
-    let wait = match unit {
-        "ms" => Duration::from_millis(number),
-        "" | "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.saturating_mul(60)),
-        _ => return Err(format!("`{text}` is not a duration such as 500ms, 10s or 1m")),
-    };
-    // The API waits at most a minute.
-    if wait > Duration::from_secs(60) {
-        return Err("wait at most 60s".to_owned());
-    }
-    Ok(wait)
+    ipam_api::decision::parse_wait(text).map_err(|error| error.message)
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +88,8 @@ enum Command {
         /// Output format: table (the default on a terminal), json (the default when piped), yaml.
         #[arg(short = 'o', long = "output", value_enum, global = true)]
         output: Option<Format>,
-        /// How long to wait for the decision (`500ms`, `10s`, `1m`); `0` publishes without waiting.
+        /// How long to wait for the decision (`500ms`, `10s`, `1m`; at most 60 s); `0` publishes
+        /// without waiting.
         #[arg(long, default_value = "10s", value_parser = parse_wait, global = true)]
         wait: Duration,
     },
