@@ -222,8 +222,15 @@ impl Topics {
             block_on(admin.describe_configs(&resources, &options)).map_err(|e| storage("describe topics", &e))?;
         let mut mismatches = Vec::new();
         for (spec, result) in specs.iter().zip(results) {
-            let resource = result.map_err(|code| {
-                LogError::Storage(format!("cannot read the configuration of topic `{}`: {code}", spec.name))
+            let resource = result.map_err(|code| match code {
+                RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed => {
+                    LogError::Config(format!(
+                        "not allowed to read the configuration of topic `{}` ({code}): the service's Kafka user \
+                         needs Describe and DescribeConfigs on its topics, to check them at start",
+                        spec.name
+                    ))
+                }
+                code => LogError::Storage(format!("cannot read the configuration of topic `{}`: {code}", spec.name)),
             })?;
             let has: BTreeMap<&str, &str> = resource
                 .entries
