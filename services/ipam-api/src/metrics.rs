@@ -60,6 +60,8 @@ pub struct Gauges {
     pub utilization: Vec<(String, String, f64)>,
     /// (network, reservations).
     pub reservations: Vec<(String, usize)>,
+    /// The name of each named network: a `network_name` label beside its id.
+    pub network_names: BTreeMap<String, String>,
 }
 
 /// A label value with Prometheus' escapes.
@@ -94,19 +96,24 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
         let _ = writeln!(out, "ipam_read_model_lag{{topic=\"{}\"}} {lag}", escape(topic));
     }
 
+    // The network's name beside its id, when the network has one.
+    let network_labels = |network: &str| match gauges.network_names.get(network) {
+        Some(name) => format!("network=\"{}\",network_name=\"{}\"", escape(network), escape(name)),
+        None => format!("network=\"{}\"", escape(network)),
+    };
     header(&mut out, "ipam_subnet_utilization", "gauge", "Share of a subnet in use: used / (used + free).");
     for (network, subnet, ratio) in &gauges.utilization {
         let _ = writeln!(
             out,
-            "ipam_subnet_utilization{{network=\"{}\",subnet=\"{}\"}} {ratio}",
-            escape(network),
+            "ipam_subnet_utilization{{{},subnet=\"{}\"}} {ratio}",
+            network_labels(network),
             escape(subnet)
         );
     }
 
     header(&mut out, "ipam_reservations", "gauge", "Reservations held, per network.");
     for (network, count) in &gauges.reservations {
-        let _ = writeln!(out, "ipam_reservations{{network=\"{}\"}} {count}", escape(network));
+        let _ = writeln!(out, "ipam_reservations{{{}}} {count}", network_labels(network));
     }
 
     header(&mut out, "ipam_request_duration_seconds", "histogram", "Time to answer an API request, until the headers.");
@@ -142,6 +149,21 @@ mod tests {
         );
         assert!(text.contains(&format!("ipam_request_duration_seconds_bucket{{{labels},le=\"0.025\"}} 2\n")), "{text}");
         assert!(text.contains(&format!("ipam_request_duration_seconds_count{{{labels}}} 2\n")), "{text}");
+    }
+
+    #[test]
+    fn a_named_network_has_its_name_beside_its_id() {
+        let gauges = Gauges {
+            utilization: vec![("n1".to_owned(), "s1".to_owned(), 0.5)],
+            reservations: vec![("n1".to_owned(), 3), ("n2".to_owned(), 1)],
+            network_names: BTreeMap::from([("n1".to_owned(), "prod \"a\"".to_owned())]),
+            ..Gauges::default()
+        };
+        let text = render(&Metrics::default(), &gauges);
+        let named = "network=\"n1\",network_name=\"prod \\\"a\\\"\"";
+        assert!(text.contains(&format!("ipam_subnet_utilization{{{named},subnet=\"s1\"}} 0.5\n")), "{text}");
+        assert!(text.contains(&format!("ipam_reservations{{{named}}} 3\n")), "{text}");
+        assert!(text.contains("ipam_reservations{network=\"n2\"} 1\n"), "an unnamed network has its id only: {text}");
     }
 
     #[test]

@@ -881,6 +881,12 @@ impl ReadModel {
     pub fn reservation_counts(&self) -> Vec<(NetworkId, usize)> {
         self.networks.iter().map(|(id, network)| (*id, network.reservations.len())).collect()
     }
+
+    /// The name of each network that has one, for the metrics' labels.
+    pub fn network_names(&self) -> Vec<(NetworkId, String)> {
+        let named = self.networks.iter().filter_map(|(id, network)| network.info.as_ref().map(|info| (id, info)));
+        named.map(|(id, info)| (*id, info.name.clone())).collect()
+    }
 }
 
 /// A count as a JSON number, saturated at [`MAX_JSON_COUNT`].

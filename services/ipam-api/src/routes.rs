@@ -394,6 +394,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
                 .into_iter()
                 .map(|(network, count)| (network.to_string(), count))
                 .collect(),
+            network_names: model.network_names().into_iter().map(|(id, name)| (id.to_string(), name)).collect(),
         }
     };
     Ok(HttpResponse::Ok()
