@@ -301,6 +301,99 @@ fn a_write_that_waits_answers_each_event_with_its_decision_in_request_order() {
     up.terminate();
 }
 
+#[test]
+fn a_write_that_waits_is_answered_by_the_split_services_on_kafka() {
+    let bootstrap = ipam_tests::kafka_bootstrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let prefix = format!("wait{}.", nanos % 1_000_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |instance: &str, command: &str| {
+        let data = dir.path().join(instance).display().to_string();
+        let args = [
+            "--kafka",
+            &bootstrap,
+            "--kafka-session-timeout-ms",
+            "6000",
+            "--topic-prefix",
+            &prefix,
+            "--partitions",
+            "2",
+            "--instance",
+            instance,
+            "--data-dir",
+            &data,
+            "--metrics-bind",
+            "127.0.0.1:0",
+            "--api-bind",
+            "127.0.0.1:0",
+            command,
+        ];
+        crate::recovery::Service::spawn(&args.map(str::to_owned))
+    };
+    let mut allocator = spawn("allocator", "allocator");
+    let mut placement = spawn("placement", "placement");
+    let mut api = spawn("api", "api");
+    let line = api.wait_for_line("API listening on http://", Duration::from_secs(60));
+    let addr: SocketAddr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+
+    let network = "00000000-0000-0000-0000-00000000dd01";
+    let subnet = "00000000-0000-0000-0000-00000000dd02";
+    let batch = json!([
+        event(0x300, "ipam.network.upserted.v1", json!({"network_id": network, "name": "kafka", "ipam_enabled": true})),
+        event(
+            0x301,
+            "ipam.subnet.added.v1",
+            json!({"network_id": network, "subnet_id": subnet,
+            "cidr": "10.97.0.0/24", "gateway": "10.97.0.1"})
+        ),
+        event(
+            0x302,
+            "ipam.host.upserted.v1",
+            json!({"host_id": "00000000-0000-0000-0000-00000000dd03",
+            "name": "k", "status": "up", "networks": [{"network_id": network, "interface": "br0"}]})
+        ),
+        event(
+            0x303,
+            "ipam.vnic.started.v1",
+            json!({"vnic_id": "00000000-0000-0000-0000-00000000dd05",
+            "vm_id": "00000000-0000-0000-0000-00000000dd06", "network_id": network, "subnet_id": subnet,
+            "mac": "52:54:00:dd:00:05"})
+        ),
+    ]);
+    // The services make the topics as they start (503 until then, nothing written); the wait covers
+    // their joining their groups.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (status, body) = loop {
+        let (status, body) =
+            http(addr, "POST", "/v1/events?wait=50s", "application/json", batch.to_string().as_bytes());
+        if status != 503 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let kinds: Vec<&str> =
+        answer["outcomes"].as_array().unwrap().iter().map(|o| o["outcome"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["nothing_to_decide", "nothing_to_decide", "nothing_to_decide", "reserved"], "{body}");
+    assert_eq!(answer["outcomes"][3]["cidr"], "10.97.0.0/24", "{body}");
+    // Reading after the write's token answers at once, past the transaction markers.
+    let after = answer["after"].as_str().unwrap();
+    let started = Instant::now();
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/v1/vnics/00000000-0000-0000-0000-00000000dd05?after={after}"),
+        "application/json",
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    for service in [&mut api, &mut placement, &mut allocator] {
+        service.terminate();
+    }
+}
+
 /// One request exactly as given (method, raw path, headers, body bytes) on its own connection: the
 /// status and the body, de-chunked.
 fn raw_request(addr: SocketAddr, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> (u16, String) {
