@@ -281,6 +281,14 @@ impl Browser {
             .collect()
     }
 
+    /// Presses Tab once, as a keyboard user would.
+    fn press_tab(&self) {
+        let tab = "\u{E004}";
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": tab}, {"type": "keyUp", "value": tab}]}]});
+        self.command("POST", "/actions", Some(actions));
+    }
+
     fn set_window(&self, width: u32, height: u32) {
         self.command("POST", "/window/rect", Some(json!({"width": width, "height": height})));
     }
@@ -345,6 +353,11 @@ fn operators_page_shows_the_demo_in_a_browser_and_asks_for_the_token() {
     // No token yet: the sign-in prompt, and no data.
     browser.open(&page);
     browser.wait_for("the sign-in prompt shows", "return !document.getElementById('sign-in').hidden");
+    // From the keyboard: the prompt has the focus, and Tab goes on to its button.
+    let focused = || browser.run("return document.activeElement.id || document.activeElement.textContent", json!([]));
+    assert_eq!(focused(), json!("token"), "the sign-in prompt takes the focus");
+    browser.press_tab();
+    assert_eq!(focused(), json!("Sign in"), "Tab reaches the sign-in button");
     // A wrong token: refused, the prompt stays, still no data.
     let token = browser.find("#token");
     browser.clear_and_type(&token, "not-the-token");
