@@ -259,6 +259,9 @@ fn ipam_up_serves_health_and_metrics_that_move_and_name_every_metric_the_alerts_
     let (status, body) = http(api, "POST", "/v1/events", "application/json", batch.to_string().as_bytes());
     assert_eq!(status, 202, "{body}");
     wait_for_sample(metrics, exhausted, 1.0);
+    // The API's per-network series name the network beside its id.
+    let named = format!("ipam_reservations{{network=\"{network}\",network_name=\"obs\"}}");
+    wait_for_sample(api, &named, 1.0);
 
     // A network the in-process host agent serves: placement gives it the DHCP server, the files
     // backend writes it, and the agent's report of it shows in the metrics as running.
