@@ -34,7 +34,9 @@ struct Watch {
 
 /// The errors that retrying does not cure: the credentials or the certificates are wrong. A
 /// broker that refuses the client's certificate (or wants one) closes the connection with a TLS
-/// alert, which librdkafka reports as a transport failure whose reason is OpenSSL's.
+/// alert, which librdkafka reports as a transport failure whose reason is OpenSSL's ("SSL
+/// routines::sslv3 alert bad certificate"). Other OpenSSL errors on a transport failure (an
+/// unexpected end of file while a broker restarts) may pass, so only alerts count.
 fn is_refusal(code: RDKafkaErrorCode, reason: &str) -> bool {
     match code {
         RDKafkaErrorCode::Authentication
@@ -43,7 +45,7 @@ fn is_refusal(code: RDKafkaErrorCode, reason: &str) -> bool {
         | RDKafkaErrorCode::UnsupportedSASLMechanism
         | RDKafkaErrorCode::IllegalSASLState
         | RDKafkaErrorCode::ClusterAuthorizationFailed => true,
-        RDKafkaErrorCode::BrokerTransportFailure => reason.contains("SSL routines") || reason.contains("SSL alert"),
+        RDKafkaErrorCode::BrokerTransportFailure => reason.contains("SSL routines") && reason.contains(" alert "),
         _ => false,
     }
 }
