@@ -400,13 +400,24 @@ fn the_split_services_on_kafka_each_serve_health_and_metrics_and_are_unhealthy_u
         json!({"vnic_id": "00000000-0000-0000-0000-00000000cc02", "vm_id": "00000000-0000-0000-0000-00000000cc03",
                "network_id": network, "subnet_id": "00000000-0000-0000-0000-00000000cc04", "mac": "52:54:00:cc:00:02"}),
     );
-    let record = OutRecord {
-        topic: format!("{prefix}ipam.networks"),
-        key: network.to_owned(),
-        value: request.to_string().into_bytes(),
-    };
-    log.append(&[record]).unwrap();
+    // And one with a multicast MAC, refused as it is read, before any state machine sees it.
+    let bad_mac = event(
+        8,
+        "ipam.vnic.started.v1",
+        json!({"vnic_id": "00000000-0000-0000-0000-00000000cc05", "vm_id": "00000000-0000-0000-0000-00000000cc03",
+               "network_id": network, "subnet_id": "00000000-0000-0000-0000-00000000cc04", "mac": "01:00:5e:00:00:01"}),
+    );
+    let records: Vec<OutRecord> = [request, bad_mac]
+        .iter()
+        .map(|request| OutRecord {
+            topic: format!("{prefix}ipam.networks"),
+            key: network.to_owned(),
+            value: request.to_string().into_bytes(),
+        })
+        .collect();
+    log.append(&records).unwrap();
     wait_for_sample(allocator_metrics, "ipam_rejections_total{driver=\"allocator\",code=\"unknown_network\"}", 1.0);
+    wait_for_sample(allocator_metrics, "ipam_rejections_total{driver=\"allocator\",code=\"invalid_mac\"}", 1.0);
 
     // By now the API has idled on Kafka for a while: nobody logs an error for normal conditions.
     for (service, what) in
