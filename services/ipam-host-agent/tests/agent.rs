@@ -593,6 +593,13 @@ fn a_dnsmasq_that_dies_and_cannot_restart_is_reported_in_its_own_words() {
             *state == DhcpServerState::Restarting && detail.contains("exited (exit status: 2: unknown interface br0)")
         })
     });
+    // The same reports reach the process's metrics, which `/metrics` and `/health` answer from.
+    let restarts = ipam_runtime::metrics::dhcp_servers()
+        .into_iter()
+        .filter(|((host, _), _)| *host == HOST.to_string())
+        .map(|(_, report)| report.restarts)
+        .sum::<u64>();
+    assert!(restarts >= 1, "the restart is counted in the metrics");
 
     append(&*log, unassigned(1));
     wait_until("the server stops", || statuses(&*log).iter().any(|s| s.1 == DhcpServerState::Stopped));
