@@ -170,9 +170,10 @@ fn api_takes_engine_events_and_shows_the_reservation_until_the_vnic_stops() {
     up.terminate();
 }
 
-/// The served OpenAPI document's schema `name` checks `answer`: a validator of the whole document
-/// rooted at that schema, so every ref must resolve inside the document (nothing is fetched).
-fn check_against_openapi(document: &Value, name: &str, answer: &Value) {
+/// What the served OpenAPI document's schema `name` finds wrong with `answer`: a validator of the
+/// whole document rooted at that schema, so every ref must resolve inside the document (nothing
+/// is fetched).
+fn openapi_errors(document: &Value, name: &str, answer: &Value) -> Vec<String> {
     let mut root = document.clone();
     root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
     root["$ref"] = json!(format!("#/components/schemas/{name}"));
@@ -180,7 +181,11 @@ fn check_against_openapi(document: &Value, name: &str, answer: &Value) {
         .should_validate_formats(true)
         .build(&root)
         .unwrap_or_else(|e| panic!("the document's {name} does not build offline: {e}"));
-    let errors: Vec<String> = validator.iter_errors(answer).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    validator.iter_errors(answer).map(|e| format!("{}: {e}", e.instance_path())).collect()
+}
+
+fn check_against_openapi(document: &Value, name: &str, answer: &Value) {
+    let errors = openapi_errors(document, name, answer);
     assert!(errors.is_empty(), "{name} refuses the real answer {answer}: {errors:#?}");
 }
 
@@ -298,6 +303,44 @@ fn a_write_that_waits_answers_each_event_with_its_decision_in_request_order() {
     assert_eq!(status, 202, "{body}");
     let plain: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(plain.as_object().unwrap().keys().collect::<Vec<_>>(), ["ids", "positions"], "{body}");
+
+    // Every answer matches the schema the served document gives it.
+    let document = get_ok(addr, "/openapi.json");
+    check_against_openapi(&document, "Accepted", &plain);
+    check_against_openapi(&document, "Accepted", &answer);
+    let landed = &plain["positions"][0];
+    let token = format!(
+        "{}/{}/{}",
+        landed["topic"].as_str().unwrap(),
+        landed["partition"],
+        landed["offset"].as_u64().unwrap() + 1
+    );
+    let vnic4 = get_ok(addr, &format!("/v1/vnics/{}?after={token}&position=true", vnic(4)));
+    assert!(vnic4["reservation"]["ip"].is_string(), "read after the write: {vnic4}");
+    assert!(vnic4["position"].is_object(), "{vnic4}");
+    check_against_openapi(&document, "VnicView", &vnic4);
+    let mut broken = vnic4.clone();
+    broken["reservation"]["ip"] = json!("10.98.0.999");
+    broken.as_object_mut().unwrap().remove("vm_id");
+    assert_eq!(openapi_errors(&document, "VnicView", &broken).len(), 2, "the schema checks what it says");
+    for (name, path) in [
+        ("NetworkList", "/v1/networks?position=true".to_owned()),
+        ("NetworkView", format!("/v1/networks/{network}")),
+        ("ReservationPage", format!("/v1/networks/{network}/reservations?limit=1")),
+        ("VnicList", format!("/v1/vnics?network={network}")),
+        ("HostList", "/v1/hosts".to_owned()),
+        ("HostView", format!("/v1/hosts/{host}")),
+        ("History", "/v1/ips/10.98.0.5/history".to_owned()),
+        ("History", format!("/v1/vnics/{}/history?at=2026-11-30T00:00:00Z", vnic(1))),
+        ("History", "/v1/macs/52:54:00:bb:00:01/history".to_owned()),
+    ] {
+        check_against_openapi(&document, name, &get_ok(addr, &path));
+    }
+    let hosts = get_ok(addr, "/v1/hosts");
+    assert_eq!(hosts["hosts"][0]["name"], "rack-1", "{hosts}");
+    let (status, body) = http(addr, "GET", "/v1/vnics?limit=0", "application/json", b"");
+    assert_eq!(status, 400);
+    check_against_openapi(&document, "Error", &serde_json::from_str(&body).unwrap());
     up.terminate();
 }
 
@@ -328,7 +371,7 @@ fn a_write_that_waits_is_answered_by_the_split_services_on_kafka() {
             "127.0.0.1:0",
             command,
         ];
-        crate::recovery::Service::spawn(&args.map(str::to_owned))
+        Service::spawn(&args.map(str::to_owned))
     };
     let mut allocator = spawn("allocator", "allocator");
     let mut placement = spawn("placement", "placement");
