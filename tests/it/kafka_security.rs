@@ -91,11 +91,11 @@ fn unique(name: &str) -> String {
     format!("sec{}-{}-{name}", nanos % 1_000_000_000_000, std::process::id())
 }
 
-/// `ipam allocator` on the SASL_SSL listener with SCRAM-SHA-512: the password comes in
-/// `IPAM_KAFKA_SASL_PASSWORD`, everything else as flags.
+/// `ipam allocator` on the SASL_SSL listener with SCRAM-SHA-512: the password comes in the
+/// variable `password` sets (`IPAM_KAFKA_SASL_PASSWORD=...` or `IPAM_KAFKA_SASL_PASSWORD_FILE=...`),
+/// everything else as flags.
 fn allocator(broker: &SecuredBroker, password: &str, ca: &str, prefix: &str, dir: &Path) -> Service {
-    let mut args: Vec<String> =
-        vec![format!("IPAM_KAFKA_SASL_PASSWORD={password}"), ipam_binary().display().to_string()];
+    let mut args: Vec<String> = vec![password.to_owned(), ipam_binary().display().to_string()];
     args.extend(
         [
             "--kafka",
@@ -162,8 +162,10 @@ fn ipam_runs_over_sasl_ssl_and_mtls_and_a_wrong_password_or_an_untrusted_ca_ends
 
     // The real binary over SASL_SSL with SCRAM-SHA-512 becomes healthy: it created its topics,
     // joined its group and owns its partitions, all through the secured listener.
-    let mut service =
-        allocator(&broker, &broker.var("KAFKA_SASL_PASSWORD"), "KAFKA_CA_FILE", &prefix, &dir.path().join("ok"));
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, format!("{}\n", broker.var("KAFKA_SASL_PASSWORD"))).unwrap();
+    let from_file = format!("IPAM_KAFKA_SASL_PASSWORD_FILE={}", secret.display());
+    let mut service = allocator(&broker, &from_file, "KAFKA_CA_FILE", &prefix, &dir.path().join("ok"));
     wait_healthy(&mut service);
     service.terminate();
     // Its topics, seen through the plain listener, are what the log needs.
@@ -173,7 +175,8 @@ fn ipam_runs_over_sasl_ssl_and_mtls_and_a_wrong_password_or_an_untrusted_ca_ends
     assert_eq!(plain.create_topics(&[TopicSpec { name: networks, partitions: 2 }]), Ok(()));
 
     // A wrong password: a clear error and a non-zero exit, well before the 30 s metadata wait.
-    let mut wrong = allocator(&broker, "not-the-password", "KAFKA_CA_FILE", &prefix, &dir.path().join("wrong"));
+    let wrong_password = "IPAM_KAFKA_SASL_PASSWORD=not-the-password";
+    let mut wrong = allocator(&broker, wrong_password, "KAFKA_CA_FILE", &prefix, &dir.path().join("wrong"));
     let started = Instant::now();
     let (status, output) = wrong.wait_exit(WITHIN);
     assert!(!status.success(), "{output}");
@@ -187,7 +190,7 @@ fn ipam_runs_over_sasl_ssl_and_mtls_and_a_wrong_password_or_an_untrusted_ca_ends
     // A broker certificate that the configured CA did not sign: the same, for TLS.
     let mut untrusted = allocator(
         &broker,
-        &broker.var("KAFKA_SASL_PASSWORD"),
+        &format!("IPAM_KAFKA_SASL_PASSWORD={}", broker.var("KAFKA_SASL_PASSWORD")),
         "KAFKA_UNTRUSTED_CA_FILE",
         &prefix,
         &dir.path().join("untrusted"),

@@ -81,6 +81,9 @@ pub struct KafkaConfig {
     pub sasl_username: Option<String>,
     /// Never printed.
     pub sasl_password: Option<String>,
+    /// A file holding the password (a mounted secret, a systemd credential): read at start, one
+    /// trailing newline dropped. Either this or `sasl-password`.
+    pub sasl_password_file: Option<PathBuf>,
     /// PEM file of the CA that signs the brokers' certificates (default: the system's CAs).
     pub ssl_ca_file: Option<PathBuf>,
     /// PEM client certificate and key, for mutual TLS.
@@ -108,6 +111,7 @@ impl KafkaConfig {
         set(&mut self.sasl_mechanism, &o.kafka_sasl_mechanism);
         set(&mut self.sasl_username, &o.kafka_sasl_username);
         set(&mut self.sasl_password, &o.kafka_sasl_password);
+        set(&mut self.sasl_password_file, &o.kafka_sasl_password_file);
         set(&mut self.ssl_ca_file, &o.kafka_ssl_ca_file);
         set(&mut self.ssl_certificate_file, &o.kafka_ssl_certificate_file);
         set(&mut self.ssl_key_file, &o.kafka_ssl_key_file);
@@ -124,6 +128,17 @@ impl KafkaConfig {
         if let Some(retention_ms) = self.retention_ms {
             options.retention_ms = retention_ms;
         }
+        let sasl_password = match (&self.sasl_password, &self.sasl_password_file) {
+            (Some(_), Some(_)) => anyhow::bail!("kafka sasl-password and sasl-password-file are both set; keep one"),
+            (Some(password), None) => Some(password.clone()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading kafka sasl-password-file {}", file.display()))?;
+                let password = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+                Some(password.to_owned())
+            }
+            (None, None) => None,
+        };
         options.security = KafkaSecurity {
             protocol: self
                 .security_protocol
@@ -138,7 +153,7 @@ impl KafkaConfig {
                 .transpose()
                 .context("kafka sasl-mechanism")?,
             sasl_username: self.sasl_username.clone(),
-            sasl_password: self.sasl_password.clone(),
+            sasl_password,
             ssl_ca_file: self.ssl_ca_file.clone(),
             ssl_certificate_file: self.ssl_certificate_file.clone(),
             ssl_key_file: self.ssl_key_file.clone(),
@@ -163,6 +178,7 @@ impl fmt::Debug for KafkaConfig {
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)
             .field("sasl_password", &hidden(&self.sasl_password))
+            .field("sasl_password_file", &self.sasl_password_file)
             .field("ssl_ca_file", &self.ssl_ca_file)
             .field("ssl_certificate_file", &self.ssl_certificate_file)
             .field("ssl_key_file", &self.ssl_key_file)
@@ -195,6 +211,9 @@ pub struct KafkaOverrides {
     /// Prefer the variable or the file: a flag's value shows in the process list.
     #[arg(long, env = "IPAM_KAFKA_SASL_PASSWORD", global = true, hide_env_values = true)]
     pub kafka_sasl_password: Option<String>,
+    /// A file holding the SASL password (one trailing newline dropped).
+    #[arg(long, env = "IPAM_KAFKA_SASL_PASSWORD_FILE", global = true)]
+    pub kafka_sasl_password_file: Option<PathBuf>,
     /// PEM file of the CA that signs the brokers' certificates.
     #[arg(long, env = "IPAM_KAFKA_SSL_CA_FILE", global = true)]
     pub kafka_ssl_ca_file: Option<PathBuf>,
@@ -220,6 +239,7 @@ impl fmt::Debug for KafkaOverrides {
             .field("kafka_sasl_mechanism", &self.kafka_sasl_mechanism)
             .field("kafka_sasl_username", &self.kafka_sasl_username)
             .field("kafka_sasl_password", &hidden(&self.kafka_sasl_password))
+            .field("kafka_sasl_password_file", &self.kafka_sasl_password_file)
             .field("kafka_ssl_ca_file", &self.kafka_ssl_ca_file)
             .field("kafka_ssl_certificate_file", &self.kafka_ssl_certificate_file)
             .field("kafka_ssl_key_file", &self.kafka_ssl_key_file)
@@ -429,6 +449,16 @@ mod tests {
             (3, Some(2), 86_400_000)
         );
         assert_eq!(options.validate(), Ok(()));
+
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "from-a-secret\n").unwrap();
+        let mut from_file = config.kafka.clone();
+        from_file.sasl_password = None;
+        from_file.sasl_password_file = Some(secret);
+        from_file.apply_to(&mut options).unwrap();
+        assert_eq!(options.security.sasl_password.as_deref(), Some("from-a-secret"), "the newline is not part of it");
+        from_file.sasl_password = Some("x".to_owned());
+        assert!(format!("{:#}", from_file.apply_to(&mut options).unwrap_err()).contains("keep one"));
 
         let mut bad = config.kafka.clone();
         bad.sasl_mechanism = Some("GSSAPI".to_owned());
