@@ -385,6 +385,34 @@ fn ip_formats(schema: &mut Value) {
     }
 }
 
+/// The fields the server leaves out of an answer at times (`skip_serializing_if`), by schema; every
+/// other field is always sent (an `Option` as null), so it is `required`.
+const SOMETIMES: &[(&str, &[&str])] = &[
+    ("Accepted", &["outcomes", "complete", "after"]),
+    ("History", &["ip", "vnic_id", "mac"]),
+    ("ErrorDetail", &["index"]),
+];
+
+/// Marks every property of every object in `schema` required but those in `sometimes`: schemars
+/// leaves `Option` fields out of `required`, yet serde sends them (as null).
+fn require_present(schema: &mut Value, sometimes: &[&str]) {
+    match schema {
+        Value::Object(object) => {
+            if let Some(Value::Object(properties)) = object.get("properties") {
+                let required: Vec<Value> = properties
+                    .keys()
+                    .filter(|key| !sometimes.contains(&key.as_str()))
+                    .map(|key| Value::String(key.clone()))
+                    .collect();
+                object.insert("required".to_owned(), Value::Array(required));
+            }
+            object.values_mut().for_each(|value| require_present(value, sometimes));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|value| require_present(value, sometimes)),
+        _ => {}
+    }
+}
+
 /// The answers that `position=true` adds the read model's position to.
 pub const READ_ANSWERS: [&str; 8] =
     ["NetworkList", "NetworkView", "ReservationPage", "VnicList", "VnicView", "HostList", "HostView", "History"];
@@ -406,8 +434,10 @@ pub fn answer_schemas() -> serde_json::Map<String, Value> {
     generator.subschema_for::<model::HostView>();
     generator.subschema_for::<model::History>();
     let mut schemas = generator.take_definitions(true);
-    for schema in schemas.values_mut() {
+    for (name, schema) in schemas.iter_mut() {
         ip_formats(schema);
+        let sometimes = SOMETIMES.iter().find(|(n, _)| n == name).map_or(&[][..], |(_, fields)| *fields);
+        require_present(schema, sometimes);
     }
     for name in READ_ANSWERS {
         if let Some(properties) = schemas.get_mut(name).and_then(|schema| schema.get_mut("properties")) {
@@ -468,4 +498,54 @@ fn schemas(inputs: Vec<Value>) -> Value {
         schemas.append(written);
     }
     Value::Object(schemas)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(object) => {
+                if let Some(Value::String(target)) = object.get("$ref") {
+                    out.push(target);
+                }
+                object.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_ref_of_the_document_resolves_inside_it() {
+        let document = document();
+        let mut found = Vec::new();
+        refs(&document, &mut found);
+        assert!(found.len() > 50, "{}", found.len());
+        for target in found {
+            // Refs inside an embedded event schema are relative to that schema (its `$id`).
+            if target.starts_with("#/$defs/") {
+                continue;
+            }
+            let pointer = target.strip_prefix('#').unwrap_or_else(|| panic!("{target} is not local"));
+            assert!(document.pointer(pointer).is_some(), "{target} does not resolve");
+        }
+    }
+
+    #[test]
+    fn every_read_answer_is_a_generated_schema_with_an_optional_position() {
+        let schemas = answer_schemas();
+        for name in READ_ANSWERS {
+            let schema = &schemas[name];
+            assert!(schema["properties"]["position"].is_object(), "{name}");
+            let required = schema["required"].as_array().expect("required");
+            assert!(!required.contains(&json!("position")), "{name}");
+        }
+        let mut required: Vec<&str> =
+            schemas["VnicView"]["required"].as_array().expect("required").iter().filter_map(Value::as_str).collect();
+        required.sort_unstable();
+        assert_eq!(required, ["last_release", "reservation", "vm_id", "vnic_id"]);
+        assert_eq!(schemas["History"]["required"], json!(["at", "history"]));
+    }
 }

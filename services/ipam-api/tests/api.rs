@@ -972,8 +972,8 @@ fn health_metrics_and_the_openapi_document() {
             "ipam_events_processed_total ",
             "ipam_consumer_lag{group=\"ipam-allocator\",topic=\"ipam.networks\"} 0",
             "ipam_consumer_lag{group=\"ipam-placement\",topic=\"ipam.hosts\"} 1",
-            &format!("ipam_subnet_utilization{{network=\"{NETWORK}\",subnet=\"{SUBNET}\"}} "),
-            &format!("ipam_reservations{{network=\"{NETWORK}\"}} 1"),
+            &format!("ipam_subnet_utilization{{network=\"{NETWORK}\",network_name=\"red\",subnet=\"{SUBNET}\"}} "),
+            &format!("ipam_reservations{{network=\"{NETWORK}\",network_name=\"red\"}} 1"),
             "ipam_request_duration_seconds_bucket{method=\"GET\",route=\"/health\",status=\"200\",le=\"+Inf\"} 1",
             "# TYPE ipam_request_duration_seconds histogram",
         ] {
