@@ -201,6 +201,22 @@ async function reservationsOf(view) {
   return [all, !page.next];
 }
 
+/**
+ * Every item of a paged list (`limit` and `cursor`, following `next`), up to `cap` items; null
+ * when the API has no such list.
+ */
+async function allPages(path, name, cap = 20000) {
+  const separator = path.includes("?") ? "&" : "?";
+  let page = await maybeQuery(`${path}${separator}limit=1000`);
+  if (!page) return null;
+  const all = [...items(page, name)];
+  while (page.next && all.length < cap) {
+    page = await api(`${path}${separator}limit=1000&cursor=${encodeURIComponent(page.next)}`);
+    all.push(...items(page, name));
+  }
+  return all;
+}
+
 /** Like maybe(), but also answers null when the API refuses the query string (an older API). */
 async function maybeQuery(path) {
   try {
@@ -216,7 +232,7 @@ async function maybeQuery(path) {
 
 async function overview() {
   const networks = await networksInFull();
-  const hostList = await maybe("/v1/hosts");
+  const hostList = await allPages("/v1/hosts", "hosts");
   const out = [h("h1", {}, "Overview")];
 
   out.push(h("h2", { id: "networks-title" }, "Networks"));
@@ -280,7 +296,7 @@ async function overview() {
   let hosts;
   let hostNote = null;
   if (hostList) {
-    hosts = items(hostList, "hosts");
+    hosts = hostList;
   } else {
     const ids = [...new Set(networks.flatMap((n) => (n.servers || []).map((s) => s.host_id)))];
     hosts = (await Promise.all(ids.map((id) => hostView(id)))).filter(Boolean);
@@ -573,10 +589,17 @@ async function apiOffersHistoryAt() {
   return historyAt;
 }
 
-function historyTable(entries) {
+/** Network names by id, for the ids in histories. */
+async function networkNames() {
+  const list = (await allPages("/v1/networks", "networks")) || items(await api("/v1/networks"), "networks");
+  return new Map(list.map((n) => [n.network_id, n.name]));
+}
+
+function historyTable(caption, entries, networkNames = new Map()) {
   return table(
-    "Who held this address, oldest first",
+    caption,
     [
+      { label: "IP" },
       { label: "Holder" },
       { label: "MAC" },
       { label: "Network" },
@@ -586,9 +609,10 @@ function historyTable(entries) {
       { label: "Released because" },
     ],
     entries.map((e) => [
+      e.ip ? link(`#/lookup/${encodeURIComponent(e.ip)}`, e.ip) : "—",
       e.owner && e.owner.kind === "vnic" ? link(`#/lookup/${e.owner.vnic_id}`, e.owner.vnic_id) : fmt.owner(e.owner),
       h("code", {}, e.mac || "—"),
-      link(`#/network/${e.network_id}`, e.network_name || e.cidr || e.network_id),
+      h("span", {}, link(`#/network/${e.network_id}`, networkNames.get(e.network_id) || e.network_id), e.cidr ? ` (${e.cidr})` : ""),
       (e.served_by || []).length ? (e.served_by || []).map((s) => h("div", {}, link(`#/host/${s.host_id}`, s.name || s.host_id))) : "—",
       fmt.time(e.from),
       e.to ? fmt.time(e.to) : "still held",
@@ -602,7 +626,7 @@ async function lookupResult(q, at) {
   if (MAC_RE.test(q)) {
     const mac = q.toLowerCase().replaceAll("-", ":");
     const history = await maybeQuery(`/v1/macs/${encodeURIComponent(mac)}/history`);
-    if (history) return [h("h2", {}, `MAC ${mac}`), historyTable(items(history, "history"))];
+    if (history) return [h("h2", {}, `MAC ${mac}`), historyTable("The addresses this MAC held, oldest first", items(history, "history"), await networkNames())];
     const found = [];
     const networks = await networksInFull();
     const vnics = await maybeQuery(`/v1/vnics?mac=${encodeURIComponent(mac)}`);
@@ -659,11 +683,12 @@ async function lookupResult(q, at) {
     const answer = await maybe(path);
     if (!answer) return [h("p", {}, `${q} was never reserved.`)];
     const entries = items(answer, "history");
+    const names = await networkNames();
     const out = [h("h2", {}, `IP ${q}${at ? ` as of ${fmt.time(at)}` : ""}`)];
     if (at && !Array.isArray(answer.history) && answer.holder !== undefined) {
       out.push(h("p", {}, answer.holder ? `Held by ${fmt.owner(answer.holder.owner || answer.holder)}` : "Free at that time."));
     }
-    out.push(historyTable(entries));
+    out.push(historyTable("Who held this address, oldest first", entries, names));
     return out;
   }
   return [h("p", { class: "error" }, `“${q}” is not a MAC, an IP address or an id (a UUID).`)];
