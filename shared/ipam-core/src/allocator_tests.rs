@@ -1020,7 +1020,7 @@ fn the_invariant_check_sees_a_pool_or_a_mac_that_disagrees_with_the_holdings() {
 
     let mut freed = allocator.clone();
     let network = freed.networks.get_mut(&network_id).unwrap();
-    let holding = network.holdings.values().next().unwrap().clone();
+    let holding = *network.holdings.values().next().unwrap();
     network.subnets.get_mut(&holding.subnet_id).unwrap().pool.release(holding.ip);
     let violation = freed.check().unwrap_err().to_string();
     assert!(violation.contains(&holding.ip.to_string()), "{violation}");
