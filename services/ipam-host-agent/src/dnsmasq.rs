@@ -6,6 +6,15 @@
 //! dynamic address, and `dhcp-ignore=tag:!known` makes it ignore every MAC without a `dhcp-host`
 //! line outright. DNS is off (`port=0`): the server only does DHCP.
 //!
+//! IPv6 subnets are served by DHCPv6 (static addresses only, no SLAAC) and announced by router
+//! advertisements with the managed flag, so that guests whose network stack only asks DHCPv6 when
+//! an RA tells it to (most do) ask. The RAs carry router lifetime 0: the DHCP server is not the
+//! subnet's gateway, and IPv6 has no way to name another router, so the default route comes from
+//! the gateway's own RAs, as on every IPv6 link. The prefix in ours is on-link, so a guest whose
+//! DHCPv6 address is a /128 still reaches its neighbours directly. dnsmasq matches a DHCPv6 client
+//! to its `MAC,[IP]` line by the MAC it learns from the client's DUID (DUID-LL and DUID-LLT embed
+//! it) or, for any other DUID, from its neighbour table (the client is on the served link).
+//!
 //! Every value comes from a validated core type, so none can break the file. The renderer checks
 //! anyway, because a configuration line injected through a bad value (`br0\ndhcp-script=…`) would
 //! run code as root: a value that is not made only of the characters addresses, MACs, ids and
@@ -49,6 +58,12 @@ pub fn render_options(config: &NetworkDhcpConfig) -> Result<String, BackendError
     out.push_str("bind-interfaces\n");
     out.push_str("port=0\n");
     out.push_str("dhcp-ignore=tag:!known\n");
+    if config.subnets.iter().any(|subnet| !subnet.cidr.is_ipv4()) {
+        // Router advertisements for the IPv6 subnets: managed flag and on-link prefix, router
+        // lifetime 0 (interval 0 is dnsmasq's default): see the module documentation.
+        out.push_str("enable-ra\n");
+        let _ = writeln!(out, "ra-param={},0,0", safe("interface", config.interface.to_string())?);
+    }
     for subnet in &config.subnets {
         render_subnet(&mut out, subnet, &safe)?;
     }
@@ -91,10 +106,11 @@ fn render_subnet(
     } else {
         let prefix = safe("prefix length", subnet.cidr.prefix_len().to_string())?;
         let _ = writeln!(out, "dhcp-range=set:{tag},{network},static,{prefix},{lease}s");
-        // DHCPv6 has no router option: IPv6 clients learn their router from router advertisements.
+        // DHCPv6 has no router option: IPv6 clients learn their router from its own router
+        // advertisements; ours (`enable-ra`) announce the prefix and the managed flag only.
         let _ = writeln!(
             out,
-            "# router {} is announced by router advertisements",
+            "# router {} announces itself by its own router advertisements",
             safe("router", subnet.router.to_string())?
         );
         if !subnet.dns_servers.is_empty() {
@@ -342,10 +358,12 @@ mod tests {
                 bind-interfaces
                 port=0
                 dhcp-ignore=tag:!known
+                enable-ra
+                ra-param=br0,0,0
 
                 # subnet 00000000-0000-0000-0000-000000000002 2001:db8::/64, server address not granted yet
                 dhcp-range=set:00000000-0000-0000-0000-000000000002,2001:db8::,static,64,3600s
-                # router 2001:db8::1 is announced by router advertisements
+                # router 2001:db8::1 announces itself by its own router advertisements
                 dhcp-option=tag:00000000-0000-0000-0000-000000000002,option6:dns-server,[2001:db8::53]
                 dhcp-option=tag:00000000-0000-0000-0000-000000000002,option6:ntp-server,[2001:db8::123]
                 dhcp-host=02:00:00:00:00:02,[2001:db8::20]

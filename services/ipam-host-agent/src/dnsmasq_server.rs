@@ -305,19 +305,41 @@ fn hosts_text(network_id: NetworkId, hosts: &BTreeMap<Mac, IpAddr>) -> Result<St
     Ok(text)
 }
 
-/// Keeps the lines of a dnsmasq lease file whose host is still reserved with that address.
+/// Keeps the lines of a dnsmasq lease file whose host is still reserved with that address, and the
+/// `duid` line (the server's own DUID: DHCPv6 clients renew with the server that leased to them).
+/// A DHCPv6 lease line (`expiry IAID [IP] name DUID`) names no MAC: it is kept only when its DUID
+/// embeds one (DUID-LLT, DUID-LL), held with that address; dnsmasq forgets the others, and their
+/// guests get the same static address again on their next request.
 fn kept_leases(text: &str, hosts: &BTreeMap<Mac, IpAddr>) -> String {
     text.lines()
         .filter(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            let (Some(mac), Some(ip)) = (fields.next(), fields.next()) else { return false };
-            let (Ok(mac), Ok(ip)) = (mac.parse::<Mac>(), ip.trim_matches(['[', ']']).parse::<IpAddr>()) else {
-                return false;
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.first() == Some(&"duid") {
+                return fields.len() == 2;
+            }
+            let (Some(second), Some(ip)) = (fields.get(1), fields.get(2)) else { return false };
+            let Ok(ip) = ip.trim_matches(['[', ']']).parse::<IpAddr>() else { return false };
+            let mac = match second.parse::<Mac>() {
+                Ok(mac) => Some(mac),
+                Err(_) if ip.is_ipv6() => fields.get(4).and_then(|duid| duid_mac(duid)),
+                Err(_) => None,
             };
-            hosts.get(&mac) == Some(&ip)
+            mac.is_some_and(|mac| hosts.get(&mac) == Some(&ip))
         })
         .map(|line| format!("{line}\n"))
         .collect()
+}
+
+/// The Ethernet MAC a DUID embeds, written as dnsmasq writes it (`00:01:00:01:…`): DUID-LLT (type
+/// 1: hardware type, time, MAC) or DUID-LL (type 3: hardware type, MAC), hardware type 1.
+fn duid_mac(duid: &str) -> Option<Mac> {
+    let bytes: Vec<u8> = duid.split(':').map(|byte| u8::from_str_radix(byte, 16).ok()).collect::<Option<_>>()?;
+    let mac = match bytes.as_slice() {
+        [0, 1, 0, 1, _, _, _, _, mac @ ..] | [0, 3, 0, 1, mac @ ..] => mac,
+        _ => return None,
+    };
+    let octets: [u8; 6] = mac.try_into().ok()?;
+    Mac::from_octets(octets).ok()
 }
 
 impl DnsmasqBackend {
@@ -940,5 +962,34 @@ echo "dnsmasq: syntax check OK." >&2
         let cut = dnsmasq_error(&long).unwrap();
         assert_eq!(cut.chars().count(), MAX_ERROR_CHARS);
         assert!(cut.ends_with('…'), "{cut}");
+    }
+
+    #[test]
+    fn restarts_keep_the_server_duid_and_the_leases_of_hosts_still_reserved_in_both_families() {
+        let mac = |text: &str| text.parse::<Mac>().unwrap();
+        let hosts = BTreeMap::from([
+            (mac("52:54:00:e6:00:01"), "2001:db8::20".parse().unwrap()),
+            (mac("52:54:00:e6:00:03"), "2001:db8::30".parse().unwrap()),
+            (mac("52:54:00:e4:00:01"), "10.1.0.10".parse().unwrap()),
+        ]);
+        let leases = "\
+1796190621 52:54:00:e4:00:01 10.1.0.10 * 01:52:54:00:e4:00:01
+1796190621 52:54:00:e4:00:02 10.1.0.11 * 01:52:54:00:e4:00:02
+duid 00:01:00:01:32:a2:60:05:22:e5:ae:23:ef:5d
+1796190621 15073281 2001:db8::20 * 00:01:00:01:32:a2:60:0b:52:54:00:e6:00:01
+1796190621 15073283 2001:db8::30 * 00:03:00:01:52:54:00:e6:00:03
+1796190621 15073282 2001:db8::21 * 00:01:00:01:32:a2:60:0b:52:54:00:e6:00:02
+1796190621 15073281 2001:db8::30 * 00:02:00:00:00:09:61:62:63:64:65:66:67:68
+";
+        assert_eq!(
+            kept_leases(leases, &hosts),
+            "\
+1796190621 52:54:00:e4:00:01 10.1.0.10 * 01:52:54:00:e4:00:01
+duid 00:01:00:01:32:a2:60:05:22:e5:ae:23:ef:5d
+1796190621 15073281 2001:db8::20 * 00:01:00:01:32:a2:60:0b:52:54:00:e6:00:01
+1796190621 15073283 2001:db8::30 * 00:03:00:01:52:54:00:e6:00:03
+",
+            "the DUID-EN lease names no MAC, and the unreserved hosts' leases go"
+        );
     }
 }
