@@ -14,6 +14,7 @@ mod logging;
 mod output;
 mod publish;
 mod run;
+mod tools;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::output::Format;
 use crate::run::{Components, DhcpBackendKind, HostAgentSpec};
 
 #[derive(Debug, Parser)]
-#[command(name = "ipam", version, about = "IP address management for VM networks", after_help = exit::HELP)]
+#[command(name = "ipam", version = tools::VERSION, about = "IP address management for VM networks", after_help = exit::HELP)]
 struct Cli {
     #[command(flatten)]
     overrides: Overrides,
@@ -166,6 +167,8 @@ enum Command {
               value_parser = ipam_host_agent::dnsmasq_shards::parse_max_shards)]
         dnsmasq_max_shards: usize,
     },
+    #[command(flatten)]
+    Tools(tools::Tools),
 }
 
 fn main() {
@@ -230,6 +233,7 @@ fn real_main() -> anyhow::Result<i32> {
         }
         Command::Publish { args, api } => return publish::publish(|| api.client(&config), args),
         Command::Demo { keep } => demo::run(keep, config.api_token.clone()),
+        Command::Tools(tools) => return tools::run(tools, <Cli as clap::CommandFactory>::command(), &config),
         Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
         Command::Bench { events, burst, samples, perf_records, scale_out_events, keep } => {
             let kafka = config.kafka.bootstrap_servers.clone();
