@@ -292,10 +292,31 @@ async fn look_all(state: &web::Data<AppState>, marks: &[Mark], progress: &mut [P
     Ok(())
 }
 
+/// Refuses a token that names a partition its topic does not have (it cannot come from this log).
+async fn check_partitions(state: &web::Data<AppState>, marks: &[Mark]) -> Result<(), ApiError> {
+    let (state, marks) = (web::Data::clone(state), marks.to_vec());
+    let counts = web::block(move || {
+        marks
+            .iter()
+            .map(|mark| state.log.partition_count(&mark.topic).map(|count| (mark.clone(), count)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::log(&e))?;
+    match counts.into_iter().find(|(mark, count)| mark.partition >= *count) {
+        Some((mark, count)) => {
+            Err(invalid_after(format!("`{}` has {count} partitions, not a partition {}", mark.topic, mark.partition)))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Waits until the read model shows everything before `marks`, or `wait` passes. Answers whether
 /// it does.
 pub(crate) async fn reach(state: &web::Data<AppState>, marks: &[Mark], wait: Duration) -> Result<bool, ApiError> {
     let deadline = Instant::now() + wait;
+    check_partitions(state, marks).await?;
     let mut progress = vec![Progress::Undecided; marks.len()];
     loop {
         look_all(state, marks, &mut progress).await?;
