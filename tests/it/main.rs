@@ -8,6 +8,7 @@ mod cli;
 mod compose;
 mod data_dir;
 mod dhcp;
+mod dhcp_v6;
 mod dnsmasq_limits;
 mod fuzz;
 mod kafka_restart;
