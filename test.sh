@@ -16,6 +16,7 @@ command -v mvn >/dev/null 2>&1 || need_packages+=(maven)
 command -v python3 >/dev/null 2>&1 || need_packages+=(python3)
 command -v dnsmasq >/dev/null 2>&1 || need_packages+=(dnsmasq-base)
 command -v busybox >/dev/null 2>&1 || need_packages+=(busybox)
+command -v dhclient >/dev/null 2>&1 || need_packages+=(isc-dhcp-client)
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v promtool >/dev/null 2>&1 || need_packages+=(prometheus)
 # The CLI test of an https:// API makes a private CA and serves with openssl s_server.
