@@ -757,14 +757,11 @@ impl ReadModel {
             status: info.map(|info| info.status),
             networks: info.map(|info| info.networks.clone()).unwrap_or_default(),
             last_heartbeat: host.and_then(|host| host.last_heartbeat),
-            serving: host.map(|host| host.serving.clone()).unwrap_or_default(),
+            serving: host
+                .map(|host| host.serving.iter().map(|served| self.served(served.network_id, served.epoch)).collect())
+                .unwrap_or_default(),
             assigned: assigned
-                .map(|assigned| {
-                    assigned
-                        .iter()
-                        .map(|(network_id, epoch)| ServedNetwork { network_id: *network_id, epoch: *epoch })
-                        .collect()
-                })
+                .map(|assigned| assigned.iter().map(|(network_id, epoch)| self.served(*network_id, *epoch)).collect())
                 .unwrap_or_default(),
             server_statuses: host
                 .map(|host| {
@@ -778,6 +775,15 @@ impl ReadModel {
                 })
                 .unwrap_or_default(),
         })
+    }
+
+    /// A network's name, as the engine last gave it.
+    pub fn network_name(&self, network_id: NetworkId) -> Option<String> {
+        self.networks.get(&network_id)?.info.as_ref().map(|info| info.name.clone())
+    }
+
+    fn served(&self, network_id: NetworkId, epoch: u64) -> ServedView {
+        ServedView { network_id, network_name: self.network_name(network_id), epoch }
     }
 
     /// Who held `ip`, oldest first, across every network (networks may reuse address space); with
@@ -1120,10 +1126,19 @@ pub struct HostView {
     pub networks: Vec<HostNetwork>,
     pub last_heartbeat: Option<Timestamp>,
     /// What the host said it serves in its last heartbeat.
-    pub serving: Vec<ServedNetwork>,
+    pub serving: Vec<ServedView>,
     /// What placement assigned it.
-    pub assigned: Vec<ServedNetwork>,
+    pub assigned: Vec<ServedView>,
     pub server_statuses: Vec<ServerStatusView>,
+}
+
+/// A DHCP server of a network, by the epoch of its assignment, with the network's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct ServedView {
+    pub network_id: NetworkId,
+    /// Null when the engine never named the network.
+    pub network_name: Option<String>,
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]

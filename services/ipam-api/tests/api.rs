@@ -741,6 +741,7 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
 fn a_vnic_and_a_host_show_their_current_state() {
     let api = Api::start(ApiConfig::default());
     let host = |n: u128, event: Event| Envelope { source: "ovirt-engine".to_owned(), event, ..cause(n) };
+    api.append(&[network_upserted(0)], true);
     api.append(
         &[
             host(
@@ -782,6 +783,7 @@ fn a_vnic_and_a_host_show_their_current_state() {
         assert_eq!(view["status"], "up");
         assert_eq!(view["networks"][0]["interface"], "br0");
         assert_eq!(view["serving"][0]["epoch"], 3);
+        assert_eq!(view["serving"][0]["network_name"], "red", "names beside ids: {view}");
         assert!(view["position"].is_object());
 
         let (status, _) = get(&client, &api.url(&format!("/v1/vnics/{VNIC_B}"))).await;
