@@ -1,7 +1,8 @@
 # The `ipam` binary in a small Debian image. One image serves every role; the command picks it:
 #   docker run ipam:local --kafka broker:9092 --instance alloc-a allocator
 #   docker run ipam:local --kafka broker:9092 placement
-#   docker run --user root --cap-add NET_ADMIN --init ipam:local --kafka broker:9092 \
+#   docker run --network host --user root --cap-add NET_ADMIN --cap-add NET_RAW \
+#       --cap-add NET_BIND_SERVICE --init ipam:local --kafka broker:9092 \
 #       host-agent --host-id <HOST_UUID> --dhcp-dir /var/lib/ipam/dhcp
 # docker-compose.yml runs the whole system on one Kafka broker.
 
@@ -25,27 +26,32 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 
+# The git revision for `ipam --version` and the build_info metric (.git is not in the build
+# context): `docker build --build-arg IPAM_REVISION=$(git rev-parse --short=12 HEAD) .`;
+# services/ipam/build.rs says `unknown` without it.
+ARG IPAM_REVISION=unknown
+
 # The caches keep crates and build output between image builds (BuildKit); the binary is copied out
-# of the cached target directory in the same step. The release profile keeps line tables
-# (debug = 1) for backtraces; compressing them shrinks the binary several times over.
+# of the cached target directory in the same step. The release profile carries no debug info
+# (Cargo.toml's profile.release), so there is nothing left to strip.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p ipam \
-    && objcopy --compress-debug-sections=zlib target/release/ipam /usr/local/bin/ipam
+    IPAM_REVISION="$IPAM_REVISION" cargo build --release --locked -p ipam \
+    && cp target/release/ipam /usr/local/bin/ipam
 
 # ---------------------------------------------------------------------------------------------
 # Runtime.
 FROM debian:bookworm-slim
 
-# ca-certificates: TLS to brokers whose certificates a public CA signed. libssl3: librdkafka's TLS. dnsmasq-base: the DHCP servers the
-# host agent runs (the binary, no system service). iproute2: `ip`, with which the host agent puts a
-# server's address on its interface, and `ss` for the services' health checks. procps: `kill`,
-# with which the host agent signals its dnsmasq processes. curl: the API's health check. zlib1g is
-# already in the base image; it is named so that it never goes missing.
+# ca-certificates: TLS to brokers whose certificates a public CA signed. libssl3: librdkafka's
+# TLS. dnsmasq-base: the DHCP servers the host agent runs (the binary, no system service).
+# iproute2: `ip`, with which the host agent puts a server's address on its interface. procps:
+# `kill`, with which the host agent signals its dnsmasq processes. The health checks need no
+# client: `ipam health URL` asks /health itself. zlib1g is already in the base image; it is named
+# so that it never goes missing.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates \
-        curl \
         dnsmasq-base \
         iproute2 \
         libssl3 \
@@ -67,8 +73,9 @@ COPY --from=builder /usr/local/bin/ipam /usr/local/bin/ipam
 ENV IPAM_DATA_DIR=/var/lib/ipam
 WORKDIR /var/lib/ipam
 
-# The HTTP API (`ipam api`).
-EXPOSE 8080
+# The HTTP API (`ipam api --api-bind 0.0.0.0:8080`), and /health and /metrics of any service
+# given IPAM_METRICS_BIND=0.0.0.0:9090.
+EXPOSE 8080 9090
 
 USER ipam
 ENTRYPOINT ["ipam"]
