@@ -822,11 +822,13 @@ fn apply_once(envelope: &Envelope) {
 // ---- Checks of the DHCP plan and the dnsmasq renderer -----------------------------------------------
 
 /// The directives a rendered file may hold; anything else is an injected line.
-const DIRECTIVES: [&str; 8] = [
+const DIRECTIVES: [&str; 10] = [
     "interface=",
     "bind-interfaces",
     "port=0",
     "dhcp-ignore=tag:!known",
+    "enable-ra",
+    "ra-param=",
     "dhcp-range=set:",
     "dhcp-option=tag:",
     "dhcp-host=",
