@@ -48,4 +48,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The integration tests run the `ipam` binary; `cargo test` alone does not build another
 # package's binaries.
 cargo build --workspace --bins --locked
+# The .deb, from the debug binary just built (no release build here: too slow), and its checks.
+scripts/build-deb.sh target/debug/ipam >/dev/null
 cargo test --workspace --all-targets --locked
