@@ -15,6 +15,7 @@ mod kafka_restart;
 mod kafka_security;
 mod log;
 mod observability;
+mod packaging;
 mod properties;
 mod recovery;
 mod samples;
