@@ -6,8 +6,10 @@
 //! router lifetime 0 (it is not the gateway) and only the managed flag and the on-link prefix.
 //! `./test.sh` installs dnsmasq, busybox and isc-dhcp-client.
 //!
-//! Not here yet: a dual-stack vNIC. The allocator holds one address per vNIC (one subnet in
-//! `VnicUp`), and a MAC belongs to one vNIC, so a vNIC cannot hold an IPv4 and an IPv6 address.
+//! The network is dual-stack: an IPv4 subnet beside the IPv6 one, served by the same dnsmasq, and
+//! a guest of the IPv4 subnet gets its address from busybox udhcpc meanwhile. Not here yet: a
+//! dual-stack vNIC. The allocator holds one address per vNIC (one subnet in `VnicUp`), and a MAC
+//! belongs to one vNIC, so one vNIC cannot hold an IPv4 and an IPv6 address.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,10 +21,11 @@ use ipam_log::EventLog;
 
 use crate::recovery::Service;
 use ipam_tests::event_record;
-use ipam_tests::netns::{Fabric, must, prerequisites, run};
+use ipam_tests::netns::{Fabric, dhcp, must, prerequisites, run};
 
 const NETWORK: NetworkId = NetworkId::from_u128(0xd6_01);
 const SUBNET: SubnetId = SubnetId::from_u128(0xd6_02);
+const SUBNET4: SubnetId = SubnetId::from_u128(0xd6_04);
 const HOST: HostId = HostId::from_u128(0xd6_03);
 const PREFIX: &str = "2001:db8:77::";
 
@@ -211,6 +214,8 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
     let guest_mac: Mac = "52:54:00:e6:00:01".parse().unwrap();
     let stranger_mac: Mac = "52:54:00:e6:00:02".parse().unwrap();
     let guest_ns = fabric.node("v6", "eth0", Some(guest_mac));
+    let guest4_mac: Mac = "52:54:00:e4:00:01".parse().unwrap();
+    let guest4_ns = fabric.node("v4", "eth0", Some(guest4_mac));
     let stranger_ns = fabric.node("s6", "eth0", Some(stranger_mac));
 
     let data = dir.path().join("data");
@@ -267,8 +272,18 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
                 ntp_servers: vec![format!("{PREFIX}123").parse().unwrap()],
                 allocation_pools: None,
             }),
+            Event::SubnetAdded(SubnetAdded {
+                network_id: NETWORK,
+                subnet_id: SUBNET4,
+                cidr: "10.78.0.0/24".parse().unwrap(),
+                gateway: "10.78.0.1".parse().unwrap(),
+                dns_servers: vec!["10.78.0.53".parse().unwrap()],
+                ntp_servers: vec![],
+                allocation_pools: None,
+            }),
         ],
     );
+    let vnic4 = VnicId::from_u128(0xd6_e4);
     let vnic = VnicId::from_u128(0xd6_e1);
     publish(
         &*log,
@@ -282,8 +297,22 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
             requested_ip: None,
         })],
     );
+    publish(
+        &*log,
+        &mut n,
+        vec![Event::VnicStarted(VnicUp {
+            vnic_id: vnic4,
+            vm_id: VmId::from_u128(0xd6_e4),
+            network_id: NETWORK,
+            subnet_id: Some(SUBNET4),
+            mac: guest4_mac,
+            requested_ip: None,
+        })],
+    );
     wait_until("the vNIC holds a reservation", Duration::from_secs(20), || reserved_ip(&*log, vnic).is_some());
     let reserved = reserved_ip(&*log, vnic).unwrap();
+    wait_until("the IPv4 vNIC holds a reservation", Duration::from_secs(20), || reserved_ip(&*log, vnic4).is_some());
+    let reserved4 = reserved_ip(&*log, vnic4).unwrap();
     let reserved_at = Instant::now();
     let shard = dhcp_dir.join(NETWORK.to_string()).join("shard-00");
     let read = |name: &str| std::fs::read_to_string(shard.join(name)).unwrap_or_default();
@@ -298,7 +327,9 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
                 .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
                 .collect::<String>();
         lines.contains(&format!("{guest_mac},[{reserved}]"))
+            && lines.contains(&format!("{guest4_mac},{reserved4}"))
             && read("dnsmasq.conf").contains(&format!("server address {PREFIX}"))
+            && read("dnsmasq.conf").contains("server address 10.78.")
             && read("dnsmasq.log").contains("router advertisement on")
             && read("dnsmasq.log").contains("sockets bound exclusively")
     });
@@ -353,6 +384,18 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
         &reserved,
         &gateway_ip,
     ]);
+
+    // The same server gives the IPv4 guest its address, router and DNS.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lease4 = loop {
+        if let Some(lease) = dhcp(&guest4_ns, dir.path()) {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "no DHCPv4 lease for the IPv4 guest");
+    };
+    assert_eq!(lease4.ip, reserved4, "the IPv4 guest got its reserved address");
+    assert_eq!(lease4.router, "10.78.0.1");
+    assert_eq!(lease4.dns, "10.78.0.53");
 
     // A MAC without a reservation gets no address.
     link_local(&stranger_ns, "eth0");
