@@ -219,18 +219,6 @@ enum Progress {
     Shown,
 }
 
-/// The ends of every partition the read model follows.
-fn followed_ends(state: &AppState) -> Result<Vec<(String, u32, u64)>, LogError> {
-    let mut ends = Vec::new();
-    for topic in FOLLOWED {
-        let topic = state.topics.name(topic);
-        for partition in 0..state.log.partition_count(&topic)? {
-            ends.push((topic.clone(), partition, state.log.end_offset(&topic, partition)?));
-        }
-    }
-    Ok(ends)
-}
-
 /// Whether the read model has read every record below `ends`. A partition the model is short of
 /// may hold only transaction markers there (Kafka), so the log is asked whether a record is left.
 fn model_reached(state: &AppState, ends: &[(String, u32, u64)]) -> Result<bool, LogError> {
@@ -256,7 +244,7 @@ fn look(state: &AppState, mark: &Mark, progress: &Progress) -> Result<Progress, 
             if committed < mark.next_offset {
                 return Ok(Progress::Undecided);
             }
-            Progress::Decided(followed_ends(state)?)
+            Progress::Decided(state.followed_ends()?)
         }
         (Progress::Undecided, None) => Progress::Decided(vec![(mark.topic.clone(), mark.partition, mark.next_offset)]),
         (other, _) => other.clone(),

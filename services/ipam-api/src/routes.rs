@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::decision;
 use crate::error::ApiError;
-use crate::follower::{self, FOLLOWED};
+use crate::follower;
 use crate::metrics::{self, Gauges};
 use crate::model::{History, HostList, NetworkList, Positions, ReservationPage, VnicFilter, VnicList};
 use crate::model::{parse_reservation_cursor, position_key, reservation_cursor};
@@ -240,18 +240,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::log(&e))
 }
 
-/// The end offset of every partition the read model follows.
-fn followed_ends(state: &AppState) -> Result<Vec<(String, u32, u64)>, ipam_log::LogError> {
-    let mut ends = Vec::new();
-    for topic in FOLLOWED {
-        let topic = state.topics.name(topic);
-        for partition in 0..state.log.partition_count(&topic)? {
-            ends.push((topic.clone(), partition, state.log.end_offset(&topic, partition)?));
-        }
-    }
-    Ok(ends)
-}
-
 /// The records the read model has not read yet, over `ends`.
 fn read_model_behind(positions: &Positions, ends: &[(String, u32, u64)]) -> u64 {
     ends.iter()
@@ -278,7 +266,7 @@ struct Part {
 pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let probed = {
         let state = web::Data::clone(&state);
-        web::block(move || Ok::<_, ipam_log::LogError>((consumer_lags(&state)?, followed_ends(&state)?))).await
+        web::block(move || Ok::<_, ipam_log::LogError>((consumer_lags(&state)?, state.followed_ends()?))).await
     };
     let mut parts: Vec<Part> = state
         .health
@@ -368,7 +356,7 @@ pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (consumer_lag, ends) = blocking(&state, |state| Ok((consumer_lags(state)?, followed_ends(state)?))).await?;
+    let (consumer_lag, ends) = blocking(&state, |state| Ok((consumer_lags(state)?, state.followed_ends()?))).await?;
     let gauges = {
         let model = state.model();
         let mut read_model_lag: Vec<(String, u64)> = Vec::new();

@@ -38,6 +38,18 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// The end offset of every partition the read model follows.
+    pub(crate) fn followed_ends(&self) -> Result<Vec<(String, u32, u64)>, ipam_log::LogError> {
+        let mut ends = Vec::new();
+        for topic in crate::follower::FOLLOWED {
+            let topic = self.topics.name(topic);
+            for partition in 0..self.log.partition_count(&topic)? {
+                ends.push((topic.clone(), partition, self.log.end_offset(&topic, partition)?));
+            }
+        }
+        Ok(ends)
+    }
+
     pub fn model(&self) -> RwLockReadGuard<'_, ReadModel> {
         self.model.read().unwrap_or_else(|e| e.into_inner())
     }
