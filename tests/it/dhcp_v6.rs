@@ -69,10 +69,11 @@ impl Bound {
 }
 
 /// Runs `dhclient -6` once in `namespace` on `eth0` with a lease file of its own (so a fresh
-/// DUID-LLT from the interface's MAC), giving up after `timeout_secs`. Its script puts the address
+/// DUID-LLT from the interface's MAC, unless `duid` gives it another, in the lease file's octal
+/// escapes), giving up after `timeout_secs`. Its script puts the address
 /// on the interface as Debian's dhclient-script does and records the variables; `None` if no lease.
 /// A client that bound stays running (it renews) until the namespace is removed.
-fn dhclient(namespace: &str, dir: &Path, timeout_secs: u32) -> Option<Bound> {
+fn dhclient(namespace: &str, dir: &Path, timeout_secs: u32, duid: Option<&str>) -> Option<Bound> {
     let file = |name: &str| -> PathBuf { dir.join(format!("{name}-{namespace}")) };
     let (conf, script, env) = (file("dhclient.conf"), file("dhclient.sh"), file("dhclient.env"));
     // dhclient knows NTP servers (option 56) only once declared; it reports them in hex.
@@ -96,6 +97,13 @@ fn dhclient(namespace: &str, dir: &Path, timeout_secs: u32) -> Option<Bound> {
     .unwrap();
     must(&["chmod", "+x", &script.display().to_string()]);
     let _ = std::fs::remove_file(&env);
+    let leases = file("dhclient.leases");
+    match duid {
+        Some(duid) => std::fs::write(&leases, format!("default-duid \"{duid}\";\n")).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(&leases);
+        }
+    }
     let started = Instant::now();
     // `-1`: one attempt, then exit 2; once bound, dhclient forks into the background and exits 0.
     let status = Command::new("ip")
@@ -103,7 +111,7 @@ fn dhclient(namespace: &str, dir: &Path, timeout_secs: u32) -> Option<Bound> {
         .arg("-cf")
         .arg(&conf)
         .arg("-lf")
-        .arg(file("dhclient.leases"))
+        .arg(&leases)
         .arg("-pf")
         .arg(file("dhclient.pid"))
         .arg("-sf")
@@ -214,6 +222,8 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
     let guest_mac: Mac = "52:54:00:e6:00:01".parse().unwrap();
     let stranger_mac: Mac = "52:54:00:e6:00:02".parse().unwrap();
     let guest_ns = fabric.node("v6", "eth0", Some(guest_mac));
+    let en_mac: Mac = "52:54:00:e6:00:03".parse().unwrap();
+    let en_ns = fabric.node("e6", "eth0", Some(en_mac));
     let guest4_mac: Mac = "52:54:00:e4:00:01".parse().unwrap();
     let guest4_ns = fabric.node("v4", "eth0", Some(guest4_mac));
     let stranger_ns = fabric.node("s6", "eth0", Some(stranger_mac));
@@ -284,6 +294,7 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
         ],
     );
     let vnic4 = VnicId::from_u128(0xd6_e4);
+    let vnic_en = VnicId::from_u128(0xd6_e3);
     let vnic = VnicId::from_u128(0xd6_e1);
     publish(
         &*log,
@@ -309,10 +320,26 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
             requested_ip: None,
         })],
     );
+    publish(
+        &*log,
+        &mut n,
+        vec![Event::VnicStarted(VnicUp {
+            vnic_id: vnic_en,
+            vm_id: VmId::from_u128(0xd6_e3),
+            network_id: NETWORK,
+            subnet_id: Some(SUBNET),
+            mac: en_mac,
+            requested_ip: None,
+        })],
+    );
     wait_until("the vNIC holds a reservation", Duration::from_secs(20), || reserved_ip(&*log, vnic).is_some());
     let reserved = reserved_ip(&*log, vnic).unwrap();
     wait_until("the IPv4 vNIC holds a reservation", Duration::from_secs(20), || reserved_ip(&*log, vnic4).is_some());
     let reserved4 = reserved_ip(&*log, vnic4).unwrap();
+    wait_until("the DUID-EN vNIC holds a reservation", Duration::from_secs(20), || {
+        reserved_ip(&*log, vnic_en).is_some()
+    });
+    let reserved_en = reserved_ip(&*log, vnic_en).unwrap();
     let reserved_at = Instant::now();
     let shard = dhcp_dir.join(NETWORK.to_string()).join("shard-00");
     let read = |name: &str| std::fs::read_to_string(shard.join(name)).unwrap_or_default();
@@ -328,6 +355,7 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
                 .collect::<String>();
         lines.contains(&format!("{guest_mac},[{reserved}]"))
             && lines.contains(&format!("{guest4_mac},{reserved4}"))
+            && lines.contains(&format!("{en_mac},[{reserved_en}]"))
             && read("dnsmasq.conf").contains(&format!("server address {PREFIX}"))
             && read("dnsmasq.conf").contains("server address 10.78.")
             && read("dnsmasq.log").contains("router advertisement on")
@@ -338,7 +366,7 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
     let host_link_local = link_local(&host_ns, "eth1");
     link_local(&guest_ns, "eth0");
 
-    let bound = dhclient(&guest_ns, dir.path(), 10).expect("the guest got a DHCPv6 lease");
+    let bound = dhclient(&guest_ns, dir.path(), 10, None).expect("the guest got a DHCPv6 lease");
     println!("reservation → DHCPv6 lease with dhclient -6: {:?}", reserved_at.elapsed());
     assert_eq!(bound.get("new_ip6_address"), reserved, "the guest got its reserved address");
     assert_eq!(bound.get("new_dhcp6_name_servers"), format!("{PREFIX}53"), "the subnet's DNS server");
@@ -385,6 +413,14 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
         &gateway_ip,
     ]);
 
+    // A guest whose DUID embeds no MAC (a DUID-EN, as systemd-networkd makes by default) is matched
+    // by the MAC dnsmasq finds in its neighbour table: the guest is on the served link.
+    link_local(&en_ns, "eth0");
+    let duid_en = r"\000\002\000\000\253\021ipamtest";
+    let bound = dhclient(&en_ns, dir.path(), 10, Some(duid_en)).expect("the DUID-EN guest got a DHCPv6 lease");
+    assert_eq!(bound.get("new_ip6_address"), reserved_en, "the DUID-EN guest got its reserved address");
+    assert!(bound.get("new_dhcp6_client_id").starts_with("0:2:0:0:ab:11:"), "{}", bound.get("new_dhcp6_client_id"));
+
     // The same server gives the IPv4 guest its address, router and DNS.
     let deadline = Instant::now() + Duration::from_secs(20);
     let lease4 = loop {
@@ -399,7 +435,7 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
 
     // A MAC without a reservation gets no address.
     link_local(&stranger_ns, "eth0");
-    assert!(dhclient(&stranger_ns, dir.path(), 3).is_none(), "a MAC without a reservation got a DHCPv6 lease");
+    assert!(dhclient(&stranger_ns, dir.path(), 3, None).is_none(), "a MAC without a reservation got a DHCPv6 lease");
 
     agent.terminate();
     up.terminate();
