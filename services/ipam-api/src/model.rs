@@ -683,6 +683,17 @@ impl ReadModel {
                     .map(|((_, ip), _)| *ip)
                     .collect();
                 let counts = SubnetCounts::of(subnet, &reserved);
+                let dhcp_servers: Vec<ServerAddress> = network
+                    .reservations
+                    .range((*subnet_id, IpAddr::from([0; 4]))..)
+                    .take_while(|((s, _), _)| s == subnet_id)
+                    .filter_map(|((_, ip), held)| match held.owner {
+                        Owner::DhcpServer { host_id } => {
+                            Some(ServerAddress { host_id, name: self.host_name(host_id), ip: *ip })
+                        }
+                        Owner::Vnic { .. } => None,
+                    })
+                    .collect();
                 SubnetView {
                     subnet_id: *subnet_id,
                     cidr: subnet.cidr,
@@ -692,6 +703,8 @@ impl ReadModel {
                     allocation_pools: subnet.allocation_pools.clone(),
                     activated: subnet.activated,
                     used: counts.used,
+                    used_by_dhcp_servers: dhcp_servers.len(),
+                    dhcp_servers,
                     size: json_count(counts.size),
                     free: json_count(counts.free),
                     free_saturated: counts.free > MAX_JSON_COUNT,
@@ -1068,11 +1081,25 @@ pub struct SubnetView {
     pub ntp_servers: Vec<IpAddr>,
     pub allocation_pools: Vec<IpRange>,
     pub activated: Timestamp,
+    /// Every reservation of the subnet: vNICs' and DHCP servers' own addresses.
     pub used: usize,
+    /// The part of `used` the network's DHCP servers hold, one address per serving host.
+    pub used_by_dhcp_servers: usize,
+    /// The DHCP servers' own addresses in this subnet, by IP.
+    pub dhcp_servers: Vec<ServerAddress>,
     pub size: u64,
     pub free: u64,
     pub free_saturated: bool,
     pub utilization: f64,
+}
+
+/// A DHCP server's own address in a subnet.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ServerAddress {
+    pub host_id: HostId,
+    /// Null when the engine never told the host's name.
+    pub name: Option<String>,
+    pub ip: IpAddr,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]

@@ -640,6 +640,9 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
         let subnet = &network["subnets"][0];
         assert_eq!(subnet["cidr"], "10.0.0.0/24");
         assert_eq!(subnet["used"], 2);
+        assert_eq!(subnet["used_by_dhcp_servers"], 1, "the DHCP server's own address counts, and says so");
+        assert_eq!(subnet["dhcp_servers"][0]["host_id"], HOST.to_string());
+        assert_eq!(subnet["dhcp_servers"][0]["ip"], "10.0.0.11");
         // .1 to .254 less the gateway, less the two reservations.
         assert_eq!(subnet["size"], 253);
         assert_eq!(subnet["free"], 251);
