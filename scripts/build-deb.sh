@@ -102,17 +102,22 @@ for path in ./usr/bin/ipam ./etc/ipam/ipam.toml ./lib/systemd/system/ipam.servic
     ./usr/share/doc/ipam/copyright ./usr/share/doc/ipam/CHANGELOG.md; do
     grep -qx -- "$path" <<<"$contents" || fail "$path is not in the package"
 done
-dpkg-deb --ctrl-tarfile "$deb" | tar -tf - | grep -q '^./conffiles$' || fail "no conffiles"
+control_files=$(dpkg-deb --ctrl-tarfile "$deb" | tar -tf -)
+grep -qx './conffiles' <<<"$control_files" || fail "no conffiles in:\n$control_files"
 
 # Installed into a scratch root (unpacked; the postinst, which adds a system user, is not run).
 root="$OUT/root"
 dpkg-deb -x "$deb" "$root"
-"$root/usr/bin/ipam" --version | grep -qx "ipam $version (revision [0-9a-z]*)" ||
-    fail "the packaged binary's --version: $("$root/usr/bin/ipam" --version)"
+# (Outputs are captured before grep -q looks at them: with pipefail, a writer cut off by grep's
+# early exit would fail the check.)
+packaged_version=$("$root/usr/bin/ipam" --version)
+grep -qx "ipam $version (revision [0-9a-z]*)" <<<"$packaged_version" ||
+    fail "the packaged binary's --version: $packaged_version"
 "$root/usr/bin/ipam" --config "$root/etc/ipam/ipam.toml" config-check >/dev/null ||
     fail "the packaged example configuration does not load"
 bash -n "$root/usr/share/bash-completion/completions/ipam" || fail "the bash completion is not valid bash"
-zcat "$root/usr/share/man/man1/ipam.1.gz" | grep -q '^\.TH ipam 1' || fail "ipam.1 is not a man page"
+page=$(zcat "$root/usr/share/man/man1/ipam.1.gz")
+grep -q '^\.TH ipam 1' <<<"$page" || fail "ipam.1 is not a man page"
 if command -v systemd-analyze >/dev/null 2>&1; then
     # Pointed at the unpacked binary; any remark (an unknown key, a bad value) fails the check.
     units="$OUT/units"
