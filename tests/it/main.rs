@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod api;
+mod api_security;
 mod cli;
 mod compose;
 mod data_dir;

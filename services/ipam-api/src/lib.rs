@@ -9,10 +9,14 @@
 //! decision topics, from offset 0; every answer carries the log position it reflects. The decisions
 //! themselves are also served as a resumable Server-Sent Events stream (`GET /v1/stream`).
 //!
+//! Who may call it is [`auth`]: bearer tokens with a `read` or `write` role. It serves HTTPS
+//! itself when given a certificate and key ([`tls`], reloaded when the files change).
+//!
 //! The server runs on actix-web in its own actix `System`. Blocking log calls run off the HTTP
 //! workers: appends and lag queries in `web::block`, the read model and each event stream on their
 //! own threads.
 
+pub mod auth;
 pub mod decision;
 pub mod error;
 pub mod metrics;
@@ -21,6 +25,7 @@ pub mod openapi;
 pub mod publish;
 pub mod query;
 pub mod stream;
+pub mod tls;
 
 mod follower;
 mod routes;
@@ -35,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::Service as _;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap};
 use actix_web::{App, HttpServer, ResponseError as _, web};
 use anyhow::Context as _;
 use futures::future::{Either, ready};
@@ -44,6 +48,7 @@ use ipam_runtime::{ComponentState, Health, Topics};
 
 pub use error::ApiError;
 
+use crate::auth::{ApiToken, Denied, Role};
 use crate::metrics::Metrics;
 use crate::model::ReadModel;
 use crate::state::AppState;
@@ -68,8 +73,14 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 pub struct ApiConfig {
     /// Where to listen; port 0 picks a free port (see [`bind_and_serve`] and the startup log line).
     pub bind: SocketAddr,
-    /// When set, every endpoint but `/health` requires `Authorization: Bearer <token>`.
+    /// When set, every endpoint but `/health` requires `Authorization: Bearer <token>`: a write
+    /// token, the same as one in `tokens` with [`Role::Write`].
     pub bearer_token: Option<String>,
+    /// More tokens, each with its role ([`auth::load_tokens`]). With none here and no
+    /// `bearer_token`, the API is open to anyone who reaches it.
+    pub tokens: Vec<ApiToken>,
+    /// When set, the API serves HTTPS only, with these files, reloaded when they change.
+    pub tls: Option<tls::TlsFiles>,
     /// The largest `POST /v1/events` body accepted; larger ones get 413.
     pub max_body_bytes: usize,
     /// Event streams served at once ([`stream::MAX_STREAMS`] by default); more get 503.
@@ -87,6 +98,8 @@ impl Default for ApiConfig {
         ApiConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             bearer_token: None,
+            tokens: Vec::new(),
+            tls: None,
             max_body_bytes: 1024 * 1024,
             max_streams: stream::MAX_STREAMS,
             max_streams_per_client: stream::MAX_STREAMS_PER_CLIENT,
@@ -101,6 +114,8 @@ impl std::fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("bind", &self.bind)
             .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field("tokens", &self.tokens)
+            .field("tls", &self.tls)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_streams", &self.max_streams)
             .field("max_streams_per_client", &self.max_streams_per_client)
@@ -168,19 +183,6 @@ fn bind(address: SocketAddr, health: &Health) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Whether the headers carry `Authorization: Bearer <token>`, compared in constant time.
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()) else {
-        return false;
-    };
-    let Some((scheme, credentials)) = given.split_once(' ') else { return false };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return false;
-    }
-    let (given, wanted) = (credentials.trim().as_bytes(), token.as_bytes());
-    given.len() == wanted.len() && given.iter().zip(wanted).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
 fn serve(
     listener: TcpListener,
     log: Arc<dyn EventLog>,
@@ -192,6 +194,17 @@ fn serve(
 ) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
     let halt = Arc::new(AtomicBool::new(false));
+    // Bad files at start are an error here, before anything is served.
+    let tls = match &config.tls {
+        Some(files) => {
+            let resolver = Arc::new(tls::Resolver::new(tls::load(files)?));
+            let server_config = tls::server_config(Arc::clone(&resolver))?;
+            let watcher =
+                tls::watch(files.clone(), resolver, Arc::clone(&halt)).context("starting the TLS reloader")?;
+            Some((server_config, watcher))
+        }
+        None => None,
+    };
     let model = Arc::new(RwLock::new(ReadModel::new()));
     let follower = {
         let (log, topics, model, halt) = (Arc::clone(&log), topics.clone(), Arc::clone(&model), Arc::clone(&halt));
@@ -207,7 +220,13 @@ fn serve(
             .context("starting the read model")?
     };
     let metrics = Arc::new(Metrics::default());
-    let token = config.bearer_token.clone();
+    let tokens: Arc<[ApiToken]> = config
+        .bearer_token
+        .iter()
+        .map(|secret| ApiToken::new(secret.clone(), Role::Write))
+        .chain(config.tokens.clone())
+        .collect();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let streams = Arc::new(StreamSlots::new(config.max_streams, config.max_streams_per_client));
     let state = web::Data::new(AppState {
         log,
@@ -225,11 +244,12 @@ fn serve(
     // A couple of workers is plenty: handlers never block, and each stream has its own thread.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
 
+    let (tls_config, watcher) = tls.unzip();
     let served = actix_web::rt::System::new().block_on({
         let (halt, health) = (Arc::clone(&halt), health.clone());
         async move {
             let server = HttpServer::new(move || {
-                let (token, metrics) = (token.clone(), Arc::clone(&metrics));
+                let (tokens, metrics) = (Arc::clone(&tokens), Arc::clone(&metrics));
                 App::new()
                     .app_data(state.clone())
                     .app_data(document.clone())
@@ -257,14 +277,19 @@ fn serve(
                     .wrap_fn(move |request, service| {
                         // The page's own files hold no data: it asks for the token itself (ui.rs).
                         let public = request.path() == "/health" || ui::is_public(request.path());
-                        let denied =
-                            token.as_deref().is_some_and(|token| !public && !authorized(request.headers(), token));
-                        if denied {
-                            let error = ApiError::new(
-                                StatusCode::UNAUTHORIZED,
-                                "unauthorized",
-                                "this endpoint needs `Authorization: Bearer <token>`",
-                            );
+                        let needed = Role::needed_for(request.method());
+                        let checked = if public {
+                            Ok(())
+                        } else {
+                            auth::check(
+                                &tokens,
+                                auth::bearer(request.headers()),
+                                needed,
+                                chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()),
+                            )
+                        };
+                        if let Err(denied) = checked {
+                            let error = denied_error(denied);
                             return Either::Left(ready(Ok(request.into_response(error.error_response()))));
                         }
                         Either::Right(service.call(request))
@@ -284,12 +309,15 @@ fn serve(
             })
             .workers(workers)
             .disable_signals()
-            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-            .listen(listener)
+            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+            let server = match tls_config {
+                Some(tls_config) => server.listen_rustls_0_23(listener, tls_config),
+                None => server.listen(listener),
+            }
             .context("listening")?
             .run();
             health.set(HTTP_COMPONENT, ComponentState::Ok);
-            tracing::info!(address = %address, "API listening on http://{address}");
+            tracing::info!(address = %address, "API listening on {scheme}://{address}");
             let handle = server.handle();
             actix_web::rt::spawn(async move {
                 while !stop.load(Ordering::SeqCst) && !halt.load(Ordering::SeqCst) {
@@ -311,9 +339,29 @@ fn serve(
         },
     );
     let followed = follower.join().map_err(|_| anyhow::anyhow!("the read model thread panicked"))?;
+    if let Some(watcher) = watcher {
+        watcher.join().map_err(|_| anyhow::anyhow!("the TLS reloader panicked"))?;
+    }
     tracing::info!(address = %address, "API stopped.");
     served?;
     followed
+}
+
+/// The answer to a request the tokens turn away.
+fn denied_error(denied: Denied) -> ApiError {
+    match denied {
+        Denied::Unknown => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs `Authorization: Bearer <token>` with a valid token",
+        ),
+        Denied::Expired => ApiError::new(StatusCode::UNAUTHORIZED, "token_expired", "this token has expired"),
+        Denied::Forbidden => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token's role may not do this: publishing events needs a `write` token",
+        ),
+    }
 }
 
 /// A resource answering `GET` with `handler`, and a JSON 405 to every other method.

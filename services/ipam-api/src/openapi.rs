@@ -72,6 +72,8 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         "A stream position's offset is past the end of its partition (it cannot come from this log).",
     ),
     (401, "unauthorized", "A bearer token is configured and the request lacks it or has another."),
+    (401, "token_expired", "The bearer token is configured with an `expires` instant, and it has passed."),
+    (403, "forbidden", "The bearer token's role does not allow the request: publishing events needs a `write` token."),
     (404, "not_found", "No endpoint at the path, or nothing known under the id or address."),
     (405, "method_not_allowed", "The endpoint does not take this method."),
     (413, "body_too_large", "The body is larger than the configured limit (1 MiB by default)."),
@@ -150,7 +152,7 @@ fn read_errors(status_400: &str, codes_400: &[&str]) -> Value {
     codes.extend_from_slice(codes_400);
     json!({
         "400": error_response(400, status_400, &codes),
-        "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+        "401": error_response(401, UNAUTHORIZED, &["unauthorized", "token_expired"]),
         "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"]),
         "503": {
             "description": "`after` was not reached within `wait`; or the log failed.",
@@ -256,7 +258,8 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
                 "200": ok_json("Appended and, with a wait, every event decided: `complete` is true, no outcome is `pending`.", "Accepted"),
                 "202": ok_json("Appended, in one atomic append; with a wait, some events still `pending` (`complete` false).", "Accepted"),
                 "400": error_response(400, "Malformed JSON, an empty batch, an id used twice, an unknown or output type, a bad field, a bad wait, or an unknown query parameter.", &["malformed_json", "unreadable_body", "empty_batch", "duplicate_event_id", "not_an_input", "unknown_type", "invalid_request", "invalid_mac", "invalid_cidr", "invalid_ip", "invalid_pool", "invalid_query", "invalid_wait"]),
-                "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+                "401": error_response(401, UNAUTHORIZED, &["unauthorized", "token_expired"]),
+                "403": error_response(403, "The token is a `read` token.", &["forbidden"]),
                 "405": error_response(405, "Only POST is allowed.", &["method_not_allowed"]),
                 "413": error_response(413, "The body is larger than the configured limit.", &["body_too_large"]),
                 "415": error_response(415, "The content type is not JSON.", &["unsupported_media_type"]),
@@ -326,7 +329,7 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
                          "content": { "text/event-stream": { "schema": { "type": "string" },
                                       "x-event-schema": { "oneOf": streamed } } } },
                 "400": error_response(400, "The cursor is malformed, names an unknown partition or an offset past its end, or the query has an unknown or repeated parameter.", &["invalid_cursor", "cursor_beyond_end", "invalid_query"]),
-                "401": error_response(401, "A bearer token is configured and the request lacks it (no stream place is taken).", &["unauthorized"]),
+                "401": error_response(401, "A bearer token is configured and the request lacks it (no stream place is taken).", &["unauthorized", "token_expired"]),
                 "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"]),
                 "503": {
                     "description": "Every stream place is taken, or this client holds as many as one may (both with `Retry-After`), or the log failed.",
@@ -353,7 +356,7 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
             "responses": {
                 "200": { "description": "Text exposition format 0.0.4: ipam_events_processed_total, ipam_events_appended_total, ipam_consumer_lag{group,topic}, ipam_read_model_lag{topic}, ipam_subnet_utilization{network,subnet}, ipam_reservations{network}, ipam_request_duration_seconds{method,route,status}.",
                          "content": { "text/plain": { "schema": { "type": "string" } } } },
-                "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+                "401": error_response(401, UNAUTHORIZED, &["unauthorized", "token_expired"]),
                 "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"])
             }
         }},
@@ -362,7 +365,7 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
             "operationId": "openapi",
             "responses": {
                 "200": { "description": "OpenAPI 3.1.", "content": { "application/json": { "schema": { "type": "object" } } } },
-                "401": error_response(401, UNAUTHORIZED, &["unauthorized"]),
+                "401": error_response(401, UNAUTHORIZED, &["unauthorized", "token_expired"]),
                 "405": error_response(405, "Only GET is allowed.", &["method_not_allowed"])
             }
         }}

@@ -45,6 +45,13 @@ pub struct Config {
     pub api_bind: std::net::SocketAddr,
     /// When set, every API endpoint but `/health` requires `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
+    /// More API tokens, each with a role (`[[api-tokens]]`: `role` = "read" or "write", `token` or
+    /// `token-file`, optional `expires`); `api-token` above is one more write token.
+    pub api_tokens: Vec<ipam_api::auth::TokenEntry>,
+    /// PEM certificate chain and key: when both are set the API serves HTTPS only, and picks up
+    /// new files a few seconds after they change.
+    pub api_tls_cert_file: Option<PathBuf>,
+    pub api_tls_key_file: Option<PathBuf>,
     /// Host agents `ipam up` runs in-process, each writing dnsmasq files into its own directory.
     pub host_agents: Vec<HostAgentEntry>,
     /// Where `/health` and `/metrics` of this process are served (allocator, placement, host
@@ -277,6 +284,9 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             api_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: None,
+            api_tokens: Vec::new(),
+            api_tls_cert_file: None,
+            api_tls_key_file: None,
             host_agents: Vec::new(),
             metrics_bind: None,
         }
@@ -317,6 +327,12 @@ pub struct Overrides {
     pub api_bind: Option<std::net::SocketAddr>,
     #[arg(long, env = "IPAM_API_TOKEN", global = true, hide_env_values = true)]
     pub api_token: Option<String>,
+    /// The API's HTTPS certificate chain (PEM); with --api-tls-key-file the API serves HTTPS.
+    #[arg(long, env = "IPAM_API_TLS_CERT_FILE", global = true)]
+    pub api_tls_cert_file: Option<PathBuf>,
+    /// The API's HTTPS private key (PEM, unencrypted).
+    #[arg(long, env = "IPAM_API_TLS_KEY_FILE", global = true)]
+    pub api_tls_key_file: Option<PathBuf>,
     /// Serve /health and /metrics of this process here (e.g. 0.0.0.0:9090; port 0 picks a free one).
     #[arg(long, env = "IPAM_METRICS_BIND", global = true)]
     pub metrics_bind: Option<std::net::SocketAddr>,
@@ -373,6 +389,12 @@ impl Config {
         if o.api_token.is_some() {
             self.api_token = o.api_token.clone();
         }
+        if o.api_tls_cert_file.is_some() {
+            self.api_tls_cert_file.clone_from(&o.api_tls_cert_file);
+        }
+        if o.api_tls_key_file.is_some() {
+            self.api_tls_key_file.clone_from(&o.api_tls_key_file);
+        }
         if o.metrics_bind.is_some() {
             self.metrics_bind = o.metrics_bind;
         }
@@ -386,6 +408,10 @@ impl Config {
         anyhow::ensure!(self.partitions >= 1, "partitions must be at least 1");
         anyhow::ensure!(self.batch_max_steps >= 1, "batch-max-steps must be at least 1");
         anyhow::ensure!(!self.instance.is_empty(), "instance must not be empty");
+        anyhow::ensure!(
+            self.api_tls_cert_file.is_some() == self.api_tls_key_file.is_some(),
+            "api-tls-cert-file and api-tls-key-file go together: set both for HTTPS, or neither"
+        );
         Ok(())
     }
 }

@@ -153,9 +153,19 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
             }
         }
         if components.api {
+            let tls = match (&config.api_tls_cert_file, &config.api_tls_key_file) {
+                (Some(cert), Some(key)) => Some(ipam_api::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+                _ => None,
+            };
+            if let Some(files) = &tls {
+                // Bad files stop `ipam` here (exit 1), not later in the API's own thread.
+                ipam_api::tls::load(files)?;
+            }
             let api_config = ipam_api::ApiConfig {
                 bind: config.api_bind,
                 bearer_token: config.api_token.clone(),
+                tokens: ipam_api::auth::load_tokens(&config.api_tokens)?,
+                tls,
                 ..ipam_api::ApiConfig::default()
             };
             let (log, topics, api_stop, api_health) =
