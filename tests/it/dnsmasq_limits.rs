@@ -60,6 +60,7 @@ fn config(case: &Case) -> NetworkDhcpConfig {
             ntp_servers: ips(case.ntp),
             lease_secs: 3600,
             server_address: Some(nth(2)),
+            server_address_refused: None,
             hosts: vec![DhcpHost { mac: Mac::from_octets([0x52, 0x54, 0, 0, 0, 1]).unwrap(), ip: nth(3) }],
         }],
     }

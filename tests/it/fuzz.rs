@@ -1080,6 +1080,7 @@ impl World {
                 vnic_id: None,
                 mac: None,
                 subnet_id: None,
+                host_id: None,
             }),
             28 => Event::DhcpServerAssigned(DhcpServerAssigned {
                 network_id,
@@ -1576,6 +1577,7 @@ fn arbitrary_config(rng: &mut Rng) -> NetworkDhcpConfig {
                     *rng.pick(&[0, 1, 3600, u32::MAX, any])
                 },
                 server_address: rng.one_in(2).then(|| address_near(rng, parts.cidr)),
+                server_address_refused: None,
                 hosts,
             }
         })

@@ -111,6 +111,7 @@ pub fn every_type() -> Vec<Envelope> {
             vnic_id: Some(VnicId::from_u128(0x51)),
             mac: Some("52:54:00:00:00:51".parse().unwrap()),
             subnet_id: Some(SubnetId::from_u128(0x52)),
+            host_id: None,
         }),
         Event::DhcpServerAssigned(DhcpServerAssigned {
             network_id,

@@ -611,6 +611,7 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
                     vnic_id: Some(VNIC_B),
                     mac: Some(mac("52:54:00:00:00:09")),
                     subnet_id: Some(SUBNET),
+                    host_id: None,
                 }),
             ),
             output(
@@ -721,6 +722,7 @@ fn a_network_shows_subnets_with_counts_reservations_servers_and_rejections() {
                 vnic_id: None,
                 mac: None,
                 subnet_id: None,
+                host_id: None,
             }),
         );
         api.append(&[rejection], false);

@@ -271,16 +271,28 @@ impl Provisioner {
             Ok(()) => {
                 let hosts: usize = config.subnets.iter().map(|subnet| subnet.hosts.len()).sum();
                 let mut detail = format!("{} subnets, {hosts} hosts", config.subnets.len());
-                let degraded = self.backend.degraded();
-                if let Some(why) = &degraded {
-                    detail = one_line(&format!("degraded: {why} (asked: {detail})"), MAX_DETAIL_CHARS);
-                }
+                // What the server cannot serve: subnets dnsmasq refused, and subnets where the
+                // allocator refused the server an address of its own.
+                let unaddressed =
+                    config.subnets.iter().filter(|subnet| subnet.server_address.is_none()).filter_map(|subnet| {
+                        let why = subnet.server_address_refused.as_ref()?;
+                        Some(format!("no address of its own in {} ({why})", subnet.cidr))
+                    });
+                let reasons: Vec<String> = self.backend.degraded().into_iter().chain(unaddressed).collect();
+                let degraded = (!reasons.is_empty()).then(|| reasons.join("; "));
+                let server_state = match &degraded {
+                    Some(why) => {
+                        detail = one_line(&format!("degraded: {why} (asked: {detail})"), MAX_DETAIL_CHARS);
+                        DhcpServerState::Degraded
+                    }
+                    None => DhcpServerState::Running,
+                };
                 let (network, epoch) = (self.network_id, config.epoch);
                 tracing::debug!(network = %network, epoch, detail, "Applied the DHCP configuration.");
                 let state = (config.epoch, config.subnets.len(), degraded);
                 if self.reported_running.as_ref() != Some(&state) || self.failure.is_some() {
-                    tracing::info!(network = %network, epoch, detail, "DHCP server running.");
-                    self.outbox.status(self.network_id, config.epoch, DhcpServerState::Running, detail);
+                    tracing::info!(network = %network, epoch, detail, state = ?server_state, "DHCP server serving.");
+                    self.outbox.status(self.network_id, config.epoch, server_state, detail);
                     self.reported_running = Some(state);
                 }
                 self.applied = Some(config.clone());

@@ -297,6 +297,7 @@ mod tests {
             ntp_servers: ntp.iter().map(|text| ip(text)).collect(),
             lease_secs: 3600,
             server_address: None,
+            server_address_refused: None,
             hosts: hosts.iter().map(|(mac, text)| DhcpHost { mac: mac.parse().unwrap(), ip: ip(text) }).collect(),
         }
     }

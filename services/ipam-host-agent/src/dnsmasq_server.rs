@@ -155,6 +155,7 @@ fn bare(subnet: &SubnetDhcpConfig) -> SubnetDhcpConfig {
         ntp_servers: subnet.ntp_servers.clone(),
         lease_secs: subnet.lease_secs,
         server_address: subnet.server_address,
+        server_address_refused: subnet.server_address_refused.clone(),
         hosts: Vec::new(),
     }
 }
@@ -875,6 +876,7 @@ echo "dnsmasq: syntax check OK." >&2
             ntp_servers: Vec::new(),
             lease_secs: 3600,
             server_address: None,
+            server_address_refused: None,
             hosts: vec![ipam_core::dhcp_plan::DhcpHost {
                 mac: Mac::from_octets([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]).unwrap(),
                 ip: host.parse().unwrap(),

@@ -290,6 +290,7 @@ mod tests {
                     ntp_servers: vec![],
                     lease_secs: 3600,
                     server_address: None,
+                    server_address_refused: None,
                     hosts: vec![],
                 });
             }

@@ -285,6 +285,55 @@ fn agent_serves_its_network_from_assignment_to_unassignment() {
     agent.stop();
 }
 
+/// A server the allocator refused an address of its own (a /29 whose addresses vNICs hold, say)
+/// reports that, not `running`, until the address is granted.
+#[test]
+fn a_server_refused_its_own_address_reports_so_until_it_gets_one() {
+    let log = memory_log();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::with_files(log.clone(), dir.path());
+    append(&*log, activated());
+    append(&*log, assigned(HOST, 1));
+    wait_until("the server runs", || statuses(&*log).iter().any(|s| s.1 == DhcpServerState::Running));
+    append(
+        &*log,
+        Event::RequestRejected(ipam_core::event::RequestRejected {
+            network_id: NETWORK,
+            request_type: ipam_core::event::DHCP_PORT_REQUESTED_TYPE.to_owned(),
+            code: ipam_core::RejectionCode::SubnetExhausted,
+            message: "subnet 10.1.0.0/24 has no free address".to_owned(),
+            cause: EventId::from_u128(2),
+            vnic_id: None,
+            mac: Some(port_mac()),
+            subnet_id: Some(SUBNET),
+            host_id: Some(HOST),
+        }),
+    );
+    wait_until("the server reports it has no address", || {
+        statuses(&*log).iter().any(|(_, state, detail)| {
+            *state == DhcpServerState::Degraded
+                && detail.contains(
+                    "no address of its own in 10.1.0.0/24 (subnet_exhausted: subnet 10.1.0.0/24 has no free address)",
+                )
+        })
+    });
+    append(
+        &*log,
+        Event::ReservationAdded(ReservationAdded {
+            network_id: NETWORK,
+            subnet_id: SUBNET,
+            owner: Owner::DhcpServer { host_id: HOST },
+            mac: port_mac(),
+            ip: "10.1.0.2".parse().unwrap(),
+            cause: EventId::from_u128(3),
+        }),
+    );
+    wait_until("the server runs again once it has its address", || {
+        statuses(&*log).last().is_some_and(|s| s.1 == DhcpServerState::Running)
+    });
+    agent.stop();
+}
+
 #[test]
 fn agent_waits_for_topics_created_after_it_started() {
     let log = Arc::new(MemoryLog::new());
@@ -528,7 +577,7 @@ fn a_subnet_dnsmasq_refuses_is_left_out_and_reported_while_the_others_are_served
 
     wait_until("the server runs, degraded, with dnsmasq's reason", || {
         statuses(&*log).iter().any(|(_, state, detail)| {
-            *state == DhcpServerState::Running
+            *state == DhcpServerState::Degraded
                 && detail.starts_with("degraded: ")
                 && detail.contains(&format!("subnet {BAD} (2001:db8::/56) refused by dnsmasq"))
                 && detail.contains("prefix length must be at least 64")

@@ -187,6 +187,7 @@ impl NetworkAllocator {
                 vnic_id,
                 mac,
                 subnet_id,
+                host_id: input.event.request_host(),
             })]
         })
     }

@@ -666,8 +666,8 @@ fn rejects_dhcp_port_when_ipam_disabled() {
         history(small_network(), [network(false)]),
         port(S1),
         expect![[r#"
-        request.rejected {code:ipam_disabled,mac:52:54:00:00:00:aa,message:IPAM is disabled on network #1,network_id:#1,request_type:ipam.dhcp_port.requested.v1,subnet_id:#11}
-    "#]],
+            request.rejected {code:ipam_disabled,host_id:#31,mac:52:54:00:00:00:aa,message:IPAM is disabled on network #1,network_id:#1,request_type:ipam.dhcp_port.requested.v1,subnet_id:#11}
+        "#]],
     );
 }
 

@@ -17,8 +17,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    DhcpPortReleased, DhcpPortRequested, DhcpServerAssigned, DhcpServerUnassigned, Owner, ReservationAdded,
-    ReservationRemoved, SubnetActivated, SubnetDeactivated,
+    DHCP_PORT_REQUESTED_TYPE, DhcpPortReleased, DhcpPortRequested, DhcpServerAssigned, DhcpServerUnassigned, Owner,
+    RequestRejected, ReservationAdded, ReservationRemoved, SubnetActivated, SubnetDeactivated,
 };
 use crate::ids::{HostId, NetworkId, SubnetId};
 use crate::mac::Mac;
@@ -44,6 +44,9 @@ pub struct HostDhcpView {
     /// Every network that has an active subnet or a reservation; empty entries are removed, so equal
     /// knowledge is equal state (and equal snapshot bytes), whatever history led to it.
     networks: BTreeMap<NetworkId, NetworkView>,
+    /// Why the allocator refused this host's server its own address in a subnet, until it grants
+    /// one or the subnet goes away: the server reports it rather than `running`.
+    refused_ports: BTreeMap<(NetworkId, SubnetId), String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +83,12 @@ struct SubnetOptions {
 impl HostDhcpView {
     /// The view of a host that has seen no event yet.
     pub fn new(host_id: HostId) -> HostDhcpView {
-        HostDhcpView { host_id, assignments: BTreeMap::new(), networks: BTreeMap::new() }
+        HostDhcpView {
+            host_id,
+            assignments: BTreeMap::new(),
+            networks: BTreeMap::new(),
+            refused_ports: BTreeMap::new(),
+        }
     }
 
     pub fn host_id(&self) -> HostId {
@@ -131,6 +139,7 @@ impl HostDhcpView {
     /// use and releases its DHCP ports with it. Its reservations are dropped here as well, so the
     /// view cannot keep a leftover that a later removal event would never clear.
     fn deactivate(&mut self, event: &SubnetDeactivated) {
+        self.refused_ports.remove(&(event.network_id, event.subnet_id));
         if let Some(network) = self.networks.get_mut(&event.network_id) {
             network.subnets.remove(&event.subnet_id);
             network.reservations.remove(&event.subnet_id);
@@ -141,6 +150,9 @@ impl HostDhcpView {
     }
 
     fn reserve(&mut self, event: &ReservationAdded) {
+        if event.owner == self.own_port() {
+            self.refused_ports.remove(&(event.network_id, event.subnet_id));
+        }
         let network = self.networks.entry(event.network_id).or_default();
         network.reservations.entry(event.subnet_id).or_default().insert((event.ip, event.mac), event.owner);
     }
@@ -161,6 +173,18 @@ impl HostDhcpView {
         if network.is_empty() {
             self.networks.remove(&event.network_id);
         }
+    }
+
+    /// A refused request for this host's own address in a subnet is remembered until the address is
+    /// granted; any other rejection is not this view's business.
+    fn refused(&mut self, event: &RequestRejected) -> Option<NetworkId> {
+        let subnet_id = event.subnet_id?;
+        if event.host_id != Some(self.host_id) || event.request_type != DHCP_PORT_REQUESTED_TYPE {
+            return None;
+        }
+        let why = format!("{}: {}", event.code.as_str(), event.message);
+        self.refused_ports.insert((event.network_id, subnet_id), why);
+        Some(event.network_id)
     }
 
     /// The networks this host serves now, with their assignment.
@@ -187,6 +211,16 @@ struct Snapshot {
     assignments: Vec<AssignmentRecord>,
     subnets: Vec<SubnetRecord>,
     reservations: Vec<ReservationRecord>,
+    /// Absent from snapshots written before it existed (and when empty): they restore with none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    refused_ports: Vec<RefusedPortRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefusedPortRecord {
+    network_id: NetworkId,
+    subnet_id: SubnetId,
+    why: String,
 }
 
 /// Read first, so a snapshot of another version is reported as such rather than as malformed.
@@ -257,6 +291,7 @@ impl StateMachine for HostDhcpView {
                 self.release(event);
                 Some(event.network_id)
             }
+            Event::RequestRejected(event) => self.refused(event),
             // Requests, inventory and status change nothing here by themselves: their effects reach
             // the host as the allocator's and placement's decisions above (a removed network, for
             // one, arrives as subnet deactivations, reservation removals and an unassignment).
@@ -277,8 +312,7 @@ impl StateMachine for HostDhcpView {
             | Event::HostRemoved(_)
             | Event::HostHeartbeat(_)
             | Event::DhcpServerStatus(_)
-            | Event::ClockTicked(_)
-            | Event::RequestRejected(_) => None,
+            | Event::ClockTicked(_) => None,
         }
     }
 
@@ -326,6 +360,11 @@ impl StateMachine for HostDhcpView {
                     })
                 })
                 .collect(),
+            refused_ports: self
+                .refused_ports
+                .iter()
+                .map(|(&(network_id, subnet_id), why)| RefusedPortRecord { network_id, subnet_id, why: why.clone() })
+                .collect(),
         };
         serde_json::to_vec(&snapshot).expect("a snapshot has string keys only, so it always serializes")
     }
@@ -363,6 +402,14 @@ impl StateMachine for HostDhcpView {
             if held.insert((record.ip, record.mac), record.owner).is_some() {
                 let what = format!("the reservation of {} by {} in subnet {}", record.ip, record.mac, record.subnet_id);
                 return Err(SnapshotError::Inconsistent(format!("{what} appears twice")));
+            }
+        }
+        for record in snapshot.refused_ports {
+            if view.refused_ports.insert((record.network_id, record.subnet_id), record.why).is_some() {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "the refusal in subnet {} appears twice",
+                    record.subnet_id
+                )));
             }
         }
         Ok(view)
@@ -425,6 +472,9 @@ pub struct SubnetDhcpConfig {
     pub lease_secs: u32,
     /// This host's own DHCP-port address in the subnet; `None` until the allocator grants it.
     pub server_address: Option<IpAddr>,
+    /// Why the allocator refused this host's server an address in the subnet (`code: message`),
+    /// while it holds none: the server cannot serve the subnet, and reports so.
+    pub server_address_refused: Option<String>,
     /// The vNIC reservations of the subnet, sorted by IP then MAC. DHCP ports (this host's or
     /// another server's) are not clients and are left out.
     pub hosts: Vec<DhcpHost>,
@@ -462,6 +512,7 @@ pub fn plan_network(view: &HostDhcpView, network_id: NetworkId, options: &PlanOp
                 ntp_servers: subnet.ntp_servers.clone(),
                 lease_secs: options.lease_secs,
                 server_address: view.own_port_in(network, subnet_id).map(|(ip, _)| ip),
+                server_address_refused: view.refused_ports.get(&(network_id, subnet_id)).cloned(),
                 hosts: network
                     .reservations
                     .get(&subnet_id)

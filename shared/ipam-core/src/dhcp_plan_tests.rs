@@ -483,7 +483,7 @@ fn the_plan_serializes_as_plain_data() {
     ];
     let json =
         serde_json::to_string(&plan(&view_after(&history), &PlanOptions::default())).expect("a plan always serializes");
-    expect![[r#"{"host_id":"00000000-0000-0000-0000-000000000001","networks":[{"network_id":"00000000-0000-0000-0000-000000000001","epoch":1,"interface":"br1","subnets":[{"subnet_id":"00000000-0000-0000-0000-000000000001","cidr":"10.1.0.0/24","router":"10.1.0.1","dns_servers":[],"ntp_servers":[],"lease_secs":3600,"server_address":null,"hosts":[{"mac":"02:00:00:00:00:01","ip":"10.1.0.10"}]}]}]}"#]]
+    expect![[r#"{"host_id":"00000000-0000-0000-0000-000000000001","networks":[{"network_id":"00000000-0000-0000-0000-000000000001","epoch":1,"interface":"br1","subnets":[{"subnet_id":"00000000-0000-0000-0000-000000000001","cidr":"10.1.0.0/24","router":"10.1.0.1","dns_servers":[],"ntp_servers":[],"lease_secs":3600,"server_address":null,"server_address_refused":null,"hosts":[{"mac":"02:00:00:00:00:01","ip":"10.1.0.10"}]}]}]}"#]]
         .assert_eq(&json);
 }
 
@@ -668,4 +668,40 @@ fn planning_only_the_touched_networks_keeps_the_whole_plan() {
         assert_eq!(held.values().cloned().collect::<Vec<_>>(), whole, "after input {index}: {}", event.type_name());
     }
     assert!(!held.is_empty(), "the history leaves something served");
+}
+
+fn port_refused(network_id: NetworkId, subnet_id: SubnetId, host_id: HostId) -> Event {
+    Event::RequestRejected(RequestRejected {
+        network_id,
+        request_type: DHCP_PORT_REQUESTED_TYPE.to_owned(),
+        code: crate::RejectionCode::SubnetExhausted,
+        message: "no free address".to_owned(),
+        cause: cause(),
+        vnic_id: None,
+        mac: Some(port_mac(1)),
+        subnet_id: Some(subnet_id),
+        host_id: Some(host_id),
+    })
+}
+
+/// A server refused its own address says so in its subnet's plan until the address is granted;
+/// another host's refusal, or a refused vNIC, is not this host's concern.
+#[test]
+fn a_refused_own_address_is_in_the_plan_until_one_is_granted() {
+    let port = DhcpPortRequested { network_id: N1, subnet_id: S1, host_id: H1, mac: port_mac(1) };
+    assert_eq!(Event::DhcpPortRequested(port).type_name(), DHCP_PORT_REQUESTED_TYPE, "the constant is the table's");
+    let served = [assigned(N1, H1, 1, "br0"), activated(N1, S1, "10.0.0.0/29", &[], &[])];
+    let refused =
+        |view: &HostDhcpView| plan(view, &PlanOptions::default()).networks[0].subnets[0].server_address_refused.clone();
+    let view = view_after(&[&served[..], &[port_refused(N1, S1, H2)]].concat());
+    assert_eq!(refused(&view), None, "another host's refusal");
+    let view = view_after(&[&served[..], &[port_refused(N1, S1, H1)]].concat());
+    assert_eq!(refused(&view).as_deref(), Some("subnet_exhausted: no free address"));
+    let restored = HostDhcpView::restore(&(), &view.snapshot()).expect("restores");
+    assert_eq!(restored, view, "the refusal survives a snapshot");
+    let granted =
+        [&served[..], &[port_refused(N1, S1, H1), added(N1, S1, server(H1), port_mac(1), "10.0.0.6")]].concat();
+    let view = view_after(&granted);
+    assert_eq!(refused(&view), None, "granted at last");
+    assert_eq!(plan(&view, &PlanOptions::default()).networks[0].subnets[0].server_address, Some(ip("10.0.0.6")));
 }

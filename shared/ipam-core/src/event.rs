@@ -165,6 +165,10 @@ pub struct DhcpPortRequested {
     pub mac: Mac,
 }
 
+/// The `type` of [`DhcpPortRequested`], for readers of rejections (`request_type`); the events
+/// table below is the one definition, and a test holds this to it.
+pub const DHCP_PORT_REQUESTED_TYPE: &str = "ipam.dhcp_port.requested.v1";
+
 /// A host agent gives back its DHCP server's address in a subnet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DhcpPortReleased {
@@ -195,6 +199,9 @@ pub struct HostHeartbeat {
 pub enum DhcpServerState {
     Starting,
     Running,
+    /// Running, but not serving all it should: dnsmasq refused a subnet, or the server holds no
+    /// address of its own in one (the allocator refused it one); the detail says which and why.
+    Degraded,
     Restarting,
     Failed,
     Stopped,
@@ -307,6 +314,10 @@ pub struct RequestRejected {
     /// The subnet the refused request named (added later: absent in older records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<SubnetId>,
+    /// The host whose DHCP server's own address the refused request was about (a DHCP-port
+    /// request or release; added later: absent in older records), so that agent can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<HostId>,
 }
 
 /// Why placement gave a network a server.
@@ -464,6 +475,15 @@ impl Event {
         }
     }
 
+    /// The host a DHCP-port request or release is for: what a rejection of it names.
+    pub fn request_host(&self) -> Option<HostId> {
+        match self {
+            Event::DhcpPortRequested(e) => Some(e.host_id),
+            Event::DhcpPortReleased(e) => Some(e.host_id),
+            _ => None,
+        }
+    }
+
     /// The network the event is about, if any.
     pub fn network_id(&self) -> Option<NetworkId> {
         Some(match self {
@@ -596,6 +616,7 @@ impl DecodeError {
                 vnic_id: None,
                 mac: None,
                 subnet_id: None,
+                host_id: None,
             })
         })
     }

@@ -191,15 +191,17 @@ pub fn dhcp_state_name(state: DhcpServerState) -> &'static str {
     match state {
         DhcpServerState::Starting => "starting",
         DhcpServerState::Running => "running",
+        DhcpServerState::Degraded => "degraded",
         DhcpServerState::Restarting => "restarting",
         DhcpServerState::Failed => "failed",
         DhcpServerState::Stopped => "stopped",
     }
 }
 
-const DHCP_STATES: [DhcpServerState; 5] = [
+const DHCP_STATES: [DhcpServerState; 6] = [
     DhcpServerState::Starting,
     DhcpServerState::Running,
+    DhcpServerState::Degraded,
     DhcpServerState::Restarting,
     DhcpServerState::Failed,
     DhcpServerState::Stopped,
