@@ -91,7 +91,7 @@ token = "engine-write"
 [[api-tokens]]
 role = "write"
 token = "expired-write"
-expires = "2020-01-01T00:00:00Z"
+expires = 2020-01-01T00:00:00Z   # a TOML date-time; a quoted RFC 3339 string works too
 "#;
 
 fn config(dir: &Path, cert: &str, tokens: &str) -> String {

@@ -48,8 +48,29 @@ pub struct TokenEntry {
     pub role: Role,
     /// After this instant (RFC 3339, e.g. `2027-01-31T00:00:00Z`) the token gets 401
     /// `token_expired`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rfc3339")]
     pub expires: Option<DateTime<Utc>>,
+}
+
+/// An RFC 3339 instant, written as a string or as a TOML date-time (which the `toml` crate hands
+/// over as a map of one string), so that `expires = 2027-01-31T00:00:00Z` works unquoted too.
+fn rfc3339<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Toml(std::collections::BTreeMap<String, String>),
+    }
+    let text = match Option::<Written>::deserialize(deserializer)? {
+        None => return Ok(None),
+        Some(Written::Text(text)) => text,
+        Some(Written::Toml(map)) => map.into_values().next().unwrap_or_default(),
+    };
+    DateTime::parse_from_rfc3339(&text).map(|instant| Some(instant.with_timezone(&Utc))).map_err(|error| {
+        serde::de::Error::custom(format!(
+            "expires {text:?} is not an RFC 3339 instant such as 2027-01-31T00:00:00Z: {error}"
+        ))
+    })
 }
 
 impl std::fmt::Debug for TokenEntry {
@@ -222,6 +243,17 @@ mod tests {
         assert_eq!(check(&tokens, Some("from-file"), Role::Read, now), Ok(()));
         assert_eq!(check(&tokens, Some("from-file"), Role::Write, now), Err(Denied::Forbidden));
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn expires_is_read_from_a_string_and_a_bad_one_is_named() {
+        let entry: TokenEntry =
+            serde_json::from_str(r#"{"token": "t", "role": "read", "expires": "2027-01-31T01:00:00+01:00"}"#)
+                .expect("entry");
+        assert_eq!(entry.expires, Some(at("2027-01-31T00:00:00Z")));
+        let error = serde_json::from_str::<TokenEntry>(r#"{"token": "t", "role": "read", "expires": "tomorrow"}"#)
+            .expect_err("not an instant");
+        assert!(error.to_string().contains("\"tomorrow\" is not an RFC 3339 instant"), "{error}");
     }
 
     #[test]
