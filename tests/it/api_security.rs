@@ -140,6 +140,10 @@ fn the_api_serves_https_and_each_token_may_do_what_its_role_allows_until_it_expi
     // A read token reads, and may not publish.
     let (status, said) = https(addr, &ca, "GET", "/v1/networks", Some("dashboard-read"), "");
     assert_eq!(status, 200, "{said}");
+    // The API's /metrics is on the same HTTPS listener, for a dashboard's read token.
+    let (status, said) = https(addr, &ca, "GET", "/metrics", Some("dashboard-read"), "");
+    assert_eq!(status, 200, "{said}");
+    assert!(said.contains("ipam_request_duration_seconds"), "{said}");
     let (status, said) = https(addr, &ca, "POST", "/v1/events", Some("dashboard-read"), &heartbeat());
     assert_eq!(status, 403, "{said}");
     assert!(said.contains("\"forbidden\""), "{said}");
