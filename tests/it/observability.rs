@@ -305,7 +305,58 @@ fn ipam_up_serves_health_and_metrics_that_move_and_name_every_metric_the_alerts_
     );
     assert!(after.value("ipam_pipeline_processing_seconds_count{driver=\"allocator\"}") >= Some(4.0), "{}", after.text);
 
+    // A network whose /30 a vNIC filled before the host's server came: the allocator refuses the
+    // server its own address, and the server says so (degraded, naming the subnet and the reason)
+    // instead of running, in the metrics and in the API's view of the network.
+    let cramped = "00000000-0000-0000-0000-00000000ab21";
+    let batch = json!([
+        event(21, "ipam.network.upserted.v1", json!({"network_id": cramped, "name": "cramped", "ipam_enabled": true})),
+        event(
+            22,
+            "ipam.subnet.added.v1",
+            json!({"network_id": cramped, "subnet_id": "00000000-0000-0000-0000-00000000ab22",
+                   "cidr": "10.96.0.0/30", "gateway": "10.96.0.1"})
+        ),
+        event(
+            23,
+            "ipam.vnic.started.v1",
+            json!({"vnic_id": "00000000-0000-0000-0000-00000000ab23", "vm_id": "00000000-0000-0000-0000-00000000ab24",
+                   "network_id": cramped, "subnet_id": "00000000-0000-0000-0000-00000000ab22",
+                   "mac": "52:54:00:ab:00:23"})
+        ),
+        event(
+            24,
+            "ipam.host.upserted.v1",
+            json!({"host_id": host, "name": "obs-host", "status": "up",
+                   "networks": [{"network_id": served, "interface": "br0"}, {"network_id": cramped, "interface": "br1"}]})
+        ),
+    ]);
+    let (status, body) = http(api, "POST", "/v1/events", "application/json", batch.to_string().as_bytes());
+    assert_eq!(status, 202, "{body}");
+    wait_for_sample(
+        metrics,
+        &format!("ipam_dhcp_server_state{{host=\"{host}\",network=\"{cramped}\",state=\"degraded\"}}"),
+        1.0,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let (status, text) = get(api, &format!("/v1/networks/{cramped}"));
+        assert_eq!(status, 200, "{text}");
+        let view: Value = serde_json::from_str(&text).unwrap();
+        if view["servers"][0]["status"] == "degraded" {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "the API never showed the server degraded: {view}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let detail = view["servers"][0]["status_detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("no address of its own in 10.96.0.0/30 (subnet_exhausted"),
+        "the status names the subnet and the allocator's reason: {view}"
+    );
+
     // Every metric the alerts and the dashboard use is one this deployment exports.
+    let after = scrape(metrics);
     let exported: BTreeSet<String> = after.families.iter().cloned().chain(scrape(api).families).collect();
     let missing: Vec<String> = metrics_used_in_deploy_monitoring().difference(&exported).cloned().collect();
     assert!(missing.is_empty(), "deploy/monitoring uses metrics no service exports: {missing:?}");

@@ -513,6 +513,11 @@ impl ReadModel {
         self.hosts.get(&host_id)?.info.as_ref().map(|info| info.name.clone())
     }
 
+    /// The host agent's last report on its server of `network_id`, if it is of `epoch`.
+    fn server_status(&self, host_id: HostId, network_id: NetworkId, epoch: u64) -> Option<&ServerStatus> {
+        self.hosts.get(&host_id)?.statuses.get(&network_id).filter(|status| status.epoch == epoch)
+    }
+
     /// The hosts placement assigned a DHCP server of the network, with their names.
     pub fn served_by(&self, network_id: NetworkId) -> Vec<HostRef> {
         self.networks
@@ -723,12 +728,11 @@ impl ReadModel {
                 epoch: server.epoch,
                 reason: server.reason,
                 since: server.since,
-                status: self
-                    .hosts
-                    .get(host_id)
-                    .and_then(|host| host.statuses.get(&network_id))
-                    .filter(|status| status.epoch == server.epoch)
-                    .map(|status| status.state),
+                status: self.server_status(*host_id, network_id, server.epoch).map(|status| status.state),
+                status_detail: self
+                    .server_status(*host_id, network_id, server.epoch)
+                    .map(|status| status.detail.clone())
+                    .filter(|detail| !detail.is_empty()),
             })
             .collect();
         let info = network.info.as_ref();
@@ -1123,6 +1127,8 @@ pub struct ServerView {
     pub since: Timestamp,
     /// The host agent's last report for this epoch, if any.
     pub status: Option<DhcpServerState>,
+    /// What that report says beside its state (what a degraded server cannot serve, and why).
+    pub status_detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
