@@ -49,5 +49,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # package's binaries.
 cargo build --workspace --bins --locked
 # The .deb, from the debug binary just built (no release build here: too slow), and its checks.
-scripts/build-deb.sh target/debug/ipam >/dev/null
+scripts/build-deb.sh "${CARGO_TARGET_DIR:-target}/debug/ipam" >/dev/null
 cargo test --workspace --all-targets --locked

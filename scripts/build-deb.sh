@@ -5,7 +5,7 @@
 # `systemd-analyze verify` (when systemd-analyze is there). test.sh runs it on the debug binary it
 # has just built; a release package is the same command on target/release/ipam.
 #
-#   scripts/build-deb.sh [BINARY] [OUT_DIR]      # defaults: target/debug/ipam target/deb
+#   scripts/build-deb.sh [BINARY] [OUT_DIR]      # defaults: $CARGO_TARGET_DIR (or target)/debug/ipam, target/deb
 #
 # The package: /usr/bin/ipam (debug info stripped), the systemd units of packaging/systemd, the
 # example configuration as /etc/ipam/ipam.toml (a conffile), man pages and bash, zsh and fish
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN="${1:-target/debug/ipam}"
+BIN="${1:-${CARGO_TARGET_DIR:-target}/debug/ipam}"
 OUT="${2:-target/deb}"
 [[ -x "$BIN" ]] || { echo "build-deb: $BIN is not an executable (cargo build -p ipam first)" >&2; exit 1; }
 fail() { printf "build-deb: %b\n" "$*" >&2; exit 1; }
