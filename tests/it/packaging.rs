@@ -1,7 +1,8 @@
 //! What a package ships, through the real binary: `--version` with the workspace version and a git
 //! revision (and the build script's fallbacks), shell completions and man pages generated from the
 //! CLI definition, `ipam health` as the container health checks use it, the example configuration
-//! loaded by `config-check`, and systemd units that run subcommands the binary has. The .deb itself
+//! loaded by `config check` (and its old name `config-check`), `config show` naming where each
+//! value came from, and systemd units that run subcommands the binary has. The .deb itself
 //! is built and checked by scripts/build-deb.sh, which test.sh runs.
 
 use std::io::{Read, Write};
@@ -159,6 +160,40 @@ fn the_example_configuration_loads_through_the_binary_and_a_bad_one_is_refused()
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn config_show_prints_the_effective_configuration_naming_each_values_source_and_hiding_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ipam.toml");
+    std::fs::write(&file, "partitions = 4\ninstance = \"from-file\"\n[kafka]\nsasl-password = \"file-secret\"\n")
+        .unwrap();
+    let path = file.display().to_string();
+    let output = Command::new(ipam_tests::ipam_binary())
+        .args(["--config", &path, "config", "show", "--instance", "from-flag"])
+        .env_remove("IPAM_CONFIG")
+        .env_remove("IPAM_INSTANCE")
+        .env_remove("IPAM_TICK_INTERVAL_MS")
+        .env("IPAM_TOPIC_PREFIX", "from-env")
+        .env("IPAM_API_TOKEN", "env-secret")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown = stdout(&output);
+    for line in [
+        format!("partitions = 4  # {path}"),
+        "topic-prefix = \"from-env\"  # IPAM_TOPIC_PREFIX".to_owned(),
+        "instance = \"from-flag\"  # --instance".to_owned(),
+        "tick-interval-ms = 1000  # default".to_owned(),
+        "api-token = \"<hidden>\"  # IPAM_API_TOKEN".to_owned(),
+        format!("sasl-password = \"<hidden>\"  # {path}"),
+    ] {
+        assert!(shown.lines().any(|l| l == line), "no `{line}` in:\n{shown}");
+    }
+    assert!(!shown.contains("file-secret") && !shown.contains("env-secret"), "{shown}");
+    // `config check` is the new name of `config-check`, which stays.
+    let output = ipam(&["--config", &root().join("packaging/ipam.toml").display().to_string(), "config", "check"]);
+    assert!(stdout(&output).contains("configuration OK"), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]

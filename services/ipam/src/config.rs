@@ -3,6 +3,12 @@
 //! Precedence, lowest first: built-in defaults → the TOML file given by `--config` →
 //! `IPAM_*` environment variables → command-line flags. clap reads a flag or, when it is absent,
 //! its environment variable; [`Config::apply`] lays whatever it found over the file.
+//!
+//! A setting is a field of [`Config`] (its TOML key) and an `Option` of [`Overrides`] (its flag
+//! and variable, declared together in one `#[arg]`). A test checks that the two stay in step:
+//! every flag names a key, and every single-value key has a flag and an `IPAM_*` variable of the
+//! same name (lists such as `[[api-tokens]]` are the file's only). [`Sources`] asks clap whether a
+//! value came from a flag or a variable, so `ipam config show` can say where each one came from.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,10 +17,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use ipam_core::HostId;
 use ipam_log_kafka::{KafkaOptions, KafkaSecurity};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Everything the services need to know. Unknown keys in the file are errors.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Config {
     /// Where `ipam up` keeps its embedded log and snapshots.
@@ -44,9 +50,11 @@ pub struct Config {
     /// Where the HTTP API listens (`ipam up`, `ipam api`).
     pub api_bind: std::net::SocketAddr,
     /// When set, every API endpoint but `/health` requires `Authorization: Bearer <token>`.
+    #[serde(serialize_with = "hidden")]
     pub api_token: Option<String>,
     /// More API tokens, each with a role (`[[api-tokens]]`: `role` = "read" or "write", `token` or
     /// `token-file`, optional `expires`); `api-token` above is one more write token.
+    #[serde(serialize_with = "token_entries")]
     pub api_tokens: Vec<ipam_api::auth::TokenEntry>,
     /// PEM certificate chain and key: when both are set the API serves HTTPS only, and picks up
     /// new files a few seconds after they change.
@@ -61,7 +69,7 @@ pub struct Config {
 
 /// Kafka settings for the services that run alone. Every unset one keeps the backend's default
 /// (`ipam_log_kafka::KafkaOptions`).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct KafkaConfig {
     pub bootstrap_servers: Option<String>,
@@ -87,6 +95,7 @@ pub struct KafkaConfig {
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
     /// Never printed.
+    #[serde(serialize_with = "hidden")]
     pub sasl_password: Option<String>,
     /// A file holding the password (a mounted secret, a systemd credential): read at start, one
     /// trailing newline dropped. Either this or `sasl-password`.
@@ -97,10 +106,46 @@ pub struct KafkaConfig {
     pub ssl_certificate_file: Option<PathBuf>,
     pub ssl_key_file: Option<PathBuf>,
     /// Passphrase of an encrypted key; never printed.
+    #[serde(serialize_with = "hidden")]
     pub ssl_key_password: Option<String>,
     /// Raw librdkafka settings (tuning, and security settings the typed ones do not cover); one
-    /// that clashes with a typed setting is an error.
+    /// that clashes with a typed setting is an error. Printed by key only: values may be secrets.
+    #[serde(serialize_with = "hidden_values")]
     pub passthrough: BTreeMap<String, String>,
+}
+
+/// What `ipam config show` prints instead of a secret.
+const HIDDEN: &str = "<hidden>";
+
+/// A secret is printed as `<hidden>` when set (and left out when not).
+fn hidden<S: Serializer>(secret: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    secret.as_ref().map(|_| HIDDEN).serialize(serializer)
+}
+
+/// Pass-through settings by key, each value hidden: `sasl.password` may be among them.
+fn hidden_values<S: Serializer>(map: &BTreeMap<String, String>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(map.keys().map(|key| (key, HIDDEN)))
+}
+
+/// API tokens as written in the file, the secret itself hidden (`TokenEntry` only deserializes).
+fn token_entries<S: Serializer>(entries: &[ipam_api::auth::TokenEntry], serializer: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct Shown<'a> {
+        role: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token_file: Option<&'a PathBuf>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires: Option<String>,
+    }
+    serializer.collect_seq(entries.iter().map(|e| Shown {
+        role: format!("{:?}", e.role).to_lowercase(),
+        token: e.token.as_ref().map(|_| HIDDEN),
+        token_file: e.token_file.as_ref(),
+        expires: e.expires.map(|t| t.to_rfc3339()),
+    }))
 }
 
 impl KafkaConfig {
@@ -123,6 +168,7 @@ impl KafkaConfig {
         set(&mut self.ssl_certificate_file, &o.kafka_ssl_certificate_file);
         set(&mut self.ssl_key_file, &o.kafka_ssl_key_file);
         set(&mut self.ssl_key_password, &o.kafka_ssl_key_password);
+        set(&mut self.transaction_timeout_ms, &o.kafka_transaction_timeout_ms);
     }
 
     /// Sets the topic and security options these settings name; the others keep the backend's
@@ -232,6 +278,9 @@ pub struct KafkaOverrides {
     pub kafka_ssl_key_file: Option<PathBuf>,
     #[arg(long, env = "IPAM_KAFKA_SSL_KEY_PASSWORD", global = true, hide_env_values = true)]
     pub kafka_ssl_key_password: Option<String>,
+    /// How long an open transaction of a dead instance holds its partitions (10000 by default).
+    #[arg(long, env = "IPAM_KAFKA_TRANSACTION_TIMEOUT_MS", global = true)]
+    pub kafka_transaction_timeout_ms: Option<u32>,
 }
 
 /// Passwords are never printed.
@@ -251,12 +300,13 @@ impl fmt::Debug for KafkaOverrides {
             .field("kafka_ssl_certificate_file", &self.kafka_ssl_certificate_file)
             .field("kafka_ssl_key_file", &self.kafka_ssl_key_file)
             .field("kafka_ssl_key_password", &hidden(&self.kafka_ssl_key_password))
+            .field("kafka_transaction_timeout_ms", &self.kafka_transaction_timeout_ms)
             .finish()
     }
 }
 
 /// One in-process host agent.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HostAgentEntry {
     pub host_id: HostId,
@@ -294,7 +344,7 @@ impl Default for Config {
 }
 
 /// Values from flags or `IPAM_*` variables; `None` leaves the file's value.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Clone, Default, clap::Args)]
 pub struct Overrides {
     /// A TOML configuration file.
     #[arg(long, env = "IPAM_CONFIG", global = true)]
@@ -315,6 +365,19 @@ pub struct Overrides {
     pub snapshot_every_records: Option<u64>,
     #[arg(long, env = "IPAM_SNAPSHOT_EVERY_SECS", global = true)]
     pub snapshot_every_secs: Option<u64>,
+    /// Steps per transaction at most (500 by default).
+    #[arg(long, env = "IPAM_BATCH_MAX_STEPS", global = true)]
+    pub batch_max_steps: Option<usize>,
+    /// The longest a batch stays open, in milliseconds (5 by default).
+    #[arg(long, env = "IPAM_BATCH_MAX_DELAY_MS", global = true)]
+    pub batch_max_delay_ms: Option<u64>,
+    /// DHCP servers per network when the engine does not say (2 by default).
+    #[arg(long, env = "IPAM_DEFAULT_SERVERS_COUNT", global = true)]
+    pub default_servers_count: Option<u8>,
+    /// fsync the embedded log at each batch, to survive power loss too: `--fsync` or `--fsync=false`.
+    #[arg(long, env = "IPAM_FSYNC", global = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub fsync: Option<bool>,
     /// Kafka bootstrap servers (host:port,...).
     #[arg(long = "kafka", env = "IPAM_KAFKA", global = true)]
     pub kafka: Option<String>,
@@ -341,6 +404,17 @@ pub struct Overrides {
     /// Not in the file: logging starts before the file is read.
     #[arg(long, env = "IPAM_LOG_FORMAT", global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// The file and the secrets only: the token is never printed.
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overrides")
+            .field("config", &self.config)
+            .field("api_token", &self.api_token.as_ref().map(|_| HIDDEN))
+            .field("kafka_settings", &self.kafka_settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How log lines are written.
@@ -382,6 +456,10 @@ impl Config {
         set(&mut self.heartbeat_timeout_ms, &o.heartbeat_timeout_ms);
         set(&mut self.snapshot_every_records, &o.snapshot_every_records);
         set(&mut self.snapshot_every_secs, &o.snapshot_every_secs);
+        set(&mut self.batch_max_steps, &o.batch_max_steps);
+        set(&mut self.batch_max_delay_ms, &o.batch_max_delay_ms);
+        set(&mut self.default_servers_count, &o.default_servers_count);
+        set(&mut self.fsync, &o.fsync);
         if o.kafka.is_some() {
             self.kafka.bootstrap_servers = o.kafka.clone();
         }
@@ -416,6 +494,104 @@ impl Config {
     }
 }
 
+/// Where each value of the effective configuration came from, by its key path (`partitions`,
+/// `kafka.sasl-password`): the flag or variable that set it, else the file that has it, else the
+/// default. Flags map onto keys by name (`--x-y` is `x-y`, `--kafka-x` is `[kafka] x`, `--kafka`
+/// is `[kafka] bootstrap-servers`), which a test checks for every flag.
+#[derive(Debug, Default)]
+pub struct Sources {
+    file: Option<PathBuf>,
+    file_keys: std::collections::BTreeSet<String>,
+    given: BTreeMap<String, String>,
+}
+
+/// The key a flag of [`Overrides`] sets; `None` for the flags that are not settings of the file.
+fn key_of_flag(long: &str) -> Option<String> {
+    match long {
+        "config" | "log-format" => None,
+        "kafka" => Some("kafka.bootstrap-servers".to_owned()),
+        _ => Some(long.strip_prefix("kafka-").map_or_else(|| long.to_owned(), |rest| format!("kafka.{rest}"))),
+    }
+}
+
+impl Sources {
+    /// Reads which flags and variables were given from clap's matches of `command`, and which
+    /// keys the file (if any) holds.
+    pub fn of(overrides: &Overrides, command: &clap::Command, matches: &clap::ArgMatches) -> anyhow::Result<Sources> {
+        let mut sources = Sources { file: overrides.config.clone(), ..Sources::default() };
+        if let Some(path) = &overrides.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            fn walk(prefix: &str, table: &toml::Table, keys: &mut std::collections::BTreeSet<String>) {
+                for (key, value) in table {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    if let toml::Value::Table(inner) = value {
+                        walk(&path, inner, keys);
+                    }
+                    keys.insert(path);
+                }
+            }
+            walk("", &table, &mut sources.file_keys);
+        }
+        for arg in command.get_arguments() {
+            let (Some(long), Some(key)) = (arg.get_long(), arg.get_long().and_then(key_of_flag)) else { continue };
+            let source = match matches.value_source(arg.get_id().as_str()) {
+                Some(clap::parser::ValueSource::CommandLine) => format!("--{long}"),
+                Some(clap::parser::ValueSource::EnvVariable) => {
+                    arg.get_env().map_or_else(|| format!("--{long}"), |env| env.to_string_lossy().into_owned())
+                }
+                _ => continue,
+            };
+            sources.given.insert(key, source);
+        }
+        Ok(sources)
+    }
+
+    /// Where the value at `key` came from: `--flag`, `IPAM_X`, the file's path, or `default`. A key
+    /// inside an array of tables (`api-tokens.role`) is the array's.
+    pub fn of_key(&self, key: &str) -> String {
+        if let Some(given) = self.given.get(key) {
+            return given.clone();
+        }
+        let mut prefix = key;
+        loop {
+            if self.file_keys.contains(prefix) {
+                return self.file.as_ref().map_or_else(String::new, |f| f.display().to_string());
+            }
+            match prefix.rsplit_once('.') {
+                Some((parent, _)) => prefix = parent,
+                None => return "default".to_owned(),
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, each value followed by a comment saying where it came
+    /// from; secrets print as `<hidden>`, unset optional settings are left out.
+    pub fn show(&self, sources: &Sources) -> anyhow::Result<String> {
+        let text = toml::to_string(self).context("printing the configuration")?;
+        let mut out = String::new();
+        let mut table = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if let Some(name) = trimmed.strip_prefix("[[").and_then(|t| t.strip_suffix("]]")) {
+                table = name.to_owned();
+            } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                table = name.to_owned();
+            } else if let Some((key, _)) = trimmed.split_once(" = ") {
+                let key = key.trim_matches('"');
+                let path = if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") };
+                out.push_str(&format!("{line}  # {}\n", sources.of_key(&path)));
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,6 +609,145 @@ mod tests {
         assert_eq!(config.instance, "from-flag", "a flag beats the file");
         assert_eq!(config.kafka.bootstrap_servers.as_deref(), Some("file:9092"));
         assert_eq!(config.tick_interval_ms, 1000, "untouched keys keep their defaults");
+    }
+
+    /// The flags and variables as the binary has them.
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        overrides: Overrides,
+    }
+
+    /// Loads `args` (flags only: variables are the binary's test) and says where each key came from.
+    fn load_with_sources(args: &[&str]) -> (Config, Sources) {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Flags::command();
+        let matches =
+            command.clone().try_get_matches_from(std::iter::once("ipam").chain(args.iter().copied())).unwrap();
+        let flags = Flags::from_arg_matches(&matches).unwrap();
+        let config = Config::load(&flags.overrides).unwrap();
+        let sources = Sources::of(&flags.overrides, &command, &matches).unwrap();
+        (config, sources)
+    }
+
+    #[test]
+    fn each_value_names_where_it_came_from_a_flag_the_file_or_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ipam.toml");
+        std::fs::write(
+            &file,
+            "partitions = 4\ninstance = \"from-file\"\n[kafka]\nsasl-password = \"from-file-secret\"\n\
+             [[api-tokens]]\nrole = \"read\"\ntoken = \"file-token\"\n",
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let (config, sources) = load_with_sources(&[
+            "--config",
+            &path,
+            "--instance",
+            "from-flag",
+            "--kafka",
+            "k:9092",
+            "--fsync",
+            "--kafka-transaction-timeout-ms",
+            "7000",
+        ]);
+        assert_eq!((config.partitions, config.instance.as_str(), config.fsync), (4, "from-flag", true));
+        assert_eq!(config.kafka.transaction_timeout_ms, Some(7000));
+        assert_eq!(sources.of_key("partitions"), path);
+        assert_eq!(sources.of_key("instance"), "--instance", "a flag beats the file");
+        assert_eq!(sources.of_key("kafka.bootstrap-servers"), "--kafka");
+        assert_eq!(sources.of_key("kafka.transaction-timeout-ms"), "--kafka-transaction-timeout-ms");
+        assert_eq!(sources.of_key("fsync"), "--fsync");
+        assert_eq!(sources.of_key("api-tokens.role"), path, "inside an array of tables, the array's source");
+        assert_eq!(sources.of_key("tick-interval-ms"), "default");
+
+        let shown = config.show(&sources).unwrap();
+        assert!(shown.contains(&format!("partitions = 4  # {path}\n")), "{shown}");
+        assert!(shown.contains("instance = \"from-flag\"  # --instance\n"), "{shown}");
+        assert!(shown.contains("tick-interval-ms = 1000  # default\n"), "{shown}");
+        assert!(shown.contains(&format!("sasl-password = \"<hidden>\"  # {path}\n")), "{shown}");
+        assert!(!shown.contains("from-file-secret") && !shown.contains("file-token"), "{shown}");
+        let again: toml::Table = toml::from_str(&shown).unwrap();
+        assert_eq!(again["partitions"].as_integer(), Some(4), "what it prints is TOML");
+    }
+
+    #[test]
+    fn every_flag_sets_a_key_of_the_file_and_every_single_value_key_has_a_flag_and_a_variable() {
+        use clap::CommandFactory;
+        let command = Flags::command();
+        let mut flags = BTreeMap::new();
+        for arg in command.get_arguments() {
+            let long = arg.get_long().unwrap();
+            let Some(key) = key_of_flag(long) else { continue };
+            let (table, name) = key.split_once('.').map_or(("", key.as_str()), |(t, n)| (t, n));
+            let text = if table.is_empty() { format!("{name} = []\n") } else { format!("[{table}]\n{name} = []\n") };
+            let error = toml::from_str::<Config>(&text).unwrap_err().to_string();
+            assert!(!error.contains("unknown field"), "--{long} names no key of the file: {error}");
+            let env = arg.get_env().unwrap_or_else(|| panic!("--{long} has no variable"));
+            flags.insert(key, env.to_string_lossy().into_owned());
+        }
+        // Every field, set: a struct literal without `..`, so a new setting must be listed here.
+        let set = Some(String::new());
+        let path = Some(PathBuf::new());
+        let every = Config {
+            data_dir: PathBuf::new(),
+            partitions: 1,
+            topic_prefix: String::new(),
+            instance: String::new(),
+            batch_max_steps: 1,
+            batch_max_delay_ms: 1,
+            snapshot_every_records: 1,
+            snapshot_every_secs: 1,
+            tick_interval_ms: 1,
+            heartbeat_timeout_ms: 1,
+            default_servers_count: 1,
+            fsync: false,
+            kafka: KafkaConfig {
+                bootstrap_servers: set.clone(),
+                session_timeout_ms: Some(1),
+                transaction_timeout_ms: Some(1),
+                replication_factor: Some(1),
+                min_insync_replicas: Some(1),
+                retention_ms: Some(1),
+                security_protocol: set.clone(),
+                sasl_mechanism: set.clone(),
+                sasl_username: set.clone(),
+                sasl_password: set.clone(),
+                sasl_password_file: path.clone(),
+                ssl_ca_file: path.clone(),
+                ssl_certificate_file: path.clone(),
+                ssl_key_file: path.clone(),
+                ssl_key_password: set.clone(),
+                passthrough: BTreeMap::new(),
+            },
+            api_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            api_token: set.clone(),
+            api_tokens: Vec::new(),
+            api_tls_cert_file: path.clone(),
+            api_tls_key_file: path,
+            host_agents: Vec::new(),
+            metrics_bind: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
+        };
+        let table = toml::Table::try_from(&every).unwrap();
+        let mut keys = Vec::new();
+        for (key, value) in &table {
+            match value {
+                toml::Value::Table(kafka) => keys.extend(kafka.keys().map(|k| format!("{key}.{k}"))),
+                toml::Value::Array(_) => {} // api-tokens, host-agents: lists, in the file only
+                _ => keys.push(key.clone()),
+            }
+        }
+        keys.retain(|k| k != "kafka.passthrough");
+        assert_eq!(keys.len(), 32, "{keys:?}");
+        for key in keys {
+            let env = flags.get(&key).unwrap_or_else(|| panic!("{key} has no flag"));
+            let expected = match key.as_str() {
+                "kafka.bootstrap-servers" => "IPAM_KAFKA".to_owned(),
+                _ => format!("IPAM_{}", key.replace(['-', '.'], "_").to_uppercase()),
+            };
+            assert_eq!(env, &expected, "{key}");
+        }
     }
 
     #[test]

@@ -183,7 +183,9 @@ fn main() {
 
 /// Runs the command; answers its exit code (`exit.rs`).
 fn real_main() -> anyhow::Result<i32> {
-    let cli = Cli::parse();
+    let command = <Cli as clap::CommandFactory>::command();
+    let matches = command.clone().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     logging::init(cli.overrides.log_format);
     let mut config = Config::load(&cli.overrides)?;
     let ran = match cli.command {
@@ -233,7 +235,10 @@ fn real_main() -> anyhow::Result<i32> {
         }
         Command::Publish { args, api } => return publish::publish(|| api.client(&config), args),
         Command::Demo { keep } => demo::run(keep, config.api_token.clone()),
-        Command::Tools(tools) => return tools::run(tools, <Cli as clap::CommandFactory>::command(), &config),
+        Command::Tools(tools) => {
+            let sources = config::Sources::of(&cli.overrides, &command, &matches)?;
+            return tools::run(tools, command, &config, &sources);
+        }
         Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
         Command::Bench { events, burst, samples, perf_records, scale_out_events, keep } => {
             let kafka = config.kafka.bootstrap_servers.clone();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ipam_log_kafka::KafkaOptions;
 
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::exit;
 
 /// `ipam --version`: the package version and the git revision it was built from.
@@ -40,13 +40,28 @@ pub enum Tools {
         #[arg(default_value = "http://127.0.0.1:9090/health")]
         url: String,
     },
-    /// Load the configuration (defaults, --config file, IPAM_* variables, flags) and check it as
-    /// the services do before they start, without starting anything; exit 0 when it is good.
+    /// Print or check the effective configuration (defaults, --config file, IPAM_* variables,
+    /// flags).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The old name of `ipam config check`.
+    #[command(hide = true)]
     ConfigCheck,
 }
 
+/// `ipam config show` and `ipam config check`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration as TOML, each value with where it came from (default,
+    /// the file's path, IPAM_X, --flag); secrets print as <hidden>.
+    Show,
+    /// Load the configuration and check it as the services do before they start, without
+    /// starting anything; exit 0 when it is good.
+    Check,
+}
+
 /// Runs one of these commands; answers its exit code.
-pub fn run(tools: Tools, mut cli: clap::Command, config: &Config) -> anyhow::Result<i32> {
+pub fn run(tools: Tools, mut cli: clap::Command, config: &Config, sources: &Sources) -> anyhow::Result<i32> {
     // Written whole at the end: a reader that stops early (`| head`) ends the command quietly.
     let mut out = Vec::new();
     match tools {
@@ -60,7 +75,8 @@ pub fn run(tools: Tools, mut cli: clap::Command, config: &Config) -> anyhow::Res
             clap_mangen::generate_to(cli, &dir).with_context(|| format!("writing man pages into {}", dir.display()))?;
         }
         Tools::Health { url } => return health(&url),
-        Tools::ConfigCheck => {
+        Tools::Config(ConfigCommand::Show) => out.extend_from_slice(config.show(sources)?.as_bytes()),
+        Tools::Config(ConfigCommand::Check) | Tools::ConfigCheck => {
             if let Some(bootstrap) = &config.kafka.bootstrap_servers {
                 let mut options = KafkaOptions::new(bootstrap);
                 config.kafka.apply_to(&mut options)?;
