@@ -113,7 +113,7 @@ dpkg-deb -x "$deb" "$root"
 packaged_version=$("$root/usr/bin/ipam" --version)
 grep -qx "ipam $version (revision [0-9a-z]*)" <<<"$packaged_version" ||
     fail "the packaged binary's --version: $packaged_version"
-"$root/usr/bin/ipam" --config "$root/etc/ipam/ipam.toml" config-check >/dev/null ||
+"$root/usr/bin/ipam" --config "$root/etc/ipam/ipam.toml" config check >/dev/null ||
     fail "the packaged example configuration does not load"
 bash -n "$root/usr/share/bash-completion/completions/ipam" || fail "the bash completion is not valid bash"
 page=$(zcat "$root/usr/share/man/man1/ipam.1.gz")
