@@ -26,6 +26,7 @@ pub mod publish;
 pub mod query;
 pub mod stream;
 pub mod tls;
+pub mod views;
 
 mod follower;
 mod routes;

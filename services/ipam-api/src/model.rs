@@ -28,6 +28,8 @@ use ipam_core::{RejectionCode, Timestamp, VmId, VnicId};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+pub use crate::views::*;
+
 /// Entries of history kept per IP address; the oldest go first.
 pub const HISTORY_KEPT: usize = 256;
 /// Rejections kept per network; the oldest go first.
@@ -84,7 +86,7 @@ struct Server {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-struct Rejection {
+pub(crate) struct Rejection {
     request_type: String,
     code: RejectionCode,
     message: String,
@@ -122,7 +124,7 @@ impl Network {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-struct VnicReservation {
+pub(crate) struct VnicReservation {
     network_id: NetworkId,
     subnet_id: SubnetId,
     /// The subnet's CIDR when the address was reserved.
@@ -134,7 +136,7 @@ struct VnicReservation {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-struct VnicRelease {
+pub(crate) struct VnicRelease {
     network_id: NetworkId,
     subnet_id: SubnetId,
     ip: IpAddr,
@@ -159,7 +161,7 @@ struct HostInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-struct ServerStatus {
+pub(crate) struct ServerStatus {
     epoch: u64,
     state: DhcpServerState,
     detail: String,
@@ -965,362 +967,6 @@ impl SubnetCounts {
     }
 }
 
-/// A page of items and the key of its last item when more follow.
-pub type Page<T, K> = (Vec<T>, Option<K>);
-
-/// The cursor after a reservation: `subnet_id/ip`.
-pub fn reservation_cursor(subnet_id: SubnetId, ip: IpAddr) -> String {
-    format!("{subnet_id}/{ip}")
-}
-
-/// Reads a cursor made by [`reservation_cursor`].
-pub fn parse_reservation_cursor(text: &str) -> Option<(SubnetId, IpAddr)> {
-    let (subnet, ip) = text.split_once('/')?;
-    Some((subnet.parse().ok()?, ip.parse().ok()?))
-}
-
-/// What `GET /v1/vnics` filters on; every given filter must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VnicFilter {
-    pub network: Option<NetworkId>,
-    pub subnet: Option<SubnetId>,
-    /// vNICs on networks this host serves.
-    pub host: Option<HostId>,
-    pub vm: Option<VmId>,
-    pub mac: Option<Mac>,
-    pub ip: Option<IpAddr>,
-}
-
-/// A page of `GET /v1/networks`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct NetworkList {
-    pub networks: Vec<NetworkSummary>,
-    /// The cursor of the next page; null on the last.
-    pub next: Option<String>,
-}
-
-/// A page of `GET /v1/networks/{id}/reservations`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct ReservationPage {
-    pub network_id: NetworkId,
-    pub reservations: Vec<ReservationView>,
-    /// The cursor of the next page; null on the last.
-    pub next: Option<String>,
-}
-
-/// A page of `GET /v1/hosts`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct HostList {
-    pub hosts: Vec<HostView>,
-    /// The cursor of the next page; null on the last.
-    pub next: Option<String>,
-}
-
-/// A page of `GET /v1/vnics`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct VnicList {
-    pub vnics: Vec<VnicView>,
-    /// The cursor of the next page; null on the last.
-    pub next: Option<String>,
-}
-
-/// The answer of the history endpoints: what was asked about (`ip`, `vnic_id` or `mac`), the
-/// instant asked for, and the holdings, oldest first.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct History {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vnic_id: Option<VnicId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mac: Option<Mac>,
-    /// The `at` asked for; null for the whole history.
-    pub at: Option<Timestamp>,
-    pub history: Vec<HistoryView>,
-}
-
-/// A host named beside its id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-pub struct HostRef {
-    pub host_id: HostId,
-    /// Null when the engine never told the host's name.
-    pub name: Option<String>,
-}
-
-/// A network in `GET /v1/networks`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct NetworkSummary {
-    pub network_id: NetworkId,
-    pub name: Option<String>,
-    pub ipam_enabled: Option<bool>,
-    pub subnets: usize,
-    pub reservations: usize,
-    pub servers: Vec<HostRef>,
-}
-
-/// A network in `GET /v1/networks/{id}`. `name` and `ipam_enabled` are null when the network is
-/// known only from its subnets, servers or rejections (say, a request for a removed network).
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct NetworkView {
-    pub network_id: NetworkId,
-    pub name: Option<String>,
-    pub ipam_enabled: Option<bool>,
-    pub servers_count: Option<u8>,
-    pub subnets: Vec<SubnetView>,
-    /// The first reservations (ordered by subnet and address); `reservations_next` is the cursor
-    /// of the rest at `/v1/networks/{id}/reservations`, null when this is all of them.
-    pub reservations: Vec<ReservationView>,
-    pub reservations_next: Option<String>,
-    pub servers: Vec<ServerView>,
-    /// The most recent rejections, newest first.
-    pub rejections: Vec<RejectionView>,
-}
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct SubnetView {
-    pub subnet_id: SubnetId,
-    pub cidr: Cidr,
-    pub gateway: IpAddr,
-    pub dns_servers: Vec<IpAddr>,
-    pub ntp_servers: Vec<IpAddr>,
-    pub allocation_pools: Vec<IpRange>,
-    pub activated: Timestamp,
-    /// Every reservation of the subnet: vNICs' and DHCP servers' own addresses.
-    pub used: usize,
-    /// The part of `used` the network's DHCP servers hold, one address per serving host.
-    pub used_by_dhcp_servers: usize,
-    /// The DHCP servers' own addresses in this subnet, by IP.
-    pub dhcp_servers: Vec<ServerAddress>,
-    pub size: u64,
-    pub free: u64,
-    pub free_saturated: bool,
-    pub utilization: f64,
-}
-
-/// A DHCP server's own address in a subnet.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct ServerAddress {
-    pub host_id: HostId,
-    /// Null when the engine never told the host's name.
-    pub name: Option<String>,
-    pub ip: IpAddr,
-}
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct ReservationView {
-    pub subnet_id: SubnetId,
-    pub cidr: Option<Cidr>,
-    pub ip: IpAddr,
-    pub owner: Owner,
-    pub mac: Mac,
-    pub since: Timestamp,
-    pub cause: EventId,
-}
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct ServerView {
-    pub host_id: HostId,
-    pub host_name: Option<String>,
-    pub interface: InterfaceName,
-    pub epoch: u64,
-    pub reason: AssignReason,
-    pub since: Timestamp,
-    /// The host agent's last report for this epoch, if any.
-    pub status: Option<DhcpServerState>,
-    /// What that report says beside its state (what a degraded server cannot serve, and why).
-    pub status_detail: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(transparent)]
-pub struct RejectionView(Rejection);
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct VnicView {
-    pub vnic_id: VnicId,
-    pub vm_id: VmId,
-    pub reservation: Option<ReservationOf>,
-    pub last_release: Option<ReleaseOf>,
-}
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(transparent)]
-pub struct ReservationOf(VnicReservation);
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(transparent)]
-pub struct ReleaseOf(VnicRelease);
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct HostView {
-    pub host_id: HostId,
-    pub name: Option<String>,
-    pub status: Option<HostStatus>,
-    pub networks: Vec<HostNetwork>,
-    pub last_heartbeat: Option<Timestamp>,
-    /// What the host said it serves in its last heartbeat.
-    pub serving: Vec<ServedView>,
-    /// What placement assigned it.
-    pub assigned: Vec<ServedView>,
-    pub server_statuses: Vec<ServerStatusView>,
-}
-
-/// A DHCP server of a network, by the epoch of its assignment, with the network's name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-pub struct ServedView {
-    pub network_id: NetworkId,
-    /// Null when the engine never named the network.
-    pub network_name: Option<String>,
-    pub epoch: u64,
-}
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct ServerStatusView {
-    network_id: NetworkId,
-    #[serde(flatten)]
-    status: ServerStatus,
-}
-
-/// One holding of an address: who (vNIC and VM, or a host's DHCP server), with which MAC, in
-/// which subnet, from when to when (`to` null while it holds), and the hosts serving the network
-/// when it was reserved.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct HistoryView {
-    pub ip: IpAddr,
-    pub owner: Owner,
-    pub vnic_id: Option<VnicId>,
-    pub vm_id: Option<VmId>,
-    /// The host whose DHCP server held the address.
-    pub host_id: Option<HostId>,
-    pub mac: Mac,
-    pub network_id: NetworkId,
-    pub subnet_id: SubnetId,
-    pub cidr: Option<Cidr>,
-    pub from: Timestamp,
-    pub to: Option<Timestamp>,
-    /// The input that reserved the address.
-    pub cause: EventId,
-    pub reason: Option<ReleaseReason>,
-    /// The input that released it.
-    pub released_by: Option<EventId>,
-    pub served_by: Vec<HostRef>,
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ipam_core::event::{ReservationAdded, ReservationRemoved, SubnetActivated};
-
-    fn envelope(n: u128, event: Event) -> Envelope {
-        Envelope {
-            id: EventId::from_u128(n),
-            source: "test".to_owned(),
-            time: Timestamp::from_unix_ms(n as i64 * 1000),
-            subject: None,
-            event,
-        }
-    }
-
-    fn subnet(cidr: &str, gateway: &str, pools: &[(&str, &str)]) -> Subnet {
-        Subnet {
-            cidr: cidr.parse().expect("cidr"),
-            gateway: gateway.parse().expect("gateway"),
-            dns_servers: vec![],
-            ntp_servers: vec![],
-            allocation_pools: pools
-                .iter()
-                .map(|(s, e)| IpRange { start: s.parse().expect("start"), end: e.parse().expect("end") })
-                .collect(),
-            activated: Timestamp::from_unix_ms(0),
-        }
-    }
-
-    #[test]
-    fn free_counts_pool_addresses_less_gateway_and_reservations_inside_pools() {
-        let s = subnet("10.0.0.0/24", "10.0.0.1", &[("10.0.0.1", "10.0.0.254")]);
-        let ips: Vec<IpAddr> = ["10.0.0.5", "10.0.0.6"].iter().map(|ip| ip.parse().expect("ip")).collect();
-        assert_eq!(SubnetCounts::of(&s, &ips), SubnetCounts { used: 2, size: 253, free: 251 });
-
-        // A fixed IP outside the pool is used, but takes nothing from the pool.
-        let s = subnet("10.0.0.0/24", "10.0.0.1", &[("10.0.0.100", "10.0.0.109")]);
-        let ips: Vec<IpAddr> = ["10.0.0.5", "10.0.0.100"].iter().map(|ip| ip.parse().expect("ip")).collect();
-        assert_eq!(SubnetCounts::of(&s, &ips), SubnetCounts { used: 2, size: 10, free: 9 });
-    }
-
-    #[test]
-    fn ipv6_counts_saturate_as_json_numbers() {
-        let s = subnet("2001:db8::/64", "2001:db8::1", &[("2001:db8::1", "2001:db8::ffff:ffff:ffff:ffff")]);
-        let counts = SubnetCounts::of(&s, &[]);
-        assert_eq!(counts.size, (1u128 << 64) - 2);
-        assert_eq!(json_count(counts.free), MAX_JSON_COUNT as u64);
-    }
-
-    #[test]
-    fn history_closes_the_open_entry_and_vnic_keeps_its_last_release() {
-        let network_id = NetworkId::from_u128(1);
-        let subnet_id = SubnetId::from_u128(2);
-        let owner = Owner::Vnic { vnic_id: VnicId::from_u128(3), vm_id: VmId::from_u128(4) };
-        let mac: Mac = "52:54:00:00:00:01".parse().expect("mac");
-        let ip: IpAddr = "10.0.0.2".parse().expect("ip");
-        let mut model = ReadModel::new();
-        model.apply(
-            Topic::Reservations,
-            &envelope(
-                1,
-                Event::SubnetActivated(SubnetActivated {
-                    network_id,
-                    subnet_id,
-                    cidr: "10.0.0.0/24".parse().expect("cidr"),
-                    gateway: "10.0.0.1".parse().expect("gw"),
-                    dns_servers: vec![],
-                    ntp_servers: vec![],
-                    allocation_pools: vec![],
-                    cause: EventId::from_u128(1),
-                }),
-            ),
-        );
-        let added = ReservationAdded { network_id, subnet_id, owner, mac, ip, cause: EventId::from_u128(10) };
-        model.apply(Topic::Reservations, &envelope(2, Event::ReservationAdded(added.clone())));
-        // Seen twice: still one entry.
-        model.apply(Topic::Reservations, &envelope(2, Event::ReservationAdded(added)));
-        model.apply(
-            Topic::Reservations,
-            &envelope(
-                3,
-                Event::ReservationRemoved(ReservationRemoved {
-                    network_id,
-                    subnet_id,
-                    owner,
-                    mac,
-                    ip,
-                    reason: ReleaseReason::VnicDown,
-                    cause: EventId::from_u128(11),
-                }),
-            ),
-        );
-        let history = model.ip_history(ip, None).expect("history");
-        assert_eq!(history.len(), 1);
-        assert_eq!(history[0].to, Some(Timestamp::from_unix_ms(3000)));
-        let vnic = model.vnic(VnicId::from_u128(3)).expect("vnic");
-        assert!(vnic.reservation.is_none());
-        assert_eq!(vnic.last_release.expect("release").0.reason, ReleaseReason::VnicDown);
-        assert!(model.network(network_id).expect("network").reservations.is_empty());
-    }
-
-    #[test]
-    fn a_rejection_written_before_it_named_the_vnic_still_decodes_and_shows() {
-        let old = serde_json::json!({
-            "specversion": "1.0", "id": "00000000-0000-0000-0000-000000000031", "source": "ipam/allocator",
-            "type": "ipam.request.rejected.v1", "time": "2026-01-01T00:00:00Z",
-            "data": {"network_id": "00000000-0000-0000-0000-000000000001", "request_type": "ipam.vnic.started.v1",
-                     "code": "ip_in_use", "message": "taken", "cause": "00000000-0000-0000-0000-000000000030"}
-        });
-        let envelope = Envelope::decode(old.to_string().as_bytes()).expect("an old record decodes");
-        let mut model = ReadModel::new();
-        model.apply(Topic::Reservations, &envelope);
-        let Some(Decided::Rejected { code, vnic_id, mac, .. }) = model.decided(EventId::from_u128(0x30)) else {
-            panic!("the rejection is kept by its cause");
-        };
-        assert_eq!((*code, *vnic_id, *mac), (RejectionCode::IpInUse, None, None));
-    }
-}
+#[path = "model_tests.rs"]
+mod tests;
