@@ -6,8 +6,9 @@
 pub mod kafka_broker;
 pub mod netns;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ipam_core::{Envelope, Event, EventId, Timestamp};
@@ -18,7 +19,7 @@ use ipam_log_kafka::{KafkaLog, KafkaOptions};
 /// The `ipam` binary next to the running test or benchmark executable (`target/<profile>/ipam`).
 pub fn ipam_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the running executable has a path");
-    let binary = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>/deps").join("ipam");
+    let binary = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("ipam");
     assert!(
         binary.exists(),
         "{} is missing: build it with `cargo build -p ipam` (./test.sh builds it before testing)",
@@ -42,6 +43,49 @@ pub fn kafka_bootstrap() -> String {
              or `scripts/kafka-broker.sh start` and export the KAFKA_BOOTSTRAP address it prints"
         )
     })
+}
+
+/// A topic prefix no other test, nor an earlier run, uses on a shared broker: `{label}{digits}.`.
+pub fn unique_prefix(label: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{label}{}.", nanos % 1_000_000_000_000)
+}
+
+/// The global flags that run an `ipam` service as `instance` of a test's deployment on Kafka:
+/// the broker, the topic prefix, 2 partitions, a data directory of its own under `dir`, a 6 s
+/// session timeout (the broker's least, for quick takeovers), and `/metrics` and the API on free
+/// local ports. The subcommand and its own flags follow.
+pub fn kafka_service_args(bootstrap: &str, prefix: &str, dir: &Path, instance: &str) -> Vec<String> {
+    [
+        "--kafka",
+        bootstrap,
+        "--kafka-session-timeout-ms",
+        "6000",
+        "--topic-prefix",
+        prefix,
+        "--partitions",
+        "2",
+        "--instance",
+        instance,
+        "--data-dir",
+        &dir.join(instance).display().to_string(),
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--api-bind",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Waits until `done` holds, failing the test after `within`; answers how long it took.
+pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "timed out after {within:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
 }
 
 /// Which backend and where: `memory`, `sqlite:<dir>`, `kafka:<bootstrap servers>`.

@@ -347,31 +347,12 @@ fn a_write_that_waits_answers_each_event_with_its_decision_in_request_order() {
 #[test]
 fn a_write_that_waits_is_answered_by_the_split_services_on_kafka() {
     let bootstrap = ipam_tests::kafka_bootstrap();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let prefix = format!("wait{}.", nanos % 1_000_000_000_000);
+    let prefix = ipam_tests::unique_prefix("wait");
     let dir = tempfile::tempdir().unwrap();
     let spawn = |instance: &str, command: &str| {
-        let data = dir.path().join(instance).display().to_string();
-        let args = [
-            "--kafka",
-            &bootstrap,
-            "--kafka-session-timeout-ms",
-            "6000",
-            "--topic-prefix",
-            &prefix,
-            "--partitions",
-            "2",
-            "--instance",
-            instance,
-            "--data-dir",
-            &data,
-            "--metrics-bind",
-            "127.0.0.1:0",
-            "--api-bind",
-            "127.0.0.1:0",
-            command,
-        ];
-        Service::spawn(&args.map(str::to_owned))
+        let mut args = ipam_tests::kafka_service_args(&bootstrap, &prefix, dir.path(), instance);
+        args.push(command.to_owned());
+        Service::spawn(&args)
     };
     let mut allocator = spawn("allocator", "allocator");
     let mut placement = spawn("placement", "placement");

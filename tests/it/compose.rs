@@ -641,8 +641,7 @@ impl Localized {
 #[test]
 fn the_compose_topology_runs_as_local_processes_every_health_check_passes_and_the_api_reserves() {
     let bootstrap = ipam_tests::kafka_bootstrap();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let prefix = format!("compose{}.", nanos % 1_000_000_000_000);
+    let prefix = ipam_tests::unique_prefix("compose");
     let dir = tempfile::tempdir().unwrap();
     let compose = compose();
     let localized: Vec<Localized> = ipam_services(&compose)

@@ -15,8 +15,8 @@ use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Time
 use ipam_log::{EventLog, OutRecord};
 
 use crate::recovery::Service;
-use ipam_tests::event_record;
 use ipam_tests::netns::{Fabric, Lease, dhcp, must, prerequisites};
+use ipam_tests::{event_record, wait_until};
 
 const NETWORK: NetworkId = NetworkId::from_u128(0xd1);
 const SUBNET: SubnetId = SubnetId::from_u128(0xd2);
@@ -219,15 +219,6 @@ impl Stack {
 
 fn vm_owner(vnic: VnicId) -> Owner {
     Owner::Vnic { vnic_id: vnic, vm_id: VmId::from_u128(vnic.0.as_u128()) }
-}
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < within, "timed out after {within:?} waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
 }
 
 fn host_id(n: u128) -> HostId {

@@ -20,23 +20,14 @@ use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Time
 use ipam_log::EventLog;
 
 use crate::recovery::Service;
-use ipam_tests::event_record;
 use ipam_tests::netns::{Fabric, dhcp, must, prerequisites, run};
+use ipam_tests::{event_record, wait_until};
 
 const NETWORK: NetworkId = NetworkId::from_u128(0xd6_01);
 const SUBNET: SubnetId = SubnetId::from_u128(0xd6_02);
 const SUBNET4: SubnetId = SubnetId::from_u128(0xd6_04);
 const HOST: HostId = HostId::from_u128(0xd6_03);
 const PREFIX: &str = "2001:db8:77::";
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < within, "timed out after {within:?} waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
-}
 
 fn output(args: &[&str]) -> String {
     String::from_utf8_lossy(&run(args).stdout).into_owned()

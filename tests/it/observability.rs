@@ -375,30 +375,10 @@ fn ipam_up_serves_health_and_metrics_that_move_and_name_every_metric_the_alerts_
 #[test]
 fn the_split_services_on_kafka_each_serve_health_and_metrics_and_are_unhealthy_until_ready() {
     let bootstrap = ipam_tests::kafka_bootstrap();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let prefix = format!("obs{}.", nanos % 1_000_000_000_000);
+    let prefix = ipam_tests::unique_prefix("obs");
     let dir = tempfile::tempdir().unwrap();
     let spawn = |instance: &str, command: &[&str]| {
-        let mut args: Vec<String> = [
-            "--kafka",
-            &bootstrap,
-            "--kafka-session-timeout-ms",
-            "6000",
-            "--topic-prefix",
-            &prefix,
-            "--partitions",
-            "2",
-            "--instance",
-            instance,
-            "--data-dir",
-            &dir.path().join(instance).display().to_string(),
-            "--metrics-bind",
-            "127.0.0.1:0",
-            "--api-bind",
-            "127.0.0.1:0",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let mut args = ipam_tests::kafka_service_args(&bootstrap, &prefix, dir.path(), instance);
         args.extend(command.iter().map(|arg| (*arg).to_owned()));
         Service::spawn(&args)
     };

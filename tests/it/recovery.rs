@@ -652,9 +652,8 @@ impl Kafka {
 
     /// On the broker at `bootstrap`, every service started with `extra_args` as well.
     pub fn on_broker(bootstrap: &str, allocators: usize, extra_args: &[String]) -> Kafka {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         Kafka {
-            prefix: format!("recovery{}.", nanos % 1_000_000_000_000),
+            prefix: ipam_tests::unique_prefix("recovery"),
             log: ipam_tests::BackendSpec::Kafka(bootstrap.to_owned()).open().unwrap(),
             bootstrap: bootstrap.to_owned(),
             dir: tempfile::tempdir().unwrap(),
