@@ -32,6 +32,16 @@ pub fn every_type() -> Vec<Envelope> {
     let down = VnicDown { vnic_id: VnicId::from_u128(5), network_id };
     let owner = Owner::Vnic { vnic_id: VnicId::from_u128(5), vm_id: VmId::from_u128(6) };
     let pools = vec![ipam_core::IpRange { start: "10.0.0.10".parse().unwrap(), end: "10.0.0.200".parse().unwrap() }];
+    let lease = LeaseObserved {
+        network_id,
+        host_id,
+        mac,
+        ip: "10.0.0.10".parse().unwrap(),
+        observed_at: Timestamp::from_unix_ms(1_764_460_801_000),
+        expires_at: Some(Timestamp::from_unix_ms(1_764_464_401_000)),
+        hostname: Some("vm-1".to_owned()),
+        client_id: Some("01525400123456".to_owned()),
+    };
     let events = vec![
         Event::NetworkUpserted(NetworkUpserted {
             network_id,
@@ -58,6 +68,30 @@ pub fn every_type() -> Vec<Envelope> {
         Event::VnicUnlinked(down),
         Event::DhcpPortRequested(DhcpPortRequested { network_id, subnet_id, host_id, mac }),
         Event::DhcpPortReleased(DhcpPortReleased { network_id, subnet_id, host_id, mac }),
+        Event::LeaseGranted(lease.clone()),
+        Event::LeaseRenewed(lease.clone()),
+        Event::LeaseReleased(LeaseObserved { expires_at: None, ..lease.clone() }),
+        Event::LeaseExpired(LeaseObserved { expires_at: None, hostname: None, client_id: None, ..lease }),
+        Event::IpConflictDetected(IpConflictDetected {
+            network_id,
+            subnet_id,
+            ip: "10.0.0.12".parse().unwrap(),
+            host_id,
+            answered_by: "52:54:00:99:99:99".parse().unwrap(),
+            reserved_for: Some(mac),
+            probe: ConflictProbe::Arp,
+        }),
+        Event::IpConflictCleared(IpConflictCleared { network_id, ip: "10.0.0.12".parse().unwrap() }),
+        Event::NetworkPolicySet(NetworkPolicySet {
+            network_id,
+            policy: NetworkPolicy {
+                release_quarantine_s: Some(600),
+                conflict_probe: Some(true),
+                unleased_after_s: Some(120),
+                utilization_thresholds: Some(vec![75, 90, 100]),
+            },
+        }),
+        Event::PartitionClockTicked(PartitionClockTicked { now: Timestamp::from_unix_ms(1_764_460_802_000), partition: 3 }),
         Event::HostUpserted(HostUpserted {
             host_id,
             name: "host-a".to_owned(),
@@ -74,6 +108,7 @@ pub fn every_type() -> Vec<Envelope> {
             detail: "dnsmasq pid 4242".to_owned(),
         }),
         Event::ClockTicked(ClockTicked { now: Timestamp::from_unix_ms(1_764_460_800_000) }),
+        Event::DhcpServerSynced(DhcpServerSynced { host_id, network_id, epoch: 3, reservations_offset: 1234 }),
         Event::SubnetActivated(SubnetActivated {
             network_id,
             subnet_id,
@@ -112,6 +147,37 @@ pub fn every_type() -> Vec<Envelope> {
             mac: Some("52:54:00:00:00:51".parse().unwrap()),
             subnet_id: Some(SubnetId::from_u128(0x52)),
             host_id: None,
+        }),
+        Event::NetworkPolicyApplied(NetworkPolicyApplied { network_id, policy: NetworkPolicy::default(), cause }),
+        Event::VnicUnleased(VnicUnleased {
+            network_id,
+            subnet_id,
+            vnic_id: VnicId::from_u128(5),
+            vm_id: VmId::from_u128(6),
+            mac,
+            ip: "10.0.0.10".parse().unwrap(),
+            reserved_at: Timestamp::from_unix_ms(1_764_460_800_000),
+            now: Timestamp::from_unix_ms(1_764_461_100_000),
+            cause,
+        }),
+        Event::LeaseConflict(LeaseConflict {
+            network_id,
+            host_id,
+            mac,
+            leased_ip: "10.0.0.99".parse().unwrap(),
+            reserved_ip: Some("10.0.0.10".parse().unwrap()),
+            vnic_id: Some(VnicId::from_u128(5)),
+            kind: LeaseConflictKind::WrongAddress,
+            cause,
+        }),
+        Event::SubnetUtilizationCrossed(SubnetUtilizationCrossed {
+            network_id,
+            subnet_id,
+            threshold: 80,
+            rising: true,
+            used: 153,
+            size: 191,
+            cause,
         }),
         Event::DhcpServerAssigned(DhcpServerAssigned {
             network_id,

@@ -312,7 +312,21 @@ impl StateMachine for HostDhcpView {
             | Event::HostRemoved(_)
             | Event::HostHeartbeat(_)
             | Event::DhcpServerStatus(_)
-            | Event::ClockTicked(_) => None,
+            | Event::ClockTicked(_)
+            // Observations and policy (issue 14) reach the agent's own watchers, not its plan.
+            | Event::LeaseGranted(_)
+            | Event::LeaseRenewed(_)
+            | Event::LeaseReleased(_)
+            | Event::LeaseExpired(_)
+            | Event::IpConflictDetected(_)
+            | Event::IpConflictCleared(_)
+            | Event::NetworkPolicySet(_)
+            | Event::PartitionClockTicked(_)
+            | Event::DhcpServerSynced(_)
+            | Event::NetworkPolicyApplied(_)
+            | Event::VnicUnleased(_)
+            | Event::LeaseConflict(_)
+            | Event::SubnetUtilizationCrossed(_) => None,
         }
     }
 

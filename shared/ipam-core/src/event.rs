@@ -225,6 +225,114 @@ pub struct ClockTicked {
     pub now: Timestamp,
 }
 
+// ---- Observations and per-network policy (issue 14) ------------------------------------------
+//
+// What the system *observed* (leases, address conflicts) travels on `ipam.networks`, keyed by
+// network, like the host agents' port requests: the network's allocator then reads it in order
+// with its own decisions. None of it changes an allocation, except a probe's conflict, which takes
+// the address out of use until an operator clears it.
+
+/// One DHCP lease as a host agent read it from its dnsmasq's lease database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LeaseObserved {
+    pub network_id: NetworkId,
+    /// The host whose DHCP server holds the lease.
+    pub host_id: HostId,
+    pub mac: Mac,
+    pub ip: IpAddr,
+    /// When the agent saw the change (its clock: an observation, not a decision input).
+    pub observed_at: Timestamp,
+    /// When the lease ends unless renewed; absent for infinite leases and for ended ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// The client's hostname, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The client identifier (DHCPv4 option 61) or DUID (DHCPv6), hex, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// How an address conflict was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictProbe {
+    /// An ARP probe (RFC 5227) was answered.
+    Arp,
+    /// An IPv6 neighbour solicitation (duplicate address detection) was answered.
+    NeighbourSolicitation,
+}
+
+/// A host agent probed an address before serving it and another MAC answered for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IpConflictDetected {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub ip: IpAddr,
+    /// The host whose agent probed.
+    pub host_id: HostId,
+    /// The MAC that answered for the address.
+    pub answered_by: Mac,
+    /// The MAC the address is reserved for, when it is reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_for: Option<Mac>,
+    pub probe: ConflictProbe,
+}
+
+/// An operator says an address found in conflict is free to use again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IpConflictCleared {
+    pub network_id: NetworkId,
+    pub ip: IpAddr,
+}
+
+/// IPAM's own per-network policy, set by an operator (the engine's network events do not carry
+/// it). Every field absent keeps its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkPolicy {
+    /// Seconds a released address is kept from other vNICs (default 0: reused at once, by next-fit
+    /// last). Time comes from the log's clock ticks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_quarantine_s: Option<u32>,
+    /// Whether serving agents probe a newly reserved address before serving it (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_probe: Option<bool>,
+    /// Seconds after which a reserved vNIC without a lease is reported unleased (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unleased_after_s: Option<u32>,
+    /// Utilization percentages (1 to 100) whose crossing is reported (default 80, 90, 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_thresholds: Option<Vec<u8>>,
+}
+
+/// An operator sets a network's policy (replacing the previous one as a whole).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkPolicySet {
+    pub network_id: NetworkId,
+    #[serde(default)]
+    pub policy: NetworkPolicy,
+}
+
+/// The clock's tick on one partition of a network-keyed topic, so that each network's allocator
+/// sees time pass in its own input order (quarantine, unleased vNICs). The clock appends one per
+/// partition per interval, with a key the partitioner maps to `partition`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PartitionClockTicked {
+    pub now: Timestamp,
+    pub partition: u32,
+}
+
+/// A host agent's DHCP server for a network now serves every reservation of the network up to
+/// `reservations_offset` (the next offset of the network's `ipam.reservations` partition it has
+/// applied): what makes a reserved vNIC "served".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DhcpServerSynced {
+    pub host_id: HostId,
+    pub network_id: NetworkId,
+    pub epoch: u64,
+    pub reservations_offset: u64,
+}
+
 // ---- IPAM → everyone ------------------------------------------------------------------------
 
 /// A subnet is ready to serve, with its DHCP options and resolved allocation pools. Sent again when
@@ -367,6 +475,74 @@ pub struct DhcpServerUnassigned {
     pub cause: EventId,
 }
 
+/// The effective policy of a network, after an operator set it (or the network was removed:
+/// then the defaults); agents read it to know whether to probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkPolicyApplied {
+    pub network_id: NetworkId,
+    pub policy: NetworkPolicy,
+    pub cause: EventId,
+}
+
+/// A vNIC holds a reservation but no guest took a lease of it within the network's
+/// `unleased_after_s`: a warning, with what an operator needs to look.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VnicUnleased {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub vnic_id: VnicId,
+    pub vm_id: VmId,
+    pub mac: Mac,
+    pub ip: IpAddr,
+    /// The log's time when the address was reserved.
+    pub reserved_at: Timestamp,
+    /// The log's time when the warning was raised.
+    pub now: Timestamp,
+    pub cause: EventId,
+}
+
+/// What is wrong with an observed lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseConflictKind {
+    /// The lease's address is not the one reserved for its MAC.
+    WrongAddress,
+    /// The lease's MAC holds no reservation in the network.
+    NoReservation,
+}
+
+/// A lease disagrees with the reservations (an observation: no allocation changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LeaseConflict {
+    pub network_id: NetworkId,
+    pub host_id: HostId,
+    pub mac: Mac,
+    pub leased_ip: IpAddr,
+    /// The address reserved for the MAC, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnic_id: Option<VnicId>,
+    pub kind: LeaseConflictKind,
+    pub cause: EventId,
+}
+
+/// A subnet's utilization crossed one of its network's thresholds, upwards or back down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubnetUtilizationCrossed {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    /// The threshold crossed, in percent.
+    pub threshold: u8,
+    /// True when utilization rose to or above the threshold, false when it fell below it.
+    pub rising: bool,
+    /// Addresses held, and addresses the subnet's pools can hand out (fixed IPs outside the pools
+    /// count as held but not in the size).
+    pub used: u64,
+    pub size: u64,
+    pub cause: EventId,
+}
+
 macro_rules! events {
     ($($variant:ident($data:ty) = $type_name:literal on $topic:ident;)*) => {
         /// One event of the contract: the `type` and `data` of a CloudEvent.
@@ -441,16 +617,29 @@ events! {
     VnicUnlinked(VnicDown) = "ipam.vnic.unlinked.v1" on Networks;
     DhcpPortRequested(DhcpPortRequested) = "ipam.dhcp_port.requested.v1" on Networks;
     DhcpPortReleased(DhcpPortReleased) = "ipam.dhcp_port.released.v1" on Networks;
+    LeaseGranted(LeaseObserved) = "ipam.lease.granted.v1" on Networks;
+    LeaseRenewed(LeaseObserved) = "ipam.lease.renewed.v1" on Networks;
+    LeaseReleased(LeaseObserved) = "ipam.lease.released.v1" on Networks;
+    LeaseExpired(LeaseObserved) = "ipam.lease.expired.v1" on Networks;
+    IpConflictDetected(IpConflictDetected) = "ipam.ip.conflict.v1" on Networks;
+    IpConflictCleared(IpConflictCleared) = "ipam.ip.conflict_cleared.v1" on Networks;
+    NetworkPolicySet(NetworkPolicySet) = "ipam.network.policy_set.v1" on Networks;
+    PartitionClockTicked(PartitionClockTicked) = "ipam.clock.partition_ticked.v1" on Networks;
     HostUpserted(HostUpserted) = "ipam.host.upserted.v1" on Hosts;
     HostRemoved(HostRemoved) = "ipam.host.removed.v1" on Hosts;
     HostHeartbeat(HostHeartbeat) = "ipam.host.heartbeat.v1" on Hosts;
     DhcpServerStatus(DhcpServerStatus) = "ipam.dhcp_server.status.v1" on Hosts;
     ClockTicked(ClockTicked) = "ipam.clock.ticked.v1" on Hosts;
+    DhcpServerSynced(DhcpServerSynced) = "ipam.dhcp_server.synced.v1" on Hosts;
     SubnetActivated(SubnetActivated) = "ipam.subnet.activated.v1" on Reservations;
     SubnetDeactivated(SubnetDeactivated) = "ipam.subnet.deactivated.v1" on Reservations;
     ReservationAdded(ReservationAdded) = "ipam.reservation.added.v1" on Reservations;
     ReservationRemoved(ReservationRemoved) = "ipam.reservation.removed.v1" on Reservations;
     RequestRejected(RequestRejected) = "ipam.request.rejected.v1" on Reservations;
+    NetworkPolicyApplied(NetworkPolicyApplied) = "ipam.network.policy_applied.v1" on Reservations;
+    VnicUnleased(VnicUnleased) = "ipam.vnic.unleased.v1" on Reservations;
+    LeaseConflict(LeaseConflict) = "ipam.lease.conflict.v1" on Reservations;
+    SubnetUtilizationCrossed(SubnetUtilizationCrossed) = "ipam.subnet.utilization_crossed.v1" on Reservations;
     DhcpServerAssigned(DhcpServerAssigned) = "ipam.dhcp_server.assigned.v1" on DhcpServers;
     DhcpServerUnassigned(DhcpServerUnassigned) = "ipam.dhcp_server.unassigned.v1" on DhcpServers;
 }
@@ -503,6 +692,18 @@ impl Event {
             Event::RequestRejected(e) => e.network_id,
             Event::DhcpServerAssigned(e) => e.network_id,
             Event::DhcpServerUnassigned(e) => e.network_id,
+            Event::LeaseGranted(e) | Event::LeaseRenewed(e) | Event::LeaseReleased(e) | Event::LeaseExpired(e) => {
+                e.network_id
+            }
+            Event::IpConflictDetected(e) => e.network_id,
+            Event::IpConflictCleared(e) => e.network_id,
+            Event::NetworkPolicySet(e) => e.network_id,
+            Event::DhcpServerSynced(e) => e.network_id,
+            Event::NetworkPolicyApplied(e) => e.network_id,
+            Event::VnicUnleased(e) => e.network_id,
+            Event::LeaseConflict(e) => e.network_id,
+            Event::SubnetUtilizationCrossed(e) => e.network_id,
+            Event::PartitionClockTicked(_) => return None,
             Event::HostUpserted(_) | Event::HostRemoved(_) | Event::HostHeartbeat(_) | Event::ClockTicked(_) => {
                 return None;
             }
@@ -517,6 +718,9 @@ impl Event {
             Event::HostHeartbeat(e) => e.host_id.to_string(),
             Event::DhcpServerStatus(e) => e.host_id.to_string(),
             Event::ClockTicked(_) => CLOCK_KEY.to_owned(),
+            Event::DhcpServerSynced(e) => e.host_id.to_string(),
+            // Nominal: the clock chooses, per partition, a key the partitioner maps there.
+            Event::PartitionClockTicked(e) => format!("{CLOCK_KEY}/{}", e.partition),
             other => other.network_id().map(|id| id.to_string()).unwrap_or_default(),
         }
     }
