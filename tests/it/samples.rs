@@ -91,7 +91,10 @@ pub fn every_type() -> Vec<Envelope> {
                 utilization_thresholds: Some(vec![75, 90, 100]),
             },
         }),
-        Event::PartitionClockTicked(PartitionClockTicked { now: Timestamp::from_unix_ms(1_764_460_802_000), partition: 3 }),
+        Event::PartitionClockTicked(PartitionClockTicked {
+            now: Timestamp::from_unix_ms(1_764_460_802_000),
+            partition: 3,
+        }),
         Event::HostUpserted(HostUpserted {
             host_id,
             name: "host-a".to_owned(),
@@ -168,6 +171,19 @@ pub fn every_type() -> Vec<Envelope> {
             reserved_ip: Some("10.0.0.10".parse().unwrap()),
             vnic_id: Some(VnicId::from_u128(5)),
             kind: LeaseConflictKind::WrongAddress,
+            cause,
+        }),
+        Event::VnicLeaseChanged(VnicLeaseChanged {
+            network_id,
+            subnet_id,
+            vnic_id: VnicId::from_u128(5),
+            vm_id: VmId::from_u128(6),
+            mac,
+            ip: "10.0.0.10".parse().unwrap(),
+            host_id,
+            change: LeaseChange::Granted,
+            observed_at: Timestamp::from_unix_ms(1_764_460_801_000),
+            expires_at: Some(Timestamp::from_unix_ms(1_764_464_401_000)),
             cause,
         }),
         Event::SubnetUtilizationCrossed(SubnetUtilizationCrossed {

@@ -326,6 +326,7 @@ impl StateMachine for HostDhcpView {
             | Event::NetworkPolicyApplied(_)
             | Event::VnicUnleased(_)
             | Event::LeaseConflict(_)
+            | Event::VnicLeaseChanged(_)
             | Event::SubnetUtilizationCrossed(_) => None,
         }
     }

@@ -527,6 +527,39 @@ pub struct LeaseConflict {
     pub cause: EventId,
 }
 
+/// What happened to a lease, as a host agent observed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseChange {
+    Granted,
+    Renewed,
+    Released,
+    Expired,
+}
+
+/// An observed lease matched to the vNIC it belongs to (its MAC and reserved address agree): the
+/// allocator's echo of `ipam.lease.*`, in order with the vNIC's reservations on its
+/// `ipam.reservations` partition, so that readers (the API) know which vNIC is leased without
+/// matching leases themselves. A lease that does not match raises `ipam.lease.conflict.v1` instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VnicLeaseChanged {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub vnic_id: VnicId,
+    pub vm_id: VmId,
+    pub mac: Mac,
+    pub ip: IpAddr,
+    /// The host whose DHCP server holds (or held) the lease.
+    pub host_id: HostId,
+    pub change: LeaseChange,
+    /// When the agent saw the change (its clock).
+    pub observed_at: Timestamp,
+    /// When the lease ends unless renewed; absent for infinite and ended leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    pub cause: EventId,
+}
+
 /// A subnet's utilization crossed one of its network's thresholds, upwards or back down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubnetUtilizationCrossed {
@@ -639,6 +672,7 @@ events! {
     NetworkPolicyApplied(NetworkPolicyApplied) = "ipam.network.policy_applied.v1" on Reservations;
     VnicUnleased(VnicUnleased) = "ipam.vnic.unleased.v1" on Reservations;
     LeaseConflict(LeaseConflict) = "ipam.lease.conflict.v1" on Reservations;
+    VnicLeaseChanged(VnicLeaseChanged) = "ipam.vnic.lease_changed.v1" on Reservations;
     SubnetUtilizationCrossed(SubnetUtilizationCrossed) = "ipam.subnet.utilization_crossed.v1" on Reservations;
     DhcpServerAssigned(DhcpServerAssigned) = "ipam.dhcp_server.assigned.v1" on DhcpServers;
     DhcpServerUnassigned(DhcpServerUnassigned) = "ipam.dhcp_server.unassigned.v1" on DhcpServers;
@@ -702,6 +736,7 @@ impl Event {
             Event::NetworkPolicyApplied(e) => e.network_id,
             Event::VnicUnleased(e) => e.network_id,
             Event::LeaseConflict(e) => e.network_id,
+            Event::VnicLeaseChanged(e) => e.network_id,
             Event::SubnetUtilizationCrossed(e) => e.network_id,
             Event::PartitionClockTicked(_) => return None,
             Event::HostUpserted(_) | Event::HostRemoved(_) | Event::HostHeartbeat(_) | Event::ClockTicked(_) => {
