@@ -11,6 +11,7 @@ pub mod allocator;
 pub mod dhcp_plan;
 pub mod event;
 pub mod ids;
+pub mod lease_watch;
 pub mod mac;
 pub mod machine;
 pub mod net;

@@ -1,0 +1,342 @@
+//! Given/when/then tests of the lease watch: a history of reservations, releases, lease
+//! observations and ticks, one more step, the expected outputs. After every step the watch's
+//! invariants are checked against the reservations the test holds, and a snapshot restores to an
+//! equal watch.
+
+use expect_test::{Expect, expect};
+
+use super::*;
+use crate::testing::render;
+
+const NET: NetworkId = NetworkId::from_u128(1);
+const S1: SubnetId = SubnetId::from_u128(11);
+const HOST_A: HostId = HostId::from_u128(31);
+const HOST_B: HostId = HostId::from_u128(32);
+/// Short enough that tests say when in whole seconds.
+const AFTER_S: u32 = 60;
+
+#[derive(Clone)]
+enum Step {
+    /// vNIC n reserves 10.0.0.n with MAC …:n, at the last tick's time.
+    Reserve(u8),
+    Release(u8),
+    /// A lease change for MAC …:n of 10.0.0.m on a host.
+    Lease(LeaseChange, u8, u8, HostId),
+    /// The network's clock at this many seconds.
+    Tick(i64),
+}
+use Step::*;
+
+fn mac(n: u8) -> Mac {
+    Mac::from_octets([0x52, 0x54, 0, 0, 0, n]).unwrap()
+}
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([10, 0, 0, n])
+}
+
+fn reserved(n: u8) -> Reserved {
+    Reserved { subnet_id: S1, vm_id: VmId::from_u128(100 + u128::from(n)), mac: mac(n), ip: ip(n) }
+}
+
+fn lease(mac_of: u8, ip_of: u8, host_id: HostId) -> LeaseObserved {
+    LeaseObserved {
+        network_id: NET,
+        host_id,
+        mac: mac(mac_of),
+        ip: ip(ip_of),
+        observed_at: Timestamp::from_unix_ms(5_000),
+        expires_at: Some(Timestamp::from_unix_ms(3_605_000)),
+        hostname: None,
+        client_id: None,
+    }
+}
+
+/// The watch and the reservations a network would hold beside it.
+#[derive(Default)]
+struct World {
+    watch: LeaseWatch,
+    holdings: BTreeMap<VnicId, Reserved>,
+    now: Option<Timestamp>,
+}
+
+impl World {
+    fn step(&mut self, n: u128, step: Step) -> Vec<Event> {
+        let cause = EventId::from_u128(0xe000 + n);
+        let outputs = match step {
+            Reserve(v) => {
+                let vnic_id = VnicId::from_u128(u128::from(v));
+                self.holdings.insert(vnic_id, reserved(v));
+                self.watch.reserved(vnic_id, reserved(v), self.now);
+                Vec::new()
+            }
+            Release(v) => {
+                let vnic_id = VnicId::from_u128(u128::from(v));
+                self.holdings.remove(&vnic_id);
+                self.watch.released(vnic_id);
+                Vec::new()
+            }
+            Lease(change, m, i, host) => self.watch.observe(change, &lease(m, i, host), cause).into_iter().collect(),
+            Tick(seconds) => {
+                let now = Timestamp::from_unix_ms(seconds * 1000);
+                self.now = Some(now);
+                self.watch.tick(NET, now, AFTER_S, cause)
+            }
+        };
+        let holdings = self.holdings.iter().map(|(id, r)| (*id, *r));
+        self.watch.check(NET, holdings).expect("the watch's invariants hold");
+        let holdings = self.holdings.iter().map(|(id, r)| (*id, *r));
+        let restored = LeaseWatch::from_snapshot(self.watch.to_snapshot(), holdings).expect("the snapshot restores");
+        assert_eq!(restored, self.watch, "a snapshot restores the same watch");
+        outputs
+    }
+}
+
+fn check(history: Vec<Step>, step: Step, expected: Expect) {
+    let mut world = World::default();
+    for (n, earlier) in history.into_iter().enumerate() {
+        world.step(n as u128, earlier);
+    }
+    let outputs = world.step(999, step);
+    expected.assert_eq(&render(&outputs));
+}
+
+// ---- Leases that match -----------------------------------------------------------------------
+
+#[test]
+fn a_granted_lease_of_the_reserved_address_marks_the_vnic_leased() {
+    check(
+        vec![Tick(0), Reserve(5)],
+        Lease(LeaseChange::Granted, 5, 5, HOST_A),
+        expect![[r#"
+            vnic.lease_changed {change:granted,expires_at:1970-01-01T01:00:05Z,host_id:#31,ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,observed_at:1970-01-01T00:00:05Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn a_renewal_is_echoed_with_its_new_expiry() {
+    check(
+        vec![Tick(0), Reserve(5), Lease(LeaseChange::Granted, 5, 5, HOST_A)],
+        Lease(LeaseChange::Renewed, 5, 5, HOST_A),
+        expect![[r#"
+            vnic.lease_changed {change:renewed,expires_at:1970-01-01T01:00:05Z,host_id:#31,ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,observed_at:1970-01-01T00:00:05Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn the_end_of_the_held_lease_is_echoed_without_expiry() {
+    check(
+        vec![Tick(0), Reserve(5), Lease(LeaseChange::Granted, 5, 5, HOST_A)],
+        Lease(LeaseChange::Expired, 5, 5, HOST_A),
+        expect![[r#"
+            vnic.lease_changed {change:expired,host_id:#31,ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,observed_at:1970-01-01T00:00:05Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn the_end_of_a_lease_on_another_host_than_the_holder_says_nothing() {
+    check(
+        vec![Tick(0), Reserve(5), Lease(LeaseChange::Granted, 5, 5, HOST_A)],
+        Lease(LeaseChange::Released, 5, 5, HOST_B),
+        expect![[""]],
+    );
+}
+
+#[test]
+fn the_end_of_a_lease_never_held_says_nothing() {
+    check(vec![Tick(0), Reserve(5)], Lease(LeaseChange::Released, 5, 5, HOST_A), expect![[""]]);
+}
+
+// ---- Conflicts -------------------------------------------------------------------------------
+
+#[test]
+fn a_lease_of_another_address_than_the_reserved_one_is_a_wrong_address_conflict() {
+    check(
+        vec![Tick(0), Reserve(5)],
+        Lease(LeaseChange::Granted, 5, 99, HOST_A),
+        expect![[r#"
+            lease.conflict {host_id:#31,kind:wrong_address,leased_ip:10.0.0.99,mac:52:54:00:00:00:05,network_id:#1,reserved_ip:10.0.0.5,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn a_lease_of_a_mac_without_reservation_is_a_no_reservation_conflict() {
+    check(
+        vec![Tick(0), Reserve(5)],
+        Lease(LeaseChange::Granted, 7, 5, HOST_A),
+        expect![[r#"
+            lease.conflict {host_id:#31,kind:no_reservation,leased_ip:10.0.0.5,mac:52:54:00:00:00:07,network_id:#1}
+        "#]],
+    );
+}
+
+#[test]
+fn a_renewal_of_a_reported_conflict_is_not_reported_again() {
+    check(
+        vec![Tick(0), Lease(LeaseChange::Granted, 7, 5, HOST_A)],
+        Lease(LeaseChange::Renewed, 7, 5, HOST_A),
+        expect![[""]],
+    );
+}
+
+#[test]
+fn a_conflicting_lease_that_ended_is_reported_again_when_granted_again() {
+    check(
+        vec![Tick(0), Lease(LeaseChange::Granted, 7, 5, HOST_A), Lease(LeaseChange::Expired, 7, 5, HOST_A)],
+        Lease(LeaseChange::Granted, 7, 5, HOST_A),
+        expect![[r#"
+            lease.conflict {host_id:#31,kind:no_reservation,leased_ip:10.0.0.5,mac:52:54:00:00:00:07,network_id:#1}
+        "#]],
+    );
+}
+
+#[test]
+fn a_conflicting_lease_that_becomes_the_reservation_is_echoed_as_the_vnics() {
+    check(
+        vec![Tick(0), Lease(LeaseChange::Granted, 5, 5, HOST_A), Reserve(5)],
+        Lease(LeaseChange::Renewed, 5, 5, HOST_A),
+        expect![[r#"
+            vnic.lease_changed {change:renewed,expires_at:1970-01-01T01:00:05Z,host_id:#31,ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,observed_at:1970-01-01T00:00:05Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn the_lease_of_a_released_vnic_is_a_conflict() {
+    check(
+        vec![Tick(0), Reserve(5), Lease(LeaseChange::Granted, 5, 5, HOST_A), Release(5)],
+        Lease(LeaseChange::Renewed, 5, 5, HOST_A),
+        expect![[r#"
+            lease.conflict {host_id:#31,kind:no_reservation,leased_ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1}
+        "#]],
+    );
+}
+
+// ---- Unleased vNICs --------------------------------------------------------------------------
+
+#[test]
+fn a_reservation_without_lease_is_reported_once_its_time_is_up() {
+    check(
+        vec![Tick(0), Reserve(5), Tick(59)],
+        Tick(60),
+        expect![[r#"
+            vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:01:00Z,reserved_at:1970-01-01T00:00:00Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn a_reservation_is_not_reported_before_its_time() {
+    check(vec![Tick(0), Reserve(5)], Tick(59), expect![[""]]);
+}
+
+#[test]
+fn an_unleased_reservation_is_reported_only_once() {
+    check(vec![Tick(0), Reserve(5), Tick(60)], Tick(600), expect![[""]]);
+}
+
+#[test]
+fn a_leased_vnic_is_not_reported() {
+    check(vec![Tick(0), Reserve(5), Lease(LeaseChange::Granted, 5, 5, HOST_A)], Tick(600), expect![[""]]);
+}
+
+#[test]
+fn a_vnic_whose_lease_ended_is_reported_when_its_time_is_up() {
+    check(
+        vec![
+            Tick(0),
+            Reserve(5),
+            Lease(LeaseChange::Granted, 5, 5, HOST_A),
+            Lease(LeaseChange::Released, 5, 5, HOST_A),
+        ],
+        Tick(60),
+        expect![[r#"
+            vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:01:00Z,reserved_at:1970-01-01T00:00:00Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn a_lease_of_a_wrong_address_does_not_count_as_leased() {
+    check(
+        vec![Tick(0), Reserve(5), Lease(LeaseChange::Granted, 5, 99, HOST_A)],
+        Tick(60),
+        expect![[r#"
+            vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:01:00Z,reserved_at:1970-01-01T00:00:00Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn a_released_vnic_is_not_reported() {
+    check(vec![Tick(0), Reserve(5), Release(5)], Tick(600), expect![[""]]);
+}
+
+#[test]
+fn a_reservation_before_the_first_tick_is_dated_by_the_next_tick() {
+    check(
+        vec![Reserve(5), Tick(100), Tick(159)],
+        Tick(160),
+        expect![[r#"
+            vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:02:40Z,reserved_at:1970-01-01T00:01:40Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn reservations_are_reported_oldest_first_and_only_those_whose_time_is_up() {
+    check(
+        vec![Tick(0), Reserve(7), Tick(10), Reserve(5), Tick(20), Reserve(6)],
+        Tick(75),
+        expect![[r#"
+            vnic.unleased {ip:10.0.0.7,mac:52:54:00:00:00:07,network_id:#1,now:1970-01-01T00:01:15Z,reserved_at:1970-01-01T00:00:00Z,subnet_id:#11,vm_id:#107,vnic_id:#7}
+            vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:01:15Z,reserved_at:1970-01-01T00:00:10Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+#[test]
+fn a_new_reservation_of_a_reported_vnic_is_watched_afresh() {
+    check(
+        vec![Tick(0), Reserve(5), Tick(60), Release(5), Reserve(5), Tick(100)],
+        Tick(160),
+        expect![[r#"
+            vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:02:40Z,reserved_at:1970-01-01T00:01:00Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+    );
+}
+
+// ---- Snapshots and invariants ----------------------------------------------------------------
+
+#[test]
+fn a_snapshot_without_the_watch_restores_every_reservation_undated() {
+    let holdings = [(VnicId::from_u128(5), reserved(5))];
+    let mut watch = LeaseWatch::from_snapshot(LeaseWatchSnapshot::default(), holdings.into_iter()).unwrap();
+    let outputs = watch.tick(NET, Timestamp::from_unix_ms(0), AFTER_S, EventId::from_u128(1));
+    assert!(outputs.is_empty(), "dated by this tick, not reported by it");
+    let outputs = watch.tick(NET, Timestamp::from_unix_ms(60_000), AFTER_S, EventId::from_u128(2));
+    assert_eq!(outputs.len(), 1, "reported a whole interval later: {outputs:?}");
+}
+
+#[test]
+fn a_snapshot_naming_a_vnic_without_reservation_is_refused() {
+    let mut watch = LeaseWatch::new();
+    watch.reserved(VnicId::from_u128(5), reserved(5), None);
+    let error = LeaseWatch::from_snapshot(watch.to_snapshot(), std::iter::empty()).unwrap_err();
+    assert!(error.contains("holds no reservation"), "{error}");
+}
+
+#[test]
+fn the_check_finds_a_reservation_the_watch_does_not_follow() {
+    let watch = LeaseWatch::new();
+    let error = watch.check(NET, [(VnicId::from_u128(5), reserved(5))].into_iter()).unwrap_err();
+    assert!(error.0.contains("vNIC"), "{error}");
+    let mut watch = LeaseWatch::new();
+    watch.reserved(VnicId::from_u128(5), reserved(5), None);
+    let error = watch.check(NET, std::iter::empty()).unwrap_err();
+    assert!(error.0.contains("follows 1 vNICs, 0 hold"), "{error}");
+}
