@@ -390,6 +390,9 @@ pub enum ReleaseReason {
     SubnetRemoved,
     /// The whole network was removed.
     NetworkRemoved,
+    /// A host agent's probe found another MAC answering for the dynamically allocated address
+    /// (`ipam.ip.conflict.v1`): the vNIC is given another address at once.
+    IpConflict,
 }
 
 /// A reservation ended; the address is free again (and handed out last, by next-fit).

@@ -60,6 +60,14 @@ pub enum RejectionCode {
     SubnetConflict,
     /// The owner already holds a reservation with another subnet, MAC or IP; send a down event first.
     VnicConflict,
+    /// A network policy is out of range: a utilization threshold outside 1 to 100, or given twice.
+    InvalidPolicy,
+    /// The requested fixed IP was released by another MAC less than the network's
+    /// `release_quarantine_s` ago; ask again later, or for another address.
+    IpQuarantined,
+    /// The requested fixed IP was found answered by another MAC (`ipam.ip.conflict.v1`) and is kept
+    /// out of use until an operator clears the conflict (`ipam.ip.conflict_cleared.v1`).
+    IpInConflict,
 }
 
 impl RejectionCode {
@@ -89,6 +97,9 @@ impl RejectionCode {
             RejectionCode::SubnetInUse => "subnet_in_use",
             RejectionCode::SubnetConflict => "subnet_conflict",
             RejectionCode::VnicConflict => "vnic_conflict",
+            RejectionCode::InvalidPolicy => "invalid_policy",
+            RejectionCode::IpQuarantined => "ip_quarantined",
+            RejectionCode::IpInConflict => "ip_in_conflict",
         }
     }
 }
