@@ -26,6 +26,29 @@
 //! twice. The window survives the network's removal (the machine stays as a tombstone that holds
 //! only the window), so a late retry of one of its requests is not answered `unknown_network` under
 //! an id already used. An input about no network reaches no machine and has no effect anyway.
+//!
+//! # Time, policy, quarantine, conflicts (issue 14)
+//! The machine never reads a clock: a network's *now* is the last `ipam.clock.partition_ticked.v1`
+//! of its partition, which [`Allocator`] hands to every network it holds (ticks enter no window of
+//! input ids: they are many, carry no request, and applying one twice changes nothing, since now
+//! only moves forward). An operator's `ipam.network.policy_set.v1` (validated: thresholds 1 to 100,
+//! none twice) is kept and answered with the effective policy, defaults filled in.
+//!
+//! With `release_quarantine_s` above 0, an address a vNIC released is withheld from every other
+//! vNIC and DHCP port until `now >= released_at + release_quarantine_s` (stale ARP and conntrack
+//! entries elsewhere still point at the old guest); the same MAC coming up again in the subnet gets
+//! it back (a VM restart). A release before the network's first tick is dated by the next tick. The
+//! length is read from the policy when a tick or a policy change sweeps the quarantine, so a
+//! shorter policy frees addresses at once.
+//!
+//! An address a host agent's probe found answered by another MAC (`ipam.ip.conflict.v1`) is
+//! withheld until an operator clears it. A vNIC holding it by dynamic allocation is moved to
+//! another address of its subnet (when one is free); a fixed-IP holder keeps it: it asked for that
+//! address, and the conflict is reported, not resolved.
+//!
+//! After every input that changes how many addresses a subnet holds, the share held is compared,
+//! before and after, with the network's utilization thresholds: each one crossed yields one
+//! `ipam.subnet.utilization_crossed.v1`, rising or falling.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -33,9 +56,10 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    DhcpPortReleased, DhcpPortRequested, Envelope, Event, NetworkRemoved, NetworkUpserted, Owner, ReleaseReason,
-    RequestRejected, ReservationAdded, ReservationRemoved, SubnetActivated, SubnetAdded, SubnetDeactivated,
-    SubnetRemoved, VnicDown, VnicUp,
+    DhcpPortReleased, DhcpPortRequested, Envelope, Event, IpConflictCleared, IpConflictDetected, NetworkPolicy,
+    NetworkPolicyApplied, NetworkPolicySet, NetworkRemoved, NetworkUpserted, Owner, PartitionClockTicked,
+    ReleaseReason, RequestRejected, ReservationAdded, ReservationRemoved, SubnetActivated, SubnetAdded,
+    SubnetDeactivated, SubnetRemoved, SubnetUtilizationCrossed, VnicDown, VnicUp,
 };
 use crate::ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
 use crate::mac::Mac;
@@ -44,9 +68,46 @@ use crate::net::{SpecialBlock, SubnetSpec};
 use crate::pool::{AddressPool, PoolError};
 use crate::recent::{INPUT_WINDOW, RecentInputs};
 use crate::rejection::{Rejection, RejectionCode};
+use crate::time::Timestamp;
 
 /// The longest network name accepted.
 pub const MAX_NAME_LEN: usize = 255;
+
+/// The utilization percentages reported when the network's policy does not say.
+pub const DEFAULT_UTILIZATION_THRESHOLDS: [u8; 3] = [80, 90, 100];
+
+/// Seconds after which a reserved vNIC without a lease is reported, when the network's policy does
+/// not say.
+pub const DEFAULT_UNLEASED_AFTER_S: u32 = 300;
+
+/// A network's policy with every default filled in: what the allocator acts on, and what
+/// `ipam.network.policy_applied.v1` tells.
+pub fn effective_policy(policy: &NetworkPolicy) -> NetworkPolicy {
+    let mut thresholds =
+        policy.utilization_thresholds.clone().unwrap_or_else(|| DEFAULT_UTILIZATION_THRESHOLDS.to_vec());
+    thresholds.sort_unstable();
+    NetworkPolicy {
+        release_quarantine_s: Some(policy.release_quarantine_s.unwrap_or(0)),
+        conflict_probe: Some(policy.conflict_probe.unwrap_or(true)),
+        unleased_after_s: Some(policy.unleased_after_s.unwrap_or(DEFAULT_UNLEASED_AFTER_S)),
+        utilization_thresholds: Some(thresholds),
+    }
+}
+
+/// Refuses a policy no network can follow: a threshold outside 1 to 100, or one given twice.
+fn validate_policy(policy: &NetworkPolicy) -> Result<(), Rejection> {
+    let thresholds = policy.utilization_thresholds.as_deref().unwrap_or_default();
+    if let Some(bad) = thresholds.iter().find(|t| !(1..=100).contains(*t)) {
+        let message = format!("utilization threshold {bad} is outside 1 to 100 (percent)");
+        return Err(Rejection::new(RejectionCode::InvalidPolicy, message));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = thresholds.iter().find(|t| !seen.insert(**t)) {
+        let message = format!("utilization threshold {twice} is given twice");
+        return Err(Rejection::new(RejectionCode::InvalidPolicy, message));
+    }
+    Ok(())
+}
 
 /// Who holds a reservation, as the allocator indexes it: a vNIC holds one address, a host's DHCP
 /// server one per subnet.
@@ -64,6 +125,18 @@ struct Holding {
     mac: Mac,
     /// The VM of a vNIC owner; `None` for a DHCP port.
     vm_id: Option<VmId>,
+    /// Whether the owner asked for this address (a fixed IP): such a holder keeps it through a
+    /// conflict, where a dynamically allocated one is moved.
+    fixed: bool,
+}
+
+/// A released address sitting out its quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Quarantined {
+    /// The MAC that held it: the one owner that may have it back before the end.
+    mac: Mac,
+    /// The network's now at the release; `None` until the network's first tick dates it.
+    released_at: Option<Timestamp>,
 }
 
 /// A network's settings as the engine last sent them.
@@ -91,6 +164,17 @@ pub struct NetworkAllocator {
     macs: BTreeMap<Mac, MacUser>,
     /// The ids of the inputs this network's machine applied last; kept across the network's removal.
     recent_inputs: RecentInputs,
+    /// The operator's policy as last set (absent fields keep their defaults).
+    policy: NetworkPolicy,
+    /// The last partition tick this network saw: its notion of now. Kept across the network's
+    /// removal (time belongs to the partition).
+    now: Option<Timestamp>,
+    /// Released addresses withheld for `release_quarantine_s`, by subnet and address.
+    quarantine: BTreeMap<(SubnetId, IpAddr), Quarantined>,
+    /// The quarantined address of each MAC and subnet (the latest, should a MAC have two).
+    quarantined_by_mac: BTreeMap<(Mac, SubnetId), IpAddr>,
+    /// Addresses another MAC answered for, withheld until cleared: the MAC that answered.
+    conflicts: BTreeMap<(SubnetId, IpAddr), Mac>,
 }
 
 /// Who uses a MAC on the network. A vNIC's MAC is unique on its network; a host's DHCP server uses
@@ -132,6 +216,11 @@ impl NetworkAllocator {
             holdings: BTreeMap::new(),
             macs: BTreeMap::new(),
             recent_inputs: RecentInputs::with_capacity(input_window),
+            policy: NetworkPolicy::default(),
+            now: None,
+            quarantine: BTreeMap::new(),
+            quarantined_by_mac: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
         }
     }
 
@@ -154,10 +243,40 @@ impl NetworkAllocator {
         &self.recent_inputs
     }
 
+    /// The network's now: its partition's last tick, if one came.
+    pub fn now(&self) -> Option<Timestamp> {
+        self.now
+    }
+
+    /// The policy in force, defaults filled in.
+    pub fn policy(&self) -> NetworkPolicy {
+        effective_policy(&self.policy)
+    }
+
+    fn quarantine_s(&self) -> u32 {
+        self.policy.release_quarantine_s.unwrap_or(0)
+    }
+
+    /// The addresses in quarantine, as (subnet, IP, MAC that released it, when).
+    pub fn quarantined(&self) -> impl Iterator<Item = (SubnetId, IpAddr, Mac, Option<Timestamp>)> + '_ {
+        self.quarantine.iter().map(|((subnet_id, ip), q)| (*subnet_id, *ip, q.mac, q.released_at))
+    }
+
+    /// The addresses found in conflict and not cleared, as (subnet, IP, MAC that answered).
+    pub fn conflicts(&self) -> impl Iterator<Item = (SubnetId, IpAddr, Mac)> + '_ {
+        self.conflicts.iter().map(|((subnet_id, ip), mac)| (*subnet_id, *ip, *mac))
+    }
+
     /// Applies one input and returns the outputs, in order. Events of other networks or of types
     /// the allocator does not handle yield nothing, and so does an input whose id is among the
     /// last [`INPUT_WINDOW`] this network applied (a retry): it changes nothing either.
+    ///
+    /// A partition tick has no network: every network of the partition is given it (see
+    /// [`Allocator`]), and it enters no window.
     pub fn apply(&mut self, input: &Envelope) -> Vec<Event> {
+        if let Event::PartitionClockTicked(tick) = &input.event {
+            return self.tick(tick, input.id);
+        }
         if input.event.network_id() != Some(self.network_id) {
             return Vec::new();
         }
@@ -165,6 +284,7 @@ impl NetworkAllocator {
             return Vec::new();
         }
         let cause = input.id;
+        let held_before = self.held_counts();
         let result = match &input.event {
             Event::NetworkUpserted(e) => self.upsert_network(e),
             Event::NetworkRemoved(e) => Ok(self.remove_network(e, cause)),
@@ -174,8 +294,15 @@ impl NetworkAllocator {
             Event::VnicStopped(e) | Event::VnicUnplugged(e) | Event::VnicUnlinked(e) => Ok(self.vnic_down(e, cause)),
             Event::DhcpPortRequested(e) => self.port_requested(e, cause),
             Event::DhcpPortReleased(e) => Ok(self.port_released(e, cause)),
+            Event::NetworkPolicySet(e) => self.set_policy(e, cause),
+            Event::IpConflictDetected(e) => self.conflict_detected(e, cause),
+            Event::IpConflictCleared(e) => Ok(self.conflict_cleared(e)),
             _ => Ok(Vec::new()),
         };
+        let result = result.map(|mut outputs| {
+            outputs.extend(self.utilization_crossings(&held_before, cause));
+            outputs
+        });
         result.unwrap_or_else(|rejection| {
             let (vnic_id, mac, subnet_id) = input.event.request_names();
             vec![Event::RequestRejected(RequestRejected {
@@ -213,10 +340,164 @@ impl NetworkAllocator {
         outputs.extend(std::mem::take(&mut self.subnets).into_keys().map(|subnet_id| {
             Event::SubnetDeactivated(SubnetDeactivated { network_id: e.network_id, subnet_id, cause })
         }));
-        // Everything goes but the window of input ids, so a late retry is still recognised.
+        // Everything goes but the window of input ids (so a late retry is still recognised) and
+        // now (the partition's).
         self.settings = None;
         debug_assert!(self.macs.is_empty(), "every MAC user held a reservation, and all are released");
         self.macs.clear();
+        self.quarantine.clear();
+        self.quarantined_by_mac.clear();
+        self.conflicts.clear();
+        if std::mem::take(&mut self.policy) != NetworkPolicy::default() {
+            outputs.push(self.policy_applied(cause));
+        }
+        outputs
+    }
+
+    fn policy_applied(&self, cause: EventId) -> Event {
+        Event::NetworkPolicyApplied(NetworkPolicyApplied { network_id: self.network_id, policy: self.policy(), cause })
+    }
+
+    fn set_policy(&mut self, e: &NetworkPolicySet, cause: EventId) -> Result<Vec<Event>, Rejection> {
+        self.require_network()?;
+        validate_policy(&e.policy)?;
+        self.policy = e.policy.clone();
+        // A shorter quarantine (or none) frees what it no longer covers at once.
+        self.end_quarantines();
+        Ok(vec![self.policy_applied(cause)])
+    }
+
+    /// Time passes: now moves forward (never back: a stale or repeated tick changes nothing),
+    /// releases made before the first tick are dated, and quarantines that are over end.
+    fn tick(&mut self, tick: &PartitionClockTicked, _cause: EventId) -> Vec<Event> {
+        if self.now.is_some_and(|now| now >= tick.now) {
+            return Vec::new();
+        }
+        self.now = Some(tick.now);
+        for quarantined in self.quarantine.values_mut() {
+            quarantined.released_at.get_or_insert(tick.now);
+        }
+        self.end_quarantines();
+        Vec::new()
+    }
+
+    /// Gives back to allocation every quarantined address whose time is over.
+    fn end_quarantines(&mut self) {
+        if self.quarantine.is_empty() {
+            return;
+        }
+        let (now, length_ms) = (self.now, i64::from(self.quarantine_s()) * 1000);
+        let over = |q: &Quarantined| match (q.released_at, now) {
+            _ if length_ms == 0 => true,
+            (Some(released_at), Some(now)) => now.unix_ms() >= released_at.unix_ms().saturating_add(length_ms),
+            _ => false,
+        };
+        let ended: Vec<(SubnetId, IpAddr)> =
+            self.quarantine.iter().filter(|(_, q)| over(q)).map(|(place, _)| *place).collect();
+        for (subnet_id, ip) in ended {
+            self.unquarantine(subnet_id, ip);
+        }
+    }
+
+    /// Ends `ip`'s quarantine, if it is in one.
+    fn unquarantine(&mut self, subnet_id: SubnetId, ip: IpAddr) -> Option<Quarantined> {
+        let quarantined = self.quarantine.remove(&(subnet_id, ip))?;
+        if self.quarantined_by_mac.get(&(quarantined.mac, subnet_id)) == Some(&ip) {
+            self.quarantined_by_mac.remove(&(quarantined.mac, subnet_id));
+        }
+        if let Some(subnet) = self.subnets.get_mut(&subnet_id) {
+            subnet.pool.unwithhold(ip);
+        }
+        Some(quarantined)
+    }
+
+    fn conflict_detected(&mut self, e: &IpConflictDetected, cause: EventId) -> Result<Vec<Event>, Rejection> {
+        self.require_network()?;
+        let subnet = self.require_subnet(e.subnet_id)?;
+        if !subnet.spec.cidr.contains(e.ip) {
+            let message = format!("{} is not inside {}", e.ip, subnet.spec.cidr);
+            return Err(Rejection::new(RejectionCode::IpOutsideSubnet, message));
+        }
+        if !subnet.spec.is_assignable(e.ip) {
+            let message = format!("{} is the network, broadcast or gateway address of {}", e.ip, subnet.spec.cidr);
+            return Err(Rejection::new(RejectionCode::IpNotAssignable, message));
+        }
+        let place = (e.subnet_id, e.ip);
+        if self.conflicts.contains_key(&place) {
+            return Ok(Vec::new());
+        }
+        // A conflict outlasts a quarantine: the address stays withheld, now until it is cleared.
+        self.unquarantine(e.subnet_id, e.ip);
+        self.conflicts.insert(place, e.answered_by);
+        let subnet = self.subnets.get_mut(&e.subnet_id).expect("required above");
+        subnet.pool.withhold(e.ip);
+        let holder = self
+            .holdings
+            .iter()
+            .find(|(key, holding)| {
+                matches!(key, OwnerKey::Vnic(_)) && holding.subnet_id == e.subnet_id && holding.ip == e.ip
+            })
+            .map(|(key, holding)| (*key, *holding));
+        // A dynamic holder moves when another address is free; otherwise it keeps the address (a
+        // vNIC without any would be worse off), and so does a fixed holder.
+        let Some((key, holding)) = holder.filter(|(_, holding)| !holding.fixed && subnet.pool.free_count() > 0) else {
+            return Ok(Vec::new());
+        };
+        let removed = self.release(key, ReleaseReason::IpConflict, cause);
+        let request = ReserveRequest {
+            key,
+            subnet_id: holding.subnet_id,
+            mac: holding.mac,
+            vm_id: holding.vm_id,
+            requested_ip: None,
+        };
+        let added = self.reserve(request, cause).expect("a free address was counted, and the vNIC's MAC is its own");
+        Ok(removed.into_iter().chain(added).collect())
+    }
+
+    fn conflict_cleared(&mut self, e: &IpConflictCleared) -> Vec<Event> {
+        let found = self.conflicts.keys().find(|(_, ip)| *ip == e.ip).copied();
+        if let Some((subnet_id, ip)) = found {
+            self.conflicts.remove(&(subnet_id, ip));
+            if let Some(subnet) = self.subnets.get_mut(&subnet_id) {
+                subnet.pool.unwithhold(ip);
+            }
+        }
+        Vec::new()
+    }
+
+    /// How many addresses each subnet holds.
+    fn held_counts(&self) -> Vec<(SubnetId, u128)> {
+        self.subnets.iter().map(|(id, subnet)| (*id, subnet.pool.used_count())).collect()
+    }
+
+    /// The thresholds crossed since `before` (subnets added or removed meanwhile cross none):
+    /// rising ones in increasing order, falling ones in decreasing order.
+    fn utilization_crossings(&self, before: &[(SubnetId, u128)], cause: EventId) -> Vec<Event> {
+        let mut outputs = Vec::new();
+        let thresholds = self.policy().utilization_thresholds.unwrap_or_default();
+        for (subnet_id, used_before) in before {
+            let Some(subnet) = self.subnets.get(subnet_id) else { continue };
+            let (used, size) = (subnet.pool.used_count(), subnet.pool.capacity());
+            if used == *used_before || size == 0 {
+                continue;
+            }
+            let reached = |used: u128, threshold: u8| used * 100 >= u128::from(threshold) * size;
+            let rising = used > *used_before;
+            let crossed = thresholds.iter().filter(|t| reached(*used_before, **t) != reached(used, **t));
+            let crossed: Vec<u8> = if rising { crossed.copied().collect() } else { crossed.rev().copied().collect() };
+            outputs.extend(crossed.into_iter().map(|threshold| {
+                Event::SubnetUtilizationCrossed(SubnetUtilizationCrossed {
+                    network_id: self.network_id,
+                    subnet_id: *subnet_id,
+                    threshold,
+                    rising,
+                    used: u64::try_from(used).unwrap_or(u64::MAX),
+                    size: u64::try_from(size).unwrap_or(u64::MAX),
+                    cause,
+                })
+            }));
+        }
         outputs
     }
 
@@ -297,6 +578,9 @@ impl NetworkAllocator {
         let mut outputs: Vec<Event> =
             ports.into_iter().filter_map(|key| self.release(key, ReleaseReason::SubnetRemoved, cause)).collect();
         self.subnets.remove(&e.subnet_id);
+        self.quarantine.retain(|(subnet_id, _), _| *subnet_id != e.subnet_id);
+        self.quarantined_by_mac.retain(|(_, subnet_id), _| *subnet_id != e.subnet_id);
+        self.conflicts.retain(|(subnet_id, _), _| *subnet_id != e.subnet_id);
         outputs.push(Event::SubnetDeactivated(SubnetDeactivated {
             network_id: self.network_id,
             subnet_id: e.subnet_id,
@@ -340,7 +624,7 @@ impl NetworkAllocator {
             return if same { Ok(Vec::new()) } else { Err(conflict(key, held, "another subnet, MAC or IP")) };
         }
         let network_id = self.network_id;
-        let subnet = self.subnets.get_mut(&subnet_id).ok_or_else(|| {
+        let subnet = self.subnets.get(&subnet_id).ok_or_else(|| {
             let message = format!("subnet {subnet_id} is not defined on network {network_id}");
             Rejection::new(RejectionCode::UnknownSubnet, message)
         })?;
@@ -358,7 +642,37 @@ impl NetworkAllocator {
             let message = format!("{ip} is in {}; no host may hold it", block.describe());
             return Err(Rejection::new(RejectionCode::IpNotAssignable, message));
         }
-        let ip = match requested_ip {
+        // A withheld address that is not used: why, and whether this MAC may have it all the same.
+        if let Some(ip) = requested_ip.filter(|ip| !subnet.pool.is_used(*ip)) {
+            if let Some(answered_by) = self.conflicts.get(&(subnet_id, ip)) {
+                let message = format!(
+                    "{ip} was found answered by MAC {answered_by}; it is out of use until the conflict is cleared"
+                );
+                return Err(Rejection::new(RejectionCode::IpInConflict, message));
+            }
+            if let Some(quarantined) = self.quarantine.get(&(subnet_id, ip)).filter(|q| q.mac != mac) {
+                let until = match quarantined.released_at {
+                    Some(at) => format!(
+                        "until {}",
+                        Timestamp::from_unix_ms(at.unix_ms() + 1000 * i64::from(self.quarantine_s()))
+                    ),
+                    None => format!("for {} s from the network's next clock tick", self.quarantine_s()),
+                };
+                let message =
+                    format!("{ip} was released by MAC {} and is kept from other MACs {until}", quarantined.mac);
+                return Err(Rejection::new(RejectionCode::IpQuarantined, message));
+            }
+        }
+        // The address this MAC released in the subnet, still in quarantine: a VM restart gets it back.
+        let reclaimed = match requested_ip {
+            Some(ip) => self.quarantine.contains_key(&(subnet_id, ip)).then_some(ip),
+            None => self.quarantined_by_mac.get(&(mac, subnet_id)).copied(),
+        };
+        if let Some(ip) = reclaimed {
+            self.unquarantine(subnet_id, ip);
+        }
+        let subnet = self.subnets.get_mut(&subnet_id).expect("found above");
+        let ip = match requested_ip.or(reclaimed) {
             Some(ip) => subnet.pool.reserve(ip).map(|()| ip).map_err(|error| {
                 let cidr = subnet.spec.cidr;
                 match error {
@@ -382,7 +696,7 @@ impl NetworkAllocator {
         if matches!(key, OwnerKey::Vnic(_)) {
             subnet.vnic_holdings += 1;
         }
-        let holding = Holding { subnet_id, ip, mac, vm_id };
+        let holding = Holding { subnet_id, ip, mac, vm_id, fixed: requested_ip.is_some() };
         self.holdings.insert(key, holding);
         self.use_mac(mac, key);
         Ok(vec![Event::ReservationAdded(ReservationAdded {
@@ -434,11 +748,19 @@ impl NetworkAllocator {
     /// Frees what `holding` took (it is already out of `holdings`) and describes it.
     fn removed(&mut self, key: OwnerKey, holding: Holding, reason: ReleaseReason, cause: EventId) -> Event {
         self.unuse_mac(holding.mac);
+        let quarantine =
+            matches!((key, reason), (OwnerKey::Vnic(_), ReleaseReason::VnicDown)) && self.quarantine_s() > 0;
         if let Some(subnet) = self.subnets.get_mut(&holding.subnet_id) {
             let was_used = subnet.pool.release(holding.ip);
             debug_assert!(was_used, "a held address must be marked used");
             if matches!(key, OwnerKey::Vnic(_)) {
                 subnet.vnic_holdings -= 1;
+            }
+            // An address in conflict is withheld already, and stays so.
+            if quarantine && subnet.pool.withhold(holding.ip) {
+                let place = (holding.subnet_id, holding.ip);
+                self.quarantine.insert(place, Quarantined { mac: holding.mac, released_at: self.now });
+                self.quarantined_by_mac.insert((holding.mac, holding.subnet_id), holding.ip);
             }
         }
         Event::ReservationRemoved(ReservationRemoved {
@@ -511,6 +833,41 @@ impl NetworkAllocator {
                 )
             })?;
         }
+        let mut withheld: BTreeMap<SubnetId, u128> = BTreeMap::new();
+        for ((subnet_id, ip), quarantined) in &self.quarantine {
+            let pool = self.subnets.get(subnet_id).map(|subnet| &subnet.pool);
+            ensure(pool.is_some_and(|pool| pool.is_withheld(*ip) && !pool.is_used(*ip)), || {
+                format!("network {network}: quarantined {ip} is not a withheld, unused address of subnet {subnet_id}")
+            })?;
+            ensure(!self.conflicts.contains_key(&(*subnet_id, *ip)), || {
+                format!("network {network}: {ip} is both quarantined and in conflict")
+            })?;
+            ensure(quarantined.released_at.is_some() || self.now.is_none(), || {
+                format!("network {network}: quarantined {ip} is not dated though a tick came")
+            })?;
+            *withheld.entry(*subnet_id).or_default() += 1;
+        }
+        for ((mac, subnet_id), ip) in &self.quarantined_by_mac {
+            ensure(self.quarantine.get(&(*subnet_id, *ip)).is_some_and(|q| q.mac == *mac), || {
+                format!("network {network}: MAC {mac} is indexed as quarantining {ip}, which it does not")
+            })?;
+        }
+        for (subnet_id, ip) in self.conflicts.keys() {
+            let pool = self.subnets.get(subnet_id).map(|subnet| &subnet.pool);
+            ensure(pool.is_some_and(|pool| pool.is_withheld(*ip)), || {
+                format!("network {network}: {ip} in conflict is not withheld in subnet {subnet_id}")
+            })?;
+            *withheld.entry(*subnet_id).or_default() += 1;
+        }
+        for (subnet_id, subnet) in &self.subnets {
+            let count = withheld.get(subnet_id).copied().unwrap_or(0);
+            ensure(subnet.pool.withheld_count() == count, || {
+                format!(
+                    "network {network}, subnet {subnet_id}: the pool withholds {} addresses, quarantine and conflicts {count}",
+                    subnet.pool.withheld_count()
+                )
+            })?;
+        }
         for (mac, user) in &self.macs {
             let uses = per_mac.get(mac).copied().unwrap_or(0);
             let recorded = match user {
@@ -545,9 +902,31 @@ impl NetworkAllocator {
                     owner: owner(*key, holding),
                     mac: holding.mac,
                     ip: holding.ip,
+                    fixed: holding.fixed,
                 })
                 .collect(),
             recent_inputs: self.recent_inputs.clone(),
+            policy: self.policy.clone(),
+            now: self.now,
+            quarantine: self
+                .quarantine
+                .iter()
+                .map(|((subnet_id, ip), q)| QuarantineSnapshot {
+                    subnet_id: *subnet_id,
+                    ip: *ip,
+                    mac: q.mac,
+                    released_at: q.released_at,
+                })
+                .collect(),
+            conflicts: self
+                .conflicts
+                .iter()
+                .map(|((subnet_id, ip), answered_by)| ConflictSnapshot {
+                    subnet_id: *subnet_id,
+                    ip: *ip,
+                    answered_by: *answered_by,
+                })
+                .collect(),
         }
     }
 
@@ -556,6 +935,10 @@ impl NetworkAllocator {
         let mut allocator = NetworkAllocator::new(network_id);
         allocator.settings = snapshot.settings;
         allocator.recent_inputs = snapshot.recent_inputs;
+        validate_policy(&snapshot.policy)
+            .map_err(|rejection| SnapshotError::Inconsistent(format!("network {network_id}: {}", rejection.message)))?;
+        allocator.policy = snapshot.policy;
+        allocator.now = snapshot.now;
         for SubnetSnapshot { subnet_id, spec, next_candidate } in snapshot.subnets {
             spec.check_shape().map_err(|rejection| {
                 SnapshotError::Inconsistent(format!("network {network_id}, subnet {subnet_id}: {}", rejection.message))
@@ -564,7 +947,7 @@ impl NetworkAllocator {
             pool.set_next_candidate(next_candidate);
             allocator.subnets.insert(subnet_id, Subnet { spec, pool, vnic_holdings: 0 });
         }
-        for ReservationSnapshot { subnet_id, owner, mac, ip } in snapshot.reservations {
+        for ReservationSnapshot { subnet_id, owner, mac, ip, fixed } in snapshot.reservations {
             let inconsistent = |what: &str| SnapshotError::Inconsistent(format!("network {network_id}: {what}"));
             let (key, vm_id) = match owner {
                 Owner::Vnic { vnic_id, vm_id } => (OwnerKey::Vnic(vnic_id), Some(vm_id)),
@@ -579,9 +962,25 @@ impl NetworkAllocator {
                 return Err(inconsistent(&format!("MAC {mac} held twice")));
             }
             allocator.use_mac(mac, key);
-            if allocator.holdings.insert(key, Holding { subnet_id, ip, mac, vm_id }).is_some() {
+            if allocator.holdings.insert(key, Holding { subnet_id, ip, mac, vm_id, fixed }).is_some() {
                 return Err(inconsistent("an owner holds two reservations"));
             }
+        }
+        let inconsistent = |what: String| SnapshotError::Inconsistent(format!("network {network_id}: {what}"));
+        for QuarantineSnapshot { subnet_id, ip, mac, released_at } in snapshot.quarantine {
+            let subnet = allocator.subnets.get_mut(&subnet_id);
+            if !subnet.is_some_and(|subnet| !subnet.pool.is_used(ip) && subnet.pool.withhold(ip)) {
+                return Err(inconsistent(format!("quarantined {ip} is used, withheld twice or in no subnet")));
+            }
+            allocator.quarantine.insert((subnet_id, ip), Quarantined { mac, released_at });
+            allocator.quarantined_by_mac.insert((mac, subnet_id), ip);
+        }
+        for ConflictSnapshot { subnet_id, ip, answered_by } in snapshot.conflicts {
+            let subnet = allocator.subnets.get_mut(&subnet_id);
+            if !subnet.is_some_and(|subnet| subnet.spec.is_assignable(ip) && subnet.pool.withhold(ip)) {
+                return Err(inconsistent(format!("{ip} in conflict is withheld twice or not in its subnet")));
+            }
+            allocator.conflicts.insert((subnet_id, ip), answered_by);
         }
         Ok(allocator)
     }
@@ -628,6 +1027,41 @@ struct NetworkSnapshot {
     /// by the version that wrote it).
     #[serde(default)]
     recent_inputs: RecentInputs,
+    /// The following fields came with issue 14; older snapshots restore without them (the
+    /// default policy, no time, nothing withheld), as the version that wrote them ran.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    policy: NetworkPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    now: Option<Timestamp>,
+    /// Oldest release first is not promised: ordered by subnet and address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quarantine: Vec<QuarantineSnapshot>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    conflicts: Vec<ConflictSnapshot>,
+}
+
+fn is_default_policy(policy: &NetworkPolicy) -> bool {
+    *policy == NetworkPolicy::default()
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+#[derive(Serialize, Deserialize)]
+struct QuarantineSnapshot {
+    subnet_id: SubnetId,
+    ip: IpAddr,
+    mac: Mac,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    released_at: Option<Timestamp>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConflictSnapshot {
+    subnet_id: SubnetId,
+    ip: IpAddr,
+    answered_by: Mac,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -643,6 +1077,10 @@ struct ReservationSnapshot {
     owner: Owner,
     mac: Mac,
     ip: IpAddr,
+    /// A fixed IP the owner asked for (absent: allocated, as every reservation of an older
+    /// snapshot is taken to be).
+    #[serde(default, skip_serializing_if = "is_false")]
+    fixed: bool,
 }
 
 /// The allocators of every network one process owns (one partition's worth, or all of them),
@@ -727,6 +1165,11 @@ impl Allocator {
                     && a.subnets == b.subnets
                     && a.holdings == b.holdings
                     && a.macs == b.macs
+                    && a.policy == b.policy
+                    && a.now == b.now
+                    && a.quarantine == b.quarantine
+                    && a.quarantined_by_mac == b.quarantined_by_mac
+                    && a.conflicts == b.conflicts
             })
     }
 
@@ -771,7 +1214,13 @@ impl StateMachine for Allocator {
     /// A network's machine is kept once it has seen an input, even one refused with
     /// `unknown_network`, and after the network's removal: it holds the window of input ids that
     /// recognises a retry.
+    ///
+    /// A partition tick goes to every network this allocator holds, in network order (a runtime
+    /// that holds one partition's networks per allocator gives each its own partition's ticks).
     fn apply(&mut self, input: &Envelope) -> Vec<Event> {
+        if let Event::PartitionClockTicked(_) = &input.event {
+            return self.networks.values_mut().flat_map(|network| network.apply(input)).collect();
+        }
         let Some(network_id) = input.event.network_id() else { return Vec::new() };
         let input_window = self.input_window;
         self.networks

@@ -5,7 +5,8 @@ use expect_test::{Expect, expect};
 
 use super::*;
 use crate::event::{
-    DhcpPortReleased, DhcpPortRequested, NetworkRemoved, NetworkUpserted, SubnetAdded, SubnetRemoved, VnicDown, VnicUp,
+    DhcpPortReleased, DhcpPortRequested, IpConflictCleared, IpConflictDetected, NetworkPolicy, NetworkPolicySet,
+    NetworkRemoved, NetworkUpserted, PartitionClockTicked, SubnetAdded, SubnetRemoved, VnicDown, VnicUp,
 };
 use crate::net::IpRange;
 use crate::testing::{envelope, render};
@@ -1029,4 +1030,400 @@ fn the_invariant_check_sees_a_pool_or_a_mac_that_disagrees_with_the_holdings() {
     forgotten.networks.get_mut(&network_id).unwrap().macs.remove(&holding.mac);
     let violation = forgotten.check().unwrap_err().to_string();
     assert!(violation.contains(&holding.mac.to_string()), "{violation}");
+}
+
+// ---- Issue 14: policy, time, quarantine, conflicts, utilization -----------------------------------
+
+fn policy(policy: NetworkPolicy) -> Event {
+    Event::NetworkPolicySet(NetworkPolicySet { network_id: NET, policy })
+}
+
+fn quarantine(seconds: u32) -> Event {
+    policy(NetworkPolicy { release_quarantine_s: Some(seconds), ..NetworkPolicy::default() })
+}
+
+/// The partition's clock at `seconds` after the epoch.
+fn tick(seconds: i64) -> Event {
+    Event::PartitionClockTicked(PartitionClockTicked { now: Timestamp::from_unix_ms(seconds * 1000), partition: 0 })
+}
+
+fn conflict(ip: &str) -> Event {
+    Event::IpConflictDetected(IpConflictDetected {
+        network_id: NET,
+        subnet_id: S1,
+        ip: ip.parse().unwrap(),
+        host_id: HOST,
+        answered_by: mac(0xee),
+        reserved_for: None,
+        probe: crate::event::ConflictProbe::Arp,
+    })
+}
+
+fn cleared(ip: &str) -> Event {
+    Event::IpConflictCleared(IpConflictCleared { network_id: NET, ip: ip.parse().unwrap() })
+}
+
+/// The /29 with vNICs 1 to 5 holding all of .2 to .6, under `policy`.
+fn full_network(policy_event: Event) -> Vec<Event> {
+    history(small_network(), [policy_event, tick(100), start(1), start(2), start(3), start(4), start(5)])
+}
+
+#[test]
+fn policy_set_is_answered_with_the_effective_policy() {
+    check(
+        small_network(),
+        policy(NetworkPolicy { release_quarantine_s: Some(30), ..NetworkPolicy::default() }),
+        expect![[r#"
+            network.policy_applied {network_id:#1,policy:{conflict_probe:true,release_quarantine_s:30,unleased_after_s:300,utilization_thresholds:[80,90,100]}}
+        "#]],
+    );
+}
+
+#[test]
+fn policy_thresholds_are_kept_in_increasing_order() {
+    check(
+        small_network(),
+        policy(NetworkPolicy { utilization_thresholds: Some(vec![95, 50]), ..NetworkPolicy::default() }),
+        expect![[r#"
+            network.policy_applied {network_id:#1,policy:{conflict_probe:true,release_quarantine_s:0,unleased_after_s:300,utilization_thresholds:[50,95]}}
+        "#]],
+    );
+}
+
+#[test]
+fn rejects_policy_with_a_threshold_outside_1_to_100() {
+    for bad in [0, 101] {
+        check(
+            small_network(),
+            policy(NetworkPolicy { utilization_thresholds: Some(vec![50, bad]), ..NetworkPolicy::default() }),
+            if bad == 0 {
+                expect![[r#"
+                    request.rejected {code:invalid_policy,message:utilization threshold 0 is outside 1 to 100 (percent),network_id:#1,request_type:ipam.network.policy_set.v1}
+                "#]]
+            } else {
+                expect![[r#"
+                    request.rejected {code:invalid_policy,message:utilization threshold 101 is outside 1 to 100 (percent),network_id:#1,request_type:ipam.network.policy_set.v1}
+                "#]]
+            },
+        );
+    }
+}
+
+#[test]
+fn rejects_policy_with_a_threshold_given_twice() {
+    check(
+        small_network(),
+        policy(NetworkPolicy { utilization_thresholds: Some(vec![80, 90, 80]), ..NetworkPolicy::default() }),
+        expect![[r#"
+            request.rejected {code:invalid_policy,message:utilization threshold 80 is given twice,network_id:#1,request_type:ipam.network.policy_set.v1}
+        "#]],
+    );
+}
+
+#[test]
+fn rejects_policy_of_an_unknown_network() {
+    check(
+        vec![],
+        quarantine(60),
+        expect![[r#"
+            request.rejected {code:unknown_network,message:network #1 is not known to IPAM,network_id:#1,request_type:ipam.network.policy_set.v1}
+        "#]],
+    );
+}
+
+#[test]
+fn removing_a_network_puts_its_policy_back_to_the_defaults() {
+    check(
+        history(small_network(), [quarantine(60)]),
+        Event::NetworkRemoved(NetworkRemoved { network_id: NET }),
+        expect![[r#"
+            subnet.deactivated {network_id:#1,subnet_id:#11}
+            network.policy_applied {network_id:#1,policy:{conflict_probe:true,release_quarantine_s:0,unleased_after_s:300,utilization_thresholds:[80,90,100]}}
+        "#]],
+    );
+}
+
+#[test]
+fn a_tick_reaches_every_network_moves_now_forward_only_and_enters_no_window() {
+    let other = NetworkId::from_u128(2);
+    let upsert =
+        NetworkUpserted { network_id: other, name: "other".to_owned(), ipam_enabled: true, servers_count: None };
+    let mut allocator = applied(Allocator::new(), &[(0, network(true)), (1, Event::NetworkUpserted(upsert))]);
+    let now = |allocator: &Allocator| [NET, other].map(|id| allocator.network(id).unwrap().now());
+    assert_eq!(now(&allocator), [None, None]);
+    assert_eq!(render(&allocator.apply(&envelope(2, tick(50)))), "");
+    let fifty = Some(Timestamp::from_unix_ms(50_000));
+    assert_eq!(now(&allocator), [fifty, fifty]);
+    allocator.apply(&envelope(3, tick(40)));
+    assert_eq!(now(&allocator), [fifty, fifty], "a stale tick does not move time back");
+    assert!(!allocator.network(NET).unwrap().recent_inputs().contains(envelope(2, tick(50)).id));
+    assert!(!allocator.is_retry(&envelope(2, tick(50))));
+    let restored = Allocator::restore(&(), &allocator.snapshot()).unwrap();
+    assert_eq!(restored, allocator, "now is kept in snapshots");
+}
+
+#[test]
+fn quarantined_address_is_not_given_to_another_vnic_until_its_time_is_over() {
+    let mut allocator = applied(Allocator::new(), &numbered(full_network(quarantine(60))));
+    let mut step = |n: u128, event: Event| {
+        let outputs = render(&allocator.apply(&envelope(n, event)));
+        allocator.check().unwrap();
+        outputs
+    };
+    // .2 is released at 100 s and kept until 160 s; the subnet has nothing else to give.
+    expect![[r#"
+        reservation.removed {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},reason:vnic_down,subnet_id:#11}
+        subnet.utilization_crossed {network_id:#1,rising:false,size:5,subnet_id:#11,threshold:100,used:4}
+        subnet.utilization_crossed {network_id:#1,rising:false,size:5,subnet_id:#11,threshold:90,used:4}
+    "#]]
+    .assert_eq(&step(50, stop(1)));
+    assert!(step(51, start(6)).contains("code:subnet_exhausted"));
+    step(52, tick(159));
+    assert!(step(53, start(6)).contains("code:subnet_exhausted"), "159 s: still in quarantine");
+    step(54, tick(160));
+    expect![[r#"
+        reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:06,network_id:#1,owner:{kind:vnic,vm_id:#106,vnic_id:#6},subnet_id:#11}
+        subnet.utilization_crossed {network_id:#1,rising:true,size:5,subnet_id:#11,threshold:90,used:5}
+        subnet.utilization_crossed {network_id:#1,rising:true,size:5,subnet_id:#11,threshold:100,used:5}
+    "#]]
+    .assert_eq(&step(55, start(6)));
+}
+
+/// Events numbered from 0, as `applied` takes them.
+fn numbered(events: Vec<Event>) -> Vec<(u128, Event)> {
+    events.into_iter().enumerate().map(|(n, event)| (n as u128, event)).collect()
+}
+
+#[test]
+fn the_same_mac_gets_its_quarantined_address_back() {
+    check(
+        history(small_network(), [quarantine(60), tick(100), start(1), start(2), stop(1)]),
+        start(1),
+        expect![[r#"
+            reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#11}
+        "#]],
+    );
+    // Another vNIC with the same MAC (the VM was recreated) too, by a fixed request as well.
+    let recreated = VnicUp { mac: mac(1), ..up(7, Some(S1), Some("10.0.0.2")) };
+    check(
+        history(small_network(), [quarantine(60), tick(100), start(1), stop(1)]),
+        Event::VnicStarted(recreated),
+        expect![[r#"
+            reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#107,vnic_id:#7},subnet_id:#11}
+        "#]],
+    );
+}
+
+#[test]
+fn rejects_fixed_ip_in_quarantine_from_another_mac() {
+    check(
+        history(small_network(), [quarantine(60), tick(100), start(1), stop(1)]),
+        Event::VnicStarted(up(2, Some(S1), Some("10.0.0.2"))),
+        expect![[r#"
+            request.rejected {code:ip_quarantined,mac:52:54:00:00:00:02,message:10.0.0.2 was released by MAC 52:54:00:00:00:01 and is kept from other MACs until 1970-01-01T00:02:40+00:00,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#2}
+        "#]],
+    );
+}
+
+#[test]
+fn a_release_before_the_first_tick_is_dated_by_the_next_one() {
+    let events = history(small_network(), [quarantine(60), start(1), stop(1)]);
+    let mut allocator = applied(Allocator::new(), &numbered(events));
+    let network = allocator.network(NET).unwrap();
+    assert_eq!(network.quarantined().map(|(_, _, _, at)| at).collect::<Vec<_>>(), [None]);
+    allocator.apply(&envelope(20, tick(1000)));
+    allocator.apply(&envelope(21, tick(1059)));
+    allocator.check().unwrap();
+    let network = allocator.network(NET).unwrap();
+    assert_eq!(
+        network.quarantined().map(|(_, _, _, at)| at).collect::<Vec<_>>(),
+        [Some(Timestamp::from_unix_ms(1_000_000))]
+    );
+    allocator.apply(&envelope(22, tick(1060)));
+    assert_eq!(allocator.network(NET).unwrap().quarantined().count(), 0);
+}
+
+#[test]
+fn a_shorter_quarantine_frees_what_it_no_longer_covers_at_once() {
+    let events = history(full_network(quarantine(600)), [stop(1), tick(200), quarantine(60)]);
+    let mut allocator = applied(Allocator::new(), &numbered(events));
+    allocator.check().unwrap();
+    assert_eq!(allocator.network(NET).unwrap().quarantined().count(), 0);
+    assert!(render(&allocator.apply(&envelope(90, start(6)))).contains("ip:10.0.0.2"));
+}
+
+#[test]
+fn without_quarantine_nothing_is_withheld() {
+    let events = history(full_network(quarantine(0)), [stop(1)]);
+    let allocator = applied(Allocator::new(), &numbered(events));
+    assert_eq!(allocator.network(NET).unwrap().quarantined().count(), 0);
+    check(
+        history(full_network(quarantine(0)), [stop(1)]),
+        start(6),
+        expect![[r#"
+            reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:06,network_id:#1,owner:{kind:vnic,vm_id:#106,vnic_id:#6},subnet_id:#11}
+            subnet.utilization_crossed {network_id:#1,rising:true,size:5,subnet_id:#11,threshold:90,used:5}
+            subnet.utilization_crossed {network_id:#1,rising:true,size:5,subnet_id:#11,threshold:100,used:5}
+        "#]],
+    );
+}
+
+#[test]
+fn quarantine_conflicts_and_policy_survive_a_snapshot() {
+    let events = history(
+        small_network(),
+        [quarantine(60), tick(100), start(1), Event::VnicStarted(up(2, Some(S1), Some("10.0.0.5"))), start(3), stop(3)],
+    );
+    let mut allocator = applied(Allocator::new(), &numbered(events));
+    allocator.apply(&envelope(40, conflict("10.0.0.5")));
+    allocator.apply(&envelope(41, conflict("10.0.0.6")));
+    let restored = Allocator::restore(&(), &allocator.snapshot()).unwrap();
+    assert_eq!(restored, allocator);
+    restored.check().unwrap();
+}
+
+#[test]
+fn snapshot_from_before_issue_14_restores_with_the_defaults() {
+    let allocator = applied(Allocator::new(), &started_and_stopped());
+    let snapshot = String::from_utf8(allocator.snapshot()).unwrap();
+    for field in ["policy", "now", "quarantine", "conflicts", "fixed"] {
+        assert!(!snapshot.contains(&format!("\"{field}\"")), "{field} is left out when it says nothing: {snapshot}");
+    }
+    assert_eq!(Allocator::restore(&(), snapshot.as_bytes()).unwrap(), allocator);
+}
+
+#[test]
+fn conflict_moves_a_dynamically_allocated_vnic_to_another_address() {
+    check(
+        history(small_network(), [start(1)]),
+        conflict("10.0.0.2"),
+        expect![[r#"
+            reservation.removed {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},reason:ip_conflict,subnet_id:#11}
+            reservation.added {ip:10.0.0.3,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#11}
+        "#]],
+    );
+}
+
+#[test]
+fn conflict_leaves_a_fixed_ip_with_its_holder() {
+    check(
+        history(small_network(), [Event::VnicStarted(up(1, Some(S1), Some("10.0.0.4")))]),
+        conflict("10.0.0.4"),
+        expect![[""]],
+    );
+}
+
+#[test]
+fn conflict_leaves_the_holder_its_address_when_no_other_is_free() {
+    check(full_network(quarantine(0)), conflict("10.0.0.2"), expect![[""]]);
+}
+
+#[test]
+fn conflict_reported_twice_changes_nothing_more() {
+    check(history(small_network(), [start(1), conflict("10.0.0.2")]), conflict("10.0.0.2"), expect![[""]]);
+}
+
+#[test]
+fn address_in_conflict_is_withheld_until_cleared() {
+    let events = history(small_network(), [conflict("10.0.0.2")]);
+    check(
+        events.clone(),
+        start(1),
+        expect![[r#"
+        reservation.added {ip:10.0.0.3,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#11}
+    "#]],
+    );
+    check(
+        events.clone(),
+        Event::VnicStarted(up(1, Some(S1), Some("10.0.0.2"))),
+        expect![[r#"
+        request.rejected {code:ip_in_conflict,mac:52:54:00:00:00:01,message:10.0.0.2 was found answered by MAC 52:54:00:00:00:ee; it is out of use until the conflict is cleared,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
+    "#]],
+    );
+    check(
+        history(events, [cleared("10.0.0.2")]),
+        start(1),
+        expect![[r#"
+        reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#11}
+    "#]],
+    );
+}
+
+#[test]
+fn clearing_an_address_not_in_conflict_changes_nothing() {
+    check(small_network(), cleared("10.0.0.2"), expect![[""]]);
+}
+
+#[test]
+fn a_conflict_outlasts_a_quarantine() {
+    let events =
+        history(small_network(), [quarantine(60), tick(100), start(1), stop(1), conflict("10.0.0.2"), tick(1000)]);
+    let allocator = applied(Allocator::new(), &numbered(events.clone()));
+    allocator.check().unwrap();
+    assert_eq!(allocator.network(NET).unwrap().conflicts().count(), 1);
+    assert!(check_outputs(events, start(1)).contains("ip:10.0.0.3"), "not back to its old MAC either");
+}
+
+/// Applies `history` then `input`, and renders the input's outputs.
+fn check_outputs(history: Vec<Event>, input: Event) -> String {
+    let mut allocator = applied(Allocator::new(), &numbered(history));
+    let outputs = allocator.apply(&envelope(999, input));
+    allocator.check().unwrap();
+    render(&outputs)
+}
+
+#[test]
+fn rejects_conflict_outside_its_subnet_or_on_its_gateway() {
+    check(
+        small_network(),
+        conflict("10.0.1.2"),
+        expect![[r#"
+        request.rejected {code:ip_outside_subnet,message:10.0.1.2 is not inside 10.0.0.0/29,network_id:#1,request_type:ipam.ip.conflict.v1}
+    "#]],
+    );
+    check(
+        small_network(),
+        conflict("10.0.0.1"),
+        expect![[r#"
+        request.rejected {code:ip_not_assignable,message:10.0.0.1 is the network, broadcast or gateway address of 10.0.0.0/29,network_id:#1,request_type:ipam.ip.conflict.v1}
+    "#]],
+    );
+}
+
+#[test]
+fn utilization_crossings_are_reported_once_each_way() {
+    // /29: five addresses. 4 of 5 is 80%; 5 of 5 crosses 90 and 100 at once.
+    let base = history(small_network(), [start(1), start(2), start(3)]);
+    check(
+        base.clone(),
+        start(4),
+        expect![[r#"
+            reservation.added {ip:10.0.0.5,mac:52:54:00:00:00:04,network_id:#1,owner:{kind:vnic,vm_id:#104,vnic_id:#4},subnet_id:#11}
+            subnet.utilization_crossed {network_id:#1,rising:true,size:5,subnet_id:#11,threshold:80,used:4}
+        "#]],
+    );
+    check(
+        history(base.clone(), [start(4)]),
+        stop(4),
+        expect![[r#"
+            reservation.removed {ip:10.0.0.5,mac:52:54:00:00:00:04,network_id:#1,owner:{kind:vnic,vm_id:#104,vnic_id:#4},reason:vnic_down,subnet_id:#11}
+            subnet.utilization_crossed {network_id:#1,rising:false,size:5,subnet_id:#11,threshold:80,used:3}
+        "#]],
+    );
+    check(
+        base.clone(),
+        stop(3),
+        expect![[r#"
+        reservation.removed {ip:10.0.0.4,mac:52:54:00:00:00:03,network_id:#1,owner:{kind:vnic,vm_id:#103,vnic_id:#3},reason:vnic_down,subnet_id:#11}
+    "#]],
+    );
+    let thresholds = policy(NetworkPolicy { utilization_thresholds: Some(vec![20]), ..NetworkPolicy::default() });
+    check(
+        history(small_network(), [thresholds]),
+        port(S1),
+        expect![[r#"
+            reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:aa,network_id:#1,owner:{host_id:#31,kind:dhcp_server},subnet_id:#11}
+            subnet.utilization_crossed {network_id:#1,rising:true,size:5,subnet_id:#11,threshold:20,used:1}
+        "#]],
+    );
 }

@@ -9,6 +9,13 @@
 //! Both search next-fit: from just after the last address handed out, wrapping once. An address that
 //! was just released is therefore handed out again only after every other free address, which
 //! gives DHCP servers and ARP caches time to forget it.
+//!
+//! Besides, the allocator may *withhold* an address: dynamic allocation skips it, whether or not it
+//! is used, until it is given back. That is how a released address sits out its quarantine, and how
+//! an address another MAC answered for stays out of use (issue 14). Withholding decides nothing
+//! about fixed requests: the allocator, which knows why an address is withheld, answers those.
+//! IPv4 keeps a third bitmap, made only when a first address is withheld, so that a subnet that
+//! never withholds pays nothing for it.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -88,7 +95,51 @@ impl AddressPool {
     pub fn free_count(&self) -> u128 {
         match self {
             AddressPool::V4(pool) => u128::from(pool.free_dynamic),
-            AddressPool::V6(pool) => pool.dynamic_capacity - pool.dynamic_used,
+            AddressPool::V6(pool) => pool.dynamic_capacity - pool.dynamic_taken,
+        }
+    }
+
+    /// How many addresses the allocation pools hold, less the network and gateway addresses (and
+    /// IPv4's broadcast): what dynamic allocation could hand out in an empty subnet.
+    pub fn capacity(&self) -> u128 {
+        match self {
+            AddressPool::V4(pool) => u128::from(pool.capacity),
+            AddressPool::V6(pool) => pool.dynamic_capacity,
+        }
+    }
+
+    /// Keeps `ip` from dynamic allocation until [`AddressPool::unwithhold`]; returns whether it
+    /// was not withheld yet. An address outside the subnet is ignored (false).
+    pub fn withhold(&mut self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (AddressPool::V4(pool), IpAddr::V4(ip)) => pool.withhold(ip),
+            (AddressPool::V6(pool), IpAddr::V6(ip)) => pool.withhold(ip),
+            _ => false,
+        }
+    }
+
+    /// Gives a withheld address back to dynamic allocation; returns whether it was withheld.
+    pub fn unwithhold(&mut self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (AddressPool::V4(pool), IpAddr::V4(ip)) => pool.unwithhold(ip),
+            (AddressPool::V6(pool), IpAddr::V6(ip)) => pool.unwithhold(ip),
+            _ => false,
+        }
+    }
+
+    pub fn is_withheld(&self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (AddressPool::V4(pool), IpAddr::V4(ip)) => pool.is_withheld(ip),
+            (AddressPool::V6(pool), IpAddr::V6(ip)) => pool.withheld.contains(&u128::from(ip)),
+            _ => false,
+        }
+    }
+
+    /// How many addresses are withheld.
+    pub fn withheld_count(&self) -> u128 {
+        match self {
+            AddressPool::V4(pool) => u128::from(pool.withheld_count),
+            AddressPool::V6(pool) => pool.withheld.len() as u128,
         }
     }
 
@@ -127,9 +178,15 @@ pub struct Ipv4Pool {
     gateway: u32,
     used: Vec<u64>,
     blocked: Vec<u64>,
+    /// Addresses withheld from dynamic allocation; empty until the first is withheld.
+    withheld: Vec<u64>,
     cursor: u32,
+    /// Addresses neither blocked, used nor withheld.
     free_dynamic: u32,
     used_count: u32,
+    withheld_count: u32,
+    /// Addresses not blocked: what an empty subnet could hand out.
+    capacity: u32,
 }
 
 impl Ipv4Pool {
@@ -149,15 +206,63 @@ impl Ipv4Pool {
             gateway: u32::from(gateway) - base,
             used: vec![0; words],
             blocked,
+            withheld: Vec::new(),
             cursor: 0,
             free_dynamic: 0,
             used_count: 0,
+            withheld_count: 0,
+            capacity: 0,
         };
         for special in [0, len - 1, pool.gateway] {
             pool.blocked[(special / 64) as usize] |= 1 << (special % 64);
         }
         pool.free_dynamic = pool.blocked.iter().map(|word| word.count_zeros()).sum();
+        pool.capacity = pool.free_dynamic;
         pool
+    }
+
+    fn withheld_word(&self, word: usize) -> u64 {
+        self.withheld.get(word).copied().unwrap_or(0)
+    }
+
+    /// Whether the bit of `offset` counts as free for dynamic allocation.
+    fn is_free(&self, word: usize, bit: u64) -> bool {
+        (self.used[word] | self.blocked[word] | self.withheld_word(word)) & bit == 0
+    }
+
+    fn withhold(&mut self, ip: Ipv4Addr) -> bool {
+        let Some(offset) = self.offset(ip) else { return false };
+        let (word, bit) = ((offset / 64) as usize, 1u64 << (offset % 64));
+        if self.withheld_word(word) & bit != 0 {
+            return false;
+        }
+        if self.is_free(word, bit) {
+            self.free_dynamic -= 1;
+        }
+        if self.withheld.is_empty() {
+            self.withheld = vec![0; self.used.len()];
+        }
+        self.withheld[word] |= bit;
+        self.withheld_count += 1;
+        true
+    }
+
+    fn unwithhold(&mut self, ip: Ipv4Addr) -> bool {
+        let Some(offset) = self.offset(ip) else { return false };
+        let (word, bit) = ((offset / 64) as usize, 1u64 << (offset % 64));
+        if self.withheld_word(word) & bit == 0 {
+            return false;
+        }
+        self.withheld[word] &= !bit;
+        self.withheld_count -= 1;
+        if self.is_free(word, bit) {
+            self.free_dynamic += 1;
+        }
+        true
+    }
+
+    fn is_withheld(&self, ip: Ipv4Addr) -> bool {
+        self.offset(ip).is_some_and(|offset| self.withheld_word((offset / 64) as usize) & (1 << (offset % 64)) != 0)
     }
 
     fn offset(&self, ip: Ipv4Addr) -> Option<u32> {
@@ -170,7 +275,8 @@ impl Ipv4Pool {
         }
         let words = self.used.len();
         let mut word = (self.cursor / 64) as usize;
-        let mut free = !(self.used[word] | self.blocked[word]) & (u64::MAX << (self.cursor % 64));
+        let mut free =
+            !(self.used[word] | self.blocked[word] | self.withheld_word(word)) & (u64::MAX << (self.cursor % 64));
         // One pass over every word, plus the first word again for the bits below the cursor.
         for _ in 0..=words {
             if free != 0 {
@@ -183,7 +289,7 @@ impl Ipv4Pool {
                 return Some(Ipv4Addr::from(self.base + offset));
             }
             word = if word + 1 == words { 0 } else { word + 1 };
-            free = !(self.used[word] | self.blocked[word]);
+            free = !(self.used[word] | self.blocked[word] | self.withheld_word(word));
         }
         debug_assert!(false, "free_dynamic was {} but no free bit was found", self.free_dynamic);
         None
@@ -198,11 +304,11 @@ impl Ipv4Pool {
         if self.used[word] & bit != 0 {
             return Err(PoolError::InUse);
         }
-        self.used[word] |= bit;
-        self.used_count += 1;
-        if self.blocked[word] & bit == 0 {
+        if self.is_free(word, bit) {
             self.free_dynamic -= 1;
         }
+        self.used[word] |= bit;
+        self.used_count += 1;
         Ok(())
     }
 
@@ -214,7 +320,7 @@ impl Ipv4Pool {
         }
         self.used[word] &= !bit;
         self.used_count -= 1;
-        if self.blocked[word] & bit == 0 {
+        if self.is_free(word, bit) {
             self.free_dynamic += 1;
         }
         true
@@ -242,9 +348,12 @@ pub struct Ipv6Pool {
     gateway: u128,
     pools: Vec<(u128, u128)>,
     used: BTreeSet<u128>,
+    /// Addresses withheld from dynamic allocation.
+    withheld: BTreeSet<u128>,
     cursor: u128,
     dynamic_capacity: u128,
-    dynamic_used: u128,
+    /// Addresses of the pools (specials aside) that are used or withheld.
+    dynamic_taken: u128,
 }
 
 impl Ipv6Pool {
@@ -265,9 +374,10 @@ impl Ipv6Pool {
             gateway,
             pools,
             used: BTreeSet::new(),
+            withheld: BTreeSet::new(),
             cursor: network,
             dynamic_capacity: 0,
-            dynamic_used: 0,
+            dynamic_taken: 0,
         };
         let size: u128 = pool.pools.iter().map(|(start, end)| end - start + 1).sum();
         let specials = [network, gateway].iter().filter(|ip| pool.in_pools(**ip)).count() as u128;
@@ -283,15 +393,27 @@ impl Ipv6Pool {
         ip == self.network || ip == self.gateway
     }
 
-    /// The lowest address of `lo..=hi` that is neither used nor special.
+    /// Whether dynamic allocation could hand out `ip`, were it not used or withheld: in the pools
+    /// and not special.
+    fn is_dynamic(&self, ip: u128) -> bool {
+        self.in_pools(ip) && !self.is_special(ip)
+    }
+
+    /// The lowest address of `lo..=hi` that is neither used, withheld nor special.
     fn first_free_in(&self, lo: u128, hi: u128) -> Option<u128> {
         let mut candidate = lo;
         let mut used = self.used.range(lo..=hi).peekable();
+        let mut withheld = self.withheld.range(lo..=hi).peekable();
         while candidate <= hi {
-            if self.is_special(candidate) || used.peek() == Some(&&candidate) {
-                if used.peek() == Some(&&candidate) {
-                    used.next();
-                }
+            // Both sets are walked in step with the candidate, so a run of taken addresses costs
+            // its length, not a lookup per address.
+            while used.peek().is_some_and(|ip| **ip < candidate) {
+                used.next();
+            }
+            while withheld.peek().is_some_and(|ip| **ip < candidate) {
+                withheld.next();
+            }
+            if self.is_special(candidate) || used.peek() == Some(&&candidate) || withheld.peek() == Some(&&candidate) {
                 candidate = candidate.checked_add(1)?;
             } else {
                 return Some(candidate);
@@ -300,8 +422,34 @@ impl Ipv6Pool {
         None
     }
 
+    fn is_taken(&self, ip: u128) -> bool {
+        self.used.contains(&ip) || self.withheld.contains(&ip)
+    }
+
+    fn withhold(&mut self, ip: Ipv6Addr) -> bool {
+        let ip = u128::from(ip);
+        if !(self.network..=self.last).contains(&ip) || self.withheld.contains(&ip) {
+            return false;
+        }
+        if self.is_dynamic(ip) && !self.is_taken(ip) {
+            self.dynamic_taken += 1;
+        }
+        self.withheld.insert(ip)
+    }
+
+    fn unwithhold(&mut self, ip: Ipv6Addr) -> bool {
+        let ip = u128::from(ip);
+        if !self.withheld.remove(&ip) {
+            return false;
+        }
+        if self.is_dynamic(ip) && !self.is_taken(ip) {
+            self.dynamic_taken -= 1;
+        }
+        true
+    }
+
     fn allocate(&mut self) -> Option<Ipv6Addr> {
-        if self.dynamic_used >= self.dynamic_capacity {
+        if self.dynamic_taken >= self.dynamic_capacity {
             return None;
         }
         let from = self.cursor;
@@ -310,7 +458,7 @@ impl Ipv6Pool {
             self.pools.iter().filter(|(start, _)| *start < from).map(|(start, end)| (*start, (*end).min(from - 1)));
         let found = after.chain(before).find_map(|(lo, hi)| self.first_free_in(lo, hi))?;
         self.used.insert(found);
-        self.dynamic_used += 1;
+        self.dynamic_taken += 1;
         self.cursor = if found == self.last { self.network } else { found + 1 };
         Some(Ipv6Addr::from(found))
     }
@@ -323,20 +471,21 @@ impl Ipv6Pool {
         if self.is_special(ip) {
             return Err(PoolError::NotAssignable);
         }
-        if !self.used.insert(ip) {
+        if self.used.contains(&ip) {
             return Err(PoolError::InUse);
         }
-        if self.in_pools(ip) {
-            self.dynamic_used += 1;
+        if self.is_dynamic(ip) && !self.is_taken(ip) {
+            self.dynamic_taken += 1;
         }
+        self.used.insert(ip);
         Ok(())
     }
 
     fn release(&mut self, ip: Ipv6Addr) -> bool {
         let ip = u128::from(ip);
         let was_used = self.used.remove(&ip);
-        if was_used && self.in_pools(ip) {
-            self.dynamic_used -= 1;
+        if was_used && self.is_dynamic(ip) && !self.is_taken(ip) {
+            self.dynamic_taken -= 1;
         }
         was_used
     }
@@ -437,6 +586,49 @@ mod tests {
         assert_eq!(pool.allocate(), Some(ip("2001:db8::4")));
         assert_eq!(pool.reserve(ip("2001:db8::")), Err(PoolError::NotAssignable));
         assert_eq!(pool.reserve(ip("2001:db8:0:1::1")), Err(PoolError::OutsideSubnet));
+    }
+
+    #[test]
+    fn withheld_addresses_are_skipped_until_given_back() {
+        for (cidr, gateway, first, second, third) in [
+            ("10.0.0.0/29", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"),
+            ("2001:db8::/125", "2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8::4"),
+        ] {
+            let mut pool = pool(cidr, gateway, None);
+            let free = pool.free_count();
+            assert!(pool.withhold(ip(first)));
+            assert!(!pool.withhold(ip(first)), "withheld twice");
+            assert!(pool.is_withheld(ip(first)));
+            assert_eq!((pool.free_count(), pool.withheld_count()), (free - 1, 1));
+            assert_eq!(pool.allocate(), Some(ip(second)), "{cidr}: the withheld address is skipped");
+            // A withheld address may still be reserved by the allocator's choice, and stays withheld.
+            assert_eq!(pool.reserve(ip(first)), Ok(()));
+            assert_eq!(pool.free_count(), free - 2);
+            assert!(pool.release(ip(first)));
+            assert_eq!(pool.free_count(), free - 2, "{cidr}: released but still withheld");
+            assert!(pool.unwithhold(ip(first)));
+            assert!(!pool.unwithhold(ip(first)), "given back twice");
+            assert_eq!(pool.free_count(), free - 1);
+            // Withholding a used address changes no free count; giving it back neither.
+            assert!(pool.withhold(ip(second)));
+            assert_eq!(pool.free_count(), free - 1);
+            assert!(pool.unwithhold(ip(second)));
+            assert_eq!((pool.free_count(), pool.withheld_count()), (free - 1, 0));
+            assert_eq!(pool.allocate(), Some(ip(third)));
+            assert_eq!(pool.capacity(), free, "the capacity does not move");
+        }
+    }
+
+    #[test]
+    fn withholding_every_free_address_exhausts_the_pool() {
+        let mut pool = pool("10.0.0.0/29", "10.0.0.1", None);
+        for last in 2..=6 {
+            pool.withhold(ip(&format!("10.0.0.{last}")));
+        }
+        assert_eq!((pool.free_count(), pool.allocate()), (0, None));
+        assert!(!pool.withhold(ip("10.0.1.1")), "outside the subnet");
+        pool.unwithhold(ip("10.0.0.5"));
+        assert_eq!(drain(&mut pool), ["10.0.0.5"]);
     }
 
     #[test]
