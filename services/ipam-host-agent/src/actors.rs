@@ -15,12 +15,12 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, Addr, Arbiter, AsyncContext, Context, Handler, Message, SpawnHandle, System};
 use ipam_core::NetworkId;
 use ipam_core::dhcp_plan::NetworkDhcpConfig;
-use ipam_core::event::{DhcpServerState, ServedNetwork};
+use ipam_core::event::{DhcpServerState, DhcpServerSynced, ServedNetwork};
 
 use crate::backend::{DhcpBackend, one_line};
 use crate::outbox::Outbox;
@@ -30,6 +30,9 @@ const MAX_DETAIL_CHARS: usize = 1000;
 
 /// How often the supervisor checks whether the agent must stop.
 const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// At most one `synced` report per network this often: a burst of VM starts is one report.
+const SYNCED_COALESCE: Duration = Duration::from_millis(100);
 
 /// Makes the backend instance of one network's provisioner.
 pub type BackendFactory = Box<dyn FnMut(NetworkId) -> Box<dyn DhcpBackend> + Send>;
@@ -43,6 +46,9 @@ pub(crate) struct Desired {
     /// Networks no longer planned, with the epoch they were last assigned under: their servers
     /// stop (including servers a previous run of the agent left behind).
     pub(crate) gone: Vec<(NetworkId, u64)>,
+    /// Per changed network, the next offset of its `ipam.reservations` partition the follower had
+    /// read: once the change is applied, the server serves every reservation before it.
+    pub(crate) reservations_offsets: BTreeMap<NetworkId, u64>,
 }
 
 impl Desired {
@@ -58,10 +64,11 @@ struct Stopped {
     network_id: NetworkId,
 }
 
-/// To a provisioner: make the server match this configuration.
+/// To a provisioner: make the server match this configuration, which holds the reservations read
+/// up to this offset, when known (see [`Desired::reservations_offsets`]).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-struct Apply(NetworkDhcpConfig);
+struct Apply(NetworkDhcpConfig, Option<u64>);
 
 /// To a provisioner: the network is no longer served here; stop the server, then the actor.
 #[derive(Debug, Message)]
@@ -91,7 +98,7 @@ pub(crate) struct Supervisor {
     /// Provisioners told to stop that have not reported back yet.
     stopping: BTreeMap<NetworkId, Running>,
     /// Configurations of networks planned again while their previous provisioner is stopping.
-    deferred: BTreeMap<NetworkId, NetworkDhcpConfig>,
+    deferred: BTreeMap<NetworkId, (NetworkDhcpConfig, Option<u64>)>,
     /// Where the arbiters still running at shutdown are handed over, for [`crate::run`] to join.
     leftovers: Arc<Mutex<Vec<Arbiter>>>,
 }
@@ -152,16 +159,17 @@ impl Supervisor {
             failure: None,
             reported_running: None,
             retry: None,
+            synced: Synced::default(),
         });
         Running { addr, arbiter, epoch }
     }
 
-    fn serve(&mut self, config: NetworkDhcpConfig, ctx: &mut Context<Self>) {
+    fn serve(&mut self, config: NetworkDhcpConfig, offset: Option<u64>, ctx: &mut Context<Self>) {
         let network_id = config.network_id;
         let (epoch, interface) = (config.epoch, &config.interface);
         tracing::info!(network = %network_id, epoch, interface = %interface, "Starting the DHCP server.");
         let running = self.start_provisioner(network_id, config.epoch, ctx);
-        running.addr.do_send(Apply(config));
+        running.addr.do_send(Apply(config, offset));
         self.live.insert(network_id, running);
     }
 }
@@ -213,13 +221,14 @@ impl Handler<Desired> for Supervisor {
         }
         for config in desired.changed {
             let network_id = config.network_id;
+            let offset = desired.reservations_offsets.get(&network_id).copied();
             if self.stopping.contains_key(&network_id) {
-                self.deferred.insert(network_id, config);
+                self.deferred.insert(network_id, (config, offset));
             } else if let Some(running) = self.live.get_mut(&network_id) {
                 running.epoch = config.epoch;
-                running.addr.do_send(Apply(config));
+                running.addr.do_send(Apply(config, offset));
             } else {
-                self.serve(config, ctx);
+                self.serve(config, offset, ctx);
             }
         }
     }
@@ -231,8 +240,8 @@ impl Handler<Stopped> for Supervisor {
     fn handle(&mut self, stopped: Stopped, ctx: &mut Context<Self>) {
         // The provisioner stops its own arbiter; the handle is dropped, and the thread ends alone.
         self.stopping.remove(&stopped.network_id);
-        if let Some(config) = self.deferred.remove(&stopped.network_id) {
-            self.serve(config, ctx);
+        if let Some((config, offset)) = self.deferred.remove(&stopped.network_id) {
+            self.serve(config, offset, ctx);
         }
     }
 }
@@ -256,6 +265,19 @@ struct Provisioner {
     /// What the server does not serve is part of that state.
     reported_running: Option<(u64, usize, Option<String>)>,
     retry: Option<SpawnHandle>,
+    synced: Synced,
+}
+
+/// What a provisioner reports as `ipam.dhcp_server.synced.v1`: at most one report per
+/// [`SYNCED_COALESCE`], of the newest configuration applied.
+#[derive(Debug, Default)]
+struct Synced {
+    /// The offset of the newest configuration received (see [`Apply`]).
+    received: Option<u64>,
+    /// Applied and not reported yet: (epoch, offset).
+    due: Option<(u64, u64)>,
+    last_sent: Option<Instant>,
+    timer: Option<SpawnHandle>,
 }
 
 impl Provisioner {
@@ -297,6 +319,10 @@ impl Provisioner {
                 }
                 self.applied = Some(config.clone());
                 self.failure = None;
+                if let Some(offset) = self.synced.received {
+                    self.synced.due = Some((config.epoch, offset));
+                    self.report_synced(ctx);
+                }
             }
             Err(error) => {
                 let detail = one_line(&error_chain(&error), MAX_DETAIL_CHARS);
@@ -312,6 +338,28 @@ impl Provisioner {
                 }));
             }
         }
+    }
+}
+
+impl Provisioner {
+    /// Reports the synced state due, now or, within [`SYNCED_COALESCE`] of the last report, once
+    /// that much time has passed (with the newest state by then).
+    fn report_synced(&mut self, ctx: &mut Context<Self>) {
+        if self.synced.timer.is_some() {
+            return;
+        }
+        let wait = self.synced.last_sent.map_or(Duration::ZERO, |sent| SYNCED_COALESCE.saturating_sub(sent.elapsed()));
+        if !wait.is_zero() {
+            self.synced.timer = Some(ctx.run_later(wait, |this, ctx| {
+                this.synced.timer = None;
+                this.report_synced(ctx);
+            }));
+            return;
+        }
+        let Some((epoch, reservations_offset)) = self.synced.due.take() else { return };
+        let host_id = self.outbox.host_id();
+        self.outbox.synced(DhcpServerSynced { host_id, network_id: self.network_id, epoch, reservations_offset });
+        self.synced.last_sent = Some(Instant::now());
     }
 }
 
@@ -353,8 +401,9 @@ impl Actor for Provisioner {
 impl Handler<Apply> for Provisioner {
     type Result = ();
 
-    fn handle(&mut self, Apply(config): Apply, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Apply(config, offset): Apply, ctx: &mut Context<Self>) {
         self.desired = Some(config);
+        self.synced.received = offset.or(self.synced.received);
         self.reconcile(ctx);
     }
 }

@@ -312,8 +312,9 @@ impl Follower {
                 // Nothing to send, or a burst whose changes are sent together a little later.
                 continue;
             }
-            let desired = self.tracker.changes();
+            let mut desired = self.tracker.changes();
             if !desired.is_empty() {
+                desired.reservations_offsets = self.reservations_offsets(&desired, &follower.positions());
                 self.supervisor.do_send(desired);
                 last_sent = Instant::now();
             }
@@ -321,6 +322,31 @@ impl Follower {
             ports_due = !self.append_port_events();
         }
         Ok(())
+    }
+
+    /// For each network `desired` changes, how far its `ipam.reservations` partition has been read
+    /// (every record before that offset is in the configuration sent): what its server reports
+    /// as synced once it applied the change.
+    fn reservations_offsets(&self, desired: &Desired, positions: &[ipam_log::Position]) -> BTreeMap<NetworkId, u64> {
+        let topic = self.tracker.topics.name(Topic::Reservations);
+        let read: BTreeMap<u32, u64> = positions
+            .iter()
+            .filter(|position| position.topic == topic)
+            .map(|position| (position.partition, position.next_offset))
+            .collect();
+        let Ok(count) = u32::try_from(read.len()) else { return BTreeMap::new() };
+        if count == 0 {
+            return BTreeMap::new();
+        }
+        desired
+            .changed
+            .iter()
+            .filter_map(|config| {
+                let key = config.network_id.to_string();
+                let offset = read.get(&ipam_log::partition::for_key(key.as_bytes(), count))?;
+                Some((config.network_id, *offset))
+            })
+            .collect()
     }
 
     /// Reports a failed log operation; an error the log cannot recover from ends the follower.

@@ -23,6 +23,8 @@ pub mod dnsmasq;
 pub mod dnsmasq_server;
 pub mod dnsmasq_shards;
 mod follower;
+pub mod lease_reporter;
+mod leases;
 mod outbox;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,7 @@ pub use ipam_runtime::dir_lock::{DirLock, LockError};
 
 use crate::actors::Supervisor;
 use crate::follower::{Follower, Tracker};
+use crate::lease_reporter::LeaseReporter;
 
 /// Locks a host agent's state directory for this process (see [`ipam_runtime::dir_lock`]): a
 /// second agent on it is refused with an error naming the directory and the holder's pid.
@@ -101,6 +104,17 @@ pub fn run(
     let system_done = Arc::new(AtomicBool::new(false));
     let leftovers = Arc::new(Mutex::new(Vec::new()));
 
+    // Lease events from the servers' lease files, kept apart from the actors: it blocks on the
+    // outbox's answer before it records what it reported.
+    let reporter = {
+        let stops = vec![Arc::clone(&stop), Arc::clone(&follower_done), Arc::clone(&system_done)];
+        let reporter = LeaseReporter::new(lock.dir().to_owned(), host_id, outbox.clone(), stops);
+        thread::Builder::new()
+            .name("ipam-agent-leases".to_owned())
+            .spawn(move || reporter.run())
+            .context("cannot start the lease reporter thread")?
+    };
+
     let system = actix::System::new();
     let supervisor = system.block_on({
         let supervisor = Supervisor::new(
@@ -143,6 +157,9 @@ pub fn run(
         if arbiter.join().is_err() {
             tracing::error!("A provisioning thread panicked.");
         }
+    }
+    if reporter.join().is_err() {
+        tracing::error!("The lease reporter thread panicked.");
     }
     outbox.shutdown();
     drop(outbox);

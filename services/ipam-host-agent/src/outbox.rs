@@ -3,21 +3,25 @@
 //!
 //! Event ids come in two kinds. A DHCP-port request or release is a pure function of what the agent
 //! read, so its id is too (see [`port_event_id`]): a restarted agent that repeats a request repeats
-//! its id, and consumers can drop it by id as well as by content. Heartbeats and statuses report
-//! the present and repeat nothing, so they only need to be unique: their ids are derived from the
-//! host, the process's start and a counter.
+//! its id, and consumers can drop it by id as well as by content. So are a lease event's (of the
+//! lease and its change, [`lease_event_id`]) and a synced report's ([`synced_event_id`]).
+//! Heartbeats and statuses report the present and repeat nothing, so they only need to be unique:
+//! their ids are derived from the host, the process's start and a counter.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipam_core::event::{DhcpServerState, DhcpServerStatus, HostHeartbeat, ServedNetwork};
+use ipam_core::event::{DhcpServerState, DhcpServerStatus, DhcpServerSynced, HostHeartbeat, ServedNetwork};
 use ipam_core::{Envelope, Event, EventId, HostId, NetworkId, SubnetId, Timestamp};
 use ipam_log::{EventLog, OutRecord};
 use ipam_runtime::Topics;
+
+use crate::leases::{LeaseChange, LeaseKey};
 
 /// How long the writer waits before it tries a failed append again.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -33,6 +37,11 @@ pub(crate) enum IdKind {
     PortRequested = 1,
     PortReleased = 2,
     Run = 3,
+    LeaseGranted = 4,
+    LeaseRenewed = 5,
+    LeaseReleased = 6,
+    LeaseExpired = 7,
+    Synced = 8,
 }
 
 /// An id derived from `base` and `words` by chaining [`EventId::derived`] (a UUIDv5 each step), so
@@ -77,6 +86,46 @@ pub(crate) fn port_event_id(host_id: HostId, event: PortEvent) -> EventId {
     derive_id(EventId(host_id.0), &words)
 }
 
+/// The id of a lease event: derived from the host (as the base UUID), the change, and the lease
+/// (network, MAC, address, and the expiry it had: the new one for `granted` and `renewed`, the last
+/// reported for `released` and `expired`). A reporter that crashed after appending and before it
+/// recorded what it reported reports the same events again under the same ids, and the allocator,
+/// which ignores an input id it has seen, takes them once.
+pub(crate) fn lease_event_id(host_id: HostId, change: LeaseChange, key: LeaseKey, expires_s: Option<i64>) -> EventId {
+    let (network_id, mac, ip) = key;
+    let kind = match change {
+        LeaseChange::Granted => IdKind::LeaseGranted,
+        LeaseChange::Renewed => IdKind::LeaseRenewed,
+        LeaseChange::Released => IdKind::LeaseReleased,
+        LeaseChange::Expired => IdKind::LeaseExpired,
+    };
+    let mut words = vec![kind as u32];
+    words.extend(words128(network_id.0.as_u128()));
+    let [a, b, c, d, e, f] = mac.octets();
+    words.extend([u32::from_be_bytes([0, 0, a, b]), u32::from_be_bytes([c, d, e, f])]);
+    match ip {
+        IpAddr::V4(ip) => words.extend([4, ip.to_bits()]),
+        IpAddr::V6(ip) => {
+            words.push(6);
+            words.extend(words128(ip.to_bits()));
+        }
+    }
+    // Infinite leases (no expiry) take a value no real expiry has.
+    // Reinterpreting the bits on purpose: the value is only hashed.
+    words.extend(words64(expires_s.map_or(u64::MAX, |expires| expires as u64)));
+    derive_id(EventId(host_id.0), &words)
+}
+
+/// The id of a `dhcp_server.synced` report: derived from the host, network, epoch and offset, so a
+/// restarted agent that reports the same state again does so under the same id.
+pub(crate) fn synced_event_id(host_id: HostId, synced: &DhcpServerSynced) -> EventId {
+    let mut words = vec![IdKind::Synced as u32];
+    words.extend(words128(synced.network_id.0.as_u128()));
+    words.extend(words64(synced.epoch));
+    words.extend(words64(synced.reservations_offset));
+    derive_id(EventId(host_id.0), &words)
+}
+
 /// The CloudEvents `source` of everything the agent of `host_id` writes.
 pub(crate) fn source(host_id: HostId) -> String {
     format!("ipam/host-agent/{host_id}")
@@ -100,6 +149,9 @@ enum Outgoing {
     Heartbeat(OutRecord),
     /// A status is kept and retried: it may be the only report of a failure.
     Status(OutRecord),
+    /// Lease events, appended in one call or not at all; whether they were is sent back, and the
+    /// sender retries (see [`Outbox::observed`]).
+    Observed(Vec<OutRecord>, mpsc::Sender<bool>),
     /// Flush once more, then end the thread.
     Shutdown,
 }
@@ -132,6 +184,29 @@ impl Outbox {
         let event =
             Event::DhcpServerStatus(DhcpServerStatus { host_id: self.host_id, network_id, epoch, state, detail });
         let _ = self.tx.send(Outgoing::Status(record(&self.topics, &self.source, self.next_id(), event)));
+    }
+
+    /// Appends `events` (lease events, each with its id) in one call, after what was sent before
+    /// them. The answer says whether the log took them; it never comes (the sender is dropped)
+    /// when the writer ends first. The caller records what it reported only on `true`, and
+    /// otherwise tries again: the writer does not keep them.
+    pub(crate) fn observed(&self, events: Vec<(EventId, Event)>) -> mpsc::Receiver<bool> {
+        let records = events.into_iter().map(|(id, event)| record(&self.topics, &self.source, id, event)).collect();
+        let (accepted, answer) = mpsc::channel();
+        let _ = self.tx.send(Outgoing::Observed(records, accepted));
+        answer
+    }
+
+    /// The host whose agent this is.
+    pub(crate) fn host_id(&self) -> HostId {
+        self.host_id
+    }
+
+    /// Appends `ipam.dhcp_server.synced.v1`, kept and retried like a status.
+    pub(crate) fn synced(&self, synced: DhcpServerSynced) {
+        let id = synced_event_id(self.host_id, &synced);
+        let event = Event::DhcpServerSynced(synced);
+        let _ = self.tx.send(Outgoing::Status(record(&self.topics, &self.source, id, event)));
     }
 
     /// Asks the writer to flush what it holds and end.
@@ -192,6 +267,16 @@ fn write_loop(log: &dyn EventLog, rx: &mpsc::Receiver<Outgoing>) {
 
 fn flush(log: &dyn EventLog, queue: &mut VecDeque<Outgoing>, trouble: &mut Trouble) {
     while let Some(outgoing) = queue.front() {
+        if let Outgoing::Observed(records, accepted) = outgoing {
+            let result = log.append(records);
+            match &result {
+                Ok(_) => trouble.clear(records.first().map_or("", |record| &record.topic)),
+                Err(error) => trouble.report(records.first().map_or("", |record| &record.topic), error),
+            }
+            let _ = accepted.send(result.is_ok());
+            queue.pop_front();
+            continue;
+        }
         let (Outgoing::Heartbeat(record) | Outgoing::Status(record)) = outgoing else {
             queue.pop_front();
             continue;
