@@ -105,6 +105,13 @@ struct WatchedSnapshot {
     reported: bool,
 }
 
+impl LeaseWatchSnapshot {
+    /// Whether it says nothing (no reservation watched, no conflict): left out of snapshots.
+    pub fn is_empty(&self) -> bool {
+        self.vnics.is_empty() && self.conflicts.is_empty()
+    }
+}
+
 impl LeaseWatch {
     pub fn new() -> LeaseWatch {
         LeaseWatch::default()
