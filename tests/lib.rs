@@ -1,10 +1,11 @@
 //! Shared by the integration tests, the benchmarks and the `log-child` helper process: how to open
 //! each log backend from a one-line spec (so a child process opens the same log as its parent),
-//! network namespaces for the DHCP tests ([`netns`]), and a Kafka broker a test may kill
-//! ([`kafka_broker`]).
+//! network namespaces for the DHCP tests ([`netns`]), a Kafka broker a test may kill
+//! ([`kafka_broker`]), and the suite's one seeded generator ([`rng`]).
 
 pub mod kafka_broker;
 pub mod netns;
+pub mod rng;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -49,36 +49,8 @@ use serde_json::{Value, json};
 
 // ---- The runner -------------------------------------------------------------------------------
 
-/// SplitMix64: tiny, fast, and the same stream on every platform, so a seed reproduces a case.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next().is_multiple_of(n)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn u128(&mut self) -> u128 {
-        (u128::from(self.next()) << 64) | u128::from(self.next())
-    }
-}
+/// The suite's seeded generator: a seed reproduces a case.
+type Rng = ipam_tests::rng::SplitMix64;
 
 /// The seed of the test command's runs.
 const DEFAULT_SEED: u64 = 0x1FA3_2026_1202;
@@ -132,7 +104,7 @@ fn fuzz<I: Debug>(
     let started = Instant::now();
     let (mut run, mut failed, mut reports) = (0u64, 0u64, Vec::new());
     for case in only.map_or(0..cases, |case| case..case + 1) {
-        let mut rng = Rng(target_seed ^ case.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut rng = ipam_tests::rng::SplitMix64(target_seed ^ case.wrapping_mul(0xD1B5_4A32_D192_ED03));
         run += 1;
         let (input, message) = match catch_unwind(AssertUnwindSafe(|| generate(&mut rng))) {
             Ok(input) => match catch_unwind(AssertUnwindSafe(|| check(&input))) {
@@ -351,8 +323,8 @@ fn edge_string(rng: &mut Rng) -> String {
         if rng.one_in(2) {
             text.push_str(&other);
         } else {
-            let at = text.char_indices().map(|(i, _)| i).nth(rng.below(text.chars().count().max(1))).unwrap_or(0);
-            text.insert(at, char::from_u32(rng.below(0x250) as u32).unwrap_or('x'));
+            let at = text.char_indices().map(|(i, _)| i).nth(rng.index(text.chars().count().max(1))).unwrap_or(0);
+            text.insert(at, char::from_u32(rng.index(0x250) as u32).unwrap_or('x'));
         }
     }
     if rng.one_in(500) {
@@ -424,7 +396,7 @@ fn get_mut<'a>(value: &'a mut Value, path: &[Segment]) -> Option<&'a mut Value> 
 }
 
 fn nested(rng: &mut Rng) -> Vec<u8> {
-    let depth = 1 + rng.below(300);
+    let depth = 1 + rng.index(300);
     let (open, close) = if rng.one_in(2) { ("[", "]") } else { ("{\"a\":", "}") };
     let mut text = open.repeat(depth);
     let innermost: &str = rng.pick::<&str>(&["1", "null", "\"x\"", "[]", "{}"]);
@@ -435,7 +407,7 @@ fn nested(rng: &mut Rng) -> Vec<u8> {
 
 /// A scalar or small value of any JSON type, edge cases first.
 fn edge_value(rng: &mut Rng, doc: &mut Doc) -> Value {
-    match rng.below(12) {
+    match rng.index(12) {
         0..=4 => Value::String(edge_string(rng)),
         5 => doc.raw_token(rng.pick(&RAW_NUMBERS).as_bytes().to_vec()),
         6 => rng.pick(&[Value::Null, json!(true), json!(false), json!([]), json!({})]).clone(),
@@ -448,14 +420,14 @@ fn edge_value(rng: &mut Rng, doc: &mut Doc) -> Value {
             let token: &[u8] = rng.pick::<&[u8]>(&tokens);
             doc.raw_token(token.to_vec())
         }
-        _ => json!(rng.next() as i64),
+        _ => json!(rng.next_u64() as i64),
     }
 }
 
 /// The same value under another JSON type, as a sender confused about the schema would write it.
 fn swapped_type(value: &Value, rng: &mut Rng) -> Value {
     match value {
-        Value::String(text) => match rng.below(3) {
+        Value::String(text) => match rng.index(3) {
             0 => text.parse::<i64>().map(Value::from).unwrap_or(json!(0)),
             1 => json!([text]),
             _ => json!({ "value": text }),
@@ -528,7 +500,7 @@ fn same_kind(value: &Value, rng: &mut Rng, doc: &mut Doc) -> Option<Value> {
             Some(json!(uuid::Uuid::from_u128(*rng.pick(&SAME_KIND_IDS)).to_string()))
         }
         Value::String(text) if serde_json::from_value::<Timestamp>(json!(text)).is_ok() => {
-            Some(json!(Timestamp::from_unix_ms(rng.next() as i64 % 100_000_000_000_000)))
+            Some(json!(Timestamp::from_unix_ms(rng.next_u64() as i64 % 100_000_000_000_000)))
         }
         _ => None,
     }
@@ -539,7 +511,7 @@ fn mutate(doc: &mut Doc, rng: &mut Rng) {
     let mut all = Vec::new();
     paths(&doc.value, &mut Vec::new(), &mut all);
     let path = rng.pick(&all).clone();
-    match rng.below(11) {
+    match rng.index(11) {
         0 => {
             // Drop a field or an item.
             if let Some((last, parent)) = path.split_last()
@@ -632,7 +604,7 @@ fn mutate(doc: &mut Doc, rng: &mut Rng) {
 
 /// Mutations of the written text: a duplicate key, a byte changed, the end cut off.
 fn mutate_text(bytes: &mut Vec<u8>, doc: &Doc, rng: &mut Rng) {
-    match rng.below(4) {
+    match rng.index(4) {
         0 => {
             // A duplicate key: serde_json keeps the last, so put it first or last in an object.
             let mut keys = Vec::new();
@@ -645,7 +617,7 @@ fn mutate_text(bytes: &mut Vec<u8>, doc: &Doc, rng: &mut Rng) {
             let key = if keys.is_empty() { "type".to_owned() } else { rng.pick(&keys).clone() };
             let value = serde_json::to_vec(&Value::String(edge_string(rng))).unwrap();
             let braces: Vec<usize> = bytes.iter().enumerate().filter(|(_, b)| **b == b'{').map(|(i, _)| i).collect();
-            if let Some(&at) = braces.get(rng.below(braces.len().max(1))) {
+            if let Some(&at) = braces.get(rng.index(braces.len().max(1))) {
                 let mut insert = serde_json::to_vec(&key).unwrap();
                 insert.push(b':');
                 insert.extend(value);
@@ -654,13 +626,13 @@ fn mutate_text(bytes: &mut Vec<u8>, doc: &Doc, rng: &mut Rng) {
             }
         }
         1 if !bytes.is_empty() => {
-            let at = rng.below(bytes.len());
+            let at = rng.index(bytes.len());
             bytes[at] = *rng.pick(b"{}[]\":,0123456789.-eE \\\n\0\xff");
         }
-        2 => bytes.truncate(rng.below(bytes.len() + 1)),
+        2 => bytes.truncate(rng.index(bytes.len() + 1)),
         _ => {
-            let at = rng.below(bytes.len() + 1);
-            let insert = if rng.one_in(2) { b",".to_vec() } else { vec![rng.next() as u8] };
+            let at = rng.index(bytes.len() + 1);
+            let insert = if rng.one_in(2) { b",".to_vec() } else { vec![rng.next_u64() as u8] };
             bytes.splice(at..at, insert);
         }
     }
@@ -687,26 +659,26 @@ fn near_valid(value: Value, mutations: usize, rng: &mut Rng) -> Vec<u8> {
 /// Arbitrary bytes: random, JSON-flavoured, or a valid sample damaged byte by byte.
 fn arbitrary_bytes(rng: &mut Rng) -> Bytes {
     let max_len = if rng.one_in(20) { 4096 } else { 160 };
-    let len = rng.below(max_len);
-    Bytes(match rng.below(3) {
-        0 => (0..len).map(|_| rng.next() as u8).collect(),
+    let len = rng.index(max_len);
+    Bytes(match rng.index(3) {
+        0 => (0..len).map(|_| rng.next_u64() as u8).collect(),
         1 => {
             let alphabet = b"{}[]\":,0123456789.-+eEtrufalsn \\/ux\n";
             (0..len).map(|_| *rng.pick(alphabet)).collect()
         }
         _ => {
             let mut bytes = serde_json::to_vec(rng.pick(sample_values())).unwrap();
-            for _ in 0..1 + rng.below(8) {
+            for _ in 0..1 + rng.index(8) {
                 if bytes.is_empty() {
                     break;
                 }
-                let at = rng.below(bytes.len());
-                match rng.below(4) {
-                    0 => bytes[at] = rng.next() as u8,
+                let at = rng.index(bytes.len());
+                match rng.index(4) {
+                    0 => bytes[at] = rng.next_u64() as u8,
                     1 => {
                         bytes.remove(at);
                     }
-                    2 => bytes.insert(at, rng.next() as u8),
+                    2 => bytes.insert(at, rng.next_u64() as u8),
                     _ => bytes.truncate(at),
                 }
             }
@@ -931,20 +903,20 @@ struct World;
 
 impl World {
     fn network(rng: &mut Rng) -> NetworkId {
-        NetworkId::from_u128(1 + rng.below(3) as u128)
+        NetworkId::from_u128(1 + rng.index(3) as u128)
     }
 
     fn subnet(rng: &mut Rng) -> (SubnetId, usize) {
-        let which = rng.below(SUBNET_CATALOG.len());
+        let which = rng.index(SUBNET_CATALOG.len());
         (SubnetId::from_u128(100 + (which % 4) as u128), which)
     }
 
     fn host(rng: &mut Rng) -> HostId {
-        HostId::from_u128(500 + rng.below(3) as u128)
+        HostId::from_u128(500 + rng.index(3) as u128)
     }
 
     fn mac(rng: &mut Rng) -> Mac {
-        Mac::from_octets([0x52, 0x54, 0, 0, 0, 1 + rng.below(12) as u8]).unwrap()
+        Mac::from_octets([0x52, 0x54, 0, 0, 0, 1 + rng.index(12) as u8]).unwrap()
     }
 
     fn interface(rng: &mut Rng) -> InterfaceName {
@@ -953,9 +925,9 @@ impl World {
 
     /// An address in one of the catalog's subnets (the same subnet most of the time).
     fn ip(rng: &mut Rng, which: usize) -> IpAddr {
-        let which = if rng.one_in(5) { rng.below(SUBNET_CATALOG.len()) } else { which };
+        let which = if rng.one_in(5) { rng.index(SUBNET_CATALOG.len()) } else { which };
         let cidr: Cidr = SUBNET_CATALOG[which].0.parse().unwrap();
-        let offset = rng.below(20) as u128;
+        let offset = rng.index(20) as u128;
         match cidr.network() {
             IpAddr::V4(ip) => IpAddr::V4((u32::from(ip).wrapping_add(offset as u32)).into()),
             IpAddr::V6(ip) => IpAddr::V6((u128::from(ip) + offset).into()),
@@ -963,7 +935,7 @@ impl World {
     }
 
     fn ips(rng: &mut Rng, which: usize) -> Vec<IpAddr> {
-        (0..rng.below(3)).map(|_| World::ip(rng, which)).collect()
+        (0..rng.index(3)).map(|_| World::ip(rng, which)).collect()
     }
 
     fn event(rng: &mut Rng, now_ms: i64) -> Event {
@@ -972,9 +944,9 @@ impl World {
         let (cidr, gateway) = SUBNET_CATALOG[which];
         let (cidr, gateway): (Cidr, IpAddr) = (cidr.parse().unwrap(), gateway.parse().unwrap());
         let host_id = if rng.one_in(2) { VIEW_HOST } else { World::host(rng) };
-        let cause = EventId::from_u128(rng.below(4) as u128);
-        let epoch = rng.below(6) as u64;
-        let vnic = VnicId::from_u128(1000 + rng.below(8) as u128);
+        let cause = EventId::from_u128(rng.index(4) as u128);
+        let epoch = rng.index(6) as u64;
+        let vnic = VnicId::from_u128(1000 + rng.index(8) as u128);
         let owner = if rng.one_in(3) {
             Owner::DhcpServer { host_id }
         } else {
@@ -982,7 +954,7 @@ impl World {
         };
         let pools = |rng: &mut Rng| {
             rng.one_in(2).then(|| {
-                (0..rng.below(3))
+                (0..rng.index(3))
                     .map(|_| {
                         let (a, b) = (World::ip(rng, which), World::ip(rng, which));
                         IpRange { start: a.min(b), end: a.max(b) }
@@ -992,19 +964,19 @@ impl World {
         };
         let up = |rng: &mut Rng| VnicUp {
             vnic_id: vnic,
-            vm_id: VmId::from_u128(7 + rng.below(2) as u128),
+            vm_id: VmId::from_u128(7 + rng.index(2) as u128),
             network_id,
             subnet_id: (!rng.one_in(10)).then_some(subnet_id),
             mac: World::mac(rng),
             requested_ip: rng.one_in(4).then(|| World::ip(rng, which)),
         };
         let down = VnicDown { vnic_id: vnic, network_id };
-        match rng.below(30) {
+        match rng.index(30) {
             0..=2 => Event::NetworkUpserted(NetworkUpserted {
                 network_id,
                 name: if rng.one_in(10) { edge_string(rng) } else { "net".to_owned() },
                 ipam_enabled: !rng.one_in(6),
-                servers_count: [None, Some(0), Some(1), Some(2), Some(3), Some(255)][rng.below(6)],
+                servers_count: [None, Some(0), Some(1), Some(2), Some(3), Some(255)][rng.index(6)],
             }),
             3 => Event::NetworkRemoved(NetworkRemoved { network_id }),
             4..=6 => Event::SubnetAdded(SubnetAdded {
@@ -1017,22 +989,22 @@ impl World {
                 allocation_pools: pools(rng),
             }),
             7 => Event::SubnetRemoved(SubnetRemoved { network_id, subnet_id }),
-            8..=10 => [Event::VnicStarted, Event::VnicPlugged, Event::VnicLinked][rng.below(3)](up(rng)),
-            11..=12 => [Event::VnicStopped, Event::VnicUnplugged, Event::VnicUnlinked][rng.below(3)](down),
+            8..=10 => [Event::VnicStarted, Event::VnicPlugged, Event::VnicLinked][rng.index(3)](up(rng)),
+            11..=12 => [Event::VnicStopped, Event::VnicUnplugged, Event::VnicUnlinked][rng.index(3)](down),
             13 => Event::DhcpPortRequested(DhcpPortRequested { network_id, subnet_id, host_id, mac: World::mac(rng) }),
             14 => Event::DhcpPortReleased(DhcpPortReleased { network_id, subnet_id, host_id, mac: World::mac(rng) }),
             15..=16 => Event::HostUpserted(HostUpserted {
                 host_id,
                 name: "host".to_owned(),
                 status: *rng.pick(&[HostStatus::Up, HostStatus::Up, HostStatus::Down, HostStatus::Maintenance]),
-                networks: (0..rng.below(4))
+                networks: (0..rng.index(4))
                     .map(|_| HostNetwork { network_id: World::network(rng), interface: World::interface(rng) })
                     .collect(),
             }),
             17 => Event::HostRemoved(HostRemoved { host_id }),
             18..=19 => Event::HostHeartbeat(HostHeartbeat {
                 host_id,
-                serving: (0..rng.below(3)).map(|_| ServedNetwork { network_id: World::network(rng), epoch }).collect(),
+                serving: (0..rng.index(3)).map(|_| ServedNetwork { network_id: World::network(rng), epoch }).collect(),
             }),
             20 => Event::DhcpServerStatus(DhcpServerStatus {
                 host_id,
@@ -1106,9 +1078,9 @@ impl World {
         let mut now_ms = 1_764_460_800_000i64;
         let mut records: Vec<Bytes> = Vec::with_capacity(len);
         for _ in 0..len {
-            now_ms += if rng.one_in(10) { -5_000 } else { rng.below(20_000) as i64 };
+            now_ms += if rng.one_in(10) { -5_000 } else { rng.index(20_000) as i64 };
             if !records.is_empty() && rng.one_in(20) {
-                let earlier = records[rng.below(records.len())].0.clone();
+                let earlier = records[rng.index(records.len())].0.clone();
                 let retry = match serde_json::from_slice::<Value>(&earlier) {
                     Ok(Value::Object(mut map)) if rng.one_in(2) => {
                         map.insert("time".to_owned(), json!(Timestamp::from_unix_ms(now_ms)));
@@ -1127,7 +1099,7 @@ impl World {
                 event: World::event(rng, now_ms),
             };
             records.push(Bytes(if rng.one_in(4) {
-                near_valid(envelope.to_json(), 1 + rng.below(2), rng)
+                near_valid(envelope.to_json(), 1 + rng.index(2), rng)
             } else {
                 envelope.to_bytes()
             }));
@@ -1305,7 +1277,7 @@ fn near_valid_events_are_decoded_rejected_or_dead_lettered() {
         1,
         |rng| {
             let sample = rng.pick(sample_values()).clone();
-            Bytes(near_valid(sample, 1 + rng.below(3), rng))
+            Bytes(near_valid(sample, 1 + rng.index(3), rng))
         },
         |bytes| check_record(&bytes.0),
     );
@@ -1346,13 +1318,13 @@ fn value_parsers_refuse_what_they_cannot_hold() {
         "value_parsers_refuse_what_they_cannot_hold",
         2000,
         1,
-        |rng| match rng.below(3) {
+        |rng| match rng.index(3) {
             0 => edge_string(rng),
             1 => {
                 let alphabet = b"0123456789abcdefABCDEF:.-/_ %x";
-                (0..rng.below(24)).map(|_| char::from(*rng.pick(alphabet))).collect()
+                (0..rng.index(24)).map(|_| char::from(*rng.pick(alphabet))).collect()
             }
-            _ => (0..rng.below(20)).map(|_| char::from_u32(rng.below(0x800) as u32).unwrap_or('?')).collect(),
+            _ => (0..rng.index(20)).map(|_| char::from_u32(rng.index(0x800) as u32).unwrap_or('?')).collect(),
         },
         |text| check_value_text(text),
     );
@@ -1370,7 +1342,7 @@ struct SubnetParts {
 
 fn address_near(rng: &mut Rng, cidr: Cidr) -> IpAddr {
     let from_last = rng.one_in(3);
-    let offset = if rng.one_in(10) { rng.next() as u128 } else { rng.below(6) as u128 };
+    let offset = if rng.one_in(10) { rng.next_u64() as u128 } else { rng.index(6) as u128 };
     match (cidr.network(), cidr.last()) {
         (IpAddr::V4(first), IpAddr::V4(last)) => {
             let base = u32::from(if from_last { last } else { first });
@@ -1389,26 +1361,26 @@ fn address_near(rng: &mut Rng, cidr: Cidr) -> IpAddr {
 fn subnet_parts(rng: &mut Rng) -> SubnetParts {
     let v4 = rng.one_in(2);
     let prefix = if v4 {
-        if rng.one_in(200) { rng.below(33) } else { 20 + rng.below(13) }
+        if rng.one_in(200) { rng.index(33) } else { 20 + rng.index(13) }
     } else if rng.one_in(4) {
-        rng.below(129)
+        rng.index(129)
     } else {
-        112 + rng.below(17)
+        112 + rng.index(17)
     };
     let net: ipnet::IpNet = if v4 {
-        ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(rng.next() as u32), prefix as u8).unwrap().trunc().into()
+        ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(rng.next_u64() as u32), prefix as u8).unwrap().trunc().into()
     } else {
         ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(rng.u128()), prefix as u8).unwrap().trunc().into()
     };
     let cidr: Cidr = net.to_string().parse().unwrap();
-    let servers = |rng: &mut Rng| (0..rng.below(11)).map(|_| address_near(rng, cidr)).collect();
+    let servers = |rng: &mut Rng| (0..rng.index(11)).map(|_| address_near(rng, cidr)).collect();
     SubnetParts {
         cidr,
         gateway: if rng.one_in(20) { "::ffff:1.2.3.4".parse().unwrap() } else { address_near(rng, cidr) },
         dns: servers(rng),
         ntp: servers(rng),
         pools: rng.one_in(2).then(|| {
-            let count = if rng.one_in(20) { 60 + rng.below(10) } else { rng.below(4) };
+            let count = if rng.one_in(20) { 60 + rng.index(10) } else { rng.index(4) };
             (0..count).map(|_| IpRange { start: address_near(rng, cidr), end: address_near(rng, cidr) }).collect()
         }),
     }
@@ -1455,7 +1427,7 @@ fn sequences_of_near_valid_events_keep_every_machine_consistent() {
         100,
         20,
         |rng| {
-            let len = 1 + rng.below(60);
+            let len = 1 + rng.index(60);
             World::records(rng, len)
         },
         |records| {
@@ -1490,11 +1462,11 @@ fn damaged_snapshots_are_refused_or_restore_a_working_machine() {
         20,
         |rng| {
             let mut pipeline = Pipeline::new();
-            let len = rng.below(30);
+            let len = rng.index(30);
             for record in World::records(rng, len) {
                 let _ = pipeline.step(&record.0);
             }
-            let machine = rng.below(3);
+            let machine = rng.index(3);
             let snapshot = match machine {
                 0 => pipeline.allocator.snapshot(),
                 1 => pipeline.placement.snapshot(),
@@ -1502,17 +1474,17 @@ fn damaged_snapshots_are_refused_or_restore_a_working_machine() {
             };
             let bytes = if rng.one_in(4) {
                 let mut bytes = snapshot;
-                for _ in 0..1 + rng.below(4) {
-                    let at = rng.below(bytes.len().max(1));
+                for _ in 0..1 + rng.index(4) {
+                    let at = rng.index(bytes.len().max(1));
                     if at < bytes.len() {
                         bytes[at] = *rng.pick(b"{}[]\":,0123456789.-e \\\xff");
                     }
                 }
                 bytes
             } else {
-                near_valid(serde_json::from_slice(&snapshot).unwrap(), 1 + rng.below(3), rng)
+                near_valid(serde_json::from_slice(&snapshot).unwrap(), 1 + rng.index(3), rng)
             };
-            let len = rng.below(8);
+            let len = rng.index(8);
             DamagedSnapshot { machine, bytes: Bytes(bytes), then: World::records(rng, len) }
         },
         |damaged| {
@@ -1546,17 +1518,17 @@ fn damaged_snapshots_are_refused_or_restore_a_working_machine() {
 fn arbitrary_config(rng: &mut Rng) -> NetworkDhcpConfig {
     let interface = loop {
         let alphabet = b"abcdefghijklmnopqrstuvwxyzABCZ0123456789_.-";
-        let name: String = (0..1 + rng.below(15)).map(|_| char::from(*rng.pick(alphabet))).collect();
+        let name: String = (0..1 + rng.index(15)).map(|_| char::from(*rng.pick(alphabet))).collect();
         if let Ok(name) = name.parse::<InterfaceName>() {
             break name;
         }
     };
-    let mut subnets: Vec<SubnetDhcpConfig> = (0..rng.below(4))
+    let mut subnets: Vec<SubnetDhcpConfig> = (0..rng.index(4))
         .map(|_| {
             let parts = subnet_parts(rng);
-            let mut hosts: Vec<DhcpHost> = (0..rng.below(20))
+            let mut hosts: Vec<DhcpHost> = (0..rng.index(20))
                 .map(|_| {
-                    let mut octets = rng.next().to_be_bytes();
+                    let mut octets = rng.next_u64().to_be_bytes();
                     octets[2] &= 0xfe;
                     octets[7] |= 1;
                     DhcpHost {
@@ -1567,13 +1539,13 @@ fn arbitrary_config(rng: &mut Rng) -> NetworkDhcpConfig {
                 .collect();
             hosts.sort_by_key(|host| (host.ip, host.mac));
             SubnetDhcpConfig {
-                subnet_id: SubnetId::from_u128(rng.below(8) as u128),
+                subnet_id: SubnetId::from_u128(rng.index(8) as u128),
                 cidr: parts.cidr,
                 router: parts.gateway,
                 dns_servers: parts.dns,
                 ntp_servers: parts.ntp,
                 lease_secs: {
-                    let any = rng.next() as u32;
+                    let any = rng.next_u64() as u32;
                     *rng.pick(&[0, 1, 3600, u32::MAX, any])
                 },
                 server_address: rng.one_in(2).then(|| address_near(rng, parts.cidr)),
@@ -1588,7 +1560,7 @@ fn arbitrary_config(rng: &mut Rng) -> NetworkDhcpConfig {
     NetworkDhcpConfig {
         network_id: NetworkId::from_u128(rng.u128()),
         epoch: {
-            let any = rng.next();
+            let any = rng.next_u64();
             *rng.pick(&[0, 1, u64::MAX, any])
         },
         interface,

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use ipam_core::event::*;
 use ipam_core::{Envelope, EventId, HostId, Mac, NetworkId, SubnetId, Timestamp, Topic, VmId, VnicId};
 use ipam_log::{EventLog, OutRecord};
+use ipam_tests::rng::SplitMix64;
 
 const HOSTS: u64 = 6;
 const NETWORKS: u64 = 20;
@@ -34,23 +35,6 @@ const PARTITIONS: u32 = 4;
 const HEARTBEAT_TIMEOUT_MS: i64 = 5_000;
 const LOST_HOST: u64 = 2;
 const T0_MS: i64 = 1_764_000_000_000;
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The inputs: setup events grouped so that each group is processed before the next is written,
 /// then the churn.
@@ -74,7 +58,7 @@ fn subnet_id(network: u64, n: u64) -> SubnetId {
 }
 
 pub fn workload(seed: u64) -> Workload {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut n: u128 = 0;
     let mut clock_ms = T0_MS;
     let mut envelope = |event: Event, time_ms: i64| {
@@ -539,7 +523,7 @@ pub fn play(
         publish(deployment, group, &[], usize::MAX);
         wait_processed(deployment);
     }
-    let mut rng = Rng(0x5eed);
+    let mut rng = SplitMix64(0x5eed);
     for (chunk, envelopes) in work.churn.chunks(CHUNK).enumerate() {
         publish(deployment, envelopes, &work.garbage, chunk * CHUNK);
         if kills.contains(&chunk) {
@@ -606,7 +590,7 @@ pub(crate) fn reference() -> &'static (Outputs, States) {
 }
 
 fn kill_points(seed: u64, count: usize) -> Vec<usize> {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let chunks = (CHURN_EVENTS / CHUNK) as u64;
     let mut points: Vec<usize> = Vec::new();
     while points.len() < count {

@@ -72,30 +72,12 @@ pub(crate) struct Script {
     pub(crate) actions: Vec<Action>,
 }
 
-/// A small deterministic generator (SplitMix64): the same seed, the same script, on any machine.
-pub(crate) struct Prng(u64);
+/// The suite's seeded generator (SplitMix64): the same seed, the same script, on any machine.
+pub(crate) type Prng = ipam_tests::rng::SplitMix64;
 
-impl Prng {
-    pub(crate) fn new(seed: u64) -> Prng {
-        Prng(seed ^ 0x5eed_5eed_5eed_5eed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    pub(crate) fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
+/// The generator a script of `seed` draws from.
+pub(crate) fn prng(seed: u64) -> Prng {
+    ipam_tests::rng::SplitMix64(seed ^ 0x5eed_5eed_5eed_5eed)
 }
 
 /// Builds the script of `seed`, `actions` random actions long after a prelude that declares
@@ -128,7 +110,7 @@ struct Generator {
 
 impl Generator {
     fn new(seed: u64) -> Generator {
-        let mut prng = Prng::new(seed);
+        let mut prng = prng(seed);
         let bytes: Vec<u8> = (0..4).flat_map(|_| prng.next_u64().to_le_bytes()).collect();
         let runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
         Generator {
