@@ -63,6 +63,7 @@ fn config(case: &Case) -> NetworkDhcpConfig {
             server_address_refused: None,
             hosts: vec![DhcpHost { mac: Mac::from_octets([0x52, 0x54, 0, 0, 0, 1]).unwrap(), ip: nth(3) }],
         }],
+        conflict_probe: true,
     }
 }
 

@@ -1565,6 +1565,7 @@ fn arbitrary_config(rng: &mut Rng) -> NetworkDhcpConfig {
         },
         interface,
         subnets,
+        conflict_probe: true,
     }
 }
 

@@ -25,6 +25,9 @@ use ipam_core::event::{DhcpServerState, DhcpServerSynced, ServedNetwork};
 use crate::backend::{DhcpBackend, one_line};
 use crate::outbox::Outbox;
 
+mod probing;
+pub(crate) use probing::ProbeSetup;
+
 /// At most this many characters of a status detail: a few refused subnets, each with dnsmasq's words.
 const MAX_DETAIL_CHARS: usize = 1000;
 
@@ -101,6 +104,8 @@ pub(crate) struct Supervisor {
     deferred: BTreeMap<NetworkId, (NetworkDhcpConfig, Option<u64>)>,
     /// Where the arbiters still running at shutdown are handed over, for [`crate::run`] to join.
     leftovers: Arc<Mutex<Vec<Arbiter>>>,
+    /// How every provisioner probes newly reserved addresses.
+    probe: ProbeSetup,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -120,6 +125,7 @@ impl Supervisor {
         heartbeat_interval: Duration,
         stops: [Arc<AtomicBool>; 2],
         leftovers: Arc<Mutex<Vec<Arbiter>>>,
+        probe: ProbeSetup,
     ) -> Supervisor {
         Supervisor {
             factory,
@@ -133,6 +139,7 @@ impl Supervisor {
             stopping: BTreeMap::new(),
             deferred: BTreeMap::new(),
             leftovers,
+            probe,
         }
     }
 
@@ -148,6 +155,7 @@ impl Supervisor {
         let supervisor = ctx.address();
         let outbox = self.outbox.clone();
         let retry_interval = self.retry_interval;
+        let probes = probing::Probes::new(self.probe.clone());
         let addr = Provisioner::start_in_arbiter(&arbiter.handle(), move |_| Provisioner {
             network_id,
             backend,
@@ -160,6 +168,7 @@ impl Supervisor {
             reported_running: None,
             retry: None,
             synced: Synced::default(),
+            probes,
         });
         Running { addr, arbiter, epoch }
     }
@@ -266,6 +275,8 @@ struct Provisioner {
     reported_running: Option<(u64, usize, Option<String>)>,
     retry: Option<SpawnHandle>,
     synced: Synced,
+    /// Newly reserved hosts are probed before they are served.
+    probes: probing::Probes,
 }
 
 /// What a provisioner reports as `ipam.dhcp_server.synced.v1`: at most one report per
@@ -285,7 +296,10 @@ impl Provisioner {
         if let Some(handle) = self.retry.take() {
             ctx.cancel_future(handle);
         }
-        let Some(config) = &self.desired else { return };
+        let Some(desired) = self.desired.take() else { return };
+        let admitted = self.admit(&desired, ctx);
+        self.desired = Some(desired);
+        let config = &admitted;
         if self.applied.as_ref() == Some(config) {
             return;
         }
@@ -319,7 +333,10 @@ impl Provisioner {
                 }
                 self.applied = Some(config.clone());
                 self.failure = None;
-                if let Some(offset) = self.synced.received {
+                // Hosts held back while probed are not served yet.
+                if let Some(offset) = self.synced.received
+                    && !self.probes.busy()
+                {
                     self.synced.due = Some((config.epoch, offset));
                     self.report_synced(ctx);
                 }
@@ -373,6 +390,7 @@ impl Actor for Provisioner {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(probing::CONFLICT_RECHECK, |this, ctx| this.recheck_conflicts(ctx));
         // Supervision: a server that died is restarted (the backend applies its own backoff).
         ctx.run_interval(self.retry_interval, |this, _| {
             let Some(config) = &this.applied else { return };
@@ -438,7 +456,7 @@ impl Handler<Unassign> for Provisioner {
 }
 
 /// An error with its sources, `outer: inner: …`, as `{:#}` prints an anyhow chain.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

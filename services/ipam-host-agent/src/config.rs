@@ -7,6 +7,8 @@ use ipam_core::dhcp_plan::DEFAULT_LEASE_SECS;
 use ipam_core::{HostId, Mac};
 use serde::{Deserialize, Serialize};
 
+use crate::probe::ProbeSettings;
+
 /// How often the agent says it is alive, unless configured otherwise (3 s). Placement's default
 /// heartbeat timeout is 15 s, so five heartbeats may be lost before the host is.
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 3000;
@@ -30,6 +32,14 @@ pub struct HostAgentConfig {
     /// network. When absent, [`HostAgentConfig::port_mac`] derives one from the host id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_mac: Option<Mac>,
+    /// How newly reserved addresses are probed before they are served (on networks whose policy
+    /// asks for it); see [`crate::probe`].
+    #[serde(default)]
+    pub probe: ProbeSettings,
+    /// The network namespace the served networks' interfaces are in, when not the agent's own
+    /// (the agent then probes there, as its DHCP servers run there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 fn default_heartbeat_interval_ms() -> u64 {
@@ -48,6 +58,8 @@ impl HostAgentConfig {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             lease_secs: DEFAULT_LEASE_SECS,
             port_mac: None,
+            probe: ProbeSettings::default(),
+            netns: None,
         }
     }
 

@@ -83,7 +83,7 @@ struct Sockets {
 
 /// Moves the calling thread into network namespace `name` (as `ip netns exec` does).
 #[allow(unsafe_code)]
-fn enter_netns(name: &str) -> io::Result<()> {
+pub(crate) fn enter_netns(name: &str) -> io::Result<()> {
     let namespace = File::open(std::path::Path::new("/var/run/netns").join(name))?;
     // SAFETY: setns only reads the descriptor, which `namespace` keeps open for the call, and
     // changes this thread's network namespace, which this thread owns alone.

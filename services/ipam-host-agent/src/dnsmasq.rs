@@ -303,7 +303,7 @@ mod tests {
     }
 
     fn network(subnets: Vec<SubnetDhcpConfig>) -> NetworkDhcpConfig {
-        NetworkDhcpConfig { network_id: N1, epoch: 3, interface: "br0".parse().unwrap(), subnets }
+        NetworkDhcpConfig { network_id: N1, epoch: 3, interface: "br0".parse().unwrap(), subnets, conflict_probe: true }
     }
 
     fn check(config: &NetworkDhcpConfig, expect: Expect) {

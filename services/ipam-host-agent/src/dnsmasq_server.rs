@@ -142,6 +142,7 @@ fn without_subnets(config: &NetworkDhcpConfig) -> NetworkDhcpConfig {
         epoch: config.epoch,
         interface: config.interface.clone(),
         subnets: Vec::new(),
+        conflict_probe: config.conflict_probe,
     }
 }
 
@@ -904,6 +905,7 @@ echo "dnsmasq: syntax check OK." >&2
                 subnet(2, "::ffff:10.9.0.0/120", "::ffff:10.9.0.1", "::ffff:10.9.0.10"),
                 subnet(3, "10.8.0.0/24", "10.8.0.1", "10.8.0.10"),
             ],
+            conflict_probe: true,
         };
         let vetting = backend.vet(&config, render_options(&config).unwrap()).unwrap();
         assert_eq!(
@@ -939,6 +941,7 @@ echo "dnsmasq: syntax check OK." >&2
             epoch: 1,
             interface: "refused".parse().unwrap(),
             subnets: vec![subnet(1, "10.9.0.0/24", "10.9.0.1", "10.9.0.10")],
+            conflict_probe: true,
         };
         let error = backend.apply(&config).unwrap_err();
         assert!(matches!(error, BackendError::Refused { .. }), "{error:?}");

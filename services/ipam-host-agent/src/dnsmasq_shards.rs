@@ -301,6 +301,7 @@ mod tests {
             epoch: 1,
             interface: "br0".parse().unwrap(),
             subnets,
+            conflict_probe: true,
         }
     }
 

@@ -26,6 +26,8 @@ mod follower;
 pub mod lease_reporter;
 mod leases;
 mod outbox;
+pub mod probe;
+mod probe_gate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,6 +125,7 @@ pub fn run(
             Duration::from_millis(config.heartbeat_interval_ms),
             [Arc::clone(&stop), Arc::clone(&follower_done)],
             Arc::clone(&leftovers),
+            actors::ProbeSetup { settings: config.probe, netns: config.netns.clone() },
         );
         async move { actix::Actor::start(supervisor) }
     });

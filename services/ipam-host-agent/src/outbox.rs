@@ -16,7 +16,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipam_core::event::{DhcpServerState, DhcpServerStatus, DhcpServerSynced, HostHeartbeat, ServedNetwork};
+use ipam_core::event::{
+    DhcpServerState, DhcpServerStatus, DhcpServerSynced, HostHeartbeat, IpConflictDetected, ServedNetwork,
+};
 use ipam_core::{Envelope, Event, EventId, HostId, NetworkId, SubnetId, Timestamp};
 use ipam_log::{EventLog, OutRecord};
 use ipam_runtime::Topics;
@@ -207,6 +209,13 @@ impl Outbox {
         let id = synced_event_id(self.host_id, &synced);
         let event = Event::DhcpServerSynced(synced);
         let _ = self.tx.send(Outgoing::Status(record(&self.topics, &self.source, id, event)));
+    }
+
+    /// Appends `ipam.ip.conflict.v1`, kept and retried like a status. Its id is unique to this
+    /// report: a conflict found again after an operator cleared the address is news.
+    pub(crate) fn conflict(&self, conflict: IpConflictDetected) {
+        let event = Event::IpConflictDetected(conflict);
+        let _ = self.tx.send(Outgoing::Status(record(&self.topics, &self.source, self.next_id(), event)));
     }
 
     /// Asks the writer to flush what it holds and end.

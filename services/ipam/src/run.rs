@@ -178,6 +178,8 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         }
         for agent in &components.host_agents {
             let mut agent_config = HostAgentConfig::new(agent.host_id);
+            // Its probes go where its DHCP servers run.
+            agent_config.netns.clone_from(&agent.netns);
             if let Some(interval) = agent.heartbeat_interval_ms {
                 agent_config.heartbeat_interval_ms = interval;
             }

@@ -11,14 +11,15 @@
 //! once, without anyone asking again; and because the view is rebuilt by replay (or snapshot plus
 //! tail), a restarted agent plans exactly what the live one did.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    DHCP_PORT_REQUESTED_TYPE, DhcpPortReleased, DhcpPortRequested, DhcpServerAssigned, DhcpServerUnassigned, Owner,
-    RequestRejected, ReservationAdded, ReservationRemoved, SubnetActivated, SubnetDeactivated,
+    DHCP_PORT_REQUESTED_TYPE, DhcpPortReleased, DhcpPortRequested, DhcpServerAssigned, DhcpServerUnassigned,
+    NetworkPolicyApplied, Owner, RequestRejected, ReservationAdded, ReservationRemoved, SubnetActivated,
+    SubnetDeactivated,
 };
 use crate::ids::{HostId, NetworkId, SubnetId};
 use crate::mac::Mac;
@@ -47,6 +48,10 @@ pub struct HostDhcpView {
     /// Why the allocator refused this host's server its own address in a subnet, until it grants
     /// one or the subnet goes away: the server reports it rather than `running`.
     refused_ports: BTreeMap<(NetworkId, SubnetId), String>,
+    /// The networks whose effective policy turns conflict probing off (the default is on), from
+    /// the allocator's latest `NetworkPolicyApplied` of each: only exceptions are kept, so a
+    /// network back at the default leaves no trace.
+    probe_off: BTreeSet<NetworkId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +93,7 @@ impl HostDhcpView {
             assignments: BTreeMap::new(),
             networks: BTreeMap::new(),
             refused_ports: BTreeMap::new(),
+            probe_off: BTreeSet::new(),
         }
     }
 
@@ -187,6 +193,16 @@ impl HostDhcpView {
         Some(event.network_id)
     }
 
+    /// The policy's `conflict_probe` (absent: on) decides whether this host's agent probes the
+    /// network's newly reserved addresses before serving them.
+    fn set_policy(&mut self, event: &NetworkPolicyApplied) {
+        if event.policy.conflict_probe.unwrap_or(true) {
+            self.probe_off.remove(&event.network_id);
+        } else {
+            self.probe_off.insert(event.network_id);
+        }
+    }
+
     /// The networks this host serves now, with their assignment.
     fn served(&self) -> impl Iterator<Item = (NetworkId, &Assignment)> {
         self.assignments.iter().filter(|(_, assignment)| assignment.serving).map(|(&id, assignment)| (id, assignment))
@@ -214,6 +230,9 @@ struct Snapshot {
     /// Absent from snapshots written before it existed (and when empty): they restore with none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     refused_ports: Vec<RefusedPortRecord>,
+    /// Networks whose policy turns conflict probing off; absent from older snapshots (none was).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    probe_off: Vec<NetworkId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -292,6 +311,10 @@ impl StateMachine for HostDhcpView {
                 Some(event.network_id)
             }
             Event::RequestRejected(event) => self.refused(event),
+            Event::NetworkPolicyApplied(event) => {
+                self.set_policy(event);
+                Some(event.network_id)
+            }
             // Requests, inventory and status change nothing here by themselves: their effects reach
             // the host as the allocator's and placement's decisions above (a removed network, for
             // one, arrives as subnet deactivations, reservation removals and an unassignment).
@@ -323,7 +346,6 @@ impl StateMachine for HostDhcpView {
             | Event::NetworkPolicySet(_)
             | Event::PartitionClockTicked(_)
             | Event::DhcpServerSynced(_)
-            | Event::NetworkPolicyApplied(_)
             | Event::VnicUnleased(_)
             | Event::LeaseConflict(_)
             | Event::VnicLeaseChanged(_)
@@ -380,6 +402,7 @@ impl StateMachine for HostDhcpView {
                 .iter()
                 .map(|(&(network_id, subnet_id), why)| RefusedPortRecord { network_id, subnet_id, why: why.clone() })
                 .collect(),
+            probe_off: self.probe_off.iter().copied().collect(),
         };
         serde_json::to_vec(&snapshot).expect("a snapshot has string keys only, so it always serializes")
     }
@@ -425,6 +448,11 @@ impl StateMachine for HostDhcpView {
                     "the refusal in subnet {} appears twice",
                     record.subnet_id
                 )));
+            }
+        }
+        for network_id in snapshot.probe_off {
+            if !view.probe_off.insert(network_id) {
+                return Err(SnapshotError::Inconsistent(format!("network {network_id} has probing off twice")));
             }
         }
         Ok(view)
@@ -473,6 +501,9 @@ pub struct NetworkDhcpConfig {
     pub interface: InterfaceName,
     /// The network's active subnets, sorted by subnet id; empty while none is active.
     pub subnets: Vec<SubnetDhcpConfig>,
+    /// Whether the agent probes a newly reserved address (ARP, or IPv6 duplicate address
+    /// detection) before serving it: the network's policy, on unless an operator turned it off.
+    pub conflict_probe: bool,
 }
 
 /// What a server answers in one subnet.
@@ -539,7 +570,13 @@ pub fn plan_network(view: &HostDhcpView, network_id: NetworkId, options: &PlanOp
             })
             .collect(),
     };
-    Some(NetworkDhcpConfig { network_id, epoch: assignment.epoch, interface: assignment.interface.clone(), subnets })
+    Some(NetworkDhcpConfig {
+        network_id,
+        epoch: assignment.epoch,
+        interface: assignment.interface.clone(),
+        subnets,
+        conflict_probe: !view.probe_off.contains(&network_id),
+    })
 }
 
 /// The DHCP-port addresses this host still lacks: one request per active subnet of every network

@@ -483,7 +483,7 @@ fn the_plan_serializes_as_plain_data() {
     ];
     let json =
         serde_json::to_string(&plan(&view_after(&history), &PlanOptions::default())).expect("a plan always serializes");
-    expect![[r#"{"host_id":"00000000-0000-0000-0000-000000000001","networks":[{"network_id":"00000000-0000-0000-0000-000000000001","epoch":1,"interface":"br1","subnets":[{"subnet_id":"00000000-0000-0000-0000-000000000001","cidr":"10.1.0.0/24","router":"10.1.0.1","dns_servers":[],"ntp_servers":[],"lease_secs":3600,"server_address":null,"server_address_refused":null,"hosts":[{"mac":"02:00:00:00:00:01","ip":"10.1.0.10"}]}]}]}"#]]
+    expect![[r#"{"host_id":"00000000-0000-0000-0000-000000000001","networks":[{"network_id":"00000000-0000-0000-0000-000000000001","epoch":1,"interface":"br1","subnets":[{"subnet_id":"00000000-0000-0000-0000-000000000001","cidr":"10.1.0.0/24","router":"10.1.0.1","dns_servers":[],"ntp_servers":[],"lease_secs":3600,"server_address":null,"server_address_refused":null,"hosts":[{"mac":"02:00:00:00:00:01","ip":"10.1.0.10"}]}],"conflict_probe":true}]}"#]]
         .assert_eq(&json);
 }
 
@@ -563,6 +563,56 @@ fn rich_history() -> Vec<Event> {
         assigned(N2, H1, 1, "br2"),
         unassigned(N2, H1, 1),
     ]);
+    history
+}
+
+fn policy(network_id: NetworkId, conflict_probe: Option<bool>) -> Event {
+    Event::NetworkPolicyApplied(NetworkPolicyApplied {
+        network_id,
+        policy: crate::event::NetworkPolicy { conflict_probe, ..Default::default() },
+        cause: cause(),
+    })
+}
+
+#[test]
+fn conflict_probing_follows_the_networks_policy_and_is_on_by_default() {
+    let probe = |history: &[Event]| {
+        let view = view_after(history);
+        plan(&view, &PlanOptions::default())
+            .networks
+            .iter()
+            .map(|n| (net(n.network_id), n.conflict_probe))
+            .collect::<Vec<_>>()
+    };
+    let mut history = two_served_networks();
+    assert_eq!(probe(&history), vec![("n1".to_owned(), true), ("n2".to_owned(), true)]);
+    history.push(policy(N1, Some(false)));
+    assert_eq!(probe(&history), vec![("n1".to_owned(), false), ("n2".to_owned(), true)]);
+    // A policy without the field is the default again; so is a network's policy reset.
+    let mut reset = history.clone();
+    reset.push(policy(N1, None));
+    assert_eq!(probe(&reset), vec![("n1".to_owned(), true), ("n2".to_owned(), true)]);
+    assert_eq!(view_after(&reset).snapshot(), view_after(&two_served_networks()).snapshot());
+    // The policy is what the apply answers, so the agent re-plans that network.
+    let mut view = view_after(&history);
+    let touched = view.apply(&Envelope {
+        id: EventId::from_u128(1),
+        source: "test".to_owned(),
+        time: Timestamp::from_unix_ms(0),
+        subject: None,
+        event: policy(N2, Some(false)),
+    });
+    assert_eq!(touched, Some(N2));
+    // Kept in the snapshot.
+    let bytes = view.snapshot();
+    let restored = HostDhcpView::restore(&(), &bytes).expect("a snapshot restores");
+    assert_eq!(restored, view);
+    assert!(String::from_utf8_lossy(&bytes).contains(r#""probe_off":["#), "{}", String::from_utf8_lossy(&bytes));
+}
+
+fn two_served_networks() -> Vec<Event> {
+    let mut history = n1_with_subnets();
+    history.extend([assigned(N1, H1, 1, "br1"), assigned(N2, H1, 1, "br2")]);
     history
 }
 
