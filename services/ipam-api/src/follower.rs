@@ -173,7 +173,7 @@ fn fold(records: &[Record], kinds: &BTreeMap<String, Topic>, model: &RwLock<Read
     let mut model = model.write().unwrap_or_else(|e| e.into_inner());
     for (record, envelope) in records.iter().zip(&decoded) {
         if let (Some(envelope), Some(kind)) = (envelope, kinds.get(&record.topic)) {
-            model.apply(*kind, envelope);
+            model.apply_at(*kind, Some(record.offset), envelope);
         }
         model.advance(&record.topic, record.partition, record.offset + 1);
     }

@@ -19,6 +19,8 @@
 pub mod auth;
 pub mod decision;
 pub mod error;
+pub mod forecast;
+pub mod lease_state;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

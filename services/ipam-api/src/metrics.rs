@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::lease_state::{LEASE_LATENCY_BUCKETS, LatencyHistogram};
+
 /// Upper bounds of the request-duration buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
@@ -62,6 +64,16 @@ pub struct Gauges {
     pub reservations: Vec<(String, usize)>,
     /// The name of each named network: a `network_name` label beside its id.
     pub network_names: BTreeMap<String, String>,
+    /// Reservation → first lease, in seconds of the log's time.
+    pub lease_latency: LatencyHistogram,
+    /// (network, vNICs reported unleased that still hold no lease).
+    pub unleased: Vec<(String, usize)>,
+    /// (network, kind, lease conflicts reported).
+    pub lease_conflicts: Vec<(String, String, u64)>,
+    /// (network, state, vNICs in it).
+    pub vnic_states: Vec<(String, String, usize)>,
+    /// (network, subnet, allocation rate per hour, seconds until full when growing).
+    pub forecasts: Vec<(String, String, f64, Option<u64>)>,
 }
 
 /// A label value with Prometheus' escapes.
@@ -116,6 +128,8 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
         let _ = writeln!(out, "ipam_reservations{{{}}} {count}", network_labels(network));
     }
 
+    render_lease_truth(&mut out, gauges, &network_labels);
+
     header(&mut out, "ipam_request_duration_seconds", "histogram", "Time to answer an API request, until the headers.");
     let requests = metrics.requests.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for ((method, route, status), histogram) in &requests {
@@ -130,6 +144,80 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
         let _ = writeln!(out, "ipam_request_duration_seconds_count{{{labels}}} {}", histogram.count);
     }
     out
+}
+
+/// The series of issue 14: the vNICs' lease states and the subnets' forecasts.
+fn render_lease_truth(out: &mut String, gauges: &Gauges, network_labels: &dyn Fn(&str) -> String) {
+    header(out, "ipam_vnic_lease_seconds", "histogram", "Time from a vNIC's reservation to its guest's first lease.");
+    let mut cumulative = 0;
+    for (bound, count) in LEASE_LATENCY_BUCKETS.iter().zip(gauges.lease_latency.counts) {
+        cumulative += count;
+        let _ = writeln!(out, "ipam_vnic_lease_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "ipam_vnic_lease_seconds_bucket{{le=\"+Inf\"}} {}", gauges.lease_latency.count);
+    let _ = writeln!(out, "ipam_vnic_lease_seconds_sum {}", gauges.lease_latency.sum_seconds);
+    let _ = writeln!(out, "ipam_vnic_lease_seconds_count {}", gauges.lease_latency.count);
+
+    header(out, "ipam_vnics_unleased", "gauge", "vNICs reported unleased that still hold no lease, per network.");
+    for (network, count) in &gauges.unleased {
+        let _ = writeln!(out, "ipam_vnics_unleased{{{}}} {count}", network_labels(network));
+    }
+
+    header(
+        out,
+        "ipam_vnics",
+        "gauge",
+        "vNICs holding a reservation, per network and state (reserved, served, leased).",
+    );
+    for (network, state, count) in &gauges.vnic_states {
+        let _ = writeln!(out, "ipam_vnics{{{},state=\"{}\"}} {count}", network_labels(network), escape(state));
+    }
+
+    header(
+        out,
+        "ipam_lease_conflicts_total",
+        "counter",
+        "Leases that disagree with the reservations, per network and kind.",
+    );
+    for (network, kind, count) in &gauges.lease_conflicts {
+        let _ = writeln!(
+            out,
+            "ipam_lease_conflicts_total{{{},kind=\"{}\"}} {count}",
+            network_labels(network),
+            escape(kind)
+        );
+    }
+
+    header(
+        out,
+        "ipam_subnet_allocation_rate_per_hour",
+        "gauge",
+        "Reservations less releases per hour, over the last hour of the log.",
+    );
+    for (network, subnet, rate, _) in &gauges.forecasts {
+        let _ = writeln!(
+            out,
+            "ipam_subnet_allocation_rate_per_hour{{{},subnet=\"{}\"}} {rate}",
+            network_labels(network),
+            escape(subnet)
+        );
+    }
+    header(
+        out,
+        "ipam_subnet_full_in_seconds",
+        "gauge",
+        "Seconds until a growing subnet's pools are full at its allocation rate.",
+    );
+    for (network, subnet, _, full_in) in &gauges.forecasts {
+        if let Some(seconds) = full_in {
+            let _ = writeln!(
+                out,
+                "ipam_subnet_full_in_seconds{{{},subnet=\"{}\"}} {seconds}",
+                network_labels(network),
+                escape(subnet)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

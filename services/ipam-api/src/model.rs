@@ -238,6 +238,10 @@ pub struct ReadModel {
     mac_ips: BTreeMap<Mac, std::collections::BTreeSet<IpAddr>>,
     processed: u64,
     caught_up: bool,
+    /// Each vNIC's way from reserved to served to leased (issue 14).
+    lease_states: crate::lease_state::LeaseStates,
+    /// Each subnet's allocation rate and forecast.
+    forecasts: crate::forecast::Forecasts,
 }
 
 impl ReadModel {
@@ -272,7 +276,17 @@ impl ReadModel {
     /// Folds one event read from `topic` into the model. Events that say nothing the model keeps
     /// (ticks, engine requests) are ignored.
     pub fn apply(&mut self, topic: Topic, envelope: &Envelope) {
+        self.apply_at(topic, None, envelope);
+    }
+
+    /// [`ReadModel::apply`], knowing the record's offset in its partition (what a vNIC's
+    /// reservation needs to be known served by a DHCP server's synced mark).
+    pub fn apply_at(&mut self, topic: Topic, offset: Option<u64>, envelope: &Envelope) {
         let time = envelope.time;
+        if self.lease_fact(topic, envelope) {
+            self.processed += 1;
+            return;
+        }
         match (&envelope.event, topic) {
             // Network facts come from `ipam.hosts`, where the allocator forwards only accepted ones.
             (Event::NetworkUpserted(e), Topic::Hosts) => {
@@ -300,6 +314,7 @@ impl ReadModel {
                 self.networks.entry(e.network_id).or_default().subnets.insert(e.subnet_id, subnet);
             }
             (Event::SubnetDeactivated(e), Topic::Reservations) => {
+                self.forecasts.removed(e.network_id, e.subnet_id);
                 // Its reservations leave through their own `reservation.removed` events.
                 self.edit_network(e.network_id, |network| {
                     network.subnets.remove(&e.subnet_id);
@@ -313,6 +328,12 @@ impl ReadModel {
                 }
                 network.reservations.insert((e.subnet_id, e.ip), reservation);
                 let cidr = network.subnets.get(&e.subnet_id).map(|subnet| subnet.cidr);
+                let current_servers: Vec<(HostId, u64)> =
+                    network.servers.iter().map(|(host_id, server)| (*host_id, server.epoch)).collect();
+                self.forecasts.changed(e.network_id, e.subnet_id, time, 1);
+                if let Owner::Vnic { vnic_id, .. } = e.owner {
+                    self.lease_states.reserved(vnic_id, e.network_id, offset, time, &current_servers);
+                }
                 let served_by: Vec<HostId> = network.servers.keys().copied().collect();
                 self.decide(
                     e.cause,
@@ -366,6 +387,10 @@ impl ReadModel {
                 }
             }
             (Event::ReservationRemoved(e), Topic::Reservations) => {
+                let held = self.networks.get(&e.network_id).and_then(|n| n.reservations.get(&(e.subnet_id, e.ip)));
+                if held.is_some_and(|r| r.owner == e.owner) {
+                    self.forecasts.changed(e.network_id, e.subnet_id, time, -1);
+                }
                 self.decide(
                     e.cause,
                     Decided::Released {
@@ -386,6 +411,7 @@ impl ReadModel {
                     && vnic.reservation.as_ref().is_some_and(|r| r.ip == e.ip && r.network_id == e.network_id)
                 {
                     vnic.reservation = None;
+                    self.lease_states.released(vnic_id);
                     vnic.last_release = Some(VnicRelease {
                         network_id: e.network_id,
                         subnet_id: e.subnet_id,
@@ -448,6 +474,9 @@ impl ReadModel {
                         network.servers.remove(&e.host_id);
                     }
                 });
+                if self.networks.get(&e.network_id).is_none_or(|network| !network.servers.contains_key(&e.host_id)) {
+                    self.lease_states.unassigned(e.network_id, e.host_id);
+                }
                 if let Some(assigned) = self.assignments.get_mut(&e.host_id) {
                     if assigned.get(&e.network_id).is_some_and(|epoch| *epoch <= e.epoch) {
                         assigned.remove(&e.network_id);
@@ -483,6 +512,42 @@ impl ReadModel {
             _ => return,
         }
         self.processed += 1;
+    }
+
+    /// Folds the facts of a vNIC's lease state and of the forecasts' clock (see `lease_state.rs`
+    /// and `forecast.rs`); answers whether the event was one of them and was kept.
+    fn lease_fact(&mut self, topic: Topic, envelope: &Envelope) -> bool {
+        let time = envelope.time;
+        match (&envelope.event, topic) {
+            (Event::VnicLeaseChanged(e), Topic::Reservations) => self.lease_states.lease_changed(e, time),
+            (Event::VnicUnleased(e), Topic::Reservations) => self.lease_states.unleased(e, time),
+            (Event::LeaseConflict(e), Topic::Reservations) => self.lease_states.conflict(e.network_id, e.kind),
+            (Event::DhcpServerSynced(e), Topic::Hosts) => {
+                let current = self
+                    .networks
+                    .get(&e.network_id)
+                    .and_then(|network| network.servers.get(&e.host_id))
+                    .is_some_and(|server| server.epoch == e.epoch);
+                self.lease_states.synced(e.network_id, e.host_id, e.epoch, e.reservations_offset, time, current);
+            }
+            (Event::ClockTicked(_), Topic::Hosts) => {
+                // Not a fact the model keeps: only the forecasts' clock moves.
+                self.forecasts.saw(time);
+                return false;
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// A vNIC's way from reserved to served to leased, while it holds a reservation.
+    pub fn vnic_progress(&self, vnic_id: VnicId) -> Option<crate::lease_state::VnicProgress> {
+        self.lease_states.progress(vnic_id)
+    }
+
+    /// The lease states, for the metrics.
+    pub fn lease_states(&self) -> &crate::lease_state::LeaseStates {
+        &self.lease_states
     }
 
     /// Remembers what `cause` decided; a release does not hide a reservation or rejection made
@@ -660,11 +725,14 @@ impl ReadModel {
                     && served.is_none_or(|served| served.is_some_and(|served| served.contains_key(&held.network_id)))
             })
             .map(|(id, vnic)| {
+                let progress = self.lease_states.progress(*id);
                 let view = VnicView {
                     vnic_id: *id,
                     vm_id: vnic.vm_id,
                     reservation: vnic.reservation.clone().map(ReservationOf),
                     last_release: vnic.last_release.clone().map(ReleaseOf),
+                    state: progress.as_ref().map(|progress| progress.state),
+                    progress,
                 };
                 (*id, view)
             });
@@ -716,6 +784,7 @@ impl ReadModel {
                     free: json_count(counts.free),
                     free_saturated: counts.free > MAX_JSON_COUNT,
                     utilization: counts.utilization(),
+                    forecast: self.forecasts.forecast(network_id, *subnet_id, subnet.activated, counts.free),
                 }
             })
             .collect();
@@ -754,11 +823,14 @@ impl ReadModel {
     /// A vNIC the model saw hold an address: its current reservation, if any, and its last release.
     pub fn vnic(&self, vnic_id: VnicId) -> Option<VnicView> {
         let vnic = self.vnics.get(&vnic_id)?;
+        let progress = self.lease_states.progress(vnic_id);
         Some(VnicView {
             vnic_id,
             vm_id: vnic.vm_id,
             reservation: vnic.reservation.clone().map(ReservationOf),
             last_release: vnic.last_release.clone().map(ReleaseOf),
+            state: progress.as_ref().map(|progress| progress.state),
+            progress,
         })
     }
 
@@ -897,6 +969,17 @@ impl ReadModel {
         for network_id in self.networks.keys() {
             if let Some(view) = self.network(*network_id) {
                 out.extend(view.subnets.iter().map(|s| (*network_id, s.subnet_id, s.utilization)));
+            }
+        }
+        out
+    }
+
+    /// `(network, subnet, forecast)` of every subnet, for the metrics.
+    pub fn forecasts(&self) -> Vec<(NetworkId, SubnetId, crate::forecast::SubnetForecast)> {
+        let mut out = Vec::new();
+        for network_id in self.networks.keys() {
+            if let Some(view) = self.network(*network_id) {
+                out.extend(view.subnets.into_iter().map(|s| (*network_id, s.subnet_id, s.forecast)));
             }
         }
         out

@@ -548,7 +548,7 @@ mod tests {
         let mut required: Vec<&str> =
             schemas["VnicView"]["required"].as_array().expect("required").iter().filter_map(Value::as_str).collect();
         required.sort_unstable();
-        assert_eq!(required, ["last_release", "reservation", "vm_id", "vnic_id"]);
+        assert_eq!(required, ["last_release", "progress", "reservation", "state", "vm_id", "vnic_id"]);
         assert_eq!(schemas["History"]["required"], json!(["at", "history"]));
     }
 }

@@ -383,6 +383,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
                 .map(|(network, count)| (network.to_string(), count))
                 .collect(),
             network_names: model.network_names().into_iter().map(|(id, name)| (id.to_string(), name)).collect(),
+            ..crate::lease_state::gauges(&model)
         }
     };
     Ok(HttpResponse::Ok()

@@ -143,6 +143,8 @@ pub struct SubnetView {
     pub free: u64,
     pub free_saturated: bool,
     pub utilization: f64,
+    /// The allocation rate over the last hour of the log and when the pools are full at it.
+    pub forecast: crate::forecast::SubnetForecast,
 }
 
 /// A DHCP server's own address in a subnet.
@@ -189,6 +191,12 @@ pub struct VnicView {
     pub vm_id: VmId,
     pub reservation: Option<ReservationOf>,
     pub last_release: Option<ReleaseOf>,
+    /// Where the reservation is: reserved, served (a DHCP server holds its line) or leased (a
+    /// guest holds the address); null without a reservation.
+    pub state: Option<crate::lease_state::VnicState>,
+    /// The time of each step of the reservation, and the guest's lease; null without a
+    /// reservation.
+    pub progress: Option<crate::lease_state::VnicProgress>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]

@@ -801,6 +801,81 @@ fn a_vnic_and_a_host_show_their_current_state() {
 }
 
 #[test]
+fn a_vnic_shows_its_way_from_reserved_to_served_to_leased_and_the_metrics_count_it() {
+    use ipam_core::event::{DhcpServerSynced, LeaseChange, VnicLeaseChanged};
+    let api = Api::start(ApiConfig::default());
+    api.append(&[network_upserted(0)], true);
+    let assigned = Event::DhcpServerAssigned(DhcpServerAssigned {
+        network_id: NETWORK,
+        host_id: HOST,
+        interface: "br0".parse().expect("interface"),
+        epoch: 1,
+        reason: AssignReason::Placed,
+        cause: cause(2).id,
+    });
+    // In the network's `ipam.reservations` partition: the subnet at offset 0, the reservation at 1.
+    api.append(
+        &[subnet_activated(1), output(2, assigned), added(3, vnic(VNIC_A), "52:54:00:00:00:01", "10.0.0.10")],
+        false,
+    );
+    block_on(async {
+        let client = client(None);
+        let url = api.url(&format!("/v1/vnics/{VNIC_A}"));
+        let view = until(&client, &url, |v| v["state"] == "reserved").await;
+        assert_eq!(view["progress"]["reserved_at"], json!(cause(3).time), "{view}");
+        assert!(view["progress"]["served_at"].is_null(), "{view}");
+
+        let synced = |n: u128, reservations_offset: u64| Envelope {
+            source: "ipam/host-agent".to_owned(),
+            event: Event::DhcpServerSynced(DhcpServerSynced {
+                host_id: HOST,
+                network_id: NETWORK,
+                epoch: 1,
+                reservations_offset,
+            }),
+            ..cause(n)
+        };
+        api.append(&[synced(4, 1)], false);
+        api.append(&[synced(5, 2)], false);
+        let view = until(&client, &url, |v| v["state"] == "served").await;
+        assert_eq!(view["progress"]["served_at"], json!(cause(5).time), "the first mark past the reservation: {view}");
+
+        let leased = Event::VnicLeaseChanged(VnicLeaseChanged {
+            network_id: NETWORK,
+            subnet_id: SUBNET,
+            vnic_id: VNIC_A,
+            vm_id: VM,
+            mac: mac("52:54:00:00:00:01"),
+            ip: ip("10.0.0.10"),
+            host_id: HOST,
+            change: LeaseChange::Granted,
+            observed_at: cause(6).time,
+            expires_at: Some(cause(3606).time),
+            cause: cause(6).id,
+        });
+        api.append(&[output(6, leased)], false);
+        let view = until(&client, &url, |v| v["state"] == "leased").await;
+        assert_eq!(view["progress"]["leased_at"], json!(cause(6).time), "{view}");
+        assert_eq!(view["progress"]["lease"]["host_id"], HOST.to_string(), "{view}");
+        assert_eq!(view["progress"]["lease"]["expires_at"], json!(cause(3606).time), "{view}");
+        let (_, list) = get(&client, &api.url("/v1/vnics")).await;
+        assert_eq!(list["vnics"][0]["state"], "leased", "{list}");
+
+        let (status, text) = get_text(&client, &api.url("/metrics")).await;
+        assert_eq!(status, 200);
+        for wanted in ["state=\"leased\"} 1\n", "ipam_vnic_lease_seconds_count 1\n", "ipam_vnic_lease_seconds_sum 3\n"]
+        {
+            assert!(text.contains(wanted), "no {wanted:?} in\n{text}");
+        }
+        let (_, network) = get(&client, &api.url(&format!("/v1/networks/{NETWORK}"))).await;
+        assert!(
+            network["subnets"][0]["forecast"]["allocation_rate_per_hour"].as_f64().is_some_and(|r| r > 0.0),
+            "{network}"
+        );
+    });
+}
+
+#[test]
 fn ip_history_lists_each_holder_with_its_interval() {
     let api = Api::start(ApiConfig::default());
     api.append(
@@ -1012,7 +1087,7 @@ fn health_metrics_and_the_openapi_document() {
         // Every event reference names a schema the contract generates, embedded in the document.
         let contract = ipam_core::event::event_schemas();
         let inputs = document["components"]["schemas"]["InputEvent"]["oneOf"].as_array().expect("inputs");
-        assert_eq!(inputs.len(), 16);
+        assert_eq!(inputs.len(), 25);
         for reference in inputs {
             let name = reference["$ref"].as_str().expect("$ref").trim_start_matches("#/components/schemas/");
             let embedded = &document["components"]["schemas"][name];

@@ -1,0 +1,350 @@
+//! The vNIC's real state in the read model: reserved → served (a DHCP server of the network holds
+//! its line) → leased (a guest took the address), with the time of each step, and what the
+//! metrics say of it (reservation → lease latency, unleased vNICs, lease conflicts).
+//!
+//! It is a part of the read model's pure fold, kept in its own file because it follows its own
+//! facts:
+//! - *reserved* is the `ipam.reservation.added.v1` of the vNIC, with the record's offset in its
+//!   network's `ipam.reservations` partition;
+//! - *served* is the first `ipam.dhcp_server.synced.v1` (on `ipam.hosts`) of a current server of
+//!   the network (the host and epoch placement assigned) whose `reservations_offset` is beyond the
+//!   reservation's offset: that server's dnsmasq holds the vNIC's line. Synced marks and
+//!   reservations are on different topics, read in no fixed order, so a reservation read after a
+//!   mark that covers it is served at that mark's time;
+//! - *leased* comes from the allocator's `ipam.vnic.lease_changed.v1`, which it writes only for a
+//!   lease that matches the vNIC's reservation (MAC and address), on the same partition as the
+//!   reservation, so no matching is repeated here. A released or expired lease takes the vNIC back
+//!   to served (or reserved).
+//!
+//! Times are the records' times (the log's), so the histogram of reservation → lease measures from
+//! the input that reserved (its `time`) to the lease observation's record.
+
+use std::collections::BTreeMap;
+
+use ipam_core::event::{LeaseChange, LeaseConflictKind, VnicLeaseChanged, VnicUnleased};
+use ipam_core::{HostId, NetworkId, Timestamp, VnicId};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// Upper bounds of the reservation → lease histogram's buckets, in seconds.
+pub const LEASE_LATENCY_BUCKETS: [f64; 12] =
+    [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+
+/// Where a vNIC with a reservation is on its way to a guest that uses the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VnicState {
+    /// IPAM reserved the address; no DHCP server is known to serve it yet.
+    Reserved,
+    /// A current DHCP server of the network serves the reservation.
+    Served,
+    /// A guest holds a lease of the reserved address.
+    Leased,
+}
+
+impl VnicState {
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            VnicState::Reserved => "reserved",
+            VnicState::Served => "served",
+            VnicState::Leased => "leased",
+        }
+    }
+}
+
+/// The steps of a vNIC's reservation, with their times (the log's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct VnicProgress {
+    #[serde(skip)]
+    pub state: VnicState,
+    pub reserved_at: Timestamp,
+    /// When a current DHCP server of the network first served the reservation; null until then.
+    pub served_at: Option<Timestamp>,
+    /// When the guest's current lease began; null while no lease is held.
+    pub leased_at: Option<Timestamp>,
+    /// The lease the guest holds, while it holds one.
+    pub lease: Option<LeaseView>,
+    /// When the allocator reported the vNIC unleased (`ipam.vnic.unleased.v1`), while it still
+    /// holds no lease; null otherwise.
+    pub unleased_reported_at: Option<Timestamp>,
+}
+
+/// A guest's lease, as its host agent last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct LeaseView {
+    /// The host whose DHCP server holds the lease.
+    pub host_id: HostId,
+    /// When the lease ends unless renewed; null for an infinite lease.
+    pub expires_at: Option<Timestamp>,
+    /// The last grant or renewal seen (the agent's clock).
+    pub observed_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Progress {
+    network_id: NetworkId,
+    reserved_at: Timestamp,
+    /// The reservation's offset in its network's `ipam.reservations` partition, when known.
+    offset: Option<u64>,
+    served_at: Option<Timestamp>,
+    leased_at: Option<Timestamp>,
+    lease: Option<LeaseView>,
+    /// Whether a lease was seen during this reservation (the latency is measured once).
+    ever_leased: bool,
+    unleased_reported_at: Option<Timestamp>,
+}
+
+/// The latest synced mark of one host's server of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Synced {
+    epoch: u64,
+    reservations_offset: u64,
+    time: Timestamp,
+}
+
+/// A histogram of seconds, with [`LEASE_LATENCY_BUCKETS`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyHistogram {
+    /// Observations at or below each bound (not cumulative).
+    pub counts: [u64; LEASE_LATENCY_BUCKETS.len()],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl LatencyHistogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(bucket) = LEASE_LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.counts[bucket] += 1;
+        }
+        self.count += 1;
+        self.sum_seconds += seconds;
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Default, Clone)]
+pub struct LeaseStates {
+    vnics: BTreeMap<VnicId, Progress>,
+    /// Per network, the vNICs not served yet, by the offset of their reservation.
+    unserved: BTreeMap<NetworkId, BTreeMap<u64, VnicId>>,
+    /// Per network and host, the server's latest synced mark.
+    synced: BTreeMap<NetworkId, BTreeMap<HostId, Synced>>,
+    latency: LatencyHistogram,
+    /// Per network and kind (its wire name).
+    conflicts: BTreeMap<(NetworkId, &'static str), u64>,
+}
+
+impl LeaseStates {
+    /// A vNIC got a reservation (a new one replaces what was known of an older one).
+    /// `current_servers` are the network's assigned servers (host, epoch), to find a synced mark
+    /// already read that covers it.
+    pub fn reserved(
+        &mut self,
+        vnic_id: VnicId,
+        network_id: NetworkId,
+        offset: Option<u64>,
+        time: Timestamp,
+        current_servers: &[(HostId, u64)],
+    ) {
+        self.released(vnic_id);
+        let served_at = offset.and_then(|offset| {
+            let synced = self.synced.get(&network_id)?;
+            current_servers
+                .iter()
+                .filter_map(|(host_id, epoch)| synced.get(host_id).filter(|mark| mark.epoch == *epoch))
+                .filter(|mark| mark.reservations_offset > offset)
+                .map(|mark| mark.time)
+                .min()
+        });
+        if let (Some(offset), None) = (offset, served_at) {
+            self.unserved.entry(network_id).or_default().insert(offset, vnic_id);
+        }
+        let progress = Progress {
+            network_id,
+            reserved_at: time,
+            offset,
+            served_at,
+            leased_at: None,
+            lease: None,
+            ever_leased: false,
+            unleased_reported_at: None,
+        };
+        self.vnics.insert(vnic_id, progress);
+    }
+
+    /// A vNIC's reservation ended.
+    pub fn released(&mut self, vnic_id: VnicId) {
+        let Some(progress) = self.vnics.remove(&vnic_id) else { return };
+        if let (Some(offset), Some(unserved)) = (progress.offset, self.unserved.get_mut(&progress.network_id)) {
+            unserved.remove(&offset);
+            if unserved.is_empty() {
+                self.unserved.remove(&progress.network_id);
+            }
+        }
+    }
+
+    /// A host's server of a network applied every reservation before `reservations_offset`.
+    /// `current` says whether placement assigned that host the network with this epoch: a mark of
+    /// another assignment serves nothing.
+    pub fn synced(
+        &mut self,
+        network_id: NetworkId,
+        host_id: HostId,
+        epoch: u64,
+        reservations_offset: u64,
+        time: Timestamp,
+        current: bool,
+    ) {
+        if !current {
+            return;
+        }
+        let marks = self.synced.entry(network_id).or_default();
+        let mark = marks.entry(host_id).or_insert(Synced { epoch, reservations_offset, time });
+        if mark.epoch < epoch || (mark.epoch == epoch && mark.reservations_offset <= reservations_offset) {
+            *mark = Synced { epoch, reservations_offset, time };
+        }
+        let Some(unserved) = self.unserved.get_mut(&network_id) else { return };
+        let still = unserved.split_off(&reservations_offset);
+        let served = std::mem::replace(unserved, still);
+        if unserved.is_empty() {
+            self.unserved.remove(&network_id);
+        }
+        for vnic_id in served.into_values() {
+            if let Some(progress) = self.vnics.get_mut(&vnic_id) {
+                progress.served_at.get_or_insert(time);
+            }
+        }
+    }
+
+    /// A server's assignment ended: its marks serve nothing more.
+    pub fn unassigned(&mut self, network_id: NetworkId, host_id: HostId) {
+        if let Some(marks) = self.synced.get_mut(&network_id) {
+            marks.remove(&host_id);
+            if marks.is_empty() {
+                self.synced.remove(&network_id);
+            }
+        }
+    }
+
+    /// The allocator matched a lease to the vNIC's reservation.
+    pub fn lease_changed(&mut self, e: &VnicLeaseChanged, time: Timestamp) {
+        let Some(progress) = self.vnics.get_mut(&e.vnic_id) else { return };
+        if progress.network_id != e.network_id {
+            return;
+        }
+        match e.change {
+            LeaseChange::Granted | LeaseChange::Renewed => {
+                progress.leased_at.get_or_insert(time);
+                progress.lease =
+                    Some(LeaseView { host_id: e.host_id, expires_at: e.expires_at, observed_at: e.observed_at });
+                progress.unleased_reported_at = None;
+                if !progress.ever_leased {
+                    progress.ever_leased = true;
+                    let millis = time.unix_ms().saturating_sub(progress.reserved_at.unix_ms()).max(0);
+                    self.latency.observe(millis as f64 / 1000.0);
+                }
+            }
+            LeaseChange::Released | LeaseChange::Expired => {
+                progress.leased_at = None;
+                progress.lease = None;
+            }
+        }
+    }
+
+    /// The allocator reported the vNIC unleased.
+    pub fn unleased(&mut self, e: &VnicUnleased, time: Timestamp) {
+        let progress = self.vnics.get_mut(&e.vnic_id).filter(|p| p.network_id == e.network_id);
+        if let Some(progress) = progress.filter(|p| p.lease.is_none()) {
+            progress.unleased_reported_at = Some(time);
+        }
+    }
+
+    /// The allocator reported a lease conflict.
+    pub fn conflict(&mut self, network_id: NetworkId, kind: LeaseConflictKind) {
+        let name = match kind {
+            LeaseConflictKind::WrongAddress => "wrong_address",
+            LeaseConflictKind::NoReservation => "no_reservation",
+        };
+        *self.conflicts.entry((network_id, name)).or_default() += 1;
+    }
+
+    /// A vNIC's progress, while it holds a reservation.
+    pub fn progress(&self, vnic_id: VnicId) -> Option<VnicProgress> {
+        let progress = self.vnics.get(&vnic_id)?;
+        let state = match (&progress.lease, progress.served_at) {
+            (Some(_), _) => VnicState::Leased,
+            (None, Some(_)) => VnicState::Served,
+            (None, None) => VnicState::Reserved,
+        };
+        Some(VnicProgress {
+            state,
+            reserved_at: progress.reserved_at,
+            served_at: progress.served_at,
+            leased_at: progress.leased_at,
+            lease: progress.lease.clone(),
+            unleased_reported_at: progress.unleased_reported_at,
+        })
+    }
+
+    /// The reservation → first lease latencies seen so far.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
+    }
+
+    /// Per network, the vNICs reported unleased that still hold no lease.
+    pub fn unleased_counts(&self) -> BTreeMap<NetworkId, usize> {
+        let mut counts = BTreeMap::new();
+        for progress in self.vnics.values().filter(|p| p.unleased_reported_at.is_some()) {
+            *counts.entry(progress.network_id).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Lease conflicts reported, per network and kind.
+    pub fn conflict_counts(&self) -> &BTreeMap<(NetworkId, &'static str), u64> {
+        &self.conflicts
+    }
+
+    /// vNICs per state, per network (for the metrics).
+    pub fn state_counts(&self) -> BTreeMap<(NetworkId, VnicState), usize> {
+        let mut counts = BTreeMap::new();
+        for (vnic_id, progress) in &self.vnics {
+            if let Some(view) = self.progress(*vnic_id) {
+                *counts.entry((progress.network_id, view.state)).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// The metrics' part of lease truth (issue 14), from the read model.
+pub(crate) fn gauges(model: &crate::model::ReadModel) -> crate::metrics::Gauges {
+    let states = model.lease_states();
+    crate::metrics::Gauges {
+        lease_latency: states.latency().clone(),
+        unleased: states.unleased_counts().into_iter().map(|(network, count)| (network.to_string(), count)).collect(),
+        lease_conflicts: states
+            .conflict_counts()
+            .iter()
+            .map(|((network, kind), count)| (network.to_string(), (*kind).to_owned(), *count))
+            .collect(),
+        vnic_states: states
+            .state_counts()
+            .into_iter()
+            .map(|((network, state), count)| (network.to_string(), state.name().to_owned(), count))
+            .collect(),
+        forecasts: model
+            .forecasts()
+            .into_iter()
+            .map(|(network, subnet, forecast)| {
+                (network.to_string(), subnet.to_string(), forecast.allocation_rate_per_hour, forecast.full_in_seconds)
+            })
+            .collect(),
+        ..crate::metrics::Gauges::default()
+    }
+}
+
+#[cfg(test)]
+#[path = "lease_state_tests.rs"]
+mod tests;

@@ -1,0 +1,283 @@
+//! The vNIC's lease state and the subnets' forecasts through the read model: events in (with
+//! their offsets), views and metrics out.
+
+use std::net::IpAddr;
+
+use ipam_core::event::{
+    AssignReason, ClockTicked, DhcpServerAssigned, DhcpServerSynced, LeaseConflict, Owner, ReleaseReason,
+    ReservationAdded, ReservationRemoved, SubnetActivated, VnicUnleased,
+};
+use ipam_core::{Envelope, Event, EventId, IpRange, Mac, SubnetId, Topic, VmId};
+
+use super::*;
+use crate::model::ReadModel;
+
+const NET: NetworkId = NetworkId::from_u128(1);
+const SUBNET: SubnetId = SubnetId::from_u128(2);
+const HOST: HostId = HostId::from_u128(3);
+const VNIC: VnicId = VnicId::from_u128(4);
+const VM: VmId = VmId::from_u128(5);
+
+/// An event whose record time is `seconds` after the epoch.
+fn at(seconds: i64, event: Event) -> Envelope {
+    Envelope {
+        id: EventId::from_u128(0xe000 + seconds as u128),
+        source: "test".to_owned(),
+        time: Timestamp::from_unix_ms(seconds * 1000),
+        subject: None,
+        event,
+    }
+}
+
+fn ts(seconds: i64) -> Timestamp {
+    Timestamp::from_unix_ms(seconds * 1000)
+}
+
+fn mac(n: u8) -> Mac {
+    Mac::from_octets([0x52, 0x54, 0, 0, 0, n]).unwrap()
+}
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([10, 0, 0, n])
+}
+
+fn activated() -> Event {
+    Event::SubnetActivated(SubnetActivated {
+        network_id: NET,
+        subnet_id: SUBNET,
+        cidr: "10.0.0.0/24".parse().unwrap(),
+        gateway: ip(1),
+        dns_servers: vec![],
+        ntp_servers: vec![],
+        allocation_pools: vec![IpRange { start: ip(2), end: ip(254) }],
+        cause: EventId::from_u128(1),
+    })
+}
+
+fn assigned(epoch: u64) -> Event {
+    Event::DhcpServerAssigned(DhcpServerAssigned {
+        network_id: NET,
+        host_id: HOST,
+        interface: "eth0".parse().unwrap(),
+        epoch,
+        reason: AssignReason::Placed,
+        cause: EventId::from_u128(1),
+    })
+}
+
+fn added(vnic: u128, n: u8) -> Event {
+    Event::ReservationAdded(ReservationAdded {
+        network_id: NET,
+        subnet_id: SUBNET,
+        owner: Owner::Vnic { vnic_id: VnicId::from_u128(vnic), vm_id: VM },
+        mac: mac(n),
+        ip: ip(n),
+        cause: EventId::from_u128(0x100 + vnic),
+    })
+}
+
+fn removed(vnic: u128, n: u8) -> Event {
+    Event::ReservationRemoved(ReservationRemoved {
+        network_id: NET,
+        subnet_id: SUBNET,
+        owner: Owner::Vnic { vnic_id: VnicId::from_u128(vnic), vm_id: VM },
+        mac: mac(n),
+        ip: ip(n),
+        reason: ReleaseReason::VnicDown,
+        cause: EventId::from_u128(0x200 + vnic),
+    })
+}
+
+fn synced(epoch: u64, reservations_offset: u64) -> Event {
+    Event::DhcpServerSynced(DhcpServerSynced { host_id: HOST, network_id: NET, epoch, reservations_offset })
+}
+
+fn lease(change: LeaseChange) -> Event {
+    Event::VnicLeaseChanged(VnicLeaseChanged {
+        network_id: NET,
+        subnet_id: SUBNET,
+        vnic_id: VNIC,
+        vm_id: VM,
+        mac: mac(4),
+        ip: ip(4),
+        host_id: HOST,
+        change,
+        observed_at: ts(40),
+        expires_at: matches!(change, LeaseChange::Granted | LeaseChange::Renewed).then(|| ts(3640)),
+        cause: EventId::from_u128(9),
+    })
+}
+
+fn unleased() -> Event {
+    Event::VnicUnleased(VnicUnleased {
+        network_id: NET,
+        subnet_id: SUBNET,
+        vnic_id: VNIC,
+        vm_id: VM,
+        mac: mac(4),
+        ip: ip(4),
+        reserved_at: ts(10),
+        now: ts(310),
+        cause: EventId::from_u128(10),
+    })
+}
+
+/// A model with the subnet and host's server (epoch 1), and vNIC 4's reservation at offset 7,
+/// record time 10 s.
+fn reserved_model() -> ReadModel {
+    let mut model = ReadModel::new();
+    model.apply_at(Topic::Reservations, Some(0), &at(0, activated()));
+    model.apply_at(Topic::DhcpServers, Some(0), &at(1, assigned(1)));
+    model.apply_at(Topic::Reservations, Some(7), &at(10, added(4, 4)));
+    model
+}
+
+fn progress(model: &ReadModel) -> VnicProgress {
+    model.vnic(VNIC).expect("the vNIC is known").progress.expect("it holds a reservation")
+}
+
+#[test]
+fn a_vnic_goes_from_reserved_to_served_to_leased_with_the_time_of_each_step() {
+    let mut model = reserved_model();
+    let view = model.vnic(VNIC).unwrap();
+    assert_eq!(view.state, Some(VnicState::Reserved));
+    assert_eq!(progress(&model).reserved_at, ts(10));
+
+    // A mark up to the reservation's own offset does not hold it yet; one past it does.
+    model.apply_at(Topic::Hosts, Some(0), &at(12, synced(1, 7)));
+    assert_eq!(model.vnic(VNIC).unwrap().state, Some(VnicState::Reserved));
+    model.apply_at(Topic::Hosts, Some(1), &at(15, synced(1, 8)));
+    assert_eq!(model.vnic(VNIC).unwrap().state, Some(VnicState::Served));
+    assert_eq!(progress(&model).served_at, Some(ts(15)));
+
+    model.apply_at(Topic::Reservations, Some(8), &at(42, lease(LeaseChange::Granted)));
+    let view = model.vnic(VNIC).unwrap();
+    assert_eq!(view.state, Some(VnicState::Leased));
+    let progress_now = view.progress.unwrap();
+    assert_eq!(progress_now.leased_at, Some(ts(42)));
+    assert_eq!(progress_now.lease, Some(LeaseView { host_id: HOST, expires_at: Some(ts(3640)), observed_at: ts(40) }));
+    let json = serde_json::to_value(model.vnic(VNIC).unwrap()).unwrap();
+    assert_eq!(json["state"], "leased", "{json}");
+    assert_eq!(json["progress"]["served_at"], "1970-01-01T00:00:15Z", "{json}");
+
+    // The lease ends: served again, and the histogram counted the first lease only.
+    model.apply_at(Topic::Reservations, Some(9), &at(50, lease(LeaseChange::Expired)));
+    assert_eq!(model.vnic(VNIC).unwrap().state, Some(VnicState::Served));
+    assert_eq!(progress(&model).leased_at, None);
+    model.apply_at(Topic::Reservations, Some(10), &at(60, lease(LeaseChange::Granted)));
+    let latency = model.lease_states().latency();
+    assert_eq!((latency.count, latency.sum_seconds), (1, 32.0), "reserved at 10 s, first leased at 42 s");
+
+    // The release ends it all.
+    model.apply_at(Topic::Reservations, Some(11), &at(70, removed(4, 4)));
+    let view = model.vnic(VNIC).unwrap();
+    assert_eq!((view.state, view.progress), (None, None));
+}
+
+#[test]
+fn a_synced_mark_of_another_epoch_serves_nothing() {
+    let mut model = reserved_model();
+    model.apply_at(Topic::Hosts, Some(0), &at(15, synced(2, 100)));
+    assert_eq!(model.vnic(VNIC).unwrap().state, Some(VnicState::Reserved));
+}
+
+#[test]
+fn a_mark_read_before_the_reservation_it_covers_serves_it_at_the_marks_time() {
+    let mut model = ReadModel::new();
+    model.apply_at(Topic::Reservations, Some(0), &at(0, activated()));
+    model.apply_at(Topic::DhcpServers, Some(0), &at(1, assigned(1)));
+    model.apply_at(Topic::Hosts, Some(0), &at(20, synced(1, 8)));
+    model.apply_at(Topic::Reservations, Some(7), &at(10, added(4, 4)));
+    assert_eq!(model.vnic(VNIC).unwrap().state, Some(VnicState::Served));
+    assert_eq!(progress(&model).served_at, Some(ts(20)));
+}
+
+#[test]
+fn an_unleased_report_holds_until_a_lease_and_is_counted_per_network() {
+    let mut model = reserved_model();
+    model.apply_at(Topic::Reservations, Some(8), &at(310, unleased()));
+    assert_eq!(progress(&model).unleased_reported_at, Some(ts(310)));
+    assert_eq!(model.lease_states().unleased_counts(), BTreeMap::from([(NET, 1)]));
+    model.apply_at(Topic::Reservations, Some(9), &at(320, lease(LeaseChange::Granted)));
+    assert_eq!(progress(&model).unleased_reported_at, None);
+    assert!(model.lease_states().unleased_counts().is_empty());
+}
+
+#[test]
+fn the_metrics_show_latency_unleased_vnics_states_conflicts_and_forecasts() {
+    let mut model = reserved_model();
+    model.apply_at(Topic::Reservations, Some(8), &at(310, unleased()));
+    let conflict = Event::LeaseConflict(LeaseConflict {
+        network_id: NET,
+        host_id: HOST,
+        mac: mac(9),
+        leased_ip: ip(9),
+        reserved_ip: None,
+        vnic_id: None,
+        kind: LeaseConflictKind::NoReservation,
+        cause: EventId::from_u128(11),
+    });
+    model.apply_at(Topic::Reservations, Some(9), &at(311, conflict));
+    let text = crate::metrics::render(&crate::metrics::Metrics::default(), &gauges(&model));
+    let net = format!("network=\"{NET}\"");
+    for line in [
+        format!("ipam_vnics_unleased{{{net}}} 1\n"),
+        format!("ipam_vnics{{{net},state=\"reserved\"}} 1\n"),
+        format!("ipam_lease_conflicts_total{{{net},kind=\"no_reservation\"}} 1\n"),
+        "ipam_vnic_lease_seconds_count 0\n".to_owned(),
+        format!("ipam_subnet_full_in_seconds{{{net},subnet=\"{SUBNET}\"}} "),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
+}
+
+#[test]
+fn a_growing_subnet_is_forecast_full_at_its_rate_and_a_steady_one_is_not() {
+    let mut model = ReadModel::new();
+    model.apply_at(Topic::Reservations, Some(0), &at(0, activated()));
+    // 30 reservations, one a minute for half an hour: 60 an hour, with 253 - 30 = 223 free.
+    for n in 0..30u8 {
+        model.apply_at(
+            Topic::Reservations,
+            Some(u64::from(n) + 1),
+            &at(60 * i64::from(n) + 60, added(100 + u128::from(n), 10 + n)),
+        );
+    }
+    let subnet = &model.network(NET).unwrap().subnets[0];
+    assert_eq!(subnet.forecast.allocation_rate_per_hour, 60.0, "{:?}", subnet.forecast);
+    assert_eq!(subnet.forecast.full_in_seconds, Some(223 * 60));
+    assert_eq!(subnet.forecast.full_in.as_deref(), Some("about 4 hours"));
+
+    // An hour later with no change, the window holds nothing: not growing.
+    model.apply_at(Topic::Hosts, Some(0), &at(1800 + 3700, Event::ClockTicked(ClockTicked { now: ts(5500) })));
+    let subnet = &model.network(NET).unwrap().subnets[0];
+    assert_eq!(subnet.forecast.allocation_rate_per_hour, 0.0);
+    assert_eq!((subnet.forecast.full_in_seconds, subnet.forecast.full_in.clone()), (None, None));
+
+    // As many releases as reservations within the window: steady, not growing.
+    for n in 0..10u8 {
+        model.apply_at(
+            Topic::Reservations,
+            Some(100 + u64::from(n)),
+            &at(5600 + i64::from(n), removed(100 + u128::from(n), 10 + n)),
+        );
+        model.apply_at(
+            Topic::Reservations,
+            Some(200 + u64::from(n)),
+            &at(5600 + i64::from(n), added(200 + u128::from(n), 100 + n)),
+        );
+    }
+    let subnet = &model.network(NET).unwrap().subnets[0];
+    assert_eq!(subnet.forecast.full_in_seconds, None, "{:?}", subnet.forecast);
+}
+
+#[test]
+fn durations_read_as_people_say_them() {
+    use crate::forecast::about;
+    assert_eq!(about(0), "full now");
+    assert_eq!(about(1), "about 1 second");
+    assert_eq!(about(89), "about 1 minute");
+    assert_eq!(about(91), "about 2 minutes");
+    assert_eq!(about(13_380), "about 4 hours");
+    assert_eq!(about(3 * 86_400 + 1), "about 3 days");
+}
