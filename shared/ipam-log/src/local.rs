@@ -106,6 +106,12 @@ impl<S: LocalStore> LocalLog<S> {
     fn place(&self, records: &[OutRecord]) -> Result<Vec<Placed>, LogError> {
         place(&*self.store, records)
     }
+
+    /// The store beneath, for a backend's own tests.
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &S {
+        &self.store
+    }
 }
 
 fn place<S: LocalStore + ?Sized>(store: &S, records: &[OutRecord]) -> Result<Vec<Placed>, LogError> {

@@ -7,11 +7,22 @@
 //! `synchronous=FULL` ([`Durability::Fsync`]) it also survives the machine losing power, at the
 //! cost of an fsync per batch. Steps are batched ([`crate::BatchPolicy`]) to amortize that.
 //!
-//! Readers use their own connection and see committed data only. A member's batch is buffered in
-//! memory and written in one short transaction when it commits, so an open batch never holds the
-//! database's write lock.
+//! Readers take a connection of their own from a pool and see committed data only, so the
+//! allocator's polls, the API's read model, a host agent and `/metrics` read side by side. A
+//! member's batch is buffered in memory and written in one short transaction when it commits, so
+//! an open batch never holds the database's write lock.
+//!
+//! Writers of this process queue on one write connection behind a mutex, not in SQLite's busy
+//! handler (which sleeps in steps of up to 100 ms while another connection holds the lock).
+//! Appends that queue meanwhile are written together: whoever takes the write connection writes
+//! every append waiting then in one transaction (group commit), and each caller is answered once
+//! that transaction is committed. So concurrent `POST /v1/events` share one commit (and, with
+//! [`Durability::Fsync`], one fsync) without any caller being answered before its records are
+//! durable. A group whose transaction fails is written again one append at a time, so each caller
+//! gets the answer its own records would have had alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -40,8 +51,8 @@ impl SqliteLog {
     pub fn open(dir: &Path, durability: Durability) -> Result<SqliteLog, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| LogError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("log.sqlite3");
-        let reader = connect(&path, durability)?;
-        reader
+        let writer = connect(&path, durability)?;
+        writer
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
                  CREATE TABLE IF NOT EXISTS records (
@@ -57,11 +68,11 @@ impl SqliteLog {
                  INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', 'sqlite-' || lower(hex(randomblob(16))));",
             )
             .map_err(storage)?;
-        let identity = reader
+        let identity = writer
             .query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |row| row.get::<_, String>(0))
             .map_err(storage)?;
         let partitions = {
-            let mut statement = reader.prepare("SELECT name, partitions FROM topics").map_err(storage)?;
+            let mut statement = writer.prepare("SELECT name, partitions FROM topics").map_err(storage)?;
             let rows = statement
                 .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?)))
                 .map_err(storage)?;
@@ -71,8 +82,9 @@ impl SqliteLog {
             identity,
             path,
             durability,
-            reader: Mutex::new(reader),
-            writers: Mutex::new(Vec::new()),
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(writer),
+            queue: Mutex::new(AppendQueue::default()),
             partitions: RwLock::new(partitions),
         }))
     }
@@ -91,7 +103,8 @@ fn connect(path: &Path, durability: Durability) -> Result<Connection, LogError> 
     connection
         .execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous};"))
         .map_err(storage)?;
-    // Writers queue behind a member's open batch, which the batch policy keeps short.
+    // Only another process's writer (or a reader checkpointing the WAL) is waited for here: this
+    // process's writers queue on the write connection's mutex.
     connection.busy_timeout(Duration::from_secs(30)).map_err(storage)?;
     Ok(connection)
 }
@@ -103,27 +116,62 @@ pub struct SqliteStore {
     identity: String,
     path: PathBuf,
     durability: Durability,
-    reader: Mutex<Connection>,
-    /// Idle write connections, so concurrent writers do not queue on one mutex.
-    writers: Mutex<Vec<Connection>>,
+    /// Idle read connections, so that readers on several threads do not queue on one.
+    readers: Mutex<Vec<Connection>>,
+    /// The one write connection of this process (see the module's documentation).
+    writer: Mutex<Connection>,
+    /// Appends waiting for the write connection, and the answers of those written by another
+    /// caller's group.
+    queue: Mutex<AppendQueue>,
     partitions: RwLock<BTreeMap<String, u32>>,
 }
 
-impl SqliteStore {
-    fn reader(&self) -> MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// The appends of a group commit.
+#[derive(Debug, Default)]
+struct AppendQueue {
+    next_ticket: u64,
+    waiting: Vec<(u64, Vec<Placed>)>,
+    answered: HashMap<u64, Result<Vec<Appended>, LogError>>,
+}
 
-    fn writer(&self) -> Result<Connection, LogError> {
-        let idle = self.writers.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
-            Some(connection) => Ok(connection),
-            None => connect(&self.path, self.durability),
+/// A read connection taken from the pool, given back when dropped.
+struct Reader<'a> {
+    store: &'a SqliteStore,
+    connection: Option<Connection>,
+}
+
+impl Deref for Reader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection.as_ref().expect("a reader holds its connection until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            lock(&self.store.readers).push(connection);
         }
     }
+}
 
-    fn give_back(&self, connection: Connection) {
-        self.writers.lock().unwrap_or_else(|e| e.into_inner()).push(connection);
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SqliteStore {
+    fn reader(&self) -> Result<Reader<'_>, LogError> {
+        let idle = lock(&self.readers).pop();
+        let connection = match idle {
+            Some(connection) => connection,
+            None => connect(&self.path, self.durability)?,
+        };
+        Ok(Reader { store: self, connection: Some(connection) })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.writer)
     }
 
     fn check_partition(&self, topic: &str, partition: u32) -> Result<(), LogError> {
@@ -132,13 +180,37 @@ impl SqliteStore {
     }
 }
 
+/// Writes a group of appends in one transaction; if that fails, each in a transaction of its own.
+fn write_group(connection: &mut Connection, group: &[(u64, Vec<Placed>)]) -> Vec<Result<Vec<Appended>, LogError>> {
+    let together = (|| {
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
+        let mut ends = BTreeMap::new();
+        let appended =
+            group.iter().map(|(_, records)| insert(&transaction, &mut ends, records)).collect::<Result<Vec<_>, _>>()?;
+        transaction.commit().map_err(storage)?;
+        Ok::<_, LogError>(appended)
+    })();
+    match together {
+        Ok(appended) => appended.into_iter().map(Ok).collect(),
+        Err(error) if group.len() == 1 => vec![Err(error)],
+        Err(_) => group
+            .iter()
+            .map(|(_, records)| {
+                let transaction =
+                    connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
+                let appended = insert(&transaction, &mut BTreeMap::new(), records)?;
+                transaction.commit().map_err(storage)?;
+                Ok(appended)
+            })
+            .collect(),
+    }
+}
+
 fn end_offset(connection: &Connection, topic: &str, partition: u32) -> Result<u64, LogError> {
     connection
-        .query_row(
-            "SELECT COALESCE(MAX(offset) + 1, 0) FROM records WHERE topic = ?1 AND partition = ?2",
-            params![topic, partition],
-            |row| row.get::<_, i64>(0),
-        )
+        .prepare_cached("SELECT COALESCE(MAX(offset) + 1, 0) FROM records WHERE topic = ?1 AND partition = ?2")
+        .and_then(|mut statement| statement.query_row(params![topic, partition], |row| row.get::<_, i64>(0)))
         .map(|offset| offset as u64)
         .map_err(storage)
 }
@@ -190,7 +262,7 @@ impl LocalStore for SqliteStore {
                 }
                 Some(_) => {}
                 None => {
-                    self.reader()
+                    self.writer()
                         .execute(
                             "INSERT INTO topics (name, partitions) VALUES (?1, ?2)",
                             params![spec.name, spec.partitions],
@@ -214,7 +286,7 @@ impl LocalStore for SqliteStore {
         // a negative offset and read from the start.
         let Ok(from) = i64::try_from(from) else { return Ok(Vec::new()) };
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let reader = self.reader();
+        let reader = self.reader()?;
         let mut statement = reader
             .prepare_cached(
                 "SELECT offset, key, value FROM records WHERE topic = ?1 AND partition = ?2 AND offset >= ?3
@@ -237,18 +309,16 @@ impl LocalStore for SqliteStore {
 
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
         self.check_partition(topic, partition)?;
-        end_offset(&self.reader(), topic, partition)
+        end_offset(&*self.reader()?, topic, partition)
     }
 
     fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
         self.check_partition(topic, partition)?;
-        self.reader()
-            .query_row(
-                "SELECT next_offset FROM positions WHERE grp = ?1 AND topic = ?2 AND partition = ?3",
-                params![group, topic, partition],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()
+        self.reader()?
+            .prepare_cached("SELECT next_offset FROM positions WHERE grp = ?1 AND topic = ?2 AND partition = ?3")
+            .and_then(|mut statement| {
+                statement.query_row(params![group, topic, partition], |row| row.get::<_, i64>(0)).optional()
+            })
             .map(|position| position.map(|p| p as u64))
             .map_err(storage)
     }
@@ -257,20 +327,39 @@ impl LocalStore for SqliteStore {
         for record in records {
             self.check_partition(&record.topic, record.partition)?;
         }
-        let mut connection = self.writer()?;
-        let result = (|| {
-            let transaction =
-                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
-            let appended = insert(&transaction, &mut BTreeMap::new(), records)?;
-            transaction.commit().map_err(storage)?;
-            Ok(appended)
-        })();
-        self.give_back(connection);
-        result
+        let ticket = {
+            let mut queue = lock(&self.queue);
+            let ticket = queue.next_ticket;
+            queue.next_ticket += 1;
+            queue.waiting.push((ticket, records.to_vec()));
+            ticket
+        };
+        let mut connection = self.writer();
+        // Whoever held the write connection before may have written this append in its group.
+        let group = {
+            let mut queue = lock(&self.queue);
+            if let Some(answer) = queue.answered.remove(&ticket) {
+                return answer;
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        let mut answers = write_group(&mut connection, &group);
+        let mine = group.iter().position(|(t, _)| *t == ticket).expect("a caller's own append is in its group");
+        let answer = answers.swap_remove(mine);
+        let mut queue = lock(&self.queue);
+        // `swap_remove` moved the last answer into `mine`'s place: pair them up again.
+        let mut tickets: Vec<u64> = group.iter().map(|(t, _)| *t).collect();
+        tickets.swap_remove(mine);
+        queue.answered.extend(tickets.into_iter().zip(answers));
+        // Answers are handed over before the write connection is let go, so a waiting caller finds
+        // its own when it takes the connection.
+        drop(queue);
+        drop(connection);
+        answer
     }
 
     fn register_producer(&self, transactional_id: &str) -> Result<u64, LogError> {
-        self.reader()
+        self.writer()
             .query_row(
                 "INSERT INTO producers (transactional_id, epoch) VALUES (?1, 1)
                  ON CONFLICT (transactional_id) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
@@ -285,7 +374,12 @@ impl LocalStore for SqliteStore {
         for position in &batch.positions {
             self.check_partition(&position.topic, position.partition)?;
         }
-        let mut connection = self.writer()?;
+        // Steps usually advance one partition many times: only its last position is written.
+        let mut positions: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+        for position in &batch.positions {
+            positions.insert((&position.topic, position.partition), position.next_offset);
+        }
+        let mut connection = self.writer();
         let result = (|| {
             let transaction =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
@@ -308,15 +402,87 @@ impl LocalStore for SqliteStore {
                      ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 )
                 .map_err(storage)?;
-            for position in &batch.positions {
-                statement
-                    .execute(params![batch.group, position.topic, position.partition, position.next_offset as i64])
-                    .map_err(storage)?;
+            for ((topic, partition), next_offset) in &positions {
+                statement.execute(params![batch.group, topic, partition, *next_offset as i64]).map_err(storage)?;
             }
             drop(statement);
             transaction.commit().map_err(storage)
         })();
-        self.give_back(connection);
+        drop(connection);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+    use crate::{EventLog, OutRecord};
+
+    #[test]
+    fn concurrent_appends_are_each_answered_with_the_offsets_of_their_own_records() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = SqliteLog::open(dir.path(), Durability::ProcessCrash).expect("the log opens");
+        log.create_topics(&[TopicSpec { name: "t".to_owned(), partitions: 2 }]).expect("the topic is made");
+        let (threads, appends, per_append) = (8, 40, 5);
+        let barrier = Arc::new(Barrier::new(threads));
+        let answers: Vec<Vec<(Vec<u8>, Appended)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|thread| {
+                    let (log, barrier) = (log.clone(), Arc::clone(&barrier));
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let mut seen = Vec::new();
+                        for append in 0..appends {
+                            let records: Vec<OutRecord> = (0..per_append)
+                                .map(|i| OutRecord {
+                                    topic: "t".to_owned(),
+                                    key: format!("key-{thread}-{i}"),
+                                    value: format!("{thread}/{append}/{i}").into_bytes(),
+                                })
+                                .collect();
+                            let appended = log.append(&records).expect("the append is written");
+                            assert_eq!(appended.len(), records.len());
+                            seen.extend(records.into_iter().map(|r| r.value).zip(appended));
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|handle| handle.join().expect("no appender panics")).collect()
+        });
+        let mut held = 0;
+        for partition in 0..2 {
+            let records = log.read("t", partition, 0, usize::MAX, Duration::ZERO).expect("the partition reads");
+            for (offset, record) in records.iter().enumerate() {
+                assert_eq!(record.offset, offset as u64, "offsets of partition {partition} have no gaps");
+            }
+            held += records.len();
+            for (value, appended) in answers.iter().flatten().filter(|(_, a)| a.partition == partition) {
+                let record = &records[appended.offset as usize];
+                assert_eq!(&record.value, value, "the answer names the caller's own record");
+            }
+        }
+        assert_eq!(held, threads * appends * per_append);
+    }
+
+    #[test]
+    fn a_batch_of_steps_on_one_partition_commits_its_last_position() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = SqliteLog::open(dir.path(), Durability::ProcessCrash).expect("the log opens");
+        log.create_topics(&[TopicSpec { name: "in".to_owned(), partitions: 1 }]).expect("the topic is made");
+        let store = log.store();
+        let epoch = store.register_producer("p").expect("the producer registers");
+        let position = |next_offset| crate::Position { topic: "in".to_owned(), partition: 0, next_offset };
+        let batch = Batch {
+            transactional_id: "p".to_owned(),
+            epoch,
+            group: "g".to_owned(),
+            outputs: Vec::new(),
+            positions: vec![position(1), position(2), position(3)],
+        };
+        store.commit_batch(&batch).expect("the batch commits");
+        assert_eq!(store.committed_position("g", "in", 0).expect("the position reads"), Some(3));
     }
 }
