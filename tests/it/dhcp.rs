@@ -18,15 +18,15 @@ use crate::recovery::Service;
 use ipam_tests::netns::{Fabric, Lease, dhcp, must, prerequisites};
 use ipam_tests::{event_record, wait_until};
 
-const NETWORK: NetworkId = NetworkId::from_u128(0xd1);
-const SUBNET: SubnetId = SubnetId::from_u128(0xd2);
+pub(crate) const NETWORK: NetworkId = NetworkId::from_u128(0xd1);
+pub(crate) const SUBNET: SubnetId = SubnetId::from_u128(0xd2);
 const HEARTBEAT_TIMEOUT_MS: u64 = 2000;
 const TICK_MS: u64 = 300;
 
-struct Stack {
-    dir: tempfile::TempDir,
-    up: Service,
-    log: std::sync::Arc<dyn EventLog>,
+pub(crate) struct Stack {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) up: Service,
+    pub(crate) log: std::sync::Arc<dyn EventLog>,
     n: u128,
     /// Set when the services run against Kafka: the broker, and the services besides `up`.
     kafka: Option<String>,
@@ -34,7 +34,12 @@ struct Stack {
 }
 
 impl Stack {
-    fn start() -> Stack {
+    pub(crate) fn start() -> Stack {
+        Stack::start_with_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)
+    }
+
+    /// `ipam up` declaring a host lost after `heartbeat_timeout_ms` without a heartbeat.
+    pub(crate) fn start_with_heartbeat_timeout(heartbeat_timeout_ms: u64) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data").display().to_string();
         let args: Vec<String> = [
@@ -45,7 +50,7 @@ impl Stack {
             "--tick-interval-ms",
             &TICK_MS.to_string(),
             "--heartbeat-timeout-ms",
-            &HEARTBEAT_TIMEOUT_MS.to_string(),
+            &heartbeat_timeout_ms.to_string(),
             // Tests run side by side: each API takes a free port.
             "--api-bind",
             "127.0.0.1:0",
@@ -93,7 +98,7 @@ impl Stack {
         Stack { dir, up, log, n: 0, kafka: Some(bootstrap), others: vec![placement] }
     }
 
-    fn publish(&mut self, events: Vec<Event>) {
+    pub(crate) fn publish(&mut self, events: Vec<Event>) {
         let records: Vec<OutRecord> = events
             .into_iter()
             .map(|event| {
@@ -107,7 +112,7 @@ impl Stack {
 
     /// The host agent of `host`: inside `namespace` on the embedded log; on Kafka, outside it
     /// (a namespace has no route to the broker on loopback) with its servers inside it.
-    fn agent(&self, namespace: &str, host: HostId) -> Service {
+    pub(crate) fn agent(&self, namespace: &str, host: HostId) -> Service {
         let ipam = crate::recovery::ipam_binary();
         if let Some(bootstrap) = &self.kafka {
             let args: Vec<String> = [
@@ -153,18 +158,18 @@ impl Stack {
         agent
     }
 
-    fn dhcp_dir(&self, host: HostId) -> PathBuf {
+    pub(crate) fn dhcp_dir(&self, host: HostId) -> PathBuf {
         self.dir.path().join(format!("dhcp-{host}"))
     }
 
     /// The directory of the one dnsmasq shard of `host`'s server of the network (a server this
     /// small has one shard).
-    fn shard_dir(&self, host: HostId) -> PathBuf {
+    pub(crate) fn shard_dir(&self, host: HostId) -> PathBuf {
         self.dhcp_dir(host).join(NETWORK.to_string()).join("shard-00")
     }
 
     /// The hosts file lines of `host`'s server of the network (base file and additions).
-    fn served_lines(&self, host: HostId) -> String {
+    pub(crate) fn served_lines(&self, host: HostId) -> String {
         let dir = self.shard_dir(host);
         let mut text = std::fs::read_to_string(dir.join("hosts")).unwrap_or_default();
         if let Ok(entries) = std::fs::read_dir(dir.join("hosts.d")) {
@@ -175,11 +180,11 @@ impl Stack {
         text
     }
 
-    fn dnsmasq_log(&self, host: HostId) -> String {
+    pub(crate) fn dnsmasq_log(&self, host: HostId) -> String {
         std::fs::read_to_string(self.shard_dir(host).join("dnsmasq.log")).unwrap_or_default()
     }
 
-    fn reserved_ip(&self, vnic: VnicId) -> Option<String> {
+    pub(crate) fn reserved_ip(&self, vnic: VnicId) -> Option<String> {
         let mut ip = None;
         for partition in 0..self.log.partition_count("ipam.reservations").unwrap() {
             for record in self.log.read("ipam.reservations", partition, 0, usize::MAX, Duration::ZERO).unwrap() {
@@ -198,7 +203,7 @@ impl Stack {
     }
 
     /// The hosts placement currently has serving the network, from `ipam.dhcp-servers`.
-    fn servers(&self) -> Vec<HostId> {
+    pub(crate) fn servers(&self) -> Vec<HostId> {
         let mut servers = std::collections::BTreeSet::new();
         for partition in 0..self.log.partition_count("ipam.dhcp-servers").unwrap() {
             for record in self.log.read("ipam.dhcp-servers", partition, 0, usize::MAX, Duration::ZERO).unwrap() {
@@ -221,11 +226,11 @@ fn vm_owner(vnic: VnicId) -> Owner {
     Owner::Vnic { vnic_id: vnic, vm_id: VmId::from_u128(vnic.0.as_u128()) }
 }
 
-fn host_id(n: u128) -> HostId {
+pub(crate) fn host_id(n: u128) -> HostId {
     HostId::from_u128(0xd100 + n)
 }
 
-fn network(servers_count: u8) -> Event {
+pub(crate) fn network(servers_count: u8) -> Event {
     Event::NetworkUpserted(NetworkUpserted {
         network_id: NETWORK,
         name: "e2e".to_owned(),
@@ -245,7 +250,7 @@ fn vnic_up(vnic: VnicId, mac: Mac) -> VnicUp {
     }
 }
 
-fn start(vnic: VnicId, mac: Mac) -> Event {
+pub(crate) fn start(vnic: VnicId, mac: Mac) -> Event {
     Event::VnicStarted(vnic_up(vnic, mac))
 }
 

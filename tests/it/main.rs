@@ -14,6 +14,7 @@ mod dnsmasq_limits;
 mod fuzz;
 mod kafka_restart;
 mod kafka_security;
+mod leases;
 mod log;
 mod observability;
 mod packaging;
