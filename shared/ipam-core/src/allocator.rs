@@ -62,6 +62,7 @@ use crate::event::{
     SubnetDeactivated, SubnetRemoved, SubnetUtilizationCrossed, VnicDown, VnicUp,
 };
 use crate::ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
+use crate::lease_watch::{LeaseWatch, LeaseWatchSnapshot, Reserved};
 use crate::mac::Mac;
 use crate::machine::{InvariantViolation, SnapshotError, StateMachine, ensure};
 use crate::net::{SpecialBlock, SubnetSpec};
@@ -175,6 +176,8 @@ pub struct NetworkAllocator {
     quarantined_by_mac: BTreeMap<(Mac, SubnetId), IpAddr>,
     /// Addresses another MAC answered for, withheld until cleared: the MAC that answered.
     conflicts: BTreeMap<(SubnetId, IpAddr), Mac>,
+    /// What the guests' leases say of the vNIC reservations (observed, never decided on).
+    lease_watch: LeaseWatch,
 }
 
 /// Who uses a MAC on the network. A vNIC's MAC is unique on its network; a host's DHCP server uses
@@ -221,6 +224,7 @@ impl NetworkAllocator {
             quarantine: BTreeMap::new(),
             quarantined_by_mac: BTreeMap::new(),
             conflicts: BTreeMap::new(),
+            lease_watch: LeaseWatch::new(),
         }
     }
 
@@ -297,6 +301,10 @@ impl NetworkAllocator {
             Event::NetworkPolicySet(e) => self.set_policy(e, cause),
             Event::IpConflictDetected(e) => self.conflict_detected(e, cause),
             Event::IpConflictCleared(e) => Ok(self.conflict_cleared(e)),
+            Event::LeaseGranted(e) => Ok(self.lease_observed(crate::event::LeaseChange::Granted, e, cause)),
+            Event::LeaseRenewed(e) => Ok(self.lease_observed(crate::event::LeaseChange::Renewed, e, cause)),
+            Event::LeaseReleased(e) => Ok(self.lease_observed(crate::event::LeaseChange::Released, e, cause)),
+            Event::LeaseExpired(e) => Ok(self.lease_observed(crate::event::LeaseChange::Expired, e, cause)),
             _ => Ok(Vec::new()),
         };
         let result = result.map(|mut outputs| {
@@ -348,6 +356,7 @@ impl NetworkAllocator {
         self.quarantine.clear();
         self.quarantined_by_mac.clear();
         self.conflicts.clear();
+        self.lease_watch.clear();
         if std::mem::take(&mut self.policy) != NetworkPolicy::default() {
             outputs.push(self.policy_applied(cause));
         }
@@ -369,7 +378,7 @@ impl NetworkAllocator {
 
     /// Time passes: now moves forward (never back: a stale or repeated tick changes nothing),
     /// releases made before the first tick are dated, and quarantines that are over end.
-    fn tick(&mut self, tick: &PartitionClockTicked, _cause: EventId) -> Vec<Event> {
+    fn tick(&mut self, tick: &PartitionClockTicked, cause: EventId) -> Vec<Event> {
         if self.now.is_some_and(|now| now >= tick.now) {
             return Vec::new();
         }
@@ -378,7 +387,32 @@ impl NetworkAllocator {
             quarantined.released_at.get_or_insert(tick.now);
         }
         self.end_quarantines();
-        Vec::new()
+        let unleased_after_s = self.policy().unleased_after_s.unwrap_or(crate::lease_watch::DEFAULT_UNLEASED_AFTER_S);
+        self.lease_watch.tick(self.network_id, tick.now, unleased_after_s, cause)
+    }
+
+    /// A host agent's lease observation, matched against the vNIC reservations ([`LeaseWatch`]):
+    /// an observation, so never refused; about a network IPAM does not know, it says nothing.
+    fn lease_observed(
+        &mut self,
+        change: crate::event::LeaseChange,
+        lease: &crate::event::LeaseObserved,
+        cause: EventId,
+    ) -> Vec<Event> {
+        if self.settings.is_none() {
+            return Vec::new();
+        }
+        self.lease_watch.observe(change, lease, cause).into_iter().collect()
+    }
+
+    /// Every vNIC reservation, as the lease watch follows it.
+    fn vnic_reservations(&self) -> impl Iterator<Item = (VnicId, Reserved)> + '_ {
+        self.holdings.iter().filter_map(|(key, holding)| match (key, holding.vm_id) {
+            (OwnerKey::Vnic(vnic_id), Some(vm_id)) => {
+                Some((*vnic_id, Reserved { subnet_id: holding.subnet_id, vm_id, mac: holding.mac, ip: holding.ip }))
+            }
+            _ => None,
+        })
     }
 
     /// Gives back to allocation every quarantined address whose time is over.
@@ -699,6 +733,9 @@ impl NetworkAllocator {
         let holding = Holding { subnet_id, ip, mac, vm_id, fixed: requested_ip.is_some() };
         self.holdings.insert(key, holding);
         self.use_mac(mac, key);
+        if let (OwnerKey::Vnic(vnic_id), Some(vm_id)) = (key, vm_id) {
+            self.lease_watch.reserved(vnic_id, Reserved { subnet_id, vm_id, mac, ip }, self.now);
+        }
         Ok(vec![Event::ReservationAdded(ReservationAdded {
             network_id,
             subnet_id,
@@ -748,6 +785,9 @@ impl NetworkAllocator {
     /// Frees what `holding` took (it is already out of `holdings`) and describes it.
     fn removed(&mut self, key: OwnerKey, holding: Holding, reason: ReleaseReason, cause: EventId) -> Event {
         self.unuse_mac(holding.mac);
+        if let OwnerKey::Vnic(vnic_id) = key {
+            self.lease_watch.released(vnic_id);
+        }
         let quarantine =
             matches!((key, reason), (OwnerKey::Vnic(_), ReleaseReason::VnicDown)) && self.quarantine_s() > 0;
         if let Some(subnet) = self.subnets.get_mut(&holding.subnet_id) {
@@ -878,7 +918,7 @@ impl NetworkAllocator {
                 format!("network {network}: MAC {mac} is recorded {recorded} times, used {uses}")
             })?;
         }
-        Ok(())
+        self.lease_watch.check(network, self.vnic_reservations())
     }
 
     fn to_snapshot(&self) -> NetworkSnapshot {
@@ -927,6 +967,7 @@ impl NetworkAllocator {
                     answered_by: *answered_by,
                 })
                 .collect(),
+            lease_watch: self.lease_watch.to_snapshot(),
         }
     }
 
@@ -982,6 +1023,8 @@ impl NetworkAllocator {
             }
             allocator.conflicts.insert((subnet_id, ip), answered_by);
         }
+        allocator.lease_watch =
+            LeaseWatch::from_snapshot(snapshot.lease_watch, allocator.vnic_reservations()).map_err(inconsistent)?;
         Ok(allocator)
     }
 }
@@ -1038,6 +1081,9 @@ struct NetworkSnapshot {
     quarantine: Vec<QuarantineSnapshot>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     conflicts: Vec<ConflictSnapshot>,
+    /// The lease watch's own part (the reservations say the rest).
+    #[serde(default, skip_serializing_if = "LeaseWatchSnapshot::is_empty")]
+    lease_watch: LeaseWatchSnapshot,
 }
 
 fn is_default_policy(policy: &NetworkPolicy) -> bool {

@@ -340,3 +340,140 @@ fn the_check_finds_a_reservation_the_watch_does_not_follow() {
     let error = watch.check(NET, std::iter::empty()).unwrap_err();
     assert!(error.0.contains("follows 1 vNICs, 0 hold"), "{error}");
 }
+
+// ---- Through the allocator -------------------------------------------------------------------
+
+mod through_the_allocator {
+    use expect_test::{Expect, expect};
+
+    use super::{HOST_A, NET, S1, lease, mac};
+    use crate::StateMachine;
+    use crate::allocator::Allocator;
+    use crate::event::{
+        Event, NetworkPolicy, NetworkPolicySet, NetworkUpserted, PartitionClockTicked, SubnetAdded, VnicDown, VnicUp,
+    };
+    use crate::ids::{VmId, VnicId};
+    use crate::testing::{envelope, render};
+    use crate::time::Timestamp;
+
+    fn network() -> Event {
+        Event::NetworkUpserted(NetworkUpserted {
+            network_id: NET,
+            name: "n".to_owned(),
+            ipam_enabled: true,
+            servers_count: None,
+        })
+    }
+
+    fn subnet() -> Event {
+        Event::SubnetAdded(SubnetAdded {
+            network_id: NET,
+            subnet_id: S1,
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            allocation_pools: None,
+        })
+    }
+
+    fn tick(seconds: i64) -> Event {
+        Event::PartitionClockTicked(PartitionClockTicked { now: Timestamp::from_unix_ms(seconds * 1000), partition: 0 })
+    }
+
+    /// vNIC `n` with MAC …:n asks for 10.0.0.n.
+    fn start(n: u8) -> Event {
+        Event::VnicStarted(VnicUp {
+            vnic_id: VnicId::from_u128(u128::from(n)),
+            vm_id: VmId::from_u128(100 + u128::from(n)),
+            network_id: NET,
+            subnet_id: Some(S1),
+            mac: mac(n),
+            requested_ip: Some(format!("10.0.0.{n}").parse().unwrap()),
+        })
+    }
+
+    fn stop(n: u8) -> Event {
+        Event::VnicStopped(VnicDown { vnic_id: VnicId::from_u128(u128::from(n)), network_id: NET })
+    }
+
+    fn granted(m: u8, i: u8) -> Event {
+        Event::LeaseGranted(lease(m, i, HOST_A))
+    }
+
+    fn unleased_after(seconds: u32) -> Event {
+        let policy = NetworkPolicy { unleased_after_s: Some(seconds), ..NetworkPolicy::default() };
+        Event::NetworkPolicySet(NetworkPolicySet { network_id: NET, policy })
+    }
+
+    /// Applies `history`, then `input`; checks the invariants after each and that a snapshot taken
+    /// before the input restores a machine that answers the input alike.
+    fn check(history: Vec<Event>, input: Event, expected: Expect) {
+        let mut allocator = Allocator::new();
+        for (n, event) in history.into_iter().enumerate() {
+            allocator.apply(&envelope(n as u128, event));
+            allocator.check().expect("the invariants hold");
+        }
+        let mut restored = Allocator::restore(&(), &allocator.snapshot()).expect("the snapshot restores");
+        assert_eq!(restored, allocator, "a snapshot restores the same allocator, lease watch included");
+        let input = envelope(999, input);
+        let outputs = allocator.apply(&input);
+        allocator.check().expect("the invariants hold after the input");
+        assert_eq!(restored.apply(&input), outputs, "the restored allocator answers alike");
+        expected.assert_eq(&render(&outputs));
+    }
+
+    #[test]
+    fn a_lease_of_the_reserved_address_is_echoed() {
+        check(
+            vec![network(), subnet(), tick(0), start(5)],
+            granted(5, 5),
+            expect![[r#"
+                vnic.lease_changed {change:granted,expires_at:1970-01-01T01:00:05Z,host_id:#31,ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,observed_at:1970-01-01T00:00:05Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_lease_of_another_address_is_a_conflict() {
+        check(
+            vec![network(), subnet(), tick(0), start(5)],
+            granted(5, 6),
+            expect![[r#"
+                lease.conflict {host_id:#31,kind:wrong_address,leased_ip:10.0.0.6,mac:52:54:00:00:00:05,network_id:#1,reserved_ip:10.0.0.5,vnic_id:#5}
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_lease_on_a_network_ipam_does_not_know_says_nothing() {
+        check(vec![], granted(5, 5), expect![[""]]);
+    }
+
+    #[test]
+    fn a_vnic_without_lease_is_reported_after_the_default_five_minutes() {
+        check(
+            vec![network(), subnet(), tick(0), start(5), tick(299)],
+            tick(300),
+            expect![[r#"
+            vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:05:00Z,reserved_at:1970-01-01T00:00:00Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+        );
+    }
+
+    #[test]
+    fn the_policy_sets_when_an_unleased_vnic_is_reported() {
+        check(
+            vec![network(), subnet(), unleased_after(30), tick(0), start(5)],
+            tick(30),
+            expect![[r#"
+            vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:00:30Z,reserved_at:1970-01-01T00:00:00Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+        "#]],
+        );
+    }
+
+    #[test]
+    fn a_leased_vnic_is_not_reported_and_a_stopped_one_neither() {
+        check(vec![network(), subnet(), tick(0), start(5), granted(5, 5), start(6), stop(6)], tick(300), expect![[""]]);
+    }
+}
