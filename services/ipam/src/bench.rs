@@ -3,11 +3,14 @@
 //! their ratios come from the same conditions.
 //!
 //! Both stacks get the same workload, played as an engine would play it: through `POST /v1/events`
-//! in batches. A host attached to 20 networks with a /16 subnet each, served by one host agent
-//! with the files backend; then N vNIC starts, measured until the allocator has committed them,
-//! until the API's read model shows them all and until the host agent's dnsmasq files hold them
-//! all; then the latency of one start to its `dhcp-host=` line, one at a time; a burst; the time
-//! to ready of a restarted allocator after SIGKILL; and, on Kafka, Apache's own producer and
+//! in batches, on [`CONNECTIONS`] connections at once, the bodies encoded before the clock starts
+//! (so that the client is not what is measured). A host attached to 20 networks with a /16 subnet
+//! each, served by one host agent with the files backend; then N vNIC starts, measured until the
+//! allocator has committed them, until the API's read model shows them all and until the host
+//! agent's dnsmasq files hold them all; the same with one event per POST; then single starts one
+//! at a time, each timed from its post to its reservation committed in the log, to the API
+//! answering it (`GET /v1/vnics/{id}`: the read model's lag behind the log is the difference) and
+//! to its `dhcp-host=` line; a burst; the time to ready of a restarted allocator after SIGKILL; and, on Kafka, Apache's own producer and
 //! consumer performance tools on the same broker (`bench_kafka.rs`) as the ceiling to compare
 //! with, and 1, 2 and 4 allocator processes sharing the partitions.
 //!
@@ -25,10 +28,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
+use ipam_core::event::Owner;
 use ipam_core::event::{HostNetwork, HostStatus, HostUpserted, NetworkUpserted, SubnetAdded, VnicUp};
-use ipam_core::{Envelope, Event, HostId, Mac, NetworkId, SubnetId, VmId, VnicId};
-use ipam_log::EventLog;
+use ipam_core::{Envelope, Event, HostId, Mac, NetworkId, SubnetId, Topic, VmId, VnicId};
 use ipam_log::sqlite::{Durability, SqliteLog};
+use ipam_log::{EventLog, Position};
 use ipam_runtime::Topics;
 use serde_json::Value;
 
@@ -40,6 +44,11 @@ pub(crate) const NETWORKS: u64 = 20;
 pub(crate) const HOST: HostId = HostId::from_u128(0xbe0c);
 /// Events per `POST /v1/events`, as an engine batching its requests would send them.
 pub(crate) const BATCH: usize = 1000;
+/// Connections a load posts on at once, as an engine's several workers would.
+pub(crate) const CONNECTIONS: usize = 4;
+/// The single-event load is this fraction of the main load (at least [`SINGLES_MIN`] events).
+const SINGLES_SHARE: usize = 10;
+const SINGLES_MIN: usize = 1000;
 /// How often progress is sampled while a load runs.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// The longest any phase may take before the bench gives up.
@@ -65,7 +74,16 @@ pub(crate) struct Figures {
     pub raw: Option<bench_kafka::RawFigures>,
     pub setup: Duration,
     pub load: Load,
+    /// The same workload with one event per POST.
+    pub singles: Load,
+    /// One start at a time: from its post to its `dhcp-host=` line.
     pub latencies: Vec<Duration>,
+    /// The same starts: from the post to the reservation committed in the log.
+    pub to_log: Vec<Duration>,
+    /// The same starts: from the reservation committed in the log to the API answering it.
+    pub read_model_lag: Vec<Duration>,
+    /// The same starts: from the reservation committed in the log to its line in the file.
+    pub log_to_file: Vec<Duration>,
     pub burst: Load,
     /// Which process was killed and restarted, and how long it took to be ready again.
     pub restarted: &'static str,
@@ -122,6 +140,7 @@ pub(crate) struct Start {
     pub json: Value,
     pub network_id: NetworkId,
     pub mac: Mac,
+    pub vnic_id: VnicId,
 }
 
 pub(crate) fn network(net: u64) -> NetworkId {
@@ -135,15 +154,16 @@ impl Workload {
         let net = i % NETWORKS;
         let b = i.to_be_bytes();
         let mac = Mac::from_octets([0x52, 0x54, b[4], b[5], b[6], b[7]]).expect("a unicast MAC");
+        let vnic_id = VnicId::from_u128(0x5000_0000 + u128::from(i));
         let event = Event::VnicStarted(VnicUp {
-            vnic_id: VnicId::from_u128(0x5000_0000 + u128::from(i)),
+            vnic_id,
             vm_id: VmId::from_u128(0x6000_0000 + u128::from(i)),
             network_id: network(net),
             subnet_id: Some(SubnetId::from_u128(u128::from(net) + 1)),
             mac,
             requested_ip: None,
         });
-        Start { json: client::envelope("ipam-bench", event), network_id: network(net), mac }
+        Start { json: client::envelope("ipam-bench", event), network_id: network(net), mac, vnic_id }
     }
 
     pub fn starts(&mut self, n: usize) -> Vec<Value> {
@@ -360,15 +380,83 @@ struct Lags {
     timeline: String,
 }
 
-/// N vNIC starts posted in batches while the files and the read model are watched every few
-/// milliseconds, and `/metrics` (the lags) as often as it answers. Each time is taken when the
-/// look that saw the condition returned.
+/// N vNIC starts posted in batches of [`BATCH`]; see [`load_in_posts`].
 pub(crate) fn load(target: &Target, workload: &mut Workload, n: usize, name: &str) -> anyhow::Result<Load> {
+    load_in_posts(target, workload, n, BATCH, name)
+}
+
+/// Posts encoded bodies on [`CONNECTIONS`] connections at once, each taking the next body in
+/// turn; answers when every body is answered 202 (each retried as [`retrying`] says).
+fn post_all(
+    url: &str,
+    bodies: Vec<(usize, Vec<u8>)>,
+    posted_count: &AtomicU64,
+    done: &AtomicBool,
+) -> anyhow::Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .max_idle_connections_per_host(CONNECTIONS)
+        .build()
+        .new_agent();
+    let events_url = format!("{url}/v1/events");
+    std::thread::scope(|scope| {
+        let posters: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let index = next.fetch_add(1, Ordering::SeqCst);
+                        let Some((events, body)) = bodies.get(index) else { return Ok(()) };
+                        if done.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        retrying("POST /v1/events", || {
+                            let mut answer = agent
+                                .post(&events_url)
+                                .header("Content-Type", "application/json")
+                                .send(&body[..])
+                                .context("POST /v1/events")?;
+                            let status = answer.status().as_u16();
+                            if status != 202 {
+                                let text = answer.body_mut().read_to_string().unwrap_or_default();
+                                bail!("POST /v1/events: {status} {}", text.chars().take(300).collect::<String>());
+                            }
+                            Ok(())
+                        })?;
+                        posted_count.fetch_add(*events as u64, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        posters.into_iter().try_for_each(|poster| poster.join().map_err(|_| anyhow::anyhow!("a poster panicked"))?)
+    })
+}
+
+/// N vNIC starts posted `per_post` to a POST on [`CONNECTIONS`] connections while the files and
+/// the read model are watched every few milliseconds, and `/metrics` (the lags) as often as it
+/// answers. Each time is taken when the look that saw the condition returned.
+pub(crate) fn load_in_posts(
+    target: &Target,
+    workload: &mut Workload,
+    n: usize,
+    per_post: usize,
+    name: &str,
+) -> anyhow::Result<Load> {
     let shown_before = shown(&target.api)?;
     let mut counter = LineCounter::default();
     let lines_before = counter.count(&target.files);
     let offsets_before = offsets(target.log, &target.topics)?;
-    let batches: Vec<Vec<Value>> = workload.starts(n).chunks(BATCH).map(<[Value]>::to_vec).collect();
+    // Encoded before the clock starts: an engine has its events at hand, and encoding them here
+    // would measure this client.
+    let bodies: Vec<(usize, Vec<u8>)> = workload
+        .starts(n)
+        .chunks(per_post.max(1))
+        .map(|chunk| {
+            let body = if per_post == 1 { serde_json::to_vec(&chunk[0]) } else { serde_json::to_vec(chunk) };
+            body.map(|body| (chunk.len(), body))
+        })
+        .collect::<Result<_, _>>()?;
 
     let started = Instant::now();
     let posted_ns = Arc::new(AtomicU64::new(0));
@@ -376,16 +464,10 @@ pub(crate) fn load(target: &Target, workload: &mut Workload, n: usize, name: &st
     let done = Arc::new(AtomicBool::new(false));
     let watching_done = Arc::new(AtomicBool::new(false));
     let poster = {
-        let (api, posted_ns, posted_count, done) =
-            (target.api.clone(), Arc::clone(&posted_ns), Arc::clone(&posted_count), Arc::clone(&done));
+        let (url, posted_ns, posted_count, done) =
+            (target.api.url().to_owned(), Arc::clone(&posted_ns), Arc::clone(&posted_count), Arc::clone(&done));
         std::thread::spawn(move || -> anyhow::Result<()> {
-            for batch in batches {
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                retrying("POST /v1/events", || api.publish(&batch))?;
-                posted_count.fetch_add(batch.len() as u64, Ordering::SeqCst);
-            }
+            post_all(&url, bodies, &posted_count, &done)?;
             posted_ns.store(started.elapsed().as_nanos() as u64 + 1, Ordering::SeqCst);
             Ok(())
         })
@@ -493,28 +575,78 @@ pub(crate) fn load(target: &Target, workload: &mut Workload, n: usize, name: &st
     Ok(load)
 }
 
-/// One vNIC start at a time: from its post until its `dhcp-host=` line is in its network's file.
-pub(crate) fn latencies(target: &Target, workload: &mut Workload, samples: usize) -> anyhow::Result<Vec<Duration>> {
-    let mut latencies = Vec::with_capacity(samples);
+/// Single starts timed one at a time, each list sorted.
+#[derive(Debug, Default)]
+pub(crate) struct Stages {
+    /// From the post until its `dhcp-host=` line is in its network's file.
+    pub to_file: Vec<Duration>,
+    /// From the post until the reservation is committed in the log (a reader of the log sees it).
+    pub to_log: Vec<Duration>,
+    /// From the reservation committed in the log until `GET /v1/vnics/{id}` answers it: the read
+    /// model's lag behind the log, as a client sees it.
+    pub log_to_api: Vec<Duration>,
+    /// From the reservation committed in the log until its line is in the file: the host agent.
+    pub log_to_file: Vec<Duration>,
+}
+
+/// Whether `record` is the reservation of `vnic_id`.
+fn reserves(record: &ipam_log::Record, vnic_id: VnicId) -> bool {
+    matches!(
+        Envelope::decode(&record.value).map(|envelope| envelope.event),
+        Ok(Event::ReservationAdded(added)) if matches!(added.owner, Owner::Vnic { vnic_id: id, .. } if id == vnic_id)
+    )
+}
+
+/// One vNIC start at a time: from its post until its reservation is committed in the log, until
+/// the API answers it, and until its `dhcp-host=` line is in its network's file. The three are
+/// looked at in turn (a read of the log's reservations from their ends before the post, a `GET`,
+/// a read of the file), about every [`LOOK_EVERY`] plus the time the looks take, so each time is
+/// known to within one round of looks (about a millisecond here).
+pub(crate) fn stages(target: &Target, workload: &mut Workload, samples: usize) -> anyhow::Result<Stages> {
+    const LOOK_EVERY: Duration = Duration::from_micros(200);
+    let mut stages = Stages::default();
+    let reservations = target.topics.name(Topic::Reservations);
     for _ in 0..samples {
         let start = workload.start();
         let file = target.files.join(format!("{}.conf", start.network_id));
         let line = format!("dhcp-host={},", start.mac);
+        let path = format!("/v1/vnics/{}", start.vnic_id);
+        let mut from = Vec::new();
+        for partition in 0..target.log.partition_count(&reservations)? {
+            let next_offset = target.log.end_offset(&reservations, partition)?;
+            from.push(Position { topic: reservations.clone(), partition, next_offset });
+        }
+        let mut follower = target.log.follow(&from)?;
         let started = Instant::now();
-        target.api.publish(&[start.json])?;
-        loop {
-            if std::fs::read_to_string(&file).is_ok_and(|text| text.contains(&line)) {
-                break;
+        target.api.publish(std::slice::from_ref(&start.json))?;
+        let (mut in_log, mut in_api, mut in_file) = (None, None, None);
+        while in_log.is_none() || in_api.is_none() || in_file.is_none() {
+            if in_log.is_none() && follower.next(64, Duration::ZERO)?.iter().any(|r| reserves(r, start.vnic_id)) {
+                in_log = Some(started.elapsed());
+            }
+            if in_api.is_none() && target.api.request("GET", &path, None)?.0 == 200 {
+                in_api = Some(started.elapsed());
+            }
+            if in_file.is_none() && std::fs::read_to_string(&file).is_ok_and(|text| text.contains(&line)) {
+                in_file = Some(started.elapsed());
             }
             if started.elapsed() > Duration::from_secs(300) {
-                bail!("{line} did not reach {} in 300 s", file.display());
+                bail!("vNIC {} was not in the log, the API and {} within 300 s", start.vnic_id, file.display());
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(LOOK_EVERY);
         }
-        latencies.push(started.elapsed());
+        let (in_log, in_api, in_file) =
+            (in_log.unwrap_or_default(), in_api.unwrap_or_default(), in_file.unwrap_or_default());
+        stages.to_file.push(in_file);
+        stages.to_log.push(in_log);
+        stages.log_to_api.push(in_api.saturating_sub(in_log));
+        stages.log_to_file.push(in_file.saturating_sub(in_log));
     }
-    latencies.sort();
-    Ok(latencies)
+    stages.to_file.sort();
+    stages.to_log.sort();
+    stages.log_to_api.sort();
+    stages.log_to_file.sort();
+    Ok(stages)
 }
 
 /// From `since` (a restart) until one vNIC start posted now is shown by the API.
@@ -667,10 +799,34 @@ pub(crate) fn phases(
         secs(load.shown),
         secs(load.in_files)
     );
-    let latencies = latencies(target, workload, options.samples)?;
-    println!("{name}: {} single starts, p50 {}", latencies.len(), ms(percentile(&latencies, 0.5)));
+    let n_singles = (options.events / SINGLES_SHARE).max(SINGLES_MIN).min(options.events.max(1));
+    let singles = load_in_posts(target, workload, n_singles, 1, &format!("{name}-singles"))?;
+    println!(
+        "{name}: {n_singles} starts posted one per POST in {:.2} s, shown by the API at {}, in the files at {}",
+        singles.posted.as_secs_f64(),
+        secs(singles.shown),
+        secs(singles.in_files)
+    );
+    let stages = stages(target, workload, options.samples)?;
+    println!(
+        "{name}: {} single starts, to the file p50 {}, committed → API p50 {} p99 {}",
+        stages.to_file.len(),
+        ms(percentile(&stages.to_file, 0.5)),
+        ms(percentile(&stages.log_to_api, 0.5)),
+        ms(percentile(&stages.log_to_api, 0.99))
+    );
     let burst = load_burst(target, workload, options.burst, name)?;
-    Ok(Figures { setup, load, latencies, burst, ..Figures::default() })
+    Ok(Figures {
+        setup,
+        load,
+        singles,
+        latencies: stages.to_file,
+        to_log: stages.to_log,
+        read_model_lag: stages.log_to_api,
+        log_to_file: stages.log_to_file,
+        burst,
+        ..Figures::default()
+    })
 }
 
 fn load_burst(target: &Target, workload: &mut Workload, n: usize, name: &str) -> anyhow::Result<Load> {
@@ -776,7 +932,11 @@ fn print_table(options: &Options, embedded: &Figures, kafka: Option<&Figures>) {
     });
     row("  API read model shows them all".to_owned(), Unit::Secs, &|f| f.load.shown.map(|d| d.as_secs_f64()));
     row("  host agent's files hold them all".to_owned(), Unit::Secs, &|f| f.load.in_files.map(|d| d.as_secs_f64()));
-    row("end to end (to the API), events/s".to_owned(), Unit::PerSec, &|f| rate(n, f.load.shown));
+    row(
+        format!("end to end (to the API), events/s, {BATCH} per POST on {CONNECTIONS} connections"),
+        Unit::PerSec,
+        &|f| rate(n, f.load.shown),
+    );
     row("end to end (to the files), events/s".to_owned(), Unit::PerSec, &|f| rate(n, f.load.in_files));
     row("records written per event (input + reservation added)".to_owned(), Unit::Ratio, &|f| {
         Some((n + f.load.outputs as f64) / n)
@@ -798,7 +958,34 @@ fn print_table(options: &Options, embedded: &Figures, kafka: Option<&Figures>) {
     });
     row("largest allocator lag seen (records)".to_owned(), Unit::Count, &|f| Some(f.load.max_allocator_lag as f64));
     row("largest read-model lag seen (records)".to_owned(), Unit::Count, &|f| Some(f.load.max_read_model_lag as f64));
+    let singles = |f: &Figures| (f.singles.posted > Duration::ZERO).then_some(f.singles.clone());
+    let n_singles = |f: &Figures| singles(f).map_or(0.0, |s| s.outputs as f64);
+    row(format!("single-event POSTs on {CONNECTIONS} connections: all answered"), Unit::Secs, &|f| {
+        singles(f).map(|s| s.posted.as_secs_f64())
+    });
+    row("  end to end (to the API), events/s".to_owned(), Unit::PerSec, &|f| {
+        singles(f).and_then(|s| rate(n_singles(f), s.shown))
+    });
+    row("  end to end (to the files), events/s".to_owned(), Unit::PerSec, &|f| {
+        singles(f).and_then(|s| rate(n_singles(f), s.in_files))
+    });
     let millis = |f: &Figures, p: f64| percentile(&f.latencies, p).map(|d| d.as_secs_f64() * 1000.0);
+    let stage = |list: &[Duration], p: f64| percentile(list, p).map(|d| d.as_secs_f64() * 1000.0);
+    row(
+        format!("one start → reservation committed in the log, p50 ({} one at a time)", options.samples),
+        Unit::Millis,
+        &|f| stage(&f.to_log, 0.5),
+    );
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.to_log, 0.99));
+    row("committed → the API answers it (read-model lag), p50".to_owned(), Unit::Millis, &|f| {
+        stage(&f.read_model_lag, 0.5)
+    });
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.read_model_lag, 0.99));
+    row("  max".to_owned(), Unit::Millis, &|f| stage(&f.read_model_lag, 1.0));
+    row("committed → its dhcp-host= line (host agent), p50".to_owned(), Unit::Millis, &|f| {
+        stage(&f.log_to_file, 0.5)
+    });
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.log_to_file, 0.99));
     row(format!("one start → its dhcp-host= line, p50 ({} one at a time)", options.samples), Unit::Millis, &|f| {
         millis(f, 0.5)
     });

@@ -98,6 +98,11 @@ impl Api {
         Ok(Api { base, token, agent })
     }
 
+    /// The base URL, as given (without a trailing slash).
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
     /// One request; the status and the body. Fails only when no answer came.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, String)> {
         let url = format!("{}{path}", self.base);
