@@ -59,6 +59,7 @@ use crate::dnsmasq_shards::{
     COMPACTION_INTERVAL, MAX_SHARDS, ShardAction, ShardState, desired_hosts, host_changes, must_split, shard_count,
     shard_of, split,
 };
+use crate::leases::duid_mac;
 
 /// How the dnsmasq backend runs its servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,18 +331,6 @@ fn kept_leases(text: &str, hosts: &BTreeMap<Mac, IpAddr>) -> String {
         })
         .map(|line| format!("{line}\n"))
         .collect()
-}
-
-/// The Ethernet MAC a DUID embeds, written as dnsmasq writes it (`00:01:00:01:…`): DUID-LLT (type
-/// 1: hardware type, time, MAC) or DUID-LL (type 3: hardware type, MAC), hardware type 1.
-fn duid_mac(duid: &str) -> Option<Mac> {
-    let bytes: Vec<u8> = duid.split(':').map(|byte| u8::from_str_radix(byte, 16).ok()).collect::<Option<_>>()?;
-    let mac = match bytes.as_slice() {
-        [0, 1, 0, 1, _, _, _, _, mac @ ..] | [0, 3, 0, 1, mac @ ..] => mac,
-        _ => return None,
-    };
-    let octets: [u8; 6] = mac.try_into().ok()?;
-    Mac::from_octets(octets).ok()
 }
 
 impl DnsmasqBackend {
