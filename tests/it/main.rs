@@ -7,6 +7,7 @@ mod api;
 mod api_security;
 mod cli;
 mod compose;
+mod conflict;
 mod data_dir;
 mod dhcp;
 mod dhcp_v6;
