@@ -20,6 +20,7 @@ mod log;
 mod observability;
 mod packaging;
 mod properties;
+mod quarantine;
 mod recovery;
 mod samples;
 mod schemas;
