@@ -27,3 +27,4 @@ mod schemas;
 mod simulation;
 mod tidy;
 mod ui;
+mod vnic_state;
