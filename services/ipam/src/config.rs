@@ -2,175 +2,448 @@
 //!
 //! Precedence, lowest first: built-in defaults → the TOML file given by `--config` →
 //! `IPAM_*` environment variables → command-line flags. clap reads a flag or, when it is absent,
-//! its environment variable; [`Config::apply`] lays whatever it found over the file.
+//! its environment variable; the generated `apply` lays whatever it found over the file.
 //!
-//! A setting is a field of [`Config`] (its TOML key) and an `Option` of [`Overrides`] (its flag
-//! and variable, declared together in one `#[arg]`). A test checks that the two stay in step:
-//! every flag names a key, and every single-value key has a flag and an `IPAM_*` variable of the
-//! same name (lists such as `[[api-tokens]]` are the file's only). [`Sources`] asks clap whether a
-//! value came from a flag or a variable, so `ipam config show` can say where each one came from.
+//! # Each setting is declared once
+//! A setting has a TOML key, a flag, a variable, a default, a doc, and a line that copies the flag
+//! over the file's value. Written by hand in three places (a field, a flag, an apply line), a
+//! forgotten apply line silently ignored a flag. So each setting is one line of a `settings!`
+//! table, as each event is one line of the core's `events!` table, and the macro derives the rest:
+//! the field of [`Config`] (its key: the field name in kebab-case), the field of [`ConfigFlags`]
+//! (`--` the key, and `IPAM_` the key in upper case, for the sub-table `[kafka]` with a `kafka-`
+//! and `IPAM_KAFKA_` prefix), the apply line, the default, `Debug` and the serialization
+//! `ipam config show` prints, which hide secrets. A setting cannot be half-registered.
+//!
+//! The special cases, each said in the table where it occurs:
+//! - `secret` instead of `setting`: printed as `<hidden>` by `Debug` and `config show`, and its
+//!   variable's value is not shown by `--help`.
+//! - `arg(...)` after the default: clap settings placed after the derived ones, so they can replace
+//!   them. `--kafka` (`[kafka] bootstrap-servers`) names itself there, `--fsync` takes an optional
+//!   value, `--kafka-retention-ms` accepts a negative one.
+//! - `tables`: a sub-table (`[kafka]`), itself a `settings!` table whose flags are flattened in.
+//! - `file only`: lists (`[[api-tokens]]`, `[[host-agents]]`, `[kafka.passthrough]`) have no flag;
+//!   `shown as` names the function that hides their secrets when printed.
+//!
+//! A new setting is one line in a table and one row in README's configuration table; the tests
+//! walk the table and check that each flag sets its key and nothing else, and that each key, flag
+//! and variable has its row in the README (where operators look them up).
+//!
+//! [`Overrides`] is the command line's part: the file to read, every setting's flag, and the log
+//! format (which is not in the file: logging starts before the file is read). [`Sources`] asks
+//! clap whether a value came from a flag or a variable, so `ipam config show` can say where each
+//! one came from. No layered-configuration crate: clap already reads flags and variables and knows
+//! which it used, serde reads the file, and the table joins them.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use ipam_api::auth::TokenEntry;
 use ipam_core::HostId;
 use ipam_log_kafka::{KafkaOptions, KafkaSecurity};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// Everything the services need to know. Unknown keys in the file are errors.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
-pub struct Config {
-    /// Where `ipam up` keeps its embedded log and snapshots.
-    pub data_dir: PathBuf,
-    /// Partitions of the network-keyed topics (fixed once topics exist).
-    pub partitions: u32,
-    /// Prefixed to every topic name, so deployments can share a Kafka cluster.
-    pub topic_prefix: String,
-    /// This instance's name: part of its transactional ids, so it must be stable across restarts.
-    pub instance: String,
-    /// Steps per transaction at most, and the longest a batch stays open.
-    pub batch_max_steps: usize,
-    pub batch_max_delay_ms: u64,
-    /// A snapshot after this many input records, or this many seconds, whichever comes first.
-    pub snapshot_every_records: u64,
-    pub snapshot_every_secs: u64,
-    /// Placement's clock; 0 turns it off (tests feed ticks themselves).
-    pub tick_interval_ms: u64,
-    /// A host whose heartbeat is older than this at a tick loses its DHCP servers.
-    pub heartbeat_timeout_ms: u64,
-    /// DHCP servers per network when the engine does not say.
-    pub default_servers_count: u8,
-    /// `fsync` also survives power loss, at the cost of an fsync per batch; the default survives a
-    /// crash of the process at any point.
-    pub fsync: bool,
-    pub kafka: KafkaConfig,
-    /// Where the HTTP API listens (`ipam up`, `ipam api`).
-    pub api_bind: std::net::SocketAddr,
-    /// When set, every API endpoint but `/health` requires `Authorization: Bearer <token>`.
-    #[serde(serialize_with = "hidden")]
-    pub api_token: Option<String>,
-    /// More API tokens, each with a role (`[[api-tokens]]`: `role` = "read" or "write", `token` or
-    /// `token-file`, optional `expires`); `api-token` above is one more write token.
-    #[serde(serialize_with = "token_entries")]
-    pub api_tokens: Vec<ipam_api::auth::TokenEntry>,
-    /// PEM certificate chain and key: when both are set the API serves HTTPS only, and picks up
-    /// new files a few seconds after they change.
-    pub api_tls_cert_file: Option<PathBuf>,
-    pub api_tls_key_file: Option<PathBuf>,
-    /// Host agents `ipam up` runs in-process, each writing dnsmasq files into its own directory.
-    pub host_agents: Vec<HostAgentEntry>,
-    /// Where `/health` and `/metrics` of this process are served (allocator, placement, host
-    /// agent, `ipam up`); none when unset.
-    pub metrics_bind: Option<std::net::SocketAddr>,
+/// A setting's type in the file, and the type its flag parses: the same, or what an `Option`
+/// holds (`--api-token X` sets `Some(X)`).
+pub trait Setting {
+    type Flag;
+    /// A value different from every default, for the test that every flag is applied.
+    #[cfg(test)]
+    const EXAMPLE: &'static str;
+    fn from_flag(flag: Self::Flag) -> Self;
 }
 
-/// Kafka settings for the services that run alone. Every unset one keeps the backend's default
-/// (`ipam_log_kafka::KafkaOptions`).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
-pub struct KafkaConfig {
-    pub bootstrap_servers: Option<String>,
-    /// How long the group waits for a silent member before moving its partitions (the broker
-    /// allows 6000 at least); librdkafka's default is 45000, ours 10000 for faster failover.
-    pub session_timeout_ms: Option<u32>,
-    /// How long an open transaction of a dead instance holds its partitions back before the
-    /// broker aborts it. Batches commit in milliseconds, so 10000 (Kafka's default is 60000)
-    /// bounds a takeover without ever cutting a live batch short.
-    pub transaction_timeout_ms: Option<u32>,
-    /// Replicas of each topic created, and the least an existing topic must have (default 1;
-    /// 3 in production).
-    pub replication_factor: Option<i32>,
-    /// `min.insync.replicas` of each topic created, and the least an existing one must have
-    /// (default: the broker's; 2 with 3 replicas in production).
-    pub min_insync_replicas: Option<i32>,
-    /// How long the topics keep records; -1, the default, keeps them for ever (the state is
-    /// rebuilt from them).
-    pub retention_ms: Option<i64>,
-    /// plaintext (default), ssl, sasl_plaintext or sasl_ssl.
-    pub security_protocol: Option<String>,
-    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a sasl_* protocol).
-    pub sasl_mechanism: Option<String>,
-    pub sasl_username: Option<String>,
-    /// Never printed.
-    #[serde(serialize_with = "hidden")]
-    pub sasl_password: Option<String>,
-    /// A file holding the password (a mounted secret, a systemd credential): read at start, one
-    /// trailing newline dropped. Either this or `sasl-password`.
-    pub sasl_password_file: Option<PathBuf>,
-    /// PEM file of the CA that signs the brokers' certificates (default: the system's CAs).
-    pub ssl_ca_file: Option<PathBuf>,
-    /// PEM client certificate and key, for mutual TLS.
-    pub ssl_certificate_file: Option<PathBuf>,
-    pub ssl_key_file: Option<PathBuf>,
-    /// Passphrase of an encrypted key; never printed.
-    #[serde(serialize_with = "hidden")]
-    pub ssl_key_password: Option<String>,
-    /// Raw librdkafka settings (tuning, and security settings the typed ones do not cover); one
-    /// that clashes with a typed setting is an error. Printed by key only: values may be secrets.
-    #[serde(serialize_with = "hidden_values")]
-    pub passthrough: BTreeMap<String, String>,
+impl<T: Setting<Flag = T>> Setting for Option<T> {
+    type Flag = T;
+    #[cfg(test)]
+    const EXAMPLE: &'static str = T::EXAMPLE;
+    fn from_flag(flag: T) -> Option<T> {
+        Some(flag)
+    }
+}
+
+/// The types a setting may have, each with its test example.
+macro_rules! plain_settings {
+    ($($ty:ty = $example:literal),* $(,)?) => {
+        $(
+            impl Setting for $ty {
+                type Flag = $ty;
+                #[cfg(test)]
+                const EXAMPLE: &'static str = $example;
+                fn from_flag(flag: $ty) -> $ty {
+                    flag
+                }
+            }
+        )*
+    };
+}
+
+plain_settings!(
+    PathBuf = "/example",
+    String = "example",
+    bool = "true",
+    u8 = "7",
+    u32 = "7",
+    u64 = "7",
+    usize = "7",
+    i32 = "7",
+    i64 = "7",
+    SocketAddr = "127.0.0.7:7",
+);
+
+/// `from` with each `_` or `-` made `separator`, in upper case if asked: how a field name becomes
+/// a key (`data-dir`), a flag (`--data-dir`) and a variable (`IPAM_DATA_DIR`), at compile time.
+const fn spell<const N: usize>(from: &str, upper: bool, separator: u8) -> [u8; N] {
+    let from = from.as_bytes();
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = match from[i] {
+            b'_' | b'-' => separator,
+            byte if upper => byte.to_ascii_uppercase(),
+            byte => byte,
+        };
+        i += 1;
+    }
+    out
+}
+
+/// [`spell`] as a `&'static str`: `spelled!(concat!("IPAM_", "data_dir"), upper)` is `IPAM_DATA_DIR`,
+/// `spelled!("data_dir", kebab)` is `data-dir`.
+macro_rules! spelled {
+    ($from:expr, $case:ident) => {{
+        const FROM: &str = $from;
+    const BYTES: [u8; FROM.len()] = spelled!(@spell FROM, $case);
+        const SPELLED: &str = match std::str::from_utf8(&BYTES) {
+            Ok(spelled) => spelled,
+            Err(_) => panic!("a setting's name is ASCII"),
+        };
+        SPELLED
+    }};
+    (@spell $from:expr, kebab) => {
+        spell($from, false, b'-')
+    };
+    (@spell $from:expr, upper) => {
+        spell($from, true, b'_')
+    };
+}
+
+/// Whether a setting's kind hides its value.
+macro_rules! is_secret {
+    (setting) => {
+        false
+    };
+    (secret) => {
+        true
+    };
+}
+
+/// What `Debug` and `ipam config show` print of a setting: its value, or `<hidden>` for a secret.
+macro_rules! shown {
+    (setting $value:expr) => {
+        $value
+    };
+    (secret $value:expr) => {
+        &hidden($value)
+    };
+    // A file-only setting: its value, or what its `shown as` function makes of it.
+    ($value:expr, $show:path) => {
+        &$show($value)
+    };
+    ($value:expr) => {
+        $value
+    };
+}
+
+/// Declares a table of settings: the struct read from the file (`$config`), its flags and
+/// variables (`$flags`), and everything that joins them (see the module doc). Each line of the
+/// first block is `setting` or `secret`, the field's name and type, its default, and optionally
+/// `arg(...)` with more clap settings.
+macro_rules! settings {
+    (
+        $(#[$attr:meta])*
+        pub struct $config:ident, flags $flags:ident, named $prefix:literal {
+            $(
+                $(#[doc = $doc:expr])*
+                $kind:ident $name:ident: $ty:ty = $default:expr $(, arg($($arg:tt)*))?;
+            )*
+        }
+        tables {
+            $( $(#[doc = $table_doc:expr])* $table:ident: $table_ty:ident, flags $table_flags:ident; )*
+        }
+        file only {
+            $( $(#[$file_attr:meta])* $file:ident: $file_ty:ty = $file_default:expr $(, shown as $show:path)?; )*
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Clone, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+        pub struct $config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+            $( $(#[doc = $table_doc])* pub $table: $table_ty, )*
+            $( $(#[$file_attr])* pub $file: $file_ty, )*
+        }
+
+        #[doc = concat!("The flags and `IPAM_*` variables of [`", stringify!($config), "`], one per setting; ")]
+        #[doc = "`None` leaves the file's value."]
+        #[derive(Clone, Default, clap::Args)]
+        pub struct $flags {
+            $(
+                $(#[doc = $doc])*
+                #[arg(
+                    id = spelled!(concat!($prefix, stringify!($name)), kebab),
+                    long = spelled!(concat!($prefix, stringify!($name)), kebab),
+                    env = spelled!(concat!("IPAM_", $prefix, stringify!($name)), upper),
+                    value_name = spelled!(concat!($prefix, stringify!($name)), upper),
+                    global = true,
+                    hide_env_values = is_secret!($kind),
+                    $($($arg)*)?
+                )]
+                pub $name: Option<<$ty as Setting>::Flag>,
+            )*
+            $( #[command(flatten)] pub $table: $table_flags, )*
+        }
+
+        impl Default for $config {
+            fn default() -> $config {
+                $config {
+                    $( $name: $default, )*
+                    $( $table: $table_ty::default(), )*
+                    $( $file: $file_default, )*
+                }
+            }
+        }
+
+        impl $config {
+            /// Lays the flags and variables that were given over the file's values.
+            fn apply(&mut self, flags: &$flags) {
+                $(
+                    if let Some(value) = &flags.$name {
+                        self.$name = <$ty as Setting>::from_flag(value.clone());
+                    }
+                )*
+                $( self.$table.apply(&flags.$table); )*
+            }
+
+            /// Each setting with a flag: its key path (`kafka.sasl-password`) under `table` (empty,
+            /// or a sub-table's path and a dot), and its flag's clap id.
+            fn flag_ids(table: &str, out: &mut Vec<(String, &'static str)>) {
+                $( out.push((
+                    format!("{table}{}", spelled!(stringify!($name), kebab)),
+                    spelled!(concat!($prefix, stringify!($name)), kebab),
+                )); )*
+                $( $table_ty::flag_ids(&format!("{table}{}.", spelled!(stringify!($table), kebab)), out); )*
+            }
+
+            /// [`Self::flag_ids`] with each setting's [`Setting::EXAMPLE`].
+            #[cfg(test)]
+            fn examples(table: &str, out: &mut Vec<(String, &'static str, &'static str)>) {
+                $( out.push((
+                    format!("{table}{}", spelled!(stringify!($name), kebab)),
+                    spelled!(concat!($prefix, stringify!($name)), kebab),
+                    <$ty as Setting>::EXAMPLE,
+                )); )*
+                $( $table_ty::examples(&format!("{table}{}.", spelled!(stringify!($table), kebab)), out); )*
+            }
+        }
+
+        /// Secrets print as `<hidden>`.
+        impl Serialize for $config {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                const FIELDS: &[&str] = &[$(stringify!($name),)* $(stringify!($table),)* $(stringify!($file),)*];
+                let mut out = serializer.serialize_struct(stringify!($config), FIELDS.len())?;
+                $( out.serialize_field(spelled!(stringify!($name), kebab), shown!($kind &self.$name))?; )*
+                $( out.serialize_field(spelled!(stringify!($table), kebab), &self.$table)?; )*
+                $( out.serialize_field(spelled!(stringify!($file), kebab), shown!(&self.$file $(, $show)?))?; )*
+                out.end()
+            }
+        }
+
+        /// Secrets print as `<hidden>`.
+        impl fmt::Debug for $config {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($config))
+                    $( .field(stringify!($name), shown!($kind &self.$name)) )*
+                    $( .field(stringify!($table), &self.$table) )*
+                    $( .field(stringify!($file), shown!(&self.$file $(, $show)?)) )*
+                    .finish()
+            }
+        }
+
+        /// Secrets print as `<hidden>`.
+        impl fmt::Debug for $flags {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($flags))
+                    $( .field(stringify!($name), shown!($kind &self.$name)) )*
+                    $( .field(stringify!($table), &self.$table) )*
+                    .finish()
+            }
+        }
+    };
+}
+
+settings! {
+    /// Everything the services need to know. Unknown keys in the file are errors.
+    pub struct Config, flags ConfigFlags, named "" {
+        /// Where `ipam up` keeps its embedded log and snapshots (`./ipam-data` by default).
+        setting data_dir: PathBuf = PathBuf::from("./ipam-data");
+        /// Partitions of the network-keyed topics, fixed once topics exist (8 by default, so up to
+        /// eight allocator instances share the load).
+        setting partitions: u32 = 8;
+        /// Prefixed to every topic name, so deployments can share a Kafka cluster (none by default).
+        setting topic_prefix: String = String::new();
+        /// This instance's name (`ipam-0` by default): part of its transactional ids, so it must be
+        /// stable across restarts.
+        setting instance: String = "ipam-0".to_owned();
+        /// Steps per transaction at most (500 by default).
+        setting batch_max_steps: usize = 500;
+        /// The longest a batch stays open, in milliseconds (5 by default: a few milliseconds of
+        /// latency for many steps per commit).
+        setting batch_max_delay_ms: u64 = 5;
+        /// A snapshot after this many input records (50000 by default), or after
+        /// snapshot-every-secs, whichever comes first.
+        setting snapshot_every_records: u64 = 50_000;
+        /// A snapshot after this many seconds (60 by default), or after snapshot-every-records,
+        /// whichever comes first.
+        setting snapshot_every_secs: u64 = 60;
+        /// Placement's clock, in milliseconds (1000 by default); 0 turns it off (tests feed ticks
+        /// themselves).
+        setting tick_interval_ms: u64 = 1000;
+        /// A host whose heartbeat is older than this, in milliseconds, at a tick loses its DHCP
+        /// servers (15000 by default: five missed 3-second heartbeats).
+        setting heartbeat_timeout_ms: u64 = 15_000;
+        /// DHCP servers per network when the engine does not say (2 by default).
+        setting default_servers_count: u8 = 2;
+        /// fsync the embedded log at each batch, to survive power loss too: `--fsync` or
+        /// `--fsync=false`. Off by default, which survives a crash of the process at any point.
+        setting fsync: bool = false,
+            arg(num_args = 0..=1, require_equals = true, default_missing_value = "true");
+        /// Where the HTTP API listens (`ipam up`, `ipam api`; 127.0.0.1:8080 by default; port 0
+        /// picks a free one).
+        setting api_bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        /// When set, every API endpoint but /health requires `Authorization: Bearer <token>` (one
+        /// more write token). Prefer the variable or the file: a flag's value shows in the process
+        /// list.
+        secret api_token: Option<String> = None;
+        /// The API's HTTPS certificate chain (PEM): with api-tls-key-file the API serves HTTPS only,
+        /// and picks up new files a few seconds after they change.
+        setting api_tls_cert_file: Option<PathBuf> = None;
+        /// The API's HTTPS private key (PEM, unencrypted), with api-tls-cert-file.
+        setting api_tls_key_file: Option<PathBuf> = None;
+        /// Serve /health and /metrics of this process here (allocator, placement, host agent,
+        /// `ipam up`; e.g. 0.0.0.0:9090, port 0 picks a free one); none when unset.
+        setting metrics_bind: Option<SocketAddr> = None;
+    }
+    tables {
+        /// `[kafka]`, for the services that run alone.
+        kafka: KafkaConfig, flags KafkaFlags;
+    }
+    file only {
+        /// More API tokens, each with a role (`[[api-tokens]]`: `role` = "read" or "write", `token`
+        /// or `token-file`, optional `expires`); `api-token` above is one more write token.
+        api_tokens: Vec<TokenEntry> = Vec::new(), shown as token_entries;
+        /// Host agents `ipam up` runs in-process, each writing dnsmasq files into its own directory.
+        host_agents: Vec<HostAgentEntry> = Vec::new();
+    }
+}
+
+settings! {
+    /// Kafka settings for the services that run alone. Every unset one keeps the backend's default
+    /// (`ipam_log_kafka::KafkaOptions`).
+    pub struct KafkaConfig, flags KafkaFlags, named "kafka_" {
+        /// Kafka bootstrap servers (host:port,...); when set, the services run on Kafka.
+        setting bootstrap_servers: Option<String> = None,
+            arg(long = "kafka", env = "IPAM_KAFKA", value_name = "KAFKA");
+        /// How long the group waits for a silent member before moving its partitions, in
+        /// milliseconds (the broker allows 6000 at least); librdkafka's default is 45000, ours 10000
+        /// for faster failover.
+        setting session_timeout_ms: Option<u32> = None;
+        /// How long an open transaction of a dead instance holds its partitions back before the
+        /// broker aborts it, in milliseconds. Batches commit in milliseconds, so 10000 (Kafka's
+        /// default is 60000) bounds a takeover without ever cutting a live batch short.
+        setting transaction_timeout_ms: Option<u32> = None;
+        /// Replicas of each topic created, and the least an existing topic must have (1 by default;
+        /// 3 in production).
+        setting replication_factor: Option<i32> = None;
+        /// min.insync.replicas of each topic created, and the least an existing one must have (the
+        /// broker's by default; 2 with 3 replicas in production).
+        setting min_insync_replicas: Option<i32> = None;
+        /// retention.ms of the topics: -1, the default, keeps records for ever (the state is rebuilt
+        /// from them).
+        setting retention_ms: Option<i64> = None, arg(allow_negative_numbers = true);
+        /// plaintext (default), ssl, sasl_plaintext or sasl_ssl.
+        setting security_protocol: Option<String> = None;
+        /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a sasl_* protocol).
+        setting sasl_mechanism: Option<String> = None;
+        /// The SASL user name.
+        setting sasl_username: Option<String> = None;
+        /// The SASL password. Prefer the variable or the file: a flag's value shows in the process
+        /// list.
+        secret sasl_password: Option<String> = None;
+        /// A file holding the SASL password (a mounted secret, a systemd credential): read at
+        /// start, one trailing newline dropped. Either this or sasl-password.
+        setting sasl_password_file: Option<PathBuf> = None;
+        /// PEM file of the CA that signs the brokers' certificates (default: the system's CAs).
+        setting ssl_ca_file: Option<PathBuf> = None;
+        /// PEM client certificate, for mutual TLS.
+        setting ssl_certificate_file: Option<PathBuf> = None;
+        /// PEM client key, for mutual TLS.
+        setting ssl_key_file: Option<PathBuf> = None;
+        /// Passphrase of an encrypted client key.
+        secret ssl_key_password: Option<String> = None;
+    }
+    tables {}
+    file only {
+        /// Raw librdkafka settings (tuning, and security settings the typed ones do not cover); one
+        /// that clashes with a typed setting is an error. Printed by key only: values may be
+        /// secrets.
+        passthrough: BTreeMap<String, String> = BTreeMap::new(), shown as hidden_values;
+    }
 }
 
 /// What `ipam config show` prints instead of a secret.
 const HIDDEN: &str = "<hidden>";
 
-/// A secret is printed as `<hidden>` when set (and left out when not).
-fn hidden<S: Serializer>(secret: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
-    secret.as_ref().map(|_| HIDDEN).serialize(serializer)
+/// A secret as printed: `<hidden>` when set, nothing when not.
+fn hidden(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| HIDDEN)
 }
 
 /// Pass-through settings by key, each value hidden: `sasl.password` may be among them.
-fn hidden_values<S: Serializer>(map: &BTreeMap<String, String>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(map.keys().map(|key| (key, HIDDEN)))
+fn hidden_values(map: &BTreeMap<String, String>) -> BTreeMap<&str, &'static str> {
+    map.keys().map(|key| (key.as_str(), HIDDEN)).collect()
 }
 
-/// API tokens as written in the file, the secret itself hidden (`TokenEntry` only deserializes).
-fn token_entries<S: Serializer>(entries: &[ipam_api::auth::TokenEntry], serializer: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "kebab-case")]
-    struct Shown<'a> {
-        role: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        token: Option<&'static str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        token_file: Option<&'a PathBuf>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        expires: Option<String>,
-    }
-    serializer.collect_seq(entries.iter().map(|e| Shown {
-        role: format!("{:?}", e.role).to_lowercase(),
-        token: e.token.as_ref().map(|_| HIDDEN),
-        token_file: e.token_file.as_ref(),
-        expires: e.expires.map(|t| t.to_rfc3339()),
-    }))
+/// An API token as written in the file, the secret itself hidden (`TokenEntry` only deserializes).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ShownToken<'a> {
+    role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_file: Option<&'a PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+}
+
+/// The API tokens as printed.
+fn token_entries(entries: &[TokenEntry]) -> Vec<ShownToken<'_>> {
+    entries
+        .iter()
+        .map(|e| ShownToken {
+            role: format!("{:?}", e.role).to_lowercase(),
+            token: hidden(&e.token),
+            token_file: e.token_file.as_ref(),
+            expires: e.expires.map(|t| t.to_rfc3339()),
+        })
+        .collect()
 }
 
 impl KafkaConfig {
-    /// Lays the flags and variables that were given over the file's values.
-    fn apply(&mut self, o: &KafkaOverrides) {
-        fn set<T: Clone>(field: &mut Option<T>, value: &Option<T>) {
-            if value.is_some() {
-                field.clone_from(value);
-            }
-        }
-        set(&mut self.replication_factor, &o.kafka_replication_factor);
-        set(&mut self.min_insync_replicas, &o.kafka_min_insync_replicas);
-        set(&mut self.retention_ms, &o.kafka_retention_ms);
-        set(&mut self.security_protocol, &o.kafka_security_protocol);
-        set(&mut self.sasl_mechanism, &o.kafka_sasl_mechanism);
-        set(&mut self.sasl_username, &o.kafka_sasl_username);
-        set(&mut self.sasl_password, &o.kafka_sasl_password);
-        set(&mut self.sasl_password_file, &o.kafka_sasl_password_file);
-        set(&mut self.ssl_ca_file, &o.kafka_ssl_ca_file);
-        set(&mut self.ssl_certificate_file, &o.kafka_ssl_certificate_file);
-        set(&mut self.ssl_key_file, &o.kafka_ssl_key_file);
-        set(&mut self.ssl_key_password, &o.kafka_ssl_key_password);
-        set(&mut self.transaction_timeout_ms, &o.kafka_transaction_timeout_ms);
-    }
-
     /// Sets the topic and security options these settings name; the others keep the backend's
     /// defaults. A protocol or mechanism that does not parse is an error naming the setting.
     pub fn apply_to(&self, options: &mut KafkaOptions) -> anyhow::Result<()> {
@@ -216,95 +489,6 @@ impl KafkaConfig {
     }
 }
 
-/// Passwords and pass-through values (which may hold passwords) are never printed.
-impl fmt::Debug for KafkaConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
-        f.debug_struct("KafkaConfig")
-            .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("session_timeout_ms", &self.session_timeout_ms)
-            .field("transaction_timeout_ms", &self.transaction_timeout_ms)
-            .field("replication_factor", &self.replication_factor)
-            .field("min_insync_replicas", &self.min_insync_replicas)
-            .field("retention_ms", &self.retention_ms)
-            .field("security_protocol", &self.security_protocol)
-            .field("sasl_mechanism", &self.sasl_mechanism)
-            .field("sasl_username", &self.sasl_username)
-            .field("sasl_password", &hidden(&self.sasl_password))
-            .field("sasl_password_file", &self.sasl_password_file)
-            .field("ssl_ca_file", &self.ssl_ca_file)
-            .field("ssl_certificate_file", &self.ssl_certificate_file)
-            .field("ssl_key_file", &self.ssl_key_file)
-            .field("ssl_key_password", &hidden(&self.ssl_key_password))
-            .field("passthrough_keys", &self.passthrough.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-/// The `[kafka]` settings of topics and security, as flags or `IPAM_KAFKA_*` variables.
-#[derive(Clone, Default, clap::Args)]
-pub struct KafkaOverrides {
-    /// Replicas of each topic created; an existing topic must have at least as many.
-    #[arg(long, env = "IPAM_KAFKA_REPLICATION_FACTOR", global = true)]
-    pub kafka_replication_factor: Option<i32>,
-    /// min.insync.replicas of each topic created; an existing topic must have at least as many.
-    #[arg(long, env = "IPAM_KAFKA_MIN_INSYNC_REPLICAS", global = true)]
-    pub kafka_min_insync_replicas: Option<i32>,
-    /// retention.ms of the topics (-1, the default: never expire).
-    #[arg(long, env = "IPAM_KAFKA_RETENTION_MS", global = true, allow_negative_numbers = true)]
-    pub kafka_retention_ms: Option<i64>,
-    /// plaintext, ssl, sasl_plaintext or sasl_ssl.
-    #[arg(long, env = "IPAM_KAFKA_SECURITY_PROTOCOL", global = true)]
-    pub kafka_security_protocol: Option<String>,
-    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
-    #[arg(long, env = "IPAM_KAFKA_SASL_MECHANISM", global = true)]
-    pub kafka_sasl_mechanism: Option<String>,
-    #[arg(long, env = "IPAM_KAFKA_SASL_USERNAME", global = true)]
-    pub kafka_sasl_username: Option<String>,
-    /// Prefer the variable or the file: a flag's value shows in the process list.
-    #[arg(long, env = "IPAM_KAFKA_SASL_PASSWORD", global = true, hide_env_values = true)]
-    pub kafka_sasl_password: Option<String>,
-    /// A file holding the SASL password (one trailing newline dropped).
-    #[arg(long, env = "IPAM_KAFKA_SASL_PASSWORD_FILE", global = true)]
-    pub kafka_sasl_password_file: Option<PathBuf>,
-    /// PEM file of the CA that signs the brokers' certificates.
-    #[arg(long, env = "IPAM_KAFKA_SSL_CA_FILE", global = true)]
-    pub kafka_ssl_ca_file: Option<PathBuf>,
-    /// PEM client certificate, for mutual TLS.
-    #[arg(long, env = "IPAM_KAFKA_SSL_CERTIFICATE_FILE", global = true)]
-    pub kafka_ssl_certificate_file: Option<PathBuf>,
-    /// PEM client key, for mutual TLS.
-    #[arg(long, env = "IPAM_KAFKA_SSL_KEY_FILE", global = true)]
-    pub kafka_ssl_key_file: Option<PathBuf>,
-    #[arg(long, env = "IPAM_KAFKA_SSL_KEY_PASSWORD", global = true, hide_env_values = true)]
-    pub kafka_ssl_key_password: Option<String>,
-    /// How long an open transaction of a dead instance holds its partitions (10000 by default).
-    #[arg(long, env = "IPAM_KAFKA_TRANSACTION_TIMEOUT_MS", global = true)]
-    pub kafka_transaction_timeout_ms: Option<u32>,
-}
-
-/// Passwords are never printed.
-impl fmt::Debug for KafkaOverrides {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
-        f.debug_struct("KafkaOverrides")
-            .field("kafka_replication_factor", &self.kafka_replication_factor)
-            .field("kafka_min_insync_replicas", &self.kafka_min_insync_replicas)
-            .field("kafka_retention_ms", &self.kafka_retention_ms)
-            .field("kafka_security_protocol", &self.kafka_security_protocol)
-            .field("kafka_sasl_mechanism", &self.kafka_sasl_mechanism)
-            .field("kafka_sasl_username", &self.kafka_sasl_username)
-            .field("kafka_sasl_password", &hidden(&self.kafka_sasl_password))
-            .field("kafka_sasl_password_file", &self.kafka_sasl_password_file)
-            .field("kafka_ssl_ca_file", &self.kafka_ssl_ca_file)
-            .field("kafka_ssl_certificate_file", &self.kafka_ssl_certificate_file)
-            .field("kafka_ssl_key_file", &self.kafka_ssl_key_file)
-            .field("kafka_ssl_key_password", &hidden(&self.kafka_ssl_key_password))
-            .field("kafka_transaction_timeout_ms", &self.kafka_transaction_timeout_ms)
-            .finish()
-    }
-}
-
 /// One in-process host agent.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -313,108 +497,20 @@ pub struct HostAgentEntry {
     pub files_dir: PathBuf,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            data_dir: PathBuf::from("./ipam-data"),
-            // Eight partitions let up to eight allocator instances share the load.
-            partitions: 8,
-            topic_prefix: String::new(),
-            instance: "ipam-0".to_owned(),
-            // The log's own defaults: a few milliseconds of latency for many steps per commit.
-            batch_max_steps: 500,
-            batch_max_delay_ms: 5,
-            snapshot_every_records: 50_000,
-            snapshot_every_secs: 60,
-            tick_interval_ms: 1000,
-            // Five missed 3-second heartbeats.
-            heartbeat_timeout_ms: 15_000,
-            default_servers_count: 2,
-            fsync: false,
-            kafka: KafkaConfig::default(),
-            api_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
-            api_token: None,
-            api_tokens: Vec::new(),
-            api_tls_cert_file: None,
-            api_tls_key_file: None,
-            host_agents: Vec::new(),
-            metrics_bind: None,
-        }
-    }
-}
-
-/// Values from flags or `IPAM_*` variables; `None` leaves the file's value.
-#[derive(Clone, Default, clap::Args)]
+/// The command line's part of the configuration: the file to read, every setting's flag and
+/// variable, and how to log.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
     /// A TOML configuration file.
     #[arg(long, env = "IPAM_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    #[arg(long, env = "IPAM_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long, env = "IPAM_PARTITIONS", global = true)]
-    pub partitions: Option<u32>,
-    #[arg(long, env = "IPAM_TOPIC_PREFIX", global = true)]
-    pub topic_prefix: Option<String>,
-    #[arg(long, env = "IPAM_INSTANCE", global = true)]
-    pub instance: Option<String>,
-    #[arg(long, env = "IPAM_TICK_INTERVAL_MS", global = true)]
-    pub tick_interval_ms: Option<u64>,
-    #[arg(long, env = "IPAM_HEARTBEAT_TIMEOUT_MS", global = true)]
-    pub heartbeat_timeout_ms: Option<u64>,
-    #[arg(long, env = "IPAM_SNAPSHOT_EVERY_RECORDS", global = true)]
-    pub snapshot_every_records: Option<u64>,
-    #[arg(long, env = "IPAM_SNAPSHOT_EVERY_SECS", global = true)]
-    pub snapshot_every_secs: Option<u64>,
-    /// Steps per transaction at most (500 by default).
-    #[arg(long, env = "IPAM_BATCH_MAX_STEPS", global = true)]
-    pub batch_max_steps: Option<usize>,
-    /// The longest a batch stays open, in milliseconds (5 by default).
-    #[arg(long, env = "IPAM_BATCH_MAX_DELAY_MS", global = true)]
-    pub batch_max_delay_ms: Option<u64>,
-    /// DHCP servers per network when the engine does not say (2 by default).
-    #[arg(long, env = "IPAM_DEFAULT_SERVERS_COUNT", global = true)]
-    pub default_servers_count: Option<u8>,
-    /// fsync the embedded log at each batch, to survive power loss too: `--fsync` or `--fsync=false`.
-    #[arg(long, env = "IPAM_FSYNC", global = true, num_args = 0..=1, require_equals = true,
-          default_missing_value = "true")]
-    pub fsync: Option<bool>,
-    /// Kafka bootstrap servers (host:port,...).
-    #[arg(long = "kafka", env = "IPAM_KAFKA", global = true)]
-    pub kafka: Option<String>,
-    #[arg(long, env = "IPAM_KAFKA_SESSION_TIMEOUT_MS", global = true)]
-    pub kafka_session_timeout_ms: Option<u32>,
     #[command(flatten)]
-    pub kafka_settings: KafkaOverrides,
-    /// Where the HTTP API listens (127.0.0.1:8080 by default; port 0 picks a free one).
-    #[arg(long, env = "IPAM_API_BIND", global = true)]
-    pub api_bind: Option<std::net::SocketAddr>,
-    #[arg(long, env = "IPAM_API_TOKEN", global = true, hide_env_values = true)]
-    pub api_token: Option<String>,
-    /// The API's HTTPS certificate chain (PEM); with --api-tls-key-file the API serves HTTPS.
-    #[arg(long, env = "IPAM_API_TLS_CERT_FILE", global = true)]
-    pub api_tls_cert_file: Option<PathBuf>,
-    /// The API's HTTPS private key (PEM, unencrypted).
-    #[arg(long, env = "IPAM_API_TLS_KEY_FILE", global = true)]
-    pub api_tls_key_file: Option<PathBuf>,
-    /// Serve /health and /metrics of this process here (e.g. 0.0.0.0:9090; port 0 picks a free one).
-    #[arg(long, env = "IPAM_METRICS_BIND", global = true)]
-    pub metrics_bind: Option<std::net::SocketAddr>,
+    pub settings: ConfigFlags,
     /// How log lines are written to stderr: text, or one JSON object per line. Which lines is
     /// IPAM_LOG (a tracing filter such as `info` or `ipam_runtime=debug,info`; `info` by default).
     /// Not in the file: logging starts before the file is read.
     #[arg(long, env = "IPAM_LOG_FORMAT", global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-}
-
-/// The file and the secrets only: the token is never printed.
-impl fmt::Debug for Overrides {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Overrides")
-            .field("config", &self.config)
-            .field("api_token", &self.api_token.as_ref().map(|_| HIDDEN))
-            .field("kafka_settings", &self.kafka_settings)
-            .finish_non_exhaustive()
-    }
 }
 
 /// How log lines are written.
@@ -437,49 +533,9 @@ impl Config {
             }
             None => Config::default(),
         };
-        config.apply(overrides);
+        config.apply(&overrides.settings);
         config.validate()?;
         Ok(config)
-    }
-
-    fn apply(&mut self, o: &Overrides) {
-        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
-            if let Some(value) = value {
-                *field = value.clone();
-            }
-        }
-        set(&mut self.data_dir, &o.data_dir);
-        set(&mut self.partitions, &o.partitions);
-        set(&mut self.topic_prefix, &o.topic_prefix);
-        set(&mut self.instance, &o.instance);
-        set(&mut self.tick_interval_ms, &o.tick_interval_ms);
-        set(&mut self.heartbeat_timeout_ms, &o.heartbeat_timeout_ms);
-        set(&mut self.snapshot_every_records, &o.snapshot_every_records);
-        set(&mut self.snapshot_every_secs, &o.snapshot_every_secs);
-        set(&mut self.batch_max_steps, &o.batch_max_steps);
-        set(&mut self.batch_max_delay_ms, &o.batch_max_delay_ms);
-        set(&mut self.default_servers_count, &o.default_servers_count);
-        set(&mut self.fsync, &o.fsync);
-        if o.kafka.is_some() {
-            self.kafka.bootstrap_servers = o.kafka.clone();
-        }
-        set(&mut self.api_bind, &o.api_bind);
-        if o.api_token.is_some() {
-            self.api_token = o.api_token.clone();
-        }
-        if o.api_tls_cert_file.is_some() {
-            self.api_tls_cert_file.clone_from(&o.api_tls_cert_file);
-        }
-        if o.api_tls_key_file.is_some() {
-            self.api_tls_key_file.clone_from(&o.api_tls_key_file);
-        }
-        if o.metrics_bind.is_some() {
-            self.metrics_bind = o.metrics_bind;
-        }
-        if o.kafka_session_timeout_ms.is_some() {
-            self.kafka.session_timeout_ms = o.kafka_session_timeout_ms;
-        }
-        self.kafka.apply(&o.kafka_settings);
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -496,22 +552,12 @@ impl Config {
 
 /// Where each value of the effective configuration came from, by its key path (`partitions`,
 /// `kafka.sasl-password`): the flag or variable that set it, else the file that has it, else the
-/// default. Flags map onto keys by name (`--x-y` is `x-y`, `--kafka-x` is `[kafka] x`, `--kafka`
-/// is `[kafka] bootstrap-servers`), which a test checks for every flag.
+/// default. The settings' table says which flag sets which key.
 #[derive(Debug, Default)]
 pub struct Sources {
     file: Option<PathBuf>,
     file_keys: std::collections::BTreeSet<String>,
     given: BTreeMap<String, String>,
-}
-
-/// The key a flag of [`Overrides`] sets; `None` for the flags that are not settings of the file.
-fn key_of_flag(long: &str) -> Option<String> {
-    match long {
-        "config" | "log-format" => None,
-        "kafka" => Some("kafka.bootstrap-servers".to_owned()),
-        _ => Some(long.strip_prefix("kafka-").map_or_else(|| long.to_owned(), |rest| format!("kafka.{rest}"))),
-    }
 }
 
 impl Sources {
@@ -533,9 +579,12 @@ impl Sources {
             }
             walk("", &table, &mut sources.file_keys);
         }
-        for arg in command.get_arguments() {
-            let (Some(long), Some(key)) = (arg.get_long(), arg.get_long().and_then(key_of_flag)) else { continue };
-            let source = match matches.value_source(arg.get_id().as_str()) {
+        let mut flags = Vec::new();
+        Config::flag_ids("", &mut flags);
+        for (key, id) in flags {
+            let Some(arg) = command.get_arguments().find(|arg| arg.get_id() == id) else { continue };
+            let long = arg.get_long().unwrap_or(id);
+            let source = match matches.value_source(id) {
                 Some(clap::parser::ValueSource::CommandLine) => format!("--{long}"),
                 Some(clap::parser::ValueSource::EnvVariable) => {
                     arg.get_env().map_or_else(|| format!("--{long}"), |env| env.to_string_lossy().into_owned())
@@ -602,8 +651,11 @@ mod tests {
         let file = dir.path().join("ipam.toml");
         std::fs::write(&file, "partitions = 4\ninstance = \"from-file\"\n[kafka]\nbootstrap-servers = \"file:9092\"\n")
             .unwrap();
-        let overrides =
-            Overrides { config: Some(file), instance: Some("from-flag".to_owned()), ..Overrides::default() };
+        let overrides = Overrides {
+            config: Some(file),
+            settings: ConfigFlags { instance: Some("from-flag".to_owned()), ..ConfigFlags::default() },
+            ..Overrides::default()
+        };
         let config = Config::load(&overrides).unwrap();
         assert_eq!(config.partitions, 4, "the file beats the default");
         assert_eq!(config.instance, "from-flag", "a flag beats the file");
@@ -672,81 +724,52 @@ mod tests {
         assert_eq!(again["partitions"].as_integer(), Some(4), "what it prints is TOML");
     }
 
+    /// The value at `key` (a path: `kafka.retention-ms`) of a configuration as printed.
+    fn value_at<'a>(printed: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
+        key.split('.').try_fold(printed, |value, part| value.get(part))
+    }
+
     #[test]
-    fn every_flag_sets_a_key_of_the_file_and_every_single_value_key_has_a_flag_and_a_variable() {
-        use clap::CommandFactory;
+    fn every_flag_of_the_tables_sets_its_key_and_nothing_else() {
+        use clap::{CommandFactory, Parser};
         let command = Flags::command();
-        let mut flags = BTreeMap::new();
-        for arg in command.get_arguments() {
-            let long = arg.get_long().unwrap();
-            let Some(key) = key_of_flag(long) else { continue };
-            let (table, name) = key.split_once('.').map_or(("", key.as_str()), |(t, n)| (t, n));
-            let text = if table.is_empty() { format!("{name} = []\n") } else { format!("[{table}]\n{name} = []\n") };
-            let error = toml::from_str::<Config>(&text).unwrap_err().to_string();
-            assert!(!error.contains("unknown field"), "--{long} names no key of the file: {error}");
-            let env = arg.get_env().unwrap_or_else(|| panic!("--{long} has no variable"));
-            flags.insert(key, env.to_string_lossy().into_owned());
-        }
-        // Every field, set: a struct literal without `..`, so a new setting must be listed here.
-        let set = Some(String::new());
-        let path = Some(PathBuf::new());
-        let every = Config {
-            data_dir: PathBuf::new(),
-            partitions: 1,
-            topic_prefix: String::new(),
-            instance: String::new(),
-            batch_max_steps: 1,
-            batch_max_delay_ms: 1,
-            snapshot_every_records: 1,
-            snapshot_every_secs: 1,
-            tick_interval_ms: 1,
-            heartbeat_timeout_ms: 1,
-            default_servers_count: 1,
-            fsync: false,
-            kafka: KafkaConfig {
-                bootstrap_servers: set.clone(),
-                session_timeout_ms: Some(1),
-                transaction_timeout_ms: Some(1),
-                replication_factor: Some(1),
-                min_insync_replicas: Some(1),
-                retention_ms: Some(1),
-                security_protocol: set.clone(),
-                sasl_mechanism: set.clone(),
-                sasl_username: set.clone(),
-                sasl_password: set.clone(),
-                sasl_password_file: path.clone(),
-                ssl_ca_file: path.clone(),
-                ssl_certificate_file: path.clone(),
-                ssl_key_file: path.clone(),
-                ssl_key_password: set.clone(),
-                passthrough: BTreeMap::new(),
-            },
-            api_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-            api_token: set.clone(),
-            api_tokens: Vec::new(),
-            api_tls_cert_file: path.clone(),
-            api_tls_key_file: path,
-            host_agents: Vec::new(),
-            metrics_bind: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
-        };
-        let table = toml::Table::try_from(&every).unwrap();
-        let mut keys = Vec::new();
-        for (key, value) in &table {
-            match value {
-                toml::Value::Table(kafka) => keys.extend(kafka.keys().map(|k| format!("{key}.{k}"))),
-                toml::Value::Array(_) => {} // api-tokens, host-agents: lists, in the file only
-                _ => keys.push(key.clone()),
+        let mut examples = Vec::new();
+        Config::examples("", &mut examples);
+        assert_eq!(examples.len(), 32, "{examples:?}");
+        let default = toml::Value::try_from(Config::default()).unwrap();
+        for (key, id, example) in &examples {
+            let arg =
+                command.get_arguments().find(|arg| arg.get_id() == *id).unwrap_or_else(|| panic!("{key}: no flag"));
+            let flag = format!("--{}={example}", arg.get_long().unwrap());
+            let flags = Flags::try_parse_from(["ipam", flag.as_str()]).unwrap_or_else(|e| panic!("{flag}: {e}"));
+            let mut config = Config::default();
+            config.apply(&flags.overrides.settings);
+            let printed = toml::Value::try_from(&config).unwrap();
+            let value = value_at(&printed, key).unwrap_or_else(|| panic!("{flag} did not set {key}"));
+            let shown = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+            assert!(shown == *example || shown == HIDDEN, "{flag} set {key} to {shown}");
+            for (other, _, _) in examples.iter().filter(|(other, _, _)| other != key) {
+                assert_eq!(value_at(&printed, other), value_at(&default, other), "{flag} changed {other}");
             }
         }
-        keys.retain(|k| k != "kafka.passthrough");
-        assert_eq!(keys.len(), 32, "{keys:?}");
-        for key in keys {
-            let env = flags.get(&key).unwrap_or_else(|| panic!("{key} has no flag"));
-            let expected = match key.as_str() {
-                "kafka.bootstrap-servers" => "IPAM_KAFKA".to_owned(),
-                _ => format!("IPAM_{}", key.replace(['-', '.'], "_").to_uppercase()),
-            };
-            assert_eq!(env, &expected, "{key}");
+    }
+
+    #[test]
+    fn every_setting_with_a_flag_has_its_row_in_the_readme_with_its_flag_and_variable() {
+        use clap::CommandFactory;
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let section = readme.split("\n## Configuration\n").nth(1).unwrap().split("\n## ").next().unwrap();
+        let mut flags = Vec::new();
+        Config::flag_ids("", &mut flags);
+        let command = Flags::command();
+        for (key, id) in flags {
+            let arg = command.get_arguments().find(|arg| arg.get_id() == id).unwrap();
+            let (long, env) = (arg.get_long().unwrap(), arg.get_env().unwrap().to_string_lossy());
+            let key = key.rsplit_once('.').map_or_else(|| key.clone(), |(table, name)| format!("[{table}] {name}"));
+            let start = format!("| `{key}` | `--{long}`");
+            let row = section.lines().find(|line| line.starts_with(&start));
+            let row = row.unwrap_or_else(|| panic!("README's configuration table has no row `{start} ...`"));
+            assert!(row.contains(&format!("/ `{env}`")), "README's row of {key} does not name {env}: {row}");
         }
     }
 
@@ -771,16 +794,21 @@ mod tests {
         .unwrap();
         let overrides = Overrides {
             config: Some(file),
-            kafka_settings: KafkaOverrides {
-                kafka_sasl_password: Some("hunter2".to_owned()),
-                kafka_retention_ms: Some(86_400_000),
-                ..KafkaOverrides::default()
+            settings: ConfigFlags {
+                api_token: Some("api-secret".to_owned()),
+                kafka: KafkaFlags {
+                    sasl_password: Some("hunter2".to_owned()),
+                    retention_ms: Some(86_400_000),
+                    ..KafkaFlags::default()
+                },
+                ..ConfigFlags::default()
             },
             ..Overrides::default()
         };
         let config = Config::load(&overrides).unwrap();
         let printed = format!("{config:?} {overrides:?}");
         assert!(!printed.contains("hunter2") && !printed.contains("from-file"), "{printed}");
+        assert!(!printed.contains("api-secret") && printed.contains("<hidden>"), "{printed}");
         let mut options = KafkaOptions::new("b:9093");
         config.kafka.apply_to(&mut options).unwrap();
         assert_eq!(options.security.protocol, Some(ipam_log_kafka::SecurityProtocol::SaslSsl));
