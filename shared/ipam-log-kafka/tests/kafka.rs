@@ -377,3 +377,84 @@ fn a_member_whose_transaction_timed_out_while_the_broker_was_away_aborts_it_rere
     }
     assert!(started.elapsed() < Duration::from_secs(10), "committed positions took {:?}", started.elapsed());
 }
+
+/// A group whose members would otherwise wait the whole session timeout (30 s here, longer than
+/// the checks below allow) for a member that is gone.
+fn slow_session_options() -> KafkaOptions {
+    let mut options = options();
+    options.session_timeout_ms = 30_000;
+    options
+}
+
+#[test]
+fn a_member_that_comes_back_under_its_instance_takes_its_partitions_over_at_once() {
+    let log = KafkaLog::connect(slow_session_options()).unwrap();
+    let input = topic(&log, "input", 4);
+    let group = unique("group");
+    let instance = unique("txn");
+    let mut before = member(&log, &group, &[&input], &instance, 100);
+    poll_until(&mut [&mut before], "the first member gets every partition", |s| s[0].len() == 4);
+    // `before` stops polling without leaving, as a process killed with SIGKILL would (its client
+    // still heartbeats here, so as a dynamic member it would hold the group up for the rebalance
+    // timeout, 5 minutes). The same instance comes back and takes over without waiting.
+    let started = Instant::now();
+    let mut after = member(&log, &group, &[&input], &instance, 100);
+    poll_until(&mut [&mut after], "the returning instance gets every partition", |s| s[0].len() == 4);
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    drop(before);
+}
+
+#[test]
+fn a_member_that_leaves_cleanly_hands_its_partitions_over_without_waiting_for_its_session() {
+    let log = KafkaLog::connect(slow_session_options()).unwrap();
+    let input = topic(&log, "input", 2);
+    let group = unique("group");
+    let mut a = member(&log, &group, &[&input], &unique("txn-a"), 100);
+    poll_until(&mut [&mut a], "the first member gets every partition", |s| s[0].len() == 2);
+    let mut b = member(&log, &group, &[&input], &unique("txn-b"), 100);
+    poll_until(&mut [&mut a, &mut b], "two members split the partitions", |s| s[0].len() == 1 && s[1].len() == 1);
+    // A static member that only closed would keep its partition for its 30 s session.
+    let left = Instant::now();
+    drop(a);
+    poll_until(&mut [&mut b], "the remaining member takes every partition", |s| s[0].len() == 2);
+    assert!(left.elapsed() < Duration::from_secs(20), "took {:?}", left.elapsed());
+}
+
+#[test]
+fn a_lone_step_after_idleness_commits_once_the_input_is_drained_and_steps_under_load_wait_for_the_delay() {
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 1);
+    let max_delay = Duration::from_secs(5);
+    let mut member = log
+        .join(MemberConfig {
+            group: unique("group"),
+            topics: vec![input.clone()],
+            transactional_id: unique("txn"),
+            batch: BatchPolicy { max_steps: 100, max_delay },
+        })
+        .unwrap();
+    let joined = Instant::now();
+    log.append(&[out(&input, "k", "lone")]).unwrap();
+    let records = poll_records(&mut *member, 1);
+    // The member has been idle for the policy's delay: the stimulus, not a wait for a condition.
+    std::thread::sleep(max_delay.saturating_sub(joined.elapsed()));
+    let stepped = Instant::now();
+    member.step(&[out(&output, "k", "lone")], &[next(&records[0])]).unwrap();
+    assert_eq!(member.pending_steps(), 1, "a step alone never commits before a poll");
+    member.poll(10, Duration::from_millis(100)).unwrap();
+    assert_eq!(member.pending_steps(), 0, "the poll found the input drained and committed");
+    assert!(stepped.elapsed() < max_delay, "committed after {:?}, not at the delay", stepped.elapsed());
+    assert_eq!(values(&read_all(&log, &output)), ["lone"]);
+
+    // Right after a commit the member is busy: the next batch waits for the delay as before.
+    log.append(&[out(&input, "k", "next")]).unwrap();
+    let records = poll_records(&mut *member, 1);
+    member.step(&[out(&output, "k", "next")], &[next(&records[0])]).unwrap();
+    member.poll(10, Duration::from_millis(100)).unwrap();
+    if stepped.elapsed() < max_delay {
+        assert_eq!(member.pending_steps(), 1, "a batch opened while busy waits for its delay");
+    }
+    member.commit().unwrap();
+    assert_eq!(values(&read_all(&log, &output)), ["lone", "next"]);
+}
