@@ -630,6 +630,18 @@ macro_rules! events {
                 }
             }
 
+            /// Reads the `data` of an event of `type_name` straight from the envelope being parsed
+            /// (the fast path of [`Envelope::decode`]); `None` for an unknown type.
+            fn data_from_map<'de, A: serde::de::MapAccess<'de>>(
+                type_name: &str,
+                map: &mut A,
+            ) -> Option<Result<Event, A::Error>> {
+                match type_name {
+                    $($type_name => Some(map.next_value::<$data>().map(Event::$variant)),)*
+                    _ => None,
+                }
+            }
+
             fn data_schema(type_name: &str, generator: &mut SchemaGenerator) -> Option<Schema> {
                 match type_name {
                     $($type_name => Some(generator.root_schema_for::<$data>()),)*
@@ -908,6 +920,12 @@ impl Envelope {
 
     /// Reads one structured-mode CloudEvent.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        // Nearly every record is a good event: read it in one pass first. Anything the fast path
+        // does not accept (a bad field, a duplicate key, `data` before `type`) is read again the
+        // careful way, which finds what is wrong and says it.
+        if let Ok(FastEnvelope(envelope)) = serde_json::from_slice(bytes) {
+            return Ok(envelope);
+        }
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| DecodeError::envelope(None, format!("the record is not JSON: {e}")))?;
         Envelope::decode_value(value)
@@ -958,6 +976,86 @@ impl Envelope {
             Some(Ok(event)) => event,
         };
         Ok(Envelope { id: incoming.id, source: incoming.source, time: incoming.time, subject: incoming.subject, event })
+    }
+}
+
+/// A good envelope read in one pass, with its `data` read straight into its type (no
+/// `serde_json::Value` in between): [`Envelope::decode`]'s fast path. It fails on whatever is not
+/// plainly good, leaving every error to [`Envelope::decode_value`]: a key given twice (the careful
+/// path keeps the last one), `data` before `type` (the order [`Envelope::to_bytes`] writes), an
+/// unknown type, a bad field or envelope attribute. What it accepts, it reads as the careful path
+/// does (a test compares the two).
+struct FastEnvelope(Envelope);
+
+impl<'de> Deserialize<'de> for FastEnvelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<FastEnvelope, D::Error> {
+        deserializer.deserialize_map(FastEnvelopeVisitor)
+    }
+}
+
+struct FastEnvelopeVisitor;
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum FastField {
+    Specversion,
+    Id,
+    Source,
+    Type,
+    Time,
+    Subject,
+    Datacontenttype,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> serde::de::Visitor<'de> for FastEnvelopeVisitor {
+    type Value = FastEnvelope;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a CloudEvents envelope")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FastEnvelope, A::Error> {
+        use serde::de::Error;
+        fn once<T, E: Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+            match slot.replace(value) {
+                Some(_) => Err(E::custom("a key given twice")),
+                None => Ok(()),
+            }
+        }
+        let (mut specversion, mut id, mut source, mut type_name, mut time) = (None, None, None, None, None);
+        let (mut subject, mut datacontenttype, mut event) = (None, None, None);
+        while let Some(field) = map.next_key::<FastField>()? {
+            match field {
+                FastField::Specversion => once(&mut specversion, map.next_value::<std::borrow::Cow<'_, str>>()?)?,
+                FastField::Id => once(&mut id, map.next_value::<EventId>()?)?,
+                FastField::Source => once(&mut source, map.next_value::<String>()?)?,
+                FastField::Type => once(&mut type_name, map.next_value::<String>()?)?,
+                FastField::Time => once(&mut time, map.next_value::<Timestamp>()?)?,
+                FastField::Subject => once(&mut subject, map.next_value::<Option<String>>()?)?,
+                FastField::Datacontenttype => once(&mut datacontenttype, map.next_value::<Option<String>>()?)?,
+                FastField::Data => {
+                    let type_name = type_name.as_deref().ok_or_else(|| A::Error::custom("data before type"))?;
+                    let data = Event::data_from_map(type_name, &mut map)
+                        .ok_or_else(|| A::Error::custom("an unknown type"))??;
+                    once(&mut event, data)?;
+                }
+                FastField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let plainly_good = specversion.as_deref() == Some(SPEC_VERSION)
+            && datacontenttype.as_ref().is_none_or(|t| t.as_deref().is_none_or(|t| t == DATA_CONTENT_TYPE))
+            && source.as_ref().is_some_and(|s: &String| !s.is_empty());
+        match (id, source, time, event) {
+            (Some(id), Some(source), Some(time), Some(event)) if plainly_good => {
+                Ok(FastEnvelope(Envelope { id, source, time, subject: subject.flatten(), event }))
+            }
+            _ => Err(A::Error::custom("not plainly good")),
+        }
     }
 }
 
@@ -1012,4 +1110,63 @@ pub fn event_schemas() -> BTreeMap<&'static str, Value> {
             (type_name, schema)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod fast_decode_tests {
+    use super::*;
+
+    /// What the careful path alone answers.
+    fn careful(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::envelope(None, format!("the record is not JSON: {e}")))?;
+        Envelope::decode_value(value)
+    }
+
+    fn started(extra: &str, data_extra: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":"00000000-0000-0000-0000-0000000000e1","source":"engine","type":"ipam.vnic.started.v1","time":"2026-01-02T03:04:05Z","subject":"n"{extra},"datacontenttype":"application/json","data":{{"vnic_id":"00000000-0000-0000-0000-000000000001","vm_id":"00000000-0000-0000-0000-000000000002","network_id":"00000000-0000-0000-0000-000000000003","subnet_id":null,"mac":"52:54:00:00:00:01"{data_extra}}}}}"#
+        )
+    }
+
+    #[test]
+    fn the_fast_path_reads_good_envelopes_as_the_careful_path_does() {
+        let good = [
+            started("", ""),
+            started(r#","traceparent":"00-x","extra":{"a":[1,2]}"#, r#","future_field":true"#),
+            started("", r#","requested_ip":"10.0.0.5""#),
+            Envelope::decode(started("", "").as_bytes()).unwrap().to_bytes().iter().map(|b| *b as char).collect(),
+        ];
+        for text in good {
+            let fast: FastEnvelope = serde_json::from_slice(text.as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(Ok(fast.0), careful(text.as_bytes()), "{text}");
+            assert_eq!(Envelope::decode(text.as_bytes()), careful(text.as_bytes()), "{text}");
+        }
+    }
+
+    #[test]
+    fn whatever_the_fast_path_refuses_is_answered_by_the_careful_path() {
+        let good = started("", "");
+        let cases = [
+            good.replace(r#""subject":"n""#, r#""subject":"n","id":"00000000-0000-0000-0000-0000000000e2""#),
+            good.replace(r#""mac":"52:54:00:00:00:01""#, r#""mac":"52:54:00:00:00:01","mac":"52:54:00:00:00:02""#),
+            good.replace(r#""mac":"52:54:00:00:00:01""#, r#""mac":"ff:ff:ff:ff:ff:ff""#),
+            good.replace(r#""specversion":"1.0""#, r#""specversion":"0.3""#),
+            good.replace(r#""application/json""#, r#""text/plain""#),
+            good.replace(r#""source":"engine""#, r#""source":"""#),
+            good.replace("ipam.vnic.started.v1", "ipam.no.such.v1"),
+            good.replace(r#""time":"2026-01-02T03:04:05Z""#, r#""time":"yesterday""#),
+            format!(r#"{{"data":{{}},{}"#, &good[1..]),
+            good.replace(r#""type":"ipam.vnic.started.v1","#, "") + "",
+            good.clone() + " x",
+            "[]".to_owned(),
+        ];
+        for text in cases {
+            assert!(serde_json::from_slice::<FastEnvelope>(text.as_bytes()).is_err(), "fast path took {text}");
+            assert_eq!(Envelope::decode(text.as_bytes()), careful(text.as_bytes()), "{text}");
+        }
+        // The careful path keeps the last of a key given twice.
+        let twice = good.replace(r#""subject":"n""#, r#""subject":"n","id":"00000000-0000-0000-0000-0000000000e2""#);
+        assert_eq!(Envelope::decode(twice.as_bytes()).unwrap().id, EventId(uuid::Uuid::from_u128(0xe2)));
+    }
 }
