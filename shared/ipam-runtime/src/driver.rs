@@ -83,6 +83,9 @@ const REPLAY_STALL: Duration = Duration::from_secs(60);
 /// Records asked of one poll. A poll that returns fewer found the input drained, and its batch
 /// commits at once.
 const POLL_MAX: usize = 1000;
+/// Records read ahead per batch while replaying: larger batches than a live poll's, since replay
+/// only applies them.
+const REPLAY_BATCH: usize = 8192;
 
 /// Counts drivers that have rebuilt their first assignment: the process is ready when all have.
 #[derive(Debug, Default)]
@@ -238,9 +241,7 @@ impl<M: Machines> Driver<M> {
             // out); an open batch must not outlive its transaction timeout meanwhile.
             self.member.commit().context("committing before a rebuild")?;
         }
-        for partition in &polled.assigned {
-            self.rebuild(partition)?;
-        }
+        self.rebuild(&polled.assigned)?;
         let metrics = crate::metrics::for_driver(&self.config.name);
         let started = Instant::now();
         let (plans, inputs) = plan(&polled.records);
@@ -310,8 +311,8 @@ impl<M: Machines> Driver<M> {
         let partitions: Vec<TopicPartition> = self.next_offsets.keys().cloned().collect();
         for partition in &partitions {
             self.machines.forget(partition);
-            self.rebuild(partition)?;
         }
+        self.rebuild(&partitions)?;
         self.must_rebuild = false;
         Ok(())
     }
@@ -340,11 +341,38 @@ impl<M: Machines> Driver<M> {
         records
     }
 
-    /// Rebuilds a newly owned partition: the latest snapshot, then the inputs from its offset up to
-    /// the group's committed position, whose outputs are already in the log and are dropped. A
-    /// snapshot that does not belong to the log is refused (an error that stops the driver); one
-    /// whose state cannot be read is ignored, and replay starts from zero.
-    fn rebuild(&mut self, partition: &TopicPartition) -> anyhow::Result<()> {
+    /// Rebuilds newly owned partitions: each from its latest snapshot, then the inputs from its
+    /// offset up to the group's committed position, whose outputs are already in the log and are
+    /// dropped. A snapshot that does not belong to the log is refused (an error that stops the
+    /// driver); one whose state cannot be read is ignored, and replay starts from zero.
+    ///
+    /// The partitions' tails are replayed together ([`Driver::replay`]), so that one batch feeds
+    /// the states of several partitions at once.
+    fn rebuild(&mut self, partitions: &[TopicPartition]) -> anyhow::Result<()> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut tails = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            tails.push(self.restore(partition)?);
+        }
+        let replayed = self.replay(&mut tails)?;
+        for tail in tails {
+            self.next_offsets.insert(tail.partition.clone(), tail.committed);
+            match tail.last_applied {
+                Some(offset) => self.last_applied.insert(tail.partition, offset),
+                None => self.last_applied.remove(&tail.partition),
+            };
+        }
+        tracing::info!(driver = %self.config.name, partitions = partitions.len(), replayed,
+                       elapsed_ms = started.elapsed().as_millis() as u64, "Rebuilt partition state.");
+        Ok(())
+    }
+
+    /// Installs a partition's latest usable snapshot (or an empty state) and answers what is left
+    /// to replay on top of it.
+    fn restore(&mut self, partition: &TopicPartition) -> anyhow::Result<Tail> {
         let started = Instant::now();
         self.health.set(
             &self.config.name,
@@ -364,48 +392,52 @@ impl<M: Machines> Driver<M> {
         if snapshot.is_none() {
             self.machines.restore(partition, None).with_context(|| format!("starting {partition:?} empty"))?;
         }
-        let mut from = snapshot.as_ref().map_or(0, |found| found.offset);
-        let mut last_applied = snapshot.as_ref().and_then(|found| found.anchor.as_ref()).map(|anchor| anchor.offset);
-        let mut replayed = 0u64;
-        if from < committed {
-            // The group committed the position after an input it consumed, so the record at
-            // `committed - 1` exists: following until it arrives ends, and a quiet spell only
-            // means the log is slow.
-            let start = Position { topic: partition.topic.clone(), partition: partition.partition, next_offset: from };
-            let mut follower = self.log.follow(&[start])?;
-            let mut last_progress = Instant::now();
-            while from < committed {
-                let records = follower.next(1000, Duration::from_millis(500))?;
-                if records.is_empty() {
-                    if last_progress.elapsed() > REPLAY_STALL {
-                        return Err(LogError::Storage(format!(
-                            "replaying {}/{}: no record after offset {from} within {REPLAY_STALL:?}, though the \
-                             committed position is {committed}",
-                            partition.topic, partition.partition
-                        ))
-                        .into());
-                    }
-                    continue;
-                }
-                last_progress = Instant::now();
-                let records: Vec<Record> = records.into_iter().filter(|record| record.offset < committed).collect();
-                if let Some(last) = records.last() {
-                    (from, last_applied) = (last.offset + 1, Some(last.offset));
-                }
-                replayed += records.len() as u64;
-                // Outputs are dropped: they are in the log already.
-                self.machines.apply(&plan(&records).1)?;
-            }
-        }
-        self.next_offsets.insert(partition.clone(), committed);
-        match last_applied {
-            Some(offset) => self.last_applied.insert(partition.clone(), offset),
-            None => self.last_applied.remove(partition),
-        };
+        let from = snapshot.as_ref().map_or(0, |found| found.offset);
+        let last_applied = snapshot.as_ref().and_then(|found| found.anchor.as_ref()).map(|anchor| anchor.offset);
         tracing::info!(driver = %self.config.name, topic = %partition.topic, partition = partition.partition,
-                       snapshot_offset = snapshot.as_ref().map(|found| found.offset), replayed,
-                       elapsed_ms = started.elapsed().as_millis() as u64, "Rebuilt partition state.");
-        Ok(())
+                       snapshot_offset = snapshot.as_ref().map(|found| found.offset), to_replay = committed.saturating_sub(from),
+                       restore_ms = started.elapsed().as_millis() as u64, "Restored partition state.");
+        Ok(Tail { partition: partition.clone(), from, committed, last_applied })
+    }
+
+    /// Replays every tail up to its committed position; answers how many records were replayed.
+    ///
+    /// A reader thread reads the tails in turn and decodes them while the machines apply the batch
+    /// before: decoding costs about as much as deciding, so the two overlap. Each batch mixes the
+    /// partitions', whose states the machines may apply in parallel; each partition's records stay
+    /// in order. Outputs are dropped: they are in the log already.
+    fn replay(&mut self, tails: &mut [Tail]) -> anyhow::Result<u64> {
+        let mut sources = Vec::new();
+        for tail in tails.iter().filter(|tail| tail.from < tail.committed) {
+            let start = Position::at(&tail.partition, tail.from);
+            sources.push(ReplaySource {
+                partition: tail.partition.clone(),
+                next: tail.from,
+                committed: tail.committed,
+                follower: self.log.follow(&[start])?,
+            });
+        }
+        if sources.is_empty() {
+            return Ok(0);
+        }
+        let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+        let machines = &mut self.machines;
+        std::thread::scope(|scope| {
+            scope.spawn(move || read_ahead(sources, &sender));
+            let mut replayed = 0u64;
+            for batch in receiver {
+                let Decoded { inputs, last_offsets, records } = batch?;
+                machines.apply(&inputs)?;
+                replayed += records;
+                for (partition, offset) in last_offsets {
+                    if let Some(tail) = tails.iter_mut().find(|tail| tail.partition == partition) {
+                        (tail.from, tail.last_applied) = (offset + 1, Some(offset));
+                    }
+                }
+            }
+            // The reader ends by itself once every tail is read (or at its first error, sent here).
+            Ok(replayed)
+        })
     }
 
     /// Refuses a snapshot that holds inputs the log does not: one ahead of the group's committed
@@ -491,6 +523,92 @@ impl<M: Machines> Driver<M> {
         self.since_snapshot = 0;
         self.last_snapshot = Instant::now();
         Ok(())
+    }
+}
+
+/// What is left to replay of one partition on top of its restored state.
+#[derive(Debug)]
+struct Tail {
+    partition: TopicPartition,
+    /// The next input to apply.
+    from: u64,
+    /// The group's committed position: replay ends there.
+    committed: u64,
+    /// The offset of the last input the state holds.
+    last_applied: Option<u64>,
+}
+
+/// One tail as the reader thread reads it.
+struct ReplaySource {
+    partition: TopicPartition,
+    next: u64,
+    committed: u64,
+    follower: Box<dyn ipam_log::Follower>,
+}
+
+/// A decoded batch of replayed records.
+struct Decoded {
+    inputs: Vec<(TopicPartition, Input)>,
+    /// The last offset of each partition the batch holds records of.
+    last_offsets: Vec<(TopicPartition, u64)>,
+    records: u64,
+}
+
+/// The reader thread of a replay: reads every source in turn (up to [`REPLAY_BATCH`] records a
+/// round), drops what lies at or past its committed position, decodes, and sends each batch; ends
+/// when every source is read, or at the first error, which it sends. The group committed the
+/// position after an input it consumed, so the record at `committed - 1` exists: reading until it
+/// arrives ends, and a quiet spell only means the log is slow (an error after [`REPLAY_STALL`]).
+fn read_ahead(mut sources: Vec<ReplaySource>, sender: &std::sync::mpsc::SyncSender<anyhow::Result<Decoded>>) {
+    let mut last_progress = Instant::now();
+    let mut idle = false;
+    while !sources.is_empty() {
+        let share = (REPLAY_BATCH / sources.len()).max(POLL_MAX);
+        let mut records: Vec<Record> = Vec::new();
+        let mut last_offsets = Vec::new();
+        for (index, source) in sources.iter_mut().enumerate() {
+            // After a round that found nothing anywhere, wait on one source (a commit wakes it)
+            // rather than spin.
+            let wait = if idle && index == 0 { Duration::from_millis(50) } else { Duration::ZERO };
+            let read = match source.follower.next(share, wait) {
+                Ok(read) => read,
+                Err(error) => {
+                    let _ = sender.send(Err(error.into()));
+                    return;
+                }
+            };
+            let before = records.len();
+            records.extend(read.into_iter().filter(|record| record.offset < source.committed));
+            if let Some(last) = records[before..].last() {
+                source.next = last.offset + 1;
+                last_offsets.push((source.partition.clone(), last.offset));
+            }
+        }
+        sources.retain(|source| source.next < source.committed);
+        idle = records.is_empty();
+        if idle {
+            if last_progress.elapsed() > REPLAY_STALL {
+                let stalled: Vec<String> = sources
+                    .iter()
+                    .map(|s| format!("{}/{} after offset {}", s.partition.topic, s.partition.partition, s.next))
+                    .collect();
+                let error = LogError::Storage(format!(
+                    "replaying: no record within {REPLAY_STALL:?} of {}, though the group's committed position lies \
+                     past it",
+                    stalled.join(", ")
+                ));
+                let _ = sender.send(Err(error.into()));
+                return;
+            }
+            continue;
+        }
+        last_progress = Instant::now();
+        let count = records.len() as u64;
+        let inputs = plan(&records).1;
+        if sender.send(Ok(Decoded { inputs, last_offsets, records: count })).is_err() {
+            // The driver stopped listening (it failed applying): nothing more to do.
+            return;
+        }
     }
 }
 

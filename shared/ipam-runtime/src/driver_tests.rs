@@ -189,3 +189,105 @@ fn placement_answers_an_empty_batch_before_it_owns_its_partition() {
     arbiter.stop();
     drop(system);
 }
+
+/// Remembers the ids of each partition's inputs, in the order applied.
+#[derive(Debug, Default)]
+struct Recorder {
+    ids: BTreeMap<TopicPartition, Vec<EventId>>,
+}
+
+impl Machines for Recorder {
+    fn restore(&mut self, partition: &TopicPartition, _: Option<&[u8]>) -> anyhow::Result<()> {
+        self.ids.insert(partition.clone(), Vec::new());
+        Ok(())
+    }
+
+    fn forget(&mut self, partition: &TopicPartition) {
+        self.ids.remove(partition);
+    }
+
+    fn apply(&mut self, inputs: &[(TopicPartition, Input)]) -> anyhow::Result<Vec<Applied>> {
+        for (partition, input) in inputs {
+            let Input::Event(envelope) = input else { anyhow::bail!("a refused input") };
+            self.ids.entry(partition.clone()).or_default().push(envelope.id);
+        }
+        Ok(vec![Applied { fresh: true, ..Applied::default() }; inputs.len()])
+    }
+
+    fn snapshot(&mut self, _: &TopicPartition) -> anyhow::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn partitions_rebuilt_together_each_replay_their_own_inputs_in_order_up_to_the_committed_position() {
+    let topics = Topics::new("", 4);
+    let topic = topics.name(Topic::Networks);
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    log.create_topics(&topics.specs()).unwrap();
+    // Enough records that a replay takes several batches, over partitions of different lengths.
+    let records: Vec<OutRecord> = (0..40_000u64)
+        .map(|n| {
+            let now = Timestamp::from_unix_ms(1_000 + n as i64);
+            let envelope = Envelope {
+                id: EventId::from_u128(u128::from(n) + 1),
+                source: "test".to_owned(),
+                time: now,
+                subject: None,
+                event: Event::ClockTicked(ClockTicked { now }),
+            };
+            OutRecord { topic: topic.clone(), key: format!("k{}", n % 50), value: envelope.to_bytes() }
+        })
+        .collect();
+    log.append(&records).unwrap();
+    // The group committed a different share of each partition; what lies past it is not replayed.
+    let batch = BatchPolicy { max_steps: 1, max_delay: Duration::ZERO };
+    let config = MemberConfig {
+        group: "recorder".to_owned(),
+        topics: vec![topic.clone()],
+        transactional_id: "setup".to_owned(),
+        batch,
+    };
+    let mut member = log.join(config).unwrap();
+    member.poll(1, Duration::from_millis(100)).unwrap();
+    let partitions: Vec<TopicPartition> =
+        (0..4).map(|partition| TopicPartition { topic: topic.clone(), partition }).collect();
+    let mut committed = BTreeMap::new();
+    for (index, partition) in partitions.iter().enumerate() {
+        let end = log.end_offset(&topic, partition.partition).unwrap();
+        let at = end * (index as u64 + 1) / 5;
+        member.step(&[], &[Position::at(partition, at)]).unwrap();
+        committed.insert(partition.clone(), at);
+    }
+    member.commit().unwrap();
+    drop(member);
+    assert!(committed.values().filter(|at| **at > 2 * REPLAY_BATCH as u64 / 4).count() >= 2, "{committed:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = DriverConfig {
+        name: "recorder".to_owned(),
+        group: "recorder".to_owned(),
+        transactional_id: "recorder-0".to_owned(),
+        input_topic: topic.clone(),
+        batch,
+        snapshot_every_records: u64::MAX,
+        snapshot_every: Duration::from_secs(3600),
+    };
+    let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
+    let mut driver = Driver::new(Arc::clone(&log), topics, config, Recorder::default(), store, Health::new()).unwrap();
+    driver.rebuild(&partitions).unwrap();
+
+    for partition in &partitions {
+        let at = committed[partition];
+        let expected: Vec<EventId> = log
+            .read(&topic, partition.partition, 0, at as usize, Duration::ZERO)
+            .unwrap()
+            .iter()
+            .map(|record| Envelope::decode(&record.value).unwrap().id)
+            .collect();
+        assert_eq!(expected.len() as u64, at);
+        assert!(driver.machines.ids[partition] == expected, "partition {} replayed other inputs", partition.partition);
+        assert_eq!(driver.next_offsets[partition], at);
+        assert_eq!(driver.last_applied.get(partition).copied(), at.checked_sub(1));
+    }
+}

@@ -85,6 +85,11 @@ impl Snapshot {
 
     /// Reads a snapshot file's bytes; `None` when they are not a snapshot of this format.
     fn parse(bytes: &[u8]) -> Option<Snapshot> {
+        Snapshot::parse_owned(bytes.to_vec())
+    }
+
+    /// [`Snapshot::parse`] of bytes it may keep: the state is not copied.
+    fn parse_owned(mut bytes: Vec<u8>) -> Option<Snapshot> {
         let newline = bytes.iter().position(|b| *b == b'\n')?;
         let header = std::str::from_utf8(&bytes[..newline]).ok()?;
         let mut fields = header.strip_prefix(FORMAT)?.split_whitespace();
@@ -102,7 +107,8 @@ impl Snapshot {
         if fields.next().is_some() || log.is_empty() {
             return None;
         }
-        Some(Snapshot { log, offset, anchor, state: bytes[newline + 1..].to_vec() })
+        bytes.drain(..=newline);
+        Some(Snapshot { log, offset, anchor, state: bytes })
     }
 }
 
@@ -125,7 +131,9 @@ impl SnapshotStore {
             if path.extension().is_none_or(|extension| extension != "json") {
                 continue;
             }
-            if let Some(snapshot) = std::fs::read(&path).ok().as_deref().and_then(Snapshot::parse) {
+            // The header names the log: a store of a million reservations need not read its
+            // hundreds of megabytes of state to know whose they are.
+            if let Some(snapshot) = read_header(&path).as_deref().and_then(Snapshot::parse) {
                 store.check_log(&path, &snapshot)?;
             }
         }
@@ -178,7 +186,7 @@ impl SnapshotStore {
     pub fn load(&self, name: &str) -> Result<Option<Snapshot>, SnapshotError> {
         let path = self.path(name);
         let Ok(bytes) = std::fs::read(&path) else { return Ok(None) };
-        match Snapshot::parse(&bytes) {
+        match Snapshot::parse_owned(bytes) {
             Some(snapshot) => {
                 self.check_log(&path, &snapshot)?;
                 Ok(Some(snapshot))
@@ -190,6 +198,16 @@ impl SnapshotStore {
             }
         }
     }
+}
+
+/// The first line of a file, newline included (as much as there is, up to 4 KiB, when it has
+/// none): a snapshot's header. `None` when it cannot be read.
+fn read_header(path: &Path) -> Option<Vec<u8>> {
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).ok()?;
+    let mut header = Vec::new();
+    std::io::BufReader::new(file).take(4096).read_until(b'\n', &mut header).ok()?;
+    Some(header)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
