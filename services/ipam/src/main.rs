@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_kafka;
+mod bench_recovery;
 mod child;
 mod client;
 mod config;
@@ -144,6 +145,16 @@ enum Command {
         /// Keep the services' logs, data and load timelines (else removed after a successful run).
         #[arg(long)]
         keep: bool,
+        /// Measure recovery instead (bench_recovery.rs): replay and restart after kill -9 with
+        /// --reservations live reservations, on the embedded log.
+        #[arg(long)]
+        recovery: bool,
+        /// Live reservations the recovery bench recovers.
+        #[arg(long, default_value_t = 1_000_000)]
+        reservations: usize,
+        /// Starts the recovery bench appends after the snapshots, before the kill -9.
+        #[arg(long, default_value_t = 40_000)]
+        tail: usize,
     },
     /// Run the host agent of one host: against Kafka with --kafka, else on the embedded log in
     /// --data-dir (shared with an `ipam up` on the same machine).
@@ -240,7 +251,10 @@ fn real_main() -> anyhow::Result<i32> {
             return tools::run(tools, command, &config, &sources);
         }
         Command::Api => run::run(kafka(&config)?, &config, Components { api: true, ..Components::default() }),
-        Command::Bench { events, burst, samples, perf_records, scale_out_events, keep } => {
+        Command::Bench { recovery: true, reservations, tail, keep, .. } => {
+            bench_recovery::run(&bench_recovery::Options { reservations, tail, keep })
+        }
+        Command::Bench { events, burst, samples, perf_records, scale_out_events, keep, .. } => {
             let kafka = config.kafka.bootstrap_servers.clone();
             bench::run(&bench::Options { events, burst, samples, perf_records, scale_out_events, kafka, keep })
         }
