@@ -860,6 +860,10 @@ fn a_vnic_shows_its_way_from_reserved_to_served_to_leased_and_the_metrics_count_
         assert_eq!(view["progress"]["lease"]["expires_at"], json!(cause(3606).time), "{view}");
         let (_, list) = get(&client, &api.url("/v1/vnics")).await;
         assert_eq!(list["vnics"][0]["state"], "leased", "{list}");
+        // The stream carries the allocator's echo as it carries every decision.
+        let streamed = read_stream(&client, &api.url("/v1/stream?from=start"), None, 4).await;
+        let kinds: Vec<&str> = streamed.iter().map(|event| event.kind.as_str()).collect();
+        assert!(kinds.contains(&"ipam.vnic.lease_changed.v1"), "{kinds:?}");
 
         let (status, text) = get_text(&client, &api.url("/metrics")).await;
         assert_eq!(status, 200);
