@@ -289,7 +289,7 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
             "VnicList",
             &["invalid_filter"]
         ),
-        "/v1/vnics/{id}": get_one("Get a vNIC's current reservation and last release", "getVnic", vec![id_parameter("The vNIC id.")], "VnicView", &["invalid_id"]),
+        "/v1/vnics/{id}": get_one("Get a vNIC's current reservation, its state (reserved, served, leased) with each step's time, and its last release", "getVnic", vec![id_parameter("The vNIC id.")], "VnicView", &["invalid_id"]),
         "/v1/hosts": get_page("List hosts", "listHosts", vec![], "HostList", &[]),
         "/v1/hosts/{id}": get_one("Get a host: status, networks, last heartbeat, servers", "getHost", vec![id_parameter("The host id.")], "HostView", &["invalid_id"]),
         "/v1/ips/{ip}/history": get_one(
