@@ -169,6 +169,18 @@ fn dnsmasq_pid(shard: &Path) -> Option<String> {
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
+fn subnet(dns_servers: Vec<std::net::IpAddr>) -> Event {
+    Event::SubnetAdded(SubnetAdded {
+        network_id: NETWORK,
+        subnet_id: SUBNET,
+        cidr: "10.78.0.0/24".parse().unwrap(),
+        gateway: "10.78.0.1".parse().unwrap(),
+        dns_servers,
+        ntp_servers: vec![],
+        allocation_pools: None,
+    })
+}
+
 #[test]
 fn leases_are_reported_once_each_across_restarts_of_dnsmasq_and_of_the_agent() {
     prerequisites();
@@ -189,15 +201,7 @@ fn leases_are_reported_once_each_across_restarts_of_dnsmasq_and_of_the_agent() {
             networks: vec![HostNetwork { network_id: NETWORK, interface: "eth1".parse().unwrap() }],
         }),
         network(1),
-        Event::SubnetAdded(SubnetAdded {
-            network_id: NETWORK,
-            subnet_id: SUBNET,
-            cidr: "10.78.0.0/24".parse().unwrap(),
-            gateway: "10.78.0.1".parse().unwrap(),
-            dns_servers: vec![],
-            ntp_servers: vec![],
-            allocation_pools: None,
-        }),
+        subnet(vec![]),
     ]);
     let vnic = VnicId::from_u128(0x1e1);
     stack.publish(vec![start(vnic, mac)]);
@@ -238,6 +242,16 @@ fn leases_are_reported_once_each_across_restarts_of_dnsmasq_and_of_the_agent() {
 
     // Renewed: the expiry moved.
     renew_until(&guest, "the renewal is reported", || kinds(&*stack.log) == ["granted.v1", "renewed.v1"]);
+
+    // The subnet's options change: the server starts afresh and takes its leases along (no
+    // release is reported: the final list of events says so).
+    let old_pid = dnsmasq_pid(&shard).unwrap();
+    stack.publish(vec![subnet(vec!["10.78.0.53".parse().unwrap()])]);
+    wait_until("the server runs with the new options", Duration::from_secs(20), || {
+        let conf = std::fs::read_to_string(shard.join("dnsmasq.conf")).unwrap_or_default();
+        conf.contains("10.78.0.53") && dnsmasq_pid(&shard).is_some_and(|pid| pid != old_pid)
+    });
+    assert!(file_expiry(&shard, mac).is_some(), "the new server holds the guest's lease");
 
     // The agent away while the guest renews: the renewal is reported once it is back, nothing
     // twice.

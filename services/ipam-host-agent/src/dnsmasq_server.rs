@@ -333,6 +333,17 @@ fn kept_leases(text: &str, hosts: &BTreeMap<Mac, IpAddr>) -> String {
         .collect()
 }
 
+/// What shard `index` of a server started afresh starts with, from the lease files of the server it
+/// replaces (`old`, one per old shard): the old shard's own server DUID, if it had one (DHCPv6
+/// clients renew with the server that leased to them), and every lease of every old shard (hosts
+/// may have moved between shards); [`kept_leases`] then keeps those of the shard's hosts.
+fn carried_leases(old: &[String], index: usize) -> String {
+    let is_duid = |line: &&str| line.split_whitespace().next() == Some("duid");
+    let duid = old.get(index).and_then(|text| text.lines().find(is_duid));
+    let leases = old.iter().flat_map(|text| text.lines()).filter(|line| !is_duid(line) && !line.trim().is_empty());
+    duid.into_iter().chain(leases).map(|line| format!("{line}\n")).collect()
+}
+
 impl DnsmasqBackend {
     pub fn new(options: DnsmasqOptions) -> DnsmasqBackend {
         DnsmasqBackend { options, server: None, applied: None, vetting: None }
@@ -342,13 +353,15 @@ impl DnsmasqBackend {
         self.options.state_dir.join(network_id.to_string())
     }
 
-    /// Starts one shard's dnsmasq with `hosts` in its base file.
+    /// Starts one shard's dnsmasq with `hosts` in its base file, and with the leases it holds, or
+    /// those of `carried` (see [`carried_leases`]) when given.
     fn start_shard(
         &self,
         network_id: NetworkId,
         options_text: &str,
         index: usize,
         hosts: BTreeMap<Mac, IpAddr>,
+        carried: Option<&str>,
     ) -> Result<Shard, BackendError> {
         let network_dir = self.dir(network_id);
         let dir = network_dir.join(format!("shard-{index:02}"));
@@ -369,7 +382,7 @@ impl DnsmasqBackend {
         // dnsmasq keeps a lease until it expires and will not offer a leased address to another
         // MAC; a lease of a host that is no longer reserved (or now holds another address) goes.
         let leases = dir.join("leases");
-        if let Ok(text) = fs::read_to_string(&leases) {
+        if let Some(text) = carried.map(str::to_owned).or_else(|| fs::read_to_string(&leases).ok()) {
             write_file(&leases, &kept_leases(&text, &hosts))?;
         }
         write_file(&dir.join("dnsmasq.conf"), &shard_conf(options_text, index, &dir))?;
@@ -502,6 +515,7 @@ impl DnsmasqBackend {
         options_text: String,
         desired: &BTreeMap<Mac, IpAddr>,
         addresses: BTreeSet<String>,
+        carried: Option<&[String]>,
     ) -> Result<Server, BackendError> {
         let dir = self.dir(config.network_id);
         fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
@@ -525,7 +539,8 @@ impl DnsmasqBackend {
             let _ = fs::remove_dir_all(stale);
         }
         for (index, hosts) in split(desired, count).into_iter().enumerate() {
-            match self.start_shard(config.network_id, &server.options_text, index, hosts) {
+            let carried = carried.map(|old| carried_leases(old, index));
+            match self.start_shard(config.network_id, &server.options_text, index, hosts, carried.as_deref()) {
                 Ok(shard) => server.shards.push(shard),
                 Err(error) => {
                     // No half-started server: the next apply starts it whole.
@@ -641,7 +656,7 @@ impl DnsmasqBackend {
     ) -> Result<(), BackendError> {
         terminate(&mut shard.child);
         let restarts = shard.restarts;
-        *shard = self.start_shard(network_id, options_text, index, shard.desired.clone())?;
+        *shard = self.start_shard(network_id, options_text, index, shard.desired.clone(), None)?;
         shard.restarts = restarts;
         Ok(())
     }
@@ -687,6 +702,12 @@ impl DnsmasqBackend {
             other => {
                 // None yet, other options (a subnet came or went, the interface changed), or too
                 // many hosts for the shards: a fresh server.
+                // The old server's leases go to the new one: its guests keep them, and the lease
+                // reporter sees no lease end that did not happen.
+                let carried = other.as_ref().map(|old| {
+                    old.shards.iter().map(|shard| fs::read_to_string(shard.dir.join("leases")).unwrap_or_default())
+                });
+                let carried: Option<Vec<String>> = carried.map(Iterator::collect);
                 let addresses = match other {
                     Some(mut old) if old.interface == config.interface.as_str() => {
                         let addresses = std::mem::take(&mut old.addresses);
@@ -700,7 +721,8 @@ impl DnsmasqBackend {
                     None => BTreeSet::new(),
                 };
                 self.applied = None;
-                self.server = Some(self.start_server(config, options_text, &desired_hosts(config), addresses)?);
+                let hosts = desired_hosts(config);
+                self.server = Some(self.start_server(config, options_text, &hosts, addresses, carried.as_deref())?);
                 self.applied = Some(config.clone());
                 return Ok(());
             }
@@ -956,6 +978,25 @@ echo "dnsmasq: syntax check OK." >&2
         let cut = dnsmasq_error(&long).unwrap();
         assert_eq!(cut.chars().count(), MAX_ERROR_CHARS);
         assert!(cut.ends_with('…'), "{cut}");
+    }
+
+    #[test]
+    fn a_server_started_afresh_takes_over_the_leases_of_the_one_it_replaces() {
+        let old = [
+            "duid 00:01:00:01:aa:aa:aa:aa:02:00:00:00:00:01\n1000 52:54:00:00:00:01 10.0.0.1 * *\n".to_owned(),
+            "duid 00:01:00:01:bb:bb:bb:bb:02:00:00:00:00:02\n1000 52:54:00:00:00:02 10.0.0.2 vm *\n".to_owned(),
+        ];
+        // One shard now: its own DUID (the old shard 0's) and both hosts' leases.
+        expect_test::expect![[r#"
+            duid 00:01:00:01:aa:aa:aa:aa:02:00:00:00:00:01
+            1000 52:54:00:00:00:01 10.0.0.1 * *
+            1000 52:54:00:00:00:02 10.0.0.2 vm *
+        "#]]
+        .assert_eq(&carried_leases(&old, 0));
+        // A new shard the old server did not have starts without a DUID; the shard's hosts pick
+        // their leases out.
+        let hosts = BTreeMap::from([("52:54:00:00:00:02".parse().unwrap(), "10.0.0.2".parse().unwrap())]);
+        assert_eq!(kept_leases(&carried_leases(&old, 2), &hosts), "1000 52:54:00:00:00:02 10.0.0.2 vm *\n");
     }
 
     #[test]
