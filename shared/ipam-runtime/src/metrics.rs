@@ -254,6 +254,41 @@ pub fn host_agents() -> Vec<(String, HostAgentReport)> {
     agents.iter().map(|(host, report)| (host.clone(), report.clone())).collect()
 }
 
+/// What a host agent's conflict probes did (see the host agent's `probe.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProbeCounts {
+    /// Probe windows run (one per change that added hosts, probing all of them at once).
+    pub probes: u64,
+    /// Addresses probed.
+    pub addresses: u64,
+    /// Wall time spent in probe windows.
+    pub seconds: f64,
+    /// Addresses another MAC answered for.
+    pub conflicts: u64,
+}
+
+/// The probe counts of the host agents of this process, by host.
+static PROBES: Mutex<BTreeMap<String, ProbeCounts>> = Mutex::new(BTreeMap::new());
+
+/// The host agent of `host` probed `addresses` addresses in `elapsed`, and `conflicts` of them
+/// were answered by another MAC.
+pub fn probed(host: &str, addresses: usize, conflicts: usize, elapsed: Duration) {
+    let mut probes = PROBES.lock().unwrap_or_else(|e| e.into_inner());
+    let counts = probes.entry(host.to_owned()).or_default();
+    counts.probes += 1;
+    counts.addresses += addresses as u64;
+    counts.conflicts += conflicts as u64;
+    counts.seconds += elapsed.as_secs_f64();
+}
+
+/// A probe metric: its name, its help and its value from the counts.
+type ProbeFamily = (&'static str, &'static str, fn(&ProbeCounts) -> f64);
+
+fn probe_counts() -> Vec<(String, ProbeCounts)> {
+    let probes = PROBES.lock().unwrap_or_else(|e| e.into_inner());
+    probes.iter().map(|(host, counts)| (host.clone(), *counts)).collect()
+}
+
 fn unix_secs(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
 }
@@ -396,6 +431,29 @@ fn render_dhcp(out: &mut String) {
             unix_secs(report.last_heartbeat.unwrap_or(report.started))
         );
     }
+    let probes = probe_counts();
+    let families: [ProbeFamily; 4] = [
+        (
+            "ipam_host_probes_total",
+            "Conflict probe windows a host agent ran (all the addresses one change added).",
+            |c| c.probes as f64,
+        ),
+        ("ipam_host_probed_addresses_total", "Addresses a host agent probed before serving them.", |c| {
+            c.addresses as f64
+        }),
+        ("ipam_host_probe_seconds_total", "Wall time a host agent's probe windows took.", |c| c.seconds),
+        (
+            "ipam_host_ip_conflicts_total",
+            "Probed addresses another MAC answered for (reported as ipam.ip.conflict.v1).",
+            |c| c.conflicts as f64,
+        ),
+    ];
+    for (name, help, value) in families {
+        header(out, name, "counter", help);
+        for (host, counts) in &probes {
+            let _ = writeln!(out, "{name}{{host=\"{}\"}} {}", escape(host), value(counts));
+        }
+    }
     header(out, "ipam_dhcp_server_restarts_total", "counter", "Times a host agent restarted a DHCP server that died.");
     for ((host, network), report) in &servers {
         let _ = writeln!(
@@ -411,6 +469,22 @@ fn render_dhcp(out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_agents_probes_are_counted() {
+        let host = "probe-metrics-test-host";
+        probed(host, 3, 1, Duration::from_millis(200));
+        probed(host, 2, 0, Duration::from_millis(300));
+        let text = render();
+        for line in [
+            "ipam_host_probes_total{host=\"probe-metrics-test-host\"} 2",
+            "ipam_host_probed_addresses_total{host=\"probe-metrics-test-host\"} 5",
+            "ipam_host_probe_seconds_total{host=\"probe-metrics-test-host\"} 0.5",
+            "ipam_host_ip_conflicts_total{host=\"probe-metrics-test-host\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -124,7 +124,12 @@ impl Handler<Probed> for Provisioner {
                 tracing::debug!(network = %network, addresses, elapsed_ms, "Probed addresses before serving them.");
             }
         }
-        for ((subnet_id, ip, reserved_for), answered_by) in self.probes.gate.probed(probed.results) {
+        let conflicts = self.probes.gate.probed(probed.results);
+        if probed.error.is_none() {
+            let host = self.outbox.host_id().to_string();
+            ipam_runtime::metrics::probed(&host, addresses, conflicts.len(), probed.elapsed);
+        }
+        for ((subnet_id, ip, reserved_for), answered_by) in conflicts {
             tracing::warn!(
                 network = %network, subnet = %subnet_id, ip = %ip, reserved_for = %reserved_for,
                 answered_by = %answered_by, "Address in use by another MAC; not serving it."
