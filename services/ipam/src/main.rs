@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ipam_core::HostId;
+use ipam_host_agent::probe::ProbeSettings;
 use ipam_log::EventLog;
 use ipam_log::sqlite::{Durability, SqliteLog};
 use ipam_log_kafka::{KafkaLog, KafkaOptions};
@@ -177,6 +178,17 @@ enum Command {
         #[arg(long, env = "IPAM_DNSMASQ_MAX_SHARDS", default_value = "64",
               value_parser = ipam_host_agent::dnsmasq_shards::parse_max_shards)]
         dnsmasq_max_shards: usize,
+        /// Conflict probes sent per newly reserved address before it is served (ARP or IPv6
+        /// duplicate address detection; on networks whose policy asks for it, the default).
+        #[arg(long, env = "IPAM_PROBE_COUNT", default_value_t = ProbeSettings::default().count,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        probe_count: u32,
+        /// Milliseconds between two probes of an address.
+        #[arg(long, env = "IPAM_PROBE_INTERVAL_MS", default_value_t = ProbeSettings::default().interval_ms)]
+        probe_interval_ms: u64,
+        /// Milliseconds answers are awaited after the last probe.
+        #[arg(long, env = "IPAM_PROBE_WAIT_MS", default_value_t = ProbeSettings::default().wait_ms)]
+        probe_wait_ms: u64,
     },
     #[command(flatten)]
     Tools(tools::Tools),
@@ -223,6 +235,7 @@ fn real_main() -> anyhow::Result<i32> {
                         heartbeat_interval_ms: None,
                         netns: None,
                         dnsmasq_max_shards: ipam_host_agent::dnsmasq_shards::MAX_SHARDS,
+                        probe: ProbeSettings::default(),
                     })
                     .collect(),
             };
@@ -258,11 +271,29 @@ fn real_main() -> anyhow::Result<i32> {
             let kafka = config.kafka.bootstrap_servers.clone();
             bench::run(&bench::Options { events, burst, samples, perf_records, scale_out_events, kafka, keep })
         }
-        Command::HostAgent { host_id, dhcp_backend, dhcp_dir, heartbeat_interval_ms, netns, dnsmasq_max_shards } => {
+        Command::HostAgent {
+            host_id,
+            dhcp_backend,
+            dhcp_dir,
+            heartbeat_interval_ms,
+            netns,
+            dnsmasq_max_shards,
+            probe_count,
+            probe_interval_ms,
+            probe_wait_ms,
+        } => {
             let log = if config.kafka.bootstrap_servers.is_some() { kafka(&config)? } else { embedded(&config)? };
             let dir = dhcp_dir.unwrap_or_else(|| config.data_dir.join("dhcp"));
-            let agent =
-                HostAgentSpec { host_id, dir, backend: dhcp_backend, heartbeat_interval_ms, netns, dnsmasq_max_shards };
+            let probe = ProbeSettings { count: probe_count, interval_ms: probe_interval_ms, wait_ms: probe_wait_ms };
+            let agent = HostAgentSpec {
+                host_id,
+                dir,
+                backend: dhcp_backend,
+                heartbeat_interval_ms,
+                netns,
+                dnsmasq_max_shards,
+                probe,
+            };
             run::run(log, &config, Components { host_agents: vec![agent], ..Components::default() })
         }
     };

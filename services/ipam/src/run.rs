@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use ipam_core::placement::PlacementConfig;
 use ipam_core::{HostId, Topic};
+use ipam_host_agent::probe::ProbeSettings;
 use ipam_host_agent::{DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig};
 use ipam_log::{BatchPolicy, EventLog};
 use ipam_runtime::allocator::AllocatorMachines;
@@ -51,6 +52,8 @@ pub struct HostAgentSpec {
     pub netns: Option<String>,
     /// At most this many dnsmasq processes per served network.
     pub dnsmasq_max_shards: usize,
+    /// How newly reserved addresses are probed before they are served.
+    pub probe: ProbeSettings,
 }
 
 pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> anyhow::Result<()> {
@@ -180,6 +183,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
             let mut agent_config = HostAgentConfig::new(agent.host_id);
             // Its probes go where its DHCP servers run.
             agent_config.netns.clone_from(&agent.netns);
+            agent_config.probe = agent.probe;
             if let Some(interval) = agent.heartbeat_interval_ms {
                 agent_config.heartbeat_interval_ms = interval;
             }
