@@ -428,6 +428,21 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
     link_local(&stranger_ns, "eth0");
     assert!(dhclient(&stranger_ns, dir.path(), 3, None).is_none(), "a MAC without a reservation got a DHCPv6 lease");
 
+    // The host agent reports each lease with its MAC: from the DUID-LLT, from the host line of the
+    // DUID-EN guest's address, from the DHCPv4 lease itself.
+    let granted = |mac: Mac, ip: &str| {
+        let topic = "ipam.networks";
+        (0..log.partition_count(topic).unwrap()).any(|partition| {
+            log.read(topic, partition, 0, usize::MAX, Duration::ZERO).unwrap().iter().any(|record| {
+                matches!(Envelope::decode(&record.value).map(|e| e.event),
+                    Ok(Event::LeaseGranted(lease)) if lease.mac == mac && lease.ip.to_string() == ip && lease.host_id == HOST)
+            })
+        })
+    };
+    wait_until("the three leases are reported", Duration::from_secs(10), || {
+        granted(guest_mac, &reserved) && granted(en_mac, &reserved_en) && granted(guest4_mac, &reserved4)
+    });
+
     agent.terminate();
     up.terminate();
     gateway.kill();

@@ -166,9 +166,20 @@ impl LeaseReporter {
                 continue;
             }
             let Ok(text) = fs::read_to_string(&path) else { continue };
-            let file = leases::parse_lease_file(&text);
+            let mut file = leases::parse_lease_file(&text);
             if file.skipped > 0 {
                 tracing::debug!(path = %path.display(), skipped = file.skipped, "Lease lines naming no Ethernet MAC were skipped.");
+            }
+            if !file.by_address.is_empty() {
+                let served = served_addresses(path.parent().unwrap_or(&self.dir));
+                for (ip, lease) in std::mem::take(&mut file.by_address) {
+                    match served.get(&ip) {
+                        Some(mac) => file.leases.push((*mac, ip, lease)),
+                        None => {
+                            tracing::debug!(path = %path.display(), %ip, "A DHCPv6 lease of an address no host line holds was skipped.")
+                        }
+                    }
+                }
             }
             let cached = Cached { stamp, network_id, leases: file.leases };
             let same = self.files.get(&path).is_some_and(|old| old.leases == cached.leases);
@@ -292,6 +303,18 @@ fn lease_files(dir: &Path) -> Vec<(NetworkId, PathBuf)> {
     }
     files.sort();
     files
+}
+
+/// Which MAC each address is served to by the shard whose directory is `shard`: its base hosts
+/// file, then its hosts directory's files in name order (the order the backend wrote them).
+fn served_addresses(shard: &Path) -> BTreeMap<IpAddr, Mac> {
+    let mut texts = vec![fs::read_to_string(shard.join("hosts")).unwrap_or_default()];
+    if let Ok(entries) = fs::read_dir(shard.join("hosts.d")) {
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+        paths.sort();
+        texts.extend(paths.iter().map(|path| fs::read_to_string(path).unwrap_or_default()));
+    }
+    leases::host_addresses(texts.iter().map(String::as_str))
 }
 
 /// What an earlier run reported; nothing when there is no state file or it cannot be read (the

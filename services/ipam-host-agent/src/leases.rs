@@ -46,8 +46,12 @@ impl Lease {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct LeaseFile {
     pub(crate) leases: Vec<(Mac, IpAddr, Lease)>,
-    /// Lines skipped: not an Ethernet MAC, a DHCPv6 lease whose DUID embeds no MAC, a temporary
-    /// (IA_TA) address, or a line that does not parse.
+    /// DHCPv6 leases whose DUID embeds no MAC (a DUID-EN, say): dnsmasq matched the client to its
+    /// host line by the MAC of its neighbour table, so the MAC is the one the shard's host lines
+    /// give the address (see [`host_addresses`]).
+    pub(crate) by_address: Vec<(IpAddr, Lease)>,
+    /// Lines skipped: not an Ethernet MAC, a temporary (IA_TA) address, or a line that does not
+    /// parse.
     pub(crate) skipped: usize,
 }
 
@@ -56,7 +60,8 @@ pub(crate) struct LeaseFile {
 /// IPv4 lines are `expiry MAC IP hostname client-id`; after the `duid SERVER-DUID` line come the
 /// DHCPv6 lines, `expiry IAID IP hostname client-DUID` (a temporary address's IAID is written
 /// `T<iaid>`). A DHCPv6 lease names its client by DUID only: its MAC is the one the DUID embeds
-/// (DUID-LLT or DUID-LL, what Linux clients send by default), else the line is skipped. `*` stands
+/// (DUID-LLT or DUID-LL, what Linux clients send by default), else it is found by address
+/// ([`LeaseFile::by_address`]). `*` stands
 /// for an absent hostname or client id. A last line without its newline is a write in progress
 /// (dnsmasq truncates the file, then writes it) and is left for the next read.
 pub(crate) fn parse_lease_file(text: &str) -> LeaseFile {
@@ -71,21 +76,22 @@ pub(crate) fn parse_lease_file(text: &str) -> LeaseFile {
             continue;
         }
         match parse_line(&fields) {
-            Some(lease) => file.leases.push(lease),
+            Some((Some(mac), ip, lease)) => file.leases.push((mac, ip, lease)),
+            Some((None, ip, lease)) => file.by_address.push((ip, lease)),
             None => file.skipped += 1,
         }
     }
     file
 }
 
-fn parse_line(fields: &[&str]) -> Option<(Mac, IpAddr, Lease)> {
+fn parse_line(fields: &[&str]) -> Option<(Option<Mac>, IpAddr, Lease)> {
     let [expiry, hardware, ip, hostname, client_id] = fields else { return None };
     let expires_s: i64 = expiry.parse().ok()?;
     let ip: IpAddr = ip.trim_matches(['[', ']']).parse().ok()?;
     let mac = match ip {
-        IpAddr::V4(_) => hardware.parse::<Mac>().ok()?,
+        IpAddr::V4(_) => Some(hardware.parse::<Mac>().ok()?),
         // The IAID is a number; a temporary address (`T<iaid>`) is never one IPAM reserved.
-        IpAddr::V6(_) if hardware.bytes().all(|b| b.is_ascii_digit()) => duid_mac(client_id)?,
+        IpAddr::V6(_) if hardware.bytes().all(|b| b.is_ascii_digit()) => duid_mac(client_id),
         IpAddr::V6(_) => return None,
     };
     let optional = |field: &str| (field != "*").then(|| field.to_owned());
@@ -95,6 +101,19 @@ fn parse_line(fields: &[&str]) -> Option<(Mac, IpAddr, Lease)> {
         client_id: optional(client_id).map(|id| id.replace(':', "")),
     };
     Some((mac, ip, lease))
+}
+
+/// Which MAC each address is served to, from a shard's host lines in the order dnsmasq read them
+/// (its base file, then its hosts directory's files by name): `MAC,IP`, `MAC,[IPv6]` or
+/// `MAC,ignore`, the newest line of a MAC replacing its older ones.
+pub(crate) fn host_addresses<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeMap<IpAddr, Mac> {
+    let mut by_mac: BTreeMap<Mac, Option<IpAddr>> = BTreeMap::new();
+    for line in texts.into_iter().flat_map(str::lines) {
+        let Some((mac, value)) = line.trim().split_once(',') else { continue };
+        let Ok(mac) = mac.parse::<Mac>() else { continue };
+        by_mac.insert(mac, value.trim_matches(['[', ']']).parse().ok());
+    }
+    by_mac.into_iter().filter_map(|(mac, ip)| Some((ip?, mac))).collect()
 }
 
 /// The Ethernet MAC a DUID embeds, written as dnsmasq writes it (`00:01:00:01:…`): DUID-LLT (type
@@ -247,7 +266,20 @@ duid 00:01:00:01:2c:aa:bb:cc:02:00:00:00:00:01
             ]
         "#]]
         .assert_debug_eq(&rendered);
-        assert_eq!(file.skipped, 3, "a non-Ethernet MAC, a DUID-EN, a temporary address; the half line waits");
+        assert_eq!(file.skipped, 2, "a non-Ethernet MAC and a temporary address; the half line waits");
+        let by_address: Vec<String> =
+            file.by_address.iter().map(|(ip, lease)| format!("{ip} {:?}", lease.client_id)).collect();
+        assert_eq!(by_address, ["2001:db8::11 Some(\"00020000ab1101020304\")"], "the DUID-EN lease waits for its MAC");
+        let hosts = host_addresses([
+            "52:54:00:12:34:62,[2001:db8::11]\n52:54:00:12:34:63,10.0.0.20\n",
+            "52:54:00:12:34:63,ignore\n52:54:00:12:34:64,10.0.0.21\n",
+        ]);
+        let hosts: Vec<String> = hosts.iter().map(|(ip, mac)| format!("{ip} {mac}")).collect();
+        assert_eq!(
+            hosts,
+            ["10.0.0.21 52:54:00:12:34:64", "2001:db8::11 52:54:00:12:34:62"],
+            "a masked MAC holds nothing"
+        );
     }
 
     #[test]
