@@ -13,10 +13,11 @@
 //! off its actor threads.
 //!
 //! # When a batch commits
-//! At the policy's `max_steps` or `max_delay`, as on every backend; and a batch opened after the
-//! member had been idle for `max_delay` commits as soon as a poll finds the input drained, since a
-//! lone event would otherwise wait out the delay for nothing. Under load batches open back to back
-//! and keep the delay, which groups steps into transactions worth their 10 to 20 ms.
+//! At the policy's `max_steps` or `max_delay`, as on every backend; and a batch whose first input
+//! came after the member had waited `max_delay` for input commits as soon as a poll finds the
+//! input drained, since a lone event would otherwise wait out the delay for nothing. Under load
+//! input is waiting whenever the member polls, and batches keep the delay, which groups steps into
+//! transactions worth their 10 to 20 ms.
 //!
 //! # Static membership
 //! The consumer joins as a static member whose instance is the transactional id (see
@@ -79,8 +80,9 @@ enum Health {
 struct OpenBatch {
     opened: Instant,
     steps: usize,
-    /// Opened after the member had been idle for the policy's delay: it commits as soon as a
-    /// poll finds the input drained rather than at its age (see `KafkaMember::poll`).
+    /// Its first input came after the member had waited for input, with no batch open, for the
+    /// policy's delay: it commits as soon as a poll finds the input drained rather than at its
+    /// age (see `KafkaMember::poll`).
     eager: bool,
     /// An eager batch's last poll found nothing more to read.
     drained: bool,
@@ -185,8 +187,11 @@ struct MemberState {
     producer_config: ClientConfig,
     /// The member is being dropped: callbacks must not commit anything.
     closing: bool,
-    /// When the last batch ended (committed or not), or the member was made.
-    idle_since: Instant,
+    /// Since when the member has been waiting for input with no batch open, while it has.
+    quiet_since: Option<Instant>,
+    /// The records `poll` last returned came after the member had been quiet for the policy's
+    /// delay: the batch they open is eager (see [`OpenBatch::eager`]).
+    eager_next: bool,
 }
 
 impl MemberState {
@@ -357,9 +362,8 @@ impl MemberState {
         }
     }
 
-    /// Opens a transaction unless one is open; `eager_after` is the policy's delay (see
-    /// [`OpenBatch::eager`]).
-    fn begin_if_needed(&mut self, eager_after: Duration) -> Result<(), LogError> {
+    /// Opens a transaction unless one is open.
+    fn begin_if_needed(&mut self) -> Result<(), LogError> {
         if self.batch.is_some() {
             return Ok(());
         }
@@ -370,7 +374,7 @@ impl MemberState {
         *self.producer.context().lock() = Deliveries::default();
         let now = Instant::now();
         self.txn_began = Some(now);
-        let eager = now.saturating_duration_since(self.idle_since) >= eager_after;
+        let eager = std::mem::take(&mut self.eager_next);
         self.batch = Some(OpenBatch { opened: now, steps: 0, eager, drained: false, positions: BTreeMap::new() });
         Ok(())
     }
@@ -402,7 +406,6 @@ impl MemberState {
         if self.batch.take().is_none() {
             return Ok(());
         }
-        self.idle_since = Instant::now();
         self.needs_rewind = true;
         let timeout = self.txn_timeout;
         match self.retry(|producer| producer.abort_transaction(timeout)) {
@@ -464,7 +467,6 @@ impl MemberState {
                 self.reinits = 0;
                 let committed = began.elapsed();
                 self.await_visibility();
-                self.idle_since = Instant::now();
                 // Where a batch's time goes, for tuning (`ipam bench --kafka` prints the stages
                 // a reader sees; this is the member's side of them).
                 tracing::debug!(transactional_id = %self.transactional_id, steps, age_us = age.as_micros(),
@@ -692,7 +694,8 @@ impl KafkaMember {
             reinits: 0,
             producer_config,
             closing: false,
-            idle_since: Instant::now(),
+            quiet_since: None,
+            eager_next: false,
         };
         if let Err(failure) = state.retry(|producer| producer.init_transactions(txn_timeout)) {
             return Err(state.fail(failure, "initialize transactions"));
@@ -955,14 +958,23 @@ impl Member for KafkaMember {
             }
             let mut wait = deadline.saturating_duration_since(Instant::now());
             let mut eager = false;
-            if let Some(open) = &self.lock().batch {
-                // An eager batch (opened after idleness) does not wait for more input: a lone
-                // event would wait out the policy's delay for nothing (`ipam bench --kafka`'s
-                // single starts). Under load batches open back to back, never eager, and the
-                // delay groups steps into transactions that are worth their 10 to 20 ms.
-                eager = open.eager;
-                let left = if eager { Duration::ZERO } else { self.config.batch.max_delay };
-                wait = wait.min(left.saturating_sub(open.opened.elapsed()));
+            {
+                let mut state = self.lock();
+                match &state.batch {
+                    // An eager batch (its first input came after a quiet spell) does not wait for
+                    // more input: a lone event would wait out the policy's delay for nothing
+                    // (`ipam bench --kafka`'s single starts). Under load input is always waiting,
+                    // no batch is eager, and the delay groups steps into transactions that are
+                    // worth their 10 to 20 ms.
+                    Some(open) => {
+                        eager = open.eager;
+                        let left = if eager { Duration::ZERO } else { self.config.batch.max_delay };
+                        wait = wait.min(left.saturating_sub(open.opened.elapsed()));
+                    }
+                    None => {
+                        state.quiet_since.get_or_insert_with(Instant::now);
+                    }
+                }
             }
             let Some(consumer) = &self.consumer else {
                 return Err(self
@@ -992,12 +1004,18 @@ impl Member for KafkaMember {
                     event = consumer.poll(Duration::ZERO);
                 }
             }
-            if eager
-                && records.is_empty()
-                && failure.is_none()
-                && let Some(open) = self.lock().batch.as_mut()
             {
-                open.drained = true;
+                let mut state = self.lock();
+                if !records.is_empty() {
+                    let quiet = state.quiet_since.take();
+                    state.eager_next = state.batch.is_none()
+                        && quiet.is_some_and(|since| since.elapsed() >= self.config.batch.max_delay);
+                } else if eager
+                    && failure.is_none()
+                    && let Some(open) = state.batch.as_mut()
+                {
+                    open.drained = true;
+                }
             }
             if let Some(message) = failure {
                 let fenced_instance = self.consumer.as_ref().is_some_and(|consumer| {
@@ -1049,7 +1067,7 @@ impl Member for KafkaMember {
         }
         let result = {
             let mut state = self.lock();
-            let mut result = state.begin_if_needed(self.config.batch.max_delay);
+            let mut result = state.begin_if_needed();
             for (record, partition) in &placed {
                 if result.is_err() {
                     break;

@@ -425,7 +425,7 @@ fn a_lone_step_after_idleness_commits_once_the_input_is_drained_and_steps_under_
     let log = connect();
     let input = topic(&log, "input", 1);
     let output = topic(&log, "output", 1);
-    let max_delay = Duration::from_secs(5);
+    let max_delay = Duration::from_secs(2);
     let mut member = log
         .join(MemberConfig {
             group: unique("group"),
@@ -434,11 +434,14 @@ fn a_lone_step_after_idleness_commits_once_the_input_is_drained_and_steps_under_
             batch: BatchPolicy { max_steps: 100, max_delay },
         })
         .unwrap();
-    let joined = Instant::now();
+    poll_until(&mut [&mut member], "the member gets the partition", |s| s[0].len() == 1);
+    // The member waits for input for the policy's delay: the stimulus, not a wait for a condition.
+    let quiet = Instant::now();
+    while quiet.elapsed() < max_delay {
+        assert!(member.poll(10, Duration::from_millis(100)).unwrap().records.is_empty());
+    }
     log.append(&[out(&input, "k", "lone")]).unwrap();
     let records = poll_records(&mut *member, 1);
-    // The member has been idle for the policy's delay: the stimulus, not a wait for a condition.
-    std::thread::sleep(max_delay.saturating_sub(joined.elapsed()));
     let stepped = Instant::now();
     member.step(&[out(&output, "k", "lone")], &[next(&records[0])]).unwrap();
     assert_eq!(member.pending_steps(), 1, "a step alone never commits before a poll");
@@ -447,13 +450,16 @@ fn a_lone_step_after_idleness_commits_once_the_input_is_drained_and_steps_under_
     assert!(stepped.elapsed() < max_delay, "committed after {:?}, not at the delay", stepped.elapsed());
     assert_eq!(values(&read_all(&log, &output)), ["lone"]);
 
-    // Right after a commit the member is busy: the next batch waits for the delay as before.
+    // Input that is waiting when the member polls (as under load) opens a batch that waits for
+    // the delay as before.
     log.append(&[out(&input, "k", "next")]).unwrap();
+    await_written(&bootstrap(), &input, 0, 2);
     let records = poll_records(&mut *member, 1);
+    let polled = Instant::now();
     member.step(&[out(&output, "k", "next")], &[next(&records[0])]).unwrap();
     member.poll(10, Duration::from_millis(100)).unwrap();
-    if stepped.elapsed() < max_delay {
-        assert_eq!(member.pending_steps(), 1, "a batch opened while busy waits for its delay");
+    if polled.elapsed() < max_delay {
+        assert_eq!(member.pending_steps(), 1, "a batch of input that was waiting waits for its delay");
     }
     member.commit().unwrap();
     assert_eq!(values(&read_all(&log, &output)), ["lone", "next"]);
