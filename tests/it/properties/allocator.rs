@@ -8,6 +8,9 @@
 //! At the end: replaying the input log from zero, and from a snapshot plus the tail, gives the same
 //! state and the same output stream. A second test sends duplicates of earlier records among the
 //! others: each has no output and no effect, and the run ends as the one without them.
+//!
+//! The inputs of issue 14 are among them: network policies (quarantines of 0 to 60 s, thresholds,
+//! some refused), partition ticks two seconds apart, conflicts found and cleared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -39,6 +42,10 @@ pub(crate) enum Op {
     PortRequested { net: u8, which: u8, host: u8 },
     PortReleased { net: u8, which: u8, host: u8 },
     Garbage { net: u8, which: u8 },
+    Policy { net: u8, quarantine: u8, thresholds: u8 },
+    Tick,
+    Conflict { net: u8, which: u8, offset: u8 },
+    Cleared { net: u8, which: u8, offset: u8 },
 }
 
 pub(crate) fn op() -> impl Strategy<Value = Op> {
@@ -53,7 +60,11 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         30 => (0..3u8, net.clone(), 0..VNICS).prop_map(|(kind, net, vnic)| Op::Down { kind, net, vnic }),
         3 => (net.clone(), 0..4u8, 0..HOSTS).prop_map(|(net, which, host)| Op::PortRequested { net, which, host }),
         2 => (net.clone(), 0..4u8, 0..HOSTS).prop_map(|(net, which, host)| Op::PortReleased { net, which, host }),
-        3 => (net, 0..6u8).prop_map(|(net, which)| Op::Garbage { net, which }),
+        3 => (net.clone(), 0..6u8).prop_map(|(net, which)| Op::Garbage { net, which }),
+        2 => (net.clone(), 0..3u8, 0..4u8).prop_map(|(net, quarantine, thresholds)| Op::Policy { net, quarantine, thresholds }),
+        6 => Just(Op::Tick),
+        2 => (net.clone(), 0..4u8, 0..20u8).prop_map(|(net, which, offset)| Op::Conflict { net, which, offset }),
+        1 => (net, 0..4u8, 0..20u8).prop_map(|(net, which, offset)| Op::Cleared { net, which, offset }),
     ]
 }
 
@@ -99,7 +110,8 @@ fn nth_address(net: u8, which: u8, offset: u8) -> IpAddr {
     }
 }
 
-/// The raw record an operation puts on `ipam.networks`.
+/// The raw record an operation puts on `ipam.networks`. A policy has a quarantine of 0, 5 or 60 s
+/// and thresholds (some refused); a tick is the partition's clock, two seconds per step.
 pub(crate) fn record(step: usize, op: &Op) -> Vec<u8> {
     let event = match *op {
         Op::Network { net, enabled } => Event::NetworkUpserted(NetworkUpserted {
@@ -152,6 +164,33 @@ pub(crate) fn record(step: usize, op: &Op) -> Vec<u8> {
             mac: Mac::from_octets([0x02, 0, 0, 0, net, host]).unwrap(),
         }),
         Op::Garbage { net, which } => return garbage(step, net, which),
+        Op::Policy { net, quarantine, thresholds } => Event::NetworkPolicySet(NetworkPolicySet {
+            network_id: network_id(net),
+            policy: NetworkPolicy {
+                release_quarantine_s: Some([0, 5, 60][usize::from(quarantine)]),
+                utilization_thresholds: [None, Some(vec![50, 75]), Some(vec![0]), Some(vec![90, 90])]
+                    [usize::from(thresholds)]
+                .clone(),
+                ..NetworkPolicy::default()
+            },
+        }),
+        Op::Tick => Event::PartitionClockTicked(PartitionClockTicked {
+            now: Timestamp::from_unix_ms(1_700_000_000_000 + 2000 * step as i64),
+            partition: 0,
+        }),
+        Op::Conflict { net, which, offset } => Event::IpConflictDetected(IpConflictDetected {
+            network_id: network_id(net),
+            subnet_id: subnet_id(net, which),
+            ip: nth_address(net, which, offset),
+            host_id: HostId::from_u128(500),
+            answered_by: mac(MACS + 1),
+            reserved_for: None,
+            probe: ConflictProbe::Arp,
+        }),
+        Op::Cleared { net, which, offset } => Event::IpConflictCleared(IpConflictCleared {
+            network_id: network_id(net),
+            ip: nth_address(net, which, offset),
+        }),
     };
     Envelope {
         id: EventId::from_u128(step as u128 + 1),
@@ -265,6 +304,7 @@ fn check_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
             track_up(&mut model, input, &outputs, &allocator);
         }
         check_state(&allocator, &model, &view)?;
+        allocator.check().map_err(|violation| TestCaseError::fail(format!("step {n} ({op:?}): {violation}")))?;
         output_stream.extend(outputs);
         if n == ops.len() / 2 {
             snapshot_midway = Some((n + 1, allocator.snapshot()));

@@ -277,6 +277,11 @@ fn op_network(op: &allocator::Op) -> u8 {
         | Op::Down { net, .. }
         | Op::PortRequested { net, .. }
         | Op::PortReleased { net, .. }
-        | Op::Garbage { net, .. } => net,
+        | Op::Garbage { net, .. }
+        | Op::Policy { net, .. }
+        | Op::Conflict { net, .. }
+        | Op::Cleared { net, .. } => net,
+        // A partition tick is keyed by the clock (it decodes, so this is never asked).
+        Op::Tick => 1,
     }
 }
