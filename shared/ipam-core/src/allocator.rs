@@ -50,7 +50,7 @@
 //! before and after, with the network's utilization thresholds: each one crossed yields one
 //! `ipam.subnet.utilization_crossed.v1`, rising or falling.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -102,7 +102,7 @@ fn validate_policy(policy: &NetworkPolicy) -> Result<(), Rejection> {
         let message = format!("utilization threshold {bad} is outside 1 to 100 (percent)");
         return Err(Rejection::new(RejectionCode::InvalidPolicy, message));
     }
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     if let Some(twice) = thresholds.iter().find(|t| !seen.insert(**t)) {
         let message = format!("utilization threshold {twice} is given twice");
         return Err(Rejection::new(RejectionCode::InvalidPolicy, message));
@@ -172,8 +172,9 @@ pub struct NetworkAllocator {
     now: Option<Timestamp>,
     /// Released addresses withheld for `release_quarantine_s`, by subnet and address.
     quarantine: BTreeMap<(SubnetId, IpAddr), Quarantined>,
-    /// The quarantined address of each MAC and subnet (the latest, should a MAC have two).
-    quarantined_by_mac: BTreeMap<(Mac, SubnetId), IpAddr>,
+    /// The quarantined addresses of each MAC and subnet: a MAC asking again gets its lowest back.
+    /// Derived from `quarantine` alone, so that a snapshot restores it as it was.
+    quarantined_by_mac: BTreeSet<(Mac, SubnetId, IpAddr)>,
     /// Addresses another MAC answered for, withheld until cleared: the MAC that answered.
     conflicts: BTreeMap<(SubnetId, IpAddr), Mac>,
     /// What the guests' leases say of the vNIC reservations (observed, never decided on).
@@ -222,7 +223,7 @@ impl NetworkAllocator {
             policy: NetworkPolicy::default(),
             now: None,
             quarantine: BTreeMap::new(),
-            quarantined_by_mac: BTreeMap::new(),
+            quarantined_by_mac: BTreeSet::new(),
             conflicts: BTreeMap::new(),
             lease_watch: LeaseWatch::new(),
         }
@@ -433,12 +434,17 @@ impl NetworkAllocator {
         }
     }
 
+    /// The lowest address `mac` released in `subnet_id` that is still in quarantine.
+    fn quarantined_of(&self, mac: Mac, subnet_id: SubnetId) -> Option<IpAddr> {
+        let from = (mac, subnet_id, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let first = self.quarantined_by_mac.range(from..).next()?;
+        (first.0 == mac && first.1 == subnet_id).then_some(first.2)
+    }
+
     /// Ends `ip`'s quarantine, if it is in one.
     fn unquarantine(&mut self, subnet_id: SubnetId, ip: IpAddr) -> Option<Quarantined> {
         let quarantined = self.quarantine.remove(&(subnet_id, ip))?;
-        if self.quarantined_by_mac.get(&(quarantined.mac, subnet_id)) == Some(&ip) {
-            self.quarantined_by_mac.remove(&(quarantined.mac, subnet_id));
-        }
+        self.quarantined_by_mac.remove(&(quarantined.mac, subnet_id, ip));
         if let Some(subnet) = self.subnets.get_mut(&subnet_id) {
             subnet.pool.unwithhold(ip);
         }
@@ -613,7 +619,7 @@ impl NetworkAllocator {
             ports.into_iter().filter_map(|key| self.release(key, ReleaseReason::SubnetRemoved, cause)).collect();
         self.subnets.remove(&e.subnet_id);
         self.quarantine.retain(|(subnet_id, _), _| *subnet_id != e.subnet_id);
-        self.quarantined_by_mac.retain(|(_, subnet_id), _| *subnet_id != e.subnet_id);
+        self.quarantined_by_mac.retain(|(_, subnet_id, _)| *subnet_id != e.subnet_id);
         self.conflicts.retain(|(subnet_id, _), _| *subnet_id != e.subnet_id);
         outputs.push(Event::SubnetDeactivated(SubnetDeactivated {
             network_id: self.network_id,
@@ -700,7 +706,7 @@ impl NetworkAllocator {
         // The address this MAC released in the subnet, still in quarantine: a VM restart gets it back.
         let reclaimed = match requested_ip {
             Some(ip) => self.quarantine.contains_key(&(subnet_id, ip)).then_some(ip),
-            None => self.quarantined_by_mac.get(&(mac, subnet_id)).copied(),
+            None => self.quarantined_of(mac, subnet_id),
         };
         if let Some(ip) = reclaimed {
             self.unquarantine(subnet_id, ip);
@@ -800,7 +806,7 @@ impl NetworkAllocator {
             if quarantine && subnet.pool.withhold(holding.ip) {
                 let place = (holding.subnet_id, holding.ip);
                 self.quarantine.insert(place, Quarantined { mac: holding.mac, released_at: self.now });
-                self.quarantined_by_mac.insert((holding.mac, holding.subnet_id), holding.ip);
+                self.quarantined_by_mac.insert((holding.mac, holding.subnet_id, holding.ip));
             }
         }
         Event::ReservationRemoved(ReservationRemoved {
@@ -835,7 +841,7 @@ impl NetworkAllocator {
     /// the reservations made with it.
     fn check(&self) -> Result<(), InvariantViolation> {
         let network = self.network_id;
-        let mut held = std::collections::BTreeSet::new();
+        let mut held = BTreeSet::new();
         let mut per_subnet: BTreeMap<SubnetId, (u128, u32)> = BTreeMap::new();
         let mut per_mac: BTreeMap<Mac, u32> = BTreeMap::new();
         for (key, holding) in &self.holdings {
@@ -887,11 +893,14 @@ impl NetworkAllocator {
             })?;
             *withheld.entry(*subnet_id).or_default() += 1;
         }
-        for ((mac, subnet_id), ip) in &self.quarantined_by_mac {
+        for (mac, subnet_id, ip) in &self.quarantined_by_mac {
             ensure(self.quarantine.get(&(*subnet_id, *ip)).is_some_and(|q| q.mac == *mac), || {
                 format!("network {network}: MAC {mac} is indexed as quarantining {ip}, which it does not")
             })?;
         }
+        ensure(self.quarantined_by_mac.len() == self.quarantine.len(), || {
+            format!("network {network}: the quarantine's index by MAC misses addresses")
+        })?;
         for (subnet_id, ip) in self.conflicts.keys() {
             let pool = self.subnets.get(subnet_id).map(|subnet| &subnet.pool);
             ensure(pool.is_some_and(|pool| pool.is_withheld(*ip)), || {
@@ -1014,7 +1023,7 @@ impl NetworkAllocator {
                 return Err(inconsistent(format!("quarantined {ip} is used, withheld twice or in no subnet")));
             }
             allocator.quarantine.insert((subnet_id, ip), Quarantined { mac, released_at });
-            allocator.quarantined_by_mac.insert((mac, subnet_id), ip);
+            allocator.quarantined_by_mac.insert((mac, subnet_id, ip));
         }
         for ConflictSnapshot { subnet_id, ip, answered_by } in snapshot.conflicts {
             let subnet = allocator.subnets.get_mut(&subnet_id);

@@ -1427,3 +1427,18 @@ fn utilization_crossings_are_reported_once_each_way() {
         "#]],
     );
 }
+
+#[test]
+fn a_mac_with_two_addresses_in_quarantine_gets_the_lowest_back_and_a_snapshot_keeps_both() {
+    // Found by the property test: the index of a MAC's quarantined addresses kept only the latest,
+    // and a restored one kept another: the two machines then handed out different addresses.
+    let fixed = |ip: &str| Event::VnicStarted(up(1, Some(S1), Some(ip)));
+    let events =
+        history(small_network(), [quarantine(60), tick(100), fixed("10.0.0.5"), stop(1), fixed("10.0.0.2"), stop(1)]);
+    let allocator = applied(Allocator::new(), &numbered(events.clone()));
+    allocator.check().unwrap();
+    assert_eq!(allocator.network(NET).unwrap().quarantined().count(), 2);
+    let restored = Allocator::restore(&(), &allocator.snapshot()).unwrap();
+    assert_eq!(restored, allocator);
+    assert!(check_outputs(events, start(1)).contains("ip:10.0.0.2"));
+}
