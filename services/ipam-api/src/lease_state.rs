@@ -95,6 +95,16 @@ struct Progress {
     unleased_reported_at: Option<Timestamp>,
 }
 
+impl Progress {
+    fn state(&self) -> VnicState {
+        match (&self.lease, self.served_at) {
+            (Some(_), _) => VnicState::Leased,
+            (None, Some(_)) => VnicState::Served,
+            (None, None) => VnicState::Reserved,
+        }
+    }
+}
+
 /// The latest synced mark of one host's server of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Synced {
@@ -133,9 +143,44 @@ pub struct LeaseStates {
     latency: LatencyHistogram,
     /// Per network and kind (its wire name).
     conflicts: BTreeMap<(NetworkId, &'static str), u64>,
+    /// vNICs per network and state, and per network those reported unleased that still hold no
+    /// lease: kept as each vNIC changes, so that a `/metrics` scrape, which reads them under the
+    /// read model's lock, costs the number of networks rather than a walk over every vNIC.
+    state_counts: BTreeMap<(NetworkId, VnicState), usize>,
+    unleased_counts: BTreeMap<NetworkId, usize>,
+}
+
+/// Adds one to `key`'s count, or takes one away (dropping a count that reaches zero).
+fn tally<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K, add: bool) {
+    if add {
+        *counts.entry(key).or_default() += 1;
+    } else if let std::collections::btree_map::Entry::Occupied(mut entry) = counts.entry(key) {
+        *entry.get_mut() -= 1;
+        if *entry.get() == 0 {
+            entry.remove();
+        }
+    }
 }
 
 impl LeaseStates {
+    /// Counts `vnic_id` in (or out of) the live counts, as it is now.
+    fn count(&mut self, vnic_id: VnicId, add: bool) {
+        let Some(progress) = self.vnics.get(&vnic_id) else { return };
+        tally(&mut self.state_counts, (progress.network_id, progress.state()), add);
+        if progress.unleased_reported_at.is_some() {
+            tally(&mut self.unleased_counts, progress.network_id, add);
+        }
+    }
+
+    /// Changes a vNIC's progress, keeping the live counts right.
+    fn update(&mut self, vnic_id: VnicId, change: impl FnOnce(&mut Progress)) {
+        self.count(vnic_id, false);
+        if let Some(progress) = self.vnics.get_mut(&vnic_id) {
+            change(progress);
+        }
+        self.count(vnic_id, true);
+    }
+
     /// A vNIC got a reservation (a new one replaces what was known of an older one).
     /// `current_servers` are the network's assigned servers (host, epoch), to find a synced mark
     /// already read that covers it.
@@ -171,10 +216,12 @@ impl LeaseStates {
             unleased_reported_at: None,
         };
         self.vnics.insert(vnic_id, progress);
+        self.count(vnic_id, true);
     }
 
     /// A vNIC's reservation ended.
     pub fn released(&mut self, vnic_id: VnicId) {
+        self.count(vnic_id, false);
         let Some(progress) = self.vnics.remove(&vnic_id) else { return };
         if let (Some(offset), Some(unserved)) = (progress.offset, self.unserved.get_mut(&progress.network_id)) {
             unserved.remove(&offset);
@@ -211,9 +258,9 @@ impl LeaseStates {
             self.unserved.remove(&network_id);
         }
         for vnic_id in served.into_values() {
-            if let Some(progress) = self.vnics.get_mut(&vnic_id) {
+            self.update(vnic_id, |progress| {
                 progress.served_at.get_or_insert(time);
-            }
+            });
         }
     }
 
@@ -229,11 +276,11 @@ impl LeaseStates {
 
     /// The allocator matched a lease to the vNIC's reservation.
     pub fn lease_changed(&mut self, e: &VnicLeaseChanged, time: Timestamp) {
-        let Some(progress) = self.vnics.get_mut(&e.vnic_id) else { return };
-        if progress.network_id != e.network_id {
+        if self.vnics.get(&e.vnic_id).is_none_or(|progress| progress.network_id != e.network_id) {
             return;
         }
-        match e.change {
+        let mut first_lease_after = None;
+        self.update(e.vnic_id, |progress| match e.change {
             LeaseChange::Granted | LeaseChange::Renewed => {
                 progress.leased_at.get_or_insert(time);
                 progress.lease =
@@ -242,21 +289,24 @@ impl LeaseStates {
                 if !progress.ever_leased {
                     progress.ever_leased = true;
                     let millis = time.unix_ms().saturating_sub(progress.reserved_at.unix_ms()).max(0);
-                    self.latency.observe(millis as f64 / 1000.0);
+                    first_lease_after = Some(millis as f64 / 1000.0);
                 }
             }
             LeaseChange::Released | LeaseChange::Expired => {
                 progress.leased_at = None;
                 progress.lease = None;
             }
+        });
+        if let Some(seconds) = first_lease_after {
+            self.latency.observe(seconds);
         }
     }
 
     /// The allocator reported the vNIC unleased.
     pub fn unleased(&mut self, e: &VnicUnleased, time: Timestamp) {
-        let progress = self.vnics.get_mut(&e.vnic_id).filter(|p| p.network_id == e.network_id);
-        if let Some(progress) = progress.filter(|p| p.lease.is_none()) {
-            progress.unleased_reported_at = Some(time);
+        let progress = self.vnics.get(&e.vnic_id).filter(|p| p.network_id == e.network_id);
+        if progress.is_some_and(|p| p.lease.is_none()) {
+            self.update(e.vnic_id, |progress| progress.unleased_reported_at = Some(time));
         }
     }
 
@@ -272,13 +322,8 @@ impl LeaseStates {
     /// A vNIC's progress, while it holds a reservation.
     pub fn progress(&self, vnic_id: VnicId) -> Option<VnicProgress> {
         let progress = self.vnics.get(&vnic_id)?;
-        let state = match (&progress.lease, progress.served_at) {
-            (Some(_), _) => VnicState::Leased,
-            (None, Some(_)) => VnicState::Served,
-            (None, None) => VnicState::Reserved,
-        };
         Some(VnicProgress {
-            state,
+            state: progress.state(),
             reserved_at: progress.reserved_at,
             served_at: progress.served_at,
             leased_at: progress.leased_at,
@@ -293,12 +338,8 @@ impl LeaseStates {
     }
 
     /// Per network, the vNICs reported unleased that still hold no lease.
-    pub fn unleased_counts(&self) -> BTreeMap<NetworkId, usize> {
-        let mut counts = BTreeMap::new();
-        for progress in self.vnics.values().filter(|p| p.unleased_reported_at.is_some()) {
-            *counts.entry(progress.network_id).or_default() += 1;
-        }
-        counts
+    pub fn unleased_counts(&self) -> &BTreeMap<NetworkId, usize> {
+        &self.unleased_counts
     }
 
     /// Lease conflicts reported, per network and kind.
@@ -307,14 +348,8 @@ impl LeaseStates {
     }
 
     /// vNICs per state, per network (for the metrics).
-    pub fn state_counts(&self) -> BTreeMap<(NetworkId, VnicState), usize> {
-        let mut counts = BTreeMap::new();
-        for (vnic_id, progress) in &self.vnics {
-            if let Some(view) = self.progress(*vnic_id) {
-                *counts.entry((progress.network_id, view.state)).or_default() += 1;
-            }
-        }
-        counts
+    pub fn state_counts(&self) -> &BTreeMap<(NetworkId, VnicState), usize> {
+        &self.state_counts
     }
 }
 
@@ -323,7 +358,7 @@ pub(crate) fn gauges(model: &crate::model::ReadModel) -> crate::metrics::Gauges 
     let states = model.lease_states();
     crate::metrics::Gauges {
         lease_latency: states.latency().clone(),
-        unleased: states.unleased_counts().into_iter().map(|(network, count)| (network.to_string(), count)).collect(),
+        unleased: states.unleased_counts().iter().map(|(network, count)| (network.to_string(), *count)).collect(),
         lease_conflicts: states
             .conflict_counts()
             .iter()
@@ -331,8 +366,8 @@ pub(crate) fn gauges(model: &crate::model::ReadModel) -> crate::metrics::Gauges 
             .collect(),
         vnic_states: states
             .state_counts()
-            .into_iter()
-            .map(|((network, state), count)| (network.to_string(), state.name().to_owned(), count))
+            .iter()
+            .map(|((network, state), count)| (network.to_string(), state.name().to_owned(), *count))
             .collect(),
         forecasts: model
             .forecasts()

@@ -197,7 +197,7 @@ fn an_unleased_report_holds_until_a_lease_and_is_counted_per_network() {
     let mut model = reserved_model();
     model.apply_at(Topic::Reservations, Some(8), &at(310, unleased()));
     assert_eq!(progress(&model).unleased_reported_at, Some(ts(310)));
-    assert_eq!(model.lease_states().unleased_counts(), BTreeMap::from([(NET, 1)]));
+    assert_eq!(model.lease_states().unleased_counts(), &BTreeMap::from([(NET, 1)]));
     model.apply_at(Topic::Reservations, Some(9), &at(320, lease(LeaseChange::Granted)));
     assert_eq!(progress(&model).unleased_reported_at, None);
     assert!(model.lease_states().unleased_counts().is_empty());
@@ -280,4 +280,72 @@ fn durations_read_as_people_say_them() {
     assert_eq!(about(91), "about 2 minutes");
     assert_eq!(about(13_380), "about 4 hours");
     assert_eq!(about(3 * 86_400 + 1), "about 3 days");
+}
+
+/// The counts the metrics read, by walking every vNIC (what the live counts replace).
+fn recount(states: &LeaseStates) -> (BTreeMap<(NetworkId, VnicState), usize>, BTreeMap<NetworkId, usize>) {
+    let mut by_state = BTreeMap::new();
+    let mut unleased = BTreeMap::new();
+    for (vnic_id, progress) in &states.vnics {
+        *by_state.entry((progress.network_id, states.progress(*vnic_id).unwrap().state)).or_default() += 1;
+        if progress.unleased_reported_at.is_some() {
+            *unleased.entry(progress.network_id).or_default() += 1;
+        }
+    }
+    (by_state, unleased)
+}
+
+#[test]
+fn the_live_counts_equal_a_walk_over_every_vnic_after_each_change() {
+    let other = NetworkId::from_u128(9);
+    let vnic = |n: u128| VnicId::from_u128(0x100 + n);
+    let changed = |n: u128, change: LeaseChange| VnicLeaseChanged {
+        network_id: NET,
+        subnet_id: SUBNET,
+        vnic_id: vnic(n),
+        vm_id: VM,
+        mac: mac(n as u8),
+        ip: ip(n as u8),
+        host_id: HOST,
+        change,
+        observed_at: ts(50),
+        expires_at: None,
+        cause: EventId::from_u128(7),
+    };
+    let unleased = |n: u128, network_id: NetworkId| VnicUnleased {
+        network_id,
+        subnet_id: SUBNET,
+        vnic_id: vnic(n),
+        vm_id: VM,
+        mac: mac(n as u8),
+        ip: ip(n as u8),
+        reserved_at: ts(0),
+        now: ts(400),
+        cause: EventId::from_u128(8),
+    };
+    let mut states = LeaseStates::default();
+    type Step<'a> = Box<dyn Fn(&mut LeaseStates) + 'a>;
+    let steps: Vec<Step> = vec![
+        Box::new(|s| s.reserved(vnic(1), NET, Some(1), ts(1), &[(HOST, 1)])),
+        Box::new(|s| s.reserved(vnic(2), NET, Some(2), ts(2), &[(HOST, 1)])),
+        Box::new(|s| s.reserved(vnic(3), other, Some(1), ts(3), &[])),
+        Box::new(|s| s.synced(NET, HOST, 1, 2, ts(4), true)),
+        Box::new(|s| s.unleased(&unleased(2, NET), ts(400))),
+        Box::new(|s| s.unleased(&unleased(3, other), ts(400))),
+        Box::new(|s| s.lease_changed(&changed(1, LeaseChange::Granted), ts(10))),
+        Box::new(|s| s.lease_changed(&changed(2, LeaseChange::Granted), ts(410))),
+        Box::new(|s| s.lease_changed(&changed(1, LeaseChange::Released), ts(420))),
+        Box::new(|s| s.synced(NET, HOST, 1, 3, ts(430), true)),
+        Box::new(|s| s.released(vnic(2))),
+        Box::new(|s| s.reserved(vnic(3), other, Some(5), ts(440), &[])),
+        Box::new(|s| s.released(vnic(1))),
+        Box::new(|s| s.released(vnic(3))),
+    ];
+    for (n, step) in steps.iter().enumerate() {
+        step(&mut states);
+        let (by_state, unleased) = recount(&states);
+        assert_eq!(states.state_counts(), &by_state, "after step {n}");
+        assert_eq!(states.unleased_counts(), &unleased, "after step {n}");
+    }
+    assert!(states.state_counts().is_empty() && states.unleased_counts().is_empty());
 }
