@@ -87,7 +87,12 @@ fn main() {
                 requested_ip: None,
             });
             let outputs = allocator.apply(&envelope(n, event));
-            assert!(matches!(outputs.as_slice(), [Event::ReservationAdded(_)]), "{outputs:?}");
+            // The reservation, and the subnet crossing a utilization threshold (80, 90 %) now and then.
+            assert!(
+                matches!(outputs.as_slice(), [Event::ReservationAdded(_), crossed @ ..]
+                    if crossed.iter().all(|e| matches!(e, Event::SubnetUtilizationCrossed(_)))),
+                "{outputs:?}"
+            );
         }
         let grown = LIVE_BYTES.load(Ordering::Relaxed) - before;
         println!(
