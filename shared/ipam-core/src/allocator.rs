@@ -30,8 +30,10 @@
 //! # Time, policy, quarantine, conflicts (issue 14)
 //! The machine never reads a clock: a network's *now* is the last `ipam.clock.partition_ticked.v1`
 //! of its partition, which [`Allocator`] hands to every network it holds (ticks enter no window of
-//! input ids: they are many, carry no request, and applying one twice changes nothing, since now
-//! only moves forward). An operator's `ipam.network.policy_set.v1` (validated: thresholds 1 to 100,
+//! input ids: they are many, carry no request, and applying one twice to a network changes
+//! nothing, since now only moves forward). A known limit: a tick appended twice (the clock appends
+//! each once) would reach, the second time, the networks made since; their now would be set to it,
+//! and their outputs for it would reuse output ids. An operator's `ipam.network.policy_set.v1` (validated: thresholds 1 to 100,
 //! none twice) is kept and answered with the effective policy, defaults filled in.
 //!
 //! With `release_quarantine_s` above 0, an address a vNIC released is withheld from every other

