@@ -390,7 +390,7 @@ impl NetworkAllocator {
             quarantined.released_at.get_or_insert(tick.now);
         }
         self.end_quarantines();
-        let unleased_after_s = self.policy().unleased_after_s.unwrap_or(crate::lease_watch::DEFAULT_UNLEASED_AFTER_S);
+        let unleased_after_s = self.policy().unleased_after_s.unwrap_or(DEFAULT_UNLEASED_AFTER_S);
         self.lease_watch.tick(self.network_id, tick.now, unleased_after_s, cause)
     }
 

@@ -37,10 +37,6 @@ use crate::mac::Mac;
 use crate::machine::{InvariantViolation, ensure};
 use crate::time::Timestamp;
 
-/// Seconds after which a reserved vNIC without a lease is reported, when the network's policy
-/// does not say (`NetworkPolicy::unleased_after_s`).
-pub const DEFAULT_UNLEASED_AFTER_S: u32 = 300;
-
 /// A vNIC's reservation, as the watch needs it to match leases and to describe a warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reserved {
