@@ -8,9 +8,10 @@
 //! each, served by one host agent with the files backend; then N vNIC starts, measured until the
 //! allocator has committed them, until the API's read model shows them all and until the host
 //! agent's dnsmasq files hold them all; the same with one event per POST; then single starts one
-//! at a time, each timed from its post to its reservation committed in the log, to the API
-//! answering it (`GET /v1/vnics/{id}`: the read model's lag behind the log is the difference) and
-//! to its `dhcp-host=` line; a burst; the time to ready of a restarted allocator after SIGKILL; and, on Kafka, Apache's own producer and
+//! at a time, timed stage by stage the same way on both logs ([`stages`]): from its post until the
+//! API answered it, until the start is visible on the input topic, until its reservation is
+//! committed in the log, until the API answers it (`GET /v1/vnics/{id}`: the read model's lag
+//! behind the log is the difference) and until its `dhcp-host=` line is in the file; a burst; the time to ready of a restarted allocator after SIGKILL; and, on Kafka, Apache's own producer and
 //! consumer performance tools on the same broker (`bench_kafka.rs`) as the ceiling to compare
 //! with, and 1, 2 and 4 allocator processes sharing the partitions.
 //!
@@ -81,14 +82,8 @@ pub(crate) struct Figures {
     pub load: Load,
     /// The same workload with one event per POST.
     pub singles: Load,
-    /// One start at a time: from its post to its `dhcp-host=` line.
-    pub latencies: Vec<Duration>,
-    /// The same starts: from the post to the reservation committed in the log.
-    pub to_log: Vec<Duration>,
-    /// The same starts: from the reservation committed in the log to the API answering it.
-    pub read_model_lag: Vec<Duration>,
-    /// The same starts: from the reservation committed in the log to its line in the file.
-    pub log_to_file: Vec<Duration>,
+    /// Single starts, one at a time, stage by stage.
+    pub stages: Stages,
     pub burst: Load,
     /// Which process was killed and restarted, and how long it took to be ready again.
     pub restarted: &'static str,
@@ -568,78 +563,201 @@ pub(crate) fn load_in_posts(
     Ok(load)
 }
 
-/// Single starts timed one at a time, each list sorted.
+/// Single starts timed one at a time, at least this many when Kafka runs too (and then on both
+/// stacks, so that the columns compare), so that a p99 is not just the maximum.
+pub(crate) const STAGE_SAMPLES: usize = 100;
+
+/// How many single starts [`stages`] times for these options.
+pub(crate) fn stage_samples(options: &Options) -> usize {
+    if options.kafka.is_some() { options.samples.max(STAGE_SAMPLES) } else { options.samples }
+}
+
+/// Where the time of one vNIC start goes, single starts timed one at a time, each stage from the
+/// start of its `POST /v1/events`; each list sorted.
 #[derive(Debug, Default)]
 pub(crate) struct Stages {
-    /// From the post until its `dhcp-host=` line is in its network's file.
-    pub to_file: Vec<Duration>,
-    /// From the post until the reservation is committed in the log (a reader of the log sees it).
+    /// The API answered the POST (its record appended and acknowledged).
+    pub posted: Vec<Duration>,
+    /// The start visible to a follower of `ipam.networks` (read_committed on Kafka): what the
+    /// allocator's consumer sees.
+    pub input_visible: Vec<Duration>,
+    /// Its reservation visible to a follower of `ipam.reservations`: committed in the log (on
+    /// Kafka, the allocator's transaction committed), what the host agent's follower sees.
     pub to_log: Vec<Duration>,
-    /// From the reservation committed in the log until `GET /v1/vnics/{id}` answers it: the read
-    /// model's lag behind the log, as a client sees it.
+    /// `GET /v1/vnics/{id}` answers it.
+    pub to_api: Vec<Duration>,
+    /// Its `dhcp-host=` line is in its network's file.
+    pub to_file: Vec<Duration>,
+    /// From the reservation committed in the log until the API answers it: the read model's lag
+    /// behind the log, as a client sees it.
     pub log_to_api: Vec<Duration>,
     /// From the reservation committed in the log until its line is in the file: the host agent.
     pub log_to_file: Vec<Duration>,
 }
 
-/// Whether `record` is the reservation of `vnic_id`.
-fn reserves(record: &ipam_log::Record, vnic_id: VnicId) -> bool {
-    matches!(
-        Envelope::decode(&record.value).map(|envelope| envelope.event),
-        Ok(Event::ReservationAdded(added)) if matches!(added.owner, Owner::Vnic { vnic_id: id, .. } if id == vnic_id)
-    )
+/// The vNIC a record is about, if it is a vNIC start or a vNIC's reservation.
+fn vnic_of(record: &ipam_log::Record) -> Option<VnicId> {
+    match Envelope::decode(&record.value).ok()?.event {
+        Event::VnicStarted(up) => Some(up.vnic_id),
+        Event::ReservationAdded(added) => match added.owner {
+            Owner::Vnic { vnic_id, .. } => Some(vnic_id),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
-/// One vNIC start at a time: from its post until its reservation is committed in the log, until
-/// the API answers it, and until its `dhcp-host=` line is in its network's file. The three are
-/// looked at in turn (a read of the log's reservations from their ends before the post, a `GET`,
-/// a read of the file), about every [`LOOK_EVERY`] plus the time the looks take, so each time is
-/// known to within one round of looks (about a millisecond here).
+/// What the bench's own follower saw: when a record reached it, its topic and its vNIC.
+type Seen = (Instant, String, VnicId);
+
+/// Follows the input and reservation topics from their ends on a thread of its own until `stop`,
+/// so that the moment a record becomes visible is taken while the bench looks at the API and the
+/// file.
+fn watch_records(
+    log: &dyn EventLog,
+    topics: &Topics,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(std::sync::mpsc::Receiver<Seen>, std::thread::JoinHandle<()>)> {
+    let mut from = Vec::new();
+    for topic in [Topic::Networks, Topic::Reservations] {
+        let name = topics.name(topic);
+        for partition in 0..log.partition_count(&name)? {
+            let next_offset = log.end_offset(&name, partition)?;
+            from.push(Position { topic: name.clone(), partition, next_offset });
+        }
+    }
+    let mut follower = log.follow(&from)?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match follower.next(512, Duration::from_millis(20)) {
+                Ok(records) => {
+                    let now = Instant::now();
+                    for record in records {
+                        let Some(vnic_id) = vnic_of(&record) else { continue };
+                        if sender.send((now, record.topic, vnic_id)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    println!("  (the bench's follower: {error}; going on)");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    });
+    Ok((receiver, thread))
+}
+
+/// One vNIC start at a time, each timed from its post until the API answered it, until the start
+/// and then its reservation are visible to the bench's follower of the log (one thread, started
+/// once, following `ipam.networks` and `ipam.reservations` from their ends; a record is matched to
+/// its start by vNIC id), until the API answers `GET /v1/vnics/{id}` and until its `dhcp-host=`
+/// line is in its network's file. The API and the file are looked at in turn about every
+/// [`LOOK_EVERY`] plus the time the looks take, so those times are known to within one round of
+/// looks (about a millisecond here).
 pub(crate) fn stages(target: &Target, workload: &mut Workload, samples: usize) -> anyhow::Result<Stages> {
     const LOOK_EVERY: Duration = Duration::from_micros(200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, follower) = watch_records(target.log, &target.topics, Arc::clone(&stop))?;
+    let (input_topic, output_topic) = (target.topics.name(Topic::Networks), target.topics.name(Topic::Reservations));
     let mut stages = Stages::default();
-    let reservations = target.topics.name(Topic::Reservations);
-    for _ in 0..samples {
-        let start = workload.start();
-        let file = target.files.join(format!("{}.conf", start.network_id));
-        let line = format!("dhcp-host={},", start.mac);
-        let path = format!("/v1/vnics/{}", start.vnic_id);
-        let mut from = Vec::new();
-        for partition in 0..target.log.partition_count(&reservations)? {
-            let next_offset = target.log.end_offset(&reservations, partition)?;
-            from.push(Position { topic: reservations.clone(), partition, next_offset });
+    let result = (|| -> anyhow::Result<()> {
+        for _ in 0..samples {
+            let start = workload.start();
+            let file = target.files.join(format!("{}.conf", start.network_id));
+            let line = format!("dhcp-host={},", start.mac);
+            let path = format!("/v1/vnics/{}", start.vnic_id);
+            let started = Instant::now();
+            target.api.publish(std::slice::from_ref(&start.json))?;
+            let posted = started.elapsed();
+            let (mut input, mut in_log, mut in_api, mut in_file) = (None, None, None, None);
+            while input.is_none() || in_log.is_none() || in_api.is_none() || in_file.is_none() {
+                while let Ok((at, topic, vnic_id)) = seen.try_recv() {
+                    if vnic_id != start.vnic_id {
+                        continue;
+                    }
+                    let slot = if topic == input_topic {
+                        &mut input
+                    } else if topic == output_topic {
+                        &mut in_log
+                    } else {
+                        continue;
+                    };
+                    slot.get_or_insert(at.saturating_duration_since(started));
+                }
+                if in_api.is_none() && target.api.request("GET", &path, None)?.0 == 200 {
+                    in_api = Some(started.elapsed());
+                }
+                if in_file.is_none() && std::fs::read_to_string(&file).is_ok_and(|text| text.contains(&line)) {
+                    in_file = Some(started.elapsed());
+                }
+                if follower.is_finished() {
+                    bail!("the bench's follower of the log stopped");
+                }
+                if started.elapsed() > Duration::from_secs(300) {
+                    bail!("vNIC {} was not in the log, the API and {} within 300 s", start.vnic_id, file.display());
+                }
+                std::thread::sleep(LOOK_EVERY);
+            }
+            let (input, in_log, in_api, in_file) = (
+                input.unwrap_or_default(),
+                in_log.unwrap_or_default(),
+                in_api.unwrap_or_default(),
+                in_file.unwrap_or_default(),
+            );
+            stages.posted.push(posted);
+            stages.input_visible.push(input);
+            stages.to_log.push(in_log);
+            stages.to_api.push(in_api);
+            stages.to_file.push(in_file);
+            stages.log_to_api.push(in_api.saturating_sub(in_log));
+            stages.log_to_file.push(in_file.saturating_sub(in_log));
         }
-        let mut follower = target.log.follow(&from)?;
-        let started = Instant::now();
-        target.api.publish(std::slice::from_ref(&start.json))?;
-        let (mut in_log, mut in_api, mut in_file) = (None, None, None);
-        while in_log.is_none() || in_api.is_none() || in_file.is_none() {
-            if in_log.is_none() && follower.next(64, Duration::ZERO)?.iter().any(|r| reserves(r, start.vnic_id)) {
-                in_log = Some(started.elapsed());
-            }
-            if in_api.is_none() && target.api.request("GET", &path, None)?.0 == 200 {
-                in_api = Some(started.elapsed());
-            }
-            if in_file.is_none() && std::fs::read_to_string(&file).is_ok_and(|text| text.contains(&line)) {
-                in_file = Some(started.elapsed());
-            }
-            if started.elapsed() > Duration::from_secs(300) {
-                bail!("vNIC {} was not in the log, the API and {} within 300 s", start.vnic_id, file.display());
-            }
-            std::thread::sleep(LOOK_EVERY);
-        }
-        let (in_log, in_api, in_file) =
-            (in_log.unwrap_or_default(), in_api.unwrap_or_default(), in_file.unwrap_or_default());
-        stages.to_file.push(in_file);
-        stages.to_log.push(in_log);
-        stages.log_to_api.push(in_api.saturating_sub(in_log));
-        stages.log_to_file.push(in_file.saturating_sub(in_log));
+        Ok(())
+    })();
+    stop.store(true, Ordering::SeqCst);
+    let _ = follower.join();
+    result?;
+    for list in [
+        &mut stages.posted,
+        &mut stages.input_visible,
+        &mut stages.to_log,
+        &mut stages.to_api,
+        &mut stages.to_file,
+        &mut stages.log_to_api,
+        &mut stages.log_to_file,
+    ] {
+        list.sort();
     }
-    stages.to_file.sort();
-    stages.to_log.sort();
-    stages.log_to_api.sort();
-    stages.log_to_file.sort();
     Ok(stages)
+}
+
+/// The stages of one stack's single starts, p50 / p90 / p99 / max of each.
+fn print_stages(name: &str, stages: &Stages) {
+    let ms = |list: &[Duration], p: f64| {
+        percentile(list, p).map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+    };
+    println!(
+        "{name}: {} single starts, stage by stage, ms from the POST (p50 / p90 / p99 / max):",
+        stages.to_file.len()
+    );
+    for (label, list) in [
+        ("API answered (input appended)", &stages.posted),
+        ("input visible to a follower of ipam.networks", &stages.input_visible),
+        ("reservation visible (allocator committed)", &stages.to_log),
+        ("API answers GET /v1/vnics/{id}", &stages.to_api),
+        ("dhcp-host= line in the host agent's file", &stages.to_file),
+    ] {
+        println!(
+            "{name}:   {label:45} {:>7} / {:>7} / {:>7} / {:>7}",
+            ms(list, 0.5),
+            ms(list, 0.9),
+            ms(list, 0.99),
+            ms(list, 1.0)
+        );
+    }
 }
 
 /// From `since` (a restart) until one vNIC start posted now is shown by the API.
@@ -800,7 +918,7 @@ pub(crate) fn phases(
         secs(singles.shown),
         secs(singles.in_files)
     );
-    let stages = stages(target, workload, options.samples)?;
+    let stages = stages(target, workload, stage_samples(options))?;
     println!(
         "{name}: {} single starts, to the file p50 {}, committed → API p50 {} p99 {}",
         stages.to_file.len(),
@@ -808,18 +926,9 @@ pub(crate) fn phases(
         ms(percentile(&stages.log_to_api, 0.5)),
         ms(percentile(&stages.log_to_api, 0.99))
     );
+    print_stages(name, &stages);
     let burst = load_burst(target, workload, options.burst, name)?;
-    Ok(Figures {
-        setup,
-        load,
-        singles,
-        latencies: stages.to_file,
-        to_log: stages.to_log,
-        read_model_lag: stages.log_to_api,
-        log_to_file: stages.log_to_file,
-        burst,
-        ..Figures::default()
-    })
+    Ok(Figures { setup, load, singles, stages, burst, ..Figures::default() })
 }
 
 fn load_burst(target: &Target, workload: &mut Workload, n: usize, name: &str) -> anyhow::Result<Load> {
@@ -962,28 +1071,34 @@ fn print_table(options: &Options, embedded: &Figures, kafka: Option<&Figures>) {
     row("  end to end (to the files), events/s".to_owned(), Unit::PerSec, &|f| {
         singles(f).and_then(|s| rate(n_singles(f), s.in_files))
     });
-    let millis = |f: &Figures, p: f64| percentile(&f.latencies, p).map(|d| d.as_secs_f64() * 1000.0);
+    let samples = stage_samples(options);
     let stage = |list: &[Duration], p: f64| percentile(list, p).map(|d| d.as_secs_f64() * 1000.0);
-    row(
-        format!("one start → reservation committed in the log, p50 ({} one at a time)", options.samples),
-        Unit::Millis,
-        &|f| stage(&f.to_log, 0.5),
-    );
-    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.to_log, 0.99));
+    row(format!("one start → the API answered its POST, p50 ({samples} one at a time)"), Unit::Millis, &|f| {
+        stage(&f.stages.posted, 0.5)
+    });
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.stages.posted, 0.99));
+    row("one start → visible to a follower of ipam.networks, p50".to_owned(), Unit::Millis, &|f| {
+        stage(&f.stages.input_visible, 0.5)
+    });
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.stages.input_visible, 0.99));
+    row(format!("one start → reservation committed in the log, p50 ({samples} one at a time)"), Unit::Millis, &|f| {
+        stage(&f.stages.to_log, 0.5)
+    });
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.stages.to_log, 0.99));
     row("committed → the API answers it (read-model lag), p50".to_owned(), Unit::Millis, &|f| {
-        stage(&f.read_model_lag, 0.5)
+        stage(&f.stages.log_to_api, 0.5)
     });
-    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.read_model_lag, 0.99));
-    row("  max".to_owned(), Unit::Millis, &|f| stage(&f.read_model_lag, 1.0));
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.stages.log_to_api, 0.99));
+    row("  max".to_owned(), Unit::Millis, &|f| stage(&f.stages.log_to_api, 1.0));
     row("committed → its dhcp-host= line (host agent), p50".to_owned(), Unit::Millis, &|f| {
-        stage(&f.log_to_file, 0.5)
+        stage(&f.stages.log_to_file, 0.5)
     });
-    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.log_to_file, 0.99));
-    row(format!("one start → its dhcp-host= line, p50 ({} one at a time)", options.samples), Unit::Millis, &|f| {
-        millis(f, 0.5)
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.stages.log_to_file, 0.99));
+    row(format!("one start → its dhcp-host= line, p50 ({samples} one at a time)"), Unit::Millis, &|f| {
+        stage(&f.stages.to_file, 0.5)
     });
-    row("  p99".to_owned(), Unit::Millis, &|f| millis(f, 0.99));
-    row("  max".to_owned(), Unit::Millis, &|f| millis(f, 1.0));
+    row("  p99".to_owned(), Unit::Millis, &|f| stage(&f.stages.to_file, 0.99));
+    row("  max".to_owned(), Unit::Millis, &|f| stage(&f.stages.to_file, 1.0));
     row(format!("burst of {} starts → all in the files", thousands(options.burst as f64)), Unit::Secs, &|f| {
         f.burst.in_files.map(|d| d.as_secs_f64())
     });
@@ -1050,5 +1165,39 @@ fn print_table(options: &Options, embedded: &Figures, kafka: Option<&Figures>) {
                  of the ratio is at most {cores}."
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &str, json: Value) -> ipam_log::Record {
+        let value = Envelope::decode_value(json).expect("a valid envelope").to_bytes();
+        ipam_log::Record { topic: topic.to_owned(), partition: 0, offset: 0, key: String::new(), value }
+    }
+
+    #[test]
+    fn the_follower_matches_a_start_and_its_reservation_to_the_vnic_and_nothing_else() {
+        let start = Workload::default().start();
+        assert_eq!(vnic_of(&record("ipam.networks", start.json.clone())), Some(start.vnic_id));
+        let added = |owner| {
+            client::envelope(
+                "ipam-bench",
+                Event::ReservationAdded(ipam_core::event::ReservationAdded {
+                    network_id: start.network_id,
+                    subnet_id: SubnetId::from_u128(1),
+                    owner,
+                    mac: start.mac,
+                    ip: "10.1.0.9".parse().expect("an address"),
+                    cause: ipam_core::EventId::from_u128(1),
+                }),
+            )
+        };
+        let vnic = Owner::Vnic { vnic_id: start.vnic_id, vm_id: VmId::from_u128(1) };
+        assert_eq!(vnic_of(&record("ipam.reservations", added(vnic))), Some(start.vnic_id));
+        assert_eq!(vnic_of(&record("ipam.reservations", added(Owner::DhcpServer { host_id: HOST }))), None);
+        let garbage = ipam_log::Record { value: b"not an envelope".to_vec(), ..record("ipam.networks", start.json) };
+        assert_eq!(vnic_of(&garbage), None);
     }
 }

@@ -3,9 +3,8 @@
 //! `scripts/kafka-broker.sh` fills from Maven Central) against the same broker, with records of
 //! the size of a vNIC started record. Then the pipeline as deployed: allocator, placement, API and
 //! one host agent, each its own `ipam` process with its own data directory, on topics with a
-//! prefix unique to this run; the workload of `bench.rs`; single starts timed stage by stage (the
-//! API's append, the input visible, the reservation committed, the file), to show where a start's
-//! time goes on Kafka; a SIGKILLed allocator restarted; and 1, 2 and 4 allocator processes sharing
+//! prefix unique to this run; the workload of `bench.rs` (its single starts timed stage by stage,
+//! `bench::stages`, at least `bench::STAGE_SAMPLES` of them); a SIGKILLed allocator restarted; and 1, 2 and 4 allocator processes sharing
 //! the partitions, with one of two killed to time a survivor's takeover.
 
 #![allow(clippy::print_stdout)]
@@ -13,14 +12,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use ipam_core::event::Topic;
-use ipam_log::{EventLog, Position, TopicPartition, TopicSpec};
+use ipam_log::{EventLog, TopicSpec};
 use ipam_log_kafka::{KafkaLog, KafkaOptions};
 use ipam_runtime::Topics;
 
@@ -237,139 +232,6 @@ fn raw_figures(
     })
 }
 
-/// Single starts timed stage by stage; at least this many, so that a p99 is not just the maximum.
-const STAGE_SAMPLES: usize = 100;
-
-/// Where the time of one vNIC start goes on Kafka, each stage measured from the start of its
-/// `POST /v1/events`: the API answered (its record appended and acknowledged); the record visible
-/// to a read_committed follower of `ipam.networks` (what the allocator's consumer sees); its
-/// reservation visible to a follower of `ipam.reservations` (the allocator's transaction committed,
-/// what the host agent's follower sees); its `dhcp-host=` line in the file.
-#[derive(Debug, Default)]
-pub(crate) struct Stages {
-    pub posted: Vec<Duration>,
-    pub input_visible: Vec<Duration>,
-    pub reservation_visible: Vec<Duration>,
-    pub in_file: Vec<Duration>,
-}
-
-/// What the bench's own follower saw: when each record reached it, and the record.
-type Seen = (Instant, String, Vec<u8>);
-
-/// Follows the input and reservation topics from their ends on a thread of its own, so that the
-/// moment a record becomes visible is taken while the bench waits on the file.
-fn watch_records(log: &KafkaLog, topics: &Topics, stop: Arc<AtomicBool>) -> anyhow::Result<mpsc::Receiver<Seen>> {
-    let mut from = Vec::new();
-    for topic in [Topic::Networks, Topic::Reservations] {
-        let name = topics.name(topic);
-        for partition in 0..log.partition_count(&name)? {
-            let tp = TopicPartition { topic: name.clone(), partition };
-            from.push(Position::at(&tp, log.end_offset(&name, partition)?));
-        }
-    }
-    let mut follower = log.follow(&from)?;
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            match follower.next(512, Duration::from_millis(20)) {
-                Ok(records) => {
-                    let now = Instant::now();
-                    for record in records {
-                        if sender.send((now, record.topic, record.value)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(error) => println!("  (the bench's follower: {error}; going on)"),
-            }
-        }
-    });
-    Ok(receiver)
-}
-
-/// Times `samples` single starts stage by stage (see [`Stages`]).
-fn staged_latencies(
-    target: &Target,
-    log: &KafkaLog,
-    workload: &mut Workload,
-    samples: usize,
-) -> anyhow::Result<Stages> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = watch_records(log, &target.topics, Arc::clone(&stop))?;
-    let (input_topic, output_topic) = (target.topics.name(Topic::Networks), target.topics.name(Topic::Reservations));
-    let mut stages = Stages::default();
-    let result = (|| -> anyhow::Result<()> {
-        for _ in 0..samples {
-            let start = workload.start();
-            let file = target.files.join(format!("{}.conf", start.network_id));
-            let mac = start.mac.to_string();
-            let line = format!("dhcp-host={mac},");
-            let started = Instant::now();
-            target.api.publish(&[start.json])?;
-            let posted = started.elapsed();
-            while !std::fs::read_to_string(&file).is_ok_and(|text| text.contains(&line)) {
-                if started.elapsed() > Duration::from_secs(300) {
-                    bail!("{line} did not reach {} in 300 s", file.display());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let in_file = started.elapsed();
-            let (mut input, mut output) = (None, None);
-            while input.is_none() || output.is_none() {
-                let (at, topic, value) = seen
-                    .recv_timeout(Duration::from_secs(30))
-                    .context("the bench's follower saw no record of a start in the file for 30 s")?;
-                if !String::from_utf8_lossy(&value).contains(&mac) {
-                    continue;
-                }
-                let slot = if topic == input_topic {
-                    &mut input
-                } else if topic == output_topic {
-                    &mut output
-                } else {
-                    continue;
-                };
-                slot.get_or_insert(at.saturating_duration_since(started));
-            }
-            stages.posted.push(posted);
-            stages.input_visible.extend(input);
-            stages.reservation_visible.extend(output);
-            stages.in_file.push(in_file);
-        }
-        Ok(())
-    })();
-    stop.store(true, Ordering::SeqCst);
-    result?;
-    for list in [&mut stages.posted, &mut stages.input_visible, &mut stages.reservation_visible, &mut stages.in_file] {
-        list.sort();
-    }
-    Ok(stages)
-}
-
-fn print_stages(stages: &Stages) {
-    let ms = |list: &[Duration], p: f64| {
-        bench::percentile(list, p).map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0))
-    };
-    println!(
-        "kafka: {} single starts, stage by stage, ms from the POST (p50 / p90 / p99 / max):",
-        stages.in_file.len()
-    );
-    for (label, list) in [
-        ("API answered (input appended)", &stages.posted),
-        ("input visible to a read_committed follower", &stages.input_visible),
-        ("reservation visible (allocator committed)", &stages.reservation_visible),
-        ("dhcp-host= line in the host agent's file", &stages.in_file),
-    ] {
-        println!(
-            "kafka:   {label:45} {:>7} / {:>7} / {:>7} / {:>7}",
-            ms(list, 0.5),
-            ms(list, 0.9),
-            ms(list, 0.99),
-            ms(list, 1.0)
-        );
-    }
-}
-
 /// Two allocators share the partitions; one is killed with SIGKILL and a start is posted on every
 /// network (so on every partition): the time from the kill until the API shows them all is how
 /// long the survivor takes to be given the dead one's partitions (the group waits for its
@@ -500,8 +362,6 @@ pub(crate) fn measure(bootstrap: &str, dir: &Path, options: &Options, record_siz
     let mut workload = Workload::default();
     let mut figures = bench::phases(&target, &mut workload, options, "kafka")?;
     figures.raw = Some(raw);
-    let stages = staged_latencies(&target, &log, &mut workload, options.samples.max(STAGE_SAMPLES))?;
-    print_stages(&stages);
 
     let mut allocator = fleet.take("allocator").context("the allocator")?;
     allocator.kill()?;
