@@ -474,7 +474,8 @@ fn a_guest_gets_its_reserved_ip_with_the_services_on_kafka() {
     drop(fabric);
 }
 
-fn wait_for_lease(namespace: &str, dir: &Path) -> Lease {
+/// The lease a real client (udhcpc) in `namespace` gets, asking again for up to 20 s.
+pub(crate) fn wait_for_lease(namespace: &str, dir: &Path) -> Lease {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(lease) = dhcp(namespace, dir) {
