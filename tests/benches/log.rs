@@ -72,6 +72,13 @@ fn run(name: &str, log: Arc<dyn EventLog>, scale: &Scale) {
                 batch: BatchPolicy { max_steps: 1, max_delay: Duration::from_secs(60) },
             })
             .unwrap();
+        // A member steps with positions of partitions it owns (the driver polls first): on Kafka a
+        // static member's offsets are refused until the group has given it its partitions.
+        let joined = Instant::now();
+        while member.assignment().is_empty() {
+            assert!(joined.elapsed() < Duration::from_secs(120), "no partition assigned within 120 s");
+            member.poll(1, Duration::from_millis(100)).unwrap();
+        }
         let outputs: Vec<OutRecord> = (0..outputs_per_step)
             .map(|i| OutRecord { topic: output.clone(), key: format!("key-{i}"), value: value.clone() })
             .collect();
