@@ -59,7 +59,13 @@ fn log_with_ticks(count: u64) -> Arc<dyn EventLog> {
 }
 
 fn append_ticks(log: &dyn EventLog, range: std::ops::Range<u64>) {
-    let records: Vec<OutRecord> = range
+    log.append(&tick_records(range, Topic::Hosts.name(), |_| "clock".to_owned())).unwrap();
+}
+
+/// Clock ticks numbered by `range` (tick n has id n + 1 and time 1,000 + n ms), for `topic`, each
+/// with the key `key(n)`.
+fn tick_records(range: std::ops::Range<u64>, topic: &str, key: impl Fn(u64) -> String) -> Vec<OutRecord> {
+    range
         .map(|n| {
             let now = Timestamp::from_unix_ms(1_000 + n as i64);
             let envelope = Envelope {
@@ -69,10 +75,9 @@ fn append_ticks(log: &dyn EventLog, range: std::ops::Range<u64>) {
                 subject: None,
                 event: Event::ClockTicked(ClockTicked { now }),
             };
-            OutRecord { topic: Topic::Hosts.name().to_owned(), key: "clock".to_owned(), value: envelope.to_bytes() }
+            OutRecord { topic: topic.to_owned(), key: key(n), value: envelope.to_bytes() }
         })
-        .collect();
-    log.append(&records).unwrap();
+        .collect()
 }
 
 fn driver(log: &Arc<dyn EventLog>, snapshots: &std::path::Path) -> anyhow::Result<Driver<Counter>> {
@@ -226,19 +231,7 @@ fn partitions_rebuilt_together_each_replay_their_own_inputs_in_order_up_to_the_c
     let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
     log.create_topics(&topics.specs()).unwrap();
     // Enough records that a replay takes several batches, over partitions of different lengths.
-    let records: Vec<OutRecord> = (0..40_000u64)
-        .map(|n| {
-            let now = Timestamp::from_unix_ms(1_000 + n as i64);
-            let envelope = Envelope {
-                id: EventId::from_u128(u128::from(n) + 1),
-                source: "test".to_owned(),
-                time: now,
-                subject: None,
-                event: Event::ClockTicked(ClockTicked { now }),
-            };
-            OutRecord { topic: topic.clone(), key: format!("k{}", n % 50), value: envelope.to_bytes() }
-        })
-        .collect();
+    let records = tick_records(0..40_000, &topic, |n| format!("k{}", n % 50));
     log.append(&records).unwrap();
     // The group committed a different share of each partition; what lies past it is not replayed.
     let batch = BatchPolicy { max_steps: 1, max_delay: Duration::ZERO };
