@@ -49,6 +49,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMe
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::errors::{TxnFailure, classify_txn, client_creation, storage};
@@ -554,6 +555,31 @@ impl MemberContext {
 impl ClientContext for MemberContext {}
 
 impl ConsumerContext for MemberContext {
+    /// rdkafka's own `rebalance` first asks librdkafka which protocol is in use, and that call can
+    /// block for ever when the revocation comes from closing the consumer
+    /// (confluentinc/librdkafka#4041, fede1024/rust-rdkafka#509; seen here as a member's drop that
+    /// never returned after it unsubscribed). The protocol is always cooperative
+    /// (`partition.assignment.strategy` is the backend's own, see `options::RESERVED_KEYS`), so
+    /// this applies the change incrementally without asking, between the same two hooks.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        let partitions: &TopicPartitionList = partitions;
+        let assigned = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        // As rdkafka does for the cooperative protocol: anything but an assignment gives the
+        // listed partitions up.
+        let applied =
+            if assigned { consumer.incremental_assign(partitions) } else { consumer.incremental_unassign(partitions) };
+        if let Err(error) = applied {
+            tracing::warn!(error = %error, "Kafka member could not apply a rebalance.");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     /// Runs before rdkafka applies the change (`incremental_assign`/`incremental_unassign`, as the
     /// cooperative protocol requires), so a revoked partition's open batch commits while we still
     /// own the partition.
