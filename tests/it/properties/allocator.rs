@@ -348,7 +348,7 @@ fn check_duplicates(
     }
     let mut allocator = Allocator::new();
     let mut stream = Vec::new();
-    let mut checked = 0;
+    let (mut checked, mut ticks) = (0, 0);
     for (n, raw) in log.iter().enumerate() {
         stream.extend(step(&mut allocator, raw).0);
         for &earlier in resent.get(&n).into_iter().flatten() {
@@ -357,6 +357,7 @@ fn check_duplicates(
             // once): sent again, it still reaches the networks made since, which never saw it.
             // A known limit (see the allocator's documentation), left out here.
             if matches!(input.event, Event::PartitionClockTicked(_)) {
+                ticks += 1;
                 continue;
             }
             let before = allocator.clone();
@@ -368,7 +369,11 @@ fn check_duplicates(
     }
     prop_assert!(stream == plain_stream, "duplicates changed the output stream");
     prop_assert!(allocator == plain, "duplicates changed the final state");
-    prop_assert!(resent.is_empty() || checked > 0 || log.len() < 100, "no duplicate decoded: the generator is broken");
+    // Duplicates that all happen to be ticks (left out above) say nothing of the generator.
+    prop_assert!(
+        resent.is_empty() || checked + ticks > 0 || log.len() < 100,
+        "no duplicate decoded: the generator is broken"
+    );
     Ok(())
 }
 
