@@ -390,7 +390,7 @@ impl NetworkAllocator {
             quarantined.released_at.get_or_insert(tick.now);
         }
         self.end_quarantines();
-        let unleased_after_s = self.policy().unleased_after_s.unwrap_or(DEFAULT_UNLEASED_AFTER_S);
+        let unleased_after_s = self.policy.unleased_after_s.unwrap_or(DEFAULT_UNLEASED_AFTER_S);
         self.lease_watch.tick(self.network_id, tick.now, unleased_after_s, cause)
     }
 
@@ -516,6 +516,13 @@ impl NetworkAllocator {
     /// The thresholds crossed since `before` (subnets added or removed meanwhile cross none):
     /// rising ones in increasing order, falling ones in decreasing order.
     fn utilization_crossings(&self, before: &[(SubnetId, u128)], cause: EventId) -> Vec<Event> {
+        let changed = |(subnet_id, used_before): &&(SubnetId, u128)| {
+            self.subnets.get(subnet_id).is_some_and(|subnet| subnet.pool.used_count() != *used_before)
+        };
+        // Most inputs (ticks, leases, refusals) change no count: they cost no copy of the policy.
+        if !before.iter().any(|held| changed(&held)) {
+            return Vec::new();
+        }
         let mut outputs = Vec::new();
         let thresholds = self.policy().utilization_thresholds.unwrap_or_default();
         for (subnet_id, used_before) in before {
