@@ -14,6 +14,7 @@
 //! The broker is this test's own (`ScriptBroker`), so killing it disturbs no other test.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipam_core::{Envelope, Topic};
@@ -49,14 +50,33 @@ fn await_log(kafka: &Kafka) -> Duration {
     }
 }
 
-/// No record id twice in any output topic.
-fn assert_no_duplicate_ids(outputs: &Outputs) {
+/// No record id twice in any output topic. A duplicate is reported with the offsets of every
+/// record that carries its id, and the services' log files, which say what each did around them.
+fn assert_no_duplicate_ids(kafka: &Kafka, outputs: &Outputs, logs: &[(String, PathBuf)]) {
     for ((topic, partition), values) in outputs {
         let mut seen = BTreeSet::new();
         for value in values {
             let Ok(json) = serde_json::from_str::<serde_json::Value>(value) else { continue };
-            if let Some(id) = json.get("id").and_then(serde_json::Value::as_str) {
-                assert!(seen.insert(id.to_owned()), "record {id} appears twice in {topic}/{partition}");
+            if let Some(id) = json.get("id").and_then(serde_json::Value::as_str)
+                && !seen.insert(id.to_owned())
+            {
+                let log = kafka.log();
+                let name = format!("{}{topic}", kafka.prefix());
+                let end = log.end_offset(&name, *partition).unwrap_or(0);
+                let records =
+                    log.read(&name, *partition, 0, usize::try_from(end).unwrap_or(usize::MAX), Duration::ZERO);
+                let holders: Vec<String> = records
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|record| String::from_utf8_lossy(&record.value).contains(id))
+                    .map(|record| format!("offset {}: {}", record.offset, String::from_utf8_lossy(&record.value)))
+                    .collect();
+                let logs: Vec<String> = logs.iter().map(|(name, path)| format!("{name}: {}", path.display())).collect();
+                panic!(
+                    "record {id} appears twice in {topic}/{partition}:\n{}\nservice logs: {}",
+                    holders.join("\n"),
+                    logs.join(", ")
+                );
             }
         }
     }
@@ -127,10 +147,11 @@ fn the_kafka_services_resume_by_themselves_after_the_broker_is_killed_quiet_busy
     recovery::wait_processed(&kafka);
     let exited = kafka.exited();
     assert!(exited.is_empty(), "services exited: {exited:?}");
+    let logs = kafka.service_logs();
     kafka.stop();
     let prefix = kafka.prefix().to_owned();
     let outputs = recovery::outputs(&kafka, &prefix);
-    assert_no_duplicate_ids(&outputs);
+    assert_no_duplicate_ids(&kafka, &outputs, &logs);
     recovery::assert_same(expected, &outputs);
     println!("time to resume after the broker was back: {figures:?}");
 }

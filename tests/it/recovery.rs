@@ -226,7 +226,7 @@ impl Service {
         let (sender, lines) = channel();
         let stderr = child.stderr.take().unwrap();
         // Every line also goes to a file, for reading after a failure.
-        let log_path = std::env::temp_dir().join(format!("ipam-service-{}.log", child.id()));
+        let log_path = Service::log_path_of(child.id());
         std::thread::spawn(move || {
             let mut file = std::fs::File::create(&log_path).ok();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -303,6 +303,15 @@ impl Service {
     /// The process id, for signals.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The file that holds every line the service wrote to stderr.
+    pub fn log_path(&self) -> PathBuf {
+        Service::log_path_of(self.child.id())
+    }
+
+    fn log_path_of(pid: u32) -> PathBuf {
+        std::env::temp_dir().join(format!("ipam-service-{pid}.log"))
     }
 
     pub fn terminate(&mut self) {
@@ -650,6 +659,15 @@ impl Kafka {
     /// The prefix of this deployment's topic and group names.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Each running service's name and log file, to name in a failure's message.
+    pub fn service_logs(&self) -> Vec<(String, PathBuf)> {
+        let allocators = self.allocators.iter().filter_map(|(name, service)| Some((name.clone(), service.as_ref()?)));
+        allocators
+            .chain(self.placement.as_ref().map(|service| ("placement".to_owned(), service)))
+            .map(|(name, service)| (name, service.log_path()))
+            .collect()
     }
 
     /// The services that exited (name and status); none should while the test runs.
