@@ -1,7 +1,7 @@
 //! The partition driver: one consumer-group member on one blocking thread, feeding a set of
 //! partition states (see [`Machines`]) and performing atomic steps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -107,7 +107,12 @@ pub struct Driver<M> {
     machines: M,
     snapshots: SnapshotStore,
     member: Box<dyn Member>,
-    /// The next input offset of each owned partition (the position its next step commits).
+    /// The partitions the member has given this driver and not taken back, rebuilt or not: what a
+    /// rebuild after a failure must rebuild. A partition whose rebuild failed is here but not in
+    /// `next_offsets`, so the next try rebuilds it too.
+    owned: BTreeSet<TopicPartition>,
+    /// The next input offset of each owned partition whose state is rebuilt (the position its next
+    /// step commits).
     next_offsets: BTreeMap<TopicPartition, u64>,
     /// The offset of the last input applied to each owned partition's state: a snapshot names
     /// that record, so it is only ever applied to the log it was taken from.
@@ -152,6 +157,7 @@ impl<M: Machines> Driver<M> {
             machines,
             snapshots,
             member,
+            owned: BTreeSet::new(),
             next_offsets: BTreeMap::new(),
             last_applied: BTreeMap::new(),
             since_snapshot: 0,
@@ -230,18 +236,23 @@ impl<M: Machines> Driver<M> {
         if self.must_rebuild {
             self.rebuild_all()?;
         }
-        let polled = self.member.poll(POLL_MAX, Duration::from_millis(100)).context("polling")?;
+        let mut polled = self.member.poll(POLL_MAX, Duration::from_millis(100)).context("polling")?;
         for partition in polled.revoked.iter().chain(&polled.lost) {
+            self.owned.remove(partition);
             self.machines.forget(partition);
             self.next_offsets.remove(partition);
             self.last_applied.remove(partition);
         }
+        // Owned from now on, even if the rebuild below fails: the rebuild after the failure
+        // (`rebuild_all`) then rebuilds them too.
+        self.owned.extend(polled.assigned.iter().cloned());
         if !polled.assigned.is_empty() {
             // A rebuild can take a while (on Kafka, until a dead member's transaction times
             // out); an open batch must not outlive its transaction timeout meanwhile.
             self.member.commit().context("committing before a rebuild")?;
         }
         self.rebuild(&polled.assigned)?;
+        self.check_positions(&mut polled.records)?;
         let metrics = crate::metrics::for_driver(&self.config.name);
         let started = Instant::now();
         let (plans, inputs) = plan(&polled.records);
@@ -305,15 +316,46 @@ impl<M: Machines> Driver<M> {
         }
     }
 
-    /// Discards the open batch and rebuilds every owned partition (see [`Driver::recover`]).
+    /// Discards the open batch and rebuilds every owned partition (see [`Driver::recover`]),
+    /// including those whose rebuild had failed.
     fn rebuild_all(&mut self) -> anyhow::Result<()> {
         self.member.abort().context("discarding the open batch")?;
-        let partitions: Vec<TopicPartition> = self.next_offsets.keys().cloned().collect();
+        let partitions: Vec<TopicPartition> = self.owned.iter().cloned().collect();
         for partition in &partitions {
             self.machines.forget(partition);
+            self.next_offsets.remove(partition);
+            self.last_applied.remove(partition);
         }
         self.rebuild(&partitions)?;
         self.must_rebuild = false;
+        Ok(())
+    }
+
+    /// Checks the polled records against the rebuilt states before any is applied. A record of a
+    /// partition whose state is not rebuilt would be decided on an empty state, re-deciding inputs
+    /// whose outputs are in the log already (under the same output ids): that is a failure
+    /// ([`NotRebuilt`], transient), and the next round rebuilds and rewinds. A record before its
+    /// partition's next offset was applied already (a member that reads again from an older
+    /// position than the committed one the state was rebuilt to): it is dropped, since only the
+    /// machines' windows of input ids would otherwise keep it from counting twice, and partition
+    /// ticks have none.
+    fn check_positions(&self, records: &mut Vec<Record>) -> anyhow::Result<()> {
+        let mut stale = 0usize;
+        for record in records.iter() {
+            let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
+            match self.next_offsets.get(&partition) {
+                None => return Err(NotRebuilt { partition, offset: record.offset }.into()),
+                Some(&next) if record.offset < next => stale += 1,
+                Some(_) => {}
+            }
+        }
+        if stale > 0 {
+            tracing::debug!(driver = %self.config.name, stale, "Dropping polled records that the states hold already.");
+            records.retain(|record| {
+                let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
+                self.next_offsets.get(&partition).is_some_and(|&next| record.offset >= next)
+            });
+        }
         Ok(())
     }
 
@@ -635,10 +677,25 @@ fn plan(records: &[Record]) -> (Vec<Planned>, Vec<(TopicPartition, Input)>) {
     (plans, inputs)
 }
 
-/// True for a failure the log may recover from by itself (a full disk, a broker away): anything
-/// but fencing, a fatal log error, or a snapshot that does not belong to the log.
+/// A polled record of a partition whose state is not rebuilt (see [`Driver::check_positions`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a record of {}/{} (offset {offset}) came before that partition's state was rebuilt",
+    partition.topic,
+    partition.partition
+)]
+struct NotRebuilt {
+    partition: TopicPartition,
+    offset: u64,
+}
+
+/// True for a failure the log may recover from by itself (a full disk, a broker away), or that a
+/// rebuild cures ([`NotRebuilt`]): anything but fencing, a fatal log error, or a snapshot that does
+/// not belong to the log.
 fn is_transient(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| matches!(cause.downcast_ref::<LogError>(), Some(LogError::Storage(_))))
+    error
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref::<LogError>(), Some(LogError::Storage(_))) || cause.is::<NotRebuilt>())
 }
 
 #[cfg(test)]

@@ -13,14 +13,21 @@ use super::*;
 use crate::health::Health;
 use crate::snapshot::{Anchor, SnapshotStore};
 
-/// Counts the inputs of each partition; its snapshot is the count in decimal.
+/// Counts the inputs of each partition; its snapshot is the count in decimal. It refuses an input
+/// of a partition it was never given a state for, and fails its next `restore_failures` restores
+/// as a log would that fails while a partition is rebuilt.
 #[derive(Debug, Default)]
 struct Counter {
     counts: BTreeMap<TopicPartition, u64>,
+    restore_failures: u32,
 }
 
 impl Machines for Counter {
     fn restore(&mut self, partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
+        if self.restore_failures > 0 {
+            self.restore_failures -= 1;
+            return Err(LogError::Storage("the log went away during the rebuild".to_owned()).into());
+        }
         let count = match snapshot {
             Some(bytes) => std::str::from_utf8(bytes)?.parse()?,
             None => 0,
@@ -35,7 +42,11 @@ impl Machines for Counter {
 
     fn apply(&mut self, inputs: &[(TopicPartition, Input)]) -> anyhow::Result<Vec<Applied>> {
         for (partition, _) in inputs {
-            *self.counts.entry(partition.clone()).or_default() += 1;
+            let count = self
+                .counts
+                .get_mut(partition)
+                .ok_or_else(|| anyhow::anyhow!("an input of {partition:?}, whose state was never restored"))?;
+            *count += 1;
         }
         Ok(vec![Applied { fresh: true, ..Applied::default() }; inputs.len()])
     }
@@ -119,6 +130,22 @@ fn a_snapshot_of_its_own_log_shortens_replay() {
     let mut second = driver(&log, dir.path()).unwrap();
     consume(&mut second, 5).unwrap();
     assert_eq!(second.machines.counts[&hosts()], 5);
+}
+
+/// Seen on Kafka when the broker restarted while a member took partitions over
+/// (`tests/it/kafka_restart.rs`): the rebuild of a newly assigned partition failed, the rebuild
+/// after the failure covered only the partitions rebuilt before, and the partition's inputs were
+/// then decided on an empty state, writing outputs the log held already under the same ids.
+#[test]
+fn a_partition_whose_rebuild_failed_is_rebuilt_before_any_input_of_it_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_ticks(3);
+    let mut driver = driver(&log, dir.path()).unwrap();
+    driver.machines.restore_failures = 1;
+    let error = driver.turn().unwrap_err();
+    assert!(is_transient(&error), "a log failure during a rebuild is worth another try: {error:#}");
+    consume(&mut driver, 3).unwrap();
+    assert_eq!(driver.machines.counts[&hosts()], 3);
 }
 
 #[test]
