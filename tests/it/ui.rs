@@ -414,6 +414,8 @@ fn operators_page_shows_the_demo_in_a_browser_and_asks_for_the_token() {
     );
     let row = rows.as_str().unwrap();
     assert!(row.contains("52:54:00:00:00:01") && row.contains("10.10."), "{row}");
+    // The vNIC's state: the demo runs no host agent, so no server has reported serving it.
+    assert!(row.contains("reserved"), "the row names the vNIC's state: {row}");
     // A host serving production fell silent during the demo: its server was removed and replaced.
     let history = browser.wait_for(
         "the placement history shows a server removed for a lost heartbeat and its replacement",

@@ -319,6 +319,11 @@ impl LeaseStates {
         *self.conflicts.entry((network_id, name)).or_default() += 1;
     }
 
+    /// Where a vNIC's reservation is, while it holds one.
+    pub fn state(&self, vnic_id: VnicId) -> Option<VnicState> {
+        self.vnics.get(&vnic_id).map(Progress::state)
+    }
+
     /// A vNIC's progress, while it holds a reservation.
     pub fn progress(&self, vnic_id: VnicId) -> Option<VnicProgress> {
         let progress = self.vnics.get(&vnic_id)?;

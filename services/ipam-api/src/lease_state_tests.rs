@@ -158,6 +158,10 @@ fn a_vnic_goes_from_reserved_to_served_to_leased_with_the_time_of_each_step() {
     assert_eq!(progress_now.lease, Some(LeaseView { host_id: HOST, expires_at: Some(ts(3640)), observed_at: ts(40) }));
     let json = serde_json::to_value(model.vnic(VNIC).unwrap()).unwrap();
     assert_eq!(json["state"], "leased", "{json}");
+    // The network's list of reservations says the same, for the page's column.
+    let page = model.reservations_page(NET, None, 10).expect("the network is known");
+    let states: Vec<_> = page.0.iter().map(|r| (r.mac, r.state)).collect();
+    assert!(states.contains(&(mac(4), Some(VnicState::Leased))), "{states:?}");
     assert_eq!(json["progress"]["served_at"], "1970-01-01T00:00:15Z", "{json}");
 
     // The lease ends: served again, and the histogram counted the first lease only.

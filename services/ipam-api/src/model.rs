@@ -670,6 +670,10 @@ impl ReadModel {
                 mac: r.mac,
                 since: r.since,
                 cause: r.cause,
+                state: match r.owner {
+                    Owner::Vnic { vnic_id, .. } => self.lease_states.state(vnic_id),
+                    Owner::DhcpServer { .. } => None,
+                },
             };
             ((*subnet_id, *ip), view)
         });

@@ -165,6 +165,9 @@ pub struct ReservationView {
     pub mac: Mac,
     pub since: Timestamp,
     pub cause: EventId,
+    /// A vNIC's reservation: reserved, served (a DHCP server holds its line) or leased (its guest
+    /// holds the address), as in `GET /v1/vnics/{id}`; null for a DHCP server's own address.
+    pub state: Option<crate::lease_state::VnicState>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]

@@ -149,6 +149,12 @@ function pill(text, kind) {
   return h("span", { class: `pill ${kind}` }, text);
 }
 
+/** A vNIC reservation's way to its guest (reserved, served, leased); a dash for a server's own. */
+function vnicState(state) {
+  if (!state) return "—";
+  return pill(state, state === "leased" ? "ok" : state === "served" ? "warn" : "muted");
+}
+
 function serverState(state) {
   if (!state) return pill("no report", "warn");
   return pill(state, state === "running" ? "ok" : state === "failed" ? "bad" : "warn");
@@ -433,10 +439,11 @@ async function network(id) {
     holder.replaceChildren(
       table(
         `Reservations, page ${page + 1} of ${pages}`,
-        [{ label: "IP" }, { label: "MAC" }, { label: "Holder" }, { label: "VM", class: "hide-narrow" }, { label: "Subnet", class: "hide-narrow" }, { label: "Since", class: "hide-narrow" }],
+        [{ label: "IP" }, { label: "MAC" }, { label: "State" }, { label: "Holder" }, { label: "VM", class: "hide-narrow" }, { label: "Subnet", class: "hide-narrow" }, { label: "Since", class: "hide-narrow" }],
         shown.map((r) => [
           link(`#/lookup/${encodeURIComponent(r.ip)}`, r.ip),
           h("code", {}, r.mac),
+          vnicState(r.state),
           r.owner && r.owner.kind === "vnic"
             ? link(`#/lookup/${r.owner.vnic_id}`, r.owner.vnic_id)
             : r.owner && r.owner.host_id
