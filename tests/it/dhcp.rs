@@ -186,20 +186,34 @@ impl Stack {
 
     pub(crate) fn reserved_ip(&self, vnic: VnicId) -> Option<String> {
         let mut ip = None;
-        for partition in 0..self.log.partition_count("ipam.reservations").unwrap() {
-            for record in self.log.read("ipam.reservations", partition, 0, usize::MAX, Duration::ZERO).unwrap() {
-                if let Ok(envelope) = Envelope::decode(&record.value) {
-                    match envelope.event {
-                        Event::ReservationAdded(added) if added.owner == vm_owner(vnic) => {
-                            ip = Some(added.ip.to_string())
-                        }
-                        Event::ReservationRemoved(removed) if removed.owner == vm_owner(vnic) => ip = None,
-                        _ => {}
-                    }
-                }
+        for event in self.reservation_events() {
+            match event {
+                Event::ReservationAdded(added) if added.owner == vm_owner(vnic) => ip = Some(added.ip.to_string()),
+                Event::ReservationRemoved(removed) if removed.owner == vm_owner(vnic) => ip = None,
+                _ => {}
             }
         }
         ip
+    }
+
+    /// The lease changes the allocator matched to `vnic` (`ipam.vnic.lease_changed.v1`), in order:
+    /// what a host agent's lease events became once they went through the log.
+    pub(crate) fn lease_changes(&self, vnic: VnicId) -> Vec<VnicLeaseChanged> {
+        self.reservation_events()
+            .filter_map(|event| match event {
+                Event::VnicLeaseChanged(changed) if changed.vnic_id == vnic => Some(changed),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every event of `ipam.reservations`, partition by partition.
+    fn reservation_events(&self) -> impl Iterator<Item = Event> {
+        let partitions = self.log.partition_count("ipam.reservations").unwrap();
+        let records: Vec<_> = (0..partitions)
+            .flat_map(|partition| self.log.read("ipam.reservations", partition, 0, usize::MAX, Duration::ZERO).unwrap())
+            .collect();
+        records.into_iter().filter_map(|record| Envelope::decode(&record.value).ok().map(|envelope| envelope.event))
     }
 
     /// The hosts placement currently has serving the network, from `ipam.dhcp-servers`.
@@ -463,6 +477,13 @@ fn a_guest_gets_its_reserved_ip_with_the_services_on_kafka() {
     let lease = wait_for_lease(&vm_ns, stack.dir.path());
     assert_eq!(lease.ip, reserved);
     assert_eq!(lease.router, "10.77.0.1");
+    // Lease truth on Kafka: the agent reports the lease on ipam.networks, and the network's
+    // allocator matches it to the vNIC's reservation.
+    wait_until("the allocator matched the guest's lease to the vNIC", Duration::from_secs(30), || {
+        stack.lease_changes(vnic).iter().any(|changed| changed.change == LeaseChange::Granted)
+    });
+    let granted = stack.lease_changes(vnic).into_iter().find(|changed| changed.change == LeaseChange::Granted).unwrap();
+    assert_eq!((granted.mac, granted.ip.to_string(), granted.host_id), (vm_mac, reserved.clone(), host));
     // Leave the shared network as it was found: the vNIC's address goes back.
     stack.publish(vec![Event::VnicStopped(VnicDown { vnic_id: vnic, network_id: NETWORK })]);
     wait_until("the address is released", Duration::from_secs(30), || stack.reserved_ip(vnic).is_none());
