@@ -28,6 +28,10 @@ pub(crate) struct Stack {
     pub(crate) up: Service,
     pub(crate) log: std::sync::Arc<dyn EventLog>,
     n: u128,
+    /// The high bits of the ids of the events this stack publishes: fixed on the embedded log, unique
+    /// to the run on Kafka, whose unprefixed topics outlive a run on a developer's broker (the
+    /// allocator takes an id it has seen for a retry, so a second run reusing ids decides nothing).
+    id_base: u128,
     /// Set when the services run against Kafka: the broker, and the services besides `up`.
     kafka: Option<String>,
     others: Vec<Service>,
@@ -61,7 +65,7 @@ impl Stack {
         let mut up = Service::spawn(&args);
         up.wait_for("ipam is ready", Duration::from_secs(60));
         let log = ipam_tests::BackendSpec::Sqlite(dir.path().join("data").join("log")).open().unwrap();
-        Stack { dir, up, log, n: 0, kafka: None, others: Vec::new() }
+        Stack { dir, up, log, n: 0, id_base: 0xd4c7 << 64, kafka: None, others: Vec::new() }
     }
 
     /// `ipam allocator` and `ipam placement` against the Kafka broker (unprefixed topics: this is
@@ -95,7 +99,10 @@ impl Stack {
         let up = spawn("allocator", "allocator");
         let placement = spawn("placement", "placement");
         let log = ipam_tests::BackendSpec::Kafka(bootstrap.clone()).open().unwrap();
-        Stack { dir, up, log, n: 0, kafka: Some(bootstrap), others: vec![placement] }
+        let run = u128::from(std::process::id()) << 32
+            | u128::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos());
+        let id_base = (0xd4c8 << 112) | (run << 48);
+        Stack { dir, up, log, n: 0, id_base, kafka: Some(bootstrap), others: vec![placement] }
     }
 
     pub(crate) fn publish(&mut self, events: Vec<Event>) {
@@ -103,7 +110,7 @@ impl Stack {
             .into_iter()
             .map(|event| {
                 self.n += 1;
-                let id = EventId::from_u128((0xd4c7 << 64) | self.n);
+                let id = EventId::from_u128(self.id_base | self.n);
                 event_record(id, "dhcp-test", Timestamp::from_unix_ms(1_764_000_000_000 + self.n as i64), event)
             })
             .collect();
