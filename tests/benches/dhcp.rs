@@ -259,8 +259,11 @@ fn renew_by_unicast(
     .unwrap();
     Command::new("chmod").args(["+x", &script.display().to_string()]).status().unwrap();
     let output = dir.join("renew-client.log");
+    // udhcpc waits its -T seconds for the answer to a unicast renewal before it broadcasts one: 1 s
+    // was too short on a loaded machine (the relay's answer came later and the client broadcast,
+    // failing the check below twice on 2 December); 5 s still fails a renewal nobody answers.
     let mut client = Command::new("ip")
-        .args(["netns", "exec", vm_ns, "busybox", "udhcpc", "-i", "eth0", "-f", "-t", "10", "-T", "1", "-s"])
+        .args(["netns", "exec", vm_ns, "busybox", "udhcpc", "-i", "eth0", "-f", "-t", "10", "-T", "5", "-s"])
         .arg(&script)
         .stdout(std::fs::File::create(&output).unwrap())
         .stderr(std::fs::File::create(dir.join("renew-client.err")).unwrap())
@@ -384,7 +387,7 @@ fn measure(preloaded: u32, samples: u32, lease_samples: u32, max_shards: usize) 
     log.create_topics(&topics).unwrap();
     let dhcp_dir = dir.path().join("dhcp");
     // The agent stays outside the host's namespace and runs its servers (and relay) in it.
-    let mut agent: Child = Command::new(ipam_binary())
+    let agent: Child = Command::new(ipam_binary())
         .args(["--data-dir", &data.display().to_string(), "host-agent", "--host-id", &HOST.to_string()])
         .args(["--dhcp-dir", &dhcp_dir.display().to_string(), "--netns", &host_ns])
         .args(["--dnsmasq-max-shards", &max_shards.to_string()])
@@ -393,6 +396,7 @@ fn measure(preloaded: u32, samples: u32, lease_samples: u32, max_shards: usize) 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let run = AgentRun { agent, dhcp_dir: dhcp_dir.clone() };
     let mut bench = Bench { log, next_id: 0 };
     // The initial load is not probed (a network moved to a host is taken as served, but this one
     // is fed in a burst the agent plans in several changes): probing starts with the samples.
@@ -569,19 +573,34 @@ fn measure(preloaded: u32, samples: u32, lease_samples: u32, max_shards: usize) 
         ms(percentile(&reported, 0.99)),
         ms(percentile(&served, 0.50)),
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
-    // The agent leaves its servers running when it stops (a restarted agent takes them over); end
-    // the ones this run started.
-    for shard in files.shards() {
-        let pid = ServerFiles::pid(&shard);
-        if !pid.is_empty() && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dnsmasq")
-        {
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        }
-    }
+    drop(run);
     drop(fabric);
     shard_count
+}
+
+/// The host agent a measurement started, and its servers: ended when the measurement ends,
+/// a failed one included (a panic would otherwise leave them running past the bench).
+struct AgentRun {
+    agent: Child,
+    dhcp_dir: PathBuf,
+}
+
+impl Drop for AgentRun {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+        // The agent leaves its servers running when it stops (a restarted agent takes them over);
+        // end the ones this run started.
+        let files = ServerFiles { dir: self.dhcp_dir.join(NETWORK.to_string()) };
+        for shard in files.shards() {
+            let pid = ServerFiles::pid(&shard);
+            if !pid.is_empty()
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dnsmasq")
+            {
+                let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            }
+        }
+    }
 }
 
 fn main() {
