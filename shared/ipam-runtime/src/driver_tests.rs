@@ -148,6 +148,31 @@ fn a_partition_whose_rebuild_failed_is_rebuilt_before_any_input_of_it_is_applied
     assert_eq!(driver.machines.counts[&hosts()], 3);
 }
 
+/// What `check_positions` makes of a poll: records of a partition with no rebuilt state are a
+/// transient failure, records before their partition's next offset are dropped, the rest kept.
+#[test]
+fn polled_records_are_checked_against_the_rebuilt_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_ticks(3);
+    let mut driver = driver(&log, dir.path()).unwrap();
+    consume(&mut driver, 3).unwrap();
+    let record = |partition: u32, offset: u64| Record {
+        topic: Topic::Hosts.name().to_owned(),
+        partition,
+        offset,
+        key: String::new(),
+        value: Vec::new(),
+    };
+    let mut polled = vec![record(0, 1), record(0, 2), record(0, 3), record(0, 4)];
+    driver.check_positions(&mut polled).unwrap();
+    assert_eq!(polled.iter().map(|r| r.offset).collect::<Vec<_>>(), [3, 4], "offsets 1 and 2 are applied already");
+
+    let mut unowned = vec![record(0, 3), record(1, 0)];
+    let error = driver.check_positions(&mut unowned).unwrap_err();
+    assert!(error.to_string().contains("ipam.hosts/1 (offset 0)"), "{error}");
+    assert!(is_transient(&error), "a rebuild cures it: {error:#}");
+}
+
 #[test]
 fn a_snapshot_whose_last_input_is_another_record_is_refused() {
     let dir = tempfile::tempdir().unwrap();
