@@ -226,8 +226,15 @@ impl<M: Machines> Driver<M> {
     /// owned partition from the committed log.
     pub fn turn(&mut self) -> anyhow::Result<()> {
         let result = self.round();
-        if result.as_ref().is_err_and(is_transient) {
-            self.must_rebuild = true;
+        if let Err(error) = &result {
+            if is_transient(error) {
+                self.must_rebuild = true;
+            }
+            // The member hands out records of a partition it never reported: it owns it, so the
+            // rebuild takes it in rather than meeting its records again at every round.
+            if let Some(not_rebuilt) = error.chain().find_map(|cause| cause.downcast_ref::<NotRebuilt>()) {
+                self.owned.insert(not_rebuilt.partition.clone());
+            }
         }
         result
     }

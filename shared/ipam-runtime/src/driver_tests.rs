@@ -173,6 +173,26 @@ fn polled_records_are_checked_against_the_rebuilt_states() {
     assert!(is_transient(&error), "a rebuild cures it: {error:#}");
 }
 
+/// A member that hands out records of a partition it never reported assigned (a member bug, not
+/// seen): the driver does not decide them on an empty state, and takes the partition in at the
+/// next rebuild instead of failing on it at every round.
+#[test]
+fn records_of_a_partition_never_reported_are_rebuilt_before_they_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_ticks(3);
+    let mut driver = driver(&log, dir.path()).unwrap();
+    consume(&mut driver, 3).unwrap();
+    // As if the member had never reported the partition: the driver holds nothing of it.
+    driver.owned.clear();
+    driver.next_offsets.clear();
+    driver.machines.forget(&hosts());
+    append_ticks(&*log, 3..5);
+    let error = driver.turn().unwrap_err();
+    assert!(error.chain().any(|cause| cause.is::<NotRebuilt>()), "{error:#}");
+    consume(&mut driver, 5).unwrap();
+    assert_eq!(driver.machines.counts[&hosts()], 5, "rebuilt from the log, then the new inputs");
+}
+
 #[test]
 fn a_snapshot_whose_last_input_is_another_record_is_refused() {
     let dir = tempfile::tempdir().unwrap();
