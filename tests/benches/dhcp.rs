@@ -396,7 +396,8 @@ fn measure(preloaded: u32, samples: u32, lease_samples: u32, max_shards: usize) 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let run = AgentRun { agent, dhcp_dir: dhcp_dir.clone() };
+    let run = AgentRun { agent, files: ServerFiles { dir: dhcp_dir.join(NETWORK.to_string()) } };
+    let files = &run.files;
     let mut bench = Bench { log, next_id: 0 };
     // The initial load is not probed (a network moved to a host is taken as served, but this one
     // is fed in a burst the agent plans in several changes): probing starts with the samples.
@@ -430,7 +431,6 @@ fn measure(preloaded: u32, samples: u32, lease_samples: u32, max_shards: usize) 
         }),
     ];
     events.extend((100..100 + preloaded).map(|n| added(n, synthetic_mac(n), ip_of(n))));
-    let files = ServerFiles { dir: dhcp_dir.join(NETWORK.to_string()) };
     bench.append(events);
     // Loaded: dnsmasq has read every reservation (its own port's is not a host of its files).
     let initial_load = wait("the initial load", Duration::from_secs(600), || files.hosts_read() >= preloaded as usize);
@@ -506,13 +506,12 @@ fn measure(preloaded: u32, samples: u32, lease_samples: u32, max_shards: usize) 
         assert_eq!(ip, guest_ip.to_string(), "the re-used address went to its new MAC");
         reuses.push((took, leased));
     }
-    let renewal =
-        (shard_count > 1).then(|| renew_by_unicast(&files, &mut bench, &vm_ns, dir.path(), vm_mac, preloaded));
+    let renewal = (shard_count > 1).then(|| renew_by_unicast(files, &mut bench, &vm_ns, dir.path(), vm_mac, preloaded));
 
     // Reservation to lease, the conflict probe on as by default; the guest takes a new MAC each time.
     bench.append(vec![policy(true)]);
     let leases: Vec<LeaseSample> =
-        (0..lease_samples).map(|k| lease_after_reservation(&files, &mut bench, &vm_ns, dir.path(), k)).collect();
+        (0..lease_samples).map(|k| lease_after_reservation(files, &mut bench, &vm_ns, dir.path(), k)).collect();
 
     println!(
         "dhcp/{label}: {shard_count} dnsmasq; initial load {:.2} s; first lease {:.2} s after asking",
@@ -582,7 +581,7 @@ fn measure(preloaded: u32, samples: u32, lease_samples: u32, max_shards: usize) 
 /// a failed one included (a panic would otherwise leave them running past the bench).
 struct AgentRun {
     agent: Child,
-    dhcp_dir: PathBuf,
+    files: ServerFiles,
 }
 
 impl Drop for AgentRun {
@@ -591,8 +590,7 @@ impl Drop for AgentRun {
         let _ = self.agent.wait();
         // The agent leaves its servers running when it stops (a restarted agent takes them over);
         // end the ones this run started.
-        let files = ServerFiles { dir: self.dhcp_dir.join(NETWORK.to_string()) };
-        for shard in files.shards() {
+        for shard in self.files.shards() {
             let pid = ServerFiles::pid(&shard);
             if !pid.is_empty()
                 && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dnsmasq")

@@ -69,8 +69,8 @@ impl Stack {
     }
 
     /// `ipam allocator` and `ipam placement` against the Kafka broker (unprefixed topics: this is
-    /// the one test that uses them, with ids unique to the run).
-    fn kafka() -> Stack {
+    /// the one test that uses them, with ids unique to the run: `run`, the test's own).
+    fn kafka(run: u128) -> Stack {
         let bootstrap = ipam_tests::kafka_bootstrap();
         let dir = tempfile::tempdir().unwrap();
         let spawn = |name: &str, command: &str| {
@@ -99,8 +99,6 @@ impl Stack {
         let up = spawn("allocator", "allocator");
         let placement = spawn("placement", "placement");
         let log = ipam_tests::BackendSpec::Kafka(bootstrap.clone()).open().unwrap();
-        let run = u128::from(std::process::id()) << 32
-            | u128::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos());
         let id_base = (0xd4c8 << 112) | (run << 48);
         Stack { dir, up, log, n: 0, id_base, kafka: Some(bootstrap), others: vec![placement] }
     }
@@ -453,7 +451,7 @@ fn a_guest_gets_its_reserved_ip_with_the_services_on_kafka() {
     let host_ns = fabric.node("kh", "eth1", None);
     let vm_mac = Mac::from_octets([0x52, 0x54, 0xe3, (run >> 16) as u8, (run >> 8) as u8, run as u8]).unwrap();
     let vm_ns = fabric.node("kv", "eth0", Some(vm_mac));
-    let mut stack = Stack::kafka();
+    let mut stack = Stack::kafka(run);
     let host = HostId::from_u128(run);
     let mut agent = stack.agent(&host_ns, host);
     stack.publish(vec![
@@ -486,10 +484,12 @@ fn a_guest_gets_its_reserved_ip_with_the_services_on_kafka() {
     assert_eq!(lease.router, "10.77.0.1");
     // Lease truth on Kafka: the agent reports the lease on ipam.networks, and the network's
     // allocator matches it to the vNIC's reservation.
+    let mut granted = None;
     wait_until("the allocator matched the guest's lease to the vNIC", Duration::from_secs(30), || {
-        stack.lease_changes(vnic).iter().any(|changed| changed.change == LeaseChange::Granted)
+        granted = stack.lease_changes(vnic).into_iter().find(|changed| changed.change == LeaseChange::Granted);
+        granted.is_some()
     });
-    let granted = stack.lease_changes(vnic).into_iter().find(|changed| changed.change == LeaseChange::Granted).unwrap();
+    let granted = granted.expect("found by the wait");
     assert_eq!((granted.mac, granted.ip.to_string(), granted.host_id), (vm_mac, reserved.clone(), host));
     // Leave the shared network as it was found: the vNIC's address goes back.
     stack.publish(vec![Event::VnicStopped(VnicDown { vnic_id: vnic, network_id: NETWORK })]);

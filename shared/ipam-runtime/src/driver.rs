@@ -347,21 +347,23 @@ impl<M: Machines> Driver<M> {
     /// machines' windows of input ids would otherwise keep it from counting twice, and partition
     /// ticks have none.
     fn check_positions(&self, records: &mut Vec<Record>) -> anyhow::Result<()> {
-        let mut stale = 0usize;
-        for record in records.iter() {
+        let (polled, mut not_rebuilt) = (records.len(), None);
+        records.retain(|record| {
             let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
             match self.next_offsets.get(&partition) {
-                None => return Err(NotRebuilt { partition, offset: record.offset }.into()),
-                Some(&next) if record.offset < next => stale += 1,
-                Some(_) => {}
+                Some(&next) => record.offset >= next,
+                None => {
+                    not_rebuilt.get_or_insert(NotRebuilt { partition, offset: record.offset });
+                    true
+                }
             }
+        });
+        if let Some(not_rebuilt) = not_rebuilt {
+            return Err(not_rebuilt.into());
         }
-        if stale > 0 {
-            tracing::debug!(driver = %self.config.name, stale, "Dropping polled records that the states hold already.");
-            records.retain(|record| {
-                let partition = TopicPartition { topic: record.topic.clone(), partition: record.partition };
-                self.next_offsets.get(&partition).is_some_and(|&next| record.offset >= next)
-            });
+        if records.len() < polled {
+            tracing::debug!(driver = %self.config.name, stale = polled - records.len(),
+                            "Dropping polled records that the states hold already.");
         }
         Ok(())
     }
