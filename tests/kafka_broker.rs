@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A single-node broker; stopped (and its directory removed) when dropped.
+/// A single-node broker; stopped (and its directory removed unless the test failed) when dropped.
 #[derive(Debug)]
 pub struct ScriptBroker {
     dir: PathBuf,
@@ -55,9 +55,16 @@ impl ScriptBroker {
 }
 
 impl Drop for ScriptBroker {
+    /// Stops the broker; its directory (data and logs) is removed, or kept and named when the test
+    /// failed, so that what the broker held (its logs, `kafka-dump-log` of its topics, the state of
+    /// its transactions after a restart on the same directory) can be read afterwards.
     fn drop(&mut self) {
         run(&self.dir, "stop");
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("the test failed: its broker's directory is kept at {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

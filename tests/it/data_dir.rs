@@ -253,3 +253,62 @@ fn a_full_disk_refuses_writes_with_503_and_the_service_recovers_when_space_retur
     }
     up.terminate();
 }
+
+/// What the API answers about the network and `count` vNICs: the network, each vNIC, and each
+/// address's history.
+fn answers(addr: SocketAddr, count: u32) -> Vec<(String, u16, String)> {
+    let mut paths = vec![format!("/v1/networks/{NETWORK}"), "/v1/networks".to_owned()];
+    for n in 0..count {
+        paths.push(format!("/v1/vnics/{}", vnic_id(n)));
+        paths.push(format!("/v1/ips/{}/history", reserved_ip(addr, n, Duration::from_secs(60))));
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let (status, body) = http(addr, "GET", &path, "application/json", b"");
+            (path, status, body)
+        })
+        .collect()
+}
+
+/// Whether the process said its read model started from the snapshot.
+fn started_from_snapshot(up: &Service) -> bool {
+    std::fs::read_to_string(up.log_path()).unwrap_or_default().contains("The API's read model starts from its snapshot")
+}
+
+#[test]
+fn the_api_restarts_from_its_read_model_snapshot_with_the_answers_it_gave_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, addr) = ipam_up_with_api(dir.path());
+    let mut events = setup();
+    events.extend((0..20).map(|n| vnic_started(100 + n, n)));
+    let (status, body) = publish(addr, &events);
+    assert_eq!(status, 202, "{body}");
+    let before = answers(addr, 20);
+    assert!(!started_from_snapshot(&up), "a fresh data directory has no snapshot to start from");
+    up.terminate();
+    assert!(dir.path().join("snapshots/api-read-model.json").exists(), "a clean stop writes the read model's snapshot");
+
+    // A clean restart: the snapshot alone.
+    let (mut up, addr) = ipam_up_with_api(dir.path());
+    assert!(started_from_snapshot(&up), "the read model did not start from its snapshot");
+    assert_eq!(answers(addr, 20), before, "the API answers otherwise after starting from its snapshot");
+
+    // More after the snapshot, then kill -9: the snapshot and the records after it.
+    let (status, body) = publish(addr, &(20..25).map(|n| vnic_started(100 + n, n)).collect::<Vec<_>>());
+    assert_eq!(status, 202, "{body}");
+    let before = answers(addr, 25);
+    up.kill();
+    let (mut up, addr) = ipam_up_with_api(dir.path());
+    assert!(started_from_snapshot(&up), "the read model did not start from its snapshot");
+    assert_eq!(answers(addr, 25), before, "the API answers otherwise after a kill and a restart from its snapshot");
+
+    // The snapshot moved aside: the log read from the beginning gives the same answers.
+    up.terminate();
+    std::fs::rename(dir.path().join("snapshots/api-read-model.json"), dir.path().join("api-read-model.json.aside"))
+        .unwrap();
+    let (mut up, addr) = ipam_up_with_api(dir.path());
+    assert!(!started_from_snapshot(&up));
+    assert_eq!(answers(addr, 25), before, "the snapshot and a read from the beginning disagree");
+    up.terminate();
+}

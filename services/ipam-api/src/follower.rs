@@ -9,6 +9,10 @@
 //! It reports to the process's health board as [`COMPONENT`]: starting until it has read what the
 //! log held when it began, degraded with the error while the log cannot be read (a failing disk, a
 //! corrupt database, a broker away), failed if it stops on an error it cannot recover from.
+//!
+//! Given a snapshot store ([`Snapshots`]), it starts from the read model's snapshot when one
+//! matches the log (see [`crate::snapshot`]), and writes one at most every `every` while it is
+//! caught up and the model changed, and when it stops.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +20,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ipam_core::{Envelope, Topic};
-use ipam_log::{Backlog, EventLog, LogError, Record};
-use ipam_runtime::{ComponentState, Health, Topics};
+use ipam_log::{Backlog, EventLog, LogError, Position, Record};
+use ipam_runtime::{ComponentState, Health, SnapshotStore, Topics};
 
 use crate::model::ReadModel;
 
@@ -31,6 +35,14 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The read model's name on the health board.
 pub(crate) const COMPONENT: &str = "api-read-model";
+
+/// Where and how often the read model is snapshotted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshots {
+    pub store: SnapshotStore,
+    /// At most one snapshot per this long (and one when the API stops).
+    pub every: Duration,
+}
 
 /// The topics the read model folds, with the contract topic each stands for.
 pub(crate) const FOLLOWED: [Topic; 3] = [Topic::Reservations, Topic::DhcpServers, Topic::Hosts];
@@ -59,10 +71,11 @@ pub(crate) fn run(
     model: Arc<RwLock<ReadModel>>,
     stop: Arc<AtomicBool>,
     health: Health,
+    snapshots: Option<Snapshots>,
 ) -> anyhow::Result<()> {
     let mut report = Report { health, last: None };
     report.set(ComponentState::Starting("waiting for the log's topics".to_owned()));
-    let result = follow(&*log, &topics, &model, &stop, &mut report);
+    let result = follow(&*log, &topics, &model, &stop, &mut report, snapshots.as_ref());
     if let Err(error) = &result {
         report.set(ComponentState::Failed(format!("{error:#}")));
     }
@@ -75,6 +88,7 @@ fn follow(
     model: &RwLock<ReadModel>,
     stop: &AtomicBool,
     report: &mut Report,
+    snapshots: Option<&Snapshots>,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = FOLLOWED.iter().map(|kind| topics.name(*kind)).collect();
     let kinds: BTreeMap<String, Topic> = FOLLOWED.iter().map(|kind| (topics.name(*kind), *kind)).collect();
@@ -84,6 +98,7 @@ fn follow(
     let (from, mut backlog, mut follower) = loop {
         let started = Backlog::from_zero(log, &names).and_then(|from| {
             let backlog = Backlog::at_start(log, &names)?;
+            let from = restore(log, snapshots, model, from)?;
             let follower = log.follow(&from)?;
             Ok((from, backlog, follower))
         });
@@ -102,12 +117,14 @@ fn follow(
     {
         let mut model = model.write().unwrap_or_else(|e| e.into_inner());
         for position in &from {
-            model.advance(&position.topic, position.partition, 0);
+            model.advance(&position.topic, position.partition, position.next_offset);
         }
     }
     let mut caught_up = false;
+    let (mut changed, mut last_snapshot) = (false, Instant::now());
     while !stop.load(Ordering::SeqCst) {
         let round = follower.next(READ_MAX, IDLE_WAIT).and_then(|records| {
+            changed |= !records.is_empty();
             fold(&records, &kinds, model);
             if caught_up { Ok(true) } else { backlog.update(log, &*follower, records.is_empty()) }
         });
@@ -132,11 +149,73 @@ fn follow(
         }
         if caught_up {
             report.set(ComponentState::Ok);
+            if let Some(snapshots) = snapshots
+                && changed
+                && last_snapshot.elapsed() >= snapshots.every
+            {
+                save(log, snapshots, &follower.positions(), model);
+                (changed, last_snapshot) = (false, Instant::now());
+            }
         } else {
             report.set(ComponentState::Starting("reading the log from the beginning".to_owned()));
         }
     }
+    // A snapshot of a model that never caught up would be no better than the last one.
+    if let Some(snapshots) = snapshots
+        && caught_up
+        && changed
+    {
+        save(log, snapshots, &follower.positions(), model);
+    }
     Ok(())
+}
+
+/// The positions to follow from: those of the read model's snapshot, when there is one that
+/// matches the log (the model is then the snapshot's), else `from_zero`. Partitions the snapshot
+/// does not name are read from zero.
+fn restore(
+    log: &dyn EventLog,
+    snapshots: Option<&Snapshots>,
+    model: &RwLock<ReadModel>,
+    from_zero: Vec<Position>,
+) -> Result<Vec<Position>, LogError> {
+    let Some(snapshots) = snapshots else { return Ok(from_zero) };
+    let started = Instant::now();
+    let loaded = crate::snapshot::load(&snapshots.store, log).map_err(|error| LogError::Fatal(error.to_string()))?;
+    let Some((restored, positions)) = loaded else { return Ok(from_zero) };
+    let restored_positions: BTreeMap<(String, u32), u64> =
+        positions.into_iter().map(|p| ((p.topic, p.partition), p.next_offset)).collect();
+    let from = from_zero
+        .into_iter()
+        .map(|p| {
+            let next_offset = restored_positions.get(&(p.topic.clone(), p.partition)).copied().unwrap_or(0);
+            Position { next_offset, ..p }
+        })
+        .collect();
+    let events = restored.processed();
+    *model.write().unwrap_or_else(|e| e.into_inner()) = restored;
+    tracing::info!(
+        events,
+        elapsed_ms = started.elapsed().as_millis(),
+        "The API's read model starts from its snapshot."
+    );
+    Ok(from)
+}
+
+/// Writes the read model's snapshot; a failure is reported and the API goes on without it.
+fn save(log: &dyn EventLog, snapshots: &Snapshots, positions: &[Position], model: &RwLock<ReadModel>) {
+    let started = Instant::now();
+    let saved = {
+        // Readers go on meanwhile; only folding waits.
+        let model = model.read().unwrap_or_else(|e| e.into_inner());
+        crate::snapshot::save(&snapshots.store, log, positions, &model)
+    };
+    match saved {
+        Ok(()) => tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "Wrote the read model's snapshot."),
+        Err(error) => {
+            tracing::warn!(error = %error, "Could not write the read model's snapshot; carrying on without it.")
+        }
+    }
 }
 
 /// What to say while the topics cannot be opened: starting while they do not exist yet (the

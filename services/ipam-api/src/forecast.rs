@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use ipam_core::{NetworkId, SubnetId, Timestamp};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The window the rate is measured over, in seconds of the log's time.
 pub const WINDOW_S: i64 = 3600;
@@ -36,14 +36,14 @@ pub struct SubnetForecast {
     pub full_in: Option<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Changes {
     /// (minute since the epoch, net change in that minute), oldest first.
     buckets: VecDeque<(i64, i64)>,
 }
 
 /// See the module documentation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Forecasts {
     subnets: BTreeMap<(NetworkId, SubnetId), Changes>,
     /// The log's time: the latest record time folded.

@@ -24,14 +24,14 @@ use std::collections::BTreeMap;
 use ipam_core::event::{LeaseChange, LeaseConflictKind, VnicLeaseChanged, VnicUnleased};
 use ipam_core::{HostId, NetworkId, Timestamp, VnicId};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the reservation → lease histogram's buckets, in seconds.
 pub const LEASE_LATENCY_BUCKETS: [f64; 12] =
     [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
 /// Where a vNIC with a reservation is on its way to a guest that uses the address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VnicState {
     /// IPAM reserved the address; no DHCP server is known to serve it yet.
@@ -71,7 +71,7 @@ pub struct VnicProgress {
 }
 
 /// A guest's lease, as its host agent last reported it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 pub struct LeaseView {
     /// The host whose DHCP server holds the lease.
     pub host_id: HostId,
@@ -81,7 +81,7 @@ pub struct LeaseView {
     pub observed_at: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Progress {
     network_id: NetworkId,
     reserved_at: Timestamp,
@@ -106,7 +106,7 @@ impl Progress {
 }
 
 /// The latest synced mark of one host's server of a network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Synced {
     epoch: u64,
     reservations_offset: u64,
@@ -114,7 +114,7 @@ struct Synced {
 }
 
 /// A histogram of seconds, with [`LEASE_LATENCY_BUCKETS`].
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyHistogram {
     /// Observations at or below each bound (not cumulative).
     pub counts: [u64; LEASE_LATENCY_BUCKETS.len()],
@@ -133,7 +133,7 @@ impl LatencyHistogram {
 }
 
 /// See the module documentation.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LeaseStates {
     vnics: BTreeMap<VnicId, Progress>,
     /// Per network, the vNICs not served yet, by the offset of their reservation.
@@ -142,7 +142,7 @@ pub struct LeaseStates {
     synced: BTreeMap<NetworkId, BTreeMap<HostId, Synced>>,
     latency: LatencyHistogram,
     /// Per network and kind (its wire name).
-    conflicts: BTreeMap<(NetworkId, &'static str), u64>,
+    conflicts: BTreeMap<(NetworkId, String), u64>,
     /// vNICs per network and state, and per network those reported unleased that still hold no
     /// lease: kept as each vNIC changes, so that a `/metrics` scrape, which reads them under the
     /// read model's lock, costs the number of networks rather than a walk over every vNIC.
@@ -316,7 +316,7 @@ impl LeaseStates {
             LeaseConflictKind::WrongAddress => "wrong_address",
             LeaseConflictKind::NoReservation => "no_reservation",
         };
-        *self.conflicts.entry((network_id, name)).or_default() += 1;
+        *self.conflicts.entry((network_id, name.to_owned())).or_default() += 1;
     }
 
     /// Where a vNIC's reservation is, while it holds one.
@@ -348,7 +348,7 @@ impl LeaseStates {
     }
 
     /// Lease conflicts reported, per network and kind.
-    pub fn conflict_counts(&self) -> &BTreeMap<(NetworkId, &'static str), u64> {
+    pub fn conflict_counts(&self) -> &BTreeMap<(NetworkId, String), u64> {
         &self.conflicts
     }
 
@@ -367,7 +367,7 @@ pub(crate) fn gauges(model: &crate::model::ReadModel) -> crate::metrics::Gauges 
         lease_conflicts: states
             .conflict_counts()
             .iter()
-            .map(|((network, kind), count)| (network.to_string(), (*kind).to_owned(), *count))
+            .map(|((network, kind), count)| (network.to_string(), kind.clone(), *count))
             .collect(),
         vnic_states: states
             .state_counts()

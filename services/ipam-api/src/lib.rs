@@ -32,8 +32,11 @@ pub mod views;
 
 mod follower;
 mod routes;
+mod snapshot;
 mod state;
 mod ui;
+
+pub use follower::Snapshots;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +97,9 @@ pub struct ApiConfig {
     /// How long the read model may stay behind the log without moving before `/health` calls it
     /// stuck (30 s by default; measured between calls of `/health`).
     pub read_model_stuck_after: Duration,
+    /// Where the read model keeps its snapshot, so that a restart reads only the log after it
+    /// (none by default: the read model reads the log from the beginning at every start).
+    pub snapshots: Option<Snapshots>,
 }
 
 impl Default for ApiConfig {
@@ -107,6 +113,7 @@ impl Default for ApiConfig {
             max_streams: stream::MAX_STREAMS,
             max_streams_per_client: stream::MAX_STREAMS_PER_CLIENT,
             read_model_stuck_after: Duration::from_secs(30),
+            snapshots: None,
         }
     }
 }
@@ -123,6 +130,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("max_streams", &self.max_streams)
             .field("max_streams_per_client", &self.max_streams_per_client)
             .field("read_model_stuck_after", &self.read_model_stuck_after)
+            .field("snapshots", &self.snapshots)
             .finish()
     }
 }
@@ -211,11 +219,11 @@ fn serve(
     let model = Arc::new(RwLock::new(ReadModel::new()));
     let follower = {
         let (log, topics, model, halt) = (Arc::clone(&log), topics.clone(), Arc::clone(&model), Arc::clone(&halt));
-        let health = health.clone();
+        let (health, snapshots) = (health.clone(), config.snapshots.clone());
         std::thread::Builder::new()
             .name("ipam-api-read-model".to_owned())
             .spawn(move || {
-                let result = follower::run(log, topics, model, Arc::clone(&halt), health);
+                let result = follower::run(log, topics, model, Arc::clone(&halt), health, snapshots);
                 // A read model that cannot go on stops the API rather than serve stale answers.
                 halt.store(true, Ordering::SeqCst);
                 result

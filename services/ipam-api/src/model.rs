@@ -26,7 +26,7 @@ use ipam_core::event::{AssignReason, DhcpServerState, HostNetwork, HostStatus, O
 use ipam_core::{Cidr, Envelope, Event, EventId, HostId, InterfaceName, IpRange, Mac, NetworkId, SubnetId, Topic};
 use ipam_core::{RejectionCode, Timestamp, VmId, VnicId};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::views::*;
 
@@ -51,7 +51,7 @@ pub fn position_key(topic: &str, partition: u32) -> String {
 }
 
 /// The network facts the allocator accepted and forwarded to `ipam.hosts`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 struct NetworkInfo {
     name: String,
     ipam_enabled: bool,
@@ -59,7 +59,7 @@ struct NetworkInfo {
     updated: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 struct Subnet {
     cidr: Cidr,
     gateway: IpAddr,
@@ -69,7 +69,7 @@ struct Subnet {
     activated: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Reservation {
     owner: Owner,
     mac: Mac,
@@ -77,7 +77,7 @@ struct Reservation {
     cause: EventId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Server {
     interface: InterfaceName,
     epoch: u64,
@@ -85,7 +85,7 @@ struct Server {
     since: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 pub(crate) struct Rejection {
     request_type: String,
     code: RejectionCode,
@@ -98,7 +98,7 @@ pub(crate) struct Rejection {
     subnet_id: Option<SubnetId>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Network {
     info: Option<NetworkInfo>,
     subnets: BTreeMap<SubnetId, Subnet>,
@@ -123,7 +123,7 @@ impl Network {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 pub(crate) struct VnicReservation {
     network_id: NetworkId,
     subnet_id: SubnetId,
@@ -135,7 +135,7 @@ pub(crate) struct VnicReservation {
     cause: EventId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 pub(crate) struct VnicRelease {
     network_id: NetworkId,
     subnet_id: SubnetId,
@@ -145,14 +145,14 @@ pub(crate) struct VnicRelease {
     cause: EventId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Vnic {
     vm_id: VmId,
     reservation: Option<VnicReservation>,
     last_release: Option<VnicRelease>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 struct HostInfo {
     name: String,
     status: HostStatus,
@@ -160,7 +160,7 @@ struct HostInfo {
     updated: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 pub(crate) struct ServerStatus {
     epoch: u64,
     state: DhcpServerState,
@@ -168,7 +168,7 @@ pub(crate) struct ServerStatus {
     time: Timestamp,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Host {
     info: Option<HostInfo>,
     last_heartbeat: Option<Timestamp>,
@@ -177,7 +177,7 @@ struct Host {
 }
 
 /// One holder of an address, from its reservation to its release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, Deserialize)]
 struct HistoryEntry {
     owner: Owner,
     mac: Mac,
@@ -199,7 +199,7 @@ struct HistoryEntry {
 
 /// What the system decided about one input, found by the input's id (the `cause` its outputs
 /// name). A vNIC that moves is released and reserved under one cause: the reservation wins.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decided {
     /// The input got an address.
     Reserved { network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip: IpAddr },
@@ -218,7 +218,7 @@ pub enum Decided {
 }
 
 /// The read model. See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ReadModel {
     /// Decisions by the id of their cause, and the causes in the order they were decided (for the
     /// bound [`DECISIONS_KEPT`]).
@@ -271,6 +271,11 @@ impl ReadModel {
 
     pub fn set_caught_up(&mut self) {
         self.caught_up = true;
+    }
+
+    /// A model read from a snapshot: it has to catch up with the log again.
+    pub(crate) fn restored(&mut self) {
+        self.caught_up = false;
     }
 
     /// Folds one event read from `topic` into the model. Events that say nothing the model keeps

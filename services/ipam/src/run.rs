@@ -169,6 +169,10 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
                 bearer_token: config.api_token.clone(),
                 tokens: ipam_api::auth::load_tokens(&config.api_tokens)?,
                 tls,
+                // Beside the deciding services' own: a restart reads only the log after it.
+                snapshots: snapshots
+                    .clone()
+                    .map(|store| ipam_api::Snapshots { store, every: Duration::from_secs(config.snapshot_every_secs) }),
                 ..ipam_api::ApiConfig::default()
             };
             let (log, topics, api_stop, api_health) =

@@ -114,7 +114,7 @@ impl Snapshot {
 
 /// Where snapshots are kept: one file per name in a directory, replaced atomically, each bound to
 /// the log `identity` names.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotStore {
     dir: PathBuf,
     log: String,
