@@ -509,6 +509,11 @@ fn snapshots(deployment: &dyn Deployment) -> BTreeMap<String, String> {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().replace(".json", "");
+            // The API's read model (MessagePack) is a view of the decisions, not a decided state;
+            // the API's own tests check it.
+            if name == "api-read-model" {
+                continue;
+            }
             // Names carry the topic name, which may be prefixed; keep the kind and partition.
             let key = name.split('-').next().unwrap().to_owned() + "-" + name.rsplit('-').next().unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
