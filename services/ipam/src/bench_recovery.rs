@@ -87,7 +87,7 @@ impl Rebuild {
                 rebuild.partitions += field(line, "partitions").max(1);
                 rebuild.replayed += field(line, "replayed");
                 rebuild.elapsed_ms += field(line, "elapsed_ms");
-            } else if line.contains("Restored partition state") {
+                // The wall time of restoring the partitions, whose snapshots are read in parallel.
                 rebuild.restore_ms += field(line, "restore_ms");
             }
         }

@@ -54,11 +54,14 @@ impl AllocatorMachines {
 }
 
 impl Machines for AllocatorMachines {
-    fn restore(&mut self, partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
-        let allocator = match snapshot {
-            Some(bytes) => Allocator::restore(&(), bytes).context("reading an allocator snapshot")?,
-            None => Allocator::new(),
-        };
+    type Decoded = Allocator;
+
+    fn decode(&self, snapshot: &[u8]) -> anyhow::Result<Allocator> {
+        Allocator::restore(&(), snapshot).context("reading an allocator snapshot")
+    }
+
+    fn restore(&mut self, partition: &TopicPartition, state: Option<Allocator>) -> anyhow::Result<()> {
+        let allocator = state.unwrap_or_default();
         let mut actors = BTreeMap::new();
         for part in allocator.split() {
             let network_id = part.networks().next().map(|network| network.network_id());

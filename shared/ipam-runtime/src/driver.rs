@@ -42,9 +42,15 @@ pub struct Applied {
 }
 
 /// The state machines a driver feeds, partition by partition.
-pub trait Machines: Send {
-    /// Installs a partition's state: from a snapshot, or empty.
-    fn restore(&mut self, partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()>;
+pub trait Machines: Send + Sync {
+    /// A partition's state read from its snapshot, not installed yet.
+    type Decoded: Send;
+    /// Reads a snapshot's state. It takes `&self` only, so that the driver reads the snapshots of
+    /// several partitions at once, one per core: with a million reservations, reading them is
+    /// most of a rebuild.
+    fn decode(&self, snapshot: &[u8]) -> anyhow::Result<Self::Decoded>;
+    /// Installs a partition's state: a decoded snapshot's, or empty.
+    fn restore(&mut self, partition: &TopicPartition, state: Option<Self::Decoded>) -> anyhow::Result<()>;
     /// Forgets a partition's state (it moved to another member).
     fn forget(&mut self, partition: &TopicPartition);
     /// Applies `inputs` (each with its partition) and answers what each produced, in the same
@@ -404,10 +410,16 @@ impl<M: Machines> Driver<M> {
             return Ok(());
         }
         let started = Instant::now();
-        let mut tails = Vec::with_capacity(partitions.len());
+        let mut found = Vec::with_capacity(partitions.len());
         for partition in partitions {
-            tails.push(self.restore(partition)?);
+            found.push(self.find_snapshot(partition)?);
         }
+        let decoded = self.decode_all(&found);
+        let mut tails = Vec::with_capacity(partitions.len());
+        for (found, decoded) in found.into_iter().zip(decoded) {
+            tails.push(self.restore(found, decoded)?);
+        }
+        let restore_ms = started.elapsed().as_millis() as u64;
         let replayed = self.replay(&mut tails)?;
         for tail in tails {
             self.next_offsets.insert(tail.partition.clone(), tail.committed);
@@ -416,39 +428,79 @@ impl<M: Machines> Driver<M> {
                 None => self.last_applied.remove(&tail.partition),
             };
         }
-        tracing::info!(driver = %self.config.name, partitions = partitions.len(), replayed,
+        tracing::info!(driver = %self.config.name, partitions = partitions.len(), replayed, restore_ms,
                        elapsed_ms = started.elapsed().as_millis() as u64, "Rebuilt partition state.");
         Ok(())
     }
 
-    /// Installs a partition's latest usable snapshot (or an empty state) and answers what is left
-    /// to replay on top of it.
-    fn restore(&mut self, partition: &TopicPartition) -> anyhow::Result<Tail> {
-        let started = Instant::now();
+    /// A partition's committed position and its latest snapshot, if that belongs to the log.
+    fn find_snapshot(&self, partition: &TopicPartition) -> anyhow::Result<Found> {
         self.health.set(
             &self.config.name,
             ComponentState::Starting(format!("rebuilding {}/{}", partition.topic, partition.partition)),
         );
         let name = self.snapshot_name(partition);
         let committed = self.committed_position(partition)?;
-        let mut snapshot = self.snapshots.load(&name)?;
-        if let Some(found) = &snapshot {
-            self.check_in_log(&name, partition, found, committed)?;
-            if let Err(error) = self.machines.restore(partition, Some(&found.state)) {
+        let snapshot = self.snapshots.load(&name)?;
+        if let Some(snapshot) = &snapshot {
+            self.check_in_log(&name, partition, snapshot, committed)?;
+        }
+        Ok(Found { partition: partition.clone(), name, committed, snapshot })
+    }
+
+    /// Reads the states of the snapshots found, on up to one thread per core; each with how long
+    /// it took.
+    fn decode_all(&self, found: &[Found]) -> Vec<Option<(anyhow::Result<M::Decoded>, Duration)>> {
+        let machines = &self.machines;
+        let decode = |found: &Found| {
+            found.snapshot.as_ref().map(|snapshot| {
+                let started = Instant::now();
+                (machines.decode(&snapshot.state), started.elapsed())
+            })
+        };
+        let threads = std::thread::available_parallelism().map_or(1, usize::from).min(found.len().max(1));
+        if threads <= 1 {
+            return found.iter().map(decode).collect();
+        }
+        let chunk = found.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = found
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(decode).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    }
+
+    /// Installs a partition's snapshot state (or an empty state, when it had none or its state
+    /// could not be read) and answers what is left to replay on top of it.
+    fn restore(
+        &mut self,
+        found: Found,
+        decoded: Option<(anyhow::Result<M::Decoded>, Duration)>,
+    ) -> anyhow::Result<Tail> {
+        let started = Instant::now();
+        let Found { partition, name, committed, mut snapshot } = found;
+        let (state, decode_ms) = match decoded {
+            Some((Ok(state), took)) => (Some(state), took.as_millis() as u64),
+            Some((Err(error), took)) => {
                 tracing::warn!(driver = %self.config.name, snapshot = %name, error = format!("{error:#}"),
                                "Ignoring a snapshot whose state cannot be read; replaying from zero.");
                 snapshot = None;
+                (None, took.as_millis() as u64)
             }
-        }
-        if snapshot.is_none() {
-            self.machines.restore(partition, None).with_context(|| format!("starting {partition:?} empty"))?;
-        }
+            None => (None, 0),
+        };
+        self.machines.restore(&partition, state).with_context(|| format!("installing the state of {partition:?}"))?;
         let from = snapshot.as_ref().map_or(0, |found| found.offset);
         let last_applied = snapshot.as_ref().and_then(|found| found.anchor.as_ref()).map(|anchor| anchor.offset);
         tracing::info!(driver = %self.config.name, topic = %partition.topic, partition = partition.partition,
                        snapshot_offset = snapshot.as_ref().map(|found| found.offset), to_replay = committed.saturating_sub(from),
-                       restore_ms = started.elapsed().as_millis() as u64, "Restored partition state.");
-        Ok(Tail { partition: partition.clone(), from, committed, last_applied })
+                       decode_ms, install_ms = started.elapsed().as_millis() as u64, "Restored partition state.");
+        Ok(Tail { partition, from, committed, last_applied })
     }
 
     /// Replays every tail up to its committed position; answers how many records were replayed.
@@ -575,6 +627,15 @@ impl<M: Machines> Driver<M> {
         self.last_snapshot = Instant::now();
         Ok(())
     }
+}
+
+/// A partition about to be restored: its committed position and the snapshot to start from.
+struct Found {
+    partition: TopicPartition,
+    /// The snapshot's name in the store.
+    name: String,
+    committed: u64,
+    snapshot: Option<Snapshot>,
 }
 
 /// What is left to replay of one partition on top of its restored state.

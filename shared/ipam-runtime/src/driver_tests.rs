@@ -23,16 +23,18 @@ struct Counter {
 }
 
 impl Machines for Counter {
-    fn restore(&mut self, partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
+    type Decoded = u64;
+
+    fn decode(&self, snapshot: &[u8]) -> anyhow::Result<u64> {
+        Ok(std::str::from_utf8(snapshot)?.parse()?)
+    }
+
+    fn restore(&mut self, partition: &TopicPartition, count: Option<u64>) -> anyhow::Result<()> {
         if self.restore_failures > 0 {
             self.restore_failures -= 1;
             return Err(LogError::Storage("the log went away during the rebuild".to_owned()).into());
         }
-        let count = match snapshot {
-            Some(bytes) => std::str::from_utf8(bytes)?.parse()?,
-            None => 0,
-        };
-        self.counts.insert(partition.clone(), count);
+        self.counts.insert(partition.clone(), count.unwrap_or(0));
         Ok(())
     }
 
@@ -274,7 +276,13 @@ struct Recorder {
 }
 
 impl Machines for Recorder {
-    fn restore(&mut self, partition: &TopicPartition, _: Option<&[u8]>) -> anyhow::Result<()> {
+    type Decoded = ();
+
+    fn decode(&self, _: &[u8]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn restore(&mut self, partition: &TopicPartition, _: Option<()>) -> anyhow::Result<()> {
         self.ids.insert(partition.clone(), Vec::new());
         Ok(())
     }

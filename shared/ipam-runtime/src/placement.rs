@@ -29,11 +29,14 @@ impl PlacementMachines {
 }
 
 impl Machines for PlacementMachines {
-    fn restore(&mut self, _partition: &TopicPartition, snapshot: Option<&[u8]>) -> anyhow::Result<()> {
-        let placement = match snapshot {
-            Some(bytes) => Placement::restore(&self.config, bytes).context("reading a placement snapshot")?,
-            None => Placement::new(self.config),
-        };
+    type Decoded = Placement;
+
+    fn decode(&self, snapshot: &[u8]) -> anyhow::Result<Placement> {
+        Placement::restore(&self.config, snapshot).context("reading a placement snapshot")
+    }
+
+    fn restore(&mut self, _partition: &TopicPartition, state: Option<Placement>) -> anyhow::Result<()> {
+        let placement = state.unwrap_or_else(|| Placement::new(self.config));
         self.actor = Some(MachineActor::start_in_arbiter(&self.arbiter, move |_| MachineActor { machine: placement }));
         Ok(())
     }
