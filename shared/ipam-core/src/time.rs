@@ -10,10 +10,33 @@ use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-/// An instant in UTC, written in RFC 3339.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// An instant in UTC, written in RFC 3339 in human-readable formats (JSON, the contract's); binary
+/// formats (the API's MessagePack snapshot) carry seconds and nanoseconds since the Unix epoch,
+/// read back without parsing text.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub DateTime<Utc>);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            self.0.serialize(serializer)
+        } else {
+            (self.0.timestamp(), self.0.timestamp_subsec_nanos()).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        if deserializer.is_human_readable() {
+            return DateTime::<Utc>::deserialize(deserializer).map(Timestamp);
+        }
+        let (seconds, nanos) = <(i64, u32)>::deserialize(deserializer)?;
+        DateTime::from_timestamp(seconds, nanos).map(Timestamp).ok_or_else(|| {
+            serde::de::Error::custom(format!("no instant is {seconds} s and {nanos} ns after the epoch"))
+        })
+    }
+}
 
 impl Timestamp {
     /// The instant `millis` milliseconds after the Unix epoch (saturating at chrono's range).
