@@ -34,6 +34,7 @@ fn fixed(vnic: VnicId, mac: Mac, ip: &str) -> Event {
         vm_id: VmId::from_u128(vnic.0.as_u128()),
         network_id: NETWORK,
         subnet_id: Some(SUBNET),
+        subnet_ids: Vec::new(),
         mac,
         requested_ip: Some(ip.parse().unwrap()),
     })

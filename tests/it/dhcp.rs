@@ -264,6 +264,7 @@ fn vnic_up(vnic: VnicId, mac: Mac) -> VnicUp {
         vm_id: VmId::from_u128(vnic.0.as_u128()),
         network_id: NETWORK,
         subnet_id: Some(SUBNET),
+        subnet_ids: Vec::new(),
         mac,
         requested_ip: None,
     }

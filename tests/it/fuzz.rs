@@ -967,6 +967,7 @@ impl World {
             vm_id: VmId::from_u128(7 + rng.index(2) as u128),
             network_id,
             subnet_id: (!rng.one_in(10)).then_some(subnet_id),
+            subnet_ids: Vec::new(),
             mac: World::mac(rng),
             requested_ip: rng.one_in(4).then(|| World::ip(rng, which)),
         };

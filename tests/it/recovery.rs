@@ -168,6 +168,7 @@ pub fn workload(seed: u64) -> Workload {
                 vm_id: VmId::from_u128(0x20_0000 + u128::from(vnic)),
                 network_id: network_id(net),
                 subnet_id: Some(subnet_id(net, subnet)),
+                subnet_ids: Vec::new(),
                 mac,
                 requested_ip,
             };

@@ -26,6 +26,7 @@ pub fn every_type() -> Vec<Envelope> {
         vm_id: VmId::from_u128(6),
         network_id,
         subnet_id: Some(subnet_id),
+        subnet_ids: Vec::new(),
         mac,
         requested_ip: Some("10.0.0.10".parse().unwrap()),
     };

@@ -160,6 +160,7 @@ impl Workload {
             vm_id: VmId::from_u128(0x6000_0000 + u128::from(i)),
             network_id: network(net),
             subnet_id: Some(SubnetId::from_u128(u128::from(net) + 1)),
+            subnet_ids: Vec::new(),
             mac,
             requested_ip: None,
         });

@@ -250,6 +250,7 @@ impl Starts {
             vm_id: VmId::from_u128(0x8000_0000_0000 + u128::from(i)),
             network_id: network(net),
             subnet_id: Some(subnet(net)),
+            subnet_ids: Vec::new(),
             mac: Mac::from_octets([0x52, 0x54, b[4], b[5], b[6], b[7]]).expect("a unicast MAC"),
             requested_ip: None,
         })

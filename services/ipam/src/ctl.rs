@@ -360,7 +360,15 @@ pub fn ctl(session: &Session, command: Ctl, wait: Duration) -> anyhow::Result<i3
                 (id.unwrap_or_else(|| VnicId(fresh_uuid())), vm.unwrap_or_else(|| VmId(fresh_uuid())));
             note("vnic_id", &vnic_id);
             note("vm_id", &vm_id);
-            Event::VnicStarted(VnicUp { vnic_id, vm_id, network_id, subnet_id, mac, requested_ip: ip })
+            Event::VnicStarted(VnicUp {
+                vnic_id,
+                vm_id,
+                network_id,
+                subnet_id,
+                subnet_ids: Vec::new(),
+                mac,
+                requested_ip: ip,
+            })
         }
         Ctl::VnicStop { vnic, network } => {
             let vnic_id: VnicId = parse_id(vnic.text(), "vNIC")?;

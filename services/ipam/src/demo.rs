@@ -222,6 +222,7 @@ fn story(dir: &std::path::Path, keep: bool, token: Option<&str>) -> anyhow::Resu
             vm_id: VmId::from_u128(0x8000 + n),
             network_id: network,
             subnet_id: Some(SubnetId::from_u128(0x5b00 + subnet)),
+            subnet_ids: Vec::new(),
             mac: Mac::from_octets([0x52, 0x54, b[0], b[1], b[2], b[3]]).expect("unicast"),
             requested_ip: None,
         }
@@ -332,6 +333,7 @@ fn keep_running(api: &Api, url: &str, has_token: bool, alive: &Arc<Mutex<Vec<boo
         vm_id: VmId::from_u128(0x8ffe),
         network_id: LAB,
         subnet_id: Some(SubnetId::from_u128(0x5b03)),
+        subnet_ids: Vec::new(),
         mac: "52:54:00:00:7f:fe".parse()?,
         requested_ip: Some("10.99.0.10".parse()?),
     };

@@ -105,6 +105,7 @@ fn up(network_id: NetworkId, subnet_id: SubnetId, n: u64) -> Event {
         vm_id: VmId::from_u128(u128::from(n)),
         network_id,
         subnet_id: Some(subnet_id),
+        subnet_ids: Vec::new(),
         mac: mac(n),
         requested_ip: None,
     })

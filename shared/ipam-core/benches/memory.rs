@@ -83,6 +83,7 @@ fn main() {
                 vm_id: VmId::from_u128(u128::from(n)),
                 network_id,
                 subnet_id: Some(subnet_id),
+                subnet_ids: Vec::new(),
                 mac: Mac::from_octets([0x52, 0x54, b[4], b[5], b[6], b[7]]).unwrap(),
                 requested_ip: None,
             });

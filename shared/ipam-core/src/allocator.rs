@@ -6,6 +6,17 @@
 //! a vNIC that comes up twice holds one reservation, and a down event for an owner that holds nothing
 //! yields nothing.
 //!
+//! # Dual-stack vNICs
+//! A vNIC holds at most one address per family: its holdings are keyed by (vNIC, family), and a
+//! `VnicUp` may name one IPv4 and one IPv6 subnet ([`VnicUp::subnets`]). Such a request is all or
+//! nothing: every address is checked before any is taken, so a refusal of either family (pool
+//! full, fixed IP taken, ...) reserves neither and yields one rejection, naming the subnet that
+//! failed. Accepted, it yields one `ipam.reservation.added.v1` per address, IPv4 first; a down
+//! event releases every address of the vNIC, IPv4 first. A vNIC that comes up again while it holds
+//! addresses is a no-op when it asks for exactly what it holds (the same subnets and MAC, and a
+//! fixed IP, if any, that it holds), and refused with `vnic_conflict` otherwise, a family added or
+//! dropped included: as for a single-stack vNIC, a change waits for a down event.
+//!
 //! # Disabling IPAM
 //! `ipam_enabled: false` on a network refuses new reservations (`ipam_disabled`) but keeps the ones
 //! that exist, and they are released as their vNICs go down as usual. Disabling is often temporary
@@ -67,7 +78,7 @@ use crate::ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
 use crate::lease_watch::{LeaseWatch, LeaseWatchSnapshot, Reserved};
 use crate::mac::Mac;
 use crate::machine::{InvariantViolation, SnapshotError, StateMachine, ensure};
-use crate::net::{SpecialBlock, SubnetSpec};
+use crate::net::{IpFamily, SpecialBlock, SubnetSpec};
 use crate::pool::{AddressPool, PoolError};
 use crate::recent::{INPUT_WINDOW, RecentInputs};
 use crate::rejection::{Rejection, RejectionCode};
@@ -112,11 +123,11 @@ fn validate_policy(policy: &NetworkPolicy) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Who holds a reservation, as the allocator indexes it: a vNIC holds one address, a host's DHCP
-/// server one per subnet.
+/// Who holds a reservation, as the allocator indexes it: a vNIC holds one address per family (a
+/// dual-stack vNIC two; IPv4 orders first), a host's DHCP server one per subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum OwnerKey {
-    Vnic(VnicId),
+    Vnic(VnicId, IpFamily),
     DhcpPort(HostId, SubnetId),
 }
 
@@ -183,18 +194,29 @@ pub struct NetworkAllocator {
     lease_watch: LeaseWatch,
 }
 
-/// Who uses a MAC on the network. A vNIC's MAC is unique on its network; a host's DHCP server uses
-/// its interface's one MAC for its address in every subnet, so it may hold several reservations.
+/// Who uses a MAC on the network, and for how many reservations. A vNIC's MAC is unique on its
+/// network (a dual-stack vNIC uses it for both its addresses); a host's DHCP server uses its
+/// interface's one MAC for its address in every subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MacUser {
-    Vnic(VnicId),
+    Vnic { vnic_id: VnicId, reservations: u32 },
     DhcpServer { host_id: HostId, reservations: u32 },
 }
 
 impl MacUser {
-    /// Whether `key` may reserve with a MAC this user already has.
+    /// Whether `key` may reserve with a MAC this user already has: the same vNIC or host.
     fn admits(self, key: OwnerKey) -> bool {
-        matches!((self, key), (MacUser::DhcpServer { host_id, .. }, OwnerKey::DhcpPort(host, _)) if host_id == host)
+        match (self, key) {
+            (MacUser::Vnic { vnic_id, .. }, OwnerKey::Vnic(vnic, _)) => vnic_id == vnic,
+            (MacUser::DhcpServer { host_id, .. }, OwnerKey::DhcpPort(host, _)) => host_id == host,
+            _ => false,
+        }
+    }
+
+    fn reservations(self) -> u32 {
+        match self {
+            MacUser::Vnic { reservations, .. } | MacUser::DhcpServer { reservations, .. } => reservations,
+        }
     }
 }
 
@@ -205,6 +227,17 @@ struct ReserveRequest {
     mac: Mac,
     vm_id: Option<VmId>,
     requested_ip: Option<IpAddr>,
+}
+
+/// A request checked against the state ([`NetworkAllocator::prepare`]): taking it cannot fail, so
+/// a request of several addresses checks them all before it takes any.
+struct Prepared {
+    request: ReserveRequest,
+    /// The address to take (the fixed IP, or the one this MAC left in quarantine), or `None` for
+    /// the next free one.
+    address: Option<IpAddr>,
+    /// Whether `address` comes out of quarantine.
+    reclaimed: bool,
 }
 
 impl NetworkAllocator {
@@ -316,6 +349,7 @@ impl NetworkAllocator {
         });
         result.unwrap_or_else(|rejection| {
             let (vnic_id, mac, subnet_id) = input.event.request_names();
+            let subnet_id = rejection.subnet_id.or(subnet_id);
             vec![Event::RequestRejected(RequestRejected {
                 network_id: self.network_id,
                 request_type: input.event.type_name().to_owned(),
@@ -411,7 +445,7 @@ impl NetworkAllocator {
     /// Every vNIC reservation, as the lease watch follows it.
     fn vnic_reservations(&self) -> impl Iterator<Item = (VnicId, Reserved)> + '_ {
         self.holdings.iter().filter_map(|(key, holding)| match (key, holding.vm_id) {
-            (OwnerKey::Vnic(vnic_id), Some(vm_id)) => {
+            (OwnerKey::Vnic(vnic_id, _), Some(vm_id)) => {
                 Some((*vnic_id, Reserved { subnet_id: holding.subnet_id, vm_id, mac: holding.mac, ip: holding.ip }))
             }
             _ => None,
@@ -477,7 +511,7 @@ impl NetworkAllocator {
             .holdings
             .iter()
             .find(|(key, holding)| {
-                matches!(key, OwnerKey::Vnic(_)) && holding.subnet_id == e.subnet_id && holding.ip == e.ip
+                matches!(key, OwnerKey::Vnic(..)) && holding.subnet_id == e.subnet_id && holding.ip == e.ip
             })
             .map(|(key, holding)| (*key, *holding));
         // A dynamic holder moves when another address is free; otherwise it keeps the address (a
@@ -494,7 +528,7 @@ impl NetworkAllocator {
             requested_ip: None,
         };
         let added = self.reserve(request, cause).expect("a free address was counted, and the vNIC's MAC is its own");
-        Ok(removed.into_iter().chain(added).collect())
+        Ok(removed.into_iter().chain([added]).collect())
     }
 
     fn conflict_cleared(&mut self, e: &IpConflictCleared) -> Vec<Event> {
@@ -645,41 +679,89 @@ impl NetworkAllocator {
         })
     }
 
+    /// A vNIC came up: it gets an address in each subnet it names, all or nothing (see the module
+    /// documentation on dual-stack vNICs).
     fn vnic_up(&mut self, e: &VnicUp, cause: EventId) -> Result<Vec<Event>, Rejection> {
         self.require_enabled()?;
-        let key = OwnerKey::Vnic(e.vnic_id);
-        let Some(subnet_id) = e.subnet_id else {
-            // A vNIC on no subnet gets no IPAM service; it must not hold an address either.
-            return match self.holdings.get(&key) {
-                None => Ok(Vec::new()),
-                Some(held) => Err(conflict(key, held, "no subnet")),
+        let subnets = e.subnets();
+        let held: Vec<Holding> = self.vnic_holdings(e.vnic_id).map(|(_, holding)| *holding).collect();
+        if !held.is_empty() {
+            // Coming up again: a no-op when it asks for exactly what it holds.
+            let asks_held = |holding: &Holding| {
+                holding.mac == e.mac
+                    && subnets.contains(&holding.subnet_id)
+                    && e.requested_ip.is_none_or(|ip| IpFamily::of(ip) != IpFamily::of(holding.ip) || ip == holding.ip)
             };
-        };
-        let request = ReserveRequest { key, subnet_id, mac: e.mac, vm_id: Some(e.vm_id), requested_ip: e.requested_ip };
-        self.reserve(request, cause)
+            let requested_held = e.requested_ip.is_none_or(|ip| held.iter().any(|holding| holding.ip == ip));
+            let same = held.len() == subnets.len() && held.iter().all(asks_held) && requested_held;
+            let asked = if subnets.is_empty() { "no subnet" } else { "another subnet, MAC or IP" };
+            return if same { Ok(Vec::new()) } else { Err(vnic_conflict(e.vnic_id, &held, asked)) };
+        }
+        // A vNIC on no subnet gets no IPAM service.
+        let mut by_family: BTreeMap<IpFamily, SubnetId> = BTreeMap::new();
+        for &subnet_id in &subnets {
+            let family = self.require_subnet(subnet_id).map_err(|r| r.in_subnet(subnet_id))?.spec.cidr.family();
+            if let Some(other) = by_family.insert(family, subnet_id) {
+                let message = format!(
+                    "subnets {other} and {subnet_id} are both {family}; a vNIC holds at most one address of each family"
+                );
+                return Err(Rejection::new(RejectionCode::DuplicateFamily, message).in_subnet(subnet_id));
+            }
+        }
+        if let Some(ip) = e.requested_ip
+            && !subnets.is_empty()
+            && !by_family.contains_key(&IpFamily::of(ip))
+        {
+            let cidrs: Vec<String> = by_family.values().map(|id| self.subnets[id].spec.cidr.to_string()).collect();
+            let message = format!("{ip} is not inside {}", cidrs.join(" or "));
+            return Err(Rejection::new(RejectionCode::IpOutsideSubnet, message));
+        }
+        let mut prepared = Vec::with_capacity(by_family.len());
+        for (family, subnet_id) in by_family {
+            let request = ReserveRequest {
+                key: OwnerKey::Vnic(e.vnic_id, family),
+                subnet_id,
+                mac: e.mac,
+                vm_id: Some(e.vm_id),
+                requested_ip: e.requested_ip.filter(|ip| IpFamily::of(*ip) == family),
+            };
+            prepared.push(self.prepare(request).map_err(|r| r.in_subnet(subnet_id))?);
+        }
+        Ok(prepared.into_iter().map(|prepared| self.take(prepared, cause)).collect())
+    }
+
+    /// The vNIC's holdings, IPv4 first.
+    fn vnic_holdings(&self, vnic_id: VnicId) -> impl Iterator<Item = (&OwnerKey, &Holding)> + '_ {
+        self.holdings.range(OwnerKey::Vnic(vnic_id, IpFamily::Ipv4)..=OwnerKey::Vnic(vnic_id, IpFamily::Ipv6))
     }
 
     fn port_requested(&mut self, e: &DhcpPortRequested, cause: EventId) -> Result<Vec<Event>, Rejection> {
         self.require_enabled()?;
         let key = OwnerKey::DhcpPort(e.host_id, e.subnet_id);
-        let request = ReserveRequest { key, subnet_id: e.subnet_id, mac: e.mac, vm_id: None, requested_ip: None };
-        self.reserve(request, cause)
-    }
-
-    fn reserve(&mut self, request: ReserveRequest, cause: EventId) -> Result<Vec<Event>, Rejection> {
-        let ReserveRequest { key, subnet_id, mac, vm_id, requested_ip } = request;
         if let Some(held) = self.holdings.get(&key) {
-            let same = held.subnet_id == subnet_id && held.mac == mac && requested_ip.is_none_or(|ip| ip == held.ip);
+            let same = held.subnet_id == e.subnet_id && held.mac == e.mac;
             return if same { Ok(Vec::new()) } else { Err(conflict(key, held, "another subnet, MAC or IP")) };
         }
+        let request = ReserveRequest { key, subnet_id: e.subnet_id, mac: e.mac, vm_id: None, requested_ip: None };
+        Ok(vec![self.reserve(request, cause)?])
+    }
+
+    /// Checks and takes one address for an owner that holds none under its key.
+    fn reserve(&mut self, request: ReserveRequest, cause: EventId) -> Result<Event, Rejection> {
+        let prepared = self.prepare(request)?;
+        Ok(self.take(prepared, cause))
+    }
+
+    /// Checks everything that could refuse `request`, changing nothing; the owner holds nothing
+    /// under its key.
+    fn prepare(&self, request: ReserveRequest) -> Result<Prepared, Rejection> {
+        let ReserveRequest { key, subnet_id, mac, requested_ip, .. } = request;
+        debug_assert!(!self.holdings.contains_key(&key), "{} holds an address already", describe(key));
         let network_id = self.network_id;
-        let subnet = self.subnets.get(&subnet_id).ok_or_else(|| {
-            let message = format!("subnet {subnet_id} is not defined on network {network_id}");
-            Rejection::new(RejectionCode::UnknownSubnet, message)
-        })?;
+        let subnet = self.require_subnet(subnet_id)?;
         if let Some(user) = self.macs.get(&mac).filter(|user| !user.admits(key)) {
             let who = match user {
-                MacUser::Vnic(vnic_id) => describe(OwnerKey::Vnic(*vnic_id)),
+                MacUser::Vnic { vnic_id, .. } => format!("vNIC {vnic_id}"),
                 MacUser::DhcpServer { host_id, .. } => format!("the DHCP server of host {host_id}"),
             };
             let message = format!("MAC {mac} is already used on network {network_id} by {who}");
@@ -717,52 +799,62 @@ impl NetworkAllocator {
             Some(ip) => self.quarantine.contains_key(&(subnet_id, ip)).then_some(ip),
             None => self.quarantined_of(mac, subnet_id),
         };
-        if let Some(ip) = reclaimed {
-            self.unquarantine(subnet_id, ip);
-        }
-        let subnet = self.subnets.get_mut(&subnet_id).expect("found above");
-        let ip = match requested_ip.or(reclaimed) {
-            Some(ip) => subnet.pool.reserve(ip).map(|()| ip).map_err(|error| {
-                let cidr = subnet.spec.cidr;
-                match error {
-                    PoolError::OutsideSubnet => {
-                        Rejection::new(RejectionCode::IpOutsideSubnet, format!("{ip} is not inside {cidr}"))
-                    }
-                    PoolError::NotAssignable => Rejection::new(
-                        RejectionCode::IpNotAssignable,
-                        format!("{ip} is the network, broadcast or gateway address of {cidr}"),
-                    ),
-                    PoolError::InUse => {
-                        Rejection::new(RejectionCode::IpInUse, format!("{ip} is already reserved in {cidr}"))
-                    }
+        let address = requested_ip.or(reclaimed);
+        let cidr = subnet.spec.cidr;
+        match address {
+            Some(ip) => subnet.pool.check_reserve(ip).map_err(|error| match error {
+                PoolError::OutsideSubnet => {
+                    Rejection::new(RejectionCode::IpOutsideSubnet, format!("{ip} is not inside {cidr}"))
+                }
+                PoolError::NotAssignable => Rejection::new(
+                    RejectionCode::IpNotAssignable,
+                    format!("{ip} is the network, broadcast or gateway address of {cidr}"),
+                ),
+                PoolError::InUse => {
+                    Rejection::new(RejectionCode::IpInUse, format!("{ip} is already reserved in {cidr}"))
                 }
             })?,
-            None => subnet.pool.allocate().ok_or_else(|| {
-                let message = format!("no free address is left in the allocation pools of {}", subnet.spec.cidr);
-                Rejection::new(RejectionCode::SubnetExhausted, message)
-            })?,
+            None if subnet.pool.free_count() == 0 => {
+                let message = format!("no free address is left in the allocation pools of {cidr}");
+                return Err(Rejection::new(RejectionCode::SubnetExhausted, message));
+            }
+            None => {}
+        }
+        Ok(Prepared { request, address, reclaimed: reclaimed.is_some() })
+    }
+
+    /// Takes what [`NetworkAllocator::prepare`] checked, and describes it.
+    fn take(&mut self, prepared: Prepared, cause: EventId) -> Event {
+        let Prepared { request: ReserveRequest { key, subnet_id, mac, vm_id, requested_ip }, address, reclaimed } =
+            prepared;
+        if let (true, Some(ip)) = (reclaimed, address) {
+            self.unquarantine(subnet_id, ip);
+        }
+        let network_id = self.network_id;
+        let subnet = self.subnets.get_mut(&subnet_id).expect("checked by prepare");
+        let ip = match address {
+            Some(ip) => {
+                subnet.pool.reserve(ip).expect("checked by prepare");
+                ip
+            }
+            None => subnet.pool.allocate().expect("prepare counted a free address"),
         };
-        if matches!(key, OwnerKey::Vnic(_)) {
+        if matches!(key, OwnerKey::Vnic(..)) {
             subnet.vnic_holdings += 1;
         }
         let holding = Holding { subnet_id, ip, mac, vm_id, fixed: requested_ip.is_some() };
         self.holdings.insert(key, holding);
         self.use_mac(mac, key);
-        if let (OwnerKey::Vnic(vnic_id), Some(vm_id)) = (key, vm_id) {
+        if let (OwnerKey::Vnic(vnic_id, _), Some(vm_id)) = (key, vm_id) {
             self.lease_watch.reserved(vnic_id, Reserved { subnet_id, vm_id, mac, ip }, self.now);
         }
-        Ok(vec![Event::ReservationAdded(ReservationAdded {
-            network_id,
-            subnet_id,
-            owner: owner(key, &holding),
-            mac,
-            ip,
-            cause,
-        })])
+        Event::ReservationAdded(ReservationAdded { network_id, subnet_id, owner: owner(key, &holding), mac, ip, cause })
     }
 
+    /// Releases every address of the vNIC, IPv4 first.
     fn vnic_down(&mut self, e: &VnicDown, cause: EventId) -> Vec<Event> {
-        self.release(OwnerKey::Vnic(e.vnic_id), ReleaseReason::VnicDown, cause).into_iter().collect()
+        let keys: Vec<OwnerKey> = self.vnic_holdings(e.vnic_id).map(|(key, _)| *key).collect();
+        keys.into_iter().filter_map(|key| self.release(key, ReleaseReason::VnicDown, cause)).collect()
     }
 
     fn port_released(&mut self, e: &DhcpPortReleased, cause: EventId) -> Vec<Event> {
@@ -773,16 +865,18 @@ impl NetworkAllocator {
 
     fn use_mac(&mut self, mac: Mac, key: OwnerKey) {
         let user = self.macs.entry(mac).or_insert(match key {
-            OwnerKey::Vnic(vnic_id) => MacUser::Vnic(vnic_id),
+            OwnerKey::Vnic(vnic_id, _) => MacUser::Vnic { vnic_id, reservations: 0 },
             OwnerKey::DhcpPort(host_id, _) => MacUser::DhcpServer { host_id, reservations: 0 },
         });
-        if let MacUser::DhcpServer { reservations, .. } = user {
-            *reservations += 1;
+        match user {
+            MacUser::Vnic { reservations, .. } | MacUser::DhcpServer { reservations, .. } => *reservations += 1,
         }
     }
 
     fn unuse_mac(&mut self, mac: Mac) {
-        if let Some(MacUser::DhcpServer { reservations, .. }) = self.macs.get_mut(&mac) {
+        if let Some(MacUser::Vnic { reservations, .. } | MacUser::DhcpServer { reservations, .. }) =
+            self.macs.get_mut(&mac)
+        {
             *reservations -= 1;
             if *reservations > 0 {
                 return;
@@ -800,15 +894,15 @@ impl NetworkAllocator {
     /// Frees what `holding` took (it is already out of `holdings`) and describes it.
     fn removed(&mut self, key: OwnerKey, holding: Holding, reason: ReleaseReason, cause: EventId) -> Event {
         self.unuse_mac(holding.mac);
-        if let OwnerKey::Vnic(vnic_id) = key {
-            self.lease_watch.released(vnic_id);
+        if let OwnerKey::Vnic(vnic_id, family) = key {
+            self.lease_watch.released(vnic_id, family);
         }
         let quarantine =
-            matches!((key, reason), (OwnerKey::Vnic(_), ReleaseReason::VnicDown)) && self.quarantine_s() > 0;
+            matches!((key, reason), (OwnerKey::Vnic(..), ReleaseReason::VnicDown)) && self.quarantine_s() > 0;
         if let Some(subnet) = self.subnets.get_mut(&holding.subnet_id) {
             let was_used = subnet.pool.release(holding.ip);
             debug_assert!(was_used, "a held address must be marked used");
-            if matches!(key, OwnerKey::Vnic(_)) {
+            if matches!(key, OwnerKey::Vnic(..)) {
                 subnet.vnic_holdings -= 1;
             }
             // An address in conflict is withheld already, and stays so.
@@ -834,9 +928,9 @@ impl NetworkAllocator {
         self.holdings.iter().map(|(key, holding)| (holding.subnet_id, owner(*key, holding), holding.mac, holding.ip))
     }
 
-    /// The reservation a vNIC holds, if any: (subnet, MAC, IP).
-    pub fn vnic_reservation(&self, vnic_id: VnicId) -> Option<(SubnetId, Mac, IpAddr)> {
-        self.holdings.get(&OwnerKey::Vnic(vnic_id)).map(|holding| (holding.subnet_id, holding.mac, holding.ip))
+    /// The reservations a vNIC holds (one per family), IPv4 first: (subnet, MAC, IP).
+    pub fn reservations_of(&self, vnic_id: VnicId) -> Vec<(SubnetId, Mac, IpAddr)> {
+        self.vnic_holdings(vnic_id).map(|(_, holding)| (holding.subnet_id, holding.mac, holding.ip)).collect()
     }
 
     /// The subnets, with how many addresses are used and still free for dynamic allocation.
@@ -866,11 +960,13 @@ impl NetworkAllocator {
             ensure(held.insert((subnet_id, ip)), || format!("network {network}: {ip} is held twice"))?;
             let counts = per_subnet.entry(subnet_id).or_default();
             counts.0 += 1;
-            counts.1 += u32::from(matches!(key, OwnerKey::Vnic(_)));
+            counts.1 += u32::from(matches!(key, OwnerKey::Vnic(..)));
             *per_mac.entry(mac).or_default() += 1;
             let user = self.macs.get(&mac).copied();
             let consistent = match (key, user) {
-                (OwnerKey::Vnic(vnic_id), Some(MacUser::Vnic(user))) => *vnic_id == user,
+                (OwnerKey::Vnic(vnic_id, family), Some(MacUser::Vnic { vnic_id: user, .. })) => {
+                    *vnic_id == user && IpFamily::of(ip) == *family
+                }
                 (OwnerKey::DhcpPort(host_id, _), Some(MacUser::DhcpServer { host_id: user, .. })) => *host_id == user,
                 _ => false,
             };
@@ -928,10 +1024,7 @@ impl NetworkAllocator {
         }
         for (mac, user) in &self.macs {
             let uses = per_mac.get(mac).copied().unwrap_or(0);
-            let recorded = match user {
-                MacUser::Vnic(_) => 1,
-                MacUser::DhcpServer { reservations, .. } => *reservations,
-            };
+            let recorded = user.reservations();
             ensure(uses == recorded, || {
                 format!("network {network}: MAC {mac} is recorded {recorded} times, used {uses}")
             })?;
@@ -1009,12 +1102,12 @@ impl NetworkAllocator {
         for ReservationSnapshot { subnet_id, owner, mac, ip, fixed } in snapshot.reservations {
             let inconsistent = |what: &str| SnapshotError::Inconsistent(format!("network {network_id}: {what}"));
             let (key, vm_id) = match owner {
-                Owner::Vnic { vnic_id, vm_id } => (OwnerKey::Vnic(vnic_id), Some(vm_id)),
+                Owner::Vnic { vnic_id, vm_id } => (OwnerKey::Vnic(vnic_id, IpFamily::of(ip)), Some(vm_id)),
                 Owner::DhcpServer { host_id } => (OwnerKey::DhcpPort(host_id, subnet_id), None),
             };
             let subnet = allocator.subnets.get_mut(&subnet_id).ok_or_else(|| inconsistent("unknown subnet"))?;
             subnet.pool.reserve(ip).map_err(|_| inconsistent(&format!("{ip} cannot be held")))?;
-            if let OwnerKey::Vnic(_) = key {
+            if let OwnerKey::Vnic(..) = key {
                 subnet.vnic_holdings += 1;
             }
             if allocator.macs.get(&mac).is_some_and(|user| !user.admits(key)) {
@@ -1049,26 +1142,32 @@ impl NetworkAllocator {
 
 fn owner(key: OwnerKey, holding: &Holding) -> Owner {
     match key {
-        OwnerKey::Vnic(vnic_id) => Owner::Vnic { vnic_id, vm_id: holding.vm_id.unwrap_or(VmId::from_u128(0)) },
+        OwnerKey::Vnic(vnic_id, _) => Owner::Vnic { vnic_id, vm_id: holding.vm_id.unwrap_or(VmId::from_u128(0)) },
         OwnerKey::DhcpPort(host_id, _) => Owner::DhcpServer { host_id },
     }
 }
 
 fn describe(key: OwnerKey) -> String {
     match key {
-        OwnerKey::Vnic(vnic_id) => format!("vNIC {vnic_id}"),
+        OwnerKey::Vnic(vnic_id, _) => format!("vNIC {vnic_id}"),
         OwnerKey::DhcpPort(host_id, subnet_id) => format!("the DHCP server of host {host_id} in subnet {subnet_id}"),
     }
 }
 
 fn conflict(key: OwnerKey, held: &Holding, asked: &str) -> Rejection {
-    let message = format!(
-        "{} already holds {} (MAC {}) in subnet {} and asked for {asked}; send a down event first",
-        describe(key),
-        held.ip,
-        held.mac,
-        held.subnet_id
-    );
+    conflict_of(&describe(key), std::slice::from_ref(held), asked)
+}
+
+/// `vnic_conflict` for a vNIC that holds `held` (one address per family).
+fn vnic_conflict(vnic_id: VnicId, held: &[Holding], asked: &str) -> Rejection {
+    conflict_of(&format!("vNIC {vnic_id}"), held, asked)
+}
+
+fn conflict_of(who: &str, held: &[Holding], asked: &str) -> Rejection {
+    let holdings: Vec<String> =
+        held.iter().map(|held| format!("{} (MAC {}) in subnet {}", held.ip, held.mac, held.subnet_id)).collect();
+    let message =
+        format!("{who} already holds {} and asked for {asked}; send a down event first", holdings.join(" and "));
     Rejection::new(RejectionCode::VnicConflict, message)
 }
 

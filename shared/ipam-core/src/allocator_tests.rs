@@ -59,6 +59,7 @@ fn up(vnic: u128, subnet_id: Option<SubnetId>, requested_ip: Option<&str>) -> Vn
         vm_id: VmId::from_u128(100 + vnic),
         network_id: NET,
         subnet_id,
+        subnet_ids: Vec::new(),
         mac: mac(vnic as u8),
         requested_ip: requested_ip.map(|ip| ip.parse().unwrap()),
     }
@@ -856,7 +857,7 @@ fn assert_ignored(allocator: &mut Allocator, id: u128, input: Event) {
 fn retried_input_has_no_second_effect() {
     let mut allocator = applied(Allocator::new(), &started_and_stopped());
     assert_ignored(&mut allocator, 2, start(1));
-    assert_eq!(allocator.network(NET).unwrap().vnic_reservation(VnicId::from_u128(1)), None);
+    assert_eq!(allocator.network(NET).unwrap().reservations_of(VnicId::from_u128(1)), []);
 }
 
 #[test]
@@ -1441,4 +1442,200 @@ fn a_mac_with_two_addresses_in_quarantine_gets_the_lowest_back_and_a_snapshot_ke
     let restored = Allocator::restore(&(), &allocator.snapshot()).unwrap();
     assert_eq!(restored, allocator);
     assert!(check_outputs(events, start(1)).contains("ip:10.0.0.2"));
+}
+
+// ---- Dual-stack vNICs -----------------------------------------------------------------------
+
+const S6: SubnetId = SubnetId::from_u128(16);
+
+/// A network with IPAM on, an IPv4 /29 (S1: .2 to .6 free) and an IPv6 /125 (S6: ::2 to ::7 free).
+fn dual_network() -> Vec<Event> {
+    vec![network(true), add(S1, "10.0.0.0/29", "10.0.0.1"), add(S6, "2001:db8::/125", "2001:db8::1")]
+}
+
+/// A vNIC up in every subnet of `subnets`, named through `subnet_ids`.
+fn up_in(vnic: u128, subnets: &[SubnetId], requested_ip: Option<&str>) -> VnicUp {
+    VnicUp { subnet_id: None, subnet_ids: subnets.to_vec(), ..up(vnic, None, requested_ip) }
+}
+
+fn dual_start(vnic: u128) -> Event {
+    Event::VnicStarted(up_in(vnic, &[S6, S1], None))
+}
+
+#[test]
+fn dual_stack_vnic_gets_one_address_of_each_family_ipv4_first() {
+    check(
+        dual_network(),
+        dual_start(1),
+        expect![[r#"
+        reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#11}
+        reservation.added {ip:2001:db8::2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#16}
+    "#]],
+    );
+}
+
+#[test]
+fn subnet_id_and_subnet_ids_together_name_their_union() {
+    let both = VnicUp { subnet_id: Some(S6), ..up_in(1, &[S1, S6], None) };
+    check(
+        dual_network(),
+        Event::VnicPlugged(both),
+        expect![[r#"
+        reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#11}
+        reservation.added {ip:2001:db8::2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#16}
+    "#]],
+    );
+}
+
+#[test]
+fn dual_stack_vnic_with_one_family_exhausted_reserves_nothing() {
+    // Six vNICs take every IPv6 address (::2 to ::7): S6 is full, S1 is not.
+    let fill_v6 = (10..16).map(|vnic| Event::VnicStarted(up(vnic, Some(S6), None)));
+    check(
+        history(dual_network(), fill_v6),
+        dual_start(1),
+        expect![[r#"
+        request.rejected {code:subnet_exhausted,mac:52:54:00:00:00:01,message:no free address is left in the allocation pools of 2001:db8::/125,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#16,vnic_id:#1}
+    "#]],
+    );
+}
+
+#[test]
+fn dual_stack_vnic_whose_fixed_ip_is_taken_reserves_nothing() {
+    check(
+        history(dual_network(), [Event::VnicStarted(up(9, Some(S6), Some("2001:db8::5")))]),
+        Event::VnicStarted(up_in(1, &[S1, S6], Some("2001:db8::5"))),
+        expect![[r#"
+        request.rejected {code:ip_in_use,mac:52:54:00:00:00:01,message:2001:db8::5 is already reserved in 2001:db8::/125,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#16,vnic_id:#1}
+    "#]],
+    );
+}
+
+#[test]
+fn fixed_ipv6_applies_to_its_family_and_ipv4_is_allocated() {
+    check(
+        dual_network(),
+        Event::VnicStarted(up_in(1, &[S1, S6], Some("2001:db8::7"))),
+        expect![[r#"
+        reservation.added {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#11}
+        reservation.added {ip:2001:db8::7,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#16}
+    "#]],
+    );
+}
+
+#[test]
+fn fixed_ip_of_a_family_no_named_subnet_has_is_refused() {
+    check(
+        dual_network(),
+        Event::VnicStarted(up_in(1, &[S1], Some("2001:db8::7"))),
+        expect![[r#"
+        request.rejected {code:ip_outside_subnet,mac:52:54:00:00:00:01,message:2001:db8::7 is not inside 10.0.0.0/29,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#11,vnic_id:#1}
+    "#]],
+    );
+}
+
+#[test]
+fn two_subnets_of_one_family_are_refused() {
+    check(
+        history(dual_network(), [add(S2, "10.0.1.0/29", "10.0.1.1")]),
+        Event::VnicStarted(up_in(1, &[S1, S2, S6], None)),
+        expect![[r#"
+        request.rejected {code:duplicate_family,mac:52:54:00:00:00:01,message:subnets #11 and #12 are both IPv4; a vNIC holds at most one address of each family,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#12,vnic_id:#1}
+    "#]],
+    );
+}
+
+#[test]
+fn a_subnet_of_another_network_is_unknown_here() {
+    check(
+        dual_network(),
+        Event::VnicStarted(up_in(1, &[S1, SubnetId::from_u128(99)], None)),
+        expect![[r#"
+        request.rejected {code:unknown_subnet,mac:52:54:00:00:00:01,message:subnet #99 is not defined on network #1,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#99,vnic_id:#1}
+    "#]],
+    );
+}
+
+#[test]
+fn dual_stack_vnic_down_releases_both_ipv4_first() {
+    check(
+        history(dual_network(), [dual_start(1)]),
+        stop(1),
+        expect![[r#"
+        reservation.removed {ip:10.0.0.2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},reason:vnic_down,subnet_id:#11}
+        reservation.removed {ip:2001:db8::2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},reason:vnic_down,subnet_id:#16}
+    "#]],
+    );
+}
+
+#[test]
+fn dual_stack_vnic_coming_up_again_with_the_same_subnets_is_a_no_op() {
+    check(history(dual_network(), [dual_start(1)]), Event::VnicLinked(up_in(1, &[S1, S6], None)), expect![[""]]);
+}
+
+#[test]
+fn vnic_coming_up_again_with_a_family_added_or_dropped_is_a_conflict() {
+    check(
+        history(dual_network(), [Event::VnicStarted(up(1, Some(S1), None))]),
+        dual_start(1),
+        expect![[r#"
+        request.rejected {code:vnic_conflict,mac:52:54:00:00:00:01,message:vNIC #1 already holds 10.0.0.2 (MAC 52:54:00:00:00:01) in subnet #11 and asked for another subnet, MAC or IP; send a down event first,network_id:#1,request_type:ipam.vnic.started.v1,vnic_id:#1}
+    "#]],
+    );
+    check(
+        history(dual_network(), [dual_start(1)]),
+        Event::VnicLinked(up(1, Some(S6), None)),
+        expect![[r#"
+        request.rejected {code:vnic_conflict,mac:52:54:00:00:00:01,message:vNIC #1 already holds 10.0.0.2 (MAC 52:54:00:00:00:01) in subnet #11 and 2001:db8::2 (MAC 52:54:00:00:00:01) in subnet #16 and asked for another subnet, MAC or IP; send a down event first,network_id:#1,request_type:ipam.vnic.linked.v1,subnet_id:#16,vnic_id:#1}
+    "#]],
+    );
+}
+
+#[test]
+fn dual_stack_vnic_mac_is_still_its_own_on_the_network() {
+    check(
+        history(dual_network(), [dual_start(1)]),
+        Event::VnicStarted(VnicUp { mac: mac(1), ..up(2, Some(S6), None) }),
+        expect![[r#"
+        request.rejected {code:duplicate_mac,mac:52:54:00:00:00:01,message:MAC 52:54:00:00:00:01 is already used on network #1 by vNIC #1,network_id:#1,request_type:ipam.vnic.started.v1,subnet_id:#16,vnic_id:#2}
+    "#]],
+    );
+}
+
+#[test]
+fn a_conflict_moves_only_the_address_of_its_family() {
+    let conflict = Event::IpConflictDetected(IpConflictDetected {
+        network_id: NET,
+        subnet_id: S6,
+        ip: "2001:db8::2".parse().unwrap(),
+        host_id: HOST,
+        answered_by: mac(0xee),
+        reserved_for: Some(mac(1)),
+        probe: crate::event::ConflictProbe::NeighbourSolicitation,
+    });
+    check(
+        history(dual_network(), [dual_start(1)]),
+        conflict,
+        expect![[r#"
+        reservation.removed {ip:2001:db8::2,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},reason:ip_conflict,subnet_id:#16}
+        reservation.added {ip:2001:db8::3,mac:52:54:00:00:00:01,network_id:#1,owner:{kind:vnic,vm_id:#101,vnic_id:#1},subnet_id:#16}
+    "#]],
+    );
+}
+
+#[test]
+fn dual_stack_reservations_survive_a_snapshot_and_are_listed_ipv4_first() {
+    let inputs: Vec<(u128, Event)> =
+        history(dual_network(), [dual_start(1), Event::VnicStarted(up(2, Some(S6), None))])
+            .into_iter()
+            .zip(1..)
+            .map(|(e, n)| (n, e))
+            .collect();
+    let allocator = applied(Allocator::new(), &inputs);
+    let restored = Allocator::restore(&(), &allocator.snapshot()).unwrap();
+    assert_eq!(restored, allocator);
+    restored.check().unwrap();
+    let held = restored.network(NET).unwrap().reservations_of(VnicId::from_u128(1));
+    let ips: Vec<String> = held.iter().map(|(_, _, ip)| ip.to_string()).collect();
+    assert_eq!(ips, ["10.0.0.2", "2001:db8::2"]);
 }

@@ -15,7 +15,7 @@
 //! unknown, becomes a dead-letter record; a well-formed engine request with a bad field (say a
 //! multicast MAC) becomes an `ipam.request.rejected.v1` naming the field, see [`DecodeError`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
@@ -132,19 +132,45 @@ pub struct HostRemoved {
     pub host_id: HostId,
 }
 
-/// A vNIC came up (VM start, hot-plug or link up): it should hold an address.
+/// A vNIC came up (VM start, hot-plug or link up): it should hold an address in each subnet it
+/// names (`subnet_id` and `subnet_ids` together, see [`VnicUp::subnets`]): at most one IPv4 and one
+/// IPv6 subnet of its network, so a dual-stack vNIC holds one address of each family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VnicUp {
     pub vnic_id: VnicId,
     pub vm_id: VmId,
     pub network_id: NetworkId,
-    /// The subnet to reserve in; a vNIC without one gets no IPAM service.
+    /// The subnet to reserve in (the single-stack form, kept for the producers that send it); a
+    /// vNIC that names no subnet here nor in `subnet_ids` gets no IPAM service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<SubnetId>,
+    /// The subnets to reserve in: at most one IPv4 and one IPv6 subnet of the network (a
+    /// dual-stack vNIC names both). Taken together with `subnet_id` (their union), so an event may
+    /// use either or both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnet_ids: Vec<SubnetId>,
     pub mac: Mac,
-    /// A fixed IP to reserve instead of a dynamic one.
+    /// A fixed IP to reserve instead of a dynamic one, in the named subnet of its family (the
+    /// other family's address, if any, is allocated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_ip: Option<IpAddr>,
+}
+
+impl VnicUp {
+    /// Every subnet the vNIC asks for: `subnet_id` and `subnet_ids` together, each once, in id
+    /// order. The one way the core reads them, so that the two fields never mean two things.
+    pub fn subnets(&self) -> BTreeSet<SubnetId> {
+        self.subnet_id.iter().chain(&self.subnet_ids).copied().collect()
+    }
+
+    /// The one subnet the vNIC asks for, when it asks for exactly one (what a rejection names).
+    pub fn single_subnet(&self) -> Option<SubnetId> {
+        let subnets = self.subnets();
+        match subnets.len() {
+            1 => subnets.first().copied(),
+            _ => None,
+        }
+    }
 }
 
 /// A vNIC went down (VM stop, unplug or link down): its address is released.
@@ -702,7 +728,7 @@ impl Event {
     pub fn request_names(&self) -> (Option<VnicId>, Option<Mac>, Option<SubnetId>) {
         match self {
             Event::VnicStarted(e) | Event::VnicPlugged(e) | Event::VnicLinked(e) => {
-                (Some(e.vnic_id), Some(e.mac), e.subnet_id)
+                (Some(e.vnic_id), Some(e.mac), e.single_subnet())
             }
             Event::VnicStopped(e) | Event::VnicUnplugged(e) | Event::VnicUnlinked(e) => (Some(e.vnic_id), None, None),
             Event::DhcpPortRequested(e) => (None, Some(e.mac), Some(e.subnet_id)),

@@ -19,6 +19,10 @@
 //! made before the network's first tick is dated by the next tick, which delays its warning by at
 //! most one tick interval. Nothing here reads a clock.
 //!
+//! A dual-stack vNIC holds two reservations, one per family: each is watched on its own (a lease of
+//! the vNIC's MAC is matched to the reservation of its address's family), so its IPv4 and IPv6
+//! addresses are leased, and reported unleased, each in its own time.
+//!
 //! Ticks cost what they report: the reservations that may be reported wait in an index ordered by
 //! their date ([`LeaseWatch::tick`] walks only the expired front of it), not in a scan of every
 //! vNIC. The watch is part of the allocator's state and snapshot; its own part of the snapshot
@@ -35,6 +39,7 @@ use crate::event::{
 use crate::ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
 use crate::mac::Mac;
 use crate::machine::{InvariantViolation, ensure};
+use crate::net::IpFamily;
 use crate::time::Timestamp;
 
 /// A vNIC's reservation, as the watch needs it to match leases and to describe a warning.
@@ -65,16 +70,20 @@ impl Watched {
     }
 }
 
+/// A watched reservation: a vNIC holds at most one per family.
+type WatchKey = (VnicId, IpFamily);
+
 /// See the module documentation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseWatch {
-    vnics: BTreeMap<VnicId, Watched>,
-    /// The vNIC of each watched MAC (a vNIC's MAC is unique on its network).
+    vnics: BTreeMap<WatchKey, Watched>,
+    /// The vNIC of each watched MAC (a vNIC's MAC is unique on its network; a dual-stack vNIC's
+    /// two reservations share it).
     by_mac: BTreeMap<Mac, VnicId>,
     /// The reservations a tick may report (dated, not leased, not reported), by date.
-    waiting: BTreeSet<(Timestamp, VnicId)>,
+    waiting: BTreeSet<(Timestamp, WatchKey)>,
     /// Reservations made before the network's first tick, to be dated by the next one.
-    undated: BTreeSet<VnicId>,
+    undated: BTreeSet<WatchKey>,
     /// Leases reported in conflict, until they are released or expire.
     conflicts: BTreeSet<(Mac, IpAddr)>,
 }
@@ -93,6 +102,10 @@ pub struct LeaseWatchSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct WatchedSnapshot {
     vnic_id: VnicId,
+    /// The family of the reservation watched. Absent from snapshots written before dual-stack
+    /// vNICs, when a vNIC held one reservation: the entry is that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    family: Option<IpFamily>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reserved_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,26 +135,32 @@ impl LeaseWatch {
         self.vnics.is_empty()
     }
 
-    /// Whether the vNIC's guest holds a lease of its reserved address, and on which host.
-    pub fn leased_on(&self, vnic_id: VnicId) -> Option<HostId> {
-        self.vnics.get(&vnic_id)?.leased_on
+    /// Whether the vNIC's guest holds a lease of its reserved address of `family`, and on which
+    /// host.
+    pub fn leased_on(&self, vnic_id: VnicId, family: IpFamily) -> Option<HostId> {
+        self.vnics.get(&(vnic_id, family))?.leased_on
     }
 
     /// A vNIC got a reservation at the network's `now` (`None` before the network's first tick).
-    /// A vNIC already watched is watched afresh: a new reservation is a new promise.
+    /// A reservation of the same family already watched is watched afresh: a new reservation is a
+    /// new promise.
     pub fn reserved(&mut self, vnic_id: VnicId, reserved: Reserved, now: Option<Timestamp>) {
-        self.released(vnic_id);
+        let family = IpFamily::of(reserved.ip);
+        self.released(vnic_id, family);
         let watched = Watched { reserved, reserved_at: now, leased_on: None, reported: false };
-        self.insert(vnic_id, watched);
+        self.insert((vnic_id, family), watched);
     }
 
-    /// A vNIC's reservation ended; nothing more is watched of it.
-    pub fn released(&mut self, vnic_id: VnicId) {
-        let Some(watched) = self.vnics.remove(&vnic_id) else { return };
-        self.by_mac.remove(&watched.reserved.mac);
-        self.undated.remove(&vnic_id);
+    /// A vNIC's reservation of `family` ended; nothing more is watched of it.
+    pub fn released(&mut self, vnic_id: VnicId, family: IpFamily) {
+        let key = (vnic_id, family);
+        let Some(watched) = self.vnics.remove(&key) else { return };
+        if !self.vnics.contains_key(&(vnic_id, other_family(family))) {
+            self.by_mac.remove(&watched.reserved.mac);
+        }
+        self.undated.remove(&key);
         if let Some(since) = watched.waiting_since() {
-            self.waiting.remove(&(since, vnic_id));
+            self.waiting.remove(&(since, key));
         }
     }
 
@@ -150,50 +169,57 @@ impl LeaseWatch {
         *self = LeaseWatch::default();
     }
 
-    fn insert(&mut self, vnic_id: VnicId, watched: Watched) {
-        self.by_mac.insert(watched.reserved.mac, vnic_id);
+    fn insert(&mut self, key: WatchKey, watched: Watched) {
+        self.by_mac.insert(watched.reserved.mac, key.0);
         match watched.reserved_at {
             None => {
-                self.undated.insert(vnic_id);
+                self.undated.insert(key);
             }
             Some(_) => {
                 if let Some(since) = watched.waiting_since() {
-                    self.waiting.insert((since, vnic_id));
+                    self.waiting.insert((since, key));
                 }
             }
         }
-        self.vnics.insert(vnic_id, watched);
+        self.vnics.insert(key, watched);
     }
 
-    /// Changes one watched vNIC, keeping the waiting index in step.
-    fn edit(&mut self, vnic_id: VnicId, change: impl FnOnce(&mut Watched)) {
-        let Some(watched) = self.vnics.get_mut(&vnic_id) else { return };
+    /// Changes one watched reservation, keeping the waiting index in step.
+    fn edit(&mut self, key: WatchKey, change: impl FnOnce(&mut Watched)) {
+        let Some(watched) = self.vnics.get_mut(&key) else { return };
         if let Some(since) = watched.waiting_since() {
-            self.waiting.remove(&(since, vnic_id));
+            self.waiting.remove(&(since, key));
         }
         change(watched);
         if let Some(since) = watched.waiting_since() {
-            self.waiting.insert((since, vnic_id));
+            self.waiting.insert((since, key));
         }
     }
 
     /// A host agent observed a lease change (`ipam.lease.*` of this network): answers the echo of
     /// a lease that matches its vNIC's reservation, a conflict, or nothing (an end of a lease the
     /// watch does not hold, or a renewal of a conflict already reported).
+    ///
+    /// A lease is matched to the reservation of its address's family: a dual-stack vNIC's IPv4
+    /// and IPv6 leases are each their own. A MAC whose vNIC holds no address of the lease's family
+    /// holds no reservation for it.
     pub fn observe(&mut self, change: LeaseChange, lease: &LeaseObserved, cause: EventId) -> Option<Event> {
-        let holder = self.by_mac.get(&lease.mac).map(|vnic_id| (*vnic_id, self.vnics[vnic_id]));
+        let family = IpFamily::of(lease.ip);
+        let holder =
+            self.by_mac.get(&lease.mac).and_then(|vnic_id| Some((*vnic_id, *self.vnics.get(&(*vnic_id, family))?)));
         let ends = matches!(change, LeaseChange::Released | LeaseChange::Expired);
         match holder {
             Some((vnic_id, watched)) if watched.reserved.ip == lease.ip => {
+                let key = (vnic_id, family);
                 // A lease that conflicted before its reservation came is the vNIC's now.
                 self.conflicts.remove(&(lease.mac, lease.ip));
                 if ends {
                     if watched.leased_on != Some(lease.host_id) {
                         return None; // Another server's lease (or one already ended) ended.
                     }
-                    self.edit(vnic_id, |watched| watched.leased_on = None);
+                    self.edit(key, |watched| watched.leased_on = None);
                 } else {
-                    self.edit(vnic_id, |watched| watched.leased_on = Some(lease.host_id));
+                    self.edit(key, |watched| watched.leased_on = Some(lease.host_id));
                 }
                 let Reserved { subnet_id, vm_id, mac, ip } = watched.reserved;
                 Some(Event::VnicLeaseChanged(VnicLeaseChanged {
@@ -242,22 +268,23 @@ impl LeaseWatch {
     /// reports, oldest first, each reservation older than `unleased_after_s` whose vNIC holds no
     /// lease and was not reported yet.
     pub fn tick(&mut self, network_id: NetworkId, now: Timestamp, unleased_after_s: u32, cause: EventId) -> Vec<Event> {
-        for vnic_id in std::mem::take(&mut self.undated) {
-            if let Some(watched) = self.vnics.get_mut(&vnic_id) {
+        for key in std::mem::take(&mut self.undated) {
+            if let Some(watched) = self.vnics.get_mut(&key) {
                 watched.reserved_at = Some(now);
                 if let Some(since) = watched.waiting_since() {
-                    self.waiting.insert((since, vnic_id));
+                    self.waiting.insert((since, key));
                 }
             }
         }
         let after_ms = i64::from(unleased_after_s) * 1000;
         let mut outputs = Vec::new();
-        while let Some(&(since, vnic_id)) = self.waiting.first() {
+        while let Some(&(since, key)) = self.waiting.first() {
             if since.unix_ms().saturating_add(after_ms) > now.unix_ms() {
                 break;
             }
-            self.edit(vnic_id, |watched| watched.reported = true);
-            let Reserved { subnet_id, vm_id, mac, ip } = self.vnics[&vnic_id].reserved;
+            self.edit(key, |watched| watched.reported = true);
+            let vnic_id = key.0;
+            let Reserved { subnet_id, vm_id, mac, ip } = self.vnics[&key].reserved;
             outputs.push(Event::VnicUnleased(VnicUnleased {
                 network_id,
                 subnet_id,
@@ -284,7 +311,7 @@ impl LeaseWatch {
         let mut held = 0;
         for (vnic_id, reserved) in holdings {
             held += 1;
-            let watched = self.vnics.get(&vnic_id);
+            let watched = self.vnics.get(&(vnic_id, IpFamily::of(reserved.ip)));
             ensure(watched.is_some_and(|watched| watched.reserved == reserved), || {
                 format!(
                     "network {network_id}: the lease watch has {watched:?} for vNIC {vnic_id}, which holds {reserved:?}"
@@ -297,12 +324,15 @@ impl LeaseWatch {
                 self.vnics.len()
             )
         })?;
-        let by_mac: BTreeMap<Mac, VnicId> = self.vnics.iter().map(|(id, w)| (w.reserved.mac, *id)).collect();
+        let by_mac: BTreeMap<Mac, VnicId> = self.vnics.iter().map(|(key, w)| (w.reserved.mac, key.0)).collect();
         ensure(by_mac == self.by_mac, || format!("network {network_id}: the lease watch's MAC index is stale"))?;
-        let waiting: BTreeSet<(Timestamp, VnicId)> =
+        ensure(self.vnics.iter().all(|(key, w)| IpFamily::of(w.reserved.ip) == key.1), || {
+            format!("network {network_id}: the lease watch keys a reservation under the other family")
+        })?;
+        let waiting: BTreeSet<(Timestamp, WatchKey)> =
             self.vnics.iter().filter_map(|(id, w)| Some((w.waiting_since()?, *id))).collect();
         ensure(waiting == self.waiting, || format!("network {network_id}: the lease watch's waiting index is stale"))?;
-        let undated: BTreeSet<VnicId> =
+        let undated: BTreeSet<WatchKey> =
             self.vnics.iter().filter(|(_, w)| w.reserved_at.is_none()).map(|(id, _)| *id).collect();
         ensure(undated == self.undated, || format!("network {network_id}: the lease watch's undated set is stale"))
     }
@@ -313,8 +343,9 @@ impl LeaseWatch {
             vnics: self
                 .vnics
                 .iter()
-                .map(|(vnic_id, watched)| WatchedSnapshot {
-                    vnic_id: *vnic_id,
+                .map(|(&(vnic_id, family), watched)| WatchedSnapshot {
+                    vnic_id,
+                    family: Some(family),
                     reserved_at: watched.reserved_at,
                     leased_on: watched.leased_on,
                     reported: watched.reported,
@@ -326,30 +357,44 @@ impl LeaseWatch {
 
     /// The watch of a snapshot, given the network's vNIC reservations (restored first). A
     /// reservation the snapshot does not mention restores undated; an entry for a vNIC that holds
-    /// no reservation is an inconsistency (named in the error).
+    /// no reservation (of its family) is an inconsistency (named in the error).
     pub fn from_snapshot(
         snapshot: LeaseWatchSnapshot,
         holdings: impl Iterator<Item = (VnicId, Reserved)>,
     ) -> Result<LeaseWatch, String> {
-        let mut reservations: BTreeMap<VnicId, Reserved> = holdings.collect();
+        let mut reservations: BTreeMap<WatchKey, Reserved> =
+            holdings.map(|(vnic_id, reserved)| ((vnic_id, IpFamily::of(reserved.ip)), reserved)).collect();
         let mut watch = LeaseWatch::new();
         for entry in snapshot.vnics {
-            let reserved = reservations
-                .remove(&entry.vnic_id)
-                .ok_or_else(|| format!("the lease watch names vNIC {}, which holds no reservation", entry.vnic_id))?;
+            // An entry written before dual-stack vNICs names no family: its vNIC's one reservation.
+            let family = entry.family.or_else(|| {
+                let mut held = reservations.range((entry.vnic_id, IpFamily::Ipv4)..=(entry.vnic_id, IpFamily::Ipv6));
+                held.next().map(|(key, _)| key.1)
+            });
+            let key = (entry.vnic_id, family.unwrap_or(IpFamily::Ipv4));
+            let reserved = reservations.remove(&key).ok_or_else(|| {
+                format!("the lease watch names vNIC {}, which holds no reservation of {}", key.0, key.1)
+            })?;
             let watched = Watched {
                 reserved,
                 reserved_at: entry.reserved_at,
                 leased_on: entry.leased_on,
                 reported: entry.reported,
             };
-            watch.insert(entry.vnic_id, watched);
+            watch.insert(key, watched);
         }
-        for (vnic_id, reserved) in reservations {
-            watch.insert(vnic_id, Watched { reserved, reserved_at: None, leased_on: None, reported: false });
+        for (key, reserved) in reservations {
+            watch.insert(key, Watched { reserved, reserved_at: None, leased_on: None, reported: false });
         }
         watch.conflicts = snapshot.conflicts.into_iter().collect();
         Ok(watch)
+    }
+}
+
+fn other_family(family: IpFamily) -> IpFamily {
+    match family {
+        IpFamily::Ipv4 => IpFamily::Ipv6,
+        IpFamily::Ipv6 => IpFamily::Ipv4,
     }
 }
 

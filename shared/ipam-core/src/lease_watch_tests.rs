@@ -73,7 +73,7 @@ impl World {
             Release(v) => {
                 let vnic_id = VnicId::from_u128(u128::from(v));
                 self.holdings.remove(&vnic_id);
-                self.watch.released(vnic_id);
+                self.watch.released(vnic_id, IpFamily::of(reserved(v).ip));
                 Vec::new()
             }
             Lease(change, m, i, host) => self.watch.observe(change, &lease(m, i, host), cause).into_iter().collect(),
@@ -388,6 +388,7 @@ mod through_the_allocator {
             vm_id: VmId::from_u128(100 + u128::from(n)),
             network_id: NET,
             subnet_id: Some(S1),
+            subnet_ids: Vec::new(),
             mac: mac(n),
             requested_ip: Some(format!("10.0.0.{n}").parse().unwrap()),
         })
@@ -476,4 +477,53 @@ mod through_the_allocator {
     fn a_leased_vnic_is_not_reported_and_a_stopped_one_neither() {
         check(vec![network(), subnet(), tick(0), start(5), granted(5, 5), start(6), stop(6)], tick(300), expect![[""]]);
     }
+}
+
+// ---- Dual-stack vNICs ------------------------------------------------------------------------
+
+#[test]
+fn a_dual_stack_vnic_is_leased_and_reported_per_family() {
+    const S6: SubnetId = SubnetId::from_u128(16);
+    let vnic_id = VnicId::from_u128(5);
+    let v6 = Reserved { subnet_id: S6, ip: "2001:db8::5".parse().unwrap(), ..reserved(5) };
+    let holdings = |watch_v4: bool| {
+        let mut held = vec![(vnic_id, v6)];
+        if watch_v4 {
+            held.insert(0, (vnic_id, reserved(5)));
+        }
+        held
+    };
+    let mut watch = LeaseWatch::new();
+    watch.tick(NET, Timestamp::from_unix_ms(0), AFTER_S, EventId::from_u128(1));
+    watch.reserved(vnic_id, reserved(5), Some(Timestamp::from_unix_ms(0)));
+    watch.reserved(vnic_id, v6, Some(Timestamp::from_unix_ms(0)));
+    watch.check(NET, holdings(true).into_iter()).unwrap();
+
+    let v6_lease = LeaseObserved { ip: v6.ip, ..lease(5, 5, HOST_A) };
+    let leased = watch.observe(LeaseChange::Granted, &v6_lease, EventId::from_u128(2));
+    let unleased = watch.tick(NET, Timestamp::from_unix_ms(61_000), AFTER_S, EventId::from_u128(3));
+    expect![[r#"
+        vnic.lease_changed {change:granted,expires_at:1970-01-01T01:00:05Z,host_id:#31,ip:2001:db8::5,mac:52:54:00:00:00:05,network_id:#1,observed_at:1970-01-01T00:00:05Z,subnet_id:#16,vm_id:#105,vnic_id:#5}
+        vnic.unleased {ip:10.0.0.5,mac:52:54:00:00:00:05,network_id:#1,now:1970-01-01T00:01:01Z,reserved_at:1970-01-01T00:00:00Z,subnet_id:#11,vm_id:#105,vnic_id:#5}
+    "#]]
+    .assert_eq(&render(&leased.into_iter().chain(unleased).collect::<Vec<_>>()));
+    assert_eq!(watch.leased_on(vnic_id, IpFamily::Ipv6), Some(HOST_A));
+    assert_eq!(watch.leased_on(vnic_id, IpFamily::Ipv4), None);
+    let restored = LeaseWatch::from_snapshot(watch.to_snapshot(), holdings(true).into_iter()).unwrap();
+    assert_eq!(restored, watch);
+
+    // The IPv4 address released, the IPv6 lease is still the vNIC's.
+    watch.released(vnic_id, IpFamily::Ipv4);
+    watch.check(NET, holdings(false).into_iter()).unwrap();
+    let renewed = watch.observe(LeaseChange::Renewed, &v6_lease, EventId::from_u128(4));
+    assert!(matches!(renewed, Some(Event::VnicLeaseChanged(_))), "{renewed:?}");
+}
+
+#[test]
+fn a_snapshot_entry_without_a_family_is_its_vnic_s_one_reservation() {
+    let v6 = Reserved { ip: "2001:db8::5".parse().unwrap(), ..reserved(5) };
+    let old = serde_json::json!({"vnics": [{"vnic_id": VnicId::from_u128(5), "leased_on": HOST_A}]});
+    let snapshot: LeaseWatchSnapshot = serde_json::from_value(old).unwrap();
+    let watch = LeaseWatch::from_snapshot(snapshot, [(VnicId::from_u128(5), v6)].into_iter()).unwrap();
+    assert_eq!(watch.leased_on(VnicId::from_u128(5), IpFamily::Ipv6), Some(HOST_A));
 }

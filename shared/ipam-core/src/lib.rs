@@ -28,6 +28,6 @@ pub use event::{Envelope, Event, Topic};
 pub use ids::{EventId, HostId, NetworkId, SubnetId, VmId, VnicId};
 pub use mac::Mac;
 pub use machine::{InvariantViolation, SnapshotError, StateMachine};
-pub use net::{Cidr, InterfaceName, IpRange, SubnetSpec};
+pub use net::{Cidr, InterfaceName, IpFamily, IpRange, SubnetSpec};
 pub use rejection::{Rejection, RejectionCode};
 pub use time::Timestamp;

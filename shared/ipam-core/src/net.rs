@@ -46,6 +46,36 @@ pub enum CidrError {
     HostBits { given: String, network: String },
 }
 
+/// An address family. A vNIC holds at most one address of each on its network (a dual-stack vNIC
+/// one of both); IPv4 orders first, so a vNIC's addresses are reserved, released and listed IPv4
+/// first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpFamily {
+    Ipv4,
+    Ipv6,
+}
+
+impl IpFamily {
+    pub fn of(ip: IpAddr) -> IpFamily {
+        if ip.is_ipv4() { IpFamily::Ipv4 } else { IpFamily::Ipv6 }
+    }
+
+    /// The family as people write it: `IPv4`, `IPv6`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IpFamily::Ipv4 => "IPv4",
+            IpFamily::Ipv6 => "IPv6",
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Cidr {
     pub fn net(self) -> IpNet {
         self.0
@@ -53,6 +83,10 @@ impl Cidr {
 
     pub fn is_ipv4(self) -> bool {
         matches!(self.0, IpNet::V4(_))
+    }
+
+    pub fn family(self) -> IpFamily {
+        if self.is_ipv4() { IpFamily::Ipv4 } else { IpFamily::Ipv6 }
     }
 
     pub fn prefix_len(self) -> u8 {

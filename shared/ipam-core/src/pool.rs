@@ -57,6 +57,16 @@ impl AddressPool {
         }
     }
 
+    /// Whether [`AddressPool::reserve`] would take `ip`, changing nothing: what a request that
+    /// reserves in several subnets checks for each before it takes any.
+    pub fn check_reserve(&self, ip: IpAddr) -> Result<(), PoolError> {
+        match (self, ip) {
+            (AddressPool::V4(pool), IpAddr::V4(ip)) => pool.check_reserve(ip).map(|_| ()),
+            (AddressPool::V6(pool), IpAddr::V6(ip)) => pool.check_reserve(ip).map(|_| ()),
+            _ => Err(PoolError::OutsideSubnet),
+        }
+    }
+
     /// Takes a given address, which may lie outside the allocation pools but not outside the subnet.
     pub fn reserve(&mut self, ip: IpAddr) -> Result<(), PoolError> {
         match (self, ip) {
@@ -300,7 +310,8 @@ impl Ipv4Pool {
         None
     }
 
-    fn reserve(&mut self, ip: Ipv4Addr) -> Result<(), PoolError> {
+    /// The word and bit of `ip`, if it may be reserved.
+    fn check_reserve(&self, ip: Ipv4Addr) -> Result<(usize, u64), PoolError> {
         let offset = self.offset(ip).ok_or(PoolError::OutsideSubnet)?;
         if offset == 0 || offset == self.len - 1 || offset == self.gateway {
             return Err(PoolError::NotAssignable);
@@ -309,6 +320,11 @@ impl Ipv4Pool {
         if self.used[word] & bit != 0 {
             return Err(PoolError::InUse);
         }
+        Ok((word, bit))
+    }
+
+    fn reserve(&mut self, ip: Ipv4Addr) -> Result<(), PoolError> {
+        let (word, bit) = self.check_reserve(ip)?;
         if self.is_free(word, bit) {
             self.free_dynamic -= 1;
         }
@@ -468,7 +484,8 @@ impl Ipv6Pool {
         Some(Ipv6Addr::from(found))
     }
 
-    fn reserve(&mut self, ip: Ipv6Addr) -> Result<(), PoolError> {
+    /// `ip` as a number, if it may be reserved.
+    fn check_reserve(&self, ip: Ipv6Addr) -> Result<u128, PoolError> {
         let ip = u128::from(ip);
         if !(self.network..=self.last).contains(&ip) {
             return Err(PoolError::OutsideSubnet);
@@ -479,6 +496,11 @@ impl Ipv6Pool {
         if self.used.contains(&ip) {
             return Err(PoolError::InUse);
         }
+        Ok(ip)
+    }
+
+    fn reserve(&mut self, ip: Ipv6Addr) -> Result<(), PoolError> {
+        let ip = self.check_reserve(ip)?;
         if self.is_dynamic(ip) && !self.is_taken(ip) {
             self.dynamic_taken += 1;
         }

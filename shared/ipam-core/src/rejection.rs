@@ -6,6 +6,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::SubnetId;
+
 /// Why a request was refused. The wire form is the snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +70,9 @@ pub enum RejectionCode {
     /// The requested fixed IP was found answered by another MAC (`ipam.ip.conflict.v1`) and is kept
     /// out of use until an operator clears the conflict (`ipam.ip.conflict_cleared.v1`).
     IpInConflict,
+    /// A vNIC names two subnets of one address family: it may hold at most one IPv4 and one IPv6
+    /// address on its network (a dual-stack vNIC); name one subnet of each family.
+    DuplicateFamily,
 }
 
 impl RejectionCode {
@@ -100,6 +105,7 @@ impl RejectionCode {
             RejectionCode::InvalidPolicy => "invalid_policy",
             RejectionCode::IpQuarantined => "ip_quarantined",
             RejectionCode::IpInConflict => "ip_in_conflict",
+            RejectionCode::DuplicateFamily => "duplicate_family",
         }
     }
 }
@@ -115,10 +121,18 @@ impl fmt::Display for RejectionCode {
 pub struct Rejection {
     pub code: RejectionCode,
     pub message: String,
+    /// The subnet the refusal is about, when the request named several (a dual-stack vNIC) and
+    /// one of them failed; `None` lets the rejection name the request's own subnet, if it has one.
+    pub subnet_id: Option<SubnetId>,
 }
 
 impl Rejection {
     pub fn new(code: RejectionCode, message: impl Into<String>) -> Rejection {
-        Rejection { code, message: message.into() }
+        Rejection { code, message: message.into(), subnet_id: None }
+    }
+
+    /// The same refusal, about `subnet_id`.
+    pub fn in_subnet(self, subnet_id: SubnetId) -> Rejection {
+        Rejection { subnet_id: Some(subnet_id), ..self }
     }
 }

@@ -142,6 +142,7 @@ pub(crate) fn record(step: usize, op: &Op) -> Vec<u8> {
                 vm_id: VmId::from_u128(1000 + u128::from(vnic)),
                 network_id: network_id(net),
                 subnet_id: subnet.map(|which| subnet_id(net, which)),
+                subnet_ids: Vec::new(),
                 mac: mac(m),
                 requested_ip: requested.map(|offset| nth_address(net, subnet.unwrap_or(0), offset)),
             };
