@@ -62,7 +62,12 @@ pub fn every_type() -> Vec<Envelope> {
         }),
         Event::SubnetRemoved(SubnetRemoved { network_id, subnet_id }),
         Event::VnicStarted(up.clone()),
-        Event::VnicPlugged(up.clone()),
+        // A dual-stack vNIC: an IPv4 and an IPv6 subnet, its fixed IP in the IPv4 one.
+        Event::VnicPlugged(VnicUp {
+            subnet_id: None,
+            subnet_ids: vec![subnet_id, SubnetId::from_u128(7)],
+            ..up.clone()
+        }),
         Event::VnicLinked(VnicUp { subnet_id: None, requested_ip: None, ..up }),
         Event::VnicStopped(down.clone()),
         Event::VnicUnplugged(down.clone()),

@@ -133,8 +133,8 @@ pub struct HostRemoved {
 }
 
 /// A vNIC came up (VM start, hot-plug or link up): it should hold an address in each subnet it
-/// names (`subnet_id` and `subnet_ids` together, see [`VnicUp::subnets`]): at most one IPv4 and one
-/// IPv6 subnet of its network, so a dual-stack vNIC holds one address of each family.
+/// names (`subnet_id` and `subnet_ids` together): at most one IPv4 and one IPv6 subnet of its
+/// network, so a dual-stack vNIC holds one address of each family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VnicUp {
     pub vnic_id: VnicId,

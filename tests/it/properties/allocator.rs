@@ -2,18 +2,22 @@
 //!
 //! Checked after every step: invariant 1 (no IP reserved twice in a subnet, both in the state and
 //! along the output stream), invariant 2 (every vNIC whose up was accepted holds exactly one
-//! reservation, every other none), invariant 7 (a rejected or undecodable input leaves the state
+//! reservation in each subnet it named, at most one per family, every other none), invariant 7 (a rejected or undecodable input leaves the state
 //! byte-for-byte as it was, and every refusal is justified by the state), and invariant 6 for the
 //! data side (the DHCP plan of a server of every network lists exactly its vNIC reservations).
 //! At the end: replaying the input log from zero, and from a snapshot plus the tail, gives the same
 //! state and the same output stream. A second test sends duplicates of earlier records among the
 //! others: each has no output and no effect, and the run ends as the one without them.
 //!
+//! A vNIC up names one subnet or two (dual-stack: an IPv4 and the IPv6 subnet of the catalog, or
+//! sometimes two of one family, refused), through `subnet_id`, `subnet_ids` or both.
+//!
 //! The inputs of issue 14 are among them: network policies (quarantines of 0 to 60 s, thresholds,
 //! some refused), partition ticks two seconds apart, conflicts found and cleared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipam_core::StateMachine;
 use ipam_core::allocator::Allocator;
@@ -33,19 +37,69 @@ const SERVER: HostId = HostId::from_u128(0xdddd);
 
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    Network { net: u8, enabled: bool },
-    RemoveNetwork { net: u8 },
-    AddSubnet { net: u8, which: u8, dns: u8 },
-    RemoveSubnet { net: u8, which: u8 },
-    Up { kind: u8, net: u8, vnic: u8, subnet: Option<u8>, mac: u8, requested: Option<u8> },
-    Down { kind: u8, net: u8, vnic: u8 },
-    PortRequested { net: u8, which: u8, host: u8 },
-    PortReleased { net: u8, which: u8, host: u8 },
-    Garbage { net: u8, which: u8 },
-    Policy { net: u8, quarantine: u8, thresholds: u8 },
+    Network {
+        net: u8,
+        enabled: bool,
+    },
+    RemoveNetwork {
+        net: u8,
+    },
+    AddSubnet {
+        net: u8,
+        which: u8,
+        dns: u8,
+    },
+    RemoveSubnet {
+        net: u8,
+        which: u8,
+    },
+    /// `also`: a second subnet (dual-stack when of the other family); `form` says whether the
+    /// first goes in `subnet_id` (0), `subnet_ids` (1) or both (2).
+    Up {
+        kind: u8,
+        net: u8,
+        vnic: u8,
+        subnet: Option<u8>,
+        also: Option<u8>,
+        form: u8,
+        mac: u8,
+        requested: Option<u8>,
+    },
+    Down {
+        kind: u8,
+        net: u8,
+        vnic: u8,
+    },
+    PortRequested {
+        net: u8,
+        which: u8,
+        host: u8,
+    },
+    PortReleased {
+        net: u8,
+        which: u8,
+        host: u8,
+    },
+    Garbage {
+        net: u8,
+        which: u8,
+    },
+    Policy {
+        net: u8,
+        quarantine: u8,
+        thresholds: u8,
+    },
     Tick,
-    Conflict { net: u8, which: u8, offset: u8 },
-    Cleared { net: u8, which: u8, offset: u8 },
+    Conflict {
+        net: u8,
+        which: u8,
+        offset: u8,
+    },
+    Cleared {
+        net: u8,
+        which: u8,
+        offset: u8,
+    },
 }
 
 pub(crate) fn op() -> impl Strategy<Value = Op> {
@@ -55,8 +109,21 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         1 => net.clone().prop_map(|net| Op::RemoveNetwork { net }),
         4 => (net.clone(), 0..4u8, 0..2u8).prop_map(|(net, which, dns)| Op::AddSubnet { net, which, dns }),
         2 => (net.clone(), 0..4u8).prop_map(|(net, which)| Op::RemoveSubnet { net, which }),
-        40 => (0..3u8, net.clone(), 0..VNICS, prop::option::weighted(0.95, 0..4u8), 0..MACS, prop::option::weighted(0.15, 0..20u8))
-            .prop_map(|(kind, net, vnic, subnet, mac, requested)| Op::Up { kind, net, vnic, subnet, mac, requested }),
+        40 => (
+            (0..3u8, net.clone(), 0..VNICS, prop::option::weighted(0.95, 0..4u8)),
+            (prop::option::weighted(0.3, prop_oneof![4 => Just(2u8), 1 => 0..4u8]), 0..3u8),
+            (0..MACS, prop::option::weighted(0.15, 0..20u8)),
+        )
+            .prop_map(|((kind, net, vnic, subnet), (also, form), (mac, requested))| Op::Up {
+                kind,
+                net,
+                vnic,
+                subnet,
+                also,
+                form,
+                mac,
+                requested
+            }),
         30 => (0..3u8, net.clone(), 0..VNICS).prop_map(|(kind, net, vnic)| Op::Down { kind, net, vnic }),
         3 => (net.clone(), 0..4u8, 0..HOSTS).prop_map(|(net, which, host)| Op::PortRequested { net, which, host }),
         2 => (net.clone(), 0..4u8, 0..HOSTS).prop_map(|(net, which, host)| Op::PortReleased { net, which, host }),
@@ -136,13 +203,20 @@ pub(crate) fn record(step: usize, op: &Op) -> Vec<u8> {
         Op::RemoveSubnet { net, which } => {
             Event::SubnetRemoved(SubnetRemoved { network_id: network_id(net), subnet_id: subnet_id(net, which) })
         }
-        Op::Up { kind, net, vnic, subnet, mac: m, requested } => {
+        Op::Up { kind, net, vnic, subnet, also, form, mac: m, requested } => {
+            let first = subnet.map(|which| subnet_id(net, which));
+            let second = also.map(|which| subnet_id(net, which));
+            let (subnet_id, subnet_ids) = match form {
+                0 => (first, second.into_iter().collect()),
+                1 => (None, first.into_iter().chain(second).collect()),
+                _ => (first.or(second), first.into_iter().chain(second).collect()),
+            };
             let up = VnicUp {
                 vnic_id: VnicId::from_u128(u128::from(vnic)),
                 vm_id: VmId::from_u128(1000 + u128::from(vnic)),
                 network_id: network_id(net),
-                subnet_id: subnet.map(|which| subnet_id(net, which)),
-                subnet_ids: Vec::new(),
+                subnet_id,
+                subnet_ids,
                 mac: mac(m),
                 requested_ip: requested.map(|offset| nth_address(net, subnet.unwrap_or(0), offset)),
             };
@@ -240,8 +314,8 @@ fn step(allocator: &mut Allocator, raw: &[u8]) -> (Vec<Event>, Option<Envelope>)
 /// The test's own record of which vNICs are up with service, built from the outputs.
 #[derive(Default)]
 pub(crate) struct Model {
-    /// (network, vnic) → subnet, for vNICs whose up was accepted.
-    pub(crate) up: BTreeMap<(NetworkId, VnicId), SubnetId>,
+    /// (network, vnic) → the subnets it named, for vNICs whose up was accepted.
+    pub(crate) up: BTreeMap<(NetworkId, VnicId), BTreeSet<SubnetId>>,
     /// (network, subnet, ip) → owner, along the output stream.
     pub(crate) held: BTreeMap<(NetworkId, SubnetId, IpAddr), Owner>,
 }
@@ -303,6 +377,10 @@ fn check_sequence(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         if let Some(input) = &input {
             track_up(&mut model, input, &outputs, &allocator);
+            let is_up = matches!(input.event, Event::VnicStarted(_) | Event::VnicPlugged(_) | Event::VnicLinked(_));
+            if is_up && outputs.iter().filter(|o| matches!(o, Event::ReservationAdded(_))).count() == 2 {
+                DUAL_STACK_UPS.fetch_add(1, Ordering::Relaxed);
+            }
         }
         check_state(&allocator, &model, &view)?;
         allocator.check().map_err(|violation| TestCaseError::fail(format!("step {n} ({op:?}): {violation}")))?;
@@ -413,12 +491,13 @@ pub(crate) fn track_up(model: &mut Model, input: &Envelope, outputs: &[Event], a
     match &input.event {
         Event::VnicStarted(up) | Event::VnicPlugged(up) | Event::VnicLinked(up) => {
             let key = (up.network_id, up.vnic_id);
+            let subnets = up.subnets();
             let added = outputs.iter().any(|o| matches!(o, Event::ReservationAdded(_)));
-            let repeat = outputs.is_empty() && up.subnet_id.is_some() && model.up.get(&key) == up.subnet_id.as_ref();
+            let repeat = outputs.is_empty() && !subnets.is_empty() && model.up.get(&key) == Some(&subnets);
             if added || repeat {
-                model.up.insert(key, up.subnet_id.unwrap());
+                model.up.insert(key, subnets);
             }
-            // Idempotence: a vNIC coming up again while up holds the same one reservation.
+            // Idempotence: a vNIC coming up again while up holds the same reservations.
             debug_assert!(!repeat || allocator.network(up.network_id).is_some());
         }
         Event::VnicStopped(down) | Event::VnicUnplugged(down) | Event::VnicUnlinked(down) => {
@@ -432,7 +511,8 @@ pub(crate) fn track_up(model: &mut Model, input: &Envelope, outputs: &[Event], a
 /// Invariants 1, 2 and 6 on the state after a step.
 fn check_state(allocator: &Allocator, model: &Model, view: &HostDhcpView) -> Result<(), TestCaseError> {
     let mut held_now = BTreeMap::new();
-    let mut vnics_holding = BTreeSet::new();
+    let mut vnics_holding: BTreeMap<(NetworkId, VnicId), BTreeSet<SubnetId>> = BTreeMap::new();
+    let mut families_held = BTreeSet::new();
     for network in allocator.networks() {
         let specs: BTreeMap<SubnetId, &ipam_core::SubnetSpec> =
             network.subnets().map(|(id, spec, _, _)| (id, spec)).collect();
@@ -442,18 +522,18 @@ fn check_state(allocator: &Allocator, model: &Model, view: &HostDhcpView) -> Res
             let previous = held_now.insert((network.network_id(), subnet_id, ip), owner);
             prop_assert!(previous.is_none(), "invariant 1: {ip} held twice in the state");
             if let Owner::Vnic { vnic_id, .. } = owner {
-                prop_assert!(vnics_holding.insert((network.network_id(), vnic_id)), "invariant 2: {vnic_id} holds two");
-                prop_assert!(
-                    model.up.get(&(network.network_id(), vnic_id)) == Some(&subnet_id),
-                    "invariant 2: {vnic_id} holds an address but is not up on that subnet"
-                );
+                let family = (network.network_id(), vnic_id, ip.is_ipv4());
+                prop_assert!(families_held.insert(family), "invariant 2: {vnic_id} holds two of a family");
+                vnics_holding.entry((network.network_id(), vnic_id)).or_default().insert(subnet_id);
             }
         }
     }
     prop_assert!(held_now == model.held, "the state's reservations differ from the output stream's");
-    for (network_id, vnic_id) in model.up.keys() {
-        prop_assert!(vnics_holding.contains(&(*network_id, *vnic_id)), "invariant 2: up vNIC {vnic_id} holds nothing");
-    }
+    prop_assert!(
+        vnics_holding == model.up,
+        "invariant 2: the vNICs hold {vnics_holding:?}, but the accepted ups name {:?}",
+        model.up
+    );
     // Invariant 6 (data side): a server of the network plans exactly the vNIC reservations.
     let planned: BTreeSet<(NetworkId, SubnetId, Mac, IpAddr)> = plan(view, &PlanOptions::default())
         .networks
@@ -483,7 +563,7 @@ fn justify(allocator: &Allocator, input: &Envelope, rejected: &RequestRejected) 
         RejectionCode::IpamDisabled => prop_assert!(settings.is_some_and(|s| !s.ipam_enabled)),
         RejectionCode::SubnetExhausted => {
             let subnet_id = match &input.event {
-                Event::VnicStarted(up) | Event::VnicPlugged(up) | Event::VnicLinked(up) => up.subnet_id,
+                Event::VnicStarted(_) | Event::VnicPlugged(_) | Event::VnicLinked(_) => rejected.subnet_id,
                 Event::DhcpPortRequested(port) => Some(port.subnet_id),
                 other => return Err(TestCaseError::fail(format!("subnet_exhausted for {other:?}"))),
             };
@@ -495,7 +575,22 @@ fn justify(allocator: &Allocator, input: &Envelope, rejected: &RequestRejected) 
                 return Err(TestCaseError::fail("only a fixed-IP request can collide"));
             };
             let ip = up.requested_ip.unwrap();
-            prop_assert!(network.unwrap().reservations().any(|(s, _, _, held)| Some(s) == up.subnet_id && held == ip));
+            prop_assert!(
+                network.unwrap().reservations().any(|(s, _, _, held)| up.subnets().contains(&s) && held == ip)
+            );
+        }
+        RejectionCode::DuplicateFamily => {
+            let (Event::VnicStarted(up) | Event::VnicPlugged(up) | Event::VnicLinked(up)) = &input.event else {
+                return Err(TestCaseError::fail("only a vNIC names several subnets"));
+            };
+            let families: Vec<bool> = network
+                .unwrap()
+                .subnets()
+                .filter(|(id, ..)| up.subnets().contains(id))
+                .map(|(_, spec, ..)| spec.cidr.is_ipv4())
+                .collect();
+            let distinct: BTreeSet<bool> = families.iter().copied().collect();
+            prop_assert!(distinct.len() < families.len(), "duplicate_family for subnets of distinct families");
         }
         RejectionCode::DuplicateMac => {
             let mac = match &input.event {
@@ -513,9 +608,15 @@ fn justify(allocator: &Allocator, input: &Envelope, rejected: &RequestRejected) 
     Ok(())
 }
 
+/// Dual-stack ups accepted over every sequence tried: the generator must make some.
+static DUAL_STACK_UPS: AtomicUsize = AtomicUsize::new(0);
+
 #[test]
 fn allocator_keeps_invariants_1_2_6_7_over_random_sequences_and_replays_exactly() {
     super::run("allocator", prop::collection::vec(op(), 1000..1400), check_sequence);
+    let dual_stack_ups = DUAL_STACK_UPS.load(Ordering::Relaxed);
+    println!("allocator: {dual_stack_ups} dual-stack vNIC ups accepted");
+    assert!(dual_stack_ups > 0, "the generator made no dual-stack vNIC that the allocator accepted");
 }
 
 #[test]
