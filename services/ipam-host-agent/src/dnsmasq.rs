@@ -30,6 +30,7 @@ use ipam_core::dhcp_plan::{NetworkDhcpConfig, SubnetDhcpConfig};
 use ipam_core::{Mac, NetworkId};
 
 use crate::backend::{BackendError, DhcpBackend};
+use crate::dnsmasq_shards::{HostAddresses, desired_hosts};
 
 /// The dnsmasq configuration of `config`'s network. Pure: the same configuration always renders to
 /// the same bytes, which is what makes [`FilesBackend::apply`] idempotent.
@@ -125,23 +126,22 @@ fn render_subnet(
     Ok(())
 }
 
-/// One `MAC,IP` line per reserved host of every subnet: the argument of a `dhcp-host` line, and
-/// the format of dnsmasq's `--dhcp-hostsfile` and `--dhcp-hostsdir` files.
+/// One `MAC,IPv4`, `MAC,[IPv6]` or `MAC,IPv4,[IPv6]` line per reserved MAC of the network, in MAC
+/// order: the argument of a `dhcp-host` line, and the format of dnsmasq's `--dhcp-hostsfile` and
+/// `--dhcp-hostsdir` files. A dual-stack vNIC's two addresses share one line, as dnsmasq answers a
+/// MAC from one line in both DHCPv4 and DHCPv6 (see [`crate::dnsmasq_shards`]).
 pub fn host_lines(config: &NetworkDhcpConfig) -> Result<Vec<String>, BackendError> {
-    let mut lines = Vec::new();
-    for subnet in &config.subnets {
-        for host in &subnet.hosts {
-            lines.push(host_line(config.network_id, host.mac, host.ip)?);
-        }
-    }
-    Ok(lines)
+    desired_hosts(config).iter().map(|(mac, addresses)| host_line(config.network_id, *mac, addresses)).collect()
 }
 
-/// The `MAC,IP` line of one host (see [`host_lines`]).
-pub fn host_line(network_id: NetworkId, mac: Mac, ip: IpAddr) -> Result<String, BackendError> {
-    let mac = check_value(network_id, "mac", mac.to_string())?;
-    let ip = option_ip(check_value(network_id, "ip", ip.to_string())?, ip);
-    Ok(format!("{mac},{ip}"))
+/// The line of one host (see [`host_lines`]).
+pub fn host_line(network_id: NetworkId, mac: Mac, addresses: &HostAddresses) -> Result<String, BackendError> {
+    let mut line = check_value(network_id, "mac", mac.to_string())?;
+    for ip in addresses.iter() {
+        line.push(',');
+        line.push_str(&option_ip(check_value(network_id, "ip", ip.to_string())?, ip));
+    }
+    Ok(line)
 }
 
 /// The `MAC,ignore` line that masks every older line of a host: dnsmasq gives the newest matching
@@ -370,6 +370,21 @@ mod tests {
                 dhcp-host=02:00:00:00:00:02,[2001:db8::20]
             "#]],
         );
+    }
+
+    #[test]
+    fn a_dual_stack_host_gets_one_line_with_both_addresses_ipv4_first() {
+        let s1 = subnet(1, "10.1.0.0/24", "10.1.0.1", &[], &[], &[("02:00:00:00:00:01", "10.1.0.10")]);
+        let s2 = subnet(
+            2,
+            "2001:db8::/64",
+            "2001:db8::1",
+            &[],
+            &[],
+            &[("02:00:00:00:00:01", "2001:db8::10"), ("02:00:00:00:00:02", "2001:db8::20")],
+        );
+        let lines = host_lines(&network(vec![s2, s1])).unwrap();
+        assert_eq!(lines, ["02:00:00:00:00:01,10.1.0.10,[2001:db8::10]", "02:00:00:00:00:02,[2001:db8::20]"]);
     }
 
     #[test]

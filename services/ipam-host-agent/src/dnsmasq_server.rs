@@ -56,8 +56,8 @@ use crate::backend::{BackendError, DhcpBackend, MAX_ERROR_CHARS, one_line};
 use crate::dhcp_relay::UnicastRelay;
 use crate::dnsmasq::{host_line, ignore_line, render_options};
 use crate::dnsmasq_shards::{
-    COMPACTION_INTERVAL, MAX_SHARDS, ShardAction, ShardState, desired_hosts, host_changes, must_split, shard_count,
-    shard_of, split,
+    COMPACTION_INTERVAL, HostAddresses, MAX_SHARDS, ShardAction, ShardState, desired_hosts, host_changes, must_split,
+    shard_count, shard_of, split,
 };
 use crate::leases::duid_mac;
 
@@ -188,7 +188,7 @@ struct Shard {
     dir: PathBuf,
     child: Child,
     /// The hosts of the plan that fall in this shard.
-    desired: BTreeMap<Mac, IpAddr>,
+    desired: BTreeMap<Mac, HostAddresses>,
     /// `desired` changed since dnsmasq was last given it (or giving it failed).
     dirty: bool,
     /// The lines dnsmasq holds (base file plus hostsdir additions).
@@ -298,11 +298,11 @@ fn exit_reason(dir: &Path) -> Option<String> {
     dnsmasq_error(&fs::read_to_string(dir.join("dnsmasq.log")).ok()?)
 }
 
-/// The hosts file text: one `MAC,IP` line per host.
-fn hosts_text(network_id: NetworkId, hosts: &BTreeMap<Mac, IpAddr>) -> Result<String, BackendError> {
+/// The hosts file text: one line per host, with its addresses (see [`host_line`]).
+fn hosts_text(network_id: NetworkId, hosts: &BTreeMap<Mac, HostAddresses>) -> Result<String, BackendError> {
     let mut text = String::with_capacity(hosts.len() * 32);
-    for (mac, ip) in hosts {
-        text.push_str(&host_line(network_id, *mac, *ip)?);
+    for (mac, addresses) in hosts {
+        text.push_str(&host_line(network_id, *mac, addresses)?);
         text.push('\n');
     }
     Ok(text)
@@ -313,7 +313,7 @@ fn hosts_text(network_id: NetworkId, hosts: &BTreeMap<Mac, IpAddr>) -> Result<St
 /// A DHCPv6 lease line (`expiry IAID [IP] name DUID`) names no MAC: it is kept only when its DUID
 /// embeds one (DUID-LLT, DUID-LL), held with that address; dnsmasq forgets the others, and their
 /// guests get the same static address again on their next request.
-fn kept_leases(text: &str, hosts: &BTreeMap<Mac, IpAddr>) -> String {
+fn kept_leases(text: &str, hosts: &BTreeMap<Mac, HostAddresses>) -> String {
     text.lines()
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -327,7 +327,7 @@ fn kept_leases(text: &str, hosts: &BTreeMap<Mac, IpAddr>) -> String {
                 Err(_) if ip.is_ipv6() => fields.get(4).and_then(|duid| duid_mac(duid)),
                 Err(_) => None,
             };
-            mac.is_some_and(|mac| hosts.get(&mac) == Some(&ip))
+            mac.is_some_and(|mac| hosts.get(&mac).is_some_and(|addresses| addresses.contains(ip)))
         })
         .map(|line| format!("{line}\n"))
         .collect()
@@ -360,7 +360,7 @@ impl DnsmasqBackend {
         network_id: NetworkId,
         options_text: &str,
         index: usize,
-        hosts: BTreeMap<Mac, IpAddr>,
+        hosts: BTreeMap<Mac, HostAddresses>,
         carried: Option<&str>,
     ) -> Result<Shard, BackendError> {
         let network_dir = self.dir(network_id);
@@ -513,7 +513,7 @@ impl DnsmasqBackend {
         &self,
         config: &NetworkDhcpConfig,
         options_text: String,
-        desired: &BTreeMap<Mac, IpAddr>,
+        desired: &BTreeMap<Mac, HostAddresses>,
         addresses: BTreeSet<String>,
         carried: Option<&[String]>,
     ) -> Result<Server, BackendError> {
@@ -666,7 +666,7 @@ impl DnsmasqBackend {
     fn add_lines(
         network_id: NetworkId,
         shard: &mut Shard,
-        hosts: &BTreeMap<Mac, IpAddr>,
+        hosts: &BTreeMap<Mac, HostAddresses>,
         ignore: &BTreeSet<Mac>,
     ) -> Result<(), BackendError> {
         let mut text = hosts_text(network_id, hosts)?;
@@ -995,17 +995,21 @@ echo "dnsmasq: syntax check OK." >&2
         .assert_eq(&carried_leases(&old, 0));
         // A new shard the old server did not have starts without a DUID; the shard's hosts pick
         // their leases out.
-        let hosts = BTreeMap::from([("52:54:00:00:00:02".parse().unwrap(), "10.0.0.2".parse().unwrap())]);
+        let hosts =
+            BTreeMap::from([("52:54:00:00:00:02".parse().unwrap(), HostAddresses::of("10.0.0.2".parse().unwrap()))]);
         assert_eq!(kept_leases(&carried_leases(&old, 2), &hosts), "1000 52:54:00:00:00:02 10.0.0.2 vm *\n");
     }
 
     #[test]
     fn restarts_keep_the_server_duid_and_the_leases_of_hosts_still_reserved_in_both_families() {
         let mac = |text: &str| text.parse::<Mac>().unwrap();
+        let addresses = |text: &str| HostAddresses::of(text.parse().unwrap());
         let hosts = BTreeMap::from([
-            (mac("52:54:00:e6:00:01"), "2001:db8::20".parse().unwrap()),
-            (mac("52:54:00:e6:00:03"), "2001:db8::30".parse().unwrap()),
-            (mac("52:54:00:e4:00:01"), "10.1.0.10".parse().unwrap()),
+            (mac("52:54:00:e6:00:01"), addresses("2001:db8::20")),
+            (mac("52:54:00:e6:00:03"), addresses("2001:db8::30")),
+            (mac("52:54:00:e4:00:01"), addresses("10.1.0.10")),
+            // A dual-stack host keeps the leases of both its addresses.
+            (mac("52:54:00:e4:00:05"), addresses("10.1.0.15").with("2001:db8::15".parse().unwrap())),
         ]);
         let leases = "\
 1796190621 52:54:00:e4:00:01 10.1.0.10 * 01:52:54:00:e4:00:01
@@ -1015,6 +1019,8 @@ duid 00:01:00:01:32:a2:60:05:22:e5:ae:23:ef:5d
 1796190621 15073283 2001:db8::30 * 00:03:00:01:52:54:00:e6:00:03
 1796190621 15073282 2001:db8::21 * 00:01:00:01:32:a2:60:0b:52:54:00:e6:00:02
 1796190621 15073281 2001:db8::30 * 00:02:00:00:00:09:61:62:63:64:65:66:67:68
+1796190621 52:54:00:e4:00:05 10.1.0.15 * 01:52:54:00:e4:00:05
+1796190621 15073285 2001:db8::15 * 00:03:00:01:52:54:00:e4:00:05
 ";
         assert_eq!(
             kept_leases(leases, &hosts),
@@ -1023,6 +1029,8 @@ duid 00:01:00:01:32:a2:60:05:22:e5:ae:23:ef:5d
 duid 00:01:00:01:32:a2:60:05:22:e5:ae:23:ef:5d
 1796190621 15073281 2001:db8::20 * 00:01:00:01:32:a2:60:0b:52:54:00:e6:00:01
 1796190621 15073283 2001:db8::30 * 00:03:00:01:52:54:00:e6:00:03
+1796190621 52:54:00:e4:00:05 10.1.0.15 * 01:52:54:00:e4:00:05
+1796190621 15073285 2001:db8::15 * 00:03:00:01:52:54:00:e4:00:05
 ",
             "the DUID-EN lease names no MAC, and the unreserved hosts' leases go"
         );

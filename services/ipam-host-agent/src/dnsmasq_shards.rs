@@ -21,10 +21,22 @@
 //! or a moved MAC is a newer line, a released MAC a newer `MAC,ignore` line (answered no more at
 //! once), and a reload is needed only when dnsmasq would refuse a line (its address is still held
 //! by an older one) or to drop stale lines, at most once per [`COMPACTION_INTERVAL`].
+//!
+//! # Dual-stack hosts
+//! A MAC may hold one address of each family on a network (a dual-stack vNIC). dnsmasq answers a
+//! MAC from its newest line in DHCPv4 and DHCPv6 alike, and a line with no address of the asked
+//! family matches all the same and gives none, so the two addresses must be one line,
+//! `MAC,IPv4,[IPv6]` (dnsmasq's manual: "a single --dhcp-host may contain an IPv4 address or one or
+//! more IPv6 addresses, or both"). A host is therefore a MAC and its [`HostAddresses`]; a family
+//! added to a MAC that already has a line is a newer line holding the older one's address again,
+//! which dnsmasq refuses, so that reloads the shard (the allocator emits both reservations of a
+//! dual-stack vNIC in one step, so an agent usually reads them together and writes one line).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
+
+use ipam_core::IpFamily;
 
 use ipam_core::dhcp_plan::NetworkDhcpConfig;
 use ipam_core::{Mac, SubnetId};
@@ -73,64 +85,109 @@ pub fn shard_of(mac: Mac, shards: usize) -> usize {
     if shards <= 1 { 0 } else { (hash >> (64 - shards.trailing_zeros())) as usize }
 }
 
+/// The addresses a MAC is answered with on a network: at most one of each family (the allocator
+/// gives a vNIC no more), written as one `dhcp-host` line (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostAddresses {
+    pub ipv4: Option<IpAddr>,
+    pub ipv6: Option<IpAddr>,
+}
+
+impl HostAddresses {
+    /// One address.
+    pub fn of(ip: IpAddr) -> HostAddresses {
+        HostAddresses::default().with(ip)
+    }
+
+    /// These addresses with `ip` as the one of its family.
+    pub fn with(mut self, ip: IpAddr) -> HostAddresses {
+        match IpFamily::of(ip) {
+            IpFamily::Ipv4 => self.ipv4 = Some(ip),
+            IpFamily::Ipv6 => self.ipv6 = Some(ip),
+        }
+        self
+    }
+
+    /// The addresses, IPv4 first (the order of a `dhcp-host` line).
+    pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ipv4.iter().chain(&self.ipv6).copied()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.iter().any(|held| held == ip)
+    }
+}
+
 /// Splits the desired hosts of a network into its shards.
-pub fn split(hosts: &BTreeMap<Mac, IpAddr>, shards: usize) -> Vec<BTreeMap<Mac, IpAddr>> {
+pub fn split(hosts: &BTreeMap<Mac, HostAddresses>, shards: usize) -> Vec<BTreeMap<Mac, HostAddresses>> {
     let mut split = vec![BTreeMap::new(); shards];
-    for (mac, ip) in hosts {
-        split[shard_of(*mac, shards)].insert(*mac, *ip);
+    for (mac, addresses) in hosts {
+        split[shard_of(*mac, shards)].insert(*mac, *addresses);
     }
     split
 }
 
-/// The hosts that changed from one plan of a network to the next: each MAC whose address changed,
-/// with its new address, or `None` when it has none any more. A merge of the two host lists (the
-/// plan sorts subnets by id and hosts by IP, then MAC), so a change to one host of 65k costs a
-/// comparison per host, not a map built and searched per host. A MAC holds one address on a
-/// network (the allocator refuses a MAC a second vNIC or subnet there).
-pub fn host_changes(old: &NetworkDhcpConfig, new: &NetworkDhcpConfig) -> BTreeMap<Mac, Option<IpAddr>> {
+/// The hosts that changed from one plan of a network to the next: each MAC whose addresses changed,
+/// with its new addresses, or `None` when it has none any more. A merge of the two host lists (the
+/// plan sorts subnets by id and hosts by IP, then MAC) finds the MACs that changed, so a change to
+/// one host of 65k costs a comparison per host, not a map built and searched per host; one more
+/// pass over the new list gathers their addresses (a MAC may have one in each family's subnet).
+pub fn host_changes(old: &NetworkDhcpConfig, new: &NetworkDhcpConfig) -> BTreeMap<Mac, Option<HostAddresses>> {
     fn entries(config: &NetworkDhcpConfig) -> impl Iterator<Item = (SubnetId, IpAddr, Mac)> + '_ {
         config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (subnet.subnet_id, host.ip, host.mac)))
     }
     debug_assert!(entries(old).is_sorted() && entries(new).is_sorted(), "the plan lists hosts in order");
-    let mut changes = BTreeMap::new();
+    let mut changed = BTreeSet::new();
     let (mut old_entries, mut new_entries) = (entries(old).peekable(), entries(new).peekable());
     loop {
-        match (old_entries.peek(), new_entries.peek()) {
+        match (old_entries.peek().copied(), new_entries.peek().copied()) {
             (None, None) => break,
             (Some(o), Some(n)) if o == n => {
                 old_entries.next();
                 new_entries.next();
             }
             (Some(o), Some(n)) if o < n => {
-                // Gone, unless the MAC has a new address (met before or after this).
-                changes.entry(o.2).or_insert(None);
+                changed.insert(o.2);
                 old_entries.next();
             }
-            (Some(&(_, _, mac)), None) => {
-                changes.entry(mac).or_insert(None);
+            (Some(o), None) => {
+                changed.insert(o.2);
                 old_entries.next();
             }
-            (_, Some(&(_, ip, mac))) => {
-                changes.insert(mac, Some(ip));
+            (_, Some(n)) => {
+                changed.insert(n.2);
                 new_entries.next();
             }
+        }
+    }
+    let mut changes: BTreeMap<Mac, Option<HostAddresses>> = changed.into_iter().map(|mac| (mac, None)).collect();
+    for (_, ip, mac) in entries(new) {
+        if let Some(addresses) = changes.get_mut(&mac) {
+            *addresses = Some(addresses.unwrap_or_default().with(ip));
         }
     }
     changes
 }
 
-/// A network's hosts by MAC (a MAC holds one address on a network; listed twice, its last).
-pub fn desired_hosts(config: &NetworkDhcpConfig) -> BTreeMap<Mac, IpAddr> {
-    config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (host.mac, host.ip))).collect()
+/// A network's hosts by MAC, each with its addresses (one per family).
+pub fn desired_hosts(config: &NetworkDhcpConfig) -> BTreeMap<Mac, HostAddresses> {
+    let mut hosts: BTreeMap<Mac, HostAddresses> = BTreeMap::new();
+    for subnet in &config.subnets {
+        for host in &subnet.hosts {
+            let addresses = hosts.entry(host.mac).or_default();
+            *addresses = addresses.with(host.ip);
+        }
+    }
+    hosts
 }
 
 /// What one shard's dnsmasq holds: its base file plus every hosts-directory addition since it
 /// started. dnsmasq answers a MAC from its newest line, and keeps every line until it reloads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardState {
-    /// Each MAC's newest line: the address it is answered with, or `None` when a `MAC,ignore`
+    /// Each MAC's newest line: the addresses it is answered with, or `None` when a `MAC,ignore`
     /// line masks it.
-    pub newest: BTreeMap<Mac, Option<IpAddr>>,
+    pub newest: BTreeMap<Mac, Option<HostAddresses>>,
     /// Every address a line holds, masked or not, with its MAC: dnsmasq refuses a new line whose
     /// address is among them ("duplicate dhcp-host IP address").
     pub addresses: BTreeMap<IpAddr, Mac>,
@@ -138,18 +195,17 @@ pub struct ShardState {
 
 impl ShardState {
     /// A shard started with `hosts` in its base file.
-    pub fn loaded(hosts: &BTreeMap<Mac, IpAddr>) -> ShardState {
-        ShardState {
-            newest: hosts.iter().map(|(mac, ip)| (*mac, Some(*ip))).collect(),
-            addresses: hosts.iter().map(|(mac, ip)| (*ip, *mac)).collect(),
-        }
+    pub fn loaded(hosts: &BTreeMap<Mac, HostAddresses>) -> ShardState {
+        let mut state = ShardState::default();
+        state.add(hosts, &BTreeSet::new());
+        state
     }
 
     /// Records an addition dnsmasq has been given.
-    pub fn add(&mut self, hosts: &BTreeMap<Mac, IpAddr>, ignore: &BTreeSet<Mac>) {
-        for (mac, ip) in hosts {
-            self.newest.insert(*mac, Some(*ip));
-            self.addresses.insert(*ip, *mac);
+    pub fn add(&mut self, hosts: &BTreeMap<Mac, HostAddresses>, ignore: &BTreeSet<Mac>) {
+        for (mac, addresses) in hosts {
+            self.newest.insert(*mac, Some(*addresses));
+            self.addresses.extend(addresses.iter().map(|ip| (ip, *mac)));
         }
         for mac in ignore {
             self.newest.insert(*mac, None);
@@ -158,15 +214,18 @@ impl ShardState {
 
     /// Decides what the shard does to answer exactly `desired` (its part of the plan), given how
     /// long ago it (re)started.
-    pub fn decide(&self, desired: &BTreeMap<Mac, IpAddr>, since_start: Duration) -> ShardAction {
+    pub fn decide(&self, desired: &BTreeMap<Mac, HostAddresses>, since_start: Duration) -> ShardAction {
         let mut hosts = BTreeMap::new();
         let mut collides = false;
-        for (mac, ip) in desired {
-            if self.newest.get(mac) != Some(&Some(*ip)) {
-                // New, moved to another address, or masked: a newer line wins, unless dnsmasq
-                // still holds its address (even for this very MAC) and refuses it.
-                collides |= self.addresses.contains_key(ip);
-                hosts.insert(*mac, *ip);
+        let mut wanted = 0;
+        for (mac, addresses) in desired {
+            wanted += addresses.iter().count();
+            if self.newest.get(mac) != Some(&Some(*addresses)) {
+                // New, moved to other addresses, a family added or dropped, or masked: a newer line
+                // wins, unless dnsmasq still holds one of its addresses (even for this very MAC)
+                // and refuses it.
+                collides |= addresses.iter().any(|ip| self.addresses.contains_key(&ip));
+                hosts.insert(*mac, *addresses);
             }
         }
         let ignore: BTreeSet<Mac> = self
@@ -176,7 +235,8 @@ impl ShardState {
             .map(|(mac, _)| *mac)
             .collect();
         // Every desired address is held after the addition; any other is a stale line.
-        let stale = self.addresses.len() + hosts.len() > desired.len();
+        let added: usize = hosts.values().map(|addresses: &HostAddresses| addresses.iter().count()).sum();
+        let stale = self.addresses.len() + added > wanted;
         if collides || (stale && since_start >= COMPACTION_INTERVAL) {
             ShardAction::Compact
         } else if hosts.is_empty() && ignore.is_empty() {
@@ -195,7 +255,7 @@ pub enum ShardAction {
     Keep { stale: bool },
     /// One new hosts-directory file (read within milliseconds) with a line for each of `hosts`, and
     /// a `MAC,ignore` line for each MAC in `ignore` (released: no longer answered).
-    Add { hosts: BTreeMap<Mac, IpAddr>, ignore: BTreeSet<Mac>, stale: bool },
+    Add { hosts: BTreeMap<Mac, HostAddresses>, ignore: BTreeSet<Mac>, stale: bool },
     /// Restart with exactly the desired hosts in the base file, an empty hosts directory and the
     /// leases of hosts that are gone dropped.
     Compact,
@@ -214,8 +274,8 @@ mod tests {
         IpAddr::from([10, 0, 0, n])
     }
 
-    fn hosts(pairs: &[(u32, u8)]) -> BTreeMap<Mac, IpAddr> {
-        pairs.iter().map(|(m, i)| (mac(*m), ip(*i))).collect()
+    fn hosts(pairs: &[(u32, u8)]) -> BTreeMap<Mac, HostAddresses> {
+        pairs.iter().map(|(m, i)| (mac(*m), HostAddresses::of(ip(*i)))).collect()
     }
 
     fn state(lines: &[(u32, Option<u8>)]) -> ShardState {
@@ -262,7 +322,7 @@ mod tests {
 
     #[test]
     fn macs_spread_evenly_and_stably_over_shards() {
-        let macs: BTreeMap<Mac, IpAddr> = (0..65_536u32).map(|n| (mac(n), ip(1))).collect();
+        let macs: BTreeMap<Mac, HostAddresses> = (0..65_536u32).map(|n| (mac(n), HostAddresses::of(ip(1)))).collect();
         let sizes: Vec<usize> = split(&macs, 32).iter().map(BTreeMap::len).collect();
         let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
         assert!(*min > 1900 && *max < 2200, "uneven shards: {sizes:?}");
@@ -311,10 +371,10 @@ mod tests {
         let old = config(&[(1, 1, 1), (1, 2, 2), (1, 3, 3), (1, 8, 8), (2, 4, 9)]);
         let new = config(&[(1, 1, 1), (1, 8, 4), (1, 3, 5), (1, 6, 6), (2, 4, 9), (2, 7, 10)]);
         let changes = host_changes(&old, &new);
-        let expected: BTreeMap<Mac, Option<IpAddr>> =
+        let expected: BTreeMap<Mac, Option<HostAddresses>> =
             [(2, None), (3, Some(5)), (6, Some(6)), (7, Some(10)), (8, Some(4))]
                 .iter()
-                .map(|(m, i)| (mac(*m), i.map(ip)))
+                .map(|(m, i)| (mac(*m), i.map(|i| HostAddresses::of(ip(i)))))
                 .collect();
         assert_eq!(changes, expected);
         assert!(host_changes(&new, &new).is_empty());
@@ -363,5 +423,53 @@ mod tests {
         assert_eq!(check(&[(1, Some(1))], &[(1, 5)], 10), add(&[(1, 5)], &[], true));
         // ...which leaves its old address stale: another MAC taking it reloads.
         assert_eq!(check(&[(1, Some(1)), (1, Some(5))], &[(1, 5), (2, 1)], 10), ShardAction::Compact);
+    }
+
+    fn ip6(n: u8) -> IpAddr {
+        IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(n)])
+    }
+
+    /// `config(v4)` with a second subnet (id 9) holding the IPv6 hosts `v6` (MAC, address).
+    fn dual_config(v4: &[(u128, u32, u8)], v6: &[(u32, u8)]) -> NetworkDhcpConfig {
+        use ipam_core::dhcp_plan::DhcpHost;
+        let mut dual = config(v4);
+        let mut subnet = config(&[(9, 0, 0)]).subnets.remove(0);
+        subnet.cidr = "2001:db8::/64".parse().unwrap();
+        subnet.hosts = v6.iter().map(|(m, i)| DhcpHost { mac: mac(*m), ip: ip6(*i) }).collect();
+        dual.subnets.push(subnet);
+        dual
+    }
+
+    #[test]
+    fn a_dual_stack_mac_is_one_host_with_both_addresses() {
+        let config = dual_config(&[(1, 1, 1), (1, 2, 2)], &[(1, 7)]);
+        let hosts = desired_hosts(&config);
+        assert_eq!(hosts[&mac(1)], HostAddresses { ipv4: Some(ip(1)), ipv6: Some(ip6(7)) });
+        assert_eq!(hosts[&mac(2)], HostAddresses::of(ip(2)));
+        assert_eq!(hosts[&mac(1)].iter().collect::<Vec<_>>(), [ip(1), ip6(7)], "IPv4 first");
+    }
+
+    #[test]
+    fn a_family_added_or_dropped_changes_the_mac_with_all_its_addresses() {
+        let v4_only = config(&[(1, 1, 1), (1, 2, 2)]);
+        let dual = dual_config(&[(1, 1, 1), (1, 2, 2)], &[(1, 7)]);
+        let both = HostAddresses { ipv4: Some(ip(1)), ipv6: Some(ip6(7)) };
+        assert_eq!(host_changes(&v4_only, &dual), BTreeMap::from([(mac(1), Some(both))]));
+        assert_eq!(host_changes(&dual, &v4_only), BTreeMap::from([(mac(1), Some(HostAddresses::of(ip(1))))]));
+        assert_eq!(host_changes(&dual, &config(&[(1, 2, 2)])), BTreeMap::from([(mac(1), None)]));
+    }
+
+    #[test]
+    fn a_new_dual_stack_host_is_one_added_line_and_a_family_added_later_reloads() {
+        let both = BTreeMap::from([(mac(1), HostAddresses { ipv4: Some(ip(1)), ipv6: Some(ip6(7)) })]);
+        let action = ShardState::default().decide(&both, Duration::ZERO);
+        assert_eq!(action, ShardAction::Add { hosts: both.clone(), ignore: BTreeSet::new(), stale: false });
+        let mut state = ShardState::default();
+        state.add(&both, &BTreeSet::new());
+        assert_eq!(state.decide(&both, Duration::ZERO), ShardAction::Keep { stale: false });
+        // The IPv4 line came first: dnsmasq would refuse a newer line holding its address again.
+        assert_eq!(ShardState::loaded(&hosts(&[(1, 1)])).decide(&both, Duration::ZERO), ShardAction::Compact);
+        // Dropping the IPv6 address leaves its line's address stale, and re-uses the IPv4 one.
+        assert_eq!(state.decide(&hosts(&[(1, 1)]), Duration::ZERO), ShardAction::Compact);
     }
 }

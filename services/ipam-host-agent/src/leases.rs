@@ -104,16 +104,18 @@ fn parse_line(fields: &[&str]) -> Option<(Option<Mac>, IpAddr, Lease)> {
 }
 
 /// Which MAC each address is served to, from a shard's host lines in the order dnsmasq read them
-/// (its base file, then its hosts directory's files by name): `MAC,IP`, `MAC,[IPv6]` or
-/// `MAC,ignore`, the newest line of a MAC replacing its older ones.
+/// (its base file, then its hosts directory's files by name): `MAC,IP`, `MAC,[IPv6]`,
+/// `MAC,IP,[IPv6]` (a dual-stack host) or `MAC,ignore`, the newest line of a MAC replacing its
+/// older ones.
 pub(crate) fn host_addresses<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeMap<IpAddr, Mac> {
-    let mut by_mac: BTreeMap<Mac, Option<IpAddr>> = BTreeMap::new();
+    let mut by_mac: BTreeMap<Mac, Vec<IpAddr>> = BTreeMap::new();
     for line in texts.into_iter().flat_map(str::lines) {
-        let Some((mac, value)) = line.trim().split_once(',') else { continue };
+        let Some((mac, values)) = line.trim().split_once(',') else { continue };
         let Ok(mac) = mac.parse::<Mac>() else { continue };
-        by_mac.insert(mac, value.trim_matches(['[', ']']).parse().ok());
+        let addresses = values.split(',').filter_map(|value| value.trim_matches(['[', ']']).parse().ok()).collect();
+        by_mac.insert(mac, addresses);
     }
-    by_mac.into_iter().filter_map(|(mac, ip)| Some((ip?, mac))).collect()
+    by_mac.into_iter().flat_map(|(mac, addresses)| addresses.into_iter().map(move |ip| (ip, mac))).collect()
 }
 
 /// The Ethernet MAC a DUID embeds, written as dnsmasq writes it (`00:01:00:01:…`): DUID-LLT (type
@@ -272,13 +274,18 @@ duid 00:01:00:01:2c:aa:bb:cc:02:00:00:00:00:01
         assert_eq!(by_address, ["2001:db8::11 Some(\"00020000ab1101020304\")"], "the DUID-EN lease waits for its MAC");
         let hosts = host_addresses([
             "52:54:00:12:34:62,[2001:db8::11]\n52:54:00:12:34:63,10.0.0.20\n",
-            "52:54:00:12:34:63,ignore\n52:54:00:12:34:64,10.0.0.21\n",
+            "52:54:00:12:34:63,ignore\n52:54:00:12:34:64,10.0.0.21\n52:54:00:12:34:65,10.0.0.22,[2001:db8::22]\n",
         ]);
         let hosts: Vec<String> = hosts.iter().map(|(ip, mac)| format!("{ip} {mac}")).collect();
         assert_eq!(
             hosts,
-            ["10.0.0.21 52:54:00:12:34:64", "2001:db8::11 52:54:00:12:34:62"],
-            "a masked MAC holds nothing"
+            [
+                "10.0.0.21 52:54:00:12:34:64",
+                "10.0.0.22 52:54:00:12:34:65",
+                "2001:db8::11 52:54:00:12:34:62",
+                "2001:db8::22 52:54:00:12:34:65"
+            ],
+            "a masked MAC holds nothing; a dual-stack line holds both its addresses"
         );
     }
 

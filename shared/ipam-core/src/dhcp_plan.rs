@@ -526,7 +526,9 @@ pub struct SubnetDhcpConfig {
     pub hosts: Vec<DhcpHost>,
 }
 
-/// One reserved client: the server answers this MAC with this IP, and no other MAC at all.
+/// One reserved client: the server answers this MAC with this IP, and no other MAC at all. A
+/// dual-stack vNIC is a host in its IPv4 subnet and another in its IPv6 subnet, with one MAC; a
+/// backend that answers a MAC from one line (dnsmasq) joins them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DhcpHost {
     pub mac: Mac,

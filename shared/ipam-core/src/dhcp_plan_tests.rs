@@ -240,6 +240,43 @@ fn an_assigned_network_is_planned_with_its_subnets_options_and_hosts() {
 }
 
 #[test]
+fn a_dual_stack_vnic_is_planned_in_both_its_subnets_and_released_from_both() {
+    let mut history = n1_with_subnets();
+    history.extend([
+        assigned(N1, H1, 4, "br1"),
+        added(N1, S1, vnic(4), mac(4), "10.1.0.40"),
+        added(N1, S2, vnic(4), mac(4), "2001:db8::40"),
+    ]);
+    check(
+        &history,
+        expect![[r#"
+            plan for h1
+              n1 epoch 4 on br1
+                s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.53,10.9.9.53] ntp [10.1.0.123] lease 3600s server -
+                  10.1.0.10 02:00:00:00:00:01
+                  10.1.0.30 02:00:00:00:00:03
+                  10.1.0.40 02:00:00:00:00:04
+                s2 2001:db8::/64 router 2001:db8::1 dns [2001:db8::53] ntp [] lease 3600s server -
+                  2001:db8::20 02:00:00:00:00:02
+                  2001:db8::40 02:00:00:00:00:04
+        "#]],
+    );
+    history.extend([removed(N1, S1, vnic(4), mac(4), "10.1.0.40"), removed(N1, S2, vnic(4), mac(4), "2001:db8::40")]);
+    check(
+        &history,
+        expect![[r#"
+            plan for h1
+              n1 epoch 4 on br1
+                s1 10.1.0.0/24 router 10.1.0.1 dns [10.1.0.53,10.9.9.53] ntp [10.1.0.123] lease 3600s server -
+                  10.1.0.10 02:00:00:00:00:01
+                  10.1.0.30 02:00:00:00:00:03
+                s2 2001:db8::/64 router 2001:db8::1 dns [2001:db8::53] ntp [] lease 3600s server -
+                  2001:db8::20 02:00:00:00:00:02
+        "#]],
+    );
+}
+
+#[test]
 fn the_lease_time_comes_from_the_options() {
     let mut history = n1_with_subnets();
     history.push(assigned(N1, H1, 1, "br1"));
