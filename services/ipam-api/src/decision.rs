@@ -66,6 +66,8 @@ pub enum Decision {
     Pending,
 }
 
+/// What an input reserved. A dual-stack vNIC gets two addresses: `addresses` lists both, IPv4
+/// first; `ip`, `subnet_id` and `cidr` are the first, as for a single-stack vNIC.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Reserved {
     pub network_id: NetworkId,
@@ -79,16 +81,38 @@ pub struct Reserved {
     pub subnet_id: SubnetId,
     /// Null when the subnet has gone since.
     pub cidr: Option<Cidr>,
+    /// Every address reserved (one, or an IPv4 and an IPv6 one), IPv4 first.
+    pub addresses: Vec<ReservedAddress>,
     /// The hosts whose DHCP servers serve the network now, with their names.
     pub served_by: Vec<HostRef>,
 }
 
+/// One address an input reserved.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ReservedAddress {
+    pub ip: IpAddr,
+    pub subnet_id: SubnetId,
+    /// Null when the subnet has gone since.
+    pub cidr: Option<Cidr>,
+}
+
+/// What an input released: `addresses` lists every address (a dual-stack vNIC's two, IPv4
+/// first); `ip` and `subnet_id` are the first.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Released {
     pub network_id: NetworkId,
     pub vnic_id: Option<VnicId>,
     pub host_id: Option<HostId>,
     pub mac: Mac,
+    pub ip: IpAddr,
+    pub subnet_id: SubnetId,
+    /// Every address released, IPv4 first.
+    pub addresses: Vec<ReleasedAddress>,
+}
+
+/// One address an input released.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ReleasedAddress {
     pub ip: IpAddr,
     pub subnet_id: SubnetId,
 }
@@ -381,36 +405,53 @@ fn owner_ids(owner: Owner) -> (Option<VnicId>, Option<VmId>, Option<HostId>) {
     }
 }
 
+/// The answer for `addresses` reserved (at least one, IPv4 first) for `owner`.
 fn reserved(
     model: &ReadModel,
     network_id: NetworkId,
-    subnet_id: SubnetId,
     owner: Owner,
     mac: Mac,
-    ip: IpAddr,
+    addresses: &[(SubnetId, IpAddr)],
 ) -> Decision {
     let (vnic_id, vm_id, host_id) = owner_ids(owner);
+    let mut addresses: Vec<ReservedAddress> = addresses
+        .iter()
+        .map(|&(subnet_id, ip)| ReservedAddress { ip, subnet_id, cidr: model.subnet_cidr(network_id, subnet_id) })
+        .collect();
+    addresses.sort_by_key(|address| address.ip);
+    let Some(first) = addresses.first().cloned() else { return Decision::NothingToDecide };
     Decision::Reserved(Reserved {
         network_id,
         vnic_id,
         vm_id,
         host_id,
         mac,
-        ip,
-        subnet_id,
-        cidr: model.subnet_cidr(network_id, subnet_id),
+        ip: first.ip,
+        subnet_id: first.subnet_id,
+        cidr: first.cidr,
+        addresses,
         served_by: model.served_by(network_id),
     })
 }
 
 fn from_model(model: &ReadModel, envelope: &Envelope, decided: &Decided) -> Decision {
     match decided.clone() {
-        Decided::Reserved { network_id, subnet_id, owner, mac, ip } => {
-            reserved(model, network_id, subnet_id, owner, mac, ip)
-        }
-        Decided::Released { network_id, subnet_id, owner, mac, ip } => {
+        Decided::Reserved { network_id, owner, mac, addresses } => reserved(model, network_id, owner, mac, &addresses),
+        Decided::Released { network_id, owner, mac, addresses } => {
             let (vnic_id, _, host_id) = owner_ids(owner);
-            Decision::Released(Released { network_id, vnic_id, host_id, mac, ip, subnet_id })
+            let mut addresses: Vec<ReleasedAddress> =
+                addresses.into_iter().map(|(subnet_id, ip)| ReleasedAddress { ip, subnet_id }).collect();
+            addresses.sort_by_key(|address| address.ip);
+            let Some(first) = addresses.first().cloned() else { return Decision::NothingToDecide };
+            Decision::Released(Released {
+                network_id,
+                vnic_id,
+                host_id,
+                mac,
+                ip: first.ip,
+                subnet_id: first.subnet_id,
+                addresses,
+            })
         }
         Decided::Rejected { network_id, code, message, vnic_id, mac, subnet_id, .. } => {
             // A rejection written before IPAM recorded the names: the request still has them.
@@ -430,11 +471,16 @@ fn from_model(model: &ReadModel, envelope: &Envelope, decided: &Decided) -> Deci
 /// A decided event with no decision of its own in the model: a vNIC start that finds its vNIC
 /// holding an address already (a retry) answers that reservation; anything else decided nothing.
 fn undecided(model: &ReadModel, envelope: &Envelope) -> Decision {
-    if let Event::VnicStarted(e) | Event::VnicPlugged(e) | Event::VnicLinked(e) = &envelope.event
-        && let Some((network_id, subnet_id, mac, ip)) = model.vnic_reservation(e.vnic_id)
-        && network_id == e.network_id
-    {
-        return reserved(model, network_id, subnet_id, Owner::Vnic { vnic_id: e.vnic_id, vm_id: e.vm_id }, mac, ip);
+    if let Event::VnicStarted(e) | Event::VnicPlugged(e) | Event::VnicLinked(e) = &envelope.event {
+        let held = model.vnic_reservations(e.vnic_id);
+        if let Some(&(network_id, _, mac, _)) = held.first()
+            && network_id == e.network_id
+        {
+            let addresses: Vec<(SubnetId, IpAddr)> =
+                held.iter().map(|&(_, subnet_id, _, ip)| (subnet_id, ip)).collect();
+            let owner = Owner::Vnic { vnic_id: e.vnic_id, vm_id: e.vm_id };
+            return reserved(model, network_id, owner, mac, &addresses);
+        }
     }
     Decision::NothingToDecide
 }

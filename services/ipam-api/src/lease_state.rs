@@ -16,13 +16,17 @@
 //!   reservation, so no matching is repeated here. A released or expired lease takes the vNIC back
 //!   to served (or reserved).
 //!
+//! A dual-stack vNIC holds two reservations, one per family; each goes its own way (the guest's
+//! DHCPv4 and DHCPv6 clients lease apart), so the states are kept per (vNIC, family), and the
+//! metrics count reservations.
+//!
 //! Times are the records' times (the log's), so the histogram of reservation → lease measures from
 //! the input that reserved (its `time`) to the lease observation's record.
 
 use std::collections::BTreeMap;
 
 use ipam_core::event::{LeaseChange, LeaseConflictKind, VnicLeaseChanged, VnicUnleased};
-use ipam_core::{HostId, NetworkId, Timestamp, VnicId};
+use ipam_core::{HostId, IpFamily, NetworkId, Timestamp, VnicId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -132,19 +136,22 @@ impl LatencyHistogram {
     }
 }
 
+/// One reservation of a vNIC: a vNIC holds at most one per family.
+pub type ReservationKey = (VnicId, IpFamily);
+
 /// See the module documentation.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LeaseStates {
-    vnics: BTreeMap<VnicId, Progress>,
-    /// Per network, the vNICs not served yet, by the offset of their reservation.
-    unserved: BTreeMap<NetworkId, BTreeMap<u64, VnicId>>,
+    vnics: BTreeMap<ReservationKey, Progress>,
+    /// Per network, the reservations not served yet, by their offset.
+    unserved: BTreeMap<NetworkId, BTreeMap<u64, ReservationKey>>,
     /// Per network and host, the server's latest synced mark.
     synced: BTreeMap<NetworkId, BTreeMap<HostId, Synced>>,
     latency: LatencyHistogram,
     /// Per network and kind (its wire name).
     conflicts: BTreeMap<(NetworkId, String), u64>,
-    /// vNICs per network and state, and per network those reported unleased that still hold no
-    /// lease: kept as each vNIC changes, so that a `/metrics` scrape, which reads them under the
+    /// Reservations of vNICs per network and state, and per network those reported unleased that
+    /// still hold no lease: kept as each vNIC changes, so that a `/metrics` scrape, which reads them under the
     /// read model's lock, costs the number of networks rather than a walk over every vNIC.
     state_counts: BTreeMap<(NetworkId, VnicState), usize>,
     unleased_counts: BTreeMap<NetworkId, usize>,
@@ -163,36 +170,36 @@ fn tally<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K, add: bool) {
 }
 
 impl LeaseStates {
-    /// Counts `vnic_id` in (or out of) the live counts, as it is now.
-    fn count(&mut self, vnic_id: VnicId, add: bool) {
-        let Some(progress) = self.vnics.get(&vnic_id) else { return };
+    /// Counts `key` in (or out of) the live counts, as it is now.
+    fn count(&mut self, key: ReservationKey, add: bool) {
+        let Some(progress) = self.vnics.get(&key) else { return };
         tally(&mut self.state_counts, (progress.network_id, progress.state()), add);
         if progress.unleased_reported_at.is_some() {
             tally(&mut self.unleased_counts, progress.network_id, add);
         }
     }
 
-    /// Changes a vNIC's progress, keeping the live counts right.
-    fn update(&mut self, vnic_id: VnicId, change: impl FnOnce(&mut Progress)) {
-        self.count(vnic_id, false);
-        if let Some(progress) = self.vnics.get_mut(&vnic_id) {
+    /// Changes a reservation's progress, keeping the live counts right.
+    fn update(&mut self, key: ReservationKey, change: impl FnOnce(&mut Progress)) {
+        self.count(key, false);
+        if let Some(progress) = self.vnics.get_mut(&key) {
             change(progress);
         }
-        self.count(vnic_id, true);
+        self.count(key, true);
     }
 
-    /// A vNIC got a reservation (a new one replaces what was known of an older one).
-    /// `current_servers` are the network's assigned servers (host, epoch), to find a synced mark
-    /// already read that covers it.
+    /// A vNIC got a reservation of a family (a new one replaces what was known of an older one of
+    /// that family). `current_servers` are the network's assigned servers (host, epoch), to find a
+    /// synced mark already read that covers it.
     pub fn reserved(
         &mut self,
-        vnic_id: VnicId,
+        key: ReservationKey,
         network_id: NetworkId,
         offset: Option<u64>,
         time: Timestamp,
         current_servers: &[(HostId, u64)],
     ) {
-        self.released(vnic_id);
+        self.released(key);
         let served_at = offset.and_then(|offset| {
             let synced = self.synced.get(&network_id)?;
             current_servers
@@ -203,7 +210,7 @@ impl LeaseStates {
                 .min()
         });
         if let (Some(offset), None) = (offset, served_at) {
-            self.unserved.entry(network_id).or_default().insert(offset, vnic_id);
+            self.unserved.entry(network_id).or_default().insert(offset, key);
         }
         let progress = Progress {
             network_id,
@@ -215,14 +222,14 @@ impl LeaseStates {
             ever_leased: false,
             unleased_reported_at: None,
         };
-        self.vnics.insert(vnic_id, progress);
-        self.count(vnic_id, true);
+        self.vnics.insert(key, progress);
+        self.count(key, true);
     }
 
-    /// A vNIC's reservation ended.
-    pub fn released(&mut self, vnic_id: VnicId) {
-        self.count(vnic_id, false);
-        let Some(progress) = self.vnics.remove(&vnic_id) else { return };
+    /// A vNIC's reservation of a family ended.
+    pub fn released(&mut self, key: ReservationKey) {
+        self.count(key, false);
+        let Some(progress) = self.vnics.remove(&key) else { return };
         if let (Some(offset), Some(unserved)) = (progress.offset, self.unserved.get_mut(&progress.network_id)) {
             unserved.remove(&offset);
             if unserved.is_empty() {
@@ -257,8 +264,8 @@ impl LeaseStates {
         if unserved.is_empty() {
             self.unserved.remove(&network_id);
         }
-        for vnic_id in served.into_values() {
-            self.update(vnic_id, |progress| {
+        for key in served.into_values() {
+            self.update(key, |progress| {
                 progress.served_at.get_or_insert(time);
             });
         }
@@ -274,13 +281,14 @@ impl LeaseStates {
         }
     }
 
-    /// The allocator matched a lease to the vNIC's reservation.
+    /// The allocator matched a lease to the vNIC's reservation (of the lease's family).
     pub fn lease_changed(&mut self, e: &VnicLeaseChanged, time: Timestamp) {
-        if self.vnics.get(&e.vnic_id).is_none_or(|progress| progress.network_id != e.network_id) {
+        let key = (e.vnic_id, IpFamily::of(e.ip));
+        if self.vnics.get(&key).is_none_or(|progress| progress.network_id != e.network_id) {
             return;
         }
         let mut first_lease_after = None;
-        self.update(e.vnic_id, |progress| match e.change {
+        self.update(key, |progress| match e.change {
             LeaseChange::Granted | LeaseChange::Renewed => {
                 progress.leased_at.get_or_insert(time);
                 progress.lease =
@@ -302,11 +310,12 @@ impl LeaseStates {
         }
     }
 
-    /// The allocator reported the vNIC unleased.
+    /// The allocator reported a reservation of the vNIC unleased.
     pub fn unleased(&mut self, e: &VnicUnleased, time: Timestamp) {
-        let progress = self.vnics.get(&e.vnic_id).filter(|p| p.network_id == e.network_id);
+        let key = (e.vnic_id, IpFamily::of(e.ip));
+        let progress = self.vnics.get(&key).filter(|p| p.network_id == e.network_id);
         if progress.is_some_and(|p| p.lease.is_none()) {
-            self.update(e.vnic_id, |progress| progress.unleased_reported_at = Some(time));
+            self.update(key, |progress| progress.unleased_reported_at = Some(time));
         }
     }
 
@@ -319,14 +328,14 @@ impl LeaseStates {
         *self.conflicts.entry((network_id, name.to_owned())).or_default() += 1;
     }
 
-    /// Where a vNIC's reservation is, while it holds one.
-    pub fn state(&self, vnic_id: VnicId) -> Option<VnicState> {
-        self.vnics.get(&vnic_id).map(Progress::state)
+    /// Where a vNIC's reservation of a family is, while it holds one.
+    pub fn state(&self, key: ReservationKey) -> Option<VnicState> {
+        self.vnics.get(&key).map(Progress::state)
     }
 
-    /// A vNIC's progress, while it holds a reservation.
-    pub fn progress(&self, vnic_id: VnicId) -> Option<VnicProgress> {
-        let progress = self.vnics.get(&vnic_id)?;
+    /// A vNIC's progress in a family, while it holds a reservation of it.
+    pub fn progress(&self, key: ReservationKey) -> Option<VnicProgress> {
+        let progress = self.vnics.get(&key)?;
         Some(VnicProgress {
             state: progress.state(),
             reserved_at: progress.reserved_at,
@@ -342,7 +351,7 @@ impl LeaseStates {
         &self.latency
     }
 
-    /// Per network, the vNICs reported unleased that still hold no lease.
+    /// Per network, the reservations reported unleased that still hold no lease.
     pub fn unleased_counts(&self) -> &BTreeMap<NetworkId, usize> {
         &self.unleased_counts
     }
@@ -352,7 +361,7 @@ impl LeaseStates {
         &self.conflicts
     }
 
-    /// vNICs per state, per network (for the metrics).
+    /// Reservations of vNICs per state, per network (for the metrics).
     pub fn state_counts(&self) -> &BTreeMap<(NetworkId, VnicState), usize> {
         &self.state_counts
     }

@@ -290,8 +290,8 @@ fn durations_read_as_people_say_them() {
 fn recount(states: &LeaseStates) -> (BTreeMap<(NetworkId, VnicState), usize>, BTreeMap<NetworkId, usize>) {
     let mut by_state = BTreeMap::new();
     let mut unleased = BTreeMap::new();
-    for (vnic_id, progress) in &states.vnics {
-        *by_state.entry((progress.network_id, states.progress(*vnic_id).unwrap().state)).or_default() += 1;
+    for (key, progress) in &states.vnics {
+        *by_state.entry((progress.network_id, states.progress(*key).unwrap().state)).or_default() += 1;
         if progress.unleased_reported_at.is_some() {
             *unleased.entry(progress.network_id).or_default() += 1;
         }
@@ -330,9 +330,9 @@ fn the_live_counts_equal_a_walk_over_every_vnic_after_each_change() {
     let mut states = LeaseStates::default();
     type Step<'a> = Box<dyn Fn(&mut LeaseStates) + 'a>;
     let steps: Vec<Step> = vec![
-        Box::new(|s| s.reserved(vnic(1), NET, Some(1), ts(1), &[(HOST, 1)])),
-        Box::new(|s| s.reserved(vnic(2), NET, Some(2), ts(2), &[(HOST, 1)])),
-        Box::new(|s| s.reserved(vnic(3), other, Some(1), ts(3), &[])),
+        Box::new(|s| s.reserved((vnic(1), IpFamily::Ipv4), NET, Some(1), ts(1), &[(HOST, 1)])),
+        Box::new(|s| s.reserved((vnic(2), IpFamily::Ipv4), NET, Some(2), ts(2), &[(HOST, 1)])),
+        Box::new(|s| s.reserved((vnic(3), IpFamily::Ipv4), other, Some(1), ts(3), &[])),
         Box::new(|s| s.synced(NET, HOST, 1, 2, ts(4), true)),
         Box::new(|s| s.unleased(&unleased(2, NET), ts(400))),
         Box::new(|s| s.unleased(&unleased(3, other), ts(400))),
@@ -340,10 +340,10 @@ fn the_live_counts_equal_a_walk_over_every_vnic_after_each_change() {
         Box::new(|s| s.lease_changed(&changed(2, LeaseChange::Granted), ts(410))),
         Box::new(|s| s.lease_changed(&changed(1, LeaseChange::Released), ts(420))),
         Box::new(|s| s.synced(NET, HOST, 1, 3, ts(430), true)),
-        Box::new(|s| s.released(vnic(2))),
-        Box::new(|s| s.reserved(vnic(3), other, Some(5), ts(440), &[])),
-        Box::new(|s| s.released(vnic(1))),
-        Box::new(|s| s.released(vnic(3))),
+        Box::new(|s| s.released((vnic(2), IpFamily::Ipv4))),
+        Box::new(|s| s.reserved((vnic(3), IpFamily::Ipv4), other, Some(5), ts(440), &[])),
+        Box::new(|s| s.released((vnic(1), IpFamily::Ipv4))),
+        Box::new(|s| s.released((vnic(3), IpFamily::Ipv4))),
     ];
     for (n, step) in steps.iter().enumerate() {
         step(&mut states);
@@ -352,4 +352,57 @@ fn the_live_counts_equal_a_walk_over_every_vnic_after_each_change() {
         assert_eq!(states.unleased_counts(), &unleased, "after step {n}");
     }
     assert!(states.state_counts().is_empty() && states.unleased_counts().is_empty());
+}
+
+#[test]
+fn a_dual_stack_vnic_shows_both_addresses_each_in_its_state_and_is_leased_when_both_are() {
+    const SUBNET6: SubnetId = SubnetId::from_u128(6);
+    let v6: IpAddr = "2001:db8::4".parse().unwrap();
+    let mut model = reserved_model();
+    let activated6 = match activated() {
+        Event::SubnetActivated(e) => Event::SubnetActivated(SubnetActivated {
+            subnet_id: SUBNET6,
+            cidr: "2001:db8::/64".parse().unwrap(),
+            gateway: "2001:db8::1".parse().unwrap(),
+            allocation_pools: vec![],
+            ..e
+        }),
+        _ => unreachable!(),
+    };
+    model.apply_at(Topic::Reservations, Some(1), &at(2, activated6));
+    let (Event::ReservationAdded(v4_added), Event::VnicLeaseChanged(v4_lease)) =
+        (added(4, 4), lease(LeaseChange::Granted))
+    else {
+        unreachable!()
+    };
+    // Both reservations come from one input (cause 0x104), the IPv6 one right after.
+    let v6_added = ReservationAdded { subnet_id: SUBNET6, ip: v6, ..v4_added.clone() };
+    model.apply_at(Topic::Reservations, Some(8), &at(11, Event::ReservationAdded(v6_added)));
+    model.apply_at(Topic::Hosts, Some(0), &at(15, synced(1, 9)));
+    let v6_lease = VnicLeaseChanged { subnet_id: SUBNET6, ip: v6, ..v4_lease.clone() };
+    model.apply_at(Topic::Reservations, Some(9), &at(20, Event::VnicLeaseChanged(v6_lease)));
+
+    let view = model.vnic(VNIC).unwrap();
+    let states: Vec<(String, Option<VnicState>)> =
+        view.addresses.iter().map(|address| (address.reservation.0.ip().to_string(), address.state)).collect();
+    assert_eq!(
+        states,
+        [("10.0.0.4".to_owned(), Some(VnicState::Served)), ("2001:db8::4".to_owned(), Some(VnicState::Leased))]
+    );
+    assert_eq!(view.state, Some(VnicState::Served), "the least advanced address");
+    assert_eq!(view.reservation.unwrap().0.ip(), ip(4), "the single-stack field is the IPv4 address");
+
+    model.apply_at(Topic::Reservations, Some(10), &at(21, Event::VnicLeaseChanged(v4_lease)));
+    assert_eq!(model.vnic(VNIC).unwrap().state, Some(VnicState::Leased));
+    let Some(crate::model::Decided::Reserved { addresses, .. }) = model.decided(EventId::from_u128(0x104)) else {
+        panic!("the start decided a reservation");
+    };
+    assert_eq!(addresses, &[(SUBNET, ip(4)), (SUBNET6, v6)], "one decision holds both addresses");
+
+    let Event::ReservationRemoved(v4_removed) = removed(4, 4) else { unreachable!() };
+    let v6_removed = ReservationRemoved { subnet_id: SUBNET6, ip: v6, ..v4_removed.clone() };
+    model.apply_at(Topic::Reservations, Some(11), &at(30, Event::ReservationRemoved(v4_removed)));
+    model.apply_at(Topic::Reservations, Some(12), &at(30, Event::ReservationRemoved(v6_removed)));
+    let view = model.vnic(VNIC).unwrap();
+    assert!(view.addresses.is_empty() && view.reservation.is_none() && view.state.is_none());
 }

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use ipam_core::event::{AssignReason, DhcpServerState, HostNetwork, HostStatus, Owner, ReleaseReason, ServedNetwork};
 use ipam_core::{Cidr, Envelope, Event, EventId, HostId, InterfaceName, IpRange, Mac, NetworkId, SubnetId, Topic};
-use ipam_core::{RejectionCode, Timestamp, VmId, VnicId};
+use ipam_core::{IpFamily, RejectionCode, Timestamp, VmId, VnicId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -145,10 +145,18 @@ pub(crate) struct VnicRelease {
     cause: EventId,
 }
 
+#[cfg(test)]
+impl VnicReservation {
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Vnic {
     vm_id: VmId,
-    reservation: Option<VnicReservation>,
+    /// One per family: a dual-stack vNIC holds an IPv4 and an IPv6 address.
+    reservations: BTreeMap<IpFamily, VnicReservation>,
     last_release: Option<VnicRelease>,
 }
 
@@ -201,10 +209,10 @@ struct HistoryEntry {
 /// name). A vNIC that moves is released and reserved under one cause: the reservation wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decided {
-    /// The input got an address.
-    Reserved { network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip: IpAddr },
-    /// The input gave an address back.
-    Released { network_id: NetworkId, subnet_id: SubnetId, owner: Owner, mac: Mac, ip: IpAddr },
+    /// The input got addresses (one, or one per family for a dual-stack vNIC, IPv4 first).
+    Reserved { network_id: NetworkId, owner: Owner, mac: Mac, addresses: Vec<(SubnetId, IpAddr)> },
+    /// The input gave addresses back (IPv4 first).
+    Released { network_id: NetworkId, owner: Owner, mac: Mac, addresses: Vec<(SubnetId, IpAddr)> },
     /// The input was refused; the vNIC, MAC and subnet it named when the rejection says.
     Rejected {
         network_id: NetworkId,
@@ -337,32 +345,38 @@ impl ReadModel {
                     network.servers.iter().map(|(host_id, server)| (*host_id, server.epoch)).collect();
                 self.forecasts.changed(e.network_id, e.subnet_id, time, 1);
                 if let Owner::Vnic { vnic_id, .. } = e.owner {
-                    self.lease_states.reserved(vnic_id, e.network_id, offset, time, &current_servers);
+                    let key = (vnic_id, IpFamily::of(e.ip));
+                    self.lease_states.reserved(key, e.network_id, offset, time, &current_servers);
                 }
                 let served_by: Vec<HostId> = network.servers.keys().copied().collect();
                 self.decide(
                     e.cause,
                     Decided::Reserved {
                         network_id: e.network_id,
-                        subnet_id: e.subnet_id,
                         owner: e.owner,
                         mac: e.mac,
-                        ip: e.ip,
+                        addresses: vec![(e.subnet_id, e.ip)],
                     },
                 );
                 if let Owner::Vnic { vnic_id, vm_id } = e.owner {
-                    let vnic =
-                        self.vnics.entry(vnic_id).or_insert(Vnic { vm_id, reservation: None, last_release: None });
-                    vnic.vm_id = vm_id;
-                    vnic.reservation = Some(VnicReservation {
-                        network_id: e.network_id,
-                        subnet_id: e.subnet_id,
-                        cidr,
-                        mac: e.mac,
-                        ip: e.ip,
-                        since: time,
-                        cause: e.cause,
+                    let vnic = self.vnics.entry(vnic_id).or_insert(Vnic {
+                        vm_id,
+                        reservations: BTreeMap::new(),
+                        last_release: None,
                     });
+                    vnic.vm_id = vm_id;
+                    vnic.reservations.insert(
+                        IpFamily::of(e.ip),
+                        VnicReservation {
+                            network_id: e.network_id,
+                            subnet_id: e.subnet_id,
+                            cidr,
+                            mac: e.mac,
+                            ip: e.ip,
+                            since: time,
+                            cause: e.cause,
+                        },
+                    );
                 }
                 if let Owner::Vnic { vnic_id, .. } = e.owner {
                     self.vnic_ips.entry(vnic_id).or_default().insert(e.ip);
@@ -400,10 +414,9 @@ impl ReadModel {
                     e.cause,
                     Decided::Released {
                         network_id: e.network_id,
-                        subnet_id: e.subnet_id,
                         owner: e.owner,
                         mac: e.mac,
-                        ip: e.ip,
+                        addresses: vec![(e.subnet_id, e.ip)],
                     },
                 );
                 self.edit_network(e.network_id, |network| {
@@ -411,12 +424,13 @@ impl ReadModel {
                         network.reservations.remove(&(e.subnet_id, e.ip));
                     }
                 });
+                let family = IpFamily::of(e.ip);
                 if let Owner::Vnic { vnic_id, .. } = e.owner
                     && let Some(vnic) = self.vnics.get_mut(&vnic_id)
-                    && vnic.reservation.as_ref().is_some_and(|r| r.ip == e.ip && r.network_id == e.network_id)
+                    && vnic.reservations.get(&family).is_some_and(|r| r.ip == e.ip && r.network_id == e.network_id)
                 {
-                    vnic.reservation = None;
-                    self.lease_states.released(vnic_id);
+                    vnic.reservations.remove(&family);
+                    self.lease_states.released((vnic_id, family));
                     vnic.last_release = Some(VnicRelease {
                         network_id: e.network_id,
                         subnet_id: e.subnet_id,
@@ -545,9 +559,10 @@ impl ReadModel {
         true
     }
 
-    /// A vNIC's way from reserved to served to leased, while it holds a reservation.
-    pub fn vnic_progress(&self, vnic_id: VnicId) -> Option<crate::lease_state::VnicProgress> {
-        self.lease_states.progress(vnic_id)
+    /// A vNIC's way from reserved to served to leased in a family, while it holds a reservation
+    /// of it.
+    pub fn vnic_progress(&self, vnic_id: VnicId, family: IpFamily) -> Option<crate::lease_state::VnicProgress> {
+        self.lease_states.progress((vnic_id, family))
     }
 
     /// The lease states, for the metrics.
@@ -556,8 +571,27 @@ impl ReadModel {
     }
 
     /// Remembers what `cause` decided; a release does not hide a reservation or rejection made
-    /// under the same cause (a moved vNIC).
+    /// under the same cause (a moved vNIC). The addresses one input reserves or releases for one
+    /// owner (a dual-stack vNIC's two) are gathered into one decision.
     fn decide(&mut self, cause: EventId, decided: Decided) {
+        match (self.decisions.get_mut(&cause), &decided) {
+            (
+                Some(Decided::Reserved { owner, addresses, .. }),
+                Decided::Reserved { owner: same, addresses: more, .. },
+            )
+            | (
+                Some(Decided::Released { owner, addresses, .. }),
+                Decided::Released { owner: same, addresses: more, .. },
+            ) if owner == same => {
+                for address in more {
+                    if !addresses.contains(address) {
+                        addresses.push(*address);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
         match self.decisions.get(&cause) {
             None => {
                 self.decisions.insert(cause, decided);
@@ -604,10 +638,10 @@ impl ReadModel {
             .unwrap_or_default()
     }
 
-    /// A vNIC's current reservation: (network, subnet, MAC, IP).
-    pub fn vnic_reservation(&self, vnic_id: VnicId) -> Option<(NetworkId, SubnetId, Mac, IpAddr)> {
-        let reservation = self.vnics.get(&vnic_id)?.reservation.as_ref()?;
-        Some((reservation.network_id, reservation.subnet_id, reservation.mac, reservation.ip))
+    /// A vNIC's current reservations (one per family, IPv4 first): (network, subnet, MAC, IP).
+    pub fn vnic_reservations(&self, vnic_id: VnicId) -> Vec<(NetworkId, SubnetId, Mac, IpAddr)> {
+        let Some(vnic) = self.vnics.get(&vnic_id) else { return Vec::new() };
+        vnic.reservations.values().map(|r| (r.network_id, r.subnet_id, r.mac, r.ip)).collect()
     }
 
     /// What the input `cause` decided, if the model has seen a decision of it.
@@ -676,7 +710,7 @@ impl ReadModel {
                 since: r.since,
                 cause: r.cause,
                 state: match r.owner {
-                    Owner::Vnic { vnic_id, .. } => self.lease_states.state(vnic_id),
+                    Owner::Vnic { vnic_id, .. } => self.lease_states.state((vnic_id, IpFamily::of(*ip))),
                     Owner::DhcpServer { .. } => None,
                 },
             };
@@ -717,7 +751,6 @@ impl ReadModel {
                 if filter.vm.is_some_and(|vm| vm != vnic.vm_id) {
                     return false;
                 }
-                let held = vnic.reservation.as_ref();
                 let wants_reservation = filter.network.is_some()
                     || filter.subnet.is_some()
                     || filter.host.is_some()
@@ -726,25 +759,17 @@ impl ReadModel {
                 if !wants_reservation {
                     return true;
                 }
-                let Some(held) = held else { return false };
-                filter.network.is_none_or(|n| n == held.network_id)
-                    && filter.subnet.is_none_or(|s| s == held.subnet_id)
-                    && filter.mac.is_none_or(|m| m == held.mac)
-                    && filter.ip.is_none_or(|ip| ip == held.ip)
-                    && served.is_none_or(|served| served.is_some_and(|served| served.contains_key(&held.network_id)))
+                // A dual-stack vNIC matches when one of its addresses does.
+                vnic.reservations.values().any(|held| {
+                    filter.network.is_none_or(|n| n == held.network_id)
+                        && filter.subnet.is_none_or(|s| s == held.subnet_id)
+                        && filter.mac.is_none_or(|m| m == held.mac)
+                        && filter.ip.is_none_or(|ip| ip == held.ip)
+                        && served
+                            .is_none_or(|served| served.is_some_and(|served| served.contains_key(&held.network_id)))
+                })
             })
-            .map(|(id, vnic)| {
-                let progress = self.lease_states.progress(*id);
-                let view = VnicView {
-                    vnic_id: *id,
-                    vm_id: vnic.vm_id,
-                    reservation: vnic.reservation.clone().map(ReservationOf),
-                    last_release: vnic.last_release.clone().map(ReleaseOf),
-                    state: progress.as_ref().map(|progress| progress.state),
-                    progress,
-                };
-                (*id, view)
-            });
+            .map(|(id, vnic)| (*id, self.vnic_view(*id, vnic)));
         crate::query::page(items, limit)
     }
 
@@ -831,16 +856,36 @@ impl ReadModel {
 
     /// A vNIC the model saw hold an address: its current reservation, if any, and its last release.
     pub fn vnic(&self, vnic_id: VnicId) -> Option<VnicView> {
-        let vnic = self.vnics.get(&vnic_id)?;
-        let progress = self.lease_states.progress(vnic_id);
-        Some(VnicView {
+        self.vnics.get(&vnic_id).map(|vnic| self.vnic_view(vnic_id, vnic))
+    }
+
+    /// The view of a vNIC: every address it holds with its own state and progress, and the
+    /// single-stack fields (`reservation`, `state`, `progress`) of its first address, IPv4 first,
+    /// but for `state`, which is the least advanced of its addresses' (a dual-stack vNIC is leased
+    /// when both are).
+    fn vnic_view(&self, vnic_id: VnicId, vnic: &Vnic) -> VnicView {
+        let addresses: Vec<AddressView> = vnic
+            .reservations
+            .iter()
+            .map(|(family, reservation)| {
+                let progress = self.lease_states.progress((vnic_id, *family));
+                AddressView {
+                    reservation: ReservationOf(reservation.clone()),
+                    state: progress.as_ref().map(|progress| progress.state),
+                    progress,
+                }
+            })
+            .collect();
+        let first = addresses.first();
+        VnicView {
             vnic_id,
             vm_id: vnic.vm_id,
-            reservation: vnic.reservation.clone().map(ReservationOf),
+            reservation: first.map(|address| address.reservation.clone()),
             last_release: vnic.last_release.clone().map(ReleaseOf),
-            state: progress.as_ref().map(|progress| progress.state),
-            progress,
-        })
+            state: addresses.iter().filter_map(|address| address.state).min(),
+            progress: first.and_then(|address| address.progress.clone()),
+            addresses,
+        }
     }
 
     /// A host the engine told about, that sent a heartbeat, or that placement assigned a server.

@@ -289,7 +289,7 @@ fn paths(streamed: &[Value], ip: &Value) -> Value {
             "VnicList",
             &["invalid_filter"]
         ),
-        "/v1/vnics/{id}": get_one("Get a vNIC's current reservation, its state (reserved, served, leased) with each step's time, and its last release", "getVnic", vec![id_parameter("The vNIC id.")], "VnicView", &["invalid_id"]),
+        "/v1/vnics/{id}": get_one("Get a vNIC's current reservation, its state (reserved, served, leased) with each step's time, and its last release. A dual-stack vNIC holds an IPv4 and an IPv6 address: `addresses` lists every address with its own state; `reservation` and `progress` are the first (IPv4), `state` the least advanced", "getVnic", vec![id_parameter("The vNIC id.")], "VnicView", &["invalid_id"]),
         "/v1/hosts": get_page("List hosts", "listHosts", vec![], "HostList", &[]),
         "/v1/hosts/{id}": get_one("Get a host: status, networks, last heartbeat, servers", "getHost", vec![id_parameter("The host id.")], "HostView", &["invalid_id"]),
         "/v1/ips/{ip}/history": get_one(
@@ -548,7 +548,7 @@ mod tests {
         let mut required: Vec<&str> =
             schemas["VnicView"]["required"].as_array().expect("required").iter().filter_map(Value::as_str).collect();
         required.sort_unstable();
-        assert_eq!(required, ["last_release", "progress", "reservation", "state", "vm_id", "vnic_id"]);
+        assert_eq!(required, ["addresses", "last_release", "progress", "reservation", "state", "vm_id", "vnic_id"]);
         assert_eq!(schemas["History"]["required"], json!(["at", "history"]));
     }
 }

@@ -188,17 +188,35 @@ pub struct ServerView {
 #[serde(transparent)]
 pub struct RejectionView(pub(crate) Rejection);
 
+/// A vNIC. A dual-stack vNIC holds two addresses, an IPv4 and an IPv6 one: `addresses` lists
+/// every address with its own state; `reservation` and `progress` describe the first (IPv4
+/// first), so that a single-stack caller reads them as before.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct VnicView {
     pub vnic_id: VnicId,
     pub vm_id: VmId,
+    /// The vNIC's first address (its only one when single-stack; IPv4 for a dual-stack vNIC);
+    /// null without a reservation.
     pub reservation: Option<ReservationOf>,
     pub last_release: Option<ReleaseOf>,
     /// Where the reservation is: reserved, served (a DHCP server holds its line) or leased (a
-    /// guest holds the address); null without a reservation.
+    /// guest holds the address); for a dual-stack vNIC the least advanced of its addresses (leased
+    /// when the guest holds both); null without a reservation.
     pub state: Option<crate::lease_state::VnicState>,
-    /// The time of each step of the reservation, and the guest's lease; null without a
-    /// reservation.
+    /// The time of each step of the first address's reservation, and the guest's lease of it;
+    /// null without a reservation.
+    pub progress: Option<crate::lease_state::VnicProgress>,
+    /// Every address the vNIC holds (one per family, IPv4 first), each with its state and
+    /// progress; empty without a reservation.
+    pub addresses: Vec<AddressView>,
+}
+
+/// One address of a vNIC: its reservation, where it is, and the time of each step.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AddressView {
+    #[serde(flatten)]
+    pub reservation: ReservationOf,
+    pub state: Option<crate::lease_state::VnicState>,
     pub progress: Option<crate::lease_state::VnicProgress>,
 }
 

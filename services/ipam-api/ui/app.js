@@ -629,6 +629,12 @@ function historyTable(caption, entries, networkNames = new Map()) {
   );
 }
 
+/** The addresses a vNIC holds: `addresses` (every one; a dual-stack vNIC has two), else an older API's one `reservation`. */
+function vnicAddresses(vnic) {
+  if (Array.isArray(vnic.addresses)) return vnic.addresses;
+  return vnic.reservation ? [vnic.reservation] : [];
+}
+
 async function lookupResult(q, at) {
   if (MAC_RE.test(q)) {
     const mac = q.toLowerCase().replaceAll("-", ":");
@@ -639,9 +645,11 @@ async function lookupResult(q, at) {
     const vnics = await maybeQuery(`/v1/vnics?mac=${encodeURIComponent(mac)}`);
     if (vnics) {
       for (const v of items(vnics, "vnics")) {
-        const r = v.reservation;
-        const n = r && networks.find((x) => x.network_id === r.network_id);
-        if (r) found.push({ n: n || { network_id: r.network_id }, r: { ...r, owner: { kind: "vnic", vnic_id: v.vnic_id, vm_id: v.vm_id } } });
+        // Every address of the vNIC (a dual-stack one holds two); an older API names one.
+        for (const r of vnicAddresses(v)) {
+          const n = networks.find((x) => x.network_id === r.network_id);
+          found.push({ n: n || { network_id: r.network_id }, r: { ...r, owner: { kind: "vnic", vnic_id: v.vnic_id, vm_id: v.vm_id } } });
+        }
       }
     } else {
       // Neither endpoint: look through every network's reservations.
@@ -665,7 +673,7 @@ async function lookupResult(q, at) {
   if (UUID_RE.test(q)) {
     const vnic = await maybe(`/v1/vnics/${q}`);
     if (vnic) {
-      const r = vnic.reservation;
+      const held = vnicAddresses(vnic);
       const l = vnic.last_release;
       return [
         h("h2", {}, `vNIC ${vnic.vnic_id}`),
@@ -674,8 +682,12 @@ async function lookupResult(q, at) {
           { class: "facts" },
           h("dt", {}, "VM"),
           h("dd", {}, h("code", {}, vnic.vm_id)),
-          h("dt", {}, "Reservation"),
-          h("dd", {}, r ? h("span", {}, link(`#/lookup/${encodeURIComponent(r.ip)}`, r.ip), ` with MAC ${r.mac} on `, link(`#/network/${r.network_id}`, r.network_id), ` since ${fmt.time(r.since)}`) : "none"),
+          h("dt", {}, held.length > 1 ? "Reservations" : "Reservation"),
+          ...(held.length
+            ? held.map((r) =>
+                h("dd", {}, link(`#/lookup/${encodeURIComponent(r.ip)}`, r.ip), ` with MAC ${r.mac} on `, link(`#/network/${r.network_id}`, r.network_id), ` since ${fmt.time(r.since)}`, r.state ? ` (${r.state})` : ""),
+              )
+            : [h("dd", {}, "none")]),
           h("dt", {}, "Last release"),
           h("dd", {}, l ? `${l.ip} at ${fmt.time(l.at)} (${l.reason})` : "none"),
         ),
