@@ -7,9 +7,8 @@
 //! `./test.sh` installs dnsmasq, busybox and isc-dhcp-client.
 //!
 //! The network is dual-stack: an IPv4 subnet beside the IPv6 one, served by the same dnsmasq, and
-//! a guest of the IPv4 subnet gets its address from busybox udhcpc meanwhile. Not here yet: a
-//! dual-stack vNIC. The allocator holds one address per vNIC (one subnet in `VnicUp`), and a MAC
-//! belongs to one vNIC, so one vNIC cannot hold an IPv4 and an IPv6 address.
+//! a guest of the IPv4 subnet gets its address from busybox udhcpc meanwhile. A dual-stack vNIC
+//! (one vNIC with an address of each family) is `dhcp_dual_stack.rs`, with the helpers here.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +34,7 @@ fn output(args: &[&str]) -> String {
 
 /// The link-local address of `interface` in `namespace`, once it is past duplicate address
 /// detection (a DHCPv6 client cannot bind to a tentative one).
-fn link_local(namespace: &str, interface: &str) -> String {
+pub(crate) fn link_local(namespace: &str, interface: &str) -> String {
     let mut address = String::new();
     wait_until("the link-local address is usable", Duration::from_secs(10), || {
         let text = output(&["ip", "-n", namespace, "-6", "-o", "addr", "show", "dev", interface, "scope", "link"]);
@@ -51,10 +50,10 @@ fn link_local(namespace: &str, interface: &str) -> String {
 }
 
 /// What `dhclient -6` reported to its script when it bound, as `name=value` lines.
-struct Bound(String);
+pub(crate) struct Bound(String);
 
 impl Bound {
-    fn get(&self, name: &str) -> &str {
+    pub(crate) fn get(&self, name: &str) -> &str {
         self.0.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix('=')).unwrap_or_default()
     }
 }
@@ -64,7 +63,7 @@ impl Bound {
 /// escapes), giving up after `timeout_secs`. Its script puts the address
 /// on the interface as Debian's dhclient-script does and records the variables; `None` if no lease.
 /// A client that bound stays running (it renews) until the namespace is removed.
-fn dhclient(namespace: &str, dir: &Path, timeout_secs: u32, duid: Option<&str>) -> Option<Bound> {
+pub(crate) fn dhclient(namespace: &str, dir: &Path, timeout_secs: u32, duid: Option<&str>) -> Option<Bound> {
     let file = |name: &str| -> PathBuf { dir.join(format!("{name}-{namespace}")) };
     let (conf, script, env) = (file("dhclient.conf"), file("dhclient.sh"), file("dhclient.env"));
     // dhclient knows NTP servers (option 56) only once declared; it reports them in hex.
@@ -171,6 +170,55 @@ fn gateway(namespace: &str, dir: &Path) -> Service {
     gateway
 }
 
+/// A host agent for `host` in `namespace`, on `ipam up`'s data directory `data`, writing its
+/// servers' files under `dhcp_dir`; started and ready.
+pub(crate) fn host_agent(namespace: &str, data: &Path, dhcp_dir: &Path, host: HostId) -> Service {
+    let agent_args: Vec<String> = [
+        "netns",
+        "exec",
+        namespace,
+        &crate::recovery::ipam_binary().display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "host-agent",
+        "--host-id",
+        &host.to_string(),
+        "--dhcp-dir",
+        &dhcp_dir.display().to_string(),
+        "--heartbeat-interval-ms",
+        "500",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut agent = Service::spawn_program("ip", &agent_args);
+    agent.wait_for("ipam is ready", Duration::from_secs(30));
+    agent
+}
+
+/// The first shard of `network`'s server under an agent's `dhcp_dir`: its files by name.
+pub(crate) struct Shard(PathBuf);
+
+impl Shard {
+    pub(crate) fn of(dhcp_dir: &Path, network: NetworkId) -> Shard {
+        Shard(dhcp_dir.join(network.to_string()).join("shard-00"))
+    }
+
+    pub(crate) fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.0.join(name)).unwrap_or_default()
+    }
+
+    /// Every host line dnsmasq read: the base file, then the hosts directory's additions.
+    pub(crate) fn host_lines(&self) -> String {
+        self.read("hosts")
+            + &std::fs::read_dir(self.0.join("hosts.d"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
+                .collect::<String>()
+    }
+}
+
 fn publish(log: &dyn EventLog, n: &mut u128, events: Vec<Event>) {
     let records: Vec<_> = events
         .into_iter()
@@ -227,25 +275,7 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
     up.wait_for("ipam is ready", Duration::from_secs(60));
     let log = ipam_tests::BackendSpec::Sqlite(data.join("log")).open().unwrap();
     let dhcp_dir = dir.path().join("dhcp");
-    let agent_args: Vec<String> = [
-        "netns",
-        "exec",
-        &host_ns,
-        &crate::recovery::ipam_binary().display().to_string(),
-        "--data-dir",
-        &data_arg,
-        "host-agent",
-        "--host-id",
-        &HOST.to_string(),
-        "--dhcp-dir",
-        &dhcp_dir.display().to_string(),
-        "--heartbeat-interval-ms",
-        "500",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let mut agent = Service::spawn_program("ip", &agent_args);
-    agent.wait_for("ipam is ready", Duration::from_secs(30));
+    let mut agent = host_agent(&host_ns, &data, &dhcp_dir, HOST);
 
     let mut n = 0;
     publish(
@@ -335,18 +365,12 @@ fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_r
     });
     let reserved_en = reserved_ip(&*log, vnic_en).unwrap();
     let reserved_at = Instant::now();
-    let shard = dhcp_dir.join(NETWORK.to_string()).join("shard-00");
-    let read = |name: &str| std::fs::read_to_string(shard.join(name)).unwrap_or_default();
+    let shard = Shard::of(&dhcp_dir, NETWORK);
+    let read = |name: &str| shard.read(name);
     // The server serves the guest once it holds its line, runs with its own address (it restarts
     // once when that is granted), and listens.
     wait_until("the server runs with its own address and the guest's line", Duration::from_secs(30), || {
-        let lines = read("hosts")
-            + &std::fs::read_dir(shard.join("hosts.d"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
-                .collect::<String>();
+        let lines = shard.host_lines();
         lines.contains(&format!("{guest_mac},[{reserved}]"))
             && lines.contains(&format!("{guest4_mac},{reserved4}"))
             && lines.contains(&format!("{en_mac},[{reserved_en}]"))

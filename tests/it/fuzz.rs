@@ -41,7 +41,7 @@ use ipam_core::{
 };
 use ipam_host_agent::dnsmasq::{host_lines, ignore_line, render};
 use ipam_host_agent::dnsmasq_shards::{
-    COMPACTION_INTERVAL, ShardAction, ShardState, desired_hosts, host_changes, shard_count, split,
+    COMPACTION_INTERVAL, HostAddresses, ShardAction, ShardState, desired_hosts, host_changes, shard_count, split,
 };
 use ipam_log::Record;
 use ipam_log::dead_letter::{DeadLetter, Ingested, ingest};
@@ -1221,8 +1221,8 @@ impl Pipeline {
                     ShardAction::Add { hosts, ignore, .. } => shard.add(&hosts, &ignore),
                     ShardAction::Compact => *shard = ShardState::loaded(desired),
                 }
-                let answered: BTreeMap<Mac, IpAddr> =
-                    shard.newest.iter().filter_map(|(mac, ip)| ip.map(|ip| (*mac, ip))).collect();
+                let answered: BTreeMap<Mac, HostAddresses> =
+                    shard.newest.iter().filter_map(|(mac, addresses)| addresses.map(|a| (*mac, a))).collect();
                 ensure!(answered == *desired, "a shard answers {answered:?} instead of {desired:?}");
             }
         }

@@ -10,6 +10,7 @@ mod compose;
 mod conflict;
 mod data_dir;
 mod dhcp;
+mod dhcp_dual_stack;
 mod dhcp_v6;
 mod dnsmasq_limits;
 mod fuzz;

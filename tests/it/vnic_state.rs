@@ -28,18 +28,18 @@ fn mac(n: u32) -> String {
     format!("52:54:00:c1:70:{n:02x}")
 }
 
-fn publish(addr: std::net::SocketAddr, events: &[Value]) {
+pub(crate) fn publish(addr: std::net::SocketAddr, events: &[Value]) {
     let (status, body) =
         http(addr, "POST", "/v1/events", "application/json", Value::from(events.to_vec()).to_string().as_bytes());
     assert_eq!(status, 202, "{body}");
 }
 
-fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path, "application/json", b"")
 }
 
 /// GETs `path` until `done` holds for its JSON (30 s at most).
-fn until(addr: std::net::SocketAddr, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn until(addr: std::net::SocketAddr, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = get(addr, path);

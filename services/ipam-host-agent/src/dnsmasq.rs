@@ -128,8 +128,8 @@ fn render_subnet(
 
 /// One `MAC,IPv4`, `MAC,[IPv6]` or `MAC,IPv4,[IPv6]` line per reserved MAC of the network, in MAC
 /// order: the argument of a `dhcp-host` line, and the format of dnsmasq's `--dhcp-hostsfile` and
-/// `--dhcp-hostsdir` files. A dual-stack vNIC's two addresses share one line, as dnsmasq answers a
-/// MAC from one line in both DHCPv4 and DHCPv6 (see [`crate::dnsmasq_shards`]).
+/// `--dhcp-hostsdir` files. A dual-stack vNIC's two addresses share one line, the form dnsmasq's
+/// manual gives for a host with both (see [`crate::dnsmasq_shards`]).
 pub fn host_lines(config: &NetworkDhcpConfig) -> Result<Vec<String>, BackendError> {
     desired_hosts(config).iter().map(|(mac, addresses)| host_line(config.network_id, *mac, addresses)).collect()
 }

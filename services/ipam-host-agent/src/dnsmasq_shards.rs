@@ -23,14 +23,16 @@
 //! by an older one) or to drop stale lines, at most once per [`COMPACTION_INTERVAL`].
 //!
 //! # Dual-stack hosts
-//! A MAC may hold one address of each family on a network (a dual-stack vNIC). dnsmasq answers a
-//! MAC from its newest line in DHCPv4 and DHCPv6 alike, and a line with no address of the asked
-//! family matches all the same and gives none, so the two addresses must be one line,
-//! `MAC,IPv4,[IPv6]` (dnsmasq's manual: "a single --dhcp-host may contain an IPv4 address or one or
-//! more IPv6 addresses, or both"). A host is therefore a MAC and its [`HostAddresses`]; a family
-//! added to a MAC that already has a line is a newer line holding the older one's address again,
-//! which dnsmasq refuses, so that reloads the shard (the allocator emits both reservations of a
-//! dual-stack vNIC in one step, so an agent usually reads them together and writes one line).
+//! A MAC may hold one address of each family on a network (a dual-stack vNIC). Its two addresses
+//! are one line, `MAC,IPv4,[IPv6]`, the form dnsmasq's manual gives for such a host ("a single
+//! --dhcp-host may contain an IPv4 address or one or more IPv6 addresses, or both"). dnsmasq 2.90
+//! also serves two lines of one MAC, one per family, when it loads them together
+//! (`tests/it/dhcp_dual_stack.rs` passes either way); one line is kept because it keeps this
+//! module's model exact: a MAC's newest line is everything it is answered, and one `MAC,ignore`
+//! masks all of it. A host is therefore a MAC and its [`HostAddresses`]. A family added to a MAC
+//! that already has a line is a newer line holding the older one's address again, which dnsmasq
+//! refuses, so that reloads the shard; the allocator emits both reservations of a dual-stack vNIC
+//! in one step, so an agent usually reads them together and writes one line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

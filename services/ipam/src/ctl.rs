@@ -102,7 +102,7 @@ pub enum Ctl {
         #[arg(long)]
         maintenance: bool,
     },
-    /// A vNIC came up (VM start): prints the address reserved, or the rejection.
+    /// A vNIC came up (VM start): prints the addresses reserved, or the rejection.
     VnicStart {
         /// The vNIC's id (generated and printed when omitted).
         #[arg(long)]
@@ -113,13 +113,14 @@ pub enum Ctl {
         /// The network: its id or name.
         #[arg(long)]
         network: String,
-        /// The subnet to take an address from: its id or CIDR. Without it the vNIC gets no
+        /// The subnet to take an address from: its id or CIDR. Give it twice, an IPv4 and an IPv6
+        /// subnet, for a dual-stack vNIC (an address of each). Without it the vNIC gets no
         /// address and no DHCP service from IPAM (a network IPAM does not number).
-        #[arg(long)]
-        subnet: Option<String>,
+        #[arg(long = "subnet", value_name = "SUBNET")]
+        subnets: Vec<String>,
         #[arg(long)]
         mac: Mac,
-        /// A fixed IP to reserve.
+        /// A fixed IP to reserve, in the subnet of its family.
         #[arg(long)]
         ip: Option<IpAddr>,
     },
@@ -347,10 +348,16 @@ pub fn ctl(session: &Session, command: Ctl, wait: Duration) -> anyhow::Result<i3
                 networks: Vec::new(),
             })
         }
-        Ctl::VnicStart { id, vm, network, subnet, mac, ip } => {
+        Ctl::VnicStart { id, vm, network, subnets, mac, ip } => {
             let network_id = resolve_network(api, &network)?;
-            let subnet_id = subnet.map(|subnet| resolve_subnet(api, network_id, &subnet)).transpose()?;
-            if subnet_id.is_none() {
+            let subnets: Vec<SubnetId> =
+                subnets.iter().map(|subnet| resolve_subnet(api, network_id, subnet)).collect::<anyhow::Result<_>>()?;
+            // One subnet goes in `subnet_id`, which every version reads; several in `subnet_ids`.
+            let (subnet_id, subnet_ids) = match subnets.as_slice() {
+                [one] => (Some(*one), Vec::new()),
+                _ => (None, subnets),
+            };
+            if subnet_id.is_none() && subnet_ids.is_empty() {
                 eprintln!(
                     "ipam: warning: no --subnet: this vNIC gets no address and no DHCP service from IPAM (give \
                      --subnet ID_OR_CIDR to have one reserved)"
@@ -360,15 +367,7 @@ pub fn ctl(session: &Session, command: Ctl, wait: Duration) -> anyhow::Result<i3
                 (id.unwrap_or_else(|| VnicId(fresh_uuid())), vm.unwrap_or_else(|| VmId(fresh_uuid())));
             note("vnic_id", &vnic_id);
             note("vm_id", &vm_id);
-            Event::VnicStarted(VnicUp {
-                vnic_id,
-                vm_id,
-                network_id,
-                subnet_id,
-                subnet_ids: Vec::new(),
-                mac,
-                requested_ip: ip,
-            })
+            Event::VnicStarted(VnicUp { vnic_id, vm_id, network_id, subnet_id, subnet_ids, mac, requested_ip: ip })
         }
         Ctl::VnicStop { vnic, network } => {
             let vnic_id: VnicId = parse_id(vnic.text(), "vNIC")?;
