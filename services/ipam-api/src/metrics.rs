@@ -148,7 +148,12 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
 
 /// The series of issue 14: the vNICs' lease states and the subnets' forecasts.
 fn render_lease_truth(out: &mut String, gauges: &Gauges, network_labels: &dyn Fn(&str) -> String) {
-    header(out, "ipam_vnic_lease_seconds", "histogram", "Time from a vNIC's reservation to its guest's first lease.");
+    header(
+        out,
+        "ipam_vnic_lease_seconds",
+        "histogram",
+        "Time from a vNIC's reservation to its guest's first lease of it (a dual-stack vNIC's two reservations each once).",
+    );
     let mut cumulative = 0;
     for (bound, count) in LEASE_LATENCY_BUCKETS.iter().zip(gauges.lease_latency.counts) {
         cumulative += count;
@@ -158,7 +163,12 @@ fn render_lease_truth(out: &mut String, gauges: &Gauges, network_labels: &dyn Fn
     let _ = writeln!(out, "ipam_vnic_lease_seconds_sum {}", gauges.lease_latency.sum_seconds);
     let _ = writeln!(out, "ipam_vnic_lease_seconds_count {}", gauges.lease_latency.count);
 
-    header(out, "ipam_vnics_unleased", "gauge", "vNICs reported unleased that still hold no lease, per network.");
+    header(
+        out,
+        "ipam_vnics_unleased",
+        "gauge",
+        "vNIC reservations reported unleased that still hold no lease, per network (a dual-stack vNIC has two).",
+    );
     for (network, count) in &gauges.unleased {
         let _ = writeln!(out, "ipam_vnics_unleased{{{}}} {count}", network_labels(network));
     }
@@ -167,7 +177,7 @@ fn render_lease_truth(out: &mut String, gauges: &Gauges, network_labels: &dyn Fn
         out,
         "ipam_vnics",
         "gauge",
-        "vNICs holding a reservation, per network and state (reserved, served, leased).",
+        "vNIC reservations, per network and state (reserved, served, leased); a dual-stack vNIC has two.",
     );
     for (network, state, count) in &gauges.vnic_states {
         let _ = writeln!(out, "ipam_vnics{{{},state=\"{}\"}} {count}", network_labels(network), escape(state));
