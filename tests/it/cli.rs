@@ -222,6 +222,40 @@ fn ctl_prints_each_decision_and_exits_with_its_code() {
     let yaml = String::from_utf8_lossy(&expect_exit(&start("52:54:00:56:00:01", "yaml"), 3).stdout).into_owned();
     assert!(yaml.contains("outcome: rejected") && yaml.contains("code: duplicate_mac"), "{yaml}");
 
+    // A dual-stack vNIC: `--subnet` twice, both addresses printed; a stop releases both.
+    let v6 =
+        ["ctl", "subnet", "--network", "cli-decisions", "--cidr", "2001:db8:56::/64", "--gateway", "2001:db8:56::1"];
+    expect_exit(&with_api(&v6), 0);
+    let dual = |format: &str| {
+        with_api(&[
+            "ctl",
+            "vnic-start",
+            "--network",
+            "cli-decisions",
+            "--subnet",
+            "10.56.0.0/29",
+            "--subnet",
+            "2001:db8:56::/64",
+            "--mac",
+            "52:54:00:56:00:0d",
+            "-o",
+            format,
+        ])
+    };
+    let both = json_of(&expect_exit(&dual("json"), 0));
+    let ips: Vec<&str> = both["addresses"].as_array().unwrap().iter().filter_map(|a| a["ip"].as_str()).collect();
+    assert!(
+        ips.len() == 2 && ips[0].starts_with("10.56.0.") && ips[1].starts_with("2001:db8:56::") && both["ip"] == ips[0],
+        "{both}"
+    );
+    let dual_id = both["vnic_id"].as_str().unwrap().to_owned();
+    let table = String::from_utf8_lossy(&expect_exit(&dual("table"), 3).stdout).into_owned();
+    assert!(table.contains("duplicate_mac"), "another vNIC with the MAC is refused: {table}");
+    let stopped = json_of(&expect_exit(&with_api(&["ctl", "vnic-stop", &dual_id, "-o", "json"]), 0));
+    let released: Vec<&str> =
+        stopped["addresses"].as_array().unwrap().iter().filter_map(|a| a["ip"].as_str()).collect();
+    assert_eq!((stopped["outcome"].as_str(), released), (Some("released"), ips), "{stopped}");
+
     // Hosts by name: made, found again by name, listed and shown.
     let host_up =
         |name: &str| with_api(&["ctl", "host-up", "--name", name, "--network", "cli-decisions=eth9", "-o", "json"]);

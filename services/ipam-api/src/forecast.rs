@@ -124,6 +124,7 @@ pub fn about(seconds: u64) -> String {
         return "full now".to_owned();
     }
     let (size, name) = UNITS.iter().find(|(size, _)| seconds >= *size).copied().unwrap_or((1, "second"));
-    let count = (seconds + size / 2) / size;
+    // Saturating: an IPv6 /64 filling slowly is "full in" u64::MAX seconds, which must not overflow.
+    let count = seconds.saturating_add(size / 2) / size;
     if count == 1 { format!("about 1 {name}") } else { format!("about {count} {name}s") }
 }

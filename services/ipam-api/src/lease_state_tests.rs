@@ -284,6 +284,7 @@ fn durations_read_as_people_say_them() {
     assert_eq!(about(91), "about 2 minutes");
     assert_eq!(about(13_380), "about 4 hours");
     assert_eq!(about(3 * 86_400 + 1), "about 3 days");
+    assert_eq!(about(u64::MAX), "about 584942417355 years", "an IPv6 /64 filling slowly");
 }
 
 /// The counts the metrics read, by walking every vNIC (what the live counts replace).
