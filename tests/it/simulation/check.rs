@@ -2,8 +2,9 @@
 //!
 //! After every action ([`Checker::after_action`]): no address is reserved twice in a subnet along
 //! the reservation stream (the property tests' `follow`), every output id appears once in the
-//! whole log, and no vNIC holds two reservations. Once the drivers have settled ([`settled`]):
-//! every vNIC that is up holds exactly one reservation and every other none, and every
+//! whole log, and no vNIC holds two reservations of one family (a dual-stack vNIC holds one of
+//! each). Once the drivers have settled ([`settled`]): every vNIC that is up holds exactly one
+//! reservation in each subnet it named and every other none, and every
 //! IPAM-enabled network with a subnet has min(servers_count, eligible hosts) servers, all
 //! eligible (the placement property test's model, fed the committed `ipam.hosts`). At the end:
 //! outputs and states of a replay equal the live ones ([`replay_matches`]), and the outputs of the
@@ -62,12 +63,15 @@ impl Checker {
                 }
             }
         }
-        let mut holding: BTreeMap<(NetworkId, VnicId), (SubnetId, std::net::IpAddr)> = BTreeMap::new();
+        let mut holding: BTreeMap<(NetworkId, VnicId, bool), (SubnetId, std::net::IpAddr)> = BTreeMap::new();
         for ((network_id, subnet_id, ip), owner) in &self.reservations.held {
             if let Owner::Vnic { vnic_id, .. } = owner
-                && let Some(other) = holding.insert((*network_id, *vnic_id), (*subnet_id, *ip))
+                && let Some(other) = holding.insert((*network_id, *vnic_id, ip.is_ipv4()), (*subnet_id, *ip))
             {
-                bail!("vNIC {vnic_id} of {network_id} holds two reservations: {other:?} and {:?}", (subnet_id, ip));
+                bail!(
+                    "vNIC {vnic_id} of {network_id} holds two reservations of one family: {other:?} and {:?}",
+                    (subnet_id, ip)
+                );
             }
         }
         Ok(())
