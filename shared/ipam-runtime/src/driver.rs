@@ -448,31 +448,43 @@ impl<M: Machines> Driver<M> {
         Ok(Found { partition: partition.clone(), name, committed, snapshot })
     }
 
-    /// Reads the states of the snapshots found, on up to one thread per core; each with how long
-    /// it took.
+    /// Reads the states of the snapshots found, on up to one thread per core, each thread taking
+    /// the largest snapshot left (their sizes differ by as much as their partitions' networks);
+    /// each answer with how long it took, in the order of `found`.
     fn decode_all(&self, found: &[Found]) -> Vec<Option<(anyhow::Result<M::Decoded>, Duration)>> {
         let machines = &self.machines;
-        let decode = |found: &Found| {
-            found.snapshot.as_ref().map(|snapshot| {
-                let started = Instant::now();
-                (machines.decode(&snapshot.state), started.elapsed())
+        let decode = |snapshot: &Snapshot| {
+            let started = Instant::now();
+            (machines.decode(&snapshot.state), started.elapsed())
+        };
+        let mut queue: Vec<(usize, &Snapshot)> =
+            found.iter().enumerate().filter_map(|(index, found)| Some((index, found.snapshot.as_ref()?))).collect();
+        queue.sort_by_key(|(_, snapshot)| std::cmp::Reverse(snapshot.state.len()));
+        let threads = std::thread::available_parallelism().map_or(1, usize::from).min(queue.len()).max(1);
+        let next = AtomicUsize::new(0);
+        let work = || {
+            let mut done = Vec::new();
+            while let Some(&(index, snapshot)) = queue.get(next.fetch_add(1, Ordering::Relaxed)) {
+                done.push((index, decode(snapshot)));
+            }
+            done
+        };
+        let done: Vec<_> = if threads == 1 {
+            work()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
+                handles
+                    .into_iter()
+                    .flat_map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                    .collect()
             })
         };
-        let threads = std::thread::available_parallelism().map_or(1, usize::from).min(found.len().max(1));
-        if threads <= 1 {
-            return found.iter().map(decode).collect();
+        let mut decoded: Vec<Option<_>> = found.iter().map(|_| None).collect();
+        for (index, result) in done {
+            decoded[index] = Some(result);
         }
-        let chunk = found.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = found
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(decode).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        })
+        decoded
     }
 
     /// Installs a partition's snapshot state (or an empty state, when it had none or its state

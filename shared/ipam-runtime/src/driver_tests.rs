@@ -364,3 +364,40 @@ fn partitions_rebuilt_together_each_replay_their_own_inputs_in_order_up_to_the_c
         assert_eq!(driver.last_applied.get(partition).copied(), at.checked_sub(1));
     }
 }
+
+#[test]
+fn snapshots_decoded_in_parallel_are_answered_in_the_order_of_their_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_ticks(0);
+    let driver = driver(&log, dir.path()).unwrap();
+    // Sizes out of order, so that the largest-first threads finish them out of order; one
+    // partition without a snapshot and one whose state cannot be read.
+    let states: [Option<&str>; 6] = [Some("7"), None, Some("123456789"), Some("42"), Some("not a count"), Some("1000")];
+    let found: Vec<Found> = states
+        .iter()
+        .enumerate()
+        .map(|(partition, state)| Found {
+            partition: TopicPartition { topic: "t".to_owned(), partition: partition as u32 },
+            name: format!("t-{partition}"),
+            committed: 0,
+            snapshot: state.map(|state| Snapshot {
+                log: "l".to_owned(),
+                offset: 0,
+                anchor: None,
+                state: state.as_bytes().to_vec(),
+            }),
+        })
+        .collect();
+    let decoded: Vec<Option<Result<u64, String>>> = driver
+        .decode_all(&found)
+        .into_iter()
+        .map(|answer| answer.map(|(result, _)| result.map_err(|error| error.to_string())))
+        .collect();
+    assert_eq!(decoded.len(), 6);
+    assert_eq!(decoded[0], Some(Ok(7)));
+    assert_eq!(decoded[1], None);
+    assert_eq!(decoded[2], Some(Ok(123_456_789)));
+    assert_eq!(decoded[3], Some(Ok(42)));
+    assert!(matches!(decoded[4], Some(Err(_))), "{:?}", decoded[4]);
+    assert_eq!(decoded[5], Some(Ok(1000)));
+}
