@@ -1099,8 +1099,14 @@ impl NetworkAllocator {
             pool.set_next_candidate(next_candidate);
             allocator.subnets.insert(subnet_id, Subnet { spec, pool, vnic_holdings: 0 });
         }
+        // A million reservations are restored in bulk: the maps are built from sorted runs
+        // (`BTreeMap::from_iter`) rather than by a million inserts, and the checks the inserts made
+        // (an owner twice, a MAC of two owners) are made on those runs.
+        let inconsistent = |what: &str| SnapshotError::Inconsistent(format!("network {network_id}: {what}"));
+        let count = snapshot.reservations.len();
+        let mut holdings = Vec::with_capacity(count);
+        let mut macs = Vec::with_capacity(count);
         for ReservationSnapshot { subnet_id, owner, mac, ip, fixed } in snapshot.reservations {
-            let inconsistent = |what: &str| SnapshotError::Inconsistent(format!("network {network_id}: {what}"));
             let (key, vm_id) = match owner {
                 Owner::Vnic { vnic_id, vm_id } => (OwnerKey::Vnic(vnic_id, IpFamily::of(ip)), Some(vm_id)),
                 Owner::DhcpServer { host_id } => (OwnerKey::DhcpPort(host_id, subnet_id), None),
@@ -1110,14 +1116,30 @@ impl NetworkAllocator {
             if let OwnerKey::Vnic(..) = key {
                 subnet.vnic_holdings += 1;
             }
-            if allocator.macs.get(&mac).is_some_and(|user| !user.admits(key)) {
+            macs.push((mac, key));
+            holdings.push((key, Holding { subnet_id, ip, mac, vm_id, fixed }));
+        }
+        allocator.holdings = holdings.into_iter().collect();
+        if allocator.holdings.len() != count {
+            return Err(inconsistent("an owner holds two reservations"));
+        }
+        // Stable: each MAC's first owner is the one a reservation-by-reservation restore met first.
+        macs.sort_by_key(|(mac, _)| *mac);
+        let mut users = Vec::with_capacity(macs.len());
+        for run in macs.chunk_by(|a, b| a.0 == b.0) {
+            let (mac, first) = run[0];
+            let reservations =
+                u32::try_from(run.len()).map_err(|_| inconsistent(&format!("MAC {mac} held too often")))?;
+            let user = match first {
+                OwnerKey::Vnic(vnic_id, _) => MacUser::Vnic { vnic_id, reservations },
+                OwnerKey::DhcpPort(host_id, _) => MacUser::DhcpServer { host_id, reservations },
+            };
+            if run.iter().any(|(_, key)| !user.admits(*key)) {
                 return Err(inconsistent(&format!("MAC {mac} held twice")));
             }
-            allocator.use_mac(mac, key);
-            if allocator.holdings.insert(key, Holding { subnet_id, ip, mac, vm_id, fixed }).is_some() {
-                return Err(inconsistent("an owner holds two reservations"));
-            }
+            users.push((mac, user));
         }
+        allocator.macs = users.into_iter().collect();
         let inconsistent = |what: String| SnapshotError::Inconsistent(format!("network {network_id}: {what}"));
         for QuarantineSnapshot { subnet_id, ip, mac, released_at } in snapshot.quarantine {
             let subnet = allocator.subnets.get_mut(&subnet_id);
