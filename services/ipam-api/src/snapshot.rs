@@ -249,6 +249,11 @@ mod tests {
         let (longer, _, _) = folded(8, 10);
         let (_, from) = load(&store, &longer).unwrap().expect("a snapshot behind the log is used");
         assert_eq!(from, positions);
+        // A snapshot cut short.
+        save(&store, &log, &positions, &model).unwrap();
+        let whole = store.load(NAME).unwrap().unwrap().state;
+        store.save(NAME, 0, None, whole[..whole.len() - 10].to_vec()).unwrap();
+        assert!(load(&store, &log).unwrap().is_none(), "a truncated snapshot was used");
         // Bytes that are not a snapshot of the model.
         store.save(NAME, 0, None, b"{garbage".to_vec()).unwrap();
         assert!(load(&store, &log).unwrap().is_none(), "garbage was used");
