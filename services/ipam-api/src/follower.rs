@@ -262,7 +262,7 @@ fn fold(records: &[Record], kinds: &BTreeMap<String, Topic>, model: &RwLock<Read
 /// error the log cannot recover from ends the read model.
 fn retry(topic: &str, error: LogError, warned: &mut bool) -> anyhow::Result<()> {
     match error {
-        LogError::UnknownTopic(_) | LogError::Storage(_) | LogError::PositionUndecided(_) => {
+        LogError::UnknownTopic(_) | LogError::Storage(_) => {
             if *warned {
                 tracing::debug!(topic, error = %error, "The read model still cannot read a topic; retrying.");
             } else {

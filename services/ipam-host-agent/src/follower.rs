@@ -352,7 +352,7 @@ impl Follower {
     /// Reports a failed log operation; an error the log cannot recover from ends the follower.
     fn retry(&mut self, topic: &str, error: LogError) -> anyhow::Result<()> {
         match error {
-            LogError::UnknownTopic(_) | LogError::Storage(_) | LogError::PositionUndecided(_) => {
+            LogError::UnknownTopic(_) | LogError::Storage(_) => {
                 self.trouble.report(topic, &error);
                 Ok(())
             }

@@ -204,9 +204,8 @@ impl EventLog for KafkaLog {
     /// moved or restarted), asking with a bounded wait. As a read_committed client it asks for a
     /// stable position (KIP-447 `require_stable`): while a transaction that commits the group's
     /// position is undecided, the coordinator answers `UNSTABLE_OFFSET_COMMIT` and librdkafka asks
-    /// again until the wait ends. The error then says which of the two held it back: an undecided
-    /// transaction ([`LogError::PositionUndecided`]), or the coordinator not answering at all
-    /// ([`LogError::Storage`]).
+    /// again until the wait ends. The error then says which of the two held it back: the
+    /// coordinator not answering at all, or an undecided transaction.
     fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
         let p = self.topics.check_partition(topic, partition)?;
         let stable = self.options.offsets_config(group);
@@ -215,22 +214,21 @@ impl EventLog for KafkaLog {
             Err(error) => {
                 let mut unstable = self.options.offsets_config(group);
                 unstable.set("isolation.level", "read_uncommitted");
-                let what = format!(
+                let why = match fetch_committed(&unstable, topic, p, POSITION_PROBE_WAIT)? {
+                    Ok(pending) => format!(
+                        "the group coordinator answers, but a transaction that commits this position is still \
+                         undecided (position with it: {pending:?}); Kafka withholds the position from read_committed \
+                         readers until that transaction's commit or abort marker is written, and aborts the \
+                         transaction of a producer that is gone once its transaction timeout has passed"
+                    ),
+                    Err(_) => "the group coordinator does not answer (a broker away, or a coordinator still loading \
+                               the group's offsets)"
+                        .to_owned(),
+                };
+                Err(LogError::Storage(format!(
                     "committed position of group `{group}` in `{topic}` partition {partition} not available within \
-                     {POSITION_WAIT:?}: {error}"
-                );
-                match fetch_committed(&unstable, topic, p, POSITION_PROBE_WAIT)? {
-                    Ok(stable) => Err(LogError::PositionUndecided(format!(
-                        "{what}; the group coordinator answers, but a transaction that commits this position is \
-                         still undecided (the last decided position: {stable:?}); Kafka withholds the position from \
-                         read_committed readers until that transaction's commit or abort marker is written, and \
-                         aborts the transaction of a producer that is gone once its transaction timeout has passed"
-                    ))),
-                    Err(_) => Err(LogError::Storage(format!(
-                        "{what}; the group coordinator does not answer (a broker away, or a coordinator still \
-                         loading the group's offsets)"
-                    ))),
-                }
+                     {POSITION_WAIT:?}: {error}; {why}"
+                )))
             }
         }
     }

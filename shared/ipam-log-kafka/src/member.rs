@@ -424,44 +424,6 @@ impl MemberState {
         }
     }
 
-    /// Appends to the group's offsets without changing them: a transaction that sends one offset of
-    /// the group's and is then aborted, so that its offset commit and abort marker land in the
-    /// group's `__consumer_offsets` partition. See [`KafkaMember::refresh_positions`].
-    fn touch_group_offsets(&mut self, group: &ConsumerGroupMetadata, topic: &str) -> Result<(), LogError> {
-        if self.batch.is_some() {
-            // Its commit appends to the group's offsets anyway.
-            return Ok(());
-        }
-        self.ensure_producer()?;
-        if let Err(failure) = self.retry(|producer| producer.begin_transaction()) {
-            return Err(self.fail(failure, "begin a transaction that touches the group's offsets"));
-        }
-        self.txn_began = Some(Instant::now());
-        let timeout = self.txn_timeout;
-        let mut offsets = TopicPartitionList::with_capacity(1);
-        let sent = offsets
-            .add_partition_offset(topic, 0, Offset::Offset(0))
-            .map_err(|error| TxnFailure::Other(error.to_string()))
-            .and_then(|()| self.retry(|producer| producer.send_offsets_to_transaction(&offsets, group, timeout)));
-        let aborted = self.retry(|producer| producer.abort_transaction(timeout));
-        match (sent, aborted) {
-            (_, Err(failure @ (TxnFailure::Fenced | TxnFailure::Fatal(_)))) => {
-                Err(self.fail(failure, "abort the transaction that touched the group's offsets"))
-            }
-            (_, Err(TxnFailure::Abortable(message) | TxnFailure::Retriable(message) | TxnFailure::Other(message))) => {
-                Err(self.discard(format!("abort the transaction that touched the group's offsets: {message}")))
-            }
-            (Err(failure), Ok(())) => {
-                self.txn_began = None;
-                Err(self.fail(failure, "send an offset in a transaction that touches the group's offsets"))
-            }
-            (Ok(()), Ok(())) => {
-                self.txn_began = None;
-                Ok(())
-            }
-        }
-    }
-
     /// Aborts the open batch after a failed step or commit; the owned partitions' state holds the
     /// aborted steps, so they are reported lost and assigned again.
     fn abort_after_failure(&mut self) -> Result<(), LogError> {
@@ -1194,27 +1156,6 @@ impl Member for KafkaMember {
 
     fn assignment(&self) -> Vec<TopicPartition> {
         self.lock().assignment.iter().cloned().collect()
-    }
-
-    /// Seen once in about 17 runs of `tests/it/kafka_restart.rs` (issue 10): after a broker's
-    /// `kill -9` under load, the group coordinator went on withholding one of placement's
-    /// positions for minutes as undecided, while the member waiting for it had no transaction
-    /// open (and, in the issue's first report, Kafka's own tools listed every transactional id as
-    /// `CompleteCommit`). What a client can do to move the coordinator is write to the group's
-    /// offsets (the cure franz-go's maintainer found for a pending offset that hung, franz-go#581):
-    /// this sends one offset of the group's in a transaction and aborts it, so that an offset
-    /// commit and an abort marker land in the group's `__consumer_offsets` partition. It changes
-    /// no position: the abort drops only what its own transaction sent. Whether it cures that hang
-    /// is not proven (it was not reproduced on purpose); that it changes nothing is tested.
-    fn refresh_positions(&mut self) -> Result<(), LogError> {
-        self.usable()?;
-        let group = self.consumer.as_ref().and_then(|c| c.group_metadata());
-        let Some(group) = group else {
-            return Err(LogError::Storage("the member's consumer has no group metadata yet".to_owned()));
-        };
-        let topic = self.config.topics.first().cloned().unwrap_or_default();
-        let result = self.lock().touch_group_offsets(&group, &topic);
-        result.map_err(|error| self.after_failure(error))
     }
 
     fn pending_steps(&self) -> usize {

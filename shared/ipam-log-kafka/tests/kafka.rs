@@ -464,36 +464,3 @@ fn a_lone_step_after_idleness_commits_once_the_input_is_drained_and_steps_under_
     member.commit().unwrap();
     assert_eq!(values(&read_all(&log, &output)), ["lone", "next"]);
 }
-
-/// `refresh_positions` writes to the group's offsets and changes none of them: the positions stay
-/// what the member committed, and the member commits on after it (at a partition it committed
-/// nothing to before, too: the aborted offset it sends there is not taken either).
-#[test]
-fn refreshing_the_group_positions_changes_none_of_them() {
-    let log = connect();
-    let input = topic(&log, "input", 2);
-    let group = unique("group");
-    log.append(
-        &(0..4)
-            .map(|i| OutRecord { topic: input.clone(), key: format!("k{i}"), value: vec![b'0' + i] })
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    let mut member = member(&log, &group, &[&input], &unique("txn"), 1);
-    let records = poll_records(&mut *member, 4);
-    let first = records.iter().find(|record| record.partition == 1).unwrap();
-    member.step(&[], &[next(first)]).unwrap();
-    let committed = |log: &KafkaLog, partition: u32| log.committed_position(&group, &input, partition).unwrap();
-    assert_eq!((committed(&log, 0), committed(&log, 1)), (None, Some(first.offset + 1)));
-
-    member.refresh_positions().unwrap();
-    member.refresh_positions().unwrap();
-    assert_eq!(
-        (committed(&log, 0), committed(&log, 1)),
-        (None, Some(first.offset + 1)),
-        "refreshing the positions changed one"
-    );
-    let last = records.iter().rfind(|record| record.partition == 0).unwrap();
-    member.step(&[], &[next(last)]).unwrap();
-    assert_eq!((committed(&log, 0), committed(&log, 1)), (Some(last.offset + 1), Some(first.offset + 1)));
-}

@@ -151,11 +151,6 @@ pub enum LogError {
     /// The storage failed (disk, database, broker); the operation may be retried.
     #[error("log storage failed: {0}")]
     Storage(String),
-    /// A consumer group's committed position is withheld while a transaction that commits it is
-    /// undecided (Kafka's `UNSTABLE_OFFSET_COMMIT`). It may be retried; a member of the group with
-    /// no transaction open can help it along ([`Member::refresh_positions`]).
-    #[error("committed position undecided: {0}")]
-    PositionUndecided(String),
     /// The backend cannot go on (a fatal broker error, a corrupt store): stop the process.
     #[error("fatal log error: {0}")]
     Fatal(String),
@@ -251,11 +246,4 @@ pub trait Member: Send {
     /// A runtime may then commit as soon as its input is drained instead of letting the batch
     /// policy's delay group more steps into the batch.
     fn commits_cheaply(&self) -> bool;
-
-    /// Asks the log to decide the group's positions it withholds as undecided
-    /// ([`LogError::PositionUndecided`]) although this member has no transaction open. Local logs
-    /// never withhold a position: nothing to do.
-    fn refresh_positions(&mut self) -> Result<(), LogError> {
-        Ok(())
-    }
 }

@@ -434,7 +434,7 @@ impl<M: Machines> Driver<M> {
     }
 
     /// A partition's committed position and its latest snapshot, if that belongs to the log.
-    fn find_snapshot(&mut self, partition: &TopicPartition) -> anyhow::Result<Found> {
+    fn find_snapshot(&self, partition: &TopicPartition) -> anyhow::Result<Found> {
         self.health.set(
             &self.config.name,
             ComponentState::Starting(format!("rebuilding {}/{}", partition.topic, partition.partition)),
@@ -596,39 +596,24 @@ impl<M: Machines> Driver<M> {
 
     /// The group's committed position, waiting out transient failures: right after another member
     /// died, Kafka answers only once that member's open transaction is aborted (after the
-    /// transaction timeout), since the position is not stable before. A position still undecided
-    /// after [`UNDECIDED_REFRESH`] is not waiting for any transaction of a member that is gone (the
-    /// coordinator aborts those at their timeout): the member asks the log to decide it
-    /// ([`ipam_log::Member::refresh_positions`]), and again at that interval.
-    fn committed_position(&mut self, partition: &TopicPartition) -> anyhow::Result<u64> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(300);
-        let mut refreshed = started;
+    /// transaction timeout), since the position is not stable before.
+    fn committed_position(&self, partition: &TopicPartition) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let error = match self.log.committed_position(&self.config.group, &partition.topic, partition.partition) {
+            match self.log.committed_position(&self.config.group, &partition.topic, partition.partition) {
                 Ok(position) => return Ok(position.unwrap_or(0)),
-                Err(error @ (LogError::Storage(_) | LogError::PositionUndecided(_))) if Instant::now() < deadline => {
-                    error
+                Err(LogError::Storage(error)) if Instant::now() < deadline => {
+                    let detail = format!(
+                        "the committed position of {}/{} is not available yet: {error}",
+                        partition.topic, partition.partition
+                    );
+                    self.health.set(&self.config.name, ComponentState::Degraded(detail));
+                    tracing::warn!(driver = %self.config.name, topic = %partition.topic, partition = partition.partition,
+                                   error = %error, "Committed position not available yet; retrying.");
+                    std::thread::sleep(Duration::from_millis(500));
                 }
                 Err(error) => return Err(error.into()),
-            };
-            let detail = format!(
-                "the committed position of {}/{} is not available yet: {error}",
-                partition.topic, partition.partition
-            );
-            self.health.set(&self.config.name, ComponentState::Degraded(detail));
-            tracing::warn!(driver = %self.config.name, topic = %partition.topic, partition = partition.partition,
-                           error = %error, "Committed position not available yet; retrying.");
-            if matches!(error, LogError::PositionUndecided(_)) && refreshed.elapsed() >= UNDECIDED_REFRESH {
-                refreshed = Instant::now();
-                match self.member.refresh_positions() {
-                    Ok(()) => tracing::warn!(driver = %self.config.name, undecided_for_s = started.elapsed().as_secs(),
-                                             "Asked the log to decide the group's positions, undecided for long."),
-                    Err(error) => tracing::warn!(driver = %self.config.name, error = %error,
-                                                 "Could not ask the log to decide the group's positions."),
-                }
             }
-            std::thread::sleep(Duration::from_millis(500));
         }
     }
 
@@ -655,11 +640,6 @@ impl<M: Machines> Driver<M> {
         Ok(())
     }
 }
-
-/// How long a committed position may stay undecided before the member asks the log to decide it:
-/// longer than a transaction's timeout (10 s by default), after which the coordinator has aborted
-/// the transaction of any member that is gone.
-const UNDECIDED_REFRESH: Duration = Duration::from_secs(15);
 
 /// A partition about to be restored: its committed position and the snapshot to start from.
 struct Found {
@@ -795,10 +775,9 @@ struct NotRebuilt {
 /// rebuild cures ([`NotRebuilt`]): anything but fencing, a fatal log error, or a snapshot that does
 /// not belong to the log.
 fn is_transient(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(cause.downcast_ref::<LogError>(), Some(LogError::Storage(_) | LogError::PositionUndecided(_)))
-            || cause.is::<NotRebuilt>()
-    })
+    error
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref::<LogError>(), Some(LogError::Storage(_))) || cause.is::<NotRebuilt>())
 }
 
 #[cfg(test)]

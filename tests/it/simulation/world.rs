@@ -82,9 +82,7 @@ pub(crate) fn read_all(log: &dyn EventLog, topic: &str, partition: u32) -> anyho
 
 /// True when the error is a storage failure, the kind `Driver::run` recovers from.
 fn is_storage_failure(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(cause.downcast_ref::<LogError>(), Some(LogError::Storage(_) | LogError::PositionUndecided(_)))
-    })
+    error.chain().any(|cause| matches!(cause.downcast_ref::<LogError>(), Some(LogError::Storage(_))))
 }
 
 /// What happened to a driver in one action, for the statistics.
