@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use ipam_core::{HostId, Mac, NetworkId, SubnetId};
-use ipam_tests::netns::{Fabric, dhcp, prerequisites, run};
+use ipam_tests::netns::{Fabric, dhcp, prerequisites};
 use ipam_tests::wait_until;
 use serde_json::{Value, json};
 
 use crate::api::{event, ipam_up_with_api_and};
-use crate::dhcp_v6::{Shard, dhclient, host_agent, link_local};
+use crate::dhcp_v6::{Shard, dhclient, host_agent, link_local, require_dhclient};
 use crate::vnic_state::{publish, until};
 
 const NETWORK: NetworkId = NetworkId::from_u128(0xd5_01);
@@ -34,10 +34,7 @@ fn addresses(view: &Value) -> Vec<(String, String)> {
 #[test]
 fn a_dual_stack_vnic_gets_its_ipv4_and_ipv6_addresses_in_one_guest_and_releases_both() {
     prerequisites();
-    assert!(
-        run(&["sh", "-c", "command -v dhclient"]).status.success(),
-        "`dhclient` is missing: run ./test.sh, which installs isc-dhcp-client"
-    );
+    require_dhclient();
     let dir = tempfile::tempdir().unwrap();
     let mut fabric = Fabric::new();
     let host_ns = fabric.node("hd", "eth1", None);

@@ -32,6 +32,14 @@ fn output(args: &[&str]) -> String {
     String::from_utf8_lossy(&run(args).stdout).into_owned()
 }
 
+/// Fails the test with what to do when `dhclient` (Debian's isc-dhcp-client) is not installed.
+pub(crate) fn require_dhclient() {
+    assert!(
+        run(&["sh", "-c", "command -v dhclient"]).status.success(),
+        "`dhclient` is missing: run ./test.sh, which installs isc-dhcp-client"
+    );
+}
+
 /// The link-local address of `interface` in `namespace`, once it is past duplicate address
 /// detection (a DHCPv6 client cannot bind to a tentative one).
 pub(crate) fn link_local(namespace: &str, interface: &str) -> String {
@@ -248,10 +256,7 @@ fn reserved_ip(log: &dyn EventLog, vnic: VnicId) -> Option<String> {
 #[test]
 fn a_dhcpv6_guest_gets_its_reserved_address_options_and_its_default_route_from_router_advertisements() {
     prerequisites();
-    assert!(
-        run(&["sh", "-c", "command -v dhclient"]).status.success(),
-        "`dhclient` is missing: run ./test.sh, which installs isc-dhcp-client"
-    );
+    require_dhclient();
     let dir = tempfile::tempdir().unwrap();
     let mut fabric = Fabric::new();
     let host_ns = fabric.node("h6", "eth1", None);
