@@ -34,9 +34,10 @@
 //!   producer; the member answers [`LogError::Storage`] until it can write again, and then reports
 //!   its partitions in `lost` and `assigned` as above. Nothing ends the member but a real fence or
 //!   a fatal error that a new producer does not cure.
-//! - `committed_position` asks a fresh consumer of the group each time, with a bounded wait, and
-//!   its error says whether the coordinator did not answer or an undecided transaction held the
-//!   position back.
+//! - Positions: besides the group's offsets, every transaction writes the positions it commits to
+//!   the group's own compacted topic `<group>.positions`, and `committed_position` and the members
+//!   read them there (`positions.rs`: the group coordinator withheld them for minutes after a
+//!   broker restart). A partition with no record there falls back to the group's offsets.
 //! - Every method blocks, on broker round trips of up to 30 s, or up to the transaction timeout
 //!   for transactional calls: the runtime calls them off its actor threads.
 
@@ -45,6 +46,7 @@ mod errors;
 mod follow;
 mod member;
 mod options;
+mod positions;
 mod reach;
 mod read;
 mod topics;
@@ -67,6 +69,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::append::{AppendContext, AppendProducer, Placed};
 use crate::errors::{client_creation, storage};
+use crate::positions::Positions;
 use crate::read::Readers;
 use crate::topics::{REQUEST_TIMEOUT, Topics};
 
@@ -78,6 +81,7 @@ pub struct KafkaLog {
     admin: AdminClient<DefaultClientContext>,
     producer: AppendProducer,
     readers: Readers,
+    positions: Arc<Positions>,
 }
 
 impl fmt::Debug for KafkaLog {
@@ -101,7 +105,9 @@ impl KafkaLog {
             .map_err(|e| client_creation("producer", &e))?;
         let reader_group = format!("{}.reader.{}", options.client_id, std::process::id());
         let readers = Readers::new(options.reader_config(&reader_group));
-        Ok(KafkaLog { topics: Arc::new(Topics::new(metadata)), admin, producer, readers, options })
+        let topics = Arc::new(Topics::new(metadata));
+        let positions = Arc::new(Positions::new(&options, Arc::clone(&topics))?);
+        Ok(KafkaLog { topics, admin, producer, readers, positions, options })
     }
 
     /// The options the log was connected with.
@@ -111,7 +117,7 @@ impl KafkaLog {
 }
 
 /// How long one `committed_position` call waits for a stable answer; callers retry.
-const POSITION_WAIT: Duration = Duration::from_secs(10);
+const POSITION_WAIT: Duration = positions::STABLE_WAIT;
 
 /// How long the second look that explains a failed `committed_position` waits.
 const POSITION_PROBE_WAIT: Duration = Duration::from_secs(3);
@@ -200,21 +206,40 @@ impl EventLog for KafkaLog {
         Ok(u64::try_from(stable).unwrap_or_default())
     }
 
-    /// A fresh consumer of the group per call (nothing cached can point at a coordinator that
-    /// moved or restarted), asking with a bounded wait. As a read_committed client it asks for a
-    /// stable position (KIP-447 `require_stable`): while a transaction that commits the group's
-    /// position is undecided, the coordinator answers `UNSTABLE_OFFSET_COMMIT` and librdkafka asks
-    /// again until the wait ends. The error then says which of the two held it back: the
-    /// coordinator not answering at all, or an undecided transaction.
+    /// The position the group's positions topic holds (`positions.rs` says why there), once every
+    /// transaction that wrote positions is decided; for a partition it holds none of, the group
+    /// coordinator's, as [`KafkaLog::group_offset`] asks.
     fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
         let p = self.topics.check_partition(topic, partition)?;
+        let wanted = [(topic.to_owned(), p)];
+        match self.positions.read(group, &wanted, POSITION_WAIT)?.remove(&wanted[0]) {
+            Some(position) => Ok(Some(position)),
+            None => self.group_offset(group, topic, p),
+        }
+    }
+
+    fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError> {
+        self.positions.create(&self.admin, &config.group, &self.options)?;
+        Ok(Box::new(KafkaMember::join(&self.options, Arc::clone(&self.topics), Arc::clone(&self.positions), config)?))
+    }
+}
+
+impl KafkaLog {
+    /// The group coordinator's committed offset: a fresh consumer of the group per call (nothing
+    /// cached can point at a coordinator that moved or restarted), asking with a bounded wait. As a
+    /// read_committed client it asks for a stable position (KIP-447 `require_stable`): while a
+    /// transaction that commits the group's position is undecided, the coordinator answers
+    /// `UNSTABLE_OFFSET_COMMIT` and librdkafka asks again until the wait ends. The error then says
+    /// which of the two held it back: the coordinator not answering at all, or an undecided
+    /// transaction.
+    fn group_offset(&self, group: &str, topic: &str, partition: i32) -> Result<Option<u64>, LogError> {
         let stable = self.options.offsets_config(group);
-        match fetch_committed(&stable, topic, p, POSITION_WAIT)? {
+        match fetch_committed(&stable, topic, partition, POSITION_WAIT)? {
             Ok(position) => Ok(position),
             Err(error) => {
                 let mut unstable = self.options.offsets_config(group);
                 unstable.set("isolation.level", "read_uncommitted");
-                let why = match fetch_committed(&unstable, topic, p, POSITION_PROBE_WAIT)? {
+                let why = match fetch_committed(&unstable, topic, partition, POSITION_PROBE_WAIT)? {
                     Ok(pending) => format!(
                         "the group coordinator answers, but a transaction that commits this position is still \
                          undecided (position with it: {pending:?}); Kafka withholds the position from read_committed \
@@ -231,9 +256,5 @@ impl EventLog for KafkaLog {
                 )))
             }
         }
-    }
-
-    fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError> {
-        Ok(Box::new(KafkaMember::join(&self.options, Arc::clone(&self.topics), config)?))
     }
 }

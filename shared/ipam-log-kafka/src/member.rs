@@ -54,6 +54,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::errors::{TxnFailure, classify_txn, client_creation, storage};
 use crate::options::KafkaOptions;
+use crate::positions::{self, Positions};
 use crate::topics::{REQUEST_TIMEOUT, Topics};
 
 /// How often a retriable transactional call is tried before giving up.
@@ -165,6 +166,10 @@ struct MemberState {
     transactional_id: String,
     producer: TxnProducer,
     topics: Arc<Topics>,
+    /// Where the group's positions are read from and written to (`crate::positions`).
+    positions: Arc<Positions>,
+    group: String,
+    positions_topic: String,
     txn_timeout: Duration,
     batch: Option<OpenBatch>,
     assignment: BTreeSet<TopicPartition>,
@@ -434,17 +439,43 @@ impl MemberState {
         self.abort_batch()
     }
 
-    /// Commits the open batch: its positions through the group coordinator, then the transaction.
-    /// On a failure that is neither a fence nor fatal, the batch is aborted and reading rewinds.
+    /// Commits the open batch: its positions to the group's positions topic, acknowledged, then
+    /// through the group coordinator, then the transaction. On a failure that is neither a fence
+    /// nor fatal, the batch is aborted and reading rewinds.
+    ///
+    /// The positions' records are acknowledged before the group coordinator hears of the
+    /// positions: a reader that waits for the positions topic to be stable then waits for every
+    /// transaction whose offsets the coordinator accepted (`crate::positions` says why it must).
+    /// rdkafka's `commit_transaction` flushes first, and while anything is in flight its flush
+    /// polls in slices of 100 ms that do not end early; after this wait it finds nothing to do.
     fn commit_batch(&mut self, group: Option<&ConsumerGroupMetadata>) -> Result<(), LogError> {
         let Some(batch) = self.batch.as_ref() else { return Ok(()) };
         let timeout = self.txn_timeout;
         let began = Instant::now();
         let (age, steps) = (began.saturating_duration_since(batch.opened), batch.steps);
+        let positions: Vec<((String, i32), i64)> =
+            batch.positions.iter().map(|(tp, next)| (tp.clone(), *next)).collect();
+        let positions_topic = self.positions_topic.clone();
+        for ((topic, partition), next) in &positions {
+            let key = positions::key_of(topic, *partition);
+            let written = self.produce(
+                &positions_topic,
+                positions::PARTITION,
+                key.as_bytes(),
+                positions::value_of(*next).as_bytes(),
+            );
+            if let Err(error) = written {
+                self.needs_rewind = true;
+                self.abort_after_failure()?;
+                return Err(error);
+            }
+        }
+        self.drain(Instant::now() + timeout);
+        let drained = began.elapsed();
         let mut result = Ok(());
-        if !batch.positions.is_empty() {
-            let mut offsets = TopicPartitionList::with_capacity(batch.positions.len());
-            for ((topic, partition), next) in &batch.positions {
+        if !positions.is_empty() {
+            let mut offsets = TopicPartitionList::with_capacity(positions.len());
+            for ((topic, partition), next) in &positions {
                 if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
                     result = Err(TxnFailure::Other(error.to_string()));
                 }
@@ -454,12 +485,7 @@ impl MemberState {
                 None => Err(TxnFailure::Fatal("the member's consumer has no group metadata".to_owned())),
             });
         }
-        // rdkafka's `commit_transaction` flushes first, and while anything is in flight its flush
-        // polls in slices of 100 ms that do not end early: every commit cost 100 ms. Waiting for the
-        // delivery reports here first lets that flush find nothing to do.
         let offsets_sent = began.elapsed();
-        self.drain(Instant::now() + timeout);
-        let drained = began.elapsed();
         let result = result.and_then(|()| self.retry(|producer| producer.commit_transaction(timeout)));
         match result {
             Ok(()) => {
@@ -471,7 +497,7 @@ impl MemberState {
                 // Where a batch's time goes, for tuning (`ipam bench --kafka` prints the stages
                 // a reader sees; this is the member's side of them).
                 tracing::debug!(transactional_id = %self.transactional_id, steps, age_us = age.as_micros(),
-                    offsets_us = offsets_sent.as_micros(), drained_us = drained.as_micros(),
+                    drained_us = drained.as_micros(), offsets_us = offsets_sent.as_micros(),
                     committed_us = committed.as_micros(), visible_us = began.elapsed().as_micros(),
                     "Kafka member committed a batch.");
                 Ok(())
@@ -562,8 +588,11 @@ impl ConsumerContext for MemberContext {
     /// (`partition.assignment.strategy` is the backend's own, see `options::RESERVED_KEYS`), so
     /// this applies the change incrementally without asking, between the same two hooks.
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
-        let partitions: &TopicPartitionList = partitions;
         let assigned = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if assigned {
+            self.position_assigned(partitions);
+        }
+        let partitions: &TopicPartitionList = partitions;
         let rebalance = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(partitions),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
@@ -637,6 +666,36 @@ impl ConsumerContext for MemberContext {
     }
 }
 
+impl MemberContext {
+    /// Sets the assigned partitions' offsets to the group's positions in its positions topic,
+    /// where it has them; librdkafka asks the group coordinator for the others. Should the topic
+    /// not answer, reading rewinds to it before the next poll.
+    fn position_assigned(&self, partitions: &mut TopicPartitionList) {
+        let (positions, group) = {
+            let state = self.lock();
+            (Arc::clone(&state.positions), state.group.clone())
+        };
+        let wanted: Vec<(String, i32)> =
+            partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let found = match positions.read(&group, &wanted, positions::STABLE_WAIT) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(group = %group, error = %error,
+                    "Kafka member could not read its positions at an assignment; it will rewind to them.");
+                self.lock().needs_rewind = true;
+                return;
+            }
+        };
+        for ((topic, partition), next) in found {
+            let offset = Offset::Offset(i64::try_from(next).unwrap_or(i64::MAX));
+            if let Err(error) = partitions.set_partition_offset(&topic, partition, offset) {
+                tracing::warn!(topic = %topic, partition, error = %error, "Kafka member could not position a partition.");
+                self.lock().needs_rewind = true;
+            }
+        }
+    }
+}
+
 fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()
         .iter()
@@ -687,6 +746,7 @@ impl KafkaMember {
     pub(crate) fn join(
         options: &KafkaOptions,
         topics: Arc<Topics>,
+        positions: Arc<Positions>,
         config: MemberConfig,
     ) -> Result<KafkaMember, LogError> {
         if config.batch.max_steps == 0 {
@@ -707,6 +767,9 @@ impl KafkaMember {
             transactional_id: config.transactional_id.clone(),
             producer,
             topics: Arc::clone(&topics),
+            positions,
+            group: config.group.clone(),
+            positions_topic: positions::topic_of(&config.group),
             txn_timeout,
             batch: None,
             assignment: BTreeSet::new(),
@@ -847,24 +910,44 @@ impl KafkaMember {
         Ok(())
     }
 
-    /// Moves reading back to the group's committed positions (the beginning where there is none),
-    /// so that records of an aborted batch are delivered again.
+    /// Moves reading back to the group's committed positions (the positions topic's, else the
+    /// group coordinator's, else the beginning), so that records of an aborted batch are delivered
+    /// again.
     fn rewind(&self) -> Result<(), LogError> {
         let Some(consumer) = &self.consumer else { return Ok(()) };
         let assignment = consumer.assignment().map_err(|e| storage("the member's assignment", &e))?;
         if assignment.count() == 0 {
             return Ok(());
         }
-        let committed =
-            consumer.committed_offsets(assignment, REQUEST_TIMEOUT).map_err(|e| storage("committed positions", &e))?;
-        let mut seek = TopicPartitionList::with_capacity(committed.count());
-        for element in committed.elements() {
-            let offset = match element.offset() {
-                Offset::Offset(next) => Offset::Offset(next),
-                _ => Offset::Beginning,
-            };
-            seek.add_partition_offset(element.topic(), element.partition(), offset)
-                .map_err(|e| storage("rewind", &e))?;
+        let positions = Arc::clone(&self.lock().positions);
+        let wanted: Vec<(String, i32)> =
+            assignment.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let found = positions.read(&self.config.group, &wanted, positions::STABLE_WAIT)?;
+        let mut elsewhere = TopicPartitionList::new();
+        let mut seek = TopicPartitionList::with_capacity(wanted.len());
+        for (topic, partition) in &wanted {
+            match found.get(&(topic.clone(), *partition)) {
+                Some(next) => {
+                    let offset = Offset::Offset(i64::try_from(*next).unwrap_or(i64::MAX));
+                    seek.add_partition_offset(topic, *partition, offset).map_err(|e| storage("rewind", &e))?;
+                }
+                None => {
+                    elsewhere.add_partition(topic, *partition);
+                }
+            }
+        }
+        if elsewhere.count() > 0 {
+            let committed = consumer
+                .committed_offsets(elsewhere, REQUEST_TIMEOUT)
+                .map_err(|e| storage("committed positions", &e))?;
+            for element in committed.elements() {
+                let offset = match element.offset() {
+                    Offset::Offset(next) => Offset::Offset(next),
+                    _ => Offset::Beginning,
+                };
+                seek.add_partition_offset(element.topic(), element.partition(), offset)
+                    .map_err(|e| storage("rewind", &e))?;
+            }
         }
         let sought = consumer.seek_partitions(seek, REQUEST_TIMEOUT).map_err(|e| storage("rewind", &e))?;
         for element in sought.elements() {

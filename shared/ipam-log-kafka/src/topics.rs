@@ -123,10 +123,32 @@ impl Topics {
         specs: &[TopicSpec],
         options: &KafkaOptions,
     ) -> Result<(), LogError> {
+        self.make(admin, specs, Needed::from(options), options)
+    }
+
+    /// Creates a group's positions topic (`crate::positions`) if it is missing, and checks it:
+    /// one partition, compacted (only the last position of each input partition matters),
+    /// replicated like the log's topics.
+    pub(crate) fn create_positions(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+        name: &str,
+        options: &KafkaOptions,
+    ) -> Result<(), LogError> {
+        let spec = TopicSpec { name: name.to_owned(), partitions: 1 };
+        self.make(admin, &[spec], Needed { kind: Kind::Positions, ..Needed::from(options) }, options)
+    }
+
+    fn make(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+        specs: &[TopicSpec],
+        needed: Needed,
+        options: &KafkaOptions,
+    ) -> Result<(), LogError> {
         if specs.is_empty() {
             return Ok(());
         }
-        let needed = Needed::from(options);
         let configs = needed.topic_configs();
         let mut wanted = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -243,8 +265,18 @@ impl Topics {
     }
 }
 
+/// What a topic is for, which decides how it is cleaned up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A topic of the log: every record is kept.
+    Log,
+    /// A group's positions topic: the last record of each key is kept.
+    Positions,
+}
+
 /// What every topic must be, from the options.
 struct Needed {
+    kind: Kind,
     /// `None` when a single replica is asked for: any topic has at least that.
     replication_factor: Option<usize>,
     min_insync_replicas: Option<i32>,
@@ -254,6 +286,7 @@ struct Needed {
 impl From<&KafkaOptions> for Needed {
     fn from(options: &KafkaOptions) -> Needed {
         Needed {
+            kind: Kind::Log,
             replication_factor: usize::try_from(options.replication_factor).ok().filter(|factor| *factor > 1),
             min_insync_replicas: options.min_insync_replicas,
             retention_ms: options.retention_ms,
@@ -264,12 +297,17 @@ impl From<&KafkaOptions> for Needed {
 impl Needed {
     /// The configuration a new topic is created with.
     fn topic_configs(&self) -> Vec<(&'static str, String)> {
-        let mut configs = vec![
-            ("cleanup.policy", "delete".to_owned()),
-            ("retention.ms", self.retention_ms.to_string()),
-            ("retention.bytes", "-1".to_owned()),
-            ("unclean.leader.election.enable", "false".to_owned()),
-        ];
+        let mut configs = match self.kind {
+            Kind::Log => vec![
+                ("cleanup.policy", "delete".to_owned()),
+                ("retention.ms", self.retention_ms.to_string()),
+                ("retention.bytes", "-1".to_owned()),
+            ],
+            // Segments roll every 10 minutes, so that the cleaner compacts a quiet group's
+            // positions too (it never touches the active segment).
+            Kind::Positions => vec![("cleanup.policy", "compact".to_owned()), ("segment.ms", "600000".to_owned())],
+        };
+        configs.push(("unclean.leader.election.enable", "false".to_owned()));
         if let Some(min_insync) = self.min_insync_replicas {
             configs.push(("min.insync.replicas", min_insync.to_string()));
         }
@@ -287,7 +325,17 @@ impl Needed {
         let forever = |value: Option<i64>| value.is_some_and(|v| v < 0);
 
         let policy = has.get("cleanup.policy").copied();
-        if policy.map(str::trim) != Some("delete") {
+        if self.kind == Kind::Positions {
+            // Any policy keeps the last position of a key but one that deletes by age.
+            let only_compacts = policy.is_some_and(|policy| policy.trim() == "compact");
+            if !only_compacts && !forever(number("retention.ms")) {
+                differs(
+                    "cleanup.policy",
+                    policy,
+                    "compact (a group's positions must outlive any retention)".to_owned(),
+                );
+            }
+        } else if policy.map(str::trim) != Some("delete") {
             differs(
                 "cleanup.policy",
                 policy,
@@ -296,23 +344,25 @@ impl Needed {
                     .to_owned(),
             );
         }
-        let retention = number("retention.ms");
-        let kept_long_enough = if self.retention_ms < 0 {
-            forever(retention)
-        } else {
-            forever(retention) || retention.is_some_and(|ms| ms >= self.retention_ms)
-        };
-        if !kept_long_enough {
-            let needed = if self.retention_ms < 0 {
-                "-1 (never expire; the retention setting)".to_owned()
+        if self.kind == Kind::Log {
+            let retention = number("retention.ms");
+            let kept_long_enough = if self.retention_ms < 0 {
+                forever(retention)
             } else {
-                format!("-1 or at least {} (the retention setting)", self.retention_ms)
+                forever(retention) || retention.is_some_and(|ms| ms >= self.retention_ms)
             };
-            differs("retention.ms", has.get("retention.ms").copied(), needed);
-        }
-        let bytes = number("retention.bytes");
-        if !forever(bytes) {
-            differs("retention.bytes", has.get("retention.bytes").copied(), "-1 (no size limit)".to_owned());
+            if !kept_long_enough {
+                let needed = if self.retention_ms < 0 {
+                    "-1 (never expire; the retention setting)".to_owned()
+                } else {
+                    format!("-1 or at least {} (the retention setting)", self.retention_ms)
+                };
+                differs("retention.ms", has.get("retention.ms").copied(), needed);
+            }
+            let bytes = number("retention.bytes");
+            if !forever(bytes) {
+                differs("retention.bytes", has.get("retention.bytes").copied(), "-1 (no size limit)".to_owned());
+            }
         }
         if let Some(min_insync) = self.min_insync_replicas
             && number("min.insync.replicas").is_none_or(|has| has < i64::from(min_insync))
@@ -365,7 +415,7 @@ mod tests {
     use super::*;
 
     fn needed() -> Needed {
-        Needed { replication_factor: None, min_insync_replicas: Some(2), retention_ms: -1 }
+        Needed { kind: Kind::Log, replication_factor: None, min_insync_replicas: Some(2), retention_ms: -1 }
     }
 
     fn mismatches(needed: &Needed, has: &[(&'static str, &'static str)]) -> Vec<String> {
@@ -404,6 +454,28 @@ mod tests {
         assert!(found[2].starts_with("topic `t` has retention.bytes=1073741824, needs -1"), "{}", found[2]);
         assert!(found[3].starts_with("topic `t` has min.insync.replicas=1, needs at least 2"), "{}", found[3]);
         assert!(found[4].starts_with("topic `t` has unclean.leader.election.enable=true, needs false"), "{}", found[4]);
+    }
+
+    #[test]
+    fn a_positions_topic_is_compacted_or_kept_for_ever_and_replicated_like_the_others() {
+        let positions = Needed { kind: Kind::Positions, retention_ms: 86_400_000, ..needed() };
+        let configs: BTreeMap<&str, String> = positions.topic_configs().into_iter().collect();
+        assert_eq!(configs.get("cleanup.policy").map(String::as_str), Some("compact"));
+        let has: Vec<(&str, &str)> = configs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            positions.mismatches("t", &has.into_iter().collect()),
+            Vec::<String>::new(),
+            "what we create passes"
+        );
+        // The log's retention setting is not the positions topic's business.
+        let kept = [("cleanup.policy", "delete"), ("retention.ms", "-1"), ("min.insync.replicas", "2")];
+        assert_eq!(mismatches(&positions, &kept), Vec::<String>::new(), "a topic that never deletes keeps them");
+        let expiring =
+            [("cleanup.policy", "compact,delete"), ("retention.ms", "604800000"), ("min.insync.replicas", "1")];
+        let found = mismatches(&positions, &expiring);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].starts_with("topic `t` has cleanup.policy=compact,delete, needs compact"), "{}", found[0]);
+        assert!(found[1].starts_with("topic `t` has min.insync.replicas=1, needs at least 2"), "{}", found[1]);
     }
 
     #[test]

@@ -464,3 +464,88 @@ fn a_lone_step_after_idleness_commits_once_the_input_is_drained_and_steps_under_
     member.commit().unwrap();
     assert_eq!(values(&read_all(&log, &output)), ["lone", "next"]);
 }
+
+/// A transactional producer of the test's own, beside the log: it writes what a member of `group`
+/// writes at a commit (the group's offsets, and if asked its positions topic's record), and keeps
+/// its transaction open until the caller decides it.
+fn foreign_transaction(
+    group: &str,
+    input: &str,
+    next: i64,
+    with_positions_record: bool,
+) -> rdkafka::producer::BaseProducer {
+    use rdkafka::Offset;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("transactional.id", unique("foreign"))
+        .set("transaction.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    producer.init_transactions(DEADLINE).unwrap();
+    producer.begin_transaction().unwrap();
+    if with_positions_record {
+        let value = next.to_string();
+        let key = format!("{input}:0");
+        producer
+            .send(BaseRecord::to(&format!("{group}.positions")).partition(0).key(key.as_str()).payload(value.as_str()))
+            .map_err(|(error, _)| error)
+            .unwrap();
+        producer.flush(DEADLINE).unwrap();
+    }
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", group).create().unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets.add_partition_offset(input, 0, Offset::Offset(next)).unwrap();
+    producer.send_offsets_to_transaction(&offsets, &consumer.group_metadata().unwrap(), DEADLINE).unwrap();
+    producer
+}
+
+/// Positions are read from the group's positions topic, not from the group coordinator, which
+/// after a broker restart withheld them for minutes behind transactions that had ended (see
+/// `positions.rs`); yet a transaction that wrote a position is waited for, as the coordinator's
+/// stable read did.
+#[test]
+fn positions_come_from_the_positions_topic_and_an_undecided_transaction_that_wrote_one_is_waited_for() {
+    use rdkafka::producer::Producer;
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    let inputs: Vec<OutRecord> = ["a", "b", "c", "d", "e"].iter().map(|value| out(&input, "k", value)).collect();
+    log.append(&inputs).unwrap();
+    {
+        let mut member = member(&log, &group, &[&input], &unique("txn"), 100);
+        for record in poll_records(member.as_mut(), 5).iter().take(3) {
+            member.step(&[out(&output, "k", "x")], &[next(record)]).unwrap();
+        }
+        member.commit().unwrap();
+    }
+    assert_eq!(log.committed_position(&group, &input, 0), Ok(Some(3)), "the member's position");
+
+    // Offsets pending in the group coordinator alone (what it kept after the broker restart) do
+    // not hold the position back: the group coordinator would answer UNSTABLE_OFFSET_COMMIT.
+    let only_offsets = foreign_transaction(&group, &input, 4, false);
+    assert_eq!(log.committed_position(&group, &input, 0), Ok(Some(3)), "answered beside pending offsets");
+    only_offsets.abort_transaction(DEADLINE).unwrap();
+
+    // A transaction that wrote a position is waited for until it is decided, and then counts.
+    let undecided = foreign_transaction(&group, &input, 5, true);
+    let waited = log.committed_position(&group, &input, 0);
+    assert!(
+        matches!(&waited, Err(LogError::Storage(message)) if message.contains("undecided")),
+        "an undecided position is not answered: {waited:?}"
+    );
+    undecided.commit_transaction(DEADLINE).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match log.committed_position(&group, &input, 0) {
+            Ok(position) => {
+                assert_eq!(position, Some(5), "the decided transaction's position");
+                break;
+            }
+            Err(error) => assert!(Instant::now() < deadline, "the position never came: {error}"),
+        }
+    }
+}
