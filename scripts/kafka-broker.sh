@@ -427,6 +427,8 @@ java_candidates() {
 format_storage() {
     local cluster_id out cand
     # A cluster id is a base64url (unpadded) random 128-bit UUID, as `StorageTool random-uuid` makes.
+    # It is passed as `--cluster-id=ID`: one in 32 starts with `-` or `_`, and StorageTool's
+    # argument parser took `-t -xyz...` for a missing value followed by an option (a start failed).
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
     # The SCRAM credentials of the secured listener's user go into the metadata log at format.
     local -a scram=()
@@ -441,7 +443,7 @@ format_storage() {
         if out=$("$cand" "${TOOL_JVM_OPTS[@]}" \
             -Dlog4j2.configurationFile="file:$STATE_DIR/config/tools-log4j2.xml" \
             -cp "$LIBS/*" kafka.tools.StorageTool format --standalone "${scram[@]}" \
-            -t "$cluster_id" -c "$STATE_DIR/config/server.properties" 2>&1); then
+            --cluster-id="$cluster_id" -c "$STATE_DIR/config/server.properties" 2>&1); then
             JAVA=$cand
             log "formatted $STATE_DIR/data (cluster id $cluster_id) with $("$JAVA" -version 2>&1 | head -n1)"
             return 0
