@@ -68,6 +68,9 @@ const REINIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// before the member gives up (a fatal error that a new producer does not cure).
 const MAX_REINITS: u32 = 5;
 
+/// The key of the records that seal a discarded transaction's partitions (`MemberState::seal`).
+const SEAL_KEY: &[u8] = b"ipam.seal";
+
 /// Whether the member can still work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Health {
@@ -187,6 +190,12 @@ struct MemberState {
     reinit: Option<String>,
     /// The re-created producer exists but its `init_transactions` has not succeeded yet.
     reinit_created: bool,
+    /// The partitions the current transaction wrote to, and whether its commit was asked for.
+    txn_partitions: BTreeSet<(String, i32)>,
+    commit_sent: bool,
+    /// What discarded transactions known to be aborted wrote to; the re-created producer seals
+    /// these partitions ([`MemberState::seal`]).
+    unsealed: BTreeSet<(String, i32)>,
     /// Re-creations of the producer or the consumer since the last successful commit.
     reinits: u32,
     /// How to create the producer again.
@@ -290,6 +299,15 @@ impl MemberState {
             "Kafka member discards its open batch and re-creates its transactional producer.");
         self.batch = None;
         self.txn_began = None;
+        let written = std::mem::take(&mut self.txn_partitions);
+        if self.commit_sent {
+            tracing::warn!(transactional_id = %self.transactional_id, partitions = written.len(),
+                "Kafka member discards a transaction whose commit it asked for: its outcome is the coordinator's, and \
+                 its partitions are not sealed.");
+        } else {
+            self.unsealed.extend(written);
+        }
+        self.commit_sent = false;
         self.reinit = Some(reason.clone());
         self.needs_rewind = true;
         self.report_rebuild();
@@ -332,6 +350,7 @@ impl MemberState {
                     "Kafka member re-created its transactional producer.");
                 self.reinit = None;
                 self.reinit_created = false;
+                self.seal();
                 Ok(())
             }
             Err(error) => match self.classify(&error) {
@@ -347,6 +366,50 @@ impl MemberState {
                     )))
                 }
             },
+        }
+    }
+
+    /// Ends, as aborted, whatever discarded transactions that were never committed may have left
+    /// open on the partitions they wrote to, with one transaction of the re-created producer that
+    /// writes a record to each of them and aborts.
+    ///
+    /// After a broker was killed and restarted with such a transaction open, its partitions
+    /// sometimes stayed held back for minutes (their last stable offset stuck at its first
+    /// record) although the coordinator, and `init_transactions`, had ended it: a hanging
+    /// transaction, and with it every read_committed reader of those partitions and every wait for
+    /// stable positions (`crate::positions`), this member's own included. A marker of the same
+    /// producer id ends the transaction a partition holds open; an abort marker is right only for
+    /// a transaction known to be aborted, so a discarded one whose commit was asked for (an
+    /// outcome only the coordinator knows) is not sealed. The sealing records carry the key
+    /// [`SEAL_KEY`] and no value; aborted, no read_committed reader ever sees them.
+    fn seal(&mut self) {
+        if self.unsealed.is_empty() {
+            return;
+        }
+        let partitions = std::mem::take(&mut self.unsealed);
+        let timeout = self.txn_timeout;
+        let producer = &self.producer;
+        let sealed = (|| -> KafkaResult<()> {
+            producer.begin_transaction()?;
+            for (topic, partition) in &partitions {
+                let record = BaseRecord::<[u8], [u8]>::to(topic).partition(*partition).key(SEAL_KEY).payload(&[]);
+                producer.send(record).map_err(|(error, _)| error)?;
+            }
+            // Written before the abort, so that the coordinator knows the partitions and marks
+            // them: an abort purges what is still queued.
+            producer.flush(timeout)?;
+            producer.abort_transaction(timeout)
+        })();
+        match sealed {
+            Ok(()) => tracing::info!(transactional_id = %self.transactional_id, partitions = partitions.len(),
+                "Kafka member sealed the partitions of its discarded transaction."),
+            Err(error) => {
+                tracing::warn!(transactional_id = %self.transactional_id, error = %error,
+                    "Kafka member could not seal the partitions of its discarded transaction.");
+                if let Err(error) = self.producer.abort_transaction(timeout) {
+                    tracing::debug!(error = %error, "No sealing transaction to abort.");
+                }
+            }
         }
     }
 
@@ -378,6 +441,8 @@ impl MemberState {
             return Err(self.fail(failure, "begin a transaction"));
         }
         *self.producer.context().lock() = Deliveries::default();
+        self.txn_partitions.clear();
+        self.commit_sent = false;
         let now = Instant::now();
         self.txn_began = Some(now);
         let eager = std::mem::take(&mut self.eager_next);
@@ -393,6 +458,9 @@ impl MemberState {
             match self.producer.send(record) {
                 Ok(()) => {
                     self.producer.context().lock().sent += 1;
+                    if !self.txn_partitions.iter().any(|(t, p)| *p == partition && t == topic) {
+                        self.txn_partitions.insert((topic.to_owned(), partition));
+                    }
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) if Instant::now() < deadline => {
@@ -417,6 +485,8 @@ impl MemberState {
         match self.retry(|producer| producer.abort_transaction(timeout)) {
             Ok(()) => {
                 self.txn_began = None;
+                self.txn_partitions.clear();
+                self.commit_sent = false;
                 Ok(())
             }
             Err(failure @ (TxnFailure::Fenced | TxnFailure::Fatal(_))) => Err(self.fail(failure, "abort the batch")),
@@ -486,11 +556,16 @@ impl MemberState {
             });
         }
         let offsets_sent = began.elapsed();
-        let result = result.and_then(|()| self.retry(|producer| producer.commit_transaction(timeout)));
+        let result = result.and_then(|()| {
+            self.commit_sent = true;
+            self.retry(|producer| producer.commit_transaction(timeout))
+        });
         match result {
             Ok(()) => {
                 self.batch = None;
                 self.txn_began = None;
+                self.txn_partitions.clear();
+                self.commit_sent = false;
                 self.reinits = 0;
                 let committed = began.elapsed();
                 self.await_visibility();
@@ -672,7 +747,11 @@ impl MemberContext {
     /// not answer, reading rewinds to it before the next poll.
     fn position_assigned(&self, partitions: &mut TopicPartitionList) {
         let (positions, group) = {
-            let state = self.lock();
+            let mut state = self.lock();
+            // This member's own discarded transaction must be ended first (see `rewind_if_needed`).
+            if let Err(error) = state.ensure_producer() {
+                tracing::warn!(error = %error, "Kafka member could not re-create its producer at an assignment.");
+            }
             (Arc::clone(&state.positions), state.group.clone())
         };
         let wanted: Vec<(String, i32)> =
@@ -780,6 +859,9 @@ impl KafkaMember {
             txn_began: None,
             reinit: None,
             reinit_created: false,
+            txn_partitions: BTreeSet::new(),
+            commit_sent: false,
+            unsealed: BTreeSet::new(),
             reinits: 0,
             producer_config,
             closing: false,
@@ -901,7 +983,14 @@ impl KafkaMember {
         error
     }
 
+    /// Rewinds when a batch was aborted, after re-creating a discarded producer: the positions a
+    /// rewind reads wait for every transaction that wrote some to be decided, this member's own
+    /// discarded one included.
     fn rewind_if_needed(&mut self) -> Result<(), LogError> {
+        if !self.lock().needs_rewind {
+            return Ok(());
+        }
+        self.lock().ensure_producer()?;
         let needed = std::mem::take(&mut self.lock().needs_rewind);
         if needed && let Err(error) = self.rewind() {
             self.lock().needs_rewind = true;
