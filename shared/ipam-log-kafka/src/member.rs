@@ -71,6 +71,13 @@ const MAX_REINITS: u32 = 5;
 /// The key of the records that seal a discarded transaction's partitions (`MemberState::seal`).
 const SEAL_KEY: &[u8] = b"ipam.seal";
 
+/// How a transaction ended, as this member knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Committed,
+    Aborted,
+}
+
 /// Whether the member can still work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Health {
@@ -196,6 +203,8 @@ struct MemberState {
     /// What discarded transactions known to be aborted wrote to; the re-created producer seals
     /// these partitions ([`MemberState::seal`]).
     unsealed: BTreeSet<(String, i32)>,
+    /// How the producer's last transaction ended, when this member knows.
+    last_outcome: Option<Outcome>,
     /// Re-creations of the producer or the consumer since the last successful commit.
     reinits: u32,
     /// How to create the producer again.
@@ -300,6 +309,7 @@ impl MemberState {
         self.batch = None;
         self.txn_began = None;
         let written = std::mem::take(&mut self.txn_partitions);
+        self.last_outcome = if self.commit_sent { None } else { Some(Outcome::Aborted) };
         if self.commit_sent {
             tracing::warn!(transactional_id = %self.transactional_id, partitions = written.len(),
                 "Kafka member discards a transaction whose commit it asked for: its outcome is the coordinator's, and \
@@ -370,45 +380,79 @@ impl MemberState {
     }
 
     /// Ends, as aborted, whatever discarded transactions that were never committed may have left
-    /// open on the partitions they wrote to, with one transaction of the re-created producer that
-    /// writes a record to each of them and aborts.
-    ///
-    /// After a broker was killed and restarted with such a transaction open, its partitions
-    /// sometimes stayed held back for minutes (their last stable offset stuck at its first
-    /// record) although the coordinator, and `init_transactions`, had ended it: a hanging
-    /// transaction, and with it every read_committed reader of those partitions and every wait for
-    /// stable positions (`crate::positions`), this member's own included. A marker of the same
-    /// producer id ends the transaction a partition holds open; an abort marker is right only for
-    /// a transaction known to be aborted, so a discarded one whose commit was asked for (an
-    /// outcome only the coordinator knows) is not sealed. The sealing records carry the key
-    /// [`SEAL_KEY`] and no value; aborted, no read_committed reader ever sees them.
+    /// open on the partitions they wrote to (see [`MemberState::seal_with`]).
     fn seal(&mut self) {
-        if self.unsealed.is_empty() {
+        if !self.unsealed.is_empty() {
+            let partitions = std::mem::take(&mut self.unsealed);
+            self.seal_with(&partitions, Outcome::Aborted);
+        }
+    }
+
+    /// After reading the group's positions failed because a transaction that wrote some stays
+    /// undecided: ends this producer's own, if one hangs there, as its last transaction ended
+    /// (see [`MemberState::seal_with`]). With a batch open, its commit does the same.
+    fn heal_positions(&mut self) {
+        if self.batch.is_some() || self.reinit.is_some() {
             return;
         }
-        let partitions = std::mem::take(&mut self.unsealed);
+        match self.last_outcome {
+            Some(outcome) => {
+                let partitions = BTreeSet::from([(self.positions_topic.clone(), positions::PARTITION)]);
+                self.seal_with(&partitions, outcome);
+            }
+            None => tracing::warn!(transactional_id = %self.transactional_id,
+                "Kafka member does not know how its last transaction ended, and cannot seal the positions topic."),
+        }
+    }
+
+    /// Ends what this producer's earlier transaction may have left open on `partitions`, with one
+    /// transaction of the producer that writes a record to each of them and ends as `outcome`.
+    ///
+    /// # Hanging transactions
+    /// After a broker was killed and restarted mid-load, a partition sometimes kept a transaction
+    /// of ours open for minutes (its last stable offset stuck at the transaction's first record)
+    /// although the coordinator had ended it: `kafka-transactions.sh describe` said
+    /// `CompleteCommit` while `describe-producers` on the partition showed the same producer id
+    /// with a current transaction (a marker that never reached the partition). Every
+    /// read_committed reader of the partition waits behind it, and so does every read of stable
+    /// positions (`crate::positions`), this member's own before it can commit again. A partition
+    /// ends the open transaction of a producer id at the next marker of that producer id, whatever
+    /// its epoch; the marker must say what the coordinator decided. So only a transaction whose
+    /// outcome this member knows is sealed: one that was never asked to commit is aborted (its
+    /// outcome for certain), one whose commit succeeded is committed; a commit that failed in
+    /// doubt is left to the coordinator. Sealing records carry the key [`SEAL_KEY`] and no value:
+    /// aborted, nobody reading committed records sees them; committed (only ever to the positions
+    /// topic), the positions reader skips them and compaction keeps one.
+    fn seal_with(&mut self, partitions: &BTreeSet<(String, i32)>, outcome: Outcome) {
         let timeout = self.txn_timeout;
         let producer = &self.producer;
         let sealed = (|| -> KafkaResult<()> {
             producer.begin_transaction()?;
-            for (topic, partition) in &partitions {
+            for (topic, partition) in partitions {
                 let record = BaseRecord::<[u8], [u8]>::to(topic).partition(*partition).key(SEAL_KEY).payload(&[]);
                 producer.send(record).map_err(|(error, _)| error)?;
             }
-            // Written before the abort, so that the coordinator knows the partitions and marks
+            // Written before the end, so that the coordinator knows the partitions and marks
             // them: an abort purges what is still queued.
             producer.flush(timeout)?;
-            producer.abort_transaction(timeout)
+            match outcome {
+                Outcome::Committed => producer.commit_transaction(timeout),
+                Outcome::Aborted => producer.abort_transaction(timeout),
+            }
         })();
         match sealed {
-            Ok(()) => tracing::info!(transactional_id = %self.transactional_id, partitions = partitions.len(),
-                "Kafka member sealed the partitions of its discarded transaction."),
+            Ok(()) => {
+                self.last_outcome = Some(outcome);
+                tracing::info!(transactional_id = %self.transactional_id, partitions = partitions.len(), ?outcome,
+                    "Kafka member sealed partitions its earlier transaction may have left open.");
+            }
             Err(error) => {
-                tracing::warn!(transactional_id = %self.transactional_id, error = %error,
-                    "Kafka member could not seal the partitions of its discarded transaction.");
-                if let Err(error) = self.producer.abort_transaction(timeout) {
-                    tracing::debug!(error = %error, "No sealing transaction to abort.");
-                }
+                tracing::warn!(transactional_id = %self.transactional_id, error = %error, ?outcome,
+                    "Kafka member could not seal partitions its earlier transaction may have left open.");
+                self.last_outcome = match self.producer.abort_transaction(timeout) {
+                    Ok(()) if outcome == Outcome::Aborted => Some(Outcome::Aborted),
+                    _ => None,
+                };
             }
         }
     }
@@ -487,6 +531,7 @@ impl MemberState {
                 self.txn_began = None;
                 self.txn_partitions.clear();
                 self.commit_sent = false;
+                self.last_outcome = Some(Outcome::Aborted);
                 Ok(())
             }
             Err(failure @ (TxnFailure::Fenced | TxnFailure::Fatal(_))) => Err(self.fail(failure, "abort the batch")),
@@ -566,6 +611,7 @@ impl MemberState {
                 self.txn_began = None;
                 self.txn_partitions.clear();
                 self.commit_sent = false;
+                self.last_outcome = Some(Outcome::Committed);
                 self.reinits = 0;
                 let committed = began.elapsed();
                 self.await_visibility();
@@ -745,10 +791,14 @@ impl MemberContext {
     /// Sets the assigned partitions' offsets to the group's positions in its positions topic,
     /// where it has them; librdkafka asks the group coordinator for the others. Should the topic
     /// not answer, reading rewinds to it before the next poll.
+    ///
+    /// Reading positions waits for every transaction that wrote some, this member's own
+    /// included: a discarded producer is re-created first (which seals what the discarded
+    /// transaction left), and if the wait still ends undecided, the member seals the positions
+    /// topic as its last transaction ended and reads again.
     fn position_assigned(&self, partitions: &mut TopicPartitionList) {
         let (positions, group) = {
             let mut state = self.lock();
-            // This member's own discarded transaction must be ended first (see `rewind_if_needed`).
             if let Err(error) = state.ensure_producer() {
                 tracing::warn!(error = %error, "Kafka member could not re-create its producer at an assignment.");
             }
@@ -756,7 +806,12 @@ impl MemberContext {
         };
         let wanted: Vec<(String, i32)> =
             partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-        let found = match positions.read(&group, &wanted, positions::STABLE_WAIT) {
+        let read = positions.read(&group, &wanted, positions::STABLE_WAIT).or_else(|error| {
+            tracing::warn!(group = %group, error = %error, "Kafka member's positions are not stable; it seals its own.");
+            self.lock().heal_positions();
+            positions.read(&group, &wanted, positions::STABLE_WAIT)
+        });
+        let found = match read {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(group = %group, error = %error,
@@ -862,6 +917,7 @@ impl KafkaMember {
             txn_partitions: BTreeSet::new(),
             commit_sent: false,
             unsealed: BTreeSet::new(),
+            last_outcome: None,
             reinits: 0,
             producer_config,
             closing: false,
@@ -993,7 +1049,9 @@ impl KafkaMember {
         self.lock().ensure_producer()?;
         let needed = std::mem::take(&mut self.lock().needs_rewind);
         if needed && let Err(error) = self.rewind() {
-            self.lock().needs_rewind = true;
+            let mut state = self.lock();
+            state.needs_rewind = true;
+            state.heal_positions();
             return Err(error);
         }
         Ok(())
