@@ -480,7 +480,7 @@ fn foreign_transaction(
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("transactional.id", unique("foreign"))
-        .set("transaction.timeout.ms", "60000")
+        .set("transaction.timeout.ms", "300000")
         .create()
         .unwrap();
     producer.init_transactions(DEADLINE).unwrap();
@@ -547,5 +547,55 @@ fn positions_come_from_the_positions_topic_and_an_undecided_transaction_that_wro
             }
             Err(error) => assert!(Instant::now() < deadline, "the position never came: {error}"),
         }
+    }
+}
+
+/// A member whose read of positions stays undecided at an assignment seals the positions topic
+/// with a transaction of its own producer that ends as its last one did (committed here): on a
+/// partition that kept that last transaction open behind a lost marker (seen after broker
+/// restarts), the seal's marker ends it. Here the undecided transaction is someone else's, so the
+/// member's own seal is what there is to see, committed once the other transaction is.
+#[test]
+fn a_member_whose_positions_stay_undecided_at_an_assignment_seals_them_as_its_last_transaction_ended() {
+    use rdkafka::producer::Producer;
+    let log = connect();
+    let input = topic(&log, "input", 2);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    let mut a = member(&log, &group, &[&input], &unique("txn-a"), 100);
+    poll_until(&mut [&mut a], "the first member gets both partitions", |s| s[0].len() == 2);
+    log.append(&[out(&input, "k1", "one"), out(&input, "k2", "two"), out(&input, "k3", "three")]).unwrap();
+    for record in poll_records(a.as_mut(), 3) {
+        a.step(&[out(&output, "k", "x")], &[next(&record)]).unwrap();
+    }
+    a.commit().unwrap();
+    let mut b = member(&log, &group, &[&input], &unique("txn-b"), 100);
+    poll_until(&mut [&mut a, &mut b], "two members split the partitions", |s| s[0].len() == 1 && s[1].len() == 1);
+
+    let undecided = foreign_transaction(&group, &input, 1, true);
+    drop(b);
+    // While the other transaction is undecided the member cannot read its positions (as it could
+    // not read the group's offsets before); it polls, fails to, and seals.
+    let waiting = Instant::now();
+    while waiting.elapsed() < Duration::from_secs(30) {
+        match a.poll(10, Duration::from_millis(100)) {
+            Ok(_) | Err(LogError::Storage(_)) => {}
+            Err(error) => panic!("the member failed: {error}"),
+        }
+    }
+    undecided.commit_transaction(DEADLINE).unwrap();
+    let seals = read_all(&log, &format!("{group}.positions")).into_iter().filter(|r| r.key == "ipam.seal").count();
+    assert!(seals >= 1, "the member sealed the positions topic with a committed transaction");
+    // And it goes on once they are decided, with both partitions.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while a.assignment().len() < 2 {
+        match a.poll(10, Duration::from_millis(100)) {
+            Ok(_) => {}
+            Err(LogError::Storage(message)) => {
+                assert!(Instant::now() < deadline, "the member never resumed: {message}")
+            }
+            Err(error) => panic!("the member failed: {error}"),
+        }
+        assert!(Instant::now() < deadline, "the member never got the partition back");
     }
 }
