@@ -6,13 +6,16 @@
 //! KIP-447 puts a member's positions in its transaction (`send_offsets_to_transaction`), and a
 //! read_committed client asks for them with `require_stable`: while a transaction that commits a
 //! position is undecided, the group coordinator answers `UNSTABLE_OFFSET_COMMIT`. After the broker
-//! was killed (kill -9) and restarted under load, the coordinator kept answering that for minutes
-//! in about one run in seventeen of `tests/it/kafka_restart.rs`, for a group whose transactions
-//! Kafka's own tools all listed as `CompleteCommit`, while read_uncommitted clients got the offsets:
-//! pending transactional offsets whose transaction had ended stayed pending. Nothing a client does
-//! moves them safely (an abort by the same producer id discards them, a committed position
-//! included: tried, and it duplicated a reservation), and every member, rebuild and API decision
-//! waited on them.
+//! was killed (kill -9) and restarted under load, it kept answering that for minutes in about one
+//! run in seventeen of `tests/it/kafka_restart.rs`, while Kafka's own tools listed every
+//! transactional id as complete. The cause, seen once positions lived here: a *hanging
+//! transaction*, a partition that keeps one of our transactions open behind a marker that never
+//! reached it (`member.rs`, "Hanging transactions"). On `__consumer_offsets` the only cure a
+//! client has is a marker of the same producer id, which the group coordinator applies to every
+//! pending offset of that producer id at once; an abort there discarded positions whose
+//! transaction had committed (tried: it duplicated a reservation). On a topic of our own the
+//! member can write a marker that says what its transaction really did, and a reader sees plain
+//! records and the log's own stable offset.
 //!
 //! So each transaction also writes, for every input partition it consumed, a record whose key is
 //! `<topic>:<partition>` and whose value is the next offset to read there (decimal text). It is an
