@@ -799,6 +799,12 @@ impl MemberContext {
     fn position_assigned(&self, partitions: &mut TopicPartitionList) {
         let (positions, group) = {
             let mut state = self.lock();
+            if state.closing {
+                // A member that leaves reads nothing more; its close must not wait on a read
+                // (a close that outlives the leave's wait meets librdkafka's close hang, see
+                // `rebalance`).
+                return;
+            }
             if let Err(error) = state.ensure_producer() {
                 tracing::warn!(error = %error, "Kafka member could not re-create its producer at an assignment.");
             }
