@@ -55,7 +55,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use crate::errors::{TxnFailure, classify_txn, client_creation, storage};
 use crate::options::KafkaOptions;
 use crate::positions::{self, Positions};
-use crate::topics::{REQUEST_TIMEOUT, Topics};
+use crate::topics::{self, REQUEST_TIMEOUT, Stable, Topics};
 
 /// How often a retriable transactional call is tried before giving up.
 const ATTEMPTS: usize = 3;
@@ -1181,24 +1181,16 @@ fn unsubscribe(consumer: &BaseConsumer<MemberContext>) {
 
 /// Waits until `topic`/`partition`'s last stable offset is past `last`, or `deadline` passes.
 fn await_stable_offset(client: &BaseConsumer, topic: &str, partition: i32, last: i64, deadline: Instant) {
-    loop {
-        match client.fetch_watermarks(topic, partition, REQUEST_TIMEOUT) {
-            Ok((_, stable)) if stable > last => return,
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(topic, partition, error = %error, "Kafka member could not check that its commit is visible.");
-                return;
-            }
+    match topics::await_stable(client, topic, partition, last + 1, deadline) {
+        Ok(Stable { reached: true, .. }) => {}
+        Ok(_) => tracing::warn!(
+            topic,
+            partition,
+            "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
+        ),
+        Err(error) => {
+            tracing::warn!(topic, partition, error = %error, "Kafka member could not check that its commit is visible.");
         }
-        if Instant::now() >= deadline {
-            tracing::warn!(
-                topic,
-                partition,
-                "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
-            );
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

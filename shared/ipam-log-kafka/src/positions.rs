@@ -52,7 +52,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::errors::{client_creation, storage};
 use crate::options::KafkaOptions;
 use crate::read::Readers;
-use crate::topics::{REQUEST_TIMEOUT, Topics};
+use crate::topics::{self, REQUEST_TIMEOUT, Stable, Topics};
 
 /// How long a reader waits for the transactions that wrote positions to be decided; callers retry.
 pub(crate) const STABLE_WAIT: Duration = Duration::from_secs(10);
@@ -139,28 +139,22 @@ impl Positions {
     /// Waits until the positions topic's last stable offset reaches the high watermark it had
     /// when the call began; returns the low watermark and that stable offset.
     fn await_stable(&self, topic: &str, wait: Duration) -> Result<(u64, u64), LogError> {
-        let watermarks = |client: &BaseConsumer| {
-            client
-                .fetch_watermarks(topic, PARTITION, REQUEST_TIMEOUT)
-                .map(|(low, high)| (u64::try_from(low).unwrap_or_default(), u64::try_from(high).unwrap_or_default()))
-                .map_err(|e| storage(&format!("watermarks of `{topic}`"), &e))
-        };
         let deadline = Instant::now() + wait;
-        let (_, high) = watermarks(&self.uncommitted)?;
-        loop {
-            let (low, stable) = watermarks(self.topics.metadata_client())?;
-            if stable >= high {
-                return Ok((low, stable));
-            }
-            if Instant::now() >= deadline {
-                return Err(LogError::Storage(format!(
-                    "positions in `{topic}` not stable within {wait:?}: a transaction that wrote positions up to \
-                     offset {high} is still undecided (stable up to {stable}); Kafka aborts the transaction of a \
-                     producer that is gone once its transaction timeout has passed"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        let (_, high) = self
+            .uncommitted
+            .fetch_watermarks(topic, PARTITION, REQUEST_TIMEOUT)
+            .map_err(|e| storage(&format!("watermarks of `{topic}`"), &e))?;
+        let Stable { low, stable, reached } =
+            topics::await_stable(self.topics.metadata_client(), topic, PARTITION, high, deadline)?;
+        if !reached {
+            return Err(LogError::Storage(format!(
+                "positions in `{topic}` not stable within {wait:?}: a transaction that wrote positions up to offset \
+                 {high} is still undecided (stable up to {stable}); Kafka aborts the transaction of a producer that \
+                 is gone once its transaction timeout has passed"
+            )));
         }
+        let offset = |value: i64| u64::try_from(value).unwrap_or_default();
+        Ok((offset(low), offset(stable)))
     }
 
     /// The last position of each of `keys` in the records from `from` up to `to` (and any

@@ -385,6 +385,35 @@ impl Needed {
     }
 }
 
+/// Where a partition's last stable offset stood when [`await_stable`] returned.
+pub(crate) struct Stable {
+    pub(crate) low: i64,
+    pub(crate) stable: i64,
+    /// Whether it reached the target before the deadline.
+    pub(crate) reached: bool,
+}
+
+/// Waits until `topic`/`partition`'s last stable offset, as `client` (a read_committed client, whose
+/// "high" watermark is the last stable offset) sees it, reaches `target`, or `deadline` passes.
+pub(crate) fn await_stable(
+    client: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    target: i64,
+    deadline: Instant,
+) -> Result<Stable, LogError> {
+    loop {
+        let (low, stable) = client
+            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+            .map_err(|e| storage(&format!("watermarks of `{topic}` partition {partition}"), &e))?;
+        let reached = stable >= target;
+        if reached || Instant::now() >= deadline {
+            return Ok(Stable { low, stable, reached });
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Wakes the thread blocked in [`block_on`].
 struct Unpark(Thread);
 

@@ -98,21 +98,26 @@ fn read_all(log: &dyn EventLog, topic: &str) -> Vec<Record> {
 /// Waits until `topic`/`partition` holds `count` records written, committed or not (the high
 /// watermark a read_uncommitted client sees), so that an abort has something on the broker to hide.
 fn await_written(bootstrap: &str, topic: &str, partition: i32, count: i64) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let raw: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .unwrap();
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let (_, high) = raw.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
+        let high = high_watermark(bootstrap, topic, partition);
         if high >= count {
             return;
         }
         assert!(Instant::now() < deadline, "{topic}/{partition} has {high} records, not {count}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// How many records `topic`/`partition` holds written, committed or not, markers included.
+fn high_watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let raw: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
+    raw.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap().1
 }
 
 /// Polls until `count` records arrived, or fails at the deadline.
@@ -573,18 +578,22 @@ fn a_member_whose_positions_stay_undecided_at_an_assignment_seals_them_as_its_la
     poll_until(&mut [&mut a, &mut b], "two members split the partitions", |s| s[0].len() == 1 && s[1].len() == 1);
 
     let undecided = foreign_transaction(&group, &input, 1, true);
+    let positions_topic = format!("{group}.positions");
+    let before_seal = high_watermark(&bootstrap(), &positions_topic, 0);
     drop(b);
     // While the other transaction is undecided the member cannot read its positions (as it could
-    // not read the group's offsets before); it polls, fails to, and seals.
-    let waiting = Instant::now();
-    while waiting.elapsed() < Duration::from_secs(30) {
+    // not read the group's offsets before); it polls, fails to, and seals: a record and its
+    // transaction's marker, the only writes to the topic meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while high_watermark(&bootstrap(), &positions_topic, 0) < before_seal + 2 {
+        assert!(Instant::now() < deadline, "the member never sealed the positions topic");
         match a.poll(10, Duration::from_millis(100)) {
             Ok(_) | Err(LogError::Storage(_)) => {}
             Err(error) => panic!("the member failed: {error}"),
         }
     }
     undecided.commit_transaction(DEADLINE).unwrap();
-    let seals = read_all(&log, &format!("{group}.positions")).into_iter().filter(|r| r.key == "ipam.seal").count();
+    let seals = read_all(&log, &positions_topic).into_iter().filter(|r| r.key == "ipam.seal").count();
     assert!(seals >= 1, "the member sealed the positions topic with a committed transaction");
     // And it goes on once they are decided, with both partitions.
     let deadline = Instant::now() + Duration::from_secs(120);
