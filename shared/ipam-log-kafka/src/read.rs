@@ -21,10 +21,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ipam_log::{LogError, Record};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::errors::{client_creation, storage};
 use crate::topics::REQUEST_TIMEOUT;
@@ -41,9 +41,27 @@ pub(crate) struct Readers {
     idle: Mutex<Vec<Reader>>,
 }
 
+/// A reader's client context: the end of a partition is how a read knows it is done, not an error.
+/// librdkafka also reports it as a global error when it comes for a partition paused meanwhile,
+/// which rdkafka's default context logs at ERROR; here it is a debug line, and every other error
+/// is logged as rdkafka logs it.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(error = %error, reason, "Kafka reader reached the end of a partition.");
+        } else {
+            tracing::error!(target: "rdkafka::client", "librdkafka: {}: {}", error, reason);
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// A pooled consumer and the partitions it holds (all paused while it is idle).
 struct Reader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     assigned: BTreeSet<(String, i32)>,
 }
 
@@ -68,7 +86,8 @@ impl Readers {
     }
 
     fn create(&self) -> Result<Reader, LogError> {
-        let consumer = self.config.create().map_err(|e| client_creation("reader consumer", &e))?;
+        let consumer =
+            self.config.create_with_context(ReaderContext).map_err(|e| client_creation("reader consumer", &e))?;
         Ok(Reader { consumer, assigned: BTreeSet::new() })
     }
 
@@ -141,7 +160,7 @@ fn one_partition(topic: &str, partition: i32, from: i64) -> Result<TopicPartitio
 }
 
 fn read_with(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ReaderContext>,
     topic: &str,
     partition: i32,
     from_raw: i64,
