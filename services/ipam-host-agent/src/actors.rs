@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, Addr, Arbiter, AsyncContext, Context, Handler, Message, SpawnHandle, System};
 use ipam_core::NetworkId;
-use ipam_core::dhcp_plan::NetworkDhcpConfig;
+use ipam_core::dhcp_plan::{HostChange, NetworkDhcpConfig};
 use ipam_core::event::{DhcpServerState, DhcpServerSynced, ServedNetwork};
 
-use crate::backend::{DhcpBackend, one_line};
+use crate::backend::{ConfigChange, DhcpBackend, one_line};
 use crate::outbox::Outbox;
 
 mod probing;
@@ -44,8 +44,8 @@ pub type BackendFactory = Box<dyn FnMut(NetworkId) -> Box<dyn DhcpBackend> + Sen
 #[derive(Debug, Default, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Desired {
-    /// New or changed configurations, by network id.
-    pub(crate) changed: Vec<NetworkDhcpConfig>,
+    /// What changed in each network's configuration: whole (new networks among them), or hosts.
+    pub(crate) changed: Vec<ServerChange>,
     /// Networks no longer planned, with the epoch they were last assigned under: their servers
     /// stop (including servers a previous run of the agent left behind).
     pub(crate) gone: Vec<(NetworkId, u64)>,
@@ -60,6 +60,26 @@ impl Desired {
     }
 }
 
+/// A change of one network's server configuration, as the view said it (see
+/// [`ipam_core::dhcp_plan::PlanChange`]).
+#[derive(Debug)]
+pub(crate) enum ServerChange {
+    /// The whole configuration: the network's first, or the server itself changed (epoch,
+    /// subnets, options, its own address, probing).
+    Whole(NetworkDhcpConfig),
+    /// Only these hosts came or went, in the plan's order; the rest is as sent before.
+    Hosts { network_id: NetworkId, hosts: Vec<HostChange> },
+}
+
+impl ServerChange {
+    pub(crate) fn network_id(&self) -> NetworkId {
+        match self {
+            ServerChange::Whole(config) => config.network_id,
+            ServerChange::Hosts { network_id, .. } => *network_id,
+        }
+    }
+}
+
 /// From a provisioner: its server is stopped and the actor is ending.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -67,11 +87,11 @@ struct Stopped {
     network_id: NetworkId,
 }
 
-/// To a provisioner: make the server match this configuration, which holds the reservations read
-/// up to this offset, when known (see [`Desired::reservations_offsets`]).
+/// To a provisioner: make the server match this change of its configuration, which then holds the
+/// reservations read up to this offset, when known (see [`Desired::reservations_offsets`]).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-struct Apply(NetworkDhcpConfig, Option<u64>);
+struct Apply(ServerChange, Option<u64>);
 
 /// To a provisioner: the network is no longer served here; stop the server, then the actor.
 #[derive(Debug, Message)]
@@ -163,7 +183,9 @@ impl Supervisor {
             supervisor,
             retry_interval,
             desired: None,
-            applied: None,
+            admitted: None,
+            unapplied: None,
+            applied_epoch: None,
             failure: None,
             reported_running: None,
             retry: None,
@@ -178,7 +200,7 @@ impl Supervisor {
         let (epoch, interface) = (config.epoch, &config.interface);
         tracing::info!(network = %network_id, epoch, interface = %interface, "Starting the DHCP server.");
         let running = self.start_provisioner(network_id, config.epoch, ctx);
-        running.addr.do_send(Apply(config, offset));
+        running.addr.do_send(Apply(ServerChange::Whole(config), offset));
         self.live.insert(network_id, running);
     }
 }
@@ -228,17 +250,31 @@ impl Handler<Desired> for Supervisor {
             running.addr.do_send(Unassign { epoch });
             self.stopping.insert(network_id, running);
         }
-        for config in desired.changed {
-            let network_id = config.network_id;
+        for change in desired.changed {
+            let network_id = change.network_id();
             let offset = desired.reservations_offsets.get(&network_id).copied();
             if self.stopping.contains_key(&network_id) {
-                self.deferred.insert(network_id, (config, offset));
+                match change {
+                    ServerChange::Whole(config) => {
+                        self.deferred.insert(network_id, (config, offset));
+                    }
+                    ServerChange::Hosts { hosts, .. } => {
+                        if let Some((config, deferred_offset)) = self.deferred.get_mut(&network_id) {
+                            config.apply_hosts(&hosts);
+                            *deferred_offset = offset.or(*deferred_offset);
+                        }
+                    }
+                }
             } else if let Some(running) = self.live.get_mut(&network_id) {
-                running.epoch = config.epoch;
-                running.addr.do_send(Apply(config, offset));
-            } else {
+                if let ServerChange::Whole(config) = &change {
+                    running.epoch = config.epoch;
+                }
+                running.addr.do_send(Apply(change, offset));
+            } else if let ServerChange::Whole(config) = change {
                 self.serve(config, offset, ctx);
             }
+            // Hosts of a network without a provisioner cannot come: the follower sends a network's
+            // hosts only after its whole configuration.
         }
     }
 }
@@ -262,10 +298,14 @@ struct Provisioner {
     outbox: Outbox,
     supervisor: Addr<Supervisor>,
     retry_interval: Duration,
-    /// The newest configuration received.
+    /// The newest configuration received, kept current with the host changes received since.
     desired: Option<NetworkDhcpConfig>,
-    /// The newest configuration the backend accepted.
-    applied: Option<NetworkDhcpConfig>,
+    /// `desired` without the hosts held back while probed: what the backend is asked to serve.
+    admitted: Option<NetworkDhcpConfig>,
+    /// What changed in `admitted` since the backend last applied it; `None` when it applied all.
+    unapplied: Option<Unapplied>,
+    /// The epoch of the configuration the backend last applied.
+    applied_epoch: Option<u64>,
     /// The failure last reported, so a retry that fails the same way is not reported again.
     failure: Option<String>,
     /// The epoch and subnet count last reported `running`: a status is a change of state, so a
@@ -291,21 +331,67 @@ struct Synced {
     timer: Option<SpawnHandle>,
 }
 
+/// What changed in a provisioner's admitted configuration since its backend last applied it.
+#[derive(Debug)]
+enum Unapplied {
+    /// Anything may have: a new configuration, or an apply that failed.
+    Whole,
+    /// Only these hosts, in order.
+    Hosts(Vec<HostChange>),
+}
+
+impl Unapplied {
+    /// `unapplied` with `hosts` changed too.
+    fn add_hosts(unapplied: &mut Option<Unapplied>, hosts: impl IntoIterator<Item = HostChange>) {
+        match unapplied.get_or_insert_with(|| Unapplied::Hosts(Vec::new())) {
+            Unapplied::Whole => {}
+            Unapplied::Hosts(changes) => changes.extend(hosts),
+        }
+    }
+
+    fn change(&self) -> ConfigChange<'_> {
+        match self {
+            Unapplied::Whole => ConfigChange::Whole,
+            Unapplied::Hosts(hosts) => ConfigChange::Hosts(hosts),
+        }
+    }
+}
+
 impl Provisioner {
+    /// Takes in a change of the configuration: hosts new to it are held back while probed, and
+    /// what may be served at once goes to the backend's next apply.
+    fn receive(&mut self, change: ServerChange, ctx: &mut Context<Self>) {
+        match change {
+            ServerChange::Whole(config) => {
+                if self.desired.as_ref() == Some(&config) {
+                    return;
+                }
+                let previous = self.desired.take();
+                self.admitted = Some(self.admit(previous.as_ref(), &config, ctx));
+                self.desired = Some(config);
+                self.unapplied = Some(Unapplied::Whole);
+            }
+            ServerChange::Hosts { hosts, .. } => {
+                let Some(desired) = self.desired.as_mut() else { return };
+                desired.apply_hosts(&hosts);
+                let (interface, probe_on) = (desired.interface.clone(), desired.conflict_probe);
+                let served = self.admit_changes(&hosts, interface, probe_on, ctx);
+                if let Some(admitted) = self.admitted.as_mut() {
+                    admitted.apply_hosts(&served);
+                }
+                Unapplied::add_hosts(&mut self.unapplied, served);
+            }
+        }
+    }
+
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
         if let Some(handle) = self.retry.take() {
             ctx.cancel_future(handle);
         }
-        let Some(desired) = self.desired.take() else { return };
-        let admitted = self.admit(&desired, ctx);
-        self.desired = Some(desired);
-        let config = &admitted;
-        if self.applied.as_ref() == Some(config) {
-            return;
-        }
-        match self.backend.apply(config) {
+        let (Some(config), Some(unapplied)) = (&self.admitted, &self.unapplied) else { return };
+        match self.backend.apply(config, unapplied.change()) {
             Ok(()) => {
-                let hosts: usize = config.subnets.iter().map(|subnet| subnet.hosts.len()).sum();
+                let hosts = config.host_count();
                 let mut detail = format!("{} subnets, {hosts} hosts", config.subnets.len());
                 // What the server cannot serve: subnets dnsmasq refused, and subnets where the
                 // allocator refused the server an address of its own.
@@ -331,13 +417,14 @@ impl Provisioner {
                     self.outbox.status(self.network_id, config.epoch, server_state, detail);
                     self.reported_running = Some(state);
                 }
-                self.applied = Some(config.clone());
+                self.unapplied = None;
+                self.applied_epoch = Some(epoch);
                 self.failure = None;
                 // Hosts held back while probed are not served yet.
                 if let Some(offset) = self.synced.received
                     && !self.probes.busy()
                 {
-                    self.synced.due = Some((config.epoch, offset));
+                    self.synced.due = Some((epoch, offset));
                     self.report_synced(ctx);
                 }
             }
@@ -349,6 +436,8 @@ impl Provisioner {
                     self.outbox.status(self.network_id, config.epoch, DhcpServerState::Failed, detail.clone());
                     self.failure = Some(detail);
                 }
+                // It may have been applied in part: the retry applies it whole.
+                self.unapplied = Some(Unapplied::Whole);
                 self.retry = Some(ctx.run_later(self.retry_interval, |this, ctx| {
                     this.retry = None;
                     this.reconcile(ctx);
@@ -393,18 +482,18 @@ impl Actor for Provisioner {
         ctx.run_interval(probing::CONFLICT_RECHECK, |this, ctx| this.recheck_conflicts(ctx));
         // Supervision: a server that died is restarted (the backend applies its own backoff).
         ctx.run_interval(self.retry_interval, |this, _| {
-            let Some(config) = &this.applied else { return };
+            let Some(epoch) = this.applied_epoch else { return };
             match this.backend.check() {
                 Ok(None) => {}
                 Ok(Some(detail)) => {
                     tracing::warn!(network = %this.network_id, detail, "Restarted the DHCP server.");
                     let detail = one_line(&detail, MAX_DETAIL_CHARS);
-                    this.outbox.status(this.network_id, config.epoch, DhcpServerState::Restarting, detail);
+                    this.outbox.status(this.network_id, epoch, DhcpServerState::Restarting, detail);
                 }
                 Err(error) => {
                     let detail = one_line(&error_chain(&error), MAX_DETAIL_CHARS);
                     tracing::warn!(network = %this.network_id, error = %detail, "Cannot restart the DHCP server.");
-                    this.outbox.status(this.network_id, config.epoch, DhcpServerState::Failed, detail);
+                    this.outbox.status(this.network_id, epoch, DhcpServerState::Failed, detail);
                 }
             }
         });
@@ -419,9 +508,9 @@ impl Actor for Provisioner {
 impl Handler<Apply> for Provisioner {
     type Result = ();
 
-    fn handle(&mut self, Apply(config, offset): Apply, ctx: &mut Context<Self>) {
-        self.desired = Some(config);
+    fn handle(&mut self, Apply(change, offset): Apply, ctx: &mut Context<Self>) {
         self.synced.received = offset.or(self.synced.received);
+        self.receive(change, ctx);
         self.reconcile(ctx);
     }
 }

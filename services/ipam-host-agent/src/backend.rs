@@ -1,20 +1,34 @@
 //! What a DHCP backend must do: make one network's server match its desired configuration, or stop
 //! it. The agent decides nothing about content; the backend only turns a [`NetworkDhcpConfig`] into
-//! whatever its server reads (dnsmasq files first, see [`crate::dnsmasq`]).
+//! whatever its server reads (dnsmasq files first, see [`crate::dnsmasq`]). With each configuration
+//! it is told what changed since it last applied one ([`ConfigChange`]), so a backend that can
+//! (the sharded dnsmasq) touches only the hosts that came or went.
 
 use std::path::PathBuf;
 
 use ipam_core::NetworkId;
-use ipam_core::dhcp_plan::NetworkDhcpConfig;
+use ipam_core::dhcp_plan::{HostChange, NetworkDhcpConfig};
+
+/// What changed in a network's configuration since the backend last applied one successfully.
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigChange<'a> {
+    /// Anything may have: the first configuration, a new epoch, subnets or options, or an apply
+    /// that failed (and may have been carried out in part).
+    Whole,
+    /// Only these hosts came or went (in order), and nothing else changed.
+    Hosts(&'a [HostChange]),
+}
 
 /// Applies the desired configuration of ONE network's DHCP server. The agent gives every served
 /// network its own instance, made by the factory passed to [`crate::run`], and calls it from that
 /// network's provisioning actor only, so an implementation needs no locking of its own. Calls may
 /// block (file I/O, signalling a process): each provisioning actor has a thread of its own.
 pub trait DhcpBackend: Send {
-    /// Makes the server answer exactly what `config` says. Idempotent: applying the configuration
-    /// that is already in force changes nothing (and does not restart the server).
-    fn apply(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError>;
+    /// Makes the server answer exactly what `config` says; `change` says what changed since the
+    /// last successful apply, which a backend may use to look at those hosts only. Idempotent:
+    /// applying the configuration that is already in force changes nothing (and does not restart
+    /// the server).
+    fn apply(&mut self, config: &NetworkDhcpConfig, change: ConfigChange<'_>) -> Result<(), BackendError>;
 
     /// Stops the server of `network_id`: placement gave the network to another host, or none.
     /// Stopping a server that does not run is not an error.

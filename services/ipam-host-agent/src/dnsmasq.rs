@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use ipam_core::dhcp_plan::{NetworkDhcpConfig, SubnetDhcpConfig};
 use ipam_core::{Mac, NetworkId};
 
-use crate::backend::{BackendError, DhcpBackend};
+use crate::backend::{BackendError, ConfigChange, DhcpBackend};
 use crate::dnsmasq_shards::{HostAddresses, desired_hosts};
 
 /// The dnsmasq configuration of `config`'s network. Pure: the same configuration always renders to
@@ -237,7 +237,9 @@ impl FilesBackend {
 }
 
 impl DhcpBackend for FilesBackend {
-    fn apply(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
+    /// A file holds the whole configuration, so every change renders it whole (`change` is not
+    /// needed); an unchanged file is not rewritten.
+    fn apply(&mut self, config: &NetworkDhcpConfig, _change: ConfigChange<'_>) -> Result<(), BackendError> {
         let text = render(config)?;
         let path = self.path(config.network_id);
         match fs::read(&path) {
@@ -450,19 +452,19 @@ mod tests {
         let mut config =
             network(vec![subnet(1, "10.1.0.0/24", "10.1.0.1", &[], &[], &[("02:00:00:00:00:01", "10.1.0.10")])]);
 
-        backend.apply(&config).unwrap();
+        backend.apply(&config, ConfigChange::Whole).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), render(&config).unwrap());
         let inode = fs::metadata(&path).unwrap().ino();
 
         // The same configuration again leaves the file alone (a rewrite would be a new inode).
-        backend.apply(&config).unwrap();
+        backend.apply(&config, ConfigChange::Whole).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
         // So does a new backend instance, as after a restart of the agent.
-        FilesBackend::new(backend.dir()).apply(&config).unwrap();
+        FilesBackend::new(backend.dir()).apply(&config, ConfigChange::Whole).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
 
         config.subnets[0].hosts.clear();
-        backend.apply(&config).unwrap();
+        backend.apply(&config, ConfigChange::Whole).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), render(&config).unwrap());
         let names: Vec<String> = fs::read_dir(backend.dir())
             .unwrap()
@@ -482,7 +484,7 @@ mod tests {
         // The "directory" is a file, so nothing can be written into it.
         let blocked = dir.path().join("blocked");
         fs::write(&blocked, "").unwrap();
-        let error = FilesBackend::new(&blocked).apply(&network(Vec::new())).unwrap_err();
+        let error = FilesBackend::new(&blocked).apply(&network(Vec::new()), ConfigChange::Whole).unwrap_err();
         assert!(matches!(error, BackendError::Io { .. }), "{error:?}");
         assert!(error.to_string().contains("blocked"), "{error}");
     }

@@ -52,12 +52,12 @@ use std::time::{Duration, Instant};
 use ipam_core::dhcp_plan::{NetworkDhcpConfig, SubnetDhcpConfig};
 use ipam_core::{Mac, NetworkId, SubnetId};
 
-use crate::backend::{BackendError, DhcpBackend, MAX_ERROR_CHARS, one_line};
+use crate::backend::{BackendError, ConfigChange, DhcpBackend, MAX_ERROR_CHARS, one_line};
 use crate::dhcp_relay::UnicastRelay;
 use crate::dnsmasq::{host_line, ignore_line, render_options};
 use crate::dnsmasq_shards::{
-    COMPACTION_INTERVAL, HostAddresses, MAX_SHARDS, ShardAction, ShardState, desired_hosts, host_changes, must_split,
-    shard_count, shard_of, split,
+    COMPACTION_INTERVAL, HostAddresses, MAX_SHARDS, ShardAction, ShardState, apply_host_change, desired_hosts,
+    must_split, shard_count, shard_of, split,
 };
 use crate::leases::duid_mac;
 
@@ -95,8 +95,8 @@ impl DnsmasqOptions {
 pub struct DnsmasqBackend {
     options: DnsmasqOptions,
     server: Option<Server>,
-    /// The configuration last applied (as served: without what dnsmasq refused), to restart a
-    /// shard that died with.
+    /// The settings last applied (as served: without what dnsmasq refused), hosts left out (the
+    /// shards hold those): what a refused subnet falls back to, and what supervision re-applies.
     applied: Option<NetworkDhcpConfig>,
     /// What dnsmasq made of the options last asked for, so that they are tested once, not at
     /// every change of hosts.
@@ -145,6 +145,11 @@ fn without_subnets(config: &NetworkDhcpConfig) -> NetworkDhcpConfig {
         subnets: Vec::new(),
         conflict_probe: config.conflict_probe,
     }
+}
+
+/// `config` without its hosts: what [`DnsmasqBackend::applied`] keeps.
+fn settings(config: &NetworkDhcpConfig) -> NetworkDhcpConfig {
+    NetworkDhcpConfig { subnets: config.subnets.iter().map(bare).collect(), ..without_subnets(config) }
 }
 
 /// `subnet`'s settings without its hosts: all that `dnsmasq --test` looks at.
@@ -687,10 +692,11 @@ impl DnsmasqBackend {
 }
 
 impl DnsmasqBackend {
-    /// Makes the server serve `config`, which dnsmasq accepted (see [`DnsmasqBackend::served`]).
-    fn apply_served(&mut self, config: &NetworkDhcpConfig) -> Result<(), BackendError> {
+    /// Makes the server serve `config`, which dnsmasq accepted (see [`DnsmasqBackend::served`]);
+    /// `change` is what changed since the last successful apply.
+    fn apply_served(&mut self, config: &NetworkDhcpConfig, change: ConfigChange<'_>) -> Result<(), BackendError> {
         let options_text = render_options(config)?;
-        let hosts: usize = config.subnets.iter().map(|subnet| subnet.hosts.len()).sum();
+        let hosts = config.host_count();
         let mut server = match self.server.take() {
             Some(server)
                 if server.options_text == options_text
@@ -723,28 +729,29 @@ impl DnsmasqBackend {
                 self.applied = None;
                 let hosts = desired_hosts(config);
                 self.server = Some(self.start_server(config, options_text, &hosts, addresses, carried.as_deref())?);
-                self.applied = Some(config.clone());
+                self.applied = Some(settings(config));
                 return Ok(());
             }
         };
         // On an error the server is kept all the same (its shards run), and the apply is retried.
         let mut result = self.sync_addresses(&mut server, config);
         self.sync_relay(&mut server);
-        // Only the hosts that changed since the last plan are looked at: this runs for every
-        // change, with tens of thousands of hosts.
+        // Only the hosts that changed since the last apply are looked at: this runs for every VM
+        // start or stop, with tens of thousands of hosts.
         let count = server.shards.len();
-        match &self.applied {
-            Some(previous) => {
-                for (mac, address) in host_changes(previous, config) {
-                    let shard = &mut server.shards[shard_of(mac, count)];
+        match change {
+            ConfigChange::Hosts(changes) if self.applied.is_some() => {
+                for change in changes {
+                    // A subnet dnsmasq refused (left out of `config`) serves no host.
+                    if !config.subnets.iter().any(|subnet| subnet.subnet_id == change.subnet_id) {
+                        continue;
+                    }
+                    let shard = &mut server.shards[shard_of(change.host.mac, count)];
                     shard.dirty = true;
-                    match address {
-                        Some(address) => shard.desired.insert(mac, address),
-                        None => shard.desired.remove(&mac),
-                    };
+                    apply_host_change(&mut shard.desired, change);
                 }
             }
-            None => {
+            ConfigChange::Hosts(_) | ConfigChange::Whole => {
                 for (shard, hosts) in server.shards.iter_mut().zip(split(&desired_hosts(config), count)) {
                     shard.dirty = true;
                     shard.desired = hosts;
@@ -788,17 +795,17 @@ impl DnsmasqBackend {
             }
         }
         self.server = Some(server);
-        self.applied = Some(config.clone());
+        self.applied = Some(settings(config));
         result
     }
 }
 
 impl DhcpBackend for DnsmasqBackend {
-    fn apply(&mut self, requested: &NetworkDhcpConfig) -> Result<(), BackendError> {
+    fn apply(&mut self, requested: &NetworkDhcpConfig, change: ConfigChange<'_>) -> Result<(), BackendError> {
         // Checked before anything is stopped or written: options dnsmasq refuses never replace a
         // running server, and a refused subnet never takes the others down.
         let served = self.served(requested)?;
-        self.apply_served(&served)
+        self.apply_served(&served, change)
     }
 
     fn degraded(&self) -> Option<String> {
@@ -831,11 +838,9 @@ impl DhcpBackend for DnsmasqBackend {
                 Err(_) => due = true,
             }
         }
-        // The configuration is cloned (tens of thousands of hosts) only when there is work to do:
-        // this runs every supervision period.
-        // It was vetted when it was applied.
-        if due && let Some(config) = self.applied.clone() {
-            self.apply_served(&config)?;
+        // The settings were vetted when they were applied; the shards keep their hosts.
+        if due && let Some(settings) = self.applied.clone() {
+            self.apply_served(&settings, ConfigChange::Hosts(&[]))?;
         }
         Ok((!died.is_empty()).then(|| died.join("; ")))
     }
@@ -954,7 +959,7 @@ echo "dnsmasq: syntax check OK." >&2
             subnets: vec![subnet(1, "10.9.0.0/24", "10.9.0.1", "10.9.0.10")],
             conflict_probe: true,
         };
-        let error = backend.apply(&config).unwrap_err();
+        let error = backend.apply(&config, ConfigChange::Whole).unwrap_err();
         assert!(matches!(error, BackendError::Refused { .. }), "{error:?}");
         assert_eq!(
             error.to_string(),

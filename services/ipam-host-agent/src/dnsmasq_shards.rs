@@ -40,8 +40,8 @@ use std::time::Duration;
 
 use ipam_core::IpFamily;
 
-use ipam_core::dhcp_plan::NetworkDhcpConfig;
-use ipam_core::{Mac, SubnetId};
+use ipam_core::Mac;
+use ipam_core::dhcp_plan::{HostChange, NetworkDhcpConfig};
 
 /// A fresh server gets enough shards for about this many hosts each (a load of ~10 ms).
 pub const SHARD_TARGET_HOSTS: usize = 2048;
@@ -118,6 +118,20 @@ impl HostAddresses {
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.iter().any(|held| held == ip)
     }
+
+    /// These addresses without `ip` (unchanged when `ip` is not among them).
+    pub fn without(mut self, ip: IpAddr) -> HostAddresses {
+        for held in [&mut self.ipv4, &mut self.ipv6] {
+            if *held == Some(ip) {
+                *held = None;
+            }
+        }
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ipv4.is_none() && self.ipv6.is_none()
+    }
 }
 
 /// Splits the desired hosts of a network into its shards.
@@ -129,46 +143,21 @@ pub fn split(hosts: &BTreeMap<Mac, HostAddresses>, shards: usize) -> Vec<BTreeMa
     split
 }
 
-/// The hosts that changed from one plan of a network to the next: each MAC whose addresses changed,
-/// with its new addresses, or `None` when it has none any more. A merge of the two host lists (the
-/// plan sorts subnets by id and hosts by IP, then MAC) finds the MACs that changed, so a change to
-/// one host of 65k costs a comparison per host, not a map built and searched per host; one more
-/// pass over the new list gathers their addresses (a MAC may have one in each family's subnet).
-pub fn host_changes(old: &NetworkDhcpConfig, new: &NetworkDhcpConfig) -> BTreeMap<Mac, Option<HostAddresses>> {
-    fn entries(config: &NetworkDhcpConfig) -> impl Iterator<Item = (SubnetId, IpAddr, Mac)> + '_ {
-        config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(|host| (subnet.subnet_id, host.ip, host.mac)))
+/// Applies one host change of the plan to a network's (or a shard's) hosts by MAC: a served host
+/// gives its MAC the address of its family, a host gone takes that address away (only if the MAC
+/// still holds it: a MAC moved within its family has its new address already), and a MAC left
+/// with no address is dropped. Exact while a MAC holds at most one address per family on a
+/// network, which the allocator ensures (a second vNIC with the MAC is refused `duplicate_mac`);
+/// a hostile writer of `ipam.reservations` breaking that gets the MAC's newest address served.
+pub fn apply_host_change(hosts: &mut BTreeMap<Mac, HostAddresses>, change: &HostChange) {
+    let (mac, ip) = (change.host.mac, change.host.ip);
+    let held = hosts.get(&mac).copied().unwrap_or_default();
+    let addresses = if change.served { held.with(ip) } else { held.without(ip) };
+    if addresses.is_empty() {
+        hosts.remove(&mac);
+    } else {
+        hosts.insert(mac, addresses);
     }
-    debug_assert!(entries(old).is_sorted() && entries(new).is_sorted(), "the plan lists hosts in order");
-    let mut changed = BTreeSet::new();
-    let (mut old_entries, mut new_entries) = (entries(old).peekable(), entries(new).peekable());
-    loop {
-        match (old_entries.peek().copied(), new_entries.peek().copied()) {
-            (None, None) => break,
-            (Some(o), Some(n)) if o == n => {
-                old_entries.next();
-                new_entries.next();
-            }
-            (Some(o), Some(n)) if o < n => {
-                changed.insert(o.2);
-                old_entries.next();
-            }
-            (Some(o), None) => {
-                changed.insert(o.2);
-                old_entries.next();
-            }
-            (_, Some(n)) => {
-                changed.insert(n.2);
-                new_entries.next();
-            }
-        }
-    }
-    let mut changes: BTreeMap<Mac, Option<HostAddresses>> = changed.into_iter().map(|mac| (mac, None)).collect();
-    for (_, ip, mac) in entries(new) {
-        if let Some(addresses) = changes.get_mut(&mac) {
-            *addresses = Some(addresses.unwrap_or_default().with(ip));
-        }
-    }
-    changes
 }
 
 /// A network's hosts by MAC, each with its addresses (one per family).
@@ -265,6 +254,8 @@ pub enum ShardAction {
 
 #[cfg(test)]
 mod tests {
+    use ipam_core::SubnetId;
+
     use super::*;
 
     fn mac(n: u32) -> Mac {
@@ -367,28 +358,48 @@ mod tests {
         }
     }
 
+    /// The plan's hosts as a list of changes: every host of `config`, served.
+    fn served(config: &NetworkDhcpConfig) -> Vec<HostChange> {
+        config
+            .subnets
+            .iter()
+            .flat_map(|subnet| {
+                subnet.hosts.iter().map(|host| HostChange {
+                    network_id: config.network_id,
+                    subnet_id: subnet.subnet_id,
+                    host: *host,
+                    served: true,
+                })
+            })
+            .collect()
+    }
+
+    fn gone(changes: Vec<HostChange>) -> Vec<HostChange> {
+        changes.into_iter().map(|change| HostChange { served: false, ..change }).collect()
+    }
+
+    fn folded(hosts: &BTreeMap<Mac, HostAddresses>, changes: &[HostChange]) -> BTreeMap<Mac, HostAddresses> {
+        let mut hosts = hosts.clone();
+        for change in changes {
+            apply_host_change(&mut hosts, change);
+        }
+        hosts
+    }
+
     #[test]
-    fn host_changes_are_the_macs_added_removed_or_moved_with_their_new_address() {
-        // MAC 3 moves to a higher address, MAC 8 to a lower one (met before its old entry).
+    fn host_changes_folded_into_the_hosts_give_the_new_plans_hosts() {
+        // MAC 3 moves to a higher address, MAC 8 to a lower one, in either order of the two events;
+        // MAC 2 goes, 6 and 7 come.
         let old = config(&[(1, 1, 1), (1, 2, 2), (1, 3, 3), (1, 8, 8), (2, 4, 9)]);
         let new = config(&[(1, 1, 1), (1, 8, 4), (1, 3, 5), (1, 6, 6), (2, 4, 9), (2, 7, 10)]);
-        let changes = host_changes(&old, &new);
-        let expected: BTreeMap<Mac, Option<HostAddresses>> =
-            [(2, None), (3, Some(5)), (6, Some(6)), (7, Some(10)), (8, Some(4))]
-                .iter()
-                .map(|(m, i)| (mac(*m), i.map(|i| HostAddresses::of(ip(i)))))
-                .collect();
-        assert_eq!(changes, expected);
-        assert!(host_changes(&new, &new).is_empty());
-        // Applying the changes to the old hosts gives the new hosts, as a full rebuild would.
-        let mut hosts = desired_hosts(&old);
-        for (mac, address) in host_changes(&old, &new) {
-            match address {
-                Some(address) => hosts.insert(mac, address),
-                None => hosts.remove(&mac),
-            };
-        }
-        assert_eq!(hosts, desired_hosts(&new));
+        let moved_in = served(&config(&[(1, 8, 4), (1, 3, 5), (1, 6, 6), (2, 7, 10)]));
+        let moved_out = gone(served(&config(&[(1, 2, 2), (1, 3, 3), (1, 8, 8)])));
+        let out_first: Vec<HostChange> = moved_out.iter().chain(&moved_in).copied().collect();
+        let in_first: Vec<HostChange> = moved_in.iter().chain(&moved_out).copied().collect();
+        assert_eq!(folded(&desired_hosts(&old), &out_first), desired_hosts(&new));
+        assert_eq!(folded(&desired_hosts(&old), &in_first), desired_hosts(&new));
+        // A removal of what the MAC does not hold changes nothing.
+        assert_eq!(folded(&desired_hosts(&new), &gone(served(&config(&[(1, 1, 7)])))), desired_hosts(&new));
     }
 
     #[test]
@@ -453,12 +464,14 @@ mod tests {
 
     #[test]
     fn a_family_added_or_dropped_changes_the_mac_with_all_its_addresses() {
-        let v4_only = config(&[(1, 1, 1), (1, 2, 2)]);
-        let dual = dual_config(&[(1, 1, 1), (1, 2, 2)], &[(1, 7)]);
+        let v4_only = desired_hosts(&config(&[(1, 1, 1), (1, 2, 2)]));
+        let v6 = served(&dual_config(&[], &[(1, 7)]));
         let both = HostAddresses { ipv4: Some(ip(1)), ipv6: Some(ip6(7)) };
-        assert_eq!(host_changes(&v4_only, &dual), BTreeMap::from([(mac(1), Some(both))]));
-        assert_eq!(host_changes(&dual, &v4_only), BTreeMap::from([(mac(1), Some(HostAddresses::of(ip(1))))]));
-        assert_eq!(host_changes(&dual, &config(&[(1, 2, 2)])), BTreeMap::from([(mac(1), None)]));
+        let dual = folded(&v4_only, &v6);
+        assert_eq!(dual[&mac(1)], both);
+        assert_eq!(folded(&dual, &gone(v6))[&mac(1)], HostAddresses::of(ip(1)));
+        let v4 = gone(served(&config(&[(1, 1, 1)])));
+        assert_eq!(folded(&v4_only, &v4).get(&mac(1)), None, "a MAC with no address left is gone");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! nor asks for ports the log already shows it holds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -20,7 +21,7 @@ use actix::Addr;
 use anyhow::Context as _;
 use ipam_core::StateMachine;
 use ipam_core::dhcp_plan::{
-    HostDhcpView, NetworkDhcpConfig, PlanOptions, plan, plan_network, port_releases, port_requests,
+    HostChange, HostDhcpView, PlanChange, PlanOptions, plan, plan_network, port_releases, port_requests,
 };
 use ipam_core::event::Owner;
 use ipam_core::{Envelope, Event, EventId, HostId, Mac, NetworkId, SubnetId, Topic};
@@ -28,7 +29,7 @@ use ipam_log::dead_letter::{Ingested, ingest};
 use ipam_log::{Backlog, EventLog, LogError, OutRecord, Record};
 use ipam_runtime::Topics;
 
-use crate::actors::{Desired, Supervisor};
+use crate::actors::{Desired, ServerChange, Supervisor};
 use crate::outbox::{self, IdKind, PortEvent, Trouble};
 
 /// Records taken from the follower at a time.
@@ -38,8 +39,8 @@ const READ_MAX: usize = 512;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// While reads come back full (a burst is being read: an initial load, a mass VM start), changes
 /// are sent at most this often, so the servers get a few large changes rather than one per batch
-/// of [`READ_MAX`] records (each change costs a plan and a diff of every host of the network). A
-/// record that arrives alone is sent at once.
+/// of [`READ_MAX`] records (each change costs a message, a backend apply and, for the files
+/// backend, a rewrite of the network's file). A record that arrives alone is sent at once.
 const BURST_COALESCE: Duration = Duration::from_millis(100);
 /// How long to wait before asking again for a topic that does not exist or a log that failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -53,16 +54,17 @@ pub(crate) struct Tracker {
     port_mac: Mac,
     options: PlanOptions,
     view: HostDhcpView,
-    /// The configuration last sent to each network's actor.
-    sent: BTreeMap<NetworkId, NetworkDhcpConfig>,
+    /// The networks the actors were told to serve, with the epoch of the configuration sent.
+    served: BTreeMap<NetworkId, u64>,
     /// The newest epoch of this host's assignment per network, served or not: the epoch a port
     /// release is filed under once the network is no longer in the plan.
     epochs: BTreeMap<NetworkId, u64>,
     /// Whether the first [`Tracker::changes`] was made, which also sweeps leftovers.
     swept: bool,
-    /// The networks whose configuration inputs touched since the last [`Tracker::changes`]: only
-    /// those are planned again, so a change costs the size of its network, not of the host's plan.
-    touched: BTreeSet<NetworkId>,
+    /// What changed in each network's plan since the last [`Tracker::changes`], as the view said:
+    /// a server planned again (costing the size of its network), or only some hosts (costing
+    /// their number, whatever the size of the network).
+    pending: BTreeMap<NetworkId, Pending>,
     /// Port events appended and not yet answered. A key leaves once the core stops asking for it
     /// (the allocator answered, or the network moved on), so a port lost later is asked for again.
     outstanding: BTreeSet<PortKey>,
@@ -70,6 +72,15 @@ pub(crate) struct Tracker {
     /// again: the subnet's activation, or the removal of the address it held. A port asked for
     /// again is asked under a new id (see [`outbox::PortEvent`]).
     occasions: BTreeMap<(NetworkId, SubnetId), EventId>,
+}
+
+/// What changed in one network's plan since the last [`Tracker::changes`].
+#[derive(Debug)]
+enum Pending {
+    /// The server as a whole: it is planned anew.
+    Server,
+    /// Only these hosts, each with its latest change, in the plan's order.
+    Hosts(BTreeMap<(SubnetId, IpAddr, Mac), HostChange>),
 }
 
 /// One DHCP-port event, as the de-duplication knows it.
@@ -91,10 +102,10 @@ impl Tracker {
             port_mac,
             options,
             view: HostDhcpView::new(host_id),
-            sent: BTreeMap::new(),
+            served: BTreeMap::new(),
             epochs: BTreeMap::new(),
             swept: false,
-            touched: BTreeSet::new(),
+            pending: BTreeMap::new(),
             outstanding: BTreeSet::new(),
             occasions: BTreeMap::new(),
         }
@@ -119,13 +130,23 @@ impl Tracker {
             let newest = self.epochs.entry(network_id).or_insert(epoch);
             *newest = (*newest).max(epoch);
         }
-        if let Some(network_id) = self.view.apply(envelope) {
-            self.touched.insert(network_id);
+        match self.view.apply(envelope) {
+            Some(PlanChange::Server(network_id)) => {
+                self.pending.insert(network_id, Pending::Server);
+            }
+            Some(PlanChange::Host(change)) => {
+                let pending = self.pending.entry(change.network_id).or_insert_with(|| Pending::Hosts(BTreeMap::new()));
+                if let Pending::Hosts(hosts) = pending {
+                    hosts.insert(change.key(), change);
+                }
+            }
+            None => {}
         }
     }
 
-    /// What the actors must hear since the last call: every network whose configuration changed
-    /// (new ones included), and every network no longer planned, with its last epoch.
+    /// What the actors must hear since the last call: every network whose server changed (new ones
+    /// included) with its whole configuration, the hosts that came or went on the others, and
+    /// every network no longer planned, with its last epoch.
     ///
     /// The first call also lists every network this host was ever assigned and does not serve now:
     /// an agent that was down when a network was taken away from it left that server's
@@ -135,40 +156,44 @@ impl Tracker {
         let mut desired = Desired::default();
         if !self.swept {
             self.swept = true;
-            self.touched.clear();
+            self.pending.clear();
             let planned = plan(&self.view, &self.options);
             let planned_ids: BTreeSet<NetworkId> = planned.networks.iter().map(|n| n.network_id).collect();
             let gone: BTreeSet<NetworkId> =
-                self.sent.keys().chain(self.epochs.keys()).copied().filter(|id| !planned_ids.contains(id)).collect();
+                self.served.keys().chain(self.epochs.keys()).copied().filter(|id| !planned_ids.contains(id)).collect();
             for network_id in gone {
                 self.forget(network_id, &mut desired);
             }
             for config in planned.networks {
-                self.offer(config, &mut desired);
+                self.served.insert(config.network_id, config.epoch);
+                desired.changed.push(ServerChange::Whole(config));
             }
             return desired;
         }
-        for network_id in std::mem::take(&mut self.touched) {
-            match plan_network(&self.view, network_id, &self.options) {
-                Some(config) => self.offer(config, &mut desired),
-                None if self.sent.contains_key(&network_id) => self.forget(network_id, &mut desired),
-                None => {}
+        for (network_id, pending) in std::mem::take(&mut self.pending) {
+            match pending {
+                Pending::Server => match plan_network(&self.view, network_id, &self.options) {
+                    Some(config) => {
+                        self.served.insert(network_id, config.epoch);
+                        desired.changed.push(ServerChange::Whole(config));
+                    }
+                    None if self.served.contains_key(&network_id) => self.forget(network_id, &mut desired),
+                    None => {}
+                },
+                // The view yields host changes of served networks only, which the actors were
+                // given whole before (a network that became served meanwhile is `Server`).
+                Pending::Hosts(hosts) if self.served.contains_key(&network_id) => {
+                    desired.changed.push(ServerChange::Hosts { network_id, hosts: hosts.into_values().collect() });
+                }
+                Pending::Hosts(_) => {}
             }
         }
         desired
     }
 
-    /// Adds `config` to `desired` unless it is what was sent last.
-    fn offer(&mut self, config: NetworkDhcpConfig, desired: &mut Desired) {
-        if self.sent.get(&config.network_id) != Some(&config) {
-            self.sent.insert(config.network_id, config.clone());
-            desired.changed.push(config);
-        }
-    }
-
     /// Tells the actors to stop `network_id`'s server, under its newest epoch.
     fn forget(&mut self, network_id: NetworkId, desired: &mut Desired) {
-        self.sent.remove(&network_id);
+        self.served.remove(&network_id);
         desired.gone.push((network_id, self.epochs.get(&network_id).copied().unwrap_or(0)));
     }
 
@@ -189,8 +214,8 @@ impl Tracker {
             let epoch = if released {
                 self.epochs.get(&network_id).copied().unwrap_or(0)
             } else {
-                // A request is only made for a served network, which the plan (and so `sent`) holds.
-                self.sent.get(&network_id).map_or(0, |config| config.epoch)
+                // A request is only made for a served network, which the plan (and so `served`) holds.
+                self.served.get(&network_id).copied().unwrap_or(0)
             };
             let occasion = self.occasions.get(&(network_id, subnet_id)).copied();
             let key = PortKey { released, network_id, subnet_id, epoch, occasion, mac };
@@ -341,10 +366,11 @@ impl Follower {
         desired
             .changed
             .iter()
-            .filter_map(|config| {
-                let key = config.network_id.to_string();
+            .filter_map(|change| {
+                let network_id = change.network_id();
+                let key = network_id.to_string();
                 let offset = read.get(&ipam_log::partition::for_key(key.as_bytes(), count))?;
-                Some((config.network_id, *offset))
+                Some((network_id, *offset))
             })
             .collect()
     }
@@ -518,21 +544,31 @@ mod tests {
             }
             let desired = tracker.changes();
             let _ = write!(out, "step {index}:");
-            for config in &desired.changed {
-                let hosts: usize = config.subnets.iter().map(|s| s.hosts.len()).sum();
-                let servers: Vec<String> = config
-                    .subnets
-                    .iter()
-                    .map(|s| s.server_address.map_or("-".to_owned(), |ip| ip.to_string()))
-                    .collect();
-                let _ = write!(
-                    out,
-                    " apply(epoch {} subnets {} hosts {} server {})",
-                    config.epoch,
-                    config.subnets.len(),
-                    hosts,
-                    servers.join(",")
-                );
+            for change in &desired.changed {
+                match change {
+                    ServerChange::Whole(config) => {
+                        let servers: Vec<String> = config
+                            .subnets
+                            .iter()
+                            .map(|s| s.server_address.map_or("-".to_owned(), |ip| ip.to_string()))
+                            .collect();
+                        let _ = write!(
+                            out,
+                            " apply(epoch {} subnets {} hosts {} server {})",
+                            config.epoch,
+                            config.subnets.len(),
+                            config.host_count(),
+                            servers.join(",")
+                        );
+                    }
+                    ServerChange::Hosts { hosts, .. } => {
+                        let hosts: Vec<String> = hosts
+                            .iter()
+                            .map(|change| format!("{}{}", if change.served { '+' } else { '-' }, change.host.ip))
+                            .collect();
+                        let _ = write!(out, " hosts({})", hosts.join(" "));
+                    }
+                }
             }
             for (network_id, epoch) in &desired.gone {
                 assert_eq!(*network_id, N1);
@@ -570,10 +606,36 @@ mod tests {
                 step 0:
                 step 1: apply(epoch 1 subnets 1 hosts 1 server -) request(epoch 1 id 538bbe09)
                 step 2:
-                step 3: apply(epoch 1 subnets 1 hosts 0 server -)
+                step 3: hosts(-10.1.0.10)
                 step 4: apply(epoch 1 subnets 1 hosts 0 server 10.1.0.2)
                 step 5: stop(epoch 1) release(epoch 1 id ede4a804)
                 step 6:
+            "#]],
+        );
+    }
+
+    /// A VM start or stop is sent as the host that came or went, not the network's whole
+    /// configuration; within one message a host's latest change wins, and a change of the server
+    /// itself sends it whole, hosts included.
+    #[test]
+    fn hosts_that_come_and_go_are_sent_as_such_and_a_server_change_whole() {
+        check(
+            &[
+                &[activated(), assigned(1)],
+                &[vnic(true)],
+                &[vnic(false), vnic(true)],
+                &[vnic(false)],
+                &[vnic(true), own_port(true)],
+                // Not served any more: nothing to send for its hosts.
+                &[unassigned(1), vnic(false)],
+            ],
+            expect![[r#"
+                step 0: apply(epoch 1 subnets 1 hosts 0 server -) request(epoch 1 id 538bbe09)
+                step 1: hosts(+10.1.0.10)
+                step 2: hosts(+10.1.0.10)
+                step 3: hosts(-10.1.0.10)
+                step 4: apply(epoch 1 subnets 1 hosts 1 server 10.1.0.2)
+                step 5: stop(epoch 1) release(epoch 1 id ede4a804)
             "#]],
         );
     }

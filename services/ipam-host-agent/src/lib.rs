@@ -40,7 +40,7 @@ use ipam_log::EventLog;
 use ipam_runtime::Topics;
 
 pub use actors::BackendFactory;
-pub use backend::{BackendError, DhcpBackend};
+pub use backend::{BackendError, ConfigChange, DhcpBackend};
 pub use config::HostAgentConfig;
 pub use dnsmasq::{FilesBackend, render};
 pub use dnsmasq_server::{DnsmasqBackend, DnsmasqOptions};

@@ -11,11 +11,14 @@
 //! "Not served before" is judged per provisioner: its first configuration is taken as served
 //! (after an agent restart those lines are in the server's files already; on a network that moved
 //! here from a lost host, its guests hold their addresses), so only later additions are probed.
+//! The gate keeps only the hosts it holds back, and is told what changed (a whole configuration
+//! beside the previous one, or host changes), so a VM start costs the same whatever the size of
+//! the network.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipam_core::dhcp_plan::NetworkDhcpConfig;
+use ipam_core::dhcp_plan::{HostChange, NetworkDhcpConfig};
 use ipam_core::{Mac, SubnetId};
 
 /// One reserved client of a network: its subnet, address and MAC.
@@ -24,12 +27,13 @@ pub(crate) type HostKey = (SubnetId, IpAddr, Mac);
 /// What one probe of a host found: the MAC that claimed the address besides the reserved one.
 pub(crate) type ProbeResult = (HostKey, Option<Mac>);
 
+/// Every host of `config`, by its key.
+fn keys(config: &NetworkDhcpConfig) -> impl Iterator<Item = HostKey> + '_ {
+    config.subnets.iter().flat_map(|subnet| subnet.hosts.iter().map(move |host| (subnet.subnet_id, host.ip, host.mac)))
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ProbeGate {
-    /// Whether a first configuration was seen (see the module documentation).
-    seeded: bool,
-    /// Hosts the server may serve.
-    cleared: BTreeSet<HostKey>,
     /// Hosts whose probe is under way.
     probing: BTreeSet<HostKey>,
     /// Hosts kept out, with the MAC last found holding their address.
@@ -37,44 +41,77 @@ pub(crate) struct ProbeGate {
 }
 
 impl ProbeGate {
-    /// `config` without the hosts that may not be served yet, and the hosts to probe now (each
-    /// once: a host already being probed is not listed again).
-    pub(crate) fn admit(&mut self, config: &NetworkDhcpConfig) -> (NetworkDhcpConfig, Vec<HostKey>) {
-        let present: BTreeSet<HostKey> = config
-            .subnets
-            .iter()
-            .flat_map(|subnet| subnet.hosts.iter().map(move |host| (subnet.subnet_id, host.ip, host.mac)))
-            .collect();
-        self.cleared.retain(|key| present.contains(key));
-        self.probing.retain(|key| present.contains(key));
-        self.conflicts.retain(|key, _| present.contains(key));
+    fn holds(&self, key: &HostKey) -> bool {
+        self.probing.contains(key) || self.conflicts.contains_key(key)
+    }
+
+    /// A whole new configuration, `previous` being the one before (`None` for the provisioner's
+    /// first): `config` without the hosts that may not be served yet, and the hosts to probe now
+    /// (those new since `previous`; each once: a host already being probed is not listed again).
+    pub(crate) fn admit(
+        &mut self,
+        previous: Option<&NetworkDhcpConfig>,
+        config: &NetworkDhcpConfig,
+    ) -> (NetworkDhcpConfig, Vec<HostKey>) {
         let mut to_probe = Vec::new();
-        if !self.seeded || !config.conflict_probe {
+        match previous {
             // Probing off serves everything, conflicts found earlier included: the operator chose.
-            self.seeded = true;
-            self.cleared.clone_from(&present);
-            self.probing.clear();
-            self.conflicts.clear();
-        } else {
-            for key in present {
-                if !self.cleared.contains(&key) && !self.conflicts.contains_key(&key) && self.probing.insert(key) {
-                    to_probe.push(key);
+            Some(previous) if config.conflict_probe => {
+                let present: BTreeSet<HostKey> = keys(config).collect();
+                self.probing.retain(|key| present.contains(key));
+                self.conflicts.retain(|key, _| present.contains(key));
+                let before: BTreeSet<HostKey> = keys(previous).collect();
+                for key in present {
+                    if !before.contains(&key) && !self.conflicts.contains_key(&key) && self.probing.insert(key) {
+                        to_probe.push(key);
+                    }
                 }
+            }
+            _ => {
+                self.probing.clear();
+                self.conflicts.clear();
             }
         }
         let mut admitted = config.clone();
-        for subnet in &mut admitted.subnets {
-            let subnet_id = subnet.subnet_id;
-            subnet.hosts.retain(|host| self.cleared.contains(&(subnet_id, host.ip, host.mac)));
+        if !self.probing.is_empty() || !self.conflicts.is_empty() {
+            for subnet in &mut admitted.subnets {
+                let subnet_id = subnet.subnet_id;
+                subnet.hosts.retain(|host| !self.holds(&(subnet_id, host.ip, host.mac)));
+            }
         }
         (admitted, to_probe)
     }
 
-    /// Takes in what probes found. Answers the conflicts to report: hosts found held by another
-    /// MAC, unless the same MAC was reported for them already. Hosts that left the plan while
-    /// being probed are forgotten.
-    pub(crate) fn probed(&mut self, results: impl IntoIterator<Item = ProbeResult>) -> Vec<(HostKey, Mac)> {
-        let mut new = Vec::new();
+    /// Host changes of the configuration: the changes the server may take at once (hosts gone
+    /// that it served, new hosts when probing is off), and the new hosts to probe first.
+    pub(crate) fn admit_changes(&mut self, changes: &[HostChange], probe_on: bool) -> (Vec<HostChange>, Vec<HostKey>) {
+        let (mut served, mut to_probe) = (Vec::new(), Vec::new());
+        for change in changes {
+            let key = change.key();
+            if !change.served {
+                // A host held back was never served: it is only forgotten.
+                let held = self.probing.remove(&key) | self.conflicts.remove(&key).is_some();
+                if !held {
+                    served.push(*change);
+                }
+            } else if !probe_on {
+                served.push(*change);
+            } else if !self.holds(&key) {
+                self.probing.insert(key);
+                to_probe.push(key);
+            }
+        }
+        (served, to_probe)
+    }
+
+    /// Takes in what probes found. Answers the conflicts to report (hosts found held by another
+    /// MAC, unless the same MAC was reported for them already) and the hosts cleared, which the
+    /// server may serve now. Hosts that left the configuration while being probed are forgotten.
+    pub(crate) fn probed(
+        &mut self,
+        results: impl IntoIterator<Item = ProbeResult>,
+    ) -> (Vec<(HostKey, Mac)>, Vec<HostKey>) {
+        let (mut conflicts, mut cleared) = (Vec::new(), Vec::new());
         for (key, answered_by) in results {
             if !self.probing.remove(&key) {
                 continue;
@@ -82,16 +119,16 @@ impl ProbeGate {
             match answered_by {
                 None => {
                     self.conflicts.remove(&key);
-                    self.cleared.insert(key);
+                    cleared.push(key);
                 }
                 Some(mac) => {
                     if self.conflicts.insert(key, mac) != Some(mac) {
-                        new.push((key, mac));
+                        conflicts.push((key, mac));
                     }
                 }
             }
         }
-        new
+        (conflicts, cleared)
     }
 
     /// Whether a probe of some host is under way.
@@ -144,64 +181,133 @@ mod tests {
         }
     }
 
-    fn served(config: &NetworkDhcpConfig) -> Vec<u8> {
-        config.subnets[0].hosts.iter().map(|host| host.mac.octets()[5]).collect()
-    }
-
     fn key(n: u8) -> HostKey {
         (S1, ip(n), mac(n))
     }
 
+    /// A provisioner's bookkeeping around its gate: the configuration it was given, kept current
+    /// with host changes, and what it serves.
+    struct Served {
+        gate: ProbeGate,
+        desired: Option<NetworkDhcpConfig>,
+        admitted: NetworkDhcpConfig,
+    }
+
+    impl Served {
+        fn new() -> Served {
+            Served { gate: ProbeGate::default(), desired: None, admitted: config(&[], true) }
+        }
+
+        /// A whole configuration with `hosts`; answers the hosts to probe.
+        fn whole(&mut self, hosts: &[u8], conflict_probe: bool) -> Vec<HostKey> {
+            let config = config(hosts, conflict_probe);
+            let (admitted, to_probe) = self.gate.admit(self.desired.as_ref(), &config);
+            (self.admitted, self.desired) = (admitted, Some(config));
+            to_probe
+        }
+
+        /// Host `n` came (`served`) or went; answers the hosts to probe.
+        fn host(&mut self, n: u8, served: bool) -> Vec<HostKey> {
+            let host = DhcpHost { mac: mac(n), ip: ip(n) };
+            let change = HostChange { network_id: NetworkId::from_u128(1), subnet_id: S1, host, served };
+            let desired = self.desired.as_mut().expect("a whole configuration first");
+            desired.apply_hosts(&[change]);
+            let (admitted, to_probe) = self.gate.admit_changes(&[change], desired.conflict_probe);
+            self.admitted.apply_hosts(&admitted);
+            to_probe
+        }
+
+        fn probed(&mut self, results: impl IntoIterator<Item = ProbeResult>) -> Vec<(HostKey, Mac)> {
+            let (conflicts, cleared) = self.gate.probed(results);
+            let cleared: Vec<HostChange> = cleared
+                .into_iter()
+                .map(|(subnet_id, ip, mac)| HostChange {
+                    network_id: NetworkId::from_u128(1),
+                    subnet_id,
+                    host: DhcpHost { mac, ip },
+                    served: true,
+                })
+                .collect();
+            self.admitted.apply_hosts(&cleared);
+            conflicts
+        }
+
+        fn served(&self) -> Vec<u8> {
+            self.admitted.subnets[0].hosts.iter().map(|host| host.mac.octets()[5]).collect()
+        }
+    }
+
     #[test]
     fn the_first_configuration_is_served_whole_and_later_hosts_wait_for_their_probe() {
-        let mut gate = ProbeGate::default();
-        let (admitted, to_probe) = gate.admit(&config(&[10, 11], true));
-        assert_eq!((served(&admitted), to_probe), (vec![10, 11], vec![]));
-        let (admitted, to_probe) = gate.admit(&config(&[10, 11, 12, 13], true));
-        assert_eq!((served(&admitted), to_probe), (vec![10, 11], vec![key(12), key(13)]));
+        // Told whole configurations.
+        let mut whole = Served::new();
+        assert_eq!(whole.whole(&[10, 11], true), vec![]);
+        assert_eq!(whole.served(), vec![10, 11]);
+        assert_eq!(whole.whole(&[10, 11, 12, 13], true), vec![key(12), key(13)]);
+        assert_eq!(whole.served(), vec![10, 11]);
         // Asked again while probing (another change of the plan): not probed twice.
-        let (admitted, to_probe) = gate.admit(&config(&[10, 12, 13], true));
-        assert_eq!((served(&admitted), to_probe), (vec![10], vec![]));
-        let conflicts = gate.probed([(key(12), None), (key(13), Some(mac(99)))]);
-        assert_eq!(conflicts, vec![(key(13), mac(99))]);
-        let (admitted, to_probe) = gate.admit(&config(&[10, 12, 13], true));
-        assert_eq!((served(&admitted), to_probe), (vec![10, 12], vec![]));
+        assert_eq!(whole.whole(&[10, 12, 13], true), vec![]);
+        assert_eq!(whole.served(), vec![10]);
+        assert_eq!(whole.probed([(key(12), None), (key(13), Some(mac(99)))]), vec![(key(13), mac(99))]);
+        assert_eq!(whole.served(), vec![10, 12]);
+        assert_eq!(whole.whole(&[10, 12, 13], true), vec![]);
+        assert_eq!(whole.served(), vec![10, 12]);
+        // The same told as host changes.
+        let mut changes = Served::new();
+        changes.whole(&[10, 11], true);
+        assert_eq!([changes.host(12, true), changes.host(13, true)].concat(), vec![key(12), key(13)]);
+        assert_eq!(changes.served(), vec![10, 11]);
+        assert_eq!(changes.host(11, false), vec![]);
+        assert_eq!(changes.host(12, true), vec![], "a repeat is not probed twice");
+        assert_eq!(changes.probed([(key(12), None), (key(13), Some(mac(99)))]), vec![(key(13), mac(99))]);
+        assert_eq!(changes.served(), vec![10, 12]);
     }
 
     #[test]
     fn a_conflict_is_probed_again_reported_once_per_mac_and_served_once_free() {
-        let mut gate = ProbeGate::default();
-        gate.admit(&config(&[], true));
-        gate.admit(&config(&[12], true));
-        assert_eq!(gate.probed([(key(12), Some(mac(99)))]), vec![(key(12), mac(99))]);
-        assert_eq!(gate.recheck(), vec![key(12)]);
-        assert_eq!(gate.recheck(), vec![], "already being probed");
-        assert_eq!(gate.probed([(key(12), Some(mac(99)))]), vec![], "the same squatter is reported once");
-        gate.recheck();
-        assert_eq!(gate.probed([(key(12), Some(mac(98)))]), vec![(key(12), mac(98))], "another one is news");
-        gate.recheck();
-        assert_eq!(gate.probed([(key(12), None)]), vec![]);
-        assert_eq!(served(&gate.admit(&config(&[12], true)).0), vec![12]);
+        let mut served = Served::new();
+        served.whole(&[], true);
+        assert_eq!(served.host(12, true), vec![key(12)]);
+        assert_eq!(served.probed([(key(12), Some(mac(99)))]), vec![(key(12), mac(99))]);
+        assert_eq!(served.gate.recheck(), vec![key(12)]);
+        assert_eq!(served.gate.recheck(), vec![], "already being probed");
+        assert_eq!(served.probed([(key(12), Some(mac(99)))]), vec![], "the same squatter is reported once");
+        served.gate.recheck();
+        assert_eq!(served.probed([(key(12), Some(mac(98)))]), vec![(key(12), mac(98))], "another one is news");
+        assert_eq!(served.served(), Vec::<u8>::new());
+        served.gate.recheck();
+        assert_eq!(served.probed([(key(12), None)]), vec![]);
+        assert_eq!(served.served(), vec![12]);
     }
 
     #[test]
     fn with_probing_off_every_host_is_served_at_once() {
-        let mut gate = ProbeGate::default();
-        gate.admit(&config(&[], true));
-        gate.admit(&config(&[12], true));
-        gate.probed([(key(12), Some(mac(99)))]);
-        let (admitted, to_probe) = gate.admit(&config(&[12, 13], false));
-        assert_eq!((served(&admitted), to_probe), (vec![12, 13], vec![]));
+        let mut served = Served::new();
+        served.whole(&[], true);
+        served.whole(&[12], true);
+        served.probed([(key(12), Some(mac(99)))]);
+        assert_eq!(served.whole(&[12, 13], false), vec![]);
+        assert_eq!(served.served(), vec![12, 13]);
+        assert_eq!(served.host(14, true), vec![]);
+        assert_eq!(served.served(), vec![12, 13, 14]);
     }
 
     #[test]
     fn a_host_that_left_while_probed_is_forgotten() {
-        let mut gate = ProbeGate::default();
-        gate.admit(&config(&[], true));
-        gate.admit(&config(&[12], true));
-        gate.admit(&config(&[], true));
-        assert_eq!(gate.probed([(key(12), Some(mac(99)))]), vec![]);
+        let mut served = Served::new();
+        served.whole(&[], true);
+        served.host(12, true);
+        served.host(12, false);
+        assert_eq!(served.probed([(key(12), Some(mac(99)))]), vec![]);
+        assert_eq!(served.served(), Vec::<u8>::new());
         // Reserved again later: probed again.
-        assert_eq!(gate.admit(&config(&[12], true)).1, vec![key(12)]);
+        assert_eq!(served.host(12, true), vec![key(12)]);
+        // And the same through whole configurations.
+        let mut whole = Served::new();
+        whole.whole(&[], true);
+        whole.whole(&[12], true);
+        whole.whole(&[], true);
+        assert_eq!(whole.probed([(key(12), None)]), vec![]);
+        assert_eq!(whole.whole(&[12], true), vec![key(12)]);
     }
 }

@@ -394,7 +394,11 @@ struct Flaky {
 }
 
 impl DhcpBackend for Flaky {
-    fn apply(&mut self, config: &ipam_core::dhcp_plan::NetworkDhcpConfig) -> Result<(), BackendError> {
+    fn apply(
+        &mut self,
+        config: &ipam_core::dhcp_plan::NetworkDhcpConfig,
+        _: ipam_host_agent::ConfigChange<'_>,
+    ) -> Result<(), BackendError> {
         if self.broken.load(Ordering::SeqCst) {
             let source = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
             return Err(BackendError::Io { action: "cannot write", path: "/srv/dhcp/n.conf".into(), source });

@@ -10,6 +10,13 @@
 //! every network, served or not, so a server that starts on this host has every reservation at
 //! once, without anyone asking again; and because the view is rebuilt by replay (or snapshot plus
 //! tail), a restarted agent plans exactly what the live one did.
+//!
+//! Each input answers what it changed in the plan ([`PlanChange`]): a client that came or went, or
+//! a server to plan anew. A shell that holds the plan applies host changes to it
+//! ([`NetworkDhcpConfig::apply_hosts`]) rather than planning and comparing the whole network, so
+//! one VM start costs the same on a network of 65,000 hosts as on one of ten; only the rare
+//! changes of a server itself (an assignment, a subnet's options, the server's own address) cost
+//! the size of the network.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -275,45 +282,83 @@ struct ReservationRecord {
     owner: Owner,
 }
 
+impl HostDhcpView {
+    /// The owner of the reservation of `ip` by `mac` in a subnet, if the view holds one.
+    fn holder(&self, network_id: NetworkId, subnet_id: SubnetId, ip: IpAddr, mac: Mac) -> Option<Owner> {
+        self.networks.get(&network_id)?.reservations.get(&subnet_id)?.get(&(ip, mac)).copied()
+    }
+
+    /// What a reservation event of `owner` did to the plan, given who held the address before: a
+    /// server change when this host's own DHCP port is involved (its address is the server's, and
+    /// a grant ends a refusal), a host change when a vNIC became or stopped being a client of a
+    /// served network's active subnet, and nothing otherwise (another server's port, an unserved
+    /// network, an inactive subnet, a repeated event).
+    fn reservation_change(
+        &self,
+        (network_id, subnet_id, ip, mac): (NetworkId, SubnetId, IpAddr, Mac),
+        owner: Owner,
+        before: Option<Owner>,
+    ) -> Option<PlanChange> {
+        let after = self.holder(network_id, subnet_id, ip, mac);
+        let own = self.own_port();
+        if owner == own || before == Some(own) || after == Some(own) {
+            return Some(PlanChange::Server(network_id));
+        }
+        let served = self.assignments.get(&network_id).is_some_and(|assignment| assignment.serving);
+        let active = self.networks.get(&network_id).is_some_and(|network| network.subnets.contains_key(&subnet_id));
+        let client = |owner: Option<Owner>| matches!(owner, Some(Owner::Vnic { .. }));
+        let served_now = client(after);
+        (served && active && client(before) != served_now).then_some(PlanChange::Host(HostChange {
+            network_id,
+            subnet_id,
+            host: DhcpHost { mac, ip },
+            served: served_now,
+        }))
+    }
+}
+
 impl StateMachine for HostDhcpView {
     type Config = ();
-    /// The network whose configuration on this host the input may have changed (whether or not
-    /// the host serves it now), so the shell re-plans that one ([`plan_network`]) instead of the
-    /// whole [`plan`]; `None` when the input changes no configuration of this host.
-    type Decision = Option<NetworkId>;
+    /// What the input changed in this host's plan (see [`PlanChange`]); `None` when it changed
+    /// nothing of it.
+    type Decision = Option<PlanChange>;
 
     /// Folds one input into the view. Events a host agent does not act on are ignored, so the shell
     /// may feed it whole topics.
-    fn apply(&mut self, input: &Envelope) -> Option<NetworkId> {
+    fn apply(&mut self, input: &Envelope) -> Option<PlanChange> {
         match &input.event {
             Event::DhcpServerAssigned(event) => {
                 self.assign(event);
-                (event.host_id == self.host_id).then_some(event.network_id)
+                (event.host_id == self.host_id).then_some(PlanChange::Server(event.network_id))
             }
             Event::DhcpServerUnassigned(event) => {
                 self.unassign(event);
-                (event.host_id == self.host_id).then_some(event.network_id)
+                (event.host_id == self.host_id).then_some(PlanChange::Server(event.network_id))
             }
             Event::SubnetActivated(event) => {
                 self.activate(event);
-                Some(event.network_id)
+                Some(PlanChange::Server(event.network_id))
             }
             Event::SubnetDeactivated(event) => {
                 self.deactivate(event);
-                Some(event.network_id)
+                Some(PlanChange::Server(event.network_id))
             }
             Event::ReservationAdded(event) => {
+                let key = (event.network_id, event.subnet_id, event.ip, event.mac);
+                let before = self.holder(key.0, key.1, key.2, key.3);
                 self.reserve(event);
-                Some(event.network_id)
+                self.reservation_change(key, event.owner, before)
             }
             Event::ReservationRemoved(event) => {
+                let key = (event.network_id, event.subnet_id, event.ip, event.mac);
+                let before = self.holder(key.0, key.1, key.2, key.3);
                 self.release(event);
-                Some(event.network_id)
+                self.reservation_change(key, event.owner, before)
             }
-            Event::RequestRejected(event) => self.refused(event),
+            Event::RequestRejected(event) => self.refused(event).map(PlanChange::Server),
             Event::NetworkPolicyApplied(event) => {
                 self.set_policy(event);
-                Some(event.network_id)
+                Some(PlanChange::Server(event.network_id))
             }
             // Requests, inventory and status change nothing here by themselves: their effects reach
             // the host as the allocator's and placement's decisions above (a removed network, for
@@ -484,6 +529,43 @@ impl Default for PlanOptions {
     }
 }
 
+/// What one input changed in its host's plan: the decision of [`HostDhcpView::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanChange {
+    /// A network's server as a whole may have changed: whether this host serves it, under which
+    /// epoch, on which interface, with which subnets and options, its own address, its probing
+    /// policy, or the hosts of a subnet that came or went. Plan it anew ([`plan_network`]).
+    Server(NetworkId),
+    /// One client of a server this host runs came or went; nothing else of the server changed.
+    Host(HostChange),
+}
+
+impl PlanChange {
+    /// The network whose server changed.
+    pub fn network_id(&self) -> NetworkId {
+        match self {
+            PlanChange::Server(network_id) => *network_id,
+            PlanChange::Host(change) => change.network_id,
+        }
+    }
+}
+
+/// One client of a served network: in `subnet_id`, `host` is answered now (`served`), or no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostChange {
+    pub network_id: NetworkId,
+    pub subnet_id: SubnetId,
+    pub host: DhcpHost,
+    pub served: bool,
+}
+
+impl HostChange {
+    /// The host's place in its subnet's list: the plan sorts hosts by IP, then MAC.
+    pub fn key(&self) -> (SubnetId, IpAddr, Mac) {
+        (self.subnet_id, self.host.ip, self.host.mac)
+    }
+}
+
 /// Every DHCP server a host should run, and exactly what each should answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DhcpPlan {
@@ -504,6 +586,71 @@ pub struct NetworkDhcpConfig {
     /// Whether the agent probes a newly reserved address (ARP, or IPv6 duplicate address
     /// detection) before serving it: the network's policy, on unless an operator turned it off.
     pub conflict_probe: bool,
+}
+
+/// Beyond this many changes to one subnet at once, [`NetworkDhcpConfig::apply_hosts`] merges them
+/// into the host list in one pass instead of inserting each on its own (each insertion moves the
+/// hosts after it).
+const MERGE_CHANGES: usize = 32;
+
+impl NetworkDhcpConfig {
+    /// Applies host changes the view yielded for this network, in their order (a later change of a
+    /// host wins); changes of other networks, or of a subnet the configuration lacks, are ignored.
+    /// Costs a binary search per change, or one pass over a subnet's hosts for a large batch.
+    pub fn apply_hosts(&mut self, changes: &[HostChange]) {
+        let mut by_subnet: BTreeMap<SubnetId, BTreeMap<(IpAddr, Mac), bool>> = BTreeMap::new();
+        for change in changes.iter().filter(|change| change.network_id == self.network_id) {
+            by_subnet.entry(change.subnet_id).or_default().insert((change.host.ip, change.host.mac), change.served);
+        }
+        for (subnet_id, changes) in by_subnet {
+            let Ok(index) = self.subnets.binary_search_by_key(&subnet_id, |subnet| subnet.subnet_id) else { continue };
+            let hosts = &mut self.subnets[index].hosts;
+            if changes.len() > MERGE_CHANGES {
+                merge_hosts(hosts, &changes);
+                continue;
+            }
+            for ((ip, mac), served) in changes {
+                match (hosts.binary_search_by_key(&(ip, mac), |host| (host.ip, host.mac)), served) {
+                    (Err(at), true) => hosts.insert(at, DhcpHost { mac, ip }),
+                    (Ok(at), false) => {
+                        hosts.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// How many hosts the server answers, over all its subnets.
+    pub fn host_count(&self) -> usize {
+        self.subnets.iter().map(|subnet| subnet.hosts.len()).sum()
+    }
+}
+
+/// `hosts` (sorted by IP, then MAC) with `changes` applied, in one merge.
+fn merge_hosts(hosts: &mut Vec<DhcpHost>, changes: &BTreeMap<(IpAddr, Mac), bool>) {
+    let old = std::mem::take(hosts);
+    hosts.reserve(old.len() + changes.len());
+    let mut changes = changes.iter().peekable();
+    for host in old {
+        let key = (host.ip, host.mac);
+        while let Some((&change, &served)) = changes.peek().copied().filter(|(change, _)| **change < key) {
+            if served {
+                hosts.push(DhcpHost { ip: change.0, mac: change.1 });
+            }
+            changes.next();
+        }
+        match changes.peek().copied() {
+            Some((&change, &served)) if change == key => {
+                if served {
+                    hosts.push(host);
+                }
+                changes.next();
+            }
+            _ => hosts.push(host),
+        }
+    }
+    hosts.extend(changes.filter(|(_, served)| **served).map(|(&(ip, mac), _)| DhcpHost { mac, ip }));
 }
 
 /// What a server answers in one subnet.
@@ -529,7 +676,7 @@ pub struct SubnetDhcpConfig {
 /// One reserved client: the server answers this MAC with this IP, and no other MAC at all. A
 /// dual-stack vNIC is a host in its IPv4 subnet and another in its IPv6 subnet, with one MAC; a
 /// backend that answers a MAC from one line (dnsmasq) joins them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DhcpHost {
     pub mac: Mac,
     pub ip: IpAddr,

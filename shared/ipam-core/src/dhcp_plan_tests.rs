@@ -3,6 +3,7 @@ use std::fmt::Write;
 use crate::event::{AssignReason, ReleaseReason, UnassignReason};
 use crate::ids::{EventId, VmId, VnicId};
 use crate::net::next_address;
+use crate::testing::SplitMix64;
 use crate::time::Timestamp;
 use expect_test::{Expect, expect};
 
@@ -639,7 +640,7 @@ fn conflict_probing_follows_the_networks_policy_and_is_on_by_default() {
         subject: None,
         event: policy(N2, Some(false)),
     });
-    assert_eq!(touched, Some(N2));
+    assert_eq!(touched, Some(PlanChange::Server(N2)));
     // Kept in the snapshot.
     let bytes = view.snapshot();
     let restored = HostDhcpView::restore(&(), &bytes).expect("a snapshot restores");
@@ -728,15 +729,13 @@ fn restore_refuses_what_is_not_a_snapshot_of_this_version() {
     .assert_debug_eq(&errors);
 }
 
-/// What a shell that re-plans only the networks each input touched holds equals the whole plan,
-/// after every input of a history that assigns, unassigns, activates and reserves on two networks
-/// (and on another host).
-#[test]
-fn planning_only_the_touched_networks_keeps_the_whole_plan() {
+/// What a shell holds that plans a network anew on a server change and applies host changes to
+/// what it holds (as the host agent does) equals the whole plan after every input. Panics with the
+/// input that broke it.
+fn check_changes_keep_the_plan(history: &[Event]) -> BTreeMap<NetworkId, NetworkDhcpConfig> {
     let options = PlanOptions::default();
     let mut view = HostDhcpView::new(H1);
     let mut held: BTreeMap<NetworkId, NetworkDhcpConfig> = BTreeMap::new();
-    let history = rich_history();
     for (index, event) in history.iter().enumerate() {
         let input = Envelope {
             id: EventId::from_u128(1000 + u128::try_from(index).expect("histories are short")),
@@ -745,16 +744,134 @@ fn planning_only_the_touched_networks_keeps_the_whole_plan() {
             subject: None,
             event: event.clone(),
         };
-        if let Some(network_id) = view.apply(&input) {
-            match plan_network(&view, network_id, &options) {
+        match view.apply(&input) {
+            Some(PlanChange::Server(network_id)) => match plan_network(&view, network_id, &options) {
                 Some(config) => held.insert(network_id, config),
                 None => held.remove(&network_id),
-            };
-        }
+            },
+            Some(PlanChange::Host(change)) => {
+                let config = held.get_mut(&change.network_id).expect("host changes come for served networks only");
+                config.apply_hosts(&[change]);
+                None
+            }
+            None => None,
+        };
         let whole = plan(&view, &options).networks;
-        assert_eq!(held.values().cloned().collect::<Vec<_>>(), whole, "after input {index}: {}", event.type_name());
+        assert_eq!(held.values().cloned().collect::<Vec<_>>(), whole, "after input {index}: {event:?}");
     }
-    assert!(!held.is_empty(), "the history leaves something served");
+    held
+}
+
+/// The view's changes keep a held plan whole through a history that assigns, unassigns, activates
+/// and reserves on two networks (and on another host).
+#[test]
+fn applying_the_views_changes_keeps_the_whole_plan() {
+    let mut history = rich_history();
+    history.extend([
+        added(N1, S1, vnic(8), mac(8), "10.1.0.80"),
+        // Repeated: no change.
+        added(N1, S1, vnic(8), mac(8), "10.1.0.80"),
+        // A removal that does not match what is held changes nothing.
+        removed(N1, S1, vnic(9), mac(8), "10.1.0.80"),
+        removed(N1, S1, vnic(8), mac(8), "10.1.0.80"),
+        added(N2, S3, vnic(9), mac(9), "10.2.0.90"),
+    ]);
+    assert!(!check_changes_keep_the_plan(&history).is_empty(), "the history leaves something served");
+}
+
+/// A client's coming and going is a host change; a server's own address, another host's port, an
+/// unserved network and an inactive subnet are not.
+#[test]
+fn a_vnic_reservation_is_a_host_change_and_a_port_a_server_change() {
+    let mut view = view_after(&n1_with_subnets());
+    view.apply(&envelope_of(assigned(N1, H1, 1, "br1")));
+    let change = view.apply(&envelope_of(added(N1, S1, vnic(8), mac(8), "10.1.0.80")));
+    let host = DhcpHost { mac: mac(8), ip: ip("10.1.0.80") };
+    assert_eq!(change, Some(PlanChange::Host(HostChange { network_id: N1, subnet_id: S1, host, served: true })));
+    assert_eq!(view.apply(&envelope_of(added(N1, S1, vnic(8), mac(8), "10.1.0.80"))), None, "a repeat");
+    let change = view.apply(&envelope_of(removed(N1, S1, vnic(8), mac(8), "10.1.0.80")));
+    assert_eq!(change, Some(PlanChange::Host(HostChange { network_id: N1, subnet_id: S1, host, served: false })));
+    let own = view.apply(&envelope_of(added(N1, S1, server(H1), port_mac(1), "10.1.0.2")));
+    assert_eq!(own, Some(PlanChange::Server(N1)));
+    assert_eq!(view.apply(&envelope_of(added(N1, S1, server(H2), port_mac(2), "10.1.0.3"))), None);
+    assert_eq!(view.apply(&envelope_of(added(N2, S3, vnic(7), mac(7), "10.2.0.70"))), None, "n2 is not served");
+}
+
+fn envelope_of(event: Event) -> Envelope {
+    Envelope {
+        id: EventId::from_u128(1),
+        source: "test".to_owned(),
+        time: Timestamp::from_unix_ms(0),
+        subject: None,
+        event,
+    }
+}
+
+/// Random histories over two networks (one served, one moving), three subnets and a handful of
+/// MACs and addresses, with repeats and mismatched removals: the held plan stays whole after every
+/// input, in 200 seeds.
+#[test]
+fn random_histories_keep_the_held_plan_whole() {
+    let subnets = [(N1, S1, "10.1.0"), (N1, S2, "10.1.1"), (N2, S3, "10.2.0")];
+    let mut host_changes = 0;
+    for seed in 0..200 {
+        let mut rng = SplitMix64(seed);
+        let mut history = Vec::new();
+        for _ in 0..120 {
+            let (network_id, subnet_id, prefix) = subnets[rng.below(3) as usize];
+            let n = 10 + rng.below(6) as u8;
+            let address = format!("{prefix}.{}", 10 + rng.below(4));
+            let owner = match rng.below(8) {
+                0 => server(H1),
+                1 => server(H2),
+                _ => vnic(n),
+            };
+            let event = match rng.below(20) {
+                0..=6 => added(network_id, subnet_id, owner, mac(n), &address),
+                7..=12 => removed(network_id, subnet_id, owner, mac(n), &address),
+                13 => assigned(network_id, H1, rng.below(4), "br1"),
+                14 => unassigned(network_id, H1, rng.below(4)),
+                15 | 16 => activated(network_id, subnet_id, &format!("{prefix}.0/24"), &[], &[]),
+                17 => deactivated(network_id, subnet_id),
+                18 => port_refused(network_id, subnet_id, H1),
+                _ => policy(network_id, Some(rng.below(2) == 0)),
+            };
+            history.push(event);
+        }
+        let mut view = HostDhcpView::new(H1);
+        host_changes += history
+            .iter()
+            .filter(|event| matches!(view.apply(&envelope_of((*event).clone())), Some(PlanChange::Host(_))))
+            .count();
+        check_changes_keep_the_plan(&history);
+    }
+    assert!(host_changes > 1000, "the histories make host changes: {host_changes}");
+}
+
+/// A batch larger than the merge threshold gives what the changes one by one give.
+#[test]
+fn a_large_batch_of_host_changes_is_merged_as_one_by_one() {
+    let mut history = n1_with_subnets();
+    history.push(assigned(N1, H1, 1, "br1"));
+    let view = view_after(&history);
+    let config = plan_network(&view, N1, &PlanOptions::default()).expect("n1 is served");
+    let mut rng = SplitMix64(7);
+    let changes: Vec<HostChange> = (0..300)
+        .map(|_| {
+            let n = rng.below(100) as u8;
+            let host = DhcpHost { mac: mac(n), ip: ip(&format!("10.1.0.{}", rng.below(200))) };
+            HostChange { network_id: N1, subnet_id: S1, host, served: rng.below(3) != 0 }
+        })
+        .collect();
+    let mut merged = config.clone();
+    merged.apply_hosts(&changes);
+    let mut one_by_one = config;
+    for change in &changes {
+        one_by_one.apply_hosts(std::slice::from_ref(change));
+    }
+    assert_eq!(merged, one_by_one);
+    assert!(merged.subnets[0].hosts.is_sorted_by_key(|host| (host.ip, host.mac)));
+    assert!(merged.host_count() > 50, "{}", merged.host_count());
 }
 
 fn port_refused(network_id: NetworkId, subnet_id: SubnetId, host_id: HostId) -> Event {

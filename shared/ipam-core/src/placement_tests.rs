@@ -1,4 +1,5 @@
 use crate::event::HostNetwork;
+use crate::testing::SplitMix64;
 use crate::time::Timestamp;
 use expect_test::{Expect, expect};
 
@@ -694,22 +695,6 @@ fn snapshot_from_before_the_window_restores_with_an_empty_one() {
 }
 
 // ---- Randomized ------------------------------------------------------------------------------
-
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 fn random_input(rng: &mut SplitMix64, now_ms: &mut i64) -> Event {
     let host_id = u128::from(rng.below(6)) + 1;

@@ -1,9 +1,26 @@
-//! Test fixtures shared by the core's unit tests: envelopes around events, and a compact rendering
-//! of outputs for snapshot expectations.
+//! Test fixtures shared by the core's unit tests: envelopes around events, a compact rendering of
+//! outputs for snapshot expectations, and a seeded generator for randomized tests.
 
 use crate::event::{Envelope, Event};
 use crate::ids::EventId;
 use crate::time::Timestamp;
+
+/// A small seeded generator (SplitMix64) for the randomized tests: the same seed, the same inputs.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
 
 /// The `n`-th input of a test, at `n` seconds after the epoch.
 pub fn envelope(n: u128, event: Event) -> Envelope {

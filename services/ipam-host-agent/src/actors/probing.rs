@@ -9,11 +9,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use actix::{AsyncContext, Context, Handler, Message};
-use ipam_core::dhcp_plan::NetworkDhcpConfig;
+use ipam_core::dhcp_plan::{DhcpHost, HostChange, NetworkDhcpConfig};
 use ipam_core::event::{ConflictProbe, IpConflictDetected};
 use ipam_core::net::InterfaceName;
 
-use super::Provisioner;
+use super::{Provisioner, Unapplied};
 use crate::probe::{self, ProbeSettings};
 use crate::probe_gate::{HostKey, ProbeGate, ProbeResult};
 
@@ -59,11 +59,31 @@ pub(super) struct Probed {
 }
 
 impl Provisioner {
-    /// `desired` without the hosts that may not be served yet; starts the probes of new ones.
-    pub(super) fn admit(&mut self, desired: &NetworkDhcpConfig, ctx: &mut Context<Self>) -> NetworkDhcpConfig {
-        let (admitted, to_probe) = self.probes.gate.admit(desired);
+    /// `desired` without the hosts that may not be served yet (those new since `previous`, the
+    /// configuration it replaces); starts their probes.
+    pub(super) fn admit(
+        &mut self,
+        previous: Option<&NetworkDhcpConfig>,
+        desired: &NetworkDhcpConfig,
+        ctx: &mut Context<Self>,
+    ) -> NetworkDhcpConfig {
+        let (admitted, to_probe) = self.probes.gate.admit(previous, desired);
         self.start_probe(to_probe, desired.interface.clone(), ctx);
         admitted
+    }
+
+    /// Of host changes of the configuration, those the server may take at once; starts the probes
+    /// of the new hosts held back.
+    pub(super) fn admit_changes(
+        &mut self,
+        changes: &[HostChange],
+        interface: InterfaceName,
+        probe_on: bool,
+        ctx: &mut Context<Self>,
+    ) -> Vec<HostChange> {
+        let (served, to_probe) = self.probes.gate.admit_changes(changes, probe_on);
+        self.start_probe(to_probe, interface, ctx);
+        served
     }
 
     /// Probes again the hosts kept out for a conflict.
@@ -99,8 +119,9 @@ impl Provisioner {
             addr.do_send(Probed { results, error, elapsed });
         });
         if let Err(error) = spawned {
-            tracing::warn!(network = %self.network_id, error = %error, "Cannot start a probe; serving unprobed.");
-            self.probes.gate.probed(keys.into_iter().map(|key| (key, None)));
+            let results = keys.into_iter().map(|key| (key, None)).collect();
+            let error = Some(format!("cannot start a probe thread: {error}"));
+            ctx.address().do_send(Probed { results, error, elapsed: Duration::ZERO });
         }
     }
 }
@@ -124,7 +145,7 @@ impl Handler<Probed> for Provisioner {
                 tracing::debug!(network = %network, addresses, elapsed_ms, "Probed addresses before serving them.");
             }
         }
-        let conflicts = self.probes.gate.probed(probed.results);
+        let (conflicts, cleared) = self.probes.gate.probed(probed.results);
         if probed.error.is_none() {
             let host = self.outbox.host_id().to_string();
             ipam_runtime::metrics::probed(&host, addresses, conflicts.len(), probed.elapsed);
@@ -146,11 +167,25 @@ impl Handler<Probed> for Provisioner {
                 probe,
             });
         }
-        if !self.probes.busy() {
-            // Applied again even if no host was cleared, so that the server reports itself synced
-            // with the reservations it held back while probing.
-            self.applied = None;
+        let cleared: Vec<HostChange> = cleared
+            .into_iter()
+            .map(|(subnet_id, ip, mac)| HostChange {
+                network_id: network,
+                subnet_id,
+                host: DhcpHost { mac, ip },
+                served: true,
+            })
+            .collect();
+        if let Some(admitted) = self.admitted.as_mut() {
+            admitted.apply_hosts(&cleared);
         }
+        Unapplied::add_hosts(&mut self.unapplied, cleared);
+        if self.probes.busy() && matches!(&self.unapplied, Some(Unapplied::Hosts(hosts)) if hosts.is_empty()) {
+            // Nothing cleared, and more probes to wait for: nothing to apply yet.
+            self.unapplied = None;
+        }
+        // Otherwise applied even if no host was cleared, so that the server reports itself synced
+        // with the reservations it held back while probing.
         self.reconcile(ctx);
     }
 }
