@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  ipam.dhcp-servers ─┐  follower thread       Desired    actix system (calling thread)
-//!  ipam.reservations ─┴► HostDhcpView → plan() ─────────► Supervisor ─► Provisioner per network
+//!  ipam.reservations ─┴► HostDhcpView → changes ────────► Supervisor ─► Provisioner per network
 //!                         │ port_requests/_releases          │ heartbeat     │ DhcpBackend::apply/stop
 //!                         ▼                                  ▼               ▼
 //!                    ipam.networks                     writer thread ─► ipam.hosts (heartbeat, status)

@@ -59,6 +59,10 @@ pub struct HostDhcpView {
     /// the allocator's latest `NetworkPolicyApplied` of each: only exceptions are kept, so a
     /// network back at the default leaves no trace.
     probe_off: BTreeSet<NetworkId>,
+    /// This host's own DHCP-port reservations by subnet, derived from `networks` and kept in step
+    /// with it (so not in the snapshot): the server's address and the ports to give back are found
+    /// without scanning a subnet's reservations, which every VM start would otherwise pay for.
+    own_ports: BTreeMap<(NetworkId, SubnetId), BTreeSet<(IpAddr, Mac)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +105,7 @@ impl HostDhcpView {
             networks: BTreeMap::new(),
             refused_ports: BTreeMap::new(),
             probe_off: BTreeSet::new(),
+            own_ports: BTreeMap::new(),
         }
     }
 
@@ -153,6 +158,7 @@ impl HostDhcpView {
     /// view cannot keep a leftover that a later removal event would never clear.
     fn deactivate(&mut self, event: &SubnetDeactivated) {
         self.refused_ports.remove(&(event.network_id, event.subnet_id));
+        self.own_ports.remove(&(event.network_id, event.subnet_id));
         if let Some(network) = self.networks.get_mut(&event.network_id) {
             network.subnets.remove(&event.subnet_id);
             network.reservations.remove(&event.subnet_id);
@@ -168,6 +174,20 @@ impl HostDhcpView {
         }
         let network = self.networks.entry(event.network_id).or_default();
         network.reservations.entry(event.subnet_id).or_default().insert((event.ip, event.mac), event.owner);
+        self.index_own_port(event.network_id, event.subnet_id, (event.ip, event.mac));
+    }
+
+    /// Keeps [`HostDhcpView::own_ports`] in step for one reservation key after it changed.
+    fn index_own_port(&mut self, network_id: NetworkId, subnet_id: SubnetId, key: (IpAddr, Mac)) {
+        let own = self.holder(network_id, subnet_id, key.0, key.1) == Some(self.own_port());
+        if own {
+            self.own_ports.entry((network_id, subnet_id)).or_default().insert(key);
+        } else if let Some(ports) = self.own_ports.get_mut(&(network_id, subnet_id)) {
+            ports.remove(&key);
+            if ports.is_empty() {
+                self.own_ports.remove(&(network_id, subnet_id));
+            }
+        }
     }
 
     /// Removes the reservation only if it is the one held (same IP, MAC and owner), so a removal
@@ -186,6 +206,7 @@ impl HostDhcpView {
         if network.is_empty() {
             self.networks.remove(&event.network_id);
         }
+        self.index_own_port(event.network_id, event.subnet_id, (event.ip, event.mac));
     }
 
     /// A refused request for this host's own address in a subnet is remembered until the address is
@@ -220,9 +241,22 @@ impl HostDhcpView {
     }
 
     /// This host's DHCP-port address in a subnet: the lowest, should the allocator ever grant two.
-    fn own_port_in(&self, network: &NetworkView, subnet_id: SubnetId) -> Option<(IpAddr, Mac)> {
+    fn own_port_in(&self, network_id: NetworkId, subnet_id: SubnetId) -> Option<(IpAddr, Mac)> {
+        self.own_ports.get(&(network_id, subnet_id))?.first().copied()
+    }
+
+    /// [`HostDhcpView::own_ports`] as the reservations say it should be.
+    fn own_ports_of_reservations(&self) -> BTreeMap<(NetworkId, SubnetId), BTreeSet<(IpAddr, Mac)>> {
         let own = self.own_port();
-        network.reservations.get(&subnet_id)?.iter().find(|(_, owner)| **owner == own).map(|(&key, _)| key)
+        let mut ports: BTreeMap<(NetworkId, SubnetId), BTreeSet<(IpAddr, Mac)>> = BTreeMap::new();
+        for (&network_id, network) in &self.networks {
+            for (&subnet_id, held) in &network.reservations {
+                for (&key, _) in held.iter().filter(|(_, owner)| **owner == own) {
+                    ports.entry((network_id, subnet_id)).or_default().insert(key);
+                }
+            }
+        }
+        ports
     }
 }
 
@@ -500,12 +534,14 @@ impl StateMachine for HostDhcpView {
                 return Err(SnapshotError::Inconsistent(format!("network {network_id} has probing off twice")));
             }
         }
+        view.own_ports = view.own_ports_of_reservations();
         Ok(view)
     }
 
     /// Equal knowledge is equal state: no network entry and no subnet's reservations are kept
-    /// empty. (That an address is held once per subnet is the allocator's invariant, a property of
-    /// the view's inputs rather than of the view.)
+    /// empty; and the index of this host's own ports is what the reservations say. (That an
+    /// address is held once per subnet is the allocator's invariant, a property of the view's
+    /// inputs rather than of the view.)
     fn check(&self) -> Result<(), InvariantViolation> {
         for (network_id, network) in &self.networks {
             ensure(!network.is_empty(), || format!("network {network_id} is kept with nothing in it"))?;
@@ -513,7 +549,10 @@ impl StateMachine for HostDhcpView {
                 ensure(!held.is_empty(), || format!("subnet {subnet_id} keeps an empty reservation list"))?;
             }
         }
-        Ok(())
+        let indexed = self.own_ports_of_reservations();
+        ensure(self.own_ports == indexed, || {
+            format!("the index of own ports {:?} is not the reservations' {indexed:?}", self.own_ports)
+        })
     }
 }
 
@@ -706,7 +745,7 @@ pub fn plan_network(view: &HostDhcpView, network_id: NetworkId, options: &PlanOp
                 dns_servers: subnet.dns_servers.clone(),
                 ntp_servers: subnet.ntp_servers.clone(),
                 lease_secs: options.lease_secs,
-                server_address: view.own_port_in(network, subnet_id).map(|(ip, _)| ip),
+                server_address: view.own_port_in(network_id, subnet_id).map(|(ip, _)| ip),
                 server_address_refused: view.refused_ports.get(&(network_id, subnet_id)).cloned(),
                 hosts: network
                     .reservations
@@ -745,7 +784,7 @@ pub fn port_requests(view: &HostDhcpView, port_mac: impl Fn(NetworkId) -> Option
             .subnets
             .keys()
             .copied()
-            .filter(|&subnet_id| view.own_port_in(network, subnet_id).is_none())
+            .filter(|&subnet_id| view.own_port_in(network_id, subnet_id).is_none())
             .collect();
         if missing.is_empty() {
             continue;
@@ -762,20 +801,15 @@ pub fn port_requests(view: &HostDhcpView, port_mac: impl Fn(NetworkId) -> Option
 /// ordered by network, subnet, then IP. Like requests, they repeat until the allocator's
 /// `ReservationRemoved` arrives; the shell drops the ones it already sent.
 ///
-/// This scans the reservations of every unserved network, which is linear in the cluster's
-/// reservations; cheap next to the I/O around each call, and it keeps the view free of an index
-/// that would have to be kept in step.
+/// Costs the number of this host's own ports, whatever the size of the cluster (they are indexed).
 pub fn port_releases(view: &HostDhcpView) -> Vec<Event> {
-    let own = view.own_port();
     let served = |network_id: &NetworkId| view.assignments.get(network_id).is_some_and(|a| a.serving);
-    view.networks
+    view.own_ports
         .iter()
-        .filter(|(network_id, _)| !served(network_id))
-        .flat_map(|(&network_id, network)| {
-            network.reservations.iter().flat_map(move |(&subnet_id, held)| {
-                held.iter().filter(move |(_, owner)| **owner == own).map(move |(&(_, mac), _)| {
-                    Event::DhcpPortReleased(DhcpPortReleased { network_id, subnet_id, host_id: view.host_id, mac })
-                })
+        .filter(|((network_id, _), _)| !served(network_id))
+        .flat_map(|(&(network_id, subnet_id), ports)| {
+            ports.iter().map(move |&(_, mac)| {
+                Event::DhcpPortReleased(DhcpPortReleased { network_id, subnet_id, host_id: view.host_id, mac })
             })
         })
         .collect()

@@ -730,8 +730,8 @@ fn restore_refuses_what_is_not_a_snapshot_of_this_version() {
 }
 
 /// What a shell holds that plans a network anew on a server change and applies host changes to
-/// what it holds (as the host agent does) equals the whole plan after every input. Panics with the
-/// input that broke it.
+/// what it holds (as the host agent does) equals the whole plan after every input, and the view's
+/// invariants hold (its index of own ports among them). Panics with the input that broke it.
 fn check_changes_keep_the_plan(history: &[Event]) -> BTreeMap<NetworkId, NetworkDhcpConfig> {
     let options = PlanOptions::default();
     let mut view = HostDhcpView::new(H1);
@@ -756,6 +756,7 @@ fn check_changes_keep_the_plan(history: &[Event]) -> BTreeMap<NetworkId, Network
             }
             None => None,
         };
+        view.check().unwrap_or_else(|violation| panic!("after input {index}: {event:?}: {violation}"));
         let whole = plan(&view, &options).networks;
         assert_eq!(held.values().cloned().collect::<Vec<_>>(), whole, "after input {index}: {event:?}");
     }
