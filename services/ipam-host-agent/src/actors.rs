@@ -376,10 +376,13 @@ impl Provisioner {
                 desired.apply_hosts(&hosts);
                 let (interface, probe_on) = (desired.interface.clone(), desired.conflict_probe);
                 let served = self.admit_changes(&hosts, interface, probe_on, ctx);
-                if let Some(admitted) = self.admitted.as_mut() {
-                    admitted.apply_hosts(&served);
+                // New hosts all held back while probed change nothing the server serves yet.
+                if !served.is_empty() {
+                    if let Some(admitted) = self.admitted.as_mut() {
+                        admitted.apply_hosts(&served);
+                    }
+                    Unapplied::add_hosts(&mut self.unapplied, served);
                 }
-                Unapplied::add_hosts(&mut self.unapplied, served);
             }
         }
     }
