@@ -1191,9 +1191,10 @@ impl Pipeline {
             },
             PlanChange::Host(host) => {
                 self.host_changes += 1;
-                let config = self.held.get_mut(&host.network_id);
-                ensure!(config.is_some(), "a host change of a network not served: {host:?}");
-                config.into_iter().for_each(|config| config.apply_hosts(&[host]));
+                let Some(config) = self.held.get_mut(&host.network_id) else {
+                    return Err(format!("a host change of a network not served: {host:?}"));
+                };
+                config.apply_hosts(&[host]);
                 None
             }
         };

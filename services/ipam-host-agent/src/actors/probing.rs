@@ -179,13 +179,11 @@ impl Handler<Probed> for Provisioner {
         if let Some(admitted) = self.admitted.as_mut() {
             admitted.apply_hosts(&cleared);
         }
-        Unapplied::add_hosts(&mut self.unapplied, cleared);
-        if self.probes.busy() && matches!(&self.unapplied, Some(Unapplied::Hosts(hosts)) if hosts.is_empty()) {
-            // Nothing cleared, and more probes to wait for: nothing to apply yet.
-            self.unapplied = None;
+        // Applied even if no host was cleared once no probe is left, so that the server reports
+        // itself synced with the reservations it held back while probing.
+        if !cleared.is_empty() || !self.probes.busy() {
+            Unapplied::add_hosts(&mut self.unapplied, cleared);
         }
-        // Otherwise applied even if no host was cleared, so that the server reports itself synced
-        // with the reservations it held back while probing.
         self.reconcile(ctx);
     }
 }
