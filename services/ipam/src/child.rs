@@ -34,9 +34,15 @@ impl UpProcess {
             Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
             None => None,
         };
+        // At least `info`, which says when it is ready and where its API listens; more of what the
+        // caller's own `IPAM_LOG` asks (say `ipam_log_kafka::member=debug`, a line per Kafka commit).
+        let filter = match std::env::var("IPAM_LOG") {
+            Ok(asked) if !asked.is_empty() => format!("info,{asked}"),
+            _ => "info".to_owned(),
+        };
         let mut child = Command::new(std::env::current_exe().context("finding the ipam binary")?)
             .args(args)
-            .env("IPAM_LOG", "info")
+            .env("IPAM_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
