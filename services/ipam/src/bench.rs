@@ -72,6 +72,21 @@ pub struct Options {
     pub scale_out_events: usize,
     pub kafka: Option<String>,
     pub keep: bool,
+    /// The batch policy every service it starts is given (`--batch-max-steps`,
+    /// `--batch-max-delay-ms`), so that the bench can compare policies.
+    pub batch: ipam_log::BatchPolicy,
+}
+
+impl Options {
+    /// The settings every service process of the bench gets before its command.
+    pub(crate) fn service_args(&self) -> Vec<String> {
+        vec![
+            "--batch-max-steps".to_owned(),
+            self.batch.max_steps.to_string(),
+            "--batch-max-delay-ms".to_owned(),
+            self.batch.max_delay.as_millis().to_string(),
+        ]
+    }
 }
 
 /// The figures of one stack.
@@ -791,8 +806,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let record_size = vnic_record_size()?;
     println!(
         "ipam bench: {} vNIC starts over {NETWORKS} networks through POST /v1/events (batches of {BATCH}), one host \
-         agent (files backend); vNIC started record: {record_size} bytes",
-        options.events
+         agent (files backend); vNIC started record: {record_size} bytes; batches commit at {} steps or {} ms",
+        options.events,
+        options.batch.max_steps,
+        options.batch.max_delay.as_millis()
     );
     let embedded = measure_embedded(&dir.join("embedded"), options);
     let kafka = match (&options.kafka, &embedded) {
@@ -837,27 +854,30 @@ impl Drop for Fleet {
     }
 }
 
-fn up_args(dir: &Path) -> Vec<String> {
-    [
-        "--data-dir",
-        &dir.join("data").display().to_string(),
-        "--partitions",
-        "8",
-        "--api-bind",
-        "127.0.0.1:0",
-        "up",
-        "--host-agent",
-        &format!("{HOST}={}", dir.join("files").display()),
-    ]
-    .map(str::to_owned)
-    .to_vec()
+fn up_args(dir: &Path, options: &Options) -> Vec<String> {
+    let mut args = options.service_args();
+    args.extend(
+        [
+            "--data-dir",
+            &dir.join("data").display().to_string(),
+            "--partitions",
+            "8",
+            "--api-bind",
+            "127.0.0.1:0",
+            "up",
+            "--host-agent",
+            &format!("{HOST}={}", dir.join("files").display()),
+        ]
+        .map(str::to_owned),
+    );
+    args
 }
 
 fn measure_embedded(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
     std::fs::create_dir_all(dir)?;
     println!("embedded: starting ipam up");
     let mut fleet = Fleet::default();
-    let up = UpProcess::start_service(&up_args(dir), true, Some(&dir.join("up.log")))?;
+    let up = UpProcess::start_service(&up_args(dir, options), true, Some(&dir.join("up.log")))?;
     let api = Api::new(&up.api_url, None)?;
     fleet.processes.push(("up".to_owned(), up));
     let log = SqliteLog::open(&dir.join("data").join("log"), Durability::ProcessCrash)?;
@@ -874,7 +894,7 @@ fn measure_embedded(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
     let mut up = fleet.take("up").context("ipam up")?;
     up.kill()?;
     let since = Instant::now();
-    let restarted = UpProcess::start_service(&up_args(dir), true, Some(&dir.join("up-restarted.log")))?;
+    let restarted = UpProcess::start_service(&up_args(dir, options), true, Some(&dir.join("up-restarted.log")))?;
     let restart_ready = restarted.ready_after;
     let target = Target { api: Api::new(&restarted.api_url, None)?, ..target };
     fleet.processes.push(("up".to_owned(), restarted));

@@ -281,25 +281,29 @@ struct Services<'a> {
     bootstrap: &'a str,
     prefix: &'a str,
     dir: &'a Path,
+    /// The bench's settings for every service ([`bench::Options::service_args`]).
+    settings: Vec<String>,
 }
 
 impl Services<'_> {
     fn args(&self, instance: &str, rest: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--kafka",
-            self.bootstrap,
-            "--topic-prefix",
-            self.prefix,
-            "--partitions",
-            "8",
-            "--instance",
-            instance,
-            "--data-dir",
-            // Per instance: a restarted instance finds its own snapshots again.
-            &self.dir.join(format!("data-{instance}")).display().to_string(),
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let mut args = self.settings.clone();
+        args.extend(
+            [
+                "--kafka",
+                self.bootstrap,
+                "--topic-prefix",
+                self.prefix,
+                "--partitions",
+                "8",
+                "--instance",
+                instance,
+                "--data-dir",
+                // Per instance: a restarted instance finds its own snapshots again.
+                &self.dir.join(format!("data-{instance}")).display().to_string(),
+            ]
+            .map(str::to_owned),
+        );
         args.extend(rest.iter().map(|s| (*s).to_owned()));
         args
     }
@@ -337,7 +341,7 @@ pub(crate) fn measure(bootstrap: &str, dir: &Path, options: &Options, record_siz
     println!("kafka: broker {bootstrap}, topic prefix {prefix}");
     let raw = raw_figures(&java, &classpath, bootstrap, &log, &prefix, options.perf_records, record_size)?;
 
-    let services = Services { bootstrap, prefix: &prefix, dir };
+    let services = Services { bootstrap, prefix: &prefix, dir, settings: options.service_args() };
     let mut fleet = Fleet::default();
     // The deciding services create the topics; the API and the host agent wait for them.
     fleet.processes.push(("allocator".to_owned(), services.allocator("a0", "allocator")?));
