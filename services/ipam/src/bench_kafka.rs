@@ -25,8 +25,6 @@ use crate::client::Api;
 
 /// Partitions of the raw tools' topics: as many as the pipeline's network-keyed topics.
 const PARTITIONS: u32 = 8;
-/// The transaction length given to the transactional producer, as the drivers' batches (5 ms).
-const TRANSACTION_MS: u32 = 5;
 /// The longest one run of a Java tool may take.
 const TOOL_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -150,9 +148,12 @@ fn raw_figures(
     bootstrap: &str,
     log: &KafkaLog,
     prefix: &str,
-    records: usize,
+    options: &Options,
     record_size: usize,
 ) -> anyhow::Result<RawFigures> {
+    let records = options.perf_records;
+    // Apache's transactions last as long as the drivers' batches under load (the policy's delay).
+    let transaction_ms = options.batch.max_delay.as_millis().max(1);
     let (idempotent, transactional) = (format!("{prefix}perf.idempotent"), format!("{prefix}perf.transactional"));
     log.create_topics(&[
         TopicSpec { name: idempotent.clone(), partitions: PARTITIONS },
@@ -202,9 +203,9 @@ fn raw_figures(
     };
     println!("kafka: Apache ProducerPerformance, {records} records of {record_size} bytes, acks=all, idempotent");
     let produce_idempotent = produce(&idempotent, &[])?;
-    println!("kafka: ... {produce_idempotent:.0} records/s; now transactional, a commit every {TRANSACTION_MS} ms");
+    println!("kafka: ... {produce_idempotent:.0} records/s; now transactional, a commit every {transaction_ms} ms");
     let transaction_id = format!("{prefix}perf");
-    let duration = TRANSACTION_MS.to_string();
+    let duration = transaction_ms.to_string();
     let produce_transactional =
         produce(&transactional, &["--transactional-id", &transaction_id, "--transaction-duration-ms", &duration])?;
     println!("kafka: ... {produce_transactional:.0} records/s; now Apache ConsumerPerformance");
@@ -222,11 +223,11 @@ fn raw_figures(
         produce_transactional,
         consume: consume_plain,
         consume_committed,
-        transaction: format!("--transaction-duration-ms {TRANSACTION_MS}"),
+        transaction: format!("--transaction-duration-ms {transaction_ms}"),
         command_note: format!(
             "org.apache.kafka.tools.ProducerPerformance --num-records {records} --record-size {record_size} \
              --throughput -1 --command-property acks=all enable.idempotence=true [--transactional-id ... \
-             --transaction-duration-ms {TRANSACTION_MS}]; ConsumerPerformance --num-records {records} \
+             --transaction-duration-ms {transaction_ms}]; ConsumerPerformance --num-records {records} \
              (fetch.nMsg.sec); {PARTITIONS} partitions each"
         ),
     })
@@ -339,7 +340,7 @@ pub(crate) fn measure(bootstrap: &str, dir: &Path, options: &Options, record_siz
     let prefix = format!("bench-{stamp}-{}.", std::process::id());
     let log = KafkaLog::connect(KafkaOptions::new(bootstrap)).with_context(|| format!("connecting to {bootstrap}"))?;
     println!("kafka: broker {bootstrap}, topic prefix {prefix}");
-    let raw = raw_figures(&java, &classpath, bootstrap, &log, &prefix, options.perf_records, record_size)?;
+    let raw = raw_figures(&java, &classpath, bootstrap, &log, &prefix, options, record_size)?;
 
     let services = Services { bootstrap, prefix: &prefix, dir, settings: options.service_args() };
     let mut fleet = Fleet::default();

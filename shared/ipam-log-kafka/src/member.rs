@@ -14,10 +14,15 @@
 //!
 //! # When a batch commits
 //! At the policy's `max_steps` or `max_delay`, as on every backend; and a batch whose first input
-//! came after the member had waited `max_delay` for input commits as soon as a poll finds the
-//! input drained, since a lone event would otherwise wait out the delay for nothing. Under load
-//! input is waiting whenever the member polls, and batches keep the delay, which groups steps into
-//! transactions worth their 10 to 20 ms.
+//! came after the member had waited [`QUIET`] (or the delay, if shorter) in its polls for input
+//! with no batch open commits as soon as a poll finds the input drained, since a lone event would otherwise wait
+//! out the delay for nothing. Under load input is waiting whenever the member polls, and batches
+//! keep the delay, which groups steps into transactions worth their 10 to 30 ms. The quiet spell is
+//! not the delay itself: with a 20 ms delay, a start that a client posts as soon as its previous
+//! one was served comes sooner than that after the commit, and waited the delay out (one start →
+//! its line p50 36 ms instead of 17, `ipam bench --kafka --batch-max-delay-ms 20`); nor is it any
+//! wait at all: under load the consumer's queue is empty for a moment between fetches, and eager
+//! batches then made transactions so small that the rate fell by a third.
 //!
 //! # Static membership
 //! The consumer joins as a static member whose instance is the transactional id (see
@@ -55,7 +60,12 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use crate::errors::{TxnFailure, classify_txn, client_creation, storage};
 use crate::options::KafkaOptions;
 use crate::positions::{self, Positions};
-use crate::topics::{self, REQUEST_TIMEOUT, Stable, Topics};
+use crate::topics::{self, REQUEST_TIMEOUT, Topics};
+
+/// How long the member must have waited in its polls for input, with no batch open, for the next
+/// input to be a lone one whose batch commits once drained (see the module documentation). Input
+/// that is there when the member polls was not waited for, however long since the last poll.
+const QUIET: Duration = Duration::from_millis(5);
 
 /// How often a retriable transactional call is tried before giving up.
 const ATTEMPTS: usize = 3;
@@ -92,9 +102,9 @@ enum Health {
 struct OpenBatch {
     opened: Instant,
     steps: usize,
-    /// Its first input came after the member had waited for input, with no batch open, for the
-    /// policy's delay: it commits as soon as a poll finds the input drained rather than at its
-    /// age (see `KafkaMember::poll`).
+    /// Its first input came after the member had waited [`QUIET`] for input with no batch open: it
+    /// commits as soon as a poll finds the input drained rather than at its age (see
+    /// `KafkaMember::poll`).
     eager: bool,
     /// An eager batch's last poll found nothing more to read.
     drained: bool,
@@ -211,10 +221,11 @@ struct MemberState {
     producer_config: ClientConfig,
     /// The member is being dropped: callbacks must not commit anything.
     closing: bool,
-    /// Since when the member has been waiting for input with no batch open, while it has.
-    quiet_since: Option<Instant>,
-    /// The records `poll` last returned came after the member had been quiet for the policy's
-    /// delay: the batch they open is eager (see [`OpenBatch::eager`]).
+    /// How long the member has waited in its polls for input, with no batch open, since the last
+    /// records came.
+    quiet: Duration,
+    /// The records `poll` last returned came after the member had been quiet for [`QUIET`]: the
+    /// batch they open is eager (see [`OpenBatch::eager`]).
     eager_next: bool,
 }
 
@@ -656,14 +667,22 @@ impl MemberState {
         let mut deliveries = self.producer.context().wait_for_reports(deadline);
         let written = std::mem::take(&mut deliveries.last_offsets);
         drop(deliveries);
-        // One watermark request per written partition, all at once: one after the other they cost
-        // a round trip each, and a batch writes to most partitions of the output topics.
-        let client = self.topics.metadata_client();
-        std::thread::scope(|scope| {
-            for ((topic, partition), last) in &written {
-                scope.spawn(move || await_stable_offset(client, topic, *partition, *last, deadline));
+        // Visible once each partition's last stable offset is past the last record written there.
+        let targets = written.into_iter().map(|(partition, last)| (partition, last + 1)).collect();
+        match topics::await_all_stable(self.topics.metadata_client(), &targets, deadline) {
+            Ok(behind) => {
+                for (topic, partition) in behind {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
+                    );
+                }
             }
-        });
+            Err(error) => {
+                tracing::warn!(error = %error, "Kafka member could not check that its commit is visible.");
+            }
+        }
     }
 
     fn overdue(&self, policy: &ipam_log::BatchPolicy) -> bool {
@@ -927,7 +946,7 @@ impl KafkaMember {
             reinits: 0,
             producer_config,
             closing: false,
-            quiet_since: None,
+            quiet: Duration::ZERO,
             eager_next: false,
         };
         if let Err(failure) = state.retry(|producer| producer.init_transactions(txn_timeout)) {
@@ -1203,21 +1222,6 @@ fn close(consumer: BaseConsumer<MemberContext>) {
     }
 }
 
-/// Waits until `topic`/`partition`'s last stable offset is past `last`, or `deadline` passes.
-fn await_stable_offset(client: &BaseConsumer, topic: &str, partition: i32, last: i64, deadline: Instant) {
-    match topics::await_stable(client, topic, partition, last + 1, deadline) {
-        Ok(Stable { reached: true, .. }) => {}
-        Ok(_) => tracing::warn!(
-            topic,
-            partition,
-            "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
-        ),
-        Err(error) => {
-            tracing::warn!(topic, partition, error = %error, "Kafka member could not check that its commit is visible.");
-        }
-    }
-}
-
 impl Member for KafkaMember {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Polled, LogError> {
         let deadline = Instant::now() + timeout;
@@ -1236,22 +1240,19 @@ impl Member for KafkaMember {
             }
             let mut wait = deadline.saturating_duration_since(Instant::now());
             let mut eager = false;
+            let batch_open;
             {
-                let mut state = self.lock();
-                match &state.batch {
-                    // An eager batch (its first input came after a quiet spell) does not wait for
-                    // more input: a lone event would wait out the policy's delay for nothing
-                    // (`ipam bench --kafka`'s single starts). Under load input is always waiting,
-                    // no batch is eager, and the delay groups steps into transactions that are
-                    // worth their 10 to 20 ms.
-                    Some(open) => {
-                        eager = open.eager;
-                        let left = if eager { Duration::ZERO } else { self.config.batch.max_delay };
-                        wait = wait.min(left.saturating_sub(open.opened.elapsed()));
-                    }
-                    None => {
-                        state.quiet_since.get_or_insert_with(Instant::now);
-                    }
+                let state = self.lock();
+                batch_open = state.batch.is_some();
+                // An eager batch (its first input came after a quiet spell) does not wait for more
+                // input: a lone event would wait out the policy's delay for nothing (`ipam bench
+                // --kafka`'s single starts). Under load input is waiting whenever the member polls,
+                // no batch is eager, and the delay groups steps into transactions that are worth
+                // their 10 to 30 ms.
+                if let Some(open) = &state.batch {
+                    eager = open.eager;
+                    let left = if eager { Duration::ZERO } else { self.config.batch.max_delay };
+                    wait = wait.min(left.saturating_sub(open.opened.elapsed()));
                 }
             }
             let Some(consumer) = &self.consumer else {
@@ -1263,7 +1264,13 @@ impl Member for KafkaMember {
             };
             let mut failure = None;
             if max > 0 {
+                let waiting = Instant::now();
                 let mut event = consumer.poll(wait);
+                if !batch_open {
+                    // Until the first record came, or for nothing.
+                    let waited = waiting.elapsed();
+                    self.lock().quiet += waited;
+                }
                 // Take what is ready now, up to `max`, without waiting again.
                 while let Some(result) = event {
                     match result {
@@ -1285,9 +1292,8 @@ impl Member for KafkaMember {
             {
                 let mut state = self.lock();
                 if !records.is_empty() {
-                    let quiet = state.quiet_since.take();
-                    state.eager_next = state.batch.is_none()
-                        && quiet.is_some_and(|since| since.elapsed() >= self.config.batch.max_delay);
+                    let quiet = std::mem::take(&mut state.quiet);
+                    state.eager_next = state.batch.is_none() && quiet >= QUIET.min(self.config.batch.max_delay);
                 } else if eager
                     && failure.is_none()
                     && let Some(open) = state.batch.as_mut()

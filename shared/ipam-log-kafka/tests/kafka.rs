@@ -287,16 +287,25 @@ fn a_member_that_stops_polling_loses_its_partitions_and_its_open_batch() {
     loop {
         match silent.poll(10, Duration::from_millis(100)) {
             Ok(polled) => {
-                assert!(polled.records.is_empty() && polled.revoked.is_empty(), "{polled:?}");
+                assert!(polled.revoked.is_empty(), "{polled:?}");
+                // Records only while it still takes itself for the owner (after a failed commit,
+                // below), and never stepped.
+                assert!(polled.records.is_empty() || !silent.assignment().is_empty(), "{polled:?}");
                 if !polled.lost.is_empty() {
                     assert_eq!(polled.lost, [TopicPartition { topic: input.clone(), partition: 0 }]);
                     assert_eq!(silent.pending_steps(), 0, "the open batch was aborted");
-                    assert!(silent.assignment().is_empty());
-                    break;
+                    if silent.assignment().is_empty() {
+                        break;
+                    }
                 }
             }
             Err(LogError::Fenced(_)) => break,
             Err(LogError::Storage(message)) if message.contains("aborted it on timeout") => {}
+            // Its lone step came after it had waited for input, so its batch commits once the
+            // input is drained: its first poll may try before the group's verdict reaches it, and
+            // the group no longer knows the member. The batch is aborted and its partition
+            // reported lost (and, to be rebuilt, assigned again until the verdict comes).
+            Err(LogError::Storage(message)) if message.contains("Unknown member") => {}
             Err(other) => panic!("unexpected error: {other}"),
         }
         assert!(Instant::now() < deadline, "the silent member never learned it lost its partition");
@@ -450,13 +459,18 @@ fn a_lone_step_after_idleness_commits_once_the_input_is_drained_and_steps_under_
     let stepped = Instant::now();
     member.step(&[out(&output, "k", "lone")], &[next(&records[0])]).unwrap();
     assert_eq!(member.pending_steps(), 1, "a step alone never commits before a poll");
-    member.poll(10, Duration::from_millis(100)).unwrap();
-    assert_eq!(member.pending_steps(), 0, "the poll found the input drained and committed");
+    // Polls that do not wait: the first finds the input drained, the next commits. Waiting in a
+    // poll after the commit would be a quiet spell again, and make the next input a lone one.
+    let deadline = Instant::now() + DEADLINE;
+    while member.pending_steps() > 0 {
+        assert!(Instant::now() < deadline, "the lone step never committed");
+        member.poll(10, Duration::ZERO).unwrap();
+    }
     assert!(stepped.elapsed() < max_delay, "committed after {:?}, not at the delay", stepped.elapsed());
     assert_eq!(values(&read_all(&log, &output)), ["lone"]);
 
-    // Input that is waiting when the member polls (as under load) opens a batch that waits for
-    // the delay as before.
+    // Input that is waiting when the member polls (as under load: it came while the member was
+    // busy, not while it waited) opens a batch that waits for the delay as before.
     log.append(&[out(&input, "k", "next")]).unwrap();
     await_written(&bootstrap(), &input, 0, 2);
     let records = poll_records(&mut *member, 1);
