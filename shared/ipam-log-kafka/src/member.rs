@@ -15,14 +15,16 @@
 //! # When a batch commits
 //! At the policy's `max_steps` or `max_delay`, as on every backend; and a batch whose first input
 //! came after the member had waited [`QUIET`] (or the delay, if shorter) in its polls for input
-//! with no batch open commits as soon as a poll finds the input drained, since a lone event would otherwise wait
-//! out the delay for nothing. Under load input is waiting whenever the member polls, and batches
-//! keep the delay, which groups steps into transactions worth their 10 to 30 ms. The quiet spell is
-//! not the delay itself: with a 20 ms delay, a start that a client posts as soon as its previous
-//! one was served comes sooner than that after the commit, and waited the delay out (one start →
-//! its line p50 36 ms instead of 17, `ipam bench --kafka --batch-max-delay-ms 20`); nor is it any
-//! wait at all: under load the consumer's queue is empty for a moment between fetches, and eager
-//! batches then made transactions so small that the rate fell by a third.
+//! with no batch open commits as soon as a poll finds the input drained, since a lone event would
+//! otherwise wait out the delay for nothing. Under load input is waiting whenever the member
+//! polls, and batches keep the delay, which groups steps into transactions worth their 10 to 30
+//! ms. The quiet spell is not the delay itself: with a 20 ms delay, a start that a client posts as
+//! soon as its previous one was served comes sooner than that after the commit, and waited the
+//! delay out (one start → its line p50 36 ms instead of 17, `ipam bench --kafka
+//! --batch-max-delay-ms 20`); nor is it any wait at all: under load the consumer's queue is empty
+//! for a moment between fetches, and eager batches then made transactions so small that the rate
+//! fell by a third. It is time spent waiting in polls, not since the last one: input that came
+//! while the runtime was busy is a load's.
 //!
 //! # Static membership
 //! The consumer joins as a static member whose instance is the transactional id (see
@@ -65,7 +67,7 @@ use crate::topics::{self, REQUEST_TIMEOUT, Topics};
 /// How long the member must have waited in its polls for input, with no batch open, for the next
 /// input to be a lone one whose batch commits once drained (see the module documentation). Input
 /// that is there when the member polls was not waited for, however long since the last poll.
-const QUIET: Duration = Duration::from_millis(5);
+const QUIET: Duration = Duration::from_millis(2);
 
 /// How often a retriable transactional call is tried before giving up.
 const ATTEMPTS: usize = 3;
