@@ -18,6 +18,20 @@ pub struct UpProcess {
     pub ready_after: Duration,
 }
 
+/// The log filter of a child: `info`, which says when it is ready and where its API listens (what
+/// [`UpProcess::start_service`] waits for), with the per-target directives of the caller's own
+/// `IPAM_LOG` (say `ipam_log_kafka::member=debug`, a line per Kafka commit). A bare level there is
+/// the caller's own (tests run with `warn`) and is not passed on: it would silence the lines the
+/// parent waits for.
+fn child_filter(asked: Option<&str>) -> String {
+    let mut filter = "info".to_owned();
+    for directive in asked.unwrap_or("").split(',').map(str::trim).filter(|d| d.contains('=')) {
+        filter.push(',');
+        filter.push_str(directive);
+    }
+    filter
+}
+
 impl UpProcess {
     /// Starts `ipam <args>` (ending in `up ...`, with `--api-bind 127.0.0.1:0`) and waits until it
     /// says it is ready.
@@ -34,15 +48,9 @@ impl UpProcess {
             Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
             None => None,
         };
-        // At least `info`, which says when it is ready and where its API listens; more of what the
-        // caller's own `IPAM_LOG` asks (say `ipam_log_kafka::member=debug`, a line per Kafka commit).
-        let filter = match std::env::var("IPAM_LOG") {
-            Ok(asked) if !asked.is_empty() => format!("info,{asked}"),
-            _ => "info".to_owned(),
-        };
         let mut child = Command::new(std::env::current_exe().context("finding the ipam binary")?)
             .args(args)
-            .env("IPAM_LOG", filter)
+            .env("IPAM_LOG", child_filter(std::env::var("IPAM_LOG").ok().as_deref()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -98,5 +106,18 @@ impl UpProcess {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         self.child.wait()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::child_filter;
+
+    #[test]
+    fn a_child_logs_at_info_with_the_callers_targets_but_not_its_level() {
+        assert_eq!(child_filter(None), "info");
+        assert_eq!(child_filter(Some("warn")), "info");
+        assert_eq!(child_filter(Some("ipam_log_kafka::member=debug")), "info,ipam_log_kafka::member=debug");
+        assert_eq!(child_filter(Some("warn, rdkafka=trace,")), "info,rdkafka=trace");
     }
 }
