@@ -4,9 +4,13 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+/// How long a child may take to say it is ready (a rebuild of a million reservations included).
+const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A running `ipam up`.
 #[derive(Debug)]
@@ -56,41 +60,45 @@ impl UpProcess {
             .spawn()
             .context("starting ipam")?;
         let stderr = child.stderr.take().context("no stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let mut api_url = None;
-        let mut ready = false;
-        for line in lines.by_ref() {
-            let line = line?;
-            if let Some(file) = copy.as_mut() {
-                let _ = writeln!(file, "{line}");
-            }
-            if let Some(rest) = line.split("API listening on ").nth(1) {
-                api_url = rest.split_whitespace().next().map(str::to_owned);
-            }
-            // A process without drivers says it is ready before its API listens.
-            ready |= line.contains("ipam is ready");
-            if ready && (api_url.is_some() || !api) {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(600) {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("ipam {} did not become ready", args.join(" "));
-            }
-        }
-        if !ready || (api && api_url.is_none()) {
-            let _ = child.wait();
-            bail!("ipam {} ended before it was ready", args.join(" "));
-        }
-        let api_url = api_url.unwrap_or_default();
-        // Keep draining its log so it never blocks on a full pipe.
+        // A thread reads its log for as long as it runs (so it never blocks on a full pipe),
+        // copies it, and hands the lines over until it is ready: waiting here on the channel
+        // rather than on the pipe keeps the deadline even when the child writes nothing.
+        let (sender, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
+            let mut sender = Some(sender);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(file) = copy.as_mut() {
                     let _ = writeln!(file, "{line}");
                 }
+                if sender.as_ref().is_some_and(|s: &Sender<String>| s.send(line).is_err()) {
+                    sender = None;
+                }
             }
         });
+        let deadline = started + READY_TIMEOUT;
+        let mut api_url = None;
+        let mut ready = false;
+        while !(ready && (api_url.is_some() || !api)) {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("API listening on ").nth(1) {
+                        api_url = rest.split_whitespace().next().map(str::to_owned);
+                    }
+                    // A process without drivers says it is ready before its API listens.
+                    ready |= line.contains("ipam is ready");
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("ipam {} did not become ready within {} s", args.join(" "), READY_TIMEOUT.as_secs());
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = child.wait();
+                    bail!("ipam {} ended before it was ready", args.join(" "));
+                }
+            }
+        }
+        let api_url = api_url.unwrap_or_default();
         Ok(UpProcess { child, api_url, ready_after: started.elapsed() })
     }
 
