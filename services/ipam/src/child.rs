@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -63,14 +63,14 @@ impl UpProcess {
         // A thread reads its log for as long as it runs (so it never blocks on a full pipe),
         // copies it, and hands the lines over until it is ready: waiting here on the channel
         // rather than on the pipe keeps the deadline even when the child writes nothing.
-        let (sender, lines) = std::sync::mpsc::channel();
+        let (sender, lines) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             let mut sender = Some(sender);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(file) = copy.as_mut() {
                     let _ = writeln!(file, "{line}");
                 }
-                if sender.as_ref().is_some_and(|s: &Sender<String>| s.send(line).is_err()) {
+                if sender.as_ref().is_some_and(|s| s.send(line).is_err()) {
                     sender = None;
                 }
             }

@@ -269,10 +269,7 @@ fn real_main() -> anyhow::Result<i32> {
         }
         Command::Bench { events, burst, samples, perf_records, scale_out_events, keep, .. } => {
             let kafka = config.kafka.bootstrap_servers.clone();
-            let batch = ipam_log::BatchPolicy {
-                max_steps: config.batch_max_steps,
-                max_delay: Duration::from_millis(config.batch_max_delay_ms),
-            };
+            let batch = config.batch_policy();
             bench::run(&bench::Options { events, burst, samples, perf_records, scale_out_events, kafka, keep, batch })
         }
         Command::HostAgent {

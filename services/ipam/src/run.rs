@@ -14,7 +14,7 @@ use ipam_core::placement::PlacementConfig;
 use ipam_core::{HostId, Topic};
 use ipam_host_agent::probe::ProbeSettings;
 use ipam_host_agent::{DnsmasqBackend, DnsmasqOptions, FilesBackend, HostAgentConfig};
-use ipam_log::{BatchPolicy, EventLog};
+use ipam_log::EventLog;
 use ipam_runtime::allocator::AllocatorMachines;
 use ipam_runtime::monitor::{self, Monitor};
 use ipam_runtime::placement::PlacementMachines;
@@ -92,8 +92,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         None
     };
     let readiness = Arc::new(Readiness::default());
-    let batch =
-        BatchPolicy { max_steps: config.batch_max_steps, max_delay: Duration::from_millis(config.batch_max_delay_ms) };
+    let batch = config.batch_policy();
     let driver_config = |name: &str, topic: Topic| DriverConfig {
         name: name.to_owned(),
         group: format!("{}ipam-{name}", config.topic_prefix),

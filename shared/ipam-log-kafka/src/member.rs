@@ -671,7 +671,7 @@ impl MemberState {
         drop(deliveries);
         // Visible once each partition's last stable offset is past the last record written there.
         let targets = written.into_iter().map(|(partition, last)| (partition, last + 1)).collect();
-        match topics::await_all_stable(self.topics.metadata_client(), &targets, deadline) {
+        match topics::await_all_stable(self.topics.metadata_client(), targets, deadline) {
             Ok(behind) => {
                 for (topic, partition) in behind {
                     tracing::warn!(
@@ -1265,14 +1265,12 @@ impl Member for KafkaMember {
                     .unwrap_or_else(|| LogError::Fatal("the member has left its group".to_owned())));
             };
             let mut failure = None;
+            let mut waited = Duration::ZERO;
             if max > 0 {
                 let waiting = Instant::now();
                 let mut event = consumer.poll(wait);
-                if !batch_open {
-                    // Until the first record came, or for nothing.
-                    let waited = waiting.elapsed();
-                    self.lock().quiet += waited;
-                }
+                // Until the first record came, or for nothing.
+                waited = waiting.elapsed();
                 // Take what is ready now, up to `max`, without waiting again.
                 while let Some(result) = event {
                     match result {
@@ -1293,6 +1291,9 @@ impl Member for KafkaMember {
             }
             {
                 let mut state = self.lock();
+                if !batch_open {
+                    state.quiet += waited;
+                }
                 if !records.is_empty() {
                     let quiet = std::mem::take(&mut state.quiet);
                     state.eager_next = state.batch.is_none() && quiet >= QUIET.min(self.config.batch.max_delay);

@@ -415,7 +415,7 @@ pub(crate) fn await_stable(
     }
 }
 
-/// Waits until the last stable offset of every partition of `targets` reaches its target (as
+/// Waits until the last stable offset of every partition of `pending` reaches its target (as
 /// `client`, a read_committed client, sees it), or `deadline` passes; answers the partitions that
 /// did not. Each try asks every partition's leader once for all of its partitions (ListOffsets for
 /// the latest offset, which a read_committed client gets as the last stable offset), where
@@ -423,10 +423,9 @@ pub(crate) fn await_stable(
 /// member's visibility wait asked the broker about 17 partitions every 2 ms, two requests each.
 pub(crate) fn await_all_stable(
     client: &BaseConsumer,
-    targets: &BTreeMap<(String, i32), i64>,
+    mut pending: BTreeMap<(String, i32), i64>,
     deadline: Instant,
 ) -> Result<Vec<(String, i32)>, LogError> {
-    let mut pending = targets.clone();
     loop {
         let mut asked = TopicPartitionList::with_capacity(pending.len());
         for (topic, partition) in pending.keys() {

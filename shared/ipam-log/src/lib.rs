@@ -101,10 +101,10 @@ pub struct BatchPolicy {
 
 impl Default for BatchPolicy {
     fn default() -> BatchPolicy {
-        // Under load on Kafka, where a transaction costs 10 to 30 ms of round trips, 20 ms batches
-        // of up to 2,000 steps gave the allocator about twice the rate of 5 ms and 500 steps, and
-        // halved the time a burst of 5,000 starts took to be served (`ipam bench --kafka
-        // --batch-max-delay-ms`, README); a lone input commits once drained, not after the delay.
+        // Under load on Kafka, where a transaction costs 25 to 45 ms of waiting, 20 ms batches of
+        // up to 2,000 steps gave the allocator 1.3 to 2 times the rate of 5 ms and 500 steps in
+        // paired runs (`ipam bench --kafka --batch-max-delay-ms`, README); a lone input commits
+        // once drained, not after the delay.
         BatchPolicy { max_steps: 2000, max_delay: Duration::from_millis(20) }
     }
 }
