@@ -8,8 +8,14 @@
 //!
 //! Three moments: quiet (everything processed, no transaction open), busy (right after a burst of
 //! published churn, while the services work through it), and in flight (a few hundred
-//! milliseconds after one chunk, while its batch waits out a 500 ms batch delay in an open
-//! transaction). The test prints how long each resumption took.
+//! milliseconds after chunks published a moment apart, while a batch waits out a 500 ms batch
+//! delay in an open transaction). The test prints how long each resumption took, and how many
+//! input offsets the allocators had not committed when the broker was killed.
+//!
+//! The in-flight moment publishes [`IN_FLIGHT_CHUNKS`] chunks [`IN_FLIGHT_GAP`] apart: the first
+//! finds the members idle and commits as soon as it is stepped (a lone input, see the Kafka
+//! member's module doc), and a later one arrives while they work, so its batch stays open for
+//! the delay.
 //!
 //! The broker is this test's own (`ScriptBroker`), so killing it disturbs no other test.
 
@@ -31,6 +37,10 @@ const BURST: usize = 10;
 /// How long the services' batches stay open, so that the in-flight moment finds one open.
 const BATCH_DELAY_MS: u64 = 500;
 
+/// Chunks published for the in-flight moment, and the time between two of them.
+const IN_FLIGHT_CHUNKS: usize = 3;
+const IN_FLIGHT_GAP: Duration = Duration::from_millis(20);
+
 /// How long the log may take to answer again once the broker does.
 const LOG_BACK_WITHIN: Duration = Duration::from_secs(60);
 
@@ -48,6 +58,21 @@ fn await_log(kafka: &Kafka) -> Duration {
             }
         }
     }
+}
+
+/// How many input offsets the allocators' group has not committed yet, read or not: records,
+/// and the markers of the transactions that wrote them.
+fn uncommitted_inputs(kafka: &Kafka) -> u64 {
+    let log = kafka.log();
+    let (group, _) = kafka.groups();
+    let topic = kafka.topic(Topic::Networks);
+    (0..recovery::PARTITIONS)
+        .map(|partition| {
+            let end = log.end_offset(&topic, partition).unwrap_or(0);
+            let committed = log.committed_position(&group, &topic, partition).ok().flatten().unwrap_or(0);
+            end.saturating_sub(committed)
+        })
+        .sum()
 }
 
 /// No record id twice in any output topic. A duplicate is reported with the offsets of every
@@ -114,13 +139,17 @@ fn the_kafka_services_resume_by_themselves_after_the_broker_is_killed_quiet_busy
                 }
             }
             "in flight" => {
-                publish(&kafka, next);
-                next += 1;
-                // The chunk is stepped within milliseconds; its batch commits after the delay.
+                for _ in 0..IN_FLIGHT_CHUNKS {
+                    publish(&kafka, next);
+                    next += 1;
+                    std::thread::sleep(IN_FLIGHT_GAP);
+                }
+                // The later chunks are stepped within milliseconds; their batch commits after the delay.
                 std::thread::sleep(Duration::from_millis(BATCH_DELAY_MS / 3));
             }
             _ => {}
         }
+        let uncommitted = uncommitted_inputs(&kafka);
         let killed = Instant::now();
         broker.kill();
         let restart = broker.restart();
@@ -135,8 +164,9 @@ fn the_kafka_services_resume_by_themselves_after_the_broker_is_killed_quiet_busy
         let exited = kafka.exited();
         assert!(exited.is_empty(), "{moment}: services exited after the broker restart: {exited:?}");
         println!(
-            "{moment}: broker away {away:.1?} (restart took {restart:.1?}); the test's client answered {log_back:.1?} \
-             and the services had processed everything {resumed:.1?} after the broker was back"
+            "{moment}: {uncommitted} input offsets (transaction markers too) not committed by the allocators when the broker was killed; broker away \
+             {away:.1?} (restart took {restart:.1?}); the test's client answered {log_back:.1?} and the services had \
+             processed everything {resumed:.1?} after the broker was back"
         );
         figures.push((moment, resumed));
     }

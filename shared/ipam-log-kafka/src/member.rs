@@ -732,7 +732,7 @@ impl ConsumerContext for MemberContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
         let assigned = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
         if assigned {
-            self.position_assigned(partitions);
+            self.position_assigned(consumer, partitions);
         }
         let partitions: &TopicPartitionList = partitions;
         let rebalance = match err {
@@ -817,7 +817,7 @@ impl MemberContext {
     /// included: a discarded producer is re-created first (which seals what the discarded
     /// transaction left), and if the wait still ends undecided, the member seals the positions
     /// topic as its last transaction ended and reads again.
-    fn position_assigned(&self, partitions: &mut TopicPartitionList) {
+    fn position_assigned(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
         let (positions, group) = {
             let mut state = self.lock();
             if state.closing {
@@ -847,14 +847,64 @@ impl MemberContext {
                 return;
             }
         };
-        for ((topic, partition), next) in found {
-            let offset = Offset::Offset(i64::try_from(next).unwrap_or(i64::MAX));
-            if let Err(error) = partitions.set_partition_offset(&topic, partition, offset) {
-                tracing::warn!(topic = %topic, partition, error = %error, "Kafka member could not position a partition.");
+        let starts = match starting_offsets(consumer, &wanted, &found) {
+            Ok(starts) => starts,
+            Err(error) => {
+                tracing::warn!(group = %group, error = %error,
+                    "Kafka member could not read its committed positions at an assignment; it will rewind to them.");
+                self.lock().needs_rewind = true;
+                return;
+            }
+        };
+        for start in starts.elements() {
+            if let Err(error) = partitions.set_partition_offset(start.topic(), start.partition(), start.offset()) {
+                tracing::warn!(topic = %start.topic(), partition = start.partition(), error = %error,
+                    "Kafka member could not position a partition.");
                 self.lock().needs_rewind = true;
             }
         }
     }
+}
+
+/// Where reading `wanted` starts: the positions topic's position (`found`) where it has one, else
+/// the group coordinator's committed offset, else the beginning; every partition gets an explicit
+/// offset. librdkafka is never left to look committed offsets up itself: after a broker restart
+/// its lookup can meet a request-level `NOT_COORDINATOR`, which it never retries, and the
+/// partition then stays unstarted for ever (confluentinc/librdkafka#5586, open in 2.12; seen here
+/// as an allocator stuck for minutes after a broker restart, every rewind answered `__STATE`).
+/// Our own lookup fails instead, and the caller tries again.
+fn starting_offsets(
+    consumer: &BaseConsumer<MemberContext>,
+    wanted: &[(String, i32)],
+    found: &BTreeMap<(String, i32), u64>,
+) -> Result<TopicPartitionList, LogError> {
+    let mut starts = TopicPartitionList::with_capacity(wanted.len());
+    let mut elsewhere = TopicPartitionList::new();
+    for (topic, partition) in wanted {
+        match found.get(&(topic.clone(), *partition)) {
+            Some(next) => {
+                let offset = Offset::Offset(i64::try_from(*next).unwrap_or(i64::MAX));
+                starts.add_partition_offset(topic, *partition, offset).map_err(|e| storage("a start position", &e))?;
+            }
+            None => {
+                elsewhere.add_partition(topic, *partition);
+            }
+        }
+    }
+    if elsewhere.count() > 0 {
+        let committed =
+            consumer.committed_offsets(elsewhere, REQUEST_TIMEOUT).map_err(|e| storage("committed positions", &e))?;
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(next) => Offset::Offset(next),
+                _ => Offset::Beginning,
+            };
+            starts
+                .add_partition_offset(element.topic(), element.partition(), offset)
+                .map_err(|e| storage("a start position", &e))?;
+        }
+    }
+    Ok(starts)
 }
 
 fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -1099,40 +1149,36 @@ impl KafkaMember {
         let wanted: Vec<(String, i32)> =
             assignment.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         let found = positions.read(&self.config.group, &wanted, positions::STABLE_WAIT)?;
-        let mut elsewhere = TopicPartitionList::new();
-        let mut seek = TopicPartitionList::with_capacity(wanted.len());
-        for (topic, partition) in &wanted {
-            match found.get(&(topic.clone(), *partition)) {
-                Some(next) => {
-                    let offset = Offset::Offset(i64::try_from(*next).unwrap_or(i64::MAX));
-                    seek.add_partition_offset(topic, *partition, offset).map_err(|e| storage("rewind", &e))?;
-                }
-                None => {
-                    elsewhere.add_partition(topic, *partition);
-                }
-            }
-        }
-        if elsewhere.count() > 0 {
-            let committed = consumer
-                .committed_offsets(elsewhere, REQUEST_TIMEOUT)
-                .map_err(|e| storage("committed positions", &e))?;
-            for element in committed.elements() {
-                let offset = match element.offset() {
-                    Offset::Offset(next) => Offset::Offset(next),
-                    _ => Offset::Beginning,
-                };
-                seek.add_partition_offset(element.topic(), element.partition(), offset)
-                    .map_err(|e| storage("rewind", &e))?;
-            }
-        }
-        let sought = consumer.seek_partitions(seek, REQUEST_TIMEOUT).map_err(|e| storage("rewind", &e))?;
+        let starts = starting_offsets(consumer, &wanted, &found)?;
+        let sought = consumer.seek_partitions(starts.clone(), REQUEST_TIMEOUT).map_err(|e| storage("rewind", &e))?;
+        // A partition whose fetcher has not started yet cannot be sought (`__STATE`): librdkafka
+        // still waits for an offset lookup, and may wait for ever (see `starting_offsets`). It
+        // is assigned again, at the wanted offset; nothing was read from it, so nothing is lost.
+        let mut unstarted = TopicPartitionList::new();
         for element in sought.elements() {
-            if let Err(error) = element.error() {
-                return Err(storage(
-                    &format!("rewind `{}` partition {}", element.topic(), element.partition()),
-                    &error,
-                ));
+            match element.error() {
+                Ok(()) => {}
+                Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {
+                    let start = starts
+                        .find_partition(element.topic(), element.partition())
+                        .map(|e| e.offset())
+                        .ok_or_else(|| storage("rewind", &error))?;
+                    unstarted
+                        .add_partition_offset(element.topic(), element.partition(), start)
+                        .map_err(|e| storage("rewind", &e))?;
+                }
+                Err(error) => {
+                    return Err(storage(
+                        &format!("rewind `{}` partition {}", element.topic(), element.partition()),
+                        &error,
+                    ));
+                }
             }
+        }
+        if unstarted.count() > 0 {
+            tracing::warn!(partitions = ?partitions_of(&unstarted), "Kafka member assigns again partitions whose reading never started.");
+            consumer.incremental_unassign(&unstarted).map_err(|e| storage("unassign an unstarted partition", &e))?;
+            consumer.incremental_assign(&unstarted).map_err(|e| storage("assign an unstarted partition", &e))?;
         }
         Ok(())
     }
