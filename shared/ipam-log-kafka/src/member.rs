@@ -598,10 +598,8 @@ impl MemberState {
                 return Err(error);
             }
         }
-        // No wait for the batch's deliveries here: the offsets travel to the coordinators while
-        // the records are still in flight, and `commit_transaction` flushes them before it ends
-        // the transaction (a record that cannot be delivered fails the commit, and the batch is
-        // aborted). Waiting for them first cost every commit the offsets' two round trips again.
+        self.drain(Instant::now() + timeout);
+        let drained = began.elapsed();
         let mut result = Ok(());
         if !positions.is_empty() {
             let mut offsets = TopicPartitionList::with_capacity(positions.len());
@@ -633,7 +631,7 @@ impl MemberState {
                 // Where a batch's time goes, for tuning (`ipam bench --kafka` prints the stages
                 // a reader sees; this is the member's side of them).
                 tracing::debug!(transactional_id = %self.transactional_id, steps, age_us = age.as_micros(),
-                    offsets_us = offsets_sent.as_micros(),
+                    drained_us = drained.as_micros(), offsets_us = offsets_sent.as_micros(),
                     committed_us = committed.as_micros(), visible_us = began.elapsed().as_micros(),
                     "Kafka member committed a batch.");
                 Ok(())
@@ -647,6 +645,15 @@ impl MemberState {
                 self.abort_after_failure()?;
                 Err(error)
             }
+        }
+    }
+
+    /// Waits, until `deadline` at most, until librdkafka holds nothing in flight: every record
+    /// delivered and its report served.
+    fn drain(&self, deadline: Instant) {
+        drop(self.producer.context().wait_for_reports(deadline));
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
