@@ -39,7 +39,7 @@ use ipam_core::{
     Cidr, Envelope, EventId, HostId, InterfaceName, IpRange, Mac, NetworkId, SubnetId, SubnetSpec, Timestamp, VmId,
     VnicId,
 };
-use ipam_host_agent::dnsmasq::{host_lines, ignore_line, render};
+use ipam_host_agent::dnsmasq::{HostLines, host_line, ignore_line, render};
 use ipam_host_agent::dnsmasq_shards::{
     COMPACTION_INTERVAL, HostAddresses, ShardAction, ShardState, apply_host_change, desired_hosts, shard_count, split,
 };
@@ -845,11 +845,19 @@ fn check_rendered(text: &str, config: &NetworkDhcpConfig) -> Result<(), String> 
 /// split the dnsmasq backend takes from them.
 fn check_plan(plan: &DhcpPlan) -> Result<(), String> {
     ensure!(plan.networks.is_sorted_by_key(|n| n.network_id), "networks out of order");
+    let mut kept = HostLines::default();
     for config in &plan.networks {
         ensure!(config.subnets.is_sorted_by_key(|s| s.subnet_id), "subnets out of order");
         let text = render(config).map_err(|e| format!("render refused a plan of validated values: {e}"))?;
         check_rendered(&text, config)?;
-        let lines = host_lines(config).map_err(|e| format!("host_lines refused: {e}"))?;
+        // Lines kept from the plan's other networks are reused only where they are right.
+        let reused = kept.render(config).map_err(|e| format!("HostLines::render refused: {e}"))?;
+        ensure!(reused == text, "HostLines::render differs from a render from nothing");
+        let lines = desired_hosts(config)
+            .iter()
+            .map(|(mac, addresses)| host_line(config.network_id, *mac, addresses))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("host_line refused: {e}"))?;
         for line in &lines {
             ensure!(line.split(',').count() == 2 && !line.contains(['\n', '\r', '=', ' ']), "host line {line:?}");
         }

@@ -43,8 +43,8 @@ impl AppState {
         let mut ends = Vec::new();
         for topic in crate::follower::FOLLOWED {
             let topic = self.topics.name(topic);
-            for partition in 0..self.log.partition_count(&topic)? {
-                ends.push((topic.clone(), partition, self.log.end_offset(&topic, partition)?));
+            for (partition, end) in (0..).zip(self.log.end_offsets(&topic)?) {
+                ends.push((topic.clone(), partition, end));
             }
         }
         Ok(ends)

@@ -285,9 +285,7 @@ fn offsets(log: &dyn EventLog, topics: &Topics) -> anyhow::Result<u64> {
     let once = || -> Result<u64, ipam_log::LogError> {
         let mut total = 0;
         for spec in topics.specs() {
-            for partition in 0..log.partition_count(&spec.name)? {
-                total += log.end_offset(&spec.name, partition)?;
-            }
+            total += log.end_offsets(&spec.name)?.iter().sum::<u64>();
         }
         Ok(total)
     };

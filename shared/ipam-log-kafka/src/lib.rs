@@ -206,6 +206,35 @@ impl EventLog for KafkaLog {
         Ok(u64::try_from(stable).unwrap_or_default())
     }
 
+    /// Every partition's last stable offset in one [`topics::stable_offsets`].
+    fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        let count = i32::try_from(self.topics.partition_count(topic)?).unwrap_or(i32::MAX);
+        let stable = topics::stable_offsets(self.topics.metadata_client(), (0..count).map(|p| (topic, p)))?;
+        (0..count)
+            .map(|partition| match stable.get(&(topic.to_owned(), partition)) {
+                Some(end) => Ok(u64::try_from(*end).unwrap_or_default()),
+                None => Err(LogError::Storage(format!(
+                    "end offset of `{topic}` partition {partition}: its leader did not answer"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Every partition's position in one read of the positions topic; the group coordinator is
+    /// asked only for partitions the topic holds none of (as [`EventLog::committed_position`]).
+    fn committed_positions(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, LogError> {
+        let count = i32::try_from(self.topics.partition_count(topic)?).unwrap_or(i32::MAX);
+        let wanted: Vec<(String, i32)> = (0..count).map(|partition| (topic.to_owned(), partition)).collect();
+        let mut found = self.positions.read(group, &wanted, POSITION_WAIT)?;
+        wanted
+            .into_iter()
+            .map(|key| match found.remove(&key) {
+                Some(position) => Ok(Some(position)),
+                None => self.group_offset(group, topic, key.1),
+            })
+            .collect()
+    }
+
     /// The position the group's positions topic holds (`positions.rs` says why there), once every
     /// transaction that wrote positions is decided; for a partition it holds none of, the group
     /// coordinator's, as [`KafkaLog::group_offset`] asks.

@@ -415,37 +415,44 @@ pub(crate) fn await_stable(
     }
 }
 
+/// The last stable offset of each of `partitions`, as `client` (a read_committed client) sees it:
+/// one ListOffsets request per leader for all of its partitions (the latest offset, which a
+/// read_committed client is answered as the last stable offset). A partition whose leader
+/// answered with an error is missing from the answer.
+pub(crate) fn stable_offsets<'a>(
+    client: &BaseConsumer,
+    partitions: impl IntoIterator<Item = (&'a str, i32)>,
+) -> Result<BTreeMap<(String, i32), i64>, LogError> {
+    let mut asked = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        asked
+            .add_partition_offset(topic, partition, Offset::End)
+            .map_err(|e| storage(&format!("asking for the last stable offset of `{topic}`"), &e))?;
+    }
+    let answered = client.offsets_for_times(asked, REQUEST_TIMEOUT).map_err(|e| storage("last stable offsets", &e))?;
+    Ok(answered
+        .elements()
+        .iter()
+        .filter_map(|element| match (element.error(), element.offset()) {
+            (Ok(()), Offset::Offset(stable)) => Some(((element.topic().to_owned(), element.partition()), stable)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Waits until the last stable offset of every partition of `pending` reaches its target (as
 /// `client`, a read_committed client, sees it), or `deadline` passes; answers the partitions that
-/// did not. Each try asks every partition's leader once for all of its partitions (ListOffsets for
-/// the latest offset, which a read_committed client gets as the last stable offset), where
-/// [`await_stable`] costs two requests per partition: after every commit under load, the
-/// member's visibility wait asked the broker about 17 partitions every 2 ms, two requests each.
+/// did not. Each try is one [`stable_offsets`], where [`await_stable`] costs two requests per
+/// partition: after every commit under load, the member's visibility wait asked the broker about
+/// 17 partitions every 2 ms, two requests each.
 pub(crate) fn await_all_stable(
     client: &BaseConsumer,
     mut pending: BTreeMap<(String, i32), i64>,
     deadline: Instant,
 ) -> Result<Vec<(String, i32)>, LogError> {
     loop {
-        let mut asked = TopicPartitionList::with_capacity(pending.len());
-        for (topic, partition) in pending.keys() {
-            asked
-                .add_partition_offset(topic, *partition, Offset::End)
-                .map_err(|e| storage(&format!("asking for the last stable offset of `{topic}`"), &e))?;
-        }
-        let answered = client
-            .offsets_for_times(asked, REQUEST_TIMEOUT)
-            .map_err(|e| storage("last stable offsets of the partitions written", &e))?;
-        for element in answered.elements() {
-            let key = (element.topic().to_owned(), element.partition());
-            let reached = match (element.error(), element.offset()) {
-                (Ok(()), Offset::Offset(stable)) => pending.get(&key).is_some_and(|target| stable >= *target),
-                _ => false,
-            };
-            if reached {
-                pending.remove(&key);
-            }
-        }
+        let answered = stable_offsets(client, pending.keys().map(|(topic, partition)| (topic.as_str(), *partition)))?;
+        pending.retain(|key, target| answered.get(key).is_none_or(|stable| stable < target));
         if pending.is_empty() || Instant::now() >= deadline {
             return Ok(pending.into_keys().collect());
         }

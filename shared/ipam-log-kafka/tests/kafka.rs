@@ -9,6 +9,7 @@
 // Fixtures outside #[test] functions unwrap freely: a failure there is a broken test, not bad input.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -621,4 +622,40 @@ fn a_member_whose_positions_stay_undecided_at_an_assignment_seals_them_as_its_la
         }
         assert!(Instant::now() < deadline, "the member never got the partition back");
     }
+}
+
+/// A topic's end offsets and a group's positions asked for all partitions at once (one
+/// ListOffsets, one read of the positions topic) are what each partition answers alone: written
+/// and consumed partitions, a written one the group never consumed, and an empty one.
+#[test]
+fn end_offsets_and_committed_positions_of_a_topic_answer_as_each_partition_alone() {
+    let log = connect();
+    let input = topic(&log, "input", 3);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    let records: Vec<OutRecord> = (0..12).map(|i| out(&input, &format!("k{i}"), &i.to_string())).collect();
+    let appended = log.append(&records).unwrap();
+    let written: BTreeSet<u32> = appended.iter().map(|a| a.partition).collect();
+    assert!(written.len() >= 2, "the keys spread over partitions: {written:?}");
+    {
+        let mut member = member(&log, &group, &[&input], &unique("txn"), 100);
+        let polled = poll_records(member.as_mut(), records.len());
+        // Consume every record but those of the lowest written partition.
+        let skipped = *written.first().unwrap();
+        for record in polled.iter().filter(|record| record.partition != skipped) {
+            member.step(&[out(&output, "k", "x")], &[next(record)]).unwrap();
+        }
+        member.commit().unwrap();
+    }
+    let alone_ends: Vec<u64> = (0..3).map(|p| log.end_offset(&input, p).unwrap()).collect();
+    let alone_positions: Vec<Option<u64>> =
+        (0..3).map(|p| log.committed_position(&group, &input, p).unwrap()).collect();
+    assert_eq!(log.end_offsets(&input).unwrap(), alone_ends);
+    assert_eq!(log.committed_positions(&group, &input).unwrap(), alone_positions);
+    assert_eq!(
+        alone_positions.iter().filter(|position| position.is_some()).count(),
+        written.len() - 1,
+        "{alone_positions:?}"
+    );
+    assert!(log.end_offsets("no-such-topic").is_err());
 }

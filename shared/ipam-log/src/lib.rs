@@ -191,6 +191,19 @@ pub trait EventLog: Send + Sync {
     /// The group's committed position in the partition, if it ever committed one.
     fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError>;
 
+    /// [`EventLog::end_offset`] of every partition of `topic`, by partition. A backend whose every
+    /// question is a round trip asks them together (Kafka: one request per broker, where a scrape
+    /// of `/metrics` asked two per partition and took a second under load).
+    fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        (0..self.partition_count(topic)?).map(|partition| self.end_offset(topic, partition)).collect()
+    }
+
+    /// [`EventLog::committed_position`] of `group` in every partition of `topic`, by partition,
+    /// asked together where the backend can.
+    fn committed_positions(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, LogError> {
+        (0..self.partition_count(topic)?).map(|partition| self.committed_position(group, topic, partition)).collect()
+    }
+
     /// Joins a consumer group as a member that reads and performs atomic steps.
     fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError>;
 

@@ -34,11 +34,7 @@ pub use topics::Topics;
 /// partitions. On Kafka a transaction's commit marker counts as one record at the end of a
 /// partition it wrote, so a topic written in transactions never reaches zero there.
 pub fn lag(log: &dyn ipam_log::EventLog, group: &str, topic: &str) -> Result<u64, ipam_log::LogError> {
-    let mut lag = 0;
-    for partition in 0..log.partition_count(topic)? {
-        let end = log.end_offset(topic, partition)?;
-        let committed = log.committed_position(group, topic, partition)?.unwrap_or(0);
-        lag += end.saturating_sub(committed);
-    }
-    Ok(lag)
+    let ends = log.end_offsets(topic)?;
+    let committed = log.committed_positions(group, topic)?;
+    Ok(ends.iter().zip(committed).map(|(end, committed)| end.saturating_sub(committed.unwrap_or(0))).sum())
 }
