@@ -250,6 +250,7 @@ fn serve(
         streams,
         health: health.clone(),
         stalled: Mutex::new(None),
+        held_back: Mutex::default(),
     });
     let document = routes::openapi_data();
     // A couple of workers is plenty: handlers never block, and each stream has its own thread.

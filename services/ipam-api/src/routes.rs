@@ -249,6 +249,47 @@ fn read_model_behind(positions: &Positions, ends: &[(String, u32, u64)]) -> u64 
         .sum()
 }
 
+/// Every partition of the deployment's topics with records held back behind its last stable
+/// offset: (topic, partition, last stable offset, records held back).
+fn held_back(state: &AppState) -> Result<Vec<(String, u32, u64, u64)>, ipam_log::LogError> {
+    let mut held = Vec::new();
+    for topic in Topic::ALL {
+        let topic = state.topics.name(topic);
+        let stable = state.log.end_offsets(&topic)?;
+        let written = state.log.written_ends(&topic)?;
+        for (partition, (stable, written)) in (0..).zip(stable.into_iter().zip(written)) {
+            held.push((topic.clone(), partition, stable, written.saturating_sub(stable)));
+        }
+    }
+    Ok(held)
+}
+
+/// The log's part for each partition that has held records back behind the same last stable offset
+/// for longer than the read model may be stuck: a transaction on it that was never ended. Kafka
+/// aborts a producer's open transaction at its timeout, so one that outlasts it is a hanging
+/// transaction (a marker that never reached the partition), and every read_committed reader (the
+/// read model, the host agents, the allocators) waits behind it.
+fn held_back_parts(state: &AppState, held: &[(String, u32, u64, u64)]) -> Vec<Part> {
+    let limit = state.config.read_model_stuck_after;
+    held.iter()
+        .filter_map(|(topic, partition, stable, records)| {
+            let since = state.held_back_for(topic, *partition, *stable, *records)?;
+            (since >= limit).then(|| Part {
+                component: LOG_PROBE.to_owned(),
+                state: ComponentState::Degraded(String::new()).name(),
+                detail: Some(format!(
+                    "`{topic}` partition {partition}: {records} records after its last stable offset {stable} held \
+                     back for {} s (the limit is {} s): a transaction there was never ended, and every \
+                     read_committed reader waits behind it (a hanging transaction, see the README's Monitoring)",
+                    since.as_secs(),
+                    limit.as_secs()
+                )),
+                for_secs: Some(since.as_secs()),
+            })
+        })
+        .collect()
+}
+
 /// One part of the process in `/health`.
 #[derive(Debug, Serialize)]
 struct Part {
@@ -266,7 +307,10 @@ struct Part {
 pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let probed = {
         let state = web::Data::clone(&state);
-        web::block(move || Ok::<_, ipam_log::LogError>((consumer_lags(&state)?, state.followed_ends()?))).await
+        web::block(move || {
+            Ok::<_, ipam_log::LogError>((consumer_lags(&state)?, state.followed_ends()?, held_back(&state)?))
+        })
+        .await
     };
     let mut parts: Vec<Part> = state
         .health
@@ -280,7 +324,10 @@ pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
         })
         .collect();
     let (lags, ends) = match probed {
-        Ok(Ok((lags, ends))) => (Some(lags), Some(ends)),
+        Ok(Ok((lags, ends, held))) => {
+            parts.extend(held_back_parts(&state, &held));
+            (Some(lags), Some(ends))
+        }
         Ok(Err(error)) => {
             parts.push(Part {
                 component: LOG_PROBE.to_owned(),

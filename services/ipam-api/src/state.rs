@@ -1,6 +1,7 @@
 //! What every request handler shares: the log, the topic names, the read model, the health board
 //! and the counters.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub(crate) struct AppState {
     /// The read model's positions when `/health` first saw it behind the log without moving since,
     /// and when that was: how long it has been stuck.
     pub stalled: Mutex<Option<(Positions, Instant)>>,
+    /// Partitions whose records after the last stable offset `/health` found held back, with that
+    /// offset and when it first saw them held back there.
+    pub held_back: Mutex<BTreeMap<(String, u32), (u64, Instant)>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -52,6 +56,25 @@ impl AppState {
 
     pub fn model(&self) -> RwLockReadGuard<'_, ReadModel> {
         self.model.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long `partition` of `topic` has held `held` records back behind the same last stable
+    /// offset `stable`, as far as the calls to this function saw: a stable offset that moves, or a
+    /// partition that holds nothing back, starts the clock again. `None` when it holds none back.
+    pub fn held_back_for(&self, topic: &str, partition: u32, stable: u64, held: u64) -> Option<Duration> {
+        let mut held_back = self.held_back.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (topic.to_owned(), partition);
+        if held == 0 {
+            held_back.remove(&key);
+            return None;
+        }
+        match held_back.get(&key) {
+            Some((seen, since)) if *seen == stable => Some(since.elapsed()),
+            _ => {
+                held_back.insert(key, (stable, Instant::now()));
+                Some(Duration::ZERO)
+            }
+        }
     }
 
     /// How long the read model has been at `positions` while `behind` records short of the log's

@@ -51,11 +51,15 @@ enum Reads {
     Nothing,
 }
 
-/// A memory log whose reads can be made to fail or to answer nothing; everything else passes.
+/// A memory log whose reads can be made to fail or to answer nothing, and whose reservations
+/// topic can be made to hold records back after its end (as an open transaction does on Kafka);
+/// everything else passes.
 struct FlakyLog {
     inner: Arc<dyn EventLog>,
     reads: Arc<std::sync::Mutex<Reads>>,
     quiet_calls: Arc<std::sync::Mutex<u64>>,
+    /// Records written to partition 0 of the reservations topic beyond its end: held back.
+    held_back: Arc<std::sync::Mutex<u64>>,
 }
 
 impl FlakyLog {
@@ -111,6 +115,13 @@ impl EventLog for FlakyLog {
     }
     fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, ipam_log::LogError> {
         self.inner.committed_position(group, topic, partition)
+    }
+    fn written_ends(&self, topic: &str) -> Result<Vec<u64>, ipam_log::LogError> {
+        let mut ends = self.inner.written_ends(topic)?;
+        if topic.ends_with(Topic::Reservations.name()) {
+            ends[0] += *self.held_back.lock().expect("lock");
+        }
+        Ok(ends)
     }
     fn join(&self, config: ipam_log::MemberConfig) -> Result<Box<dyn ipam_log::Member>, ipam_log::LogError> {
         self.inner.join(config)
@@ -1358,6 +1369,44 @@ fn failing<'a>(health: &'a Value, component: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{component} is not failing in {health}"))
 }
 
+/// A partition whose records stay held back behind the same last stable offset (on Kafka, a
+/// transaction that was never ended: a hanging one) makes `/health` name it once the read model's
+/// stuck limit has passed, and ok again once they are not held back.
+#[test]
+fn health_names_a_partition_that_holds_records_back_behind_its_last_stable_offset() {
+    let mut flaky = None;
+    let config = ApiConfig { read_model_stuck_after: Duration::from_millis(300), ..ApiConfig::default() };
+    let api = Api::start_on(config, Health::new(), |log| {
+        let log = Arc::new(FlakyLog {
+            inner: log,
+            reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
+            quiet_calls: Arc::default(),
+            held_back: Arc::default(),
+        });
+        flaky = Some(Arc::clone(&log));
+        log
+    });
+    let flaky = flaky.expect("wrapped");
+    block_on(async {
+        let client = client(None);
+        health_until(&client, &api, 200, "nothing held back").await;
+        *flaky.held_back.lock().expect("lock") = 3;
+        let body = health_until(&client, &api, 503, "records held back past the limit").await;
+        let part = failing(&body, "api-log");
+        assert_eq!(part["state"], "degraded", "{body}");
+        let detail = part["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(&format!(
+                "`{}` partition 0: 3 records after its last stable offset",
+                Topic::Reservations.name()
+            )),
+            "{body}"
+        );
+        *flaky.held_back.lock().expect("lock") = 0;
+        health_until(&client, &api, 200, "nothing held back again").await;
+    });
+}
+
 #[test]
 fn health_is_not_ok_while_a_component_on_the_board_is_not() {
     let health = Health::new();
@@ -1389,6 +1438,7 @@ fn health_names_the_read_model_while_the_log_cannot_be_read() {
             inner: log,
             reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
             quiet_calls: Arc::default(),
+            held_back: Arc::default(),
         });
         flaky = Some(Arc::clone(&log));
         log
@@ -1417,6 +1467,7 @@ fn health_calls_a_read_model_that_stays_behind_the_log_stuck() {
             inner: log,
             reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
             quiet_calls: Arc::default(),
+            held_back: Arc::default(),
         });
         flaky = Some(Arc::clone(&log));
         log

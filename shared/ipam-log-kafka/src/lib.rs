@@ -105,8 +105,12 @@ impl KafkaLog {
             .map_err(|e| client_creation("producer", &e))?;
         let reader_group = format!("{}.reader.{}", options.client_id, std::process::id());
         let readers = Readers::new(options.reader_config(&reader_group));
-        let topics = Arc::new(Topics::new(metadata));
-        let positions = Arc::new(Positions::new(&options, Arc::clone(&topics))?);
+        let mut uncommitted_config = options.consumer_config();
+        uncommitted_config.set("isolation.level", "read_uncommitted");
+        let uncommitted: BaseConsumer =
+            uncommitted_config.create().map_err(|e| client_creation("watermark consumer", &e))?;
+        let topics = Arc::new(Topics::new(metadata, uncommitted));
+        let positions = Arc::new(Positions::new(&options, Arc::clone(&topics)));
         Ok(KafkaLog { topics, admin, producer, readers, positions, options })
     }
 
@@ -206,15 +210,31 @@ impl EventLog for KafkaLog {
         Ok(u64::try_from(stable).unwrap_or_default())
     }
 
-    /// Every partition's last stable offset in one [`topics::stable_offsets`].
+    /// Every partition's last stable offset in one [`topics::latest_offsets`].
     fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
         let count = i32::try_from(self.topics.partition_count(topic)?).unwrap_or(i32::MAX);
-        let stable = topics::stable_offsets(self.topics.metadata_client(), (0..count).map(|p| (topic, p)))?;
+        let stable = topics::latest_offsets(self.topics.metadata_client(), (0..count).map(|p| (topic, p)))?;
         (0..count)
             .map(|partition| match stable.get(&(topic.to_owned(), partition)) {
                 Some(end) => Ok(u64::try_from(*end).unwrap_or_default()),
                 None => Err(LogError::Storage(format!(
                     "end offset of `{topic}` partition {partition}: its leader did not answer"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Every partition's high watermark, in one [`topics::latest_offsets`] of a read_uncommitted
+    /// client (which is answered the high watermark where a read_committed one is answered the
+    /// last stable offset).
+    fn written_ends(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        let count = i32::try_from(self.topics.partition_count(topic)?).unwrap_or(i32::MAX);
+        let high = topics::latest_offsets(self.topics.uncommitted_client(), (0..count).map(|p| (topic, p)))?;
+        (0..count)
+            .map(|partition| match high.get(&(topic.to_owned(), partition)) {
+                Some(end) => Ok(u64::try_from(*end).unwrap_or_default()),
+                None => Err(LogError::Storage(format!(
+                    "high watermark of `{topic}` partition {partition}: its leader did not answer"
                 ))),
             })
             .collect()

@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 use ipam_log::LogError;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 
-use crate::errors::{client_creation, storage};
+use crate::errors::storage;
 use crate::options::KafkaOptions;
 use crate::read::Readers;
 use crate::topics::{self, REQUEST_TIMEOUT, Stable, Topics};
@@ -85,18 +85,12 @@ pub(crate) fn value_of(next: i64) -> String {
 pub(crate) struct Positions {
     topics: Arc<Topics>,
     readers: Readers,
-    /// A read_uncommitted client: the "high" end of its watermarks is the high watermark.
-    uncommitted: BaseConsumer,
 }
 
 impl Positions {
-    pub(crate) fn new(options: &KafkaOptions, topics: Arc<Topics>) -> Result<Positions, LogError> {
+    pub(crate) fn new(options: &KafkaOptions, topics: Arc<Topics>) -> Positions {
         let reader_group = format!("{}.positions-reader.{}", options.client_id, std::process::id());
-        let mut uncommitted_config = options.consumer_config();
-        uncommitted_config.set("isolation.level", "read_uncommitted");
-        let uncommitted =
-            uncommitted_config.create().map_err(|e| client_creation("positions watermark consumer", &e))?;
-        Ok(Positions { topics, readers: Readers::new(options.reader_config(&reader_group)), uncommitted })
+        Positions { topics, readers: Readers::new(options.reader_config(&reader_group)) }
     }
 
     /// Creates `group`'s positions topic if it is missing. Compacted: only the last record of
@@ -141,7 +135,8 @@ impl Positions {
     fn await_stable(&self, topic: &str, wait: Duration) -> Result<(u64, u64), LogError> {
         let deadline = Instant::now() + wait;
         let (_, high) = self
-            .uncommitted
+            .topics
+            .uncommitted_client()
             .fetch_watermarks(topic, PARTITION, REQUEST_TIMEOUT)
             .map_err(|e| storage(&format!("watermarks of `{topic}`"), &e))?;
         let Stable { low, stable, reached } =

@@ -49,14 +49,21 @@ enum TopicState {
 
 /// Partition counts, read from the cluster's metadata and cached.
 pub(crate) struct Topics {
-    /// A consumer that never subscribes: used for metadata only.
+    /// A read_committed consumer that never subscribes: used for metadata, and for last stable
+    /// offsets.
     metadata: BaseConsumer,
+    /// A read_uncommitted one: the latest offset it is answered is the high watermark.
+    uncommitted: BaseConsumer,
     counts: RwLock<HashMap<String, u32>>,
 }
 
 impl Topics {
-    pub(crate) fn new(metadata: BaseConsumer) -> Topics {
-        Topics { metadata, counts: RwLock::new(HashMap::new()) }
+    pub(crate) fn new(metadata: BaseConsumer, uncommitted: BaseConsumer) -> Topics {
+        Topics { metadata, uncommitted, counts: RwLock::new(HashMap::new()) }
+    }
+
+    pub(crate) fn uncommitted_client(&self) -> &BaseConsumer {
+        &self.uncommitted
     }
 
     pub(crate) fn metadata_client(&self) -> &BaseConsumer {
@@ -415,11 +422,11 @@ pub(crate) fn await_stable(
     }
 }
 
-/// The last stable offset of each of `partitions`, as `client` (a read_committed client) sees it:
-/// one ListOffsets request per leader for all of its partitions (the latest offset, which a
-/// read_committed client is answered as the last stable offset). A partition whose leader
-/// answered with an error is missing from the answer.
-pub(crate) fn stable_offsets<'a>(
+/// The latest offset of each of `partitions` as `client` sees it: the last stable offset for a
+/// read_committed client, the high watermark for a read_uncommitted one. One ListOffsets request
+/// per leader for all of its partitions. A partition whose leader answered with an error is
+/// missing from the answer.
+pub(crate) fn latest_offsets<'a>(
     client: &BaseConsumer,
     partitions: impl IntoIterator<Item = (&'a str, i32)>,
 ) -> Result<BTreeMap<(String, i32), i64>, LogError> {
@@ -442,7 +449,7 @@ pub(crate) fn stable_offsets<'a>(
 
 /// Waits until the last stable offset of every partition of `pending` reaches its target (as
 /// `client`, a read_committed client, sees it), or `deadline` passes; answers the partitions that
-/// did not. Each try is one [`stable_offsets`], where [`await_stable`] costs two requests per
+/// did not. Each try is one [`latest_offsets`], where [`await_stable`] costs two requests per
 /// partition: after every commit under load, the member's visibility wait asked the broker about
 /// 17 partitions every 2 ms, two requests each.
 pub(crate) fn await_all_stable(
@@ -451,7 +458,7 @@ pub(crate) fn await_all_stable(
     deadline: Instant,
 ) -> Result<Vec<(String, i32)>, LogError> {
     loop {
-        let answered = stable_offsets(client, pending.keys().map(|(topic, partition)| (topic.as_str(), *partition)))?;
+        let answered = latest_offsets(client, pending.keys().map(|(topic, partition)| (topic.as_str(), *partition)))?;
         pending.retain(|key, target| answered.get(key).is_none_or(|stable| stable < target));
         if pending.is_empty() || Instant::now() >= deadline {
             return Ok(pending.into_keys().collect());

@@ -626,9 +626,10 @@ fn a_member_whose_positions_stay_undecided_at_an_assignment_seals_them_as_its_la
 
 /// A topic's end offsets and a group's positions asked for all partitions at once (one
 /// ListOffsets, one read of the positions topic) are what each partition answers alone: written
-/// and consumed partitions, a written one the group never consumed, and an empty one.
+/// and consumed partitions, a written one the group never consumed, and an empty one. The
+/// written ends pass the end offsets by what an open transaction wrote, until it ends.
 #[test]
-fn end_offsets_and_committed_positions_of_a_topic_answer_as_each_partition_alone() {
+fn end_offsets_written_ends_and_committed_positions_of_a_topic_answer_as_each_partition_alone() {
     let log = connect();
     let input = topic(&log, "input", 3);
     let output = topic(&log, "output", 1);
@@ -658,4 +659,20 @@ fn end_offsets_and_committed_positions_of_a_topic_answer_as_each_partition_alone
         "{alone_positions:?}"
     );
     assert!(log.end_offsets("no-such-topic").is_err());
+
+    // An open transaction's records are written (the high watermark) but held back (the last
+    // stable offset) until it ends.
+    use rdkafka::producer::Producer;
+    let positions = format!("{group}.positions");
+    let stable = log.end_offsets(&positions).unwrap();
+    assert_eq!(log.written_ends(&positions).unwrap(), stable, "nothing held back");
+    let open = foreign_transaction(&group, &input, 1, true);
+    assert_eq!(log.end_offsets(&positions).unwrap(), stable, "the open transaction's record is not stable");
+    assert_eq!(log.written_ends(&positions).unwrap(), vec![stable[0] + 1], "but it is written");
+    open.abort_transaction(DEADLINE).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while log.end_offsets(&positions).unwrap() != log.written_ends(&positions).unwrap() {
+        assert!(Instant::now() < deadline, "the aborted transaction still holds records back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

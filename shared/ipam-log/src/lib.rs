@@ -198,6 +198,15 @@ pub trait EventLog: Send + Sync {
         (0..self.partition_count(topic)?).map(|partition| self.end_offset(topic, partition)).collect()
     }
 
+    /// The offset after the last record written to each partition of `topic`, by partition,
+    /// whether the transaction that wrote it is decided or not. Records from
+    /// [`EventLog::end_offsets`] (the last stable offset, on Kafka) up to here are held back from
+    /// every reader until their transaction ends; on Kafka this is the high watermark. A log whose
+    /// writes are atomic holds none back, which the default says.
+    fn written_ends(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        self.end_offsets(topic)
+    }
+
     /// [`EventLog::committed_position`] of `group` in every partition of `topic`, by partition,
     /// asked together where the backend can.
     fn committed_positions(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, LogError> {
