@@ -312,3 +312,41 @@ fn the_api_restarts_from_its_read_model_snapshot_with_the_answers_it_gave_before
     assert_eq!(answers(addr, 25), before, "the snapshot and a read from the beginning disagree");
     up.terminate();
 }
+
+/// `ipam api` on its own (the split services on Kafka) keeps its read model's snapshot in its data
+/// directory as `ipam up` does, and a restart starts from it with the same answers.
+#[test]
+fn the_api_on_kafka_restarts_from_its_read_model_snapshot() {
+    let bootstrap = ipam_tests::kafka_bootstrap();
+    let prefix = ipam_tests::unique_prefix("api-snap");
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |instance: &str, command: &str| {
+        let mut args = ipam_tests::kafka_service_args(&bootstrap, &prefix, dir.path(), instance);
+        args.push(command.to_owned());
+        Service::spawn(&args)
+    };
+    let start_api = || {
+        let mut api = spawn("api", "api");
+        let line = api.wait_for_line("API listening on http://", Duration::from_secs(60));
+        let addr: SocketAddr =
+            line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        (api, addr)
+    };
+    let mut allocator = spawn("allocator", "allocator");
+    let (mut api, addr) = start_api();
+    let mut events = setup();
+    events.extend((0..10).map(|n| vnic_started(100 + n, n)));
+    let (status, body) = publish(addr, &events);
+    assert_eq!(status, 202, "{body}");
+    let before = answers(addr, 10);
+    assert!(!started_from_snapshot(&api), "a fresh data directory has no snapshot to start from");
+    api.terminate();
+    let snapshot = dir.path().join("api/snapshots/api-read-model.json");
+    assert!(snapshot.exists(), "a clean stop of `ipam api` writes the read model's snapshot");
+
+    let (mut api, addr) = start_api();
+    assert_eq!(answers(addr, 10), before, "the API answers otherwise after starting from its snapshot");
+    assert!(started_from_snapshot(&api), "the read model did not start from its snapshot");
+    api.terminate();
+    allocator.terminate();
+}

@@ -84,8 +84,10 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         let (_, thread) = monitor::spawn(address, monitor, Arc::clone(&stop))?;
         threads.push(("monitor".to_owned(), thread));
     }
-    // Only the deciding services keep snapshots; they refuse to start on snapshots of another log.
-    let snapshots = if components.allocator || components.placement {
+    // The deciding services keep snapshots of their state, the API of its read model (so that a
+    // restart reads only the log after it, on Kafka as on the embedded log); they refuse to start
+    // on snapshots of another log.
+    let snapshots = if components.allocator || components.placement || components.api {
         let identity = log.identity().context("asking the log for its identity")?;
         Some(SnapshotStore::open(config.data_dir.join("snapshots"), identity)?)
     } else {
