@@ -117,7 +117,18 @@ fn forward(sockets: &Sockets, stop: &AtomicBool) {
         // One datagram per read.
         let length = match (&sockets.unicast).read(&mut buffer) {
             Ok(length) => length,
-            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            // A read with a timeout (SO_RCVTIMEO) that a signal handler interrupts fails with EINTR
+            // even under SA_RESTART (signal(7)): the SIGCHLD of a shard that is restarted lands
+            // on this thread now and then, and ending the relay for it left renewals unanswered
+            // until the agent restarted (the DHCP bench's unicast renewal, under load).
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(error) => {
                 tracing::warn!(error = %error, "The DHCP relay cannot receive; it stops.");
                 return;
