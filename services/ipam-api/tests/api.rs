@@ -169,6 +169,22 @@ impl Api {
         Api::start_on(config, Health::new(), |log| log)
     }
 
+    /// An API on a [`FlakyLog`] around its memory log, which the caller then steers.
+    fn start_flaky(config: ApiConfig) -> (Api, Arc<FlakyLog>) {
+        let mut flaky = None;
+        let api = Api::start_on(config, Health::new(), |log| {
+            let log = Arc::new(FlakyLog {
+                inner: log,
+                reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
+                quiet_calls: Arc::default(),
+                held_back: Arc::default(),
+            });
+            flaky = Some(Arc::clone(&log));
+            log
+        });
+        (api, flaky.expect("wrapped"))
+    }
+
     /// An API on `wrap(memory log)`, reporting to `health`.
     fn start_on(config: ApiConfig, health: Health, wrap: impl FnOnce(Arc<dyn EventLog>) -> Arc<dyn EventLog>) -> Api {
         let log = Arc::new(MemoryLog::new());
@@ -1374,19 +1390,8 @@ fn failing<'a>(health: &'a Value, component: &str) -> &'a Value {
 /// stuck limit has passed, and ok again once they are not held back.
 #[test]
 fn health_names_a_partition_that_holds_records_back_behind_its_last_stable_offset() {
-    let mut flaky = None;
-    let config = ApiConfig { read_model_stuck_after: Duration::from_millis(300), ..ApiConfig::default() };
-    let api = Api::start_on(config, Health::new(), |log| {
-        let log = Arc::new(FlakyLog {
-            inner: log,
-            reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
-            quiet_calls: Arc::default(),
-            held_back: Arc::default(),
-        });
-        flaky = Some(Arc::clone(&log));
-        log
-    });
-    let flaky = flaky.expect("wrapped");
+    let (api, flaky) =
+        Api::start_flaky(ApiConfig { read_model_stuck_after: Duration::from_millis(300), ..ApiConfig::default() });
     block_on(async {
         let client = client(None);
         health_until(&client, &api, 200, "nothing held back").await;
@@ -1432,18 +1437,7 @@ fn health_is_not_ok_while_a_component_on_the_board_is_not() {
 
 #[test]
 fn health_names_the_read_model_while_the_log_cannot_be_read() {
-    let mut flaky = None;
-    let api = Api::start_on(ApiConfig::default(), Health::new(), |log| {
-        let log = Arc::new(FlakyLog {
-            inner: log,
-            reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
-            quiet_calls: Arc::default(),
-            held_back: Arc::default(),
-        });
-        flaky = Some(Arc::clone(&log));
-        log
-    });
-    let flaky = flaky.expect("wrapped");
+    let (api, flaky) = Api::start_flaky(ApiConfig::default());
     block_on(async {
         let client = client(None);
         health_until(&client, &api, 200, "the read model caught up").await;
@@ -1460,19 +1454,8 @@ fn health_names_the_read_model_while_the_log_cannot_be_read() {
 
 #[test]
 fn health_calls_a_read_model_that_stays_behind_the_log_stuck() {
-    let mut flaky = None;
-    let config = ApiConfig { read_model_stuck_after: Duration::from_millis(300), ..ApiConfig::default() };
-    let api = Api::start_on(config, Health::new(), |log| {
-        let log = Arc::new(FlakyLog {
-            inner: log,
-            reads: Arc::new(std::sync::Mutex::new(Reads::Work)),
-            quiet_calls: Arc::default(),
-            held_back: Arc::default(),
-        });
-        flaky = Some(Arc::clone(&log));
-        log
-    });
-    let flaky = flaky.expect("wrapped");
+    let (api, flaky) =
+        Api::start_flaky(ApiConfig { read_model_stuck_after: Duration::from_millis(300), ..ApiConfig::default() });
     block_on(async {
         let client = client(None);
         health_until(&client, &api, 200, "the read model caught up").await;

@@ -147,6 +147,21 @@ fn fetch_committed(
     }))
 }
 
+/// The latest offset of every partition of `topic` as `client` sees it ([`topics::latest_offsets`]),
+/// by partition; `what` names that offset in the error of a partition whose leader did not answer.
+fn latest_of_topic(topics: &Topics, client: &BaseConsumer, topic: &str, what: &str) -> Result<Vec<u64>, LogError> {
+    let count = i32::try_from(topics.partition_count(topic)?).unwrap_or(i32::MAX);
+    let latest = topics::latest_offsets(client, (0..count).map(|partition| (topic, partition)))?;
+    (0..count)
+        .map(|partition| match latest.get(&(topic.to_owned(), partition)) {
+            Some(offset) => Ok(u64::try_from(*offset).unwrap_or_default()),
+            None => {
+                Err(LogError::Storage(format!("{what} of `{topic}` partition {partition}: its leader did not answer")))
+            }
+        })
+        .collect()
+}
+
 impl EventLog for KafkaLog {
     fn identity(&self) -> Result<String, LogError> {
         // The cluster id is made when the cluster is formatted (KRaft) and kept for its life.
@@ -210,34 +225,16 @@ impl EventLog for KafkaLog {
         Ok(u64::try_from(stable).unwrap_or_default())
     }
 
-    /// Every partition's last stable offset in one [`topics::latest_offsets`].
+    /// Every partition's last stable offset, in one [`topics::latest_offsets`].
     fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
-        let count = i32::try_from(self.topics.partition_count(topic)?).unwrap_or(i32::MAX);
-        let stable = topics::latest_offsets(self.topics.metadata_client(), (0..count).map(|p| (topic, p)))?;
-        (0..count)
-            .map(|partition| match stable.get(&(topic.to_owned(), partition)) {
-                Some(end) => Ok(u64::try_from(*end).unwrap_or_default()),
-                None => Err(LogError::Storage(format!(
-                    "end offset of `{topic}` partition {partition}: its leader did not answer"
-                ))),
-            })
-            .collect()
+        latest_of_topic(&self.topics, self.topics.metadata_client(), topic, "end offset")
     }
 
     /// Every partition's high watermark, in one [`topics::latest_offsets`] of a read_uncommitted
     /// client (which is answered the high watermark where a read_committed one is answered the
     /// last stable offset).
     fn written_ends(&self, topic: &str) -> Result<Vec<u64>, LogError> {
-        let count = i32::try_from(self.topics.partition_count(topic)?).unwrap_or(i32::MAX);
-        let high = topics::latest_offsets(self.topics.uncommitted_client(), (0..count).map(|p| (topic, p)))?;
-        (0..count)
-            .map(|partition| match high.get(&(topic.to_owned(), partition)) {
-                Some(end) => Ok(u64::try_from(*end).unwrap_or_default()),
-                None => Err(LogError::Storage(format!(
-                    "high watermark of `{topic}` partition {partition}: its leader did not answer"
-                ))),
-            })
-            .collect()
+        latest_of_topic(&self.topics, self.topics.uncommitted_client(), topic, "high watermark")
     }
 
     /// Every partition's position in one read of the positions topic; the group coordinator is
