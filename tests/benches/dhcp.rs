@@ -292,10 +292,12 @@ fn renew_by_unicast(
         let pid = ServerFiles::pid(&other_shard);
         !pid.is_empty() && pid != old_pid && files.serves(synthetic_mac(mover), ip_of(giver))
     });
-    // A renewal is one UDP request: under load one is now and then lost on its way through the
-    // relay (not traced yet; the client then broadcasts after its 5 s). A relay that does not work
-    // loses every one, so the client is asked up to RENEW_ATTEMPTS times, and the figure says how
-    // many renewals fell back to a broadcast before one went through by unicast.
+    // Under load a renewal is now and then lost by the client itself: a capture in the host's
+    // namespace (3 December, under stress-ng) showed the unicast request, the relay's broadcast
+    // and the shard's answer to the client's address 0.3 ms later, which udhcpc (busybox 1.35)
+    // did not take; it broadcast 5 s later. Probably its answer came before its listening socket
+    // was open. A relay that does not work loses every renewal, so the client is asked up to
+    // RENEW_ATTEMPTS times, and the figure says how many fell back to a broadcast first.
     const RENEW_ATTEMPTS: usize = 3;
     let said = || text(&output) + &text(&dir.join("renew-client.err"));
     let mut fallbacks = 0;
