@@ -24,8 +24,7 @@ pub fn ipam_up_with_api_and(dir: &std::path::Path, flags: &[&str]) -> (Service, 
     args.extend(flags.iter().map(|flag| (*flag).to_owned()));
     args.push("up".to_owned());
     let mut up = Service::spawn(&args);
-    let line = up.wait_for_line("API listening on http://", Duration::from_secs(60));
-    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let addr = up.address_after("API listening on http://", Duration::from_secs(60));
     up.wait_for("ipam is ready", Duration::from_secs(60));
     (up, addr)
 }
@@ -351,16 +350,12 @@ fn a_write_that_waits_is_answered_by_the_split_services_on_kafka() {
     let bootstrap = ipam_tests::kafka_bootstrap();
     let prefix = ipam_tests::unique_prefix("wait");
     let dir = tempfile::tempdir().unwrap();
-    let spawn = |instance: &str, command: &str| {
-        let mut args = ipam_tests::kafka_service_args(&bootstrap, &prefix, dir.path(), instance);
-        args.push(command.to_owned());
-        Service::spawn(&args)
-    };
+    let spawn =
+        |instance: &str, command: &str| Service::spawn_on_kafka(&bootstrap, &prefix, dir.path(), instance, &[command]);
     let mut allocator = spawn("allocator", "allocator");
     let mut placement = spawn("placement", "placement");
     let mut api = spawn("api", "api");
-    let line = api.wait_for_line("API listening on http://", Duration::from_secs(60));
-    let addr: SocketAddr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let addr = api.address_after("API listening on http://", Duration::from_secs(60));
 
     let network = "00000000-0000-0000-0000-00000000dd01";
     let subnet = "00000000-0000-0000-0000-00000000dd02";

@@ -320,16 +320,11 @@ fn the_api_on_kafka_restarts_from_its_read_model_snapshot() {
     let bootstrap = ipam_tests::kafka_bootstrap();
     let prefix = ipam_tests::unique_prefix("api-snap");
     let dir = tempfile::tempdir().unwrap();
-    let spawn = |instance: &str, command: &str| {
-        let mut args = ipam_tests::kafka_service_args(&bootstrap, &prefix, dir.path(), instance);
-        args.push(command.to_owned());
-        Service::spawn(&args)
-    };
+    let spawn =
+        |instance: &str, command: &str| Service::spawn_on_kafka(&bootstrap, &prefix, dir.path(), instance, &[command]);
     let start_api = || {
         let mut api = spawn("api", "api");
-        let line = api.wait_for_line("API listening on http://", Duration::from_secs(60));
-        let addr: SocketAddr =
-            line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let addr = api.address_after("API listening on http://", Duration::from_secs(60));
         (api, addr)
     };
     let mut allocator = spawn("allocator", "allocator");

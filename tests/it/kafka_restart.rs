@@ -61,18 +61,10 @@ fn await_log(kafka: &Kafka) -> Duration {
 }
 
 /// How many input offsets the allocators' group has not committed yet, read or not: records,
-/// and the markers of the transactions that wrote them.
+/// and the markers of the transactions that wrote them (`ipam_runtime::lag`).
 fn uncommitted_inputs(kafka: &Kafka) -> u64 {
-    let log = kafka.log();
     let (group, _) = kafka.groups();
-    let topic = kafka.topic(Topic::Networks);
-    (0..recovery::PARTITIONS)
-        .map(|partition| {
-            let end = log.end_offset(&topic, partition).unwrap_or(0);
-            let committed = log.committed_position(&group, &topic, partition).ok().flatten().unwrap_or(0);
-            end.saturating_sub(committed)
-        })
-        .sum()
+    ipam_runtime::lag(kafka.log().as_ref(), &group, &kafka.topic(Topic::Networks)).unwrap_or(0)
 }
 
 /// No record id twice in any output topic. A duplicate is reported with the offsets of every

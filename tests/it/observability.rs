@@ -26,15 +26,8 @@ fn root() -> PathBuf {
 }
 
 /// The address in the first line of `service` that holds `text` followed by `http://ADDRESS`.
-fn address_after(service: &mut Service, text: &str) -> SocketAddr {
-    let line = service.wait_for_line(text, WITHIN);
-    let rest = line.split("http://").nth(1).unwrap_or_else(|| panic!("no address in {line}"));
-    let address: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
-    address.parse().unwrap_or_else(|e| panic!("`{address}` in {line}: {e}"))
-}
-
 fn metrics_address(service: &mut Service) -> SocketAddr {
-    address_after(service, "Health and metrics on http://")
+    service.address_after("Health and metrics on http://", WITHIN)
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -193,7 +186,7 @@ fn ipam_up_serves_health_and_metrics_that_move_and_name_every_metric_the_alerts_
     .to_vec();
     let mut up = Service::spawn(&args);
     let metrics = metrics_address(&mut up);
-    let api = address_after(&mut up, "API listening on http://");
+    let api = up.address_after("API listening on http://", WITHIN);
 
     let health = wait_healthy(metrics, "ipam up");
     let drivers = health["drivers"].as_array().unwrap();
@@ -377,11 +370,8 @@ fn the_split_services_on_kafka_each_serve_health_and_metrics_and_are_unhealthy_u
     let bootstrap = ipam_tests::kafka_bootstrap();
     let prefix = ipam_tests::unique_prefix("obs");
     let dir = tempfile::tempdir().unwrap();
-    let spawn = |instance: &str, command: &[&str]| {
-        let mut args = ipam_tests::kafka_service_args(&bootstrap, &prefix, dir.path(), instance);
-        args.extend(command.iter().map(|arg| (*arg).to_owned()));
-        Service::spawn(&args)
-    };
+    let spawn =
+        |instance: &str, command: &[&str]| Service::spawn_on_kafka(&bootstrap, &prefix, dir.path(), instance, command);
 
     // A host agent started before the deciding services: its topics do not exist yet, so it
     // cannot have caught up with the log, and says so.
@@ -398,7 +388,7 @@ fn the_split_services_on_kafka_each_serve_health_and_metrics_and_are_unhealthy_u
     let mut placement = spawn("placement", &["placement"]);
     let placement_metrics = metrics_address(&mut placement);
     let mut api = spawn("api", &["api"]);
-    let api_address = address_after(&mut api, "API listening on http://");
+    let api_address = api.address_after("API listening on http://", WITHIN);
 
     let health = wait_healthy(allocator_metrics, "the allocator");
     assert_eq!(health["drivers"][0]["partitions_owned"], 2, "{health}");

@@ -15,7 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
@@ -31,7 +32,7 @@ const NETWORKS: u64 = 20;
 const VNICS_PER_NETWORK: u64 = 150;
 const CHURN_EVENTS: usize = 10_000;
 pub(crate) const CHUNK: usize = 100;
-pub(crate) const PARTITIONS: u32 = 4;
+const PARTITIONS: u32 = 4;
 const HEARTBEAT_TIMEOUT_MS: i64 = 5_000;
 const LOST_HOST: u64 = 2;
 const T0_MS: i64 = 1_764_000_000_000;
@@ -241,6 +242,22 @@ impl Service {
             }
         });
         Service { child, lines }
+    }
+
+    /// `ipam <command>` as one of the split services on the Kafka at `bootstrap`, under topic
+    /// prefix `prefix`, with instance `instance` and its data directory in `dir`.
+    pub fn spawn_on_kafka(bootstrap: &str, prefix: &str, dir: &Path, instance: &str, command: &[&str]) -> Service {
+        let mut args = ipam_tests::kafka_service_args(bootstrap, prefix, dir, instance);
+        args.extend(command.iter().map(|arg| (*arg).to_owned()));
+        Service::spawn(&args)
+    }
+
+    /// Waits for a stderr line containing `text` followed by `http://ADDRESS`; returns the address.
+    pub fn address_after(&mut self, text: &str, within: Duration) -> SocketAddr {
+        let line = self.wait_for_line(text, within);
+        let rest = line.split("http://").nth(1).unwrap_or_else(|| panic!("no address in {line}"));
+        let address: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+        address.parse().unwrap_or_else(|e| panic!("`{address}` in {line}: {e}"))
     }
 
     /// Waits for a stderr line containing `text`; returns how long it took.

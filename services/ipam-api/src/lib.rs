@@ -40,7 +40,7 @@ pub use follower::Snapshots;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -249,8 +249,8 @@ fn serve(
         halt: Arc::clone(&halt),
         streams,
         health: health.clone(),
-        stalled: Mutex::new(None),
-        held_back: Mutex::default(),
+        stalled: state::Unchanged::default(),
+        held_back: state::Unchanged::default(),
     });
     let document = routes::openapi_data();
     // A couple of workers is plenty: handlers never block, and each stream has its own thread.

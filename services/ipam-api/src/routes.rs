@@ -250,12 +250,17 @@ fn read_model_behind(positions: &Positions, ends: &[(String, u32, u64)]) -> u64 
 }
 
 /// Every partition of the deployment's topics with records held back behind its last stable
-/// offset: (topic, partition, last stable offset, records held back).
-fn held_back(state: &AppState) -> Result<Vec<(String, u32, u64, u64)>, ipam_log::LogError> {
+/// offset: (topic, partition, last stable offset, records held back). `followed` holds the last
+/// stable offsets of the read model's topics, already asked for.
+fn held_back(
+    state: &AppState,
+    followed: &[(String, u32, u64)],
+) -> Result<Vec<(String, u32, u64, u64)>, ipam_log::LogError> {
     let mut held = Vec::new();
     for topic in Topic::ALL {
         let topic = state.topics.name(topic);
-        let stable = state.log.end_offsets(&topic)?;
+        let known: Vec<u64> = followed.iter().filter(|(name, _, _)| *name == topic).map(|(_, _, end)| *end).collect();
+        let stable = if known.is_empty() { state.log.end_offsets(&topic)? } else { known };
         let written = state.log.written_ends(&topic)?;
         for (partition, (stable, written)) in (0..).zip(stable.into_iter().zip(written)) {
             held.push((topic.clone(), partition, stable, written.saturating_sub(stable)));
@@ -308,7 +313,9 @@ pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let probed = {
         let state = web::Data::clone(&state);
         web::block(move || {
-            Ok::<_, ipam_log::LogError>((consumer_lags(&state)?, state.followed_ends()?, held_back(&state)?))
+            let ends = state.followed_ends()?;
+            let held = held_back(&state, &ends)?;
+            Ok::<_, ipam_log::LogError>((consumer_lags(&state)?, ends, held))
         })
         .await
     };

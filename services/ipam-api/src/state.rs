@@ -29,10 +29,10 @@ pub(crate) struct AppState {
     pub health: Health,
     /// The read model's positions when `/health` first saw it behind the log without moving since,
     /// and when that was: how long it has been stuck.
-    pub stalled: Mutex<Option<(Positions, Instant)>>,
+    pub stalled: Unchanged<(), Positions>,
     /// Partitions whose records after the last stable offset `/health` found held back, with that
     /// offset and when it first saw them held back there.
-    pub held_back: Mutex<BTreeMap<(String, u32), (u64, Instant)>>,
+    pub held_back: Unchanged<(String, u32), u64>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,34 +62,41 @@ impl AppState {
     /// offset `stable`, as far as the calls to this function saw: a stable offset that moves, or a
     /// partition that holds nothing back, starts the clock again. `None` when it holds none back.
     pub fn held_back_for(&self, topic: &str, partition: u32, stable: u64, held: u64) -> Option<Duration> {
-        let mut held_back = self.held_back.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (topic.to_owned(), partition);
-        if held == 0 {
-            held_back.remove(&key);
-            return None;
-        }
-        match held_back.get(&key) {
-            Some((seen, since)) if *seen == stable => Some(since.elapsed()),
-            _ => {
-                held_back.insert(key, (stable, Instant::now()));
-                Some(Duration::ZERO)
-            }
-        }
+        self.held_back.since((topic.to_owned(), partition), stable, held > 0)
     }
 
     /// How long the read model has been at `positions` while `behind` records short of the log's
     /// end, as far as the calls to this function saw: a read model that moves, or is not behind,
     /// starts the clock again. `None` when it is not behind.
     pub fn stalled_for(&self, positions: &Positions, behind: u64) -> Option<Duration> {
-        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
-        if behind == 0 {
-            *stalled = None;
+        self.stalled.since((), positions.clone(), behind > 0)
+    }
+}
+
+/// For each key, the value `/health` last saw while something was wrong there, and since when it
+/// has seen that same value: how long a thing has been stuck.
+#[derive(Debug)]
+pub(crate) struct Unchanged<K, V>(Mutex<BTreeMap<K, (V, Instant)>>);
+
+impl<K: Ord, V: PartialEq> Default for Unchanged<K, V> {
+    fn default() -> Self {
+        Unchanged(Mutex::new(BTreeMap::new()))
+    }
+}
+
+impl<K: Ord, V: PartialEq> Unchanged<K, V> {
+    /// How long `key` has been at `value` while `wrong`; a value that changes starts the clock
+    /// again, and `None` (forgetting the key) when nothing is wrong.
+    fn since(&self, key: K, value: V, wrong: bool) -> Option<Duration> {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !wrong {
+            seen.remove(&key);
             return None;
         }
-        match &*stalled {
-            Some((seen, since)) if seen == positions => Some(since.elapsed()),
+        match seen.get(&key) {
+            Some((last, since)) if *last == value => Some(since.elapsed()),
             _ => {
-                *stalled = Some((positions.clone(), Instant::now()));
+                seen.insert(key, (value, Instant::now()));
                 Some(Duration::ZERO)
             }
         }

@@ -241,7 +241,30 @@ impl EventLog for KafkaLog {
     /// asked only for partitions the topic holds none of (as [`EventLog::committed_position`]).
     fn committed_positions(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, LogError> {
         let count = i32::try_from(self.topics.partition_count(topic)?).unwrap_or(i32::MAX);
-        let wanted: Vec<(String, i32)> = (0..count).map(|partition| (topic.to_owned(), partition)).collect();
+        self.positions_of(group, topic, (0..count).collect())
+    }
+
+    /// The position the group's positions topic holds (`positions.rs` says why there), once every
+    /// transaction that wrote positions is decided; for a partition it holds none of, the group
+    /// coordinator's, as [`KafkaLog::group_offset`] asks.
+    fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        let p = self.topics.check_partition(topic, partition)?;
+        Ok(self.positions_of(group, topic, vec![p])?.pop().flatten())
+    }
+
+    fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError> {
+        self.positions.create(&self.admin, &config.group, &self.options)?;
+        Ok(Box::new(KafkaMember::join(&self.options, Arc::clone(&self.topics), Arc::clone(&self.positions), config)?))
+    }
+}
+
+impl KafkaLog {
+    /// The group's positions in `partitions` of `topic`, in their order: one read of the positions
+    /// topic for them all, and the group coordinator's offset ([`KafkaLog::group_offset`]) for a
+    /// partition the topic holds none of.
+    fn positions_of(&self, group: &str, topic: &str, partitions: Vec<i32>) -> Result<Vec<Option<u64>>, LogError> {
+        let wanted: Vec<(String, i32)> =
+            partitions.into_iter().map(|partition| (topic.to_owned(), partition)).collect();
         let mut found = self.positions.read(group, &wanted, POSITION_WAIT)?;
         wanted
             .into_iter()
@@ -252,25 +275,6 @@ impl EventLog for KafkaLog {
             .collect()
     }
 
-    /// The position the group's positions topic holds (`positions.rs` says why there), once every
-    /// transaction that wrote positions is decided; for a partition it holds none of, the group
-    /// coordinator's, as [`KafkaLog::group_offset`] asks.
-    fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
-        let p = self.topics.check_partition(topic, partition)?;
-        let wanted = [(topic.to_owned(), p)];
-        match self.positions.read(group, &wanted, POSITION_WAIT)?.remove(&wanted[0]) {
-            Some(position) => Ok(Some(position)),
-            None => self.group_offset(group, topic, p),
-        }
-    }
-
-    fn join(&self, config: MemberConfig) -> Result<Box<dyn Member>, LogError> {
-        self.positions.create(&self.admin, &config.group, &self.options)?;
-        Ok(Box::new(KafkaMember::join(&self.options, Arc::clone(&self.topics), Arc::clone(&self.positions), config)?))
-    }
-}
-
-impl KafkaLog {
     /// The group coordinator's committed offset: a fresh consumer of the group per call (nothing
     /// cached can point at a coordinator that moved or restarted), asking with a bounded wait. As a
     /// read_committed client it asks for a stable position (KIP-447 `require_stable`): while a
