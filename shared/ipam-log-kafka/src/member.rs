@@ -26,6 +26,23 @@
 //! fell by a third. It is time spent waiting in polls, not since the last one: input that came
 //! while the runtime was busy is a load's.
 //!
+//! # Commits in flight
+//! A transaction's commit is mostly waiting: for the batch's delivery reports, the offsets'
+//! round trips, `EndTxn`, and the markers that make it visible, 25 to 60 ms under load, during
+//! which a member that waited did nothing else (its process on a core a quarter of the time).
+//! So a batch due to commit ([`KafkaMember::step`], `poll`) commits on a thread of its own
+//! ([`CommitJob::run`]) while the runtime goes on polling and stepping. One producer has one
+//! transaction at a time, so the steps taken meanwhile queue ([`Queued`]: their outputs and
+//! positions, in order) and open the next transaction as soon as the commit is done; under load
+//! commits follow one another with no gap, each holding the steps of the one before's wait. The
+//! next transaction begins only once the commit is visible (its markers written), as before: one
+//! that began sooner would meet `CONCURRENT_TRANSACTIONS` at its first write and back off.
+//! Order is kept (outputs leave in step order, and a batch commits only after the one before it),
+//! and so is atomicity: a commit that fails discards the queue behind it too, and the owned
+//! partitions are rebuilt as for any failed commit. [`Member::commit`], an abort and a revocation
+//! wait for the commit in flight first, so what the runtime asks for explicitly still returns once
+//! visible.
+//!
 //! # Static membership
 //! The consumer joins as a static member whose instance is the transactional id (see
 //! `KafkaOptions::member_consumer_config`): a member restarted after a crash takes its partitions
@@ -49,6 +66,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipam_log::{LogError, Member, MemberConfig, OutRecord, Polled, Position, Record, TopicPartition, partition};
@@ -83,6 +101,10 @@ const MAX_REINITS: u32 = 5;
 /// The key of the records that seal a discarded transaction's partitions (`MemberState::seal`).
 const SEAL_KEY: &[u8] = b"ipam.seal";
 
+/// How long a poll waits at most while a commit is in flight, so that the steps queued meanwhile
+/// open the next transaction soon after it is done.
+const COLLECT_EVERY: Duration = Duration::from_millis(1);
+
 /// How a transaction ended, as this member knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -112,6 +134,115 @@ struct OpenBatch {
     drained: bool,
     /// The latest position per partition; committed with the transaction.
     positions: BTreeMap<(String, i32), i64>,
+}
+
+/// Steps taken while a commit was in flight: the producer's transaction is busy until the commit
+/// is done, so their outputs wait here and open the next transaction then (`MemberState::collect`).
+struct Queued {
+    /// The next batch as it will be: opened at the first queued step, its steps and positions.
+    batch: OpenBatch,
+    /// The outputs to produce, each with its partition.
+    records: Vec<(OutRecord, i32)>,
+}
+
+/// A batch's commit under way on a thread of its own (see "Commits in flight" in the module doc).
+struct InFlight {
+    handle: JoinHandle<CommitReport>,
+}
+
+/// Everything a commit's broker round trips need, moved to the commit thread.
+struct CommitJob {
+    producer: Arc<TxnProducer>,
+    topics: Arc<Topics>,
+    transactional_id: String,
+    /// The group's positions to commit with the transaction (KIP-447).
+    offsets: Vec<((String, i32), i64)>,
+    group: Option<ConsumerGroupMetadata>,
+    timeout: Duration,
+    steps: usize,
+    age: Duration,
+}
+
+/// How a commit ended, and where its time went (for the member's debug line).
+struct CommitReport {
+    result: Result<(), TxnFailure>,
+    /// `commit_transaction` was called: a failure leaves the outcome to the coordinator.
+    commit_sent: bool,
+    steps: usize,
+    age: Duration,
+    drained: Duration,
+    offsets_sent: Duration,
+    committed: Duration,
+    visible: Duration,
+}
+
+impl CommitReport {
+    /// A commit that failed before any broker round trip.
+    fn failed(failure: TxnFailure, steps: usize, age: Duration) -> CommitReport {
+        CommitReport {
+            result: Err(failure),
+            commit_sent: false,
+            steps,
+            age,
+            drained: Duration::ZERO,
+            offsets_sent: Duration::ZERO,
+            committed: Duration::ZERO,
+            visible: Duration::ZERO,
+        }
+    }
+}
+
+impl CommitJob {
+    /// Waits for the batch's delivery reports, sends the group's positions through the group
+    /// coordinator, commits, and waits until read_committed readers can see the batch.
+    ///
+    /// The positions' records were produced before (`MemberState::start_commit`), and are
+    /// acknowledged here before the group coordinator hears of the positions: a reader that waits
+    /// for the positions topic to be stable then waits for every transaction whose offsets the
+    /// coordinator accepted (`crate::positions` says why it must). rdkafka's
+    /// `commit_transaction` flushes first, and while anything is in flight its flush polls in
+    /// slices of 100 ms that do not end early; after this wait it finds nothing to do.
+    fn run(self) -> CommitReport {
+        let began = Instant::now();
+        let timeout = self.timeout;
+        drain(&self.producer, began + timeout);
+        let drained = began.elapsed();
+        let mut result = Ok(());
+        if !self.offsets.is_empty() {
+            let mut offsets = TopicPartitionList::with_capacity(self.offsets.len());
+            for ((topic, partition), next) in &self.offsets {
+                if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                    result = Err(TxnFailure::Other(error.to_string()));
+                }
+            }
+            result = result.and_then(|()| match &self.group {
+                Some(group) => retry(&self.producer, &self.transactional_id, |producer| {
+                    producer.send_offsets_to_transaction(&offsets, group, timeout)
+                }),
+                None => Err(TxnFailure::Fatal("the member's consumer has no group metadata".to_owned())),
+            });
+        }
+        let offsets_sent = began.elapsed();
+        let mut commit_sent = false;
+        let result = result.and_then(|()| {
+            commit_sent = true;
+            retry(&self.producer, &self.transactional_id, |producer| producer.commit_transaction(timeout))
+        });
+        let committed = began.elapsed();
+        if result.is_ok() {
+            await_visibility(&self.producer, &self.topics, timeout);
+        }
+        CommitReport {
+            result,
+            commit_sent,
+            steps: self.steps,
+            age: self.age,
+            drained,
+            offsets_sent,
+            committed,
+            visible: began.elapsed(),
+        }
+    }
 }
 
 /// The delivery reports of the open transaction's records.
@@ -186,14 +317,20 @@ type TxnProducer = ThreadedProducer<TxnContext>;
 /// What the member and its consumer's rebalance callbacks share.
 struct MemberState {
     transactional_id: String,
-    producer: TxnProducer,
+    /// Shared with the commit thread while a commit is in flight.
+    producer: Arc<TxnProducer>,
     topics: Arc<Topics>,
     /// Where the group's positions are read from and written to (`crate::positions`).
     positions: Arc<Positions>,
     group: String,
     positions_topic: String,
     txn_timeout: Duration,
+    /// The open transaction's batch; while a commit is in flight, the batch being committed.
     batch: Option<OpenBatch>,
+    /// The commit of `batch` under way, if one is.
+    in_flight: Option<InFlight>,
+    /// Steps taken while the commit is in flight.
+    queued: Option<Queued>,
     assignment: BTreeSet<TopicPartition>,
     /// Assignment changes not yet returned by `poll`.
     changes: Polled,
@@ -241,7 +378,7 @@ impl MemberState {
     }
 
     fn classify(&self, error: &KafkaError) -> TxnFailure {
-        classify_txn(error, self.producer.client().fatal_error())
+        classify(&self.producer, error)
     }
 
     /// Turns a failure into the error to return, marking the member fenced or failed for good
@@ -362,8 +499,9 @@ impl MemberState {
                 .producer_config
                 .create_with_context(TxnContext::default())
                 .map_err(|e| client_creation("transactional producer", &e))?;
-            // Dropping the old producer purges what it still holds.
-            self.producer = producer;
+            // Dropping the old producer purges what it still holds (no commit is in flight: a
+            // producer is re-created only after a failure, and commits' failures are collected).
+            self.producer = Arc::new(producer);
             self.reinit_created = true;
             self.reinits += 1;
         }
@@ -471,21 +609,8 @@ impl MemberState {
     }
 
     /// Runs a transactional call, again while it fails with a retriable error.
-    fn retry(&self, mut call: impl FnMut(&TxnProducer) -> KafkaResult<()>) -> Result<(), TxnFailure> {
-        let mut attempt = 1;
-        loop {
-            match call(&self.producer) {
-                Ok(()) => return Ok(()),
-                Err(error) => match self.classify(&error) {
-                    TxnFailure::Retriable(message) if attempt < ATTEMPTS => {
-                        tracing::warn!(transactional_id = %self.transactional_id, attempt, error = %message,
-                            "Kafka transactional call failed; retrying.");
-                        attempt += 1;
-                    }
-                    failure => return Err(failure),
-                },
-            }
-        }
+    fn retry(&self, call: impl FnMut(&TxnProducer) -> KafkaResult<()>) -> Result<(), TxnFailure> {
+        retry(&self.producer, &self.transactional_id, call)
     }
 
     /// Opens a transaction unless one is open.
@@ -532,8 +657,14 @@ impl MemberState {
         }
     }
 
-    /// Aborts the open transaction, if any.
+    /// Aborts the open transaction, if any, and discards the steps queued behind a commit in
+    /// flight (which is let finish first: a transaction being committed cannot be aborted).
     fn abort_batch(&mut self) -> Result<(), LogError> {
+        if self.queued.take().is_some() {
+            // Read from the consumer but never written: reading must come back to them.
+            self.needs_rewind = true;
+        }
+        self.collect(true)?;
         if self.batch.take().is_none() {
             return Ok(());
         }
@@ -567,24 +698,27 @@ impl MemberState {
         self.abort_batch()
     }
 
-    /// Commits the open batch: its positions to the group's positions topic, acknowledged, then
-    /// through the group coordinator, then the transaction. On a failure that is neither a fence
-    /// nor fatal, the batch is aborted and reading rewinds.
-    ///
-    /// The positions' records are acknowledged before the group coordinator hears of the
-    /// positions: a reader that waits for the positions topic to be stable then waits for every
-    /// transaction whose offsets the coordinator accepted (`crate::positions` says why it must).
-    /// rdkafka's `commit_transaction` flushes first, and while anything is in flight its flush
-    /// polls in slices of 100 ms that do not end early; after this wait it finds nothing to do.
-    fn commit_batch(&mut self, group: Option<&ConsumerGroupMetadata>) -> Result<(), LogError> {
+    /// Commits everything stepped so far and waits until it is visible: the commit in flight,
+    /// then the open batch (with the steps queued meanwhile).
+    fn commit_batch(&mut self, group: Option<ConsumerGroupMetadata>) -> Result<(), LogError> {
+        self.collect(true)?;
+        self.start_commit(group)?;
+        self.collect(true)
+    }
+
+    /// Starts committing the open batch: its positions to the group's positions topic, then the
+    /// broker round trips on a thread of their own ([`CommitJob::run`]), while the caller goes on
+    /// and queues its next steps. On a failure that is neither a fence nor fatal, the batch is
+    /// aborted and reading rewinds (when the failure is collected, for the round trips').
+    fn start_commit(&mut self, group: Option<ConsumerGroupMetadata>) -> Result<(), LogError> {
+        if self.in_flight.is_some() {
+            return Ok(());
+        }
         let Some(batch) = self.batch.as_ref() else { return Ok(()) };
-        let timeout = self.txn_timeout;
-        let began = Instant::now();
-        let (age, steps) = (began.saturating_duration_since(batch.opened), batch.steps);
-        let positions: Vec<((String, i32), i64)> =
-            batch.positions.iter().map(|(tp, next)| (tp.clone(), *next)).collect();
+        let (age, steps) = (batch.opened.elapsed(), batch.steps);
+        let offsets: Vec<((String, i32), i64)> = batch.positions.iter().map(|(tp, next)| (tp.clone(), *next)).collect();
         let positions_topic = self.positions_topic.clone();
-        for ((topic, partition), next) in &positions {
+        for ((topic, partition), next) in &offsets {
             let key = positions::key_of(topic, *partition);
             let written = self.produce(
                 &positions_topic,
@@ -598,27 +732,48 @@ impl MemberState {
                 return Err(error);
             }
         }
-        self.drain(Instant::now() + timeout);
-        let drained = began.elapsed();
-        let mut result = Ok(());
-        if !positions.is_empty() {
-            let mut offsets = TopicPartitionList::with_capacity(positions.len());
-            for ((topic, partition), next) in &positions {
-                if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
-                    result = Err(TxnFailure::Other(error.to_string()));
-                }
+        let job = CommitJob {
+            producer: Arc::clone(&self.producer),
+            topics: Arc::clone(&self.topics),
+            transactional_id: self.transactional_id.clone(),
+            offsets,
+            group,
+            timeout: self.txn_timeout,
+            steps,
+            age,
+        };
+        match std::thread::Builder::new().name("kafka-commit".to_owned()).spawn(move || job.run()) {
+            Ok(handle) => {
+                self.in_flight = Some(InFlight { handle });
+                Ok(())
             }
-            result = result.and_then(|()| match group {
-                Some(group) => self.retry(|producer| producer.send_offsets_to_transaction(&offsets, group, timeout)),
-                None => Err(TxnFailure::Fatal("the member's consumer has no group metadata".to_owned())),
-            });
+            Err(error) => {
+                let failure = TxnFailure::Other(format!("start the commit's thread: {error}"));
+                self.finish(CommitReport::failed(failure, steps, age))
+            }
         }
-        let offsets_sent = began.elapsed();
-        let result = result.and_then(|()| {
-            self.commit_sent = true;
-            self.retry(|producer| producer.commit_transaction(timeout))
+    }
+
+    /// Takes the outcome of the commit in flight once it is done (waiting for it if `wait`), and
+    /// then opens the next transaction with the steps queued meanwhile.
+    fn collect(&mut self, wait: bool) -> Result<(), LogError> {
+        let Some(in_flight) = self.in_flight.take_if(|in_flight| wait || in_flight.handle.is_finished()) else {
+            return Ok(());
+        };
+        let report = in_flight.handle.join().unwrap_or_else(|_| {
+            let steps = self.batch.as_ref().map_or(0, |batch| batch.steps);
+            CommitReport::failed(TxnFailure::Fatal("the commit's thread panicked".to_owned()), steps, Duration::ZERO)
         });
-        match result {
+        self.finish(report)?;
+        self.open_queued()
+    }
+
+    /// Settles the member's side of a commit that ended. A failed commit discards the steps
+    /// queued behind it too: the failure reports the owned partitions lost and assigned again, and
+    /// their state (which holds the queued steps) is rebuilt.
+    fn finish(&mut self, report: CommitReport) -> Result<(), LogError> {
+        self.commit_sent = report.commit_sent;
+        match report.result {
             Ok(()) => {
                 self.batch = None;
                 self.txn_began = None;
@@ -626,21 +781,22 @@ impl MemberState {
                 self.commit_sent = false;
                 self.last_outcome = Some(Outcome::Committed);
                 self.reinits = 0;
-                let committed = began.elapsed();
-                self.await_visibility();
                 // Where a batch's time goes, for tuning (`ipam bench --kafka` prints the stages
                 // a reader sees; this is the member's side of them).
-                tracing::debug!(transactional_id = %self.transactional_id, steps, age_us = age.as_micros(),
-                    drained_us = drained.as_micros(), offsets_us = offsets_sent.as_micros(),
-                    committed_us = committed.as_micros(), visible_us = began.elapsed().as_micros(),
+                tracing::debug!(transactional_id = %self.transactional_id, steps = report.steps,
+                    age_us = report.age.as_micros(), drained_us = report.drained.as_micros(),
+                    offsets_us = report.offsets_sent.as_micros(), committed_us = report.committed.as_micros(),
+                    visible_us = report.visible.as_micros(), queued = self.queued.as_ref().map_or(0, |q| q.batch.steps),
                     "Kafka member committed a batch.");
                 Ok(())
             }
             Err(failure @ (TxnFailure::Fenced | TxnFailure::Fatal(_))) => {
+                self.queued = None;
                 self.needs_rewind = true;
                 Err(self.fail(failure, "commit the batch"))
             }
             Err(failure) => {
+                self.queued = None;
                 let error = self.fail(failure, "commit the batch");
                 self.abort_after_failure()?;
                 Err(error)
@@ -648,49 +804,84 @@ impl MemberState {
         }
     }
 
-    /// Waits, until `deadline` at most, until librdkafka holds nothing in flight: every record
-    /// delivered and its report served.
-    fn drain(&self, deadline: Instant) {
-        drop(self.producer.context().wait_for_reports(deadline));
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
+    /// Opens a transaction for the steps queued while the last commit was in flight.
+    fn open_queued(&mut self) -> Result<(), LogError> {
+        let Some(queued) = self.queued.take() else { return Ok(()) };
+        let mut result = self.begin_if_needed();
+        for (record, partition) in &queued.records {
+            if result.is_err() {
+                break;
+            }
+            result = self.produce(&record.topic, *partition, record.key.as_bytes(), &record.value);
         }
-    }
-
-    /// Waits until read_committed readers can see the committed batch. `commit_transaction`
-    /// returns once the coordinator has decided; the commit markers, which move each partition's
-    /// last stable offset past the batch, are written a moment later. Waiting here keeps the
-    /// local backends' promise that a batch is visible once its commit returns. An earlier open
-    /// transaction of another producer on the same partition holds the LSO back too, so the wait
-    /// is bounded by the transaction timeout and then only logged.
-    fn await_visibility(&self) {
-        let deadline = Instant::now() + self.txn_timeout;
-        // Every report has normally been served by now (the commit drained them).
-        let mut deliveries = self.producer.context().wait_for_reports(deadline);
-        let written = std::mem::take(&mut deliveries.last_offsets);
-        drop(deliveries);
-        // Visible once each partition's last stable offset is past the last record written there.
-        let targets = written.into_iter().map(|(partition, last)| (partition, last + 1)).collect();
-        match topics::await_all_stable(self.topics.metadata_client(), targets, deadline) {
-            Ok(behind) => {
-                for (topic, partition) in behind {
-                    tracing::warn!(
-                        topic,
-                        partition,
-                        "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
-                    );
-                }
+        match result {
+            Ok(()) => {
+                self.batch = Some(queued.batch);
+                Ok(())
             }
             Err(error) => {
-                tracing::warn!(error = %error, "Kafka member could not check that its commit is visible.");
+                self.discard_failed_step();
+                Err(error)
             }
         }
     }
 
+    /// Like the local backends: a step that cannot be added discards the batch. The caller's
+    /// state already holds this step (and the batch's): the owned partitions are reported lost
+    /// and assigned again, and their records come again.
+    fn discard_failed_step(&mut self) {
+        if self.check().is_ok() {
+            self.report_rebuild();
+            self.needs_rewind = true;
+            if let Err(abort) = self.abort_batch() {
+                tracing::warn!(error = %abort, "Kafka member could not abort after a failed step.");
+            }
+        }
+    }
+
+    /// Adds a step to the open batch, or queues it behind the commit in flight.
+    fn add_step(&mut self, placed: &[(&OutRecord, i32)], positions: Vec<((String, i32), i64)>) -> Result<(), LogError> {
+        if self.in_flight.is_some() {
+            let queued = self.queued.get_or_insert_with(|| Queued {
+                batch: OpenBatch {
+                    opened: Instant::now(),
+                    steps: 0,
+                    eager: false,
+                    drained: false,
+                    positions: BTreeMap::new(),
+                },
+                records: Vec::new(),
+            });
+            queued.records.extend(placed.iter().map(|(record, partition)| ((*record).clone(), *partition)));
+            queued.batch.positions.extend(positions);
+            queued.batch.steps += 1;
+            return Ok(());
+        }
+        self.begin_if_needed()?;
+        for (record, partition) in placed {
+            self.produce(&record.topic, *partition, record.key.as_bytes(), &record.value)?;
+        }
+        if let Some(open) = self.batch.as_mut() {
+            open.positions.extend(positions);
+            open.steps += 1;
+        }
+        Ok(())
+    }
+
+    /// Steps not committed yet: the batch (being committed or open) and those queued.
+    fn pending_steps(&self) -> usize {
+        self.batch.as_ref().map_or(0, |batch| batch.steps) + self.queued.as_ref().map_or(0, |queued| queued.batch.steps)
+    }
+
+    /// The open batch should commit now (never while a commit is in flight: the batch is being
+    /// committed, and the queue behind it waits for the producer).
     fn overdue(&self, policy: &ipam_log::BatchPolicy) -> bool {
-        self.batch.as_ref().is_some_and(|open| {
-            open.steps >= policy.max_steps || open.opened.elapsed() >= policy.max_delay || (open.eager && open.drained)
-        })
+        self.in_flight.is_none()
+            && self.batch.as_ref().is_some_and(|open| {
+                open.steps >= policy.max_steps
+                    || open.opened.elapsed() >= policy.max_delay
+                    || (open.eager && open.drained)
+            })
     }
 
     /// Partitions handed over (cleanly or not): forget them, and report them unless they were
@@ -710,6 +901,74 @@ impl MemberState {
 }
 
 /// The consumer's context: runs the rebalance callbacks against the shared state.
+/// How a failed call of `producer` is to be handled.
+fn classify(producer: &TxnProducer, error: &KafkaError) -> TxnFailure {
+    classify_txn(error, producer.client().fatal_error())
+}
+
+/// Runs a transactional call, again while it fails with a retriable error.
+fn retry(
+    producer: &TxnProducer,
+    transactional_id: &str,
+    mut call: impl FnMut(&TxnProducer) -> KafkaResult<()>,
+) -> Result<(), TxnFailure> {
+    let mut attempt = 1;
+    loop {
+        match call(producer) {
+            Ok(()) => return Ok(()),
+            Err(error) => match classify(producer, &error) {
+                TxnFailure::Retriable(message) if attempt < ATTEMPTS => {
+                    tracing::warn!(transactional_id, attempt, error = %message,
+                        "Kafka transactional call failed; retrying.");
+                    attempt += 1;
+                }
+                failure => return Err(failure),
+            },
+        }
+    }
+}
+
+/// Waits, until `deadline` at most, until librdkafka holds nothing in flight: every record
+/// delivered and its report served.
+fn drain(producer: &TxnProducer, deadline: Instant) {
+    drop(producer.context().wait_for_reports(deadline));
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Waits until read_committed readers can see the committed batch. `commit_transaction` returns
+/// once the coordinator has decided; the commit markers, which move each partition's last stable
+/// offset past the batch, are written a moment later. Waiting here keeps the local backends'
+/// promise that a batch is visible once its commit is done, and keeps the next transaction from
+/// beginning before the markers are written (its AddPartitionsToTxn would meet
+/// CONCURRENT_TRANSACTIONS and back off). An earlier open transaction of another producer on the
+/// same partition holds the LSO back too, so the wait is bounded by the transaction timeout and
+/// then only logged.
+fn await_visibility(producer: &TxnProducer, topics: &Topics, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    // Every report has normally been served by now (the commit drained them).
+    let mut deliveries = producer.context().wait_for_reports(deadline);
+    let written = std::mem::take(&mut deliveries.last_offsets);
+    drop(deliveries);
+    // Visible once each partition's last stable offset is past the last record written there.
+    let targets = written.into_iter().map(|(partition, last)| (partition, last + 1)).collect();
+    match topics::await_all_stable(topics.metadata_client(), targets, deadline) {
+        Ok(behind) => {
+            for (topic, partition) in behind {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
+                );
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "Kafka member could not check that its commit is visible.");
+        }
+    }
+}
+
 struct MemberContext {
     state: Arc<Mutex<MemberState>>,
 }
@@ -775,7 +1034,7 @@ impl ConsumerContext for MemberContext {
                 let outcome = if lost {
                     state.abort_batch().map(|()| false)
                 } else {
-                    state.commit_batch(consumer.group_metadata().as_ref()).map(|()| true)
+                    state.commit_batch(consumer.group_metadata()).map(|()| true)
                 };
                 let clean = match outcome {
                     Ok(clean) => clean,
@@ -946,7 +1205,7 @@ impl fmt::Debug for KafkaMember {
             .field("transactional_id", &self.config.transactional_id)
             .field("health", &state.health)
             .field("assignment", &state.assignment)
-            .field("pending_steps", &state.batch.as_ref().map_or(0, |b| b.steps))
+            .field("pending_steps", &state.pending_steps())
             .finish()
     }
 }
@@ -976,13 +1235,15 @@ impl KafkaMember {
         let txn_timeout = Duration::from_millis(u64::from(options.transaction_timeout_ms));
         let mut state = MemberState {
             transactional_id: config.transactional_id.clone(),
-            producer,
+            producer: Arc::new(producer),
             topics: Arc::clone(&topics),
             positions,
             group: config.group.clone(),
             positions_topic: positions::topic_of(&config.group),
             txn_timeout,
             batch: None,
+            in_flight: None,
+            queued: None,
             assignment: BTreeSet::new(),
             changes: Polled::default(),
             health: Health::Healthy,
@@ -1183,11 +1444,15 @@ impl KafkaMember {
         Ok(())
     }
 
-    /// Before each wait in `poll`: report a callback's error, re-create a discarded producer,
-    /// rewind, commit an overdue batch.
+    /// Before each wait in `poll`: report a callback's error, collect a commit that ended,
+    /// re-create a discarded producer, rewind, start committing an overdue batch.
     fn settle(&mut self) -> Result<(), LogError> {
         let deferred = self.lock().deferred.take();
         if let Some(error) = deferred {
+            return Err(self.after_failure(error));
+        }
+        let collected = self.lock().collect(false);
+        if let Err(error) = collected {
             return Err(self.after_failure(error));
         }
         // Re-create a discarded producer now rather than at the next step: its `init_transactions`
@@ -1200,9 +1465,17 @@ impl KafkaMember {
         }
         self.rewind_if_needed()?;
         if self.lock().overdue(&self.config.batch) {
-            self.commit()?;
+            self.start_commit()?;
         }
         Ok(())
+    }
+
+    /// Starts committing the open batch; it commits while the caller goes on (see "Commits in
+    /// flight" in the module doc).
+    fn start_commit(&mut self) -> Result<(), LogError> {
+        let group = self.consumer.as_ref().and_then(|c| c.group_metadata());
+        let result = self.lock().start_commit(group);
+        result.map_err(|error| self.after_failure(error))
     }
 
     /// The partition of each output, from its key.
@@ -1297,7 +1570,11 @@ impl Member for KafkaMember {
                 // --kafka`'s single starts). Under load input is waiting whenever the member polls,
                 // no batch is eager, and the delay groups steps into transactions that are worth
                 // their 10 to 30 ms.
-                if let Some(open) = &state.batch {
+                if state.in_flight.is_some() {
+                    // Collect the commit soon after it is done, so that the steps queued behind
+                    // it go out in the next transaction without waiting for more input.
+                    wait = wait.min(COLLECT_EVERY);
+                } else if let Some(open) = &state.batch {
                     eager = open.eager;
                     let left = if eager { Duration::ZERO } else { self.config.batch.max_delay };
                     wait = wait.min(left.saturating_sub(open.opened.elapsed()));
@@ -1400,47 +1677,36 @@ impl Member for KafkaMember {
         }
         let result = {
             let mut state = self.lock();
-            let mut result = state.begin_if_needed();
-            for (record, partition) in &placed {
-                if result.is_err() {
-                    break;
-                }
-                result = state.produce(&record.topic, *partition, record.key.as_bytes(), &record.value);
-            }
-            match result {
+            // A failed commit collected here has already discarded its batch and the queue.
+            state.collect(false).and_then(|()| match state.add_step(&placed, converted) {
                 Ok(()) => {
-                    if let Some(open) = state.batch.as_mut() {
-                        open.positions.extend(converted);
-                        open.steps += 1;
+                    let queue_full =
+                        state.queued.as_ref().is_some_and(|queued| queued.batch.steps >= self.config.batch.max_steps);
+                    if queue_full {
+                        // The queue is as long as a batch may be: wait for the commit before it.
+                        state.collect(true)?;
                     }
                     Ok(state.overdue(&self.config.batch))
                 }
                 Err(error) => {
-                    // Like the local backends: a step that cannot be added discards the batch.
-                    // The caller's state already holds this step (and the batch's): the owned
-                    // partitions are reported lost and assigned again, and their records come again.
-                    if state.check().is_ok() {
-                        state.report_rebuild();
-                        state.needs_rewind = true;
-                        if let Err(abort) = state.abort_batch() {
-                            tracing::warn!(error = %abort, "Kafka member could not abort after a failed step.");
-                        }
-                    }
+                    state.discard_failed_step();
                     Err(error)
                 }
-            }
+            })
         };
         match result {
-            Ok(true) => self.commit(),
+            Ok(true) => self.start_commit(),
             Ok(false) => Ok(()),
             Err(error) => Err(self.after_failure(error)),
         }
     }
 
+    /// Commits everything stepped so far, and returns once it is visible to read_committed
+    /// readers.
     fn commit(&mut self) -> Result<(), LogError> {
         self.usable()?;
         let group = self.consumer.as_ref().and_then(|c| c.group_metadata());
-        let result = self.lock().commit_batch(group.as_ref());
+        let result = self.lock().commit_batch(group);
         result.map_err(|error| self.after_failure(error))
     }
 
@@ -1466,7 +1732,7 @@ impl Member for KafkaMember {
     }
 
     fn pending_steps(&self) -> usize {
-        self.lock().batch.as_ref().map_or(0, |open| open.steps)
+        self.lock().pending_steps()
     }
 
     /// A transaction costs 10 to 20 ms of round trips (offsets, end, markers): batches are worth

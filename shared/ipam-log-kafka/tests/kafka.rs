@@ -185,9 +185,16 @@ fn a_batch_commits_after_max_steps_or_max_delay() {
     let records = poll_records(&mut *member, 3);
     member.step(&[out(&output, "k", "a")], &[next(&records[0])]).unwrap();
     member.step(&[out(&output, "k", "b")], &[next(&records[1])]).unwrap();
-    assert_eq!(member.pending_steps(), 0, "the second step filled the batch");
-    assert_eq!(values(&read_all(&log, &output)), ["a", "b"]);
+    // The second step filled the batch: its commit is under way, and the next step queues behind
+    // it until it is done.
     member.step(&[out(&output, "k", "c")], &[next(&records[2])]).unwrap();
+    assert_eq!(member.pending_steps(), 3, "nothing was known committed yet");
+    let deadline = Instant::now() + DEADLINE;
+    while member.pending_steps() > 1 {
+        assert!(Instant::now() < deadline, "the full batch never committed");
+        member.poll(10, Duration::from_millis(10)).unwrap();
+    }
+    assert_eq!(values(&read_all(&log, &output)), ["a", "b"], "the full batch alone is committed");
     assert_eq!(member.pending_steps(), 1);
     let deadline = Instant::now() + DEADLINE;
     while member.pending_steps() > 0 {
@@ -195,6 +202,34 @@ fn a_batch_commits_after_max_steps_or_max_delay() {
         member.poll(10, Duration::from_millis(100)).unwrap();
     }
     assert_eq!(values(&read_all(&log, &output)), ["a", "b", "c"], "poll committed the overdue batch");
+}
+
+#[test]
+fn steps_taken_while_a_commit_is_in_flight_go_out_in_the_next_transaction_in_order() {
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    let count = 60;
+    log.append(&(0..count).map(|i| out(&input, "k", &i.to_string())).collect::<Vec<_>>()).unwrap();
+    let mut member = member(&log, &group, &[&input], &unique("txn"), 7);
+    let records = poll_records(&mut *member, count);
+    let mut most_pending = 0;
+    let in_order = |records: &[Record]| -> Vec<String> {
+        records.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect()
+    };
+    for (record, value) in records.iter().zip(in_order(&records)) {
+        member.step(&[out(&output, "k", &value)], &[next(record)]).unwrap();
+        most_pending = most_pending.max(member.pending_steps());
+    }
+    // A full batch's commit was under way when the next step came: that step queued behind it.
+    assert!(most_pending > 7, "no step was queued behind a commit in flight (at most {most_pending} pending)");
+    member.commit().unwrap();
+    assert_eq!(member.pending_steps(), 0, "the commit waited for everything stepped");
+    let expected: Vec<String> = (0..count).map(|i| i.to_string()).collect();
+    assert_eq!(in_order(&records), expected, "the input, as appended");
+    assert_eq!(in_order(&read_all(&log, &output)), expected, "every output once, in step order");
+    assert_eq!(log.committed_position(&group, &input, 0), Ok(Some(count as u64)));
 }
 
 /// Polls both members until `done` holds for their assignments, or fails at the deadline.
