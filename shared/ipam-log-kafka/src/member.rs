@@ -846,7 +846,9 @@ impl MemberState {
                 batch: OpenBatch {
                     opened: Instant::now(),
                     steps: 0,
-                    eager: false,
+                    // A lone input that came while the last commit was in flight commits once
+                    // drained after it, not at the policy's delay.
+                    eager: std::mem::take(&mut self.eager_next),
                     drained: false,
                     positions: BTreeMap::new(),
                 },
@@ -866,6 +868,11 @@ impl MemberState {
             open.steps += 1;
         }
         Ok(())
+    }
+
+    /// Whether a batch takes the next steps: an open one, or a queue behind a commit in flight.
+    fn collecting(&self) -> bool {
+        (self.batch.is_some() && self.in_flight.is_none()) || self.queued.is_some()
     }
 
     /// Steps not committed yet: the batch (being committed or open) and those queued.
@@ -1564,7 +1571,8 @@ impl Member for KafkaMember {
             let batch_open;
             {
                 let state = self.lock();
-                batch_open = state.batch.is_some();
+                // A batch being committed takes no more steps: waiting then is a quiet spell too.
+                batch_open = state.collecting();
                 // An eager batch (its first input came after a quiet spell) does not wait for more
                 // input: a lone event would wait out the policy's delay for nothing (`ipam bench
                 // --kafka`'s single starts). Under load input is waiting whenever the member polls,
@@ -1619,7 +1627,7 @@ impl Member for KafkaMember {
                 }
                 if !records.is_empty() {
                     let quiet = std::mem::take(&mut state.quiet);
-                    state.eager_next = state.batch.is_none() && quiet >= QUIET.min(self.config.batch.max_delay);
+                    state.eager_next = !state.collecting() && quiet >= QUIET.min(self.config.batch.max_delay);
                 } else if eager
                     && failure.is_none()
                     && let Some(open) = state.batch.as_mut()
