@@ -328,6 +328,8 @@ fn the_api_on_kafka_restarts_from_its_read_model_snapshot() {
         (api, addr)
     };
     let mut allocator = spawn("allocator", "allocator");
+    // The allocator creates the topics the API reads.
+    allocator.wait_for("ipam is ready", Duration::from_secs(60));
     let (mut api, addr) = start_api();
     let mut events = setup();
     events.extend((0..10).map(|n| vnic_started(100 + n, n)));
