@@ -194,6 +194,10 @@ enum Command {
     Tools(tools::Tools),
 }
 
+/// mimalloc rather than glibc's malloc: see the workspace's `Cargo.toml` and README, "Benchmarks".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     match real_main() {
         Ok(code) => std::process::exit(code),
