@@ -1622,7 +1622,9 @@ impl Member for KafkaMember {
             }
             {
                 let mut state = self.lock();
-                if !batch_open {
+                // Only a poll that may wait waits for input: one that may not (a caller that spins
+                // while a commit is in flight) spends its time looking, not waiting.
+                if !batch_open && !wait.is_zero() {
                     state.quiet += waited;
                 }
                 if !records.is_empty() {

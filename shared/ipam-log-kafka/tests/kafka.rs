@@ -170,6 +170,7 @@ fn a_pass_through_key_that_clashes_is_a_config_error() {
 
 #[test]
 fn a_batch_commits_after_max_steps_or_max_delay() {
+    let max_delay = Duration::from_millis(300);
     let log = connect();
     let input = topic(&log, "input", 1);
     let output = topic(&log, "output", 1);
@@ -179,7 +180,7 @@ fn a_batch_commits_after_max_steps_or_max_delay() {
             group: unique("group"),
             topics: vec![input.clone()],
             transactional_id: unique("txn"),
-            batch: BatchPolicy { max_steps: 2, max_delay: Duration::from_millis(300) },
+            batch: BatchPolicy { max_steps: 2, max_delay },
         })
         .unwrap();
     let records = poll_records(&mut *member, 3);
@@ -188,14 +189,19 @@ fn a_batch_commits_after_max_steps_or_max_delay() {
     // The second step filled the batch: its commit is under way, and the next step queues behind
     // it until it is done.
     member.step(&[out(&output, "k", "c")], &[next(&records[2])]).unwrap();
+    let queued = Instant::now();
     assert_eq!(member.pending_steps(), 3, "nothing was known committed yet");
     let deadline = Instant::now() + DEADLINE;
     while member.pending_steps() > 1 {
         assert!(Instant::now() < deadline, "the full batch never committed");
         member.poll(10, Duration::from_millis(10)).unwrap();
     }
-    assert_eq!(values(&read_all(&log, &output)), ["a", "b"], "the full batch alone is committed");
-    assert_eq!(member.pending_steps(), 1);
+    // Unless the full batch's commit took the delay (a loaded machine), the queued step's batch
+    // was not due when the last poll opened it, and nothing commits it between calls.
+    if queued.elapsed() < max_delay {
+        assert_eq!(values(&read_all(&log, &output)), ["a", "b"], "the full batch alone is committed");
+        assert_eq!(member.pending_steps(), 1);
+    }
     let deadline = Instant::now() + DEADLINE;
     while member.pending_steps() > 0 {
         assert!(Instant::now() < deadline, "the overdue batch never committed");
