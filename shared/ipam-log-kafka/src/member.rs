@@ -629,7 +629,14 @@ impl MemberState {
         self.txn_began = Some(now);
         let eager = std::mem::take(&mut self.eager_next);
         self.batch = Some(OpenBatch { opened: now, steps: 0, eager, drained: false, positions: BTreeMap::new() });
-        Ok(())
+        // The positions topic joins the transaction now, beside the first step's partitions:
+        // librdkafka registers the partitions produced to within a millisecond in one
+        // AddPartitionsToTxn and allows one such request at a time, so the positions record
+        // produced at the commit would otherwise wait for a second round trip before its own
+        // delivery (a lone step's commit paid both). A sealing record (empty, `SEAL_KEY`) is
+        // what the positions reader skips.
+        let positions_topic = self.positions_topic.clone();
+        self.produce(&positions_topic, positions::PARTITION, SEAL_KEY, &[])
     }
 
     /// Enqueues one output in the open transaction.
