@@ -98,7 +98,8 @@ const REINIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// before the member gives up (a fatal error that a new producer does not cure).
 const MAX_REINITS: u32 = 5;
 
-/// The key of the records that seal a discarded transaction's partitions (`MemberState::seal`).
+/// The key of the records that seal a discarded transaction's partitions (`MemberState::seal`), and
+/// of the record that registers the positions topic as a transaction begins (`begin_if_needed`).
 const SEAL_KEY: &[u8] = b"ipam.seal";
 
 /// How long a poll waits at most while a commit is in flight, so that the steps queued meanwhile
