@@ -98,8 +98,7 @@ const REINIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// before the member gives up (a fatal error that a new producer does not cure).
 const MAX_REINITS: u32 = 5;
 
-/// The key of the records that seal a discarded transaction's partitions (`MemberState::seal`), and
-/// of the record that registers the positions topic as a transaction begins (`begin_if_needed`).
+/// The key of the records that seal a discarded transaction's partitions (`MemberState::seal`).
 const SEAL_KEY: &[u8] = b"ipam.seal";
 
 /// How long a poll waits at most while a commit is in flight, so that the steps queued meanwhile
@@ -630,14 +629,7 @@ impl MemberState {
         self.txn_began = Some(now);
         let eager = std::mem::take(&mut self.eager_next);
         self.batch = Some(OpenBatch { opened: now, steps: 0, eager, drained: false, positions: BTreeMap::new() });
-        // The positions topic joins the transaction now, beside the first step's partitions:
-        // librdkafka registers the partitions produced to within a millisecond in one
-        // AddPartitionsToTxn and allows one such request at a time, so the positions record
-        // produced at the commit would otherwise wait for a second round trip before its own
-        // delivery (a lone step's commit paid both). A sealing record (empty, `SEAL_KEY`) is
-        // what the positions reader skips.
-        let positions_topic = self.positions_topic.clone();
-        self.produce(&positions_topic, positions::PARTITION, SEAL_KEY, &[])
+        Ok(())
     }
 
     /// Enqueues one output in the open transaction.
