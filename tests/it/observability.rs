@@ -25,7 +25,7 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// The address in the first line of `service` that holds `text` followed by `http://ADDRESS`.
+/// The address of `service`'s health and metrics endpoint, from its log.
 fn metrics_address(service: &mut Service) -> SocketAddr {
     service.address_after("Health and metrics on http://", WITHIN)
 }

@@ -145,11 +145,6 @@ struct Queued {
     records: Vec<(OutRecord, i32)>,
 }
 
-/// A batch's commit under way on a thread of its own (see "Commits in flight" in the module doc).
-struct InFlight {
-    handle: JoinHandle<CommitReport>,
-}
-
 /// Everything a commit's broker round trips need, moved to the commit thread.
 struct CommitJob {
     producer: Arc<TxnProducer>,
@@ -327,8 +322,9 @@ struct MemberState {
     txn_timeout: Duration,
     /// The open transaction's batch; while a commit is in flight, the batch being committed.
     batch: Option<OpenBatch>,
-    /// The commit of `batch` under way, if one is.
-    in_flight: Option<InFlight>,
+    /// The commit of `batch` under way on a thread of its own, if one is (see "Commits in
+    /// flight" in the module doc).
+    in_flight: Option<JoinHandle<CommitReport>>,
     /// Steps taken while the commit is in flight.
     queued: Option<Queued>,
     assignment: BTreeSet<TopicPartition>,
@@ -744,7 +740,7 @@ impl MemberState {
         };
         match std::thread::Builder::new().name("kafka-commit".to_owned()).spawn(move || job.run()) {
             Ok(handle) => {
-                self.in_flight = Some(InFlight { handle });
+                self.in_flight = Some(handle);
                 Ok(())
             }
             Err(error) => {
@@ -757,10 +753,10 @@ impl MemberState {
     /// Takes the outcome of the commit in flight once it is done (waiting for it if `wait`), and
     /// then opens the next transaction with the steps queued meanwhile.
     fn collect(&mut self, wait: bool) -> Result<(), LogError> {
-        let Some(in_flight) = self.in_flight.take_if(|in_flight| wait || in_flight.handle.is_finished()) else {
+        let Some(in_flight) = self.in_flight.take_if(|in_flight| wait || in_flight.is_finished()) else {
             return Ok(());
         };
-        let report = in_flight.handle.join().unwrap_or_else(|_| {
+        let report = in_flight.join().unwrap_or_else(|_| {
             let steps = self.batch.as_ref().map_or(0, |batch| batch.steps);
             CommitReport::failed(TxnFailure::Fatal("the commit's thread panicked".to_owned()), steps, Duration::ZERO)
         });
@@ -807,14 +803,7 @@ impl MemberState {
     /// Opens a transaction for the steps queued while the last commit was in flight.
     fn open_queued(&mut self) -> Result<(), LogError> {
         let Some(queued) = self.queued.take() else { return Ok(()) };
-        let mut result = self.begin_if_needed();
-        for (record, partition) in &queued.records {
-            if result.is_err() {
-                break;
-            }
-            result = self.produce(&record.topic, *partition, record.key.as_bytes(), &record.value);
-        }
-        match result {
+        match self.produce_in_batch(queued.records.iter().map(|(record, partition)| (record, *partition))) {
             Ok(()) => {
                 self.batch = Some(queued.batch);
                 Ok(())
@@ -859,13 +848,19 @@ impl MemberState {
             queued.batch.steps += 1;
             return Ok(());
         }
-        self.begin_if_needed()?;
-        for (record, partition) in placed {
-            self.produce(&record.topic, *partition, record.key.as_bytes(), &record.value)?;
-        }
+        self.produce_in_batch(placed.iter().copied())?;
         if let Some(open) = self.batch.as_mut() {
             open.positions.extend(positions);
             open.steps += 1;
+        }
+        Ok(())
+    }
+
+    /// Enqueues `records` (each with its partition) in the open transaction, opening one if none is.
+    fn produce_in_batch<'a>(&mut self, records: impl Iterator<Item = (&'a OutRecord, i32)>) -> Result<(), LogError> {
+        self.begin_if_needed()?;
+        for (record, partition) in records {
+            self.produce(&record.topic, partition, record.key.as_bytes(), &record.value)?;
         }
         Ok(())
     }
