@@ -220,6 +220,75 @@ pub fn follows_partitions_from_their_positions_and_hands_out_new_commits(h: &Har
     assert_eq!(values(&again), ["elsewhere", "late"]);
 }
 
+/// A follower and a member asked for a few records at a time, over many partitions, hand out every
+/// record once: what a call leaves unread for lack of room comes at the next calls, with nothing
+/// new written meanwhile (the local backends read only the partitions written since their last
+/// call, and those left unfinished).
+pub fn hands_out_every_partition_a_few_records_at_a_time(h: &Harness) {
+    let topic = h.topic("narrow", 8);
+    let records: Vec<OutRecord> = (0..40).map(|i| out(&topic, &format!("key-{i}"), &format!("v{i:02}"))).collect();
+    h.log.append(&records).unwrap();
+    let expected: Vec<String> = (0..40).map(|i| format!("v{i:02}")).collect();
+    let from_zero: Vec<Position> =
+        (0..8).map(|partition| Position { topic: topic.clone(), partition, next_offset: 0 }).collect();
+    let mut follower = h.log.follow(&from_zero).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut followed = Vec::new();
+    while followed.len() < 40 {
+        assert!(Instant::now() < deadline, "the follower handed out {} of 40 records", followed.len());
+        let came = follower.next(3, Duration::from_millis(200)).unwrap();
+        assert!(came.len() <= 3, "{} records for a max of 3", came.len());
+        followed.extend(came);
+    }
+    assert_eq!(values(&followed), expected);
+
+    let mut member = h.member("narrow-group", &[&topic], "narrow-tx", 100);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut polled = Vec::new();
+    while polled.len() < 40 {
+        assert!(Instant::now() < deadline, "the member polled {} of 40 records", polled.len());
+        let came = member.poll(3, Duration::from_millis(200)).unwrap().records;
+        assert!(came.len() <= 3, "{} records for a max of 3", came.len());
+        polled.extend(came);
+    }
+    assert_eq!(values(&polled), expected);
+}
+
+/// A record another process appends (here another opening of the same log, with a notifier of its
+/// own) reaches a follower even while this process keeps writing to another partition and waking
+/// it: a woken local follower reads the partitions this process wrote to, and every partition at
+/// least every few milliseconds.
+pub fn sees_another_process_records_while_its_own_keep_coming(h: &Harness) {
+    let topic = h.topic("shared", 2);
+    let on = |partition: u32, i: usize| {
+        (0..).map(|k| format!("k{i}-{k}")).find(|key| partition::for_key(key.as_bytes(), 2) == partition).unwrap()
+    };
+    let from_zero: Vec<Position> =
+        (0..2).map(|partition| Position { topic: topic.clone(), partition, next_offset: 0 }).collect();
+    let mut follower = h.log.follow(&from_zero).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (log, writer_stop, own_key) = (Arc::clone(&h.log), Arc::clone(&stop), on(0, 0));
+    let own_topic = topic.clone();
+    let writer = std::thread::spawn(move || {
+        let mut written = 0;
+        while !writer_stop.load(Ordering::SeqCst) && written < 20_000 {
+            log.append(&[out(&own_topic, &own_key, "own")]).unwrap();
+            written += 1;
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    // Let the follower be woken by this process's writes before the other one writes.
+    let mut own = follow_records(&mut *follower, 5);
+    h.reopen().append(&[out(&topic, &on(1, 1), "foreign")]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !own.iter().any(|record| record.value == b"foreign") {
+        assert!(Instant::now() < deadline, "the other process's record did not come within 30 s");
+        own.extend(follower.next(100, Duration::from_millis(200)).unwrap());
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+}
+
 /// Reads and seeks that hop between partitions and back, many times in a row, as the backlog
 /// checks and rebuilds do. Each answer starts where it was asked to. (librdkafka 2.12 aborted the
 /// whole process when a partition left a consumer's assignment twice in quick succession, which
@@ -503,6 +572,7 @@ conformance!(
     [
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
+        hands_out_every_partition_a_few_records_at_a_time,
         reads_nothing_beyond_any_offset,
         reads_and_seeks_back_and_forth_many_times,
         commits_positions_and_resumes_from_them,
@@ -519,6 +589,7 @@ conformance!(
     [
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
+        hands_out_every_partition_a_few_records_at_a_time,
         reads_nothing_beyond_any_offset,
         reads_and_seeks_back_and_forth_many_times,
         commits_positions_and_resumes_from_them,
@@ -529,6 +600,7 @@ conformance!(
         leaves_nothing_of_a_step_killed_before_commit,
         keeps_every_batch_whole_when_killed_mid_commit,
         keeps_records_and_positions_across_reopening,
+        sees_another_process_records_while_its_own_keep_coming,
     ]
 );
 
@@ -538,6 +610,7 @@ conformance!(
     [
         keeps_per_partition_order_and_offsets,
         follows_partitions_from_their_positions_and_hands_out_new_commits,
+        hands_out_every_partition_a_few_records_at_a_time,
         reads_nothing_beyond_any_offset,
         reads_and_seeks_back_and_forth_many_times,
         commits_positions_and_resumes_from_them,
