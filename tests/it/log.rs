@@ -257,7 +257,7 @@ pub fn hands_out_every_partition_a_few_records_at_a_time(h: &Harness) {
 /// A record another process appends (here another opening of the same log, with a notifier of its
 /// own) reaches a follower even while this process keeps writing to another partition and waking
 /// it: a woken local follower reads the partitions this process wrote to, and every partition at
-/// least every few milliseconds.
+/// least every few tens of milliseconds.
 pub fn sees_another_process_records_while_its_own_keep_coming(h: &Harness) {
     let topic = h.topic("shared", 2);
     let on = |partition: u32, i: usize| {

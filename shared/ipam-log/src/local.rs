@@ -55,10 +55,15 @@ pub struct Batch {
     pub positions: Vec<Position>,
 }
 
-/// How often a waiting reader looks at the store again even without a wake-up, and how often a
-/// reader woken by this process reads every partition rather than those written to: another
-/// process sharing the embedded log (a test, `ipam bench`) cannot reach this process's notifier.
+/// How often a waiting reader looks at every partition of the store again without a wake-up:
+/// another process sharing the embedded log (a test, `ipam bench`) cannot reach this process's
+/// notifier.
 const CROSS_PROCESS_POLL: Duration = Duration::from_millis(2);
+
+/// A reader woken by this process's writes reads the partitions written to; under a steady stream
+/// of them it is never left waiting for [`CROSS_PROCESS_POLL`], so it still reads every partition
+/// at least this often, for other processes' records.
+const EVERY_PARTITION_AT_LEAST: Duration = Duration::from_millis(20);
 
 /// Wakes readers waiting for new records, and says which partitions this process wrote to since a
 /// reader last looked, so that a woken reader reads those only. A read of a partition is an SQLite
@@ -114,9 +119,11 @@ impl Notifier {
 }
 
 /// A reader's place in each partition it reads (a member's or a follower's), and which partitions
-/// its next collect must read: every one at the first, after a seek or rewind and at least every
-/// [`CROSS_PROCESS_POLL`] (records another process wrote); otherwise those this process wrote to
-/// since the last collect, and those the last one did not read to their end (it had `max`).
+/// its next collect must read: every one at the first, after a seek or rewind, when this process
+/// wrote nothing since the last collect (the reader waited [`CROSS_PROCESS_POLL`] in vain, or
+/// calls without waiting: other processes' records) and at least every
+/// [`EVERY_PARTITION_AT_LEAST`]; otherwise those this process wrote to since the last collect, and
+/// those the last one did not read to their end (it had `max`).
 #[derive(Debug, Default)]
 struct Cursors {
     next: BTreeMap<TopicPartition, u64>,
@@ -151,7 +158,7 @@ impl Cursors {
         let generation = notifier.generation();
         let partitions: Vec<TopicPartition> = self.next.keys().cloned().collect();
         let every = match self.read {
-            Some((_, all_read)) => all_read.elapsed() >= CROSS_PROCESS_POLL,
+            Some((seen, all_read)) => generation == seen || all_read.elapsed() >= EVERY_PARTITION_AT_LEAST,
             None => true,
         };
         let due: std::collections::BTreeSet<&TopicPartition> = match self.read {
