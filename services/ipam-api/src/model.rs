@@ -1065,12 +1065,7 @@ impl ReadModel {
         Some(self.gather(ips, at, |entry| entry.mac == mac))
     }
 
-    fn gather(
-        &self,
-        ips: &[IpAddr],
-        at: Option<Timestamp>,
-        keep: impl Fn(&HistoryEntry) -> bool,
-    ) -> Vec<HistoryView> {
+    fn gather(&self, ips: &[IpAddr], at: Option<Timestamp>, keep: impl Fn(&HistoryEntry) -> bool) -> Vec<HistoryView> {
         let mut views: Vec<HistoryView> = ips
             .iter()
             .filter_map(|ip| self.history.get(ip).map(|history| self.held(*ip, history, at, &keep)))

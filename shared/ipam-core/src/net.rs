@@ -30,10 +30,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::rejection::{Rejection, RejectionCode};
 
-/// A subnet prefix such as `10.0.0.0/24` or `2001:db8::/64`, with no host bits set.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// A subnet prefix such as `10.0.0.0/24` or `2001:db8::/64`, with no host bits set. Written as text
+/// in human-readable formats (JSON, the contract's); binary formats (the API's MessagePack
+/// snapshot) carry the network address and the prefix length, read back without parsing text and
+/// checked the same way.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr(IpNet);
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            (self.0.addr(), self.0.prefix_len()).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Cidr, D::Error> {
+        use serde::de::Error;
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            return text.parse().map_err(D::Error::custom);
+        }
+        let (addr, prefix): (IpAddr, u8) = Deserialize::deserialize(deserializer)?;
+        let net =
+            IpNet::new(addr, prefix).map_err(|_| D::Error::custom(CidrError::Syntax(format!("{addr}/{prefix}"))))?;
+        if net.trunc() != net {
+            return Err(D::Error::custom(CidrError::HostBits {
+                given: net.to_string(),
+                network: net.trunc().to_string(),
+            }));
+        }
+        Ok(Cidr(net))
+    }
+}
 
 /// Why a string is not a usable CIDR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -512,6 +544,23 @@ mod tests {
 
     fn cidr(text: &str) -> Cidr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_cidr_is_text_in_json_and_address_and_prefix_in_messagepack_both_checked() {
+        for text in ["10.1.0.0/16", "192.0.2.0/24", "2001:db8::/64", "0.0.0.0/0"] {
+            let value = cidr(text);
+            assert_eq!(serde_json::to_string(&value).unwrap(), format!("\"{text}\""));
+            let binary = rmp_serde::to_vec(&value).unwrap();
+            assert_eq!(rmp_serde::from_slice::<Cidr>(&binary).unwrap(), value, "{text}");
+            assert_eq!(binary, rmp_serde::to_vec(&(value.network(), value.prefix_len())).unwrap());
+        }
+        let host_bits = rmp_serde::to_vec(&("10.1.0.1".parse::<IpAddr>().unwrap(), 16u8)).unwrap();
+        let error = rmp_serde::from_slice::<Cidr>(&host_bits).unwrap_err().to_string();
+        assert!(error.contains("10.1.0.0/16"), "{error}");
+        let too_long = rmp_serde::to_vec(&("10.1.0.0".parse::<IpAddr>().unwrap(), 33u8)).unwrap();
+        assert!(rmp_serde::from_slice::<Cidr>(&too_long).is_err());
+        assert!(serde_json::from_str::<Cidr>("\"10.1.0.1/16\"").is_err());
     }
 
     fn ip(text: &str) -> IpAddr {
