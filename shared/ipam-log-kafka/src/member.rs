@@ -1541,7 +1541,40 @@ fn close(consumer: BaseConsumer<MemberContext>) {
             );
             std::mem::forget(consumer);
         }
-        _ => drop(consumer),
+        _ => close_within(consumer, CLOSE_WAIT),
+    }
+}
+
+/// How long a member's close may take before it is left to finish on a thread of its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Drops `consumer` (rdkafka's drop serves the last rebalance events and closes it) on a thread of
+/// its own, and waits for it at most `wait`. An assignment still queued when [`close`] found none
+/// (a member dropped right after it joined, before any poll served the assignment) is served
+/// during the close, and the revocation after it can block for ever in `incremental_unassign`
+/// (librdkafka#4884 again; seen once in CI: the successor member of
+/// `log::kafka::keeps_every_batch_whole_when_killed_mid_commit`, joined and dropped without a
+/// poll, hung the test run). Such a thread is left blocked, as a forgotten consumer is left open,
+/// with a warning; the caller goes on.
+fn close_within(consumer: BaseConsumer<MemberContext>, wait: Duration) {
+    let (closed, done) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("kafka-close".to_owned()).spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    match spawned {
+        Ok(_) => {
+            if done.recv_timeout(wait).is_err() {
+                tracing::warn!(
+                    wait_ms = wait.as_millis() as u64,
+                    "Kafka member's consumer did not close in time; leaving it closing on its own thread \
+                     (librdkafka#4884). The group hands its partitions on when its session expires."
+                );
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "Cannot start a thread to close a Kafka member's consumer; it was closed here.")
+        }
     }
 }
 

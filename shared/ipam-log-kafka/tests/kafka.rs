@@ -460,6 +460,27 @@ fn a_member_that_comes_back_under_its_instance_takes_its_partitions_over_at_once
     drop(before);
 }
 
+/// Members joined and dropped without a poll, at moments spread over their join: an assignment
+/// still queued at the drop is served while the consumer closes, and its revocation once hung the
+/// whole test run in librdkafka (#4884); a drop now returns after the close's bounded wait at
+/// worst. The deadline is far beyond that wait, so it fails only on a hang.
+#[test]
+fn members_dropped_right_after_joining_return() {
+    let log = connect();
+    let input = topic(&log, "input", 2);
+    let group = unique("group");
+    for round in 0..6u64 {
+        let joined = member(&log, &group, &[&input], &unique("txn"), 100);
+        std::thread::sleep(Duration::from_millis(round * 150));
+        let (dropped, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(joined);
+            let _ = dropped.send(());
+        });
+        assert!(done.recv_timeout(Duration::from_secs(60)).is_ok(), "round {round}: dropping the member hung");
+    }
+}
+
 #[test]
 fn a_member_that_leaves_cleanly_hands_its_partitions_over_without_waiting_for_its_session() {
     let log = KafkaLog::connect(slow_session_options()).unwrap();

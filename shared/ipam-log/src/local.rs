@@ -80,8 +80,9 @@ pub struct Notifier {
 struct Written {
     /// Raised at every write.
     generation: u64,
-    /// The generation of the last write to each partition this process wrote to.
-    partitions: BTreeMap<TopicPartition, u64>,
+    /// The generation of the last write to each partition this process wrote to, by topic (looked
+    /// up by a record's topic without a copy of its name: a batch holds thousands of records).
+    partitions: BTreeMap<String, BTreeMap<u32, u64>>,
 }
 
 impl Notifier {
@@ -91,8 +92,14 @@ impl Notifier {
         written.generation += 1;
         let generation = written.generation;
         for (topic, partition) in partitions {
-            let key = TopicPartition { topic: topic.to_owned(), partition };
-            written.partitions.insert(key, generation);
+            match written.partitions.get_mut(topic) {
+                Some(by_partition) => {
+                    by_partition.insert(partition, generation);
+                }
+                None => {
+                    written.partitions.insert(topic.to_owned(), BTreeMap::from([(partition, generation)]));
+                }
+            }
         }
         self.changed.notify_all();
     }
@@ -108,7 +115,8 @@ impl Notifier {
         partitions: impl IntoIterator<Item = &'a TopicPartition>,
     ) -> Vec<&'a TopicPartition> {
         let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        partitions.into_iter().filter(|tp| written.partitions.get(*tp).is_some_and(|at| *at > seen)).collect()
+        let written_at = |tp: &TopicPartition| written.partitions.get(tp.topic.as_str())?.get(&tp.partition).copied();
+        partitions.into_iter().filter(|tp| written_at(tp).is_some_and(|at| at > seen)).collect()
     }
 
     /// Waits until the generation moves past `seen` or `timeout` passes.
