@@ -76,13 +76,10 @@ impl HostLines {
     /// sharded backend does. On an error the lines may be changed in part: render whole next.
     pub fn apply_hosts(&mut self, config: &NetworkDhcpConfig, changes: &[HostChange]) -> Result<bool, BackendError> {
         let mut changed = false;
-        let held_subnet = |change: &HostChange| {
-            config.subnets.binary_search_by_key(&change.subnet_id, |subnet| subnet.subnet_id).is_ok()
-        };
-        for change in changes.iter().filter(|change| change.network_id == config.network_id && held_subnet(change)) {
-            let (mac, ip) = (change.host.mac, change.host.ip);
+        for change in changes.iter().filter(|change| config.concerns(change)) {
+            let mac = change.host.mac;
             let held = self.lines.get(&mac).map(|(addresses, _)| *addresses).unwrap_or_default();
-            let addresses = if change.served { held.with(ip) } else { held.without(ip) };
+            let addresses = held.changed_by(change);
             if addresses == held {
                 continue;
             }

@@ -132,6 +132,11 @@ impl HostAddresses {
     pub fn is_empty(&self) -> bool {
         self.ipv4.is_none() && self.ipv6.is_none()
     }
+
+    /// These addresses once `change` (a host of this MAC that came or went) is applied.
+    pub fn changed_by(self, change: &HostChange) -> HostAddresses {
+        if change.served { self.with(change.host.ip) } else { self.without(change.host.ip) }
+    }
 }
 
 /// Splits the desired hosts of a network into its shards.
@@ -150,9 +155,8 @@ pub fn split(hosts: &BTreeMap<Mac, HostAddresses>, shards: usize) -> Vec<BTreeMa
 /// network, which the allocator ensures (a second vNIC with the MAC is refused `duplicate_mac`);
 /// a hostile writer of `ipam.reservations` breaking that gets the MAC's newest address served.
 pub fn apply_host_change(hosts: &mut BTreeMap<Mac, HostAddresses>, change: &HostChange) {
-    let (mac, ip) = (change.host.mac, change.host.ip);
-    let held = hosts.get(&mac).copied().unwrap_or_default();
-    let addresses = if change.served { held.with(ip) } else { held.without(ip) };
+    let mac = change.host.mac;
+    let addresses = hosts.get(&mac).copied().unwrap_or_default().changed_by(change);
     if addresses.is_empty() {
         hosts.remove(&mac);
     } else {

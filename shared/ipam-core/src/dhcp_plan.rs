@@ -633,12 +633,20 @@ pub struct NetworkDhcpConfig {
 const MERGE_CHANGES: usize = 32;
 
 impl NetworkDhcpConfig {
+    /// Whether [`NetworkDhcpConfig::apply_hosts`] takes `change` in: a host of this network in a
+    /// subnet this configuration holds. Others are ignored, by it and by whatever keeps a copy of
+    /// its hosts.
+    pub fn concerns(&self, change: &HostChange) -> bool {
+        change.network_id == self.network_id
+            && self.subnets.binary_search_by_key(&change.subnet_id, |subnet| subnet.subnet_id).is_ok()
+    }
+
     /// Applies host changes the view yielded for this network, in their order (a later change of a
     /// host wins); changes of other networks, or of a subnet the configuration lacks, are ignored.
     /// Costs a binary search per change, or one pass over a subnet's hosts for a large batch.
     pub fn apply_hosts(&mut self, changes: &[HostChange]) {
         let mut by_subnet: BTreeMap<SubnetId, BTreeMap<(IpAddr, Mac), bool>> = BTreeMap::new();
-        for change in changes.iter().filter(|change| change.network_id == self.network_id) {
+        for change in changes.iter().filter(|change| self.concerns(change)) {
             by_subnet.entry(change.subnet_id).or_default().insert((change.host.ip, change.host.mac), change.served);
         }
         for (subnet_id, changes) in by_subnet {

@@ -55,15 +55,9 @@ impl<'de> Deserialize<'de> for Cidr {
             return text.parse().map_err(D::Error::custom);
         }
         let (addr, prefix): (IpAddr, u8) = Deserialize::deserialize(deserializer)?;
-        let net =
-            IpNet::new(addr, prefix).map_err(|_| D::Error::custom(CidrError::Syntax(format!("{addr}/{prefix}"))))?;
-        if net.trunc() != net {
-            return Err(D::Error::custom(CidrError::HostBits {
-                given: net.to_string(),
-                network: net.trunc().to_string(),
-            }));
-        }
-        Ok(Cidr(net))
+        let given = format!("{addr}/{prefix}");
+        let net = IpNet::new(addr, prefix).map_err(|_| D::Error::custom(CidrError::Syntax(given.clone())))?;
+        Cidr::of_net(net, &given).map_err(D::Error::custom)
     }
 }
 
@@ -150,15 +144,22 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// `net` if it has no host bits set; `given` is how it was written, for the error.
+    fn of_net(net: IpNet, given: &str) -> Result<Cidr, CidrError> {
+        if net.trunc() != net {
+            return Err(CidrError::HostBits { given: given.to_owned(), network: net.trunc().to_string() });
+        }
+        Ok(Cidr(net))
+    }
+}
+
 impl FromStr for Cidr {
     type Err = CidrError;
 
     fn from_str(text: &str) -> Result<Cidr, CidrError> {
         let net: IpNet = text.parse().map_err(|_| CidrError::Syntax(text.chars().take(64).collect()))?;
-        if net.trunc() != net {
-            return Err(CidrError::HostBits { given: text.to_owned(), network: net.trunc().to_string() });
-        }
-        Ok(Cidr(net))
+        Cidr::of_net(net, text)
     }
 }
 

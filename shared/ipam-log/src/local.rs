@@ -6,7 +6,7 @@
 //! `transactional_id` raises that id's epoch in the store, and a batch opened or committed under an
 //! older epoch is refused, exactly as Kafka fences a zombie producer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -142,7 +142,7 @@ struct Cursors {
     /// `None` when the next collect must read every partition.
     read: Option<(u64, Instant)>,
     /// Partitions the last collects left with records possibly unread.
-    unfinished: std::collections::BTreeSet<TopicPartition>,
+    unfinished: BTreeSet<TopicPartition>,
 }
 
 impl Cursors {
@@ -165,28 +165,24 @@ impl Cursors {
     ) -> Result<Vec<Record>, LogError> {
         let generation = notifier.generation();
         let partitions: Vec<TopicPartition> = self.next.keys().cloned().collect();
-        let every = match self.read {
-            Some((seen, all_read)) => generation == seen || all_read.elapsed() >= EVERY_PARTITION_AT_LEAST,
-            None => true,
-        };
-        let due: std::collections::BTreeSet<&TopicPartition> = match self.read {
-            Some((seen, _)) if !every => {
-                let mut due: std::collections::BTreeSet<&TopicPartition> =
+        // Until this collect ends well, the next one reads everything (`read` is `None`).
+        // `due`: the partitions written since the last collect and those it left unfinished, with
+        // when every partition was last read; `None` when every partition is due now.
+        let due = match self.read.take() {
+            Some((seen, all_read)) if generation != seen && all_read.elapsed() < EVERY_PARTITION_AT_LEAST => {
+                let mut due: BTreeSet<&TopicPartition> =
                     notifier.written_since(seen, &partitions).into_iter().collect();
                 due.extend(partitions.iter().filter(|tp| self.unfinished.contains(*tp)));
-                due
+                Some((due, all_read))
             }
-            _ => partitions.iter().collect(),
+            _ => None,
         };
-        let all_read = self.read.map(|(_, all_read)| all_read);
-        // Until this collect ends well, the next one reads everything.
-        self.read = None;
         let started = Instant::now();
         let mut records = Vec::new();
         let count = partitions.len();
         for index in 0..count {
             let tp = &partitions[(self.turn + index) % count];
-            if !due.contains(tp) {
+            if due.as_ref().is_some_and(|(due, _)| !due.contains(tp)) {
                 continue;
             }
             if records.len() >= max {
@@ -206,7 +202,7 @@ impl Cursors {
             records.extend(read);
         }
         self.turn = self.turn.wrapping_add(1);
-        let all_read = if every { started } else { all_read.unwrap_or(started) };
+        let all_read = due.map_or(started, |(_, all_read)| all_read);
         self.read = Some((generation, all_read));
         Ok(records)
     }
