@@ -142,8 +142,10 @@ pub type ReservationKey = (VnicId, IpFamily);
 /// See the module documentation.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LeaseStates {
+    #[serde(deserialize_with = "crate::bulk::map")]
     vnics: BTreeMap<ReservationKey, Progress>,
     /// Per network, the reservations not served yet, by their offset.
+    #[serde(deserialize_with = "crate::bulk::nested_map")]
     unserved: BTreeMap<NetworkId, BTreeMap<u64, ReservationKey>>,
     /// Per network and host, the server's latest synced mark.
     synced: BTreeMap<NetworkId, BTreeMap<HostId, Synced>>,

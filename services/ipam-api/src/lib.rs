@@ -30,6 +30,7 @@ pub mod stream;
 pub mod tls;
 pub mod views;
 
+mod bulk;
 mod follower;
 mod routes;
 mod snapshot;

@@ -102,6 +102,7 @@ pub(crate) struct Rejection {
 struct Network {
     info: Option<NetworkInfo>,
     subnets: BTreeMap<SubnetId, Subnet>,
+    #[serde(deserialize_with = "crate::bulk::map")]
     reservations: BTreeMap<(SubnetId, IpAddr), Reservation>,
     servers: BTreeMap<HostId, Server>,
     rejections: VecDeque<Rejection>,
@@ -292,19 +293,24 @@ pub enum Decided {
 pub struct ReadModel {
     /// Decisions by the id of their cause, and the causes in the order they were decided (for the
     /// bound [`DECISIONS_KEPT`]).
+    #[serde(deserialize_with = "crate::bulk::map")]
     decisions: BTreeMap<EventId, Decided>,
     decided_order: VecDeque<EventId>,
     positions: Positions,
     networks: BTreeMap<NetworkId, Network>,
+    #[serde(deserialize_with = "crate::bulk::map")]
     vnics: BTreeMap<VnicId, Vnic>,
     hosts: BTreeMap<HostId, Host>,
     /// Which networks each host is assigned a server for, and with which epoch.
     assignments: BTreeMap<HostId, BTreeMap<NetworkId, u64>>,
     /// Who held each address, ordered by the start of the holding, so that an as-of query is a
     /// binary search.
+    #[serde(deserialize_with = "crate::bulk::map")]
     history: BTreeMap<IpAddr, VecDeque<HistoryEntry>>,
     /// The addresses each vNIC and each MAC ever held (their entries are in `history`).
+    #[serde(deserialize_with = "crate::bulk::map")]
     vnic_ips: BTreeMap<VnicId, IpList>,
+    #[serde(deserialize_with = "crate::bulk::map")]
     mac_ips: BTreeMap<Mac, IpList>,
     processed: u64,
     caught_up: bool,

@@ -35,8 +35,8 @@ pub(crate) const NAME: &str = "api-read-model";
 /// Bumped when the model's state changes shape in a way old snapshots cannot be read into.
 /// 2: dual-stack vNICs (a vNIC's reservations by family, lease states per vNIC and family, a
 /// decision's list of addresses). 3: a vNIC's reservations in two slots, not a map; CIDRs as
-/// address and prefix length.
-const VERSION: u32 = 3;
+/// address and prefix length. 4: an owner as an externally tagged tuple.
+const VERSION: u32 = 4;
 
 /// Where the read model stands in one partition, and the last record it folded there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

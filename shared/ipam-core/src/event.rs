@@ -384,13 +384,60 @@ pub struct SubnetDeactivated {
 }
 
 /// Who holds a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+///
+/// Written as `{"kind": "vnic", "vnic_id": …, "vm_id": …}` in human-readable formats (JSON, the
+/// contract's). An internally tagged enum is read through a buffer of its fields, which in a
+/// binary snapshot (a million owners in the API's read model) cost more than the rest of the
+/// owner: binary formats carry the variant and its ids as an externally tagged tuple instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Owner {
     /// A VM's vNIC.
     Vnic { vnic_id: VnicId, vm_id: VmId },
     /// The DHCP server a host runs for the network (one address per subnet).
     DhcpServer { host_id: HostId },
+}
+
+/// [`Owner`] as the contract writes it.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum TaggedOwner {
+    Vnic { vnic_id: VnicId, vm_id: VmId },
+    DhcpServer { host_id: HostId },
+}
+
+/// [`Owner`] in binary formats.
+#[derive(Serialize, Deserialize)]
+enum CompactOwner {
+    Vnic(VnicId, VmId),
+    DhcpServer(HostId),
+}
+
+impl Serialize for Owner {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match (*self, serializer.is_human_readable()) {
+            (Owner::Vnic { vnic_id, vm_id }, true) => TaggedOwner::Vnic { vnic_id, vm_id }.serialize(serializer),
+            (Owner::DhcpServer { host_id }, true) => TaggedOwner::DhcpServer { host_id }.serialize(serializer),
+            (Owner::Vnic { vnic_id, vm_id }, false) => CompactOwner::Vnic(vnic_id, vm_id).serialize(serializer),
+            (Owner::DhcpServer { host_id }, false) => CompactOwner::DhcpServer(host_id).serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Owner, D::Error> {
+        Ok(if deserializer.is_human_readable() {
+            match TaggedOwner::deserialize(deserializer)? {
+                TaggedOwner::Vnic { vnic_id, vm_id } => Owner::Vnic { vnic_id, vm_id },
+                TaggedOwner::DhcpServer { host_id } => Owner::DhcpServer { host_id },
+            }
+        } else {
+            match CompactOwner::deserialize(deserializer)? {
+                CompactOwner::Vnic(vnic_id, vm_id) => Owner::Vnic { vnic_id, vm_id },
+                CompactOwner::DhcpServer(host_id) => Owner::DhcpServer { host_id },
+            }
+        })
+    }
 }
 
 /// An address was reserved.
@@ -1194,5 +1241,33 @@ mod fast_decode_tests {
         // The careful path keeps the last of a key given twice.
         let twice = good.replace(r#""subject":"n""#, r#""subject":"n","id":"00000000-0000-0000-0000-0000000000e2""#);
         assert_eq!(Envelope::decode(twice.as_bytes()).unwrap().id, EventId(uuid::Uuid::from_u128(0xe2)));
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_is_tagged_in_json_and_a_tuple_in_messagepack() {
+        let vnic = Owner::Vnic { vnic_id: VnicId::from_u128(1), vm_id: VmId::from_u128(2) };
+        let server = Owner::DhcpServer { host_id: HostId::from_u128(3) };
+        assert_eq!(
+            serde_json::to_value(vnic).unwrap(),
+            json!({"kind": "vnic", "vnic_id": "00000000-0000-0000-0000-000000000001",
+                   "vm_id": "00000000-0000-0000-0000-000000000002"})
+        );
+        assert_eq!(
+            serde_json::to_value(server).unwrap(),
+            json!({"kind": "dhcp_server", "host_id": "00000000-0000-0000-0000-000000000003"})
+        );
+        for owner in [vnic, server] {
+            assert_eq!(serde_json::from_value::<Owner>(serde_json::to_value(owner).unwrap()).unwrap(), owner);
+            let binary = rmp_serde::to_vec(&owner).unwrap();
+            assert_eq!(rmp_serde::from_slice::<Owner>(&binary).unwrap(), owner);
+            assert!(!binary.windows(4).any(|window| window == b"kind"), "{binary:?}");
+        }
+        let binary = rmp_serde::to_vec(&vnic).unwrap();
+        assert_eq!(binary, rmp_serde::to_vec(&CompactOwner::Vnic(VnicId::from_u128(1), VmId::from_u128(2))).unwrap());
     }
 }

@@ -364,7 +364,7 @@ impl LeaseWatch {
     ) -> Result<LeaseWatch, String> {
         let mut reservations: BTreeMap<WatchKey, Reserved> =
             holdings.map(|(vnic_id, reserved)| ((vnic_id, IpFamily::of(reserved.ip)), reserved)).collect();
-        let mut watch = LeaseWatch::new();
+        let mut watched = Vec::with_capacity(reservations.len());
         for entry in snapshot.vnics {
             // An entry written before dual-stack vNICs names no family: its vNIC's one reservation.
             let family = entry.family.or_else(|| {
@@ -375,19 +375,37 @@ impl LeaseWatch {
             let reserved = reservations.remove(&key).ok_or_else(|| {
                 format!("the lease watch names vNIC {}, which holds no reservation of {}", key.0, key.1)
             })?;
-            let watched = Watched {
+            let entry = Watched {
                 reserved,
                 reserved_at: entry.reserved_at,
                 leased_on: entry.leased_on,
                 reported: entry.reported,
             };
-            watch.insert(key, watched);
+            watched.push((key, entry));
         }
-        for (key, reserved) in reservations {
-            watch.insert(key, Watched { reserved, reserved_at: None, leased_on: None, reported: false });
-        }
-        watch.conflicts = snapshot.conflicts.into_iter().collect();
-        Ok(watch)
+        let unwatched = reservations.into_iter();
+        watched.extend(
+            unwatched.map(|(key, reserved)| {
+                (key, Watched { reserved, reserved_at: None, leased_on: None, reported: false })
+            }),
+        );
+        Ok(LeaseWatch::of_watched(watched, snapshot.conflicts))
+    }
+
+    /// A watch of `watched`, as [`LeaseWatch::insert`] of each in turn would make it, with every
+    /// map built in one pass (a restore holds a million reservations, and a million inserts into
+    /// four maps were a tenth of it).
+    fn of_watched(watched: Vec<(WatchKey, Watched)>, conflicts: Vec<(Mac, IpAddr)>) -> LeaseWatch {
+        let by_mac = watched.iter().map(|(key, watched)| (watched.reserved.mac, key.0)).collect();
+        let undated =
+            watched.iter().filter(|(_, watched)| watched.reserved_at.is_none()).map(|(key, _)| *key).collect();
+        let waiting = watched
+            .iter()
+            .filter(|(_, watched)| watched.reserved_at.is_some())
+            .filter_map(|(key, watched)| Some((watched.waiting_since()?, *key)))
+            .collect();
+        let vnics = watched.into_iter().collect();
+        LeaseWatch { vnics, by_mac, waiting, undated, conflicts: conflicts.into_iter().collect() }
     }
 }
 

@@ -55,9 +55,10 @@ impl<'de> Deserialize<'de> for Cidr {
             return text.parse().map_err(D::Error::custom);
         }
         let (addr, prefix): (IpAddr, u8) = Deserialize::deserialize(deserializer)?;
-        let given = format!("{addr}/{prefix}");
-        let net = IpNet::new(addr, prefix).map_err(|_| D::Error::custom(CidrError::Syntax(given.clone())))?;
-        Cidr::of_net(net, &given).map_err(D::Error::custom)
+        // Formatted only for an error: a snapshot holds a CIDR per reservation.
+        let given = || format!("{addr}/{prefix}");
+        let net = IpNet::new(addr, prefix).map_err(|_| D::Error::custom(CidrError::Syntax(given())))?;
+        Cidr::of_net(net, given).map_err(D::Error::custom)
     }
 }
 
@@ -145,10 +146,10 @@ impl Cidr {
 }
 
 impl Cidr {
-    /// `net` if it has no host bits set; `given` is how it was written, for the error.
-    fn of_net(net: IpNet, given: &str) -> Result<Cidr, CidrError> {
+    /// `net` if it has no host bits set; `given` says how it was written, for the error.
+    fn of_net(net: IpNet, given: impl FnOnce() -> String) -> Result<Cidr, CidrError> {
         if net.trunc() != net {
-            return Err(CidrError::HostBits { given: given.to_owned(), network: net.trunc().to_string() });
+            return Err(CidrError::HostBits { given: given(), network: net.trunc().to_string() });
         }
         Ok(Cidr(net))
     }
@@ -159,7 +160,7 @@ impl FromStr for Cidr {
 
     fn from_str(text: &str) -> Result<Cidr, CidrError> {
         let net: IpNet = text.parse().map_err(|_| CidrError::Syntax(text.chars().take(64).collect()))?;
-        Cidr::of_net(net, text)
+        Cidr::of_net(net, || text.to_owned())
     }
 }
 
@@ -558,7 +559,7 @@ mod tests {
         }
         let host_bits = rmp_serde::to_vec(&("10.1.0.1".parse::<IpAddr>().unwrap(), 16u8)).unwrap();
         let error = rmp_serde::from_slice::<Cidr>(&host_bits).unwrap_err().to_string();
-        assert!(error.contains("10.1.0.0/16"), "{error}");
+        assert!(error.contains("10.1.0.1/16") && error.contains("10.1.0.0/16"), "{error}");
         let too_long = rmp_serde::to_vec(&("10.1.0.0".parse::<IpAddr>().unwrap(), 33u8)).unwrap();
         assert!(rmp_serde::from_slice::<Cidr>(&too_long).is_err());
         assert!(serde_json::from_str::<Cidr>("\"10.1.0.1/16\"").is_err());

@@ -124,13 +124,16 @@ impl TryFrom<Vec<EventId>> for RecentInputs {
 
     /// The window of a snapshot, oldest id first, in a window of [`INPUT_WINDOW`] (a build with a
     /// smaller window keeps the newest ids).
+    ///
+    /// The set is built from the sorted ids in one pass: a restore reads 65,536 ids per network,
+    /// and inserting them one by one in their random order was a tenth of the allocator's restore.
     fn try_from(ids: Vec<EventId>) -> Result<RecentInputs, DuplicateInputId> {
-        let mut window = RecentInputs::with_capacity(ids.len().max(1));
-        for id in ids {
-            if !window.record(id) {
-                return Err(DuplicateInputId(id));
-            }
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(DuplicateInputId(pair[0]));
         }
+        let window = RecentInputs { capacity: ids.len().max(1), order: ids.into(), ids: sorted.into_iter().collect() };
         Ok(window.resized(INPUT_WINDOW))
     }
 }
