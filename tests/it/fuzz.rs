@@ -1307,7 +1307,7 @@ impl Pipeline {
 /// The allocator's snapshot less the ids of recent inputs, which every input it applies joins
 /// (refused or not, so that a retry is recognised), and less the networks that hold nothing else.
 fn decided_state(allocator: &Allocator) -> Value {
-    let mut snapshot: Value = serde_json::from_slice(&allocator.snapshot()).unwrap();
+    let mut snapshot = ipam_core::allocator::snapshot_as_json(&allocator.snapshot()).unwrap();
     if let Some(Value::Array(networks)) = snapshot.get_mut("networks") {
         for network in networks.iter_mut() {
             if let Some(network) = network.as_object_mut() {

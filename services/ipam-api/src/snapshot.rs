@@ -35,7 +35,8 @@ pub(crate) const NAME: &str = "api-read-model";
 /// Bumped when the model's state changes shape in a way old snapshots cannot be read into.
 /// 2: dual-stack vNICs (a vNIC's reservations by family, lease states per vNIC and family, a
 /// decision's list of addresses). 3: a vNIC's reservations in two slots, not a map; CIDRs as
-/// address and prefix length. 4: an owner as an externally tagged tuple.
+/// address and prefix length. 4: an owner as an externally tagged tuple; the version, the marks and
+/// the model as three values one after the other ([`encode`]).
 const VERSION: u32 = 4;
 
 /// Where the read model stands in one partition, and the last record it folded there.
@@ -48,18 +49,14 @@ struct PartitionMark {
     last: Option<(u64, String)>,
 }
 
-#[derive(Serialize)]
-struct Written<'a> {
-    version: u32,
-    marks: &'a [PartitionMark],
-    model: &'a ReadModel,
-}
-
-#[derive(Deserialize)]
-struct Read {
-    version: u32,
-    marks: Vec<PartitionMark>,
-    model: ReadModel,
+/// The snapshot's state: three MessagePack values one after the other, the format's version, the
+/// partition marks and the model, so that the first two are read without the model's hundreds of
+/// megabytes (a snapshot of another version or of another log is ignored before the model).
+fn encode(version: u32, marks: &[PartitionMark], model: &ReadModel) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut state = rmp_serde::to_vec(&version)?;
+    rmp_serde::encode::write(&mut state, marks)?;
+    rmp_serde::encode::write(&mut state, model)?;
+    Ok(state)
 }
 
 /// Why a snapshot was not written.
@@ -95,7 +92,7 @@ pub(crate) fn save(
             last,
         });
     }
-    let state = rmp_serde::to_vec(&Written { version: VERSION, marks: &marks, model })?;
+    let state = encode(VERSION, &marks, model)?;
     store.save(NAME, 0, None, state)?;
     Ok(())
 }
@@ -118,32 +115,40 @@ pub(crate) fn load(
     log: &dyn EventLog,
 ) -> Result<Option<(ReadModel, Vec<Position>)>, ipam_runtime::snapshot::SnapshotError> {
     let Some(snapshot) = store.load(NAME)? else { return Ok(None) };
-    let read = match rmp_serde::from_slice::<Read>(&snapshot.state) {
-        Ok(read) if read.version == VERSION => read,
-        Ok(read) => {
-            tracing::warn!(
-                version = read.version,
-                expected = VERSION,
-                "Ignoring the read model's snapshot of another format version; reading the log from the beginning."
-            );
-            return Ok(None);
-        }
-        Err(error) => {
-            tracing::warn!(error = %error, "Ignoring the read model's snapshot, which cannot be read; reading the log from the beginning.");
-            return Ok(None);
-        }
+    let mut state = rmp_serde::Deserializer::from_read_ref(&snapshot.state);
+    let unreadable = |error: rmp_serde::decode::Error| {
+        tracing::warn!(error = %error, "Ignoring the read model's snapshot, which cannot be read; reading the log from the beginning.");
+        Ok(None)
     };
-    for mark in &read.marks {
+    let version = match u32::deserialize(&mut state) {
+        Ok(version) => version,
+        Err(error) => return unreadable(error),
+    };
+    if version != VERSION {
+        tracing::warn!(
+            version,
+            expected = VERSION,
+            "Ignoring the read model's snapshot of another format version; reading the log from the beginning."
+        );
+        return Ok(None);
+    }
+    let marks = match Vec::<PartitionMark>::deserialize(&mut state) {
+        Ok(marks) => marks,
+        Err(error) => return unreadable(error),
+    };
+    for mark in &marks {
         if let Err(why) = check(log, mark) {
             tracing::warn!(topic = %mark.topic, partition = mark.partition, why,
                            "Ignoring the read model's snapshot, which does not match the log; reading the log from the beginning.");
             return Ok(None);
         }
     }
-    let mut model = read.model;
+    let mut model = match ReadModel::deserialize(&mut state) {
+        Ok(model) => model,
+        Err(error) => return unreadable(error),
+    };
     model.restored();
-    let positions = read
-        .marks
+    let positions = marks
         .into_iter()
         .map(|mark| Position { topic: mark.topic, partition: mark.partition, next_offset: mark.next_offset })
         .collect();
@@ -262,5 +267,34 @@ mod tests {
         // Bytes that are not a snapshot of the model.
         store.save(NAME, 0, None, b"{garbage".to_vec()).unwrap();
         assert!(load(&store, &log).unwrap().is_none(), "garbage was used");
+    }
+
+    #[test]
+    fn a_snapshot_of_another_version_or_form_is_ignored_and_one_of_this_version_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, model, positions) = folded(5, 10);
+        let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
+        let marks: Vec<PartitionMark> = positions
+            .iter()
+            .map(|position| PartitionMark {
+                topic: position.topic.clone(),
+                partition: position.partition,
+                next_offset: position.next_offset,
+                last: Some((
+                    position.next_offset - 1,
+                    anchor_at(&log, TOPIC, 0, position.next_offset - 1).unwrap().digest,
+                )),
+            })
+            .collect();
+        store.save(NAME, 0, None, encode(VERSION - 1, &marks, &model).unwrap()).unwrap();
+        assert!(load(&store, &log).unwrap().is_none(), "a snapshot of the previous version was used");
+        // Version 3's form, one array of the three, is not read as this version's.
+        let mut older = vec![0x93];
+        older.extend(encode(VERSION, &marks, &model).unwrap());
+        store.save(NAME, 0, None, older).unwrap();
+        assert!(load(&store, &log).unwrap().is_none(), "a snapshot of version 3's form was used");
+        store.save(NAME, 0, None, encode(VERSION, &marks, &model).unwrap()).unwrap();
+        let (restored, _) = load(&store, &log).unwrap().expect("this version's snapshot is read");
+        assert_eq!(bytes(&restored), bytes(&model));
     }
 }

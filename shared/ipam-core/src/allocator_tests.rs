@@ -618,7 +618,7 @@ fn rejects_multicast_fixed_ip_in_a_multicast_subnet_an_older_version_accepted() 
     }
     // Snapshots are not validated again on restore, so state from before the subnet rules may hold
     // a subnet the rules now refuse.
-    let snapshot = String::from_utf8(allocator.snapshot()).unwrap().replace("10.0.0.", "239.0.0.");
+    let snapshot = snapshot_as_json(&allocator.snapshot()).unwrap().to_string().replace("10.0.0.", "239.0.0.");
     let mut allocator = Allocator::restore(&(), snapshot.as_bytes()).unwrap();
     let outputs = allocator.apply(&envelope(999, Event::VnicStarted(up(1, Some(S1), Some("239.0.0.5")))));
     expect![[r#"
@@ -850,7 +850,8 @@ fn assert_ignored(allocator: &mut Allocator, id: u128, input: Event) {
     let before = allocator.snapshot();
     let outputs = allocator.apply(&envelope(id, input));
     assert_eq!(render(&outputs), "", "a retry has no output");
-    assert_eq!(String::from_utf8(before).unwrap(), String::from_utf8(allocator.snapshot()).unwrap());
+    assert_eq!(snapshot_as_json(&before).unwrap(), snapshot_as_json(&allocator.snapshot()).unwrap());
+    assert_eq!(before, allocator.snapshot());
 }
 
 #[test]
@@ -967,7 +968,7 @@ fn production_machines_remember_the_production_window() {
 #[test]
 fn snapshot_from_before_the_window_restores_with_an_empty_one() {
     let allocator = applied(Allocator::new(), &started_and_stopped());
-    let mut old: serde_json::Value = serde_json::from_slice(&allocator.snapshot()).unwrap();
+    let mut old = snapshot_as_json(&allocator.snapshot()).unwrap();
     for network in old["networks"].as_array_mut().unwrap() {
         network.as_object_mut().unwrap().remove("recent_inputs");
     }
@@ -980,7 +981,7 @@ fn snapshot_from_before_the_window_restores_with_an_empty_one() {
 #[test]
 fn snapshot_holds_the_window_in_the_order_of_application() {
     let allocator = applied(Allocator::new(), &[(9, network(true)), (4, start(1)), (6, stop(1))]);
-    let snapshot: serde_json::Value = serde_json::from_slice(&allocator.snapshot()).unwrap();
+    let snapshot = snapshot_as_json(&allocator.snapshot()).unwrap();
     expect![[r#"["00000000-0000-0000-0000-00000000e009","00000000-0000-0000-0000-00000000e004","00000000-0000-0000-0000-00000000e006"]"#]]
         .assert_eq(&snapshot["networks"][0]["recent_inputs"].to_string());
 }
@@ -1286,9 +1287,11 @@ fn quarantine_conflicts_and_policy_survive_a_snapshot() {
 #[test]
 fn snapshot_from_before_issue_14_restores_with_the_defaults() {
     let allocator = applied(Allocator::new(), &started_and_stopped());
-    let snapshot = String::from_utf8(allocator.snapshot()).unwrap();
+    let snapshot = snapshot_as_json(&allocator.snapshot()).unwrap().to_string();
     for field in ["policy", "now", "quarantine", "conflicts", "fixed"] {
         assert!(!snapshot.contains(&format!("\"{field}\"")), "{field} is left out when it says nothing: {snapshot}");
+        let name = rmp_serde::to_vec(field).unwrap();
+        assert!(!allocator.snapshot().windows(name.len()).any(|window| window == name), "{field} is left out");
     }
     assert_eq!(Allocator::restore(&(), snapshot.as_bytes()).unwrap(), allocator);
 }
@@ -1638,4 +1641,17 @@ fn dual_stack_reservations_survive_a_snapshot_and_are_listed_ipv4_first() {
     let held = restored.network(NET).unwrap().reservations_of(VnicId::from_u128(1));
     let ips: Vec<String> = held.iter().map(|(_, _, ip)| ip.to_string()).collect();
     assert_eq!(ips, ["10.0.0.2", "2001:db8::2"]);
+}
+
+#[test]
+fn a_snapshot_is_messagepack_and_one_written_as_json_before_restores_the_same() {
+    let allocator = applied(Allocator::new(), &[(9, network(true)), (4, start(1)), (6, start(2)), (7, stop(1))]);
+    let snapshot = allocator.snapshot();
+    assert_ne!(snapshot.first(), Some(&b'{'), "a snapshot is no longer JSON");
+    let json = serde_json::to_vec(&snapshot_as_json(&snapshot).unwrap()).unwrap();
+    assert!(snapshot.len() < json.len(), "{} bytes against {} as JSON", snapshot.len(), json.len());
+    assert_eq!(Allocator::restore(&(), &snapshot).unwrap(), allocator);
+    assert_eq!(Allocator::restore(&(), &json).unwrap(), allocator);
+    let error = Allocator::restore(&(), &snapshot[..snapshot.len() / 2]).unwrap_err();
+    assert!(matches!(error, SnapshotError::Unreadable(_)), "{error}");
 }

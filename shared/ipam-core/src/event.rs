@@ -406,10 +406,13 @@ enum TaggedOwner {
     DhcpServer { host_id: HostId },
 }
 
-/// [`Owner`] in binary formats.
+/// [`Owner`] in binary formats, its variant named by a letter (a MessagePack encoder writes the
+/// name with every owner).
 #[derive(Serialize, Deserialize)]
 enum CompactOwner {
+    #[serde(rename = "v")]
     Vnic(VnicId, VmId),
+    #[serde(rename = "d")]
     DhcpServer(HostId),
 }
 
