@@ -340,9 +340,14 @@ impl Service {
 }
 
 impl Drop for Service {
+    /// Stops the process, and removes its log file unless the test is failing (the file is for
+    /// reading after a failure; a passing suite left hundreds in the temporary directory).
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.kill();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(self.log_path());
         }
     }
 }
