@@ -289,6 +289,10 @@ pub enum Decided {
 }
 
 /// The read model. See the module documentation.
+///
+/// Its serde form leaves out the vNICs' part (their reservations, the addresses each vNIC and MAC
+/// held, their lease states): a snapshot writes that part apart ([`ReadModel::vnic_part`]), so
+/// that the two halves are decoded on two threads.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ReadModel {
     /// Decisions by the id of their cause, and the causes in the order they were decided (for the
@@ -298,7 +302,7 @@ pub struct ReadModel {
     decided_order: VecDeque<EventId>,
     positions: Positions,
     networks: BTreeMap<NetworkId, Network>,
-    #[serde(deserialize_with = "crate::bulk::map")]
+    #[serde(skip)]
     vnics: BTreeMap<VnicId, Vnic>,
     hosts: BTreeMap<HostId, Host>,
     /// Which networks each host is assigned a server for, and with which epoch.
@@ -308,21 +312,59 @@ pub struct ReadModel {
     #[serde(deserialize_with = "crate::bulk::map")]
     history: BTreeMap<IpAddr, VecDeque<HistoryEntry>>,
     /// The addresses each vNIC and each MAC ever held (their entries are in `history`).
-    #[serde(deserialize_with = "crate::bulk::map")]
+    #[serde(skip)]
     vnic_ips: BTreeMap<VnicId, IpList>,
-    #[serde(deserialize_with = "crate::bulk::map")]
+    #[serde(skip)]
     mac_ips: BTreeMap<Mac, IpList>,
     processed: u64,
     caught_up: bool,
     /// Each vNIC's way from reserved to served to leased (issue 14).
+    #[serde(skip)]
     lease_states: crate::lease_state::LeaseStates,
     /// Each subnet's allocation rate and forecast.
     forecasts: crate::forecast::Forecasts,
 }
 
+/// The vNICs' part of a [`ReadModel`], as a snapshot writes it: about half of the model.
+#[derive(Serialize)]
+pub(crate) struct VnicPartRef<'a> {
+    vnics: &'a BTreeMap<VnicId, Vnic>,
+    vnic_ips: &'a BTreeMap<VnicId, IpList>,
+    mac_ips: &'a BTreeMap<Mac, IpList>,
+    lease_states: &'a crate::lease_state::LeaseStates,
+}
+
+/// [`VnicPartRef`] read back.
+#[derive(Deserialize)]
+pub(crate) struct VnicPart {
+    #[serde(deserialize_with = "crate::bulk::map")]
+    vnics: BTreeMap<VnicId, Vnic>,
+    #[serde(deserialize_with = "crate::bulk::map")]
+    vnic_ips: BTreeMap<VnicId, IpList>,
+    #[serde(deserialize_with = "crate::bulk::map")]
+    mac_ips: BTreeMap<Mac, IpList>,
+    lease_states: crate::lease_state::LeaseStates,
+}
+
 impl ReadModel {
     pub fn new() -> ReadModel {
         ReadModel::default()
+    }
+
+    /// The part of the model its serde form leaves out.
+    pub(crate) fn vnic_part(&self) -> VnicPartRef<'_> {
+        VnicPartRef {
+            vnics: &self.vnics,
+            vnic_ips: &self.vnic_ips,
+            mac_ips: &self.mac_ips,
+            lease_states: &self.lease_states,
+        }
+    }
+
+    /// The model read from its serde form, whole again with its vNICs' part.
+    pub(crate) fn with_vnic_part(self, part: VnicPart) -> ReadModel {
+        let VnicPart { vnics, vnic_ips, mac_ips, lease_states } = part;
+        ReadModel { vnics, vnic_ips, mac_ips, lease_states, ..self }
     }
 
     /// Records that the partition was read up to, not including, `next_offset`.

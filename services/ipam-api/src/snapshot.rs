@@ -18,9 +18,12 @@
 //! 571 MB read in 7.7 to 9.5 s while the allocator restored beside it (`ipam bench --recovery`,
 //! the API's "starts from its snapshot" log line), and 562 MB in 6.3 s once a vNIC's reservations
 //! took two slots instead of a map of their own (version 3; the process's peak memory after the
-//! restart went from 4.6 to 2.9 GB). Fields are read by position, so any change to the model's
-//! shape bumps [`VERSION`]: a snapshot of another version is ignored and the log read from the
-//! beginning.
+//! restart went from 4.6 to 2.9 GB). Since version 4 the model's large maps are built in one pass
+//! (`bulk.rs`), an owner is read without serde's buffer for internally tagged enums, and the
+//! model is written in two halves decoded on two threads (the allocator's snapshots, read beside
+//! it, now take under a second); see the README's recovery figures. Fields are read by position,
+//! so any change to the model's shape bumps [`VERSION`]: a snapshot of another version is ignored
+//! and the log read from the beginning.
 
 use ipam_log::{EventLog, LogError, Position};
 use ipam_runtime::SnapshotStore;
@@ -36,7 +39,7 @@ pub(crate) const NAME: &str = "api-read-model";
 /// 2: dual-stack vNICs (a vNIC's reservations by family, lease states per vNIC and family, a
 /// decision's list of addresses). 3: a vNIC's reservations in two slots, not a map; CIDRs as
 /// address and prefix length. 4: an owner as an externally tagged tuple; the version, the marks and
-/// the model as three values one after the other ([`encode`]).
+/// the model's two halves one after the other ([`encode`]).
 const VERSION: u32 = 4;
 
 /// Where the read model stands in one partition, and the last record it folded there.
@@ -49,14 +52,57 @@ struct PartitionMark {
     last: Option<(u64, String)>,
 }
 
-/// The snapshot's state: three MessagePack values one after the other, the format's version, the
-/// partition marks and the model, so that the first two are read without the model's hundreds of
-/// megabytes (a snapshot of another version or of another log is ignored before the model).
-fn encode(version: u32, marks: &[PartitionMark], model: &ReadModel) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+/// The snapshot's state, four MessagePack values one after the other: the format's version, the
+/// partition marks, then the model's two halves as binary values (its serde form and its vNICs'
+/// part, [`ReadModel::vnic_part`]). The version and marks are read first, so that a snapshot of
+/// another version or log is ignored without decoding the model; the halves' lengths let them be
+/// decoded on two threads.
+fn encode(version: u32, marks: &[PartitionMark], model: &ReadModel) -> Result<Vec<u8>, SaveError> {
     let mut state = rmp_serde::to_vec(&version)?;
     rmp_serde::encode::write(&mut state, marks)?;
-    rmp_serde::encode::write(&mut state, model)?;
+    for half in [rmp_serde::to_vec(model)?, rmp_serde::to_vec(&model.vnic_part())?] {
+        let length = u32::try_from(half.len()).map_err(|_| SaveError::TooLarge(half.len()))?;
+        rmp::encode::write_bin_len(&mut state, length).map_err(|error| SaveError::Frame(error.to_string()))?;
+        state.extend_from_slice(&half);
+    }
     Ok(state)
+}
+
+/// Why a snapshot's state was not read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("a half of the model is not framed: {0}")]
+    Frame(String),
+    #[error("a half of the model is cut short")]
+    Short,
+}
+
+/// The next binary value of `state`, which it moves past.
+fn half<'a>(state: &mut &'a [u8]) -> Result<&'a [u8], ReadError> {
+    let length = rmp::decode::read_bin_len(state).map_err(|error| ReadError::Frame(error.to_string()))?;
+    let length = usize::try_from(length).map_err(|_| ReadError::Short)?;
+    if state.len() < length {
+        return Err(ReadError::Short);
+    }
+    let (half, rest) = state.split_at(length);
+    *state = rest;
+    Ok(half)
+}
+
+/// The model of two halves, the vNICs' part decoded on a thread of its own.
+fn decode_model(state: &mut &[u8]) -> Result<ReadModel, ReadError> {
+    let (model, vnic_part) = (half(state)?, half(state)?);
+    std::thread::scope(|scope| {
+        let vnic_part = std::thread::Builder::new()
+            .name("ipam-api-read-model-vnics".to_owned())
+            .spawn_scoped(scope, || rmp_serde::from_slice::<crate::model::VnicPart>(vnic_part))
+            .map_err(|error| ReadError::Frame(format!("cannot start a thread to decode it: {error}")))?;
+        let model = rmp_serde::from_slice::<ReadModel>(model);
+        let vnic_part = vnic_part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok(model?.with_vnic_part(vnic_part?))
+    })
 }
 
 /// Why a snapshot was not written.
@@ -68,6 +114,10 @@ pub(crate) enum SaveError {
     Missing { topic: String, partition: u32, offset: u64 },
     #[error("cannot encode the read model: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
+    #[error("a half of the read model takes {0} bytes, more than a snapshot frames (4 GiB)")]
+    TooLarge(usize),
+    #[error("cannot frame a half of the read model: {0}")]
+    Frame(String),
     #[error(transparent)]
     Store(#[from] ipam_runtime::snapshot::SnapshotError),
 }
@@ -115,14 +165,14 @@ pub(crate) fn load(
     log: &dyn EventLog,
 ) -> Result<Option<(ReadModel, Vec<Position>)>, ipam_runtime::snapshot::SnapshotError> {
     let Some(snapshot) = store.load(NAME)? else { return Ok(None) };
-    let mut state = rmp_serde::Deserializer::from_read_ref(&snapshot.state);
-    let unreadable = |error: rmp_serde::decode::Error| {
+    let mut state: &[u8] = &snapshot.state;
+    let unreadable = |error: ReadError| {
         tracing::warn!(error = %error, "Ignoring the read model's snapshot, which cannot be read; reading the log from the beginning.");
         Ok(None)
     };
-    let version = match u32::deserialize(&mut state) {
+    let version = match rmp_serde::from_read::<_, u32>(&mut state) {
         Ok(version) => version,
-        Err(error) => return unreadable(error),
+        Err(error) => return unreadable(error.into()),
     };
     if version != VERSION {
         tracing::warn!(
@@ -132,9 +182,9 @@ pub(crate) fn load(
         );
         return Ok(None);
     }
-    let marks = match Vec::<PartitionMark>::deserialize(&mut state) {
+    let marks = match rmp_serde::from_read::<_, Vec<PartitionMark>>(&mut state) {
         Ok(marks) => marks,
-        Err(error) => return unreadable(error),
+        Err(error) => return unreadable(error.into()),
     };
     for mark in &marks {
         if let Err(why) = check(log, mark) {
@@ -143,7 +193,7 @@ pub(crate) fn load(
             return Ok(None);
         }
     }
-    let mut model = match ReadModel::deserialize(&mut state) {
+    let mut model = match decode_model(&mut state) {
         Ok(model) => model,
         Err(error) => return unreadable(error),
     };
@@ -226,8 +276,9 @@ mod tests {
         (log, model, vec![Position { topic: TOPIC.to_owned(), partition: 0, next_offset: end }])
     }
 
+    /// The whole model, both halves, with field names.
     fn bytes(model: &ReadModel) -> Vec<u8> {
-        rmp_serde::to_vec_named(model).unwrap()
+        rmp_serde::to_vec_named(&(model, model.vnic_part())).unwrap()
     }
 
     #[test]
@@ -288,7 +339,7 @@ mod tests {
             .collect();
         store.save(NAME, 0, None, encode(VERSION - 1, &marks, &model).unwrap()).unwrap();
         assert!(load(&store, &log).unwrap().is_none(), "a snapshot of the previous version was used");
-        // Version 3's form, one array of the three, is not read as this version's.
+        // A form of one array, as version 3 wrote, is not read as this version's.
         let mut older = vec![0x93];
         older.extend(encode(VERSION, &marks, &model).unwrap());
         store.save(NAME, 0, None, older).unwrap();
