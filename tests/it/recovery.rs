@@ -539,9 +539,15 @@ fn snapshots(deployment: &dyn Deployment) -> BTreeMap<String, String> {
             }
             // Names carry the topic name, which may be prefixed; keep the kind and partition.
             let key = name.split('-').next().unwrap().to_owned() + "-" + name.rsplit('-').next().unwrap();
-            let text = std::fs::read_to_string(&path).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
             // The state, without the header line: offsets differ between backends (Kafka's skip).
-            let state = text.split_once('\n').map_or(text.clone(), |(_, state)| state.to_owned());
+            let state = bytes.iter().position(|byte| *byte == b'\n').map_or(&bytes[..], |at| &bytes[at + 1..]);
+            // The allocator's is MessagePack, shown as JSON for a readable difference.
+            let state = if key.starts_with("allocator") {
+                ipam_core::allocator::snapshot_as_json(state).unwrap().to_string()
+            } else {
+                String::from_utf8(state.to_vec()).unwrap()
+            };
             all.insert(key, state);
         }
     }

@@ -383,12 +383,12 @@ pub struct SubnetDeactivated {
     pub cause: EventId,
 }
 
+// Written as `{"kind": "vnic", "vnic_id": …, "vm_id": …}` in human-readable formats (JSON, the
+// contract's). An internally tagged enum is read through a buffer of its fields, which in a binary
+// snapshot (a million owners in the API's read model) cost more than the rest of the owner: binary
+// formats carry the variant and its ids as an externally tagged tuple instead (`CompactOwner`).
+// (Not a doc comment: the schema of the contract takes the type's documentation.)
 /// Who holds a reservation.
-///
-/// Written as `{"kind": "vnic", "vnic_id": …, "vm_id": …}` in human-readable formats (JSON, the
-/// contract's). An internally tagged enum is read through a buffer of its fields, which in a
-/// binary snapshot (a million owners in the API's read model) cost more than the rest of the
-/// owner: binary formats carry the variant and its ids as an externally tagged tuple instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Owner {
