@@ -15,7 +15,8 @@
 //! 4. a start with the snapshots moved aside: the replay of every input from offset zero.
 //!
 //! Rebuild figures come from the driver's own log lines (`Rebuilt partition state`, with the
-//! records replayed and the milliseconds each partition took); times to ready from this process's
+//! records replayed and the milliseconds each partition took) and the API's (`The API's read
+//! model starts from its snapshot`, with its milliseconds); times to ready from this process's
 //! clock, from the moment the child is started. Every child is stopped by pid, on failure too.
 
 // Printing the figures is this command's job.
@@ -68,6 +69,9 @@ struct Rebuild {
     elapsed_ms: u64,
     /// Of which reading and installing the snapshots (or the empty states).
     restore_ms: u64,
+    /// How long the API's read model took to read its own snapshot, when it had one (it reads
+    /// beside the allocator's rebuild).
+    read_model_ms: Option<u64>,
 }
 
 impl Rebuild {
@@ -91,6 +95,8 @@ impl Rebuild {
                 rebuild.restore_ms += field(line, "restore_ms");
             }
         }
+        let read_model = text.lines().find(|line| line.contains("The API's read model starts from its snapshot"));
+        rebuild.read_model_ms = read_model.map(|line| field(line, "elapsed_ms"));
         rebuild
     }
 
@@ -105,9 +111,13 @@ impl Rebuild {
     }
 
     fn describe(&self) -> String {
+        let read_model = match self.read_model_ms {
+            Some(ms) => format!("; the API's read model read its snapshot in {ms} ms"),
+            None => String::new(),
+        };
         format!(
             "{} partitions in {} ms: snapshots read and installed in {} ms, {} inputs replayed in {} ms ({:.0} \
-             inputs/s)",
+             inputs/s){read_model}",
             self.partitions,
             self.elapsed_ms,
             self.restore_ms,
