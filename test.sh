@@ -35,8 +35,15 @@ if ((${#need_packages[@]})); then
 fi
 
 if [[ -z "${IPAM_KAFKA_BOOTSTRAP:-}" ]]; then
-    export IPAM_KAFKA_DIR="${IPAM_KAFKA_DIR:-$(mktemp -d /tmp/ipam-test-kafka.XXXXXX)}"
-    trap 'scripts/kafka-broker.sh stop || true' EXIT
+    # A directory made here is removed after a passing run (kept after a failure, for the
+    # broker's log); one named by IPAM_KAFKA_DIR is the caller's.
+    made_kafka_dir=""
+    if [[ -z "${IPAM_KAFKA_DIR:-}" ]]; then
+        made_kafka_dir=$(mktemp -d /tmp/ipam-test-kafka.XXXXXX)
+        export IPAM_KAFKA_DIR="$made_kafka_dir"
+    fi
+    trap 'status=$?; scripts/kafka-broker.sh stop || true
+          if [[ $status -eq 0 && -n "$made_kafka_dir" ]]; then rm -rf "$made_kafka_dir"; fi' EXIT
     bootstrap_line=$(scripts/kafka-broker.sh start | tail -n 1)
     export IPAM_KAFKA_BOOTSTRAP="${bootstrap_line#KAFKA_BOOTSTRAP=}"
     echo "test.sh: Kafka broker at $IPAM_KAFKA_BOOTSTRAP" >&2
