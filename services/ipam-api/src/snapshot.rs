@@ -60,12 +60,23 @@ struct PartitionMark {
 fn encode(version: u32, marks: &[PartitionMark], model: &ReadModel) -> Result<Vec<u8>, SaveError> {
     let mut state = rmp_serde::to_vec(&version)?;
     rmp_serde::encode::write(&mut state, marks)?;
-    for half in [rmp_serde::to_vec(model)?, rmp_serde::to_vec(&model.vnic_part())?] {
-        let length = u32::try_from(half.len()).map_err(|_| SaveError::TooLarge(half.len()))?;
-        rmp::encode::write_bin_len(&mut state, length).map_err(|error| SaveError::Frame(error.to_string()))?;
-        state.extend_from_slice(&half);
-    }
+    write_framed(&mut state, model)?;
+    write_framed(&mut state, &model.vnic_part())?;
     Ok(state)
+}
+
+/// Appends `value` to `state` as a binary value of 32-bit length (which any binary value's reader
+/// takes), encoded in place and its length written after: a half of a million reservations is
+/// hundreds of megabytes, not to be encoded apart and copied.
+fn write_framed(state: &mut Vec<u8>, value: &impl Serialize) -> Result<(), SaveError> {
+    let header = state.len();
+    state.push(rmp::Marker::Bin32.to_u8());
+    state.extend_from_slice(&[0; 4]);
+    rmp_serde::encode::write(state, value)?;
+    let written = state.len() - header - 5;
+    let length = u32::try_from(written).map_err(|_| SaveError::TooLarge(written))?;
+    state[header + 1..header + 5].copy_from_slice(&length.to_be_bytes());
+    Ok(())
 }
 
 /// Why a snapshot's state was not read.
@@ -77,6 +88,8 @@ enum ReadError {
     Frame(String),
     #[error("a half of the model is cut short")]
     Short,
+    #[error("cannot start a thread to decode a half of the model: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The next binary value of `state`, which it moves past.
@@ -98,7 +111,7 @@ fn decode_model(state: &mut &[u8]) -> Result<ReadModel, ReadError> {
         let vnic_part = std::thread::Builder::new()
             .name("ipam-api-read-model-vnics".to_owned())
             .spawn_scoped(scope, || rmp_serde::from_slice::<crate::model::VnicPart>(vnic_part))
-            .map_err(|error| ReadError::Frame(format!("cannot start a thread to decode it: {error}")))?;
+            .map_err(ReadError::Thread)?;
         let model = rmp_serde::from_slice::<ReadModel>(model);
         let vnic_part = vnic_part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         Ok(model?.with_vnic_part(vnic_part?))
@@ -116,8 +129,6 @@ pub(crate) enum SaveError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("a half of the read model takes {0} bytes, more than a snapshot frames (4 GiB)")]
     TooLarge(usize),
-    #[error("cannot frame a half of the read model: {0}")]
-    Frame(String),
     #[error(transparent)]
     Store(#[from] ipam_runtime::snapshot::SnapshotError),
 }
@@ -129,22 +140,26 @@ pub(crate) fn save(
     positions: &[Position],
     model: &ReadModel,
 ) -> Result<(), SaveError> {
-    let mut marks = Vec::with_capacity(positions.len());
-    for position in positions {
+    let state = encode(VERSION, &marks(log, positions)?, model)?;
+    store.save(NAME, 0, None, state)?;
+    Ok(())
+}
+
+/// What a snapshot of `positions` says of each partition: its next offset and its last record.
+fn marks(log: &dyn EventLog, positions: &[Position]) -> Result<Vec<PartitionMark>, SaveError> {
+    let mark = |position: &Position| {
         let last = match position.next_offset.checked_sub(1) {
             Some(offset) => Some((offset, anchor_at(log, &position.topic, position.partition, offset)?.digest)),
             None => None,
         };
-        marks.push(PartitionMark {
+        Ok(PartitionMark {
             topic: position.topic.clone(),
             partition: position.partition,
             next_offset: position.next_offset,
             last,
-        });
-    }
-    let state = encode(VERSION, &marks, model)?;
-    store.save(NAME, 0, None, state)?;
-    Ok(())
+        })
+    };
+    positions.iter().map(mark).collect()
 }
 
 fn anchor_at(log: &dyn EventLog, topic: &str, partition: u32, offset: u64) -> Result<Anchor, SaveError> {
@@ -325,25 +340,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, model, positions) = folded(5, 10);
         let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
-        let marks: Vec<PartitionMark> = positions
-            .iter()
-            .map(|position| PartitionMark {
-                topic: position.topic.clone(),
-                partition: position.partition,
-                next_offset: position.next_offset,
-                last: Some((
-                    position.next_offset - 1,
-                    anchor_at(&log, TOPIC, 0, position.next_offset - 1).unwrap().digest,
-                )),
-            })
-            .collect();
+        let marks = marks(&log, &positions).unwrap();
         store.save(NAME, 0, None, encode(VERSION - 1, &marks, &model).unwrap()).unwrap();
         assert!(load(&store, &log).unwrap().is_none(), "a snapshot of the previous version was used");
-        // A form of one array, as version 3 wrote, is not read as this version's.
-        let mut older = vec![0x93];
-        older.extend(encode(VERSION, &marks, &model).unwrap());
-        store.save(NAME, 0, None, older).unwrap();
+        // Version 3's form: one array of the version, the marks and the model.
+        store.save(NAME, 0, None, rmp_serde::to_vec(&(3u32, &marks, &model)).unwrap()).unwrap();
         assert!(load(&store, &log).unwrap().is_none(), "a snapshot of version 3's form was used");
+        // Framed halves read back as they were written, and a frame cut short is refused.
+        let whole = encode(VERSION, &marks, &model).unwrap();
+        let mut framed = &whole[..];
+        let _: (u32, Vec<PartitionMark>) =
+            (rmp_serde::from_read(&mut framed).unwrap(), rmp_serde::from_read(&mut framed).unwrap());
+        let halves = framed;
+        assert_eq!(half(&mut framed).unwrap(), rmp_serde::to_vec(&model).unwrap());
+        assert_eq!(half(&mut framed).unwrap(), rmp_serde::to_vec(&model.vnic_part()).unwrap());
+        assert!(framed.is_empty());
+        assert!(matches!(half(&mut &halves[..20]), Err(ReadError::Short)));
+        assert!(matches!(half(&mut &[0x90u8][..]), Err(ReadError::Frame(_))));
         store.save(NAME, 0, None, encode(VERSION, &marks, &model).unwrap()).unwrap();
         let (restored, _) = load(&store, &log).unwrap().expect("this version's snapshot is read");
         assert_eq!(bytes(&restored), bytes(&model));
