@@ -384,7 +384,7 @@ fn snapshots_decoded_in_parallel_are_answered_in_the_order_of_their_partitions()
                 log: "l".to_owned(),
                 offset: 0,
                 anchor: None,
-                state: state.as_bytes().to_vec(),
+                state: state.as_bytes().to_vec().into(),
             }),
         })
         .collect();
