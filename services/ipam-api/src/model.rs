@@ -899,7 +899,44 @@ impl ReadModel {
     /// One network, with at most `limit` reservations and the cursor of the rest.
     pub fn network_with(&self, network_id: NetworkId, limit: usize) -> Option<NetworkView> {
         let network = self.networks.get(&network_id).filter(|network| !network.is_phantom())?;
-        let subnets = network
+        let subnets = self.subnet_views(network_id, network);
+        let (reservations, next) = self.reservations_page(network_id, None, limit).unwrap_or_default();
+        let servers = network
+            .servers
+            .iter()
+            .map(|(host_id, server)| ServerView {
+                host_id: *host_id,
+                host_name: self.host_name(*host_id),
+                interface: server.interface.clone(),
+                epoch: server.epoch,
+                reason: server.reason,
+                since: server.since,
+                status: self.server_status(*host_id, network_id, server.epoch).map(|status| status.state),
+                status_detail: self
+                    .server_status(*host_id, network_id, server.epoch)
+                    .map(|status| status.detail.clone())
+                    .filter(|detail| !detail.is_empty()),
+            })
+            .collect();
+        let info = network.info.as_ref();
+        Some(NetworkView {
+            network_id,
+            name: info.map(|info| info.name.clone()),
+            ipam_enabled: info.map(|info| info.ipam_enabled),
+            servers_count: info.and_then(|info| info.servers_count),
+            subnets,
+            reservations,
+            reservations_next: next.map(|(subnet_id, ip)| reservation_cursor(subnet_id, ip)),
+            servers,
+            rejections: network.rejections.iter().rev().cloned().map(RejectionView).collect(),
+        })
+    }
+
+    /// A network's subnets with their counts, DHCP servers' ports and forecasts (without its
+    /// reservations: the metrics read these for every network at every scrape, and building every
+    /// reservation's view for them cost a scrape the whole model, under its lock).
+    fn subnet_views(&self, network_id: NetworkId, network: &Network) -> Vec<SubnetView> {
+        network
             .subnets
             .iter()
             .map(|(subnet_id, subnet)| {
@@ -939,37 +976,7 @@ impl ReadModel {
                     forecast: self.forecasts.forecast(network_id, *subnet_id, subnet.activated, counts.free),
                 }
             })
-            .collect();
-        let (reservations, next) = self.reservations_page(network_id, None, limit).unwrap_or_default();
-        let servers = network
-            .servers
-            .iter()
-            .map(|(host_id, server)| ServerView {
-                host_id: *host_id,
-                host_name: self.host_name(*host_id),
-                interface: server.interface.clone(),
-                epoch: server.epoch,
-                reason: server.reason,
-                since: server.since,
-                status: self.server_status(*host_id, network_id, server.epoch).map(|status| status.state),
-                status_detail: self
-                    .server_status(*host_id, network_id, server.epoch)
-                    .map(|status| status.detail.clone())
-                    .filter(|detail| !detail.is_empty()),
-            })
-            .collect();
-        let info = network.info.as_ref();
-        Some(NetworkView {
-            network_id,
-            name: info.map(|info| info.name.clone()),
-            ipam_enabled: info.map(|info| info.ipam_enabled),
-            servers_count: info.and_then(|info| info.servers_count),
-            subnets,
-            reservations,
-            reservations_next: next.map(|(subnet_id, ip)| reservation_cursor(subnet_id, ip)),
-            servers,
-            rejections: network.rejections.iter().rev().cloned().map(RejectionView).collect(),
-        })
+            .collect()
     }
 
     /// A vNIC the model saw hold an address: its current reservation, if any, and its last release.
@@ -1133,10 +1140,10 @@ impl ReadModel {
     /// `(network, subnet, utilization)` of every subnet, for the metrics.
     pub fn utilizations(&self) -> Vec<(NetworkId, SubnetId, f64)> {
         let mut out = Vec::new();
-        for network_id in self.networks.keys() {
-            if let Some(view) = self.network(*network_id) {
-                out.extend(view.subnets.iter().map(|s| (*network_id, s.subnet_id, s.utilization)));
-            }
+        for (network_id, network) in self.networks.iter().filter(|(_, network)| !network.is_phantom()) {
+            out.extend(
+                self.subnet_views(*network_id, network).iter().map(|s| (*network_id, s.subnet_id, s.utilization)),
+            );
         }
         out
     }
@@ -1144,10 +1151,10 @@ impl ReadModel {
     /// `(network, subnet, forecast)` of every subnet, for the metrics.
     pub fn forecasts(&self) -> Vec<(NetworkId, SubnetId, crate::forecast::SubnetForecast)> {
         let mut out = Vec::new();
-        for network_id in self.networks.keys() {
-            if let Some(view) = self.network(*network_id) {
-                out.extend(view.subnets.into_iter().map(|s| (*network_id, s.subnet_id, s.forecast)));
-            }
+        for (network_id, network) in self.networks.iter().filter(|(_, network)| !network.is_phantom()) {
+            out.extend(
+                self.subnet_views(*network_id, network).into_iter().map(|s| (*network_id, s.subnet_id, s.forecast)),
+            );
         }
         out
     }

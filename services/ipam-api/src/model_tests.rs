@@ -113,3 +113,87 @@ fn a_rejection_written_before_it_named_the_vnic_still_decodes_and_shows() {
     };
     assert_eq!((*code, *vnic_id, *mac), (RejectionCode::IpInUse, None, None));
 }
+
+#[test]
+fn the_metrics_subnet_figures_are_those_of_the_network_views() {
+    let mut model = ReadModel::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    for net in 1..=2u128 {
+        let network_id = NetworkId::from_u128(net);
+        for (sub, cidr) in [(10, "10.0.0.0/24"), (11, "2001:db8::/64")] {
+            let subnet_id = SubnetId::from_u128(net * 100 + sub);
+            let cidr: Cidr = cidr.parse().expect("cidr");
+            let (gateway, pool): (IpAddr, IpRange) = if cidr.is_ipv4() {
+                (
+                    "10.0.0.1".parse().expect("gw"),
+                    IpRange { start: "10.0.0.2".parse().expect("s"), end: "10.0.0.200".parse().expect("e") },
+                )
+            } else {
+                (
+                    "2001:db8::1".parse().expect("gw"),
+                    IpRange { start: "2001:db8::2".parse().expect("s"), end: "2001:db8::ff".parse().expect("e") },
+                )
+            };
+            let activated = SubnetActivated {
+                network_id,
+                subnet_id,
+                cidr,
+                gateway,
+                dns_servers: vec![],
+                ntp_servers: vec![],
+                allocation_pools: vec![pool],
+                cause: EventId::from_u128(9000 + net),
+            };
+            model.apply(Topic::Reservations, &envelope(next(), Event::SubnetActivated(activated)));
+            // A few reservations per subnet, inside the pool and one outside it (a fixed IP).
+            for host in 0..(3 * net as u32 + sub as u32 - 9) {
+                let ip = if cidr.is_ipv4() {
+                    IpAddr::from([10, 0, 0, if host == 0 { 250 } else { 2 + host as u8 }])
+                } else {
+                    IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2 + host as u16))
+                };
+                let vnic = net * 1000 + sub * 100 + u128::from(host);
+                let added = ReservationAdded {
+                    network_id,
+                    subnet_id,
+                    owner: Owner::Vnic { vnic_id: VnicId::from_u128(vnic), vm_id: VmId::from_u128(vnic) },
+                    mac: Mac::from_octets([0x52, 0x54, 0, net as u8, sub as u8, host as u8]).expect("mac"),
+                    ip,
+                    cause: EventId::from_u128(vnic),
+                };
+                let id = next();
+                model.apply(Topic::Reservations, &envelope(id, Event::ReservationAdded(added)));
+            }
+        }
+    }
+    // A network known from a rejection only has no subnets to show.
+    let rejected = ipam_core::event::RequestRejected {
+        network_id: NetworkId::from_u128(3),
+        request_type: "ipam.vnic.started.v1".to_owned(),
+        code: RejectionCode::UnknownNetwork,
+        message: "unknown".to_owned(),
+        cause: EventId::from_u128(77),
+        vnic_id: None,
+        mac: None,
+        subnet_id: None,
+        host_id: None,
+    };
+    model.apply(Topic::Reservations, &envelope(next(), Event::RequestRejected(rejected)));
+
+    let mut utilizations = Vec::new();
+    let mut forecasts = Vec::new();
+    for network_id in [1, 2].map(NetworkId::from_u128) {
+        for subnet in model.network(network_id).expect("network").subnets {
+            utilizations.push((network_id, subnet.subnet_id, subnet.utilization));
+            forecasts.push((network_id, subnet.subnet_id, subnet.forecast));
+        }
+    }
+    assert_eq!(utilizations.len(), 4);
+    assert!(utilizations.iter().all(|(_, _, ratio)| *ratio > 0.0), "{utilizations:?}");
+    assert_eq!(model.utilizations(), utilizations);
+    assert_eq!(model.forecasts(), forecasts);
+}
