@@ -22,7 +22,7 @@
 //! whose mapping keeps the old contents, and one data directory has one process (its lock). A file
 //! that cannot be mapped is read.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
@@ -74,26 +74,69 @@ impl Anchor {
     }
 }
 
-/// A snapshot's state bytes: its file mapped past the header, or bytes read or given.
-pub enum State {
-    Mapped { map: memmap2::Mmap, start: usize },
+/// A snapshot's state: its file's contents past the header (mapped, or read where the file
+/// cannot be mapped), or bytes given. Derefs to the state's bytes.
+pub struct State {
+    contents: Contents,
+    start: usize,
+}
+
+/// A snapshot file's whole contents.
+enum Contents {
+    Mapped(memmap2::Mmap),
     Bytes(Vec<u8>),
+}
+
+impl Contents {
+    /// The file mapped read-only (see the module documentation for why this is sound) and advised
+    /// for a sequential read, or, where it cannot be mapped (an empty file, a file system without
+    /// mappings), read; `None` when it cannot be read either.
+    #[allow(unsafe_code)]
+    fn of(mut file: std::fs::File) -> Option<Contents> {
+        if file.metadata().ok()?.len() > 0 {
+            // SAFETY: a snapshot file is not written or truncated once it has its name (see the
+            // module documentation), so the mapped bytes do not change under the reference.
+            if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+                // Advice only: a decode that runs without it is as correct.
+                let _ = map.advise(memmap2::Advice::Sequential);
+                return Some(Contents::Mapped(map));
+            }
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        Some(Contents::Bytes(bytes))
+    }
+}
+
+impl Deref for Contents {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Contents::Mapped(map) => map,
+            Contents::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+impl State {
+    /// Whether the state is read from its file's mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.contents, Contents::Mapped(_))
+    }
 }
 
 impl Deref for State {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        match self {
-            State::Mapped { map, start } => &map[*start..],
-            State::Bytes(bytes) => bytes,
-        }
+        &self.contents[self.start..]
     }
 }
 
 impl From<Vec<u8>> for State {
     fn from(bytes: Vec<u8>) -> State {
-        State::Bytes(bytes)
+        State { contents: Contents::Bytes(bytes), start: 0 }
     }
 }
 
@@ -107,8 +150,8 @@ impl Eq for State {}
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let how = if matches!(self, State::Mapped { .. }) { "mapped" } else { "bytes" };
-        write!(f, "State({} {how})", self.len())
+        let how = if self.is_mapped() { "mapped" } else { "bytes" };
+        write!(f, "State({} bytes, {how})", self.len())
     }
 }
 
@@ -152,7 +195,7 @@ impl Snapshot {
         if fields.next().is_some() || log.is_empty() {
             return None;
         }
-        Some(Snapshot { log, offset, anchor, state: State::Bytes(Vec::new()) })
+        Some(Snapshot { log, offset, anchor, state: State::from(Vec::new()) })
     }
 }
 
@@ -175,10 +218,10 @@ impl SnapshotStore {
             if path.extension().is_none_or(|extension| extension != "json") {
                 continue;
             }
-            // The header names the log: a store of a million reservations need not read its
-            // hundreds of megabytes of state to know whose they are.
-            let header = std::fs::File::open(&path).ok().and_then(|file| read_header(&mut BufReader::new(file)));
-            if let Some(snapshot) = header.as_deref().and_then(Snapshot::parse_header) {
+            // The header names the log: mapped, a store of a million reservations is not read
+            // through its hundreds of megabytes of state to know whose they are.
+            let contents = std::fs::File::open(&path).ok().and_then(Contents::of);
+            if let Some(snapshot) = contents.as_deref().and_then(first_line).and_then(Snapshot::parse_header) {
                 store.check_log(&path, &snapshot)?;
             }
         }
@@ -231,75 +274,32 @@ impl SnapshotStore {
     pub fn load(&self, name: &str) -> Result<Option<Snapshot>, SnapshotError> {
         let path = self.path(name);
         let Ok(file) = std::fs::File::open(&path) else { return Ok(None) };
-        let unreadable = || {
-            tracing::warn!(path = %path.display(),
-                           "Ignoring a snapshot that cannot be read (torn, garbled or of an older format); replaying from zero.");
-            Ok(None)
-        };
-        let Some(map) = map(&file) else { return self.read(&path, file) };
-        let Some(header) = first_line(&map) else { return unreadable() };
-        let Some(mut snapshot) = Snapshot::parse_header(header) else { return unreadable() };
+        let Some(contents) = Contents::of(file) else { return Ok(unreadable(&path)) };
+        let Some(line) = first_line(&contents) else { return Ok(unreadable(&path)) };
+        let Some(mut snapshot) = Snapshot::parse_header(line) else { return Ok(unreadable(&path)) };
+        let start = line.len();
         self.check_log(&path, &snapshot)?;
-        snapshot.state = State::Mapped { start: header.len(), map };
+        snapshot.state = State { contents, start };
         Ok(Some(snapshot))
     }
-
-    /// [`SnapshotStore::load`] of a file that cannot be mapped (an empty one, or a file system
-    /// without mappings): its state read into a buffer of its size.
-    fn read(&self, path: &Path, file: std::fs::File) -> Result<Option<Snapshot>, SnapshotError> {
-        let size = file.metadata().map_or(0, |metadata| metadata.len());
-        let mut reader = BufReader::new(file);
-        let unreadable = || {
-            tracing::warn!(path = %path.display(),
-                           "Ignoring a snapshot that cannot be read (torn, garbled or of an older format); replaying from zero.");
-            Ok(None)
-        };
-        let Some(header) = read_header(&mut reader) else { return unreadable() };
-        let Some(mut snapshot) = Snapshot::parse_header(&header) else { return unreadable() };
-        self.check_log(path, &snapshot)?;
-        let mut state = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_sub(header.len()));
-        match reader.read_to_end(&mut state) {
-            Ok(_) => {
-                snapshot.state = State::Bytes(state);
-                Ok(Some(snapshot))
-            }
-            Err(_) => unreadable(),
-        }
-    }
 }
 
-/// The longest header read: a snapshot's first line is far shorter.
-const MAX_HEADER: u64 = 4096;
-
-/// The file mapped read-only (see the module documentation for why this is sound), advised for a
-/// sequential read; `None` when it cannot be mapped.
-#[allow(unsafe_code)]
-fn map(file: &std::fs::File) -> Option<memmap2::Mmap> {
-    if file.metadata().ok()?.len() == 0 {
-        return None;
-    }
-    // SAFETY: a snapshot file is not written or truncated once it has its name (see the module
-    // documentation), so the mapped bytes do not change under the reference.
-    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
-    // Advice only: a decode that runs without it is as correct.
-    let _ = map.advise(memmap2::Advice::Sequential);
-    Some(map)
+/// Reports a snapshot that cannot be read; answers that there is none to use.
+fn unreadable(path: &Path) -> Option<Snapshot> {
+    tracing::warn!(path = %path.display(),
+                   "Ignoring a snapshot that cannot be read (torn, garbled or of an older format); replaying from zero.");
+    None
 }
+
+/// The longest header looked for: a snapshot's first line is far shorter.
+const MAX_HEADER: usize = 4096;
 
 /// The first line of `bytes`, newline included (as much as there is, up to [`MAX_HEADER`], when
 /// it has none): a snapshot's header. `None` when there is nothing.
 fn first_line(bytes: &[u8]) -> Option<&[u8]> {
-    let head = &bytes[..bytes.len().min(MAX_HEADER as usize)];
+    let head = &bytes[..bytes.len().min(MAX_HEADER)];
     let end = head.iter().position(|byte| *byte == b'\n').map_or(head.len(), |newline| newline + 1);
     (end > 0).then(|| &head[..end])
-}
-
-/// The first line of a file, newline included (as much as there is, up to [`MAX_HEADER`], when
-/// it has none): a snapshot's header. `None` when it cannot be read.
-fn read_header(reader: &mut BufReader<std::fs::File>) -> Option<Vec<u8>> {
-    let mut header = Vec::new();
-    reader.take(MAX_HEADER).read_until(b'\n', &mut header).ok()?;
-    Some(header)
 }
 
 /// Writes `parts` one after the other (a header and a state, not copied together) and syncs.
@@ -334,7 +334,7 @@ mod tests {
         // A state far longer than the reader's buffer, newlines and all, comes back whole.
         let large: Vec<u8> = (0..300_000u32).map(|n| (n % 251) as u8).collect();
         store.save("p1", 7, None, large.clone()).unwrap();
-        assert_eq!(store.load("p1").unwrap().unwrap().state, State::Bytes(large));
+        assert_eq!(store.load("p1").unwrap().unwrap().state, State::from(large));
     }
 
     #[test]
@@ -344,7 +344,7 @@ mod tests {
         let old: Vec<u8> = (0..100_000u32).map(|n| (n % 13) as u8).collect();
         store.save("p0", 1, None, old.clone()).unwrap();
         let loaded = store.load("p0").unwrap().unwrap();
-        assert!(matches!(loaded.state, State::Mapped { .. }), "{:?}", loaded.state);
+        assert!(loaded.state.is_mapped(), "{:?}", loaded.state);
         store.save("p0", 2, None, vec![7; 50_000]).unwrap();
         assert_eq!(&loaded.state[..], &old[..]);
         let newer = store.load("p0").unwrap().unwrap();
