@@ -158,7 +158,7 @@ struct Vnic {
     vm_id: VmId,
     /// One per family: a dual-stack vNIC holds an IPv4 and an IPv6 address.
     reservations: ByFamily<VnicReservation>,
-    /// Boxed, as the slots of [`ByFamily`] are: most vNICs hold none.
+    /// Boxed, as the slots of [`ByFamily`] are: a vNIC that never gave an address back holds none.
     last_release: Option<Box<VnicRelease>>,
 }
 
