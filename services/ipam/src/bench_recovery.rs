@@ -72,6 +72,10 @@ struct Rebuild {
     /// How long the API's read model took to read its own snapshot, when it had one (it reads
     /// beside the allocator's rebuild).
     read_model_ms: Option<u64>,
+    /// The allocator's rounds of snapshots while it ran (its "Took snapshots" lines), and their
+    /// time: the driver stops while it takes them.
+    snapshot_rounds: u64,
+    snapshot_ms: u64,
 }
 
 impl Rebuild {
@@ -93,6 +97,10 @@ impl Rebuild {
                 rebuild.elapsed_ms += field(line, "elapsed_ms");
                 // The wall time of restoring the partitions, whose snapshots are read in parallel.
                 rebuild.restore_ms += field(line, "restore_ms");
+            }
+            if line.contains("Took snapshots") {
+                rebuild.snapshot_rounds += 1;
+                rebuild.snapshot_ms += field(line, "elapsed_ms");
             }
         }
         let read_model = text.lines().find(|line| line.contains("The API's read model starts from its snapshot"));
@@ -169,12 +177,15 @@ fn measure(dir: &Path, options: &Options) -> anyhow::Result<()> {
     );
     let up = start(dir, &data, &mut fleet, "up-decide")?;
     let decided = wait_decided(&log, &topics, up.1)?;
+    let snapshots = Rebuild::of(&dir.join("up-decide.log"));
     println!(
-        "decide: the allocator decided {} inputs {:.2} s after its start ({:.0} inputs/s, snapshots every 50,000 \
-         included)",
+        "decide: the allocator decided {} inputs {:.2} s after its start ({:.0} inputs/s; {} rounds of snapshots \
+         taking {:.2} s included)",
         options.reservations,
         decided.as_secs_f64(),
-        options.reservations as f64 / decided.as_secs_f64()
+        options.reservations as f64 / decided.as_secs_f64(),
+        snapshots.snapshot_rounds,
+        snapshots.snapshot_ms as f64 / 1000.0
     );
     let api = up.0;
     let answer = reserve_one(&api, &mut starts)?;

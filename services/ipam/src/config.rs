@@ -305,7 +305,8 @@ settings! {
         /// 2 times the rate; a lone input does not wait for it, see `BatchPolicy`).
         setting batch_max_delay_ms: u64 = 20;
         /// A snapshot after this many input records (50000 by default), or after
-        /// snapshot-every-secs, whichever comes first.
+        /// snapshot-every-secs, whichever comes first; never sooner after the last one than nine
+        /// times the time it took (a large state's snapshots stay under a tenth of the time).
         setting snapshot_every_records: u64 = 50_000;
         /// A snapshot after this many seconds (60 by default), or after snapshot-every-records,
         /// whichever comes first.

@@ -103,6 +103,7 @@ pub fn run(log: Arc<dyn EventLog>, config: &Config, components: Components) -> a
         batch,
         snapshot_every_records: config.snapshot_every_records,
         snapshot_every: Duration::from_secs(config.snapshot_every_secs),
+        snapshot_spacing: ipam_runtime::driver::SNAPSHOT_SPACING,
     };
 
     let system = actix::System::new();

@@ -103,6 +103,7 @@ fn driver(log: &Arc<dyn EventLog>, snapshots: &std::path::Path) -> anyhow::Resul
         batch: BatchPolicy { max_steps: 1, max_delay: Duration::ZERO },
         snapshot_every_records: u64::MAX,
         snapshot_every: Duration::from_secs(3600),
+        snapshot_spacing: 0,
     };
     Driver::new(Arc::clone(log), Topics::new("", 1), config, Counter::default(), store, Health::new())
 }
@@ -345,6 +346,7 @@ fn partitions_rebuilt_together_each_replay_their_own_inputs_in_order_up_to_the_c
         batch,
         snapshot_every_records: u64::MAX,
         snapshot_every: Duration::from_secs(3600),
+        snapshot_spacing: 0,
     };
     let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
     let mut driver = Driver::new(Arc::clone(&log), topics, config, Recorder::default(), store, Health::new()).unwrap();
@@ -400,4 +402,33 @@ fn snapshots_decoded_in_parallel_are_answered_in_the_order_of_their_partitions()
     assert_eq!(decoded[3], Some(Ok(42)));
     assert!(matches!(decoded[4], Some(Err(_))), "{:?}", decoded[4]);
     assert_eq!(decoded[5], Some(Ok(1000)));
+}
+
+#[test]
+fn a_snapshot_is_due_by_inputs_or_time_and_waits_for_nine_times_the_last_ones_cost() {
+    let config = DriverConfig {
+        name: "counter".to_owned(),
+        group: "counter".to_owned(),
+        transactional_id: "counter-0".to_owned(),
+        input_topic: Topic::Hosts.name().to_owned(),
+        batch: BatchPolicy { max_steps: 1, max_delay: Duration::ZERO },
+        snapshot_every_records: 1000,
+        snapshot_every: Duration::from_secs(60),
+        snapshot_spacing: SNAPSHOT_SPACING,
+    };
+    let ms = Duration::from_millis;
+    // Cheap snapshots: due at the inputs' count, or at the interval with anything new.
+    assert!(!config.snapshot_due(999, ms(10), ms(1)));
+    assert!(config.snapshot_due(1000, ms(10), ms(1)));
+    assert!(config.snapshot_due(1, ms(60_000), ms(1)));
+    assert!(!config.snapshot_due(0, ms(600_000), ms(1)));
+    // A snapshot that took a second: the next waits nine seconds after it, whatever came since.
+    assert!(!config.snapshot_due(1_000_000, ms(8_999), ms(1000)));
+    assert!(config.snapshot_due(1000, ms(9_000), ms(1000)));
+    // The interval alone does not override the spacing either.
+    assert!(!config.snapshot_due(1, ms(60_000), ms(10_000)));
+    assert!(config.snapshot_due(1, ms(90_000), ms(10_000)));
+    // Without spacing (the simulation's drivers), the count alone decides.
+    let by_count = DriverConfig { snapshot_spacing: 0, ..config };
+    assert!(by_count.snapshot_due(1000, ms(0), ms(10_000)));
 }

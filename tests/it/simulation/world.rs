@@ -477,6 +477,8 @@ fn pair(
         batch,
         snapshot_every_records,
         snapshot_every: Duration::from_secs(3600),
+        // Snapshots come by record count alone: a run is decided by its script, not by timing.
+        snapshot_spacing: 0,
     };
     let (a, p) = (arbiter.clone(), arbiter.clone());
     let allocator = Node::new(
