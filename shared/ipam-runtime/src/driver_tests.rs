@@ -93,9 +93,9 @@ fn tick_records(range: std::ops::Range<u64>, topic: &str, key: impl Fn(u64) -> S
         .collect()
 }
 
-fn driver(log: &Arc<dyn EventLog>, snapshots: &std::path::Path) -> anyhow::Result<Driver<Counter>> {
-    let store = SnapshotStore::open(snapshots, log.identity().unwrap())?;
-    let config = DriverConfig {
+/// The counter's driver configuration: a step per batch, snapshots only when a test stops it.
+fn counter_config() -> DriverConfig {
+    DriverConfig {
         name: "counter".to_owned(),
         group: "counter".to_owned(),
         transactional_id: "counter-0".to_owned(),
@@ -104,8 +104,12 @@ fn driver(log: &Arc<dyn EventLog>, snapshots: &std::path::Path) -> anyhow::Resul
         snapshot_every_records: u64::MAX,
         snapshot_every: Duration::from_secs(3600),
         snapshot_spacing: 0,
-    };
-    Driver::new(Arc::clone(log), Topics::new("", 1), config, Counter::default(), store, Health::new())
+    }
+}
+
+fn driver(log: &Arc<dyn EventLog>, snapshots: &std::path::Path) -> anyhow::Result<Driver<Counter>> {
+    let store = SnapshotStore::open(snapshots, log.identity().unwrap())?;
+    Driver::new(Arc::clone(log), Topics::new("", 1), counter_config(), Counter::default(), store, Health::new())
 }
 
 /// Turns until the driver has consumed `count` inputs.
@@ -407,14 +411,10 @@ fn snapshots_decoded_in_parallel_are_answered_in_the_order_of_their_partitions()
 #[test]
 fn a_snapshot_is_due_by_inputs_or_time_and_waits_for_nine_times_the_last_ones_cost() {
     let config = DriverConfig {
-        name: "counter".to_owned(),
-        group: "counter".to_owned(),
-        transactional_id: "counter-0".to_owned(),
-        input_topic: Topic::Hosts.name().to_owned(),
-        batch: BatchPolicy { max_steps: 1, max_delay: Duration::ZERO },
         snapshot_every_records: 1000,
         snapshot_every: Duration::from_secs(60),
         snapshot_spacing: SNAPSHOT_SPACING,
+        ..counter_config()
     };
     let ms = Duration::from_millis;
     // Cheap snapshots: due at the inputs' count, or at the interval with anything new.
