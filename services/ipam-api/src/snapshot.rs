@@ -133,14 +133,19 @@ pub(crate) enum SaveError {
     Store(#[from] ipam_runtime::snapshot::SnapshotError),
 }
 
-/// Writes `model`, which has read `positions` of the log, to `store`.
-pub(crate) fn save(
-    store: &SnapshotStore,
+/// The snapshot of `model`, which has read `positions` of the log, for [`write`]. Apart from the
+/// write so that the follower holds the model's lock for this part only: folding waits for the
+/// encoding and not for the file to be written.
+pub(crate) fn encode_snapshot(
     log: &dyn EventLog,
     positions: &[Position],
     model: &ReadModel,
-) -> Result<(), SaveError> {
-    let state = encode(VERSION, &marks(log, positions)?, model)?;
+) -> Result<Vec<u8>, SaveError> {
+    encode(VERSION, &marks(log, positions)?, model)
+}
+
+/// Writes a snapshot [`encode_snapshot`] made to `store`.
+pub(crate) fn write(store: &SnapshotStore, state: Vec<u8>) -> Result<(), SaveError> {
     store.save(NAME, 0, None, state)?;
     Ok(())
 }
@@ -243,6 +248,16 @@ mod tests {
     use ipam_log::{MemoryLog, OutRecord, TopicSpec};
 
     use super::*;
+
+    /// Encodes and writes at once, as the follower does in two parts.
+    fn save(
+        store: &SnapshotStore,
+        log: &dyn EventLog,
+        positions: &[Position],
+        model: &ReadModel,
+    ) -> Result<(), SaveError> {
+        write(store, encode_snapshot(log, positions, model)?)
+    }
 
     const TOPIC: &str = "ipam.reservations";
 
