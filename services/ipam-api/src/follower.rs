@@ -122,6 +122,8 @@ fn follow(
     }
     let mut caught_up = false;
     let (mut changed, mut last_snapshot) = (false, Instant::now());
+    // The size of the last snapshot written: the room the next one's encoding starts with.
+    let mut snapshot_size = 0;
     while !stop.load(Ordering::SeqCst) {
         let round = follower.next(READ_MAX, IDLE_WAIT).and_then(|records| {
             changed |= !records.is_empty();
@@ -153,7 +155,7 @@ fn follow(
                 && changed
                 && last_snapshot.elapsed() >= snapshots.every
             {
-                save(log, snapshots, &follower.positions(), model);
+                snapshot_size = save(log, snapshots, &follower.positions(), model, snapshot_size);
                 (changed, last_snapshot) = (false, Instant::now());
             }
         } else {
@@ -165,7 +167,7 @@ fn follow(
         && caught_up
         && changed
     {
-        save(log, snapshots, &follower.positions(), model);
+        save(log, snapshots, &follower.positions(), model, snapshot_size);
     }
     Ok(())
 }
@@ -202,23 +204,42 @@ fn restore(
     Ok(from)
 }
 
-/// Writes the read model's snapshot; a failure is reported and the API goes on without it.
-fn save(log: &dyn EventLog, snapshots: &Snapshots, positions: &[Position], model: &RwLock<ReadModel>) {
+/// Writes the read model's snapshot, its encoding given about the room of `size` (the last
+/// one's); answers its size (`size` again when it failed). A failure is reported and the API goes
+/// on without it.
+fn save(
+    log: &dyn EventLog,
+    snapshots: &Snapshots,
+    positions: &[Position],
+    model: &RwLock<ReadModel>,
+    size: usize,
+) -> usize {
     let started = Instant::now();
     let encoded = {
         // Readers go on meanwhile; only folding waits, and only for the encoding: the file is
         // written after the lock is let go (with a million reservations, 558 MB).
         let model = model.read().unwrap_or_else(|e| e.into_inner());
-        crate::snapshot::encode_snapshot(log, positions, &model)
+        // A little more room than last time: the model grows between snapshots.
+        crate::snapshot::encode_snapshot(log, positions, &model, size + size / 16)
     };
     let encode_ms = started.elapsed().as_millis();
-    let saved = encoded.and_then(|state| crate::snapshot::write(&snapshots.store, state));
-    match saved {
-        Ok(()) => {
-            tracing::debug!(encode_ms, elapsed_ms = started.elapsed().as_millis(), "Wrote the read model's snapshot.")
+    let written = encoded.and_then(|state| {
+        let bytes = state.len();
+        crate::snapshot::write(&snapshots.store, state).map(|()| bytes)
+    });
+    match written {
+        Ok(bytes) => {
+            tracing::debug!(
+                encode_ms,
+                elapsed_ms = started.elapsed().as_millis(),
+                bytes,
+                "Wrote the read model's snapshot."
+            );
+            bytes
         }
         Err(error) => {
-            tracing::warn!(error = %error, "Could not write the read model's snapshot; carrying on without it.")
+            tracing::warn!(error = %error, "Could not write the read model's snapshot; carrying on without it.");
+            size
         }
     }
 }

@@ -57,8 +57,15 @@ struct PartitionMark {
 /// part, [`ReadModel::vnic_part`]). The version and marks are read first, so that a snapshot of
 /// another version or log is ignored without decoding the model; the halves' lengths let them be
 /// decoded on two threads.
-fn encode(version: u32, marks: &[PartitionMark], model: &ReadModel) -> Result<Vec<u8>, SaveError> {
-    let mut state = rmp_serde::to_vec(&version)?;
+///
+/// Encoded into `state`: empty, with the room the caller expects the snapshot to take.
+fn encode_into(
+    mut state: Vec<u8>,
+    version: u32,
+    marks: &[PartitionMark],
+    model: &ReadModel,
+) -> Result<Vec<u8>, SaveError> {
+    rmp_serde::encode::write(&mut state, &version)?;
     rmp_serde::encode::write(&mut state, marks)?;
     write_framed(&mut state, model)?;
     write_framed(&mut state, &model.vnic_part())?;
@@ -135,13 +142,15 @@ pub(crate) enum SaveError {
 
 /// The snapshot of `model`, which has read `positions` of the log, for [`write`]. Apart from the
 /// write so that the follower holds the model's lock for this part only: folding waits for the
-/// encoding and not for the file to be written.
+/// encoding and not for the file to be written. `room` is the size the snapshot is expected to
+/// take (about the last one's): hundreds of megabytes grown by doubling were copied once more.
 pub(crate) fn encode_snapshot(
     log: &dyn EventLog,
     positions: &[Position],
     model: &ReadModel,
+    room: usize,
 ) -> Result<Vec<u8>, SaveError> {
-    encode(VERSION, &marks(log, positions)?, model)
+    encode_into(Vec::with_capacity(room), VERSION, &marks(log, positions)?, model)
 }
 
 /// Writes a snapshot [`encode_snapshot`] made to `store`.
@@ -256,7 +265,7 @@ mod tests {
         positions: &[Position],
         model: &ReadModel,
     ) -> Result<(), SaveError> {
-        write(store, encode_snapshot(log, positions, model)?)
+        write(store, encode_snapshot(log, positions, model, 0)?)
     }
 
     const TOPIC: &str = "ipam.reservations";
@@ -356,13 +365,13 @@ mod tests {
         let (log, model, positions) = folded(5, 10);
         let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
         let marks = marks(&log, &positions).unwrap();
-        store.save(NAME, 0, None, encode(VERSION - 1, &marks, &model).unwrap()).unwrap();
+        store.save(NAME, 0, None, encode_into(Vec::new(), VERSION - 1, &marks, &model).unwrap()).unwrap();
         assert!(load(&store, &log).unwrap().is_none(), "a snapshot of the previous version was used");
         // Version 3's form: one array of the version, the marks and the model.
         store.save(NAME, 0, None, rmp_serde::to_vec(&(3u32, &marks, &model)).unwrap()).unwrap();
         assert!(load(&store, &log).unwrap().is_none(), "a snapshot of version 3's form was used");
         // Framed halves read back as they were written, and a frame cut short is refused.
-        let whole = encode(VERSION, &marks, &model).unwrap();
+        let whole = encode_into(Vec::new(), VERSION, &marks, &model).unwrap();
         let mut framed = &whole[..];
         let _: (u32, Vec<PartitionMark>) =
             (rmp_serde::from_read(&mut framed).unwrap(), rmp_serde::from_read(&mut framed).unwrap());
@@ -372,7 +381,7 @@ mod tests {
         assert!(framed.is_empty());
         assert!(matches!(half(&mut &halves[..20]), Err(ReadError::Short)));
         assert!(matches!(half(&mut &[0x90u8][..]), Err(ReadError::Frame(_))));
-        store.save(NAME, 0, None, encode(VERSION, &marks, &model).unwrap()).unwrap();
+        store.save(NAME, 0, None, encode_into(Vec::new(), VERSION, &marks, &model).unwrap()).unwrap();
         let (restored, _) = load(&store, &log).unwrap().expect("this version's snapshot is read");
         assert_eq!(bytes(&restored), bytes(&model));
     }
