@@ -370,7 +370,10 @@ impl LeaseStates {
 }
 
 /// The metrics' part of lease truth (issue 14), from the read model.
-pub(crate) fn gauges(model: &crate::model::ReadModel) -> crate::metrics::Gauges {
+pub(crate) fn gauges(
+    model: &crate::model::ReadModel,
+    subnets: &[(NetworkId, crate::model::SubnetView)],
+) -> crate::metrics::Gauges {
     let states = model.lease_states();
     crate::metrics::Gauges {
         lease_latency: states.latency().clone(),
@@ -385,11 +388,16 @@ pub(crate) fn gauges(model: &crate::model::ReadModel) -> crate::metrics::Gauges 
             .iter()
             .map(|((network, state), count)| (network.to_string(), state.name().to_owned(), *count))
             .collect(),
-        forecasts: model
-            .forecasts()
-            .into_iter()
-            .map(|(network, subnet, forecast)| {
-                (network.to_string(), subnet.to_string(), forecast.allocation_rate_per_hour, forecast.full_in_seconds)
+        forecasts: subnets
+            .iter()
+            .map(|(network, subnet)| {
+                let forecast = &subnet.forecast;
+                (
+                    network.to_string(),
+                    subnet.subnet_id.to_string(),
+                    forecast.allocation_rate_per_hour,
+                    forecast.full_in_seconds,
+                )
             })
             .collect(),
         ..crate::metrics::Gauges::default()

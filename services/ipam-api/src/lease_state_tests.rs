@@ -222,7 +222,7 @@ fn the_metrics_show_latency_unleased_vnics_states_conflicts_and_forecasts() {
         cause: EventId::from_u128(11),
     });
     model.apply_at(Topic::Reservations, Some(9), &at(311, conflict));
-    let text = crate::metrics::render(&crate::metrics::Metrics::default(), &gauges(&model));
+    let text = crate::metrics::render(&crate::metrics::Metrics::default(), &gauges(&model, &model.subnets()));
     let net = format!("network=\"{NET}\"");
     for line in [
         format!("ipam_vnics_unleased{{{net}}} 1\n"),

@@ -1137,26 +1137,15 @@ impl ReadModel {
         views
     }
 
-    /// `(network, subnet, utilization)` of every subnet, for the metrics.
-    pub fn utilizations(&self) -> Vec<(NetworkId, SubnetId, f64)> {
-        let mut out = Vec::new();
-        for (network_id, network) in self.networks.iter().filter(|(_, network)| !network.is_phantom()) {
-            out.extend(
-                self.subnet_views(*network_id, network).iter().map(|s| (*network_id, s.subnet_id, s.utilization)),
-            );
-        }
-        out
-    }
-
-    /// `(network, subnet, forecast)` of every subnet, for the metrics.
-    pub fn forecasts(&self) -> Vec<(NetworkId, SubnetId, crate::forecast::SubnetForecast)> {
-        let mut out = Vec::new();
-        for (network_id, network) in self.networks.iter().filter(|(_, network)| !network.is_phantom()) {
-            out.extend(
-                self.subnet_views(*network_id, network).into_iter().map(|s| (*network_id, s.subnet_id, s.forecast)),
-            );
-        }
-        out
+    /// Every subnet's view with its network, for the metrics (a scrape reads the utilizations and
+    /// the forecasts from one pass over the subnets and their reservations).
+    pub fn subnets(&self) -> Vec<(NetworkId, SubnetView)> {
+        let shown = self.networks.iter().filter(|(_, network)| !network.is_phantom());
+        shown
+            .flat_map(|(network_id, network)| {
+                self.subnet_views(*network_id, network).into_iter().map(|view| (*network_id, view))
+            })
+            .collect()
     }
 
     /// The number of reservations of each network, for the metrics.

@@ -194,6 +194,10 @@ fn the_metrics_subnet_figures_are_those_of_the_network_views() {
     }
     assert_eq!(utilizations.len(), 4);
     assert!(utilizations.iter().all(|(_, _, ratio)| *ratio > 0.0), "{utilizations:?}");
-    assert_eq!(model.utilizations(), utilizations);
-    assert_eq!(model.forecasts(), forecasts);
+    let figures = |(network_id, view): &(NetworkId, SubnetView)| {
+        ((*network_id, view.subnet_id, view.utilization), (*network_id, view.subnet_id, view.forecast.clone()))
+    };
+    let (shown_utilizations, shown_forecasts): (Vec<_>, Vec<_>) = model.subnets().iter().map(figures).unzip();
+    assert_eq!(shown_utilizations, utilizations);
+    assert_eq!(shown_forecasts, forecasts);
 }

@@ -421,15 +421,17 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
                 _ => read_model_lag.push((topic, end.saturating_sub(read))),
             }
         }
+        // One pass over the subnets and their reservations gives both their utilization and their
+        // forecast.
+        let subnets = model.subnets();
         Gauges {
             streams_open: state.streams.open(),
             processed: model.processed(),
             consumer_lag,
             read_model_lag,
-            utilization: model
-                .utilizations()
-                .into_iter()
-                .map(|(network, subnet, ratio)| (network.to_string(), subnet.to_string(), ratio))
+            utilization: subnets
+                .iter()
+                .map(|(network, subnet)| (network.to_string(), subnet.subnet_id.to_string(), subnet.utilization))
                 .collect(),
             reservations: model
                 .reservation_counts()
@@ -437,7 +439,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
                 .map(|(network, count)| (network.to_string(), count))
                 .collect(),
             network_names: model.network_names().into_iter().map(|(id, name)| (id.to_string(), name)).collect(),
-            ..crate::lease_state::gauges(&model)
+            ..crate::lease_state::gauges(&model, &subnets)
         }
     };
     Ok(HttpResponse::Ok()

@@ -664,12 +664,16 @@ impl<M: Machines> Driver<M> {
                 tracing::warn!(driver = %self.config.name, error = %error, "Could not write a snapshot; carrying on without it.");
             }
         }
-        tracing::info!(driver = %self.config.name, partitions = self.next_offsets.len(), bytes,
-                       encode_ms = encoding.as_millis() as u64, elapsed_ms = started.elapsed().as_millis() as u64,
-                       "Took snapshots.");
+        let took = started.elapsed();
+        if !self.next_offsets.is_empty() {
+            // A member that owns no partition (another took them over) has nothing to report.
+            tracing::info!(driver = %self.config.name, partitions = self.next_offsets.len(), bytes,
+                           encode_ms = encoding.as_millis() as u64, elapsed_ms = took.as_millis() as u64,
+                           "Took snapshots.");
+        }
         self.since_snapshot = 0;
         self.last_snapshot = Instant::now();
-        self.last_snapshot_took = started.elapsed();
+        self.last_snapshot_took = took;
         Ok(())
     }
 }
