@@ -24,6 +24,7 @@ use ipam_log::{Backlog, EventLog, LogError, Position, Record};
 use ipam_runtime::{ComponentState, Health, SnapshotStore, Topics};
 
 use crate::model::ReadModel;
+use crate::snapshot::Restored;
 
 /// Records taken from the follower at a time.
 const READ_MAX: usize = 512;
@@ -95,12 +96,13 @@ fn follow(
     let label = names.join(", ");
     let mut warned = false;
     // The topics are made by the deciding services: wait for them.
-    let (from, mut backlog, mut follower) = loop {
+    // The size of the last snapshot (read or written): the room the next one's encoding starts with.
+    let (from, mut snapshot_size, mut backlog, mut follower) = loop {
         let started = Backlog::from_zero(log, &names).and_then(|from| {
             let backlog = Backlog::at_start(log, &names)?;
-            let from = restore(log, snapshots, model, from)?;
+            let (from, snapshot_size) = restore(log, snapshots, model, from)?;
             let follower = log.follow(&from)?;
-            Ok((from, backlog, follower))
+            Ok((from, snapshot_size, backlog, follower))
         });
         match started {
             Ok(started) => break started,
@@ -122,8 +124,6 @@ fn follow(
     }
     let mut caught_up = false;
     let (mut changed, mut last_snapshot) = (false, Instant::now());
-    // The size of the last snapshot written: the room the next one's encoding starts with.
-    let mut snapshot_size = 0;
     while !stop.load(Ordering::SeqCst) {
         let round = follower.next(READ_MAX, IDLE_WAIT).and_then(|records| {
             changed |= !records.is_empty();
@@ -173,18 +173,18 @@ fn follow(
 }
 
 /// The positions to follow from: those of the read model's snapshot, when there is one that
-/// matches the log (the model is then the snapshot's), else `from_zero`. Partitions the snapshot
-/// does not name are read from zero.
+/// matches the log (the model is then the snapshot's), else `from_zero`; and the snapshot's size (0
+/// without one). Partitions the snapshot does not name are read from zero.
 fn restore(
     log: &dyn EventLog,
     snapshots: Option<&Snapshots>,
     model: &RwLock<ReadModel>,
     from_zero: Vec<Position>,
-) -> Result<Vec<Position>, LogError> {
-    let Some(snapshots) = snapshots else { return Ok(from_zero) };
+) -> Result<(Vec<Position>, usize), LogError> {
+    let Some(snapshots) = snapshots else { return Ok((from_zero, 0)) };
     let started = Instant::now();
     let loaded = crate::snapshot::load(&snapshots.store, log).map_err(|error| LogError::Fatal(error.to_string()))?;
-    let Some((restored, positions)) = loaded else { return Ok(from_zero) };
+    let Some(Restored { model: restored, positions, size }) = loaded else { return Ok((from_zero, 0)) };
     let restored_positions: BTreeMap<(String, u32), u64> =
         positions.into_iter().map(|p| ((p.topic, p.partition), p.next_offset)).collect();
     let from = from_zero
@@ -201,7 +201,7 @@ fn restore(
         elapsed_ms = started.elapsed().as_millis(),
         "The API's read model starts from its snapshot."
     );
-    Ok(from)
+    Ok((from, size))
 }
 
 /// Writes the read model's snapshot, its encoding given about the room of `size` (the last

@@ -186,14 +186,25 @@ fn anchor_at(log: &dyn EventLog, topic: &str, partition: u32, offset: u64) -> Re
     }
 }
 
+/// A read model restored from its snapshot.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    pub(crate) model: ReadModel,
+    /// Where the snapshot's model had read each partition up to: reading goes on from there.
+    pub(crate) positions: Vec<Position>,
+    /// The snapshot state's size in bytes: the room the next snapshot's encoding starts with.
+    pub(crate) size: usize,
+}
+
 /// The model of the snapshot in `store` and the positions to follow from, if there is one that
 /// matches `log`; a snapshot that does not is reported and ignored. Only a store of another log is
 /// an error (see [`SnapshotStore::load`]).
 pub(crate) fn load(
     store: &SnapshotStore,
     log: &dyn EventLog,
-) -> Result<Option<(ReadModel, Vec<Position>)>, ipam_runtime::snapshot::SnapshotError> {
+) -> Result<Option<Restored>, ipam_runtime::snapshot::SnapshotError> {
     let Some(snapshot) = store.load(NAME)? else { return Ok(None) };
+    let size = snapshot.state.len();
     let mut state: &[u8] = &snapshot.state;
     let unreadable = |error: ReadError| {
         tracing::warn!(error = %error, "Ignoring the read model's snapshot, which cannot be read; reading the log from the beginning.");
@@ -231,7 +242,7 @@ pub(crate) fn load(
         .into_iter()
         .map(|mark| Position { topic: mark.topic, partition: mark.partition, next_offset: mark.next_offset })
         .collect();
-    Ok(Some((model, positions)))
+    Ok(Some(Restored { model, positions, size }))
 }
 
 /// Whether the log holds what the snapshot read of one partition: as many records, and the same
@@ -326,7 +337,8 @@ mod tests {
         let (log, model, positions) = folded(5, 10);
         let store = SnapshotStore::open(dir.path(), log.identity().unwrap()).unwrap();
         save(&store, &log, &positions, &model).unwrap();
-        let (restored, restored_positions) = load(&store, &log).unwrap().expect("a snapshot that matches its log");
+        let Restored { model: restored, positions: restored_positions, .. } =
+            load(&store, &log).unwrap().expect("a snapshot that matches its log");
         assert_eq!(restored_positions, positions);
         assert_eq!(bytes(&restored), bytes(&model), "the restored model differs");
         assert_eq!(restored.processed(), model.processed());
@@ -347,7 +359,7 @@ mod tests {
         assert!(load(&store, &shorter).unwrap().is_none(), "a snapshot ahead of the log was used");
         // More records after the same ones: the snapshot is good, and the rest is read after it.
         let (longer, _, _) = folded(8, 10);
-        let (_, from) = load(&store, &longer).unwrap().expect("a snapshot behind the log is used");
+        let from = load(&store, &longer).unwrap().expect("a snapshot behind the log is used").positions;
         assert_eq!(from, positions);
         // A snapshot cut short.
         save(&store, &log, &positions, &model).unwrap();
@@ -382,7 +394,7 @@ mod tests {
         assert!(matches!(half(&mut &halves[..20]), Err(ReadError::Short)));
         assert!(matches!(half(&mut &[0x90u8][..]), Err(ReadError::Frame(_))));
         store.save(NAME, 0, None, encode_into(Vec::new(), VERSION, &marks, &model).unwrap()).unwrap();
-        let (restored, _) = load(&store, &log).unwrap().expect("this version's snapshot is read");
+        let restored = load(&store, &log).unwrap().expect("this version's snapshot is read").model;
         assert_eq!(bytes(&restored), bytes(&model));
     }
 }
