@@ -7,7 +7,7 @@
 # the broker's jars are fetched from Maven Central (scripts/kafka-broker/pom.xml) into a cache and
 # the broker is run straight from them with `java -cp`.
 #
-# Usage: scripts/kafka-broker.sh start|stop|status|fetch|kill|restart
+# Usage: scripts/kafka-broker.sh start|stop|status|fetch|kill|restart|tool CLASS [ARGS...]
 #   fetch   put the jars in the cache (CI can warm it); no-op when the cache is complete
 #   start   fetch, wipe + format a fresh state dir, start the broker on two free 127.0.0.1 ports,
 #           wait until it answers a Metadata request; the LAST stdout line is
@@ -20,6 +20,9 @@
 #           (no wipe, no format), and wait until it answers; prints KAFKA_BOOTSTRAP=... like start.
 #           After a kill, KRaft may refuse the broker's re-registration until its old session
 #           expires (about 10-20 s); the wait covers that.
+#   tool    run one of Apache's command-line classes from the broker's jars with ARGS, such as
+#           `tool org.apache.kafka.tools.TransactionsCommand --bootstrap-server B list` (what a
+#           failed test prints of the broker's transactions), with the state dir's java.
 #
 # Environment (all optional):
 #   IPAM_KAFKA_VERSION        Kafka version from Maven Central (default 4.4.0)
@@ -569,6 +572,13 @@ restart() {
     launch "$broker_port" "$controller_port" "$t0"
 }
 
+tool() {
+    [[ $# -ge 1 ]] || die "tool needs a class, such as org.apache.kafka.tools.TransactionsCommand"
+    [[ -f "$STATE_DIR/java" ]] || die "$STATE_DIR holds no broker started by this script"
+    JAVA=$(cat "$STATE_DIR/java")
+    "$JAVA" -Dlog4j2.configurationFile="file:$STATE_DIR/config/log4j2.xml" -cp "$LIBS/*" "$@"
+}
+
 status() {
     local pid
     pid=$(running_pid)
@@ -588,8 +598,12 @@ case "${1:-}" in
     fetch) fetch ;;
     kill) kill_broker ;;
     restart) restart ;;
+    tool)
+        shift
+        tool "$@"
+        ;;
     *)
-        echo "usage: $0 start|stop|status|fetch|kill|restart" >&2
+        echo "usage: $0 start|stop|status|fetch|kill|restart|tool CLASS [ARGS...]" >&2
         exit 2
         ;;
 esac

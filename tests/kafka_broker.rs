@@ -52,6 +52,34 @@ impl ScriptBroker {
         assert_eq!(bootstrap, self.bootstrap, "the broker came back on another address");
         started.elapsed()
     }
+
+    /// What Apache's `TransactionsCommand` says of the broker's transactions: every transactional
+    /// id with its state, the transactions that hang (a partition holds an open transaction its
+    /// coordinator does not know), the state of those not complete, and the producers of
+    /// `partitions` (their open transactions' first offsets). For a failure's message.
+    pub fn describe_transactions(&self, partitions: &[(&str, i32)]) -> String {
+        let command = |args: &[&str]| {
+            let mut full = vec!["org.apache.kafka.tools.TransactionsCommand", "--bootstrap-server", &self.bootstrap];
+            full.extend_from_slice(args);
+            format!("$ TransactionsCommand {}\n{}", args.join(" "), tool(&self.dir, &full))
+        };
+        let list = command(&["list"]);
+        let mut said = vec![list.clone(), command(&["find-hanging", "--broker-id", "1"])];
+        for line in list.lines().skip(2) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let [id, _, _, state] = fields[..]
+                && state != "CompleteCommit"
+                && state != "CompleteAbort"
+                && state != "Empty"
+            {
+                said.push(command(&["describe", "--transactional-id", id]));
+            }
+        }
+        for (topic, partition) in partitions {
+            said.push(command(&["describe-producers", "--topic", topic, "--partition", &partition.to_string()]));
+        }
+        said.join("\n")
+    }
 }
 
 impl Drop for ScriptBroker {
@@ -68,16 +96,31 @@ impl Drop for ScriptBroker {
     }
 }
 
-/// Runs `scripts/kafka-broker.sh command` for the state directory `dir`; returns the address of
-/// its last stdout line (`KAFKA_BOOTSTRAP=...`), or "" when it prints none.
-fn run(dir: &Path, command: &str) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// `scripts/kafka-broker.sh`, found above the crate.
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .map(|dir| dir.join("scripts/kafka-broker.sh"))
         .find(|script| script.exists())
-        .expect("scripts/kafka-broker.sh above the crate");
+        .expect("scripts/kafka-broker.sh above the crate")
+}
+
+/// What `scripts/kafka-broker.sh tool ARGS` printed (stdout, then stderr), for a failure's message:
+/// a tool that fails says why there.
+fn tool(dir: &Path, args: &[&str]) -> String {
+    match Command::new("bash").arg(script()).arg("tool").args(args).env("IPAM_KAFKA_DIR", dir).output() {
+        Ok(output) => {
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+        }
+        Err(error) => format!("could not run kafka-broker.sh tool: {error}"),
+    }
+}
+
+/// Runs `scripts/kafka-broker.sh command` for the state directory `dir`; returns the address of
+/// its last stdout line (`KAFKA_BOOTSTRAP=...`), or "" when it prints none.
+fn run(dir: &Path, command: &str) -> String {
     let output = Command::new("bash")
-        .arg(&script)
+        .arg(script())
         .arg(command)
         .env("IPAM_KAFKA_DIR", dir)
         .stdin(Stdio::null())

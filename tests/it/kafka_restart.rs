@@ -45,19 +45,55 @@ const IN_FLIGHT_GAP: Duration = Duration::from_millis(20);
 const LOG_BACK_WITHIN: Duration = Duration::from_secs(60);
 
 /// Waits until the test's own client reads committed positions again; returns how long it took.
-fn await_log(kafka: &Kafka) -> Duration {
+/// When it does not within [`LOG_BACK_WITHIN`], the failure says what the broker holds of the
+/// transactions and what the services last logged, and keeps the services' thread stacks.
+fn await_log(kafka: &Kafka, broker: &ScriptBroker) -> Duration {
     let started = Instant::now();
     let (group, _) = kafka.groups();
     let topic = kafka.topic(Topic::Networks);
     loop {
         match kafka.log().committed_position(&group, &topic, 0) {
             Ok(_) => return started.elapsed(),
-            Err(error) => {
-                assert!(started.elapsed() < LOG_BACK_WITHIN, "the log did not answer again: {error}");
-                std::thread::sleep(Duration::from_millis(200));
+            Err(error) if started.elapsed() >= LOG_BACK_WITHIN => {
+                let positions = format!("{}.positions", group);
+                let transactions = broker.describe_transactions(&[(&positions, 0)]);
+                panic!(
+                    "the log did not answer again: {error}\n\nthe broker's transactions:\n{transactions}\n\n{}",
+                    services_state(kafka)
+                );
             }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// Lines of each service's log a failure shows.
+const LOG_TAIL: usize = 40;
+
+/// Each service's last log lines, and where its threads' stacks are kept (taken with `gdb`, when
+/// there is one): what a service stuck in a call to the log was doing.
+fn services_state(kafka: &Kafka) -> String {
+    let mut said = Vec::new();
+    for (name, path) in kafka.service_logs() {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
+        let pid =
+            path.file_stem().and_then(|stem| stem.to_str()).and_then(|stem| stem.rsplit('-').next()).unwrap_or("");
+        let stacks = path.with_extension("stacks");
+        let taken = std::process::Command::new("gdb")
+            .args(["-p", pid, "-batch", "-ex", "thread apply all bt"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|error| error.to_string())
+            .and_then(|output| std::fs::write(&stacks, output.stdout).map_err(|error| error.to_string()));
+        let stacks = match taken {
+            Ok(()) => format!("its threads' stacks: {}", stacks.display()),
+            Err(error) => format!("no stacks ({error})"),
+        };
+        said.push(format!("{name} (log {}, {stacks}), its last {LOG_TAIL} lines:\n{tail}", path.display()));
+    }
+    said.join("\n\n")
 }
 
 /// What a service logs when the log failed under its open or committing batch (the runtime's
@@ -152,7 +188,7 @@ fn the_kafka_services_resume_by_themselves_after_the_broker_is_killed_quiet_busy
         let restart = broker.restart();
         let away = killed.elapsed();
         let back = Instant::now();
-        let log_back = await_log(&kafka);
+        let log_back = await_log(&kafka, &broker);
         // The next chunk, and everything before it, processed: the services work again.
         publish(&kafka, next);
         next += 1;

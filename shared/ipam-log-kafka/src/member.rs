@@ -150,6 +150,9 @@ struct CommitJob {
     producer: Arc<TxnProducer>,
     topics: Arc<Topics>,
     transactional_id: String,
+    /// The group's positions topic: sealed when the commit stays invisible there
+    /// ([`CommitJob::heal_positions`]).
+    positions_topic: String,
     /// The group's positions to commit with the transaction (KIP-447).
     offsets: Vec<((String, i32), i64)>,
     group: Option<ConsumerGroupMetadata>,
@@ -225,7 +228,8 @@ impl CommitJob {
         });
         let committed = began.elapsed();
         if result.is_ok() {
-            await_visibility(&self.producer, &self.topics, timeout);
+            let behind = await_visibility(&self.producer, &self.topics, timeout);
+            self.heal_positions(&behind);
         }
         CommitReport {
             result,
@@ -236,6 +240,44 @@ impl CommitJob {
             offsets_sent,
             committed,
             visible: began.elapsed(),
+        }
+    }
+}
+
+impl CommitJob {
+    /// Seals the positions topic when the committed batch stayed invisible there for the whole
+    /// wait (see [`MemberState::seal_with`] on hanging transactions): a coordinator that loaded
+    /// the transaction while the partition had no leader (a single broker restarting) completes
+    /// the commit without writing its marker, and the batch's positions then hang, holding back
+    /// every read of the group's positions, the other members' rebuilds too, until this producer
+    /// writes a marker there. A member with nothing more to do would never write one. The commit
+    /// succeeded, so the seal commits; were the partition held back by another producer's open
+    /// transaction instead, the seal only adds one record the positions reader skips.
+    ///
+    /// The batch's output partitions are only reported: a committed seal there would be a
+    /// record in an output topic that is not an event, and this producer's next write there
+    /// heals them.
+    fn heal_positions(&self, behind: &[(String, i32)]) {
+        let positions = (self.positions_topic.clone(), positions::PARTITION);
+        if behind.contains(&positions) {
+            let sealed =
+                seal_transaction(&self.producer, &BTreeSet::from([positions]), Outcome::Committed, self.timeout);
+            match sealed {
+                Ok(()) => tracing::info!(transactional_id = %self.transactional_id,
+                    "Kafka member sealed the positions topic, where its committed batch stayed invisible."),
+                Err(error) => {
+                    tracing::warn!(transactional_id = %self.transactional_id, error = %error,
+                        "Kafka member could not seal the positions topic, where its committed batch stays invisible.");
+                    // The seal's own transaction, if it is still open, holds nothing of a batch.
+                    let _ = self.producer.abort_transaction(self.timeout);
+                }
+            }
+        }
+        for (topic, partition) in behind.iter().filter(|tp| tp.0 != self.positions_topic) {
+            tracing::warn!(transactional_id = %self.transactional_id, topic, partition,
+                "Kafka member's committed batch stays invisible in an output partition: an older open transaction, \
+                 or a commit marker the broker never wrote (read_committed readers wait there until this member \
+                 writes to it again).");
         }
     }
 }
@@ -572,21 +614,7 @@ impl MemberState {
     /// topic), the positions reader skips them and compaction keeps one.
     fn seal_with(&mut self, partitions: &BTreeSet<(String, i32)>, outcome: Outcome) {
         let timeout = self.txn_timeout;
-        let producer = &self.producer;
-        let sealed = (|| -> KafkaResult<()> {
-            producer.begin_transaction()?;
-            for (topic, partition) in partitions {
-                let record = BaseRecord::<[u8], [u8]>::to(topic).partition(*partition).key(SEAL_KEY).payload(&[]);
-                producer.send(record).map_err(|(error, _)| error)?;
-            }
-            // Written before the end, so that the coordinator knows the partitions and marks
-            // them: an abort purges what is still queued.
-            producer.flush(timeout)?;
-            match outcome {
-                Outcome::Committed => producer.commit_transaction(timeout),
-                Outcome::Aborted => producer.abort_transaction(timeout),
-            }
-        })();
+        let sealed = seal_transaction(&self.producer, partitions, outcome, timeout);
         match sealed {
             Ok(()) => {
                 self.last_outcome = Some(outcome);
@@ -732,6 +760,7 @@ impl MemberState {
             producer: Arc::clone(&self.producer),
             topics: Arc::clone(&self.topics),
             transactional_id: self.transactional_id.clone(),
+            positions_topic,
             offsets,
             group,
             timeout: self.txn_timeout,
@@ -930,6 +959,29 @@ fn retry(
     }
 }
 
+/// One transaction of `producer` that writes a sealing record (key [`SEAL_KEY`], no value) to each
+/// of `partitions` and ends as `outcome`: the partitions' markers end whatever earlier transaction
+/// of the producer id hangs there (see [`MemberState::seal_with`]).
+fn seal_transaction(
+    producer: &TxnProducer,
+    partitions: &BTreeSet<(String, i32)>,
+    outcome: Outcome,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    producer.begin_transaction()?;
+    for (topic, partition) in partitions {
+        let record = BaseRecord::<[u8], [u8]>::to(topic).partition(*partition).key(SEAL_KEY).payload(&[]);
+        producer.send(record).map_err(|(error, _)| error)?;
+    }
+    // Written before the end, so that the coordinator knows the partitions and marks them: an
+    // abort purges what is still queued.
+    producer.flush(timeout)?;
+    match outcome {
+        Outcome::Committed => producer.commit_transaction(timeout),
+        Outcome::Aborted => producer.abort_transaction(timeout),
+    }
+}
+
 /// Waits, until `deadline` at most, until librdkafka holds nothing in flight: every record
 /// delivered and its report served.
 fn drain(producer: &TxnProducer, deadline: Instant) {
@@ -945,9 +997,10 @@ fn drain(producer: &TxnProducer, deadline: Instant) {
 /// promise that a batch is visible once its commit is done, and keeps the next transaction from
 /// beginning before the markers are written (its AddPartitionsToTxn would meet
 /// CONCURRENT_TRANSACTIONS and back off). An earlier open transaction of another producer on the
-/// same partition holds the LSO back too, so the wait is bounded by the transaction timeout and
-/// then only logged.
-fn await_visibility(producer: &TxnProducer, topics: &Topics, timeout: Duration) {
+/// same partition holds the LSO back too, and so does a marker the broker never wrote, so the wait
+/// is bounded by the transaction timeout; answers the partitions the batch is still invisible in
+/// then ([`CommitJob::heal_positions`] deals with them).
+fn await_visibility(producer: &TxnProducer, topics: &Topics, timeout: Duration) -> Vec<(String, i32)> {
     let deadline = Instant::now() + timeout;
     // Every report has normally been served by now (the commit drained them).
     let mut deliveries = producer.context().wait_for_reports(deadline);
@@ -956,17 +1009,10 @@ fn await_visibility(producer: &TxnProducer, topics: &Topics, timeout: Duration) 
     // Visible once each partition's last stable offset is past the last record written there.
     let targets = written.into_iter().map(|(partition, last)| (partition, last + 1)).collect();
     match topics::await_all_stable(topics.metadata_client(), targets, deadline) {
-        Ok(behind) => {
-            for (topic, partition) in behind {
-                tracing::warn!(
-                    topic,
-                    partition,
-                    "Kafka member's committed batch is not visible yet; an older open transaction holds the partition back."
-                );
-            }
-        }
+        Ok(behind) => behind,
         Err(error) => {
             tracing::warn!(error = %error, "Kafka member could not check that its commit is visible.");
+            Vec::new()
         }
     }
 }

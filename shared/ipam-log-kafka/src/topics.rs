@@ -452,20 +452,32 @@ pub(crate) fn latest_offsets<'a>(
 /// did not. Each try is one [`latest_offsets`], where [`await_stable`] costs two requests per
 /// partition: after every commit under load, the member's visibility wait asked the broker about
 /// 17 partitions every 2 ms, two requests each.
+///
+/// A request that fails is asked again until the deadline (then its error is answered): right
+/// after a broker restarts, its leaders answer `FENCED_LEADER_EPOCH` or `NOT_LEADER_OR_FOLLOWER`
+/// until the client's metadata catches up, which takes a few hundred milliseconds.
 pub(crate) fn await_all_stable(
     client: &BaseConsumer,
     mut pending: BTreeMap<(String, i32), i64>,
     deadline: Instant,
 ) -> Result<Vec<(String, i32)>, LogError> {
     loop {
-        let answered = latest_offsets(client, pending.keys().map(|(topic, partition)| (topic.as_str(), *partition)))?;
-        pending.retain(|key, target| answered.get(key).is_none_or(|stable| stable < target));
-        if pending.is_empty() || Instant::now() >= deadline {
-            return Ok(pending.into_keys().collect());
+        match latest_offsets(client, pending.keys().map(|(topic, partition)| (topic.as_str(), *partition))) {
+            Ok(answered) => {
+                pending.retain(|key, target| answered.get(key).is_none_or(|stable| stable < target));
+                if pending.is_empty() || Instant::now() >= deadline {
+                    return Ok(pending.into_keys().collect());
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => thread::sleep(FAILED_ASK_AGAIN),
         }
-        thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// How long [`await_all_stable`] waits before asking again after a failed request.
+const FAILED_ASK_AGAIN: Duration = Duration::from_millis(50);
 
 /// Wakes the thread blocked in [`block_on`].
 struct Unpark(Thread);

@@ -429,7 +429,11 @@ fn a_member_whose_transaction_timed_out_while_the_broker_was_away_aborts_it_rere
     assert_eq!(values(&read_all(&log, &output)), ["first 0", "first 1", "first 2", "first 3"], "nothing lost or twice");
     let started = Instant::now();
     for partition in 0..2 {
-        assert!(log.committed_position(&group, &input, partition).unwrap().is_some());
+        let position = log.committed_position(&group, &input, partition).unwrap_or_else(|error| {
+            let positions = format!("{group}.positions");
+            panic!("{error}\nthe broker's transactions:\n{}", broker.describe_transactions(&[(&positions, 0)]))
+        });
+        assert!(position.is_some());
     }
     assert!(started.elapsed() < Duration::from_secs(10), "committed positions took {:?}", started.elapsed());
 }
