@@ -690,6 +690,39 @@ fn a_member_whose_positions_stay_undecided_at_an_assignment_seals_them_as_its_la
     }
 }
 
+/// A member whose committed batch is still invisible in the positions topic when its visibility
+/// wait (the transaction timeout) is over seals the topic right away, with a committed transaction
+/// of its own producer: after a single broker's restart the coordinator may complete a commit
+/// without its markers, and a member with nothing more to do would never look again, while every
+/// other member's read of the positions waits. A lost marker cannot be made on purpose; here
+/// another producer's open transaction holds the topic back instead, which the seal leaves alone.
+#[test]
+fn a_member_whose_commit_stays_invisible_in_the_positions_topic_seals_it_once_its_wait_is_over() {
+    use rdkafka::producer::Producer;
+    let log = connect();
+    let input = topic(&log, "input", 1);
+    let output = topic(&log, "output", 1);
+    let group = unique("group");
+    log.append(&[out(&input, "k", "one"), out(&input, "k", "two")]).unwrap();
+    let mut member = member(&log, &group, &[&input], &unique("txn"), 100);
+    let records = poll_records(member.as_mut(), 2);
+    member.step(&[out(&output, "k", "x")], &[next(&records[0])]).unwrap();
+    member.commit().unwrap();
+    let positions_topic = format!("{group}.positions");
+    let sealed = || read_all(&log, &positions_topic).into_iter().filter(|r| r.key == "ipam.seal").count();
+    assert_eq!(sealed(), 0, "nothing to seal after a commit that became visible");
+
+    let undecided = foreign_transaction(&group, &input, 1, true);
+    member.step(&[out(&output, "k", "y")], &[next(&records[1])]).unwrap();
+    let started = Instant::now();
+    member.commit().unwrap();
+    println!("the commit returned {:?} after it was asked for", started.elapsed());
+    undecided.abort_transaction(DEADLINE).unwrap();
+    assert_eq!(sealed(), 1, "the member sealed the positions topic with a committed transaction");
+    assert_eq!(log.committed_position(&group, &input, 0), Ok(Some(2)), "the member's position");
+    assert_eq!(values(&read_all(&log, &output)), ["x", "y"], "both batches, once each");
+}
+
 /// A topic's end offsets and a group's positions asked for all partitions at once (one
 /// ListOffsets, one read of the positions topic) are what each partition answers alone: written
 /// and consumed partitions, a written one the group never consumed, and an empty one. The
