@@ -215,14 +215,17 @@ fn save(
     size: usize,
 ) -> usize {
     let started = Instant::now();
+    // A little more room than last time: the model grows between snapshots. Its pages are
+    // touched before the lock is taken (see `snapshot::buffer`).
+    let state = crate::snapshot::buffer(size + size / 16);
+    let prepared_ms = started.elapsed().as_millis();
     let encoded = {
         // Readers go on meanwhile; only folding waits, and only for the encoding: the file is
         // written after the lock is let go (with a million reservations, 558 MB).
         let model = model.read().unwrap_or_else(|e| e.into_inner());
-        // A little more room than last time: the model grows between snapshots.
-        crate::snapshot::encode_snapshot(log, positions, &model, size + size / 16)
+        crate::snapshot::encode_snapshot(log, positions, &model, state)
     };
-    let encode_ms = started.elapsed().as_millis();
+    let encode_ms = started.elapsed().as_millis() - prepared_ms;
     let written = encoded.and_then(|state| {
         let bytes = state.len();
         crate::snapshot::write(&snapshots.store, state).map(|()| bytes)
@@ -230,6 +233,7 @@ fn save(
     match written {
         Ok(bytes) => {
             tracing::debug!(
+                prepared_ms,
                 encode_ms,
                 elapsed_ms = started.elapsed().as_millis(),
                 bytes,
