@@ -74,15 +74,15 @@ const LOG_TAIL: usize = 40;
 /// there is one): what a service stuck in a call to the log was doing.
 fn services_state(kafka: &Kafka) -> String {
     let mut said = Vec::new();
-    for (name, path) in kafka.service_logs() {
+    for (name, service) in kafka.services() {
+        let path = service.log_path();
         let log = std::fs::read_to_string(&path).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
-        let pid =
-            path.file_stem().and_then(|stem| stem.to_str()).and_then(|stem| stem.rsplit('-').next()).unwrap_or("");
+        let pid = service.id().to_string();
         let stacks = path.with_extension("stacks");
         let taken = std::process::Command::new("gdb")
-            .args(["-p", pid, "-batch", "-ex", "thread apply all bt"])
+            .args(["-p", &pid, "-batch", "-ex", "thread apply all bt"])
             .stdin(std::process::Stdio::null())
             .output()
             .map_err(|error| error.to_string())

@@ -695,13 +695,15 @@ impl Kafka {
         &self.prefix
     }
 
+    /// Each running service with its name.
+    pub fn services(&self) -> Vec<(String, &Service)> {
+        let allocators = self.allocators.iter().filter_map(|(name, service)| Some((name.clone(), service.as_ref()?)));
+        allocators.chain(self.placement.as_ref().map(|service| ("placement".to_owned(), service))).collect()
+    }
+
     /// Each running service's name and log file, to name in a failure's message.
     pub fn service_logs(&self) -> Vec<(String, PathBuf)> {
-        let allocators = self.allocators.iter().filter_map(|(name, service)| Some((name.clone(), service.as_ref()?)));
-        allocators
-            .chain(self.placement.as_ref().map(|service| ("placement".to_owned(), service)))
-            .map(|(name, service)| (name, service.log_path()))
-            .collect()
+        self.services().into_iter().map(|(name, service)| (name, service.log_path())).collect()
     }
 
     /// The services that exited (name and status); none should while the test runs.

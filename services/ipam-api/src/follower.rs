@@ -215,16 +215,15 @@ fn save(
     size: usize,
 ) -> usize {
     let started = Instant::now();
-    // A little more room than last time: the model grows between snapshots. Its pages are
-    // touched before the lock is taken (see `snapshot::buffer`).
-    let state = crate::snapshot::buffer(size + size / 16);
+    // A little more room than last time: the model grows between snapshots.
+    let prepared = crate::snapshot::prepare(log, positions, size + size / 16);
     let prepared_ms = started.elapsed().as_millis();
-    let encoded = {
+    let encoded = prepared.and_then(|prepared| {
         // Readers go on meanwhile; only folding waits, and only for the encoding: the file is
         // written after the lock is let go (with a million reservations, 558 MB).
         let model = model.read().unwrap_or_else(|e| e.into_inner());
-        crate::snapshot::encode_snapshot(log, positions, &model, state)
-    };
+        crate::snapshot::encode_snapshot(prepared, &model)
+    });
     let encode_ms = started.elapsed().as_millis() - prepared_ms;
     let written = encoded.and_then(|state| {
         let bytes = state.len();

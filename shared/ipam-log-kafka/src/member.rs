@@ -151,7 +151,7 @@ struct CommitJob {
     topics: Arc<Topics>,
     transactional_id: String,
     /// The group's positions topic: sealed when the commit stays invisible there
-    /// ([`CommitJob::heal_positions`]).
+    /// ([`CommitJob::seal_where_invisible`]).
     positions_topic: String,
     /// The group's positions to commit with the transaction (KIP-447).
     offsets: Vec<((String, i32), i64)>,
@@ -229,7 +229,7 @@ impl CommitJob {
         let committed = began.elapsed();
         if result.is_ok() {
             let behind = await_visibility(&self.producer, &self.topics, timeout);
-            self.heal_positions(&behind);
+            self.seal_where_invisible(&behind);
         }
         CommitReport {
             result,
@@ -242,9 +242,7 @@ impl CommitJob {
             visible: began.elapsed(),
         }
     }
-}
 
-impl CommitJob {
     /// Seals the positions topic when the committed batch stayed invisible there for the whole
     /// wait (see [`MemberState::seal_with`] on hanging transactions): a coordinator that loaded
     /// the transaction while the partition had no leader (a single broker restarting) completes
@@ -257,7 +255,7 @@ impl CommitJob {
     /// The batch's output partitions are only reported: a committed seal there would be a
     /// record in an output topic that is not an event, and this producer's next write there
     /// heals them.
-    fn heal_positions(&self, behind: &[(String, i32)]) {
+    fn seal_where_invisible(&self, behind: &[(String, i32)]) {
         let positions = (self.positions_topic.clone(), positions::PARTITION);
         if behind.contains(&positions) {
             let sealed =
@@ -999,7 +997,7 @@ fn drain(producer: &TxnProducer, deadline: Instant) {
 /// CONCURRENT_TRANSACTIONS and back off). An earlier open transaction of another producer on the
 /// same partition holds the LSO back too, and so does a marker the broker never wrote, so the wait
 /// is bounded by the transaction timeout; answers the partitions the batch is still invisible in
-/// then ([`CommitJob::heal_positions`] deals with them).
+/// then ([`CommitJob::seal_where_invisible`] deals with them).
 fn await_visibility(producer: &TxnProducer, topics: &Topics, timeout: Duration) -> Vec<(String, i32)> {
     let deadline = Instant::now() + timeout;
     // Every report has normally been served by now (the commit drained them).
