@@ -72,6 +72,11 @@ fn every_event_type_has_a_sample_that_its_schema_accepts_and_that_round_trips() 
         let validator = validator(&schemas[sample.event.type_name()]);
         assert_eq!(errors(&validator, &json), Vec::<String>::new(), "{}", sample.event.type_name());
         assert_eq!(Envelope::decode(&sample.to_bytes()), Ok(sample.clone()), "round trip");
+        // `to_bytes` writes the data straight from its struct: the same JSON as the tree.
+        let written: Value = serde_json::from_slice(&sample.to_bytes()).unwrap();
+        assert_eq!(written, json, "{}: to_bytes and to_json disagree", sample.event.type_name());
+        // A client's keys in another order (sorted: `data` before `type`) read the same.
+        assert_eq!(Envelope::decode(json.to_string().as_bytes()), Ok(sample.clone()), "sorted keys");
     }
 }
 

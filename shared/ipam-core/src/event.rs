@@ -689,11 +689,11 @@ macro_rules! events {
                 }
             }
 
-            fn data_to_json(&self) -> Value {
-                let value = match self {
-                    $(Event::$variant(data) => serde_json::to_value(data),)*
-                };
-                value.expect("event data has string keys only, so it always serializes")
+            /// Writes the event's `data` straight to `serializer` (no JSON tree in between).
+            fn serialize_data<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $(Event::$variant(data) => data.serialize(serializer),)*
+                }
             }
 
             fn data_from_json(
@@ -702,6 +702,15 @@ macro_rules! events {
             ) -> Option<Result<Event, serde_path_to_error::Error<serde_json::Error>>> {
                 match type_name {
                     $($type_name => Some(serde_path_to_error::deserialize(data).map(Event::$variant)),)*
+                    _ => None,
+                }
+            }
+
+            /// Reads the `data` of an event of `type_name` from its own JSON text (the fast path of
+            /// [`Envelope::decode`] when `data` came before `type`); `None` for an unknown type.
+            fn data_from_str(type_name: &str, text: &str) -> Option<Result<Event, serde_json::Error>> {
+                match type_name {
+                    $($type_name => Some(serde_json::from_str::<$data>(text).map(Event::$variant)),)*
                     _ => None,
                 }
             }
@@ -880,7 +889,16 @@ struct WireEnvelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<&'a str>,
     datacontenttype: &'static str,
-    data: Value,
+    data: WireData<'a>,
+}
+
+/// An event's `data` as [`WireEnvelope`] writes it: the event's own struct, serialized in place.
+struct WireData<'a>(&'a Event);
+
+impl Serialize for WireData<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_data(serializer)
+    }
 }
 
 #[derive(Deserialize)]
@@ -990,7 +1008,7 @@ impl Envelope {
             time: self.time,
             subject: self.subject.as_deref(),
             datacontenttype: DATA_CONTENT_TYPE,
-            data: self.event.data_to_json(),
+            data: WireData(&self.event),
         }
     }
 
@@ -1058,8 +1076,10 @@ impl Envelope {
 /// A good envelope read in one pass, with its `data` read straight into its type (no
 /// `serde_json::Value` in between): [`Envelope::decode`]'s fast path. It fails on whatever is not
 /// plainly good, leaving every error to [`Envelope::decode_value`]: a key given twice (the careful
-/// path keeps the last one), `data` before `type` (the order [`Envelope::to_bytes`] writes), an
-/// unknown type, a bad field or envelope attribute. What it accepts, it reads as the careful path
+/// path keeps the last one), an unknown type, a bad field or envelope attribute. `data` is read
+/// straight into its type when `type` came first (the order [`Envelope::to_bytes`] writes), and
+/// from its borrowed text once `type` is known when it came first (keys sorted, as a JSON tree
+/// writes them: the CLI, `ipam bench`, many clients), which reads it twice but builds no tree. What it accepts, it reads as the careful path
 /// does (a test compares the two).
 struct FastEnvelope(Envelope);
 
@@ -1102,7 +1122,7 @@ impl<'de> serde::de::Visitor<'de> for FastEnvelopeVisitor {
             }
         }
         let (mut specversion, mut id, mut source, mut type_name, mut time) = (None, None, None, None, None);
-        let (mut subject, mut datacontenttype, mut event) = (None, None, None);
+        let (mut subject, mut datacontenttype, mut event, mut data_text) = (None, None, None, None);
         while let Some(field) = map.next_key::<FastField>()? {
             match field {
                 FastField::Specversion => once(&mut specversion, map.next_value::<std::borrow::Cow<'_, str>>()?)?,
@@ -1112,16 +1132,28 @@ impl<'de> serde::de::Visitor<'de> for FastEnvelopeVisitor {
                 FastField::Time => once(&mut time, map.next_value::<Timestamp>()?)?,
                 FastField::Subject => once(&mut subject, map.next_value::<Option<String>>()?)?,
                 FastField::Datacontenttype => once(&mut datacontenttype, map.next_value::<Option<String>>()?)?,
-                FastField::Data => {
-                    let type_name = type_name.as_deref().ok_or_else(|| A::Error::custom("data before type"))?;
-                    let data = Event::data_from_map(type_name, &mut map)
-                        .ok_or_else(|| A::Error::custom("an unknown type"))??;
-                    once(&mut event, data)?;
-                }
+                FastField::Data => match type_name.as_deref() {
+                    // The order `to_bytes` writes: the data is read straight into its type.
+                    Some(type_name) => {
+                        let data = Event::data_from_map(type_name, &mut map)
+                            .ok_or_else(|| A::Error::custom("an unknown type"))??;
+                        once(&mut event, data)?;
+                    }
+                    // Keys sorted, as a JSON tree writes them (`to_json`, most clients' JSON
+                    // objects): the data's text is kept, borrowed, and read once the type is known.
+                    None => once(&mut data_text, map.next_value::<&'de serde_json::value::RawValue>()?)?,
+                },
                 FastField::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
+        }
+        if let Some(text) = data_text {
+            let type_name = type_name.as_deref().ok_or_else(|| A::Error::custom("no type"))?;
+            let data = Event::data_from_str(type_name, text.get())
+                .ok_or_else(|| A::Error::custom("an unknown type"))?
+                .map_err(A::Error::custom)?;
+            once(&mut event, data)?;
         }
         let plainly_good = specversion.as_deref() == Some(SPEC_VERSION)
             && datacontenttype.as_ref().is_none_or(|t| t.as_deref().is_none_or(|t| t == DATA_CONTENT_TYPE))
@@ -1212,6 +1244,8 @@ mod fast_decode_tests {
             started(r#","traceparent":"00-x","extra":{"a":[1,2]}"#, r#","future_field":true"#),
             started("", r#","requested_ip":"10.0.0.5""#),
             Envelope::decode(started("", "").as_bytes()).unwrap().to_bytes().iter().map(|b| *b as char).collect(),
+            // Keys sorted, as a JSON tree writes them: `data` before `type`.
+            Envelope::decode(started("", "").as_bytes()).unwrap().to_json().to_string(),
         ];
         for text in good {
             let fast: FastEnvelope = serde_json::from_slice(text.as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -1223,6 +1257,8 @@ mod fast_decode_tests {
     #[test]
     fn whatever_the_fast_path_refuses_is_answered_by_the_careful_path() {
         let good = started("", "");
+        let sorted = Envelope::decode(good.as_bytes()).unwrap().to_json().to_string();
+        assert!(sorted.starts_with(r#"{"data":"#) && sorted.contains(r#","type":"ipam.vnic.started.v1""#), "{sorted}");
         let cases = [
             good.replace(r#""subject":"n""#, r#""subject":"n","id":"00000000-0000-0000-0000-0000000000e2""#),
             good.replace(r#""mac":"52:54:00:00:00:01""#, r#""mac":"52:54:00:00:00:01","mac":"52:54:00:00:00:02""#),
@@ -1233,6 +1269,10 @@ mod fast_decode_tests {
             good.replace("ipam.vnic.started.v1", "ipam.no.such.v1"),
             good.replace(r#""time":"2026-01-02T03:04:05Z""#, r#""time":"yesterday""#),
             format!(r#"{{"data":{{}},{}"#, &good[1..]),
+            // `data` before `type` (keys sorted) with a bad value, and with an unknown type.
+            sorted.replace(r#""mac":"52:54:00:00:00:01""#, r#""mac":"ff:ff:ff:ff:ff:ff""#),
+            sorted.replace("ipam.vnic.started.v1", "ipam.no.such.v1"),
+            sorted.replace(r#","type":"ipam.vnic.started.v1""#, ""),
             good.replace(r#""type":"ipam.vnic.started.v1","#, "") + "",
             good.clone() + " x",
             "[]".to_owned(),
