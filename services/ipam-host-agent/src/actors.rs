@@ -93,6 +93,14 @@ struct Stopped {
 #[rtype(result = "()")]
 struct Apply(ServerChange, Option<u64>);
 
+/// To a provisioner, from itself: apply what was received. An [`Apply`] only takes its change in
+/// and sends this once; actix handles a notification after the messages already queued, so the
+/// changes of a backlog of [`Apply`] messages (a server slower than the changes coming, a file of
+/// thousands of hosts written whole) are applied together, and a lone change at once.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Reconcile;
+
 /// To a provisioner: the network is no longer served here; stop the server, then the actor.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -189,6 +197,7 @@ impl Supervisor {
             failure: None,
             reported_running: None,
             retry: None,
+            reconcile_due: false,
             synced: Synced::default(),
             probes,
         });
@@ -314,6 +323,8 @@ struct Provisioner {
     /// What the server does not serve is part of that state.
     reported_running: Option<(u64, usize, Option<String>)>,
     retry: Option<SpawnHandle>,
+    /// A [`Reconcile`] is on its way: the changes received until it comes are applied with it.
+    reconcile_due: bool,
     synced: Synced,
     /// Newly reserved hosts are probed before they are served.
     probes: probing::Probes,
@@ -514,6 +525,17 @@ impl Handler<Apply> for Provisioner {
     fn handle(&mut self, Apply(change, offset): Apply, ctx: &mut Context<Self>) {
         self.synced.received = offset.or(self.synced.received);
         self.receive(change, ctx);
+        if !std::mem::replace(&mut self.reconcile_due, true) {
+            ctx.notify(Reconcile);
+        }
+    }
+}
+
+impl Handler<Reconcile> for Provisioner {
+    type Result = ();
+
+    fn handle(&mut self, _: Reconcile, ctx: &mut Context<Self>) {
+        self.reconcile_due = false;
         self.reconcile(ctx);
     }
 }
@@ -557,4 +579,135 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::sync::Condvar;
+
+    use ipam_core::dhcp_plan::{DhcpHost, SubnetDhcpConfig};
+    use ipam_core::{HostId, Mac, SubnetId};
+    use ipam_log::{EventLog, MemoryLog};
+    use ipam_runtime::Topics;
+
+    use super::*;
+    use crate::backend::BackendError;
+    use crate::outbox;
+
+    const NETWORK: NetworkId = NetworkId::from_u128(1);
+    const SUBNET: SubnetId = SubnetId::from_u128(2);
+
+    /// What a [`Gated`] backend was asked: each apply's change (whole or how many hosts) and the
+    /// hosts its configuration then held.
+    #[derive(Default)]
+    struct Calls {
+        applies: Vec<(Option<usize>, usize)>,
+        open: bool,
+    }
+
+    /// A backend that holds every apply until the test opens its gate, as a slow server would.
+    struct Gated(Arc<(Mutex<Calls>, Condvar)>);
+
+    impl DhcpBackend for Gated {
+        fn apply(&mut self, config: &NetworkDhcpConfig, change: ConfigChange<'_>) -> Result<(), BackendError> {
+            let (calls, opened) = &*self.0;
+            let mut calls = calls.lock().unwrap();
+            let hosts = match change {
+                ConfigChange::Whole => None,
+                ConfigChange::Hosts(hosts) => Some(hosts.len()),
+            };
+            calls.applies.push((hosts, config.host_count()));
+            let _open = opened.wait_while(calls, |calls| !calls.open).unwrap();
+            Ok(())
+        }
+
+        fn stop(&mut self, _: NetworkId) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    fn host(n: u8) -> HostChange {
+        let mac: Mac = format!("52:54:00:00:00:{n:02x}").parse().unwrap();
+        let ip: IpAddr = format!("10.0.0.{}", 10 + n).parse().unwrap();
+        HostChange { network_id: NETWORK, subnet_id: SUBNET, host: DhcpHost { mac, ip }, served: true }
+    }
+
+    fn config() -> NetworkDhcpConfig {
+        let subnet = SubnetDhcpConfig {
+            subnet_id: SUBNET,
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            router: "10.0.0.1".parse().unwrap(),
+            dns_servers: Vec::new(),
+            ntp_servers: Vec::new(),
+            lease_secs: 3600,
+            server_address: None,
+            server_address_refused: None,
+            hosts: Vec::new(),
+        };
+        let interface = "br0".parse().unwrap();
+        NetworkDhcpConfig { network_id: NETWORK, epoch: 1, interface, subnets: vec![subnet], conflict_probe: false }
+    }
+
+    /// Waits, on the actor system's own thread, until `done` holds; panics after 20 s.
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[test]
+    fn changes_that_came_while_the_backend_was_busy_are_applied_together() {
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+        let topics = Topics::new("", 4);
+        log.create_topics(&topics.specs()).unwrap();
+        let (outbox, writer) = outbox::spawn_writer(log, topics, HostId::from_u128(3)).unwrap();
+        let gate = Arc::new((Mutex::new(Calls::default()), Condvar::new()));
+        let factory: BackendFactory = {
+            let gate = Arc::clone(&gate);
+            Box::new(move |_| Box::new(Gated(Arc::clone(&gate))) as Box<dyn DhcpBackend>)
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let leftovers = Arc::new(Mutex::new(Vec::new()));
+        let probe = ProbeSetup { settings: crate::probe::ProbeSettings::default(), netns: None };
+        let applies = |gate: &Arc<(Mutex<Calls>, Condvar)>| gate.0.lock().unwrap().applies.clone();
+
+        let system = System::new();
+        system.block_on(async {
+            let supervisor = Supervisor::new(
+                factory,
+                outbox.clone(),
+                Duration::from_secs(3600),
+                [Arc::clone(&stop), Arc::new(AtomicBool::new(false))],
+                Arc::clone(&leftovers),
+                probe,
+            )
+            .start();
+            let desired = |change| Desired { changed: vec![change], ..Desired::default() };
+            supervisor.send(desired(ServerChange::Whole(config()))).await.unwrap();
+            wait_until("the first apply is under way", || applies(&gate).len() == 1).await;
+            // Ten changes of one host each, while the backend is still busy with the first: the
+            // supervisor has handed each to the provisioner once its `send` is answered.
+            for n in 1..=10 {
+                let change = ServerChange::Hosts { network_id: NETWORK, hosts: vec![host(n)] };
+                supervisor.send(desired(change)).await.unwrap();
+            }
+            {
+                let (calls, opened) = &*gate;
+                calls.lock().unwrap().open = true;
+                opened.notify_all();
+            }
+            wait_until("every host is applied", || applies(&gate).last().is_some_and(|&(_, hosts)| hosts == 10)).await;
+            stop.store(true, Ordering::SeqCst);
+        });
+        system.run().unwrap();
+        for arbiter in std::mem::take(&mut *leftovers.lock().unwrap()) {
+            arbiter.join().unwrap();
+        }
+        outbox.shutdown();
+        writer.join().unwrap();
+        assert_eq!(applies(&gate), vec![(None, 0), (Some(10), 10)], "the ten changes in one apply");
+    }
 }
