@@ -93,10 +93,11 @@ struct Stopped {
 #[rtype(result = "()")]
 struct Apply(ServerChange, Option<u64>);
 
-/// To a provisioner, from itself: apply what was received. An [`Apply`] only takes its change in
-/// and sends this once; actix handles a notification after the messages already queued, so the
-/// changes of a backlog of [`Apply`] messages (a server slower than the changes coming, a file of
-/// thousands of hosts written whole) are applied together, and a lone change at once.
+/// To a provisioner, from itself: apply what was received. An [`Apply`] (or a probe's answer) only
+/// takes its change in and sends this once; actix handles a notification after the messages
+/// already queued, so the changes of a backlog of messages (a server slower than the changes
+/// coming, a file of thousands of hosts written whole) are applied together, and a lone change at
+/// once.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct Reconcile;
@@ -398,6 +399,13 @@ impl Provisioner {
         }
     }
 
+    /// Reconciles once the messages already queued are handled (see [`Reconcile`]).
+    fn reconcile_soon(&mut self, ctx: &mut Context<Self>) {
+        if !std::mem::replace(&mut self.reconcile_due, true) {
+            ctx.notify(Reconcile);
+        }
+    }
+
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
         if let Some(handle) = self.retry.take() {
             ctx.cancel_future(handle);
@@ -525,9 +533,7 @@ impl Handler<Apply> for Provisioner {
     fn handle(&mut self, Apply(change, offset): Apply, ctx: &mut Context<Self>) {
         self.synced.received = offset.or(self.synced.received);
         self.receive(change, ctx);
-        if !std::mem::replace(&mut self.reconcile_due, true) {
-            ctx.notify(Reconcile);
-        }
+        self.reconcile_soon(ctx);
     }
 }
 

@@ -184,6 +184,6 @@ impl Handler<Probed> for Provisioner {
         if !cleared.is_empty() || !self.probes.busy() {
             Unapplied::add_hosts(&mut self.unapplied, cleared);
         }
-        self.reconcile(ctx);
+        self.reconcile_soon(ctx);
     }
 }
