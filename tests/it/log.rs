@@ -494,6 +494,8 @@ pub fn leaves_nothing_of_a_step_killed_before_commit(h: &Harness) {
         .unwrap();
     let records = poll_records(&mut *successor, 2);
     successor.step(&[out(&output, "k", "after the crash")], &[next(&records[1])]).unwrap();
+    // The policy closed the batch (one step); `commit` returns once it is written.
+    successor.commit().unwrap();
     assert_eq!(values(&read_all(&*log, &output)), ["after the crash"]);
 }
 

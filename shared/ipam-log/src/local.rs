@@ -5,9 +5,20 @@
 //! nobody to share them with in one process). Fencing still applies: joining with a
 //! `transactional_id` raises that id's epoch in the store, and a batch opened or committed under an
 //! older epoch is refused, exactly as Kafka fences a zombie producer.
+//!
+//! # Commits in flight
+//! A batch the policy closes (its steps or its delay reached, at [`Member::step`] or
+//! [`Member::poll`]) is written on a thread of its own while the caller goes on polling and
+//! stepping into the next batch, as the Kafka member does: under load the allocator waited on
+//! its commits for half of its time (the store's one writer, which the API's appends share). One
+//! batch is in flight at a time, so batches reach the store in order; a failed one discards the
+//! batch opened behind it too and is answered by the member's next call, after which reading
+//! rewinds to the committed positions (the runtime rebuilds, as for any failed commit).
+//! [`Member::commit`] and [`Member::abort`] wait for the batch in flight first, and so does
+//! dropping the member, so what the runtime asks for explicitly is written when they return.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::{
@@ -336,6 +347,7 @@ impl<S: LocalStore> EventLog for LocalLog<S> {
             assignment,
             announced: false,
             batch: None,
+            in_flight: None,
             fenced: false,
         };
         member.rewind()?;
@@ -349,6 +361,12 @@ struct OpenBatch {
     steps: usize,
 }
 
+/// A batch being written on a thread of its own (see "Commits in flight" above).
+struct InFlight {
+    written: mpsc::Receiver<Result<(), LogError>>,
+    steps: usize,
+}
+
 /// The one member of its group in this process.
 struct LocalMember<S> {
     store: Arc<S>,
@@ -359,6 +377,7 @@ struct LocalMember<S> {
     cursors: Cursors,
     announced: bool,
     batch: Option<OpenBatch>,
+    in_flight: Option<InFlight>,
     fenced: bool,
 }
 
@@ -384,6 +403,76 @@ impl<S: LocalStore> LocalMember<S> {
         Ok(())
     }
 
+    /// Writes the open batch on a thread of its own, once the one in flight is written.
+    fn start_commit(&mut self) -> Result<(), LogError> {
+        self.settle()?;
+        let Some(open) = self.batch.take() else { return Ok(()) };
+        let (store, notifier) = (Arc::clone(&self.store), Arc::clone(&self.notifier));
+        let (answer, written) = mpsc::channel();
+        let (batch, steps) = (open.batch, open.steps);
+        let job = move || {
+            let result = store.commit_batch(&batch);
+            if result.is_ok() {
+                notifier.notify(batch.outputs.iter().map(|record| (record.topic.as_str(), record.partition)));
+            }
+            let _ = answer.send(result);
+        };
+        match std::thread::Builder::new().name("ipam-log-commit".to_owned()).spawn(job) {
+            Ok(_) => {
+                self.in_flight = Some(InFlight { written, steps });
+                Ok(())
+            }
+            // The batch is lost with the closure: a failed commit, which the runtime rebuilds after.
+            Err(error) => self.after_commit(Err(LogError::Storage(format!("cannot start a commit thread: {error}")))),
+        }
+    }
+
+    /// Waits for the batch in flight, if any; its failure is this call's.
+    fn settle(&mut self) -> Result<(), LogError> {
+        let Some(in_flight) = self.in_flight.take() else { return Ok(()) };
+        let result =
+            in_flight.written.recv().unwrap_or_else(|_| Err(LogError::Storage("the commit thread died".into())));
+        self.after_commit(result)
+    }
+
+    /// Answers the batch in flight's failure if it is written already; waits for nothing.
+    fn settle_if_written(&mut self) -> Result<(), LogError> {
+        match self.in_flight.as_ref().map(|in_flight| in_flight.written.try_recv()) {
+            None | Some(Err(mpsc::TryRecvError::Empty)) => Ok(()),
+            Some(Ok(result)) => {
+                self.in_flight = None;
+                self.after_commit(result)
+            }
+            Some(Err(mpsc::TryRecvError::Disconnected)) => {
+                self.in_flight = None;
+                self.after_commit(Err(LogError::Storage("the commit thread died".into())))
+            }
+        }
+    }
+
+    /// Writes the open batch on the caller's thread.
+    fn commit_now(&mut self) -> Result<(), LogError> {
+        let Some(open) = self.batch.take() else { return Ok(()) };
+        let result = self.store.commit_batch(&open.batch);
+        if result.is_ok() {
+            let written = open.batch.outputs.iter().map(|record| (record.topic.as_str(), record.partition));
+            self.notifier.notify(written);
+        }
+        self.after_commit(result)
+    }
+
+    /// After a failed commit, the steps opened since are void too, and reading starts again from
+    /// the committed positions (unless fenced: then nothing more is done).
+    fn after_commit(&mut self, result: Result<(), LogError>) -> Result<(), LogError> {
+        let Err(error) = result else { return Ok(()) };
+        self.batch = None;
+        let error = self.fail(error);
+        if !self.fenced {
+            self.rewind()?;
+        }
+        Err(error)
+    }
+
     fn batch_overdue(&self) -> bool {
         self.batch.as_ref().is_some_and(|open| {
             open.steps >= self.config.batch.max_steps || open.opened.elapsed() >= self.config.batch.max_delay
@@ -394,6 +483,7 @@ impl<S: LocalStore> LocalMember<S> {
 impl<S: LocalStore> Member for LocalMember<S> {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Polled, LogError> {
         self.check_fenced()?;
+        self.settle_if_written()?;
         let deadline = Instant::now() + timeout;
         let mut polled = Polled::default();
         if !self.announced {
@@ -402,7 +492,7 @@ impl<S: LocalStore> Member for LocalMember<S> {
         }
         loop {
             if self.batch_overdue() {
-                self.commit()?;
+                self.start_commit()?;
             }
             let seen = self.notifier.generation();
             polled.records = self.cursors.collect(&*self.store, &self.notifier, max)?;
@@ -420,6 +510,7 @@ impl<S: LocalStore> Member for LocalMember<S> {
 
     fn step(&mut self, outputs: &[OutRecord], positions: &[Position]) -> Result<(), LogError> {
         self.check_fenced()?;
+        self.settle_if_written()?;
         let placed = place(&*self.store, outputs)?;
         let (config, epoch) = (&self.config, self.epoch);
         let open = self.batch.get_or_insert_with(|| OpenBatch {
@@ -436,29 +527,20 @@ impl<S: LocalStore> Member for LocalMember<S> {
         open.batch.outputs.extend(placed);
         open.batch.positions.extend_from_slice(positions);
         open.steps += 1;
-        if self.batch_overdue() { self.commit() } else { Ok(()) }
+        if self.batch_overdue() { self.start_commit() } else { Ok(()) }
     }
 
     fn commit(&mut self) -> Result<(), LogError> {
         self.check_fenced()?;
-        let Some(open) = self.batch.take() else { return Ok(()) };
-        match self.store.commit_batch(&open.batch) {
-            Ok(()) => {
-                let written = open.batch.outputs.iter().map(|record| (record.topic.as_str(), record.partition));
-                self.notifier.notify(written);
-                Ok(())
-            }
-            Err(error) => {
-                let error = self.fail(error);
-                if !self.fenced {
-                    self.rewind()?;
-                }
-                Err(error)
-            }
-        }
+        self.settle()?;
+        self.commit_now()
     }
 
     fn abort(&mut self) -> Result<(), LogError> {
+        // Written or not, the batch in flight is behind the positions reading rewinds to.
+        if let Some(in_flight) = self.in_flight.take() {
+            let _ = in_flight.written.recv();
+        }
         self.batch = None;
         self.rewind()
     }
@@ -468,12 +550,21 @@ impl<S: LocalStore> Member for LocalMember<S> {
     }
 
     fn pending_steps(&self) -> usize {
-        self.batch.as_ref().map_or(0, |open| open.steps)
+        self.batch.as_ref().map_or(0, |open| open.steps) + self.in_flight.as_ref().map_or(0, |f| f.steps)
     }
 
     /// One SQLite (or in-memory) transaction: microseconds.
     fn commits_cheaply(&self) -> bool {
         true
+    }
+}
+
+impl<S> Drop for LocalMember<S> {
+    /// The batch in flight is written before the member is gone (the open one is discarded).
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            let _ = in_flight.written.recv();
+        }
     }
 }
 
@@ -511,5 +602,148 @@ impl<S: LocalStore> Follower for LocalFollower<S> {
 
     fn positions(&self) -> Vec<Position> {
         self.cursors.positions()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStore;
+    use crate::{BatchPolicy, Record};
+
+    /// A memory store whose batch commits wait until the test opens its gate, and fail while it
+    /// says so.
+    #[derive(Default)]
+    struct GateStore {
+        inner: MemoryStore,
+        gate: Mutex<Gate>,
+        changed: Condvar,
+    }
+
+    #[derive(Default)]
+    struct Gate {
+        open: bool,
+        fail: bool,
+        /// Batch commits begun.
+        begun: usize,
+    }
+
+    impl GateStore {
+        fn set(&self, change: impl FnOnce(&mut Gate)) {
+            change(&mut self.gate.lock().unwrap());
+            self.changed.notify_all();
+        }
+
+        fn wait_until(&self, what: &str, done: impl Fn(&Gate) -> bool) {
+            let gate = self.gate.lock().unwrap();
+            let (_gate, timeout) =
+                self.changed.wait_timeout_while(gate, Duration::from_secs(20), |g| !done(g)).unwrap();
+            assert!(!timeout.timed_out(), "timed out waiting until {what}");
+        }
+    }
+
+    impl LocalStore for GateStore {
+        fn identity(&self) -> Result<String, LogError> {
+            self.inner.identity()
+        }
+        fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
+            self.inner.create_topics(topics)
+        }
+        fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+            self.inner.partition_count(topic)
+        }
+        fn read(&self, topic: &str, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
+            self.inner.read(topic, partition, from, max)
+        }
+        fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+            self.inner.end_offset(topic, partition)
+        }
+        fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+            self.inner.committed_position(group, topic, partition)
+        }
+        fn append(&self, records: &[Placed]) -> Result<Vec<Appended>, LogError> {
+            self.inner.append(records)
+        }
+        fn register_producer(&self, transactional_id: &str) -> Result<u64, LogError> {
+            self.inner.register_producer(transactional_id)
+        }
+        fn commit_batch(&self, batch: &Batch) -> Result<(), LogError> {
+            self.set(|gate| gate.begun += 1);
+            let held = self.gate.lock().unwrap();
+            let (gate, waited) =
+                self.changed.wait_timeout_while(held, Duration::from_secs(20), |gate| !gate.open).unwrap();
+            if waited.timed_out() {
+                return Err(LogError::Storage("the test never opened the gate".to_owned()));
+            }
+            if gate.fail {
+                return Err(LogError::Storage("the disk is full".to_owned()));
+            }
+            drop(gate);
+            self.inner.commit_batch(batch)
+        }
+    }
+
+    fn out(topic: &str, value: &str) -> OutRecord {
+        OutRecord { topic: topic.to_owned(), key: "k".to_owned(), value: value.as_bytes().to_vec() }
+    }
+
+    fn next(record: &Record) -> Position {
+        Position { topic: record.topic.clone(), partition: record.partition, next_offset: record.offset + 1 }
+    }
+
+    /// A log over a [`GateStore`] with three records on `in`, and a member of it.
+    fn setup(max_steps: usize) -> (LocalLog<GateStore>, Box<dyn Member>, Vec<Record>) {
+        let log = LocalLog::over(GateStore::default());
+        let topics = ["in", "out"].map(|name| TopicSpec { name: name.to_owned(), partitions: 1 });
+        log.create_topics(&topics).unwrap();
+        log.append(&[out("in", "1"), out("in", "2"), out("in", "3")]).unwrap();
+        let batch = BatchPolicy { max_steps, max_delay: Duration::from_secs(600) };
+        let config = MemberConfig { group: "g".into(), topics: vec!["in".into()], transactional_id: "t".into(), batch };
+        let mut member = log.join(config).unwrap();
+        let records = member.poll(10, Duration::from_secs(5)).unwrap().records;
+        assert_eq!(records.len(), 3);
+        (log, member, records)
+    }
+
+    fn values(log: &LocalLog<GateStore>) -> Vec<String> {
+        let records = log.store.read("out", 0, 0, 100).unwrap();
+        records.into_iter().map(|record| String::from_utf8(record.value).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_closed_batch_is_written_while_the_member_steps_on_and_commit_waits_for_it() {
+        let (log, mut member, records) = setup(2);
+        member.step(&[out("out", "a")], &[next(&records[0])]).unwrap();
+        // The second step closes the batch: it is written on its own thread, held at the gate.
+        member.step(&[out("out", "b")], &[next(&records[1])]).unwrap();
+        log.store.wait_until("the batch is being written", |gate| gate.begun == 1);
+        // The member steps on meanwhile; nothing of the batch in flight is visible yet.
+        member.step(&[out("out", "c")], &[next(&records[2])]).unwrap();
+        assert_eq!(member.pending_steps(), 3);
+        assert!(values(&log).is_empty());
+        log.store.set(|gate| gate.open = true);
+        member.commit().unwrap();
+        assert_eq!(values(&log), ["a", "b", "c"], "batches written whole and in order");
+        assert_eq!(log.committed_position("g", "in", 0).unwrap(), Some(3));
+        assert_eq!(member.pending_steps(), 0);
+    }
+
+    #[test]
+    fn a_batch_that_fails_in_flight_is_answered_by_the_next_call_and_reading_rewinds() {
+        let (log, mut member, records) = setup(1);
+        log.store.set(|gate| {
+            gate.open = true;
+            gate.fail = true;
+        });
+        member.step(&[out("out", "a")], &[next(&records[0])]).unwrap();
+        assert!(matches!(member.commit(), Err(LogError::Storage(_))), "the failure is the next call's");
+        assert!(values(&log).is_empty());
+        log.store.set(|gate| gate.fail = false);
+        // Reading starts again at the committed position: the first record comes again.
+        let again = member.poll(10, Duration::from_secs(5)).unwrap().records;
+        assert_eq!(again.first().map(|record| record.offset), Some(0));
+        member.step(&[out("out", "a")], &[next(&again[0])]).unwrap();
+        member.commit().unwrap();
+        assert_eq!(values(&log), ["a"]);
     }
 }
