@@ -28,7 +28,7 @@ pub mod sqlite;
 mod local;
 
 pub use backlog::Backlog;
-pub use local::{Batch, LocalLog, LocalStore, Placed};
+pub use local::{Batch, CommitHook, HookedStore, LocalLog, LocalStore, Placed};
 pub use memory::MemoryLog;
 pub use sqlite::SqliteLog;
 

@@ -54,6 +54,54 @@ pub trait LocalStore: Send + Sync + 'static {
     fn commit_batch(&self, batch: &Batch) -> Result<(), LogError>;
 }
 
+/// Called with each batch before a [`HookedStore`] commits it; an error is the commit's, and nothing
+/// of the batch is written.
+pub type CommitHook = Box<dyn Fn(&Batch) -> Result<(), LogError> + Send + Sync>;
+
+/// A store whose batch commits pass a hook first: a test makes commits fail (a torn write, a full
+/// disk) or wait, with everything else the inner store's.
+pub struct HookedStore<S> {
+    pub inner: S,
+    pub before_commit: CommitHook,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for HookedStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedStore").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl<S: LocalStore> LocalStore for HookedStore<S> {
+    fn identity(&self) -> Result<String, LogError> {
+        self.inner.identity()
+    }
+    fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
+        self.inner.create_topics(topics)
+    }
+    fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+        self.inner.partition_count(topic)
+    }
+    fn read(&self, topic: &str, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
+        self.inner.read(topic, partition, from, max)
+    }
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        self.inner.end_offset(topic, partition)
+    }
+    fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        self.inner.committed_position(group, topic, partition)
+    }
+    fn append(&self, records: &[Placed]) -> Result<Vec<Appended>, LogError> {
+        self.inner.append(records)
+    }
+    fn register_producer(&self, transactional_id: &str) -> Result<u64, LogError> {
+        self.inner.register_producer(transactional_id)
+    }
+    fn commit_batch(&self, batch: &Batch) -> Result<(), LogError> {
+        (self.before_commit)(batch)?;
+        self.inner.commit_batch(batch)
+    }
+}
+
 /// A member's batch of steps, buffered until it commits in one write. Holding nothing in the
 /// store meanwhile means an open batch never blocks other writers, and a member that dies or is
 /// fenced leaves nothing behind.
@@ -611,77 +659,48 @@ mod tests {
     use crate::memory::MemoryStore;
     use crate::{BatchPolicy, Record};
 
-    /// A memory store whose batch commits wait until the test opens its gate, and fail while it
-    /// says so.
+    /// What a test's commit hook does: hold commits until the gate opens, and fail them while
+    /// told to.
     #[derive(Default)]
-    struct GateStore {
-        inner: MemoryStore,
-        gate: Mutex<Gate>,
+    struct Gate {
+        state: Mutex<GateState>,
         changed: Condvar,
     }
 
     #[derive(Default)]
-    struct Gate {
+    struct GateState {
         open: bool,
         fail: bool,
         /// Batch commits begun.
         begun: usize,
     }
 
-    impl GateStore {
-        fn set(&self, change: impl FnOnce(&mut Gate)) {
-            change(&mut self.gate.lock().unwrap());
+    impl Gate {
+        fn set(&self, change: impl FnOnce(&mut GateState)) {
+            change(&mut self.state.lock().unwrap());
             self.changed.notify_all();
         }
 
-        fn wait_until(&self, what: &str, done: impl Fn(&Gate) -> bool) {
-            let gate = self.gate.lock().unwrap();
-            let (_gate, timeout) =
-                self.changed.wait_timeout_while(gate, Duration::from_secs(20), |g| !done(g)).unwrap();
+        fn wait_until(&self, what: &str, done: impl Fn(&GateState) -> bool) {
+            let state = self.state.lock().unwrap();
+            let (_state, timeout) =
+                self.changed.wait_timeout_while(state, Duration::from_secs(20), |state| !done(state)).unwrap();
             assert!(!timeout.timed_out(), "timed out waiting until {what}");
         }
-    }
 
-    impl LocalStore for GateStore {
-        fn identity(&self) -> Result<String, LogError> {
-            self.inner.identity()
-        }
-        fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
-            self.inner.create_topics(topics)
-        }
-        fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
-            self.inner.partition_count(topic)
-        }
-        fn read(&self, topic: &str, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
-            self.inner.read(topic, partition, from, max)
-        }
-        fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
-            self.inner.end_offset(topic, partition)
-        }
-        fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
-            self.inner.committed_position(group, topic, partition)
-        }
-        fn append(&self, records: &[Placed]) -> Result<Vec<Appended>, LogError> {
-            self.inner.append(records)
-        }
-        fn register_producer(&self, transactional_id: &str) -> Result<u64, LogError> {
-            self.inner.register_producer(transactional_id)
-        }
-        fn commit_batch(&self, batch: &Batch) -> Result<(), LogError> {
-            self.set(|gate| gate.begun += 1);
-            let held = self.gate.lock().unwrap();
-            let (gate, waited) =
-                self.changed.wait_timeout_while(held, Duration::from_secs(20), |gate| !gate.open).unwrap();
+        fn pass(&self) -> Result<(), LogError> {
+            self.set(|state| state.begun += 1);
+            let state = self.state.lock().unwrap();
+            let (state, waited) =
+                self.changed.wait_timeout_while(state, Duration::from_secs(20), |state| !state.open).unwrap();
             if waited.timed_out() {
                 return Err(LogError::Storage("the test never opened the gate".to_owned()));
             }
-            if gate.fail {
-                return Err(LogError::Storage("the disk is full".to_owned()));
-            }
-            drop(gate);
-            self.inner.commit_batch(batch)
+            if state.fail { Err(LogError::Storage("the disk is full".to_owned())) } else { Ok(()) }
         }
     }
+
+    type GateStore = HookedStore<MemoryStore>;
 
     fn out(topic: &str, value: &str) -> OutRecord {
         OutRecord { topic: topic.to_owned(), key: "k".to_owned(), value: value.as_bytes().to_vec() }
@@ -691,9 +710,14 @@ mod tests {
         Position { topic: record.topic.clone(), partition: record.partition, next_offset: record.offset + 1 }
     }
 
-    /// A log over a [`GateStore`] with three records on `in`, and a member of it.
-    fn setup(max_steps: usize) -> (LocalLog<GateStore>, Box<dyn Member>, Vec<Record>) {
-        let log = LocalLog::over(GateStore::default());
+    /// A log whose commits pass a [`Gate`], with three records on `in`, and a member of it.
+    fn setup(max_steps: usize) -> (LocalLog<GateStore>, Arc<Gate>, Box<dyn Member>, Vec<Record>) {
+        let gate = Arc::new(Gate::default());
+        let before_commit = {
+            let gate = Arc::clone(&gate);
+            Box::new(move |_: &Batch| gate.pass())
+        };
+        let log = LocalLog::over(HookedStore { inner: MemoryStore::default(), before_commit });
         let topics = ["in", "out"].map(|name| TopicSpec { name: name.to_owned(), partitions: 1 });
         log.create_topics(&topics).unwrap();
         log.append(&[out("in", "1"), out("in", "2"), out("in", "3")]).unwrap();
@@ -702,7 +726,7 @@ mod tests {
         let mut member = log.join(config).unwrap();
         let records = member.poll(10, Duration::from_secs(5)).unwrap().records;
         assert_eq!(records.len(), 3);
-        (log, member, records)
+        (log, gate, member, records)
     }
 
     fn values(log: &LocalLog<GateStore>) -> Vec<String> {
@@ -712,16 +736,16 @@ mod tests {
 
     #[test]
     fn a_closed_batch_is_written_while_the_member_steps_on_and_commit_waits_for_it() {
-        let (log, mut member, records) = setup(2);
+        let (log, gate, mut member, records) = setup(2);
         member.step(&[out("out", "a")], &[next(&records[0])]).unwrap();
         // The second step closes the batch: it is written on its own thread, held at the gate.
         member.step(&[out("out", "b")], &[next(&records[1])]).unwrap();
-        log.store.wait_until("the batch is being written", |gate| gate.begun == 1);
+        gate.wait_until("the batch is being written", |gate| gate.begun == 1);
         // The member steps on meanwhile; nothing of the batch in flight is visible yet.
         member.step(&[out("out", "c")], &[next(&records[2])]).unwrap();
         assert_eq!(member.pending_steps(), 3);
         assert!(values(&log).is_empty());
-        log.store.set(|gate| gate.open = true);
+        gate.set(|gate| gate.open = true);
         member.commit().unwrap();
         assert_eq!(values(&log), ["a", "b", "c"], "batches written whole and in order");
         assert_eq!(log.committed_position("g", "in", 0).unwrap(), Some(3));
@@ -730,15 +754,15 @@ mod tests {
 
     #[test]
     fn a_batch_that_fails_in_flight_is_answered_by_the_next_call_and_reading_rewinds() {
-        let (log, mut member, records) = setup(1);
-        log.store.set(|gate| {
+        let (log, gate, mut member, records) = setup(1);
+        gate.set(|gate| {
             gate.open = true;
             gate.fail = true;
         });
         member.step(&[out("out", "a")], &[next(&records[0])]).unwrap();
         assert!(matches!(member.commit(), Err(LogError::Storage(_))), "the failure is the next call's");
         assert!(values(&log).is_empty());
-        log.store.set(|gate| gate.fail = false);
+        gate.set(|gate| gate.fail = false);
         // Reading starts again at the committed position: the first record comes again.
         let again = member.poll(10, Duration::from_secs(5)).unwrap().records;
         assert_eq!(again.first().map(|record| record.offset), Some(0));

@@ -17,9 +17,7 @@ use actix::ArbiterHandle;
 use anyhow::{Context, bail};
 use ipam_core::event::Topic;
 use ipam_log::memory::MemoryStore;
-use ipam_log::{
-    Appended, Batch, BatchPolicy, EventLog, LocalLog, LocalStore, LogError, OutRecord, Placed, Record, TopicSpec,
-};
+use ipam_log::{Batch, BatchPolicy, EventLog, HookedStore, LocalLog, LogError, OutRecord, Record};
 use ipam_runtime::allocator::AllocatorMachines;
 use ipam_runtime::driver::Machines;
 use ipam_runtime::placement::PlacementMachines;
@@ -27,46 +25,6 @@ use ipam_runtime::{Driver, DriverConfig, Health, Readiness, SnapshotStore, Topic
 
 use super::script::{Damage, Input, Which};
 use crate::properties::placement;
-
-/// The memory store, with a switch that makes the next batch commit fail as a torn write does:
-/// a storage error, and nothing of the batch in the log.
-pub(crate) struct FaultStore {
-    inner: MemoryStore,
-    tear_next_commit: Arc<AtomicBool>,
-}
-
-impl LocalStore for FaultStore {
-    fn identity(&self) -> Result<String, LogError> {
-        self.inner.identity()
-    }
-    fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), LogError> {
-        self.inner.create_topics(topics)
-    }
-    fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
-        self.inner.partition_count(topic)
-    }
-    fn read(&self, topic: &str, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
-        self.inner.read(topic, partition, from, max)
-    }
-    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
-        self.inner.end_offset(topic, partition)
-    }
-    fn committed_position(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
-        self.inner.committed_position(group, topic, partition)
-    }
-    fn append(&self, records: &[Placed]) -> Result<Vec<Appended>, LogError> {
-        self.inner.append(records)
-    }
-    fn register_producer(&self, transactional_id: &str) -> Result<u64, LogError> {
-        self.inner.register_producer(transactional_id)
-    }
-    fn commit_batch(&self, batch: &Batch) -> Result<(), LogError> {
-        if self.tear_next_commit.swap(false, Ordering::SeqCst) {
-            return Err(LogError::Storage("simulated torn batch: the write failed, nothing of it landed".to_owned()));
-        }
-        self.inner.commit_batch(batch)
-    }
-}
 
 /// Every record of a partition.
 pub(crate) fn read_all(log: &dyn EventLog, topic: &str, partition: u32) -> anyhow::Result<Vec<Record>> {
@@ -305,7 +263,18 @@ impl World {
         snapshot_every_records: u64,
     ) -> anyhow::Result<World> {
         let tear_next_commit = Arc::new(AtomicBool::new(false));
-        let store = FaultStore { inner: MemoryStore::default(), tear_next_commit: Arc::clone(&tear_next_commit) };
+        // The next batch commit fails as a torn write does when the switch is set: a storage
+        // error, and nothing of the batch in the log.
+        let tear = Arc::clone(&tear_next_commit);
+        let before_commit = Box::new(move |_: &Batch| {
+            if tear.swap(false, Ordering::SeqCst) {
+                return Err(LogError::Storage(
+                    "simulated torn batch: the write failed, nothing of it landed".to_owned(),
+                ));
+            }
+            Ok(())
+        });
+        let store = HookedStore { inner: MemoryStore::default(), before_commit };
         let log: Arc<dyn EventLog> = Arc::new(LocalLog::over(store));
         let topics = Topics::new("", PARTITIONS);
         log.create_topics(&topics.specs())?;
