@@ -21,22 +21,21 @@
 //! durable. A group whose transaction fails is written again one append at a time, so each caller
 //! gets the answer its own records would have had alone.
 //!
-//! The WAL is checkpointed (its pages copied into the database file) by a thread of its own, not by
-//! the writer whose commit crossed SQLite's threshold: that checkpoint took a quarter to a third of
-//! the write connection's time under load, with every writer of the process queued behind it. The
-//! thread's passive checkpoints wait for nobody and are waited for by nobody. But SQLite starts the
-//! WAL over (instead of growing it) only when a checkpoint has copied all of it before a writer
-//! begins, which one running beside a steady writer never achieves: once the WAL holds
-//! [`WAL_RESET_FRAMES`], the thread asks the writer to finish the checkpoint after its next commit
-//! (copying what came since the thread's last pass, a few milliseconds' worth), so the WAL stays
-//! within tens of megabytes (more while one transaction alone is larger: `ipam bench --recovery`'s
-//! bulk load of a million records peaked at 166 MiB). A crash before a checkpoint only leaves a
-//! longer WAL, which the next open reads as always.
+//! The WAL is checkpointed (its pages copied into the database file) mostly by a thread of its own,
+//! not by the writer whose commit crossed SQLite's threshold: that checkpoint took a quarter to a
+//! third of the write connection's time under load, with every writer of the process queued behind
+//! it. The thread's passive checkpoints wait for nobody and are waited for by nobody. But SQLite
+//! starts the WAL over (instead of growing it) only when a checkpoint has copied all of it before a
+//! writer begins, which one running beside a steady writer never achieves: so the writer still
+//! checkpoints once the WAL holds [`WAL_RESET_FRAMES`] (SQLite's own `wal_autocheckpoint`, four
+//! times its default), copying only what the thread has not, and the WAL stays within that and one
+//! transaction (`ipam bench --recovery`'s bulk load of a million records, whose transactions are
+//! large, peaked at 166 MiB). A crash before a checkpoint only leaves a longer WAL, which the next
+//! open reads as always.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -93,7 +92,9 @@ impl SqliteLog {
             rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(storage)?
         };
         writer
-            .execute_batch(&format!("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"))
+            .execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint={WAL_RESET_FRAMES}; PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"
+            ))
             .map_err(storage)?;
         let checkpointer = Checkpointer::start(connect(&path, durability)?)?;
         Ok(LocalLog::over(SqliteStore {
@@ -104,7 +105,7 @@ impl SqliteLog {
             writer: Mutex::new(writer),
             queue: Mutex::new(AppendQueue::default()),
             partitions: RwLock::new(partitions),
-            checkpointer,
+            _checkpointer: checkpointer,
         }))
     }
 }
@@ -112,9 +113,8 @@ impl SqliteLog {
 /// How often the checkpointer copies what the WAL gained into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A WAL this many frames (pages) long is started over at the writer's next commit: 16 MiB with
-/// SQLite's default page size, what its own threshold (1,000 pages) would give under a stream of
-/// 2,000-step batches.
+/// A WAL this many frames (pages) long is checkpointed by the writer after its commit, and so
+/// started over: 16 MiB with SQLite's default page size.
 const WAL_RESET_FRAMES: i64 = 4096;
 
 /// The size the WAL file is cut back to when it starts over (SQLite's `journal_size_limit`).
@@ -124,16 +124,13 @@ const WAL_SIZE_LIMIT: u64 = 64 << 20;
 #[derive(Debug)]
 struct Checkpointer {
     stop: Arc<(Mutex<bool>, Condvar)>,
-    /// Set by the thread when the writer must finish a checkpoint (see [`Checkpointer::finish`]).
-    finish_due: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
     fn start(connection: Connection) -> Result<Checkpointer, LogError> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let finish_due = Arc::new(AtomicBool::new(false));
-        let (stopped, due) = (Arc::clone(&stop), Arc::clone(&finish_due));
+        let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("ipam-log-checkpoint".to_owned())
             .spawn(move || {
@@ -147,16 +144,11 @@ impl Checkpointer {
                         break;
                     }
                     drop(stop);
-                    // Answers (busy, frames in the WAL, frames checkpointed); a failure is a busy
-                    // database or a full disk, which the writers meet and report themselves.
-                    let result = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
+                    // A failure is a busy database or a full disk, which the writers meet and
+                    // report themselves.
+                    let result = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                     match result {
-                        Ok(frames) => {
-                            if frames >= WAL_RESET_FRAMES {
-                                due.store(true, Ordering::Relaxed);
-                            }
-                            failure = None;
-                        }
+                        Ok(()) => failure = None,
                         Err(error) if failure.as_ref() != Some(&error.to_string()) => {
                             tracing::warn!(error = %error, "Cannot checkpoint the log's WAL; trying again.");
                             failure = Some(error.to_string());
@@ -166,17 +158,7 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| LogError::Storage(format!("cannot start the WAL checkpoint thread: {e}")))?;
-        Ok(Checkpointer { stop, finish_due, thread: Some(thread) })
-    }
-
-    /// Called by the writer after a commit, on the write connection: when the WAL is long, copies
-    /// the rest of it (the thread copied the bulk), so that the next transaction starts it over.
-    fn finish(&self, writer: &Connection) {
-        if self.finish_due.swap(false, Ordering::Relaxed)
-            && let Err(error) = writer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        {
-            tracing::debug!(error = %error, "Cannot finish the WAL's checkpoint; the thread asks again.");
-        }
+        Ok(Checkpointer { stop, thread: Some(thread) })
     }
 }
 
@@ -225,8 +207,8 @@ pub struct SqliteStore {
     /// caller's group.
     queue: Mutex<AppendQueue>,
     partitions: RwLock<BTreeMap<String, u32>>,
-    /// The WAL's checkpoint thread, which ends with the store.
-    checkpointer: Checkpointer,
+    /// The WAL's checkpoint thread, held for its life: it ends with the store.
+    _checkpointer: Checkpointer,
 }
 
 /// The appends of a group commit.
@@ -457,7 +439,6 @@ impl LocalStore for SqliteStore {
         // Answers are handed over before the write connection is let go, so a waiting caller finds
         // its own when it takes the connection.
         drop(queue);
-        self.checkpointer.finish(&connection);
         drop(connection);
         answer
     }
@@ -512,9 +493,6 @@ impl LocalStore for SqliteStore {
             drop(statement);
             transaction.commit().map_err(storage)
         })();
-        if result.is_ok() {
-            self.checkpointer.finish(&connection);
-        }
         drop(connection);
         result
     }
@@ -608,8 +586,8 @@ mod tests {
             log.append(&records).expect("the append is written");
             largest = largest.max(std::fs::metadata(&wal).map_or(0, |meta| meta.len()));
         }
-        // 100 MB went through the WAL; the writer never checkpoints on its own (autocheckpoint is
-        // off), so only the thread's asking it to finish keeps the WAL from holding all of it.
+        // 100 MB went through the WAL (five times that in frames); the writer's checkpoint at
+        // WAL_RESET_FRAMES starts it over however far the thread got.
         assert!(largest <= WAL_SIZE_LIMIT, "the WAL grew to {} MiB", largest >> 20);
         let held: usize = (0..8)
             .map(|partition| log.read("t", partition, 0, usize::MAX, Duration::ZERO).expect("it reads").len())
