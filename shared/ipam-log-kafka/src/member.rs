@@ -997,7 +997,11 @@ fn drain(producer: &TxnProducer, deadline: Instant) {
 /// CONCURRENT_TRANSACTIONS and back off). An earlier open transaction of another producer on the
 /// same partition holds the LSO back too, and so does a marker the broker never wrote, so the wait
 /// is bounded by the transaction timeout; answers the partitions the batch is still invisible in
-/// then ([`CommitJob::seal_where_invisible`] deals with them).
+/// then ([`CommitJob::seal_where_invisible`] deals with them), and every partition it wrote when
+/// the broker could not be asked until then: right after a broker's restart, before it has
+/// registered with its controller again (12 to 15 s on a single broker), every request fails
+/// (`FENCED_LEADER_EPOCH`), and that is when its coordinator may have dropped the batch's markers.
+/// A seal where the markers were written only adds a record the positions reader skips.
 fn await_visibility(producer: &TxnProducer, topics: &Topics, timeout: Duration) -> Vec<(String, i32)> {
     let deadline = Instant::now() + timeout;
     // Every report has normally been served by now (the commit drained them).
@@ -1005,12 +1009,15 @@ fn await_visibility(producer: &TxnProducer, topics: &Topics, timeout: Duration) 
     let written = std::mem::take(&mut deliveries.last_offsets);
     drop(deliveries);
     // Visible once each partition's last stable offset is past the last record written there.
-    let targets = written.into_iter().map(|(partition, last)| (partition, last + 1)).collect();
+    let targets: BTreeMap<(String, i32), i64> =
+        written.into_iter().map(|(partition, last)| (partition, last + 1)).collect();
+    let partitions: Vec<(String, i32)> = targets.keys().cloned().collect();
     match topics::await_all_stable(topics.metadata_client(), targets, deadline) {
         Ok(behind) => behind,
         Err(error) => {
-            tracing::warn!(error = %error, "Kafka member could not check that its commit is visible.");
-            Vec::new()
+            tracing::warn!(error = %error,
+                "Kafka member could not check that its commit is visible; taking it as invisible where it wrote.");
+            partitions
         }
     }
 }
