@@ -644,17 +644,21 @@ mod tests {
         fn apply(&mut self, config: &NetworkDhcpConfig, change: ConfigChange<'_>) -> Result<(), BackendError> {
             let (calls, opened) = &*self.0;
             let mut calls = calls.lock().unwrap();
-            let hosts = match change {
-                ConfigChange::Whole => None,
-                ConfigChange::Hosts(hosts) => Some(hosts.len()),
-            };
-            calls.applies.push((hosts, config.host_count()));
+            calls.applies.push((changed_hosts(change), config.host_count()));
             let _open = opened.wait_while(calls, |calls| !calls.open).unwrap();
             Ok(())
         }
 
         fn stop(&mut self, _: NetworkId) -> Result<(), BackendError> {
             Ok(())
+        }
+    }
+
+    /// How many hosts a change of hosts holds; `None` for a whole configuration.
+    fn changed_hosts(change: ConfigChange<'_>) -> Option<usize> {
+        match change {
+            ConfigChange::Whole => None,
+            ConfigChange::Hosts(hosts) => Some(hosts.len()),
         }
     }
 
@@ -700,10 +704,7 @@ mod tests {
 
     impl DhcpBackend for Slow {
         fn apply(&mut self, config: &NetworkDhcpConfig, change: ConfigChange<'_>) -> Result<(), BackendError> {
-            let (began, hosts) = match change {
-                ConfigChange::Whole => (Instant::now(), None),
-                ConfigChange::Hosts(hosts) => (Instant::now(), Some(hosts.len())),
-            };
+            let (began, hosts) = (Instant::now(), changed_hosts(change));
             if hosts.is_some() {
                 std::thread::sleep(SLOW_APPLY);
             }

@@ -1079,8 +1079,8 @@ impl Envelope {
 /// path keeps the last one), an unknown type, a bad field or envelope attribute. `data` is read
 /// straight into its type when `type` came first (the order [`Envelope::to_bytes`] writes), and
 /// from its borrowed text once `type` is known when it came first (keys sorted, as a JSON tree
-/// writes them: the CLI, `ipam bench`, many clients), which reads it twice but builds no tree. What it accepts, it reads as the careful path
-/// does (a test compares the two).
+/// writes them: the CLI, `ipam bench`, many clients), which reads it twice but builds no tree.
+/// What it accepts, it reads as the careful path does (a test compares the two).
 struct FastEnvelope(Envelope);
 
 impl<'de> Deserialize<'de> for FastEnvelope {

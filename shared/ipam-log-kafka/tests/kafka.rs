@@ -55,6 +55,19 @@ fn unique(name: &str) -> String {
     format!("t{}-{}-{}-{name}", nanos % 1_000_000_000_000, std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The topic where `group`'s members keep their positions (the member's `positions::topic_of`).
+fn positions_topic(group: &str) -> String {
+    format!("{group}.positions")
+}
+
+/// The key of the records a member seals a partition with (the member's `SEAL_KEY`).
+const SEAL_KEY: &str = "ipam.seal";
+
+/// How many sealing records `topic` holds.
+fn seals(log: &KafkaLog, topic: &str) -> usize {
+    read_all(log, topic).into_iter().filter(|record| record.key == SEAL_KEY).count()
+}
+
 fn topic(log: &KafkaLog, name: &str, partitions: u32) -> String {
     let topic = unique(name);
     log.create_topics(&[TopicSpec { name: topic.clone(), partitions }]).unwrap();
@@ -430,7 +443,7 @@ fn a_member_whose_transaction_timed_out_while_the_broker_was_away_aborts_it_rere
     let started = Instant::now();
     for partition in 0..2 {
         let position = log.committed_position(&group, &input, partition).unwrap_or_else(|error| {
-            let positions = format!("{group}.positions");
+            let positions = positions_topic(&group);
             panic!("{error}\nthe broker's transactions:\n{}", broker.describe_transactions(&[(&positions, 0)]))
         });
         assert!(position.is_some());
@@ -575,7 +588,7 @@ fn foreign_transaction(
         let value = next.to_string();
         let key = format!("{input}:0");
         producer
-            .send(BaseRecord::to(&format!("{group}.positions")).partition(0).key(key.as_str()).payload(value.as_str()))
+            .send(BaseRecord::to(&positions_topic(group)).partition(0).key(key.as_str()).payload(value.as_str()))
             .map_err(|(error, _)| error)
             .unwrap();
         producer.flush(DEADLINE).unwrap();
@@ -659,14 +672,14 @@ fn a_member_whose_positions_stay_undecided_at_an_assignment_seals_them_as_its_la
     poll_until(&mut [&mut a, &mut b], "two members split the partitions", |s| s[0].len() == 1 && s[1].len() == 1);
 
     let undecided = foreign_transaction(&group, &input, 1, true);
-    let positions_topic = format!("{group}.positions");
-    let before_seal = high_watermark(&bootstrap(), &positions_topic, 0);
+    let positions = positions_topic(&group);
+    let before_seal = high_watermark(&bootstrap(), &positions, 0);
     drop(b);
     // While the other transaction is undecided the member cannot read its positions (as it could
     // not read the group's offsets before); it polls, fails to, and seals: a record and its
     // transaction's marker, the only writes to the topic meanwhile.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while high_watermark(&bootstrap(), &positions_topic, 0) < before_seal + 2 {
+    while high_watermark(&bootstrap(), &positions, 0) < before_seal + 2 {
         assert!(Instant::now() < deadline, "the member never sealed the positions topic");
         match a.poll(10, Duration::from_millis(100)) {
             Ok(_) | Err(LogError::Storage(_)) => {}
@@ -674,8 +687,7 @@ fn a_member_whose_positions_stay_undecided_at_an_assignment_seals_them_as_its_la
         }
     }
     undecided.commit_transaction(DEADLINE).unwrap();
-    let seals = read_all(&log, &positions_topic).into_iter().filter(|r| r.key == "ipam.seal").count();
-    assert!(seals >= 1, "the member sealed the positions topic with a committed transaction");
+    assert!(seals(&log, &positions) >= 1, "the member sealed the positions topic with a committed transaction");
     // And it goes on once they are decided, with both partitions.
     let deadline = Instant::now() + Duration::from_secs(120);
     while a.assignment().len() < 2 {
@@ -708,8 +720,8 @@ fn a_member_whose_commit_stays_invisible_in_the_positions_topic_seals_it_once_it
     let records = poll_records(member.as_mut(), 2);
     member.step(&[out(&output, "k", "x")], &[next(&records[0])]).unwrap();
     member.commit().unwrap();
-    let positions_topic = format!("{group}.positions");
-    let sealed = || read_all(&log, &positions_topic).into_iter().filter(|r| r.key == "ipam.seal").count();
+    let positions = positions_topic(&group);
+    let sealed = || seals(&log, &positions);
     assert_eq!(sealed(), 0, "nothing to seal after a commit that became visible");
 
     let undecided = foreign_transaction(&group, &input, 1, true);
@@ -762,7 +774,7 @@ fn end_offsets_written_ends_and_committed_positions_of_a_topic_answer_as_each_pa
     // An open transaction's records are written (the high watermark) but held back (the last
     // stable offset) until it ends.
     use rdkafka::producer::Producer;
-    let positions = format!("{group}.positions");
+    let positions = positions_topic(&group);
     let stable = log.end_offsets(&positions).unwrap();
     assert_eq!(log.written_ends(&positions).unwrap(), stable, "nothing held back");
     let open = foreign_transaction(&group, &input, 1, true);

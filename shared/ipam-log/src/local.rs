@@ -415,6 +415,33 @@ struct InFlight {
     steps: usize,
 }
 
+impl InFlight {
+    /// The write's outcome, once it is done.
+    fn wait(self) -> Result<(), LogError> {
+        self.written.recv().unwrap_or_else(|_| Err(died()))
+    }
+
+    /// The write's outcome if it is done already.
+    fn outcome(&self) -> Option<Result<(), LogError>> {
+        match self.written.try_recv() {
+            Ok(result) => Some(result),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(died())),
+        }
+    }
+}
+
+fn died() -> LogError {
+    LogError::Storage("the commit thread died".to_owned())
+}
+
+/// Commits `batch` to `store` and wakes the readers of the partitions it wrote.
+fn write_batch<S: LocalStore>(store: &S, notifier: &Notifier, batch: &Batch) -> Result<(), LogError> {
+    store.commit_batch(batch)?;
+    notifier.notify(batch.outputs.iter().map(|record| (record.topic.as_str(), record.partition)));
+    Ok(())
+}
+
 /// The one member of its group in this process.
 struct LocalMember<S> {
     store: Arc<S>,
@@ -459,11 +486,7 @@ impl<S: LocalStore> LocalMember<S> {
         let (answer, written) = mpsc::channel();
         let (batch, steps) = (open.batch, open.steps);
         let job = move || {
-            let result = store.commit_batch(&batch);
-            if result.is_ok() {
-                notifier.notify(batch.outputs.iter().map(|record| (record.topic.as_str(), record.partition)));
-            }
-            let _ = answer.send(result);
+            let _ = answer.send(write_batch(&*store, &notifier, &batch));
         };
         match std::thread::Builder::new().name("ipam-log-commit".to_owned()).spawn(job) {
             Ok(_) => {
@@ -478,34 +501,20 @@ impl<S: LocalStore> LocalMember<S> {
     /// Waits for the batch in flight, if any; its failure is this call's.
     fn settle(&mut self) -> Result<(), LogError> {
         let Some(in_flight) = self.in_flight.take() else { return Ok(()) };
-        let result =
-            in_flight.written.recv().unwrap_or_else(|_| Err(LogError::Storage("the commit thread died".into())));
-        self.after_commit(result)
+        self.after_commit(in_flight.wait())
     }
 
     /// Answers the batch in flight's failure if it is written already; waits for nothing.
     fn settle_if_written(&mut self) -> Result<(), LogError> {
-        match self.in_flight.as_ref().map(|in_flight| in_flight.written.try_recv()) {
-            None | Some(Err(mpsc::TryRecvError::Empty)) => Ok(()),
-            Some(Ok(result)) => {
-                self.in_flight = None;
-                self.after_commit(result)
-            }
-            Some(Err(mpsc::TryRecvError::Disconnected)) => {
-                self.in_flight = None;
-                self.after_commit(Err(LogError::Storage("the commit thread died".into())))
-            }
-        }
+        let Some(result) = self.in_flight.as_ref().and_then(InFlight::outcome) else { return Ok(()) };
+        self.in_flight = None;
+        self.after_commit(result)
     }
 
     /// Writes the open batch on the caller's thread.
     fn commit_now(&mut self) -> Result<(), LogError> {
         let Some(open) = self.batch.take() else { return Ok(()) };
-        let result = self.store.commit_batch(&open.batch);
-        if result.is_ok() {
-            let written = open.batch.outputs.iter().map(|record| (record.topic.as_str(), record.partition));
-            self.notifier.notify(written);
-        }
+        let result = write_batch(&*self.store, &self.notifier, &open.batch);
         self.after_commit(result)
     }
 
@@ -586,9 +595,7 @@ impl<S: LocalStore> Member for LocalMember<S> {
 
     fn abort(&mut self) -> Result<(), LogError> {
         // Written or not, the batch in flight is behind the positions reading rewinds to.
-        if let Some(in_flight) = self.in_flight.take() {
-            let _ = in_flight.written.recv();
-        }
+        drop(self.in_flight.take().map(InFlight::wait));
         self.batch = None;
         self.rewind()
     }
@@ -610,9 +617,7 @@ impl<S: LocalStore> Member for LocalMember<S> {
 impl<S> Drop for LocalMember<S> {
     /// The batch in flight is written before the member is gone (the open one is discarded).
     fn drop(&mut self) {
-        if let Some(in_flight) = self.in_flight.take() {
-            let _ = in_flight.written.recv();
-        }
+        drop(self.in_flight.take().map(InFlight::wait));
     }
 }
 
