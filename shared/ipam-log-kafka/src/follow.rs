@@ -20,6 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::errors::{client_creation, storage};
+use crate::record::record_of;
 use crate::topics::REQUEST_TIMEOUT;
 
 /// The Kafka [`Follower`].
@@ -67,13 +68,8 @@ impl KafkaFollower {
                     Some(next) if offset >= *next => *next = offset + 1,
                     _ => return Ok(None),
                 }
-                Ok(Some(Record {
-                    topic: tp.topic,
-                    partition,
-                    offset,
-                    key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
-                    value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                }))
+                // A seal moves the position on and is not handed over.
+                Ok(record_of(&message))
             }
             Some(Err(KafkaError::PartitionEOF(_))) => Ok(None),
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => Err(LogError::Storage(

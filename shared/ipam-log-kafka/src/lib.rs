@@ -9,7 +9,9 @@
 //!   acknowledged. Unlike the local backends it is **not atomic across records**: if it fails,
 //!   some records may have been written (their partitions keep order), and a retry may write
 //!   them again.
-//! - Readers see committed records only (`isolation.level=read_committed`).
+//! - Readers see committed records only (`isolation.level=read_committed`), and never the
+//!   *seals* members write to end hanging transactions (`record.rs`): a key `ipam.seal` with no
+//!   value, which consumers of the topics outside this project skip too.
 //! - Offsets grow within a partition but **skip**: each transaction writes a commit or abort
 //!   marker that takes an offset, and aborted records keep theirs, invisibly.
 //! - [`EventLog::end_offset`] is the **last stable offset** (LSO): the offset below which every
@@ -49,6 +51,7 @@ mod options;
 mod positions;
 mod reach;
 mod read;
+mod record;
 mod topics;
 
 pub use member::KafkaMember;

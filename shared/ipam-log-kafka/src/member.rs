@@ -69,10 +69,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipam_log::{LogError, Member, MemberConfig, OutRecord, Polled, Position, Record, TopicPartition, partition};
+use ipam_log::{LogError, Member, MemberConfig, OutRecord, Polled, Position, TopicPartition, partition};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -80,6 +80,8 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use crate::errors::{TxnFailure, classify_txn, client_creation, storage};
 use crate::options::KafkaOptions;
 use crate::positions::{self, Positions};
+use crate::read::Readers;
+use crate::record::{SEAL_KEY, record_of};
 use crate::topics::{self, REQUEST_TIMEOUT, Topics};
 
 /// How long the member must have waited in its polls for input, with no batch open, for the next
@@ -98,15 +100,17 @@ const REINIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// before the member gives up (a fatal error that a new producer does not cure).
 const MAX_REINITS: u32 = 5;
 
-/// The key of the records that seal a discarded transaction's partitions (`MemberState::seal`).
-const SEAL_KEY: &[u8] = b"ipam.seal";
-
 /// How long a poll waits at most while a commit is in flight, so that the steps queued meanwhile
 /// open the next transaction soon after it is done.
 const COLLECT_EVERY: Duration = Duration::from_millis(1);
 
+/// How long a re-created producer waits for the partitions of a transaction in doubt to be
+/// decided before it asks them how it ended (`MemberState::settle_in_doubt`): the coordinator has
+/// decided it by then, and writes its markers a moment later.
+const SETTLE_WAIT: Duration = Duration::from_secs(3);
+
 /// How a transaction ended, as this member knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
     Committed,
     Aborted,
@@ -150,9 +154,6 @@ struct CommitJob {
     producer: Arc<TxnProducer>,
     topics: Arc<Topics>,
     transactional_id: String,
-    /// The group's positions topic: sealed when the commit stays invisible there
-    /// ([`CommitJob::seal_where_invisible`]).
-    positions_topic: String,
     /// The group's positions to commit with the transaction (KIP-447).
     offsets: Vec<((String, i32), i64)>,
     group: Option<ConsumerGroupMetadata>,
@@ -243,39 +244,30 @@ impl CommitJob {
         }
     }
 
-    /// Seals the positions topic when the committed batch stayed invisible there for the whole
-    /// wait (see [`MemberState::seal_with`] on hanging transactions): a coordinator that loaded
-    /// the transaction while the partition had no leader (a single broker restarting) completes
-    /// the commit without writing its marker, and the batch's positions then hang, holding back
-    /// every read of the group's positions, the other members' rebuilds too, until this producer
-    /// writes a marker there. A member with nothing more to do would never write one. The commit
-    /// succeeded, so the seal commits; were the partition held back by another producer's open
-    /// transaction instead, the seal only adds one record the positions reader skips.
-    ///
-    /// The batch's output partitions are only reported: a committed seal there would be a
-    /// record in an output topic that is not an event, and this producer's next write there
-    /// heals them.
+    /// Seals the partitions where the committed batch stayed invisible for the whole wait (see
+    /// [`MemberState::seal_with`] on hanging transactions): a coordinator that loaded the
+    /// transaction while its partitions had no leader (a single broker restarting) completes the
+    /// commit without writing their markers, and the batch then hangs there: in the positions
+    /// topic it holds back every read of the group's positions, the other members' rebuilds too;
+    /// in an output topic every read_committed reader of the partition. A member with nothing more
+    /// to write there would never end it (on 4 December `ipam.dead-letter` stayed stuck so). The
+    /// commit succeeded, so the seal commits; were a partition held back by another producer's
+    /// open transaction instead, the seal only adds a record that every read path of this backend
+    /// drops (`crate::record`).
     fn seal_where_invisible(&self, behind: &[(String, i32)]) {
-        let positions = (self.positions_topic.clone(), positions::PARTITION);
-        if behind.contains(&positions) {
-            let sealed =
-                seal_transaction(&self.producer, &BTreeSet::from([positions]), Outcome::Committed, self.timeout);
-            match sealed {
-                Ok(()) => tracing::info!(transactional_id = %self.transactional_id,
-                    "Kafka member sealed the positions topic, where its committed batch stayed invisible."),
-                Err(error) => {
-                    tracing::warn!(transactional_id = %self.transactional_id, error = %error,
-                        "Kafka member could not seal the positions topic, where its committed batch stays invisible.");
-                    // The seal's own transaction, if it is still open, holds nothing of a batch.
-                    let _ = self.producer.abort_transaction(self.timeout);
-                }
-            }
+        if behind.is_empty() {
+            return;
         }
-        for (topic, partition) in behind.iter().filter(|tp| tp.0 != self.positions_topic) {
-            tracing::warn!(transactional_id = %self.transactional_id, topic, partition,
-                "Kafka member's committed batch stays invisible in an output partition: an older open transaction, \
-                 or a commit marker the broker never wrote (read_committed readers wait there until this member \
-                 writes to it again).");
+        let partitions: BTreeSet<(String, i32)> = behind.iter().cloned().collect();
+        match seal_transaction(&self.producer, &partitions, Outcome::Committed, self.timeout) {
+            Ok(()) => tracing::info!(transactional_id = %self.transactional_id, ?partitions,
+                "Kafka member sealed the partitions where its committed batch stayed invisible."),
+            Err(error) => {
+                tracing::warn!(transactional_id = %self.transactional_id, ?partitions, error = %error,
+                    "Kafka member could not seal the partitions where its committed batch stays invisible.");
+                // The seal's own transaction, if it is still open, holds nothing of a batch.
+                let _ = self.producer.abort_transaction(self.timeout);
+            }
         }
     }
 }
@@ -388,6 +380,10 @@ struct MemberState {
     /// What discarded transactions known to be aborted wrote to; the re-created producer seals
     /// these partitions ([`MemberState::seal`]).
     unsealed: BTreeSet<(String, i32)>,
+    /// What a discarded transaction whose commit was asked for wrote: the last offset per
+    /// partition, until its outcome is known and what it left open is sealed with it
+    /// ([`MemberState::settle_in_doubt`]).
+    in_doubt: BTreeMap<(String, i32), i64>,
     /// How the producer's last transaction ended, when this member knows.
     last_outcome: Option<Outcome>,
     /// Re-creations of the producer or the consumer since the last successful commit.
@@ -499,7 +495,9 @@ impl MemberState {
         if self.commit_sent {
             tracing::warn!(transactional_id = %self.transactional_id, partitions = written.len(),
                 "Kafka member discards a transaction whose commit it asked for: its outcome is the coordinator's, and \
-                 its partitions are not sealed.");
+                 its partitions are sealed once the partitions tell it.");
+            // The producer that wrote them is still this one: its delivery reports say where.
+            self.in_doubt = std::mem::take(&mut self.producer.context().lock().last_offsets);
         } else {
             self.unsealed.extend(written);
         }
@@ -548,6 +546,7 @@ impl MemberState {
                 self.reinit = None;
                 self.reinit_created = false;
                 self.seal();
+                self.settle_in_doubt();
                 Ok(())
             }
             Err(error) => match self.classify(&error) {
@@ -575,11 +574,69 @@ impl MemberState {
         }
     }
 
+    /// Ends what a discarded transaction whose commit was asked for left open, once its outcome is
+    /// known: the coordinator decided it (the re-created producer's `init_transactions` waited for
+    /// that), and a partition whose markers were written says how, since a read_committed read
+    /// returns the transaction's last record there exactly when it committed. The partitions still
+    /// holding it open, whose markers the coordinator dropped (a restarted broker's coordinator
+    /// that found no leader for them), are then sealed with that outcome (see
+    /// [`MemberState::seal_with`]). While no partition tells, it stays in doubt and is tried
+    /// again when the positions are found held back ([`MemberState::heal_positions`]).
+    fn settle_in_doubt(&mut self) {
+        if self.in_doubt.is_empty() || self.batch.is_some() || self.reinit.is_some() {
+            return;
+        }
+        let targets = self.in_doubt.iter().map(|(partition, last)| (partition.clone(), last + 1)).collect();
+        let deadline = Instant::now() + SETTLE_WAIT;
+        let open = match topics::await_all_stable(self.topics.metadata_client(), targets, deadline) {
+            Ok(open) => open.into_iter().collect::<BTreeSet<_>>(),
+            Err(error) => {
+                tracing::warn!(transactional_id = %self.transactional_id, error = %error,
+                    "Kafka member could not ask where its transaction in doubt is decided; it tries again later.");
+                return;
+            }
+        };
+        let told: BTreeSet<Outcome> = self
+            .in_doubt
+            .iter()
+            .filter(|(partition, _)| !open.contains(*partition))
+            .filter_map(|((topic, partition), last)| outcome_in(self.positions.readers(), topic, *partition, *last))
+            .collect();
+        let outcome = match told.into_iter().collect::<Vec<_>>()[..] {
+            [outcome] => outcome,
+            [] => {
+                tracing::warn!(transactional_id = %self.transactional_id, open = open.len(),
+                    "Kafka member cannot tell yet how its transaction in doubt ended; it tries again later.");
+                return;
+            }
+            _ => {
+                tracing::error!(transactional_id = %self.transactional_id,
+                    "Kafka member's transaction in doubt reads as committed in some partitions and aborted in others; \
+                     it leaves them to the coordinator.");
+                self.in_doubt.clear();
+                return;
+            }
+        };
+        self.in_doubt.clear();
+        if open.is_empty() {
+            self.last_outcome = Some(outcome);
+            tracing::info!(transactional_id = %self.transactional_id, ?outcome,
+                "Kafka member's transaction in doubt is decided in every partition it wrote.");
+        } else {
+            self.seal_with(&open, outcome);
+        }
+    }
+
     /// After reading the group's positions failed because a transaction that wrote some stays
     /// undecided: ends this producer's own, if one hangs there, as its last transaction ended
     /// (see [`MemberState::seal_with`]). With a batch open, its commit does the same.
     fn heal_positions(&mut self) {
         if self.batch.is_some() || self.reinit.is_some() {
+            return;
+        }
+        if !self.in_doubt.is_empty() {
+            // What held the positions back may be the transaction in doubt itself.
+            self.settle_in_doubt();
             return;
         }
         match self.last_outcome {
@@ -607,9 +664,10 @@ impl MemberState {
     /// its epoch; the marker must say what the coordinator decided. So only a transaction whose
     /// outcome this member knows is sealed: one that was never asked to commit is aborted (its
     /// outcome for certain), one whose commit succeeded is committed; a commit that failed in
-    /// doubt is left to the coordinator. Sealing records carry the key [`SEAL_KEY`] and no value:
-    /// aborted, nobody reading committed records sees them; committed (only ever to the positions
-    /// topic), the positions reader skips them and compaction keeps one.
+    /// doubt is sealed once a partition its markers reached tells its outcome
+    /// ([`MemberState::settle_in_doubt`]). Sealing records carry the key [`SEAL_KEY`] and no value:
+    /// aborted, nobody reading committed records sees them; committed, every read path of this
+    /// backend drops them (`crate::record`).
     fn seal_with(&mut self, partitions: &BTreeSet<(String, i32)>, outcome: Outcome) {
         let timeout = self.txn_timeout;
         let sealed = seal_transaction(&self.producer, partitions, outcome, timeout);
@@ -758,7 +816,6 @@ impl MemberState {
             producer: Arc::clone(&self.producer),
             topics: Arc::clone(&self.topics),
             transactional_id: self.transactional_id.clone(),
-            positions_topic,
             offsets,
             group,
             timeout: self.txn_timeout,
@@ -979,6 +1036,29 @@ fn seal_transaction(
         Outcome::Aborted => producer.abort_transaction(timeout),
     }
 }
+
+/// How a transaction of this member's producer that wrote its last record of `topic`/`partition`
+/// at `last` ended, as the partition says once its markers are past that record: committed when a
+/// read_committed read from `last` returns the record at `last`, aborted when it skips it. `None`
+/// when the partition cannot be read.
+fn outcome_in(readers: &Readers, topic: &str, partition: i32, last: i64) -> Option<Outcome> {
+    let from = u64::try_from(last).ok()?;
+    match readers.read(topic, partition, from, 1, OUTCOME_READ_WAIT) {
+        Ok(records) => Some(if records.first().is_some_and(|record| record.offset == from) {
+            Outcome::Committed
+        } else {
+            Outcome::Aborted
+        }),
+        Err(error) => {
+            tracing::warn!(topic, partition, error = %error, "Kafka member could not read how its transaction ended.");
+            None
+        }
+    }
+}
+
+/// How long [`outcome_in`] waits for the records after a transaction's last one: only to see
+/// whether its own comes, since the partition is decided past it.
+const OUTCOME_READ_WAIT: Duration = Duration::from_millis(500);
 
 /// Waits, until `deadline` at most, until librdkafka holds nothing in flight: every record
 /// delivered and its report served.
@@ -1228,16 +1308,6 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-fn record_of(message: &BorrowedMessage<'_>) -> Record {
-    Record {
-        topic: message.topic().to_owned(),
-        partition: u32::try_from(message.partition()).unwrap_or_default(),
-        offset: u64::try_from(message.offset()).unwrap_or_default(),
-        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
-        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-    }
-}
-
 /// A member of a consumer group on Kafka; see the module doc.
 pub struct KafkaMember {
     topics: Arc<Topics>,
@@ -1308,6 +1378,7 @@ impl KafkaMember {
             txn_partitions: BTreeSet::new(),
             commit_sent: false,
             unsealed: BTreeSet::new(),
+            in_doubt: BTreeMap::new(),
             last_outcome: None,
             reinits: 0,
             producer_config,
@@ -1684,7 +1755,7 @@ impl Member for KafkaMember {
                 // Take what is ready now, up to `max`, without waiting again.
                 while let Some(result) = event {
                     match result {
-                        Ok(message) => records.push(record_of(&message)),
+                        Ok(message) => records.extend(record_of(&message)),
                         Err(KafkaError::MessageConsumptionFatal(code)) => {
                             failure = Some(code.to_string());
                             break;

@@ -93,6 +93,12 @@ impl Positions {
         Positions { topics, readers: Readers::new(options.reader_config(&reader_group)) }
     }
 
+    /// The read_committed readers the positions are read with, for a member that reads one of
+    /// its own records back.
+    pub(crate) fn readers(&self) -> &Readers {
+        &self.readers
+    }
+
     /// Creates `group`'s positions topic if it is missing. Compacted: only the last record of
     /// each partition's key matters.
     pub(crate) fn create(

@@ -27,6 +27,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::errors::{client_creation, storage};
+use crate::record::record_of;
 use crate::topics::REQUEST_TIMEOUT;
 
 /// Idle consumers kept for reuse; more concurrent reads create more, then drop the extra ones.
@@ -211,13 +212,7 @@ fn read_with(
                     continue;
                 }
                 next = message.offset() + 1;
-                records.push(Record {
-                    topic: topic.to_owned(),
-                    partition: u32::try_from(partition).unwrap_or_default(),
-                    offset: u64::try_from(message.offset()).unwrap_or_default(),
-                    key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
-                    value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                });
+                records.extend(record_of(&message));
             }
             Some(Err(KafkaError::PartitionEOF(p))) if p == partition => at_end = true,
             Some(Err(KafkaError::PartitionEOF(_))) => {}

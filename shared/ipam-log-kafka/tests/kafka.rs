@@ -60,12 +60,41 @@ fn positions_topic(group: &str) -> String {
     format!("{group}.positions")
 }
 
-/// The key of the records a member seals a partition with (the member's `SEAL_KEY`).
-const SEAL_KEY: &str = "ipam.seal";
+/// The key of the records a member seals a partition with (the backend's `record::SEAL_KEY`).
+const SEAL_KEY: &[u8] = b"ipam.seal";
 
-/// How many sealing records `topic` holds.
+/// How many committed sealing records `topic` holds, read by a plain read_committed consumer:
+/// the backend's own reads never hand one out.
 fn seals(log: &KafkaLog, topic: &str) -> usize {
-    read_all(log, topic).into_iter().filter(|record| record.key == SEAL_KEY).count()
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let raw: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("seal-counter"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let partitions = log.partition_count(topic).unwrap();
+    let mut assigned = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        assigned.add_partition_offset(topic, i32::try_from(partition).unwrap(), rdkafka::Offset::Beginning).unwrap();
+    }
+    raw.assign(&assigned).unwrap();
+    let (mut seals, mut at_end) = (0, BTreeSet::new());
+    let deadline = Instant::now() + DEADLINE;
+    while at_end.len() < usize::try_from(partitions).unwrap() {
+        assert!(Instant::now() < deadline, "{topic} was not read to its end");
+        match raw.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) if message.key() == Some(SEAL_KEY) => seals += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            _ => {}
+        }
+    }
+    seals
 }
 
 fn topic(log: &KafkaLog, name: &str, partitions: u32) -> String {
@@ -702,15 +731,17 @@ fn a_member_whose_positions_stay_undecided_at_an_assignment_seals_them_as_its_la
     }
 }
 
-/// A member whose committed batch is still invisible in the positions topic when its visibility
-/// wait (the transaction timeout) is over seals the topic right away, with a committed transaction
-/// of its own producer: after a single broker's restart the coordinator may complete a commit
-/// without its markers, and a member with nothing more to do would never look again, while every
-/// other member's read of the positions waits. A lost marker cannot be made on purpose; here
-/// another producer's open transaction holds the topic back instead, which the seal leaves alone.
+/// A member whose committed batch is still invisible where it wrote when its visibility wait
+/// (the transaction timeout) is over seals those partitions right away, with a committed
+/// transaction of its own producer: after a single broker's restart the coordinator may complete
+/// a commit without its markers, and a member with nothing more to write there would never end
+/// the hang, while every other member's read of the positions, and every reader of the output
+/// partition, waits. A lost marker cannot be made on purpose; here other producers' open
+/// transactions hold the positions topic and the output partition back instead, which the seals
+/// leave alone. The seals are committed records, and no read path of the backend hands one out.
 #[test]
-fn a_member_whose_commit_stays_invisible_in_the_positions_topic_seals_it_once_its_wait_is_over() {
-    use rdkafka::producer::Producer;
+fn a_member_whose_commit_stays_invisible_seals_the_positions_topic_and_its_outputs_once_its_wait_is_over() {
+    use rdkafka::producer::{BaseRecord, Producer};
     let log = connect();
     let input = topic(&log, "input", 1);
     let output = topic(&log, "output", 1);
@@ -721,18 +752,34 @@ fn a_member_whose_commit_stays_invisible_in_the_positions_topic_seals_it_once_it
     member.step(&[out(&output, "k", "x")], &[next(&records[0])]).unwrap();
     member.commit().unwrap();
     let positions = positions_topic(&group);
-    let sealed = || seals(&log, &positions);
-    assert_eq!(sealed(), 0, "nothing to seal after a commit that became visible");
+    assert_eq!((seals(&log, &positions), seals(&log, &output)), (0, 0), "nothing to seal after a visible commit");
 
     let undecided = foreign_transaction(&group, &input, 1, true);
+    let undecided_output = foreign_transaction(&unique("other-group"), &input, 0, false);
+    undecided_output
+        .send(BaseRecord::to(&output).partition(0).key("k").payload("foreign"))
+        .map_err(|(error, _)| error)
+        .unwrap();
+    undecided_output.flush(DEADLINE).unwrap();
     member.step(&[out(&output, "k", "y")], &[next(&records[1])]).unwrap();
     let started = Instant::now();
     member.commit().unwrap();
     println!("the commit returned {:?} after it was asked for", started.elapsed());
     undecided.abort_transaction(DEADLINE).unwrap();
-    assert_eq!(sealed(), 1, "the member sealed the positions topic with a committed transaction");
+    undecided_output.abort_transaction(DEADLINE).unwrap();
+    assert_eq!(seals(&log, &positions), 1, "the member sealed the positions topic with a committed transaction");
+    assert_eq!(seals(&log, &output), 1, "the member sealed the output partition with a committed transaction");
     assert_eq!(log.committed_position(&group, &input, 0), Ok(Some(2)), "the member's position");
-    assert_eq!(values(&read_all(&log, &output)), ["x", "y"], "both batches, once each");
+    assert_eq!(values(&read_all(&log, &output)), ["x", "y"], "both batches, once each, and no seal");
+    let mut follower = log.follow(&[Position { topic: output.clone(), partition: 0, next_offset: 0 }]).unwrap();
+    let mut followed = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while followed.len() < 2 {
+        assert!(Instant::now() < deadline, "the follower handed over {followed:?} only");
+        followed.extend(follower.next(10, Duration::from_millis(200)).unwrap());
+    }
+    followed.extend(follower.next(10, Duration::from_millis(500)).unwrap());
+    assert_eq!(values(&followed), ["x", "y"], "a follower hands over no seal either");
 }
 
 /// A topic's end offsets and a group's positions asked for all partitions at once (one
