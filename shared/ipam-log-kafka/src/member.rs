@@ -110,7 +110,7 @@ const COLLECT_EVERY: Duration = Duration::from_millis(1);
 const SETTLE_WAIT: Duration = Duration::from_secs(3);
 
 /// How a transaction ended, as this member knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Committed,
     Aborted,
@@ -596,26 +596,16 @@ impl MemberState {
                 return;
             }
         };
-        let told: BTreeSet<Outcome> = self
+        // One partition that tells is enough: the coordinator wrote one outcome to all of them.
+        let told = self
             .in_doubt
             .iter()
             .filter(|(partition, _)| !open.contains(*partition))
-            .filter_map(|((topic, partition), last)| outcome_in(self.positions.readers(), topic, *partition, *last))
-            .collect();
-        let outcome = match told.into_iter().collect::<Vec<_>>()[..] {
-            [outcome] => outcome,
-            [] => {
-                tracing::warn!(transactional_id = %self.transactional_id, open = open.len(),
-                    "Kafka member cannot tell yet how its transaction in doubt ended; it tries again later.");
-                return;
-            }
-            _ => {
-                tracing::error!(transactional_id = %self.transactional_id,
-                    "Kafka member's transaction in doubt reads as committed in some partitions and aborted in others; \
-                     it leaves them to the coordinator.");
-                self.in_doubt.clear();
-                return;
-            }
+            .find_map(|((topic, partition), last)| outcome_in(self.positions.readers(), topic, *partition, *last));
+        let Some(outcome) = told else {
+            tracing::warn!(transactional_id = %self.transactional_id, open = open.len(),
+                "Kafka member cannot tell yet how its transaction in doubt ended; it tries again later.");
+            return;
         };
         self.in_doubt.clear();
         if open.is_empty() {
