@@ -81,7 +81,7 @@ fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
         .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
         .unwrap_or_default();
-    files.retain(|path| path.extension().is_some_and(|extension| extension == "json"));
+    files.retain(|path| path.extension().is_some_and(|extension| extension == "snapshot"));
     files
 }
 
@@ -287,7 +287,10 @@ fn the_api_restarts_from_its_read_model_snapshot_with_the_answers_it_gave_before
     let before = answers(addr, 20);
     assert!(!started_from_snapshot(&up), "a fresh data directory has no snapshot to start from");
     up.terminate();
-    assert!(dir.path().join("snapshots/api-read-model.json").exists(), "a clean stop writes the read model's snapshot");
+    assert!(
+        dir.path().join("snapshots/api-read-model.snapshot").exists(),
+        "a clean stop writes the read model's snapshot"
+    );
 
     // A clean restart: the snapshot alone.
     let (mut up, addr) = ipam_up_with_api(dir.path());
@@ -305,8 +308,11 @@ fn the_api_restarts_from_its_read_model_snapshot_with_the_answers_it_gave_before
 
     // The snapshot moved aside: the log read from the beginning gives the same answers.
     up.terminate();
-    std::fs::rename(dir.path().join("snapshots/api-read-model.json"), dir.path().join("api-read-model.json.aside"))
-        .unwrap();
+    std::fs::rename(
+        dir.path().join("snapshots/api-read-model.snapshot"),
+        dir.path().join("api-read-model.snapshot.aside"),
+    )
+    .unwrap();
     let (mut up, addr) = ipam_up_with_api(dir.path());
     assert!(!started_from_snapshot(&up));
     assert_eq!(answers(addr, 25), before, "the snapshot and a read from the beginning disagree");
@@ -338,7 +344,7 @@ fn the_api_on_kafka_restarts_from_its_read_model_snapshot() {
     let before = answers(addr, 10);
     assert!(!started_from_snapshot(&api), "a fresh data directory has no snapshot to start from");
     api.terminate();
-    let snapshot = dir.path().join("api/snapshots/api-read-model.json");
+    let snapshot = dir.path().join("api/snapshots/api-read-model.snapshot");
     assert!(snapshot.exists(), "a clean stop of `ipam api` writes the read model's snapshot");
 
     let (mut api, addr) = start_api();

@@ -317,7 +317,7 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<DirLock> {
 fn refuse_snapshots_without_their_log(config: &Config) -> anyhow::Result<()> {
     let (log, snapshots) = (config.data_dir.join("log").join("log.sqlite3"), config.data_dir.join("snapshots"));
     let has_snapshots = std::fs::read_dir(&snapshots)
-        .map(|entries| entries.flatten().any(|entry| entry.path().extension().is_some_and(|e| e == "json")))
+        .map(|entries| entries.flatten().any(|entry| ipam_runtime::snapshot::is_snapshot_file(&entry.path())))
         .unwrap_or(false);
     if has_snapshots && !log.exists() {
         anyhow::bail!(

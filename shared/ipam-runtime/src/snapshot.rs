@@ -32,6 +32,15 @@ use sha2::{Digest, Sha256};
 /// The first line of a snapshot file names the format; the state follows it.
 const FORMAT: &str = "ipam-snapshot v2";
 
+/// A snapshot file's extension: `<name>.snapshot`, a text header line and then the state's bytes
+/// (MessagePack for every state there is).
+const EXTENSION: &str = "snapshot";
+
+/// The extension of snapshot files written before 0.3 (the same contents, misnamed as JSON since
+/// the states became MessagePack): read while no `.snapshot` file of the name exists, and removed
+/// by the name's next save.
+const OLDER_EXTENSION: &str = "json";
+
 /// Why a snapshot cannot be used with this log. Each means the data directory holds state derived
 /// from another log than the one it now has: the process must not start on it.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +208,11 @@ impl Snapshot {
     }
 }
 
+/// Whether `path` names a snapshot file (of this version or an older one).
+pub fn is_snapshot_file(path: &Path) -> bool {
+    path.extension().is_some_and(|extension| extension == EXTENSION || extension == OLDER_EXTENSION)
+}
+
 /// Where snapshots are kept: one file per name in a directory, replaced atomically, each bound to
 /// the log `identity` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +229,7 @@ impl SnapshotStore {
         let Ok(entries) = std::fs::read_dir(&store.dir) else { return Ok(store) };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_none_or(|extension| extension != "json") {
+            if !is_snapshot_file(&path) {
                 continue;
             }
             // The header names the log: mapped, a store of a million reservations is not read
@@ -233,8 +247,20 @@ impl SnapshotStore {
         &self.dir
     }
 
+    /// `name`'s file. Names hold dots (topic names): the extension is appended, never set.
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
+        self.dir.join(format!("{name}.{EXTENSION}"))
+    }
+
+    /// The file an older version wrote for `name`.
+    fn older_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{OLDER_EXTENSION}"))
+    }
+
+    /// Where `name`'s snapshot is read from: its file, or one an older version wrote.
+    fn readable_path(&self, name: &str) -> PathBuf {
+        let (path, older) = (self.path(name), self.older_path(name));
+        if !path.exists() && older.exists() { older } else { path }
     }
 
     fn check_log(&self, path: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
@@ -262,9 +288,14 @@ impl SnapshotStore {
         let header = Snapshot::header(&self.log, offset, anchor.as_ref());
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.dir)?;
-            let temporary = path.with_extension("json.tmp");
+            let temporary = path.with_extension(format!("{EXTENSION}.tmp"));
             write_synced(&temporary, &[header.as_bytes(), &state])?;
-            std::fs::rename(&temporary, &path)
+            std::fs::rename(&temporary, &path)?;
+            // An older version's file of the name is stale from now on.
+            match std::fs::remove_file(self.older_path(name)) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+                _ => Ok(()),
+            }
         };
         write().map_err(|source| SnapshotError::Write { path: path.clone(), source })
     }
@@ -272,7 +303,7 @@ impl SnapshotStore {
     /// The latest snapshot of `name`, if there is a readable one of this log. An unreadable file is
     /// reported and ignored (rebuilding then replays from zero); one of another log is refused.
     pub fn load(&self, name: &str) -> Result<Option<Snapshot>, SnapshotError> {
-        let path = self.path(name);
+        let path = self.readable_path(name);
         let Ok(file) = std::fs::File::open(&path) else { return Ok(None) };
         let Some(contents) = Contents::of(file) else { return Ok(unreadable(&path)) };
         let Some(line) = first_line(&contents) else { return Ok(unreadable(&path)) };
@@ -362,6 +393,32 @@ mod tests {
         assert!(matches!(store.load("p0"), Err(SnapshotError::OtherLog { .. })));
     }
 
+    /// Before 0.3 snapshot files were named `<name>.json` (their states MessagePack all the
+    /// same): one is read while the name has no `.snapshot` file, checked against the log on open,
+    /// and removed by the name's next save.
+    #[test]
+    fn a_snapshot_an_older_version_named_json_is_read_until_the_next_save_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), "log-a").unwrap();
+        store.save("allocator-ipam.networks-0", 3, None, b"older".to_vec()).unwrap();
+        store.save("allocator-ipam.networks-1", 5, None, b"other".to_vec()).unwrap();
+        let older = dir.path().join("allocator-ipam.networks-0.json");
+        std::fs::rename(dir.path().join("allocator-ipam.networks-0.snapshot"), &older).unwrap();
+        let loaded = store.load("allocator-ipam.networks-0").unwrap().unwrap();
+        assert_eq!((loaded.offset, &loaded.state[..]), (3, &b"older"[..]));
+        let error = SnapshotStore::open(dir.path(), "log-b").unwrap_err();
+        assert!(matches!(error, SnapshotError::OtherLog { .. }), "an older file names its log too: {error}");
+        store.save("allocator-ipam.networks-0", 4, None, b"newer".to_vec()).unwrap();
+        assert!(!older.exists(), "the save removed the older file");
+        let file = dir.path().join("allocator-ipam.networks-0.snapshot");
+        assert!(file.exists(), "names with dots keep them: the extension is appended");
+        assert_eq!(store.load("allocator-ipam.networks-0").unwrap().unwrap().offset, 4);
+        assert_eq!(store.load("allocator-ipam.networks-1").unwrap().unwrap().offset, 5, "each name its own file");
+        // What a start that finds snapshots without their log counts as snapshots.
+        assert!(is_snapshot_file(&older) && is_snapshot_file(&file));
+        assert!(!is_snapshot_file(&dir.path().join("p0.snapshot.tmp")));
+    }
+
     #[test]
     fn an_unreadable_snapshot_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -372,7 +429,7 @@ mod tests {
             b"ipam-snapshot v2 log=log-a offset=x anchor=none\n{}",
             b"",
         ] {
-            std::fs::write(dir.path().join("p0.json"), garbage).unwrap();
+            std::fs::write(dir.path().join("p0.snapshot"), garbage).unwrap();
             assert_eq!(store.load("p0").unwrap(), None);
             SnapshotStore::open(dir.path(), "log-a").unwrap();
         }
