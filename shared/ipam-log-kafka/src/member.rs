@@ -597,10 +597,14 @@ impl MemberState {
             }
         };
         // One partition that tells is enough: the coordinator wrote one outcome to all of them.
-        let told = self
-            .in_doubt
-            .iter()
-            .filter(|(partition, _)| !open.contains(*partition))
+        // Output partitions first: the positions topic is compacted, and a record compaction
+        // removed would read as aborted (only a closed segment is compacted, so not one this
+        // recent; but an output partition keeps every record).
+        let mut decided: Vec<(&(String, i32), &i64)> =
+            self.in_doubt.iter().filter(|(partition, _)| !open.contains(*partition)).collect();
+        decided.sort_by_key(|((topic, _), _)| *topic == self.positions_topic);
+        let told = decided
+            .into_iter()
             .find_map(|((topic, partition), last)| outcome_in(self.positions.readers(), topic, *partition, *last));
         let Some(outcome) = told else {
             tracing::warn!(transactional_id = %self.transactional_id, open = open.len(),
