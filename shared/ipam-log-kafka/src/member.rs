@@ -386,6 +386,10 @@ struct MemberState {
     in_doubt: BTreeMap<(String, i32), i64>,
     /// How the producer's last transaction ended, when this member knows.
     last_outcome: Option<Outcome>,
+    /// A batch was discarded (the broker away): the consumer's assignment is no longer to be
+    /// trusted, and the consumer is re-created before anything more is read
+    /// ([`KafkaMember::renew_consumer`]).
+    renew_consumer: bool,
     /// Re-creations of the producer or the consumer since the last successful commit.
     reinits: u32,
     /// How to create the producer again.
@@ -504,6 +508,7 @@ impl MemberState {
         self.commit_sent = false;
         self.reinit = Some(reason.clone());
         self.needs_rewind = true;
+        self.renew_consumer = true;
         self.report_rebuild();
         LogError::Storage(format!(
             "{reason}; the open batch is discarded and its inputs will be read again, and the transactional \
@@ -1374,6 +1379,7 @@ impl KafkaMember {
             unsealed: BTreeSet::new(),
             in_doubt: BTreeMap::new(),
             last_outcome: None,
+            renew_consumer: false,
             reinits: 0,
             producer_config,
             closing: false,
@@ -1453,6 +1459,42 @@ impl KafkaMember {
             self.leave();
             return error;
         }
+        state.reinits += 1;
+        drop(state);
+        match self.renew_consumer() {
+            Ok(()) => {
+                tracing::warn!(group = %self.config.group, transactional_id = %self.config.transactional_id,
+                    reason = %message, "Kafka member's consumer was fenced by its own instance id; re-created it.");
+                LogError::Storage(format!(
+                    "{message}; the member's consumer is re-created and its partitions come again"
+                ))
+            }
+            Err(error) => error,
+        }
+    }
+
+    /// Replaces the consumer with a new one of the same static instance: the owned partitions are
+    /// reported lost, and the new consumer's assignment is reported as it comes, each partition
+    /// read from the positions stable when it is assigned (`MemberContext::position_assigned`).
+    ///
+    /// # Why after every discarded batch
+    /// A consumer's assignment can outlive its membership. On 5 December a restarted broker's
+    /// coordinator loaded the allocator group with no members; the other allocator joined first
+    /// and took every partition (generation 8) and committed them on; this member, whose consumer
+    /// still held generation 7's assignment, re-created its producer, rewound to the positions of
+    /// that moment and read on while it rejoined. Generation 9 gave its stale claims to the newer
+    /// owner, librdkafka revoked them as an ordinary revocation (not a lost one), and the open
+    /// batch committed there with generation 9's metadata, which the group coordinator accepts
+    /// (KIP-447 checks the generation, not the partitions the steps were taken for): one
+    /// reservation was written twice (`tests/it/kafka_restart.rs`, 1 run in 12). A batch is
+    /// discarded when the broker went away, which is when the group may have moved on without
+    /// this member; a fresh consumer owns nothing until the group assigns it, and cooperative
+    /// rebalancing assigns a partition only once its previous owner has revoked it (committing)
+    /// or is gone. A static member that rejoins a group that kept it gets its assignment back
+    /// without a rebalance (KIP-345), so the renewal costs little when nothing moved.
+    fn renew_consumer(&mut self) -> Result<(), LogError> {
+        let mut state = self.lock();
+        state.renew_consumer = false;
         let owned = std::mem::take(&mut state.assignment);
         state.changes.assigned.retain(|tp| !owned.contains(tp));
         for tp in owned {
@@ -1461,27 +1503,22 @@ impl KafkaMember {
             }
         }
         state.needs_rewind = false;
-        state.reinits += 1;
         state.closing = true;
         drop(state);
-        // Closing the fenced consumer serves its last callbacks, which only release partitions
-        // while `closing` is set.
+        // Closing the old consumer serves its last callbacks, which only release partitions while
+        // `closing` is set.
         if let Some(consumer) = self.consumer.take() {
             close(consumer);
         }
         self.lock().closing = false;
         match subscribed_consumer(&self.consumer_config, &self.state, &self.config.topics) {
             Ok(consumer) => {
-                tracing::warn!(group = %self.config.group, transactional_id = %self.config.transactional_id,
-                    reason = %message, "Kafka member's consumer was fenced by its own instance id; re-created it.");
                 self.consumer = Some(consumer);
-                LogError::Storage(format!(
-                    "{message}; the member's consumer is re-created and its partitions come again"
-                ))
+                Ok(())
             }
             Err(error) => {
                 self.lock().health = Health::Failed(format!("re-creating the member's consumer: {error}"));
-                error
+                Err(error)
             }
         }
     }
@@ -1580,6 +1617,13 @@ impl KafkaMember {
         let reinit = self.lock().ensure_producer();
         if let Err(error) = reinit {
             return Err(self.after_failure(error));
+        }
+        if self.lock().renew_consumer {
+            tracing::info!(group = %self.config.group, transactional_id = %self.config.transactional_id,
+                "Kafka member re-creates its consumer after a discarded batch: its assignment may be stale.");
+            if let Err(error) = self.renew_consumer() {
+                return Err(self.after_failure(error));
+            }
         }
         self.rewind_if_needed()?;
         if self.lock().overdue(&self.config.batch) {
