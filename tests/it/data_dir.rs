@@ -81,7 +81,7 @@ fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
         .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
         .unwrap_or_default();
-    files.retain(|path| path.extension().is_some_and(|extension| extension == "snapshot"));
+    files.retain(|path| ipam_runtime::snapshot::is_snapshot_file(path));
     files
 }
 

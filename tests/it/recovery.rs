@@ -531,7 +531,7 @@ fn snapshots(deployment: &dyn Deployment) -> BTreeMap<String, String> {
     for dir in deployment.snapshot_dirs() {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().replace(".snapshot", "");
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
             // The API's read model (MessagePack) is a view of the decisions, not a decided state;
             // the API's own tests check it.
             if name == "api-read-model" {

@@ -58,10 +58,11 @@
 //! (`MemberState::txn_outlived_timeout` holds the rule that tells them apart). Neither that nor an
 //! abort that cannot reach the coordinator ends the member: the open batch is discarded, the
 //! producer is created anew at the next call (its `init_transactions` aborts whatever the broker
-//! still holds of the old transaction), reading rewinds to the committed positions, and the next `poll` reports every
-//! owned partition as `lost` and `assigned` again, so that the runtime rebuilds their state and
-//! re-derives the discarded outputs. Meanwhile calls fail with [`LogError::Storage`], which may be
-//! retried.
+//! still holds of the old transaction), and so is the consumer (`KafkaMember::renew_consumer`
+//! says why): the next `poll` reports every owned partition as `lost`, and as `assigned` once the
+//! new consumer is given it, read from the committed positions, so that the runtime rebuilds their
+//! state and re-derives the discarded outputs. Meanwhile calls fail with [`LogError::Storage`],
+//! which may be retried.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -487,8 +488,10 @@ impl MemberState {
     }
 
     /// Discards the open batch and the producer whose transaction is in doubt: the producer is
-    /// re-created before the next transaction, reading rewinds, and the owned partitions are
-    /// reported lost and assigned again, since their state holds the discarded steps.
+    /// re-created before the next transaction, and then the consumer
+    /// ([`KafkaMember::renew_consumer`]), which reports the owned partitions lost (their state
+    /// holds the discarded steps) and reads each again from the positions stable when the new
+    /// consumer is assigned it. No rewind of the old consumer: it is replaced before it reads.
     fn discard(&mut self, reason: String) -> LogError {
         tracing::warn!(transactional_id = %self.transactional_id, reason = %reason,
             "Kafka member discards its open batch and re-creates its transactional producer.");
@@ -507,9 +510,7 @@ impl MemberState {
         }
         self.commit_sent = false;
         self.reinit = Some(reason.clone());
-        self.needs_rewind = true;
         self.renew_consumer = true;
-        self.report_rebuild();
         LogError::Storage(format!(
             "{reason}; the open batch is discarded and its inputs will be read again, and the transactional \
              producer is re-created"

@@ -188,7 +188,7 @@ impl<M: Machines + 'static> Node<M> {
                     .map(|entry| entry.path())
                     .filter(|path| {
                         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                        name.starts_with(&prefix) && name.ends_with(".snapshot")
+                        name.starts_with(&prefix) && ipam_runtime::snapshot::is_snapshot_file(path)
                     })
                     .collect()
             })
